@@ -1,0 +1,55 @@
+import type pg from "pg";
+import { makePgService } from "postgraphile/adaptors/pg";
+import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
+import type { Identity } from "./src/auth.ts";
+import { makeMaskError } from "./src/api/errors.ts";
+import { HeraldGuardsPlugin } from "./src/api/guards.ts";
+import type { Logger } from "./src/logger.ts";
+
+/**
+ * Herald's PostGraphile preset: `herald_public` becomes the GraphQL API, and
+ * each request runs inside a transaction whose settings come only from the
+ * identity that src/api/server.ts verified (JWT or API key).
+ */
+
+declare global {
+  namespace Express {
+    interface Request {
+      heraldIdentity?: Identity;
+    }
+  }
+}
+
+export function makeHeraldPreset(options: {
+  pool: pg.Pool;
+  development: boolean;
+  logger: Logger;
+}): GraphileConfig.Preset {
+  return {
+    extends: [PostGraphileAmberPreset],
+    plugins: [HeraldGuardsPlugin],
+    pgServices: [makePgService({ pool: options.pool, schemas: ["herald_public"] })],
+    grafast: {
+      context(requestContext) {
+        const identity = requestContext.expressv4?.req.heraldIdentity;
+        if (!identity) {
+          // The auth middleware answers 401 before this; refuse rather than run unauthenticated.
+          throw new Error("GraphQL request reached PostGraphile without an identity");
+        }
+        // Only the allow-listed settings, never a whole token payload.
+        return { pgSettings: { ...identity.pgSettings } };
+      },
+    },
+    grafserv: {
+      graphqlPath: "/graphql",
+      graphiql: options.development,
+      graphiqlPath: "/graphiql",
+      graphiqlOnGraphQLGET: false,
+      graphqlOverGET: false,
+      websockets: false,
+      watch: false,
+      maxRequestLength: 100_000,
+      maskError: makeMaskError(options.logger, options.development),
+    },
+  };
+}

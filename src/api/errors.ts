@@ -1,0 +1,89 @@
+import { randomUUID } from "node:crypto";
+import { GraphQLError, type GraphQLFormattedError } from "graphql";
+import { isSafeError } from "postgraphile/grafast";
+import { defaultMaskError } from "postgraphile/grafserv";
+import type { Logger } from "../logger.ts";
+
+/**
+ * The one place database errors become client errors (see docs/error_codes.md).
+ * Known codes get a short human message and a stable `extensions.code`;
+ * anything else is logged with an id and, in production, replaced by that id
+ * so no SQL, constraint internals or stack trace leaves the server.
+ */
+
+interface PgError {
+  code: string;
+  message: string;
+  column?: string;
+  constraint?: string;
+  table?: string;
+}
+
+const isPgError = (e: unknown): e is PgError =>
+  typeof e === "object" && e !== null && typeof (e as PgError).code === "string" && /^[0-9A-Z]{5}$/.test((e as PgError).code);
+
+/** Herald's own SQLSTATEs, raised in migrations with `using errcode = '…'`: their message is for humans. */
+const HERALD_CODES: Record<string, string> = {
+  NOTNT: "NO_TENANT",
+  REVKD: "ALREADY_REVOKED",
+  WEAKP: "WEAK_PASSWORD",
+  NTFND: "NOT_FOUND",
+};
+
+function translate(pgError: PgError): { message: string; code: string; field?: string } | undefined {
+  const heraldCode = HERALD_CODES[pgError.code];
+  if (heraldCode) return { message: pgError.message, code: heraldCode, field: pgError.column };
+  switch (pgError.code) {
+    case "42501":
+      return { message: "Permission denied.", code: "FORBIDDEN" };
+    case "23505":
+      return { message: "That already exists.", code: "CONFLICT", field: pgError.constraint };
+    case "23503":
+      // Also what referencing another tenant's row looks like: it does not exist for you.
+      return { message: "A referenced record was not found.", code: "NOT_FOUND", field: pgError.constraint };
+    case "23502":
+      return { message: `\`${pgError.column}\` is required.`, code: "INVALID_INPUT", field: pgError.column };
+    case "23514":
+      return { message: `A value is not allowed (${pgError.constraint}).`, code: "INVALID_INPUT", field: pgError.constraint };
+    case "22023":
+    case "22P02":
+    case "22007":
+    case "22008":
+    case "22003":
+    case "22001":
+      return { message: pgError.message, code: "INVALID_INPUT", field: pgError.column };
+    default:
+      return undefined;
+  }
+}
+
+export function makeMaskError(logger: Logger, development: boolean) {
+  return (error: GraphQLError): GraphQLError | GraphQLFormattedError => {
+    const original = error.originalError;
+    if (!original || original instanceof GraphQLError) return error;
+    if (isPgError(original)) {
+      const known = translate(original);
+      if (known) {
+        return new GraphQLError(known.message, {
+          nodes: error.nodes,
+          source: error.source,
+          positions: error.positions,
+          path: error.path,
+          extensions: { code: known.code, ...(known.field ? { field: known.field } : {}) },
+        });
+      }
+    }
+    if (isSafeError(original)) return defaultMaskError(error);
+    const errorId = randomUUID();
+    logger.error(
+      { errorId, path: error.path, err: { message: original.message, code: (original as Partial<PgError>).code } },
+      "unexpected GraphQL error",
+    );
+    return new GraphQLError(development ? original.message : `An internal error occurred (id: ${errorId}).`, {
+      nodes: error.nodes,
+      positions: error.positions,
+      path: error.path,
+      extensions: { code: "INTERNAL", errorId },
+    });
+  };
+}

@@ -1,0 +1,182 @@
+import http from "node:http";
+import express, { type ErrorRequestHandler, type RequestHandler } from "express";
+import pg from "pg";
+import { postgraphile } from "postgraphile";
+import { grafserv } from "postgraphile/grafserv/express/v4";
+import { z } from "zod";
+import { makeHeraldPreset } from "../../graphile.config.ts";
+import { AuthError, createAuthenticator, type Authenticator } from "../auth.ts";
+import type { Config } from "../config.ts";
+import type { DatabaseUrls } from "../db/database.ts";
+import type { Logger } from "../logger.ts";
+import type { WorkerHandle } from "../worker/worker.ts";
+import { pageSizeVariablesGuard } from "./guards.ts";
+import { checkHealth } from "./health.ts";
+
+/** Largest GraphQL request body accepted (bytes); larger bodies get 413. */
+const GRAPHQL_BODY_LIMIT = 100_000;
+
+export class PortInUseError extends Error {
+  override name = "PortInUseError";
+}
+
+export interface ApiServer {
+  server: http.Server;
+  url: string;
+  authenticator: Authenticator;
+  close(): Promise<void>;
+}
+
+const jsonError = (code: string, message: string) => ({ error: { code, message } });
+
+/** 401 for anything that is not a valid JWT or API key, before GraphQL sees the request. */
+function requireIdentity(authenticator: Authenticator, logger: Logger): RequestHandler {
+  return async (req, res, next) => {
+    try {
+      req.heraldIdentity = await authenticator.authenticate(req.headers.authorization);
+      next();
+    } catch (error) {
+      if (error instanceof AuthError) {
+        res.status(401).set("WWW-Authenticate", 'Bearer realm="herald"').json(jsonError(error.code, error.message));
+        return;
+      }
+      logger.error({ err: { message: (error as Error).message } }, "authentication failed unexpectedly");
+      res.status(503).json(jsonError("AUTH_UNAVAILABLE", "Authentication is unavailable; try again."));
+    }
+  };
+}
+
+const loginBody = z.object({
+  email: z.string().trim().min(3).max(320),
+  password: z.string().min(1).max(1024),
+  tenant: z.string().trim().min(1).max(63).optional(),
+});
+
+/** POST /auth/login: email + password → a JWT for one of the user's memberships. */
+function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
+  return async (req, res) => {
+    const body = loginBody.safeParse(req.body);
+    if (!body.success) {
+      const issue = body.error.issues[0]!;
+      res.status(400).json({ error: { code: "INVALID_INPUT", field: issue.path.join("."), message: issue.message } });
+      return;
+    }
+    if (!authenticator.canSign) {
+      res.status(501).json(jsonError("LOGIN_DISABLED", "Password login needs HERALD_JWT_SECRET; sign in with your identity provider."));
+      return;
+    }
+    const { rows } = await pool.query<{ user_id: string | null; tenant_id: string; tenant_slug: string; membership_role: string }>(
+      "select (i).* from (select herald_private.verify_login($1, $2, $3) as i) s",
+      [body.data.email, body.data.password, body.data.tenant ?? null],
+    );
+    const identity = rows[0];
+    if (!identity?.user_id) {
+      res.status(401).json(jsonError("INVALID_CREDENTIALS", "Email, password or tenant is not right."));
+      return;
+    }
+    const expiresIn = 3600;
+    const token = await authenticator.sign(
+      { sub: identity.user_id, tenant_id: identity.tenant_id, role: "herald_member" },
+      `${expiresIn}s`,
+    );
+    res.json({ token, expiresIn, tenant: { id: identity.tenant_id, slug: identity.tenant_slug }, role: identity.membership_role });
+  };
+}
+
+function listen(server: http.Server, port: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const onError = (error: NodeJS.ErrnoException) => {
+      reject(
+        error.code === "EADDRINUSE"
+          ? new PortInUseError(`Port ${port} is already in use. Stop whatever uses it, or start Herald with PORT=<another port>.`)
+          : error,
+      );
+    };
+    server.once("error", onError);
+    server.listen(port, () => {
+      server.off("error", onError);
+      resolve();
+    });
+  });
+}
+
+export async function startApiServer(options: {
+  config: Config;
+  urls: DatabaseUrls;
+  logger: Logger;
+  worker?: WorkerHandle;
+  /** Connections for requests (default 20); tests use 1 to prove connection reuse is safe. */
+  poolSize?: number;
+}): Promise<ApiServer> {
+  const { config, urls, logger, worker } = options;
+  const authenticatorPool = new pg.Pool({ connectionString: urls.authenticator, max: options.poolSize ?? 20 });
+  const ownerPool = new pg.Pool({ connectionString: urls.owner, max: 2 });
+  for (const pool of [authenticatorPool, ownerPool]) {
+    pool.on("error", (error) => logger.warn({ err: { message: error.message } }, "idle database connection failed"));
+  }
+  const authenticator = createAuthenticator(config, authenticatorPool);
+
+  const app = express();
+  app.disable("x-powered-by");
+  app.set("trust proxy", false);
+  app.use((req, res, next) => {
+    const started = performance.now();
+    res.on("finish", () => {
+      // Method, path and status only: no headers, bodies or query strings (tokens live there).
+      logger.info(
+        { method: req.method, path: req.path, status: res.statusCode, ms: Math.round(performance.now() - started) },
+        "request",
+      );
+    });
+    next();
+  });
+
+  app.get("/healthz", async (_req, res) => {
+    const health = await checkHealth(ownerPool, worker);
+    res.status(health.status === "ok" ? 200 : 503).json(health);
+  });
+  app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool));
+  app.use("/graphql", requireIdentity(authenticator, logger));
+  // Grafserv reads an already-parsed body; parsing here lets the guard see variables.
+  app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), pageSizeVariablesGuard);
+
+  const server = http.createServer(app);
+  const pgl = postgraphile(makeHeraldPreset({ pool: authenticatorPool, development: config.development, logger }));
+  const serv = pgl.createServ(grafserv);
+  await serv.addTo(app, server);
+
+  app.use((_req, res) => {
+    res.status(404).json(jsonError("NOT_FOUND", "No such route."));
+  });
+  const onError: ErrorRequestHandler = (error, _req, res, _next) => {
+    const status = typeof error.status === "number" ? error.status : 500;
+    if (status >= 500) logger.error({ err: { message: error.message } }, "request failed");
+    res.status(status).json(jsonError(status === 413 ? "PAYLOAD_TOO_LARGE" : status < 500 ? "BAD_REQUEST" : "INTERNAL", status < 500 ? error.message : "Internal error."));
+  };
+  app.use(onError);
+
+  try {
+    await listen(server, config.port);
+  } catch (error) {
+    // Nothing may keep connections open behind a failed start.
+    await pgl.release();
+    await Promise.all([authenticatorPool.end(), ownerPool.end()]);
+    throw error;
+  }
+  const { port } = server.address() as { port: number };
+  let closing: Promise<void> | undefined;
+  return {
+    server,
+    url: `http://localhost:${port}`,
+    authenticator,
+    close: () =>
+      (closing ??= (async () => {
+        await new Promise<void>((resolve) => {
+          server.close(() => resolve());
+          server.closeIdleConnections();
+        });
+        await pgl.release();
+        await Promise.all([authenticatorPool.end(), ownerPool.end()]);
+      })()),
+  };
+}

@@ -1,0 +1,258 @@
+import "./env-defaults.ts";
+import { randomBytes } from "node:crypto";
+import readline from "node:readline/promises";
+import { Command, InvalidArgumentError, Option } from "commander";
+import pg from "pg";
+import { addMembership, createTenant, findMembershipUser, findOrCreateUser, findTenant, setUserPassword, type Tenant } from "./admin.ts";
+import { createAuthenticator } from "./auth.ts";
+import { loadConfig, type Config } from "./config.ts";
+import { dropDatabase } from "./db/bootstrap.ts";
+import { openDatabase, type Database } from "./db/database.ts";
+import { commitMigration, watchMigrations } from "./db/migrate.ts";
+import { asAdmin, withSession } from "./db/session.ts";
+import { ROLES } from "./db/urls.ts";
+import { formatReport, runDoctor } from "./doctor.ts";
+import { createLogger } from "./logger.ts";
+import { reportStartupError } from "./startup-errors.ts";
+
+/**
+ * `herald` (`npm run herald -- …`): operator commands. Each opens the database
+ * the way `npm start` does (starting the embedded server if it is not running,
+ * attaching to it if it is) and acts as herald_admin through RLS like any request.
+ */
+
+// Logs go to stderr so command output stays pipeable.
+const logger = createLogger(process.env.LOG_LEVEL ?? "warn", 2);
+
+class CliError extends Error {
+  override name = "CliError";
+}
+
+async function withDatabase<T>(fn: (ctx: { config: Config; db: Database; pool: pg.Pool }) => Promise<T>): Promise<T> {
+  const config = loadConfig();
+  const db = await openDatabase(config, logger);
+  const pool = new pg.Pool({ connectionString: db.urls.authenticator, max: 2 });
+  try {
+    return await fn({ config, db, pool });
+  } finally {
+    await pool.end();
+    await db.stop();
+  }
+}
+
+async function requireTenant(pool: pg.Pool, slug: string): Promise<Tenant> {
+  const tenant = await asAdmin(pool, (client) => findTenant(client, slug));
+  if (!tenant) throw new CliError(`No tenant with slug "${slug}". \`herald tenant list\` shows them.`);
+  return tenant;
+}
+
+const slugArg = (value: string) => {
+  if (!/^[a-z0-9][a-z0-9-]{1,62}$/.test(value)) {
+    throw new InvalidArgumentError("use 2-63 lower-case letters, digits and dashes, e.g. acme-clinic");
+  }
+  return value;
+};
+
+/** A token lifetime like 30m, 12h or 7d; capped so a leaked development token does not live for ever. */
+const durationArg = (value: string) => {
+  const match = /^(\d+)([smhd])$/.exec(value);
+  const seconds = match ? Number(match[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[match[2] as "s" | "m" | "h" | "d"] : NaN;
+  if (!(seconds > 0 && seconds <= 30 * 86400)) {
+    throw new InvalidArgumentError("use a number with s, m, h or d (e.g. 12h), at most 30d");
+  }
+  return value;
+};
+
+const print = (text: string): void => {
+  process.stdout.write(text + "\n");
+};
+
+const program = new Command()
+  .name("herald")
+  .description("Operate Herald: tenants, users, tokens, API keys, the database, and isolation checks.")
+  .showHelpAfterError();
+
+const tenant = program.command("tenant").description("Create and list tenants.");
+tenant
+  .command("create")
+  .description("Create a tenant (with default settings).")
+  .argument("<slug>", "short unique handle, e.g. acme-clinic", slugArg)
+  .requiredOption("--name <name>", "display name, e.g. \"Acme Clinic\"")
+  .action(async (slug: string, opts: { name: string }) =>
+    withDatabase(async ({ pool }) => {
+      const created = await asAdmin(pool, async (client) => {
+        if (await findTenant(client, slug)) throw new CliError(`A tenant with slug "${slug}" already exists.`);
+        return createTenant(client, { slug, name: opts.name });
+      });
+      print(`Created tenant ${created.slug} (${created.name}), id ${created.id}`);
+    }),
+  );
+tenant
+  .command("list")
+  .description("List tenants.")
+  .action(async () =>
+    withDatabase(async ({ pool }) => {
+      const { rows } = await asAdmin(pool, (client) =>
+        client.query<{ slug: string; name: string; status: string; id: string }>(
+          "select slug::text, name, status, id from herald_public.tenants order by slug",
+        ),
+      );
+      if (rows.length === 0) print("No tenants yet. `herald tenant create <slug> --name <name>` makes one.");
+      for (const r of rows) print(`${r.slug.padEnd(24)} ${r.status.padEnd(10)} ${r.id}  ${r.name}`);
+    }),
+  );
+
+const user = program.command("user").description("Manage users.");
+user
+  .command("create")
+  .description("Create a user (or reuse one by email) and add them to a tenant.")
+  .argument("<email>", "the user's email, used to sign in")
+  .requiredOption("--tenant <slug>", "tenant to join", slugArg)
+  .addOption(new Option("--role <role>", "role in the tenant").choices(["owner", "admin", "member"]).default("member"))
+  .option("--name <name>", "display name")
+  .option("--password-stdin", "read the password from standard input instead of generating one")
+  .action(async (email: string, opts: { tenant: string; role: "owner" | "admin" | "member"; name?: string; passwordStdin?: boolean }) => {
+    const password = opts.passwordStdin ? await readStdin() : randomBytes(12).toString("base64url");
+    await withDatabase(async ({ pool }) => {
+      const t = await requireTenant(pool, opts.tenant);
+      const u = await asAdmin(pool, async (client) => {
+        const found = await findOrCreateUser(client, { email, displayName: opts.name });
+        await addMembership(client, { tenantId: t.id, userId: found.id, role: opts.role });
+        return found;
+      });
+      await setUserPassword(pool, u.id, password);
+      print(`${u.created ? "Created" : "Updated"} user ${u.email} (${opts.role} of ${t.slug}), id ${u.id}`);
+      if (!opts.passwordStdin) print(`Password (shown once): ${password}`);
+    });
+  });
+
+program
+  .command("token")
+  .description("Mint a development JWT for a tenant's user, or a platform-admin token.")
+  .option("--tenant <slug>", "the tenant the token acts in", slugArg)
+  .option("--user <email>", "the user (default: the tenant's owner)")
+  .option("--admin", "a herald_admin token (reads across tenants)")
+  .option("--expires <duration>", "lifetime, e.g. 30m, 12h, 7d (at most 30d)", durationArg, "12h")
+  .action(async (opts: { tenant?: string; user?: string; admin?: boolean; expires: string }) => {
+    if (!opts.admin && !opts.tenant) throw new CliError("Give --tenant <slug>, or --admin.");
+    await withDatabase(async ({ config, pool }) => {
+      const auth = createAuthenticator(config, pool);
+      if (opts.admin) {
+        const t = opts.tenant ? await requireTenant(pool, opts.tenant) : undefined;
+        print(await auth.sign({ role: ROLES.admin, tenant_id: t?.id }, opts.expires));
+        return;
+      }
+      const t = await requireTenant(pool, opts.tenant!);
+      const u = await asAdmin(pool, (client) => findMembershipUser(client, t.id, opts.user));
+      if (!u) throw new CliError(`${opts.user ?? "No user"} is not a member of ${t.slug}. \`herald user create\` adds one.`);
+      print(await auth.sign({ role: ROLES.member, tenant_id: t.id, sub: u.id }, opts.expires));
+    });
+  });
+
+const apiKey = program.command("api-key").description("Manage tenant API keys.");
+apiKey
+  .command("create")
+  .description("Create an API key for a tenant; the secret is printed once.")
+  .requiredOption("--tenant <slug>", "tenant", slugArg)
+  .requiredOption("--name <name>", "what the key is for, e.g. \"CRM sync\"")
+  .action(async (opts: { tenant: string; name: string }) =>
+    withDatabase(async ({ pool }) => {
+      const t = await requireTenant(pool, opts.tenant);
+      const created = await withSession(pool, { role: ROLES.admin, tenantId: t.id }, async (client) => {
+        const { rows } = await client.query<{ api_key_id: string; secret: string }>(
+          "select api_key_id, secret from herald_public.create_api_key($1)",
+          [opts.name],
+        );
+        return rows[0]!;
+      });
+      print(`Created API key ${created.api_key_id} for ${t.slug}. Secret (shown once):`);
+      print(created.secret);
+    }),
+  );
+
+const db = program.command("db").description("Database schema and lifecycle.");
+db.command("migrate")
+  .description("Apply committed migrations (npm start does this too).")
+  .action(async () => withDatabase(async () => print("Database is up to date.")));
+db.command("watch")
+  .description("Apply migrations/current.sql on every save (schema development).")
+  .action(async () => {
+    const config = loadConfig();
+    const watchLogger = createLogger("info", 2);
+    const database = await openDatabase(config, watchLogger);
+    for (const signal of ["SIGINT", "SIGTERM"] as const) {
+      process.once(signal, () => void database.stop().finally(() => process.exit(0)));
+    }
+    await watchMigrations(database.urls, watchLogger);
+  });
+db.command("commit")
+  .description("Commit migrations/current.sql as the next migration (tested on the shadow database first).")
+  .option("--message <text>", "a one-line description stored in the migration")
+  .action(async (opts: { message?: string }) =>
+    withDatabase(async ({ db: database }) => {
+      await commitMigration(database.urls, createLogger("info", 2), opts.message);
+    }),
+  );
+db.command("reset")
+  .description("Drop and recreate the embedded database, then migrate (embedded mode only).")
+  .option("--yes", "do not ask for confirmation")
+  .action(async (opts: { yes?: boolean }) => {
+    const config = loadConfig();
+    if (config.databaseUrl) throw new CliError("`db reset` only resets the embedded database; DATABASE_URL is set.");
+    if (!opts.yes && !(await confirm("This deletes every tenant, contact and message in the embedded database. Continue?"))) {
+      print("Nothing changed.");
+      return;
+    }
+    const database = await openDatabase(config, logger, { migrate: false });
+    try {
+      await dropDatabase(database.urls.adminMaintenance, database.urls.database);
+      await dropDatabase(database.urls.adminMaintenance, `${database.urls.database}_shadow`);
+    } finally {
+      await database.stop();
+    }
+    await withDatabase(async () => print("Database reset and migrated. The demo tenants return on the next `npm start`."));
+  });
+
+program
+  .command("doctor")
+  .description("Check the isolation model in the catalog (RLS, policies, roles, definer functions, views, keys).")
+  .action(async () =>
+    withDatabase(async ({ db: database }) => {
+      const client = new pg.Client({ connectionString: database.urls.owner });
+      await client.connect();
+      try {
+        const result = await runDoctor(client);
+        print(formatReport(result));
+        if (result.findings.length > 0) process.exitCode = 1;
+      } finally {
+        await client.end();
+      }
+    }),
+  );
+
+async function readStdin(): Promise<string> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
+  return Buffer.concat(chunks).toString("utf8").replace(/\r?\n$/, "");
+}
+
+async function confirm(question: string): Promise<boolean> {
+  if (!process.stdin.isTTY) return false;
+  const rl = readline.createInterface({ input: process.stdin, output: process.stdout });
+  try {
+    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
+  } finally {
+    rl.close();
+  }
+}
+
+program.parseAsync().catch((error: unknown) => {
+  if (error instanceof CliError) {
+    process.stderr.write(`herald: ${error.message}\n`);
+  } else if ((error as { code?: string }).code === "WEAKP") {
+    process.stderr.write(`herald: ${(error as Error).message}\n`);
+  } else {
+    reportStartupError(error, logger);
+  }
+  process.exitCode = 1;
+});

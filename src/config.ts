@@ -1,0 +1,172 @@
+import { z } from "zod";
+import { loadOrCreateSecrets } from "./secrets.ts";
+
+/**
+ * All of Herald's configuration, read once from the environment and validated.
+ * Anything missing that Herald can safely generate for development (JWT secret,
+ * master and hash keys) comes from `.data/secrets.json` instead, with a warning.
+ */
+
+const base64Key = (name: string) =>
+  z
+    .string()
+    .refine((v) => /^[A-Za-z0-9+/]+={0,2}$/.test(v) && Buffer.from(v, "base64").length === 32, {
+      message: `${name} must be 32 bytes encoded as base64 (try: openssl rand -base64 32)`,
+    });
+
+const optionalText = z
+  .string()
+  .trim()
+  .transform((v) => (v === "" ? undefined : v))
+  .optional();
+
+const envSchema = z
+  .object({
+    DATABASE_URL: optionalText.pipe(
+      z
+        .string()
+        .refine((v) => /^postgres(ql)?:\/\//.test(v), "must be a postgres:// URL")
+        .optional(),
+    ),
+    PORT: z.coerce.number().int().min(0).max(65535).default(5050),
+    HERALD_PUBLIC_URL: optionalText.pipe(z.url().optional()),
+    HERALD_JWT_SECRET: optionalText.pipe(
+      z.string().min(32, "HERALD_JWT_SECRET must be at least 32 characters").optional(),
+    ),
+    HERALD_JWT_JWKS_URL: optionalText.pipe(z.url().optional()),
+    HERALD_JWT_ISSUER: optionalText,
+    HERALD_JWT_AUDIENCE: optionalText,
+    HERALD_MASTER_KEY: optionalText.pipe(base64Key("HERALD_MASTER_KEY").optional()),
+    HERALD_HASH_KEY: optionalText.pipe(base64Key("HERALD_HASH_KEY").optional()),
+    TWILIO_ACCOUNT_SID: optionalText,
+    TWILIO_AUTH_TOKEN: optionalText,
+    HERALD_SMS_FROM: optionalText,
+    SENDGRID_API_KEY: optionalText,
+    HERALD_EMAIL_FROM: optionalText,
+    SENDGRID_WEBHOOK_PUBLIC_KEY: optionalText,
+    HERALD_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(200).default(10),
+    HERALD_EMBEDDED_PG_PORT: z.preprocess(
+      (v) => (v === "" ? undefined : v),
+      z.coerce.number().int().min(1).max(65535).optional(),
+    ),
+    NODE_ENV: optionalText,
+    LOG_LEVEL: z.enum(["fatal", "error", "warn", "info", "debug", "trace", "silent"]).default("info"),
+  })
+  .superRefine((env, ctx) => {
+    if (env.HERALD_JWT_JWKS_URL && !(env.HERALD_JWT_ISSUER && env.HERALD_JWT_AUDIENCE)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["HERALD_JWT_JWKS_URL"],
+        message: "HERALD_JWT_JWKS_URL needs HERALD_JWT_ISSUER and HERALD_JWT_AUDIENCE too",
+      });
+    }
+    if (Boolean(env.TWILIO_ACCOUNT_SID) !== Boolean(env.TWILIO_AUTH_TOKEN)) {
+      ctx.addIssue({
+        code: "custom",
+        path: ["TWILIO_ACCOUNT_SID"],
+        message: "set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN, or neither (sandbox)",
+      });
+    }
+  });
+
+export type JwtConfig =
+  | { kind: "hs256"; secret: Uint8Array; audience: string; issuer?: string }
+  | { kind: "jwks"; jwksUrl: URL; audience: string; issuer: string; secret?: Uint8Array };
+
+export interface Config {
+  databaseUrl?: string;
+  port: number;
+  publicUrl: string;
+  jwt: JwtConfig;
+  masterKey: Buffer;
+  hashKey: Buffer;
+  twilio?: { accountSid: string; authToken: string; smsFrom?: string };
+  sendgrid?: { apiKey: string; emailFrom?: string; webhookPublicKey?: string };
+  workerConcurrency: number;
+  embeddedPgPort?: number;
+  development: boolean;
+  logLevel: string;
+  /** Names of the values generated into `.data/` rather than configured; for a start-up warning. */
+  generated: string[];
+  rolePasswords: Record<string, string>;
+}
+
+/**
+ * Development mode (GraphiQL, detailed errors) only where it is safe to guess:
+ * NODE_ENV decides when set; otherwise the embedded database means a developer's
+ * machine and DATABASE_URL means a deployment, which gets production behaviour.
+ */
+export function isDevelopment(env: NodeJS.ProcessEnv): boolean {
+  if (env.NODE_ENV) return env.NODE_ENV !== "production";
+  return !env.DATABASE_URL;
+}
+
+export class ConfigError extends Error {
+  override name = "ConfigError";
+}
+
+export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
+  const parsed = envSchema.safeParse(env);
+  if (!parsed.success) {
+    const lines = parsed.error.issues.map((i) => `  ${i.path.join(".") || "environment"}: ${i.message}`);
+    throw new ConfigError(`Invalid configuration:\n${lines.join("\n")}`);
+  }
+  const e = parsed.data;
+  const { secrets } = loadOrCreateSecrets();
+  const generated: string[] = [];
+  const pick = (value: string | undefined, fallback: string, name: string) => {
+    if (value) return value;
+    generated.push(name);
+    return fallback;
+  };
+
+  const audience = e.HERALD_JWT_AUDIENCE ?? "herald";
+  const hsSecret = e.HERALD_JWT_SECRET
+    ? new TextEncoder().encode(e.HERALD_JWT_SECRET)
+    : undefined;
+  let jwt: JwtConfig;
+  if (e.HERALD_JWT_JWKS_URL) {
+    jwt = {
+      kind: "jwks",
+      jwksUrl: new URL(e.HERALD_JWT_JWKS_URL),
+      issuer: e.HERALD_JWT_ISSUER!,
+      audience,
+      // With an external identity provider, Herald only signs tokens itself
+      // (password login, `herald token`) when a secret is configured explicitly.
+      secret: hsSecret,
+    };
+  } else {
+    jwt = {
+      kind: "hs256",
+      secret: hsSecret ?? new TextEncoder().encode(pick(undefined, secrets.jwtSecret, "HERALD_JWT_SECRET")),
+      audience,
+      issuer: e.HERALD_JWT_ISSUER,
+    };
+  }
+
+  return {
+    databaseUrl: e.DATABASE_URL,
+    port: e.PORT,
+    publicUrl: (e.HERALD_PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/$/, ""),
+    jwt,
+    masterKey: Buffer.from(pick(e.HERALD_MASTER_KEY, secrets.masterKey, "HERALD_MASTER_KEY"), "base64"),
+    hashKey: Buffer.from(pick(e.HERALD_HASH_KEY, secrets.hashKey, "HERALD_HASH_KEY"), "base64"),
+    twilio:
+      e.TWILIO_ACCOUNT_SID && e.TWILIO_AUTH_TOKEN
+        ? { accountSid: e.TWILIO_ACCOUNT_SID, authToken: e.TWILIO_AUTH_TOKEN, smsFrom: e.HERALD_SMS_FROM }
+        : undefined,
+    sendgrid: e.SENDGRID_API_KEY
+      ? {
+          apiKey: e.SENDGRID_API_KEY,
+          emailFrom: e.HERALD_EMAIL_FROM,
+          webhookPublicKey: e.SENDGRID_WEBHOOK_PUBLIC_KEY,
+        }
+      : undefined,
+    workerConcurrency: e.HERALD_WORKER_CONCURRENCY,
+    embeddedPgPort: e.HERALD_EMBEDDED_PG_PORT,
+    development: isDevelopment(env),
+    logLevel: e.LOG_LEVEL,
+    generated,
+    rolePasswords: secrets.rolePasswords,
+  };
+}

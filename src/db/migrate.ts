@@ -1,0 +1,50 @@
+import fs from "node:fs";
+import path from "node:path";
+import JSON5 from "json5";
+import { commit, Logger as MigrateLogger, migrate, watch, type Settings } from "graphile-migrate";
+// graphile-migrate keeps its pools open for reuse, and its pools' error handler
+// calls process.exit(1): when the embedded server stops, idle connections drop
+// and would take Herald down. Release them as soon as each command is done.
+import { clearAllPools } from "graphile-migrate/dist/pgReal.js";
+import { projectRoot } from "../paths.ts";
+import { graphileLogFactory, type Logger } from "../logger.ts";
+import type { DatabaseUrls } from "./database.ts";
+
+/**
+ * graphile-migrate settings: `.gmrc` for what is fixed (folder, placeholders,
+ * hooks), Herald's own URLs for where to connect.
+ */
+export function migrateSettings(urls: DatabaseUrls, logger: Logger): Settings {
+  const gmrc = JSON5.parse(fs.readFileSync(path.join(projectRoot, ".gmrc"), "utf8")) as Settings;
+  return {
+    ...gmrc,
+    migrationsFolder: path.join(projectRoot, "migrations"),
+    connectionString: urls.owner,
+    rootConnectionString: urls.adminMaintenance,
+    shadowConnectionString: urls.shadowOwner,
+    logger: new MigrateLogger(graphileLogFactory(logger.child({ component: "migrate" }))),
+  };
+}
+
+/** Apply committed migrations (never current.sql). */
+export async function applyMigrations(urls: DatabaseUrls, logger: Logger): Promise<void> {
+  try {
+    await migrate(migrateSettings(urls, logger));
+  } finally {
+    clearAllPools();
+  }
+}
+
+/** `herald db commit`: current.sql becomes the next committed migration (graphile-migrate empties current.sql). */
+export async function commitMigration(urls: DatabaseUrls, logger: Logger, message?: string): Promise<void> {
+  try {
+    await commit(migrateSettings(urls, logger), message);
+  } finally {
+    clearAllPools();
+  }
+}
+
+/** `npm run db:watch`: apply current.sql on every save, for schema work. */
+export async function watchMigrations(urls: DatabaseUrls, logger: Logger): Promise<void> {
+  await watch(migrateSettings(urls, logger), false, false);
+}

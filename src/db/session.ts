@@ -1,0 +1,53 @@
+import type pg from "pg";
+import { ROLES } from "./urls.ts";
+
+/**
+ * One transaction under a request role, the way the API runs: connect as the
+ * authenticator, then take on a role and tenant with transaction-local settings.
+ */
+export interface SessionContext {
+  role: (typeof ROLES)[keyof typeof ROLES];
+  tenantId?: string;
+  userId?: string;
+}
+
+/**
+ * Inside an open transaction: become `context.role` with its claims, exactly
+ * as PostGraphile applies pgSettings. Refuses to go on as anyone else, so a
+ * caller whose login could act without the SET ROLE fails loudly instead.
+ */
+export async function enterSession(client: pg.ClientBase, context: SessionContext): Promise<void> {
+  await client.query(
+    `select set_config('role', $1, true),
+            set_config('jwt.claims.tenant_id', $2, true),
+            set_config('jwt.claims.user_id', $3, true)`,
+    [context.role, context.tenantId ?? "", context.userId ?? ""],
+  );
+  const { rows: who } = await client.query<{ current_user: string }>("select current_user");
+  if (who[0]?.current_user !== context.role) {
+    throw new Error(`session runs as ${who[0]?.current_user}, not ${context.role}`);
+  }
+}
+
+export async function withSession<T>(
+  pool: pg.Pool,
+  context: SessionContext,
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  const client = await pool.connect();
+  try {
+    await client.query("begin");
+    await enterSession(client, context);
+    const result = await fn(client);
+    await client.query("commit");
+    return result;
+  } catch (error) {
+    await client.query("rollback").catch(() => undefined);
+    throw error;
+  } finally {
+    client.release();
+  }
+}
+
+export const asAdmin = <T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>) =>
+  withSession(pool, { role: ROLES.admin }, fn);

@@ -1,0 +1,46 @@
+import { pino, type Logger } from "pino";
+
+/**
+ * One structured logger. Redaction is a second line of defence: code should
+ * never hand secrets or PII to the logger in the first place.
+ */
+export function createLogger(level = process.env.LOG_LEVEL ?? "info", destination: 1 | 2 = 1): Logger {
+  return pino({
+    level,
+    base: { service: "herald" },
+    redact: {
+      paths: [
+        "password",
+        "*.password",
+        "token",
+        "*.token",
+        "secret",
+        "*.secret",
+        "authorization",
+        "*.authorization",
+        "req.headers.authorization",
+        "connectionString",
+        "*.connectionString",
+      ],
+      censor: "[redacted]",
+    },
+  }, pino.destination(destination));
+}
+
+export type { Logger };
+
+type GraphileLogLevel = "error" | "warning" | "info" | "debug";
+
+/**
+ * A @graphile/logger factory (graphile-migrate, graphile-worker) writing to pino,
+ * so every component logs the same structured lines.
+ */
+export function graphileLogFactory(logger: Logger) {
+  return (scope: object) => (level: GraphileLogLevel, message: string, meta?: { error?: unknown }) => {
+    const method = level === "warning" ? "warn" : level;
+    // Errors from pg carry their whole client (connection parameters included): keep the essentials.
+    const error = meta?.error as { message?: string; code?: string } | undefined;
+    const fields = error ? { ...meta, error: { message: error.message, code: error.code } } : meta;
+    logger[method]({ ...scope, ...fields }, message);
+  };
+}

@@ -1,0 +1,47 @@
+import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
+import { dataDir } from "./paths.ts";
+
+/**
+ * Secrets Herald generates for itself when the environment does not provide them
+ * (development, the embedded database). Kept in `.data/secrets.json`, mode 0600,
+ * created once and then reused so tokens and encrypted data survive restarts.
+ */
+export interface GeneratedSecrets {
+  jwtSecret: string;
+  masterKey: string;
+  hashKey: string;
+  /** Login passwords for herald_owner / herald_authenticator, and the embedded superuser. */
+  rolePasswords: Record<string, string>;
+}
+
+const randomBase64 = (bytes: number) => randomBytes(bytes).toString("base64");
+const randomPassword = () => randomBytes(24).toString("base64url");
+
+function secretsFile(): string {
+  return path.join(dataDir(), "secrets.json");
+}
+
+/** Read the generated secrets, creating the file (0600) on first use. */
+export function loadOrCreateSecrets(): { secrets: GeneratedSecrets; created: boolean } {
+  const file = secretsFile();
+  if (fs.existsSync(file)) {
+    const secrets = JSON.parse(fs.readFileSync(file, "utf8")) as GeneratedSecrets;
+    return { secrets, created: false };
+  }
+  const secrets: GeneratedSecrets = {
+    jwtSecret: randomBase64(48),
+    masterKey: randomBase64(32),
+    hashKey: randomBase64(32),
+    rolePasswords: {
+      postgres: randomPassword(),
+      herald_owner: randomPassword(),
+      herald_authenticator: randomPassword(),
+    },
+  };
+  fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+  // `wx` refuses to overwrite a file another process created meanwhile.
+  fs.writeFileSync(file, JSON.stringify(secrets, null, 2) + "\n", { mode: 0o600, flag: "wx" });
+  return { secrets, created: true };
+}

@@ -1,0 +1,65 @@
+import { Logger as WorkerLogger, run, type Runner, type TaskList } from "graphile-worker";
+import pg from "pg";
+import ping from "../../tasks/herald__ping.ts";
+import { graphileLogFactory, type Logger } from "../logger.ts";
+import { setTenantPool } from "./tenant-context.ts";
+
+/** Every task Herald runs, registered explicitly: the file name is the identifier. */
+export const taskList: TaskList = {
+  herald__ping: ping as TaskList[string],
+};
+
+export interface WorkerHandle {
+  runner: Runner;
+  concurrency: number;
+  isRunning(): boolean;
+  stop(): Promise<void>;
+}
+
+export async function startWorker(options: {
+  /** graphile-worker's own connection: it owns the job queue. */
+  ownerUrl: string;
+  /** Tenant work inside jobs: SET ROLE herald_worker per job. */
+  authenticatorUrl: string;
+  concurrency: number;
+  logger: Logger;
+}): Promise<WorkerHandle> {
+  const onIdleError = (error: Error) =>
+    options.logger.warn({ err: { message: error.message } }, "idle worker connection failed");
+  // Both pools are ours, with error handlers, and ended by us after the runner
+  // stops: an idle connection dropped at shutdown must not crash the process.
+  const queuePool = new pg.Pool({ connectionString: options.ownerUrl, max: options.concurrency + 2 });
+  queuePool.on("error", onIdleError);
+  const tenantPool = new pg.Pool({ connectionString: options.authenticatorUrl, max: options.concurrency });
+  tenantPool.on("error", onIdleError);
+  setTenantPool(tenantPool);
+  const runner = await run({
+    pgPool: queuePool,
+    concurrency: options.concurrency,
+    // Herald's own shutdown handler stops the worker, then the API, then Postgres.
+    noHandleSignals: true,
+    pollInterval: 1000,
+    parsedCronItems: [], // no cron yet; without this it looks for a ./crontab file
+    taskList,
+    logger: new WorkerLogger(graphileLogFactory(options.logger.child({ component: "worker" }))),
+  });
+  let running = true;
+  runner.promise.then(
+    () => (running = false),
+    (error: Error) => {
+      running = false;
+      options.logger.error({ err: { message: error.message } }, "the worker stopped unexpectedly");
+    },
+  );
+  let stopped: Promise<void> | undefined;
+  return {
+    runner,
+    concurrency: options.concurrency,
+    isRunning: () => running,
+    stop: () =>
+      (stopped ??= runner.stop().finally(async () => {
+        setTenantPool(undefined);
+        await Promise.all([tenantPool.end(), queuePool.end()]);
+      })),
+  };
+}

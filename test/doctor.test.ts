@@ -1,0 +1,130 @@
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { promisify } from "node:util";
+import { describe, expect, it } from "vitest";
+import { CHECKS, runDoctor } from "../src/doctor.ts";
+import { projectRoot } from "../src/paths.ts";
+import { useTestDatabase, withRootDb } from "./helpers/db.ts";
+
+/** `herald doctor` passes on the real schema and catches each planted fault. */
+
+const db = useTestDatabase();
+
+/** `also`: other checks the same fault rightly trips (e.g. PUBLIC may execute → request roles may too). */
+const FAULTS: Array<{ check: string; plant: string[]; also?: string[] }> = [
+  { check: "rls-enabled", plant: ["alter table herald_public.api_keys no force row level security"] },
+  { check: "rls-enabled", plant: ["alter table herald_hidden.pings disable row level security"] },
+  {
+    check: "has-policy",
+    plant: [
+      "create table herald_public.planted (tenant_id uuid not null, id uuid not null, primary key (tenant_id, id))",
+      "alter table herald_public.planted enable row level security",
+      "alter table herald_public.planted force row level security",
+    ],
+  },
+  {
+    check: "no-for-all-policy",
+    plant: ["create policy all_member on herald_public.tenants for all to herald_member using (id = (select herald_public.current_tenant_id()))"],
+  },
+  { check: "no-public-policy", plant: ["create policy select_anyone on herald_public.users for select using (true)"] },
+  { check: "role-attributes", plant: ["alter role herald_member bypassrls"] },
+  { check: "role-attributes", plant: ["alter role herald_owner superuser"] },
+  { check: "authenticator-noinherit", plant: ["alter role herald_authenticator inherit"] },
+  { check: "request-roles-own-nothing", plant: ["alter table herald_public.tenant_settings owner to herald_member"] },
+  {
+    check: "security-definer",
+    plant: ["create function herald_public.planted() returns int language sql security definer set search_path = '' as 'select 1'"],
+  },
+  { check: "views-security-invoker", plant: ["create view herald_public.planted_view as select id from herald_public.tenants"] },
+  {
+    check: "security-definer",
+    plant: ["create function public.planted() returns int language sql security definer set search_path = '' as 'select 1'"],
+  },
+  {
+    check: "security-definer",
+    plant: [
+      "create function herald_private.planted() returns int language sql security definer set search_path = public as 'select 1'",
+      "revoke execute on function herald_private.planted() from public",
+    ],
+  },
+  {
+    check: "security-definer",
+    plant: ["create function herald_private.planted() returns int language sql security definer set search_path = '' as 'select 1'"],
+    also: ["private-schema-grants"],
+  },
+  {
+    check: "tenant-foreign-keys",
+    plant: [
+      // Points at a global unique key of a tenant-owned table, so only the foreign key is wrong.
+      "alter table herald_hidden.pings add column api_key_hash bytea",
+      "alter table herald_hidden.pings add constraint planted_fk foreign key (api_key_hash) references herald_public.api_keys (secret_hash)",
+    ],
+  },
+  {
+    check: "tenant-column",
+    plant: [
+      "create table herald_public.planted (id uuid primary key)",
+      "alter table herald_public.planted enable row level security",
+      "alter table herald_public.planted force row level security",
+      "create policy select_member on herald_public.planted for select to herald_member using (id = (select herald_public.current_user_id()))",
+    ],
+  },
+  { check: "tenant-unique-keys", plant: ["alter table herald_hidden.pings add constraint planted_unique unique (id)"] },
+  { check: "tenant-policies", plant: ["create policy leak on herald_public.api_keys for select to herald_member using (true)"] },
+  { check: "tenant-policies", plant: ["alter policy insert_member on herald_hidden.pings with check (true)"] },
+  { check: "role-memberships", plant: ["grant herald_admin to herald_member"] },
+  { check: "role-memberships", plant: ["grant herald_owner to herald_authenticator"] },
+  { check: "private-schema-grants", plant: ["grant usage on schema herald_private to herald_member"] },
+  { check: "private-schema-grants", plant: ["grant select on herald_private.user_passwords to herald_worker"] },
+  { check: "no-public-grants", plant: ["grant select on herald_public.tenants to public"] },
+  {
+    check: "no-context-switching",
+    plant: [
+      "create function herald_public.planted() returns text language sql set search_path = '' as $$ select pg_catalog.set_config('jwt.claims.tenant_id', '', true) $$",
+    ],
+  },
+];
+
+describe("herald doctor", () => {
+  it("passes on the migrated schema", async () => {
+    await withRootDb(db.current, async (c) => {
+      const { findings } = await runDoctor(c);
+      expect(findings).toEqual([]);
+    });
+  });
+
+  it("has a planted fault for every check", () => {
+    expect(new Set(FAULTS.map((f) => f.check))).toEqual(new Set(CHECKS.map((c) => c.name)));
+  });
+
+  it.each(FAULTS)("catches $check: $plant.0", async ({ check, plant, also = [] }) => {
+    // Planted inside a transaction that rolls back (role changes included), so
+    // neither the schema nor other test files ever see it.
+    await withRootDb(db.current, async (c) => {
+      for (const sql of plant) await c.query(sql);
+      const { findings } = await runDoctor(c);
+      expect([...new Set(findings.map((f) => f.check))].sort()).toEqual([check, ...also].sort());
+    });
+  });
+
+  it("the CLI exits 0 on a sound schema and 1, naming the check, on a broken one", async () => {
+    const run = promisify(execFile);
+    const cli = (env: NodeJS.ProcessEnv) =>
+      run(process.execPath, [path.join(projectRoot, "src/cli.ts"), "doctor"], { env: { ...process.env, ...env } }).then(
+        (r) => ({ code: 0, stdout: r.stdout }),
+        (e: { code: number; stdout: string }) => ({ code: e.code, stdout: e.stdout }),
+      );
+    const env = { DATABASE_URL: db.current.urls.admin, LOG_LEVEL: "silent" };
+    const sound = await cli(env);
+    expect(sound.stdout).toContain(`All ${CHECKS.length} isolation checks passed.`);
+    expect(sound.code).toBe(0);
+
+    // This file's database is its own, so a committed fault harms no one else.
+    await db.current.root.query("alter table herald_public.tenants no force row level security");
+    const broken = await cli(env);
+    expect(broken.code).toBe(1);
+    expect(broken.stdout).toMatch(/FAIL\s+rls-enabled/);
+    expect(broken.stdout).toContain("herald_public.tenants: RLS not forced");
+    await db.current.root.query("alter table herald_public.tenants force row level security");
+  });
+});

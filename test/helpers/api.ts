@@ -1,0 +1,45 @@
+import { afterAll, beforeAll } from "vitest";
+import { startApiServer, type ApiServer } from "../../src/api/server.ts";
+import { loadConfig, type Config } from "../../src/config.ts";
+import { createLogger } from "../../src/logger.ts";
+import type { TestDb } from "./db.ts";
+
+/** The real HTTP server (PostGraphile, auth, guards) on a free port against this file's database. */
+export function useApiServer(
+  db: { current: TestDb },
+  options: { env?: () => Record<string, string | undefined>; poolSize?: number } = {},
+): { current: ApiServer; config: Config } {
+  const holder = {} as { current: ApiServer; config: Config };
+  beforeAll(async () => {
+    holder.config = loadConfig({ ...process.env, PORT: "0", NODE_ENV: "production", ...options.env?.() });
+    holder.current = await startApiServer({
+      config: holder.config,
+      urls: db.current.urls,
+      logger: createLogger("silent", 2),
+      poolSize: options.poolSize,
+    });
+  });
+  afterAll(async () => {
+    await holder.current?.close();
+  });
+  return holder;
+}
+
+export interface GraphQLResponse<T = Record<string, unknown>> {
+  status: number;
+  body: { data?: T; errors?: Array<{ message: string; extensions?: Record<string, unknown>; path?: unknown[] }>; error?: { code: string; message: string } };
+}
+
+export async function graphql<T = Record<string, any>>(
+  server: ApiServer,
+  token: string | undefined,
+  query: string,
+  variables?: Record<string, unknown>,
+): Promise<GraphQLResponse<T>> {
+  const response = await fetch(`${server.url}/graphql`, {
+    method: "POST",
+    headers: { "content-type": "application/json", ...(token ? { authorization: `Bearer ${token}` } : {}) },
+    body: JSON.stringify({ query, variables }),
+  });
+  return { status: response.status, body: (await response.json()) as GraphQLResponse<T>["body"] };
+}

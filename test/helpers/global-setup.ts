@@ -1,0 +1,45 @@
+import path from "node:path";
+import type { TestProject } from "vitest/node";
+import { loadConfig } from "../../src/config.ts";
+import { bootstrapDatabase, dropDatabase } from "../../src/db/bootstrap.ts";
+import { deriveUrls, openDatabase } from "../../src/db/database.ts";
+import { dataDir } from "../../src/paths.ts";
+import { createLogger } from "../../src/logger.ts";
+
+/**
+ * Once per run: the server (DATABASE_URL, or a disposable embedded cluster in
+ * .data/test-postgres), then a template database with every migration applied.
+ * Test files clone it (test/helpers/db.ts).
+ */
+
+declare module "vitest" {
+  export interface ProvidedContext {
+    adminUrl: string;
+    templateDatabase: string;
+    serverKind: string;
+  }
+}
+
+export default async function setup(project: TestProject) {
+  const logger = createLogger(process.env.TEST_LOG_LEVEL ?? "warn", 2);
+  const config = loadConfig();
+  const templateDatabase = `herald_test_template_${process.pid}`;
+  const db = await openDatabase(config, logger, {
+    database: templateDatabase,
+    embeddedDir: path.join(dataDir(), "test-postgres"),
+    disposable: true,
+  });
+  const urls = deriveUrls(db.urls.admin, config.rolePasswords);
+  // Re-run the bootstrap so the template carries the database-level grants too.
+  await bootstrapDatabase({ adminUrl: urls.admin, database: templateDatabase, passwords: config.rolePasswords, logger });
+  const serverKind = config.databaseUrl ? "DATABASE_URL" : "embedded";
+  process.stderr.write(`herald tests: ${serverKind} PostgreSQL, template ${templateDatabase}\n`);
+  project.provide("adminUrl", urls.adminMaintenance);
+  project.provide("templateDatabase", templateDatabase);
+  project.provide("serverKind", serverKind);
+
+  return async () => {
+    await dropDatabase(urls.adminMaintenance, templateDatabase);
+    await db.stop();
+  };
+}

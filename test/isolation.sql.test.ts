@@ -1,0 +1,317 @@
+import pg from "pg";
+import { beforeAll, describe, expect, it } from "vitest";
+import { ROLES } from "../src/db/urls.ts";
+import { asRole, expectPgError, useTestDatabase, withRootDb, type RequestRole } from "./helpers/db.ts";
+import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+
+/**
+ * Tenant B attacks tenant A's rows in every table through raw SQL, as each
+ * identity B can have: its owner (a tenant admin), a plain member, and an API
+ * key (no user). Every attack must see nothing, change nothing, or be refused.
+ */
+
+const db = useTestDatabase();
+let a: TenantFixture;
+let b: TenantFixture;
+
+beforeAll(async () => {
+  ({ a, b } = await seedTwoTenants(db.current));
+});
+
+interface TableSpec {
+  table: string;
+  /** Predicate selecting tenant A's row(s) by id, with its parameters. */
+  victim: (t: TenantFixture) => { where: string; params: unknown[] };
+  /** Columns every role with SELECT may read (members cannot read api_keys.secret_hash). */
+  columns: string;
+  /** An update a member role is allowed to try (granted columns where possible). */
+  set: string;
+  /**
+   * An insert that points into tenant A, made by `actor` (the attacking user, if
+   * any). No RETURNING: that would add the SELECT policy's check and hide a
+   * missing WITH CHECK.
+   */
+  insertInto: (victim: TenantFixture, actor: string | undefined) => { sql: string; params: unknown[] };
+}
+
+const TABLES: TableSpec[] = [
+  {
+    table: "herald_public.tenants",
+    columns: "id, slug, name",
+    victim: (t) => ({ where: "id = $1", params: [t.id] }),
+    set: "name = 'pwned'",
+    insertInto: () => ({ sql: "insert into herald_public.tenants (slug, name) values ('evil', 'Evil')", params: [] }),
+  },
+  {
+    table: "herald_public.users",
+    columns: "id, email",
+    victim: (t) => ({ where: "id = $1", params: [t.memberId] }),
+    set: "display_name = 'pwned'",
+    insertInto: () => ({ sql: "insert into herald_public.users (email) values ('evil@evil.test')", params: [] }),
+  },
+  {
+    table: "herald_public.memberships",
+    columns: "tenant_id, user_id, role",
+    victim: (t) => ({ where: "tenant_id = $1 and user_id = $2", params: [t.id, t.memberId] }),
+    set: "role = 'owner'",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'owner')",
+      params: [victim.id, b.ownerId],
+    }),
+  },
+  {
+    table: "herald_public.api_keys",
+    columns: "tenant_id, id, name",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.apiKeyId] }),
+    set: "revoked_at = now()",
+    // created_by is the actor, so only the tenant clause of the policy can refuse B's owner.
+    insertInto: (victim, actor) => ({
+      sql: `insert into herald_public.api_keys (tenant_id, name, token_prefix, secret_hash, created_by)
+            values ($1, 'evil', 'hk_evil', '\\x00'::bytea, $2)`,
+      params: [victim.id, actor ?? null],
+    }),
+  },
+  {
+    table: "herald_public.tenant_settings",
+    columns: "tenant_id, help_text",
+    victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
+    set: "help_text = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_public.tenant_settings (tenant_id) values ($1)", params: [victim.id] }),
+  },
+  {
+    table: "herald_hidden.pings",
+    columns: "tenant_id, id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.pingId] }),
+    set: "answered_by = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_hidden.pings (tenant_id) values ($1)", params: [victim.id] }),
+  },
+];
+
+const identities = () => [
+  { name: "B's owner", role: ROLES.member as RequestRole, tenantId: b.id, userId: b.ownerId },
+  { name: "B's member", role: ROLES.member as RequestRole, tenantId: b.id, userId: b.memberId },
+  { name: "B's API key", role: ROLES.member as RequestRole, tenantId: b.id, userId: undefined },
+  { name: "a worker in B", role: ROLES.worker as RequestRole, tenantId: b.id, userId: undefined },
+];
+
+/** Whether the current role holds `privilege` on every listed column of `table`. */
+async function holds(c: pg.PoolClient, table: string, columns: string, privilege: "SELECT" | "UPDATE"): Promise<boolean> {
+  const { rows } = await c.query<{ granted: boolean }>(
+    "select bool_and(has_column_privilege($1, trim(col), $3)) as granted from unnest(string_to_array($2, ',')) col",
+    [table, columns, privilege],
+  );
+  return rows[0]!.granted;
+}
+
+/**
+ * Runs an attack and asserts which layer stops it: without the privilege, the
+ * grant ("permission denied"); with it, row-level security — `attempt`'s own
+ * expectations hold (nothing of A seen or touched) or RLS raises its error.
+ */
+async function expectRefused(c: pg.PoolClient, label: string, granted: boolean, attempt: () => Promise<void>) {
+  const error = await expectPgError(c, attempt);
+  if (granted) {
+    if (error) expect(error.message, label).toMatch(/row-level security/);
+  } else {
+    expect(error?.message, label).toMatch(/permission denied/);
+  }
+}
+
+describe.each(TABLES)("$table", (spec) => {
+  it("tenant B cannot read tenant A's rows, by id or by scanning: grants refuse, or RLS hides them", async () => {
+    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId];
+    for (const who of identities()) {
+      await asRole(db.current, who, async (c) => {
+        const { where, params } = spec.victim(a);
+        const granted = await holds(c, spec.table, spec.columns, "SELECT");
+        await expectRefused(c, `${who.name} read A's row by id`, granted, async () => {
+          const { rowCount } = await c.query(`select ${spec.columns} from ${spec.table} where ${where}`, params);
+          expect(rowCount, `${who.name} read A's row by id`).toBe(0);
+        });
+        await expectRefused(c, `${who.name} scanned`, granted, async () => {
+          const { rows } = await c.query(`select ${spec.columns} from ${spec.table}`);
+          const leaked = rows.filter((r) => aIds().some((id) => JSON.stringify(r).includes(id)));
+          expect(leaked, `${who.name} saw A's rows in a full scan`).toEqual([]);
+        });
+      });
+    }
+  });
+
+  it("tenant B cannot update or delete tenant A's rows: grants refuse, or RLS hides the row", async () => {
+    for (const who of identities()) {
+      await asRole(db.current, who, async (c) => {
+        const { where, params } = spec.victim(a);
+        const column = spec.set.split(" = ")[0]!;
+        const updatable = await holds(c, spec.table, column, "UPDATE");
+        const { rows } = await c.query<{ granted: boolean }>("select has_table_privilege($1, 'DELETE') as granted", [spec.table]);
+        for (const [granted, statement] of [
+          [updatable, `update ${spec.table} set ${spec.set} where ${where}`],
+          [rows[0]!.granted, `delete from ${spec.table} where ${where}`],
+        ] as const) {
+          await expectRefused(c, `${who.name}: ${statement}`, granted, async () => {
+            const { rowCount } = await c.query(statement, params);
+            expect(rowCount, `${who.name}: ${statement}`).toBe(0);
+          });
+        }
+      });
+    }
+  });
+
+  it("tenant B cannot insert rows pointing into tenant A", async () => {
+    for (const who of identities()) {
+      await asRole(db.current, who, async (c) => {
+        const { sql, params } = spec.insertInto(a, who.userId);
+        const { rows } = await c.query<{ granted: boolean }>("select has_any_column_privilege($1, 'INSERT') as granted", [spec.table]);
+        const error = await expectPgError(c, () => c.query(sql, params));
+        expect(error, `${who.name} inserted into A: ${sql}`).toBeDefined();
+        // The layer that refuses: the grant when there is none, else the policy's WITH CHECK.
+        expect(error!.message).toMatch(rows[0]!.granted ? /row-level security/ : /permission denied/);
+      });
+    }
+  });
+});
+
+describe("tenant B referencing tenant A's rows", () => {
+  it("cannot record another tenant's user as an API key's creator", async () => {
+    await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId }, async (c) => {
+      const error = await expectPgError(c, () =>
+        c.query(
+          `insert into herald_public.api_keys (tenant_id, name, token_prefix, secret_hash, created_by)
+           values ($1, 'forged', 'hk_forged', '\\x01'::bytea, $2)`,
+          [b.id, a.ownerId],
+        ),
+      );
+      expect(error?.code).toBe("42501");
+    });
+  });
+
+  it("cannot revoke, or learn of, tenant A's API key through revoke_api_key", async () => {
+    await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId }, async (c) => {
+      const { rows } = await c.query("select * from herald_public.revoke_api_key($1)", [a.apiKeyId]);
+      // A composite-returning function yields one all-null row for "nothing".
+      expect(rows.every((r) => r.id === null)).toBe(true);
+    });
+    await withRootDb(db.current, async (c) => {
+      const { rows } = await c.query("select revoked_at from herald_public.api_keys where id = $1", [a.apiKeyId]);
+      expect(rows[0].revoked_at).toBeNull();
+    });
+  });
+
+  it("cannot read tenant A's ping through ping_answered_at, even after the worker answered it", async () => {
+    await withRootDb(db.current, async (c) => {
+      await c.query("update herald_hidden.pings set answered_at = now() where id = $1", [a.pingId]);
+      await c.query("select set_config('role', 'herald_member', true), set_config('jwt.claims.tenant_id', $1, true)", [b.id]);
+      const { rows } = await c.query("select herald_public.ping_answered_at($1) as at", [a.pingId]);
+      expect(rows[0].at).toBeNull();
+    });
+  });
+});
+
+describe("who may act inside their own tenant", () => {
+  it("a tenant's owner can update its settings; a plain member and an API key cannot", async () => {
+    const attempt = (userId: string | undefined) =>
+      asRole(db.current, { role: ROLES.member, tenantId: b.id, userId }, async (c) => {
+        const { rowCount } = await c.query("update herald_public.tenant_settings set help_text = 'hi' where tenant_id = $1", [b.id]);
+        return rowCount;
+      });
+    expect(await attempt(b.ownerId)).toBe(1);
+    expect(await attempt(b.memberId)).toBe(0);
+    expect(await attempt(undefined)).toBe(0);
+  });
+
+  it("an owner of tenant B who is a plain member of tenant A has no owner rights in A", async () => {
+    await withRootDb(db.current, async (c) => {
+      await c.query("insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'member')", [a.id, b.ownerId]);
+      await c.query(
+        `select set_config('role', 'herald_member', true), set_config('jwt.claims.tenant_id', $1, true),
+                set_config('jwt.claims.user_id', $2, true)`,
+        [a.id, b.ownerId],
+      );
+      const settings = await c.query("update herald_public.tenant_settings set help_text = 'x' where tenant_id = $1", [a.id]);
+      expect(settings.rowCount).toBe(0);
+      const error = await expectPgError(c, () => c.query("select herald_public.create_api_key('sneaky')"));
+      expect(error?.message).toMatch(/row-level security/);
+    });
+  });
+
+  it("a revoked API key stays revoked", async () => {
+    await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId }, async (c) => {
+      const { rows } = await c.query("select id, revoked_at from herald_public.revoke_api_key($1)", [b.apiKeyId]);
+      expect(rows[0].revoked_at).not.toBeNull();
+      const error = await expectPgError(c, () =>
+        c.query("update herald_public.api_keys set revoked_at = null where id = $1", [b.apiKeyId]),
+      );
+      expect(error?.code).toBe("REVKD");
+    });
+  });
+
+  it("members never read API key hashes", async () => {
+    await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId }, async (c) => {
+      const error = await expectPgError(c, () => c.query("select secret_hash from herald_public.api_keys"));
+      expect(error?.code).toBe("42501");
+    });
+  });
+});
+
+describe("connections and roles", () => {
+  it("a pooled connection reused after a tenant-A transaction sees nothing with an empty claim", async () => {
+    const client = new pg.Client({ connectionString: db.current.urls.authenticator });
+    await client.connect();
+    try {
+      await client.query("begin");
+      await client.query(
+        "select set_config('role', 'herald_member', true), set_config('jwt.claims.tenant_id', $1, true)",
+        [a.id],
+      );
+      const asA = await client.query("select count(*)::int as n from herald_public.tenants");
+      expect(asA.rows[0].n).toBe(1);
+      await client.query("commit");
+
+      // The same connection, next transaction: the claim reads as '' now.
+      await client.query("begin");
+      await client.query("select set_config('role', 'herald_member', true)");
+      const leftover = await client.query("select current_setting('jwt.claims.tenant_id', true) as claim");
+      expect(leftover.rows[0].claim).toBe("");
+      for (const spec of TABLES) {
+        const { rows } = await client.query(`select count(*)::int as n from ${spec.table}`);
+        // users: a member with no tenant and no user sees no one either.
+        expect(rows[0].n, spec.table).toBe(0);
+      }
+      await client.query("rollback");
+    } finally {
+      await client.end();
+    }
+  });
+
+  it("the authenticator itself, before SET ROLE, can read no tenant table", async () => {
+    const client = new pg.Client({ connectionString: db.current.urls.authenticator });
+    await client.connect();
+    try {
+      for (const spec of TABLES) {
+        const error = await client.query(`select 1 from ${spec.table} limit 1`).then(() => undefined, (e: { code: string }) => e);
+        expect(error?.code, spec.table).toBe("42501");
+      }
+    } finally {
+      await client.end();
+    }
+  });
+
+  it("herald_admin sees both tenants in every table", async () => {
+    await asRole(db.current, { role: ROLES.admin }, async (c) => {
+      for (const spec of TABLES) {
+        for (const t of [a, b]) {
+          const { where, params } = spec.victim(t);
+          const { rowCount } = await c.query(`select 1 from ${spec.table} where ${where}`, params);
+          expect(rowCount, `${spec.table} for ${t.slug}`).toBeGreaterThan(0);
+        }
+      }
+    });
+  });
+
+  it("a worker inside tenant A's context sees only tenant A", async () => {
+    await asRole(db.current, { role: ROLES.worker, tenantId: a.id }, async (c) => {
+      const { rows } = await c.query("select distinct tenant_id from herald_hidden.pings");
+      expect(rows.map((r) => r.tenant_id)).toEqual([a.id]);
+    });
+  });
+});

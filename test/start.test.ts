@@ -1,0 +1,101 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { afterAll, describe, expect, it } from "vitest";
+import { projectRoot } from "../src/paths.ts";
+
+/**
+ * `npm start` on a machine that has never run Herald: embedded PostgreSQL,
+ * migrations, worker, API, demo tenants and their tokens, then a clean stop.
+ */
+
+const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-start-"));
+let child: ChildProcess | undefined;
+
+afterAll(() => {
+  child?.kill("SIGKILL");
+  fs.rmSync(dataDir, { recursive: true, force: true });
+});
+
+/** Everything the child printed (stdout and stderr), kept for assertions and failure messages. */
+let transcript = "";
+
+/** Resolves with the transcript once `pattern` appears in it. */
+function waitForOutput(proc: ChildProcess, pattern: RegExp, timeoutMs: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => reject(new Error(`no ${pattern} within ${timeoutMs} ms:\n${transcript}`)), timeoutMs);
+    const onData = (chunk: Buffer) => {
+      transcript += chunk.toString();
+      if (pattern.test(transcript)) {
+        clearTimeout(timer);
+        resolve(transcript);
+      }
+    };
+    proc.stdout!.on("data", onData);
+    proc.stderr!.on("data", onData);
+    proc.once("exit", (code) => reject(new Error(`exited with ${code} before ${pattern}:\n${transcript}`)));
+  });
+}
+
+describe("first start", () => {
+  it("prints the GraphiQL URL and a token per demo tenant within 30 s; each token sees only its tenant", async () => {
+    const started = Date.now();
+    child = spawn(process.execPath, [path.join(projectRoot, "src/main.ts")], {
+      env: { ...process.env, DATABASE_URL: "", HERALD_DATA_DIR: dataDir, PORT: "0", LOG_LEVEL: "info", NODE_ENV: "" },
+      stdio: ["ignore", "pipe", "pipe"],
+    });
+    const output = await waitForOutput(child, /Globex Events \(globex-events[^\n]*\n\s+\S+\n/, 30_000);
+    expect(Date.now() - started).toBeLessThan(30_000);
+    const port = Number(/Herald is running at http:\/\/localhost:(\d+)/.exec(output)?.[1]);
+    expect(port).toBeGreaterThan(0);
+    expect(output).toContain(`GraphiQL: http://localhost:${port}/graphiql`);
+
+    const tokenAfter = (label: string) => new RegExp(`${label}[^\\n]*\\n\\s+(\\S+)`).exec(output)?.[1];
+    for (const [label, slug] of [["Acme Clinic", "acme-clinic"], ["Globex Events", "globex-events"]] as const) {
+      const token = tokenAfter(label);
+      expect(token, label).toBeTruthy();
+      const response = await fetch(`http://localhost:${port}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify({ query: "{ allTenants { nodes { slug } } allUsers { nodes { email } } }" }),
+      });
+      const body = (await response.json()) as { data: { allTenants: { nodes: unknown[] }; allUsers: { nodes: unknown[] } } };
+      expect(body.data.allTenants.nodes).toEqual([{ slug }]);
+      expect(body.data.allUsers.nodes).toEqual([{ email: `owner@${slug}.test` }]);
+    }
+
+    const health = await fetch(`http://localhost:${port}/healthz`);
+    expect(health.status).toBe(200);
+    // Development mode (embedded database, no NODE_ENV): GraphiQL is served.
+    const graphiql = await fetch(`http://localhost:${port}/graphiql`);
+    expect(graphiql.status).toBe(200);
+    expect(await graphiql.text()).toMatch(/<html/i);
+
+    // The secrets file holds keys: only its owner may read it.
+    expect(fs.statSync(path.join(dataDir, "secrets.json")).mode & 0o777).toBe(0o600);
+
+    const exitCode = await new Promise<number | null>((resolve) => {
+      child!.once("exit", resolve);
+      child!.kill("SIGTERM");
+    });
+    expect(exitCode, transcript.slice(-3000)).toBe(0);
+
+    // The structured log lines never carry a secret: keys, the JWT secret, role passwords, tokens.
+    const secrets = JSON.parse(fs.readFileSync(path.join(dataDir, "secrets.json"), "utf8")) as {
+      jwtSecret: string;
+      masterKey: string;
+      hashKey: string;
+      rolePasswords: Record<string, string>;
+    };
+    const logLines = transcript.split("\n").filter((line) => line.startsWith("{"));
+    expect(logLines.length).toBeGreaterThan(3);
+    const logs = logLines.join("\n");
+    for (const secret of [secrets.jwtSecret, secrets.masterKey, secrets.hashKey, ...Object.values(secrets.rolePasswords)]) {
+      expect(logs).not.toContain(secret);
+    }
+    expect(logs).not.toMatch(/eyJhbGciOi|Bearer /);
+    // PostgreSQL was stopped too, not left running.
+    expect(fs.existsSync(path.join(dataDir, "postgres", "postmaster.pid"))).toBe(false);
+  });
+});
