@@ -2,6 +2,8 @@ import type pg from "pg";
 import { makePgService } from "postgraphile/adaptors/pg";
 import { PostGraphileAmberPreset } from "postgraphile/presets/amber";
 import type { Identity } from "./src/auth.ts";
+import type { Keyring } from "./src/crypto/keyring.ts";
+import { ContactsPlugin } from "./src/api/contacts-plugin.ts";
 import { makeMaskError } from "./src/api/errors.ts";
 import { HeraldGuardsPlugin } from "./src/api/guards.ts";
 import type { Logger } from "./src/logger.ts";
@@ -22,22 +24,25 @@ declare global {
 
 export function makeHeraldPreset(options: {
   pool: pg.Pool;
+  keyring: Keyring;
   development: boolean;
   logger: Logger;
 }): GraphileConfig.Preset {
   return {
     extends: [PostGraphileAmberPreset],
-    plugins: [HeraldGuardsPlugin],
+    plugins: [HeraldGuardsPlugin, ContactsPlugin],
     pgServices: [makePgService({ pool: options.pool, schemas: ["herald_public"] })],
     grafast: {
-      context(requestContext) {
+      async context(requestContext) {
         const identity = requestContext.expressv4?.req.heraldIdentity;
         if (!identity) {
           // The auth middleware answers 401 before this; refuse rather than run unauthenticated.
           throw new Error("GraphQL request reached PostGraphile without an identity");
         }
-        // Only the allow-listed settings, never a whole token payload.
-        return { pgSettings: { ...identity.pgSettings } };
+        // Only the allow-listed settings, never a whole token payload; plus,
+        // inside a tenant, that tenant's PII keys (operators get none).
+        const keys = identity.tenantId ? await options.keyring.sessionSettings(options.pool, identity.tenantId) : {};
+        return { pgSettings: { ...identity.pgSettings, ...keys } };
       },
     },
     grafserv: {

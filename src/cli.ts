@@ -1,6 +1,5 @@
 import "./env-defaults.ts";
 import { randomBytes } from "node:crypto";
-import readline from "node:readline/promises";
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
 import { addMembership, createTenant, findMembershipUser, findOrCreateUser, findTenant, setUserPassword, type Tenant } from "./admin.ts";
@@ -8,50 +7,21 @@ import { createAuthenticator } from "./auth.ts";
 import { loadConfig, type Config } from "./config.ts";
 import { dropDatabase } from "./db/bootstrap.ts";
 import { openDatabase, type Database } from "./db/database.ts";
-import { commitMigration, watchMigrations } from "./db/migrate.ts";
+import { commitMigration, uncommitMigration, watchMigrations } from "./db/migrate.ts";
 import { asAdmin, withSession } from "./db/session.ts";
 import { ROLES } from "./db/urls.ts";
 import { formatReport, runDoctor } from "./doctor.ts";
 import { createLogger } from "./logger.ts";
 import { reportStartupError } from "./startup-errors.ts";
+import { registerContactCommands } from "./cli/contacts.ts";
+import { registerKeyCommands } from "./cli/keys.ts";
+import { CliError, confirm, logger, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
 
 /**
  * `herald` (`npm run herald -- …`): operator commands. Each opens the database
  * the way `npm start` does (starting the embedded server if it is not running,
  * attaching to it if it is) and acts as herald_admin through RLS like any request.
  */
-
-// Logs go to stderr so command output stays pipeable.
-const logger = createLogger(process.env.LOG_LEVEL ?? "warn", 2);
-
-class CliError extends Error {
-  override name = "CliError";
-}
-
-async function withDatabase<T>(fn: (ctx: { config: Config; db: Database; pool: pg.Pool }) => Promise<T>): Promise<T> {
-  const config = loadConfig();
-  const db = await openDatabase(config, logger);
-  const pool = new pg.Pool({ connectionString: db.urls.authenticator, max: 2 });
-  try {
-    return await fn({ config, db, pool });
-  } finally {
-    await pool.end();
-    await db.stop();
-  }
-}
-
-async function requireTenant(pool: pg.Pool, slug: string): Promise<Tenant> {
-  const tenant = await asAdmin(pool, (client) => findTenant(client, slug));
-  if (!tenant) throw new CliError(`No tenant with slug "${slug}". \`herald tenant list\` shows them.`);
-  return tenant;
-}
-
-const slugArg = (value: string) => {
-  if (!/^[a-z0-9][a-z0-9-]{1,62}$/.test(value)) {
-    throw new InvalidArgumentError("use 2-63 lower-case letters, digits and dashes, e.g. acme-clinic");
-  }
-  return value;
-};
 
 /** A token lifetime like 30m, 12h or 7d; capped so a leaked development token does not live for ever. */
 const durationArg = (value: string) => {
@@ -61,10 +31,6 @@ const durationArg = (value: string) => {
     throw new InvalidArgumentError("use a number with s, m, h or d (e.g. 12h), at most 30d");
   }
   return value;
-};
-
-const print = (text: string): void => {
-  process.stdout.write(text + "\n");
 };
 
 const program = new Command()
@@ -99,6 +65,24 @@ tenant
       );
       if (rows.length === 0) print("No tenants yet. `herald tenant create <slug> --name <name>` makes one.");
       for (const r of rows) print(`${r.slug.padEnd(24)} ${r.status.padEnd(10)} ${r.id}  ${r.name}`);
+    }),
+  );
+
+tenant
+  .command("delete")
+  .description("Delete a tenant and everything it owns, destroying its data key (crypto-shredding its contacts' PII).")
+  .argument("<slug>", "the tenant", slugArg)
+  .option("--yes", "do not ask for confirmation")
+  .action(async (slug: string, opts: { yes?: boolean }) =>
+    withDatabase(async ({ pool }) => {
+      const t = await requireTenant(pool, slug);
+      if (!opts.yes && !(await confirm(`Delete ${t.slug} (${t.name}) with all its contacts and messages? This cannot be undone.`))) {
+        print("Nothing changed.");
+        return;
+      }
+      await asAdmin(pool, (client) => client.query("delete from herald_public.tenants where id = $1", [t.id]));
+      print(`Deleted ${t.slug}; its data key is destroyed.`);
+      print("Backups taken earlier still hold that key wrapped by the master key: `herald keys rotate-master`, then destroy the old master key, to shred those copies too.");
     }),
   );
 
@@ -176,10 +160,19 @@ db.command("migrate")
   .action(async () => withDatabase(async () => print("Database is up to date.")));
 db.command("watch")
   .description("Apply migrations/current.sql on every save (schema development).")
-  .action(async () => {
+  .option("--once", "apply current.sql once and exit")
+  .action(async (opts: { once?: boolean }) => {
     const config = loadConfig();
     const watchLogger = createLogger("info", 2);
     const database = await openDatabase(config, watchLogger);
+    if (opts.once) {
+      try {
+        await watchMigrations(database.urls, watchLogger, true);
+      } finally {
+        await database.stop();
+      }
+      return;
+    }
     for (const signal of ["SIGINT", "SIGTERM"] as const) {
       process.once(signal, () => void database.stop().finally(() => process.exit(0)));
     }
@@ -191,6 +184,13 @@ db.command("commit")
   .action(async (opts: { message?: string }) =>
     withDatabase(async ({ db: database }) => {
       await commitMigration(database.urls, createLogger("info", 2), opts.message);
+    }),
+  );
+db.command("uncommit")
+  .description("Move the latest committed migration back into current.sql (before anyone else has applied it).")
+  .action(async () =>
+    withDatabase(async ({ db: database }) => {
+      await uncommitMigration(database.urls, createLogger("info", 2));
     }),
   );
 db.command("reset")
@@ -236,15 +236,8 @@ async function readStdin(): Promise<string> {
   return Buffer.concat(chunks).toString("utf8").replace(/\r?\n$/, "");
 }
 
-async function confirm(question: string): Promise<boolean> {
-  if (!process.stdin.isTTY) return false;
-  const rl = readline.createInterface({ input: process.stdin, output: process.stdout });
-  try {
-    return /^y(es)?$/i.test((await rl.question(`${question} [y/N] `)).trim());
-  } finally {
-    rl.close();
-  }
-}
+registerContactCommands(program);
+registerKeyCommands(program);
 
 program.parseAsync().catch((error: unknown) => {
   if (error instanceof CliError) {

@@ -38,6 +38,15 @@ const envSchema = z
     HERALD_JWT_AUDIENCE: optionalText,
     HERALD_MASTER_KEY: optionalText.pipe(base64Key("HERALD_MASTER_KEY").optional()),
     HERALD_HASH_KEY: optionalText.pipe(base64Key("HERALD_HASH_KEY").optional()),
+    // Rotation: keys that are being retired, accepted for reading only.
+    HERALD_MASTER_KEY_PREVIOUS: optionalText.pipe(
+      z
+        .string()
+        .transform((v) => v.split(",").map((k) => k.trim()).filter(Boolean))
+        .pipe(z.array(base64Key("each key in HERALD_MASTER_KEY_PREVIOUS")))
+        .optional(),
+    ),
+    HERALD_HASH_KEY_PREVIOUS: optionalText.pipe(base64Key("HERALD_HASH_KEY_PREVIOUS").optional()),
     TWILIO_ACCOUNT_SID: optionalText,
     TWILIO_AUTH_TOKEN: optionalText,
     HERALD_SMS_FROM: optionalText,
@@ -79,7 +88,11 @@ export interface Config {
   publicUrl: string;
   jwt: JwtConfig;
   masterKey: Buffer;
+  /** Master keys being retired: they unwrap tenant keys until `herald keys rotate-master` rewraps them. */
+  previousMasterKeys: Buffer[];
   hashKey: Buffer;
+  /** The hash key being replaced: lookups try it until `herald keys rotate-hash` has rebuilt every hash. */
+  previousHashKey?: Buffer;
   twilio?: { accountSid: string; authToken: string; smsFrom?: string };
   sendgrid?: { apiKey: string; emailFrom?: string; webhookPublicKey?: string };
   workerConcurrency: number;
@@ -100,6 +113,8 @@ export function isDevelopment(env: NodeJS.ProcessEnv): boolean {
   if (env.NODE_ENV) return env.NODE_ENV !== "production";
   return !env.DATABASE_URL;
 }
+
+const fromBase64 = (value: string | undefined) => (value ? Buffer.from(value, "base64") : undefined);
 
 export class ConfigError extends Error {
   override name = "ConfigError";
@@ -150,7 +165,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     publicUrl: (e.HERALD_PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/$/, ""),
     jwt,
     masterKey: Buffer.from(pick(e.HERALD_MASTER_KEY, secrets.masterKey, "HERALD_MASTER_KEY"), "base64"),
+    previousMasterKeys: (e.HERALD_MASTER_KEY ? (e.HERALD_MASTER_KEY_PREVIOUS ?? []) : (secrets.previousMasterKeys ?? [])).map(
+      (k) => Buffer.from(k, "base64"),
+    ),
     hashKey: Buffer.from(pick(e.HERALD_HASH_KEY, secrets.hashKey, "HERALD_HASH_KEY"), "base64"),
+    previousHashKey: fromBase64(e.HERALD_HASH_KEY ? e.HERALD_HASH_KEY_PREVIOUS : secrets.previousHashKey),
     twilio:
       e.TWILIO_ACCOUNT_SID && e.TWILIO_AUTH_TOKEN
         ? { accountSid: e.TWILIO_ACCOUNT_SID, authToken: e.TWILIO_AUTH_TOKEN, smsFrom: e.HERALD_SMS_FROM }

@@ -2,6 +2,7 @@ import "./env-defaults.ts";
 import { parseArgs } from "node:util";
 import { startApiServer, type ApiServer } from "./api/server.ts";
 import { loadConfig } from "./config.ts";
+import { keyringFromConfig } from "./crypto/keyring.ts";
 import { openDatabase, type Database } from "./db/database.ts";
 import { demoTokens, ensureDemoTenants } from "./demo.ts";
 import { createLogger } from "./logger.ts";
@@ -48,17 +49,19 @@ async function main() {
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
 
   db = await openDatabase(config, logger);
+  const keyring = keyringFromConfig(config);
   worker = await startWorker({
     ownerUrl: db.urls.owner,
     authenticatorUrl: db.urls.authenticator,
     concurrency: config.workerConcurrency,
+    keyring,
     logger,
   });
   if (flags["worker-only"]) {
     logger.info({ concurrency: config.workerConcurrency }, "worker running (no API in this process)");
     return;
   }
-  api = await startApiServer({ config, urls: db.urls, logger, worker });
+  api = await startApiServer({ config, urls: db.urls, logger, worker, keyring });
 
   // Demo data only where it cannot leak into a real deployment: the embedded
   // database, or when asked for explicitly.

@@ -12,6 +12,9 @@ export interface GeneratedSecrets {
   jwtSecret: string;
   masterKey: string;
   hashKey: string;
+  /** Set only while `herald keys rotate-master` / `rotate-hash` runs against file-held keys. */
+  previousMasterKeys?: string[];
+  previousHashKey?: string;
   /** Login passwords for herald_owner / herald_authenticator, and the embedded superuser. */
   rolePasswords: Record<string, string>;
 }
@@ -21,6 +24,14 @@ const randomPassword = () => randomBytes(24).toString("base64url");
 
 function secretsFile(): string {
   return path.join(dataDir(), "secrets.json");
+}
+
+/** Replace the secrets file atomically (write a 0600 temp file, then rename). */
+export function saveSecrets(secrets: GeneratedSecrets): void {
+  const file = secretsFile();
+  const temporary = `${file}.${process.pid}.tmp`;
+  fs.writeFileSync(temporary, JSON.stringify(secrets, null, 2) + "\n", { mode: 0o600, flag: "wx" });
+  fs.renameSync(temporary, file);
 }
 
 /** Read the generated secrets, creating the file (0600) on first use. */

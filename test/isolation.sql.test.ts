@@ -3,6 +3,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
 import { asRole, expectPgError, useTestDatabase, withRootDb, type RequestRole } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+import { testKeyring } from "./helpers/keys.ts";
 
 /**
  * Tenant B attacks tenant A's rows in every table through raw SQL, as each
@@ -85,6 +86,51 @@ const TABLES: TableSpec[] = [
     set: "answered_by = 'pwned'",
     insertInto: (victim) => ({ sql: "insert into herald_hidden.pings (tenant_id) values ($1)", params: [victim.id] }),
   },
+  {
+    table: "herald_public.contacts",
+    columns: "tenant_id, id, first_name, phone_hash, email_encrypted",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.contactId] }),
+    set: "first_name = 'pwned'",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.contacts (tenant_id, first_name, key_version, hash_version) values ($1, 'evil', 1, 1)",
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_public.tags",
+    columns: "tenant_id, id, name",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.tagId] }),
+    set: "name = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_public.tags (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.contact_tags",
+    columns: "tenant_id, contact_id, tag_id",
+    victim: (t) => ({ where: "tenant_id = $1 and contact_id = $2", params: [t.id, t.contactId] }),
+    // No column of contact_tags is updatable: the grant refuses.
+    set: "tag_id = tag_id",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.contact_tags (tenant_id, contact_id, tag_id) values ($1, $2, $3)",
+      params: [victim.id, victim.contactId, victim.tagId],
+    }),
+  },
+  {
+    table: "herald_public.lists",
+    columns: "tenant_id, id, name",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.listId] }),
+    set: "description = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_public.lists (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.list_members",
+    columns: "tenant_id, list_id, contact_id",
+    victim: (t) => ({ where: "tenant_id = $1 and list_id = $2", params: [t.id, t.listId] }),
+    set: "contact_id = contact_id",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.list_members (tenant_id, list_id, contact_id) values ($1, $2, $3)",
+      params: [victim.id, victim.listId, victim.contactId],
+    }),
+  },
 ];
 
 const identities = () => [
@@ -119,7 +165,7 @@ async function expectRefused(c: pg.PoolClient, label: string, granted: boolean, 
 
 describe.each(TABLES)("$table", (spec) => {
   it("tenant B cannot read tenant A's rows, by id or by scanning: grants refuse, or RLS hides them", async () => {
-    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId];
+    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId, a.contactId, a.tagId, a.listId];
     for (const who of identities()) {
       await asRole(db.current, who, async (c) => {
         const { where, params } = spec.victim(a);
@@ -203,6 +249,49 @@ describe("tenant B referencing tenant A's rows", () => {
       await c.query("select set_config('role', 'herald_member', true), set_config('jwt.claims.tenant_id', $1, true)", [b.id]);
       const { rows } = await c.query("select herald_public.ping_answered_at($1) as at", [a.pingId]);
       expect(rows[0].at).toBeNull();
+    });
+  });
+});
+
+describe("tenant B referencing tenant A's contacts, tags and lists from its own rows", () => {
+  // B's own tenant_id passes RLS; the composite foreign keys (tenant_id, …) refuse A's ids.
+  const attacks = () => [
+    ["put A's contact on B's list", "insert into herald_public.list_members (list_id, contact_id) values ($1, $2)", [b.listId, a.contactId]],
+    ["put B's contact on A's list", "insert into herald_public.list_members (list_id, contact_id) values ($1, $2)", [a.listId, b.contactId]],
+    ["tag A's contact with B's tag", "insert into herald_public.contact_tags (tag_id, contact_id) values ($1, $2)", [b.tagId, a.contactId]],
+    ["tag B's contact with A's tag", "insert into herald_public.contact_tags (tag_id, contact_id) values ($1, $2)", [a.tagId, b.contactId]],
+  ] as const;
+
+  it.each(["B's owner", "B's member", "B's API key", "a worker in B"])("%s is refused by the composite foreign key", async (name) => {
+    const who = identities().find((i) => i.name === name)!;
+    for (const [label, sql, params] of attacks()) {
+      await asRole(db.current, who, async (c) => {
+        const error = await expectPgError(c, () => c.query(sql, [...params]));
+        expect(error?.code, `${name}: ${label}`).toBe("23503");
+      });
+    }
+    await withRootDb(db.current, async (c) => {
+      const { rows } = await c.query(
+        "select (select count(*)::int from herald_public.list_members) as members, (select count(*)::int from herald_public.contact_tags) as tags",
+      );
+      expect(rows[0]).toEqual({ members: 2, tags: 2 });
+    });
+  });
+
+  it("cannot find tenant A's contact by its phone or email hash, even with A's hash values in hand", async () => {
+    const aHashes = await withRootDb(db.current, async (c) =>
+      (await c.query("select phone_hash, email_hash from herald_public.contacts where id = $1", [a.contactId])).rows[0],
+    );
+    const settings = await testKeyring().sessionSettings(db.current.root, b.id);
+    await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId, settings }, async (c) => {
+      const { rowCount } = await c.query("select id from herald_public.contacts where phone_hash = $1 or email_hash = $2", [
+        aHashes.phone_hash,
+        aHashes.email_hash,
+      ]);
+      expect(rowCount).toBe(0);
+      // And B's own hash of A's number is a different value: hash keys are per tenant.
+      const { rows } = await c.query("select herald_hidden.pii_hashes('phone', $1) as hashes", [a.contactPhone]);
+      expect(rows[0].hashes.map((h: Buffer) => h.toString("hex"))).not.toContain(aHashes.phone_hash.toString("hex"));
     });
   });
 });

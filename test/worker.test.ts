@@ -1,4 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { loadConfig } from "../src/config.ts";
+import { keyringFromConfig } from "../src/crypto/keyring.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { createLogger } from "../src/logger.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
@@ -16,7 +18,13 @@ let b: TenantFixture;
 
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
-  worker = await startWorker({ ownerUrl: db.current.urls.owner, authenticatorUrl: db.current.urls.authenticator, concurrency: 2, logger: createLogger("silent", 2) });
+  worker = await startWorker({
+    ownerUrl: db.current.urls.owner,
+    authenticatorUrl: db.current.urls.authenticator,
+    concurrency: 2,
+    keyring: keyringFromConfig(loadConfig()),
+    logger: createLogger("silent", 2),
+  });
 });
 
 afterAll(async () => {

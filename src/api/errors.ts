@@ -28,6 +28,7 @@ const HERALD_CODES: Record<string, string> = {
   REVKD: "ALREADY_REVOKED",
   WEAKP: "WEAK_PASSWORD",
   NTFND: "NOT_FOUND",
+  NOKEY: "NO_KEY",
 };
 
 function translate(pgError: PgError): { message: string; code: string; field?: string } | undefined {

@@ -1,6 +1,7 @@
 import http from "node:http";
 import express, { type ErrorRequestHandler, type RequestHandler } from "express";
 import pg from "pg";
+import { keyringFromConfig, type Keyring } from "../crypto/keyring.ts";
 import { postgraphile } from "postgraphile";
 import { grafserv } from "postgraphile/grafserv/express/v4";
 import { z } from "zod";
@@ -107,8 +108,11 @@ export async function startApiServer(options: {
   worker?: WorkerHandle;
   /** Connections for requests (default 20); tests use 1 to prove connection reuse is safe. */
   poolSize?: number;
+  /** Shared with the worker in one process; built from the config otherwise. */
+  keyring?: Keyring;
 }): Promise<ApiServer> {
   const { config, urls, logger, worker } = options;
+  const keyring = options.keyring ?? keyringFromConfig(config);
   const authenticatorPool = new pg.Pool({ connectionString: urls.authenticator, max: options.poolSize ?? 20 });
   const ownerPool = new pg.Pool({ connectionString: urls.owner, max: 2 });
   for (const pool of [authenticatorPool, ownerPool]) {
@@ -141,9 +145,17 @@ export async function startApiServer(options: {
   app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), pageSizeVariablesGuard);
 
   const server = http.createServer(app);
-  const pgl = postgraphile(makeHeraldPreset({ pool: authenticatorPool, development: config.development, logger }));
+  const pgl = postgraphile(makeHeraldPreset({ pool: authenticatorPool, keyring, development: config.development, logger }));
   const serv = pgl.createServ(grafserv);
   await serv.addTo(app, server);
+  try {
+    // Build the schema now: a plugin or schema error must fail the start, not every request.
+    await pgl.getSchema();
+  } catch (error) {
+    await pgl.release();
+    await Promise.all([authenticatorPool.end(), ownerPool.end()]);
+    throw error;
+  }
 
   app.use((_req, res) => {
     res.status(404).json(jsonError("NOT_FOUND", "No such route."));

@@ -110,6 +110,14 @@ export async function dropDatabase(adminUrl: string, database: string): Promise<
   const client = new pg.Client({ connectionString: withDatabase(adminUrl, "postgres") });
   await client.connect();
   try {
+    // Pools that were just ended have sent Terminate but their backends may not have
+    // exited yet; FORCE would kill them mid-goodbye and the closing client would emit an
+    // unhandled 57P01. Give them a moment to leave, then force whatever remains.
+    for (let waited = 0; waited < 5_000; waited += 50) {
+      const { rows } = await client.query("select count(*)::int as n from pg_stat_activity where datname = $1", [database]);
+      if (rows[0].n === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 50));
+    }
     await client.query(`drop database if exists ${quoteIdent(database)} with (force)`);
   } finally {
     await client.end();

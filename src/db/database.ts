@@ -26,6 +26,8 @@ export interface DatabaseUrls {
 export interface Database {
   urls: DatabaseUrls;
   embedded: boolean;
+  /** The embedded server was already running: another Herald process (e.g. `npm start`) uses it. */
+  sharedWithRunningHerald: boolean;
   stop(): Promise<void>;
 }
 
@@ -53,6 +55,7 @@ export async function openDatabase(
 ): Promise<Database> {
   let adminUrl: string;
   let stop = async () => {};
+  let sharedWithRunningHerald = false;
   const embedded = !config.databaseUrl;
   if (config.databaseUrl) {
     adminUrl = options.database ? withDatabase(config.databaseUrl, options.database) : config.databaseUrl;
@@ -67,6 +70,7 @@ export async function openDatabase(
     });
     adminUrl = withDatabase(cluster.adminUrl, options.database ?? "herald");
     stop = cluster.stop;
+    sharedWithRunningHerald = !cluster.startedHere;
     logger.info({ port: cluster.port }, "embedded PostgreSQL is running");
   }
   const urls = deriveUrls(adminUrl, config.rolePasswords);
@@ -85,5 +89,5 @@ export async function openDatabase(
     await stop();
     throw error;
   }
-  return { urls, embedded, stop };
+  return { urls, embedded, sharedWithRunningHerald, stop };
 }

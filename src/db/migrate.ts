@@ -1,7 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import JSON5 from "json5";
-import { commit, Logger as MigrateLogger, migrate, watch, type Settings } from "graphile-migrate";
+import { commit, Logger as MigrateLogger, migrate, uncommit, watch, type Settings } from "graphile-migrate";
 // graphile-migrate keeps its pools open for reuse, and its pools' error handler
 // calls process.exit(1): when the embedded server stops, idle connections drop
 // and would take Herald down. Release them as soon as each command is done.
@@ -44,7 +44,20 @@ export async function commitMigration(urls: DatabaseUrls, logger: Logger, messag
   }
 }
 
-/** `npm run db:watch`: apply current.sql on every save, for schema work. */
-export async function watchMigrations(urls: DatabaseUrls, logger: Logger): Promise<void> {
-  await watch(migrateSettings(urls, logger), false, false);
+/** `herald db uncommit`: the latest committed migration goes back to current.sql (only if not yet shared). */
+export async function uncommitMigration(urls: DatabaseUrls, logger: Logger): Promise<void> {
+  try {
+    await uncommit(migrateSettings(urls, logger));
+  } finally {
+    clearAllPools();
+  }
+}
+
+/** `npm run db:watch`: apply current.sql on every save, for schema work (or once). */
+export async function watchMigrations(urls: DatabaseUrls, logger: Logger, once = false): Promise<void> {
+  try {
+    await watch(migrateSettings(urls, logger), once, false);
+  } finally {
+    if (once) clearAllPools();
+  }
 }

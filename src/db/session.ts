@@ -9,6 +9,8 @@ export interface SessionContext {
   role: (typeof ROLES)[keyof typeof ROLES];
   tenantId?: string;
   userId?: string;
+  /** Further transaction-local settings, e.g. the tenant's keys (src/crypto/keyring.ts). */
+  settings?: Record<string, string>;
 }
 
 /**
@@ -23,6 +25,13 @@ export async function enterSession(client: pg.ClientBase, context: SessionContex
             set_config('jwt.claims.user_id', $3, true)`,
     [context.role, context.tenantId ?? "", context.userId ?? ""],
   );
+  if (context.settings && Object.keys(context.settings).length > 0) {
+    // Bind parameters, never literals: these values may be keys.
+    await client.query("select set_config(name, value, true) from unnest($1::text[], $2::text[]) as s(name, value)", [
+      Object.keys(context.settings),
+      Object.values(context.settings),
+    ]);
+  }
   const { rows: who } = await client.query<{ current_user: string }>("select current_user");
   if (who[0]?.current_user !== context.role) {
     throw new Error(`session runs as ${who[0]?.current_user}, not ${context.role}`);

@@ -1,4 +1,5 @@
 import type pg from "pg";
+import type { Keyring } from "../crypto/keyring.ts";
 import { withSession } from "../db/session.ts";
 import { ROLES } from "../db/urls.ts";
 
@@ -6,18 +7,31 @@ import { ROLES } from "../db/urls.ts";
  * Tenant work in jobs runs on its own pool that logs in as herald_authenticator
  * (NOINHERIT: no table rights of its own), never on graphile-worker's owner
  * connection. Each job's SQL runs in one transaction as herald_worker inside
- * the job's tenant, under the same policies that confine API requests; the
- * settings are transaction-local, so nothing leaks to the next job.
+ * the job's tenant, under the same policies that confine API requests, holding
+ * that tenant's keys and no other's; the settings are transaction-local, so
+ * nothing leaks to the next job.
  */
 
-let tenantPool: pg.Pool | undefined;
+let tenantContext: { pool: pg.Pool; keyring: Keyring } | undefined;
 
 /** Called by startWorker; tasks reach the pool only through withTenantContext. */
-export function setTenantPool(pool: pg.Pool | undefined): void {
-  tenantPool = pool;
+export function setTenantContext(context: { pool: pg.Pool; keyring: Keyring } | undefined): void {
+  tenantContext = context;
 }
 
-export function withTenantContext<T>(tenantId: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  if (!tenantPool) throw new Error("withTenantContext used before the worker started");
-  return withSession(tenantPool, { role: ROLES.worker, tenantId }, fn);
+/** How long this process may keep using a tenant's keys after they change. */
+export function keyCacheTtlMs(): number {
+  if (!tenantContext) throw new Error("keyCacheTtlMs used before the worker started");
+  return tenantContext.keyring.cacheTtlMs;
+}
+
+export async function withTenantContext<T>(
+  tenantId: string,
+  fn: (client: pg.PoolClient) => Promise<T>,
+  options: { freshKeys?: boolean } = {},
+): Promise<T> {
+  if (!tenantContext) throw new Error("withTenantContext used before the worker started");
+  const { pool, keyring } = tenantContext;
+  const settings = await keyring.sessionSettings(pool, tenantId, { fresh: options.freshKeys });
+  return withSession(pool, { role: ROLES.worker, tenantId, settings }, fn);
 }

@@ -1,12 +1,15 @@
 import { Logger as WorkerLogger, run, type Runner, type TaskList } from "graphile-worker";
 import pg from "pg";
+import type { Keyring } from "../crypto/keyring.ts";
+import contactsRekey from "../../tasks/contacts__rekey.ts";
 import ping from "../../tasks/herald__ping.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
-import { setTenantPool } from "./tenant-context.ts";
+import { setTenantContext } from "./tenant-context.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
 export const taskList: TaskList = {
   herald__ping: ping as TaskList[string],
+  contacts__rekey: contactsRekey as TaskList[string],
 };
 
 export interface WorkerHandle {
@@ -22,6 +25,8 @@ export async function startWorker(options: {
   /** Tenant work inside jobs: SET ROLE herald_worker per job. */
   authenticatorUrl: string;
   concurrency: number;
+  /** Unwraps each job's tenant keys. */
+  keyring: Keyring;
   logger: Logger;
 }): Promise<WorkerHandle> {
   const onIdleError = (error: Error) =>
@@ -30,9 +35,11 @@ export async function startWorker(options: {
   // stops: an idle connection dropped at shutdown must not crash the process.
   const queuePool = new pg.Pool({ connectionString: options.ownerUrl, max: options.concurrency + 2 });
   queuePool.on("error", onIdleError);
+  // A checked-out client that loses its connection emits on itself, not on the pool.
+  queuePool.on("connect", (client) => client.on("error", onIdleError));
   const tenantPool = new pg.Pool({ connectionString: options.authenticatorUrl, max: options.concurrency });
   tenantPool.on("error", onIdleError);
-  setTenantPool(tenantPool);
+  setTenantContext({ pool: tenantPool, keyring: options.keyring });
   const runner = await run({
     pgPool: queuePool,
     concurrency: options.concurrency,
@@ -58,7 +65,7 @@ export async function startWorker(options: {
     isRunning: () => running,
     stop: () =>
       (stopped ??= runner.stop().finally(async () => {
-        setTenantPool(undefined);
+        setTenantContext(undefined);
         await Promise.all([tenantPool.end(), queuePool.end()]);
       })),
   };

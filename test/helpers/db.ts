@@ -80,7 +80,7 @@ export type RequestRole = typeof ROLES.member | typeof ROLES.admin | typeof ROLE
 /** As a request role with the given claims, exactly as PostGraphile sets them. */
 export const asRole = <T>(
   db: TestDb,
-  context: { role: RequestRole; tenantId?: string; userId?: string },
+  context: { role: RequestRole; tenantId?: string; userId?: string; settings?: Record<string, string> },
   fn: (c: pg.PoolClient) => Promise<T>,
 ) => rollbackOnly(db.authenticator, (c) => enterSession(c, context), fn);
 

@@ -1,5 +1,8 @@
 import type pg from "pg";
+import { withSession } from "../../src/db/session.ts";
+import { ROLES } from "../../src/db/urls.ts";
 import type { TestDb } from "./db.ts";
+import { testKeyring } from "./keys.ts";
 
 /**
  * Two tenants with a row in every table, committed (as superuser) into the
@@ -13,9 +16,17 @@ export interface TenantFixture {
   apiKeyId: string;
   apiKeySecret: string;
   pingId: string;
+  /** One contact (encrypted phone and email), tagged and on a list. */
+  contactId: string;
+  contactPhone: string;
+  contactEmail: string;
+  tagId: string;
+  listId: string;
 }
 
-async function seedTenant(client: pg.PoolClient, slug: string, name: string): Promise<TenantFixture> {
+type TenantRows = Omit<TenantFixture, "contactId" | "contactPhone" | "contactEmail" | "tagId" | "listId">;
+
+async function seedTenant(client: pg.PoolClient, slug: string, name: string): Promise<TenantRows> {
   const one = async <T extends pg.QueryResultRow>(sql: string, params: unknown[]) => (await client.query<T>(sql, params)).rows[0]!;
   const { id } = await one<{ id: string }>("insert into herald_public.tenants (slug, name) values ($1, $2) returning id", [slug, name]);
   const owner = await one<{ id: string }>("insert into herald_public.users (email) values ($1) returning id", [`owner@${slug}.test`]);
@@ -47,12 +58,34 @@ async function committed<T>(db: TestDb, fn: (client: pg.PoolClient) => Promise<T
   }
 }
 
-export const seedTwoTenants = (db: TestDb): Promise<{ a: TenantFixture; b: TenantFixture }> =>
-  committed(db, async (client) => ({
+let phoneSuffix = 100;
+
+/** The tenant's contact data, written the way the worker would: as herald_worker with the tenant's keys. */
+async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixture> {
+  const contactPhone = `+1415555${String(phoneSuffix++).padStart(4, "0")}`;
+  const contactEmail = `person@${tenant.slug}.test`;
+  const settings = await testKeyring().sessionSettings(db.root, tenant.id);
+  return withSession(db.authenticator, { role: ROLES.worker, tenantId: tenant.id, settings }, async (client) => {
+    const one = async (sql: string, params: unknown[]) => (await client.query(sql, params)).rows[0];
+    const contact = await one("select contact_id from herald_hidden.upsert_contacts($1)", [
+      JSON.stringify([{ first_name: `Person of ${tenant.slug}`, phone: contactPhone, email: contactEmail }]),
+    ]);
+    const tag = await one("insert into herald_public.tags (name) values ('vip') returning id", []);
+    const list = await one("insert into herald_public.lists (name) values ('newsletter') returning id", []);
+    await client.query("insert into herald_public.contact_tags (contact_id, tag_id) values ($1, $2)", [contact.contact_id, tag.id]);
+    await client.query("insert into herald_public.list_members (contact_id, list_id) values ($1, $2)", [contact.contact_id, list.id]);
+    return { ...tenant, contactId: contact.contact_id, contactPhone, contactEmail, tagId: tag.id, listId: list.id };
+  });
+}
+
+export async function seedTwoTenants(db: TestDb): Promise<{ a: TenantFixture; b: TenantFixture }> {
+  const tenants = await committed(db, async (client) => ({
     a: await seedTenant(client, "tenant-a", "Tenant A"),
     b: await seedTenant(client, "tenant-b", "Tenant B"),
   }));
+  return { a: await seedContacts(db, tenants.a), b: await seedContacts(db, tenants.b) };
+}
 
 /** One more tenant, for a test that changes it (suspends it, removes members…). */
-export const seedExtraTenant = (db: TestDb, slug: string): Promise<TenantFixture> =>
-  committed(db, (client) => seedTenant(client, slug, slug));
+export const seedExtraTenant = async (db: TestDb, slug: string): Promise<TenantFixture> =>
+  seedContacts(db, await committed(db, (client) => seedTenant(client, slug, slug)));

@@ -1,0 +1,245 @@
+import fs from "node:fs";
+import { parse } from "csv-parse";
+import type pg from "pg";
+import type { Keyring } from "../crypto/keyring.ts";
+import { withSession } from "../db/session.ts";
+import { ROLES } from "../db/urls.ts";
+import { normalizeContact, type ContactDocument, type ContactInput } from "./normalize.ts";
+import { MAX_UPSERT_BATCH, tenantDefaultCountry, upsertContacts, type RunQuery, type UpsertOutcome } from "./store.ts";
+
+/**
+ * CSV import (`herald contacts import`). Streams the file: memory holds one
+ * batch of rows plus the identifiers seen so far (to report repeats), never
+ * the file. Each batch is its own transaction inside the tenant, as
+ * herald_worker with the tenant's keys, so an interrupted import keeps what it
+ * committed and a re-run simply finds those rows unchanged.
+ */
+
+export interface ImportOptions {
+  /** herald_authenticator pool: the import runs under RLS like any job. */
+  pool: pg.Pool;
+  keyring: Keyring;
+  tenantId: string;
+  file: string;
+  /** Country for national phone formats; the tenant's default_country otherwise. */
+  defaultCountry?: string;
+  tags?: string[];
+  lists?: string[];
+  /** Where rejected rows are described (line, column, reason). */
+  rejectsFile: string;
+  batchSize?: number;
+  /** Batches written at once, each on its own connection (Postgres does the crypto: use its cores). */
+  parallel?: number;
+  onProgress?: (progress: ImportProgress) => void;
+}
+
+export interface ImportProgress {
+  rows: number;
+  bytesRead: number;
+  totalBytes: number;
+}
+
+export interface ImportSummary {
+  rows: number;
+  inserted: number;
+  updated: number;
+  unchanged: number;
+  rejected: number;
+  rejectsFile?: string;
+}
+
+interface Reject {
+  line: number;
+  column: string;
+  reason: string;
+}
+
+/** Header spellings we accept → the contact field. Other columns become attributes. */
+const FIELD_BY_HEADER: Record<string, keyof ContactInput> = {
+  firstname: "firstName",
+  lastname: "lastName",
+  phone: "phone",
+  phonenumber: "phone",
+  mobile: "phone",
+  email: "email",
+  emailaddress: "email",
+  timezone: "timezone",
+  locale: "locale",
+  externalid: "externalId",
+  smssubscribed: "smsSubscribed",
+  emailsubscribed: "emailSubscribed",
+  whatsappsubscribed: "whatsappSubscribed",
+};
+const headerKey = (header: string) => header.toLowerCase().replace(/[^a-z0-9]/g, "");
+const BOOLEAN_FIELDS = new Set<keyof ContactInput>(["smsSubscribed", "emailSubscribed", "whatsappSubscribed"]);
+
+function parseBoolean(value: string): boolean | undefined {
+  const v = value.toLowerCase();
+  if (["true", "yes", "y", "1"].includes(v)) return true;
+  if (["false", "no", "n", "0"].includes(v)) return false;
+  return undefined;
+}
+
+/** One CSV record → a contact input, with the header each field came from. */
+function toInput(record: Record<string, string>): { input: ContactInput; headerOf: Map<string, string>; rejects: Omit<Reject, "line">[] } {
+  const input: ContactInput = {};
+  const headerOf = new Map<string, string>();
+  const attributes: Record<string, string> = {};
+  const rejects: Omit<Reject, "line">[] = [];
+  for (const [header, raw] of Object.entries(record)) {
+    const value = raw?.trim() ?? "";
+    if (value === "") continue; // an empty cell means "not given", never "clear"
+    const field = FIELD_BY_HEADER[headerKey(header)];
+    if (!field) {
+      attributes[header] = value;
+      continue;
+    }
+    headerOf.set(field, header);
+    if (BOOLEAN_FIELDS.has(field)) {
+      const flag = parseBoolean(value);
+      if (flag === undefined) rejects.push({ column: header, reason: "must be true/false (or yes/no, 1/0)" });
+      else (input as Record<string, unknown>)[field] = flag;
+    } else {
+      (input as Record<string, unknown>)[field] = value;
+    }
+  }
+  if (Object.keys(attributes).length > 0) input.attributes = attributes;
+  return { input, headerOf, rejects };
+}
+
+const csvField = (value: string | number) => {
+  const text = String(value);
+  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
+};
+
+const REFUSAL_REASONS: Partial<Record<UpsertOutcome["action"], string>> = {
+  conflict: "its phone, email and external id belong to different existing contacts",
+  duplicate: "repeats a contact of an earlier row",
+};
+
+export async function importContacts(options: ImportOptions): Promise<ImportSummary> {
+  const batchSize = Math.min(options.batchSize ?? MAX_UPSERT_BATCH, MAX_UPSERT_BATCH);
+  const totalBytes = fs.statSync(options.file).size;
+  const settings = await options.keyring.sessionSettings(options.pool, options.tenantId);
+  const inTenant = <T>(fn: (run: RunQuery) => Promise<T>) =>
+    withSession(options.pool, { role: ROLES.worker, tenantId: options.tenantId, settings }, (client) =>
+      fn(async <R>(text: string, values: unknown[]) => (await client.query(text, values)).rows as R[]),
+    );
+
+  const { country, tagIds, listIds } = await inTenant(async (run) => ({
+    country: options.defaultCountry ?? (await tenantDefaultCountry(run)) ?? "US",
+    tagIds: await ensureNamed(run, "tags", options.tags ?? []),
+    listIds: await ensureNamed(run, "lists", options.lists ?? []),
+  }));
+
+  const summary: ImportSummary = { rows: 0, inserted: 0, updated: 0, unchanged: 0, rejected: 0 };
+  let rejectsOut: fs.WriteStream | undefined;
+  const reject = (r: Reject) => {
+    summary.rejected++;
+    rejectsOut ??= fs.createWriteStream(options.rejectsFile).on("error", () => undefined);
+    if (summary.rejected === 1) rejectsOut.write("line,column,reason\n");
+    rejectsOut.write(`${r.line},${csvField(r.column)},${csvField(r.reason)}\n`);
+  };
+  // First line of each identifier, to report repeats inside the file.
+  const firstLine = new Map<string, number>();
+
+  let bytesRead = 0;
+  const input = fs.createReadStream(options.file);
+  input.on("data", (chunk) => (bytesRead += chunk.length));
+  const parser = input.pipe(
+    parse({ columns: true, bom: true, info: true, raw: true, skip_empty_lines: true, relax_column_count: true, trim: false }),
+  );
+
+  let batch: { line: number; document: ContactDocument }[] = [];
+  // Batches never share an identifier (repeats are rejected above), so they
+  // cannot conflict with each other and may be written concurrently.
+  const inFlight = new Set<Promise<void>>();
+  const parallel = Math.max(1, options.parallel ?? 2);
+  const flush = async () => {
+    if (batch.length === 0) return;
+    while (inFlight.size >= parallel) await Promise.race(inFlight);
+    const pending = batch;
+    batch = [];
+    const write = writeBatch(pending).finally(() => inFlight.delete(write));
+    write.catch(() => undefined); // surfaced by the race/all that awaits it, not as an unhandled rejection
+    inFlight.add(write);
+  };
+  const writeBatch = async (pending: { line: number; document: ContactDocument }[]) => {
+    const outcomes = await inTenant(async (run) => {
+      const result = await upsertContacts(run, pending.map((p) => p.document));
+      const kept = result.filter((o) => o.contactId && !REFUSAL_REASONS[o.action]).map((o) => o.contactId!);
+      await attach(run, "contact_tags", "tag_id", tagIds, kept);
+      await attach(run, "list_members", "list_id", listIds, kept);
+      return result;
+    });
+    for (const outcome of outcomes) {
+      const reason = REFUSAL_REASONS[outcome.action];
+      if (reason) reject({ line: pending[outcome.ordinal]!.line, column: "", reason });
+      else if (outcome.action === "inserted") summary.inserted++;
+      else if (outcome.action === "updated") summary.updated++;
+      else summary.unchanged++;
+    }
+    options.onProgress?.({ rows: summary.rows, bytesRead, totalBytes });
+  };
+
+  try {
+    for await (const { record, info, raw } of parser as AsyncIterable<{ record: Record<string, string>; info: { lines: number }; raw: string }>) {
+      summary.rows++;
+      // info.lines is where the record ends; a quoted field may span lines.
+      const line = info.lines - (raw.replace(/\r?\n$/, "").match(/\n/g)?.length ?? 0);
+      const { input: contact, headerOf, rejects } = toInput(record);
+      const { document, errors } = normalizeContact(contact, country);
+      for (const r of rejects) reject({ line, ...r });
+      for (const e of errors) reject({ line, column: headerOf.get(e.field) ?? e.field, reason: e.message });
+      if (rejects.length > 0 || errors.length > 0) continue;
+      if (!document.phone && !document.email) {
+        reject({ line, column: "phone", reason: "a contact needs a phone or an email" });
+        continue;
+      }
+      const identifiers = (
+        [
+          ["phone", document.phone],
+          ["email", document.email],
+          ["externalId", document.external_id],
+        ] as [keyof ContactInput, unknown][]
+      ).filter((pair): pair is [keyof ContactInput, string] => typeof pair[1] === "string");
+      const repeat = identifiers.find(([field, value]) => firstLine.has(`${field}:${value}`));
+      if (repeat) {
+        const [field, value] = repeat;
+        reject({ line, column: headerOf.get(field) ?? field, reason: `same ${field} as line ${firstLine.get(`${field}:${value}`)}` });
+        continue;
+      }
+      for (const [field, value] of identifiers) firstLine.set(`${field}:${value}`, line);
+      batch.push({ line, document });
+      if (batch.length >= batchSize) await flush();
+    }
+    await flush();
+    await Promise.all(inFlight);
+  } finally {
+    // On an error, let the other batches settle (they commit or roll back) before returning.
+    await Promise.allSettled(inFlight);
+    if (rejectsOut) await new Promise((resolve) => rejectsOut!.end(resolve));
+  }
+  return { ...summary, rejectsFile: summary.rejected > 0 ? options.rejectsFile : undefined };
+}
+
+/** Ids of the named tags or lists, creating those that do not exist yet. */
+async function ensureNamed(run: RunQuery, table: "tags" | "lists", names: string[]): Promise<string[]> {
+  if (names.length === 0) return [];
+  await run(`insert into herald_public.${table} (name) select unnest($1::text[]) on conflict do nothing`, [names]);
+  const rows = await run<{ id: string }>(
+    `select id from herald_public.${table} where tenant_id = herald_public.current_tenant_id() and name = any ($1::public.citext[])`,
+    [names],
+  );
+  return rows.map((r) => r.id);
+}
+
+async function attach(run: RunQuery, table: "contact_tags" | "list_members", column: "tag_id" | "list_id", ids: string[], contactIds: string[]) {
+  if (ids.length === 0 || contactIds.length === 0) return;
+  await run(
+    `insert into herald_public.${table} (${column}, contact_id)
+     select g, c from unnest($1::uuid[]) g cross join unnest($2::uuid[]) c
+     on conflict do nothing`,
+    [ids, contactIds],
+  );
+}
