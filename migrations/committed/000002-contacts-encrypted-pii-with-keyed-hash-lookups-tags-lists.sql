@@ -1,5 +1,5 @@
 --! Previous: sha1:0c1d2d5a153c39f51ebe13db535c2da03ae9fbe1
---! Hash: sha1:ef35c3bbfb62c8ee80bdf2018206b5eec1bce078
+--! Hash: sha1:f3a6d4851c7c122959aa63b7410937bc1b27c54f
 --! Message: Contacts: encrypted PII with keyed-hash lookups, tags, lists
 
 --
@@ -318,7 +318,9 @@ create unique index contacts_external_id on herald_public.contacts (tenant_id, e
 comment on index herald_public.contacts_phone_hash is E'@behavior -*';
 comment on index herald_public.contacts_email_hash is E'@behavior -*';
 
-create trigger _100_timestamps before insert or update on herald_public.contacts
+-- Update only: on insert the column defaults give the same timestamps (members
+-- cannot write them), and bulk imports skip a trigger call per row.
+create trigger _100_timestamps before update on herald_public.contacts
   for each row execute function herald_private.tg__timestamps();
 
 alter table herald_public.contacts enable row level security;
@@ -420,9 +422,11 @@ begin
   owners as materialized (
     -- Who already holds each identifier: one unique-index probe each.
     select h.*,
-           (select c.id from herald_public.contacts c where c.tenant_id = v_tenant and c.id = h.id) as id_owner,
-           (select c.id from herald_public.contacts c
-             where c.tenant_id = v_tenant and c.external_id = h.external_id) as external_owner,
+           case when h.id is not null then
+             (select c.id from herald_public.contacts c where c.tenant_id = v_tenant and c.id = h.id) end as id_owner,
+           case when h.external_id is not null then
+             (select c.id from herald_public.contacts c
+               where c.tenant_id = v_tenant and c.external_id = h.external_id) end as external_owner,
            (select c.id from herald_public.contacts c
              where c.tenant_id = v_tenant and c.phone_hash in (h.phone_hash, h.phone_hash_previous)) as phone_owner,
            (select c.id from herald_public.contacts c

@@ -26,8 +26,8 @@ function inputError(field: string, message: string, code = "INVALID_INPUT"): Saf
 
 const runOn =
   (client: PgClient): RunQuery =>
-  async <T>(text: string, values: unknown[]) =>
-    (await client.query<T>({ text, values: values as unknown[] })).rows as T[];
+  async <T>(text: string, values: unknown[], name?: string) =>
+    (await client.query<T>({ text, values, name })).rows as T[];
 
 async function defaultCountryOrFail(run: RunQuery): Promise<string> {
   const country = await tenantDefaultCountry(run);

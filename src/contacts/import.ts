@@ -123,7 +123,7 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
   const settings = await options.keyring.sessionSettings(options.pool, options.tenantId);
   const inTenant = <T>(fn: (run: RunQuery) => Promise<T>) =>
     withSession(options.pool, { role: ROLES.worker, tenantId: options.tenantId, settings }, (client) =>
-      fn(async <R>(text: string, values: unknown[]) => (await client.query(text, values)).rows as R[]),
+      fn(async <R>(text: string, values: unknown[], name?: string) => (await client.query({ text, values, name })).rows as R[]),
     );
 
   const { country, tagIds, listIds } = await inTenant(async (run) => ({

@@ -5,8 +5,12 @@ import type { ContactDocument } from "./normalize.ts";
  * tenant session holding its keys (GraphQL request, worker job, CSV import).
  */
 
-/** Runs one statement with bind parameters and returns its rows. */
-export type RunQuery = <T>(text: string, values: unknown[]) => Promise<T[]>;
+/**
+ * Runs one statement with bind parameters and returns its rows. A `name` makes
+ * it a prepared statement, planned once per connection (as PostGraphile does
+ * for its own queries).
+ */
+export type RunQuery = <T>(text: string, values: unknown[], name?: string) => Promise<T[]>;
 
 export type UpsertAction = "inserted" | "updated" | "unchanged" | "duplicate" | "conflict" | "exists" | "not_found";
 
@@ -26,6 +30,7 @@ export async function upsertContacts(
   const rows = await run<{ ordinal: number; contact_id: string | null; action: UpsertAction }>(
     "select ordinal, contact_id, action from herald_hidden.upsert_contacts($1::jsonb, $2)",
     [JSON.stringify(documents), mode],
+    "herald_upsert_contacts",
   );
   return rows.map((r) => ({ ordinal: r.ordinal, contactId: r.contact_id, action: r.action }));
 }
@@ -35,6 +40,7 @@ export async function tenantDefaultCountry(run: RunQuery): Promise<string | null
   const rows = await run<{ default_country: string }>(
     "select default_country from herald_public.tenant_settings where tenant_id = herald_public.current_tenant_id()",
     [],
+    "herald_tenant_country",
   );
   return rows[0]?.default_country ?? null;
 }
@@ -52,6 +58,6 @@ export const contactLookupSql = (kind: "phone" | "email") => `
 
 /** The contact holding a normalised phone or email (one index probe per hash version). */
 export async function findContactId(run: RunQuery, kind: "phone" | "email", normalized: string): Promise<string | null> {
-  const rows = await run<{ id: string }>(contactLookupSql(kind), [kind, normalized]);
+  const rows = await run<{ id: string }>(contactLookupSql(kind), [kind, normalized], `herald_contact_by_${kind}`);
   return rows[0]?.id ?? null;
 }
