@@ -1,8 +1,11 @@
 import pg from "pg";
 import { addMembership, createTenant, findMembershipUser, findOrCreateUser, findTenant } from "./admin.ts";
 import type { Authenticator } from "./auth.ts";
+import { upsertContacts } from "./contacts/store.ts";
+import type { Keyring } from "./crypto/keyring.ts";
 import type { DatabaseUrls } from "./db/database.ts";
-import { asAdmin } from "./db/session.ts";
+import { asAdmin, withSession } from "./db/session.ts";
+import { ROLES } from "./db/urls.ts";
 import type { Logger } from "./logger.ts";
 
 /** Two demo tenants, created once per database so a first `npm start` has something to query. */
@@ -11,9 +14,22 @@ export const DEMO_TENANTS = [
   { slug: "globex-events", name: "Globex Events", email: "owner@globex-events.test", displayName: "Globex Owner" },
 ] as const;
 
+/** A few contacts per demo tenant (fictional 555-01xx numbers), so lookups, tags and lists show something. */
+const DEMO_CONTACTS: Record<string, { first_name: string; last_name: string; phone: string; email: string; vip?: boolean }[]> = {
+  "acme-clinic": [
+    { first_name: "Ada", last_name: "Lovelace", phone: "+14155550101", email: "ada@example.com", vip: true },
+    { first_name: "Grace", last_name: "Hopper", phone: "+14155550102", email: "grace@example.com" },
+    { first_name: "Alan", last_name: "Turing", phone: "+442079460958", email: "alan@example.org" },
+  ],
+  "globex-events": [
+    { first_name: "Hedy", last_name: "Lamarr", phone: "+14155550103", email: "hedy@example.com", vip: true },
+    { first_name: "Katherine", last_name: "Johnson", phone: "+14155550104", email: "katherine@example.com" },
+  ],
+};
+
 const DEMO_FLAG = "demo_tenants_created";
 
-export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger): Promise<void> {
+export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyring: Keyring): Promise<void> {
   const owner = new pg.Client({ connectionString: urls.owner });
   const authenticator = new pg.Pool({ connectionString: urls.authenticator, max: 1 });
   await owner.connect();
@@ -24,18 +40,38 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger): Pro
       [DEMO_FLAG],
     );
     if (!rowCount) return;
-    await asAdmin(authenticator, async (client) => {
+    const tenants = await asAdmin(authenticator, async (client) => {
+      const created = [];
       for (const demo of DEMO_TENANTS) {
         const tenant = (await findTenant(client, demo.slug)) ?? (await createTenant(client, demo));
         const user = await findOrCreateUser(client, { email: demo.email, displayName: demo.displayName });
         await addMembership(client, { tenantId: tenant.id, userId: user.id, role: "owner" });
+        created.push(tenant);
       }
+      return created;
     });
+    for (const tenant of tenants) await addDemoContacts(authenticator, keyring, tenant);
     logger.info({ tenants: DEMO_TENANTS.map((t) => t.slug) }, "created the demo tenants");
   } finally {
     await owner.end();
     await authenticator.end();
   }
+}
+
+/** As the worker would: inside the tenant, with its keys, through the same upsert as the API. */
+async function addDemoContacts(pool: pg.Pool, keyring: Keyring, tenant: { id: string; slug: string }) {
+  const contacts = DEMO_CONTACTS[tenant.slug] ?? [];
+  const settings = await keyring.sessionSettings(pool, tenant.id);
+  await withSession(pool, { role: ROLES.worker, tenantId: tenant.id, settings }, async (client) => {
+    const run = async <T>(text: string, values: unknown[]) => (await client.query(text, values)).rows as T[];
+    const outcomes = await upsertContacts(run, contacts.map(({ vip: _vip, ...c }) => c));
+    const [list] = await run<{ id: string }>("insert into herald_public.lists (name, description) values ('Newsletter', 'Monthly news') returning id", []);
+    const [tag] = await run<{ id: string }>("insert into herald_public.tags (name) values ('vip') returning id", []);
+    for (const [i, outcome] of outcomes.entries()) {
+      await run("insert into herald_public.list_members (list_id, contact_id) values ($1, $2)", [list!.id, outcome.contactId]);
+      if (contacts[i]?.vip) await run("insert into herald_public.contact_tags (tag_id, contact_id) values ($1, $2)", [tag!.id, outcome.contactId]);
+    }
+  });
 }
 
 export interface DemoToken {

@@ -66,7 +66,7 @@ async function main() {
   // Demo data only where it cannot leak into a real deployment: the embedded
   // database, or when asked for explicitly.
   if (db.embedded || process.env.HERALD_DEMO === "true") {
-    await ensureDemoTenants(db.urls, logger);
+    await ensureDemoTenants(db.urls, logger, keyring);
   }
   const tokens = await demoTokens(db.urls, api.authenticator);
   // The local address (PORT=0 picks a free one); HERALD_PUBLIC_URL is for providers.

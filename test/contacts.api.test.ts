@@ -216,8 +216,8 @@ describe("tenant B attacking tenant A's contacts through GraphQL", () => {
 
   it("an operator (herald_admin) sees that contacts exist but holds no key to read their PII", async () => {
     const adminToken = await api.current.authenticator.sign({ role: ROLES.admin });
-    const { body } = await graphql(api.current, adminToken, `{ allContacts { totalCount } one: allContacts(first: 1) { nodes { phone } } }`);
-    expect(body.data?.allContacts?.totalCount).toBeGreaterThanOrEqual(2);
-    expect(body.errors?.[0]?.message).toMatch(/no data key/);
+    const { body } = await graphql(api.current, adminToken, `{ allContacts { totalCount } phones: allContacts { nodes { phone } } }`);
+    expect(body.data?.allContacts?.totalCount, JSON.stringify(body)).toBeGreaterThanOrEqual(2);
+    expect(body.errors?.[0]?.message, JSON.stringify(body)).toMatch(/no data key/);
   });
 });

@@ -65,6 +65,16 @@ describe("first start", () => {
       expect(body.data.allUsers.nodes).toEqual([{ email: `owner@${slug}.test` }]);
     }
 
+    // The demo contacts are there, encrypted at rest and readable through the API.
+    const lookup = await fetch(`http://localhost:${port}/graphql`, {
+      method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${tokenAfter("Acme Clinic")}` },
+      body: JSON.stringify({ query: `{ contactByPhone(phone: "(415) 555-0101") { firstName email contactTags { nodes { tag { name } } } } }` }),
+    });
+    expect(((await lookup.json()) as { data: unknown }).data).toEqual({
+      contactByPhone: { firstName: "Ada", email: "ada@example.com", contactTags: { nodes: [{ tag: { name: "vip" } }] } },
+    });
+
     const health = await fetch(`http://localhost:${port}/healthz`);
     expect(health.status).toBe(200);
     // Development mode (embedded database, no NODE_ENV): GraphiQL is served.
