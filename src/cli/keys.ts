@@ -3,7 +3,7 @@ import type { Command } from "commander";
 import pg from "pg";
 import type { Config } from "../config.ts";
 import { Keyring, keyringFromConfig } from "../crypto/keyring.ts";
-import { rotateMasterKey, rotationProgress, startHashKeyRotation, startTenantKeyRotation } from "../crypto/rotation.ts";
+import { REKEY_JOB_KEY_PREFIX, rotateMasterKey, rotationProgress, startHashKeyRotation, startTenantKeyRotation } from "../crypto/rotation.ts";
 import type { Database } from "../db/database.ts";
 import { loadOrCreateSecrets, saveSecrets, type GeneratedSecrets } from "../secrets.ts";
 import { startWorker } from "../worker/worker.ts";
@@ -36,6 +36,27 @@ function refuseWhileShared(db: Database) {
   }
 }
 
+/**
+ * With keys generated into .data/secrets.json: a new key goes in and the old one
+ * is kept as "previous" until the rotation completes. A file that already has a
+ * previous key is an interrupted rotation, which this run resumes.
+ */
+function secretsForRotation(config: Config, db: Database, kind: "master" | "hash"): { secrets: GeneratedSecrets; fromFile: boolean } {
+  const fromFile = config.generated.includes(kind === "master" ? "HERALD_MASTER_KEY" : "HERALD_HASH_KEY");
+  let { secrets } = loadOrCreateSecrets();
+  if (!fromFile) return { secrets, fromFile };
+  refuseWhileShared(db);
+  const resuming = kind === "master" ? Boolean(secrets.previousMasterKeys?.length) : Boolean(secrets.previousHashKey);
+  if (!resuming) {
+    secrets =
+      kind === "master"
+        ? { ...secrets, masterKey: newKey(), previousMasterKeys: [secrets.masterKey] }
+        : { ...secrets, hashKey: newKey(), previousHashKey: secrets.hashKey };
+    saveSecrets(secrets);
+  }
+  return { secrets, fromFile };
+}
+
 const keyringOf = (config: Config, secrets: GeneratedSecrets, useFile: { master: boolean; hash: boolean }) =>
   new Keyring({
     masterKey: useFile.master ? Buffer.from(secrets.masterKey, "base64") : config.masterKey,
@@ -44,7 +65,19 @@ const keyringOf = (config: Config, secrets: GeneratedSecrets, useFile: { master:
     previousHashKey: useFile.hash && secrets.previousHashKey ? Buffer.from(secrets.previousHashKey, "base64") : config.previousHashKey,
   });
 
-/** Runs a worker in this process until the rotations finish, with progress. */
+/** The rotations' jobs that keep failing, with their last error. */
+async function failingRotations(ownerPool: pg.Pool, ids: string[]): Promise<{ tenant: string; attempts: number; error: string }[]> {
+  const { rows } = await ownerPool.query<{ tenant: string; attempts: number; error: string }>(
+    `select r.tenant_id as tenant, j.attempts, j.last_error as error
+       from graphile_worker.jobs j
+       join herald_private.key_rotations r on j.key = $2 || r.id
+      where r.id = any ($1::bigint[]) and j.attempts >= 3 and j.last_error is not null`,
+    [ids, REKEY_JOB_KEY_PREFIX],
+  );
+  return rows;
+}
+
+/** Runs a worker in this process until the rotations finish, with progress; stops waiting on a job that keeps failing. */
 async function runRotations(db: Database, ownerPool: pg.Pool, keyring: Keyring, ids: string[], label: string) {
   if (ids.length === 0) return;
   const worker = await startWorker({
@@ -59,7 +92,15 @@ async function runRotations(db: Database, ownerPool: pg.Pool, keyring: Keyring, 
     for (;;) {
       const p = await rotationProgress(ownerPool, ids);
       progress.update(p.done, p.total, p.done);
-      if (p.finished === p.rotations) break;
+      if (p.finished === p.rotations) return;
+      const failing = await failingRotations(ownerPool, ids);
+      if (failing.length > 0) {
+        throw new CliError(
+          failing.map((f) => `tenant ${f.tenant}: ${f.attempts} attempts failed, last with "${f.error}"`).join("\n") +
+            "\nIts job keeps retrying with backoff in Herald's worker; both key versions stay usable meanwhile." +
+            " Fix the cause (see the worker's log), then run this command again: it follows the rotation under way.",
+        );
+      }
       await new Promise((resolve) => setTimeout(resolve, 250));
     }
   } finally {
@@ -76,15 +117,7 @@ export function registerKeyCommands(program: Command): void {
     .description("Rewrap every tenant's data key under the current master key (no contact is re-encrypted).")
     .action(async () =>
       withDatabase(async ({ config, db }) => {
-        const fromFile = config.generated.includes("HERALD_MASTER_KEY");
-        let secrets = loadOrCreateSecrets().secrets;
-        if (fromFile) {
-          refuseWhileShared(db);
-          if (!secrets.previousMasterKeys?.length) {
-            secrets = { ...secrets, masterKey: newKey(), previousMasterKeys: [secrets.masterKey] };
-            saveSecrets(secrets);
-          }
-        }
+        const { secrets, fromFile } = secretsForRotation(config, db, "master");
         const keyring = keyringOf(config, secrets, { master: fromFile, hash: false });
         const { rewrapped, total } = await withOwnerPool(db, (ownerPool) => rotateMasterKey(ownerPool, keyring));
         if (fromFile) saveSecrets({ ...secrets, previousMasterKeys: undefined });
@@ -107,11 +140,12 @@ export function registerKeyCommands(program: Command): void {
         const tenant = await requireTenant(pool, slug);
         const keyring = keyringFromConfig(config);
         await withOwnerPool(db, async (ownerPool) => {
-          const id = await startTenantKeyRotation(ownerPool, keyring, tenant.id).catch((error: Error) => {
+          const { id, resumed } = await startTenantKeyRotation(ownerPool, keyring, tenant.id).catch((error: Error) => {
             throw new CliError(error.message);
           });
+          if (resumed) print(`A rotation of ${slug}'s key is already under way (rotation ${id}); following it.`);
           if (!opts.wait) {
-            print(`Queued rotation ${id} for ${slug}; Herald's worker re-encrypts its contacts.`);
+            print(`Rotation ${id} for ${slug} is queued; Herald's worker re-encrypts its contacts.`);
             return;
           }
           await runRotations(db, ownerPool, keyring, [id], `Re-encrypting ${slug}`);
@@ -125,15 +159,8 @@ export function registerKeyCommands(program: Command): void {
     .description("Rebuild every contact hash under the current hash key; lookups keep working meanwhile.")
     .action(async () =>
       withDatabase(async ({ config, db }) => {
-        const fromFile = config.generated.includes("HERALD_HASH_KEY");
-        let secrets = loadOrCreateSecrets().secrets;
-        if (fromFile) {
-          refuseWhileShared(db);
-          if (!secrets.previousHashKey) {
-            secrets = { ...secrets, hashKey: newKey(), previousHashKey: secrets.hashKey };
-            saveSecrets(secrets);
-          }
-        } else if (!config.previousHashKey) {
+        const { secrets, fromFile } = secretsForRotation(config, db, "hash");
+        if (!fromFile && !config.previousHashKey) {
           throw new CliError(
             "Set HERALD_HASH_KEY to the new key and HERALD_HASH_KEY_PREVIOUS to the old one for every Herald process, restart them, then run this.",
           );

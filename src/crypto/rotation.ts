@@ -1,4 +1,5 @@
 import type pg from "pg";
+import { inTransaction } from "../db/session.ts";
 import { type Keyring, unwrapDataKey, wrapDataKey } from "./keyring.ts";
 
 /**
@@ -16,21 +17,6 @@ import { type Keyring, unwrapDataKey, wrapDataKey } from "./keyring.ts";
 
 export class RotationError extends Error {
   override name = "RotationError";
-}
-
-async function inTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await pool.connect();
-  try {
-    await client.query("begin");
-    const result = await fn(client);
-    await client.query("commit");
-    return result;
-  } catch (error) {
-    await client.query("rollback").catch(() => undefined);
-    throw error;
-  } finally {
-    client.release();
-  }
 }
 
 /** Rewraps every tenant key not yet under the current master key. */
@@ -55,25 +41,39 @@ export async function rotateMasterKey(ownerPool: pg.Pool, keyring: Keyring): Pro
   });
 }
 
-const queueRekey = (client: pg.PoolClient, tenantId: string, rotationId: string) =>
-  client.query("select graphile_worker.add_job('contacts__rekey', json_build_object('tenant_id', $1::uuid, 'rotation_id', $2::bigint), max_attempts := 25)", [
-    tenantId,
-    rotationId,
-  ]);
+/** The rotation's job; its job_key names the rotation, so the CLI can find the job's attempts and errors. */
+export const REKEY_JOB_KEY_PREFIX = "contacts__rekey:";
+const rekeyJobKey = (rotationId: string) => `${REKEY_JOB_KEY_PREFIX}${rotationId}`;
 
-/** Starts re-encrypting one tenant under a new data key; returns the rotation's id. */
-export async function startTenantKeyRotation(ownerPool: pg.Pool, keyring: Keyring, tenantId: string): Promise<string> {
+const queueRekey = (client: pg.PoolClient, tenantId: string, rotationId: string) =>
+  client.query(
+    `select graphile_worker.add_job('contacts__rekey', json_build_object('tenant_id', $1::uuid, 'rotation_id', $2::bigint),
+                                    job_key := $3, max_attempts := 25)`,
+    [tenantId, rotationId, rekeyJobKey(rotationId)],
+  );
+
+const unfinishedRotations = async (client: pg.PoolClient, kind: string, where: string, params: unknown[]) =>
+  (
+    await client.query<{ id: string }>(
+      `select id from herald_private.key_rotations where kind = $1 and finished_at is null and ${where} order by id`,
+      [kind, ...params],
+    )
+  ).rows.map((r) => r.id);
+
+/**
+ * Starts re-encrypting one tenant under a new data key and returns the
+ * rotation's id — or, while one is still under way, that one's id (resumed, not restarted).
+ */
+export async function startTenantKeyRotation(ownerPool: pg.Pool, keyring: Keyring, tenantId: string): Promise<{ id: string; resumed: boolean }> {
   return inTransaction(ownerPool, async (client) => {
-    const { rows } = await client.query<{ version: number; retired: boolean; retired_at: Date | null }>(
-      "select version, retired_at is not null as retired, retired_at from herald_private.tenant_data_keys where tenant_id = $1 order by version for update",
+    const { rows } = await client.query<{ version: number; retired: boolean }>(
+      "select version, retired_at is not null as retired from herald_private.tenant_data_keys where tenant_id = $1 order by version for update",
       [tenantId],
     );
-    const stillRetiring = rows.find((k) => k.retired);
-    if (stillRetiring) {
-      throw new RotationError(
-        `a key rotation for this tenant is still under way (version ${stillRetiring.version} retired at ${stillRetiring.retired_at?.toISOString()}); ` +
-          "it ends when its contacts__rekey job finishes — is a worker running?",
-      );
+    if (rows.some((k) => k.retired)) {
+      const [id] = await unfinishedRotations(client, "tenant_data_key", "tenant_id = $2", [tenantId]);
+      if (!id) throw new RotationError("this tenant has a retired key but no rotation under way; `herald keys rotate-tenant` cannot resume it");
+      return { id, resumed: true };
     }
     const current = rows.at(-1);
     if (!current) throw new RotationError("this tenant has no data key yet (it gets one with its first request); nothing to rotate");
@@ -92,17 +92,21 @@ export async function startTenantKeyRotation(ownerPool: pg.Pool, keyring: Keyrin
       [tenantId, version],
     );
     await queueRekey(client, tenantId, rotation.rows[0]!.id);
-    return rotation.rows[0]!.id;
+    return { id: rotation.rows[0]!.id, resumed: false };
   });
 }
 
-/** Queues a hash rebuild for every tenant that has contacts; returns the rotations' ids. */
+/** Queues a hash rebuild for every tenant that has contacts (or resumes the one under way); returns the rotations' ids. */
 export async function startHashKeyRotation(ownerPool: pg.Pool, keyring: Keyring): Promise<string[]> {
   const versions = await keyring.hashVersions(ownerPool);
   if (versions.previous === undefined) {
     throw new RotationError("no previous hash key is configured, so there is nothing to rebuild from");
   }
   return inTransaction(ownerPool, async (client) => {
+    // One rebuild per hash key version: a second run watches the first.
+    await client.query("lock table herald_private.key_rotations in share row exclusive mode");
+    const under = await unfinishedRotations(client, "hash_key", "to_version = $2", [versions.current]);
+    if (under.length > 0) return under;
     // Tenants with a data key are the ones that may have contacts.
     const { rows } = await client.query<{ tenant_id: string }>("select distinct tenant_id from herald_private.tenant_data_keys");
     const ids: string[] = [];

@@ -38,15 +38,11 @@ export async function enterSession(client: pg.ClientBase, context: SessionContex
   }
 }
 
-export async function withSession<T>(
-  pool: pg.Pool,
-  context: SessionContext,
-  fn: (client: pg.PoolClient) => Promise<T>,
-): Promise<T> {
+/** One transaction on a pooled connection: committed if `fn` resolves, rolled back if it throws. */
+export async function inTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
   const client = await pool.connect();
   try {
     await client.query("begin");
-    await enterSession(client, context);
     const result = await fn(client);
     await client.query("commit");
     return result;
@@ -57,6 +53,12 @@ export async function withSession<T>(
     client.release();
   }
 }
+
+export const withSession = <T>(pool: pg.Pool, context: SessionContext, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> =>
+  inTransaction(pool, async (client) => {
+    await enterSession(client, context);
+    return fn(client);
+  });
 
 export const asAdmin = <T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>) =>
   withSession(pool, { role: ROLES.admin }, fn);

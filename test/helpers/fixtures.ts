@@ -1,5 +1,5 @@
 import type pg from "pg";
-import { withSession } from "../../src/db/session.ts";
+import { inTransaction, withSession } from "../../src/db/session.ts";
 import { ROLES } from "../../src/db/urls.ts";
 import type { TestDb } from "./db.ts";
 import { testKeyring } from "./keys.ts";
@@ -43,20 +43,7 @@ async function seedTenant(client: pg.PoolClient, slug: string, name: string): Pr
   return { id, slug, ownerId: owner.id, memberId: member.id, apiKeyId: key.api_key_id, apiKeySecret: key.secret, pingId: ping.id };
 }
 
-async function committed<T>(db: TestDb, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
-  const client = await db.root.connect();
-  try {
-    await client.query("begin");
-    const result = await fn(client);
-    await client.query("commit");
-    return result;
-  } catch (error) {
-    await client.query("rollback");
-    throw error;
-  } finally {
-    client.release();
-  }
-}
+const committed = <T>(db: TestDb, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> => inTransaction(db.root, fn);
 
 let phoneSuffix = 100;
 
