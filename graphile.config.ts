@@ -39,9 +39,13 @@ export function makeHeraldPreset(options: {
           // The auth middleware answers 401 before this; refuse rather than run unauthenticated.
           throw new Error("GraphQL request reached PostGraphile without an identity");
         }
-        // Only the allow-listed settings, never a whole token payload; plus,
-        // inside a tenant, that tenant's PII keys (operators get none).
-        const keys = identity.tenantId ? await options.keyring.sessionSettings(options.pool, identity.tenantId) : {};
+        // Only the allow-listed settings, never a whole token payload; plus, for
+        // a tenant's own users and API keys, that tenant's PII keys. Operators
+        // get none, even with a tenant in their token.
+        const keys =
+          identity.kind !== "admin" && identity.tenantId
+            ? await options.keyring.sessionSettings(options.pool, identity.tenantId)
+            : {};
         return { pgSettings: { ...identity.pgSettings, ...keys } };
       },
     },

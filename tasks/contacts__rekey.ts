@@ -33,8 +33,8 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
   // Fresh keys: this job exists because they just changed.
   const inTenant = <T>(fn: Parameters<typeof withTenantContext<T>>[1]) => withTenantContext(tenantId, fn, { freshKeys: true });
 
-  const [rotation] = await owner<{ started_at: Date; finished_at: Date | null }>(
-    "select started_at, finished_at from herald_private.key_rotations where id = $1",
+  const [rotation] = await owner<{ kind: "tenant_data_key" | "hash_key"; started_at: Date; finished_at: Date | null }>(
+    "select kind, started_at, finished_at from herald_private.key_rotations where id = $1",
     [rotationId],
   );
   if (!rotation || rotation.finished_at) return; // gone with its tenant, or already done
@@ -70,8 +70,12 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
 
   const left = await inTenant(async (c) => Number((await c.query("select herald_hidden.contacts_on_old_keys() as n")).rows[0].n));
   if (left > 0) throw new Error(`${left} contacts still use an old key version; retrying`);
-  // Nothing uses the retired data key any more: destroy it.
-  await owner("delete from herald_private.tenant_data_keys where tenant_id = $1 and retired_at is not null", [tenantId]);
+  if (rotation.kind === "tenant_data_key") {
+    // Nothing uses the retired data key any more: destroy it. Should a straggler
+    // have written with it since, the foreign key from contacts refuses the
+    // delete (23503) and the job retries: a key in use is never destroyed.
+    await owner("delete from herald_private.tenant_data_keys where tenant_id = $1 and retired_at is not null", [tenantId]);
+  }
   await owner("update herald_private.key_rotations set finished_at = now() where id = $1", [rotationId]);
   helpers.logger.info(`key rotation ${rotationId} finished`);
 };

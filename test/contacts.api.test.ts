@@ -219,5 +219,10 @@ describe("tenant B attacking tenant A's contacts through GraphQL", () => {
     const { body } = await graphql(api.current, adminToken, `{ allContacts { totalCount } phones: allContacts { nodes { phone } } }`);
     expect(body.data?.allContacts?.totalCount, JSON.stringify(body)).toBeGreaterThanOrEqual(2);
     expect(body.errors?.[0]?.message, JSON.stringify(body)).toMatch(/no data key/);
+    // Naming a tenant in an operator token changes nothing: keys go to the tenant's own users and API keys only.
+    const scopedAdmin = await api.current.authenticator.sign({ role: ROLES.admin, tenant_id: a.id });
+    const scoped = await graphql(api.current, scopedAdmin, `{ allContacts { nodes { phone email } } }`);
+    expect(scoped.body.errors?.[0]?.extensions?.code, JSON.stringify(scoped.body)).toBe("NO_KEY");
+    expect(JSON.stringify(scoped.body)).not.toContain(a.contactPhone);
   });
 });

@@ -96,6 +96,30 @@ describe("importContacts", () => {
     expect(await contactsOfA()).toEqual(stored);
   });
 
+  it("refuses a file whose extra columns look like a phone or email (they would be stored unencrypted)", async () => {
+    const file = path.join(dir, "exported.csv");
+    fs.writeFileSync(file, "first_name,phone,Mobile Phone,Work Email,notes\nZed,+14155550177,+14155550178,zed@work.example,hi\n");
+    const before = await contactsOfA();
+    await expect(
+      importContacts({ pool: db.current.authenticator, keyring: testKeyring(), tenantId: a.id, file, rejectsFile: path.join(dir, "exported.rejects.csv") }),
+    ).rejects.toThrow(/"Mobile Phone", "Work Email" look like a phone or email/);
+    expect(await contactsOfA()).toEqual(before);
+  });
+
+  it("rejects a row whose attribute holds an email address", async () => {
+    const file = path.join(dir, "notes.csv");
+    fs.writeFileSync(file, "phone,notes\n+14155550179,ask zed@elsewhere.example\n+14155550180,plain note\n");
+    const summary = await importContacts({
+      pool: db.current.authenticator,
+      keyring: testKeyring(),
+      tenantId: a.id,
+      file,
+      rejectsFile: path.join(dir, "notes.rejects.csv"),
+    });
+    expect(summary).toMatchObject({ inserted: 1, rejected: 1 });
+    expect(fs.readFileSync(path.join(dir, "notes.rejects.csv"), "utf8")).toContain("2,notes,holds an email address; attributes are stored unencrypted");
+  });
+
   it("the CLI prints a summary and writes the rejects next to the file", async () => {
     const file = path.join(dir, "cli.csv");
     fs.writeFileSync(file, "phone,email\n+14155552680,cli1@example.com\n999,cli2@example.com\n");

@@ -4,7 +4,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.ts";
 import { findContactId } from "../src/contacts/store.ts";
 import { Keyring } from "../src/crypto/keyring.ts";
-import { rotateMasterKey, rotationProgress, startHashKeyRotation, startTenantKeyRotation } from "../src/crypto/rotation.ts";
+import { rotateMasterKey, rotationProgress, startHashKeyRotation, startTenantKeyRotation, type RotationProgress } from "../src/crypto/rotation.ts";
 import { withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { createLogger } from "../src/logger.ts";
@@ -58,7 +58,12 @@ async function decryptAll(keyring: Keyring, tenantId: string): Promise<{ phone: 
   );
 }
 
-async function runUntilFinished(keyring: Keyring, ids: string[]) {
+/** Runs a worker until the rotations finish; `midway` acts once, the first time its condition holds. */
+async function runUntilFinished(
+  keyring: Keyring,
+  ids: string[],
+  midway?: { when: (progress: RotationProgress) => boolean; then: () => Promise<unknown> },
+) {
   const worker: WorkerHandle = await startWorker({
     ownerUrl: db.current.urls.owner,
     authenticatorUrl: db.current.urls.authenticator,
@@ -70,6 +75,10 @@ async function runUntilFinished(keyring: Keyring, ids: string[]) {
     const deadline = Date.now() + 30_000;
     for (;;) {
       const progress = await rotationProgress(ownerPool, ids);
+      if (midway && midway.when(progress)) {
+        await midway.then();
+        midway = undefined;
+      }
       if (progress.finished === progress.rotations) return progress;
       if (Date.now() > deadline) throw new Error(`rotations unfinished: ${JSON.stringify(progress)}`);
       await new Promise((r) => setTimeout(r, 100));
@@ -99,31 +108,50 @@ describe("key rotation", () => {
   });
 
   it("rotate-tenant re-encrypts one tenant in batches, catching a write made with the old key meanwhile", async () => {
-    const keyring = keyringFor();
+    // The worker waits out a 1.5 s key cache before its final sweep and before destroying the old key.
+    const keyring = keyringFor({ cacheTtlMs: 1500 });
     const staleSettings = await keyring.sessionSettings(db.current.root, a.id, { fresh: true });
+    const staleWrite = (phone: string) =>
+      asWorkerCommitted(a.id, staleSettings, (client) =>
+        client.query("select * from herald_hidden.upsert_contacts($1)", [JSON.stringify([{ phone }])]),
+      );
     const { id: rotationId } = await startTenantKeyRotation(ownerPool, keyring, a.id);
     // A second call follows the rotation under way instead of starting another.
     expect(await startTenantKeyRotation(ownerPool, keyring, a.id)).toEqual({ id: rotationId, resumed: true });
-    // A process whose key cache predates the rotation writes with version 1.
-    await asWorkerCommitted(a.id, staleSettings, (client) =>
-      client.query("select * from herald_hidden.upsert_contacts($1)", [JSON.stringify([{ phone: "+13125550199", email: "late@example.com" }])]),
-    );
-    const progress = await runUntilFinished(keyring, [rotationId]);
-    expect(progress.done).toBe(1202);
+    // A process whose key cache predates the rotation writes with version 1
+    // after the first sweep has passed, while the task waits out the caches.
+    let wroteMidway = false;
+    await runUntilFinished(keyring, [rotationId], {
+      when: (p) => p.done >= 1201,
+      then: async () => {
+        await staleWrite("+13125550199");
+        wroteMidway = true;
+      },
+    });
+    expect(wroteMidway).toBe(true);
 
     const rows = await decryptAll(keyringFor(), a.id);
     expect(rows.length).toBe(1202);
     expect(new Set(rows.map((r) => r.key_version))).toEqual(new Set([2]));
-    expect(rows.find((r) => r.phone === "+13125550199")?.email).toBe("late@example.com");
+    expect(rows.some((r) => r.phone === "+13125550199")).toBe(true);
     const stored = await withRootDb(db.current, async (client) =>
       (await client.query("select tenant_id, version from herald_private.tenant_data_keys order by tenant_id, version")).rows,
     );
     expect(stored.filter((k) => k.tenant_id === a.id)).toEqual([{ tenant_id: a.id, version: 2 }]);
     expect(stored.filter((k) => k.tenant_id === b.id)).toEqual([{ tenant_id: b.id, version: 1 }]);
-    // A session still holding only the retired key cannot read the re-encrypted rows.
+    // A session still holding only the retired key can neither read the re-encrypted rows…
     await expect(asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings: staleSettings }, (client) =>
       client.query("select herald_public.contacts_phone(c) from herald_public.contacts c"),
     )).rejects.toThrow(/no data key for version 2/);
+    // …nor write under the destroyed version (the foreign key to tenant_data_keys refuses it).
+    await expect(staleWrite("+13125550198")).rejects.toMatchObject({ code: "23503" });
+  });
+
+  it("a data key still used by a contact cannot be deleted", async () => {
+    const error = await withRootDb(db.current, (client) =>
+      client.query("delete from herald_private.tenant_data_keys where tenant_id = $1", [b.id]).then(() => undefined, (e: { code: string }) => e),
+    );
+    expect(error?.code).toBe("23503");
   });
 
   it("rotate-hash rebuilds every hash; lookups find every contact before, during and after the rebuild", async () => {

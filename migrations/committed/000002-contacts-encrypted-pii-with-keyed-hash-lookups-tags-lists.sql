@@ -1,5 +1,5 @@
 --! Previous: sha1:0c1d2d5a153c39f51ebe13db535c2da03ae9fbe1
---! Hash: sha1:f3a6d4851c7c122959aa63b7410937bc1b27c54f
+--! Hash: sha1:4e0d983e57b3dd1634d6d80fa7a17123e134edea
 --! Message: Contacts: encrypted PII with keyed-hash lookups, tags, lists
 
 --
@@ -294,6 +294,13 @@ create table herald_public.contacts (
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   primary key (tenant_id, id),
+  -- Ciphertext under a key that no longer exists would be lost for good: a
+  -- row may only name an existing key version, and a key version still in use
+  -- cannot be deleted (NO ACTION, checked at statement end, so deleting a
+  -- tenant still cascades to both). Rotation deletes a retired key only after
+  -- the last row has moved; a writer still holding it is refused instead.
+  constraint contacts_key_version_fkey foreign key (tenant_id, key_version)
+    references herald_private.tenant_data_keys (tenant_id, version),
   constraint contacts_phone_pair check ((phone_encrypted is null) = (phone_hash is null)),
   constraint contacts_email_pair check ((email_encrypted is null) = (email_hash is null))
 );
@@ -305,6 +312,7 @@ comment on column herald_public.contacts.phone_hash is E'@behavior -*';
 comment on column herald_public.contacts.email_encrypted is E'@behavior -*';
 comment on column herald_public.contacts.email_hash is E'@behavior -*';
 comment on column herald_public.contacts.key_version is E'@behavior -*';
+comment on constraint contacts_key_version_fkey on herald_public.contacts is E'@behavior -*';
 comment on column herald_public.contacts.hash_version is E'@behavior -*';
 comment on column herald_public.contacts.timezone is E'IANA time zone, e.g. `America/New_York`.';
 comment on column herald_public.contacts.locale is E'BCP 47 language tag, e.g. `en` or `pt-BR`.';
@@ -484,6 +492,11 @@ begin
       from decided m
       join herald_public.contacts c on c.tenant_id = v_tenant and c.id = m.target_id
      where m.refusal is null
+     -- Lock the targets, in id order (no deadlock between concurrent batches),
+     -- and compute from their latest version: fields the input leaves out keep
+     -- what a concurrent writer committed instead of this statement's snapshot.
+     order by c.id
+     for update of c
   ),
   changes as (
     select p.*,
@@ -585,6 +598,9 @@ as $$
      where c.tenant_id = herald_public.current_tenant_id() and c.id > rekey_contacts.after
      order by c.id
      limit rekey_contacts.batch_size
+     -- Re-encrypt the latest version of each row, never a stale snapshot that
+     -- would write back a phone or email changed meanwhile.
+     for update
   ),
   plain as (
     select b.id,

@@ -1,7 +1,7 @@
 import path from "node:path";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
-import { importContacts } from "../contacts/import.ts";
+import { ImportError, importContacts } from "../contacts/import.ts";
 import { keyringFromConfig } from "../crypto/keyring.ts";
 import { startProgress } from "./progress.ts";
 import { CliError, print, requireTenant, slugArg, withDatabase } from "./shared.ts";
@@ -43,6 +43,7 @@ export function registerContactCommands(program: Command): void {
           })
             .catch((error: Error & { code?: string; lines?: number }) => {
               // A malformed CSV stops the import where it broke; batches before it are committed.
+              if (error instanceof ImportError) throw new CliError(`${file}: ${error.message} Nothing was imported.`);
               if (error.code?.startsWith("CSV_")) {
                 throw new CliError(`${file}, line ${error.lines}: ${error.message}. Rows before it were imported; fix the file and re-run.`);
               }

@@ -71,6 +71,30 @@ const FIELD_BY_HEADER: Record<string, keyof ContactInput> = {
   whatsappsubscribed: "whatsappSubscribed",
 };
 const headerKey = (header: string) => header.toLowerCase().replace(/[^a-z0-9]/g, "");
+
+/**
+ * Other columns become `attributes`, which are stored as they are. A column
+ * that looks like a second phone or email ("Mobile Phone", "Work Email") would
+ * put PII there unencrypted, so the import refuses to start instead.
+ */
+const PII_LOOKING_HEADER = /phone|mobile|cell|tel|fax|whatsapp|e-?mail/i;
+const EMAIL_LOOKING_VALUE = /[^\s@]+@[^\s@]+\.[^\s@]+/;
+
+export class ImportError extends Error {
+  override name = "ImportError";
+}
+
+function checkHeaders(headers: string[]): string[] {
+  const suspicious = headers.filter((h) => !FIELD_BY_HEADER[headerKey(h)] && PII_LOOKING_HEADER.test(h));
+  if (suspicious.length > 0) {
+    throw new ImportError(
+      `column${suspicious.length > 1 ? "s" : ""} ${suspicious.map((h) => `"${h}"`).join(", ")} look${suspicious.length > 1 ? "" : "s"} like a phone or email ` +
+        "but is not the contact's phone or email; other columns are stored as plain attributes, never encrypted. " +
+        "Rename it to phone or email, or remove it from the file.",
+    );
+  }
+  return headers;
+}
 const BOOLEAN_FIELDS = new Set<keyof ContactInput>(["smsSubscribed", "emailSubscribed", "whatsappSubscribed"]);
 
 function parseBoolean(value: string): boolean | undefined {
@@ -91,7 +115,11 @@ function toInput(record: Record<string, string>): { input: ContactInput; headerO
     if (value === "") continue; // an empty cell means "not given", never "clear"
     const field = FIELD_BY_HEADER[headerKey(header)];
     if (!field) {
-      attributes[header] = value;
+      if (EMAIL_LOOKING_VALUE.test(value)) {
+        rejects.push({ column: header, reason: "holds an email address; attributes are stored unencrypted" });
+      } else {
+        attributes[header] = value;
+      }
       continue;
     }
     headerOf.set(field, header);
@@ -120,9 +148,10 @@ const REFUSAL_REASONS: Partial<Record<UpsertOutcome["action"], string>> = {
 export async function importContacts(options: ImportOptions): Promise<ImportSummary> {
   const batchSize = Math.min(options.batchSize ?? MAX_UPSERT_BATCH, MAX_UPSERT_BATCH);
   const totalBytes = fs.statSync(options.file).size;
-  const settings = await options.keyring.sessionSettings(options.pool, options.tenantId);
-  const inTenant = <T>(fn: (run: RunQuery) => Promise<T>) =>
-    withSession(options.pool, { role: ROLES.worker, tenantId: options.tenantId, settings }, (client) =>
+  // Keys per batch (the keyring caches them briefly), so a long import follows a
+  // key rotation instead of writing with a retired key until it ends.
+  const inTenant = async <T>(fn: (run: RunQuery) => Promise<T>) =>
+    withSession(options.pool, { role: ROLES.worker, tenantId: options.tenantId, settings: await options.keyring.sessionSettings(options.pool, options.tenantId) }, (client) =>
       fn(async <R>(text: string, values: unknown[], name?: string) => (await client.query({ text, values, name })).rows as R[]),
     );
 
@@ -147,7 +176,7 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
   const input = fs.createReadStream(options.file);
   input.on("data", (chunk) => (bytesRead += chunk.length));
   const parser = input.pipe(
-    parse({ columns: true, bom: true, info: true, raw: true, skip_empty_lines: true, relax_column_count: true, trim: false }),
+    parse({ columns: checkHeaders, bom: true, info: true, raw: true, skip_empty_lines: true, relax_column_count: true, trim: false }),
   );
 
   let batch: { line: number; document: ContactDocument }[] = [];
