@@ -70,16 +70,17 @@ async function main() {
   }
   const tokens = await demoTokens(db.urls, api.authenticator);
   // The local address (PORT=0 picks a free one); HERALD_PUBLIC_URL is for providers.
-  printBanner(api.url, config.development, tokens);
+  printBanner(api.url, config.development, tokens, Boolean(api.sandbox));
 }
 
-function printBanner(url: string, development: boolean, tokens: Awaited<ReturnType<typeof demoTokens>>) {
+function printBanner(url: string, development: boolean, tokens: Awaited<ReturnType<typeof demoTokens>>, sandbox: boolean) {
   const lines = [
     "",
     `Herald is running at ${url}`,
     `  GraphQL:  ${url}/graphql`,
     development ? `  GraphiQL: ${url}/graphiql   (add the header  Authorization: Bearer <token>)` : "",
     `  Health:   ${url}/healthz`,
+    sandbox ? `  Sandbox:  ${url}/sandbox   (no Twilio/SendGrid credentials: messages stay on this machine)` : "",
   ];
   if (tokens.length > 0) {
     lines.push("", "Demo tokens (valid 12 hours; `npm run herald -- token --tenant <slug>` mints more):");

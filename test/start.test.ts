@@ -75,6 +75,11 @@ describe("first start", () => {
       contactByPhone: { firstName: "Ada", email: "ada@example.com", contactTags: { nodes: [{ tag: { name: "vip" } }] } },
     });
 
+    // No provider credentials: the banner says so and the sandbox page is served.
+    expect(transcript).toMatch(/Sandbox: +http:\/\/localhost:\d+\/sandbox/);
+    const sandboxPage = await fetch(`http://localhost:${port}/sandbox`);
+    expect(await sandboxPage.text()).toContain("Herald sandbox");
+
     const health = await fetch(`http://localhost:${port}/healthz`);
     expect(health.status).toBe(200);
     // Development mode (embedded database, no NODE_ENV): GraphiQL is served.

@@ -2,6 +2,7 @@ import http from "node:http";
 import express, { type ErrorRequestHandler, type RequestHandler } from "express";
 import pg from "pg";
 import { keyringFromConfig, type Keyring } from "../crypto/keyring.ts";
+import { createSandbox, type Sandbox } from "../sandbox/sandbox.ts";
 import { postgraphile } from "postgraphile";
 import { grafserv } from "postgraphile/grafserv/express/v4";
 import { z } from "zod";
@@ -25,6 +26,8 @@ export interface ApiServer {
   server: http.Server;
   url: string;
   authenticator: Authenticator;
+  /** Present when no provider credentials are configured: the local stand-in for Twilio and SendGrid. */
+  sandbox?: Sandbox;
   close(): Promise<void>;
 }
 
@@ -140,6 +143,9 @@ export async function startApiServer(options: {
     res.status(health.status === "ok" ? 200 : 503).json(health);
   });
   app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool));
+  // Without provider credentials, the sandbox stands in for Twilio and SendGrid on this port.
+  const sandbox = config.twilio && config.sendgrid ? undefined : createSandbox({ page: config.development });
+  if (sandbox) app.use("/sandbox", sandbox.router);
   app.use("/graphql", requireIdentity(authenticator, logger));
   // Grafserv reads an already-parsed body; parsing here lets the guard see variables.
   app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), pageSizeVariablesGuard);
@@ -181,6 +187,7 @@ export async function startApiServer(options: {
     server,
     url: `http://localhost:${port}`,
     authenticator,
+    sandbox,
     close: () =>
       (closing ??= (async () => {
         await new Promise<void>((resolve) => {
