@@ -3,8 +3,8 @@ import { z } from "zod";
 import { keyCacheTtlMs, withTenantContext } from "../src/worker/tenant-context.ts";
 
 /**
- * Moves one tenant's contacts to its current data key and hash key, in
- * batches, while the tenant keeps working (queued by `herald keys
+ * Moves one tenant's contacts (and, for a data key, its provider credentials)
+ * to its current data key and hash key, in batches, while the tenant keeps working (queued by `herald keys
  * rotate-tenant` / `rotate-hash`, see src/crypto/rotation.ts). Idempotent:
  * each batch skips rows already current, so a retry redoes only what is left.
  *
@@ -71,6 +71,8 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
   const left = await inTenant(async (c) => Number((await c.query("select herald_hidden.contacts_on_old_keys() as n")).rows[0].n));
   if (left > 0) throw new Error(`${left} contacts still use an old key version; retrying`);
   if (rotation.kind === "tenant_data_key") {
+    // The tenant's provider credentials are under the same key: move them too.
+    await inTenant((c) => c.query("select herald_hidden.rekey_provider_accounts()"));
     // Nothing uses the retired data key any more: destroy it. Should a straggler
     // have written with it since, the foreign key from contacts refuses the
     // delete (23503) and the job retries: a key in use is never destroyed.

@@ -131,6 +131,31 @@ const TABLES: TableSpec[] = [
       params: [victim.id, victim.listId, victim.contactId],
     }),
   },
+  {
+    table: "herald_public.provider_accounts",
+    columns: "tenant_id, id, name, secret_hint",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.providerAccountId] }),
+    set: "name = 'pwned'",
+    insertInto: (victim) => ({
+      sql: `insert into herald_public.provider_accounts (tenant_id, kind, name, twilio_account_sid, secret_encrypted, secret_hint, key_version)
+            values ($1, 'twilio', 'evil', 'AC00000000000000000000000000000000', '\\x00'::bytea, 'evil', 1)`,
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_public.sender_numbers",
+    columns: "tenant_id, id, phone_number",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.senderNumberId] }),
+    set: "phone_number = phone_number", // no column is updatable: the grant refuses
+    insertInto: (victim) => ({ sql: "insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, '+15005550006')", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.email_senders",
+    columns: "tenant_id, id, from_email",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.emailSenderId] }),
+    set: "from_email = from_email",
+    insertInto: (victim) => ({ sql: "insert into herald_public.email_senders (tenant_id, from_email) values ($1, 'evil@evil.test')", params: [victim.id] }),
+  },
 ];
 
 const identities = () => [
@@ -165,7 +190,7 @@ async function expectRefused(c: pg.PoolClient, label: string, granted: boolean, 
 
 describe.each(TABLES)("$table", (spec) => {
   it("tenant B cannot read tenant A's rows, by id or by scanning: grants refuse, or RLS hides them", async () => {
-    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId, a.contactId, a.tagId, a.listId];
+    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId, a.contactId, a.tagId, a.listId, a.providerAccountId, a.senderNumberId, a.emailSenderId];
     for (const who of identities()) {
       await asRole(db.current, who, async (c) => {
         const { where, params } = spec.victim(a);

@@ -139,6 +139,17 @@ describe("key rotation", () => {
     );
     expect(stored.filter((k) => k.tenant_id === a.id)).toEqual([{ tenant_id: a.id, version: 2 }]);
     expect(stored.filter((k) => k.tenant_id === b.id)).toEqual([{ tenant_id: b.id, version: 1 }]);
+    // The tenant's provider credential moved with its contacts and still decrypts.
+    const freshSettings = await keyringFor().sessionSettings(db.current.root, a.id, { fresh: true });
+    const account = await asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings: freshSettings }, async (client) =>
+      (
+        await client.query(
+          "select a.key_version, s.secret from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s where a.id = $1",
+          [a.providerAccountId],
+        )
+      ).rows[0],
+    );
+    expect(account).toEqual({ key_version: 2, secret: a.providerSecret });
     // A session still holding only the retired key can neither read the re-encrypted rows…
     await expect(asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings: staleSettings }, (client) =>
       client.query("select herald_public.contacts_phone(c) from herald_public.contacts c"),

@@ -22,9 +22,17 @@ export interface TenantFixture {
   contactEmail: string;
   tagId: string;
   listId: string;
+  /** A Twilio account (secret `${slug}-twilio-secret`), a sender number on it, an email sender. */
+  providerAccountId: string;
+  providerSecret: string;
+  senderNumberId: string;
+  emailSenderId: string;
 }
 
-type TenantRows = Omit<TenantFixture, "contactId" | "contactPhone" | "contactEmail" | "tagId" | "listId">;
+type TenantRows = Omit<
+  TenantFixture,
+  "contactId" | "contactPhone" | "contactEmail" | "tagId" | "listId" | "providerAccountId" | "providerSecret" | "senderNumberId" | "emailSenderId"
+>;
 
 async function seedTenant(client: pg.PoolClient, slug: string, name: string): Promise<TenantRows> {
   const one = async <T extends pg.QueryResultRow>(sql: string, params: unknown[]) => (await client.query<T>(sql, params)).rows[0]!;
@@ -52,6 +60,24 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
   const contactPhone = `+1415555${String(phoneSuffix++).padStart(4, "0")}`;
   const contactEmail = `person@${tenant.slug}.test`;
   const settings = await testKeyring().sessionSettings(db.root, tenant.id);
+  // Provider credentials are managed by the tenant's owner, through the real function.
+  const providerSecret = `${tenant.slug}-twilio-secret`;
+  const providers = await withSession(db.authenticator, { role: ROLES.member, tenantId: tenant.id, userId: tenant.ownerId, settings }, async (client) => {
+    const one = async (sql: string, params: unknown[]) => (await client.query(sql, params)).rows[0];
+    const account = await one("select id from herald_public.create_provider_account('twilio', 'Main', $1, $2)", [
+      providerSecret,
+      `AC${String(phoneSuffix).padStart(32, "0")}`,
+    ]);
+    const number = await one("insert into herald_public.sender_numbers (phone_number, provider_account_id) values ($1, $2) returning id", [
+      `+1415555${String(phoneSuffix + 5000).padStart(4, "0")}`,
+      account.id,
+    ]);
+    const sender = await one("insert into herald_public.email_senders (from_email, provider_account_id) values ($1, $2) returning id", [
+      `hello@${tenant.slug}.test`,
+      account.id,
+    ]);
+    return { providerAccountId: account.id, providerSecret, senderNumberId: number.id, emailSenderId: sender.id };
+  });
   return withSession(db.authenticator, { role: ROLES.worker, tenantId: tenant.id, settings }, async (client) => {
     const one = async (sql: string, params: unknown[]) => (await client.query(sql, params)).rows[0];
     const contact = await one("select contact_id from herald_hidden.upsert_contacts($1)", [
@@ -61,7 +87,7 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
     const list = await one("insert into herald_public.lists (name) values ('newsletter') returning id", []);
     await client.query("insert into herald_public.contact_tags (contact_id, tag_id) values ($1, $2)", [contact.contact_id, tag.id]);
     await client.query("insert into herald_public.list_members (contact_id, list_id) values ($1, $2)", [contact.contact_id, list.id]);
-    return { ...tenant, contactId: contact.contact_id, contactPhone, contactEmail, tagId: tag.id, listId: list.id };
+    return { ...tenant, ...providers, contactId: contact.contact_id, contactPhone, contactEmail, tagId: tag.id, listId: list.id };
   });
 }
 
