@@ -95,6 +95,9 @@ export interface Config {
   previousHashKey?: Buffer;
   twilio?: { accountSid: string; authToken: string; smsFrom?: string };
   sendgrid?: { apiKey: string; emailFrom?: string; webhookPublicKey?: string };
+  /** HERALD_SMS_FROM / HERALD_EMAIL_FROM, also used with the sandbox when no provider is configured. */
+  smsFrom?: string;
+  emailFrom?: string;
   workerConcurrency: number;
   embeddedPgPort?: number;
   development: boolean;
@@ -181,6 +184,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
           webhookPublicKey: e.SENDGRID_WEBHOOK_PUBLIC_KEY,
         }
       : undefined,
+    smsFrom: e.HERALD_SMS_FROM,
+    emailFrom: e.HERALD_EMAIL_FROM,
     workerConcurrency: e.HERALD_WORKER_CONCURRENCY,
     embeddedPgPort: e.HERALD_EMBEDDED_PG_PORT,
     development: isDevelopment(env),

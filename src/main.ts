@@ -3,6 +3,7 @@ import { parseArgs } from "node:util";
 import { startApiServer, type ApiServer } from "./api/server.ts";
 import { loadConfig } from "./config.ts";
 import { keyringFromConfig } from "./crypto/keyring.ts";
+import { ProviderClients, systemProviders } from "./providers/send.ts";
 import { openDatabase, type Database } from "./db/database.ts";
 import { demoTokens, ensureDemoTenants } from "./demo.ts";
 import { createLogger } from "./logger.ts";
@@ -55,6 +56,8 @@ async function main() {
     authenticatorUrl: db.urls.authenticator,
     concurrency: config.workerConcurrency,
     keyring,
+    // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port.
+    providers: new ProviderClients(systemProviders(config, `${config.publicUrl}/sandbox`)),
     logger,
   });
   if (flags["worker-only"]) {

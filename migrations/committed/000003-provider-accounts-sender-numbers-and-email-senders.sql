@@ -1,5 +1,5 @@
 --! Previous: sha1:4e0d983e57b3dd1634d6d80fa7a17123e134edea
---! Hash: sha1:4cfaabadb63d96d6f51ac6432026a6e84392789b
+--! Hash: sha1:08c191557cfe86f52d3c47bf9564761b1eafb020
 --! Message: Provider accounts, sender numbers and email senders
 
 --
@@ -14,7 +14,8 @@ drop function if exists herald_public.create_provider_account(text, text, text, 
 drop function if exists herald_public.set_provider_account_secret(uuid, text);
 drop function if exists herald_hidden.provider_account_secret(uuid);
 drop function if exists herald_hidden.rekey_provider_accounts();
-drop table if exists herald_public.email_senders, herald_public.sender_numbers, herald_public.provider_accounts cascade;
+drop table if exists herald_hidden.provider_tests, herald_public.email_senders, herald_public.sender_numbers, herald_public.provider_accounts cascade;
+drop function if exists herald_public.test_provider_account(uuid, text);
 
 -------------------------------------------------------------------------------
 -- provider_accounts (tenant-owned)
@@ -285,3 +286,52 @@ end;
 $$;
 grant insert (tenant_id, phone_number, channel, provider_account_id) on herald_public.sender_numbers to :DATABASE_MEMBER;
 grant insert (tenant_id, from_email, from_name, provider_account_id) on herald_public.email_senders to :DATABASE_MEMBER;
+
+-------------------------------------------------------------------------------
+-- Test sends: `testProviderAccount` queues one message through an account; the
+-- provider_accounts__test task records the provider's answer on the account.
+-------------------------------------------------------------------------------
+
+create table herald_hidden.provider_tests (
+  tenant_id uuid not null default herald_public.current_tenant_id()
+    references herald_public.tenants on delete cascade,
+  id uuid not null default gen_random_uuid(),
+  provider_account_id uuid not null,
+  -- Where the test goes: a phone number (E.164) or an email address the caller chose.
+  to_address text not null constraint provider_tests_to_length check (length(to_address) between 3 and 254),
+  created_at timestamptz not null default now(),
+  finished_at timestamptz,
+  error text,
+  primary key (tenant_id, id),
+  constraint provider_tests_account_fkey foreign key (tenant_id, provider_account_id)
+    references herald_public.provider_accounts (tenant_id, id) on delete cascade
+);
+
+create trigger _500_queue_test after insert on herald_hidden.provider_tests
+  for each row execute function herald_private.tg__add_job('provider_accounts__test');
+
+alter table herald_hidden.provider_tests enable row level security;
+alter table herald_hidden.provider_tests force row level security;
+create policy select_member on herald_hidden.provider_tests for select to :DATABASE_MEMBER, :DATABASE_WORKER
+  using (tenant_id = (select herald_public.current_tenant_id()));
+create policy insert_member on herald_hidden.provider_tests for insert to :DATABASE_MEMBER
+  with check (tenant_id = (select herald_public.current_tenant_id()) and (select herald_hidden.current_user_is_tenant_admin()));
+create policy update_worker on herald_hidden.provider_tests for update to :DATABASE_WORKER
+  using (tenant_id = (select herald_public.current_tenant_id()))
+  with check (tenant_id = (select herald_public.current_tenant_id()));
+create policy select_admin on herald_hidden.provider_tests for select to :DATABASE_ADMIN using (true);
+grant select on herald_hidden.provider_tests to :DATABASE_MEMBER, :DATABASE_WORKER, :DATABASE_ADMIN;
+grant insert (provider_account_id, to_address) on herald_hidden.provider_tests to :DATABASE_MEMBER;
+grant update (finished_at, error) on herald_hidden.provider_tests to :DATABASE_WORKER;
+
+create function herald_public.test_provider_account(provider_account_id uuid, to_address text) returns uuid
+  language sql volatile
+  set search_path = ''
+as $$
+  insert into herald_hidden.provider_tests (provider_account_id, to_address)
+  values (test_provider_account.provider_account_id, test_provider_account.to_address)
+  returning id;
+$$;
+comment on function herald_public.test_provider_account(uuid, text) is
+  E'Send one test SMS or email through the account; `lastTestedAt` and `lastError` on the account show the outcome.';
+grant execute on function herald_public.test_provider_account(uuid, text) to :DATABASE_MEMBER;

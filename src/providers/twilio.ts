@@ -21,6 +21,11 @@ class SandboxRequestClient extends RequestClient {
 
 export type TwilioClient = ReturnType<typeof twilio>;
 
-export function createTwilioClient(credentials: { accountSid: string; authToken: string }, sandboxUrl?: string): TwilioClient {
-  return twilio(credentials.accountSid, credentials.authToken, sandboxUrl ? { httpClient: new SandboxRequestClient(sandboxUrl) } : {});
+/** With `apiKeySid`, the SDK authenticates as that API key (authToken is its secret) and addresses the account. */
+export function createTwilioClient(
+  credentials: { accountSid: string; authToken: string; apiKeySid?: string },
+  sandboxUrl?: string,
+): TwilioClient {
+  const options = { accountSid: credentials.accountSid, ...(sandboxUrl ? { httpClient: new SandboxRequestClient(sandboxUrl) } : {}) };
+  return twilio(credentials.apiKeySid ?? credentials.accountSid, credentials.authToken, options);
 }

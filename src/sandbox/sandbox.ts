@@ -39,6 +39,18 @@ export interface Sandbox {
 }
 
 const E164 = /^\+[1-9]\d{6,14}$/;
+
+/**
+ * Credentials the sandbox accepts without being told: a Twilio account's auth
+ * token is `sandbox:<AccountSid>`, and any SendGrid key starting `SG.sandbox.`
+ * is valid. Tenants use these in development; anything else is refused
+ * exactly as the real services refuse a wrong credential.
+ */
+export const sandboxTwilioToken = (accountSid: string) => `sandbox:${accountSid}`;
+export const SANDBOX_SENDGRID_KEY_PREFIX = "SG.sandbox.";
+/** The system account in sandbox mode (no TWILIO_* / SENDGRID_API_KEY configured). */
+export const SANDBOX_SYSTEM_TWILIO = { accountSid: `AC${"0".repeat(32)}`, authToken: sandboxTwilioToken(`AC${"0".repeat(32)}`) };
+export const SANDBOX_SYSTEM_SENDGRID_KEY = `${SANDBOX_SENDGRID_KEY_PREFIX}system`;
 const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
 const sha256 = (text: string) => createHash("sha256").update(text).digest();
 const sameSecret = (a: string, b: string) => timingSafeEqual(sha256(a), sha256(b));
@@ -70,7 +82,7 @@ export function createSandbox(options: { keep?: number; page?: boolean } = {}): 
     const sid = String(req.params.sid);
     const [scheme, encoded] = (req.headers.authorization ?? "").split(" ");
     const [user, ...rest] = Buffer.from(encoded ?? "", "base64").toString("utf8").split(":");
-    const token = twilioAccounts.get(sid);
+    const token = twilioAccounts.get(sid) ?? sandboxTwilioToken(sid);
     if (scheme !== "Basic" || user !== sid || token === undefined || !sameSecret(rest.join(":"), token)) {
       return twilioError(res, 401, 20003, "Authenticate");
     }
@@ -115,7 +127,7 @@ export function createSandbox(options: { keep?: number; page?: boolean } = {}): 
 
   router.post("/sendgrid/v3/mail/send", express.json({ limit: "1mb" }), (req: Request, res: Response) => {
     const [scheme, key] = (req.headers.authorization ?? "").split(" ");
-    if (scheme !== "Bearer" || !key || ![...sendgridKeys].some((k) => sameSecret(k, key))) {
+    if (scheme !== "Bearer" || !key || !(key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key)))) {
       return sendgridError(res, 401, "The provided authorization grant is invalid, expired, or revoked");
     }
     const mail = req.body as {

@@ -1,5 +1,6 @@
 import type pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
+import type { ProviderClients } from "../providers/send.ts";
 import { withSession } from "../db/session.ts";
 import { ROLES } from "../db/urls.ts";
 
@@ -12,11 +13,23 @@ import { ROLES } from "../db/urls.ts";
  * nothing leaks to the next job.
  */
 
-let tenantContext: { pool: pg.Pool; keyring: Keyring } | undefined;
+interface WorkerContext {
+  pool: pg.Pool;
+  keyring: Keyring;
+  providers?: ProviderClients;
+}
+
+let tenantContext: WorkerContext | undefined;
 
 /** Called by startWorker; tasks reach the pool only through withTenantContext. */
-export function setTenantContext(context: { pool: pg.Pool; keyring: Keyring } | undefined): void {
+export function setTenantContext(context: WorkerContext | undefined): void {
   tenantContext = context;
+}
+
+/** The SDK clients (tenant accounts cached by credential version, and the system's). */
+export function providerClients(): ProviderClients {
+  if (!tenantContext?.providers) throw new Error("this worker was started without provider clients");
+  return tenantContext.providers;
 }
 
 /** How long this process may keep using a tenant's keys after they change. */

@@ -3,6 +3,8 @@ import pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
 import contactsRekey from "../../tasks/contacts__rekey.ts";
 import ping from "../../tasks/herald__ping.ts";
+import providerTest from "../../tasks/provider_accounts__test.ts";
+import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
 import { setTenantContext } from "./tenant-context.ts";
 
@@ -10,6 +12,7 @@ import { setTenantContext } from "./tenant-context.ts";
 export const taskList: TaskList = {
   herald__ping: ping as TaskList[string],
   contacts__rekey: contactsRekey as TaskList[string],
+  provider_accounts__test: providerTest as TaskList[string],
 };
 
 export interface WorkerHandle {
@@ -27,6 +30,8 @@ export async function startWorker(options: {
   concurrency: number;
   /** Unwraps each job's tenant keys. */
   keyring: Keyring;
+  /** SDK clients for sends (absent for a worker that never sends, e.g. `herald keys`). */
+  providers?: ProviderClients;
   logger: Logger;
 }): Promise<WorkerHandle> {
   const onIdleError = (error: Error) =>
@@ -39,7 +44,7 @@ export async function startWorker(options: {
   queuePool.on("connect", (client) => client.on("error", onIdleError));
   const tenantPool = new pg.Pool({ connectionString: options.authenticatorUrl, max: options.concurrency });
   tenantPool.on("error", onIdleError);
-  setTenantContext({ pool: tenantPool, keyring: options.keyring });
+  setTenantContext({ pool: tenantPool, keyring: options.keyring, providers: options.providers });
   const runner = await run({
     pgPool: queuePool,
     concurrency: options.concurrency,

@@ -1,0 +1,204 @@
+import type pg from "pg";
+import type { Config } from "../config.ts";
+import { SANDBOX_SYSTEM_SENDGRID_KEY, SANDBOX_SYSTEM_TWILIO } from "../sandbox/sandbox.ts";
+import { createSendGridMailer, type SendGridMailer } from "./sendgrid.ts";
+import { createTwilioClient, type TwilioClient } from "./twilio.ts";
+
+/**
+ * Sending one SMS/WhatsApp message or email for a tenant, inside a worker job's
+ * tenant context (the pg client is that transaction: RLS, the tenant's keys):
+ * the tenant's active account of the right kind, else the system's; when the
+ * tenant's account fails and `tenant_settings.fallback_to_system` is on, the
+ * system's is tried too. The result says which provider actually sent.
+ * A failure of the tenant's account is written on the account (last_error) in
+ * the caller's transaction: a caller that catches the SendError and commits
+ * (after marking its delivery failed) keeps that record.
+ */
+
+export interface SystemProviders {
+  twilio: { accountSid: string; authToken: string; smsFrom?: string };
+  sendgrid: { apiKey: string; emailFrom?: string };
+  /** Where the SDKs are pointed instead of the real services (sandbox mode). */
+  sandboxUrl?: string;
+}
+
+/** The system accounts from the environment, or the sandbox's when none are configured. */
+export function systemProviders(config: Config, sandboxUrl?: string): SystemProviders {
+  return {
+    // Sandbox: Twilio's documented test sender number, and a local address.
+    twilio: config.twilio ?? { ...SANDBOX_SYSTEM_TWILIO, smsFrom: config.smsFrom ?? "+15005550006" },
+    sendgrid: config.sendgrid ?? { apiKey: SANDBOX_SYSTEM_SENDGRID_KEY, emailFrom: config.emailFrom ?? "herald@sandbox.test" },
+    sandboxUrl: config.twilio && config.sendgrid ? undefined : sandboxUrl,
+  };
+}
+
+export class SendError extends Error {
+  override name = "SendError";
+  readonly provider: "tenant" | "system";
+  readonly code?: number | string;
+  constructor(message: string, provider: "tenant" | "system", code?: number | string) {
+    super(message);
+    this.provider = provider;
+    this.code = code;
+  }
+}
+
+interface TenantAccount {
+  id: string;
+  kind: "twilio" | "sendgrid";
+  twilio_account_sid: string | null;
+  twilio_api_key_sid: string | null;
+  updated_at: Date;
+  secret: string;
+  /** The account's first sender number of the channel / email sender, if any. */
+  default_number?: string | null;
+  default_email?: string | null;
+}
+
+/**
+ * SDK clients, one per account, rebuilt when the account's credentials change
+ * (its updated_at moves). System clients live as long as the process.
+ */
+export class ProviderClients {
+  readonly #twilio = new Map<string, { version: number; client: TwilioClient }>();
+  readonly #sendgrid = new Map<string, { version: number; client: SendGridMailer }>();
+  readonly system: SystemProviders;
+  constructor(system: SystemProviders) {
+    this.system = system;
+  }
+
+  twilioFor(account: TenantAccount | "system"): TwilioClient {
+    if (account === "system") return this.#cached(this.#twilio, "system", 0, () => createTwilioClient(this.system.twilio, this.system.sandboxUrl));
+    return this.#cached(this.#twilio, account.id, account.updated_at.getTime(), () =>
+      createTwilioClient(
+        { accountSid: account.twilio_account_sid!, authToken: account.secret, apiKeySid: account.twilio_api_key_sid ?? undefined },
+        this.system.sandboxUrl,
+      ),
+    );
+  }
+
+  sendgridFor(account: TenantAccount | "system"): SendGridMailer {
+    if (account === "system") return this.#cached(this.#sendgrid, "system", 0, () => createSendGridMailer(this.system.sendgrid.apiKey, this.system.sandboxUrl));
+    return this.#cached(this.#sendgrid, account.id, account.updated_at.getTime(), () => createSendGridMailer(account.secret, this.system.sandboxUrl));
+  }
+
+  #cached<T>(cache: Map<string, { version: number; client: T }>, key: string, version: number, make: () => T): T {
+    const hit = cache.get(key);
+    if (hit && hit.version === version) return hit.client;
+    const client = make();
+    cache.set(key, { version, client });
+    return client;
+  }
+}
+
+async function activeAccount(client: pg.ClientBase, kind: "twilio" | "sendgrid", channel = "sms"): Promise<TenantAccount | undefined> {
+  const { rows } = await client.query<TenantAccount>(
+    `select a.id, a.kind, a.twilio_account_sid, a.twilio_api_key_sid, a.updated_at, s.secret,
+            (select n.phone_number from herald_public.sender_numbers n
+              where n.tenant_id = a.tenant_id and n.provider_account_id = a.id and n.channel = $2
+              order by n.created_at limit 1) as default_number,
+            (select e.from_email::text from herald_public.email_senders e
+              where e.tenant_id = a.tenant_id and e.provider_account_id = a.id order by e.created_at limit 1) as default_email
+       from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s
+      where a.tenant_id = herald_public.current_tenant_id() and a.kind = $1 and a.status = 'active'`,
+    [kind, channel],
+  );
+  return rows[0];
+}
+
+async function tenantSettings(client: pg.ClientBase): Promise<{ fallback_to_system: boolean; sms_from: string | null }> {
+  const { rows } = await client.query(
+    "select fallback_to_system, sms_from from herald_public.tenant_settings where tenant_id = herald_public.current_tenant_id()",
+  );
+  return rows[0] ?? { fallback_to_system: false, sms_from: null };
+}
+
+/** Records the provider's answer on the tenant's account (null: it worked). */
+export async function recordAccountResult(client: pg.ClientBase, accountId: string, error: string | null, tested = false) {
+  await client.query(
+    `update herald_public.provider_accounts set last_error = $2 ${tested ? ", last_tested_at = now()" : ""}
+      where tenant_id = herald_public.current_tenant_id() and id = $1`,
+    [accountId, error?.slice(0, 2000) ?? null],
+  );
+}
+
+/** Twilio errors that are about the recipient, not the account: another provider would fail the same way. */
+const RECIPIENT_ERRORS = new Set([21211, 21610, 21612, 21614, 63007]);
+
+export interface Sent {
+  provider: "tenant" | "system";
+  accountId?: string;
+  providerMessageId: string;
+  from: string;
+}
+
+async function withFallback(
+  client: pg.ClientBase,
+  account: TenantAccount | undefined,
+  attempt: (via: TenantAccount | "system") => Promise<{ id: string; from: string }>,
+  isRecipientError: (error: unknown) => boolean,
+): Promise<Sent> {
+  if (!account) {
+    const sent = await attempt("system");
+    return { provider: "system", providerMessageId: sent.id, from: sent.from };
+  }
+  try {
+    const sent = await attempt(account);
+    return { provider: "tenant", accountId: account.id, providerMessageId: sent.id, from: sent.from };
+  } catch (error) {
+    const message = (error as Error).message;
+    await recordAccountResult(client, account.id, message);
+    const { fallback_to_system: fallback } = await tenantSettings(client);
+    if (!fallback || isRecipientError(error)) {
+      throw new SendError(`the tenant's ${account.kind} account failed: ${message}`, "tenant", (error as { code?: number }).code);
+    }
+    const sent = await attempt("system");
+    return { provider: "system", providerMessageId: sent.id, from: sent.from };
+  }
+}
+
+export async function sendSms(
+  client: pg.ClientBase,
+  clients: ProviderClients,
+  message: { to: string; body: string; from?: string; channel?: "sms" | "whatsapp" },
+): Promise<Sent> {
+  const whatsapp = message.channel === "whatsapp";
+  const account = await activeAccount(client, "twilio", whatsapp ? "whatsapp" : "sms");
+  const settings = await tenantSettings(client);
+  const address = (n: string) => (whatsapp ? `whatsapp:${n}` : n);
+  return withFallback(
+    client,
+    account,
+    async (via) => {
+      // DESIGN.md's order: the message's own, the tenant's sms_from, then the
+      // sending account's default (the system's HERALD_SMS_FROM, or the tenant
+      // account's first sender number).
+      const from =
+        message.from ?? settings.sms_from ?? (via === "system" ? clients.system.twilio.smsFrom : (via.default_number ?? clients.system.twilio.smsFrom));
+      if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant");
+      const sent = await clients.twilioFor(via).messages.create({ to: address(message.to), from: address(from), body: message.body });
+      return { id: sent.sid, from };
+    },
+    (error) => RECIPIENT_ERRORS.has((error as { code?: number }).code ?? 0),
+  );
+}
+
+export async function sendEmail(
+  client: pg.ClientBase,
+  clients: ProviderClients,
+  message: { to: string; subject: string; text: string; from?: string },
+): Promise<Sent> {
+  const account = await activeAccount(client, "sendgrid");
+  return withFallback(
+    client,
+    account,
+    async (via) => {
+      const from = message.from ?? (via === "system" ? clients.system.sendgrid.emailFrom : (via.default_email ?? clients.system.sendgrid.emailFrom));
+      if (!from) throw new SendError("no sender address: give one or set HERALD_EMAIL_FROM", via === "system" ? "system" : "tenant");
+      const [response] = await clients.sendgridFor(via).send({ to: message.to, from, subject: message.subject, text: message.text });
+      return { id: String(response.headers["x-message-id"] ?? ""), from };
+    },
+    // A malformed recipient fails at any provider.
+    (error) => (error as { code?: number }).code === 400,
+  );
+}
