@@ -1,4 +1,4 @@
-import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, createHmac, generateKeyPairSync, randomBytes, sign, timingSafeEqual, type KeyObject } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
 
 /**
@@ -8,6 +8,13 @@ import express, { type Request, type Response, type Router } from "express";
  * mocked below the SDK. It checks credentials like the real services, answers
  * with their JSON shapes and error codes, and keeps the recent messages for
  * the `/sandbox` page and for tests.
+ *
+ * Like the real services, it calls back: Twilio status callbacks to a
+ * message's StatusCallback (queued → sent → delivered, or failed/undelivered,
+ * see `outcomeFor`), signed with X-Twilio-Signature under the account's auth
+ * token; SendGrid events (processed, delivered or bounce) to `sendgridEventUrl`,
+ * signed with ECDSA under the sandbox's key pair (`sendgridPublicKey`). Tests
+ * can inject faults: errors, 429 bursts, latency, accept-then-timeout.
  *
  * Routes (relative to where the router is mounted):
  *   POST /twilio/2010-04-01/Accounts/:sid/Messages.json   form-encoded, HTTP Basic (sid:token)
@@ -30,12 +37,53 @@ export interface SandboxMessage {
   createdAt: Date;
 }
 
+export interface SandboxFaults {
+  /** Share of requests (0–1) answered with a 500, nothing stored. */
+  errorRate?: number;
+  /** The next N requests get a 429 (Twilio 20429 / SendGrid's), nothing stored. */
+  rateLimitBurst?: number;
+  /** Added before every answer. */
+  latencyMs?: number;
+  /** Store the message, then never answer: the connection is dropped after this many ms. */
+  acceptThenTimeoutMs?: number;
+}
+
 export interface Sandbox {
   router: Router;
   /** Newest last; at most `keep` of them. */
   messages: SandboxMessage[];
   addTwilioAccount(accountSid: string, authToken: string): void;
   addSendGridKey(apiKey: string): void;
+  setFaults(faults: SandboxFaults): void;
+  /** Base64 DER (SPKI) of the key that signs SendGrid events: SENDGRID_WEBHOOK_PUBLIC_KEY for the sandbox. */
+  sendgridPublicKey: string;
+  /** Resolves when every callback already scheduled has been posted. */
+  settled(): Promise<void>;
+}
+
+/**
+ * What happens to a message after acceptance, by the recipient's last digits
+ * (documented for developers): …0001 fails (30003), …0002 is undelivered
+ * (30005), bounce@… bounces; everything else is delivered.
+ */
+export function outcomeFor(to: string): { status: "delivered" | "failed" | "undelivered" | "bounce"; errorCode?: number } {
+  if (/0001$/.test(to)) return { status: "failed", errorCode: 30003 };
+  if (/0002$/.test(to)) return { status: "undelivered", errorCode: 30005 };
+  if (/^bounce@/i.test(to)) return { status: "bounce" };
+  return { status: "delivered" };
+}
+
+/** Twilio's request signature: HMAC-SHA1 of the URL followed by each POST parameter's name and value, sorted by name. */
+export function twilioSignature(authToken: string, url: string, params: Record<string, string>): string {
+  const data = Object.keys(params)
+    .sort()
+    .reduce((acc, key) => acc + key + params[key], url);
+  return createHmac("sha1", authToken).update(data, "utf8").digest("base64");
+}
+
+/** SendGrid's event signature: ECDSA (P-256, SHA-256) over timestamp + raw body, base64 DER. */
+export function sendgridSignature(privateKey: KeyObject, timestamp: string, body: string): string {
+  return sign("sha256", Buffer.from(timestamp + body), privateKey).toString("base64");
 }
 
 const E164 = /^\+[1-9]\d{6,14}$/;
@@ -66,8 +114,54 @@ function sendgridError(res: Response, status: number, message: string, field: st
 const escapeHtml = (text: string) =>
   text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
 
-export function createSandbox(options: { keep?: number; page?: boolean } = {}): Sandbox {
+export function createSandbox(
+  options: {
+    keep?: number;
+    page?: boolean;
+    /** Where SendGrid events go (Herald's event webhook); none: no events. */
+    sendgridEventUrl?: string;
+    /** Pause between a message's callbacks. */
+    callbackDelayMs?: number;
+  } = {},
+): Sandbox {
   const keep = options.keep ?? 500;
+  const callbackDelayMs = options.callbackDelayMs ?? 50;
+  const eventKeys = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+  let faults: SandboxFaults = {};
+  const pending = new Set<Promise<void>>();
+  /** Posts callbacks in order, in the background; failures are the receiver's business, as with the real services. */
+  const schedule = (posts: (() => Promise<unknown>)[]) => {
+    const run = (async () => {
+      for (const post of posts) {
+        await new Promise((resolve) => setTimeout(resolve, callbackDelayMs));
+        await post().catch(() => undefined);
+      }
+    })();
+    pending.add(run);
+    void run.finally(() => pending.delete(run));
+  };
+  /** Applies the injected faults; true when the request was answered (or dropped) already. */
+  const faulted = async (res: Response, kind: "twilio" | "sendgrid"): Promise<boolean> => {
+    if (faults.latencyMs) await new Promise((resolve) => setTimeout(resolve, faults.latencyMs));
+    if (faults.rateLimitBurst && faults.rateLimitBurst > 0) {
+      faults.rateLimitBurst--;
+      if (kind === "twilio") twilioError(res, 429, 20429, "Too Many Requests");
+      else sendgridError(res, 429, "too many requests");
+      return true;
+    }
+    if (faults.errorRate && Math.random() < faults.errorRate) {
+      if (kind === "twilio") twilioError(res, 500, 20500, "Internal Server Error");
+      else sendgridError(res, 500, "internal error");
+      return true;
+    }
+    return false;
+  };
+  /** Accept-then-timeout: the message counts as sent, but the client never hears so. */
+  const dropAfterAccepting = (res: Response): boolean => {
+    if (!faults.acceptThenTimeoutMs) return false;
+    setTimeout(() => res.socket?.destroy(), faults.acceptThenTimeoutMs);
+    return true;
+  };
   const twilioAccounts = new Map<string, string>();
   const sendgridKeys = new Set<string>();
   const messages: SandboxMessage[] = [];
@@ -78,7 +172,8 @@ export function createSandbox(options: { keep?: number; page?: boolean } = {}): 
 
   const router = express.Router();
 
-  router.post("/twilio/2010-04-01/Accounts/:sid/Messages.json", express.urlencoded({ extended: false, limit: "64kb" }), (req: Request, res: Response) => {
+  router.post("/twilio/2010-04-01/Accounts/:sid/Messages.json", express.urlencoded({ extended: false, limit: "64kb" }), async (req: Request, res: Response) => {
+    if (await faulted(res, "twilio")) return;
     const sid = String(req.params.sid);
     const [scheme, encoded] = (req.headers.authorization ?? "").split(" ");
     const [user, ...rest] = Buffer.from(encoded ?? "", "base64").toString("utf8").split(":");
@@ -86,7 +181,7 @@ export function createSandbox(options: { keep?: number; page?: boolean } = {}): 
     if (scheme !== "Basic" || user !== sid || token === undefined || !sameSecret(rest.join(":"), token)) {
       return twilioError(res, 401, 20003, "Authenticate");
     }
-    const { To: to = "", From: from = "", Body: body = "" } = req.body as Record<string, string>;
+    const { To: to = "", From: from = "", Body: body = "", StatusCallback: statusCallback } = req.body as Record<string, string>;
     const whatsapp = to.startsWith("whatsapp:");
     const toNumber = whatsapp ? to.slice("whatsapp:".length) : to;
     if (!E164.test(toNumber)) return twilioError(res, 400, 21211, `The 'To' number ${to} is not a valid phone number.`);
@@ -100,6 +195,23 @@ export function createSandbox(options: { keep?: number; page?: boolean } = {}): 
     const messageSid = `SM${randomBytes(16).toString("hex")}`;
     const now = new Date();
     remember({ id: messageSid, provider: "twilio", account: sid, channel: whatsapp ? "whatsapp" : "sms", from, to, body, createdAt: now });
+    if (statusCallback) {
+      const outcome = outcomeFor(toNumber);
+      const statuses = outcome.status === "delivered" ? ["sent", "delivered"] : ["sent", outcome.status];
+      const authToken = twilioAccounts.get(sid) ?? sandboxTwilioToken(sid);
+      schedule(
+        statuses.map((status) => () => {
+          const params: Record<string, string> = { AccountSid: sid, From: from, MessageSid: messageSid, MessageStatus: status, SmsSid: messageSid, SmsStatus: status, To: to, ApiVersion: "2010-04-01" };
+          if (status === "failed" || status === "undelivered") params.ErrorCode = String(outcome.errorCode);
+          return fetch(statusCallback, {
+            method: "POST",
+            headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": twilioSignature(authToken, statusCallback, params) },
+            body: new URLSearchParams(params).toString(),
+          });
+        }),
+      );
+    }
+    if (dropAfterAccepting(res)) return;
     const uri = `/2010-04-01/Accounts/${sid}/Messages/${messageSid}.json`;
     res.status(201).json({
       account_sid: sid,
@@ -125,7 +237,8 @@ export function createSandbox(options: { keep?: number; page?: boolean } = {}): 
     });
   });
 
-  router.post("/sendgrid/v3/mail/send", express.json({ limit: "1mb" }), (req: Request, res: Response) => {
+  router.post("/sendgrid/v3/mail/send", express.json({ limit: "1mb" }), async (req: Request, res: Response) => {
+    if (await faulted(res, "sendgrid")) return;
     const [scheme, key] = (req.headers.authorization ?? "").split(" ");
     if (scheme !== "Bearer" || !key || !(key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key)))) {
       return sendgridError(res, 401, "The provided authorization grant is invalid, expired, or revoked");
@@ -149,6 +262,35 @@ export function createSandbox(options: { keep?: number; page?: boolean } = {}): 
     for (const r of recipients) {
       remember({ id: messageId, provider: "sendgrid", account: `…${key.slice(-4)}`, channel: "email", from: mail.from!.email!, to: r.email!, subject: mail.subject, body, createdAt: new Date() });
     }
+    const eventUrl = options.sendgridEventUrl;
+    if (eventUrl) {
+      const event = (email: string, kind: string) => ({
+        email,
+        event: kind,
+        timestamp: Math.floor(Date.now() / 1000),
+        sg_event_id: randomBytes(16).toString("base64url"),
+        sg_message_id: `${messageId}.filter0001.${Date.now()}.0`,
+        ...(kind === "bounce" ? { reason: "550 5.1.1 The email account that you tried to reach does not exist.", type: "bounce" } : {}),
+      });
+      const batches = [recipients.map((r) => event(r.email!, "processed")), recipients.map((r) => event(r.email!, outcomeFor(r.email!).status === "bounce" ? "bounce" : "delivered"))];
+      schedule(
+        batches.map((events) => () => {
+          // The signature covers the exact bytes sent: the receiver must verify the raw body.
+          const payload = JSON.stringify(events);
+          const timestamp = String(Math.floor(Date.now() / 1000));
+          return fetch(eventUrl, {
+            method: "POST",
+            headers: {
+              "content-type": "application/json",
+              "x-twilio-email-event-webhook-signature": sendgridSignature(eventKeys.privateKey, timestamp, payload),
+              "x-twilio-email-event-webhook-timestamp": timestamp,
+            },
+            body: payload,
+          });
+        }),
+      );
+    }
+    if (dropAfterAccepting(res)) return;
     res.setHeader("X-Message-Id", messageId);
     res.status(202).end();
   });
@@ -175,5 +317,10 @@ ${rows || '<tr><td colspan="8">Nothing sent yet.</td></tr>'}</table></body></htm
     messages,
     addTwilioAccount: (accountSid, authToken) => void twilioAccounts.set(accountSid, authToken),
     addSendGridKey: (apiKey) => void sendgridKeys.add(apiKey),
+    setFaults: (next) => void (faults = { ...next }),
+    sendgridPublicKey: eventKeys.publicKey.export({ type: "spki", format: "der" }).toString("base64"),
+    settled: async () => {
+      while (pending.size > 0) await Promise.all(pending);
+    },
   };
 }
