@@ -4,7 +4,8 @@ import { pino, type Logger } from "pino";
  * One structured logger. Redaction is a second line of defence: code should
  * never hand secrets or PII to the logger in the first place.
  */
-export function createLogger(level = process.env.LOG_LEVEL ?? "info", destination: 1 | 2 = 1): Logger {
+/** `destination`: stdout (1), stderr (2), or any stream of lines (tests capture logs this way). */
+export function createLogger(level = process.env.LOG_LEVEL ?? "info", destination: 1 | 2 | pino.DestinationStream = 1): Logger {
   return pino({
     level,
     base: { service: "herald" },
@@ -24,7 +25,7 @@ export function createLogger(level = process.env.LOG_LEVEL ?? "info", destinatio
       ],
       censor: "[redacted]",
     },
-  }, pino.destination(destination));
+  }, typeof destination === "number" ? pino.destination(destination) : destination);
 }
 
 export type { Logger };

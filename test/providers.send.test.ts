@@ -19,8 +19,11 @@ import { testKeyring } from "./helpers/keys.ts";
  * fallback when the tenant's fails, and the test-send task. Nothing is mocked below the SDK.
  */
 
+/** Everything the API server and the worker log during this file, at debug level. */
+const logLines: string[] = [];
+const capturingLogger = createLogger("debug", { write: (line: string) => void logLines.push(line) });
 const db = useTestDatabase();
-const api = useApiServer(db);
+const api = useApiServer(db, { logger: capturingLogger });
 let a: TenantFixture;
 let b: TenantFixture;
 let c: TenantFixture;
@@ -72,7 +75,7 @@ beforeAll(async () => {
     concurrency: 2,
     keyring: testKeyring(),
     providers: clients,
-    logger: createLogger("silent", 2),
+    logger: capturingLogger,
   });
 });
 
@@ -155,5 +158,72 @@ describe("testProviderAccount", () => {
     expect((await waitForTest(c)).last_error).toBe("Authenticate");
     const asC = await graphql(api.current, token, `mutation($id: UUID!) { testProviderAccount(input: {providerAccountId: $id, toAddress: "+14155550146"}) { result } }`, { id: a.providerAccountId });
     expect(asC.body.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
+  });
+});
+
+describe("email domain authentication (SendGrid, through the tenant's account)", () => {
+  const domainState = (id: string) =>
+    withRootDb(db.current, async (q) => (await q.query("select status, dns_records, last_error, last_checked_at from herald_public.email_domains where id = $1", [id])).rows[0]);
+  const waitFor = async (id: string, done: (row: { status: string; last_checked_at: Date | null; last_error: string | null }) => boolean) => {
+    for (let i = 0; i < 150; i++) {
+      const row = await domainState(id);
+      if (done(row)) return row;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error(`email domain ${id} never reached the expected state`);
+  };
+
+  it("authenticateEmailDomain stores the DNS records to publish; verifyEmailDomain records SendGrid's check", async () => {
+    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+    const gql = (query: string, variables?: Record<string, unknown>) => graphql(api.current, token, query, variables);
+    const created = await gql(`mutation { authenticateEmailDomain(input: {domain: "Mail.Tenant-A.test"}) { result { rowId domain status } } }`);
+    const { rowId, domain, status } = created.body.data!.authenticateEmailDomain.result;
+    expect([domain, status]).toEqual(["mail.tenant-a.test", "requested"]);
+    const pending = await waitFor(rowId, (r) => r.status !== "requested");
+    expect(pending.status).toBe("pending");
+    expect(pending.dns_records.map((r: { type: string; host: string }) => [r.type, r.host])).toEqual([
+      ["cname", expect.stringMatching(/^em\d+\.mail\.tenant-a\.test$/)],
+      ["cname", "s1._domainkey.mail.tenant-a.test"],
+      ["cname", "s2._domainkey.mail.tenant-a.test"],
+    ]);
+    await gql(`mutation($id: UUID!) { verifyEmailDomain(input: {emailDomainId: $id}) { result { rowId } } }`, { id: rowId });
+    expect(await waitFor(rowId, (r) => r.status === "verified")).toMatchObject({ status: "verified", last_error: null });
+
+    // A domain whose records are not published stays pending, with SendGrid's reason.
+    const other = await gql(`mutation { authenticateEmailDomain(input: {domain: "unverified.tenant-a.test"}) { result { rowId } } }`);
+    const otherId = other.body.data!.authenticateEmailDomain.result.rowId;
+    await waitFor(otherId, (r) => r.status === "pending");
+    await gql(`mutation($id: UUID!) { verifyEmailDomain(input: {emailDomainId: $id}) { result { rowId } } }`, { id: otherId });
+    const unverified = await waitFor(otherId, (r) => r.last_error !== null);
+    expect(unverified.status).toBe("pending");
+    expect(unverified.last_error).toMatch(/Expected CNAME/);
+
+    // Tenant C (no active SendGrid account) cannot start one; B cannot verify or see A's.
+    const tokenB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+    const verifyA = await graphql(api.current, tokenB, `mutation($id: UUID!) { verifyEmailDomain(input: {emailDomainId: $id}) { result { rowId } } }`, { id: rowId });
+    expect(verifyA.body.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
+    const listB = await graphql(api.current, tokenB, `{ allEmailDomains { totalCount } }`);
+    expect(listB.body.data!.allEmailDomains.totalCount).toBe(0);
+    const none = await graphql(api.current, tokenB, `mutation { authenticateEmailDomain(input: {domain: "b.example.com"}) { result { rowId } } }`);
+    expect(none.body.errors?.[0]?.message).toMatch(/SendGrid account first/);
+  });
+});
+
+describe("logs", () => {
+  it("carry no provider credential, no tenant key and no recipient body from any of the above", async () => {
+    expect(logLines.length).toBeGreaterThan(10); // the capture works: requests and jobs were logged
+    const logs = logLines.join("\n");
+    const settingsA = await testKeyring().sessionSettings(db.current.root, a.id);
+    for (const secret of [
+      sandboxTwilioToken(await twilioSid(a)),
+      b.providerSecret,
+      c.providerSecret,
+      "SG.sandbox.tenant-a",
+      settingsA["herald.data_key"]!,
+      settingsA["herald.hash_key"]!,
+      "from the system",
+    ]) {
+      expect(logs).not.toContain(secret);
+    }
   });
 });

@@ -1,7 +1,7 @@
 import type pg from "pg";
 import type { Config } from "../config.ts";
 import { SANDBOX_SYSTEM_SENDGRID_KEY, SANDBOX_SYSTEM_TWILIO } from "../sandbox/sandbox.ts";
-import { createSendGridMailer, type SendGridMailer } from "./sendgrid.ts";
+import { createSendGridClient, createSendGridMailer, type SendGridClient, type SendGridMailer } from "./sendgrid.ts";
 import { createTwilioClient, type TwilioClient } from "./twilio.ts";
 
 /**
@@ -43,7 +43,7 @@ export class SendError extends Error {
   }
 }
 
-interface TenantAccount {
+export interface TenantAccount {
   id: string;
   kind: "twilio" | "sendgrid";
   twilio_account_sid: string | null;
@@ -62,6 +62,7 @@ interface TenantAccount {
 export class ProviderClients {
   readonly #twilio = new Map<string, { version: number; client: TwilioClient }>();
   readonly #sendgrid = new Map<string, { version: number; client: SendGridMailer }>();
+  readonly #sendgridApi = new Map<string, { version: number; client: SendGridClient }>();
   readonly system: SystemProviders;
   constructor(system: SystemProviders) {
     this.system = system;
@@ -80,6 +81,11 @@ export class ProviderClients {
   sendgridFor(account: TenantAccount | "system"): SendGridMailer {
     if (account === "system") return this.#cached(this.#sendgrid, "system", 0, () => createSendGridMailer(this.system.sendgrid.apiKey, this.system.sandboxUrl));
     return this.#cached(this.#sendgrid, account.id, account.updated_at.getTime(), () => createSendGridMailer(account.secret, this.system.sandboxUrl));
+  }
+
+  /** The v3 API client of a tenant's SendGrid account (domain authentication). */
+  sendgridApiFor(account: TenantAccount): SendGridClient {
+    return this.#cached(this.#sendgridApi, account.id, account.updated_at.getTime(), () => createSendGridClient(account.secret, this.system.sandboxUrl));
   }
 
   #cached<T>(cache: Map<string, { version: number; client: T }>, key: string, version: number, make: () => T): T {

@@ -10,16 +10,22 @@ import type { MailService } from "@sendgrid/mail/src/mail.js";
 
 // The packages export a ready-made singleton; their classes are properties of it.
 const require = createRequire(import.meta.url);
-const { Client: SendGridClient } = require("@sendgrid/client") as { Client: new () => Client };
+const { Client: SendGridClientClass } = require("@sendgrid/client") as { Client: new () => Client };
 const { MailService: SendGridMailService } = require("@sendgrid/mail") as { MailService: new () => MailService };
 
 export type SendGridMailer = MailService;
+export type SendGridClient = Client;
 
-export function createSendGridMailer(apiKey: string, sandboxUrl?: string): SendGridMailer {
-  const client = new SendGridClient();
+/** The API client (domain authentication and other v3 endpoints). */
+export function createSendGridClient(apiKey: string, sandboxUrl?: string): SendGridClient {
+  const client = new SendGridClientClass();
   client.setApiKey(apiKey);
   if (sandboxUrl) client.setDefaultRequest("baseUrl", `${sandboxUrl.replace(/\/$/, "")}/sendgrid`);
+  return client;
+}
+
+export function createSendGridMailer(apiKey: string, sandboxUrl?: string): SendGridMailer {
   const mailer = new SendGridMailService();
-  mailer.setClient(client);
+  mailer.setClient(createSendGridClient(apiKey, sandboxUrl));
   return mailer;
 }

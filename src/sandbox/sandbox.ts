@@ -19,6 +19,7 @@ import express, { type Request, type Response, type Router } from "express";
  * Routes (relative to where the router is mounted):
  *   POST /twilio/2010-04-01/Accounts/:sid/Messages.json   form-encoded, HTTP Basic (sid:token)
  *   POST /sendgrid/v3/mail/send                           JSON, Bearer API key
+ *   POST /sendgrid/v3/whitelabel/domains[/:id/validate]   domain authentication
  *   GET  /                                                 HTML list of recent messages (unless page: false)
  */
 
@@ -293,6 +294,43 @@ export function createSandbox(
     if (dropAfterAccepting(res)) return;
     res.setHeader("X-Message-Id", messageId);
     res.status(202).end();
+  });
+
+  // SendGrid domain authentication: the DNS records to publish, then validation.
+  // Sandbox rule: a domain containing "unverified" never validates (its records are "missing").
+  const domains = new Map<number, { domain: string; subdomain: string; user: number; key: string }>();
+  const sendgridKeyOf = (req: Request): string | undefined => {
+    const [scheme, key] = (req.headers.authorization ?? "").split(" ");
+    return scheme === "Bearer" && key && (key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key))) ? key : undefined;
+  };
+  const domainRecords = (d: { domain: string; subdomain: string; user: number }, valid: boolean) => ({
+    mail_cname: { valid, type: "cname", host: `${d.subdomain}.${d.domain}`, data: `u${d.user}.wl.sendgrid.net` },
+    dkim1: { valid, type: "cname", host: `s1._domainkey.${d.domain}`, data: `s1.domainkey.u${d.user}.wl.sendgrid.net` },
+    dkim2: { valid, type: "cname", host: `s2._domainkey.${d.domain}`, data: `s2.domainkey.u${d.user}.wl.sendgrid.net` },
+  });
+  router.post("/sendgrid/v3/whitelabel/domains", express.json({ limit: "16kb" }), (req: Request, res: Response) => {
+    const key = sendgridKeyOf(req);
+    if (!key) return sendgridError(res, 401, "The provided authorization grant is invalid, expired, or revoked");
+    const domain = String((req.body as { domain?: unknown }).domain ?? "").toLowerCase();
+    if (!/^[a-z0-9-]+(\.[a-z0-9-]+)+$/.test(domain)) return sendgridError(res, 400, "invalid domain", "domain");
+    const id = domains.size + 1;
+    const record = { domain, subdomain: `em${1000 + id}`, user: 4242, key };
+    domains.set(id, record);
+    res.status(201).json({ id, user_id: record.user, subdomain: record.subdomain, domain, username: "sandbox", ips: [], custom_spf: false, default: false, legacy: false, automatic_security: true, valid: false, dns: domainRecords(record, false) });
+  });
+  router.post("/sendgrid/v3/whitelabel/domains/:id/validate", (req: Request, res: Response) => {
+    const key = sendgridKeyOf(req);
+    if (!key) return sendgridError(res, 401, "The provided authorization grant is invalid, expired, or revoked");
+    const id = Number(req.params.id);
+    const record = domains.get(id);
+    if (!record || !sameSecret(record.key, key)) return sendgridError(res, 404, "authenticated domain not found");
+    const valid = !record.domain.includes("unverified");
+    const reason = valid ? null : `Expected CNAME for "${record.subdomain}.${record.domain}" to match "u${record.user}.wl.sendgrid.net".`;
+    res.json({
+      id,
+      valid,
+      validation_results: { mail_cname: { valid, reason }, dkim1: { valid, reason: valid ? null : reason }, dkim2: { valid, reason: valid ? null : reason } },
+    });
   });
 
   // The page shows recipients and bodies without authentication: development only.

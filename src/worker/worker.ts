@@ -3,6 +3,8 @@ import pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
 import contactsRekey from "../../tasks/contacts__rekey.ts";
 import ping from "../../tasks/herald__ping.ts";
+import domainAuthenticate from "../../tasks/email_domains__authenticate.ts";
+import domainVerify from "../../tasks/email_domains__verify.ts";
 import providerTest from "../../tasks/provider_accounts__test.ts";
 import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
@@ -13,6 +15,8 @@ export const taskList: TaskList = {
   herald__ping: ping as TaskList[string],
   contacts__rekey: contactsRekey as TaskList[string],
   provider_accounts__test: providerTest as TaskList[string],
+  email_domains__authenticate: domainAuthenticate as TaskList[string],
+  email_domains__verify: domainVerify as TaskList[string],
 };
 
 export interface WorkerHandle {

@@ -1,13 +1,13 @@
 import { afterAll, beforeAll } from "vitest";
 import { startApiServer, type ApiServer } from "../../src/api/server.ts";
 import { loadConfig, type Config } from "../../src/config.ts";
-import { createLogger } from "../../src/logger.ts";
+import { createLogger, type Logger } from "../../src/logger.ts";
 import type { TestDb } from "./db.ts";
 
 /** The real HTTP server (PostGraphile, auth, guards) on a free port against this file's database. */
 export function useApiServer(
   db: { current: TestDb },
-  options: { env?: () => Record<string, string | undefined>; poolSize?: number } = {},
+  options: { env?: () => Record<string, string | undefined>; poolSize?: number; logger?: Logger } = {},
 ): { current: ApiServer; config: Config } {
   const holder = {} as { current: ApiServer; config: Config };
   beforeAll(async () => {
@@ -15,7 +15,7 @@ export function useApiServer(
     holder.current = await startApiServer({
       config: holder.config,
       urls: db.current.urls,
-      logger: createLogger("silent", 2),
+      logger: options.logger ?? createLogger("silent", 2),
       poolSize: options.poolSize,
     });
   });

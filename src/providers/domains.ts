@@ -1,0 +1,90 @@
+import type pg from "pg";
+import type { ProviderClients, TenantAccount } from "./send.ts";
+
+/**
+ * SendGrid domain authentication for a tenant, inside a worker job's tenant
+ * context: ask for the DNS records (authenticate), later have SendGrid check
+ * them (verify). Outcomes land on the email_domains row; a provider error is
+ * recorded there, not thrown, since retrying would not change SendGrid's answer.
+ */
+
+interface DomainRow {
+  domain: string;
+  sendgrid_domain_id: string | null;
+  account: TenantAccount;
+}
+
+async function loadDomain(client: pg.ClientBase, domainId: string): Promise<DomainRow | undefined> {
+  const { rows } = await client.query(
+    `select d.domain::text, d.sendgrid_domain_id, a.id as account_id, a.kind, a.updated_at, s.secret
+       from herald_public.email_domains d
+       join herald_public.provider_accounts a on a.tenant_id = d.tenant_id and a.id = d.provider_account_id,
+            herald_hidden.provider_account_secret(a.id) s
+      where d.tenant_id = herald_public.current_tenant_id() and d.id = $1`,
+    [domainId],
+  );
+  const r = rows[0];
+  if (!r) return undefined;
+  return {
+    domain: r.domain,
+    sendgrid_domain_id: r.sendgrid_domain_id,
+    account: { id: r.account_id, kind: r.kind, twilio_account_sid: null, twilio_api_key_sid: null, updated_at: r.updated_at, secret: r.secret },
+  };
+}
+
+const errorText = (error: unknown) => {
+  const body = (error as { response?: { body?: { errors?: { message?: string }[] } } }).response?.body;
+  return body?.errors?.map((e) => e.message).join("; ") || (error as Error).message;
+};
+
+async function record(client: pg.ClientBase, domainId: string, changes: Record<string, unknown>) {
+  const columns = Object.keys(changes);
+  await client.query(
+    `update herald_public.email_domains set ${columns.map((c, i) => `${c} = $${i + 2}`).join(", ")}, last_checked_at = now()
+      where tenant_id = herald_public.current_tenant_id() and id = $1`,
+    [domainId, ...Object.values(changes)],
+  );
+}
+
+export async function authenticateDomain(client: pg.ClientBase, clients: ProviderClients, domainId: string): Promise<void> {
+  const row = await loadDomain(client, domainId);
+  if (!row) return;
+  try {
+    const [, body] = await clients.sendgridApiFor(row.account).request({
+      method: "POST",
+      url: "/v3/whitelabel/domains",
+      body: { domain: row.domain, automatic_security: true },
+    });
+    const dns = (body as { id: number; dns: Record<string, { type: string; host: string; data: string; valid: boolean }> }).dns;
+    await record(client, domainId, {
+      sendgrid_domain_id: (body as { id: number }).id,
+      dns_records: JSON.stringify(Object.values(dns).map(({ type, host, data, valid }) => ({ type, host, data, valid }))),
+      status: "pending",
+      last_error: null,
+    });
+  } catch (error) {
+    await record(client, domainId, { status: "failed", last_error: errorText(error).slice(0, 2000) });
+  }
+}
+
+export async function verifyDomain(client: pg.ClientBase, clients: ProviderClients, domainId: string): Promise<void> {
+  const row = await loadDomain(client, domainId);
+  if (!row) return;
+  if (!row.sendgrid_domain_id) {
+    await record(client, domainId, { last_error: "SendGrid has not named the DNS records yet; authenticate the domain first" });
+    return;
+  }
+  try {
+    const [, body] = await clients.sendgridApiFor(row.account).request({
+      method: "POST",
+      url: `/v3/whitelabel/domains/${row.sendgrid_domain_id}/validate`,
+    });
+    const result = body as { valid: boolean; validation_results: Record<string, { valid: boolean; reason: string | null }> };
+    const reasons = Object.values(result.validation_results)
+      .map((r) => r.reason)
+      .filter(Boolean);
+    await record(client, domainId, { status: result.valid ? "verified" : "pending", last_error: result.valid ? null : [...new Set(reasons)].join("; ") });
+  } catch (error) {
+    await record(client, domainId, { last_error: errorText(error).slice(0, 2000) });
+  }
+}
