@@ -66,6 +66,7 @@ beforeAll(async () => {
   await asOwner(a, async (q) => {
     await q.query("select herald_public.set_provider_account_secret($1, $2)", [a.providerAccountId, sandboxTwilioToken(aSid)]);
     await q.query("select herald_public.create_provider_account('sendgrid', 'Mail', 'SG.sandbox.tenant-a')");
+    await q.query("insert into herald_public.sender_numbers (phone_number, channel, provider_account_id) values ('+14155550190', 'whatsapp', $1)", [a.providerAccountId]);
   });
   // B keeps its fixture credential, which the sandbox refuses. C has no active account.
   await asOwner(c, (q) => q.query("update herald_public.provider_accounts set status = 'disabled' where id = $1", [c.providerAccountId]));
@@ -91,8 +92,14 @@ describe("sending with the tenant's account or the system's", () => {
     expect(sms).toMatchObject({ provider: "tenant", accountId: a.providerAccountId });
     expect(sms.providerMessageId).toMatch(/^SM/);
     expect(sandbox.messages.at(-1)).toMatchObject({ id: sms.providerMessageId, account: sid, channel: "sms", to: "+14155550140", from: sms.from });
-    const whatsapp = await asJob(a, (q) => sendSms(q, clients, { to: "+14155550140", body: "hola", from: "+14155550100", channel: "whatsapp" }));
-    expect(sandbox.messages.at(-1)).toMatchObject({ id: whatsapp.providerMessageId, account: sid, channel: "whatsapp", to: "whatsapp:+14155550140" });
+    const whatsapp = await asJob(a, (q) => sendSms(q, clients, { to: "+14155550140", body: "hola", channel: "whatsapp" }));
+    expect(sandbox.messages.at(-1)).toMatchObject({
+      id: whatsapp.providerMessageId,
+      account: sid,
+      channel: "whatsapp",
+      to: "whatsapp:+14155550140",
+      from: "whatsapp:+14155550190",
+    });
   });
 
   it("uses the tenant's SendGrid account for email, and the system's where a tenant has none", async () => {
@@ -128,6 +135,21 @@ describe("sending with the tenant's account or the system's", () => {
     await asOwner(b, (q) => q.query("select herald_public.set_provider_account_secret($1, $2)", [b.providerAccountId, sandboxTwilioToken(bSid)]));
     const invalid = await asJob(b, (q) => sendSms(q, clients, { to: "+1999", body: "x" })).catch((e: unknown) => e);
     expect(invalid).toMatchObject({ provider: "tenant", code: 21211 });
+  });
+});
+
+describe("senders", () => {
+  it("a tenant cannot send from another tenant's number or address, only its own or the system's", async () => {
+    const before = sandbox.messages.length;
+    const aNumber = await withRootDb(db.current, async (q) =>
+      (await q.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number as string,
+    );
+    await expect(asJob(c, (q) => sendSms(q, clients, { to: "+14155550147", body: "spoof", from: aNumber }))).rejects.toMatchObject({ code: "NOT_OWN_SENDER" });
+    await expect(asJob(c, (q) => sendEmail(q, clients, { to: "x@example.com", subject: "s", text: "t", from: "hello@tenant-a.test" }))).rejects.toMatchObject({
+      code: "NOT_OWN_SENDER",
+    });
+    expect(sandbox.messages.length).toBe(before);
+    expect(await asJob(c, (q) => sendSms(q, clients, { to: "+14155550147", body: "ok", from: "+15005550006" }))).toMatchObject({ provider: "system" });
   });
 });
 

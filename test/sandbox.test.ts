@@ -35,7 +35,11 @@ beforeAll(async () => {
   receiverUrl = `http://127.0.0.1:${(receiverServer.address() as { port: number }).port}/hooks`;
   afterAll(() => new Promise((resolve) => receiverServer.close(resolve)));
 
-  sandbox = createSandbox({ sendgridEventUrl: `${receiverUrl}/sendgrid`, callbackDelayMs: 5 });
+  sandbox = createSandbox({
+    sendgridEventUrl: `${receiverUrl}/sendgrid`,
+    callbackDelayMs: 5,
+    describeAccount: async (provider, account) => (provider === "twilio" && account === ACCOUNT.accountSid ? "tenant acme-clinic" : undefined),
+  });
   sandbox.addTwilioAccount(ACCOUNT.accountSid, ACCOUNT.authToken);
   sandbox.addSendGridKey(SENDGRID_KEY);
   const app = express();
@@ -185,11 +189,13 @@ describe("fault injection", () => {
 });
 
 describe("the /sandbox page", () => {
-  it("lists what was sent, newest first, with HTML escaped", async () => {
+  it("lists what was sent by tenant, newest first, with HTML escaped", async () => {
     await createTwilioClient(ACCOUNT, url).messages.create({ to: "+14155550124", from: "+14155550100", body: "<script>alert(1)</script>" });
     const page = await (await fetch(url)).text();
     expect(page).toContain("&lt;script&gt;alert(1)&lt;/script&gt;");
     expect(page).not.toContain("<script>alert(1)</script>");
     expect(page.indexOf("+14155550124")).toBeLessThan(page.indexOf("ada@example.com"));
+    expect(page).toContain("<h2>tenant acme-clinic</h2>");
+    expect(page).toContain("<h2>sendgrid account …mnop</h2>");
   });
 });

@@ -2,7 +2,8 @@ import http from "node:http";
 import express, { type ErrorRequestHandler, type RequestHandler } from "express";
 import pg from "pg";
 import { keyringFromConfig, type Keyring } from "../crypto/keyring.ts";
-import { createSandbox, type Sandbox } from "../sandbox/sandbox.ts";
+import { createSandbox, SANDBOX_SYSTEM_SENDGRID_KEY, SANDBOX_SYSTEM_TWILIO, type Sandbox } from "../sandbox/sandbox.ts";
+import { asAdmin } from "../db/session.ts";
 import { postgraphile } from "postgraphile";
 import { grafserv } from "postgraphile/grafserv/express/v4";
 import { z } from "zod";
@@ -104,6 +105,21 @@ function listen(server: http.Server, port: number): Promise<void> {
   });
 }
 
+/** For the sandbox page: which tenant (slug) an account belongs to, as an operator sees it. */
+async function describeSandboxAccount(pool: pg.Pool, provider: "twilio" | "sendgrid", account: string): Promise<string | undefined> {
+  if (account === SANDBOX_SYSTEM_TWILIO.accountSid || account === `…${SANDBOX_SYSTEM_SENDGRID_KEY.slice(-4)}`) return "the system account";
+  const slugs = await asAdmin(pool, async (client) =>
+    (
+      await client.query<{ slug: string }>(
+        `select distinct t.slug::text from herald_public.provider_accounts a join herald_public.tenants t on t.id = a.tenant_id
+          where a.kind = $1 and (a.twilio_account_sid = $2 or (a.kind = 'sendgrid' and '…' || a.secret_hint = $2))`,
+        [provider, account],
+      )
+    ).rows.map((r) => r.slug),
+  );
+  return slugs.length > 0 ? `tenant ${slugs.join(" or ")}` : undefined;
+}
+
 export async function startApiServer(options: {
   config: Config;
   urls: DatabaseUrls;
@@ -144,8 +160,17 @@ export async function startApiServer(options: {
   });
   app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool));
   // Without provider credentials, the sandbox stands in for Twilio and SendGrid on this port.
-  const sandbox = config.twilio && config.sendgrid ? undefined : createSandbox({ page: config.development });
-  if (sandbox) app.use("/sandbox", sandbox.router);
+  const sandbox =
+    config.twilio && config.sendgrid
+      ? undefined
+      : createSandbox({ page: config.development, describeAccount: (provider, account) => describeSandboxAccount(authenticatorPool, provider, account) });
+  if (sandbox) {
+    app.use("/sandbox", sandbox.router);
+    logger.warn(
+      { sandbox: "/sandbox" },
+      "no Twilio/SendGrid credentials (TWILIO_ACCOUNT_SID, SENDGRID_API_KEY): the local sandbox stands in for both; nothing is delivered",
+    );
+  }
   app.use("/graphql", requireIdentity(authenticator, logger));
   // Grafserv reads an already-parsed body; parsing here lets the guard see variables.
   app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), pageSizeVariablesGuard);

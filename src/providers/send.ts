@@ -128,6 +128,20 @@ export async function recordAccountResult(client: pg.ClientBase, accountId: stri
   );
 }
 
+/**
+ * A tenant sends only from its own senders or the system's: a `from` that is
+ * neither (another tenant's number, say) is refused before any provider is called.
+ */
+async function assertOwnSender(client: pg.ClientBase, clients: ProviderClients, kind: "sms" | "whatsapp" | "email", from: string) {
+  const system = kind === "email" ? clients.system.sendgrid.emailFrom : clients.system.twilio.smsFrom;
+  if (from.toLowerCase() === system?.toLowerCase()) return;
+  const { rowCount } =
+    kind === "email"
+      ? await client.query("select 1 from herald_public.email_senders where tenant_id = herald_public.current_tenant_id() and from_email = $1::public.citext", [from])
+      : await client.query("select 1 from herald_public.sender_numbers where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2", [from, kind]);
+  if (!rowCount) throw new SendError(`${from} is not one of this tenant's senders (nor the system's)`, "tenant", "NOT_OWN_SENDER");
+}
+
 /** Twilio errors that are about the recipient, not the account: another provider would fail the same way. */
 const RECIPIENT_ERRORS = new Set([21211, 21610, 21612, 21614, 63007]);
 
@@ -152,6 +166,7 @@ async function withFallback(
     const sent = await attempt(account);
     return { provider: "tenant", accountId: account.id, providerMessageId: sent.id, from: sent.from };
   } catch (error) {
+    if (error instanceof SendError) throw error; // ours (e.g. not the tenant's sender), not the provider's
     const message = (error as Error).message;
     await recordAccountResult(client, account.id, message);
     const { fallback_to_system: fallback } = await tenantSettings(client);
@@ -182,6 +197,7 @@ export async function sendSms(
       const from =
         message.from ?? settings.sms_from ?? (via === "system" ? clients.system.twilio.smsFrom : (via.default_number ?? clients.system.twilio.smsFrom));
       if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant");
+      await assertOwnSender(client, clients, whatsapp ? "whatsapp" : "sms", from);
       const sent = await clients.twilioFor(via).messages.create({ to: address(message.to), from: address(from), body: message.body });
       return { id: sent.sid, from };
     },
@@ -201,6 +217,7 @@ export async function sendEmail(
     async (via) => {
       const from = message.from ?? (via === "system" ? clients.system.sendgrid.emailFrom : (via.default_email ?? clients.system.sendgrid.emailFrom));
       if (!from) throw new SendError("no sender address: give one or set HERALD_EMAIL_FROM", via === "system" ? "system" : "tenant");
+      await assertOwnSender(client, clients, "email", from);
       const [response] = await clients.sendgridFor(via).send({ to: message.to, from, subject: message.subject, text: message.text });
       return { id: String(response.headers["x-message-id"] ?? ""), from };
     },

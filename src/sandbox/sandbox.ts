@@ -123,6 +123,8 @@ export function createSandbox(
     sendgridEventUrl?: string;
     /** Pause between a message's callbacks. */
     callbackDelayMs?: number;
+    /** Names the tenant behind an account (SID, or …last4 of a SendGrid key) for the page. */
+    describeAccount?: (provider: "twilio" | "sendgrid", account: string) => Promise<string | undefined>;
   } = {},
 ): Sandbox {
   const keep = options.keep ?? 500;
@@ -334,20 +336,36 @@ export function createSandbox(
   });
 
   // The page shows recipients and bodies without authentication: development only.
-  if (options.page !== false) router.get("/", (_req: Request, res: Response) => {
-    const rows = [...messages]
-      .reverse()
+  if (options.page !== false) router.get("/", async (_req: Request, res: Response) => {
+    // Grouped by tenant (as far as Herald can tell from the account), newest first.
+    const labels = new Map<string, string>();
+    for (const m of messages) {
+      const key = `${m.provider}/${m.account}`;
+      if (!labels.has(key)) labels.set(key, (await options.describeAccount?.(m.provider, m.account).catch(() => undefined)) ?? `${m.provider} account ${m.account}`);
+    }
+    const groups = new Map<string, SandboxMessage[]>();
+    for (const m of [...messages].reverse()) {
+      const label = labels.get(`${m.provider}/${m.account}`)!;
+      groups.set(label, [...(groups.get(label) ?? []), m]);
+    }
+    const sections = [...groups.entries()]
       .map(
-        (m) =>
-          `<tr><td>${m.createdAt.toISOString()}</td><td>${escapeHtml(m.provider)}</td><td>${escapeHtml(m.account)}</td><td>${m.channel}</td>` +
-          `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}</td></tr>`,
+        ([label, list]) =>
+          `<h2>${escapeHtml(label)}</h2><table><tr><th>when</th><th>provider</th><th>account</th><th>channel</th><th>from</th><th>to</th><th>subject</th><th>body</th></tr>\n` +
+          list
+            .map(
+              (m) =>
+                `<tr><td>${m.createdAt.toISOString()}</td><td>${escapeHtml(m.provider)}</td><td>${escapeHtml(m.account)}</td><td>${m.channel}</td>` +
+                `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}</td></tr>`,
+            )
+            .join("\n") +
+          "</table>",
       )
       .join("\n");
     res.type("html").send(`<!doctype html><html><head><meta charset="utf-8"><title>Herald sandbox</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head>
-<body><h1>Herald sandbox</h1><p>What would have reached a phone or an inbox (newest first, last ${keep} kept in memory).</p>
-<table><tr><th>when</th><th>provider</th><th>account</th><th>channel</th><th>from</th><th>to</th><th>subject</th><th>body</th></tr>
-${rows || '<tr><td colspan="8">Nothing sent yet.</td></tr>'}</table></body></html>`);
+<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head>
+<body><h1>Herald sandbox</h1><p>What would have reached a phone or an inbox, by tenant (newest first, last ${keep} kept in memory).</p>
+${sections || "<p>Nothing sent yet.</p>"}</body></html>`);
   });
 
   return {
