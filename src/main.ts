@@ -57,7 +57,7 @@ async function main() {
     concurrency: config.workerConcurrency,
     keyring,
     // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port.
-    providers: new ProviderClients(systemProviders(config, `${config.publicUrl}/sandbox`)),
+    providers: new ProviderClients(systemProviders(config, config.development ? `${config.publicUrl}/sandbox` : undefined)),
     logger,
   });
   if (flags["worker-only"]) {

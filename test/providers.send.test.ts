@@ -126,15 +126,31 @@ describe("sending with the tenant's account or the system's", () => {
   it("with fallback_to_system on, the system sends and the result says so; a bad recipient is not retried elsewhere", async () => {
     await asOwner(b, (q) => q.query("update herald_public.tenant_settings set fallback_to_system = true where tenant_id = $1", [b.id]));
     const sent = await asJob(b, (q) => sendSms(q, clients, { to: "+14155550143", body: "fallback" }));
-    expect(sent).toMatchObject({ provider: "system" });
+    // The system account sends from the system's number: B's number belongs to B's account.
+    expect(sent).toMatchObject({ provider: "system", from: "+15005550006" });
     expect(sent.accountId).toBeUndefined();
     expect(sandbox.messages.at(-1)).toMatchObject({ id: sent.providerMessageId, account: SANDBOX_SYSTEM_TWILIO.accountSid, to: "+14155550143" });
     expect((await accountState(b)).last_error).toBe("Authenticate");
     // 21211 is the recipient's fault: another provider would fail alike, so no fallback.
     const bSid = await twilioSid(b);
     await asOwner(b, (q) => q.query("select herald_public.set_provider_account_secret($1, $2)", [b.providerAccountId, sandboxTwilioToken(bSid)]));
-    const invalid = await asJob(b, (q) => sendSms(q, clients, { to: "+1999", body: "x" })).catch((e: unknown) => e);
+    await asJob(b, (q) => sendSms(q, clients, { to: "+14155550148", body: "works again" }));
+    expect((await accountState(b)).last_error).toBeNull(); // a send that worked clears the old error
+    const invalid = await asJob(b, (q) => sendSms(q, clients, { to: "+1999", body: "x" }).catch((e: unknown) => e));
     expect(invalid).toMatchObject({ provider: "tenant", code: 21211 });
+    expect((await accountState(b)).last_error).toBeNull(); // the recipient's fault, not the account's
+  });
+
+  it("a 5xx or a timeout may hide an accepted message: no fallback, so nothing is sent twice", async () => {
+    sandbox.setFaults({ errorRate: 1 });
+    try {
+      const before = sandbox.messages.length;
+      const error = await asJob(b, (q) => sendSms(q, clients, { to: "+14155550149", body: "x" }).catch((e: unknown) => e));
+      expect(error).toMatchObject({ provider: "tenant" });
+      expect(sandbox.messages.length).toBe(before);
+    } finally {
+      sandbox.setFaults({});
+    }
   });
 });
 
@@ -148,8 +164,23 @@ describe("senders", () => {
     await expect(asJob(c, (q) => sendEmail(q, clients, { to: "x@example.com", subject: "s", text: "t", from: "hello@tenant-a.test" }))).rejects.toMatchObject({
       code: "NOT_OWN_SENDER",
     });
+    // Registering the address as its own sender changes nothing: it is not on a domain C verified.
+    await asOwner(c, (q) => q.query("insert into herald_public.email_senders (from_email) values ('hello@tenant-a.test')"));
+    await expect(asJob(c, (q) => sendEmail(q, clients, { to: "x@example.com", subject: "s", text: "t", from: "hello@tenant-a.test" }))).rejects.toMatchObject({
+      code: "NOT_OWN_SENDER",
+    });
     expect(sandbox.messages.length).toBe(before);
     expect(await asJob(c, (q) => sendSms(q, clients, { to: "+14155550147", body: "ok", from: "+15005550006" }))).toMatchObject({ provider: "system" });
+  });
+
+  it("WhatsApp sends from a WhatsApp number even when the tenant's sms_from is set", async () => {
+    const smsNumber = await withRootDb(db.current, async (q) =>
+      (await q.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number as string,
+    );
+    await asOwner(a, (q) => q.query("update herald_public.tenant_settings set sms_from = $2 where tenant_id = $1", [a.id, smsNumber]));
+    const sent = await asJob(a, (q) => sendSms(q, clients, { to: "+14155550160", body: "hola", channel: "whatsapp" }));
+    expect(sent.from).toBe("+14155550190");
+    expect((await asJob(a, (q) => sendSms(q, clients, { to: "+14155550161", body: "sms" }))).from).toBe(smsNumber);
   });
 });
 
@@ -210,6 +241,9 @@ describe("email domain authentication (SendGrid, through the tenant's account)",
     ]);
     await gql(`mutation($id: UUID!) { verifyEmailDomain(input: {emailDomainId: $id}) { result { rowId } } }`, { id: rowId });
     expect(await waitFor(rowId, (r) => r.status === "verified")).toMatchObject({ status: "verified", last_error: null });
+    // An address on the verified domain is now the tenant's to send from.
+    const fromDomain = await asJob(a, (q) => sendEmail(q, clients, { to: "ada@example.com", subject: "s", text: "t", from: "news@mail.tenant-a.test" }));
+    expect(fromDomain).toMatchObject({ provider: "tenant", from: "news@mail.tenant-a.test" });
 
     // A domain whose records are not published stays pending, with SendGrid's reason.
     const other = await gql(`mutation { authenticateEmailDomain(input: {domain: "unverified.tenant-a.test"}) { result { rowId } } }`);

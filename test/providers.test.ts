@@ -106,8 +106,14 @@ describe("tenant B attacking tenant A's provider setup through GraphQL", () => {
     const aNumber = await asRole(db.current, { role: ROLES.admin }, async (c) =>
       (await c.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number as string,
     );
-    const claim = await graphql(api.current, ownerB, `mutation($n: String!) { createSenderNumber(input: {senderNumber: {phoneNumber: $n}}) { senderNumber { rowId } } }`, { n: aNumber });
+    const claim = await graphql(api.current, ownerB, `mutation($n: String!, $acc: UUID!) { createSenderNumber(input: {senderNumber: {phoneNumber: $n, providerAccountId: $acc}}) { senderNumber { rowId } } }`, {
+      n: aNumber,
+      acc: b.providerAccountId,
+    });
     expect(claim.body.errors?.[0]?.extensions?.code).toBe("CONFLICT");
+    // A number on the system account (no account of its own) is the operators' to assign.
+    const onSystem = await graphql(api.current, ownerB, `mutation { createSenderNumber(input: {senderNumber: {phoneNumber: "+15005550006"}}) { senderNumber { rowId } } }`);
+    expect(onSystem.body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
     const replace = await graphql(api.current, ownerB, `mutation($id: UUID!) { setProviderAccountSecret(input: {providerAccountId: $id, secret: "stolen-credential"}) { result { rowId } } }`, {
       id: a.providerAccountId,
     });

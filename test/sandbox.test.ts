@@ -79,6 +79,7 @@ describe("Twilio Messages API", () => {
       moreInfo: "https://www.twilio.com/docs/errors/21211",
     });
     await expect(client.messages.create({ to: "whatsapp:+14155550123", from: "+14155550100", body: "x" })).rejects.toMatchObject({ code: 63007 });
+    await expect(client.messages.create({ to: "+14155550003", from: "+14155550100", body: "x" })).rejects.toMatchObject({ status: 400, code: 21610 });
     expect(sandbox.messages.length).toBe(before);
   });
 });

@@ -160,10 +160,15 @@ export async function startApiServer(options: {
   });
   app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool));
   // Without provider credentials, the sandbox stands in for Twilio and SendGrid on this port.
+  // Development only: in production a missing credential must fail loudly, not
+  // be answered by a stand-in (whose endpoints would be public).
   const sandbox =
-    config.twilio && config.sendgrid
-      ? undefined
-      : createSandbox({ page: config.development, describeAccount: (provider, account) => describeSandboxAccount(authenticatorPool, provider, account) });
+    config.development && !(config.twilio && config.sendgrid)
+      ? createSandbox({ describeAccount: (provider, account) => describeSandboxAccount(authenticatorPool, provider, account) })
+      : undefined;
+  if (!config.development && !(config.twilio && config.sendgrid)) {
+    logger.warn("production without TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN or SENDGRID_API_KEY: system sends through that provider will fail");
+  }
   if (sandbox) {
     app.use("/sandbox", sandbox.router);
     logger.warn(

@@ -49,6 +49,11 @@ async function record(client: pg.ClientBase, domainId: string, changes: Record<s
 export async function authenticateDomain(client: pg.ClientBase, clients: ProviderClients, domainId: string): Promise<void> {
   const row = await loadDomain(client, domainId);
   if (!row) return;
+  if (row.account.kind !== "sendgrid") {
+    // Never hand another provider's credential to SendGrid.
+    await record(client, domainId, { status: "failed", last_error: "the domain's account is not a SendGrid account" });
+    return;
+  }
   try {
     const [, body] = await clients.sendgridApiFor(row.account).request({
       method: "POST",
@@ -69,7 +74,7 @@ export async function authenticateDomain(client: pg.ClientBase, clients: Provide
 
 export async function verifyDomain(client: pg.ClientBase, clients: ProviderClients, domainId: string): Promise<void> {
   const row = await loadDomain(client, domainId);
-  if (!row) return;
+  if (!row || row.account.kind !== "sendgrid") return;
   if (!row.sendgrid_domain_id) {
     await record(client, domainId, { last_error: "SendGrid has not named the DNS records yet; authenticate the domain first" });
     return;

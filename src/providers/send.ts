@@ -18,17 +18,23 @@ import { createTwilioClient, type TwilioClient } from "./twilio.ts";
 export interface SystemProviders {
   twilio: { accountSid: string; authToken: string; smsFrom?: string };
   sendgrid: { apiKey: string; emailFrom?: string };
-  /** Where the SDKs are pointed instead of the real services (sandbox mode). */
-  sandboxUrl?: string;
+  /** Where each SDK is pointed instead of the real service: set only for a provider with no credentials configured. */
+  twilioSandboxUrl?: string;
+  sendgridSandboxUrl?: string;
 }
 
-/** The system accounts from the environment, or the sandbox's when none are configured. */
+/**
+ * The system accounts from the environment; for a provider without credentials,
+ * the sandbox's (when a sandbox URL is given, i.e. in development). Each
+ * provider is decided on its own: real Twilio credentials never go to the sandbox.
+ */
 export function systemProviders(config: Config, sandboxUrl?: string): SystemProviders {
   return {
     // Sandbox: Twilio's documented test sender number, and a local address.
     twilio: config.twilio ?? { ...SANDBOX_SYSTEM_TWILIO, smsFrom: config.smsFrom ?? "+15005550006" },
     sendgrid: config.sendgrid ?? { apiKey: SANDBOX_SYSTEM_SENDGRID_KEY, emailFrom: config.emailFrom ?? "herald@sandbox.test" },
-    sandboxUrl: config.twilio && config.sendgrid ? undefined : sandboxUrl,
+    twilioSandboxUrl: config.twilio ? undefined : sandboxUrl,
+    sendgridSandboxUrl: config.sendgrid ? undefined : sandboxUrl,
   };
 }
 
@@ -69,23 +75,23 @@ export class ProviderClients {
   }
 
   twilioFor(account: TenantAccount | "system"): TwilioClient {
-    if (account === "system") return this.#cached(this.#twilio, "system", 0, () => createTwilioClient(this.system.twilio, this.system.sandboxUrl));
+    if (account === "system") return this.#cached(this.#twilio, "system", 0, () => createTwilioClient(this.system.twilio, this.system.twilioSandboxUrl));
     return this.#cached(this.#twilio, account.id, account.updated_at.getTime(), () =>
       createTwilioClient(
         { accountSid: account.twilio_account_sid!, authToken: account.secret, apiKeySid: account.twilio_api_key_sid ?? undefined },
-        this.system.sandboxUrl,
+        this.system.twilioSandboxUrl,
       ),
     );
   }
 
   sendgridFor(account: TenantAccount | "system"): SendGridMailer {
-    if (account === "system") return this.#cached(this.#sendgrid, "system", 0, () => createSendGridMailer(this.system.sendgrid.apiKey, this.system.sandboxUrl));
-    return this.#cached(this.#sendgrid, account.id, account.updated_at.getTime(), () => createSendGridMailer(account.secret, this.system.sandboxUrl));
+    if (account === "system") return this.#cached(this.#sendgrid, "system", 0, () => createSendGridMailer(this.system.sendgrid.apiKey, this.system.sendgridSandboxUrl));
+    return this.#cached(this.#sendgrid, account.id, account.updated_at.getTime(), () => createSendGridMailer(account.secret, this.system.sendgridSandboxUrl));
   }
 
   /** The v3 API client of a tenant's SendGrid account (domain authentication). */
   sendgridApiFor(account: TenantAccount): SendGridClient {
-    return this.#cached(this.#sendgridApi, account.id, account.updated_at.getTime(), () => createSendGridClient(account.secret, this.system.sandboxUrl));
+    return this.#cached(this.#sendgridApi, account.id, account.updated_at.getTime(), () => createSendGridClient(account.secret, this.system.sendgridSandboxUrl));
   }
 
   #cached<T>(cache: Map<string, { version: number; client: T }>, key: string, version: number, make: () => T): T {
@@ -131,13 +137,20 @@ export async function recordAccountResult(client: pg.ClientBase, accountId: stri
 /**
  * A tenant sends only from its own senders or the system's: a `from` that is
  * neither (another tenant's number, say) is refused before any provider is called.
+ * A number must be registered to the tenant (only on its own account, or by an
+ * operator); an address must be on one of the tenant's verified email domains.
  */
-async function assertOwnSender(client: pg.ClientBase, clients: ProviderClients, kind: "sms" | "whatsapp" | "email", from: string) {
+export async function assertOwnSender(client: pg.ClientBase, clients: ProviderClients, kind: "sms" | "whatsapp" | "email", from: string) {
   const system = kind === "email" ? clients.system.sendgrid.emailFrom : clients.system.twilio.smsFrom;
   if (from.toLowerCase() === system?.toLowerCase()) return;
   const { rowCount } =
     kind === "email"
-      ? await client.query("select 1 from herald_public.email_senders where tenant_id = herald_public.current_tenant_id() and from_email = $1::public.citext", [from])
+      ? await client.query(
+          `select 1 from herald_public.email_domains
+            where tenant_id = herald_public.current_tenant_id() and status = 'verified'
+              and domain = lower(split_part($1, '@', 2))::public.citext`,
+          [from],
+        )
       : await client.query("select 1 from herald_public.sender_numbers where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2", [from, kind]);
   if (!rowCount) throw new SendError(`${from} is not one of this tenant's senders (nor the system's)`, "tenant", "NOT_OWN_SENDER");
 }
@@ -152,30 +165,58 @@ export interface Sent {
   from: string;
 }
 
+/**
+ * Whether a provider error proves the message was not accepted: an HTTP answer
+ * in the 4xx range (bad credentials, a refused request, 429). A timeout, a
+ * dropped connection or a 5xx may hide an accepted message: sending it again
+ * elsewhere could deliver it twice, so those never fall back.
+ */
+function certainlyNotAccepted(error: unknown): boolean {
+  const e = error as { status?: number; code?: number };
+  const status = typeof e.status === "number" ? e.status : typeof e.code === "number" && e.code >= 100 && e.code < 600 ? e.code : undefined;
+  return status !== undefined && status >= 400 && status < 500;
+}
+
 async function withFallback(
   client: pg.ClientBase,
   account: TenantAccount | undefined,
-  attempt: (via: TenantAccount | "system") => Promise<{ id: string; from: string }>,
+  attempt: (via: TenantAccount | "system", fallingBack: boolean) => Promise<{ id: string; from: string }>,
   isRecipientError: (error: unknown) => boolean,
 ): Promise<Sent> {
-  if (!account) {
-    const sent = await attempt("system");
-    return { provider: "system", providerMessageId: sent.id, from: sent.from };
-  }
+  const viaSystem = async (fallingBack: boolean): Promise<Sent> => {
+    try {
+      const sent = await attempt("system", fallingBack);
+      return { provider: "system", providerMessageId: sent.id, from: sent.from };
+    } catch (error) {
+      if (error instanceof SendError) throw error;
+      throw new SendError(`the system account failed: ${(error as Error).message}`, "system", (error as { code?: number }).code);
+    }
+  };
+  if (!account) return viaSystem(false);
   try {
-    const sent = await attempt(account);
+    const sent = await attempt(account, false);
+    await clearAccountError(client, account.id);
     return { provider: "tenant", accountId: account.id, providerMessageId: sent.id, from: sent.from };
   } catch (error) {
     if (error instanceof SendError) throw error; // ours (e.g. not the tenant's sender), not the provider's
     const message = (error as Error).message;
-    await recordAccountResult(client, account.id, message);
+    const recipientFault = isRecipientError(error);
+    // A recipient's fault says nothing about the account.
+    if (!recipientFault) await recordAccountResult(client, account.id, message);
     const { fallback_to_system: fallback } = await tenantSettings(client);
-    if (!fallback || isRecipientError(error)) {
+    if (!fallback || recipientFault || !certainlyNotAccepted(error)) {
       throw new SendError(`the tenant's ${account.kind} account failed: ${message}`, "tenant", (error as { code?: number }).code);
     }
-    const sent = await attempt("system");
-    return { provider: "system", providerMessageId: sent.id, from: sent.from };
+    return viaSystem(true);
   }
+}
+
+/** After a send that worked: an old error no longer describes the account. */
+async function clearAccountError(client: pg.ClientBase, accountId: string) {
+  await client.query(
+    "update herald_public.provider_accounts set last_error = null where tenant_id = herald_public.current_tenant_id() and id = $1 and last_error is not null",
+    [accountId],
+  );
 }
 
 export async function sendSms(
@@ -190,12 +231,17 @@ export async function sendSms(
   return withFallback(
     client,
     account,
-    async (via) => {
-      // DESIGN.md's order: the message's own, the tenant's sms_from, then the
-      // sending account's default (the system's HERALD_SMS_FROM, or the tenant
-      // account's first sender number).
-      const from =
-        message.from ?? settings.sms_from ?? (via === "system" ? clients.system.twilio.smsFrom : (via.default_number ?? clients.system.twilio.smsFrom));
+    async (via, fallingBack) => {
+      // DESIGN.md's order: the message's own, the tenant's sms_from (SMS only),
+      // then the sending account's default (the system's HERALD_SMS_FROM, or the
+      // tenant account's first sender number). Falling back to the system's
+      // account, only the system's number can send: a tenant number belongs to
+      // the tenant's account.
+      const from = fallingBack
+        ? clients.system.twilio.smsFrom
+        : (message.from ??
+          (whatsapp ? undefined : (settings.sms_from ?? undefined)) ??
+          (via === "system" ? clients.system.twilio.smsFrom : (via.default_number ?? clients.system.twilio.smsFrom)));
       if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant");
       await assertOwnSender(client, clients, whatsapp ? "whatsapp" : "sms", from);
       const sent = await clients.twilioFor(via).messages.create({ to: address(message.to), from: address(from), body: message.body });
@@ -214,8 +260,10 @@ export async function sendEmail(
   return withFallback(
     client,
     account,
-    async (via) => {
-      const from = message.from ?? (via === "system" ? clients.system.sendgrid.emailFrom : (via.default_email ?? clients.system.sendgrid.emailFrom));
+    async (via, fallingBack) => {
+      const from = fallingBack
+        ? clients.system.sendgrid.emailFrom
+        : (message.from ?? (via === "system" ? clients.system.sendgrid.emailFrom : (via.default_email ?? clients.system.sendgrid.emailFrom)));
       if (!from) throw new SendError("no sender address: give one or set HERALD_EMAIL_FROM", via === "system" ? "system" : "tenant");
       await assertOwnSender(client, clients, "email", from);
       const [response] = await clients.sendgridFor(via).send({ to: message.to, from, subject: message.subject, text: message.text });

@@ -65,7 +65,8 @@ export interface Sandbox {
 /**
  * What happens to a message after acceptance, by the recipient's last digits
  * (documented for developers): …0001 fails (30003), …0002 is undelivered
- * (30005), bounce@… bounces; everything else is delivered.
+ * (30005), bounce@… bounces; everything else is delivered. (…0003 is refused
+ * outright with 21610, an unsubscribed recipient.)
  */
 export function outcomeFor(to: string): { status: "delivered" | "failed" | "undelivered" | "bounce"; errorCode?: number } {
   if (/0001$/.test(to)) return { status: "failed", errorCode: 30003 };
@@ -180,14 +181,18 @@ export function createSandbox(
     const sid = String(req.params.sid);
     const [scheme, encoded] = (req.headers.authorization ?? "").split(" ");
     const [user, ...rest] = Buffer.from(encoded ?? "", "base64").toString("utf8").split(":");
-    const token = twilioAccounts.get(sid) ?? sandboxTwilioToken(sid);
-    if (scheme !== "Basic" || user !== sid || token === undefined || !sameSecret(rest.join(":"), token)) {
+    // As the account itself (SID + auth token) or one of its API keys (SK… + secret).
+    const principal = user ?? "";
+    const token = twilioAccounts.get(principal) ?? sandboxTwilioToken(principal);
+    if (scheme !== "Basic" || (principal !== sid && !principal.startsWith("SK")) || !sameSecret(rest.join(":"), token)) {
       return twilioError(res, 401, 20003, "Authenticate");
     }
     const { To: to = "", From: from = "", Body: body = "", StatusCallback: statusCallback } = req.body as Record<string, string>;
     const whatsapp = to.startsWith("whatsapp:");
     const toNumber = whatsapp ? to.slice("whatsapp:".length) : to;
     if (!E164.test(toNumber)) return twilioError(res, 400, 21211, `The 'To' number ${to} is not a valid phone number.`);
+    // Documented sandbox rule: recipients ending 0003 have replied STOP.
+    if (/0003$/.test(toNumber)) return twilioError(res, 400, 21610, "Attempt to send to unsubscribed recipient");
     if (!from) return twilioError(res, 400, 21603, "A 'From' phone number is required.");
     if (whatsapp !== from.startsWith("whatsapp:")) {
       return twilioError(res, 400, 63007, "Twilio could not find a Channel with the specified From address");
