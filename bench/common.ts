@@ -2,6 +2,7 @@ import pg from "pg";
 import { loadConfig, type Config } from "../src/config.ts";
 import { dropDatabase } from "../src/db/bootstrap.ts";
 import { openDatabase, type Database } from "../src/db/database.ts";
+import { enterSession, type SessionContext } from "../src/db/session.ts";
 import { createLogger } from "../src/logger.ts";
 
 /** A scratch database for one benchmark run, dropped afterwards. */
@@ -24,13 +25,13 @@ export async function withBenchDatabase<T>(fn: (ctx: { config: Config; db: Datab
 export const median = (xs: number[]) => percentile(xs, 50);
 export const percentile = (xs: number[], p: number) => [...xs].sort((x, y) => x - y)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))]!;
 
-/** Runs `sql` ROUNDS times after `setup` in one transaction (3 warm-up rounds), returning milliseconds per run. */
-export async function timeQuery(pool: pg.Pool, setup: [string, unknown[]][], sql: string, params: unknown[], rounds: number): Promise<number[]> {
+/** Runs `sql` ROUNDS times in one transaction, inside `session` if given (3 warm-up rounds), returning milliseconds per run. */
+export async function timeQuery(pool: pg.Pool, session: SessionContext | undefined, sql: string, params: unknown[], rounds: number): Promise<number[]> {
   const client = await pool.connect();
   const samples: number[] = [];
   try {
     await client.query("begin");
-    for (const [s, p] of setup) await client.query(s, p);
+    if (session) await enterSession(client, session);
     for (let i = 0; i < rounds + 3; i++) {
       const started = process.hrtime.bigint();
       await client.query({ name: "bench_timed", text: sql, values: params }); // prepared, as PostGraphile's are
@@ -42,11 +43,5 @@ export async function timeQuery(pool: pg.Pool, setup: [string, unknown[]][], sql
   }
   return samples;
 }
-
-/** The settings a request of `tenantId` runs with, as [sql, params] for timeQuery's setup. */
-export const sessionSetup = (role: string, tenantId: string, settings: Record<string, string> = {}): [string, unknown[]][] => [
-  ["select set_config('role', $1, true), set_config('jwt.claims.tenant_id', $2, true)", [role, tenantId]],
-  ["select set_config(k, v, true) from unnest($1::text[], $2::text[]) s(k, v)", [Object.keys(settings), Object.values(settings)]],
-];
 
 export const say = (text: string) => process.stderr.write(`${text}\n`);

@@ -5,9 +5,9 @@ import type pg from "pg";
 import { importContacts } from "../src/contacts/import.ts";
 import { contactLookupSql } from "../src/contacts/store.ts";
 import { keyringFromConfig, type Keyring } from "../src/crypto/keyring.ts";
-import { withSession } from "../src/db/session.ts";
+import { enterSession, withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
-import { median, percentile, say, sessionSetup, timeQuery, withBenchDatabase } from "./common.ts";
+import { median, percentile, say, timeQuery, withBenchDatabase } from "./common.ts";
 
 /**
  * `npm run bench -- contacts`, three measurements in one run:
@@ -120,7 +120,7 @@ async function benchLookups(app: pg.Pool, tenants: { id: string; settings: Recor
       const t = tenants[Math.floor(Math.random() * tenants.length)]!;
       const phone = `+1202${String(1 + Math.floor(Math.random() * CONTACTS_PER_TENANT)).padStart(7, "0")}`;
       await client.query("begin");
-      for (const [sql, params] of sessionSetup(ROLES.member, t.id, t.settings)) await client.query(sql, params);
+      await enterSession(client, { role: ROLES.member, tenantId: t.id, settings: t.settings });
       const started = process.hrtime.bigint();
       // Prepared, as in the API (the plugin names its statements).
       const { rowCount } = await client.query({ name: "bench_lookup", text: contactLookupSql("phone"), values: ["phone", phone] });
@@ -156,8 +156,8 @@ async function benchTaggedPage(root: pg.Pool, app: pg.Pool, tenant: { id: string
                               where ct.tenant_id = c.tenant_id and ct.contact_id = c.id and ct.tag_id = $1)
      order by c.created_at, c.id
      limit 100`;
-  const rls = await timeQuery(app, sessionSetup(ROLES.member, tenant.id, tenant.settings), page(""), [tag!.id], ROUNDS);
-  const manual = await timeQuery(root, [], page("c.tenant_id = $2 and"), [tag!.id, tenant.id], ROUNDS);
+  const rls = await timeQuery(app, { role: ROLES.member, tenantId: tenant.id, settings: tenant.settings }, page(""), [tag!.id], ROUNDS);
+  const manual = await timeQuery(root, undefined, page("c.tenant_id = $2 and"), [tag!.id, tenant.id], ROUNDS);
   process.stdout.write(
     [
       `Tagged contacts page (100 of a tenant's ${fmt(CONTACTS_PER_TENANT)} contacts, by tag), median of ${ROUNDS}`,

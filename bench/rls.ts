@@ -1,4 +1,5 @@
-import { median, say, sessionSetup, timeQuery, withBenchDatabase } from "./common.ts";
+import { ROLES } from "../src/db/urls.ts";
+import { median, say, timeQuery, withBenchDatabase } from "./common.ts";
 
 /**
  * `npm run bench -- rls`: what row-level security costs. The same aggregate over
@@ -26,8 +27,8 @@ export async function benchRls(): Promise<void> {
     await root.query("analyze herald_public.api_keys");
 
     const query = "select count(*), max(created_at) from herald_public.api_keys";
-    const rls = await timeQuery(app, sessionSetup("herald_member", a), query, [], ROUNDS);
-    const manual = await timeQuery(root, [], `${query} where tenant_id = $1`, [a], ROUNDS);
+    const rls = await timeQuery(app, { role: ROLES.member, tenantId: a }, query, [], ROUNDS);
+    const manual = await timeQuery(root, undefined, `${query} where tenant_id = $1`, [a], ROUNDS);
     process.stdout.write(
       [
         `RLS overhead: one tenant's aggregate over ${ROWS_PER_TENANT.toLocaleString()} of ${(2 * ROWS_PER_TENANT).toLocaleString()} rows, median of ${ROUNDS}`,

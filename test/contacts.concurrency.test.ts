@@ -1,6 +1,6 @@
 import type pg from "pg";
 import { beforeAll, describe, expect, it } from "vitest";
-import { withSession } from "../src/db/session.ts";
+import { enterSession, withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
@@ -25,8 +25,7 @@ beforeAll(async () => {
 async function openWriter(): Promise<{ client: pg.PoolClient; finish: (how: "commit" | "rollback") => Promise<void> }> {
   const client = await db.current.authenticator.connect();
   await client.query("begin");
-  await client.query("select set_config('role', $1, true), set_config('jwt.claims.tenant_id', $2, true)", [ROLES.worker, a.id]);
-  await client.query("select set_config(k, v, true) from unnest($1::text[], $2::text[]) s(k, v)", [Object.keys(settings), Object.values(settings)]);
+  await enterSession(client, { role: ROLES.worker, tenantId: a.id, settings });
   return {
     client,
     finish: async (how) => {
@@ -76,8 +75,7 @@ describe("concurrent writers", () => {
     ]);
     const second = await backendPid(async (client) => {
       await client.query("begin");
-      await client.query("select set_config('role', $1, true), set_config('jwt.claims.tenant_id', $2, true)", [ROLES.worker, a.id]);
-      await client.query("select set_config(k, v, true) from unnest($1::text[], $2::text[]) s(k, v)", [Object.keys(settings), Object.values(settings)]);
+      await enterSession(client, { role: ROLES.worker, tenantId: a.id, settings });
       await client.query("select * from herald_hidden.upsert_contacts($1)", [JSON.stringify([{ external_id: "race-1", email: "race@example.com" }])]);
       await client.query("commit");
     });
@@ -97,8 +95,7 @@ describe("concurrent writers", () => {
     const rotated = { ...settings, "herald.hash_key_previous": settings["herald.hash_key"]!, "herald.hash_key_previous_version": settings["herald.hash_key_version"]!, "herald.hash_key": Buffer.alloc(32, 7).toString("base64"), "herald.hash_key_version": "999" };
     const rekey = await backendPid(async (client) => {
       await client.query("begin");
-      await client.query("select set_config('role', $1, true), set_config('jwt.claims.tenant_id', $2, true)", [ROLES.worker, a.id]);
-      await client.query("select set_config(k, v, true) from unnest($1::text[], $2::text[]) s(k, v)", [Object.keys(rotated), Object.values(rotated)]);
+      await enterSession(client, { role: ROLES.worker, tenantId: a.id, settings: rotated });
       await client.query("select * from herald_hidden.rekey_contacts('00000000-0000-0000-0000-000000000000', 100000)");
       // What the rekey wrote, read inside its own transaction (then rolled back: the test's key is made up).
       const { rows } = await client.query(

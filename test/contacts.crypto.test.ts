@@ -5,6 +5,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.ts";
 import { Keyring, tenantHashKey } from "../src/crypto/keyring.ts";
 import { contactLookupSql } from "../src/contacts/store.ts";
+import { withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { asRole, useTestDatabase, withRootDb, type TestDb } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
@@ -75,14 +76,7 @@ describe("keyed hashes", () => {
 /** Commits `count` contacts for a tenant (the lookup test needs them visible to ANALYZE). */
 async function seedMany(testDb: TestDb, tenantId: string, count: number) {
   const settings = await testKeyring().sessionSettings(testDb.root, tenantId);
-  const client = await testDb.authenticator.connect();
-  try {
-    await client.query("begin");
-    await client.query(
-      "select set_config('role', 'herald_worker', true), set_config('jwt.claims.tenant_id', $1, true)",
-      [tenantId],
-    );
-    await client.query("select set_config(k, v, true) from unnest($1::text[], $2::text[]) s(k, v)", [Object.keys(settings), Object.values(settings)]);
+  await withSession(testDb.authenticator, { role: ROLES.worker, tenantId, settings }, async (client) => {
     for (let start = 0; start < count; start += 1000) {
       const docs = Array.from({ length: Math.min(1000, count - start) }, (_, i) => ({
         phone: `+1303555${String(start + i).padStart(4, "0")}`,
@@ -90,10 +84,7 @@ async function seedMany(testDb: TestDb, tenantId: string, count: number) {
       }));
       await client.query("select count(*) from herald_hidden.upsert_contacts($1)", [JSON.stringify(docs)]);
     }
-    await client.query("commit");
-  } finally {
-    client.release();
-  }
+  });
 }
 
 /** A pg_dump of the database: the real one when a client that fits the server exists, else an equivalent full export. */

@@ -11,7 +11,7 @@ import type pg from "pg";
  *   a lookup key.
  * - A request or job gets its tenant's unwrapped keys as transaction-local
  *   settings (bind parameters of `set_config`), read in SQL only by the
- *   herald_hidden crypto helpers (migrations/committed/000002.sql).
+ *   herald_hidden crypto helpers (migrations/committed/000002-contacts-…sql).
  */
 
 export type KeySettings = Record<string, string>;

@@ -1,5 +1,5 @@
 import type pg from "pg";
-import type { ProviderClients, TenantAccount } from "./send.ts";
+import { accountById, type ProviderClients, type TenantAccount } from "./send.ts";
 
 /**
  * SendGrid domain authentication for a tenant, inside a worker job's tenant
@@ -16,20 +16,12 @@ interface DomainRow {
 
 async function loadDomain(client: pg.ClientBase, domainId: string): Promise<DomainRow | undefined> {
   const { rows } = await client.query(
-    `select d.domain::text, d.sendgrid_domain_id, a.id as account_id, a.kind, a.updated_at, s.secret
-       from herald_public.email_domains d
-       join herald_public.provider_accounts a on a.tenant_id = d.tenant_id and a.id = d.provider_account_id,
-            herald_hidden.provider_account_secret(a.id) s
-      where d.tenant_id = herald_public.current_tenant_id() and d.id = $1`,
+    `select domain::text, sendgrid_domain_id, provider_account_id from herald_public.email_domains
+      where tenant_id = herald_public.current_tenant_id() and id = $1`,
     [domainId],
   );
-  const r = rows[0];
-  if (!r) return undefined;
-  return {
-    domain: r.domain,
-    sendgrid_domain_id: r.sendgrid_domain_id,
-    account: { id: r.account_id, kind: r.kind, twilio_account_sid: null, twilio_api_key_sid: null, updated_at: r.updated_at, secret: r.secret },
-  };
+  const account = rows[0] && (await accountById(client, rows[0].provider_account_id));
+  return account && { domain: rows[0].domain, sendgrid_domain_id: rows[0].sendgrid_domain_id, account };
 }
 
 const errorText = (error: unknown) => {

@@ -103,22 +103,29 @@ export class ProviderClients {
   }
 }
 
+/** A tenant account with its decrypted credential and default senders (for the channel), as the worker sees it. */
+const accountSelect = (condition: string) => `
+  select a.id, a.kind, a.twilio_account_sid, a.twilio_api_key_sid, a.updated_at, s.secret,
+         (select n.phone_number from herald_public.sender_numbers n
+           where n.tenant_id = a.tenant_id and n.provider_account_id = a.id and n.channel = $2
+           order by n.created_at limit 1) as default_number,
+         (select e.from_email::text from herald_public.email_senders e
+           where e.tenant_id = a.tenant_id and e.provider_account_id = a.id order by e.created_at limit 1) as default_email
+    from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s
+   where a.tenant_id = herald_public.current_tenant_id() and ${condition}`;
+
 async function activeAccount(client: pg.ClientBase, kind: "twilio" | "sendgrid", channel = "sms"): Promise<TenantAccount | undefined> {
-  const { rows } = await client.query<TenantAccount>(
-    `select a.id, a.kind, a.twilio_account_sid, a.twilio_api_key_sid, a.updated_at, s.secret,
-            (select n.phone_number from herald_public.sender_numbers n
-              where n.tenant_id = a.tenant_id and n.provider_account_id = a.id and n.channel = $2
-              order by n.created_at limit 1) as default_number,
-            (select e.from_email::text from herald_public.email_senders e
-              where e.tenant_id = a.tenant_id and e.provider_account_id = a.id order by e.created_at limit 1) as default_email
-       from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s
-      where a.tenant_id = herald_public.current_tenant_id() and a.kind = $1 and a.status = 'active'`,
-    [kind, channel],
-  );
+  const { rows } = await client.query<TenantAccount>(accountSelect("a.kind = $1 and a.status = 'active'"), [kind, channel]);
   return rows[0];
 }
 
-async function tenantSettings(client: pg.ClientBase): Promise<{ fallback_to_system: boolean; sms_from: string | null }> {
+/** One account of the session's tenant (none for another tenant's id). */
+export async function accountById(client: pg.ClientBase, accountId: string, channel = "sms"): Promise<TenantAccount | undefined> {
+  const { rows } = await client.query<TenantAccount>(accountSelect("a.id = $1"), [accountId, channel]);
+  return rows[0];
+}
+
+export async function tenantSettings(client: pg.ClientBase): Promise<{ fallback_to_system: boolean; sms_from: string | null }> {
   const { rows } = await client.query(
     "select fallback_to_system, sms_from from herald_public.tenant_settings where tenant_id = herald_public.current_tenant_id()",
   );

@@ -1,0 +1,145 @@
+import type { TenantFixture } from "./fixtures.ts";
+
+/**
+ * Every tenant table, as test/isolation.sql.test.ts attacks it: how to name
+ * tenant A's row, what a role may read, try to update, and insert into A.
+ */
+
+export interface TableSpec {
+  table: string;
+  /** Predicate selecting tenant A's row(s) by id, with its parameters. */
+  victim: (t: TenantFixture) => { where: string; params: unknown[] };
+  /** Columns every role with SELECT may read (members cannot read api_keys.secret_hash). */
+  columns: string;
+  /** An update a member role is allowed to try (granted columns where possible). */
+  set: string;
+  /**
+   * An insert that points into tenant A, made by `actor` (the attacking user, if
+   * any). No RETURNING: that would add the SELECT policy's check and hide a
+   * missing WITH CHECK.
+   */
+  insertInto: (victim: TenantFixture, actor: string | undefined, attacker: TenantFixture) => { sql: string; params: unknown[] };
+}
+
+export const TABLES: TableSpec[] = [
+  {
+    table: "herald_public.tenants",
+    columns: "id, slug, name",
+    victim: (t) => ({ where: "id = $1", params: [t.id] }),
+    set: "name = 'pwned'",
+    insertInto: () => ({ sql: "insert into herald_public.tenants (slug, name) values ('evil', 'Evil')", params: [] }),
+  },
+  {
+    table: "herald_public.users",
+    columns: "id, email",
+    victim: (t) => ({ where: "id = $1", params: [t.memberId] }),
+    set: "display_name = 'pwned'",
+    insertInto: () => ({ sql: "insert into herald_public.users (email) values ('evil@evil.test')", params: [] }),
+  },
+  {
+    table: "herald_public.memberships",
+    columns: "tenant_id, user_id, role",
+    victim: (t) => ({ where: "tenant_id = $1 and user_id = $2", params: [t.id, t.memberId] }),
+    set: "role = 'owner'",
+    insertInto: (victim, _actor, attacker) => ({
+      sql: "insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'owner')",
+      params: [victim.id, attacker.ownerId],
+    }),
+  },
+  {
+    table: "herald_public.api_keys",
+    columns: "tenant_id, id, name",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.apiKeyId] }),
+    set: "revoked_at = now()",
+    // created_by is the actor, so only the tenant clause of the policy can refuse B's owner.
+    insertInto: (victim, actor) => ({
+      sql: `insert into herald_public.api_keys (tenant_id, name, token_prefix, secret_hash, created_by)
+            values ($1, 'evil', 'hk_evil', '\\x00'::bytea, $2)`,
+      params: [victim.id, actor ?? null],
+    }),
+  },
+  {
+    table: "herald_public.tenant_settings",
+    columns: "tenant_id, help_text",
+    victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
+    set: "help_text = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_public.tenant_settings (tenant_id) values ($1)", params: [victim.id] }),
+  },
+  {
+    table: "herald_hidden.pings",
+    columns: "tenant_id, id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.pingId] }),
+    set: "answered_by = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_hidden.pings (tenant_id) values ($1)", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.contacts",
+    columns: "tenant_id, id, first_name, phone_hash, email_encrypted",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.contactId] }),
+    set: "first_name = 'pwned'",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.contacts (tenant_id, first_name, key_version, hash_version) values ($1, 'evil', 1, 1)",
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_public.tags",
+    columns: "tenant_id, id, name",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.tagId] }),
+    set: "name = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_public.tags (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.contact_tags",
+    columns: "tenant_id, contact_id, tag_id",
+    victim: (t) => ({ where: "tenant_id = $1 and contact_id = $2", params: [t.id, t.contactId] }),
+    // No column of contact_tags is updatable: the grant refuses.
+    set: "tag_id = tag_id",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.contact_tags (tenant_id, contact_id, tag_id) values ($1, $2, $3)",
+      params: [victim.id, victim.contactId, victim.tagId],
+    }),
+  },
+  {
+    table: "herald_public.lists",
+    columns: "tenant_id, id, name",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.listId] }),
+    set: "description = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_public.lists (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.list_members",
+    columns: "tenant_id, list_id, contact_id",
+    victim: (t) => ({ where: "tenant_id = $1 and list_id = $2", params: [t.id, t.listId] }),
+    set: "contact_id = contact_id",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.list_members (tenant_id, list_id, contact_id) values ($1, $2, $3)",
+      params: [victim.id, victim.listId, victim.contactId],
+    }),
+  },
+  {
+    table: "herald_public.provider_accounts",
+    columns: "tenant_id, id, name, secret_hint",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.providerAccountId] }),
+    set: "name = 'pwned'",
+    insertInto: (victim) => ({
+      sql: `insert into herald_public.provider_accounts (tenant_id, kind, name, twilio_account_sid, secret_encrypted, secret_hint, key_version)
+            values ($1, 'twilio', 'evil', 'AC00000000000000000000000000000000', '\\x00'::bytea, 'evil', 1)`,
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_public.sender_numbers",
+    columns: "tenant_id, id, phone_number",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.senderNumberId] }),
+    set: "phone_number = phone_number", // no column is updatable: the grant refuses
+    insertInto: (victim) => ({ sql: "insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, '+15005550006')", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.email_senders",
+    columns: "tenant_id, id, from_email",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.emailSenderId] }),
+    set: "from_email = from_email",
+    insertInto: (victim) => ({ sql: "insert into herald_public.email_senders (tenant_id, from_email) values ($1, 'evil@evil.test')", params: [victim.id] }),
+  },
+];
