@@ -50,6 +50,8 @@ const envSchema = z
     TWILIO_ACCOUNT_SID: optionalText,
     TWILIO_AUTH_TOKEN: optionalText,
     HERALD_SMS_FROM: optionalText,
+    // A US long code sends about one message a second; toll-free and short codes more.
+    HERALD_SMS_FROM_MPS: z.coerce.number().positive().max(1000).default(1),
     SENDGRID_API_KEY: optionalText,
     HERALD_EMAIL_FROM: optionalText,
     SENDGRID_WEBHOOK_PUBLIC_KEY: optionalText,
@@ -98,6 +100,8 @@ export interface Config {
   /** HERALD_SMS_FROM / HERALD_EMAIL_FROM, also used with the sandbox when no provider is configured. */
   smsFrom?: string;
   emailFrom?: string;
+  /** Messages per second the system SMS number may send (HERALD_SMS_FROM_MPS). */
+  smsFromMps: number;
   workerConcurrency: number;
   embeddedPgPort?: number;
   development: boolean;
@@ -186,6 +190,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       : undefined,
     smsFrom: e.HERALD_SMS_FROM,
     emailFrom: e.HERALD_EMAIL_FROM,
+    smsFromMps: e.HERALD_SMS_FROM_MPS,
     workerConcurrency: e.HERALD_WORKER_CONCURRENCY,
     embeddedPgPort: e.HERALD_EMBEDDED_PG_PORT,
     development: isDevelopment(env),

@@ -16,7 +16,7 @@ import { createTwilioClient, type TwilioClient } from "./twilio.ts";
  */
 
 export interface SystemProviders {
-  twilio: { accountSid: string; authToken: string; smsFrom?: string };
+  twilio: { accountSid: string; authToken: string; smsFrom?: string; messagesPerSecond?: number };
   sendgrid: { apiKey: string; emailFrom?: string };
   /** Where each SDK is pointed instead of the real service: set only for a provider with no credentials configured. */
   twilioSandboxUrl?: string;
@@ -31,7 +31,7 @@ export interface SystemProviders {
 export function systemProviders(config: Config, sandboxUrl?: string): SystemProviders {
   return {
     // Sandbox: Twilio's documented test sender number, and a local address.
-    twilio: config.twilio ?? { ...SANDBOX_SYSTEM_TWILIO, smsFrom: config.smsFrom ?? "+15005550006" },
+    twilio: { ...(config.twilio ?? { ...SANDBOX_SYSTEM_TWILIO, smsFrom: config.smsFrom ?? "+15005550006" }), messagesPerSecond: config.smsFromMps },
     sendgrid: config.sendgrid ?? { apiKey: SANDBOX_SYSTEM_SENDGRID_KEY, emailFrom: config.emailFrom ?? "herald@sandbox.test" },
     twilioSandboxUrl: config.twilio ? undefined : sandboxUrl,
     sendgridSandboxUrl: config.sendgrid ? undefined : sandboxUrl,
@@ -42,11 +42,36 @@ export class SendError extends Error {
   override name = "SendError";
   readonly provider: "tenant" | "system";
   readonly code?: number | string;
-  constructor(message: string, provider: "tenant" | "system", code?: number | string) {
+  /** The provider's HTTP status, when it answered. */
+  readonly status?: number;
+  /**
+   * True when the provider may have accepted the message despite the error (a
+   * timeout, a dropped connection, a 5xx): sending again could deliver twice.
+   */
+  readonly uncertain: boolean;
+  constructor(message: string, provider: "tenant" | "system", code?: number | string, details: { status?: number; uncertain?: boolean } = {}) {
     super(message);
     this.provider = provider;
     this.code = code;
+    this.status = details.status;
+    this.uncertain = details.uncertain ?? false;
   }
+}
+
+/** Thrown by a `Pace` callback: not now; this send may start at `until` (nothing was sent). */
+export class SendDeferred extends Error {
+  override name = "SendDeferred";
+  readonly until: Date;
+  constructor(until: Date) {
+    super(`paced: the next free slot is at ${until.toISOString()}`);
+    this.until = until;
+  }
+}
+
+/** A provider's error as a SendError: its code, HTTP status, and whether acceptance is in doubt. */
+function providerError(message: string, provider: "tenant" | "system", error: unknown): SendError {
+  const e = error as { code?: number | string; status?: number };
+  return new SendError(message, provider, e.code, { status: httpStatus(error), uncertain: !certainlyNotAccepted(error) });
 }
 
 export interface TenantAccount {
@@ -114,7 +139,7 @@ const accountSelect = (condition: string) => `
     from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s
    where a.tenant_id = herald_public.current_tenant_id() and ${condition}`;
 
-async function activeAccount(client: pg.ClientBase, kind: "twilio" | "sendgrid", channel = "sms"): Promise<TenantAccount | undefined> {
+export async function activeAccount(client: pg.ClientBase, kind: "twilio" | "sendgrid", channel = "sms"): Promise<TenantAccount | undefined> {
   const { rows } = await client.query<TenantAccount>(accountSelect("a.kind = $1 and a.status = 'active'"), [kind, channel]);
   return rows[0];
 }
@@ -172,15 +197,21 @@ export interface Sent {
   from: string;
 }
 
+function httpStatus(error: unknown): number | undefined {
+  const e = error as { status?: number; code?: number };
+  if (typeof e.status === "number") return e.status;
+  // SendGrid's ResponseError carries the HTTP status as `code`.
+  return typeof e.code === "number" && e.code >= 100 && e.code < 600 ? e.code : undefined;
+}
+
 /**
  * Whether a provider error proves the message was not accepted: an HTTP answer
  * in the 4xx range (bad credentials, a refused request, 429). A timeout, a
  * dropped connection or a 5xx may hide an accepted message: sending it again
- * elsewhere could deliver it twice, so those never fall back.
+ * (elsewhere, or later) could deliver it twice.
  */
 function certainlyNotAccepted(error: unknown): boolean {
-  const e = error as { status?: number; code?: number };
-  const status = typeof e.status === "number" ? e.status : typeof e.code === "number" && e.code >= 100 && e.code < 600 ? e.code : undefined;
+  const status = httpStatus(error);
   return status !== undefined && status >= 400 && status < 500;
 }
 
@@ -195,8 +226,8 @@ async function withFallback(
       const sent = await attempt("system", fallingBack);
       return { provider: "system", providerMessageId: sent.id, from: sent.from };
     } catch (error) {
-      if (error instanceof SendError) throw error;
-      throw new SendError(`the system account failed: ${(error as Error).message}`, "system", (error as { code?: number }).code);
+      if (error instanceof SendError || error instanceof SendDeferred) throw error;
+      throw providerError(`the system account failed: ${(error as Error).message}`, "system", error);
     }
   };
   if (!account) return viaSystem(false);
@@ -205,14 +236,15 @@ async function withFallback(
     await clearAccountError(client, account.id);
     return { provider: "tenant", accountId: account.id, providerMessageId: sent.id, from: sent.from };
   } catch (error) {
-    if (error instanceof SendError) throw error; // ours (e.g. not the tenant's sender), not the provider's
+    // Ours (not the tenant's sender; paced), not the provider's.
+    if (error instanceof SendError || error instanceof SendDeferred) throw error;
     const message = (error as Error).message;
     const recipientFault = isRecipientError(error);
     // A recipient's fault says nothing about the account.
     if (!recipientFault) await recordAccountResult(client, account.id, message);
     const { fallback_to_system: fallback } = await tenantSettings(client);
     if (!fallback || recipientFault || !certainlyNotAccepted(error)) {
-      throw new SendError(`the tenant's ${account.kind} account failed: ${message}`, "tenant", (error as { code?: number }).code);
+      throw providerError(`the tenant's ${account.kind} account failed: ${message}`, "tenant", error);
     }
     return viaSystem(true);
   }
@@ -226,10 +258,17 @@ async function clearAccountError(client: pg.ClientBase, accountId: string) {
   );
 }
 
+/**
+ * Waits until a send from `from` may start (src/messages/pacing.ts); called
+ * once the sender is settled and checked, right before the provider is.
+ */
+export type Pace = (from: string, channel: "sms" | "whatsapp" | "email") => Promise<void>;
+
 export async function sendSms(
   client: pg.ClientBase,
   clients: ProviderClients,
   message: { to: string; body: string; from?: string; channel?: "sms" | "whatsapp" },
+  options: { pace?: Pace } = {},
 ): Promise<Sent> {
   const whatsapp = message.channel === "whatsapp";
   const account = await activeAccount(client, "twilio", whatsapp ? "whatsapp" : "sms");
@@ -249,8 +288,9 @@ export async function sendSms(
         : (message.from ??
           (whatsapp ? undefined : (settings.sms_from ?? undefined)) ??
           (via === "system" ? clients.system.twilio.smsFrom : (via.default_number ?? clients.system.twilio.smsFrom)));
-      if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant");
+      if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
       await assertOwnSender(client, clients, whatsapp ? "whatsapp" : "sms", from);
+      await options.pace?.(from, whatsapp ? "whatsapp" : "sms");
       const sent = await clients.twilioFor(via).messages.create({ to: address(message.to), from: address(from), body: message.body });
       return { id: sent.sid, from };
     },
@@ -261,7 +301,8 @@ export async function sendSms(
 export async function sendEmail(
   client: pg.ClientBase,
   clients: ProviderClients,
-  message: { to: string; subject: string; text: string; from?: string },
+  message: { to: string; subject: string; text: string; html?: string; from?: string },
+  options: { pace?: Pace } = {},
 ): Promise<Sent> {
   const account = await activeAccount(client, "sendgrid");
   return withFallback(
@@ -271,9 +312,16 @@ export async function sendEmail(
       const from = fallingBack
         ? clients.system.sendgrid.emailFrom
         : (message.from ?? (via === "system" ? clients.system.sendgrid.emailFrom : (via.default_email ?? clients.system.sendgrid.emailFrom)));
-      if (!from) throw new SendError("no sender address: give one or set HERALD_EMAIL_FROM", via === "system" ? "system" : "tenant");
+      if (!from) throw new SendError("no sender address: give one or set HERALD_EMAIL_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
       await assertOwnSender(client, clients, "email", from);
-      const [response] = await clients.sendgridFor(via).send({ to: message.to, from, subject: message.subject, text: message.text });
+      await options.pace?.(from, "email");
+      const [response] = await clients.sendgridFor(via).send({
+        to: message.to,
+        from,
+        subject: message.subject,
+        text: message.text,
+        ...(message.html ? { html: message.html } : {}),
+      });
       return { id: String(response.headers["x-message-id"] ?? ""), from };
     },
     // A malformed recipient fails at any provider.

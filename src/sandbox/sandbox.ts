@@ -1,5 +1,6 @@
 import { createHash, createHmac, generateKeyPairSync, randomBytes, sign, timingSafeEqual, type KeyObject } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
+import { escapeHtml } from "../html.ts";
 
 /**
  * The provider sandbox: a local stand-in for Twilio's Messages API and
@@ -109,12 +110,36 @@ function twilioError(res: Response, status: number, code: number, message: strin
   res.status(status).json({ code, message, more_info: `https://www.twilio.com/docs/errors/${code}`, status });
 }
 
+/** A stored message in the JSON shape of Twilio's Message resource. */
+function twilioMessageJson(m: SandboxMessage) {
+  const uri = `/2010-04-01/Accounts/${m.account}/Messages/${m.id}.json`;
+  return {
+    account_sid: m.account,
+    api_version: "2010-04-01",
+    body: m.body,
+    date_created: m.createdAt.toUTCString(),
+    date_sent: null,
+    date_updated: m.createdAt.toUTCString(),
+    direction: "outbound-api",
+    error_code: null,
+    error_message: null,
+    from: m.from,
+    messaging_service_sid: null,
+    num_media: "0",
+    num_segments: String(Math.max(1, Math.ceil(m.body.length / 153))),
+    price: null,
+    price_unit: "USD",
+    sid: m.id,
+    status: "queued",
+    subresource_uris: { media: uri.replace(".json", "/Media.json") },
+    to: m.to,
+    uri,
+  };
+}
+
 function sendgridError(res: Response, status: number, message: string, field: string | null = null) {
   res.status(status).json({ errors: [{ message, field, help: null }] });
 }
-
-const escapeHtml = (text: string) =>
-  text.replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]!);
 
 export function createSandbox(
   options: {
@@ -174,19 +199,20 @@ export function createSandbox(
     if (messages.length > keep) messages.splice(0, messages.length - keep);
   };
 
+  /** As the account itself (SID + auth token) or one of its API keys (SK… + secret). */
+  const twilioAuthorized = (req: Request, sid: string): boolean => {
+    const [scheme, encoded] = (req.headers.authorization ?? "").split(" ");
+    const [principal = "", ...rest] = Buffer.from(encoded ?? "", "base64").toString("utf8").split(":");
+    const token = twilioAccounts.get(principal) ?? sandboxTwilioToken(principal);
+    return scheme === "Basic" && (principal === sid || principal.startsWith("SK")) && sameSecret(rest.join(":"), token);
+  };
+
   const router = express.Router();
 
   router.post("/twilio/2010-04-01/Accounts/:sid/Messages.json", express.urlencoded({ extended: false, limit: "64kb" }), async (req: Request, res: Response) => {
     if (await faulted(res, "twilio")) return;
     const sid = String(req.params.sid);
-    const [scheme, encoded] = (req.headers.authorization ?? "").split(" ");
-    const [user, ...rest] = Buffer.from(encoded ?? "", "base64").toString("utf8").split(":");
-    // As the account itself (SID + auth token) or one of its API keys (SK… + secret).
-    const principal = user ?? "";
-    const token = twilioAccounts.get(principal) ?? sandboxTwilioToken(principal);
-    if (scheme !== "Basic" || (principal !== sid && !principal.startsWith("SK")) || !sameSecret(rest.join(":"), token)) {
-      return twilioError(res, 401, 20003, "Authenticate");
-    }
+    if (!twilioAuthorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
     const { To: to = "", From: from = "", Body: body = "", StatusCallback: statusCallback } = req.body as Record<string, string>;
     const whatsapp = to.startsWith("whatsapp:");
     const toNumber = whatsapp ? to.slice("whatsapp:".length) : to;
@@ -201,8 +227,8 @@ export function createSandbox(
     if (body.length > 1600) return twilioError(res, 400, 21617, "The concatenated message body exceeds the 1600 character limit.");
 
     const messageSid = `SM${randomBytes(16).toString("hex")}`;
-    const now = new Date();
-    remember({ id: messageSid, provider: "twilio", account: sid, channel: whatsapp ? "whatsapp" : "sms", from, to, body, createdAt: now });
+    const stored: SandboxMessage = { id: messageSid, provider: "twilio", account: sid, channel: whatsapp ? "whatsapp" : "sms", from, to, body, createdAt: new Date() };
+    remember(stored);
     if (statusCallback) {
       const outcome = outcomeFor(toNumber);
       const statuses = outcome.status === "delivered" ? ["sent", "delivered"] : ["sent", outcome.status];
@@ -220,29 +246,22 @@ export function createSandbox(
       );
     }
     if (dropAfterAccepting(res)) return;
-    const uri = `/2010-04-01/Accounts/${sid}/Messages/${messageSid}.json`;
-    res.status(201).json({
-      account_sid: sid,
-      api_version: "2010-04-01",
-      body,
-      date_created: now.toUTCString(),
-      date_sent: null,
-      date_updated: now.toUTCString(),
-      direction: "outbound-api",
-      error_code: null,
-      error_message: null,
-      from,
-      messaging_service_sid: null,
-      num_media: "0",
-      num_segments: String(Math.max(1, Math.ceil(body.length / 153))),
-      price: null,
-      price_unit: "USD",
-      sid: messageSid,
-      status: "queued",
-      subresource_uris: { media: uri.replace(".json", "/Media.json") },
-      to,
-      uri,
-    });
+    res.status(201).json(twilioMessageJson(stored));
+  });
+
+  // The account's recent messages, newest first (Twilio's Messages list, filtered by To/From).
+  router.get("/twilio/2010-04-01/Accounts/:sid/Messages.json", async (req: Request, res: Response) => {
+    if (await faulted(res, "twilio")) return;
+    const sid = String(req.params.sid);
+    if (!twilioAuthorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
+    const { To: to, From: from } = req.query as Record<string, string | undefined>;
+    const pageSize = Math.min(Number(req.query.PageSize ?? 50) || 50, 1000);
+    const found = messages
+      .filter((m) => m.provider === "twilio" && m.account === sid && (!to || m.to === to) && (!from || m.from === from))
+      .reverse()
+      .slice(0, pageSize);
+    const uri = `/2010-04-01/Accounts/${sid}/Messages.json?PageSize=${pageSize}&Page=0`;
+    res.json({ messages: found.map(twilioMessageJson), first_page_uri: uri, next_page_uri: null, previous_page_uri: null, page: 0, page_size: pageSize, start: 0, end: found.length, uri });
   });
 
   router.post("/sendgrid/v3/mail/send", express.json({ limit: "1mb" }), async (req: Request, res: Response) => {

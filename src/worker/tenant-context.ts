@@ -1,7 +1,7 @@
 import type pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
 import type { ProviderClients } from "../providers/send.ts";
-import { withSession } from "../db/session.ts";
+import { enterSession, withSession } from "../db/session.ts";
 import { ROLES } from "../db/urls.ts";
 
 /**
@@ -17,6 +17,8 @@ interface WorkerContext {
   pool: pg.Pool;
   keyring: Keyring;
   providers?: ProviderClients;
+  /** Owner connections for herald_private's pacing functions (src/messages/pacing.ts). */
+  pacingPool?: pg.Pool;
 }
 
 let tenantContext: WorkerContext | undefined;
@@ -30,6 +32,11 @@ export function setTenantContext(context: WorkerContext | undefined): void {
 export function providerClients(): ProviderClients {
   if (!tenantContext?.providers) throw new Error("this worker was started without provider clients");
   return tenantContext.providers;
+}
+
+export function pacingPool(): pg.Pool {
+  if (!tenantContext?.pacingPool) throw new Error("this worker was started without a pacing pool");
+  return tenantContext.pacingPool;
 }
 
 /** How long this process may keep using a tenant's keys after they change. */
@@ -47,4 +54,42 @@ export async function withTenantContext<T>(
   const { pool, keyring } = tenantContext;
   const settings = await keyring.sessionSettings(pool, tenantId, { fresh: options.freshKeys });
   return withSession(pool, { role: ROLES.worker, tenantId, settings }, fn);
+}
+
+/** Runs `work` in one transaction of the tenant's session on the held connection. */
+export type TenantTransaction = <T>(work: (client: pg.PoolClient) => Promise<T>) => Promise<T>;
+
+/**
+ * One connection for a whole job that needs several transactions on it (and
+ * session-level advisory locks between them): each `transaction` enters the
+ * tenant's session afresh. The connection is discarded, not pooled, if it
+ * could not be cleaned up (a lock might otherwise outlive the job).
+ */
+export async function withTenantConnection<T>(
+  tenantId: string,
+  fn: (transaction: TenantTransaction, client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
+  if (!tenantContext) throw new Error("withTenantConnection used before the worker started");
+  const { pool, keyring } = tenantContext;
+  const settings = await keyring.sessionSettings(pool, tenantId);
+  const client = await pool.connect();
+  let clean = true;
+  const transaction: TenantTransaction = async (work) => {
+    await client.query("begin");
+    try {
+      await enterSession(client, { role: ROLES.worker, tenantId, settings });
+      const result = await work(client);
+      await client.query("commit");
+      return result;
+    } catch (error) {
+      await client.query("rollback").catch(() => (clean = false));
+      throw error;
+    }
+  };
+  try {
+    return await fn(transaction, client);
+  } finally {
+    await client.query("select pg_advisory_unlock_all()").catch(() => (clean = false));
+    client.release(!clean);
+  }
 }

@@ -1,4 +1,5 @@
-import { Logger as WorkerLogger, run, type Runner, type TaskList } from "graphile-worker";
+import { EventEmitter } from "node:events";
+import { Logger as WorkerLogger, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
 import contactsRekey from "../../tasks/contacts__rekey.ts";
@@ -6,8 +7,11 @@ import ping from "../../tasks/herald__ping.ts";
 import domainAuthenticate from "../../tasks/email_domains__authenticate.ts";
 import domainVerify from "../../tasks/email_domains__verify.ts";
 import providerTest from "../../tasks/provider_accounts__test.ts";
+import deliverySend from "../../tasks/delivery__send.ts";
+import messageFanOut from "../../tasks/message__fan_out.ts";
 import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
+import { registerWorkerProcess } from "./processes.ts";
 import { setTenantContext } from "./tenant-context.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
@@ -17,6 +21,8 @@ export const taskList: TaskList = {
   provider_accounts__test: providerTest as TaskList[string],
   email_domains__authenticate: domainAuthenticate as TaskList[string],
   email_domains__verify: domainVerify as TaskList[string],
+  message__fan_out: messageFanOut as TaskList[string],
+  delivery__send: deliverySend as TaskList[string],
 };
 
 export interface WorkerHandle {
@@ -48,8 +54,16 @@ export async function startWorker(options: {
   queuePool.on("connect", (client) => client.on("error", onIdleError));
   const tenantPool = new pg.Pool({ connectionString: options.authenticatorUrl, max: options.concurrency });
   tenantPool.on("error", onIdleError);
-  setTenantContext({ pool: tenantPool, keyring: options.keyring, providers: options.providers });
+  // Pacing reservations: short statements of their own (src/messages/pacing.ts).
+  const pacingPool = new pg.Pool({ connectionString: options.ownerUrl, max: Math.min(4, options.concurrency) });
+  pacingPool.on("error", onIdleError);
+  setTenantContext({ pool: tenantPool, keyring: options.keyring, providers: options.providers, pacingPool });
+  const events: WorkerEvents = new EventEmitter();
+  // Registered before the runner starts, so its worker ids are known and a
+  // dead process's jobs are unlocked by whoever starts next.
+  const registration = await registerWorkerProcess({ ownerUrl: options.ownerUrl, events, logger: options.logger });
   const runner = await run({
+    events,
     pgPool: queuePool,
     concurrency: options.concurrency,
     // Herald's own shutdown handler stops the worker, then the API, then Postgres.
@@ -75,7 +89,8 @@ export async function startWorker(options: {
     stop: () =>
       (stopped ??= runner.stop().finally(async () => {
         setTenantContext(undefined);
-        await Promise.all([tenantPool.end(), queuePool.end()]);
+        await registration.stop();
+        await Promise.all([tenantPool.end(), queuePool.end(), pacingPool.end()]);
       })),
   };
 }
