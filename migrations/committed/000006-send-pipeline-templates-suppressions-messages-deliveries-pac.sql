@@ -1,5 +1,5 @@
 --! Previous: sha1:b1d4ed76a503661e3c0ab85e1097a1849ee0d03d
---! Hash: sha1:8d71f9b3053046e1068d58bf034e826e899b096e
+--! Hash: sha1:bdf0ca2e545cdbcaac1d4593c48f62b905cfe842
 --! Message: Send pipeline: templates, suppressions, messages, deliveries, pacing
 
 --
@@ -261,6 +261,7 @@ create function herald_public.add_suppression(kind text, address text, reason te
   language plpgsql volatile
   set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   v_normalized text := case when kind = 'email' then pg_catalog.lower(pg_catalog.btrim(address)) else pg_catalog.btrim(address) end;
   v_row herald_public.suppressions;
@@ -289,7 +290,7 @@ begin
 end;
 $$;
 comment on function herald_public.add_suppression(text, text, text, text) is
-  E'Never message this address again (`kind`: phone or email).';
+  E'@resultFieldName suppression\nNever message this address again (`kind`: phone or email).';
 grant execute on function herald_public.add_suppression(text, text, text, text) to :DATABASE_MEMBER, :DATABASE_WORKER;
 
 -------------------------------------------------------------------------------
@@ -684,6 +685,7 @@ create function herald_public.send_message(
   language plpgsql volatile
   set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   v_contact_ids uuid[] := array(select distinct x from pg_catalog.unnest(coalesce(contact_ids, '{}')) x);
   v_list_ids uuid[] := array(select distinct x from pg_catalog.unnest(coalesce(list_ids, '{}')) x);
@@ -808,7 +810,7 @@ begin
 end;
 $$;
 comment on function herald_public.send_message(text, uuid, text, text, text, uuid[], uuid[], uuid[], boolean, timestamptz, text, jsonb) is
-  E'Send a message (template or inline) to contacts, lists, tags, or every subscribed contact; now or at `scheduledAt`. '
+  E'@resultFieldName message\nSend a message (template or inline) to contacts, lists, tags, or every subscribed contact; now or at `scheduledAt`. '
   'The same `idempotencyKey` again returns the original message and sends nothing new. `metadata.from` picks one of your senders.';
 grant execute on function herald_public.send_message(text, uuid, text, text, text, uuid[], uuid[], uuid[], boolean, timestamptz, text, jsonb)
   to :DATABASE_MEMBER;
@@ -870,7 +872,7 @@ begin
 end;
 $$;
 comment on function herald_public.cancel_message(uuid) is
-  E'Stop a message: every delivery not yet handed to a provider is canceled (scheduled ones never start).';
+  E'@resultFieldName message\nStop a message: every delivery not yet handed to a provider is canceled (scheduled ones never start).';
 grant execute on function herald_public.cancel_message(uuid) to :DATABASE_MEMBER;
 
 -------------------------------------------------------------------------------
@@ -886,6 +888,7 @@ create function herald_hidden.fan_out_batch(message_id uuid, batch_size integer,
   language plpgsql volatile
   set search_path = ''
 as $$
+#variable_conflict use_column
 declare
   v_tenant uuid := herald_public.current_tenant_id();
   v_message herald_public.messages;

@@ -1,0 +1,145 @@
+import http from "node:http";
+import express from "express";
+import type pg from "pg";
+import { loadConfig } from "../../src/config.ts";
+import { inTransaction, withSession } from "../../src/db/session.ts";
+import { ROLES } from "../../src/db/urls.ts";
+import { ProviderClients, systemProviders } from "../../src/providers/send.ts";
+import { createSandbox, type Sandbox } from "../../src/sandbox/sandbox.ts";
+import type { TestDb } from "./db.ts";
+import type { TenantFixture } from "./fixtures.ts";
+import { testKeyring } from "./keys.ts";
+
+/** Sending tests: a sandbox on its own HTTP server, audiences of many contacts, and waiting for the worker. */
+
+export interface SandboxServer {
+  sandbox: Sandbox;
+  /** Where the sandbox router is mounted (`…/sandbox`): the SDKs' base. */
+  url: string;
+  /** The server's origin: HERALD_PUBLIC_URL for a worker process that should use this sandbox. */
+  origin: string;
+  clients: ProviderClients;
+  close(): Promise<void>;
+}
+
+export async function startSandboxServer(keep = 10_000): Promise<SandboxServer> {
+  const sandbox = createSandbox({ keep, page: false });
+  const app = express();
+  app.use("/sandbox", sandbox.router);
+  const server = http.createServer(app);
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const origin = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
+  const url = `${origin}/sandbox`;
+  // No TWILIO_* / SENDGRID_API_KEY: the system accounts are the sandbox's.
+  const clients = new ProviderClients(systemProviders({ ...loadConfig(), twilio: undefined, sendgrid: undefined }, url));
+  return {
+    sandbox,
+    url,
+    origin,
+    clients,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
+  };
+}
+
+/** Committed, as the superuser (arranging data the API would not let a test write directly). */
+export const asRoot = <T>(db: TestDb, fn: (client: pg.PoolClient) => Promise<T>) => inTransaction(db.root, fn);
+
+/** Committed, as the tenant's owner, with the tenant's keys. */
+export const asOwner = async <T>(db: TestDb, t: TenantFixture, fn: (client: pg.PoolClient) => Promise<T>) =>
+  withSession(db.authenticator, { role: ROLES.member, tenantId: t.id, userId: t.ownerId, settings: await testKeyring().sessionSettings(db.root, t.id) }, fn);
+
+/** Committed, as a worker job of the tenant. */
+export const asWorker = async <T>(db: TestDb, t: TenantFixture, fn: (client: pg.PoolClient) => Promise<T>) =>
+  withSession(db.authenticator, { role: ROLES.worker, tenantId: t.id, settings: await testKeyring().sessionSettings(db.root, t.id) }, fn);
+
+/**
+ * Lets the fixture's Twilio account send through the sandbox (its credential
+ * becomes valid there), and makes the tenant fast unless told otherwise: tests
+ * of pacing set their own rates.
+ */
+export async function readyToSend(db: TestDb, server: SandboxServer, t: TenantFixture, rates = { perSecond: 1000, senderMps: 1000 }) {
+  const { rows } = await db.root.query("select twilio_account_sid from herald_public.provider_accounts where id = $1", [t.providerAccountId]);
+  server.sandbox.addTwilioAccount(rows[0].twilio_account_sid, t.providerSecret);
+  await setRates(db, t, rates);
+  return rows[0].twilio_account_sid as string;
+}
+
+export async function setRates(db: TestDb, t: TenantFixture, rates: { perSecond: number; senderMps: number; intervalSeconds?: number }) {
+  await asRoot(db, async (c) => {
+    await c.query("update herald_public.tenant_settings set rate_batch_size = $2, rate_batch_interval_seconds = $3 where tenant_id = $1", [
+      t.id,
+      rates.perSecond * (rates.intervalSeconds ?? 1),
+      rates.intervalSeconds ?? 1,
+    ]);
+    await c.query("update herald_public.sender_numbers set messages_per_second = $2 where tenant_id = $1", [t.id, rates.senderMps]);
+  });
+}
+
+/** Numbers the sandbox delivers (none ends in 0001–0003, its failure rules) and libphonenumber accepts. */
+export const audiencePhone = (exchange: number, i: number) => `+1415${exchange}${String(1000 + i).padStart(4, "0")}`;
+
+/** `count` contacts on a new list, written as the worker writes them (encrypted, hashed). */
+export async function seedAudience(
+  db: TestDb,
+  t: TenantFixture,
+  options: { count: number; exchange: number; list: string; firstName?: (i: number) => string },
+): Promise<{ listId: string; contacts: { id: string; phone: string }[] }> {
+  const docs = Array.from({ length: options.count }, (_, i) => ({
+    phone: audiencePhone(options.exchange, i),
+    first_name: options.firstName?.(i) ?? `Person${i}`,
+  }));
+  return asWorker(db, t, async (c) => {
+    const { rows } = await c.query<{ ordinal: number; contact_id: string }>("select ordinal, contact_id from herald_hidden.upsert_contacts($1)", [JSON.stringify(docs)]);
+    const list = await c.query("insert into herald_public.lists (name) values ($1) returning id", [options.list]);
+    await c.query("insert into herald_public.list_members (list_id, contact_id) select $1, unnest($2::uuid[])", [list.rows[0].id, rows.map((r) => r.contact_id)]);
+    return { listId: list.rows[0].id, contacts: rows.map((r) => ({ id: r.contact_id, phone: docs[r.ordinal]!.phone })) };
+  });
+}
+
+export async function waitFor<T>(probe: () => Promise<T | null | undefined | false>, timeoutMs = 30_000, what = "the worker"): Promise<T> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await probe();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export interface MessageSummary {
+  messageStatus: string;
+  byStatus: Record<string, number>;
+  /** "status/reason" → count */
+  byReason: Record<string, number>;
+  total: number;
+}
+
+export async function summary(db: TestDb, messageId: string): Promise<MessageSummary> {
+  const { rows: m } = await db.root.query("select status from herald_public.messages where id = $1", [messageId]);
+  const { rows } = await db.root.query<{ status: string; reason: string | null; n: number }>(
+    "select status, reason, count(*)::int as n from herald_public.deliveries where message_id = $1 group by 1, 2",
+    [messageId],
+  );
+  const byStatus: Record<string, number> = {};
+  const byReason: Record<string, number> = {};
+  for (const r of rows) {
+    byStatus[r.status] = (byStatus[r.status] ?? 0) + r.n;
+    if (r.reason) byReason[`${r.status}/${r.reason}`] = (byReason[`${r.status}/${r.reason}`] ?? 0) + r.n;
+  }
+  return { messageStatus: m[0]?.status, byStatus, byReason, total: rows.reduce((n, r) => n + r.n, 0) };
+}
+
+/** Until the message is fanned out and every delivery has ended, or waits on quiet hours or the monthly cap. */
+export const settled = (db: TestDb, messageId: string, timeoutMs = 60_000) =>
+  waitFor(
+    async () => {
+      const s = await summary(db, messageId);
+      const { rows } = await db.root.query(
+        "select count(*)::int as n from herald_public.deliveries where message_id = $1 and (status in ('sending', 'unknown') or (status = 'queued' and reason is distinct from 'quiet_hours' and reason is distinct from 'monthly_cap'))",
+        [messageId],
+      );
+      return (s.messageStatus === "fanned_out" || s.messageStatus === "canceled") && rows[0].n === 0 && s;
+    },
+    timeoutMs,
+    "the message to settle",
+  );
