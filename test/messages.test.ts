@@ -22,7 +22,7 @@ let b: TenantFixture;
 let server: SandboxServer;
 let worker: WorkerHandle;
 let aSid: string;
-const tokens: Record<string, string> = {};
+const tokens = { a: "", b: "" };
 
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));

@@ -1,5 +1,5 @@
 --! Previous: sha1:b1d4ed76a503661e3c0ab85e1097a1849ee0d03d
---! Hash: sha1:bdf0ca2e545cdbcaac1d4593c48f62b905cfe842
+--! Hash: sha1:675ca4f6ded23fbad6d573cee2ab54932c616529
 --! Message: Send pipeline: templates, suppressions, messages, deliveries, pacing
 
 --
@@ -818,7 +818,8 @@ grant execute on function herald_public.send_message(text, uuid, text, text, tex
 -- Members may not write message or delivery states (they feed usage and
 -- billing). Cancelling is a member setting `canceled_at`, the one column they
 -- may update; triggers do the rest: the message's status, and every delivery
--- not yet handed to a provider (a `sending` one finishes).
+-- not yet handed to a provider (a `sending` one finishes); until the job has
+-- run, the send-time check cancels any that come up.
 create function herald_private.tg_messages__cancel() returns trigger
   language plpgsql
   set search_path = ''
@@ -836,19 +837,11 @@ $$;
 create trigger _200_cancel before update of canceled_at on herald_public.messages
   for each row execute function herald_private.tg_messages__cancel();
 
-create function herald_private.tg_messages__cancel_deliveries() returns trigger
-  language plpgsql volatile security definer
-  set search_path = ''
-as $$
-begin
-  update herald_public.deliveries d set status = 'canceled', reason = 'message canceled', completed_at = now()
-   where d.tenant_id = new.tenant_id and d.message_id = new.id and d.status = 'queued';
-  return null;
-end;
-$$;
+-- The deliveries are the worker's to change (message__cancel), as the
+-- definers here run as the owner, whom forced RLS shows no tenant rows.
 create trigger _500_cancel_deliveries after update of canceled_at on herald_public.messages
   for each row when (old.canceled_at is null and new.canceled_at is not null)
-  execute function herald_private.tg_messages__cancel_deliveries();
+  execute function herald_private.tg__add_job('message__cancel');
 
 create policy update_member on herald_public.messages for update to :DATABASE_MEMBER
   using (tenant_id = (select herald_public.current_tenant_id()))
@@ -1084,21 +1077,18 @@ as $$
 $$;
 grant execute on function herald_hidden.count_toward_cap(), herald_hidden.uncount_toward_cap(date) to :DATABASE_WORKER;
 
--- Raising (or removing) the cap releases what it held back, now: their jobs
--- are queued again (the waiting ones at the month's turn stay, and find
--- them sent).
+-- Raising (or removing) the cap releases what it held back, now: a job
+-- queues their sends again (those waiting for the month's turn stay, and find
+-- them sent). The payload names the tenant twice: row tasks take (tenant_id, id).
 create function herald_private.tg_tenant_settings__release_held() returns trigger
   language plpgsql volatile security definer
   set search_path = ''
 as $$
 begin
-  perform graphile_worker.add_jobs(array(
-    select pg_catalog.json_populate_record(null::graphile_worker.job_spec, pg_catalog.json_build_object(
-             'identifier', 'delivery__send',
-             'payload', pg_catalog.json_build_object('tenant_id', d.tenant_id, 'id', d.id),
-             'max_attempts', 25))
-      from herald_public.deliveries d
-     where d.tenant_id = new.tenant_id and d.status = 'queued' and d.reason = 'monthly_cap'));
+  perform graphile_worker.add_job(
+    'tenant__release_held',
+    pg_catalog.json_build_object('tenant_id', new.tenant_id, 'id', new.tenant_id),
+    max_attempts := 25);
   return new;
 end;
 $$;

@@ -8,7 +8,9 @@ import domainAuthenticate from "../../tasks/email_domains__authenticate.ts";
 import domainVerify from "../../tasks/email_domains__verify.ts";
 import providerTest from "../../tasks/provider_accounts__test.ts";
 import deliverySend from "../../tasks/delivery__send.ts";
+import messageCancel from "../../tasks/message__cancel.ts";
 import messageFanOut from "../../tasks/message__fan_out.ts";
+import releaseHeld from "../../tasks/tenant__release_held.ts";
 import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
@@ -22,7 +24,9 @@ export const taskList: TaskList = {
   email_domains__authenticate: domainAuthenticate as TaskList[string],
   email_domains__verify: domainVerify as TaskList[string],
   message__fan_out: messageFanOut as TaskList[string],
+  message__cancel: messageCancel as TaskList[string],
   delivery__send: deliverySend as TaskList[string],
+  tenant__release_held: releaseHeld as TaskList[string],
 };
 
 export interface WorkerHandle {

@@ -96,12 +96,16 @@ export async function seedAudience(
   });
 }
 
-export async function waitFor<T>(probe: () => Promise<T | null | undefined | false>, timeoutMs = 30_000, what = "the worker"): Promise<T> {
+export async function waitFor<T>(
+  probe: () => Promise<T | null | undefined | false>,
+  timeoutMs = 30_000,
+  what: string | (() => Promise<string>) = "the worker",
+): Promise<T> {
   const deadline = Date.now() + timeoutMs;
   for (;;) {
     const value = await probe();
     if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof what === "string" ? what : await what()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -141,5 +145,5 @@ export const settled = (db: TestDb, messageId: string, timeoutMs = 60_000) =>
       return (s.messageStatus === "fanned_out" || s.messageStatus === "canceled") && rows[0].n === 0 && s;
     },
     timeoutMs,
-    "the message to settle",
+    async () => `the message to settle: ${JSON.stringify(await summary(db, messageId))}`,
   );
