@@ -1,5 +1,5 @@
 --! Previous: sha1:b1d4ed76a503661e3c0ab85e1097a1849ee0d03d
---! Hash: sha1:675ca4f6ded23fbad6d573cee2ab54932c616529
+--! Hash: sha1:549e7ab2070650b2465d420cc7e01ad76c78e4d9
 --! Message: Send pipeline: templates, suppressions, messages, deliveries, pacing
 
 --
@@ -301,7 +301,7 @@ alter table herald_public.sender_numbers add column messages_per_second numeric 
   constraint sender_numbers_mps_range check (messages_per_second > 0 and messages_per_second <= 1000);
 comment on column herald_public.sender_numbers.messages_per_second is
   E'How fast this number may send (1 for a US long code; more for toll-free and short codes).';
-grant update (messages_per_second) on herald_public.sender_numbers to :DATABASE_MEMBER, :DATABASE_ADMIN;
+grant insert (messages_per_second), update (messages_per_second) on herald_public.sender_numbers to :DATABASE_MEMBER, :DATABASE_ADMIN;
 
 -- The next instant a send may start, per scope: `tenant:<tenant>` and
 -- `sender:<number>`. A sender is global: the system number is shared by tenants.

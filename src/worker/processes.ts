@@ -42,9 +42,11 @@ export async function registerWorkerProcess(options: { ownerUrl: string; events:
     const p = work.catch(onError).finally(() => pending.delete(p));
     pending.add(p);
   };
-  options.events.on("worker:create", ({ worker }) => {
-    track(pool.query("update herald_private.worker_processes set worker_ids = array_append(worker_ids, $2) where process_id = $1", [processId, worker.workerId]));
-  });
+  // Jobs are locked by a worker's id, or by its pool's (as graphile-worker 0.18 does): keep both.
+  const remember = (lockerId: string) =>
+    track(pool.query("update herald_private.worker_processes set worker_ids = array_append(worker_ids, $2) where process_id = $1", [processId, lockerId]));
+  options.events.on("pool:create", ({ workerPool }) => remember(workerPool.id));
+  options.events.on("worker:create", ({ worker }) => remember(worker.workerId));
 
   const sweep = async (): Promise<number> => {
     const { rows } = await pool.query<{ process_id: string }>(

@@ -1,0 +1,147 @@
+import { spawn, type ChildProcess } from "node:child_process";
+import path from "node:path";
+import { afterAll, afterEach, beforeAll, describe, expect, it } from "vitest";
+import { ROLES } from "../src/db/urls.ts";
+import { graphql, useApiServer } from "./helpers/api.ts";
+import { useTestDatabase } from "./helpers/db.ts";
+import { seedExtraTenant } from "./helpers/fixtures.ts";
+import { asOwner, readyToSend, seedAudience, settled, startSandboxServer, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+
+/**
+ * Real worker processes (`node src/main.ts --worker-only`, as `npm run worker`
+ * starts them) against this file's database and the test's sandbox: pacing
+ * that holds across three of them, and a kill -9 in the middle of a broadcast.
+ */
+
+const db = useTestDatabase();
+const api = useApiServer(db);
+let server: SandboxServer;
+const children = new Set<ChildProcess>();
+
+beforeAll(async () => {
+  server = await startSandboxServer();
+});
+
+afterEach(async () => {
+  for (const child of children) child.kill("SIGKILL");
+  children.clear();
+});
+
+afterAll(async () => {
+  await server?.close();
+});
+
+/** Starts a worker process and waits until it has registered (its jobs are recoverable from then on). */
+async function startWorkerProcess(concurrency: number): Promise<ChildProcess> {
+  const child = spawn(process.execPath, [path.resolve("src/main.ts"), "--worker-only"], {
+    env: {
+      ...process.env,
+      DATABASE_URL: db.current.urls.admin,
+      // Development mode points the SDKs at <public URL>/sandbox: this test's sandbox.
+      NODE_ENV: "development",
+      HERALD_PUBLIC_URL: server.origin,
+      HERALD_WORKER_CONCURRENCY: String(concurrency),
+      LOG_LEVEL: "info",
+    },
+    stdio: ["ignore", "pipe", "pipe"],
+  });
+  // Its logs, for the error message if it never comes up.
+  let stderr = "";
+  const collect = (chunk: Buffer) => void (stderr = (stderr + chunk.toString()).slice(-4000));
+  child.stdout!.on("data", collect);
+  child.stderr!.on("data", collect);
+  children.add(child);
+  child.on("exit", () => children.delete(child));
+  await waitFor(
+    async () => {
+      if (child.exitCode !== null) throw new Error(`worker process exited (${child.exitCode}): ${stderr}`);
+      // Registered under `host:pid:random`, with its pool's id.
+      const { rows } = await db.current.root.query(
+        "select 1 from herald_private.worker_processes where split_part(process_id, ':', 2) = $1 and cardinality(worker_ids) > 0",
+        [String(child.pid)],
+      );
+      return rows.length > 0;
+    },
+    30_000,
+    async () => `a worker process to start; it said: ${stderr}`,
+  );
+  return child;
+}
+
+async function send(t: { id: string; ownerId: string }, input: Record<string, unknown>): Promise<string> {
+  const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: t.id, sub: t.ownerId });
+  const r = await graphql(api.current, token, `mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId } } }`, { input });
+  expect(r.body.errors).toBeUndefined();
+  return r.body.data!.sendMessage.message.rowId;
+}
+
+/** The smallest span covering `n` consecutive sends: under a limit of n-1 per window W, it must be at least W. */
+function narrowestSpan(times: number[], n: number): number {
+  let narrowest = Infinity;
+  for (let i = 0; i + n - 1 < times.length; i++) narrowest = Math.min(narrowest, times[i + n - 1]! - times[i]!);
+  return narrowest;
+}
+
+describe("pacing with three worker processes", () => {
+  it("never exceeds the tenant's rate nor either sender number's, in any window", async () => {
+    const t = await seedExtraTenant(db.current, "paced");
+    const sid = await readyToSend(db.current, server, t, { perSecond: 3, senderMps: 2 });
+    // A second number on the same account; both send at 2 per second.
+    const numbers = await asOwner(db.current, t, async (c) => {
+      const { rows } = await c.query("select phone_number from herald_public.sender_numbers where tenant_id = $1", [t.id]);
+      await c.query("insert into herald_public.sender_numbers (phone_number, provider_account_id, messages_per_second) values ('+14155559911', $1, 2)", [t.providerAccountId]);
+      return [rows[0].phone_number as string, "+14155559911"];
+    });
+    await Promise.all([startWorkerProcess(4), startWorkerProcess(4), startWorkerProcess(4)]);
+    const first = await seedAudience(db.current, t, { count: 12, exchange: 801, list: "first" });
+    const second = await seedAudience(db.current, t, { count: 12, exchange: 802, list: "second" });
+    const messages = await Promise.all([
+      send(t, { channel: "sms", body: "Paced one", listIds: [first.listId], metadata: { from: numbers[0] } }),
+      send(t, { channel: "sms", body: "Paced two", listIds: [second.listId], metadata: { from: numbers[1] } }),
+    ]);
+    for (const id of messages) expect((await settled(db.current, id, 60_000)).byStatus).toEqual({ sent: 12 });
+
+    const received = server.sandbox.messages.filter((m) => m.account === sid);
+    expect(received).toHaveLength(24);
+    const times = received.map((m) => m.createdAt.getTime()).sort((x, y) => x - y);
+    // The sandbox clocks arrival, after an HTTP hop whose time varies: allow it 100 ms.
+    const transit = 100;
+    const tenantSpan = narrowestSpan(times, 4); // 3 per second: any 4 sends span at least 1 s
+    const senderGaps = numbers.map((n) => narrowestSpan(received.filter((m) => m.from === n).map((m) => m.createdAt.getTime()).sort((x, y) => x - y), 2));
+    process.stdout.write(`pacing: narrowest span of 4 tenant sends ${tenantSpan} ms (limit 1000), narrowest gaps per sender ${senderGaps.join(", ")} ms (limit 500)\n`);
+    expect(tenantSpan).toBeGreaterThanOrEqual(1000 - transit);
+    for (const gap of senderGaps) expect(gap).toBeGreaterThanOrEqual(500 - transit);
+  }, 120_000);
+});
+
+describe("a worker process killed mid-broadcast", () => {
+  it("loses no delivery; duplicates are counted and bounded by what was in flight", async () => {
+    const t = await seedExtraTenant(db.current, "crashy");
+    const sid = await readyToSend(db.current, server, t);
+    const audience = await seedAudience(db.current, t, { count: 2000, exchange: 803, list: "big" });
+    server.sandbox.setFaults({ latencyMs: 20 });
+    const concurrency = 10;
+    const doomed = await startWorkerProcess(concurrency);
+    const messageId = await send(t, { channel: "sms", body: "Survive this", listIds: [audience.listId] });
+    const received = () => server.sandbox.messages.filter((m) => m.account === sid);
+    await waitFor(async () => received().length >= 500, 60_000, "500 messages");
+    doomed.kill("SIGKILL");
+    await new Promise((resolve) => doomed.once("exit", resolve));
+    const atKill = received().length;
+    const { rows: inFlight } = await db.current.root.query("select count(*)::int as n from herald_public.deliveries where message_id = $1 and status = 'sending'", [messageId]);
+
+    await startWorkerProcess(concurrency);
+    const result = await settled(db.current, messageId, 120_000);
+    server.sandbox.setFaults({});
+    expect(result.byStatus).toEqual({ sent: 2000 });
+    const all = received();
+    const distinct = new Set(all.map((m) => m.to));
+    expect(distinct.size).toBe(2000);
+    const duplicates = all.length - distinct.size;
+    const { rows: reconciled } = await db.current.root.query("select count(*)::int as n from herald_public.deliveries where message_id = $1 and reason like 'reconciled%'", [messageId]);
+    process.stdout.write(
+      `kill -9: ${atKill} received at the kill, ${inFlight[0].n} deliveries left 'sending', ${reconciled[0].n} reconciled, ${duplicates} duplicates\n`,
+    );
+    expect(duplicates).toBeLessThanOrEqual(concurrency);
+  }, 240_000);
+});
