@@ -70,6 +70,8 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
 
   const left = await inTenant(async (c) => Number((await c.query("select herald_hidden.contacts_on_old_keys() as n")).rows[0].n));
   if (left > 0) throw new Error(`${left} contacts still use an old key version; retrying`);
+  // Suppressions carry the same encryption and hash as contacts: both kinds of rotation move them.
+  await inTenant((c) => c.query("select herald_hidden.rekey_suppressions()"));
   if (rotation.kind === "tenant_data_key") {
     // The tenant's provider credentials are under the same key: move them too.
     await inTenant((c) => c.query("select herald_hidden.rekey_provider_accounts()"));

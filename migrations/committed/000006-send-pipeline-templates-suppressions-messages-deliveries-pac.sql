@@ -1,5 +1,5 @@
 --! Previous: sha1:b1d4ed76a503661e3c0ab85e1097a1849ee0d03d
---! Hash: sha1:549e7ab2070650b2465d420cc7e01ad76c78e4d9
+--! Hash: sha1:6052c7e2c4dbfe05822c9540168d1f8f4b61567f
 --! Message: Send pipeline: templates, suppressions, messages, deliveries, pacing
 
 --
@@ -17,6 +17,7 @@
 drop function if exists herald_public.send_message(text, uuid, text, text, text, uuid[], uuid[], uuid[], boolean, timestamptz, text, jsonb);
 drop function if exists herald_public.cancel_message(uuid);
 drop function if exists herald_public.add_suppression(text, text, text, text);
+drop function if exists herald_hidden.rekey_suppressions();
 drop function if exists herald_hidden.fan_out_batch(uuid, integer, text, numeric);
 drop function if exists herald_hidden.send_window_opens_at(text, text, time, time);
 drop function if exists herald_hidden.sms_encoding(text);
@@ -254,6 +255,55 @@ grant insert (tenant_id, kind, address_encrypted, address_hash, key_version, has
   on herald_public.suppressions to :DATABASE_MEMBER, :DATABASE_WORKER;
 grant delete on herald_public.suppressions to :DATABASE_MEMBER, :DATABASE_ADMIN;
 
+-- Key rotation (the contacts__rekey task) moves suppressions to the current
+-- data key and hash key, as it moves contacts: a suppression whose hash no
+-- longer matches its contact's would stop protecting that contact.
+create policy update_worker on herald_public.suppressions for update to :DATABASE_WORKER
+  using (tenant_id = (select herald_public.current_tenant_id()))
+  with check (tenant_id = (select herald_public.current_tenant_id()));
+create policy delete_worker on herald_public.suppressions for delete to :DATABASE_WORKER
+  using (tenant_id = (select herald_public.current_tenant_id()));
+grant update (address_encrypted, address_hash, key_version, hash_version), delete
+  on herald_public.suppressions to :DATABASE_WORKER;
+
+create function herald_hidden.rekey_suppressions() returns integer
+  language plpgsql volatile
+  set search_path = ''
+as $$
+declare
+  v_tenant uuid := herald_public.current_tenant_id();
+  v_key smallint := herald_hidden.current_data_key_version();
+  v_hash smallint := herald_hidden.current_hash_key_version();
+  v_moved integer;
+begin
+  with stale as materialized (
+    select s.id, s.kind, herald_hidden.decrypt_pii(s.address_encrypted, s.key_version) as address
+      from herald_public.suppressions s
+     where s.tenant_id = v_tenant and (s.key_version <> v_key or s.hash_version <> v_hash)
+  ),
+  rehashed as materialized (
+    select st.id, st.kind, st.address, herald_hidden.pii_hash(st.kind, st.address, v_hash) as new_hash,
+           exists (select 1 from herald_public.suppressions o
+                    where o.tenant_id = v_tenant and o.kind = st.kind
+                      and o.address_hash = herald_hidden.pii_hash(st.kind, st.address, v_hash) and o.id <> st.id) as duplicate
+      from stale st
+  ),
+  -- Suppressed again under the new hash meanwhile: that row already says it.
+  dropped as (
+    delete from herald_public.suppressions s using rehashed r
+     where s.tenant_id = v_tenant and s.id = r.id and r.duplicate
+  )
+  update herald_public.suppressions s
+     set address_encrypted = herald_hidden.encrypt_pii(r.address, herald_hidden.data_key(v_key)),
+         address_hash = r.new_hash, key_version = v_key, hash_version = v_hash
+    from rehashed r
+   where s.tenant_id = v_tenant and s.id = r.id and not r.duplicate;
+  get diagnostics v_moved = row_count;
+  return v_moved;
+end;
+$$;
+grant execute on function herald_hidden.rekey_suppressions() to :DATABASE_WORKER;
+
 -- `address`: an E.164 phone number or an email address (normalised by the API
 -- layer, which reads national formats); re-adding one is a no-op.
 create function herald_public.add_suppression(kind text, address text, reason text default 'manual', note text default null)
@@ -323,7 +373,7 @@ create table herald_hidden.send_plans (
 );
 alter table herald_hidden.send_plans enable row level security;
 alter table herald_hidden.send_plans force row level security;
-create policy select_worker on herald_hidden.send_plans for select to :DATABASE_WORKER
+create policy select_member on herald_hidden.send_plans for select to :DATABASE_MEMBER, :DATABASE_WORKER
   using (tenant_id = (select herald_public.current_tenant_id()));
 create policy insert_worker on herald_hidden.send_plans for insert to :DATABASE_WORKER
   with check (tenant_id = (select herald_public.current_tenant_id()));
@@ -332,7 +382,7 @@ create policy update_worker on herald_hidden.send_plans for update to :DATABASE_
   with check (tenant_id = (select herald_public.current_tenant_id()));
 create policy select_admin on herald_hidden.send_plans for select to :DATABASE_ADMIN using (true);
 grant select, insert (tenant_id, scope, next_at), update (next_at) on herald_hidden.send_plans to :DATABASE_WORKER;
-grant select on herald_hidden.send_plans to :DATABASE_ADMIN;
+grant select on herald_hidden.send_plans to :DATABASE_MEMBER, :DATABASE_ADMIN;
 
 -- Fan-out: reserve `count` evenly spaced slots from `not_before` on, at the
 -- session tenant's pace (rate_batch_size per rate_batch_interval_seconds) or
@@ -501,7 +551,7 @@ create policy select_admin on herald_public.messages for select to :DATABASE_ADM
 
 grant select on herald_public.messages to :DATABASE_MEMBER, :DATABASE_WORKER, :DATABASE_ADMIN;
 -- Members write through send_message; status moves only by the worker and cancel_message.
-grant insert (channel, template_id, body, subject, html_body, contact_ids, list_ids, tag_ids, all_contacts,
+grant insert (tenant_id, channel, template_id, body, subject, html_body, contact_ids, list_ids, tag_ids, all_contacts,
               scheduled_at, idempotency_key, request_fingerprint, metadata, created_by)
   on herald_public.messages to :DATABASE_MEMBER;
 grant update (status, recipient_count, fan_out_cursor, fanned_out_at) on herald_public.messages to :DATABASE_WORKER;

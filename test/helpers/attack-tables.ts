@@ -142,4 +142,53 @@ export const TABLES: TableSpec[] = [
     set: "from_email = from_email",
     insertInto: (victim) => ({ sql: "insert into herald_public.email_senders (tenant_id, from_email) values ($1, 'evil@evil.test')", params: [victim.id] }),
   },
+  {
+    table: "herald_public.templates",
+    columns: "tenant_id, id, name, body",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.templateId] }),
+    set: "body = 'pwned'",
+    insertInto: (victim) => ({ sql: "insert into herald_public.templates (tenant_id, channel, name, body) values ($1, 'sms', 'evil', 'x')", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.messages",
+    columns: "tenant_id, id, status, body, contact_ids",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.messageId] }),
+    set: "canceled_at = now()",
+    insertInto: (victim) => ({ sql: "insert into herald_public.messages (tenant_id, channel, body) values ($1, 'sms', 'x')", params: [victim.id] }),
+  },
+  {
+    table: "herald_public.deliveries",
+    columns: "tenant_id, id, status, contact_id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.deliveryId] }),
+    set: "status = 'delivered'",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.deliveries (tenant_id, message_id, contact_id, channel, status) values ($1, $2, $3, 'sms', 'skipped')",
+      params: [victim.id, victim.messageId, victim.contactId],
+    }),
+  },
+  {
+    table: "herald_public.suppressions",
+    columns: "tenant_id, id, kind, reason",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.suppressionId] }),
+    set: "reason = reason", // nothing is updatable: the grant refuses
+    insertInto: (victim) => ({
+      sql: `insert into herald_public.suppressions (tenant_id, kind, address_encrypted, address_hash, key_version, hash_version, reason)
+            values ($1, 'phone', '\\x00'::bytea, '\\x00'::bytea, 1, 1, 'manual')`,
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_hidden.monthly_usage",
+    columns: "tenant_id, month, messages",
+    victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
+    set: "messages = 0",
+    insertInto: (victim) => ({ sql: "insert into herald_hidden.monthly_usage (tenant_id, month) values ($1, '2001-01-01')", params: [victim.id] }),
+  },
+  {
+    table: "herald_hidden.send_plans",
+    columns: "tenant_id, scope, next_at",
+    victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
+    set: "next_at = now()",
+    insertInto: (victim) => ({ sql: "insert into herald_hidden.send_plans (tenant_id, scope, next_at) values ($1, 'evil', now())", params: [victim.id] }),
+  },
 ];

@@ -27,11 +27,28 @@ export interface TenantFixture {
   providerSecret: string;
   senderNumberId: string;
   emailSenderId: string;
+  /** A template, a message (a request only: its fan-out job is removed), a delivery of it, a suppression. */
+  templateId: string;
+  messageId: string;
+  deliveryId: string;
+  suppressionId: string;
 }
 
 type TenantRows = Omit<
   TenantFixture,
-  "contactId" | "contactPhone" | "contactEmail" | "tagId" | "listId" | "providerAccountId" | "providerSecret" | "senderNumberId" | "emailSenderId"
+  | "contactId"
+  | "contactPhone"
+  | "contactEmail"
+  | "tagId"
+  | "listId"
+  | "providerAccountId"
+  | "providerSecret"
+  | "senderNumberId"
+  | "emailSenderId"
+  | "templateId"
+  | "messageId"
+  | "deliveryId"
+  | "suppressionId"
 >;
 
 async function seedTenant(client: pg.PoolClient, slug: string, name: string): Promise<TenantRows> {
@@ -78,7 +95,7 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
     ]);
     return { providerAccountId: account.id, providerSecret, senderNumberId: number.id, emailSenderId: sender.id };
   });
-  return withSession(db.authenticator, { role: ROLES.worker, tenantId: tenant.id, settings }, async (client) => {
+  const audience = await withSession(db.authenticator, { role: ROLES.worker, tenantId: tenant.id, settings }, async (client) => {
     const one = async (sql: string, params: unknown[]) => (await client.query(sql, params)).rows[0];
     const contact = await one("select contact_id from herald_hidden.upsert_contacts($1)", [
       JSON.stringify([{ first_name: `Person of ${tenant.slug}`, phone: contactPhone, email: contactEmail }]),
@@ -87,8 +104,32 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
     const list = await one("insert into herald_public.lists (name) values ('newsletter') returning id", []);
     await client.query("insert into herald_public.contact_tags (contact_id, tag_id) values ($1, $2)", [contact.contact_id, tag.id]);
     await client.query("insert into herald_public.list_members (contact_id, list_id) values ($1, $2)", [contact.contact_id, list.id]);
-    return { ...tenant, ...providers, contactId: contact.contact_id, contactPhone, contactEmail, tagId: tag.id, listId: list.id };
+    return { contactId: contact.contact_id as string, tagId: tag.id as string, listId: list.id as string };
   });
+  // Sending, as the owner would: a template, a message to the contact, a suppression.
+  const sending = await withSession(db.authenticator, { role: ROLES.member, tenantId: tenant.id, userId: tenant.ownerId, settings }, async (client) => {
+    const one = async (sql: string, params: unknown[]) => (await client.query(sql, params)).rows[0];
+    const template = await one("insert into herald_public.templates (channel, name, body) values ('sms', 'hello', 'Hi {{first_name|there}}') returning id", []);
+    // Scheduled far ahead, so that no worker running meanwhile starts its fan-out before the job is removed below.
+    const message = await one("select id from herald_public.send_message('sms', $1, contact_ids => $2, scheduled_at => now() + interval '300 days')", [
+      template.id,
+      [audience.contactId],
+    ]);
+    const suppression = await one("select id from herald_public.add_suppression('email', $1, 'bounce')", [`bounced@${tenant.slug}.test`]);
+    return { templateId: template.id as string, messageId: message.id as string, suppressionId: suppression.id as string };
+  });
+  // The message stays a request (no worker should send it in other tests); its delivery is written as the fan-out would.
+  const deliveryId = await committed(db, async (client) => {
+    await client.query("select graphile_worker.remove_job($1)", [`message:${sending.messageId}`]);
+    await client.query("insert into herald_hidden.monthly_usage (tenant_id, month, messages) values ($1, date_trunc('month', now())::date, 0)", [tenant.id]);
+    await client.query("insert into herald_hidden.send_plans (tenant_id, scope, next_at) values ($1, 'tenant', now())", [tenant.id]);
+    const { rows } = await client.query(
+      "insert into herald_public.deliveries (tenant_id, message_id, contact_id, channel, status, reason) values ($1, $2, $3, 'sms', 'skipped', 'fixture') returning id",
+      [tenant.id, sending.messageId, audience.contactId],
+    );
+    return rows[0].id as string;
+  });
+  return { ...tenant, ...providers, ...audience, ...sending, deliveryId, contactPhone, contactEmail };
 }
 
 export async function seedTwoTenants(db: TestDb): Promise<{ a: TenantFixture; b: TenantFixture }> {
