@@ -1,9 +1,10 @@
 import "../src/env-defaults.ts";
 import { benchContacts } from "./contacts.ts";
+import { benchPipeline } from "./pipeline.ts";
 import { benchRls } from "./rls.ts";
 
-/** `npm run bench [-- rls|contacts]`: every benchmark, or the one named. Ratios come from one run each. */
-const benches: Record<string, () => Promise<void>> = { rls: benchRls, contacts: benchContacts };
+/** `npm run bench [-- rls|contacts|pipeline]`: every benchmark, or the one named. Ratios come from one run each. */
+const benches: Record<string, () => Promise<void>> = { rls: benchRls, contacts: benchContacts, pipeline: benchPipeline };
 const asked = process.argv.slice(2);
 const unknown = asked.filter((name) => !benches[name]);
 if (unknown.length > 0) {

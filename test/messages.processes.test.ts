@@ -133,7 +133,7 @@ describe("a worker process killed mid-broadcast", () => {
     await startWorkerProcess(concurrency);
     const result = await settled(db.current, messageId, 120_000);
     server.sandbox.setFaults({});
-    expect(result.byStatus).toEqual({ sent: 2000 });
+    expect(result.byStatus, JSON.stringify(result)).toEqual({ sent: 2000 });
     const all = received();
     const distinct = new Set(all.map((m) => m.to));
     expect(distinct.size).toBe(2000);

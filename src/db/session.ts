@@ -19,22 +19,20 @@ export interface SessionContext {
  * caller whose login could act without the SET ROLE fails loudly instead.
  */
 export async function enterSession(client: pg.ClientBase, context: SessionContext): Promise<void> {
-  await client.query(
+  // One statement: the role and claims, then the further settings (bind
+  // parameters, never literals: these values may be keys), then who we now
+  // are, all evaluated in that order.
+  const settings = context.settings ?? {};
+  const { rows } = await client.query<{ current_user: string }>(
     `select set_config('role', $1, true),
             set_config('jwt.claims.tenant_id', $2, true),
-            set_config('jwt.claims.user_id', $3, true)`,
-    [context.role, context.tenantId ?? "", context.userId ?? ""],
+            set_config('jwt.claims.user_id', $3, true),
+            (select count(*) from unnest($4::text[], $5::text[]) as s(name, value) where set_config(name, value, true) is not null),
+            current_user`,
+    [context.role, context.tenantId ?? "", context.userId ?? "", Object.keys(settings), Object.values(settings)],
   );
-  if (context.settings && Object.keys(context.settings).length > 0) {
-    // Bind parameters, never literals: these values may be keys.
-    await client.query("select set_config(name, value, true) from unnest($1::text[], $2::text[]) as s(name, value)", [
-      Object.keys(context.settings),
-      Object.values(context.settings),
-    ]);
-  }
-  const { rows: who } = await client.query<{ current_user: string }>("select current_user");
-  if (who[0]?.current_user !== context.role) {
-    throw new Error(`session runs as ${who[0]?.current_user}, not ${context.role}`);
+  if (rows[0]?.current_user !== context.role) {
+    throw new Error(`session runs as ${rows[0]?.current_user}, not ${context.role}`);
   }
 }
 

@@ -120,18 +120,19 @@ export async function decide(client: pg.ClientBase, deliveryId: string): Promise
   if (d.channel !== "email" && !isValidPhoneNumber(to)) return finish(client, deliveryId, "skipped", "invalid_phone");
   if (d.quiet_until) return holdBack(client, deliveryId, d.quiet_until, "quiet_hours");
 
-  // Last, because it locks the tenant's usage row until this transaction ends.
-  const { rows } = await client.query<{ month: string | null; next_month: Date }>(
-    `select herald_hidden.count_toward_cap()::text as month,
-            (date_trunc('month', now() at time zone 'UTC') + interval '1 month') at time zone 'UTC' as next_month`,
-  );
-  if (!rows[0]!.month) return holdBack(client, deliveryId, rows[0]!.next_month, "monthly_cap");
-  await client.query(
+  // The claim, counted toward the month if the cap allows, in one statement;
+  // last, because it locks the tenant's usage row until this transaction ends.
+  const { rowCount } = await client.query(
     `update herald_public.deliveries
-        set status = 'sending', reason = null, error_code = null, claimed_at = now(), attempts = attempts + 1, counted_month = $2
-      where tenant_id = herald_public.current_tenant_id() and id = $1`,
-    [deliveryId, rows[0]!.month],
+        set status = 'sending', reason = null, error_code = null, claimed_at = now(), attempts = attempts + 1, counted_month = c.month
+       from (select herald_hidden.count_toward_cap() as month) c
+      where tenant_id = herald_public.current_tenant_id() and id = $1 and c.month is not null`,
+    [deliveryId],
   );
+  if (!rowCount) {
+    const now = new Date();
+    return holdBack(client, deliveryId, new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1)), "monthly_cap");
+  }
   return { kind: "send", delivery: d, to, content: renderFor(d) };
 }
 

@@ -43,11 +43,14 @@ export async function runDelivery(options: {
     [deliveryId],
   );
   if (!rows[0]!.locked) return { kind: "later", until: new Date(Date.now() + 5_000), reason: "busy in another job" };
-
-  const decision = await transaction((client) => decide(client, deliveryId));
-  if (decision.kind === "send") return transaction((client) => send(client, options, decision.delivery, decision.to, decision.content));
-  if (decision.kind === "reconcile") return reconcile(options, decision.delivery, decision.to, decision.content);
-  return decision;
+  try {
+    const decision = await transaction((client) => decide(client, deliveryId));
+    if (decision.kind === "send") return await transaction((client) => send(client, options, decision.delivery, decision.to, decision.content));
+    if (decision.kind === "reconcile") return await reconcile(options, decision.delivery, decision.to, decision.content);
+    return decision;
+  } finally {
+    await options.lockClient.query("select pg_advisory_unlock(hashtext('herald.delivery'), hashtext($1))", [deliveryId]);
+  }
 }
 
 async function send(

@@ -70,7 +70,16 @@ export async function withTenantConnection<T>(
   fn: (transaction: TenantTransaction, client: pg.PoolClient) => Promise<T>,
 ): Promise<T> {
   if (!tenantContext) throw new Error("withTenantConnection used before the worker started");
-  const { pool, keyring } = tenantContext;
+  return withWorkerConnection(tenantContext.pool, tenantContext.keyring, tenantId, fn);
+}
+
+/** withTenantConnection on a given pool and keyring (benchmarks and tools outside a worker). */
+export async function withWorkerConnection<T>(
+  pool: pg.Pool,
+  keyring: Keyring,
+  tenantId: string,
+  fn: (transaction: TenantTransaction, client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
   const settings = await keyring.sessionSettings(pool, tenantId);
   const client = await pool.connect();
   let clean = true;
