@@ -1,7 +1,7 @@
 import type { Task } from "graphile-worker";
 import { z } from "zod";
 import { runDelivery, type Outcome } from "../src/messages/deliver.ts";
-import { pacingPool, providerClients, withTenantConnection } from "../src/worker/tenant-context.ts";
+import { pacingPool, providerClients, withTenantConnection, workerProcessId } from "../src/worker/tenant-context.ts";
 
 /**
  * Deliveries, one after the other on one connection (src/messages/deliver.ts):
@@ -34,7 +34,7 @@ const task: Task<"delivery__send"> = async (rawPayload, helpers) => {
     for (const deliveryId of ids) {
       let outcome: Outcome;
       try {
-        outcome = await runDelivery({ deliveryId, tenantId: payload.tenant_id, transaction, lockClient, clients: providerClients(), pacingPool: pacingPool() });
+        outcome = await runDelivery({ deliveryId, tenantId: payload.tenant_id, transaction, lockClient, clients: providerClients(), pacingPool: pacingPool(), processId: workerProcessId() });
       } catch (error) {
         if (ids.length === 1) throw error; // graphile-worker retries it, with backoff
         helpers.logger.error(`delivery ${deliveryId}: ${(error as Error).message}; retrying it in a job of its own`);

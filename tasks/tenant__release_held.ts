@@ -16,8 +16,11 @@ declare global {
 }
 
 export default rowTask(async (client, tenantId, helpers) => {
+  // Due now (a delivery's job does not send it before its run_at).
   const { rows } = await client.query<{ id: string }>(
-    "select id from herald_public.deliveries where tenant_id = herald_public.current_tenant_id() and status = 'queued' and reason = 'monthly_cap'",
+    `update herald_public.deliveries set run_at = now()
+      where tenant_id = herald_public.current_tenant_id() and status = 'queued' and reason = 'monthly_cap'
+      returning id`,
   );
   if (rows.length === 0) return;
   await helpers.withPgClient((queue) =>

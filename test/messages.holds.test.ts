@@ -150,6 +150,7 @@ describe("checks at send time", () => {
     // The window opens (as if the clock had moved): the waiting job sends it.
     await asRoot(db.current, async (c) => {
       await c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '23:59:59' where tenant_id = $1", [t.id]);
+      await c.query("update herald_public.deliveries set run_at = now() where id = $1", [delivery.id]);
       await c.query(
         `update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t
           where t.id = j.task_id and t.identifier = 'delivery__send' and j.payload->>'id' = $1`,
@@ -211,8 +212,12 @@ describe("the provider's answers", () => {
     server.sandbox.setFaults({});
     await settled(db.current, messageId, 30_000);
     const [delivery] = await deliveryOf(messageId);
-    expect(delivery).toMatchObject({ status: "sent", reason: "reconciled: the provider had accepted it" });
+    expect(delivery).toMatchObject({ status: "sent", reason: "reconciled: the provider had accepted it", attempts: 1 });
     expect(received().filter((m) => m.body === "Exactly once")).toHaveLength(1);
+    // The message id the provider gave, found by the lookup.
+    expect((await db.current.root.query("select provider_message_id from herald_public.deliveries where message_id = $1", [messageId])).rows[0].provider_message_id).toBe(
+      received().find((m) => m.body === "Exactly once")!.id,
+    );
   });
 
   it("a 5xx before acceptance is looked up, found absent, and sent again once", async () => {
@@ -224,5 +229,8 @@ describe("the provider's answers", () => {
     await settled(db.current, messageId, 30_000);
     expect(await deliveryOf(messageId)).toMatchObject([{ status: "sent", attempts: 2 }]);
     expect(received().filter((m) => m.body === "After the outage")).toHaveLength(1);
+    // Counted once toward the month, though claimed twice.
+    const { rows } = await db.current.root.query("select messages from herald_hidden.monthly_usage where tenant_id = $1", [t.id]);
+    expect(rows[0].messages).toBe(1);
   });
 });

@@ -5,7 +5,7 @@ import { ROLES } from "../src/db/urls.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant } from "./helpers/fixtures.ts";
-import { asOwner, readyToSend, seedAudience, settled, startSandboxServer, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { asOwner, asRoot, readyToSend, seedAudience, settled, startSandboxServer, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 
 /**
  * Real worker processes (`node src/main.ts --worker-only`, as `npm run worker`
@@ -95,10 +95,27 @@ describe("pacing with three worker processes", () => {
     await Promise.all([startWorkerProcess(4), startWorkerProcess(4), startWorkerProcess(4)]);
     const first = await seedAudience(db.current, t, { count: 12, exchange: 801, list: "first" });
     const second = await seedAudience(db.current, t, { count: 12, exchange: 802, list: "second" });
+    // Scheduled a moment ahead, so that both are fanned out (planned) before any is sent…
+    const at = new Date(Date.now() + 4_000).toISOString();
     const messages = await Promise.all([
-      send(t, { channel: "sms", body: "Paced one", listIds: [first.listId], metadata: { from: numbers[0] } }),
-      send(t, { channel: "sms", body: "Paced two", listIds: [second.listId], metadata: { from: numbers[1] } }),
+      send(t, { channel: "sms", body: "Paced one", listIds: [first.listId], metadata: { from: numbers[0] }, scheduledAt: at }),
+      send(t, { channel: "sms", body: "Paced two", listIds: [second.listId], metadata: { from: numbers[1] }, scheduledAt: at }),
     ]);
+    await waitFor(async () => {
+      const { rows } = await db.current.root.query("select count(*)::int as n from herald_public.messages where id = any($1) and status = 'fanned_out'", [messages]);
+      return rows[0].n === 2;
+    });
+    // …then every delivery is made due at once, as after a worker outage: the
+    // plan no longer spaces anything, and the jobs of 3 processes compete.
+    // Only the send-time gate, shared in Postgres, keeps the pace.
+    await asRoot(db.current, async (c) => {
+      await c.query("update herald_public.deliveries set run_at = now() where message_id = any($1)", [messages]);
+      await c.query(
+        `update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks k
+          where k.id = j.task_id and k.identifier = 'delivery__send' and j.payload->>'tenant_id' = $1`,
+        [t.id],
+      );
+    });
     for (const id of messages) expect((await settled(db.current, id, 60_000)).byStatus).toEqual({ sent: 12 });
 
     const received = server.sandbox.messages.filter((m) => m.account === sid);
@@ -138,6 +155,8 @@ describe("a worker process killed mid-broadcast", () => {
     const distinct = new Set(all.map((m) => m.to));
     expect(distinct.size).toBe(2000);
     const duplicates = all.length - distinct.size;
+    // The kill landed mid-send: the recovery path was exercised, not skipped.
+    expect(inFlight[0].n).toBeGreaterThan(0);
     const { rows: reconciled } = await db.current.root.query("select count(*)::int as n from herald_public.deliveries where message_id = $1 and reason like 'reconciled%'", [messageId]);
     process.stdout.write(
       `kill -9: ${atKill} received at the kill, ${inFlight[0].n} deliveries left 'sending', ${reconciled[0].n} reconciled, ${duplicates} duplicates\n`,

@@ -1,5 +1,5 @@
 --! Previous: sha1:b1d4ed76a503661e3c0ab85e1097a1849ee0d03d
---! Hash: sha1:614de7f9cb7cf154ba5d06771be7f637024e33b7
+--! Hash: sha1:a0c79460894fff5f905f9c35dfbdaf3d9386aa34
 --! Message: Send pipeline: templates, suppressions, messages, deliveries, pacing
 
 --
@@ -29,6 +29,7 @@ drop function if exists herald_hidden.plan_send_slots(integer, timestamptz, text
 drop table if exists herald_hidden.send_plans cascade;
 drop function if exists herald_private.reserve_send_slot(uuid, interval, text, interval, interval);
 drop function if exists herald_private.tg_messages__cancel() cascade;
+drop function if exists herald_private.tg_messages__check() cascade;
 drop function if exists herald_private.tg_messages__cancel_deliveries() cascade;
 drop type if exists herald_public.message_stats cascade;
 drop type if exists herald_public.message_reason_count cascade;
@@ -520,6 +521,25 @@ create index messages_created on herald_public.messages (tenant_id, created_at d
 create trigger _100_timestamps before insert or update on herald_public.messages
   for each row execute function herald_private.tg__timestamps();
 
+-- Whoever inserts a message (send_message, or a member's own INSERT), it
+-- records the session's user, and a template of its channel.
+create function herald_private.tg_messages__check() returns trigger
+  language plpgsql
+  set search_path = ''
+as $$
+begin
+  new.created_by := herald_public.current_user_id();
+  if new.template_id is not null and not exists (
+       select 1 from herald_public.templates t
+        where t.tenant_id = new.tenant_id and t.id = new.template_id and t.channel = new.channel) then
+    raise exception 'template is not a % template of this tenant', new.channel using errcode = '22023', column = 'templateId';
+  end if;
+  return new;
+end;
+$$;
+create trigger _200_check before insert on herald_public.messages
+  for each row execute function herald_private.tg_messages__check();
+
 -- The fan-out job runs at the scheduled time (or now); one per message.
 create function herald_private.tg_messages__enqueue_fan_out() returns trigger
   language plpgsql volatile security definer
@@ -581,11 +601,17 @@ create table herald_public.deliveries (
   run_at timestamptz not null default now(),
   attempts integer not null default 0,
   claimed_at timestamptz,
+  -- The worker process that claimed it (herald_private.worker_processes):
+  -- once that process is known dead, a `sending` delivery is reconciled at once.
+  claimed_by text constraint deliveries_claimed_by_length check (length(claimed_by) <= 200),
   provider text constraint deliveries_provider check (provider in ('tenant', 'system')),
   provider_account_id uuid,
   provider_message_id text constraint deliveries_provider_message_id_length check (length(provider_message_id) <= 200),
   from_address text,
   segments integer,
+  -- SHA-256 (hex) of the body as rendered when claimed: what a reconciliation
+  -- looks for at the provider, whatever the template or contact says since.
+  content_sha256 text constraint deliveries_content_sha256_format check (content_sha256 ~ '^[0-9a-f]{64}$'),
   -- The usage month this delivery was counted in (monthly cap), if any.
   counted_month date,
   sent_at timestamptz,
@@ -609,6 +635,8 @@ comment on constraint deliveries_contact_fkey on herald_public.deliveries is E'@
 comment on constraint deliveries_provider_account_fkey on herald_public.deliveries is E'@fieldName providerAccount\n@foreignFieldName deliveries';
 comment on constraint deliveries_message_contact_unique on herald_public.deliveries is E'@behavior -*';
 comment on column herald_public.deliveries.counted_month is E'@behavior -*';
+comment on column herald_public.deliveries.content_sha256 is E'@behavior -*';
+comment on column herald_public.deliveries.claimed_by is E'@behavior -*';
 comment on column herald_public.deliveries.reason is
   E'Why it was skipped or failed, or why it is still waiting (`quiet_hours`, `monthly_cap`, …).';
 create index deliveries_by_message_status on herald_public.deliveries (tenant_id, message_id, status);
@@ -663,8 +691,8 @@ create policy select_admin on herald_public.deliveries for select to :DATABASE_A
 
 grant select on herald_public.deliveries to :DATABASE_MEMBER, :DATABASE_WORKER, :DATABASE_ADMIN;
 grant insert (tenant_id, message_id, contact_id, channel, status, reason, run_at) on herald_public.deliveries to :DATABASE_WORKER;
-grant update (status, reason, error_code, run_at, attempts, claimed_at, provider, provider_account_id, provider_message_id,
-              from_address, segments, counted_month, sent_at, completed_at)
+grant update (status, reason, error_code, run_at, attempts, claimed_at, claimed_by, provider, provider_account_id, provider_message_id,
+              from_address, segments, content_sha256, counted_month, sent_at, completed_at)
   on herald_public.deliveries to :DATABASE_WORKER;
 
 -------------------------------------------------------------------------------
@@ -1071,9 +1099,11 @@ declare
   v_local timestamp;
   v_open boolean;
 begin
-  -- A contact's zone is free text: one Postgres does not know falls back to
-  -- the tenant's (checked by trying it, far cheaper than scanning pg_timezone_names).
-  if tz is not null then
+  -- A contact's zone is free text: only an IANA name (Area/City, or UTC) that
+  -- Postgres knows is used, else the tenant's. Tried rather than looked up in
+  -- pg_timezone_names (far slower); the shape test keeps out POSIX strings
+  -- such as 'UTC+5' and abbreviations, which Postgres reads differently.
+  if tz ~ '^([A-Za-z_]+(/[A-Za-z0-9_+-]+)+|UTC)$' then
     begin
       v_local := now() at time zone tz;
       v_zone := tz;

@@ -65,6 +65,7 @@ async function configureDatabase(adminUrl: string, name: string) {
   const client = new pg.Client({ connectionString: withDatabase(adminUrl, name) });
   await client.connect();
   try {
+    await client.query("select pg_advisory_lock($1)", [BOOTSTRAP_LOCK]); // concurrent CREATE EXTENSIONs collide too
     await client.query(`alter database ${quoteIdent(name)} owner to ${ROLES.owner}`);
     await client.query(`revoke all on database ${quoteIdent(name)} from public`);
     await client.query(`grant connect on database ${quoteIdent(name)} to ${ROLES.authenticator}`);
@@ -76,6 +77,9 @@ async function configureDatabase(adminUrl: string, name: string) {
     await client.end();
   }
 }
+
+/** An arbitrary constant: the advisory lock that serialises bootstraps on one server. */
+const BOOTSTRAP_LOCK = 4_834_201;
 
 export async function bootstrapDatabase(options: {
   adminUrl: string;
@@ -95,6 +99,10 @@ export async function bootstrapDatabase(options: {
     if (rows[0]!.version < 150000) {
       throw new Error(`Herald needs PostgreSQL 15 or newer; this server is ${rows[0]!.version}`);
     }
+    // Several processes may start at once (workers scaling out, test files):
+    // one at a time here, or two ALTER ROLEs on one role collide ("tuple
+    // concurrently updated"). Released with the session.
+    await client.query("select pg_advisory_lock($1)", [BOOTSTRAP_LOCK]);
     await ensureRoles(client, passwords);
     if (await ensureDatabase(client, database, template)) {
       logger.info({ database }, "created database");

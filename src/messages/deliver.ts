@@ -1,6 +1,6 @@
 import type pg from "pg";
 import { sendEmail, SendDeferred, SendError, sendSms, type ProviderClients, type Sent } from "../providers/send.ts";
-import { decide, holdBack, type Decision, type DeliveryRow } from "./claim.ts";
+import { decide, holdBack, sha256, type Decision, type DeliveryRow } from "./claim.ts";
 import { gate } from "./pacing.ts";
 import { findAcceptedSms } from "./reconcile.ts";
 import type { Content } from "./render.ts";
@@ -9,11 +9,11 @@ import type { TenantTransaction } from "../worker/tenant-context.ts";
 /**
  * One delivery, start to finish, as a state machine:
  *
- *   queued ──claim──▶ sending ──accepted──▶ sent ──(callbacks)──▶ delivered | failed | undelivered
+ *   queued ──pace, claim──▶ sending ──accepted──▶ sent ──(callbacks)──▶ delivered | failed | undelivered
  *     │                 │ └─refused, permanent──▶ failed
  *     │                 │ └─429, refused for now──▶ queued (retry later, with backoff)
  *     │                 └─timeout, 5xx, crash──▶ unknown ──reconcile──▶ sent | queued (certainly not accepted)
- *     └─ skipped (unsubscribed, suppressed, no address, …) | canceled | held back (quiet hours, monthly cap)
+ *     └─ skipped (unsubscribed, suppressed, no address, …) | canceled | held back (quiet hours, pacing, monthly cap)
  *
  * Each step is its own transaction; the job holds a session advisory lock on
  * the delivery for its whole run, so two jobs for one delivery (a retry and a
@@ -36,6 +36,7 @@ export async function runDelivery(options: {
   lockClient: pg.ClientBase;
   clients: ProviderClients;
   pacingPool: pg.Pool;
+  processId: string;
 }): Promise<Outcome> {
   const { deliveryId, transaction } = options;
   const { rows } = await options.lockClient.query<{ locked: boolean }>(
@@ -44,8 +45,8 @@ export async function runDelivery(options: {
   );
   if (!rows[0]!.locked) return { kind: "later", until: new Date(Date.now() + 5_000), reason: "busy in another job" };
   try {
-    const decision = await transaction((client) => decide(client, deliveryId));
-    if (decision.kind === "send") return await transaction((client) => send(client, options, decision.delivery, decision.to, decision.content));
+    const decision = await transaction((client) => decide(client, deliveryId, options));
+    if (decision.kind === "send") return await transaction((client) => send(client, options, decision));
     if (decision.kind === "reconcile") return await reconcile(options, decision.delivery, decision.to, decision.content);
     return decision;
   } finally {
@@ -56,21 +57,27 @@ export async function runDelivery(options: {
 async function send(
   client: pg.PoolClient,
   options: { tenantId: string; clients: ProviderClients; pacingPool: pg.Pool },
-  d: DeliveryRow,
-  to: string,
-  content: Content,
+  claimed: Extract<Decision, { kind: "send" }>,
 ): Promise<Outcome> {
-  const pace = gate({ pacingPool: options.pacingPool, client, clients: options.clients, tenantId: options.tenantId, tenantStepMs: d.tenant_step_ms });
+  const { delivery: d, to, content, route } = claimed;
+  // Paced before the claim (claim.ts); only a fallback to the system's sender still needs a slot.
+  const paceOthers = gate({ pacingPool: options.pacingPool, client, clients: options.clients, tenantId: options.tenantId, tenantStepMs: d.tenant_step_ms });
+  const pace = async (from: string, channel: "sms" | "whatsapp" | "email") => {
+    if (from !== route.from) await paceOthers(from, channel);
+  };
+  const known = { pace, account: route.account, settings: route.settings };
   try {
     const sent =
       d.channel === "email"
-        ? await sendEmail(client, options.clients, { to, subject: content.subject ?? "", text: content.body, html: content.html_body ?? undefined, from: d.metadata.from }, { pace })
-        : await sendSms(client, options.clients, { to, body: content.body, from: d.metadata.from, channel: d.channel }, { pace });
+        ? await sendEmail(client, options.clients, { to, subject: content.subject ?? "", text: content.body, html: content.html_body ?? undefined, from: d.metadata.from }, known)
+        : await sendSms(client, options.clients, { to, body: content.body, from: d.metadata.from, channel: d.channel }, known);
     await recordSent(client, d, sent, content, null);
     return { kind: "sent", sent };
   } catch (error) {
     if (error instanceof SendDeferred) {
+      // Not an attempt: nothing reached a provider.
       await uncount(client, d);
+      await client.query("update herald_public.deliveries set attempts = attempts - 1 where tenant_id = herald_public.current_tenant_id() and id = $1", [d.id]);
       return holdBack(client, d.id, error.until, null);
     }
     if (!(error instanceof SendError)) throw error; // the transaction rolls back; the delivery stays `sending`
@@ -111,12 +118,15 @@ async function reconcile(
   }
   const since = new Date((d.claimed_at ?? new Date()).getTime() - 60_000);
   // In its own transaction: the lookup needs the account's credential, decrypted in the tenant's session.
-  const found = await transaction((client) => findAcceptedSms(client, clients, { to, body: content.body, channel: d.channel as "sms" | "whatsapp", since }));
+  const bodySha256 = d.content_sha256 ?? sha256(content.body);
+  const found = await transaction((client) => findAcceptedSms(client, clients, { to, bodySha256, channel: d.channel as "sms" | "whatsapp", since }));
   return transaction(async (client) => {
     if (found) {
       await recordSent(client, d, found, content, "reconciled: the provider had accepted it");
       return { kind: "sent", sent: found } as Outcome;
     }
+    // Certainly not sent: its place under the cap is given back, and it is claimed afresh.
+    await uncount(client, d);
     return holdBack(client, deliveryId, new Date(), "reconciled: not accepted, sending again");
   });
 }

@@ -1,5 +1,5 @@
 import type pg from "pg";
-import { SendDeferred, type Pace, type ProviderClients } from "../providers/send.ts";
+import { SendDeferred, type ProviderClients } from "../providers/send.ts";
 
 /**
  * The send-time gate: before each provider call, a slot is reserved in
@@ -24,7 +24,8 @@ export function gate(options: {
   clients: ProviderClients;
   tenantId: string;
   tenantStepMs: number;
-}): Pace {
+}): (from: string, channel: "sms" | "whatsapp" | "email") => Promise<number> {
+  // Resolves with the milliseconds waited.
   return async (from, channel) => {
     const senderStepMs = channel === "email" ? null : 1000 / (await messagesPerSecond(options.client, options.clients, from, channel));
     const { rows } = await options.pacingPool.query<{ wait_ms: number; slot: Date }>(
@@ -32,11 +33,13 @@ export function gate(options: {
          from (select herald_private.reserve_send_slot($1, make_interval(secs => $2 / 1000.0), $3,
                                                        make_interval(secs => coalesce($4, 0) / 1000.0),
                                                        make_interval(secs => $5 / 1000.0)) as slot) s`,
-      [options.tenantId, options.tenantStepMs, senderStepMs === null ? null : from, senderStepMs, PACE_HORIZON_MS],
+      // A sender's scope is its channel and number (sender_numbers is unique on both).
+      [options.tenantId, options.tenantStepMs, senderStepMs === null ? null : `${channel}:${from}`, senderStepMs, PACE_HORIZON_MS],
     );
     const { wait_ms: waitMs, slot } = rows[0]!;
     if (waitMs > PACE_HORIZON_MS) throw new SendDeferred(slot);
     if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.ceil(waitMs)));
+    return waitMs;
   };
 }
 

@@ -1,24 +1,25 @@
 import type pg from "pg";
 import { activeAccount, type ProviderClients, type Sent } from "../providers/send.ts";
+import { sha256 } from "./claim.ts";
 
 /**
  * Whether Twilio accepted a message whose send ended in doubt (a timeout, a
  * 5xx, a worker that died mid-call): the recent messages to the recipient, on
- * the tenant's active account and on the system's, are searched for this body
- * since the claim. Twilio lists a message as soon as it accepts it, so absence
+ * the tenant's active account and on the system's, are searched for the body
+ * claimed (by its SHA-256, as rendered then) since the claim. Twilio lists a message as soon as it accepts it, so absence
  * means it was not accepted. Provider errors propagate: no answer, no decision.
  */
 export async function findAcceptedSms(
   client: pg.ClientBase,
   clients: ProviderClients,
-  message: { to: string; body: string; channel: "sms" | "whatsapp"; since: Date },
+  message: { to: string; bodySha256: string; channel: "sms" | "whatsapp"; since: Date },
 ): Promise<Sent | undefined> {
   const account = await activeAccount(client, "twilio", message.channel);
   const address = message.channel === "whatsapp" ? `whatsapp:${message.to}` : message.to;
   const routes = account ? [account, "system" as const] : ["system" as const];
   for (const via of routes) {
     const recent = await clients.twilioFor(via).messages.list({ to: address, limit: 50 });
-    const match = recent.find((m) => m.body === message.body && m.dateCreated >= message.since);
+    const match = recent.find((m) => sha256(m.body) === message.bodySha256 && m.dateCreated >= message.since);
     if (match) {
       return {
         provider: via === "system" ? "system" : "tenant",

@@ -264,30 +264,59 @@ async function clearAccountError(client: pg.ClientBase, accountId: string) {
  */
 export type Pace = (from: string, channel: "sms" | "whatsapp" | "email") => Promise<void>;
 
+export type TenantSettings = Awaited<ReturnType<typeof tenantSettings>>;
+
+/**
+ * Already looked up by the caller (src/messages/claim.ts, which paces before
+ * claiming): the tenant's active account of the kind (null: none) and settings.
+ */
+export interface SendOptions {
+  pace?: Pace;
+  account?: TenantAccount | null;
+  settings?: TenantSettings;
+}
+
+/**
+ * The number an SMS/WhatsApp goes out from, unless the tenant's account fails
+ * and the system's takes over. DESIGN.md's order: the message's own, the
+ * tenant's sms_from (SMS only), then the sending account's default (the
+ * system's HERALD_SMS_FROM, or the tenant account's first sender number).
+ */
+export function intendedSmsSender(
+  clients: ProviderClients,
+  message: { from?: string; channel?: "sms" | "whatsapp" },
+  account: TenantAccount | undefined,
+  settings: TenantSettings,
+): string | undefined {
+  return (
+    message.from ??
+    (message.channel === "whatsapp" ? undefined : (settings.sms_from ?? undefined)) ??
+    (account ? (account.default_number ?? clients.system.twilio.smsFrom) : clients.system.twilio.smsFrom)
+  );
+}
+
+/** The address an email goes out from, unless the system's account takes over. */
+export function intendedEmailSender(clients: ProviderClients, message: { from?: string }, account: TenantAccount | undefined): string | undefined {
+  return message.from ?? (account ? (account.default_email ?? clients.system.sendgrid.emailFrom) : clients.system.sendgrid.emailFrom);
+}
+
 export async function sendSms(
   client: pg.ClientBase,
   clients: ProviderClients,
   message: { to: string; body: string; from?: string; channel?: "sms" | "whatsapp" },
-  options: { pace?: Pace } = {},
+  options: SendOptions = {},
 ): Promise<Sent> {
   const whatsapp = message.channel === "whatsapp";
-  const account = await activeAccount(client, "twilio", whatsapp ? "whatsapp" : "sms");
-  const settings = await tenantSettings(client);
+  const account = options.account !== undefined ? (options.account ?? undefined) : await activeAccount(client, "twilio", whatsapp ? "whatsapp" : "sms");
+  const settings = options.settings ?? (await tenantSettings(client));
   const address = (n: string) => (whatsapp ? `whatsapp:${n}` : n);
   return withFallback(
     client,
     account,
     async (via, fallingBack) => {
-      // DESIGN.md's order: the message's own, the tenant's sms_from (SMS only),
-      // then the sending account's default (the system's HERALD_SMS_FROM, or the
-      // tenant account's first sender number). Falling back to the system's
-      // account, only the system's number can send: a tenant number belongs to
-      // the tenant's account.
-      const from = fallingBack
-        ? clients.system.twilio.smsFrom
-        : (message.from ??
-          (whatsapp ? undefined : (settings.sms_from ?? undefined)) ??
-          (via === "system" ? clients.system.twilio.smsFrom : (via.default_number ?? clients.system.twilio.smsFrom)));
+      // Falling back to the system's account, only the system's number can
+      // send: a tenant number belongs to the tenant's account.
+      const from = fallingBack ? clients.system.twilio.smsFrom : intendedSmsSender(clients, message, via === "system" ? undefined : via, settings);
       if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
       await assertOwnSender(client, clients, whatsapp ? "whatsapp" : "sms", from);
       await options.pace?.(from, whatsapp ? "whatsapp" : "sms");
@@ -302,16 +331,14 @@ export async function sendEmail(
   client: pg.ClientBase,
   clients: ProviderClients,
   message: { to: string; subject: string; text: string; html?: string; from?: string },
-  options: { pace?: Pace } = {},
+  options: SendOptions = {},
 ): Promise<Sent> {
-  const account = await activeAccount(client, "sendgrid");
+  const account = options.account !== undefined ? (options.account ?? undefined) : await activeAccount(client, "sendgrid");
   return withFallback(
     client,
     account,
     async (via, fallingBack) => {
-      const from = fallingBack
-        ? clients.system.sendgrid.emailFrom
-        : (message.from ?? (via === "system" ? clients.system.sendgrid.emailFrom : (via.default_email ?? clients.system.sendgrid.emailFrom)));
+      const from = fallingBack ? clients.system.sendgrid.emailFrom : intendedEmailSender(clients, message, via === "system" ? undefined : via);
       if (!from) throw new SendError("no sender address: give one or set HERALD_EMAIL_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
       await assertOwnSender(client, clients, "email", from);
       await options.pace?.(from, "email");

@@ -20,6 +20,9 @@ export type SendGridClient = Client;
 export function createSendGridClient(apiKey: string, sandboxUrl?: string): SendGridClient {
   const client = new SendGridClientClass();
   client.setApiKey(apiKey);
+  // Like Twilio's SDK (30 s by default): an answer that never comes must end,
+  // as an uncertain send. An axios option the SDK's type does not list.
+  client.setDefaultRequest({ timeout: 30_000 } as never);
   if (sandboxUrl) client.setDefaultRequest("baseUrl", `${sandboxUrl.replace(/\/$/, "")}/sendgrid`);
   return client;
 }

@@ -29,7 +29,14 @@ export async function registerWorkerProcess(options: { ownerUrl: string; events:
   const onError = (error: Error) => options.logger.warn({ err: { message: error.message } }, "worker registry connection failed");
   // Its own connection: the lock must live exactly as long as this process.
   const holder = new pg.Client({ connectionString: options.ownerUrl });
-  holder.on("error", onError);
+  // Losing this connection loses the lock: other workers would take this
+  // process for dead and run its jobs again while it still runs them. It
+  // stops instead (Herald's shutdown handler), to be restarted.
+  let stopping = false;
+  holder.on("error", (error) => {
+    options.logger.error({ err: { message: error.message } }, "lost the worker registry connection; stopping this process");
+    if (!stopping) process.kill(process.pid, "SIGTERM");
+  });
   await holder.connect();
   await holder.query("select pg_advisory_lock($1::bigint)", [lockKey]);
   // Everything else on a pool, so no statement lands inside a sweep's transaction.
@@ -89,6 +96,7 @@ export async function registerWorkerProcess(options: { ownerUrl: string; events:
     processId,
     sweep,
     stop: async () => {
+      stopping = true;
       clearInterval(timer);
       await Promise.all(pending);
       await pool.query("delete from herald_private.worker_processes where process_id = $1", [processId]).catch(onError);

@@ -19,6 +19,8 @@ interface WorkerContext {
   providers?: ProviderClients;
   /** Owner connections for herald_private's pacing functions (src/messages/pacing.ts). */
   pacingPool?: pg.Pool;
+  /** This process in herald_private.worker_processes. */
+  processId?: string;
 }
 
 let tenantContext: WorkerContext | undefined;
@@ -37,6 +39,11 @@ export function providerClients(): ProviderClients {
 export function pacingPool(): pg.Pool {
   if (!tenantContext?.pacingPool) throw new Error("this worker was started without a pacing pool");
   return tenantContext.pacingPool;
+}
+
+export function workerProcessId(): string {
+  if (!tenantContext?.processId) throw new Error("this worker was started without a process registration");
+  return tenantContext.processId;
 }
 
 /** How long this process may keep using a tenant's keys after they change. */

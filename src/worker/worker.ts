@@ -61,11 +61,11 @@ export async function startWorker(options: {
   // Pacing reservations: short statements of their own (src/messages/pacing.ts).
   const pacingPool = new pg.Pool({ connectionString: options.ownerUrl, max: Math.min(4, options.concurrency) });
   pacingPool.on("error", onIdleError);
-  setTenantContext({ pool: tenantPool, keyring: options.keyring, providers: options.providers, pacingPool });
   const events: WorkerEvents = new EventEmitter();
   // Registered before the runner starts, so its worker ids are known and a
   // dead process's jobs are unlocked by whoever starts next.
   const registration = await registerWorkerProcess({ ownerUrl: options.ownerUrl, events, logger: options.logger });
+  setTenantContext({ pool: tenantPool, keyring: options.keyring, providers: options.providers, pacingPool, processId: registration.processId });
   const runner = await run({
     events,
     pgPool: queuePool,
