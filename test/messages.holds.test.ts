@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { createLogger } from "../src/logger.ts";
-import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
+import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant, type TenantFixture } from "./helpers/fixtures.ts";
-import { testKeyring } from "./helpers/keys.ts";
-import { asRoot, asWorker, readyToSend, seedAudience, setRates, settled, startSandboxServer, summary, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { asRoot, asWorker, readyToSend, seedAudience, setRates, settled, startSandboxServer, startSendingWorker, summary, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 
 /**
  * What holds a delivery back, and what ends it early: a schedule, quiet hours,
@@ -23,14 +21,7 @@ let exchange = 700;
 
 beforeAll(async () => {
   server = await startSandboxServer();
-  worker = await startWorker({
-    ownerUrl: db.current.urls.owner,
-    authenticatorUrl: db.current.urls.authenticator,
-    concurrency: 6,
-    keyring: testKeyring(),
-    providers: server.clients,
-    logger: createLogger("silent", 2),
-  });
+  worker = await startSendingWorker(db.current, server, 6);
 });
 
 afterAll(async () => {

@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { createLogger } from "../src/logger.ts";
-import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
+import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { testKeyring } from "./helpers/keys.ts";
-import { asRoot, asWorker, audiencePhone, readyToSend, seedAudience, settled, startSandboxServer, summary, type SandboxServer } from "./helpers/messaging.ts";
+import { asRoot, asWorker, audiencePhone, readyToSend, seedAudience, settled, startSandboxServer, startSendingWorker, summary, type SandboxServer } from "./helpers/messaging.ts";
 
 /**
  * Templates, sendMessage and the fan-out, through GraphQL, the worker, the
@@ -16,7 +14,7 @@ import { asRoot, asWorker, audiencePhone, readyToSend, seedAudience, settled, st
  */
 
 const db = useTestDatabase();
-const api = useApiServer(db, { logger: createLogger("error", 2) });
+const api = useApiServer(db);
 let a: TenantFixture;
 let b: TenantFixture;
 let server: SandboxServer;
@@ -31,14 +29,7 @@ beforeAll(async () => {
   await readyToSend(db.current, server, b);
   tokens.a = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
   tokens.b = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.memberId });
-  worker = await startWorker({
-    ownerUrl: db.current.urls.owner,
-    authenticatorUrl: db.current.urls.authenticator,
-    concurrency: 8,
-    keyring: testKeyring(),
-    providers: server.clients,
-    logger: createLogger("warn", 2),
-  });
+  worker = await startSendingWorker(db.current, server, 8);
 });
 
 afterAll(async () => {

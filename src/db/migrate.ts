@@ -1,6 +1,7 @@
 import fs from "node:fs";
 import path from "node:path";
 import JSON5 from "json5";
+import pg from "pg";
 import { commit, Logger as MigrateLogger, migrate, uncommit, watch, type Settings } from "graphile-migrate";
 // graphile-migrate keeps its pools open for reuse, and its pools' error handler
 // calls process.exit(1): when the embedded server stops, idle connections drop
@@ -26,12 +27,24 @@ export function migrateSettings(urls: DatabaseUrls, logger: Logger): Settings {
   };
 }
 
-/** Apply committed migrations (never current.sql). */
+/** An arbitrary constant: the advisory lock Herald processes queue on before migrating. */
+const MIGRATE_LOCK = 4_834_202;
+
+/**
+ * Apply committed migrations (never current.sql). graphile-migrate only tries
+ * its lock and fails when another process holds it, so several processes
+ * starting at once (workers scaling out) would fail: they queue on a lock of
+ * Herald's first, and each finds the work done by the one before.
+ */
 export async function applyMigrations(urls: DatabaseUrls, logger: Logger): Promise<void> {
+  const queue = new pg.Client({ connectionString: urls.owner });
+  await queue.connect();
   try {
+    await queue.query("select pg_advisory_lock($1)", [MIGRATE_LOCK]);
     await migrate(migrateSettings(urls, logger));
   } finally {
     clearAllPools();
+    await queue.end(); // and with it, the lock
   }
 }
 

@@ -6,6 +6,8 @@ import { inTransaction, withSession } from "../../src/db/session.ts";
 import { ROLES } from "../../src/db/urls.ts";
 import { ProviderClients, systemProviders } from "../../src/providers/send.ts";
 import { createSandbox, type Sandbox } from "../../src/sandbox/sandbox.ts";
+import { createLogger } from "../../src/logger.ts";
+import { startWorker, type WorkerHandle } from "../../src/worker/worker.ts";
 import type { TestDb } from "./db.ts";
 import type { TenantFixture } from "./fixtures.ts";
 import { testKeyring } from "./keys.ts";
@@ -40,6 +42,17 @@ export async function startSandboxServer(keep = 10_000): Promise<SandboxServer> 
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   };
 }
+
+/** An in-process worker sending through this file's sandbox. */
+export const startSendingWorker = (db: TestDb, server: SandboxServer, concurrency: number): Promise<WorkerHandle> =>
+  startWorker({
+    ownerUrl: db.urls.owner,
+    authenticatorUrl: db.urls.authenticator,
+    concurrency,
+    keyring: testKeyring(),
+    providers: server.clients,
+    logger: createLogger("silent", 2),
+  });
 
 /** Committed, as the superuser (arranging data the API would not let a test write directly). */
 export const asRoot = <T>(db: TestDb, fn: (client: pg.PoolClient) => Promise<T>) => inTransaction(db.root, fn);
