@@ -1,5 +1,5 @@
 --! Previous: sha1:b1d4ed76a503661e3c0ab85e1097a1849ee0d03d
---! Hash: sha1:a0c79460894fff5f905f9c35dfbdaf3d9386aa34
+--! Hash: sha1:7a543f79f6f2e9e88e2c9acf0fcc1fa40a893ead
 --! Message: Send pipeline: templates, suppressions, messages, deliveries, pacing
 
 --
@@ -1074,7 +1074,8 @@ begin
   done := contacts < batch_size;
   update herald_public.messages m
      set fan_out_cursor = coalesce(v_ids[contacts], m.fan_out_cursor),
-         recipient_count = m.recipient_count + contacts,
+         -- Those who got a delivery: an id that matched no contact of this tenant is no recipient.
+         recipient_count = m.recipient_count + queued + skipped,
          status = case when done then 'fanned_out' else 'fanning_out' end,
          fanned_out_at = case when done then now() end
    where m.tenant_id = v_tenant and m.id = message_id;
