@@ -18,7 +18,8 @@ import type { TenantTransaction } from "../worker/tenant-context.ts";
  * Each step is its own transaction; the job holds a session advisory lock on
  * the delivery for its whole run, so two jobs for one delivery (a retry and a
  * release, say) never work on it at once, and a `sending` delivery found
- * unlocked belongs to a worker that died.
+ * unlocked belongs to a worker that died or lost its connection (claim.ts
+ * tells which, and waits out the second).
  */
 
 /** A provider refusing the recipient, not the request: retrying cannot help. */
