@@ -150,12 +150,14 @@ export async function summary(db: TestDb, messageId: string): Promise<MessageSum
 export const settled = (db: TestDb, messageId: string, timeoutMs = 60_000) =>
   waitFor(
     async () => {
-      const s = await summary(db, messageId);
       const { rows } = await db.root.query(
         "select count(*)::int as n from herald_public.deliveries where message_id = $1 and (status in ('sending', 'unknown') or (status = 'queued' and reason is distinct from 'quiet_hours' and reason is distinct from 'monthly_cap'))",
         [messageId],
       );
-      return (s.messageStatus === "fanned_out" || s.messageStatus === "canceled") && rows[0].n === 0 && s;
+      if (rows[0].n > 0) return false;
+      // Read after the check: once nothing is in flight, the counts no longer move.
+      const s = await summary(db, messageId);
+      return (s.messageStatus === "fanned_out" || s.messageStatus === "canceled") && s;
     },
     timeoutMs,
     async () => `the message to settle: ${JSON.stringify(await summary(db, messageId))}`,
