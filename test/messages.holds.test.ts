@@ -225,3 +225,30 @@ describe("the provider's answers", () => {
     expect(rows[0].messages).toBe(1);
   });
 });
+
+describe("the sweep", () => {
+  it("gives a job again to an open delivery that has none, so nothing waits forever", async () => {
+    const { t, token, received } = await tenant("orphan");
+    await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set rate_batch_size = 1, rate_batch_interval_seconds = 3600 where tenant_id = $1", [t.id]));
+    const audience = await seedAudience(db.current, t, { count: 2, exchange: exchange++, list: "orphans" });
+    // The second recipient is planned an hour out; its job is then lost, and its time long past.
+    const messageId = await send(token, { channel: "sms", body: "Not forgotten", listIds: [audience.listId] });
+    await waitFor(async () => (await summary(db.current, messageId)).byStatus.sent === 1);
+    const [waiting] = (await deliveryOf(messageId)).filter((d) => d.status === "queued");
+    await asRoot(db.current, async (c) => {
+      await c.query(
+        `delete from graphile_worker._private_jobs j using graphile_worker._private_tasks k
+          where k.id = j.task_id and k.identifier = 'delivery__send' and (j.payload->>'id' = $1 or j.payload::jsonb->'ids' ? $1)`,
+        [waiting.id],
+      );
+      await c.query("update herald_public.deliveries set run_at = now() - interval '1 hour' where id = $1", [waiting.id]);
+      await c.query("update herald_public.tenant_settings set rate_batch_size = 1000, rate_batch_interval_seconds = 1 where tenant_id = $1", [t.id]);
+      // The plan and the gate still hold the hour-long step: clear them as if it had passed.
+      await c.query("delete from herald_hidden.send_plans where tenant_id = $1", [t.id]);
+      await c.query("delete from herald_private.send_pacing where scope like $1", [`%${t.id}%`]);
+      await c.query("select graphile_worker.add_job('deliveries__sweep', '{}'::json)");
+    });
+    await waitFor(async () => (await summary(db.current, messageId)).byStatus.sent === 2);
+    expect(received().filter((m) => m.body === "Not forgotten")).toHaveLength(2);
+  });
+});

@@ -73,7 +73,8 @@ describe("herald__ping", () => {
     );
     // The worker left no job behind, and none failed.
     await withRootDb(db.current, async (c) => {
-      const { rows } = await c.query("select count(*)::int as n from graphile_worker.jobs");
+      // (The periodic sweep may tick meanwhile: it is not the worker's leftover.)
+      const { rows } = await c.query("select count(*)::int as n from graphile_worker.jobs where task_identifier <> 'deliveries__sweep'");
       expect(rows[0].n).toBe(0);
     });
   });

@@ -113,7 +113,7 @@ async function reconcile(
   const { transaction, clients, deliveryId } = options;
   if (d.channel === "email" || !to) {
     await transaction((client) =>
-      setStatus(client, deliveryId, "unknown", "the provider may have accepted it; email cannot be looked up, so it is not sent again", null),
+      setStatus(client, deliveryId, "unknown", "the provider may have accepted it; email cannot be looked up, so it is not sent again", null, true),
     );
     return { kind: "done", status: "unknown" };
   }
@@ -143,12 +143,13 @@ async function recordSent(client: pg.ClientBase, d: DeliveryRow, sent: Sent, con
   );
 }
 
-async function setStatus(client: pg.ClientBase, deliveryId: string, status: "failed" | "unknown", reason: string, code: string | null) {
+/** `final`: nothing more will be tried (failed, or an email that cannot be looked up). */
+async function setStatus(client: pg.ClientBase, deliveryId: string, status: "failed" | "unknown", reason: string, code: string | null, final = status === "failed") {
   await client.query(
     `update herald_public.deliveries
-        set status = $2, reason = $3, error_code = $4, completed_at = case when $2 = 'failed' then now() end
+        set status = $2, reason = $3, error_code = $4, completed_at = case when $5 then now() end
       where tenant_id = herald_public.current_tenant_id() and id = $1`,
-    [deliveryId, status, reason.slice(0, 500), code],
+    [deliveryId, status, reason.slice(0, 500), code, final],
   );
 }
 

@@ -1,7 +1,7 @@
 import type pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
 import type { ProviderClients } from "../providers/send.ts";
-import { enterSession, withSession } from "../db/session.ts";
+import { asAdmin, enterSession, withSession } from "../db/session.ts";
 import { ROLES } from "../db/urls.ts";
 
 /**
@@ -61,6 +61,12 @@ export async function withTenantContext<T>(
   const { pool, keyring } = tenantContext;
   const settings = await keyring.sessionSettings(pool, tenantId, { fresh: options.freshKeys });
   return withSession(pool, { role: ROLES.worker, tenantId, settings }, fn);
+}
+
+/** One transaction as herald_admin (across tenants, through the admin policies): maintenance tasks. */
+export function asAdminSession<T>(fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+  if (!tenantContext) throw new Error("asAdminSession used before the worker started");
+  return asAdmin(tenantContext.pool, fn);
 }
 
 /** Runs `work` in one transaction of the tenant's session on the held connection. */

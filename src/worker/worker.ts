@@ -1,5 +1,5 @@
 import { EventEmitter } from "node:events";
-import { Logger as WorkerLogger, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
+import { Logger as WorkerLogger, parseCronItems, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
 import contactsRekey from "../../tasks/contacts__rekey.ts";
@@ -8,6 +8,7 @@ import domainAuthenticate from "../../tasks/email_domains__authenticate.ts";
 import domainVerify from "../../tasks/email_domains__verify.ts";
 import providerTest from "../../tasks/provider_accounts__test.ts";
 import deliverySend from "../../tasks/delivery__send.ts";
+import deliveriesSweep from "../../tasks/deliveries__sweep.ts";
 import messageCancel from "../../tasks/message__cancel.ts";
 import messageFanOut from "../../tasks/message__fan_out.ts";
 import releaseHeld from "../../tasks/tenant__release_held.ts";
@@ -27,6 +28,7 @@ export const taskList: TaskList = {
   message__cancel: messageCancel as TaskList[string],
   delivery__send: deliverySend as TaskList[string],
   tenant__release_held: releaseHeld as TaskList[string],
+  deliveries__sweep: deliveriesSweep as TaskList[string],
 };
 
 export interface WorkerHandle {
@@ -73,7 +75,9 @@ export async function startWorker(options: {
     // Herald's own shutdown handler stops the worker, then the API, then Postgres.
     noHandleSignals: true,
     pollInterval: 1000,
-    parsedCronItems: [], // no cron yet; without this it looks for a ./crontab file
+    // Given explicitly (otherwise it looks for a ./crontab file). graphile-worker
+    // runs each tick once across all processes.
+    parsedCronItems: parseCronItems([{ task: "deliveries__sweep", match: "*/5 * * * *" }]),
     taskList,
     logger: new WorkerLogger(graphileLogFactory(options.logger.child({ component: "worker" }))),
   });

@@ -1,0 +1,62 @@
+import type { Task } from "graphile-worker";
+import { asAdminSession } from "../src/worker/tenant-context.ts";
+
+/**
+ * Every five minutes (cron, one process at a time): deliveries still open long
+ * after they should have moved on, and with no job that will ever run them —
+ * a job that used up its attempts, one lost to an operator's cleanup — get a
+ * job again. Nothing waits forever. Found as herald_admin (across tenants,
+ * read only); the queue is checked and written on graphile-worker's connection.
+ */
+
+declare global {
+  namespace GraphileWorker {
+    interface Tasks {
+      deliveries__sweep: Record<string, never>;
+    }
+  }
+}
+
+/** Open for this long past its time, a delivery is looked at. */
+const STALE = "10 minutes";
+const LIMIT = 10_000;
+
+const task: Task<"deliveries__sweep"> = async (_payload, helpers) => {
+  const stale = await asAdminSession(async (client) => {
+    const { rows } = await client.query<{ tenant_id: string; id: string }>(
+      `select tenant_id, id from herald_public.deliveries
+        where completed_at is null
+          and ((status = 'queued' and run_at < now() - $1::interval)
+               or (status in ('sending', 'unknown') and updated_at < now() - $1::interval))
+        limit $2`,
+      [STALE, LIMIT],
+    );
+    return rows;
+  });
+  if (stale.length === 0) return;
+  const { rows: orphans } = await helpers.withPgClient((queue) =>
+    queue.query<{ tenant_id: string; id: string }>(
+      `with pending as (
+         select jsonb_array_elements_text(coalesce(j.payload::jsonb -> 'ids', jsonb_build_array(j.payload::jsonb -> 'id'))) as id
+           from graphile_worker._private_jobs j
+           join graphile_worker._private_tasks t on t.id = j.task_id
+          where t.identifier = 'delivery__send' and j.attempts < j.max_attempts
+       )
+       select s.tenant_id, s.id from unnest($1::uuid[], $2::uuid[]) as s(tenant_id, id)
+        where s.id::text not in (select id from pending where id is not null)`,
+      [stale.map((d) => d.tenant_id), stale.map((d) => d.id)],
+    ),
+  );
+  if (orphans.length === 0) return;
+  await helpers.withPgClient((queue) =>
+    queue.query(
+      `select graphile_worker.add_jobs(array(
+         select json_populate_record(null::graphile_worker.job_spec,
+                  json_build_object('identifier', 'delivery__send', 'payload', json_build_object('tenant_id', tenant_id, 'id', id), 'max_attempts', 25))
+           from unnest($1::uuid[], $2::uuid[]) as o(tenant_id, id)))`,
+      [orphans.map((d) => d.tenant_id), orphans.map((d) => d.id)],
+    ),
+  );
+  helpers.logger.warn(`${orphans.length} open deliveries had no job; queued them again`);
+};
+export default task;
