@@ -152,6 +152,28 @@ describe("checks at send time", () => {
     expect(received()).toHaveLength(1);
   });
 
+  it("quiet hours are the contact's own, may wrap midnight, and ignore zones Postgres would misread", async () => {
+    const { t } = await tenant("zones");
+    const opensAt = (tz: string | null, start: string, end: string) =>
+      asWorker(db.current, t, async (c) => {
+        const { rows } = await c.query("select herald_hidden.send_window_opens_at($1, 'UTC', $2, $3) as at", [tz, start, end]);
+        return rows[0].at ? new Date(rows[0].at).toISOString() : null;
+      });
+    const hh = (h: number) => `${String(((h % 24) + 24) % 24).padStart(2, "0")}:00`;
+    const now = new Date();
+    // Tokyo (UTC+9, no DST): the window opens at the next local hour.
+    const tokyo = new Date(now.getTime() + 9 * 3600_000);
+    const tokyoHour = tokyo.getUTCHours();
+    const opensInTokyo = new Date(Date.UTC(tokyo.getUTCFullYear(), tokyo.getUTCMonth(), tokyo.getUTCDate(), tokyoHour + 1) - 9 * 3600_000);
+    expect(await opensAt("Asia/Tokyo", hh(tokyoHour + 1), hh(tokyoHour + 2))).toBe(opensInTokyo.toISOString());
+    // A window that wraps midnight and contains now: open.
+    const utcHour = now.getUTCHours();
+    expect(await opensAt(null, hh(utcHour - 1), hh(utcHour - 2))).toBeNull();
+    // 'UTC+5' is POSIX for UTC-5 and 'PST' has no DST: neither is used; the tenant's zone (UTC) is.
+    const opensInUtc = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate(), utcHour + 1)).toISOString();
+    for (const misread of ["UTC+5", "+05:30", "PST", "Not/AZone"]) expect(await opensAt(misread, hh(utcHour + 1), hh(utcHour + 2)), misread).toBe(opensInUtc);
+  });
+
   it("the monthly cap holds deliveries back with a reason, and raising it releases them", async () => {
     const { t, token, received } = await tenant("capped");
     await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set monthly_message_cap = 2 where tenant_id = $1", [t.id]));
