@@ -38,6 +38,7 @@ const MIGRATE_LOCK = 4_834_202;
  */
 export async function applyMigrations(urls: DatabaseUrls, logger: Logger): Promise<void> {
   const queue = new pg.Client({ connectionString: urls.owner });
+  queue.on("error", (error) => logger.warn({ err: { message: error.message } }, "migration lock connection failed"));
   await queue.connect();
   try {
     await queue.query("select pg_advisory_lock($1)", [MIGRATE_LOCK]);

@@ -11,7 +11,7 @@ import {
   type TenantAccount,
   type TenantSettings,
 } from "../providers/send.ts";
-import { gate } from "./pacing.ts";
+import { gate, PACE_HORIZON_MS } from "./pacing.ts";
 import { renderContent, type Content } from "./render.ts";
 
 /**
@@ -49,6 +49,9 @@ export interface DeliveryRow {
   suppressed: boolean;
   quiet_until: Date | null;
   tenant_step_ms: number;
+  not_due: boolean;
+  recently_claimed: boolean | null;
+  at_cap: boolean;
 }
 
 /** What to do next with a delivery. */
@@ -78,7 +81,13 @@ const deliverySelect = `
          -- Quiet hours guard phones (SMS, WhatsApp), in the contact's time zone, else the tenant's.
          case when d.channel <> 'email' then
            herald_hidden.send_window_opens_at(c.timezone, ts.timezone, ts.send_window_start, ts.send_window_end) end as quiet_until,
-         ts.rate_batch_interval_seconds * 1000.0 / ts.rate_batch_size as tenant_step_ms
+         ts.rate_batch_interval_seconds * 1000.0 / ts.rate_batch_size as tenant_step_ms,
+         -- Compared on the database's clock, which set these times, not the worker's.
+         d.run_at > now() + interval '5 seconds' as not_due,
+         d.claimed_at > now() - make_interval(secs => $2 / 1000.0) as recently_claimed,
+         -- Already at the cap (no lock taken: the claim re-checks under its lock).
+         coalesce((select u.messages >= ts.monthly_message_cap from herald_hidden.monthly_usage u
+                    where u.tenant_id = d.tenant_id and u.month = date_trunc('month', now() at time zone 'UTC')::date), false) as at_cap
     from herald_public.deliveries d
     join herald_public.messages m on m.tenant_id = d.tenant_id and m.id = d.message_id
     left join herald_public.templates t on t.tenant_id = m.tenant_id and t.id = m.template_id
@@ -88,7 +97,7 @@ const deliverySelect = `
      for update of d`;
 
 export async function loadDelivery(client: pg.ClientBase, deliveryId: string): Promise<DeliveryRow | undefined> {
-  const { rows } = await client.query<DeliveryRow>(deliverySelect, [deliveryId]);
+  const { rows } = await client.query<DeliveryRow>(deliverySelect, [deliveryId, CLAIM_GRACE_MS]);
   const row = rows[0];
   if (row) row.tenant_step_ms = Number(row.tenant_step_ms);
   return row;
@@ -135,11 +144,10 @@ async function routeFor(client: pg.ClientBase, clients: ProviderClients, d: Deli
  * A `sending` delivery whose lock is free was claimed by a worker process that
  * died (no longer registered: reconciled at once), or by one whose connection
  * dropped while its provider call may still be under way: after the SDKs'
- * 30 s timeout and a margin, that call is over either way.
+ * timeouts (30 s each, two calls with a fallback) and a pacing wait, that
+ * call is over either way.
  */
-const CLAIM_GRACE_MS = 60_000;
-/** A chunk job starts at its first delivery's run_at; the others are due within two seconds. */
-const EARLY_MS = 5_000;
+const CLAIM_GRACE_MS = 90_000; // the longest path: a slow tenant account, a paced fallback, a slow system account
 
 export async function decide(
   client: pg.ClientBase,
@@ -150,9 +158,8 @@ export async function decide(
   if (!d) return { kind: "done", status: "gone" };
   const to = (d.channel === "email" ? d.email : d.phone) ?? "";
   if (d.status === "sending") {
-    const graceEnds = (d.claimed_at?.getTime() ?? 0) + CLAIM_GRACE_MS;
-    if (graceEnds > Date.now() && (await processAlive(sending.pacingPool, d.claimed_by))) {
-      return { kind: "later", until: new Date(graceEnds), reason: "claimed moments ago" };
+    if (d.recently_claimed && (await processAlive(sending.pacingPool, d.claimed_by))) {
+      return { kind: "later", until: new Date(Date.now() + CLAIM_GRACE_MS), reason: "claimed moments ago" };
     }
     // Maybe accepted by the provider: find out before anything is sent again.
     await client.query(
@@ -164,18 +171,15 @@ export async function decide(
   }
   if (d.status === "unknown") return { kind: "reconcile", delivery: d, to, content: renderFor(d) };
   if (d.status !== "queued") return { kind: "done", status: d.status };
-  // A second job for a delivery held back (a retry's backoff, quiet hours) does not jump the wait.
-  if (d.run_at.getTime() > Date.now() + EARLY_MS) return { kind: "later", until: d.run_at, reason: "not yet due" };
+  // A second job for a delivery held back (a retry's backoff, quiet hours)
+  // does not jump the wait. (A chunk job's later deliveries are due within 2 s.)
+  if (d.not_due) return { kind: "later", until: d.run_at, reason: "not yet due" };
 
-  // Re-checked now, however long ago the delivery was queued.
-  if (d.message_status === "canceled") return finish(client, deliveryId, "canceled", "message canceled");
-  if (!d.contact_id) return finish(client, deliveryId, "skipped", "contact_deleted");
-  if (!d.subscribed) return finish(client, deliveryId, "skipped", "unsubscribed");
-  if (!to) return finish(client, deliveryId, "skipped", d.channel === "email" ? "no_email" : "no_phone");
-  if (d.suppressed) return finish(client, deliveryId, "skipped", "suppressed");
-  // Stored numbers were valid when written; numbering plans change.
-  if (d.channel !== "email" && !isValidPhoneNumber(to)) return finish(client, deliveryId, "skipped", "invalid_phone");
-  if (d.quiet_until) return holdBack(client, deliveryId, d.quiet_until, "quiet_hours");
+  const refusal = await checksBeforeSending(client, d, to);
+  if (refusal) return refusal;
+  // Held by the cap before taking a pacing slot it would not use (a shared
+  // system number's slots are other tenants' too).
+  if (d.at_cap) return holdBack(client, deliveryId, await capReopens(client, d), "monthly_cap");
 
   // The pacing slot, before the claim: waiting for it claims nothing and
   // counts nothing; one too far off hands the delivery back, unclaimed.
@@ -183,9 +187,16 @@ export async function decide(
   if (route.from) {
     try {
       const waited = await gate({ ...sending, client, tenantStepMs: d.tenant_step_ms })(route.from, d.channel);
-      if (waited > 0 && (await messageCanceled(client, deliveryId))) return finish(client, deliveryId, "canceled", "message canceled");
+      if (waited > 0) {
+        // Whatever changed while we waited (an opt-out, a cancel) still counts.
+        const now = await loadDelivery(client, deliveryId);
+        const late = now ? await checksBeforeSending(client, now, to) : { kind: "done" as const, status: "gone" };
+        if (late) return late;
+      }
     } catch (error) {
-      if (error instanceof SendDeferred) return holdBack(client, deliveryId, error.until, null);
+      // Many deliveries deferred together would all come back for the same
+      // slot: spread them over the horizon.
+      if (error instanceof SendDeferred) return holdBack(client, deliveryId, new Date(error.until.getTime() + Math.random() * PACE_HORIZON_MS), null);
       throw error;
     }
   }
@@ -201,8 +212,22 @@ export async function decide(
       where tenant_id = herald_public.current_tenant_id() and id = $1 and c.month is not null`,
     [deliveryId, sha256(content.body), sending.processId],
   );
-  if (!rowCount) return holdBack(client, deliveryId, await capReopens(client), "monthly_cap");
+  if (!rowCount) return holdBack(client, deliveryId, await capReopens(client, d), "monthly_cap");
   return { kind: "send", delivery: d, to, content, route };
+}
+
+/** The send-time checks: a decision that ends or holds the delivery, or none (it may go). */
+async function checksBeforeSending(client: pg.ClientBase, d: DeliveryRow, to: string): Promise<Decision | undefined> {
+  // Re-checked now, however long ago the delivery was queued.
+  if (d.message_status === "canceled") return finish(client, d.id, "canceled", "message canceled");
+  if (!d.contact_id) return finish(client, d.id, "skipped", "contact_deleted");
+  if (!d.subscribed) return finish(client, d.id, "skipped", "unsubscribed");
+  if (!to) return finish(client, d.id, "skipped", d.channel === "email" ? "no_email" : "no_phone");
+  if (d.suppressed) return finish(client, d.id, "skipped", "suppressed");
+  // Stored numbers were valid when written; numbering plans change.
+  if (d.channel !== "email" && !isValidPhoneNumber(to)) return finish(client, d.id, "skipped", "invalid_phone");
+  if (d.quiet_until) return holdBack(client, d.id, d.quiet_until, "quiet_hours");
+  return undefined;
 }
 
 /** Whether a worker process is still registered (herald_private: read on the owner's pool). */
@@ -212,27 +237,23 @@ async function processAlive(ownerPool: pg.Pool, processId: string | null): Promi
   return (rowCount ?? 0) > 0;
 }
 
-async function messageCanceled(client: pg.ClientBase, deliveryId: string): Promise<boolean> {
-  const { rows } = await client.query(
-    `select m.status from herald_public.deliveries d join herald_public.messages m on m.tenant_id = d.tenant_id and m.id = d.message_id
-      where d.tenant_id = herald_public.current_tenant_id() and d.id = $1`,
-    [deliveryId],
-  );
-  return rows[0]?.status === "canceled";
-}
-
 /**
  * When a delivery held by the cap looks again: at the month's turn, unless
- * sends are in flight (counted, not yet accepted or refused), whose refusal
- * would give a place back: then shortly.
+ * sends of its message are in flight (counted, not yet accepted or refused),
+ * whose refusal would give a place back: then shortly. (Its own message only:
+ * that is what the index on (tenant_id, message_id) answers cheaply.)
  */
-async function capReopens(client: pg.ClientBase): Promise<Date> {
+async function capReopens(client: pg.ClientBase, d: DeliveryRow): Promise<Date> {
   const { rows } = await client.query(
-    `select exists (select 1 from herald_public.deliveries
-                     where tenant_id = herald_public.current_tenant_id() and status = 'sending' and counted_month is not null) as in_flight`,
+    `select exists (select 1 from herald_public.deliveries x
+                     where x.tenant_id = herald_public.current_tenant_id() and x.message_id = d.message_id
+                       and x.status = 'sending' and x.counted_month is not null) as in_flight
+       from herald_public.deliveries d
+      where d.tenant_id = herald_public.current_tenant_id() and d.id = $1`,
+    [d.id],
   );
   const now = new Date();
-  return rows[0].in_flight ? new Date(now.getTime() + 30_000) : new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
+  return rows[0]?.in_flight ? new Date(now.getTime() + 30_000) : new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
 }
 
 function renderFor(d: DeliveryRow): Content {

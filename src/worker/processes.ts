@@ -20,6 +20,8 @@ export interface ProcessRegistration {
   processId: string;
   /** Unlocks the jobs of dead processes now; returns how many processes were recovered. */
   sweep(): Promise<number>;
+  /** Shutting down: a lost connection from now on is no reason to stop again. */
+  stopping(): void;
   stop(): Promise<void>;
 }
 
@@ -28,7 +30,8 @@ export async function registerWorkerProcess(options: { ownerUrl: string; events:
   const lockKey = randomBytes(8).readBigInt64BE().toString();
   const onError = (error: Error) => options.logger.warn({ err: { message: error.message } }, "worker registry connection failed");
   // Its own connection: the lock must live exactly as long as this process.
-  const holder = new pg.Client({ connectionString: options.ownerUrl });
+  // Kept alive, and exempt from an idle-session timeout: it is idle by design.
+  const holder = new pg.Client({ connectionString: options.ownerUrl, keepAlive: true, options: "-c idle_session_timeout=0" });
   // Losing this connection loses the lock: other workers would take this
   // process for dead and run its jobs again while it still runs them. It
   // stops instead (Herald's shutdown handler), to be restarted.
@@ -89,12 +92,14 @@ export async function registerWorkerProcess(options: { ownerUrl: string; events:
   };
 
   await sweep();
-  const timer = setInterval(() => track(sweep()), SWEEP_INTERVAL_MS);
+  // The sweep, and a ping that notices a silently dropped connection.
+  const timer = setInterval(() => track(Promise.all([sweep(), holder.query("select 1")])), SWEEP_INTERVAL_MS);
   timer.unref();
 
   return {
     processId,
     sweep,
+    stopping: () => void (stopping = true),
     stop: async () => {
       stopping = true;
       clearInterval(timer);

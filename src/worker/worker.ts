@@ -68,7 +68,7 @@ export async function startWorker(options: {
   // dead process's jobs are unlocked by whoever starts next.
   const registration = await registerWorkerProcess({ ownerUrl: options.ownerUrl, events, logger: options.logger });
   setTenantContext({ pool: tenantPool, keyring: options.keyring, providers: options.providers, pacingPool, processId: registration.processId });
-  const runner = await run({
+  const started = run({
     events,
     pgPool: queuePool,
     concurrency: options.concurrency,
@@ -80,6 +80,13 @@ export async function startWorker(options: {
     parsedCronItems: parseCronItems([{ task: "deliveries__sweep", match: "*/5 * * * *" }]),
     taskList,
     logger: new WorkerLogger(graphileLogFactory(options.logger.child({ component: "worker" }))),
+  });
+  const runner = await started.catch(async (error: unknown) => {
+    // Not started: leave nothing registered or open behind.
+    setTenantContext(undefined);
+    await registration.stop();
+    await Promise.all([tenantPool.end(), queuePool.end(), pacingPool.end()]);
+    throw error;
   });
   let running = true;
   runner.promise.then(
@@ -94,11 +101,17 @@ export async function startWorker(options: {
     runner,
     concurrency: options.concurrency,
     isRunning: () => running,
-    stop: () =>
-      (stopped ??= runner.stop().finally(async () => {
-        setTenantContext(undefined);
-        await registration.stop();
-        await Promise.all([tenantPool.end(), queuePool.end(), pacingPool.end()]);
-      })),
+    stop: () => {
+      if (!stopped) {
+        // From here a dropped registry connection is part of shutting down.
+        registration.stopping();
+        stopped = runner.stop().finally(async () => {
+          setTenantContext(undefined);
+          await registration.stop();
+          await Promise.all([tenantPool.end(), queuePool.end(), pacingPool.end()]);
+        });
+      }
+      return stopped;
+    },
   };
 }
