@@ -150,14 +150,19 @@ export async function summary(db: TestDb, messageId: string): Promise<MessageSum
 export const settled = (db: TestDb, messageId: string, timeoutMs = 60_000) =>
   waitFor(
     async () => {
+      // One snapshot: the message's status and what is still open.
       const { rows } = await db.root.query(
-        "select count(*)::int as n from herald_public.deliveries where message_id = $1 and (status in ('sending', 'unknown') or (status = 'queued' and reason is distinct from 'quiet_hours' and reason is distinct from 'monthly_cap'))",
+        `select m.status,
+                (select count(*)::int from herald_public.deliveries d
+                  where d.message_id = m.id
+                    and (d.status in ('sending', 'unknown')
+                         or (d.status = 'queued' and d.reason is distinct from 'quiet_hours' and d.reason is distinct from 'monthly_cap'))) as open
+           from herald_public.messages m where m.id = $1`,
         [messageId],
       );
-      if (rows[0].n > 0) return false;
-      // Read after the check: once nothing is in flight, the counts no longer move.
-      const s = await summary(db, messageId);
-      return (s.messageStatus === "fanned_out" || s.messageStatus === "canceled") && s;
+      if (!rows[0] || !["fanned_out", "canceled"].includes(rows[0].status) || rows[0].open > 0) return false;
+      // Read after the check: once nothing is open, the counts no longer move.
+      return summary(db, messageId);
     },
     timeoutMs,
     async () => `the message to settle: ${JSON.stringify(await summary(db, messageId))}`,
