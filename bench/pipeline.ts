@@ -6,7 +6,7 @@ import type pg from "pg";
 import { keyringFromConfig } from "../src/crypto/keyring.ts";
 import { fanOut } from "../src/messages/fan-out.ts";
 import { withWorkerConnection } from "../src/worker/tenant-context.ts";
-import { startSandboxServer } from "../test/helpers/messaging.ts";
+import { startSandboxServer } from "../src/sandbox/server.ts";
 import { say, withBenchDatabase } from "./common.ts";
 
 /**

@@ -1,4 +1,5 @@
 import type { Task } from "graphile-worker";
+import { queueDeliveryJobs } from "../src/messages/jobs.ts";
 import { asAdminSession } from "../src/worker/tenant-context.ts";
 
 /**
@@ -58,15 +59,7 @@ const task: Task<"deliveries__sweep"> = async (_payload, helpers) => {
     ),
   );
   if (orphans.length === 0) return;
-  await helpers.withPgClient((queue) =>
-    queue.query(
-      `select graphile_worker.add_jobs(array(
-         select json_populate_record(null::graphile_worker.job_spec,
-                  json_build_object('identifier', 'delivery__send', 'payload', json_build_object('tenant_id', tenant_id, 'id', id), 'max_attempts', 25))
-           from unnest($1::uuid[], $2::uuid[]) as o(tenant_id, id)))`,
-      [orphans.map((d) => d.tenant_id), orphans.map((d) => d.id)],
-    ),
-  );
+  await helpers.withPgClient((queue) => queueDeliveryJobs(queue, orphans));
   helpers.logger.warn(`${orphans.length} open deliveries had no job; queued them again`);
 };
 export default task;

@@ -1,3 +1,4 @@
+import { queueDeliveryJobs } from "../src/messages/jobs.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
 
 /**
@@ -23,14 +24,6 @@ export default rowTask(async (client, tenantId, helpers) => {
       returning id`,
   );
   if (rows.length === 0) return;
-  await helpers.withPgClient((queue) =>
-    queue.query(
-      `select graphile_worker.add_jobs(array(
-         select json_populate_record(null::graphile_worker.job_spec,
-                  json_build_object('identifier', 'delivery__send', 'payload', json_build_object('tenant_id', $1::uuid, 'id', id), 'max_attempts', 25))
-           from unnest($2::uuid[]) as id))`,
-      [tenantId, rows.map((r) => r.id)],
-    ),
-  );
+  await helpers.withPgClient((queue) => queueDeliveryJobs(queue, rows.map((r) => ({ tenant_id: tenantId, id: r.id }))));
   helpers.logger.info(`tenant ${tenantId}: ${rows.length} deliveries held by the monthly cap released`);
 });

@@ -1,13 +1,11 @@
-import http from "node:http";
-import express from "express";
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { loadConfig } from "../src/config.ts";
 import { withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { createLogger } from "../src/logger.ts";
-import { ProviderClients, sendEmail, sendSms, SendError, systemProviders } from "../src/providers/send.ts";
-import { createSandbox, SANDBOX_SYSTEM_TWILIO, sandboxTwilioToken, type Sandbox } from "../src/sandbox/sandbox.ts";
+import { sendEmail, sendSms, SendError, type ProviderClients } from "../src/providers/send.ts";
+import { SANDBOX_SYSTEM_TWILIO, sandboxTwilioToken, type Sandbox } from "../src/sandbox/sandbox.ts";
+import { startSandboxServer, type SandboxServer } from "../src/sandbox/server.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
@@ -28,7 +26,7 @@ let a: TenantFixture;
 let b: TenantFixture;
 let c: TenantFixture;
 let sandbox: Sandbox;
-let server: http.Server;
+let server: SandboxServer;
 let clients: ProviderClients;
 let worker: WorkerHandle;
 
@@ -53,14 +51,8 @@ const accountState = (t: TenantFixture) =>
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
   c = await seedExtraTenant(db.current, "tenant-c");
-  sandbox = createSandbox();
-  const app = express();
-  app.use("/sandbox", sandbox.router);
-  server = http.createServer(app);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const sandboxUrl = `http://127.0.0.1:${(server.address() as { port: number }).port}/sandbox`;
-  // No TWILIO_* / SENDGRID_API_KEY here: the system accounts are the sandbox's.
-  clients = new ProviderClients(systemProviders({ ...loadConfig(), twilio: undefined, sendgrid: undefined }, sandboxUrl));
+  server = await startSandboxServer();
+  ({ sandbox, clients } = server);
   // A: a working Twilio account (the sandbox's credential for its SID) and a SendGrid one.
   const aSid = await twilioSid(a);
   await asOwner(a, async (q) => {
@@ -82,7 +74,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await worker?.stop();
-  await new Promise((resolve) => server?.close(resolve));
+  await server?.close();
 });
 
 describe("sending with the tenant's account or the system's", () => {

@@ -1,6 +1,7 @@
-import { createHash, createHmac, generateKeyPairSync, randomBytes, sign, timingSafeEqual, type KeyObject } from "node:crypto";
+import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
 import { escapeHtml } from "../html.ts";
+import { sendgridError, sendgridSignature, twilioError, twilioMessageJson, twilioSignature } from "./wire.ts";
 
 /**
  * The provider sandbox: a local stand-in for Twilio's Messages API and
@@ -76,19 +77,6 @@ export function outcomeFor(to: string): { status: "delivered" | "failed" | "unde
   return { status: "delivered" };
 }
 
-/** Twilio's request signature: HMAC-SHA1 of the URL followed by each POST parameter's name and value, sorted by name. */
-export function twilioSignature(authToken: string, url: string, params: Record<string, string>): string {
-  const data = Object.keys(params)
-    .sort()
-    .reduce((acc, key) => acc + key + params[key], url);
-  return createHmac("sha1", authToken).update(data, "utf8").digest("base64");
-}
-
-/** SendGrid's event signature: ECDSA (P-256, SHA-256) over timestamp + raw body, base64 DER. */
-export function sendgridSignature(privateKey: KeyObject, timestamp: string, body: string): string {
-  return sign("sha256", Buffer.from(timestamp + body), privateKey).toString("base64");
-}
-
 const E164 = /^\+[1-9]\d{6,14}$/;
 
 /**
@@ -105,41 +93,6 @@ export const SANDBOX_SYSTEM_SENDGRID_KEY = `${SANDBOX_SENDGRID_KEY_PREFIX}system
 const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
 const sha256 = (text: string) => createHash("sha256").update(text).digest();
 const sameSecret = (a: string, b: string) => timingSafeEqual(sha256(a), sha256(b));
-
-function twilioError(res: Response, status: number, code: number, message: string) {
-  res.status(status).json({ code, message, more_info: `https://www.twilio.com/docs/errors/${code}`, status });
-}
-
-/** A stored message in the JSON shape of Twilio's Message resource. */
-function twilioMessageJson(m: SandboxMessage) {
-  const uri = `/2010-04-01/Accounts/${m.account}/Messages/${m.id}.json`;
-  return {
-    account_sid: m.account,
-    api_version: "2010-04-01",
-    body: m.body,
-    date_created: m.createdAt.toUTCString(),
-    date_sent: null,
-    date_updated: m.createdAt.toUTCString(),
-    direction: "outbound-api",
-    error_code: null,
-    error_message: null,
-    from: m.from,
-    messaging_service_sid: null,
-    num_media: "0",
-    num_segments: String(Math.max(1, Math.ceil(m.body.length / 153))),
-    price: null,
-    price_unit: "USD",
-    sid: m.id,
-    status: "queued",
-    subresource_uris: { media: uri.replace(".json", "/Media.json") },
-    to: m.to,
-    uri,
-  };
-}
-
-function sendgridError(res: Response, status: number, message: string, field: string | null = null) {
-  res.status(status).json({ errors: [{ message, field, help: null }] });
-}
 
 export function createSandbox(
   options: {

@@ -1,11 +1,7 @@
-import http from "node:http";
-import express from "express";
 import type pg from "pg";
-import { loadConfig } from "../../src/config.ts";
 import { inTransaction, withSession } from "../../src/db/session.ts";
 import { ROLES } from "../../src/db/urls.ts";
-import { ProviderClients, systemProviders } from "../../src/providers/send.ts";
-import { createSandbox, type Sandbox } from "../../src/sandbox/sandbox.ts";
+import { startSandboxServer, type SandboxServer } from "../../src/sandbox/server.ts";
 import { createLogger } from "../../src/logger.ts";
 import { startWorker, type WorkerHandle } from "../../src/worker/worker.ts";
 import type { TestDb } from "./db.ts";
@@ -14,34 +10,7 @@ import { testKeyring } from "./keys.ts";
 
 /** Sending tests: a sandbox on its own HTTP server, audiences of many contacts, and waiting for the worker. */
 
-export interface SandboxServer {
-  sandbox: Sandbox;
-  /** Where the sandbox router is mounted (`…/sandbox`): the SDKs' base. */
-  url: string;
-  /** The server's origin: HERALD_PUBLIC_URL for a worker process that should use this sandbox. */
-  origin: string;
-  clients: ProviderClients;
-  close(): Promise<void>;
-}
-
-export async function startSandboxServer(keep = 10_000): Promise<SandboxServer> {
-  const sandbox = createSandbox({ keep, page: false });
-  const app = express();
-  app.use("/sandbox", sandbox.router);
-  const server = http.createServer(app);
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const origin = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
-  const url = `${origin}/sandbox`;
-  // No TWILIO_* / SENDGRID_API_KEY: the system accounts are the sandbox's.
-  const clients = new ProviderClients(systemProviders({ ...loadConfig(), twilio: undefined, sendgrid: undefined }, url));
-  return {
-    sandbox,
-    url,
-    origin,
-    clients,
-    close: () => new Promise<void>((resolve) => server.close(() => resolve())),
-  };
-}
+export { startSandboxServer, type SandboxServer };
 
 /** An in-process worker sending through this file's sandbox. */
 export const startSendingWorker = (db: TestDb, server: SandboxServer, concurrency: number): Promise<WorkerHandle> =>
