@@ -67,8 +67,7 @@ const deliverySelect = `
          json_build_object('body', coalesce(t.body, m.body), 'subject', coalesce(t.subject, m.subject),
                            'html_body', coalesce(t.html_body, m.html_body)) as content,
          c.id as contact_id, c.first_name, c.last_name, c.external_id, coalesce(c.attributes, '{}') as attributes,
-         case when c.id is not null then herald_public.contacts_phone(c) end as phone,
-         case when c.id is not null then herald_public.contacts_email(c) end as email,
+         pii.phone, pii.email,
          case d.channel when 'sms' then c.sms_subscribed when 'whatsapp' then c.whatsapp_subscribed else c.email_subscribed end as subscribed,
          -- By the address's hash under every live hash key version: during a
          -- hash-key rotation a contact and its suppression may be on different ones.
@@ -77,7 +76,7 @@ const deliverySelect = `
                     and s.kind = case when d.channel = 'email' then 'email' else 'phone' end
                     and s.address_hash = any (herald_hidden.pii_hashes(
                           case when d.channel = 'email' then 'email' else 'phone' end,
-                          case when d.channel = 'email' then herald_public.contacts_email(c) else herald_public.contacts_phone(c) end))) as suppressed,
+                          case when d.channel = 'email' then pii.email else pii.phone end))) as suppressed,
          -- Quiet hours guard phones (SMS, WhatsApp), in the contact's time zone, else the tenant's.
          case when d.channel <> 'email' then
            herald_hidden.send_window_opens_at(c.timezone, ts.timezone, ts.send_window_start, ts.send_window_end) end as quiet_until,
@@ -92,6 +91,10 @@ const deliverySelect = `
     join herald_public.messages m on m.tenant_id = d.tenant_id and m.id = d.message_id
     left join herald_public.templates t on t.tenant_id = m.tenant_id and t.id = m.template_id
     left join herald_public.contacts c on c.tenant_id = d.tenant_id and c.id = d.contact_id
+    -- Decrypted once, for the template, the address and the suppression check
+    -- (OFFSET 0 keeps the planner from copying the calls into each use).
+    left join lateral (select herald_public.contacts_phone(c) as phone, herald_public.contacts_email(c) as email
+                        where c.id is not null offset 0) pii on true
     join herald_public.tenant_settings ts on ts.tenant_id = d.tenant_id
    where d.tenant_id = herald_public.current_tenant_id() and d.id = $1
      for update of d`;
