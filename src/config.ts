@@ -1,3 +1,4 @@
+import { createPublicKey } from "node:crypto";
 import { z } from "zod";
 import { loadOrCreateSecrets } from "./secrets.ts";
 
@@ -13,6 +14,15 @@ const base64Key = (name: string) =>
     .refine((v) => /^[A-Za-z0-9+/]+={0,2}$/.test(v) && Buffer.from(v, "base64").length === 32, {
       message: `${name} must be 32 bytes encoded as base64 (try: openssl rand -base64 32)`,
     });
+
+function isPublicKey(base64Der: string): boolean {
+  try {
+    createPublicKey({ key: Buffer.from(base64Der, "base64"), format: "der", type: "spki" });
+    return true;
+  } catch {
+    return false;
+  }
+}
 
 const optionalText = z
   .string()
@@ -54,7 +64,13 @@ const envSchema = z
     HERALD_SMS_FROM_MPS: z.coerce.number().positive().max(1000).default(1),
     SENDGRID_API_KEY: optionalText,
     HERALD_EMAIL_FROM: optionalText,
-    SENDGRID_WEBHOOK_PUBLIC_KEY: optionalText,
+    // The event webhook's verification key, as SendGrid shows it: base64 DER.
+    SENDGRID_WEBHOOK_PUBLIC_KEY: optionalText.pipe(
+      z
+        .string()
+        .refine(isPublicKey, "SENDGRID_WEBHOOK_PUBLIC_KEY must be the base64 (DER) public key from SendGrid's event webhook settings")
+        .optional(),
+    ),
     HERALD_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(200).default(10),
     HERALD_EMBEDDED_PG_PORT: z.preprocess(
       (v) => (v === "" ? undefined : v),
@@ -96,7 +112,9 @@ export interface Config {
   /** The hash key being replaced: lookups try it until `herald keys rotate-hash` has rebuilt every hash. */
   previousHashKey?: Buffer;
   twilio?: { accountSid: string; authToken: string; smsFrom?: string };
-  sendgrid?: { apiKey: string; emailFrom?: string; webhookPublicKey?: string };
+  sendgrid?: { apiKey: string; emailFrom?: string };
+  /** SENDGRID_WEBHOOK_PUBLIC_KEY: verifies the system account's event webhook. */
+  sendgridWebhookPublicKey?: string;
   /** HERALD_SMS_FROM / HERALD_EMAIL_FROM, also used with the sandbox when no provider is configured. */
   smsFrom?: string;
   emailFrom?: string;
@@ -181,13 +199,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       e.TWILIO_ACCOUNT_SID && e.TWILIO_AUTH_TOKEN
         ? { accountSid: e.TWILIO_ACCOUNT_SID, authToken: e.TWILIO_AUTH_TOKEN, smsFrom: e.HERALD_SMS_FROM }
         : undefined,
-    sendgrid: e.SENDGRID_API_KEY
-      ? {
-          apiKey: e.SENDGRID_API_KEY,
-          emailFrom: e.HERALD_EMAIL_FROM,
-          webhookPublicKey: e.SENDGRID_WEBHOOK_PUBLIC_KEY,
-        }
-      : undefined,
+    sendgrid: e.SENDGRID_API_KEY ? { apiKey: e.SENDGRID_API_KEY, emailFrom: e.HERALD_EMAIL_FROM } : undefined,
+    sendgridWebhookPublicKey: e.SENDGRID_WEBHOOK_PUBLIC_KEY,
     smsFrom: e.HERALD_SMS_FROM,
     emailFrom: e.HERALD_EMAIL_FROM,
     smsFromMps: e.HERALD_SMS_FROM_MPS,

@@ -10,8 +10,8 @@ import type { Logger } from "./logger.ts";
 
 /** Two demo tenants, created once per database so a first `npm start` has something to query. */
 export const DEMO_TENANTS = [
-  { slug: "acme-clinic", name: "Acme Clinic", email: "owner@acme-clinic.test", displayName: "Acme Owner" },
-  { slug: "globex-events", name: "Globex Events", email: "owner@globex-events.test", displayName: "Globex Owner" },
+  { slug: "acme-clinic", name: "Acme Clinic", email: "owner@acme-clinic.test", displayName: "Acme Owner", number: "+14155550100" },
+  { slug: "globex-events", name: "Globex Events", email: "owner@globex-events.test", displayName: "Globex Owner", number: "+14155550200" },
 ] as const;
 
 /** A few contacts per demo tenant (fictional 555-01xx numbers), so lookups, tags and lists show something. */
@@ -46,6 +46,13 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyr
         const tenant = (await findTenant(client, demo.slug)) ?? (await createTenant(client, demo));
         const user = await findOrCreateUser(client, { email: demo.email, displayName: demo.displayName });
         await addMembership(client, { tenantId: tenant.id, userId: user.id, role: "owner" });
+        // A number of its own on the system account (an operator's assignment),
+        // which it sends from and receives at: replies and STOP find the tenant.
+        await client.query(
+          "insert into herald_public.sender_numbers (tenant_id, phone_number, channel) values ($1, $2, 'sms') on conflict do nothing",
+          [tenant.id, demo.number],
+        );
+        await client.query("update herald_public.tenant_settings set sms_from = $2 where tenant_id = $1", [tenant.id, demo.number]);
         created.push(tenant);
       }
       return created;

@@ -57,7 +57,8 @@ async function main() {
     concurrency: config.workerConcurrency,
     keyring,
     // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port.
-    providers: new ProviderClients(systemProviders(config, config.development ? `${config.publicUrl}/sandbox` : undefined)),
+    // Status callbacks go to this deployment's public URL.
+    providers: new ProviderClients(systemProviders(config, config.development ? `${config.publicUrl}/sandbox` : undefined, config.publicUrl)),
     logger,
   });
   if (flags["worker-only"]) {

@@ -3,8 +3,8 @@ import { z } from "zod";
 import { keyCacheTtlMs, withTenantContext } from "../src/worker/tenant-context.ts";
 
 /**
- * Moves one tenant's contacts (and, for a data key, its provider credentials)
- * to its current data key and hash key, in batches, while the tenant keeps working (queued by `herald keys
+ * Moves one tenant's contacts (and, for a data key, its provider credentials,
+ * inbound messages and sent texts) to its current data key and hash key, in batches, while the tenant keeps working (queued by `herald keys
  * rotate-tenant` / `rotate-hash`, see src/crypto/rotation.ts). Idempotent:
  * each batch skips rows already current, so a retry redoes only what is left.
  *
@@ -42,16 +42,17 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
   const remaining = await inTenant(async (c) => Number((await c.query("select herald_hidden.contacts_on_old_keys() as n")).rows[0].n));
   await owner("update herald_private.key_rotations set total = done + $2 where id = $1", [rotationId, remaining]);
 
-  const sweep = async () => {
+  /** Every row of one table still on an old key, batch by batch (`rekey` is one of the herald_hidden.rekey_* batch functions). */
+  const sweepTable = async (rekey: string, countsTowardProgress: boolean) => {
     for (let after = FIRST_ID; ; ) {
       const batch = await inTenant(async (c) => {
         const { rows } = await c.query<{ last_id: string | null; scanned: number; moved: number }>(
-          "select last_id, scanned, moved from herald_hidden.rekey_contacts($1, $2)",
+          `select last_id, scanned, moved from herald_hidden.${rekey}($1, $2)`,
           [after, BATCH_SIZE],
         );
         return rows[0]!;
       });
-      if (batch.moved > 0) {
+      if (batch.moved > 0 && countsTowardProgress) {
         await owner("update herald_private.key_rotations set done = done + $2, total = greatest(total, done + $2) where id = $1", [
           rotationId,
           batch.moved,
@@ -59,6 +60,14 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
       }
       if (!batch.last_id || batch.scanned < BATCH_SIZE) return;
       after = batch.last_id;
+    }
+  };
+  const sweep = async () => {
+    await sweepTable("rekey_contacts", true);
+    // What contacts wrote in and what was sent to them are under the data key too (they carry no hashes).
+    if (rotation.kind === "tenant_data_key") {
+      await sweepTable("rekey_inbound_messages", false);
+      await sweepTable("rekey_delivery_contents", false);
     }
   };
 
@@ -76,8 +85,9 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
     // The tenant's provider credentials are under the same key: move them too.
     await inTenant((c) => c.query("select herald_hidden.rekey_provider_accounts()"));
     // Nothing uses the retired data key any more: destroy it. Should a straggler
-    // have written with it since, the foreign key from contacts refuses the
-    // delete (23503) and the job retries: a key in use is never destroyed.
+    // have written with it since, the foreign keys (from contacts, inbound
+    // messages, deliveries' contents) refuse the delete (23503) and the job
+    // retries: a key in use is never destroyed.
     await owner("delete from herald_private.tenant_data_keys where tenant_id = $1 and retired_at is not null", [tenantId]);
   }
   await owner("update herald_private.key_rotations set finished_at = now() where id = $1", [rotationId]);

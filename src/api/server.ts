@@ -15,6 +15,7 @@ import type { Logger } from "../logger.ts";
 import type { WorkerHandle } from "../worker/worker.ts";
 import { pageSizeVariablesGuard } from "./guards.ts";
 import { checkHealth } from "./health.ts";
+import { webhooksRouter } from "../webhooks/index.ts";
 
 /** Largest GraphQL request body accepted (bytes); larger bodies get 413. */
 const GRAPHQL_BODY_LIMIT = 100_000;
@@ -120,6 +121,19 @@ async function describeSandboxAccount(pool: pg.Pool, provider: "twilio" | "sendg
   return slugs.length > 0 ? `tenant ${slugs.join(" or ")}` : undefined;
 }
 
+/** For the sandbox's "text in" form: the Twilio account a tenant's number is on (the system's when none). */
+async function sandboxAccountOfNumber(pool: pg.Pool, number: string, channel: string): Promise<string | undefined> {
+  return asAdmin(pool, async (client) => {
+    const { rows } = await client.query<{ sid: string | null }>(
+      `select a.twilio_account_sid as sid from herald_public.sender_numbers n
+         left join herald_public.provider_accounts a on a.tenant_id = n.tenant_id and a.id = n.provider_account_id
+        where n.phone_number = $1 and n.channel = $2`,
+      [number, channel],
+    );
+    return rows[0] ? (rows[0].sid ?? SANDBOX_SYSTEM_TWILIO.accountSid) : undefined;
+  });
+}
+
 export async function startApiServer(options: {
   config: Config;
   urls: DatabaseUrls;
@@ -164,7 +178,13 @@ export async function startApiServer(options: {
   // be answered by a stand-in (whose endpoints would be public).
   const sandbox =
     config.development && !(config.twilio && config.sendgrid)
-      ? createSandbox({ describeAccount: (provider, account) => describeSandboxAccount(authenticatorPool, provider, account) })
+      ? createSandbox({
+          describeAccount: (provider, account) => describeSandboxAccount(authenticatorPool, provider, account),
+          // It calls back as the real services would: Herald's own webhooks, at its public URL.
+          sendgridEventUrl: config.sendgrid ? undefined : `${config.publicUrl}/webhooks/sendgrid/events`,
+          inboundUrl: config.twilio ? undefined : `${config.publicUrl}/webhooks/twilio/sms`,
+          resolveNumber: (number, channel) => sandboxAccountOfNumber(authenticatorPool, number, channel),
+        })
       : undefined;
   if (!config.development && !(config.twilio && config.sendgrid)) {
     logger.warn("production without TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN or SENDGRID_API_KEY: system sends through that provider will fail");
@@ -176,6 +196,19 @@ export async function startApiServer(options: {
       "no Twilio/SendGrid credentials (TWILIO_ACCOUNT_SID, SENDGRID_API_KEY): the local sandbox stands in for both; nothing is delivered",
     );
   }
+  // Providers' callbacks: no JWT; each is verified by the provider's signature (src/webhooks/).
+  app.use(
+    "/webhooks",
+    webhooksRouter({
+      pool: authenticatorPool,
+      keyring,
+      publicUrl: config.publicUrl,
+      // Where the sandbox stands in for a provider, it signs with the sandbox's credentials.
+      systemTwilio: config.twilio ?? (sandbox ? SANDBOX_SYSTEM_TWILIO : undefined),
+      systemSendgridPublicKey: config.sendgridWebhookPublicKey ?? (sandbox && !config.sendgrid ? sandbox.sendgridPublicKey : undefined),
+      logger,
+    }),
+  );
   app.use("/graphql", requireIdentity(authenticator, logger));
   // Grafserv reads an already-parsed body; parsing here lets the guard see variables.
   app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), pageSizeVariablesGuard);

@@ -77,8 +77,13 @@ const deliverySelect = `
                     and s.address_hash = any (herald_hidden.pii_hashes(
                           case when d.channel = 'email' then 'email' else 'phone' end,
                           case when d.channel = 'email' then pii.email else pii.phone end))) as suppressed,
-         -- Quiet hours guard phones (SMS, WhatsApp), in the contact's time zone, else the tenant's.
-         case when d.channel <> 'email' then
+         -- Quiet hours guard phones (SMS, WhatsApp), in the contact's time zone,
+         -- else the tenant's; not a reply to someone who wrote in the last day.
+         case when d.channel <> 'email'
+                   and not (m.metadata ? 'in_reply_to' and exists (
+                         select 1 from herald_public.inbound_messages i
+                          where i.tenant_id = d.tenant_id and i.contact_id = d.contact_id
+                            and i.received_at > now() - interval '24 hours')) then
            herald_hidden.send_window_opens_at(c.timezone, ts.timezone, ts.send_window_start, ts.send_window_end) end as quiet_until,
          ts.rate_batch_interval_seconds * 1000.0 / ts.rate_batch_size as tenant_step_ms,
          -- Compared on the database's clock, which set these times, not the worker's.
@@ -116,13 +121,22 @@ async function finish(client: pg.ClientBase, deliveryId: string, status: "skippe
   return { kind: "done", status };
 }
 
-/** Keeps a delivery queued, saying why and until when. */
+/**
+ * Keeps a delivery queued, saying why and until when — unless a provider's
+ * report has meanwhile shown it accepted (a status callback for an `unknown`
+ * one, say): then it is not sent again.
+ */
 export async function holdBack(client: pg.ClientBase, deliveryId: string, until: Date, reason: string | null): Promise<Decision> {
-  await client.query(
-    `update herald_public.deliveries set status = 'queued', reason = $3, run_at = $2
-      where tenant_id = herald_public.current_tenant_id() and id = $1`,
+  const { rows } = await client.query<{ status: string; held: boolean }>(
+    `with held as (
+       update herald_public.deliveries set status = 'queued', reason = $3, run_at = $2
+        where tenant_id = herald_public.current_tenant_id() and id = $1 and status in ('queued', 'sending', 'unknown')
+       returning 1)
+     select d.status, exists (select 1 from held) as held from herald_public.deliveries d
+      where d.tenant_id = herald_public.current_tenant_id() and d.id = $1`,
     [deliveryId, until, reason],
   );
+  if (rows[0] && !rows[0].held) return { kind: "done", status: rows[0].status };
   return { kind: "later", until, reason: reason ?? "paced" };
 }
 
@@ -207,13 +221,15 @@ export async function decide(
   // The claim, counted toward the month if the cap allows, in one statement;
   // last, because it locks the tenant's usage row until this transaction ends.
   const content = renderFor(d);
+  // The text as sent (an email: its subject) is kept encrypted for the conversation thread.
   const { rowCount } = await client.query(
     `update herald_public.deliveries
         set status = 'sending', reason = null, error_code = null, claimed_at = now(), claimed_by = $3, attempts = attempts + 1,
-            counted_month = c.month, content_sha256 = $2
-       from (select herald_hidden.count_toward_cap() as month) c
+            counted_month = c.month, content_sha256 = $2,
+            content_encrypted = herald_hidden.encrypt_pii($4, herald_hidden.data_key(k.version)), content_key_version = k.version
+       from (select herald_hidden.count_toward_cap() as month) c, (select herald_hidden.current_data_key_version() as version) k
       where tenant_id = herald_public.current_tenant_id() and id = $1 and c.month is not null`,
-    [deliveryId, sha256(content.body), sending.processId],
+    [deliveryId, sha256(content.body), sending.processId, d.channel === "email" ? (content.subject ?? "") : content.body],
   );
   if (!rowCount) return holdBack(client, deliveryId, await capReopens(client, d), "monthly_cap");
   return { kind: "send", delivery: d, to, content, route };

@@ -1,5 +1,5 @@
 import type pg from "pg";
-import { sendEmail, SendDeferred, SendError, sendSms, type ProviderClients, type Sent } from "../providers/send.ts";
+import { sendEmail, SendDeferred, SendError, sendSms, statusCallbackUrl, type ProviderClients, type Sent } from "../providers/send.ts";
 import { decide, holdBack, sha256, type Decision, type DeliveryRow } from "./claim.ts";
 import { gate } from "./pacing.ts";
 import { findAcceptedSms } from "./reconcile.ts";
@@ -68,10 +68,29 @@ async function send(
   };
   const known = { pace, account: route.account, settings: route.settings };
   try {
+    // What the provider reports later finds this delivery by these: the status
+    // callback's URL, SendGrid's custom args (src/webhooks/).
     const sent =
       d.channel === "email"
-        ? await sendEmail(client, options.clients, { to, subject: content.subject ?? "", text: content.body, html: content.html_body ?? undefined, from: d.metadata.from }, known)
-        : await sendSms(client, options.clients, { to, body: content.body, from: d.metadata.from, channel: d.channel }, known);
+        ? await sendEmail(
+            client,
+            options.clients,
+            {
+              to,
+              subject: content.subject ?? "",
+              text: content.body,
+              html: content.html_body ?? undefined,
+              from: d.metadata.from,
+              customArgs: { herald_tenant_id: options.tenantId, herald_delivery_id: d.id },
+            },
+            known,
+          )
+        : await sendSms(
+            client,
+            options.clients,
+            { to, body: content.body, from: d.metadata.from, channel: d.channel, statusCallback: statusCallbackUrl(options.clients.system, options.tenantId, d.id) },
+            known,
+          );
     await recordSent(client, d, sent, content, null);
     return { kind: "sent", sent };
   } catch (error) {
@@ -93,6 +112,8 @@ async function send(
       return holdBack(client, d.id, new Date(Date.now() + backoffMs(d.attempts + 1)), `retrying: ${error.message}`.slice(0, 500));
     }
     await setStatus(client, d.id, "failed", (retryable ? `gave up after ${d.attempts + 1} attempts: ` : "") + error.message, code);
+    // The recipient replied STOP to this number at the carrier: never again, from any of the tenant's numbers.
+    if (code === "21610") await client.query("select herald_hidden.record_opt_out('phone', $1, $2, 'carrier', '21610')", [to, d.channel]);
     return { kind: "failed", reason: error.message };
   }
 }
@@ -132,10 +153,17 @@ async function reconcile(
   });
 }
 
+/**
+ * The provider accepted it. A status callback may have got here first (they
+ * can outrun the SDK's answer): a final status it set stays.
+ */
 async function recordSent(client: pg.ClientBase, d: DeliveryRow, sent: Sent, content: Content, reason: string | null) {
   await client.query(
     `update herald_public.deliveries
-        set status = 'sent', reason = $6, error_code = null, sent_at = now(), provider = $2, provider_account_id = $3,
+        set status = case when herald_hidden.delivery_status_rank(status) = 3 then status else 'sent' end,
+            reason = case when herald_hidden.delivery_status_rank(status) = 3 then reason else $6 end,
+            error_code = case when herald_hidden.delivery_status_rank(status) = 3 then error_code end,
+            sent_at = coalesce(sent_at, now()), provider = $2, provider_account_id = $3,
             provider_message_id = $4, from_address = $5,
             segments = case when channel = 'email' then null else herald_hidden.sms_segments($7) end
       where tenant_id = herald_public.current_tenant_id() and id = $1`,
@@ -143,12 +171,16 @@ async function recordSent(client: pg.ClientBase, d: DeliveryRow, sent: Sent, con
   );
 }
 
-/** `final`: nothing more will be tried (failed, or an email that cannot be looked up). */
+/**
+ * `final`: nothing more will be tried (failed, or an email that cannot be
+ * looked up). Only from `sending` or `unknown`: a provider's report that
+ * arrived meanwhile (sent, delivered) knows better than a lost answer.
+ */
 async function setStatus(client: pg.ClientBase, deliveryId: string, status: "failed" | "unknown", reason: string, code: string | null, final = status === "failed") {
   await client.query(
     `update herald_public.deliveries
         set status = $2, reason = $3, error_code = $4, completed_at = case when $5 then now() end
-      where tenant_id = herald_public.current_tenant_id() and id = $1`,
+      where tenant_id = herald_public.current_tenant_id() and id = $1 and status in ('sending', 'unknown')`,
     [deliveryId, status, reason.slice(0, 500), code, final],
   );
 }

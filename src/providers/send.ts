@@ -21,6 +21,17 @@ export interface SystemProviders {
   /** Where each SDK is pointed instead of the real service: set only for a provider with no credentials configured. */
   twilioSandboxUrl?: string;
   sendgridSandboxUrl?: string;
+  /**
+   * HERALD_PUBLIC_URL, where Twilio's status callbacks for each send go
+   * (src/webhooks/twilio.ts); unset: sends ask for none.
+   */
+  callbackBaseUrl?: string;
+}
+
+/** The status callback of one delivery: the tenant and delivery ride in the URL, which Twilio signs. */
+export function statusCallbackUrl(system: SystemProviders, tenantId: string, deliveryId: string): string | undefined {
+  if (!system.callbackBaseUrl) return undefined;
+  return `${system.callbackBaseUrl}/webhooks/twilio/status?${new URLSearchParams({ tenant: tenantId, delivery: deliveryId })}`;
 }
 
 /**
@@ -28,8 +39,9 @@ export interface SystemProviders {
  * the sandbox's (when a sandbox URL is given, i.e. in development). Each
  * provider is decided on its own: real Twilio credentials never go to the sandbox.
  */
-export function systemProviders(config: Config, sandboxUrl?: string): SystemProviders {
+export function systemProviders(config: Config, sandboxUrl?: string, callbackBaseUrl?: string): SystemProviders {
   return {
+    callbackBaseUrl,
     // Sandbox: Twilio's documented test sender number, and a local address.
     twilio: { ...(config.twilio ?? { ...SANDBOX_SYSTEM_TWILIO, smsFrom: config.smsFrom ?? "+15005550006" }), messagesPerSecond: config.smsFromMps },
     sendgrid: config.sendgrid ?? { apiKey: SANDBOX_SYSTEM_SENDGRID_KEY, emailFrom: config.emailFrom ?? "herald@sandbox.test" },
@@ -303,7 +315,7 @@ export function intendedEmailSender(clients: ProviderClients, message: { from?: 
 export async function sendSms(
   client: pg.ClientBase,
   clients: ProviderClients,
-  message: { to: string; body: string; from?: string; channel?: "sms" | "whatsapp" },
+  message: { to: string; body: string; from?: string; channel?: "sms" | "whatsapp"; statusCallback?: string },
   options: SendOptions = {},
 ): Promise<Sent> {
   const whatsapp = message.channel === "whatsapp";
@@ -320,7 +332,12 @@ export async function sendSms(
       if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
       await assertOwnSender(client, clients, whatsapp ? "whatsapp" : "sms", from);
       await options.pace?.(from, whatsapp ? "whatsapp" : "sms");
-      const sent = await clients.twilioFor(via).messages.create({ to: address(message.to), from: address(from), body: message.body });
+      const sent = await clients.twilioFor(via).messages.create({
+        to: address(message.to),
+        from: address(from),
+        body: message.body,
+        ...(message.statusCallback ? { statusCallback: message.statusCallback } : {}),
+      });
       return { id: sent.sid, from };
     },
     (error) => RECIPIENT_ERRORS.has((error as { code?: number }).code ?? 0),
@@ -330,7 +347,7 @@ export async function sendSms(
 export async function sendEmail(
   client: pg.ClientBase,
   clients: ProviderClients,
-  message: { to: string; subject: string; text: string; html?: string; from?: string },
+  message: { to: string; subject: string; text: string; html?: string; from?: string; customArgs?: Record<string, string> },
   options: SendOptions = {},
 ): Promise<Sent> {
   const account = options.account !== undefined ? (options.account ?? undefined) : await activeAccount(client, "sendgrid");
@@ -348,6 +365,8 @@ export async function sendEmail(
         subject: message.subject,
         text: message.text,
         ...(message.html ? { html: message.html } : {}),
+        // Echoed in every event SendGrid reports for this message (src/webhooks/sendgrid.ts).
+        ...(message.customArgs ? { customArgs: message.customArgs } : {}),
       });
       return { id: String(response.headers["x-message-id"] ?? ""), from };
     },

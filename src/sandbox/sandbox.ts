@@ -1,6 +1,7 @@
 import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
 import { escapeHtml } from "../html.ts";
+import { postInbound, type InboundAnswer, type InboundText } from "./inbound.ts";
 import { sendgridError, sendgridSignature, twilioError, twilioMessageJson, twilioSignature } from "./wire.ts";
 
 /**
@@ -15,14 +16,19 @@ import { sendgridError, sendgridSignature, twilioError, twilioMessageJson, twili
  * message's StatusCallback (queued → sent → delivered, or failed/undelivered,
  * see `outcomeFor`), signed with X-Twilio-Signature under the account's auth
  * token; SendGrid events (processed, delivered or bounce) to `sendgridEventUrl`,
- * signed with ECDSA under the sandbox's key pair (`sendgridPublicKey`). Tests
- * can inject faults: errors, 429 bursts, latency, accept-then-timeout.
+ * signed with ECDSA under the sandbox's key pair (`sendgridPublicKey`), each
+ * event carrying the message's custom args as SendGrid's do. And it texts in:
+ * `textIn` (or the page's form) is a phone writing to one of Herald's numbers,
+ * posted to Herald's inbound webhook signed as Twilio signs it; the TwiML
+ * answer's replies are kept as messages. Tests can inject faults: errors, 429
+ * bursts, latency, accept-then-timeout.
  *
  * Routes (relative to where the router is mounted):
  *   POST /twilio/2010-04-01/Accounts/:sid/Messages.json   form-encoded, HTTP Basic (sid:token)
  *   POST /sendgrid/v3/mail/send                           JSON, Bearer API key
  *   POST /sendgrid/v3/whitelabel/domains[/:id/validate]   domain authentication
  *   GET  /                                                 HTML list of recent messages (unless page: false)
+ *   POST /twilio/inbound                                   the page's "text in" form (from, to, body)
  */
 
 export type SandboxChannel = "sms" | "whatsapp" | "email";
@@ -62,6 +68,13 @@ export interface Sandbox {
   sendgridPublicKey: string;
   /** Resolves when every callback already scheduled has been posted. */
   settled(): Promise<void>;
+  /** Where SendGrid events go from now on (none: no events). */
+  setSendGridEventUrl(url: string | undefined): void;
+  /**
+   * A phone texts one of Herald's numbers: posted to `url` (default: the
+   * sandbox's `inboundUrl`) signed with the account's token, as Twilio would.
+   */
+  textIn(text: Omit<InboundText, "authToken" | "url"> & { url?: string }): Promise<InboundAnswer>;
 }
 
 /**
@@ -104,6 +117,10 @@ export function createSandbox(
     callbackDelayMs?: number;
     /** Names the tenant behind an account (SID, or …last4 of a SendGrid key) for the page. */
     describeAccount?: (provider: "twilio" | "sendgrid", account: string) => Promise<string | undefined>;
+    /** Herald's inbound webhook, for `textIn` and the page's form. */
+    inboundUrl?: string;
+    /** The account SID a number is on (what Twilio knows), for the page's form. */
+    resolveNumber?: (number: string, channel: "sms" | "whatsapp") => Promise<string | undefined>;
   } = {},
 ): Sandbox {
   const keep = options.keep ?? 500;
@@ -145,6 +162,9 @@ export function createSandbox(
     return true;
   };
   const twilioAccounts = new Map<string, string>();
+  let sendgridEventUrl = options.sendgridEventUrl;
+  /** The page's recent "text in" exchanges, newest last. */
+  const textedIn: { at: Date; from: string; to: string; body: string; status: number; replies: string[] }[] = [];
   const sendgridKeys = new Set<string>();
   const messages: SandboxMessage[] = [];
   const remember = (message: SandboxMessage) => {
@@ -242,7 +262,9 @@ export function createSandbox(
     for (const r of recipients) {
       remember({ id: messageId, provider: "sendgrid", account: `…${key.slice(-4)}`, channel: "email", from: mail.from!.email!, to: r.email!, subject: mail.subject, body, createdAt: new Date() });
     }
-    const eventUrl = options.sendgridEventUrl;
+    const eventUrl = sendgridEventUrl;
+    // SendGrid echoes custom args as top-level fields of every event.
+    const customArgs = (mail as { custom_args?: Record<string, string> }).custom_args ?? {};
     if (eventUrl) {
       const event = (email: string, kind: string) => ({
         email,
@@ -250,7 +272,8 @@ export function createSandbox(
         timestamp: Math.floor(Date.now() / 1000),
         sg_event_id: randomBytes(16).toString("base64url"),
         sg_message_id: `${messageId}.filter0001.${Date.now()}.0`,
-        ...(kind === "bounce" ? { reason: "550 5.1.1 The email account that you tried to reach does not exist.", type: "bounce" } : {}),
+        ...customArgs,
+        ...(kind === "bounce" ? { reason: "550 5.1.1 The email account that you tried to reach does not exist.", type: "bounce", status: "5.1.1" } : {}),
       });
       const batches = [recipients.map((r) => event(r.email!, "processed")), recipients.map((r) => event(r.email!, outcomeFor(r.email!).status === "bounce" ? "bounce" : "delivered"))];
       schedule(
@@ -312,8 +335,43 @@ export function createSandbox(
     });
   });
 
+  /** A phone texting in; Twilio sends the TwiML's replies back to it, so they are kept as messages. */
+  const textIn: Sandbox["textIn"] = async (text) => {
+    const url = text.url ?? options.inboundUrl;
+    if (!url) throw new Error("the sandbox has no inbound URL to text");
+    const answer = await postInbound({ ...text, url, authToken: twilioAccounts.get(text.accountSid) ?? sandboxTwilioToken(text.accountSid) });
+    for (const reply of answer.replies) {
+      const address = (n: string) => (text.channel === "whatsapp" ? `whatsapp:${n}` : n);
+      remember({
+        id: `SM${randomBytes(16).toString("hex")}`,
+        provider: "twilio",
+        account: text.accountSid,
+        channel: text.channel ?? "sms",
+        from: address(text.to),
+        to: address(text.from),
+        body: reply,
+        createdAt: new Date(),
+      });
+    }
+    return answer;
+  };
+
   // The page shows recipients and bodies without authentication: development only.
-  if (options.page !== false) router.get("/", async (_req: Request, res: Response) => {
+  if (options.page !== false) router.post("/twilio/inbound", express.urlencoded({ extended: false, limit: "16kb" }), async (req: Request, res: Response) => {
+    const { from = "", to = "", body = "", channel: requested } = req.body as Record<string, string>;
+    const channel = requested === "whatsapp" ? "whatsapp" : "sms";
+    const accountSid = E164.test(to) ? await options.resolveNumber?.(to, channel) : undefined;
+    const entry = { at: new Date(), from, to, body, status: 404, replies: [] as string[] };
+    if (accountSid && E164.test(from)) {
+      const answer = await textIn({ accountSid, from, to, body, channel }).catch(() => ({ status: 502, replies: [] }));
+      Object.assign(entry, { status: answer.status, replies: answer.replies });
+    }
+    textedIn.push(entry);
+    if (textedIn.length > 20) textedIn.shift();
+    res.redirect(303, req.baseUrl || "/");
+  });
+
+  if (options.page !== false) router.get("/", async (req: Request, res: Response) => {
     // Grouped by tenant (as far as Herald can tell from the account), newest first.
     const labels = new Map<string, string>();
     for (const m of messages) {
@@ -342,7 +400,8 @@ export function createSandbox(
     res.type("html").send(`<!doctype html><html><head><meta charset="utf-8"><title>Herald sandbox</title>
 <style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head>
 <body><h1>Herald sandbox</h1><p>What would have reached a phone or an inbox, by tenant (newest first, last ${keep} kept in memory).</p>
-${sections || "<p>Nothing sent yet.</p>"}</body></html>`);
+${sections || "<p>Nothing sent yet.</p>"}
+${options.inboundUrl ? textInSection(`${req.baseUrl}/twilio/inbound`, textedIn) : ""}</body></html>`);
   });
 
   return {
@@ -352,8 +411,27 @@ ${sections || "<p>Nothing sent yet.</p>"}</body></html>`);
     addSendGridKey: (apiKey) => void sendgridKeys.add(apiKey),
     setFaults: (next) => void (faults = { ...next }),
     sendgridPublicKey: eventKeys.publicKey.export({ type: "spki", format: "der" }).toString("base64"),
+    setSendGridEventUrl: (url) => void (sendgridEventUrl = url),
+    textIn,
     settled: async () => {
       while (pending.size > 0) await Promise.all(pending);
     },
   };
+}
+
+/** The page's form for texting one of the tenants' numbers, and what came back. */
+function textInSection(action: string, exchanges: { at: Date; from: string; to: string; body: string; status: number; replies: string[] }[]): string {
+  const rows = [...exchanges]
+    .reverse()
+    .map(
+      (e) =>
+        `<tr><td>${e.at.toISOString()}</td><td>${escapeHtml(e.from)}</td><td>${escapeHtml(e.to)}</td><td>${escapeHtml(e.body)}</td>` +
+        `<td>${e.status === 404 ? "no tenant has this number" : e.status}</td><td>${escapeHtml(e.replies.join(" / "))}</td></tr>`,
+    )
+    .join("\n");
+  return `<h2>Text in</h2><p>A phone writing to one of the tenants' numbers (try STOP, START or HELP).</p>
+<form method="post" action="${escapeHtml(action)}"><label>from <input name="from" value="+14155550101"></label>
+<label>to <input name="to" placeholder="a tenant's number"></label> <label>text <input name="body" value="HELP"></label>
+<select name="channel"><option>sms</option><option>whatsapp</option></select> <button>Send</button></form>
+${rows ? `<table><tr><th>when</th><th>from</th><th>to</th><th>text</th><th>answer</th><th>replies</th></tr>${rows}</table>` : ""}`;
 }

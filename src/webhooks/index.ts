@@ -1,0 +1,25 @@
+import express, { type Router } from "express";
+import type { Logger } from "../logger.ts";
+import { sendgridWebhooks } from "./sendgrid.ts";
+import type { WebhookContext } from "./tenant.ts";
+import { twilioWebhooks } from "./twilio.ts";
+
+/**
+ * `/webhooks/*`: what providers call. No JWT, no API key: each route derives
+ * its tenant from what the provider signed and verifies that signature
+ * before it touches a tenant row (src/webhooks/twilio.ts, sendgrid.ts).
+ */
+export function webhooksRouter(
+  options: WebhookContext & {
+    publicUrl: string;
+    systemTwilio?: { accountSid: string; authToken: string };
+    systemSendgridPublicKey?: string;
+    logger: Logger;
+  },
+): Router {
+  const router = express.Router();
+  const logger = options.logger.child({ component: "webhooks" });
+  router.use("/twilio", twilioWebhooks({ ...options, system: options.systemTwilio, logger }));
+  router.use("/sendgrid", sendgridWebhooks({ ...options, systemPublicKey: options.systemSendgridPublicKey, logger }));
+  return router;
+}

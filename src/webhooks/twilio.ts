@@ -1,0 +1,214 @@
+import express, { type Request, type Response, type Router } from "express";
+import type pg from "pg";
+import twilio from "twilio";
+import { z } from "zod";
+import { KeyError } from "../crypto/keyring.ts";
+import type { Logger } from "../logger.ts";
+import { classifyKeyword } from "./keywords.ts";
+import { refuse } from "./responses.ts";
+import { accountCredential, inTenant, inTenantWithoutKeys, TtlCache, verifiedWith, type WebhookContext } from "./tenant.ts";
+
+/**
+ * Twilio's webhooks: inbound SMS/WhatsApp (`POST /webhooks/twilio/sms`) and
+ * status callbacks (`POST /webhooks/twilio/status?tenant=…&delivery=…`, the
+ * URL Herald gives each send).
+ *
+ * Neither carries a JWT. The tenant comes from what Twilio signed: the
+ * receiving number (`To`, through the global sender_numbers mapping), or the
+ * tenant and delivery in the callback URL (the signature covers the whole
+ * URL). The signature (X-Twilio-Signature, HMAC-SHA1 over the URL and the
+ * sorted POST parameters) is checked with the auth token of the account that
+ * owns the number or sent the message — the tenant's own, or the system's —
+ * against HERALD_PUBLIC_URL, so it holds behind a TLS-terminating proxy, and
+ * a request signed for another host fails. Only a verified request touches
+ * tenant rows; a missing or wrong signature is 403 with nothing written.
+ */
+
+export interface TwilioWebhookOptions extends WebhookContext {
+  /** HERALD_PUBLIC_URL: the URL Twilio calls, which it signs. */
+  publicUrl: string;
+  /** The system account (TWILIO_*, or the sandbox's in development); absent: its numbers' webhooks cannot be verified. */
+  system?: { accountSid: string; authToken: string };
+  logger: Logger;
+}
+
+interface NumberOwner {
+  tenantId: string;
+  senderNumberId: string;
+  /** Null: the number is on the system account. */
+  providerAccountId: string | null;
+}
+
+const E164 = /^\+[1-9]\d{6,14}$/;
+
+/** `whatsapp:+1…` or `+1…` → the channel and the E.164 number. */
+function parseAddress(raw: string | undefined): { channel: "sms" | "whatsapp"; number: string } | undefined {
+  if (!raw) return undefined;
+  const whatsapp = raw.startsWith("whatsapp:");
+  const number = whatsapp ? raw.slice("whatsapp:".length) : raw;
+  return E164.test(number) ? { channel: whatsapp ? "whatsapp" : "sms", number } : undefined;
+}
+
+/** Twilio's MessageStatus → what it makes of the delivery (null: nothing; recorded only). */
+const STATUS_EFFECT: Record<string, string | null> = {
+  accepted: "sent",
+  queued: "sent",
+  sending: "sent",
+  sent: "sent",
+  delivered: "delivered",
+  read: "delivered",
+  undelivered: "undelivered",
+  failed: "failed",
+};
+
+const statusQuery = z.object({ tenant: z.uuid(), delivery: z.uuid().optional() });
+
+function twiml(reply: string | null): string {
+  const response = new twilio.twiml.MessagingResponse();
+  if (reply) response.message(reply);
+  return response.toString();
+}
+
+export function twilioWebhooks(options: TwilioWebhookOptions): Router {
+  const { logger } = options;
+  const ttl = options.keyring.cacheTtlMs;
+  const owners = new TtlCache<NumberOwner | undefined>(ttl);
+  const tokens = new TtlCache<string | undefined>(ttl);
+  const router = express.Router();
+  const form = express.urlencoded({ extended: false, limit: "64kb" });
+
+  /** The auth token that signs webhooks for an account of the tenant (null: the system's). */
+  const tokenOf = async (tenantId: string, accountId: string | null): Promise<string | undefined> => {
+    if (accountId === null) return options.system?.authToken;
+    const credential = await accountCredential(options, tenantId, accountId);
+    if (credential?.apiKey) {
+      // Twilio signs with the account's auth token; an API key's secret is not it.
+      logger.warn({ tenant: tenantId, account: accountId }, "cannot verify a Twilio webhook: the account authenticates with an API key, not its auth token");
+      return undefined;
+    }
+    return credential?.secret;
+  };
+
+  const verify = (req: Request, tenantId: string, accountId: string | null) => {
+    const signature = req.get("x-twilio-signature")!;
+    const url = options.publicUrl + req.originalUrl;
+    return verifiedWith(tokens, `${tenantId}/${accountId ?? "system"}`, () => tokenOf(tenantId, accountId), (token) =>
+      twilio.validateRequest(token, signature, url, req.body as Record<string, string>),
+    );
+  };
+
+  const lookUpOwner = async (address: { channel: string; number: string }): Promise<NumberOwner | undefined> => {
+    const { rows } = await options.pool.query<{ tenant_id: string; sender_number_id: string; provider_account_id: string | null }>(
+      "select tenant_id, sender_number_id, provider_account_id from herald_private.inbound_number_owner($1, $2)",
+      [address.number, address.channel],
+    );
+    const row = rows[0];
+    return row && { tenantId: row.tenant_id, senderNumberId: row.sender_number_id, providerAccountId: row.provider_account_id };
+  };
+
+  router.post("/sms", form, async (req: Request, res: Response) => {
+    const params = (req.body ?? {}) as Record<string, string>;
+    if (!req.get("x-twilio-signature")) return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
+    const to = parseAddress(params.To);
+    if (!to || !params.MessageSid) return refuse(res, 400, "BAD_REQUEST", "To (an E.164 number) and MessageSid are required.");
+    const ownerKey = `${to.channel}:${to.number}`;
+    const owner = await owners.get(ownerKey, () => lookUpOwner(to));
+    if (!owner) return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
+    const verdict = await verify(req, owner.tenantId, owner.providerAccountId);
+    if (verdict !== "verified") {
+      logger.warn({ tenant: owner.tenantId, verdict }, "refused an inbound webhook: signature not verified");
+      return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that owns this number.");
+    }
+
+    // Verified: from here on, inside the tenant only.
+    // Twilio gives the sender in E.164 already, the form contacts are hashed in; anything else (a short code) matches no one.
+    const from = parseAddress(params.From);
+    const keyword = classifyKeyword(params.Body ?? "");
+    const receive = (client: pg.PoolClient) =>
+      client.query<{ inbound_message_id: string; contact_id: string | null; duplicate: boolean; keyword: string | null; reply: string | null }>(
+        "select (r).* from (select herald_hidden.receive_inbound($1, $2, $3, $4, $5, $6, $7, $8) as r) s",
+        [
+          to.channel,
+          to.number,
+          from?.number ?? null,
+          params.Body ?? "",
+          params.MessageSid,
+          Math.min(Math.max(Number(params.NumMedia) || 0, 0), 10),
+          keyword?.kind ?? null,
+          keyword?.word ?? null,
+        ],
+      );
+    let result;
+    try {
+      result = (await inTenant(options, owner.tenantId, receive)).rows[0]!;
+    } catch (error) {
+      // The number changed hands since it was looked up: look again next time.
+      if ((error as { code?: string }).code === "NTFND") {
+        owners.forget(ownerKey);
+        return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
+      }
+      throw error;
+    }
+    logger.info(
+      { tenant: owner.tenantId, inbound: result.inbound_message_id, keyword: result.keyword, duplicate: result.duplicate },
+      "inbound message",
+    );
+    res.type("text/xml").send(twiml(result.reply));
+  });
+
+  router.post("/status", form, async (req: Request, res: Response) => {
+    const params = (req.body ?? {}) as Record<string, string>;
+    if (!req.get("x-twilio-signature")) return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
+    const query = statusQuery.safeParse(req.query);
+    if (!query.success) return refuse(res, 404, "UNKNOWN_TENANT", "The callback URL names no tenant.");
+    const { tenant: tenantId, delivery: deliveryId } = query.data;
+    const { AccountSid: accountSid, MessageSid: messageSid, MessageStatus: status } = params;
+    if (!accountSid || !messageSid || !status) return refuse(res, 400, "BAD_REQUEST", "AccountSid, MessageSid and MessageStatus are required.");
+
+    // Which account sent it: the system's, or one of this tenant's (looked up
+    // without the tenant's keys: nothing may be written before verification).
+    let accountId: string | null = null;
+    if (accountSid !== options.system?.accountSid) {
+      const { rows } = await inTenantWithoutKeys(options, tenantId, (client) =>
+        client.query<{ id: string }>(
+          `select id from herald_public.provider_accounts
+            where tenant_id = herald_public.current_tenant_id() and kind = 'twilio' and twilio_account_sid = $1
+            order by status = 'active' desc, created_at limit 1`,
+          [accountSid],
+        ),
+      );
+      if (!rows[0]) return refuse(res, 404, "UNKNOWN_ACCOUNT", "This tenant has no Twilio account with that AccountSid.");
+      accountId = rows[0].id;
+    }
+    const verdict = await verify(req, tenantId, accountId);
+    if (verdict !== "verified") {
+      logger.warn({ tenant: tenantId, verdict }, "refused a status callback: signature not verified");
+      return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that sent this message.");
+    }
+
+    const errorCode = params.ErrorCode || null;
+    let outcome: { outcome: string; delivery: string | null; delivery_status: string | null };
+    try {
+      outcome = await inTenant(options, tenantId, async (client) => {
+        const { rows } = await client.query(
+          "select outcome, delivery, delivery_status from herald_hidden.apply_delivery_event($1, $2, 'twilio', $3, $4, $5, $6, null)",
+          [deliveryId ?? null, messageSid, status.slice(0, 40), STATUS_EFFECT[status] ?? null, `twilio:${messageSid}:${status}`.slice(0, 200), errorCode],
+        );
+        const applied = rows[0];
+        // 21610: the recipient opted out at the carrier (replied STOP to this number): never again, on any of the tenant's numbers.
+        const recipient = parseAddress(params.To);
+        if (errorCode === "21610" && applied.outcome !== "duplicate" && recipient) {
+          await client.query("select herald_hidden.record_opt_out('phone', $1, $2, 'carrier', '21610')", [recipient.number, recipient.channel]);
+        }
+        return applied;
+      });
+    } catch (error) {
+      if (error instanceof KeyError) return refuse(res, 404, "UNKNOWN_TENANT", "No such tenant.");
+      throw error;
+    }
+    logger.info({ tenant: tenantId, delivery: outcome.delivery, status, outcome: outcome.outcome }, "status callback");
+    res.status(204).end();
+  });
+
+  return router;
+}

@@ -1,0 +1,125 @@
+import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import net from "node:net";
+import type { ApiServer } from "../../src/api/server.ts";
+import { SANDBOX_SYSTEM_TWILIO } from "../../src/sandbox/sandbox.ts";
+import { inboundParams } from "../../src/sandbox/inbound.ts";
+import { sendgridSignature, twilioSignature } from "../../src/sandbox/wire.ts";
+import type { TestDb } from "./db.ts";
+
+/**
+ * Calling Herald's webhooks the way Twilio and SendGrid do, and counting what
+ * they wrote. Herald is reached at its local address, but providers sign the
+ * public URL (HERALD_PUBLIC_URL) they were given: a TLS-terminating proxy sits
+ * between them, as in production.
+ */
+
+export const PUBLIC_URL = "https://herald.example.test";
+export const SYSTEM_TWILIO = SANDBOX_SYSTEM_TWILIO;
+
+/** A SendGrid event-webhook key pair: the public half is what Herald is configured with. */
+export function sendgridKeyPair(): { publicKey: string; privateKey: KeyObject } {
+  const pair = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+  return { publicKey: pair.publicKey.export({ type: "spki", format: "der" }).toString("base64"), privateKey: pair.privateKey };
+}
+
+/** The API server's environment for webhook tests: the system accounts' credentials, and the public URL. */
+export const webhookEnv = (options: { publicUrl?: string; sendgridPublicKey?: string; port?: number } = {}) => ({
+  HERALD_PUBLIC_URL: options.publicUrl ?? PUBLIC_URL,
+  TWILIO_ACCOUNT_SID: SYSTEM_TWILIO.accountSid,
+  TWILIO_AUTH_TOKEN: SYSTEM_TWILIO.authToken,
+  SENDGRID_WEBHOOK_PUBLIC_KEY: options.sendgridPublicKey,
+  ...(options.port ? { PORT: String(options.port) } : {}),
+});
+
+/** A port nothing listens on now, for a server whose public URL must be known before it starts. */
+export async function freePort(): Promise<number> {
+  const server = net.createServer();
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
+  const { port } = server.address() as net.AddressInfo;
+  await new Promise((resolve) => server.close(resolve));
+  return port;
+}
+
+export interface PostResult {
+  status: number;
+  body: string;
+}
+
+/**
+ * A form POST to `path` as Twilio makes it, signed with `token` for
+ * `signedFor` (default: the public URL of the path). `signature: null` sends none.
+ */
+export async function postTwilio(
+  api: ApiServer,
+  path: string,
+  params: Record<string, string>,
+  options: { token: string; signedFor?: string; signature?: string | null },
+): Promise<PostResult> {
+  const signature = options.signature === undefined ? twilioSignature(options.token, options.signedFor ?? `${PUBLIC_URL}${path}`, params) : options.signature;
+  const response = await fetch(`${api.url}${path}`, {
+    method: "POST",
+    headers: { "content-type": "application/x-www-form-urlencoded", ...(signature === null ? {} : { "x-twilio-signature": signature }) },
+    body: new URLSearchParams(params).toString(),
+  });
+  return { status: response.status, body: await response.text() };
+}
+
+let sid = 0;
+/** A new Twilio MessageSid. */
+export const messageSid = () => `SM${String(++sid).padStart(8, "0")}${"f".repeat(24)}`;
+
+/** An inbound text from `from` to `to`, as Twilio posts it to /webhooks/twilio/sms. */
+export const inboundText = (text: { from: string; to: string; body: string; accountSid?: string; channel?: "sms" | "whatsapp"; sid?: string }) =>
+  inboundParams(
+    { url: "", authToken: "", accountSid: text.accountSid ?? SYSTEM_TWILIO.accountSid, from: text.from, to: text.to, body: text.body, channel: text.channel },
+    text.sid ?? messageSid(),
+  );
+
+/** SendGrid's POST of an event batch: `body` exactly as given (a string is sent byte for byte), signed over timestamp + body. */
+export async function postSendGrid(
+  api: ApiServer,
+  path: string,
+  body: string | unknown[],
+  options: { privateKey: KeyObject; timestamp?: number; signedBody?: string; signature?: string | null },
+): Promise<PostResult & { json?: Record<string, number> }> {
+  const raw = typeof body === "string" ? body : JSON.stringify(body);
+  const timestamp = String(options.timestamp ?? Math.floor(Date.now() / 1000));
+  const signature = options.signature === undefined ? sendgridSignature(options.privateKey, timestamp, options.signedBody ?? raw) : options.signature;
+  const response = await fetch(`${api.url}${path}`, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      "x-twilio-email-event-webhook-timestamp": timestamp,
+      ...(signature === null ? {} : { "x-twilio-email-event-webhook-signature": signature }),
+    },
+    body: raw,
+  });
+  const text = await response.text();
+  let json: Record<string, number> | undefined;
+  try {
+    json = JSON.parse(text);
+  } catch {
+    json = undefined;
+  }
+  return { status: response.status, body: text, json };
+}
+
+/** Every row a webhook may write, per table, for every tenant: compared before and after an attack. */
+export async function writtenRows(db: TestDb): Promise<Record<string, number | string>> {
+  const tables = [
+    "herald_public.inbound_messages",
+    "herald_public.consent_events",
+    "herald_public.delivery_events",
+    "herald_public.contacts",
+    "herald_public.suppressions",
+    "herald_private.tenant_data_keys",
+  ];
+  const { rows } = await db.root.query(
+    `select ${tables.map((t, i) => `(select count(*)::int from ${t}) as t${i}`).join(", ")},
+            (select string_agg(id::text || status || coalesce(provider_message_id, ''), ',' order by id) from herald_public.deliveries) as deliveries,
+            (select string_agg(id::text || sms_subscribed || whatsapp_subscribed || email_subscribed, ',' order by id) from herald_public.contacts) as flags`,
+  );
+  const counts: Record<string, number | string> = {};
+  tables.forEach((t, i) => (counts[t] = rows[0][`t${i}`]));
+  return { ...counts, deliveries: rows[0].deliveries, flags: rows[0].flags };
+}

@@ -1,0 +1,368 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROLES } from "../src/db/urls.ts";
+import { twimlMessages } from "../src/sandbox/inbound.ts";
+import { twilioSignature } from "../src/sandbox/wire.ts";
+import type { WorkerHandle } from "../src/worker/worker.ts";
+import { graphql, useApiServer } from "./helpers/api.ts";
+import { useTestDatabase } from "./helpers/db.ts";
+import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+import { asRoot, asWorker, readyToSend, settled, startSandboxServer, startSendingWorker, type SandboxServer } from "./helpers/messaging.ts";
+import { inboundText, PUBLIC_URL, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
+
+/**
+ * POST /webhooks/twilio/sms: signatures, tenant resolution by the receiving
+ * number, keywords and their consent effects, and isolation between tenants
+ * that share a contact's phone number. Requests are signed for the public URL
+ * and sent to the local server, as through a TLS-terminating proxy.
+ */
+
+const db = useTestDatabase();
+const api = useApiServer(db, { env: () => webhookEnv() });
+let a: TenantFixture;
+let b: TenantFixture;
+/** Each tenant's number on its own Twilio account, and that account's auth token. */
+const numbers = { a: "", b: "" };
+const tokens = { a: "", b: "" };
+/** A number of A's on the system account (assigned by an operator), signed for with the system's token. */
+const A_SYSTEM_NUMBER = "+14155559900";
+const A_WHATSAPP_NUMBER = "+14155559901";
+const SMS = "/webhooks/twilio/sms";
+
+let phoneCounter = 0;
+/** A phone no earlier test has used. */
+const freshPhone = () => `+1628555${String(1000 + ++phoneCounter).padStart(4, "0")}`;
+
+beforeAll(async () => {
+  ({ a, b } = await seedTwoTenants(db.current));
+  const numberOf = async (t: TenantFixture) =>
+    (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [t.senderNumberId])).rows[0].phone_number as string;
+  numbers.a = await numberOf(a);
+  numbers.b = await numberOf(b);
+  tokens.a = a.providerSecret;
+  tokens.b = b.providerSecret;
+  await asRoot(db.current, (c) =>
+    c.query(
+      "insert into herald_public.sender_numbers (tenant_id, phone_number, channel) values ($1, $2, 'sms'), ($1, $3, 'whatsapp')",
+      [a.id, A_SYSTEM_NUMBER, A_WHATSAPP_NUMBER],
+    ),
+  );
+});
+
+/** A texts in to one of A's numbers (signed with the token of the account that owns it). */
+async function text(from: string, body: string, options: { to?: string; token?: string; sid?: string; channel?: "sms" | "whatsapp" } = {}) {
+  const to = options.to ?? numbers.a;
+  const token = options.token ?? (to === numbers.b ? tokens.b : to === numbers.a ? tokens.a : SYSTEM_TWILIO.authToken);
+  const result = await postTwilio(api.current, SMS, inboundText({ from, to, body, sid: options.sid, channel: options.channel }), { token });
+  return { ...result, replies: result.status === 200 ? twimlMessages(result.body) : [] };
+}
+
+/** A contact of tenant `t` with this phone, subscribed everywhere; its id. */
+async function contactWith(t: TenantFixture, phone: string, firstName = "Known"): Promise<string> {
+  return asWorker(db.current, t, async (c) => {
+    const { rows } = await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [
+      JSON.stringify([{ phone, first_name: firstName, sms_subscribed: true, whatsapp_subscribed: true }]),
+    ]);
+    return rows[0].contact_id as string;
+  });
+}
+
+/** What the tenant's data says about this contact's consent. */
+async function consentOf(t: TenantFixture, contactId: string) {
+  return asWorker(db.current, t, async (c) => {
+    const { rows } = await c.query(
+      `select c.sms_subscribed, c.whatsapp_subscribed,
+              exists (select 1 from herald_public.suppressions s where s.tenant_id = c.tenant_id and s.kind = 'phone' and s.address_hash = c.phone_hash) as suppressed,
+              (select coalesce(json_agg(json_build_object('action', e.action, 'source', e.source, 'detail', e.detail, 'channel', e.channel) order by e.created_at), '[]')
+                 from herald_public.consent_events e where e.tenant_id = c.tenant_id and e.contact_id = c.id) as events
+         from herald_public.contacts c where c.id = $1`,
+      [contactId],
+    );
+    return rows[0] as { sms_subscribed: boolean; whatsapp_subscribed: boolean; suppressed: boolean; events: { action: string; source: string; detail: string; channel: string }[] };
+  });
+}
+
+const replies = (t: TenantFixture) =>
+  asWorker(db.current, t, async (c) => (await c.query("select (herald_public.tenant_settings_keyword_replies(s)).* from herald_public.tenant_settings s")).rows[0]);
+
+describe("signatures", () => {
+  it("refuses a missing, forged, wrongly keyed, tampered or re-signed-for-another-host request with 403, writing nothing", async () => {
+    const before = await writtenRows(db.current);
+    const params = inboundText({ from: freshPhone(), to: numbers.a, body: "STOP" });
+    const attempts: [string, Parameters<typeof postTwilio>[3], Record<string, string>?][] = [
+      ["no signature", { token: tokens.a, signature: null }],
+      ["a made-up signature", { token: tokens.a, signature: "bm90IGEgc2lnbmF0dXJl" }],
+      ["tenant B's token", { token: tokens.b }],
+      ["the system's token, for a number on A's own account", { token: SYSTEM_TWILIO.authToken }],
+      ["signed for another host", { token: tokens.a, signedFor: `https://evil.example.com${SMS}` }],
+      ["signed for the local address, not the public URL", { token: tokens.a, signedFor: `${api.current.url}${SMS}` }],
+      ["signed for http instead of https", { token: tokens.a, signedFor: `${PUBLIC_URL.replace("https:", "http:")}${SMS}` }],
+    ];
+    for (const [label, options] of attempts) {
+      const result = await postTwilio(api.current, SMS, params, options);
+      expect(result.status, label).toBe(403);
+      expect(JSON.parse(result.body).error.code, label).toMatch(/^(MISSING|INVALID)_SIGNATURE$/);
+    }
+    // Signed properly, then changed on the way.
+    const tampered = await postTwilio(api.current, SMS, { ...params, Body: "START" }, { token: tokens.a, signature: twilioSignature(tokens.a, `${PUBLIC_URL}${SMS}`, params) });
+    expect(tampered.status, "a tampered body").toBe(403);
+    expect(await writtenRows(db.current)).toEqual(before);
+  });
+
+  it("accepts the same request signed for the public URL, though it arrives at the local address", async () => {
+    const before = await writtenRows(db.current);
+    const result = await postTwilio(api.current, SMS, inboundText({ from: freshPhone(), to: numbers.a, body: "hello" }), { token: tokens.a });
+    expect(result.status).toBe(200);
+    expect((await writtenRows(db.current))["herald_public.inbound_messages"]).toBe(Number(before["herald_public.inbound_messages"]) + 1);
+  });
+
+  it("answers 404 for a number no tenant has, and writes nothing", async () => {
+    const before = await writtenRows(db.current);
+    const result = await text(freshPhone(), "STOP", { to: "+14155550999", token: SYSTEM_TWILIO.authToken });
+    expect(result.status).toBe(404);
+    expect(JSON.parse(result.body).error.code).toBe("UNKNOWN_NUMBER");
+    expect(await writtenRows(db.current)).toEqual(before);
+  });
+
+  it("verifies a number on the system account with the system's token, and only with it", async () => {
+    const phone = freshPhone();
+    expect((await text(phone, "hi", { to: A_SYSTEM_NUMBER, token: tokens.a })).status).toBe(403);
+    const ok = await text(phone, "hi", { to: A_SYSTEM_NUMBER, token: SYSTEM_TWILIO.authToken });
+    expect(ok.status).toBe(200);
+    expect(ok.body).toMatch(/<Response\/>|<Response><\/Response>/);
+  });
+});
+
+describe("receiving a message", () => {
+  it("stores it encrypted for the number's tenant, matched to the contact by phone hash, once per MessageSid", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone, "Ada");
+    const sid = "SM" + "a".repeat(32);
+    const first = await text(phone, "Running 10 minutes late", { sid });
+    const again = await text(phone, "Running 10 minutes late", { sid });
+    expect([first.status, again.status]).toEqual([200, 200]);
+    const { rows } = await db.current.root.query(
+      "select tenant_id, contact_id, to_number, keyword, encode(from_encrypted, 'escape') as from_raw, encode(body_encrypted, 'escape') as body_raw from herald_public.inbound_messages where provider_message_id = $1",
+      [sid],
+    );
+    expect(rows).toHaveLength(1);
+    expect(rows[0]).toMatchObject({ tenant_id: a.id, contact_id: contactId, to_number: numbers.a, keyword: null });
+    expect(rows[0].from_raw).not.toContain(phone.slice(1));
+    expect(rows[0].body_raw).not.toContain("late");
+    // The tenant reads it in plain text; tenant B sees nothing.
+    const tokenA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const tokenB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.memberId });
+    const query = `{ allInboundMessages(condition: { providerMessageId: "${sid}" }) { nodes { from body contact { firstName } senderNumber { phoneNumber } } } }`;
+    const seen = await graphql(api.current, tokenA, query);
+    expect(seen.body.errors).toBeUndefined();
+    expect(seen.body.data!.allInboundMessages.nodes).toEqual([{ from: phone, body: "Running 10 minutes late", contact: { firstName: "Ada" }, senderNumber: { phoneNumber: numbers.a } }]);
+    expect((await graphql(api.current, tokenB, query)).body.data!.allInboundMessages.nodes).toEqual([]);
+  });
+
+  it("makes an unknown sender a contact, flagged as created by the inbound message", async () => {
+    const phone = freshPhone();
+    expect((await text(phone, "Hello? Who is this")).status).toBe(200);
+    const tokenA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const { body } = await graphql(api.current, tokenA, `{ contactByPhone(phone: "${phone}") { phone createdByInbound smsSubscribed inboundMessages { totalCount } } }`);
+    expect(body.data!.contactByPhone).toEqual({ phone, createdByInbound: true, smsSubscribed: true, inboundMessages: { totalCount: 1 } });
+  });
+});
+
+describe("keywords", () => {
+  // Every opt-out word, in the forms people type them.
+  const STOP = ["STOP", "stop", "Stop.", "  STOP  ", "STOPALL", "stop all", "UNSUBSCRIBE", "Unsubscribe!", "CANCEL", "end", "QUIT", "REVOKE",
+    "OPTOUT", "opt out", "Opt-Out", "stop please", "Please STOP", "stop texting me", "S.T.O.P", "ＳＴＯＰ"];
+
+  it.each(STOP)("%j opts out: unsubscribed, suppressed, recorded, confirmed", async (word) => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    const result = await text(phone, word);
+    expect(result.status).toBe(200);
+    expect(result.replies).toEqual([(await replies(a)).stop]);
+    const consent = await consentOf(a, contactId);
+    expect(consent).toMatchObject({ sms_subscribed: false, suppressed: true });
+    expect(consent.events).toEqual([{ action: "opt_out", source: "keyword", detail: expect.stringMatching(/^(STOP|STOPALL|UNSUBSCRIBE|CANCEL|END|QUIT|REVOKE|OPTOUT)$/), channel: "sms" }]);
+  });
+
+  it.each(["START", "start", "Unstop", "YES", "yes please"])("%j after an opt-out opts back in", async (word) => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    await text(phone, "STOP");
+    const result = await text(phone, word);
+    expect(result.replies).toEqual([(await replies(a)).start]);
+    const consent = await consentOf(a, contactId);
+    expect(consent).toMatchObject({ sms_subscribed: true, suppressed: false });
+    expect(consent.events.map((e) => e.action)).toEqual(["opt_out", "opt_in"]);
+  });
+
+  it("YES from a subscribed contact is an answer, not an opt-in", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    const result = await text(phone, "Yes");
+    expect(result.replies).toEqual([]);
+    expect((await consentOf(a, contactId)).events).toEqual([]);
+    const { rows } = await db.current.root.query("select keyword from herald_public.inbound_messages where contact_id = $1", [contactId]);
+    expect(rows).toEqual([{ keyword: null }]);
+  });
+
+  it.each(["HELP", "help", "Info", "help me", "HELP!"])("%j gets the HELP text and changes no subscription", async (word) => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    const result = await text(phone, word);
+    expect(result.replies).toEqual([(await replies(a)).help]);
+    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, suppressed: false, events: [{ action: "help", source: "keyword" }] });
+  });
+
+  it.each([
+    "Can you stop by at 5?",
+    "Please don't stop the reminders",
+    "I need to cancel my appointment tomorrow",
+    "stopping by later",
+    "The end of the week works",
+    "Thank you!",
+    "yes I will be there at 10 thanks",
+  ])("%j is an ordinary message: no reply, nothing changes", async (body) => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    const result = await text(phone, body);
+    expect(result.status).toBe(200);
+    expect(result.replies).toEqual([]);
+    expect(await consentOf(a, contactId)).toEqual({ sms_subscribed: true, whatsapp_subscribed: true, suppressed: false, events: [] });
+  });
+
+  it("STOP then START: the suppression it added goes, an operator's manual one stays", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    expect((await text(phone, "STOP")).replies).toHaveLength(1);
+    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: false, suppressed: true });
+    expect((await text(phone, "START")).replies).toHaveLength(1);
+    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, suppressed: false });
+
+    const other = freshPhone();
+    const otherId = await contactWith(a, other);
+    await asWorker(db.current, a, (c) => c.query("select herald_public.add_suppression('phone', $1, 'manual', 'asked by phone')", [other]));
+    await text(other, "STOP");
+    await text(other, "START");
+    expect(await consentOf(a, otherId)).toMatchObject({ sms_subscribed: true, suppressed: true });
+  });
+
+  it("an opt-out from someone Herald did not know creates them opted out, and suppressed", async () => {
+    const phone = freshPhone();
+    await text(phone, "UNSUBSCRIBE");
+    const { rows } = await db.current.root.query("select id, created_by_inbound from herald_public.contacts where tenant_id = $1 order by created_at desc limit 1", [a.id]);
+    expect(rows[0].created_by_inbound).toBe(true);
+    expect(await consentOf(a, rows[0].id)).toMatchObject({ sms_subscribed: false, suppressed: true });
+  });
+
+  it("a duplicate STOP (same MessageSid) records one opt-out and answers the same", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    const sid = "SM" + "d".repeat(32);
+    const first = await text(phone, "STOP", { sid });
+    const second = await text(phone, "STOP", { sid });
+    expect(second.replies).toEqual(first.replies);
+    expect((await consentOf(a, contactId)).events).toHaveLength(1);
+  });
+
+  it("on WhatsApp, STOP unsubscribes from WhatsApp only (no phone suppression)", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    const result = await text(phone, "stop", { to: A_WHATSAPP_NUMBER, token: SYSTEM_TWILIO.authToken, channel: "whatsapp" });
+    expect(result.replies).toEqual([(await replies(a)).stop]);
+    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, whatsapp_subscribed: false, suppressed: false, events: [{ channel: "whatsapp" }] });
+  });
+});
+
+describe("HELP text", () => {
+  it("uses Herald's defaults, then each of the tenant's fields, then the tenant's whole text", async () => {
+    const phone = freshPhone();
+    await contactWith(a, phone);
+    const help = async () => (await text(phone, "HELP")).replies[0];
+    expect(await help()).toBe("Tenant A: account notifications. Msg frequency varies. Msg&data rates may apply. Reply STOP to cancel.");
+
+    await asRoot(db.current, (c) =>
+      c.query(
+        `update herald_public.tenant_settings set business_name = 'Acme Dental', program_description = 'Appointment reminders',
+                support_phone = '+1 415 555 0100', support_email = 'help@acme.test', support_website = 'acme.test/sms',
+                message_frequency = 'Up to 4 msgs/month', help_disclaimer = 'Terms: acme.test/terms',
+                stop_reply = 'Acme: you will get no more texts.', start_reply = 'Acme: welcome back.'
+          where tenant_id = $1`,
+        [a.id],
+      ),
+    );
+    expect(await help()).toBe(
+      "Acme Dental: Appointment reminders. Help: +1 415 555 0100, help@acme.test, acme.test/sms. Up to 4 msgs/month. Msg&data rates may apply. Reply STOP to cancel. Terms: acme.test/terms",
+    );
+    expect((await text(phone, "STOP")).replies).toEqual(["Acme: you will get no more texts."]);
+    expect((await text(phone, "START")).replies).toEqual(["Acme: welcome back."]);
+
+    await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set help_text = 'Acme: call us at 555-0100. Reply STOP to opt out.' where tenant_id = $1", [a.id]));
+    expect(await help()).toBe("Acme: call us at 555-0100. Reply STOP to opt out.");
+    // What the API shows the tenant's admins is what is sent.
+    const tokenA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+    const { body } = await graphql(api.current, tokenA, "{ allTenantSettings { nodes { keywordReplies { help stop start } } } }");
+    expect(body.data!.allTenantSettings.nodes[0].keywordReplies).toEqual({ help: await help(), stop: "Acme: you will get no more texts.", start: "Acme: welcome back." });
+
+    // Tenant B, which set nothing, still answers with its own name and Herald's defaults.
+    const other = freshPhone();
+    await contactWith(b, other);
+    expect((await text(other, "INFO", { to: numbers.b })).replies[0]).toMatch(/^Tenant B: account notifications\. .*Reply STOP to cancel\.$/);
+  });
+});
+
+describe("two tenants with the same contact", () => {
+  it("a STOP to A's number changes A's contact only; B's rows are untouched", async () => {
+    const phone = freshPhone();
+    const inA = await contactWith(a, phone);
+    const inB = await contactWith(b, phone);
+    const rowsOfB = () =>
+      db.current.root.query(
+        `select (select count(*)::int from herald_public.inbound_messages where tenant_id = $1) as inbound,
+                (select count(*)::int from herald_public.consent_events where tenant_id = $1) as consent,
+                (select count(*)::int from herald_public.suppressions where tenant_id = $1) as suppressions,
+                (select count(*)::int from herald_public.contacts where tenant_id = $1) as contacts`,
+        [b.id],
+      );
+    const before = (await rowsOfB()).rows[0];
+    expect((await text(phone, "STOP", { to: numbers.a })).replies).toHaveLength(1);
+    expect((await rowsOfB()).rows[0]).toEqual(before);
+    expect(await consentOf(a, inA)).toMatchObject({ sms_subscribed: false, suppressed: true });
+    expect(await consentOf(b, inB)).toEqual({ sms_subscribed: true, whatsapp_subscribed: true, suppressed: false, events: [] });
+
+    // And the other way round: a message to B's number is B's.
+    await text(phone, "hello B", { to: numbers.b });
+    const { rows } = await db.current.root.query("select tenant_id, contact_id from herald_public.inbound_messages where to_number = $1 order by received_at desc limit 1", [numbers.b]);
+    expect(rows[0]).toEqual({ tenant_id: b.id, contact_id: inB });
+  });
+});
+
+describe("an opt-out and the deliveries already queued", () => {
+  let server: SandboxServer;
+  let worker: WorkerHandle;
+  beforeAll(async () => {
+    server = await startSandboxServer();
+    await readyToSend(db.current, server, a);
+    worker = await startSendingWorker(db.current, server, 4);
+  });
+  afterAll(async () => {
+    await worker?.stop();
+    await server?.close();
+  });
+
+  it("beats them: a message queued before the STOP is never sent", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const { body } = await graphql(
+      api.current,
+      token,
+      `mutation($c: UUID!, $at: Datetime!) { sendMessage(input: { channel: "sms", body: "Your reminder", contactIds: [$c], scheduledAt: $at }) { message { rowId } } }`,
+      { c: contactId, at: new Date(Date.now() + 2500).toISOString() },
+    );
+    expect(body.errors).toBeUndefined();
+    const messageId = body.data!.sendMessage.message.rowId as string;
+    expect((await text(phone, "STOP")).status).toBe(200);
+    const result = await settled(db.current, messageId);
+    expect(result.byReason).toEqual({ "skipped/unsubscribed": 1 });
+    expect(server.sandbox.messages.filter((m) => m.to === phone)).toEqual([]);
+  });
+});
