@@ -2,9 +2,10 @@ import "../src/env-defaults.ts";
 import { benchContacts } from "./contacts.ts";
 import { benchPipeline } from "./pipeline.ts";
 import { benchRls } from "./rls.ts";
+import { benchWebhooks } from "./webhooks.ts";
 
-/** `npm run bench [-- rls|contacts|pipeline]`: every benchmark, or the one named. Ratios come from one run each. */
-const benches: Record<string, () => Promise<void>> = { rls: benchRls, contacts: benchContacts, pipeline: benchPipeline };
+/** `npm run bench [-- rls|contacts|pipeline|webhooks]`: every benchmark, or the one named. Ratios come from one run each. */
+const benches: Record<string, () => Promise<void>> = { rls: benchRls, contacts: benchContacts, pipeline: benchPipeline, webhooks: benchWebhooks };
 const asked = process.argv.slice(2);
 const unknown = asked.filter((name) => !benches[name]);
 if (unknown.length > 0) {

@@ -148,6 +148,51 @@ describe.each([0, 1])("tenant B attacking tenant A (attacker %i)", (index) => {
   });
 });
 
+describe.each([0, 1])("tenant B and what A's contacts wrote and were told (attacker %i)", (index) => {
+  const attacker = () => attackers[index]!;
+
+  it("reads none of A's inbound messages, consent events, delivery events or conversations", async () => {
+    const { body: own } = await graphql(
+      api.current,
+      tokenA,
+      `{ allInboundMessages { nodes { id } } allConsentEvents { nodes { id } } allDeliveryEvents { nodes { id } } }`,
+    );
+    expect(own.errors).toBeUndefined();
+    const ids = [own.data!.allInboundMessages.nodes[0].id, own.data!.allConsentEvents.nodes[0].id, own.data!.allDeliveryEvents.nodes[0].id];
+    const { body } = await graphql(
+      api.current,
+      attacker().token,
+      `query($a: UUID!, $inbound: UUID!, $contact: UUID!, $n1: ID!, $n2: ID!, $n3: ID!) {
+        inboundMessageByTenantIdAndRowId(tenantId: $a, rowId: $inbound) { body }
+        contactByTenantIdAndRowId(tenantId: $a, rowId: $contact) { conversation { nodes { body } } }
+        n1: node(id: $n1) { id } n2: node(id: $n2) { id } n3: node(id: $n3) { id }
+        allInboundMessages { nodes { tenantId } } allConsentEvents { nodes { tenantId } } allDeliveryEvents { nodes { tenantId } }
+      }`,
+      { a: a.id, inbound: a.inboundMessageId, contact: a.contactId, n1: ids[0], n2: ids[1], n3: ids[2] },
+    );
+    expect(body.errors).toBeUndefined();
+    const data = body.data!;
+    expect([data.inboundMessageByTenantIdAndRowId, data.contactByTenantIdAndRowId, data.n1, data.n2, data.n3]).toEqual([null, null, null, null, null]);
+    for (const list of [data.allInboundMessages, data.allConsentEvents, data.allDeliveryEvents]) {
+      expect(list.nodes.every((n: { tenantId: string }) => n.tenantId === b.id), JSON.stringify(list)).toBe(true);
+    }
+  });
+
+  it("cannot delete A's inbound message", async () => {
+    const { body } = await graphql(
+      api.current,
+      attacker().token,
+      `mutation($a: UUID!, $m: UUID!) { deleteInboundMessageByTenantIdAndRowId(input: { tenantId: $a, rowId: $m }) { inboundMessage { rowId } } }`,
+      { a: a.id, m: a.inboundMessageId },
+    );
+    // The mutation exists (tenant admins erase what a person wrote); for A's row it finds nothing.
+    for (const error of body.errors ?? []) expect(["NOT_FOUND", "FORBIDDEN"], JSON.stringify(body)).toContain(error.extensions?.code);
+    expect(body.data?.deleteInboundMessageByTenantIdAndRowId?.inboundMessage ?? null).toBeNull();
+    const { rowCount } = await db.current.root.query("select 1 from herald_public.inbound_messages where id = $1", [a.inboundMessageId]);
+    expect(rowCount).toBe(1);
+  });
+});
+
 describe("platform admin", () => {
   it("sees both tenants through an admin token", async () => {
     const adminToken = await api.current.authenticator.sign({ role: ROLES.admin });

@@ -53,7 +53,7 @@ async function expectRefused(c: pg.PoolClient, label: string, granted: boolean, 
 
 describe.each(TABLES)("$table", (spec) => {
   it("tenant B cannot read tenant A's rows, by id or by scanning: grants refuse, or RLS hides them", async () => {
-    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId, a.contactId, a.tagId, a.listId, a.providerAccountId, a.senderNumberId, a.emailSenderId, a.templateId, a.messageId, a.deliveryId, a.suppressionId];
+    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId, a.contactId, a.tagId, a.listId, a.providerAccountId, a.senderNumberId, a.emailSenderId, a.templateId, a.messageId, a.deliveryId, a.suppressionId, a.inboundMessageId, a.consentEventId, a.deliveryEventId];
     for (const who of identities()) {
       await asRole(db.current, who, async (c) => {
         const { where, params } = spec.victim(a);
@@ -149,6 +149,49 @@ describe("tenant B referencing tenant A's contacts, tags and lists from its own 
     ["tag A's contact with B's tag", "insert into herald_public.contact_tags (tag_id, contact_id) values ($1, $2)", [b.tagId, a.contactId]],
     ["tag B's contact with A's tag", "insert into herald_public.contact_tags (tag_id, contact_id) values ($1, $2)", [a.tagId, b.contactId]],
   ] as const;
+  // The rows only webhooks write (as a worker): B's own rows naming A's contact, delivery or inbound message.
+  const workerAttacks = () => [
+    ["record an opt-out of A's contact", "insert into herald_public.consent_events (contact_id, channel, action, source) values ($1, 'sms', 'opt_out', 'keyword')", [a.contactId]],
+    ["record a consent event of A's inbound message", "insert into herald_public.consent_events (contact_id, channel, action, source, inbound_message_id) values ($1, 'sms', 'help', 'keyword', $2)", [b.contactId, a.inboundMessageId]],
+    ["report on A's delivery", "insert into herald_public.delivery_events (delivery_id, provider, event, dedupe_key, applied, status) values ($1, 'twilio', 'delivered', 'evil-b', true, 'delivered')", [a.deliveryId]],
+    ["file an inbound message under A's contact", `insert into herald_public.inbound_messages (channel, to_number, contact_id, from_encrypted, body_encrypted, key_version, provider_message_id)
+       values ('sms', '+14155550000', $1, '\\x00'::bytea, '\\x00'::bytea, 1, 'SMevil-b')`, [a.contactId]],
+  ] as const;
+
+  it("a worker in B cannot point consent, delivery events or inbound messages at A's rows", async () => {
+    const settings = await testKeyring().sessionSettings(db.current.root, b.id);
+    for (const [label, sql, params] of workerAttacks()) {
+      await asRole(db.current, { role: ROLES.worker, tenantId: b.id, settings }, async (c) => {
+        const error = await expectPgError(c, () => c.query(sql, [...params]));
+        expect(error?.code, label).toBe("23503");
+      });
+    }
+  });
+
+  it("a worker in B applying a provider's report to A's delivery, by id or by provider id, finds nothing", async () => {
+    await db.current.root.query("update herald_public.deliveries set provider_message_id = 'SMvictim' where id = $1", [a.deliveryId]);
+    await asRole(db.current, { role: ROLES.worker, tenantId: b.id }, async (c) => {
+      for (const [id, sid] of [[a.deliveryId, null], [null, "SMvictim"]]) {
+        const { rows } = await c.query("select outcome from herald_hidden.apply_delivery_event($1, $2, 'twilio', 'failed', 'failed', 'evil', null, null)", [id, sid]);
+        expect(rows[0].outcome).toBe("not_found");
+      }
+    });
+    await withRootDb(db.current, async (c) => {
+      const { rows } = await c.query("select status, provider_message_id from herald_public.deliveries where id = $1", [a.deliveryId]);
+      expect(rows[0]).toEqual({ status: "skipped", provider_message_id: "SMvictim" });
+    });
+  });
+
+  it("receiving at A's number inside B's context is refused", async () => {
+    const aNumber = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
+    const settings = await testKeyring().sessionSettings(db.current.root, b.id);
+    await asRole(db.current, { role: ROLES.worker, tenantId: b.id, settings }, async (c) => {
+      const error = await expectPgError(c, () =>
+        c.query("select herald_hidden.receive_inbound('sms', $1, $2, 'STOP', 'SMcross', 0, 'stop', 'STOP')", [aNumber, a.contactPhone]),
+      );
+      expect(error?.code).toBe("NTFND");
+    });
+  });
 
   it.each(["B's owner", "B's member", "B's API key", "a worker in B"])("%s is refused by the composite foreign key", async (name) => {
     const who = identities().find((i) => i.name === name)!;

@@ -7,7 +7,7 @@ import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, asWorker, readyToSend, settled, startSandboxServer, startSendingWorker, type SandboxServer } from "./helpers/messaging.ts";
-import { inboundText, PUBLIC_URL, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
+import { contactWith as contactWithPhone, inboundText, PUBLIC_URL, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/twilio/sms: signatures, tenant resolution by the receiving
@@ -56,15 +56,7 @@ async function text(from: string, body: string, options: { to?: string; token?: 
   return { ...result, replies: result.status === 200 ? twimlMessages(result.body) : [] };
 }
 
-/** A contact of tenant `t` with this phone, subscribed everywhere; its id. */
-async function contactWith(t: TenantFixture, phone: string, firstName = "Known"): Promise<string> {
-  return asWorker(db.current, t, async (c) => {
-    const { rows } = await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [
-      JSON.stringify([{ phone, first_name: firstName, sms_subscribed: true, whatsapp_subscribed: true }]),
-    ]);
-    return rows[0].contact_id as string;
-  });
-}
+const contactWith = (t: TenantFixture, phone: string, firstName?: string) => contactWithPhone(db.current, t, phone, { firstName });
 
 /** What the tenant's data says about this contact's consent. */
 async function consentOf(t: TenantFixture, contactId: string) {
@@ -364,5 +356,54 @@ describe("an opt-out and the deliveries already queued", () => {
     const result = await settled(db.current, messageId);
     expect(result.byReason).toEqual({ "skipped/unsubscribed": 1 });
     expect(server.sandbox.messages.filter((m) => m.to === phone)).toEqual([]);
+  });
+});
+
+describe("many at once", () => {
+  it("answers concurrent messages of one tenant, sharing transactions: each stored once, a repeated MessageSid once", async () => {
+    const phones = Array.from({ length: 20 }, () => freshPhone());
+    await Promise.all(phones.map((p) => contactWith(a, p)));
+    const sid = (i: number) => `SMconcurrent${String(i).padStart(22, "0")}`;
+    const body = (i: number) => (i % 5 === 0 ? "HELP" : `hello ${i}`);
+    // Twenty messages and, at the same time, Twilio's retry of the first ten.
+    const results = await Promise.all([
+      ...phones.map((p, i) => text(p, body(i), { sid: sid(i) })),
+      ...phones.slice(0, 10).map((p, i) => text(p, body(i), { sid: sid(i) })),
+    ]);
+    expect(results.map((r) => r.status)).toEqual(results.map(() => 200));
+    const help = (await replies(a)).help;
+    results.forEach((r, i) => expect(r.replies, `request ${i}`).toEqual(i % 20 % 5 === 0 ? [help] : []));
+    const { rows } = await db.current.root.query(
+      `select count(*)::int as n, count(distinct provider_message_id)::int as sids, count(distinct received_at)::int as transactions
+         from herald_public.inbound_messages where provider_message_id like 'SMconcurrent%'`,
+    );
+    expect(rows[0]).toMatchObject({ n: 20, sids: 20 });
+    // Messages that arrived while a transaction was under way shared the next one
+    // (received_at is now(): the time its transaction started).
+    expect(rows[0].transactions).toBeLessThan(20);
+    const { rows: consent } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.consent_events e join herald_public.inbound_messages m on m.id = e.inbound_message_id where m.provider_message_id like 'SMconcurrent%'",
+    );
+    expect(consent[0].n).toBe(4);
+  });
+
+  it("in a shared transaction, a message that fails takes no other with it", async () => {
+    const phone = freshPhone();
+    const message = (to: string, sid: string) => ({ channel: "sms", to_number: to, from_phone: phone, body: "hi", provider_message_id: sid, media_count: 0, keyword: null, keyword_word: null });
+    const rows = await asWorker(db.current, a, async (c) =>
+      (
+        await c.query("select ordinal, error_code, inbound_message_id is not null as stored from herald_hidden.receive_inbound_batch($1) order by ordinal", [
+          JSON.stringify([message(numbers.a, "SMshared1"), message(numbers.b, "SMshared2"), message(numbers.a, "SMshared3")]),
+        ])
+      ).rows,
+    );
+    // B's number is not A's: that one alone is refused (the webhook answers it 404).
+    expect(rows).toEqual([
+      { ordinal: 0, error_code: null, stored: true },
+      { ordinal: 1, error_code: "NTFND", stored: false },
+      { ordinal: 2, error_code: null, stored: true },
+    ]);
+    const { rows: stored } = await db.current.root.query("select provider_message_id from herald_public.inbound_messages where provider_message_id like 'SMshared%' order by 1");
+    expect(stored.map((r) => r.provider_message_id)).toEqual(["SMshared1", "SMshared3"]);
   });
 });

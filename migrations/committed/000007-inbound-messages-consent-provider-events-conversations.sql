@@ -1,5 +1,5 @@
 --! Previous: sha1:642594d9f69ed579ca69923f67dbdc76896dce16
---! Hash: sha1:1e1ea551a276ddaca14de5c1cda064fe389b1353
+--! Hash: sha1:5020a204a8a740e4630fe31040561372cc3fac64
 --! Message: Inbound messages, consent, provider events, conversations
 
 --
@@ -26,6 +26,7 @@ drop function if exists herald_public.contacts_conversation(herald_public.contac
 drop type if exists herald_public.conversation_entry cascade;
 drop function if exists herald_public.inbound_messages_from(herald_public.inbound_messages);
 drop function if exists herald_public.inbound_messages_body(herald_public.inbound_messages);
+drop function if exists herald_hidden.receive_inbound_batch(jsonb);
 drop function if exists herald_hidden.receive_inbound(text, text, text, text, text, integer, text, text);
 drop type if exists herald_hidden.inbound_result cascade;
 drop function if exists herald_hidden.apply_delivery_event(uuid, text, text, text, text, text, text, timestamptz);
@@ -383,7 +384,6 @@ declare
   v_existing herald_public.inbound_messages;
   v_contact uuid;
   v_subscribed boolean;
-  v_suppressed boolean;
   v_keyword text := receive_inbound.keyword;
   v_inbound uuid;
   v_replies herald_public.keyword_replies;
@@ -409,11 +409,8 @@ begin
   -- once: one insert wins, the other finds it.
   if from_phone is not null then
     for attempt in 1..2 loop
-      select c.id,
-             case receive_inbound.channel when 'sms' then c.sms_subscribed else c.whatsapp_subscribed end,
-             exists (select 1 from herald_public.suppressions s
-                      where s.tenant_id = v_tenant and s.kind = 'phone' and s.address_hash = c.phone_hash)
-        into v_contact, v_subscribed, v_suppressed
+      select c.id, case receive_inbound.channel when 'sms' then c.sms_subscribed else c.whatsapp_subscribed end
+        into v_contact, v_subscribed
         from herald_public.contacts c
        where c.tenant_id = v_tenant
          and c.phone_hash = any ((select herald_hidden.pii_hashes('phone', receive_inbound.from_phone))::bytea[]);
@@ -431,7 +428,10 @@ begin
 
   -- "YES" answers questions ("Reply YES to confirm"): from a contact who is
   -- subscribed and not suppressed it is an ordinary message, not an opt-in.
-  if v_keyword = 'start' and keyword_word = 'YES' and v_subscribed and not v_suppressed then
+  if v_keyword = 'start' and keyword_word = 'YES' and v_subscribed
+     and not exists (select 1 from herald_public.suppressions s
+                      where s.tenant_id = v_tenant and s.kind = 'phone'
+                        and s.address_hash = any ((select herald_hidden.pii_hashes('phone', receive_inbound.from_phone))::bytea[])) then
     v_keyword := null;
   end if;
   -- Keywords need someone to apply to.
@@ -439,9 +439,11 @@ begin
     v_keyword := null;
   end if;
 
-  select (herald_public.tenant_settings_keyword_replies(s)).* into v_replies
-    from herald_public.tenant_settings s where s.tenant_id = v_tenant;
-  v_reply := case v_keyword when 'stop' then v_replies.stop when 'start' then v_replies.start when 'help' then v_replies.help end;
+  if v_keyword is not null then
+    select r.* into v_replies
+      from herald_public.tenant_settings s, herald_public.tenant_settings_keyword_replies(s) r where s.tenant_id = v_tenant;
+    v_reply := case v_keyword when 'stop' then v_replies.stop when 'start' then v_replies.start when 'help' then v_replies.help end;
+  end if;
 
   insert into herald_public.inbound_messages (channel, sender_number_id, to_number, contact_id, from_encrypted, body_encrypted,
                                               key_version, media_count, keyword, auto_reply, provider_message_id, provider_account_id)
@@ -660,7 +662,7 @@ create type herald_public.conversation_entry as (
 comment on type herald_public.conversation_entry is
   E'One message of a conversation: `inbound` (the contact wrote), or `outbound` (a delivery, or Herald''s automatic keyword reply).';
 
--- Oldest first; page from the end (`last: 20`) for the latest. Deliveries that
+-- Newest first (`first: 20` is the latest, `after:` pages back). Deliveries that
 -- never reached the person (skipped, canceled) are not part of it. Deliveries
 -- claimed before their text was kept show the message as written.
 create function herald_public.contacts_conversation(contact herald_public.contacts, channel text default null)
@@ -692,10 +694,11 @@ as $$
        and d.status not in ('skipped', 'canceled')
        and (contacts_conversation.channel is null or d.channel = contacts_conversation.channel)
   ) e (direction, channel, at, body, status, keyword, tenant_address, message_id, delivery_id, inbound_message_id)
-  order by e.at, e.direction, coalesce(e.delivery_id, e.inbound_message_id);
+  -- A keyword reply shares its message's instant: it comes after it (before it, newest first).
+  order by e.at desc, e.direction desc, coalesce(e.delivery_id, e.inbound_message_id);
 $$;
 comment on function herald_public.contacts_conversation(herald_public.contacts, text) is
-  E'This contact''s messages both ways, oldest first (`last: 20` for the latest): what they wrote, what was sent to them, and automatic keyword replies. `channel` narrows it to sms, whatsapp or email.';
+  E'This contact''s messages both ways, newest first (`first: 20` for the latest): what they wrote, what was sent to them, and automatic keyword replies. `channel` narrows it to sms, whatsapp or email.';
 grant execute on function herald_public.contacts_conversation(herald_public.contacts, text)
   to :DATABASE_MEMBER, :DATABASE_ADMIN;
 
@@ -793,3 +796,47 @@ as $$
 $$;
 grant execute on function herald_hidden.rekey_inbound_messages(uuid, integer), herald_hidden.rekey_delivery_contents(uuid, integer)
   to :DATABASE_WORKER;
+
+-- Several inbound messages of one tenant in one transaction: under load the
+-- webhook groups the requests that arrive while a transaction is under way
+-- (src/webhooks/inbound-batches.ts), so one round of BEGIN, settings and
+-- COMMIT serves many. Each message is received in a subtransaction of its
+-- own: one that fails (its number changed hands) reports its SQLSTATE and
+-- takes no other with it. `messages`: a JSON array of receive_inbound's
+-- arguments; one row per element, in order.
+create function herald_hidden.receive_inbound_batch(messages jsonb)
+  returns table (ordinal integer, inbound_message_id uuid, contact_id uuid, duplicate boolean, keyword text, reply text, error_code text)
+  language plpgsql volatile
+  set search_path = ''
+as $$
+declare
+  v_message jsonb;
+  v_result herald_hidden.inbound_result;
+begin
+  ordinal := 0;
+  for v_message in select m from pg_catalog.jsonb_array_elements(messages) m loop
+    begin
+      v_result := herald_hidden.receive_inbound(v_message ->> 'channel', v_message ->> 'to_number', v_message ->> 'from_phone',
+                                                v_message ->> 'body', v_message ->> 'provider_message_id',
+                                                (v_message ->> 'media_count')::integer, v_message ->> 'keyword',
+                                                v_message ->> 'keyword_word');
+      inbound_message_id := v_result.inbound_message_id;
+      contact_id := v_result.contact_id;
+      duplicate := v_result.duplicate;
+      keyword := v_result.keyword;
+      reply := v_result.reply;
+      error_code := null;
+    exception when others then
+      inbound_message_id := null;
+      contact_id := null;
+      duplicate := null;
+      keyword := null;
+      reply := null;
+      error_code := sqlstate;
+    end;
+    return next;
+    ordinal := ordinal + 1;
+  end loop;
+end;
+$$;
+grant execute on function herald_hidden.receive_inbound_batch(jsonb) to :DATABASE_WORKER;

@@ -75,6 +75,17 @@ export function makeMaskError(logger: Logger, development: boolean) {
       }
     }
     if (isSafeError(original)) return defaultMaskError(error);
+    // PostGraphile's update/delete mutations found no row the caller may
+    // change: another tenant's row looks exactly like a missing one.
+    const missing = /^No values were (?:updated|deleted) in collection '([a-z_]+)'/.exec(original.message);
+    if (missing) {
+      return new GraphQLError(`No such ${missing[1]!.replace(/_/g, " ").replace(/s$/, "")}.`, {
+        nodes: error.nodes,
+        positions: error.positions,
+        path: error.path,
+        extensions: { code: "NOT_FOUND" },
+      });
+    }
     const errorId = randomUUID();
     logger.error(
       { errorId, path: error.path, err: { message: original.message, code: (original as Partial<PgError>).code } },

@@ -68,6 +68,8 @@ export interface Sandbox {
   sendgridPublicKey: string;
   /** Resolves when every callback already scheduled has been posted. */
   settled(): Promise<void>;
+  /** The sandbox's signature over timestamp + body, as on its own SendGrid events (tests post events of their own with it). */
+  signSendGridEvents(timestamp: string, body: string): string;
   /** Where SendGrid events go from now on (none: no events). */
   setSendGridEventUrl(url: string | undefined): void;
   /**
@@ -411,6 +413,7 @@ ${options.inboundUrl ? textInSection(`${req.baseUrl}/twilio/inbound`, textedIn) 
     addSendGridKey: (apiKey) => void sendgridKeys.add(apiKey),
     setFaults: (next) => void (faults = { ...next }),
     sendgridPublicKey: eventKeys.publicKey.export({ type: "spki", format: "der" }).toString("base64"),
+    signSendGridEvents: (timestamp, body) => sendgridSignature(eventKeys.privateKey, timestamp, body),
     setSendGridEventUrl: (url) => void (sendgridEventUrl = url),
     textIn,
     settled: async () => {

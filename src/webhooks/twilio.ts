@@ -1,9 +1,9 @@
 import express, { type Request, type Response, type Router } from "express";
-import type pg from "pg";
 import twilio from "twilio";
 import { z } from "zod";
 import { KeyError } from "../crypto/keyring.ts";
 import type { Logger } from "../logger.ts";
+import { InboundBatches } from "./inbound-batches.ts";
 import { classifyKeyword } from "./keywords.ts";
 import { refuse } from "./responses.ts";
 import { accountCredential, inTenant, inTenantWithoutKeys, TtlCache, verifiedWith, type WebhookContext } from "./tenant.ts";
@@ -74,6 +74,7 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
   const ttl = options.keyring.cacheTtlMs;
   const owners = new TtlCache<NumberOwner | undefined>(ttl);
   const tokens = new TtlCache<string | undefined>(ttl);
+  const inbound = new InboundBatches(options);
   const router = express.Router();
   const form = express.urlencoded({ extended: false, limit: "64kb" });
 
@@ -124,32 +125,24 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     // Twilio gives the sender in E.164 already, the form contacts are hashed in; anything else (a short code) matches no one.
     const from = parseAddress(params.From);
     const keyword = classifyKeyword(params.Body ?? "");
-    const receive = (client: pg.PoolClient) =>
-      client.query<{ inbound_message_id: string; contact_id: string | null; duplicate: boolean; keyword: string | null; reply: string | null }>(
-        "select (r).* from (select herald_hidden.receive_inbound($1, $2, $3, $4, $5, $6, $7, $8) as r) s",
-        [
-          to.channel,
-          to.number,
-          from?.number ?? null,
-          params.Body ?? "",
-          params.MessageSid,
-          Math.min(Math.max(Number(params.NumMedia) || 0, 0), 10),
-          keyword?.kind ?? null,
-          keyword?.word ?? null,
-        ],
-      );
-    let result;
-    try {
-      result = (await inTenant(options, owner.tenantId, receive)).rows[0]!;
-    } catch (error) {
+    const result = await inbound.receive(owner.tenantId, {
+      channel: to.channel,
+      to_number: to.number,
+      from_phone: from?.number ?? null,
+      body: params.Body ?? "",
+      provider_message_id: params.MessageSid,
+      media_count: Math.min(Math.max(Number(params.NumMedia) || 0, 0), 10),
+      keyword: keyword?.kind ?? null,
+      keyword_word: keyword?.word ?? null,
+    });
+    if (result.error_code === "NTFND") {
       // The number changed hands since it was looked up: look again next time.
-      if ((error as { code?: string }).code === "NTFND") {
-        owners.forget(ownerKey);
-        return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
-      }
-      throw error;
+      owners.forget(ownerKey);
+      return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
     }
-    logger.info(
+    if (result.error_code) throw new Error(`receiving an inbound message failed (SQLSTATE ${result.error_code})`);
+    // Every request is logged already (method, path, status); this says what it became.
+    logger.debug(
       { tenant: owner.tenantId, inbound: result.inbound_message_id, keyword: result.keyword, duplicate: result.duplicate },
       "inbound message",
     );
@@ -206,7 +199,7 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
       if (error instanceof KeyError) return refuse(res, 404, "UNKNOWN_TENANT", "No such tenant.");
       throw error;
     }
-    logger.info({ tenant: tenantId, delivery: outcome.delivery, status, outcome: outcome.outcome }, "status callback");
+    logger.debug({ tenant: tenantId, delivery: outcome.delivery, status, outcome: outcome.outcome }, "status callback");
     res.status(204).end();
   });
 

@@ -178,6 +178,39 @@ export const TABLES: TableSpec[] = [
     }),
   },
   {
+    table: "herald_public.inbound_messages",
+    columns: "tenant_id, id, to_number, from_encrypted, keyword",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.inboundMessageId] }),
+    // The worker may update the encrypted columns (key rotation): the policy must hide A's rows from it.
+    set: "key_version = key_version",
+    insertInto: (victim) => ({
+      sql: `insert into herald_public.inbound_messages (tenant_id, channel, to_number, from_encrypted, body_encrypted, key_version, provider_message_id)
+            values ($1, 'sms', '+14155550000', '\\x00'::bytea, '\\x00'::bytea, 1, 'SMevil')`,
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_public.consent_events",
+    columns: "tenant_id, id, contact_id, action",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.consentEventId] }),
+    set: "action = 'opt_in'", // a record: nobody may update it
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.consent_events (tenant_id, contact_id, channel, action, source) values ($1, $2, 'sms', 'opt_in', 'keyword')",
+      params: [victim.id, victim.contactId],
+    }),
+  },
+  {
+    table: "herald_public.delivery_events",
+    columns: "tenant_id, id, delivery_id, event",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.deliveryEventId] }),
+    set: "applied = true",
+    insertInto: (victim) => ({
+      sql: `insert into herald_public.delivery_events (tenant_id, delivery_id, provider, event, dedupe_key, applied, status)
+            values ($1, $2, 'twilio', 'delivered', 'evil', true, 'delivered')`,
+      params: [victim.id, victim.deliveryId],
+    }),
+  },
+  {
     table: "herald_hidden.monthly_usage",
     columns: "tenant_id, month, messages",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),

@@ -32,6 +32,10 @@ export interface TenantFixture {
   messageId: string;
   deliveryId: string;
   suppressionId: string;
+  /** The contact's HELP to the sender number (an inbound message and its consent event), and a status callback's event on the delivery. */
+  inboundMessageId: string;
+  consentEventId: string;
+  deliveryEventId: string;
 }
 
 type TenantRows = Omit<
@@ -49,6 +53,9 @@ type TenantRows = Omit<
   | "messageId"
   | "deliveryId"
   | "suppressionId"
+  | "inboundMessageId"
+  | "consentEventId"
+  | "deliveryEventId"
 >;
 
 async function seedTenant(client: pg.PoolClient, slug: string, name: string): Promise<TenantRows> {
@@ -79,6 +86,7 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
   const settings = await testKeyring().sessionSettings(db.root, tenant.id);
   // Provider credentials are managed by the tenant's owner, through the real function.
   const providerSecret = `${tenant.slug}-twilio-secret`;
+  const senderNumber = `+1415555${String(phoneSuffix + 5000).padStart(4, "0")}`;
   const providers = await withSession(db.authenticator, { role: ROLES.member, tenantId: tenant.id, userId: tenant.ownerId, settings }, async (client) => {
     const one = async (sql: string, params: unknown[]) => (await client.query(sql, params)).rows[0];
     const account = await one("select id from herald_public.create_provider_account('twilio', 'Main', $1, $2)", [
@@ -86,7 +94,7 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
       `AC${String(phoneSuffix).padStart(32, "0")}`,
     ]);
     const number = await one("insert into herald_public.sender_numbers (phone_number, provider_account_id) values ($1, $2) returning id", [
-      `+1415555${String(phoneSuffix + 5000).padStart(4, "0")}`,
+      senderNumber,
       account.id,
     ]);
     const sender = await one("insert into herald_public.email_senders (from_email, provider_account_id) values ($1, $2) returning id", [
@@ -129,7 +137,20 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
     );
     return rows[0].id as string;
   });
-  return { ...tenant, ...providers, ...audience, ...sending, deliveryId, contactPhone, contactEmail };
+  // What the webhooks write, through the functions they call (as herald_worker inside the tenant).
+  const reported = await withSession(db.authenticator, { role: ROLES.worker, tenantId: tenant.id, settings }, async (client) => {
+    const one = async (sql: string, params: unknown[]) => (await client.query(sql, params)).rows[0];
+    const inbound = await one("select (r).inbound_message_id as id from (select herald_hidden.receive_inbound('sms', $1, $2, 'HELP', $3, 0, 'help', 'HELP') as r) s", [
+      senderNumber,
+      contactPhone,
+      `SMfixture${tenant.slug}`,
+    ]);
+    const consent = await one("select id from herald_public.consent_events where inbound_message_id = $1", [inbound.id]);
+    await client.query("select herald_hidden.apply_delivery_event($1, null, 'twilio', 'delivered', 'delivered', $2, null, null)", [deliveryId, `fixture:${tenant.slug}`]);
+    const event = await one("select id from herald_public.delivery_events where delivery_id = $1", [deliveryId]);
+    return { inboundMessageId: inbound.id as string, consentEventId: consent.id as string, deliveryEventId: event.id as string };
+  });
+  return { ...tenant, ...providers, ...audience, ...sending, ...reported, deliveryId, contactPhone, contactEmail };
 }
 
 export async function seedTwoTenants(db: TestDb): Promise<{ a: TenantFixture; b: TenantFixture }> {

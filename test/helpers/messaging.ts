@@ -37,12 +37,15 @@ export const asWorker = async <T>(db: TestDb, t: TenantFixture, fn: (client: pg.
 /**
  * Lets the fixture's Twilio account send through the sandbox (its credential
  * becomes valid there), and makes the tenant fast unless told otherwise: tests
- * of pacing set their own rates.
+ * of pacing set their own rates. Quiet hours are off (the window is the whole
+ * day), so that a test does not depend on the hour it runs at; tests of quiet
+ * hours set their own window.
  */
 export async function readyToSend(db: TestDb, server: SandboxServer, t: TenantFixture, rates = { perSecond: 1000, senderMps: 1000 }) {
   const { rows } = await db.root.query("select twilio_account_sid from herald_public.provider_accounts where id = $1", [t.providerAccountId]);
   server.sandbox.addTwilioAccount(rows[0].twilio_account_sid, t.providerSecret);
   await setRates(db, t, rates);
+  await db.root.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [t.id]);
   return rows[0].twilio_account_sid as string;
 }
 

@@ -1,10 +1,11 @@
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
-import net from "node:net";
 import type { ApiServer } from "../../src/api/server.ts";
 import { SANDBOX_SYSTEM_TWILIO } from "../../src/sandbox/sandbox.ts";
 import { inboundParams } from "../../src/sandbox/inbound.ts";
 import { sendgridSignature, twilioSignature } from "../../src/sandbox/wire.ts";
 import type { TestDb } from "./db.ts";
+import type { TenantFixture } from "./fixtures.ts";
+import { asWorker } from "./messaging.ts";
 
 /**
  * Calling Herald's webhooks the way Twilio and SendGrid do, and counting what
@@ -30,15 +31,6 @@ export const webhookEnv = (options: { publicUrl?: string; sendgridPublicKey?: st
   SENDGRID_WEBHOOK_PUBLIC_KEY: options.sendgridPublicKey,
   ...(options.port ? { PORT: String(options.port) } : {}),
 });
-
-/** A port nothing listens on now, for a server whose public URL must be known before it starts. */
-export async function freePort(): Promise<number> {
-  const server = net.createServer();
-  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
-  const { port } = server.address() as net.AddressInfo;
-  await new Promise((resolve) => server.close(resolve));
-  return port;
-}
 
 export interface PostResult {
   status: number;
@@ -80,11 +72,19 @@ export async function postSendGrid(
   api: ApiServer,
   path: string,
   body: string | unknown[],
-  options: { privateKey: KeyObject; timestamp?: number; signedBody?: string; signature?: string | null },
+  options: {
+    /** The signing key, or a signer (the sandbox's). */
+    key: KeyObject | ((timestamp: string, body: string) => string);
+    timestamp?: number;
+    /** Sign these bytes instead of the body sent. */
+    signedBody?: string;
+    signature?: string | null;
+  },
 ): Promise<PostResult & { json?: Record<string, number> }> {
   const raw = typeof body === "string" ? body : JSON.stringify(body);
   const timestamp = String(options.timestamp ?? Math.floor(Date.now() / 1000));
-  const signature = options.signature === undefined ? sendgridSignature(options.privateKey, timestamp, options.signedBody ?? raw) : options.signature;
+  const sign = typeof options.key === "function" ? options.key : (ts: string, text: string) => sendgridSignature(options.key as KeyObject, ts, text);
+  const signature = options.signature === undefined ? sign(timestamp, options.signedBody ?? raw) : options.signature;
   const response = await fetch(`${api.url}${path}`, {
     method: "POST",
     headers: {
@@ -122,4 +122,14 @@ export async function writtenRows(db: TestDb): Promise<Record<string, number | s
   const counts: Record<string, number | string> = {};
   tables.forEach((t, i) => (counts[t] = rows[0][`t${i}`]));
   return { ...counts, deliveries: rows[0].deliveries, flags: rows[0].flags };
+}
+
+/** A contact of tenant `t` with this phone (and email), subscribed everywhere; its id. */
+export async function contactWith(db: TestDb, t: TenantFixture, phone: string | null, options: { email?: string; firstName?: string } = {}): Promise<string> {
+  return asWorker(db, t, async (c) => {
+    const { rows } = await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [
+      JSON.stringify([{ phone, email: options.email ?? null, first_name: options.firstName ?? "Known", sms_subscribed: true, whatsapp_subscribed: true }]),
+    ]);
+    return rows[0].contact_id as string;
+  });
 }

@@ -1,0 +1,141 @@
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROLES } from "../src/db/urls.ts";
+import type { WorkerHandle } from "../src/worker/worker.ts";
+import { graphql, useApiServer } from "./helpers/api.ts";
+import { useTestDatabase } from "./helpers/db.ts";
+import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+import { asRoot, readyToSend, settled, startSandboxServer, startSendingWorker, type SandboxServer } from "./helpers/messaging.ts";
+import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+
+/**
+ * A contact's conversation: what they wrote (the inbound webhook), what was
+ * sent to them (deliveries, rendered), Herald's keyword replies, one thread in
+ * order; and replying within it.
+ */
+
+const db = useTestDatabase();
+const api = useApiServer(db, { env: () => webhookEnv() });
+let a: TenantFixture;
+let b: TenantFixture;
+let server: SandboxServer;
+let worker: WorkerHandle;
+let aNumber: string;
+const tokens = { a: "", b: "", admin: "" };
+
+beforeAll(async () => {
+  ({ a, b } = await seedTwoTenants(db.current));
+  server = await startSandboxServer();
+  await readyToSend(db.current, server, a);
+  aNumber = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
+  tokens.a = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+  tokens.b = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.memberId });
+  tokens.admin = await api.current.authenticator.sign({ role: ROLES.admin });
+  worker = await startSendingWorker(db.current, server, 4);
+});
+
+afterAll(async () => {
+  await worker?.stop();
+  await server?.close();
+});
+
+let phones = 0;
+const freshPhone = () => `+1628557${String(1000 + ++phones)}`;
+const textIn = (from: string, body: string) => postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from, to: aNumber, body }), { token: a.providerSecret });
+
+const THREAD = `query($c: UUID!, $first: Int, $channel: String) {
+  allContacts(condition: { rowId: $c }) { nodes { conversation(first: $first, channel: $channel) { nodes { direction channel body status keyword tenantAddress } } } } }`;
+/** The thread, newest first. */
+const thread = async (token: string, contactId: string, variables: { first?: number; channel?: string } = {}) => {
+  const { body } = await graphql(api.current, token, THREAD, { c: contactId, ...variables });
+  if (body.errors) return body.errors;
+  return body.data!.allContacts.nodes[0]?.conversation.nodes ?? null;
+};
+
+const REPLY = `mutation($c: UUID!, $body: String!, $channel: String) { replyToContact(input: { contactId: $c, body: $body, channel: $channel }) { message { rowId metadata } } }`;
+
+describe("a conversation", () => {
+  it("interleaves what the contact wrote, what was sent to them (as rendered) and keyword replies, in order", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(db.current, a, phone, { firstName: "Ada" });
+    // A broadcast template, rendered for Ada.
+    const template = await graphql(api.current, tokens.a, `mutation { createTemplate(input: { template: { channel: "sms", name: "reminder", body: "Hi {{first_name}}, see you at 10." } }) { template { rowId } } }`);
+    const sent = await graphql(api.current, tokens.a, `mutation($t: UUID!, $c: UUID!) { sendMessage(input: { channel: "sms", templateId: $t, contactIds: [$c] }) { message { rowId } } }`, {
+      t: template.body.data!.createTemplate.template.rowId,
+      c: contactId,
+    });
+    await settled(db.current, sent.body.data!.sendMessage.message.rowId);
+    expect((await textIn(phone, "Can I come at 11 instead?")).status).toBe(200);
+    const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Yes, 11 works." });
+    expect(reply.body.errors).toBeUndefined();
+    // It answers from the number the contact wrote to, in reply to that message.
+    expect(reply.body.data!.replyToContact.message.metadata).toMatchObject({ from: aNumber, in_reply_to: expect.any(String) });
+    await settled(db.current, reply.body.data!.replyToContact.message.rowId);
+    expect((await textIn(phone, "HELP")).status).toBe(200);
+
+    expect((await thread(tokens.a, contactId)).reverse()).toEqual([
+      { direction: "outbound", channel: "sms", body: "Hi Ada, see you at 10.", status: "sent", keyword: null, tenantAddress: aNumber },
+      { direction: "inbound", channel: "sms", body: "Can I come at 11 instead?", status: null, keyword: null, tenantAddress: aNumber },
+      { direction: "outbound", channel: "sms", body: "Yes, 11 works.", status: "sent", keyword: null, tenantAddress: aNumber },
+      { direction: "inbound", channel: "sms", body: "HELP", status: null, keyword: "help", tenantAddress: aNumber },
+      { direction: "outbound", channel: "sms", body: expect.stringMatching(/^Tenant A: .*Reply STOP to cancel\.$/), status: "sent", keyword: null, tenantAddress: aNumber },
+    ]);
+    expect(server.sandbox.messages.filter((m) => m.to === phone).map((m) => [m.from, m.body])).toEqual([
+      [aNumber, "Hi Ada, see you at 10."],
+      [aNumber, "Yes, 11 works."],
+    ]);
+    // The latest two, and one channel only.
+    expect((await thread(tokens.a, contactId, { first: 2 })).map((e: { body: string }) => e.body)).toEqual([expect.stringMatching(/^Tenant A/), "HELP"]);
+    expect(await thread(tokens.a, contactId, { channel: "email" })).toEqual([]);
+  });
+
+  it("a reply is not held by quiet hours while the contact wrote in the last day; other sends are", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(db.current, a, phone);
+    // A window that is closed now, whatever the time: it opens an hour from now and lasts a minute.
+    const opens = new Date(Date.now() + 3_600_000);
+    const hhmm = (d: Date) => d.toISOString().slice(11, 16);
+    await asRoot(db.current, (c) =>
+      c.query("update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1", [
+        a.id,
+        hhmm(opens),
+        hhmm(new Date(opens.getTime() + 60_000)),
+      ]),
+    );
+    try {
+      await textIn(phone, "Are you open tomorrow?");
+      const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Yes, from 9." });
+      expect((await settled(db.current, reply.body.data!.replyToContact.message.rowId)).byStatus).toEqual({ sent: 1 });
+      const other = await graphql(api.current, tokens.a, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Newsletter", contactIds: [$c] }) { message { rowId } } }`, { c: contactId });
+      expect((await settled(db.current, other.body.data!.sendMessage.message.rowId)).byReason).toEqual({ "queued/quiet_hours": 1 });
+    } finally {
+      await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [a.id]));
+    }
+  });
+
+  it("refuses a reply on a channel without threads, naming the field", async () => {
+    const contactId = await contactWith(db.current, a, freshPhone());
+    const { body } = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "x", channel: "email" });
+    expect(body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT", field: "channel" });
+  });
+});
+
+describe("another tenant, and operators", () => {
+  it("tenant B can neither read A's conversation nor reply in it", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(db.current, a, phone);
+    await textIn(phone, "private question");
+    expect(await thread(tokens.b, contactId)).toBeNull();
+    const before = (await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [b.id])).rows[0].n;
+    const { body } = await graphql(api.current, tokens.b, REPLY, { c: contactId, body: "hello from B" });
+    expect(body.errors?.[0]?.extensions).toMatchObject({ code: "NOT_FOUND", field: "contactId" });
+    expect((await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [b.id])).rows[0].n).toBe(before);
+  });
+
+  it("an operator sees that the conversation exists but gets NO_KEY for its text", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(db.current, a, phone);
+    await textIn(phone, "for the tenant's eyes");
+    const result = await thread(tokens.admin, contactId);
+    expect(result).toEqual([expect.objectContaining({ extensions: expect.objectContaining({ code: "NO_KEY" }) })]);
+  });
+});
