@@ -3,6 +3,7 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { afterAll, describe, expect, it } from "vitest";
+import { findFreePort } from "../src/db/ports.ts";
 import { projectRoot } from "../src/paths.ts";
 
 /**
@@ -40,9 +41,11 @@ function waitForOutput(proc: ChildProcess, pattern: RegExp, timeoutMs: number): 
 
 describe("first start", () => {
   it("prints the GraphiQL URL and a token per demo tenant within 30 s; each token sees only its tenant", async () => {
+    // A port known in advance: the sandbox calls Herald back at its public URL, which names it.
+    const freePort = await findFreePort();
     const started = Date.now();
     child = spawn(process.execPath, [path.join(projectRoot, "src/main.ts")], {
-      env: { ...process.env, DATABASE_URL: "", HERALD_DATA_DIR: dataDir, PORT: "0", LOG_LEVEL: "info", NODE_ENV: "" },
+      env: { ...process.env, DATABASE_URL: "", HERALD_DATA_DIR: dataDir, PORT: String(freePort), LOG_LEVEL: "info", NODE_ENV: "" },
       stdio: ["ignore", "pipe", "pipe"],
     });
     const output = await waitForOutput(child, /Globex Events \(globex-events[^\n]*\n\s+\S+\n/, 30_000);
@@ -79,6 +82,38 @@ describe("first start", () => {
     expect(transcript).toMatch(/Sandbox: +http:\/\/localhost:\d+\/sandbox/);
     const sandboxPage = await fetch(`http://localhost:${port}/sandbox`);
     expect(await sandboxPage.text()).toContain("Herald sandbox");
+
+    // The whole loop, offline: Ada texts HELP to Acme's number from the sandbox page, Herald
+    // answers; a reply to her goes out through the worker and the sandbox reports it delivered.
+    const graphql = async (query: string, variables: Record<string, unknown> = {}) => {
+      const response = await fetch(`http://localhost:${port}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${tokenAfter("Acme Clinic")}` },
+        body: JSON.stringify({ query, variables }),
+      });
+      return ((await response.json()) as { data: Record<string, any> }).data;
+    };
+    const textIn = await fetch(`http://localhost:${port}/sandbox/twilio/inbound`, {
+      method: "POST",
+      body: new URLSearchParams({ from: "+14155550101", to: "+14155550100", body: "HELP" }),
+      redirect: "manual",
+    });
+    expect(textIn.status).toBe(303);
+    expect(await (await fetch(`http://localhost:${port}/sandbox`)).text()).toContain("Acme Clinic: account notifications.");
+    const ada = (await graphql(`{ contactByPhone(phone: "+14155550101") { rowId } }`)).contactByPhone.rowId;
+    const reply = await graphql(`mutation($c: UUID!) { replyToContact(input: { contactId: $c, body: "Call us any time." }) { message { rowId } } }`, { c: ada });
+    expect(reply.replyToContact.message.rowId).toBeTruthy();
+    let thread: { direction: string; body: string; status: string | null }[] = [];
+    for (const deadline = Date.now() + 15_000; Date.now() < deadline; await new Promise((r) => setTimeout(r, 200))) {
+      thread = (await graphql(`query($c: UUID!) { allContacts(condition: { rowId: $c }) { nodes { conversation(first: 3) { nodes { direction body status } } } } }`, { c: ada }))
+        .allContacts.nodes[0].conversation.nodes;
+      if (thread[0]?.status === "delivered") break;
+    }
+    expect(thread.map((e) => [e.direction, e.body.slice(0, 20), e.status])).toEqual([
+      ["outbound", "Call us any time.", "delivered"],
+      ["outbound", "Acme Clinic: account", "sent"],
+      ["inbound", "HELP", null],
+    ]);
 
     const health = await fetch(`http://localhost:${port}/healthz`);
     expect(health.status).toBe(200);

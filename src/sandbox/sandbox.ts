@@ -1,7 +1,7 @@
 import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
-import { escapeHtml } from "../html.ts";
 import { postInbound, type InboundAnswer, type InboundText } from "./inbound.ts";
+import { sandboxPage, type TextedIn } from "./page.ts";
 import { sendgridError, sendgridSignature, twilioError, twilioMessageJson, twilioSignature } from "./wire.ts";
 
 /**
@@ -166,7 +166,7 @@ export function createSandbox(
   const twilioAccounts = new Map<string, string>();
   let sendgridEventUrl = options.sendgridEventUrl;
   /** The page's recent "text in" exchanges, newest last. */
-  const textedIn: { at: Date; from: string; to: string; body: string; status: number; replies: string[] }[] = [];
+  const textedIn: TextedIn[] = [];
   const sendgridKeys = new Set<string>();
   const messages: SandboxMessage[] = [];
   const remember = (message: SandboxMessage) => {
@@ -374,36 +374,14 @@ export function createSandbox(
   });
 
   if (options.page !== false) router.get("/", async (req: Request, res: Response) => {
-    // Grouped by tenant (as far as Herald can tell from the account), newest first.
+    // Grouped by tenant, as far as Herald can tell from the account.
     const labels = new Map<string, string>();
     for (const m of messages) {
       const key = `${m.provider}/${m.account}`;
       if (!labels.has(key)) labels.set(key, (await options.describeAccount?.(m.provider, m.account).catch(() => undefined)) ?? `${m.provider} account ${m.account}`);
     }
-    const groups = new Map<string, SandboxMessage[]>();
-    for (const m of [...messages].reverse()) {
-      const label = labels.get(`${m.provider}/${m.account}`)!;
-      groups.set(label, [...(groups.get(label) ?? []), m]);
-    }
-    const sections = [...groups.entries()]
-      .map(
-        ([label, list]) =>
-          `<h2>${escapeHtml(label)}</h2><table><tr><th>when</th><th>provider</th><th>account</th><th>channel</th><th>from</th><th>to</th><th>subject</th><th>body</th></tr>\n` +
-          list
-            .map(
-              (m) =>
-                `<tr><td>${m.createdAt.toISOString()}</td><td>${escapeHtml(m.provider)}</td><td>${escapeHtml(m.account)}</td><td>${m.channel}</td>` +
-                `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}</td></tr>`,
-            )
-            .join("\n") +
-          "</table>",
-      )
-      .join("\n");
-    res.type("html").send(`<!doctype html><html><head><meta charset="utf-8"><title>Herald sandbox</title>
-<style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head>
-<body><h1>Herald sandbox</h1><p>What would have reached a phone or an inbox, by tenant (newest first, last ${keep} kept in memory).</p>
-${sections || "<p>Nothing sent yet.</p>"}
-${options.inboundUrl ? textInSection(`${req.baseUrl}/twilio/inbound`, textedIn) : ""}</body></html>`);
+    const textInForm = options.inboundUrl ? { action: `${req.baseUrl}/twilio/inbound`, exchanges: textedIn } : undefined;
+    res.type("html").send(sandboxPage(messages, (m) => labels.get(`${m.provider}/${m.account}`)!, keep, textInForm));
   });
 
   return {
@@ -422,19 +400,3 @@ ${options.inboundUrl ? textInSection(`${req.baseUrl}/twilio/inbound`, textedIn) 
   };
 }
 
-/** The page's form for texting one of the tenants' numbers, and what came back. */
-function textInSection(action: string, exchanges: { at: Date; from: string; to: string; body: string; status: number; replies: string[] }[]): string {
-  const rows = [...exchanges]
-    .reverse()
-    .map(
-      (e) =>
-        `<tr><td>${e.at.toISOString()}</td><td>${escapeHtml(e.from)}</td><td>${escapeHtml(e.to)}</td><td>${escapeHtml(e.body)}</td>` +
-        `<td>${e.status === 404 ? "no tenant has this number" : e.status}</td><td>${escapeHtml(e.replies.join(" / "))}</td></tr>`,
-    )
-    .join("\n");
-  return `<h2>Text in</h2><p>A phone writing to one of the tenants' numbers (try STOP, START or HELP).</p>
-<form method="post" action="${escapeHtml(action)}"><label>from <input name="from" value="+14155550101"></label>
-<label>to <input name="to" placeholder="a tenant's number"></label> <label>text <input name="body" value="HELP"></label>
-<select name="channel"><option>sms</option><option>whatsapp</option></select> <button>Send</button></form>
-${rows ? `<table><tr><th>when</th><th>from</th><th>to</th><th>text</th><th>answer</th><th>replies</th></tr>${rows}</table>` : ""}`;
-}
