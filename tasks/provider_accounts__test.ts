@@ -1,4 +1,4 @@
-import { accountById, assertOwnSender, recordAccountResult, tenantSettings } from "../src/providers/send.ts";
+import { accountById, assertOwnSender, recordAccountResult, tenantSettings, withoutAddresses } from "../src/providers/send.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
 import { providerClients } from "../src/worker/tenant-context.ts";
 
@@ -41,7 +41,7 @@ export default rowTask(async (client, testId, helpers) => {
       await clients.sendgridFor(account).send({ to: test.to_address, from, subject: "Herald test message", text: "This account can send." });
     }
   } catch (e) {
-    error = (e as Error).message;
+    error = withoutAddresses((e as Error).message);
   }
   await recordAccountResult(client, account.id, error, true);
   await client.query("update herald_hidden.provider_tests set finished_at = now(), error = $2 where tenant_id = herald_public.current_tenant_id() and id = $1", [

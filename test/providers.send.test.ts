@@ -131,6 +131,11 @@ describe("sending with the tenant's account or the system's", () => {
     const invalid = await asJob(b, (q) => sendSms(q, clients, { to: "+1999", body: "x" }).catch((e: unknown) => e));
     expect(invalid).toMatchObject({ provider: "tenant", code: 21211 });
     expect((await accountState(b)).last_error).toBeNull(); // the recipient's fault, not the account's
+    // Twilio's message quotes the number; what Herald keeps on the delivery and logs does not.
+    const quoted = (await asJob(b, (q) => sendSms(q, clients, { to: "+1 415 555 0199", body: "x" }).catch((e: unknown) => e))) as Error;
+    expect(quoted).toMatchObject({ code: 21211 });
+    expect(quoted.message).toContain("[number]");
+    expect(quoted.message).not.toMatch(/415|0199/);
   });
 
   it("a 5xx or a timeout may hide an accepted message: no fallback, so nothing is sent twice", async () => {

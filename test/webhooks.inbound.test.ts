@@ -26,6 +26,8 @@ const tokens = { a: "", b: "" };
 /** A number of A's on the system account (assigned by an operator), signed for with the system's token. */
 const A_SYSTEM_NUMBER = "+14155559900";
 const A_WHATSAPP_NUMBER = "+14155559901";
+/** The system's shared sender (HERALD_SMS_FROM's default). */
+const SYSTEM_SENDER = "+15005550006";
 const SMS = "/webhooks/twilio/sms";
 
 let phoneCounter = 0;
@@ -121,6 +123,63 @@ describe("signatures", () => {
     const ok = await text(phone, "hi", { to: A_SYSTEM_NUMBER, token: SYSTEM_TWILIO.authToken });
     expect(ok.status).toBe(200);
     expect(ok.body).toMatch(/<Response\/>|<Response><\/Response>/);
+  });
+});
+
+describe("malformed requests", () => {
+  it("refuses a repeated parameter or an id out of shape with 400, even when the signature verifies, and writes nothing", async () => {
+    const before = await writtenRows(db.current);
+    const params = inboundText({ from: freshPhone(), to: numbers.a, body: "START" });
+    // The signature joins names and values: moving NumMedia into MessageSid keeps it valid.
+    const { NumMedia, ...rest } = params;
+    const reshaped = { ...rest, MessageSid: `${params.MessageSid}NumMedia${NumMedia}` };
+    const result = await postTwilio(api.current, SMS, reshaped, { token: tokens.a, signature: twilioSignature(tokens.a, `${PUBLIC_URL}${SMS}`, params) });
+    expect(result.status).toBe(400);
+    // A parameter twice.
+    const body = `${new URLSearchParams(params)}&To=${encodeURIComponent(numbers.b)}`;
+    const repeated = await fetch(`${api.current.url}${SMS}`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": twilioSignature(tokens.a, `${PUBLIC_URL}${SMS}`, params) },
+      body,
+    });
+    expect(repeated.status).toBe(400);
+    expect(await writtenRows(db.current)).toEqual(before);
+  });
+
+  it("stores a text with a NUL character without it, and it takes no message sharing its transaction down", async () => {
+    const phones = Array.from({ length: 8 }, () => freshPhone());
+    await Promise.all(phones.map((p) => contactWith(a, p)));
+    const results = await Promise.all(phones.map((p, i) => text(p, i === 3 ? "hi\u0000there" : "STOP")));
+    expect(results.map((r) => r.status)).toEqual(phones.map(() => 200));
+    const { rows } = await asWorker(db.current, a, (c) =>
+      c.query("select herald_public.inbound_messages_body(m) as body from herald_public.inbound_messages m join herald_public.contacts c on c.id = m.contact_id where herald_public.contacts_phone(c) = $1", [phones[3]]),
+    );
+    expect(rows).toEqual([{ body: "hithere" }]);
+  });
+});
+
+describe("who owns a number", () => {
+  it("a tenant cannot make a number a system number by deleting its own account: the number goes with the account", async () => {
+    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+    // A registers the system's shared sender on an account of its own (one active account per kind:
+    // its usual one steps aside meanwhile)…
+    const setFixtureAccount = (status: string) =>
+      asRoot(db.current, (c) => c.query("update herald_public.provider_accounts set status = $2 where id = $1", [a.providerAccountId, status]));
+    await setFixtureAccount("disabled");
+    const account = await graphql(api.current, owner, `mutation { createProviderAccount(input: {kind: "twilio", name: "Squat", secret: "squatting-secret", twilioAccountSid: "AC${"5".repeat(32)}"}) { result { rowId } } }`);
+    expect(account.body.errors).toBeUndefined();
+    const accountId = account.body.data!.createProviderAccount.result.rowId;
+    const number = await graphql(api.current, owner, `mutation($acc: UUID!) { createSenderNumber(input: {senderNumber: {phoneNumber: "${SYSTEM_SENDER}", providerAccountId: $acc}}) { senderNumber { rowId } } }`, { acc: accountId });
+    expect(number.body.errors).toBeUndefined();
+    // …and deletes the account: the number is deleted with it, not handed to the system account.
+    const deleted = await graphql(api.current, owner, `mutation($acc: UUID!) { deleteProviderAccountByTenantIdAndRowId(input: {tenantId: "${a.id}", rowId: $acc}) { providerAccount { rowId } } }`, { acc: accountId });
+    expect(deleted.body.errors).toBeUndefined();
+    await setFixtureAccount("active");
+    const { rows } = await db.current.root.query("select tenant_id, provider_account_id from herald_public.sender_numbers where phone_number = $1", [SYSTEM_SENDER]);
+    expect(rows).toEqual([]);
+    // Texts to the shared number, signed by the system's account, belong to no tenant.
+    const reply = await text(freshPhone(), "STOP", { to: SYSTEM_SENDER, token: SYSTEM_TWILIO.authToken });
+    expect(reply.status).toBe(404);
   });
 });
 
@@ -363,7 +422,7 @@ describe("many at once", () => {
   it("answers concurrent messages of one tenant, sharing transactions: each stored once, a repeated MessageSid once", async () => {
     const phones = Array.from({ length: 20 }, () => freshPhone());
     await Promise.all(phones.map((p) => contactWith(a, p)));
-    const sid = (i: number) => `SMconcurrent${String(i).padStart(22, "0")}`;
+    const sid = (i: number) => `SM${"c".repeat(20)}${String(i).padStart(12, "0")}`;
     const body = (i: number) => (i % 5 === 0 ? "HELP" : `hello ${i}`);
     // Twenty messages and, at the same time, Twilio's retry of the first ten.
     const results = await Promise.all([
@@ -375,14 +434,14 @@ describe("many at once", () => {
     results.forEach((r, i) => expect(r.replies, `request ${i}`).toEqual(i % 20 % 5 === 0 ? [help] : []));
     const { rows } = await db.current.root.query(
       `select count(*)::int as n, count(distinct provider_message_id)::int as sids, count(distinct received_at)::int as transactions
-         from herald_public.inbound_messages where provider_message_id like 'SMconcurrent%'`,
+         from herald_public.inbound_messages where provider_message_id like 'SMcccc%'`,
     );
     expect(rows[0]).toMatchObject({ n: 20, sids: 20 });
     // Messages that arrived while a transaction was under way shared the next one
     // (received_at is now(): the time its transaction started).
     expect(rows[0].transactions).toBeLessThan(20);
     const { rows: consent } = await db.current.root.query(
-      "select count(*)::int as n from herald_public.consent_events e join herald_public.inbound_messages m on m.id = e.inbound_message_id where m.provider_message_id like 'SMconcurrent%'",
+      "select count(*)::int as n from herald_public.consent_events e join herald_public.inbound_messages m on m.id = e.inbound_message_id where m.provider_message_id like 'SMcccc%'",
     );
     expect(consent[0].n).toBe(4);
   });

@@ -1,5 +1,5 @@
 --! Previous: sha1:642594d9f69ed579ca69923f67dbdc76896dce16
---! Hash: sha1:5020a204a8a740e4630fe31040561372cc3fac64
+--! Hash: sha1:172244ec97867ad29ec95220d75b9e2b1013e56f
 --! Message: Inbound messages, consent, provider events, conversations
 
 --
@@ -127,6 +127,18 @@ grant execute on function herald_public.tenant_settings_keyword_replies(herald_p
 -------------------------------------------------------------------------------
 -- Finding the tenant of an inbound message: its receiving number
 -------------------------------------------------------------------------------
+
+-- A number on a tenant's own account goes with that account. Until now,
+-- deleting the account moved its numbers to the system account (the FK set
+-- provider_account_id to null): a tenant could register any number — the
+-- system's shared sender, say — on an account of its own, delete the account,
+-- and hold the number as a system number, whose inbound messages the system's
+-- token verifies. Only operators assign system numbers (000005).
+alter table herald_public.sender_numbers drop constraint sender_numbers_account_fkey;
+alter table herald_public.sender_numbers add constraint sender_numbers_account_fkey foreign key (tenant_id, provider_account_id)
+  references herald_public.provider_accounts (tenant_id, id) on delete cascade;
+comment on constraint sender_numbers_account_fkey on herald_public.sender_numbers is
+  E'@fieldName providerAccount\n@foreignFieldName senderNumbers';
 
 -- The one lookup across tenants a webhook makes, before any tenant context
 -- exists: which tenant owns the number a message was sent to, and which of its

@@ -148,7 +148,10 @@ export async function startApiServer(options: {
   const keyring = options.keyring ?? keyringFromConfig(config);
   const authenticatorPool = new pg.Pool({ connectionString: urls.authenticator, max: options.poolSize ?? 20 });
   const ownerPool = new pg.Pool({ connectionString: urls.owner, max: 2 });
-  for (const pool of [authenticatorPool, ownerPool]) {
+  // Providers' callbacks have connections of their own: a flood of them cannot starve API requests.
+  const webhookPool = new pg.Pool({ connectionString: urls.authenticator, max: 10 });
+  const pools = [authenticatorPool, ownerPool, webhookPool];
+  for (const pool of pools) {
     pool.on("error", (error) => logger.warn({ err: { message: error.message } }, "idle database connection failed"));
   }
   const authenticator = createAuthenticator(config, authenticatorPool);
@@ -200,7 +203,7 @@ export async function startApiServer(options: {
   app.use(
     "/webhooks",
     webhooksRouter({
-      pool: authenticatorPool,
+      pool: webhookPool,
       keyring,
       publicUrl: config.publicUrl,
       // Where the sandbox stands in for a provider, it signs with the sandbox's credentials.
@@ -222,7 +225,7 @@ export async function startApiServer(options: {
     await pgl.getSchema();
   } catch (error) {
     await pgl.release();
-    await Promise.all([authenticatorPool.end(), ownerPool.end()]);
+    await Promise.all(pools.map((pool) => pool.end()));
     throw error;
   }
 
@@ -241,7 +244,7 @@ export async function startApiServer(options: {
   } catch (error) {
     // Nothing may keep connections open behind a failed start.
     await pgl.release();
-    await Promise.all([authenticatorPool.end(), ownerPool.end()]);
+    await Promise.all(pools.map((pool) => pool.end()));
     throw error;
   }
   const { port } = server.address() as { port: number };
@@ -258,7 +261,7 @@ export async function startApiServer(options: {
           server.closeIdleConnections();
         });
         await pgl.release();
-        await Promise.all([authenticatorPool.end(), ownerPool.end()]);
+        await Promise.all(pools.map((pool) => pool.end()));
       })()),
   };
 }

@@ -80,6 +80,17 @@ export class SendDeferred extends Error {
   }
 }
 
+/**
+ * A provider's error text without the addresses it may quote ("The 'To'
+ * number +1… is not a valid phone number"): it is stored on deliveries and
+ * accounts and logged, where plaintext phone numbers and emails never go.
+ */
+export function withoutAddresses(text: string): string {
+  return text.replace(/[^\s@'"<>()]+@[^\s@'"<>()]+\.[^\s@'"<>()]+/g, "[email]").replace(/\+?\d[\d\s().-]{5,}\d/g, "[number]");
+}
+
+const providerMessage = (error: unknown) => withoutAddresses((error as Error).message ?? String(error));
+
 /** A provider's error as a SendError: its code, HTTP status, and whether acceptance is in doubt. */
 function providerError(message: string, provider: "tenant" | "system", error: unknown): SendError {
   const e = error as { code?: number | string; status?: number };
@@ -239,7 +250,7 @@ async function withFallback(
       return { provider: "system", providerMessageId: sent.id, from: sent.from };
     } catch (error) {
       if (error instanceof SendError || error instanceof SendDeferred) throw error;
-      throw providerError(`the system account failed: ${(error as Error).message}`, "system", error);
+      throw providerError(`the system account failed: ${providerMessage(error)}`, "system", error);
     }
   };
   if (!account) return viaSystem(false);
@@ -250,7 +261,7 @@ async function withFallback(
   } catch (error) {
     // Ours (not the tenant's sender; paced), not the provider's.
     if (error instanceof SendError || error instanceof SendDeferred) throw error;
-    const message = (error as Error).message;
+    const message = providerMessage(error);
     const recipientFault = isRecipientError(error);
     // A recipient's fault says nothing about the account.
     if (!recipientFault) await recordAccountResult(client, account.id, message);

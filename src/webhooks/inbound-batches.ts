@@ -97,8 +97,10 @@ export class InboundBatches {
         else waiting.reject(new Error("receive_inbound_batch returned no row for a message"));
       });
     } catch (error) {
-      // The transaction itself failed (the database went away): every message in it did.
-      for (const waiting of batch) waiting.reject(error);
+      // The transaction itself failed. A message the function could not even
+      // read must not take the others with it: each is tried again on its own.
+      if (batch.length === 1) batch[0]!.reject(error);
+      else for (const waiting of batch) await this.#run(tenantId, [waiting]);
     }
   }
 }

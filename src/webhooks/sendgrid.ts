@@ -69,6 +69,9 @@ const eventSchema = z
   .loose();
 type SendGridEvent = z.infer<typeof eventSchema>;
 
+/** Events applied per transaction: a large batch does not hold one connection (and its row locks) for long. */
+const EVENTS_PER_TRANSACTION = 250;
+
 const uuid = z.uuid();
 const asUuid = (value: unknown) => (uuid.safeParse(value).success ? (value as string) : null);
 
@@ -130,10 +133,20 @@ async function applyEvent(client: pg.PoolClient, event: SendGridEvent, tally: Ev
 export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
   const { logger } = options;
   const keys = new TtlCache<KeyObject | undefined>(options.keyring.cacheTtlMs);
+  // One tenant's events are applied one request at a time: a tenant posting many
+  // large signed batches at once queues behind itself, not in front of everyone.
+  const tenantQueues = new Map<string, Promise<unknown>>();
+  const oneAtATime = <T>(tenantId: string, work: () => Promise<T>): Promise<T> => {
+    const run = (tenantQueues.get(tenantId) ?? Promise.resolve()).catch(() => undefined).then(work);
+    tenantQueues.set(tenantId, run);
+    void run.finally(() => tenantQueues.get(tenantId) === run && tenantQueues.delete(tenantId)).catch(() => undefined);
+    return run;
+  };
   const systemKey = options.systemPublicKey ? publicKeyObject(options.systemPublicKey) : undefined;
   const router = express.Router();
   // The raw bytes, whatever the content type says: they are what was signed.
-  const raw = express.raw({ type: () => true, limit: "5mb" });
+  // SendGrid's batches stay under 768 kB.
+  const raw = express.raw({ type: () => true, limit: "2mb" });
 
   /** A tenant's SendGrid account's verification key, if it is one of the tenant's SendGrid accounts and has one. */
   const tenantKey = async (tenantId: string, accountId: string): Promise<KeyObject | undefined> => {
@@ -210,12 +223,18 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
         tally.ignored++;
         continue;
       }
-      byTenant.set(tenant, [...(byTenant.get(tenant) ?? []), event]);
+      const list = byTenant.get(tenant);
+      if (list) list.push(event);
+      else byTenant.set(tenant, [event]);
     }
     for (const [tenantId, list] of byTenant) {
       try {
-        await inTenant(options, tenantId, async (client) => {
-          for (const event of list) await applyEvent(client, event, tally);
+        await oneAtATime(tenantId, async () => {
+          for (let start = 0; start < list.length; start += EVENTS_PER_TRANSACTION) {
+            await inTenant(options, tenantId, async (client) => {
+              for (const event of list.slice(start, start + EVENTS_PER_TRANSACTION)) await applyEvent(client, event, tally);
+            });
+          }
         });
       } catch (error) {
         // A tenant named in custom args that no longer exists: its events have nowhere to go.

@@ -59,12 +59,18 @@ export async function accountCredential(ctx: WebhookContext, tenantId: string, a
   });
 }
 
-/** A small time-limited cache (credentials, number owners): entries live `ttlMs`. */
+/**
+ * A small time-limited cache (credentials, number owners): entries live
+ * `ttlMs`, and at most `maxEntries` are kept, the oldest loaded going first —
+ * unverified requests naming ever new numbers cannot make it grow.
+ */
 export class TtlCache<V> {
   readonly #entries = new Map<string, { loaded: number; value: Promise<V> }>();
   readonly #ttlMs: number;
-  constructor(ttlMs: number) {
+  readonly #maxEntries: number;
+  constructor(ttlMs: number, maxEntries = 10_000) {
     this.#ttlMs = ttlMs;
+    this.#maxEntries = maxEntries;
   }
 
   /**
@@ -77,10 +83,13 @@ export class TtlCache<V> {
     const hit = this.#entries.get(key);
     if (hit && now - hit.loaded < (options.refresh ? 1000 : this.#ttlMs)) return hit.value;
     const value = load();
-    this.#entries.set(key, { loaded: now, value });
+    const entry = { loaded: now, value };
+    // Deleted and set again: a Map keeps insertion order, so the first key is the oldest load.
+    this.#entries.delete(key);
+    this.#entries.set(key, entry);
     // A failed load is not remembered.
-    value.catch(() => this.#entries.delete(key));
-    if (this.#entries.size > 10_000) this.#evictExpired(now);
+    value.catch(() => this.#entries.get(key) === entry && this.#entries.delete(key));
+    while (this.#entries.size > this.#maxEntries) this.#entries.delete(this.#entries.keys().next().value!);
     return value;
   }
 
@@ -88,8 +97,8 @@ export class TtlCache<V> {
     this.#entries.delete(key);
   }
 
-  #evictExpired(now: number) {
-    for (const [key, entry] of this.#entries) if (now - entry.loaded >= this.#ttlMs) this.#entries.delete(key);
+  get size(): number {
+    return this.#entries.size;
   }
 }
 

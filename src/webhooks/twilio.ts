@@ -63,6 +63,29 @@ const STATUS_EFFECT: Record<string, string | null> = {
 
 const statusQuery = z.object({ tenant: z.uuid(), delivery: z.uuid().optional() });
 
+/** Twilio's ids: a message (SM…, or MM… with media) and an account, 32 hex digits each. */
+const MESSAGE_SID = /^(SM|MM)[0-9a-f]{32}$/;
+const ACCOUNT_SID = /^AC[0-9a-f]{32}$/;
+
+/**
+ * The form as Twilio sends it: every parameter once. Twilio's signature joins
+ * names and values with nothing between them and its SDK drops repeated
+ * values before checking, so a signed request can be reshaped (a parameter
+ * moved into its neighbour's value, one repeated) and still verify: ids must
+ * have their exact shape, and no parameter may come twice.
+ */
+function twilioForm(body: unknown): Record<string, string> | undefined {
+  if (typeof body !== "object" || body === null) return {};
+  const params = body as Record<string, unknown>;
+  return Object.values(params).every((v) => typeof v === "string") ? (params as Record<string, string>) : undefined;
+}
+
+/**
+ * What Postgres text can hold: no NUL, no lone surrogate (either would fail
+ * the transaction the message shares with others).
+ */
+const storableText = (text: string) => text.toWellFormed().replace(/\u0000/g, "");
+
 function twiml(reply: string | null): string {
   const response = new twilio.twiml.MessagingResponse();
   if (reply) response.message(reply);
@@ -90,11 +113,11 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     return credential?.secret;
   };
 
-  const verify = (req: Request, tenantId: string, accountId: string | null) => {
+  const verify = (req: Request, params: Record<string, string>, tenantId: string, accountId: string | null) => {
     const signature = req.get("x-twilio-signature")!;
     const url = options.publicUrl + req.originalUrl;
     return verifiedWith(tokens, `${tenantId}/${accountId ?? "system"}`, () => tokenOf(tenantId, accountId), (token) =>
-      twilio.validateRequest(token, signature, url, req.body as Record<string, string>),
+      twilio.validateRequest(token, signature, url, params),
     );
   };
 
@@ -108,14 +131,17 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
   };
 
   router.post("/sms", form, async (req: Request, res: Response) => {
-    const params = (req.body ?? {}) as Record<string, string>;
     if (!req.get("x-twilio-signature")) return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
+    const params = twilioForm(req.body);
+    if (!params) return refuse(res, 400, "BAD_REQUEST", "A parameter was given more than once.");
     const to = parseAddress(params.To);
-    if (!to || !params.MessageSid) return refuse(res, 400, "BAD_REQUEST", "To (an E.164 number) and MessageSid are required.");
+    if (!to || !MESSAGE_SID.test(params.MessageSid ?? "") || !params.From) {
+      return refuse(res, 400, "BAD_REQUEST", "To (an E.164 number), From and MessageSid (SM… or MM…) are required.");
+    }
     const ownerKey = `${to.channel}:${to.number}`;
     const owner = await owners.get(ownerKey, () => lookUpOwner(to));
     if (!owner) return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
-    const verdict = await verify(req, owner.tenantId, owner.providerAccountId);
+    const verdict = await verify(req, params, owner.tenantId, owner.providerAccountId);
     if (verdict !== "verified") {
       logger.warn({ tenant: owner.tenantId, verdict }, "refused an inbound webhook: signature not verified");
       return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that owns this number.");
@@ -129,8 +155,8 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
       channel: to.channel,
       to_number: to.number,
       from_phone: from?.number ?? null,
-      body: params.Body ?? "",
-      provider_message_id: params.MessageSid,
+      body: storableText(params.Body ?? ""),
+      provider_message_id: params.MessageSid!,
       media_count: Math.min(Math.max(Number(params.NumMedia) || 0, 0), 10),
       keyword: keyword?.kind ?? null,
       keyword_word: keyword?.word ?? null,
@@ -150,13 +176,16 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
   });
 
   router.post("/status", form, async (req: Request, res: Response) => {
-    const params = (req.body ?? {}) as Record<string, string>;
     if (!req.get("x-twilio-signature")) return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
+    const params = twilioForm(req.body);
+    if (!params) return refuse(res, 400, "BAD_REQUEST", "A parameter was given more than once.");
     const query = statusQuery.safeParse(req.query);
     if (!query.success) return refuse(res, 404, "UNKNOWN_TENANT", "The callback URL names no tenant.");
     const { tenant: tenantId, delivery: deliveryId } = query.data;
-    const { AccountSid: accountSid, MessageSid: messageSid, MessageStatus: status } = params;
-    if (!accountSid || !messageSid || !status) return refuse(res, 400, "BAD_REQUEST", "AccountSid, MessageSid and MessageStatus are required.");
+    const { AccountSid: accountSid = "", MessageSid: messageSid = "", MessageStatus: status = "" } = params;
+    if (!ACCOUNT_SID.test(accountSid) || !MESSAGE_SID.test(messageSid) || !/^[a-z_]{1,40}$/.test(status)) {
+      return refuse(res, 400, "BAD_REQUEST", "AccountSid (AC…), MessageSid (SM… or MM…) and MessageStatus are required.");
+    }
 
     // Which account sent it: the system's, or one of this tenant's (looked up
     // without the tenant's keys: nothing may be written before verification).
@@ -173,7 +202,7 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
       if (!rows[0]) return refuse(res, 404, "UNKNOWN_ACCOUNT", "This tenant has no Twilio account with that AccountSid.");
       accountId = rows[0].id;
     }
-    const verdict = await verify(req, tenantId, accountId);
+    const verdict = await verify(req, params, tenantId, accountId);
     if (verdict !== "verified") {
       logger.warn({ tenant: tenantId, verdict }, "refused a status callback: signature not verified");
       return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that sent this message.");
