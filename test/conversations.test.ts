@@ -5,7 +5,7 @@ import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, readyToSend, settled, startSandboxServer, startSendingWorker, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+import { contactWith, inboundText, postTwilio, SYSTEM_TWILIO, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
  * A contact's conversation: what they wrote (the inbound webhook), what was
@@ -88,6 +88,49 @@ describe("a conversation", () => {
     expect(await thread(tokens.a, contactId, { channel: "email" })).toEqual([]);
   });
 
+  it("a reply goes from the number the contact last wrote to on that channel, while the tenant still has it", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(db.current, a, phone);
+    // A second SMS number and a WhatsApp number of A's (on the system account, as an operator assigns them).
+    const second = "+14155559911";
+    const whatsapp = "+14155559912";
+    await asRoot(db.current, (c) =>
+      c.query("insert into herald_public.sender_numbers (tenant_id, phone_number, channel) values ($1, $2, 'sms'), ($1, $3, 'whatsapp') on conflict do nothing", [a.id, second, whatsapp]),
+    );
+    const write = (to: string, body: string, channel: "sms" | "whatsapp" = "sms") =>
+      postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: phone, to, body, channel }), { token: to === aNumber ? a.providerSecret : SYSTEM_TWILIO.authToken });
+    expect((await write(aNumber, "first, to the usual number")).status).toBe(200);
+    expect((await write(second, "then to the second one")).status).toBe(200);
+    expect((await write(whatsapp, "and on WhatsApp", "whatsapp")).status).toBe(200);
+    const { rows: inbound } = await db.current.root.query("select id, to_number from herald_public.inbound_messages where contact_id = $1 and channel = 'sms' order by received_at desc", [contactId]);
+    expect(inbound[0].to_number).toBe(second);
+
+    const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Replying by SMS" });
+    expect(reply.body.data!.replyToContact.message.metadata).toEqual({ from: second, in_reply_to: inbound[0].id });
+    await settled(db.current, reply.body.data!.replyToContact.message.rowId);
+    // That number is on the system account (an operator's), so the system's account sent it.
+    expect(server.sandbox.messages.filter((m) => m.to === phone).map((m) => [m.account, m.from, m.body])).toEqual([[SYSTEM_TWILIO.accountSid, second, "Replying by SMS"]]);
+
+    // Released by the tenant: the reply is still a reply, from the tenant's usual sender.
+    await asRoot(db.current, (c) => c.query("delete from herald_public.sender_numbers where phone_number = $1 and channel = 'sms'", [second]));
+    const later = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "From the usual sender" });
+    expect(later.body.data!.replyToContact.message.metadata).toEqual({ in_reply_to: inbound[0].id });
+  });
+
+  it("leaves out what never reached the person (skipped, canceled)", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(db.current, a, phone);
+    await asRoot(db.current, (c) =>
+      c.query(
+        "insert into herald_public.deliveries (tenant_id, message_id, contact_id, channel, status, reason) values ($1, $2, $3, 'sms', 'skipped', 'suppressed')",
+        [a.id, a.messageId, contactId],
+      ),
+    );
+    expect(await thread(tokens.a, contactId)).toEqual([]);
+    await textIn(phone, "hello?");
+    expect((await thread(tokens.a, contactId)).map((e: { body: string }) => e.body)).toEqual(["hello?"]);
+  });
+
   it("a reply is not held by quiet hours while the contact wrote in the last day; other sends are", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(db.current, a, phone);
@@ -107,6 +150,10 @@ describe("a conversation", () => {
       expect((await settled(db.current, reply.body.data!.replyToContact.message.rowId)).byStatus).toEqual({ sent: 1 });
       const other = await graphql(api.current, tokens.a, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Newsletter", contactIds: [$c] }) { message { rowId } } }`, { c: contactId });
       expect((await settled(db.current, other.body.data!.sendMessage.message.rowId)).byReason).toEqual({ "queued/quiet_hours": 1 });
+      // A day later, a reply is a send like any other.
+      await asRoot(db.current, (c) => c.query("update herald_public.inbound_messages set received_at = received_at - interval '25 hours' where contact_id = $1", [contactId]));
+      const late = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Sorry for the delay" });
+      expect((await settled(db.current, late.body.data!.replyToContact.message.rowId)).byReason).toEqual({ "queued/quiet_hours": 1 });
     } finally {
       await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [a.id]));
     }

@@ -91,6 +91,38 @@ describe.each(TABLES)("$table", (spec) => {
     }
   });
 
+  it("tenant B's UPDATE or DELETE without a WHERE clause touches B's rows at most", async () => {
+    // Without a WHERE clause (and with a SET that reads no column) only the
+    // UPDATE/DELETE policy stands between B and A's rows: the SELECT policy
+    // that hides them from a filtered statement does not apply.
+    const ownRows = await withRootDb(db.current, async (c) => {
+      const own = spec.table === "herald_public.tenants" ? "id = $1"
+        : spec.table === "herald_public.users" ? "id in (select user_id from herald_public.memberships where tenant_id = $1)"
+        : "tenant_id = $1";
+      return (await c.query<{ n: number }>(`select count(*)::int as n from ${spec.table} where ${own}`, [b.id])).rows[0]!.n;
+    });
+    const setsConstant = !/^(\w+) = \1$/.test(spec.set);
+    for (const who of identities()) {
+      await asRole(db.current, who, async (c) => {
+        const column = spec.set.split(" = ")[0]!;
+        const updatable = setsConstant && (await holds(c, spec.table, column, "UPDATE"));
+        const { rows } = await c.query<{ granted: boolean }>("select has_table_privilege($1, 'DELETE') as granted", [spec.table]);
+        for (const [granted, statement] of [
+          [updatable, `update ${spec.table} set ${spec.set}`],
+          [rows[0]!.granted, `delete from ${spec.table}`],
+        ] as const) {
+          if (!granted) continue;
+          let touched = 0;
+          // A refusal is fine (a WITH CHECK, a foreign key still in use); reaching A's rows is not.
+          const refused = await expectPgError(c, async () => {
+            touched = (await c.query(statement)).rowCount ?? 0;
+          });
+          if (!refused) expect(touched, `${who.name}: ${statement}`).toBeLessThanOrEqual(ownRows);
+        }
+      });
+    }
+  });
+
   it("tenant B cannot insert rows pointing into tenant A", async () => {
     for (const who of identities()) {
       await asRole(db.current, who, async (c) => {
@@ -252,6 +284,16 @@ describe("who may act inside their own tenant", () => {
       const error = await expectPgError(c, () => c.query("select herald_public.create_api_key('sneaky')"));
       expect(error?.message).toMatch(/row-level security/);
     });
+  });
+
+  it("only a tenant's owners and admins erase what a person wrote (inbound messages)", async () => {
+    const attempt = (userId: string | undefined) =>
+      asRole(db.current, { role: ROLES.member, tenantId: b.id, userId }, async (c) =>
+        (await c.query("delete from herald_public.inbound_messages where id = $1", [b.inboundMessageId])).rowCount,
+      );
+    expect(await attempt(b.memberId)).toBe(0);
+    expect(await attempt(undefined)).toBe(0); // an API key
+    expect(await attempt(b.ownerId)).toBe(1); // rolled back: the fixture stays
   });
 
   it("a revoked API key stays revoked", async () => {

@@ -6,7 +6,7 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, asWorker, readyToSend, settled, startSandboxServer, startSendingWorker, type SandboxServer } from "./helpers/messaging.ts";
+import { asOwner, asRoot, asWorker, readyToSend, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 import { contactWith as contactWithPhone, inboundText, PUBLIC_URL, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
 
 /**
@@ -75,6 +75,11 @@ async function consentOf(t: TenantFixture, contactId: string) {
   });
 }
 
+/** Herald's default replies, for a tenant that set none of its own (tenant A until the HELP tests, which restore it). */
+const DEFAULT_STOP = "Tenant A: You are unsubscribed and will receive no more messages. Reply START to resubscribe.";
+const DEFAULT_START = "Tenant A: You are resubscribed. Msg frequency varies. Msg&data rates may apply. Reply HELP for help, STOP to cancel.";
+const DEFAULT_HELP = "Tenant A: account notifications. Msg frequency varies. Msg&data rates may apply. Reply STOP to cancel.";
+
 const replies = (t: TenantFixture) =>
   asWorker(db.current, t, async (c) => (await c.query("select (herald_public.tenant_settings_keyword_replies(s)).* from herald_public.tenant_settings s")).rows[0]);
 
@@ -115,6 +120,34 @@ describe("signatures", () => {
     expect(result.status).toBe(404);
     expect(JSON.parse(result.body).error.code).toBe("UNKNOWN_NUMBER");
     expect(await writtenRows(db.current)).toEqual(before);
+  });
+
+  it("status callbacks, too, are verified against the public URL, not the address they arrive at", async () => {
+    const path = `/webhooks/twilio/status?tenant=${a.id}`;
+    const params = { AccountSid: SYSTEM_TWILIO.accountSid, MessageSid: `SM${"e".repeat(32)}`, MessageStatus: "delivered", To: freshPhone() };
+    expect((await postTwilio(api.current, path, params, { token: SYSTEM_TWILIO.authToken, signedFor: `${api.current.url}${path}` })).status).toBe(403);
+    // Properly signed, it is accepted (and names no delivery Herald knows).
+    expect((await postTwilio(api.current, path, params, { token: SYSTEM_TWILIO.authToken })).status).toBe(204);
+  });
+
+  it("cannot verify a number on an account that authenticates with an API key (Twilio signs with the auth token): 403", async () => {
+    // One active Twilio account per tenant: B's usual one steps aside meanwhile.
+    const setB = (status: string) => asRoot(db.current, (c) => c.query("update herald_public.provider_accounts set status = $2 where id = $1", [b.providerAccountId, status]));
+    await setB("disabled");
+    let apiKeyAccount: string | undefined;
+    try {
+      apiKeyAccount = await asOwner(db.current, b, async (c) => {
+        const { rows } = await c.query("select id from herald_public.create_provider_account('twilio', 'API key', 'api-key-secret', $1, $2)", [`AC${"6".repeat(32)}`, `SK${"6".repeat(32)}`]);
+        await c.query("insert into herald_public.sender_numbers (phone_number, provider_account_id) values ('+14155559902', $1)", [rows[0].id]);
+        return rows[0].id as string;
+      });
+      const before = await writtenRows(db.current);
+      expect((await text(freshPhone(), "hello", { to: "+14155559902", token: "api-key-secret" })).status).toBe(403);
+      expect(await writtenRows(db.current)).toEqual(before);
+    } finally {
+      await asRoot(db.current, (c) => c.query("update herald_public.provider_accounts set status = 'disabled' where id = $1", [apiKeyAccount ?? null]));
+      await setB("active");
+    }
   });
 
   it("verifies a number on the system account with the system's token, and only with it", async () => {
@@ -228,7 +261,7 @@ describe("keywords", () => {
     const contactId = await contactWith(a, phone);
     const result = await text(phone, word);
     expect(result.status).toBe(200);
-    expect(result.replies).toEqual([(await replies(a)).stop]);
+    expect(result.replies).toEqual([DEFAULT_STOP]);
     const consent = await consentOf(a, contactId);
     expect(consent).toMatchObject({ sms_subscribed: false, suppressed: true });
     expect(consent.events).toEqual([{ action: "opt_out", source: "keyword", detail: expect.stringMatching(/^(STOP|STOPALL|UNSUBSCRIBE|CANCEL|END|QUIT|REVOKE|OPTOUT)$/), channel: "sms" }]);
@@ -239,7 +272,7 @@ describe("keywords", () => {
     const contactId = await contactWith(a, phone);
     await text(phone, "STOP");
     const result = await text(phone, word);
-    expect(result.replies).toEqual([(await replies(a)).start]);
+    expect(result.replies).toEqual([DEFAULT_START]);
     const consent = await consentOf(a, contactId);
     expect(consent).toMatchObject({ sms_subscribed: true, suppressed: false });
     expect(consent.events.map((e) => e.action)).toEqual(["opt_out", "opt_in"]);
@@ -259,7 +292,7 @@ describe("keywords", () => {
     const phone = freshPhone();
     const contactId = await contactWith(a, phone);
     const result = await text(phone, word);
-    expect(result.replies).toEqual([(await replies(a)).help]);
+    expect(result.replies).toEqual([DEFAULT_HELP]);
     expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, suppressed: false, events: [{ action: "help", source: "keyword" }] });
   });
 
@@ -291,17 +324,48 @@ describe("keywords", () => {
     const other = freshPhone();
     const otherId = await contactWith(a, other);
     await asWorker(db.current, a, (c) => c.query("select herald_public.add_suppression('phone', $1, 'manual', 'asked by phone')", [other]));
-    await text(other, "STOP");
-    await text(other, "START");
-    expect(await consentOf(a, otherId)).toMatchObject({ sms_subscribed: true, suppressed: true });
+    expect((await text(other, "STOP")).replies).toEqual([DEFAULT_STOP]);
+    expect((await text(other, "START")).replies).toEqual([DEFAULT_START]);
+    const after = await consentOf(a, otherId);
+    expect(after).toMatchObject({ sms_subscribed: true, suppressed: true });
+    expect(after.events.map((e) => e.action)).toEqual(["opt_out", "opt_in"]);
+  });
+
+  it("START also lifts a carrier opt-out (Twilio 21610), since the person opted back in at the carrier too", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    await asWorker(db.current, a, (c) => c.query("select herald_hidden.record_opt_out('phone', $1, 'sms', 'carrier', '21610')", [phone]));
+    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: false, suppressed: true });
+    expect((await text(phone, "START")).replies).toEqual([DEFAULT_START]);
+    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, suppressed: false });
+  });
+
+  it("YES from a subscribed contact whose phone is suppressed is an opt-in (what it lifts is theirs alone)", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(a, phone);
+    await asWorker(db.current, a, (c) => c.query("select herald_public.add_suppression('phone', $1, 'unsubscribe', 'by the tenant')", [phone]));
+    expect((await text(phone, "YES")).replies).toEqual([DEFAULT_START]);
+    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, suppressed: false, events: [{ action: "opt_in", detail: "YES" }] });
+  });
+
+  it("a keyword from a sender that is no phone number (a short code) is stored and changes no one", async () => {
+    const before = (await db.current.root.query("select count(*)::int as n from herald_public.consent_events where tenant_id = $1", [a.id])).rows[0].n;
+    const result = await postTwilio(api.current, SMS, { ...inboundText({ from: "+1", to: numbers.a, body: "STOP" }), From: "72345" }, { token: tokens.a });
+    expect(result.status).toBe(200);
+    expect(twimlMessages(result.body)).toEqual([]);
+    const { rows } = await db.current.root.query("select contact_id, keyword from herald_public.inbound_messages where tenant_id = $1 order by received_at desc limit 1", [a.id]);
+    expect(rows[0]).toEqual({ contact_id: null, keyword: null });
+    expect((await db.current.root.query("select count(*)::int as n from herald_public.consent_events where tenant_id = $1", [a.id])).rows[0].n).toBe(before);
   });
 
   it("an opt-out from someone Herald did not know creates them opted out, and suppressed", async () => {
     const phone = freshPhone();
-    await text(phone, "UNSUBSCRIBE");
-    const { rows } = await db.current.root.query("select id, created_by_inbound from herald_public.contacts where tenant_id = $1 order by created_at desc limit 1", [a.id]);
-    expect(rows[0].created_by_inbound).toBe(true);
-    expect(await consentOf(a, rows[0].id)).toMatchObject({ sms_subscribed: false, suppressed: true });
+    expect((await text(phone, "UNSUBSCRIBE")).replies).toEqual([DEFAULT_STOP]);
+    const contact = await asWorker(db.current, a, async (c) =>
+      (await c.query("select id, created_by_inbound from herald_public.contacts where phone_hash = any (herald_hidden.pii_hashes('phone', $1))", [phone])).rows[0],
+    );
+    expect(contact.created_by_inbound).toBe(true);
+    expect(await consentOf(a, contact.id)).toMatchObject({ sms_subscribed: false, suppressed: true });
   });
 
   it("a duplicate STOP (same MessageSid) records one opt-out and answers the same", async () => {
@@ -318,17 +382,28 @@ describe("keywords", () => {
     const phone = freshPhone();
     const contactId = await contactWith(a, phone);
     const result = await text(phone, "stop", { to: A_WHATSAPP_NUMBER, token: SYSTEM_TWILIO.authToken, channel: "whatsapp" });
-    expect(result.replies).toEqual([(await replies(a)).stop]);
+    expect(result.replies).toEqual([DEFAULT_STOP]);
     expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, whatsapp_subscribed: false, suppressed: false, events: [{ channel: "whatsapp" }] });
   });
 });
 
 describe("HELP text", () => {
+  afterAll(() =>
+    asRoot(db.current, (c) =>
+      c.query(
+        `update herald_public.tenant_settings set business_name = null, program_description = null, support_phone = null, support_email = null,
+                support_website = null, message_frequency = null, help_disclaimer = null, stop_reply = null, start_reply = null, help_text = null
+          where tenant_id = $1`,
+        [a.id],
+      ),
+    ),
+  );
+
   it("uses Herald's defaults, then each of the tenant's fields, then the tenant's whole text", async () => {
     const phone = freshPhone();
     await contactWith(a, phone);
     const help = async () => (await text(phone, "HELP")).replies[0];
-    expect(await help()).toBe("Tenant A: account notifications. Msg frequency varies. Msg&data rates may apply. Reply STOP to cancel.");
+    expect(await help()).toBe(DEFAULT_HELP);
 
     await asRoot(db.current, (c) =>
       c.query(
@@ -399,21 +474,41 @@ describe("an opt-out and the deliveries already queued", () => {
     await server?.close();
   });
 
-  it("beats them: a message queued before the STOP is never sent", async () => {
+  it("beats them: a delivery already queued when the STOP arrives is skipped when its time comes, and nothing is sent", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(a, phone);
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-    const { body } = await graphql(
-      api.current,
-      token,
-      `mutation($c: UUID!, $at: Datetime!) { sendMessage(input: { channel: "sms", body: "Your reminder", contactIds: [$c], scheduledAt: $at }) { message { rowId } } }`,
-      { c: contactId, at: new Date(Date.now() + 2500).toISOString() },
+    // Quiet hours (a window that opens in an hour) hold the delivery, queued, before the STOP.
+    const opens = new Date(Date.now() + 3_600_000);
+    const hhmm = (d: Date) => d.toISOString().slice(11, 16);
+    await asRoot(db.current, (c) =>
+      c.query("update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1", [a.id, hhmm(opens), hhmm(new Date(opens.getTime() + 60_000))]),
     );
+    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const { body } = await graphql(api.current, token, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Your reminder", contactIds: [$c] }) { message { rowId } } }`, { c: contactId });
     expect(body.errors).toBeUndefined();
     const messageId = body.data!.sendMessage.message.rowId as string;
-    expect((await text(phone, "STOP")).status).toBe(200);
-    const result = await settled(db.current, messageId);
-    expect(result.byReason).toEqual({ "skipped/unsubscribed": 1 });
+    const held = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select id, status, reason from herald_public.deliveries where message_id = $1", [messageId]);
+      return rows[0]?.reason === "quiet_hours" && rows[0];
+    });
+    expect(held.status).toBe("queued");
+
+    expect((await text(phone, "STOP")).replies).toEqual([DEFAULT_STOP]);
+    // The window opens (as if the clock had moved on): the waiting job runs now.
+    await asRoot(db.current, async (c) => {
+      await c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [a.id]);
+      await c.query("update herald_public.deliveries set run_at = now() where id = $1", [held.id]);
+      await c.query(
+        `update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t
+          where t.id = j.task_id and t.identifier = 'delivery__send' and j.payload->>'id' = $1`,
+        [held.id],
+      );
+    });
+    const done = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select status, reason from herald_public.deliveries where id = $1", [held.id]);
+      return rows[0].status !== "queued" && rows[0];
+    });
+    expect(done).toEqual({ status: "skipped", reason: "unsubscribed" });
     expect(server.sandbox.messages.filter((m) => m.to === phone)).toEqual([]);
   });
 });
@@ -430,7 +525,7 @@ describe("many at once", () => {
       ...phones.slice(0, 10).map((p, i) => text(p, body(i), { sid: sid(i) })),
     ]);
     expect(results.map((r) => r.status)).toEqual(results.map(() => 200));
-    const help = (await replies(a)).help;
+    const help = DEFAULT_HELP;
     results.forEach((r, i) => expect(r.replies, `request ${i}`).toEqual(i % 20 % 5 === 0 ? [help] : []));
     const { rows } = await db.current.root.query(
       `select count(*)::int as n, count(distinct provider_message_id)::int as sids, count(distinct received_at)::int as transactions

@@ -124,7 +124,8 @@ describe("end to end: the worker sends, the sandbox reports", () => {
     const byContact = Object.fromEntries(rows.map((r) => [r.contact_id, r]));
     expect(byContact[ids[0]!]).toMatchObject({ status: "delivered" });
     expect(byContact[ids[1]!]).toMatchObject({ status: "failed", error_code: "5.1.1" });
-    expect((await deliveryState(byContact[ids[0]!].id)).events).toEqual([{ event: "processed", applied: false }, { event: "delivered", applied: true }]);
+    // 'processed' is applied only if it beat the worker's own record of the answer (usually it does not).
+    expect((await deliveryState(byContact[ids[0]!].id)).events).toEqual([{ event: "processed", applied: expect.any(Boolean) }, { event: "delivered", applied: true }]);
     expect(await suppressionOf(a, bouncing)).toBe("bounce");
 
     const second = await send();

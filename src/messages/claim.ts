@@ -149,12 +149,25 @@ export interface Route {
 
 async function routeFor(client: pg.ClientBase, clients: ProviderClients, d: DeliveryRow): Promise<Route> {
   const email = d.channel === "email";
-  const account = (await activeAccount(client, email ? "sendgrid" : "twilio", d.channel)) ?? null;
+  let account = (await activeAccount(client, email ? "sendgrid" : "twilio", d.channel)) ?? null;
   const settings = await tenantSettings(client);
   const from = email
     ? intendedEmailSender(clients, d.metadata, account ?? undefined)
     : intendedSmsSender(clients, { from: d.metadata.from, channel: d.channel as "sms" | "whatsapp" }, account ?? undefined, settings);
+  // A number an operator assigned the tenant is on the system account, and
+  // only that account can send from it (a reply goes from the number the
+  // contact wrote to, which may be one of those).
+  if (!email && from && account && (await onSystemAccount(client, from, d.channel))) account = null;
   return { account, settings, from };
+}
+
+async function onSystemAccount(client: pg.ClientBase, number: string, channel: string): Promise<boolean> {
+  const { rows } = await client.query<{ system: boolean }>(
+    `select provider_account_id is null as system from herald_public.sender_numbers
+      where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2`,
+    [number, channel],
+  );
+  return rows[0]?.system ?? false;
 }
 
 /**

@@ -55,6 +55,8 @@ export interface SandboxFaults {
   latencyMs?: number;
   /** Store the message, then never answer: the connection is dropped after this many ms. */
   acceptThenTimeoutMs?: number;
+  /** Store the message (its callbacks start), then answer only after this many ms: callbacks outrun the answer. */
+  slowAnswerMs?: number;
 }
 
 export interface Sandbox {
@@ -221,6 +223,7 @@ export function createSandbox(
       );
     }
     if (dropAfterAccepting(res)) return;
+    if (faults.slowAnswerMs) await new Promise((resolve) => setTimeout(resolve, faults.slowAnswerMs));
     res.status(201).json(twilioMessageJson(stored));
   });
 
