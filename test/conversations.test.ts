@@ -4,7 +4,7 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, readyToSend, settled, startSandboxServer, startSendingWorker, type SandboxServer } from "./helpers/messaging.ts";
+import { asRoot, readyToSend, sendThroughApi, settled, startSandboxServer, startSendingWorker, type SandboxServer } from "./helpers/messaging.ts";
 import { contactWith, inboundText, postTwilio, SYSTEM_TWILIO, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
@@ -148,8 +148,8 @@ describe("a conversation", () => {
       await textIn(phone, "Are you open tomorrow?");
       const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Yes, from 9." });
       expect((await settled(db.current, reply.body.data!.replyToContact.message.rowId)).byStatus).toEqual({ sent: 1 });
-      const other = await graphql(api.current, tokens.a, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Newsletter", contactIds: [$c] }) { message { rowId } } }`, { c: contactId });
-      expect((await settled(db.current, other.body.data!.sendMessage.message.rowId)).byReason).toEqual({ "queued/quiet_hours": 1 });
+      const other = await sendThroughApi(api.current, tokens.a, { channel: "sms", body: "Newsletter", contactIds: [contactId] });
+      expect((await settled(db.current, other)).byReason).toEqual({ "queued/quiet_hours": 1 });
       // A day later, a reply is a send like any other.
       await asRoot(db.current, (c) => c.query("update herald_public.inbound_messages set received_at = received_at - interval '25 hours' where contact_id = $1", [contactId]));
       const late = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Sorry for the delay" });

@@ -4,7 +4,7 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, asWorker, readyToSend, seedAudience, setRates, settled, startSandboxServer, startSendingWorker, summary, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { asRoot, asWorker, openSendWindowNow, readyToSend, seedAudience, setRates, settled, startSandboxServer, startSendingWorker, summary, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 
 /**
  * What holds a delivery back, and what ends it early: a schedule, quiet hours,
@@ -139,15 +139,7 @@ describe("checks at send time", () => {
     expect(received()).toHaveLength(0);
 
     // The window opens (as if the clock had moved): the waiting job sends it.
-    await asRoot(db.current, async (c) => {
-      await c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '23:59:59' where tenant_id = $1", [t.id]);
-      await c.query("update herald_public.deliveries set run_at = now() where id = $1", [delivery.id]);
-      await c.query(
-        `update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t
-          where t.id = j.task_id and t.identifier = 'delivery__send' and j.payload->>'id' = $1`,
-        [delivery.id],
-      );
-    });
+    await openSendWindowNow(db.current, t.id, delivery.id);
     await waitFor(async () => (await deliveryOf(messageId))[0]?.status === "sent");
     expect(received()).toHaveLength(1);
   });

@@ -6,7 +6,7 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asOwner, asRoot, asWorker, readyToSend, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { asOwner, asRoot, asWorker, openSendWindowNow, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 import { contactWith as contactWithPhone, inboundText, PUBLIC_URL, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
 
 /**
@@ -79,9 +79,6 @@ async function consentOf(t: TenantFixture, contactId: string) {
 const DEFAULT_STOP = "Tenant A: You are unsubscribed and will receive no more messages. Reply START to resubscribe.";
 const DEFAULT_START = "Tenant A: You are resubscribed. Msg frequency varies. Msg&data rates may apply. Reply HELP for help, STOP to cancel.";
 const DEFAULT_HELP = "Tenant A: account notifications. Msg frequency varies. Msg&data rates may apply. Reply STOP to cancel.";
-
-const replies = (t: TenantFixture) =>
-  asWorker(db.current, t, async (c) => (await c.query("select (herald_public.tenant_settings_keyword_replies(s)).* from herald_public.tenant_settings s")).rows[0]);
 
 describe("signatures", () => {
   it("refuses a missing, forged, wrongly keyed, tampered or re-signed-for-another-host request with 403, writing nothing", async () => {
@@ -484,9 +481,7 @@ describe("an opt-out and the deliveries already queued", () => {
       c.query("update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1", [a.id, hhmm(opens), hhmm(new Date(opens.getTime() + 60_000))]),
     );
     const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-    const { body } = await graphql(api.current, token, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Your reminder", contactIds: [$c] }) { message { rowId } } }`, { c: contactId });
-    expect(body.errors).toBeUndefined();
-    const messageId = body.data!.sendMessage.message.rowId as string;
+    const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Your reminder", contactIds: [contactId] });
     const held = await waitFor(async () => {
       const { rows } = await db.current.root.query("select id, status, reason from herald_public.deliveries where message_id = $1", [messageId]);
       return rows[0]?.reason === "quiet_hours" && rows[0];
@@ -494,16 +489,7 @@ describe("an opt-out and the deliveries already queued", () => {
     expect(held.status).toBe("queued");
 
     expect((await text(phone, "STOP")).replies).toEqual([DEFAULT_STOP]);
-    // The window opens (as if the clock had moved on): the waiting job runs now.
-    await asRoot(db.current, async (c) => {
-      await c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [a.id]);
-      await c.query("update herald_public.deliveries set run_at = now() where id = $1", [held.id]);
-      await c.query(
-        `update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t
-          where t.id = j.task_id and t.identifier = 'delivery__send' and j.payload->>'id' = $1`,
-        [held.id],
-      );
-    });
+    await openSendWindowNow(db.current, a.id, held.id);
     const done = await waitFor(async () => {
       const { rows } = await db.current.root.query("select status, reason from herald_public.deliveries where id = $1", [held.id]);
       return rows[0].status !== "queued" && rows[0];

@@ -2,10 +2,10 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { findFreePort } from "../src/db/ports.ts";
 import { ROLES } from "../src/db/urls.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asOwner, asRoot, asWorker, readyToSend, settled, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { asOwner, asRoot, asWorker, readyToSend, sendThroughApi, settled, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 import { contactWith, postSendGrid, sendgridKeyPair, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
 
 /**
@@ -112,9 +112,7 @@ describe("end to end: the worker sends, the sandbox reports", () => {
     const ids = [await contactWith(db.current, a, null, { email: ok }), await contactWith(db.current, a, null, { email: bouncing })];
     const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
     const send = async () => {
-      const { body } = await graphql(api.current, token, `mutation($c: [UUID]!) { sendMessage(input: { channel: "email", subject: "Hi", body: "Hello", contactIds: $c }) { message { rowId } } }`, { c: ids });
-      expect(body.errors).toBeUndefined();
-      return body.data!.sendMessage.message.rowId as string;
+      return sendThroughApi(api.current, token, { channel: "email", subject: "Hi", body: "Hello", contactIds: ids });
     };
     const first = await send();
     const rows = await waitFor(async () => {
@@ -249,8 +247,8 @@ describe("applying events", () => {
     const d = await emailDelivery(a);
     await postToA([{ ...event(d, a, "unsubscribe"), email }]);
     const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-    const { body } = await graphql(api.current, token, `mutation($c: UUID!) { sendMessage(input: { channel: "email", subject: "News", body: "x", contactIds: [$c] }) { message { rowId } } }`, { c: contactId });
-    expect((await settled(db.current, body.data!.sendMessage.message.rowId)).byStatus).toEqual({ skipped: 1 });
+    const messageId = await sendThroughApi(api.current, token, { channel: "email", subject: "News", body: "x", contactIds: [contactId] });
+    expect((await settled(db.current, messageId)).byStatus).toEqual({ skipped: 1 });
     expect(server.sandbox.messages.filter((m) => m.to === email)).toEqual([]);
     await server.sandbox.settled();
   });

@@ -6,7 +6,7 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, asWorker, readyToSend, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { asRoot, asWorker, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 import { contactWith, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
 
 /**
@@ -101,9 +101,7 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
     const phones = { ok: freshPhone(), failed: freshPhone("0001"), undelivered: freshPhone("0002") };
     const ids = await Promise.all(Object.values(phones).map((p) => contactWith(db.current, a, p)));
     const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-    const { body } = await graphql(api.current, token, `mutation($c: [UUID]!) { sendMessage(input: { channel: "sms", body: "Your table is ready", contactIds: $c }) { message { rowId } } }`, { c: ids });
-    expect(body.errors).toBeUndefined();
-    const messageId = body.data!.sendMessage.message.rowId;
+    const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Your table is ready", contactIds: ids });
     const final = await waitFor(async () => {
       const { rows } = await db.current.root.query(
         `select c.id as contact_id, d.status, d.error_code, d.provider_message_id,
@@ -146,8 +144,7 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
     server.sandbox.setFaults({ acceptThenTimeoutMs: 1500 });
     try {
       const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-      const { body } = await graphql(api.current, token, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Lost answer", contactIds: [$c] }) { message { rowId } } }`, { c: contactId });
-      const messageId = body.data!.sendMessage.message.rowId;
+      const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Lost answer", contactIds: [contactId] });
       const row = await waitFor(async () => {
         const { rows } = await db.current.root.query("select id, status, provider_message_id from herald_public.deliveries where message_id = $1", [messageId]);
         return rows[0]?.status === "delivered" && rows[0];
@@ -172,8 +169,7 @@ describe("reports that arrive before the worker's own view", () => {
     server.sandbox.setFaults({ slowAnswerMs: 600 });
     try {
       const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-      const { body } = await graphql(api.current, token, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Slow answer", contactIds: [$c] }) { message { rowId } } }`, { c: contactId });
-      const messageId = body.data!.sendMessage.message.rowId;
+      const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Slow answer", contactIds: [contactId] });
       const row = await waitFor(async () => {
         const { rows } = await db.current.root.query("select id, sent_at from herald_public.deliveries where message_id = $1 and provider = 'tenant'", [messageId]);
         return rows[0]?.sent_at && rows[0];

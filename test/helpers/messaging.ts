@@ -1,4 +1,5 @@
 import type pg from "pg";
+import type { ApiServer } from "../../src/api/server.ts";
 import { inTransaction, withSession } from "../../src/db/session.ts";
 import { ROLES } from "../../src/db/urls.ts";
 import { startSandboxServer, type SandboxServer } from "../../src/sandbox/server.ts";
@@ -6,6 +7,7 @@ import { createLogger } from "../../src/logger.ts";
 import { startWorker, type WorkerHandle } from "../../src/worker/worker.ts";
 import type { TestDb } from "./db.ts";
 import type { TenantFixture } from "./fixtures.ts";
+import { graphql } from "./api.ts";
 import { testKeyring } from "./keys.ts";
 
 /** Sending tests: a sandbox on its own HTTP server, audiences of many contacts, and waiting for the worker. */
@@ -139,3 +141,26 @@ export const settled = (db: TestDb, messageId: string, timeoutMs = 60_000) =>
     timeoutMs,
     async () => `the message to settle: ${JSON.stringify(await summary(db, messageId))}`,
   );
+
+/** `sendMessage` through GraphQL with the given input; the new message's id (the test fails on a GraphQL error). */
+export async function sendThroughApi(api: ApiServer, token: string, input: Record<string, unknown>): Promise<string> {
+  const { body } = await graphql(api, token, "mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId } } }", { input });
+  if (body.errors) throw new Error(`sendMessage failed: ${JSON.stringify(body.errors)}`);
+  return body.data!.sendMessage.message.rowId as string;
+}
+
+/**
+ * The send window opens for the tenant, as if the clock had moved on: a
+ * delivery held by quiet hours, and its waiting job, are due now.
+ */
+export async function openSendWindowNow(db: TestDb, tenantId: string, deliveryId: string) {
+  await asRoot(db, async (c) => {
+    await c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [tenantId]);
+    await c.query("update herald_public.deliveries set run_at = now() where id = $1", [deliveryId]);
+    await c.query(
+      `update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t
+        where t.id = j.task_id and t.identifier = 'delivery__send' and j.payload->>'id' = $1`,
+      [deliveryId],
+    );
+  });
+}
