@@ -119,6 +119,13 @@ describe("signatures", () => {
     expect(await writtenRows(db.current)).toEqual(before);
   });
 
+  it("finds a number's tenant as soon as an operator assigns it (a 404 is not remembered)", async () => {
+    const number = "+14155550998";
+    expect((await text(freshPhone(), "hi", { to: number, token: SYSTEM_TWILIO.authToken })).status).toBe(404);
+    await asRoot(db.current, (c) => c.query("insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, $2)", [a.id, number]));
+    expect((await text(freshPhone(), "hi", { to: number, token: SYSTEM_TWILIO.authToken })).status).toBe(200);
+  });
+
   it("status callbacks, too, are verified against the public URL, not the address they arrive at", async () => {
     const path = `/webhooks/twilio/status?tenant=${a.id}`;
     const params = { AccountSid: SYSTEM_TWILIO.accountSid, MessageSid: `SM${"e".repeat(32)}`, MessageStatus: "delivered", To: freshPhone() };

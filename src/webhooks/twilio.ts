@@ -140,7 +140,11 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     }
     const ownerKey = `${to.channel}:${to.number}`;
     const owner = await owners.get(ownerKey, () => lookUpOwner(to));
-    if (!owner) return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
+    if (!owner) {
+      // Not remembered: a number registered a moment from now must find its tenant.
+      owners.forget(ownerKey);
+      return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
+    }
     const verdict = await verify(req, params, owner.tenantId, owner.providerAccountId);
     if (verdict !== "verified") {
       logger.warn({ tenant: owner.tenantId, verdict }, "refused an inbound webhook: signature not verified");
