@@ -46,7 +46,8 @@ export function makeHeraldPreset(options: {
           identity.kind !== "admin" && identity.tenantId
             ? await options.keyring.sessionSettings(options.pool, identity.tenantId)
             : {};
-        return { pgSettings: { ...identity.pgSettings, ...keys } };
+        // The API key's id names the actor in the audit log (always set: '' for others).
+        return { pgSettings: { ...identity.pgSettings, "herald.api_key_id": identity.apiKeyId ?? "", ...keys } };
       },
     },
     grafserv: {

@@ -15,7 +15,7 @@ import { createLogger } from "./logger.ts";
 import { reportStartupError } from "./startup-errors.ts";
 import { registerContactCommands } from "./cli/contacts.ts";
 import { registerKeyCommands } from "./cli/keys.ts";
-import { CliError, confirm, logger, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
+import { asOperator, CliError, confirm, logger, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
 
 /**
  * `herald` (`npm run herald -- …`): operator commands. Each opens the database
@@ -80,9 +80,34 @@ tenant
         print("Nothing changed.");
         return;
       }
-      await asAdmin(pool, (client) => client.query("delete from herald_public.tenants where id = $1", [t.id]));
+      await asOperator(pool, (client) => client.query("delete from herald_public.tenants where id = $1", [t.id]));
       print(`Deleted ${t.slug}; its data key is destroyed.`);
       print("Backups taken earlier still hold that key wrapped by the master key: `herald keys rotate-master`, then destroy the old master key, to shred those copies too.");
+    }),
+  );
+
+tenant
+  .command("suspend")
+  .description("Suspend a tenant: its users and API keys stop working and its sends are held until it is resumed.")
+  .argument("<slug>", "the tenant", slugArg)
+  .requiredOption("--reason <text>", "why (kept on the tenant and in the audit log's row)")
+  .action(async (slug: string, opts: { reason: string }) =>
+    withDatabase(async ({ pool }) => {
+      const t = await requireTenant(pool, slug);
+      await asOperator(pool, (client) => client.query("select herald_public.suspend_tenant($1, $2)", [t.id, opts.reason]));
+      print(`Suspended ${t.slug}: its users and API keys get 401 and its sends are held. \`herald tenant resume ${t.slug}\` undoes it.`);
+    }),
+  );
+
+tenant
+  .command("resume")
+  .description("Resume a suspended tenant; the sends it held go out.")
+  .argument("<slug>", "the tenant", slugArg)
+  .action(async (slug: string) =>
+    withDatabase(async ({ pool }) => {
+      const t = await requireTenant(pool, slug);
+      await asOperator(pool, (client) => client.query("select herald_public.resume_tenant($1)", [t.id]));
+      print(`Resumed ${t.slug}.`);
     }),
   );
 
@@ -114,7 +139,7 @@ program
   .command("token")
   .description("Mint a development JWT for a tenant's user, or a platform-admin token.")
   .option("--tenant <slug>", "the tenant the token acts in", slugArg)
-  .option("--user <email>", "the user (default: the tenant's owner)")
+  .option("--user <email>", "the user (default: the tenant's owner); with --admin, the operator the audit log names")
   .option("--admin", "a herald_admin token (reads across tenants)")
   .option("--expires <duration>", "lifetime, e.g. 30m, 12h, 7d (at most 30d)", durationArg, "12h")
   .action(async (opts: { tenant?: string; user?: string; admin?: boolean; expires: string }) => {
@@ -123,7 +148,8 @@ program
       const auth = createAuthenticator(config, pool);
       if (opts.admin) {
         const t = opts.tenant ? await requireTenant(pool, opts.tenant) : undefined;
-        print(await auth.sign({ role: ROLES.admin, tenant_id: t?.id }, opts.expires));
+        const operator = opts.user ? await asAdmin(pool, (client) => findOrCreateUser(client, { email: opts.user! })) : undefined;
+        print(await auth.sign({ role: ROLES.admin, tenant_id: t?.id, sub: operator?.id }, opts.expires));
         return;
       }
       const t = await requireTenant(pool, opts.tenant!);

@@ -2,8 +2,9 @@ import { queueDeliveryJobs } from "../src/messages/jobs.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
 
 /**
- * The tenant's monthly cap was raised: the deliveries it held back are queued
- * to send now, in one add_jobs call. Their jobs at the month's turn stay and
+ * The tenant's monthly cap was raised, or an operator resumed the suspended
+ * tenant: the deliveries held back for that are queued to send now (each is
+ * checked again when it runs), in one add_jobs call. Their jobs at the month's turn stay and
  * find them sent. The ids are read in the tenant's session (RLS); the jobs are
  * written on graphile-worker's own connection, where the queue lives.
  */
@@ -20,10 +21,10 @@ export default rowTask(async (client, tenantId, helpers) => {
   // Due now (a delivery's job does not send it before its run_at).
   const { rows } = await client.query<{ id: string }>(
     `update herald_public.deliveries set run_at = now()
-      where tenant_id = herald_public.current_tenant_id() and status = 'queued' and reason = 'monthly_cap'
+      where tenant_id = herald_public.current_tenant_id() and status = 'queued' and reason in ('monthly_cap', 'tenant_suspended')
       returning id`,
   );
   if (rows.length === 0) return;
   await helpers.withPgClient((queue) => queueDeliveryJobs(queue, rows.map((r) => ({ tenant_id: tenantId, id: r.id }))));
-  helpers.logger.info(`tenant ${tenantId}: ${rows.length} deliveries held by the monthly cap released`);
+  helpers.logger.info(`tenant ${tenantId}: ${rows.length} held deliveries released`);
 });

@@ -52,6 +52,30 @@ function requireIdentity(authenticator: Authenticator, logger: Logger): RequestH
   };
 }
 
+/**
+ * Each tenant's requests per minute (tenant_settings.api_requests_per_minute),
+ * counted in Postgres so the limit holds across every API process; over it,
+ * 429 with Retry-After. Operators are not limited.
+ */
+function rateLimit(pool: pg.Pool, logger: Logger): RequestHandler {
+  return async (req, res, next) => {
+    const identity = req.heraldIdentity;
+    if (!identity?.tenantId || identity.kind === "admin") return next();
+    try {
+      const { rows } = await pool.query<{ wait: number }>("select herald_private.admit_api_request($1) as wait", [identity.tenantId]);
+      const wait = rows[0]?.wait ?? 0;
+      if (wait > 0) {
+        res.status(429).set("Retry-After", String(wait)).json(jsonError("RATE_LIMITED", `This tenant is over its requests per minute; try again in ${wait} s.`));
+        return;
+      }
+    } catch (error) {
+      // The limiter is a guard, not a gate: a failure to count lets the request through.
+      logger.warn({ err: { message: (error as Error).message } }, "could not count a request against the tenant's rate limit");
+    }
+    next();
+  };
+}
+
 const loginBody = z.object({
   email: z.string().trim().min(3).max(320),
   password: z.string().min(1).max(1024),
@@ -212,7 +236,7 @@ export async function startApiServer(options: {
       logger,
     }),
   );
-  app.use("/graphql", requireIdentity(authenticator, logger));
+  app.use("/graphql", requireIdentity(authenticator, logger), rateLimit(authenticatorPool, logger));
   // Grafserv reads an already-parsed body; parsing here lets the guard see variables.
   app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), pageSizeVariablesGuard);
 

@@ -1,10 +1,12 @@
+import os from "node:os";
 import readline from "node:readline/promises";
 import { InvalidArgumentError } from "commander";
 import pg from "pg";
 import { findTenant, type Tenant } from "../admin.ts";
 import { loadConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
-import { asAdmin } from "../db/session.ts";
+import { asAdmin, withSession } from "../db/session.ts";
+import { ROLES } from "../db/urls.ts";
 import { createLogger } from "../logger.ts";
 
 /** What every `herald` command shares: the database session, errors, output. */
@@ -27,6 +29,10 @@ export async function withDatabase<T>(fn: (ctx: { config: Config; db: Database; 
     await db.stop();
   }
 }
+
+/** One transaction as herald_admin that the audit log attributes to this command and the OS user running it. */
+export const asOperator = <T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>) =>
+  withSession(pool, { role: ROLES.admin, settings: { "herald.actor_detail": `herald cli (${os.userInfo().username})`.slice(0, 100) } }, fn);
 
 export async function requireTenant(pool: pg.Pool, slug: string): Promise<Tenant> {
   const tenant = await asAdmin(pool, (client) => findTenant(client, slug));

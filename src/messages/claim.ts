@@ -52,6 +52,7 @@ export interface DeliveryRow {
   not_due: boolean;
   recently_claimed: boolean | null;
   at_cap: boolean;
+  tenant_suspended: boolean;
 }
 
 /** What to do next with a delivery. */
@@ -86,6 +87,7 @@ const deliverySelect = `
                             and i.received_at > now() - interval '24 hours')) then
            herald_hidden.send_window_opens_at(c.timezone, ts.timezone, ts.send_window_start, ts.send_window_end) end as quiet_until,
          ts.rate_batch_interval_seconds * 1000.0 / ts.rate_batch_size as tenant_step_ms,
+         tn.status = 'suspended' as tenant_suspended,
          -- Compared on the database's clock, which set these times, not the worker's.
          d.run_at > now() + interval '5 seconds' as not_due,
          d.claimed_at > now() - make_interval(secs => $2 / 1000.0) as recently_claimed,
@@ -101,6 +103,7 @@ const deliverySelect = `
     left join lateral (select herald_public.contacts_phone(c) as phone, herald_public.contacts_email(c) as email
                         where c.id is not null offset 0) pii on true
     join herald_public.tenant_settings ts on ts.tenant_id = d.tenant_id
+    join herald_public.tenants tn on tn.id = d.tenant_id
    where d.tenant_id = herald_public.current_tenant_id() and d.id = $1
      for update of d`;
 
@@ -258,6 +261,9 @@ async function checksBeforeSending(client: pg.ClientBase, d: DeliveryRow, to: st
   if (d.suppressed) return finish(client, d.id, "skipped", "suppressed");
   // Stored numbers were valid when written; numbering plans change.
   if (d.channel !== "email" && !isValidPhoneNumber(to)) return finish(client, d.id, "skipped", "invalid_phone");
+  // An operator suspended the tenant: held (resuming releases it at once; a day
+  // later it looks again either way).
+  if (d.tenant_suspended) return holdBack(client, d.id, new Date(Date.now() + 86_400_000), "tenant_suspended");
   if (d.quiet_until) return holdBack(client, d.id, d.quiet_until, "quiet_hours");
   return undefined;
 }

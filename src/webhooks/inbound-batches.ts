@@ -89,6 +89,7 @@ export class InboundBatches {
           "select ordinal, inbound_message_id, contact_id, duplicate, keyword, reply, error_code from herald_hidden.receive_inbound_batch($1)",
           [JSON.stringify(batch.map((w) => w.message))],
         ),
+        "twilio",
       );
       const byOrdinal = new Map(rows.map((row) => [row.ordinal, row]));
       batch.forEach((waiting, i) => {

@@ -233,7 +233,7 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
           for (let start = 0; start < list.length; start += EVENTS_PER_TRANSACTION) {
             await inTenant(options, tenantId, async (client) => {
               for (const event of list.slice(start, start + EVENTS_PER_TRANSACTION)) await applyEvent(client, event, tally);
-            });
+            }, "sendgrid");
           }
         });
       } catch (error) {

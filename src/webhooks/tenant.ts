@@ -21,10 +21,10 @@ export interface WebhookContext {
   keyring: Keyring;
 }
 
-/** One transaction as herald_worker in `tenantId`, holding its keys. */
-export async function inTenant<T>(ctx: WebhookContext, tenantId: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+/** One transaction as herald_worker in `tenantId`, holding its keys; the audit log names the provider (`twilio`, `sendgrid`). */
+export async function inTenant<T>(ctx: WebhookContext, tenantId: string, fn: (client: pg.PoolClient) => Promise<T>, provider = "provider"): Promise<T> {
   const settings = await ctx.keyring.sessionSettings(ctx.pool, tenantId);
-  return withSession(ctx.pool, { role: ROLES.worker, tenantId, settings }, fn);
+  return withSession(ctx.pool, { role: ROLES.worker, tenantId, settings: { ...settings, "herald.actor": "webhook", "herald.actor_detail": provider } }, fn);
 }
 
 /**

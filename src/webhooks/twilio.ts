@@ -227,7 +227,7 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
           await client.query("select herald_hidden.record_opt_out('phone', $1, $2, 'carrier', '21610')", [recipient.number, recipient.channel]);
         }
         return applied;
-      });
+      }, "twilio");
     } catch (error) {
       if (error instanceof KeyError) return refuse(res, 404, "UNKNOWN_TENANT", "No such tenant.");
       throw error;

@@ -1,0 +1,178 @@
+import { beforeAll, describe, expect, it } from "vitest";
+import { ROLES } from "../src/db/urls.ts";
+import { graphql, useApiServer } from "./helpers/api.ts";
+import { asRole, expectPgError, useTestDatabase } from "./helpers/db.ts";
+import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+import { asRoot, asWorker } from "./helpers/messaging.ts";
+import { inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+
+/**
+ * The audit log: every kind of actor is named, only column names are kept,
+ * tenant owners and admins read their own tenant's log, and nobody can change it.
+ */
+
+const db = useTestDatabase();
+const api = useApiServer(db, { env: () => webhookEnv() });
+let a: TenantFixture;
+let b: TenantFixture;
+const tokens = { owner: "", member: "", ownerB: "", admin: "" };
+let operatorId: string;
+
+beforeAll(async () => {
+  ({ a, b } = await seedTwoTenants(db.current));
+  const sign = api.current.authenticator.sign;
+  tokens.owner = await sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+  tokens.member = await sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+  tokens.ownerB = await sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+  operatorId = (await db.current.root.query("insert into herald_public.users (email) values ('operator@herald.test') returning id")).rows[0].id;
+  tokens.admin = await sign({ role: ROLES.admin, sub: operatorId });
+});
+
+/** The log rows written since `since` (an id), oldest first. */
+const logSince = async (since: number) =>
+  (
+    await db.current.root.query(
+      "select tenant_id, actor_kind, actor_id, db_user, actor_detail, action, table_name, record_id, changed_columns from herald_public.audit_log where id > $1 order by id",
+      [since],
+    )
+  ).rows;
+const lastId = async () => Number((await db.current.root.query("select coalesce(max(id), 0) as id from herald_public.audit_log")).rows[0].id);
+
+describe("who did it", () => {
+  it("names a tenant's user, by user id", async () => {
+    const since = await lastId();
+    const { body } = await graphql(api.current, tokens.owner, `mutation { createTag(input: { tag: { name: "audited" } }) { tag { rowId } } }`);
+    expect(body.errors).toBeUndefined();
+    expect(await logSince(since)).toEqual([
+      expect.objectContaining({ tenant_id: a.id, actor_kind: "user", actor_id: a.ownerId, action: "insert", table_name: "tags", record_id: body.data!.createTag.tag.rowId, changed_columns: ["id", "name", "tenant_id"] }),
+    ]);
+  });
+
+  it("names an API key, by key id", async () => {
+    const since = await lastId();
+    const { body } = await graphql(api.current, a.apiKeySecret, `mutation { createContact(input: { firstName: "Keyed", phone: "+14155550177" }) { contact { rowId } } }`);
+    expect(body.errors).toBeUndefined();
+    const rows = await logSince(since);
+    expect(rows).toEqual([expect.objectContaining({ actor_kind: "api_key", actor_id: a.apiKeyId, action: "insert", table_name: "contacts", record_id: body.data!.createContact.contact.rowId })]);
+    expect(rows[0].changed_columns).toEqual(expect.arrayContaining(["first_name", "phone_encrypted", "phone_hash"]));
+  });
+
+  it("names a worker job, and a provider's webhook (with which provider)", async () => {
+    let since = await lastId();
+    await asWorker(db.current, a, (c) => c.query("select herald_hidden.upsert_contacts($1)", [JSON.stringify([{ phone: "+14155550178", first_name: "Worked" }])]));
+    expect((await logSince(since)).map((r) => [r.actor_kind, r.actor_id, r.table_name, r.action])).toEqual([["worker", null, "contacts", "insert"]]);
+
+    since = await lastId();
+    const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
+    const stop = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+14155550178", to: number, body: "STOP" }), { token: a.providerSecret });
+    expect(stop.status).toBe(200);
+    expect((await logSince(since)).map((r) => [r.actor_kind, r.actor_detail, r.table_name, r.action, r.changed_columns])).toEqual([
+      ["webhook", "twilio", "contacts", "update", ["sms_subscribed"]],
+      ["webhook", "twilio", "suppressions", "insert", expect.arrayContaining(["address_encrypted", "address_hash", "reason"])],
+    ]);
+  });
+
+  it("names a platform operator: through GraphQL by the operator's user id, in psql by the database login", async () => {
+    let since = await lastId();
+    const { body } = await graphql(api.current, tokens.admin, `mutation($t: UUID!) { suspendTenant(input: { tenantId: $t, reason: "unpaid invoice" }) { tenant { status } } }`, { t: b.id });
+    expect(body.errors).toBeUndefined();
+    expect(await logSince(since)).toEqual([
+      expect.objectContaining({ tenant_id: b.id, actor_kind: "admin", actor_id: operatorId, table_name: "tenants", action: "update", record_id: b.id, changed_columns: ["status", "suspended_at", "suspension_reason"] }),
+    ]);
+    await graphql(api.current, tokens.admin, `mutation($t: UUID!) { resumeTenant(input: { tenantId: $t }) { tenant { status } } }`, { t: b.id });
+
+    since = await lastId();
+    await asRoot(db.current, async (c) => {
+      await c.query("set local role herald_admin");
+      await c.query("update herald_public.tenants set name = 'Tenant B, Inc.' where id = $1", [b.id]);
+    });
+    // Not through SET ROLE: the login acting as itself.
+    await asRoot(db.current, (c) => c.query("update herald_public.tenants set name = 'Tenant B' where id = $1", [b.id]));
+    const rows = await logSince(since);
+    const login = (await db.current.root.query("select session_user as u")).rows[0].u;
+    expect(rows.map((r) => [r.actor_kind, r.actor_id, r.db_user, r.changed_columns])).toEqual([
+      ["admin", null, login, ["name"]],
+      ["operator", null, login, ["name"]],
+    ]);
+  });
+
+  it("writes nothing for an update that changes nothing, or only what Herald stamps (an API key's last use)", async () => {
+    const since = await lastId();
+    await asRoot(db.current, async (c) => {
+      await c.query("update herald_public.tags set name = name where tenant_id = $1", [a.id]);
+      await c.query("update herald_public.api_keys set last_used_at = now() where id = $1", [a.apiKeyId]);
+    });
+    expect(await logSince(since)).toEqual([]);
+  });
+
+  it("logs an import of a thousand contacts as a thousand rows, from one statement", async () => {
+    const since = await lastId();
+    const docs = Array.from({ length: 1000 }, (_, i) => ({ phone: `+1628559${String(1000 + i)}`, email: `bulk${i}@example.com` }));
+    await asWorker(db.current, a, (c) => c.query("select herald_hidden.upsert_contacts($1)", [JSON.stringify(docs)]));
+    const rows = await logSince(since);
+    expect(rows).toHaveLength(1000);
+    expect(new Set(rows.map((r) => r.record_id)).size).toBe(1000);
+    // Imported again with a change: the upsert's update names the one column that changed.
+    const again = await lastId();
+    await asWorker(db.current, a, (c) => c.query("select herald_hidden.upsert_contacts($1)", [JSON.stringify(docs.map((d, i) => ({ ...d, first_name: `Bulk ${i}` })))]));
+    const updates = await logSince(again);
+    expect(updates).toHaveLength(1000);
+    expect(new Set(updates.map((r) => `${r.action} ${r.changed_columns.join(",")}`))).toEqual(new Set(["update first_name"]));
+  });
+});
+
+describe("what it keeps", () => {
+  it("holds no phone number or email of any contact, nor any message text", async () => {
+    // Everything the tenant's contacts are: phones and emails decrypted as the tenant would read them.
+    const addresses = await asWorker(db.current, a, async (c) =>
+      (await c.query("select herald_public.contacts_phone(c) as phone, herald_public.contacts_email(c) as email from herald_public.contacts c")).rows
+        .flatMap((r) => [r.phone, r.email])
+        .filter(Boolean),
+    );
+    expect(addresses.length).toBeGreaterThan(1000);
+    const { rows } = await db.current.root.query("select row_to_json(l)::text as line from herald_public.audit_log l");
+    expect(rows.length).toBeGreaterThan(1000);
+    const log = rows.map((r) => r.line).join("\n");
+    const leaked = addresses.filter((address: string) => log.includes(address) || log.includes(address.replace(/^\+/, "")));
+    expect(leaked).toEqual([]);
+    expect(log).not.toMatch(/STOP|Keyed|Worked/);
+  });
+});
+
+describe("who reads it, and that nobody changes it", () => {
+  it("a tenant's owners read their own tenant's log; a plain member, an API key and another tenant see none of it", async () => {
+    const query = "{ allAuditLogs(first: 1000) { totalCount nodes { tenantId actorKind tableName changedColumns } } }";
+    const own = await graphql(api.current, tokens.owner, query);
+    expect(own.body.errors).toBeUndefined();
+    expect(own.body.data!.allAuditLogs.totalCount).toBeGreaterThan(0);
+    expect(own.body.data!.allAuditLogs.nodes.every((n: { tenantId: string }) => n.tenantId === a.id)).toBe(true);
+    for (const token of [tokens.member, a.apiKeySecret]) {
+      expect((await graphql(api.current, token, query)).body.data!.allAuditLogs.totalCount).toBe(0);
+    }
+    const other = await graphql(api.current, tokens.ownerB, query);
+    expect(other.body.data!.allAuditLogs.nodes.every((n: { tenantId: string }) => n.tenantId === b.id)).toBe(true);
+    // Operators read every tenant's.
+    const all = await graphql(api.current, tokens.admin, "{ a: allAuditLogs(condition: { tenantId: \"" + a.id + "\" }) { totalCount } b: allAuditLogs(condition: { tenantId: \"" + b.id + "\" }) { totalCount } }");
+    expect(all.body.data!.a.totalCount).toBeGreaterThan(0);
+    expect(all.body.data!.b.totalCount).toBeGreaterThan(0);
+  });
+
+  it("no role may insert, update or delete a log row", async () => {
+    for (const who of [
+      { role: ROLES.member, tenantId: a.id, userId: a.ownerId },
+      { role: ROLES.worker, tenantId: a.id },
+      { role: ROLES.admin },
+    ] as const) {
+      await asRole(db.current, who, async (c) => {
+        for (const sql of [
+          "update herald_public.audit_log set changed_columns = '{}'",
+          "delete from herald_public.audit_log",
+          `insert into herald_public.audit_log (tenant_id, actor_kind, db_user, action, table_name, record_id) values ('${a.id}', 'user', 'x', 'insert', 'tags', 'x')`,
+        ]) {
+          const error = await expectPgError(c, () => c.query(sql));
+          expect(error?.code, `${who.role}: ${sql}`).toBe("42501");
+        }
+      });
+    }
+  });
+});

@@ -1,0 +1,157 @@
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROLES } from "../src/db/urls.ts";
+import { projectRoot } from "../src/paths.ts";
+import type { WorkerHandle } from "../src/worker/worker.ts";
+import { graphql, useApiServer } from "./helpers/api.ts";
+import { useTestDatabase } from "./helpers/db.ts";
+import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+import { asRoot, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+
+/**
+ * Platform operators: suspending and resuming a tenant (through GraphQL and
+ * the CLI), and the per-tenant API rate limit, shared by every API process.
+ */
+
+const db = useTestDatabase();
+const api = useApiServer(db, { env: () => webhookEnv() });
+// A second API process on the same database: the rate limit is shared.
+const secondApi = useApiServer(db, { env: () => webhookEnv() });
+let a: TenantFixture;
+let b: TenantFixture;
+let adminToken: string;
+
+beforeAll(async () => {
+  ({ a, b } = await seedTwoTenants(db.current));
+  adminToken = await api.current.authenticator.sign({ role: ROLES.admin });
+});
+
+const SUSPEND = `mutation($t: UUID!, $r: String!) { suspendTenant(input: { tenantId: $t, reason: $r }) { tenant { status suspendedAt suspensionReason } } }`;
+const RESUME = `mutation($t: UUID!) { resumeTenant(input: { tenantId: $t }) { tenant { status suspendedAt } } }`;
+
+describe("suspending a tenant", () => {
+  let server: SandboxServer;
+  let worker: WorkerHandle;
+  let c: TenantFixture;
+  beforeAll(async () => {
+    c = await seedExtraTenant(db.current, "tenant-c");
+    server = await startSandboxServer();
+    await readyToSend(db.current, server, c);
+    worker = await startSendingWorker(db.current, server, 4);
+  });
+  afterAll(async () => {
+    await worker?.stop();
+    await server?.close();
+  });
+
+  it("is for operators only: a tenant's own owner can neither suspend nor resume", async () => {
+    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: c.id, sub: c.ownerId });
+    const { body } = await graphql(api.current, owner, SUSPEND, { t: a.id, r: "spite" });
+    expect(body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+    const status = await db.current.root.query("select status from herald_public.tenants where id = $1", [a.id]);
+    expect(status.rows[0].status).toBe("active");
+    const noReason = await graphql(api.current, adminToken, SUSPEND, { t: a.id, r: "  " });
+    expect(noReason.body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT", field: "reason" });
+  });
+
+  it("stops its users and API keys at once and holds its sends; inbound still counts; resuming sends what was held", async () => {
+    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: c.id, sub: c.ownerId });
+    const phone = "+16285590901";
+    const contactId = await contactWith(db.current, c, phone);
+    // Queued before the suspension, due a moment after it.
+    const messageId = await sendThroughApi(api.current, owner, { channel: "sms", body: "Held while suspended", contactIds: [contactId], scheduledAt: new Date(Date.now() + 1500).toISOString() });
+
+    const suspended = await graphql(api.current, adminToken, SUSPEND, { t: c.id, r: "unpaid invoice" });
+    expect(suspended.body.data!.suspendTenant.tenant).toMatchObject({ status: "suspended", suspensionReason: "unpaid invoice" });
+    for (const token of [owner, c.apiKeySecret]) {
+      const { status, body } = await graphql(api.current, token, "{ currentTenant { name } }");
+      expect(status).toBe(401);
+      expect(body.error?.code).toMatch(/NOT_A_MEMBER|INVALID_API_KEY/);
+    }
+    // Another tenant is unaffected.
+    expect((await graphql(api.current, a.apiKeySecret, "{ currentTenant { slug } }")).body.data).toEqual({ currentTenant: { slug: "tenant-a" } });
+
+    const held = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select status, reason from herald_public.deliveries where message_id = $1", [messageId]);
+      return rows[0]?.reason === "tenant_suspended" && rows[0];
+    });
+    expect(held.status).toBe("queued");
+    expect(server.sandbox.messages.filter((m) => m.to === phone)).toEqual([]);
+
+    // An opt-out to a suspended tenant is still an opt-out.
+    const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [c.senderNumberId])).rows[0].phone_number;
+    const stop = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+16285590902", to: number, body: "STOP" }), { token: c.providerSecret });
+    expect(stop.status).toBe(200);
+
+    const resumed = await graphql(api.current, adminToken, RESUME, { t: c.id });
+    expect(resumed.body.data!.resumeTenant.tenant).toEqual({ status: "active", suspendedAt: null });
+    const sent = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select status from herald_public.deliveries where message_id = $1", [messageId]);
+      return rows[0]?.status === "sent" && rows[0];
+    }, 20_000);
+    expect(sent.status).toBe("sent");
+    expect(server.sandbox.messages.filter((m) => m.to === phone).map((m) => m.body)).toEqual(["Held while suspended"]);
+    expect((await graphql(api.current, owner, "{ currentTenant { name } }")).status).toBe(200);
+  });
+
+  it("works from the CLI too: `herald tenant suspend` and `resume`", async () => {
+    const run = promisify(execFile);
+    const cli = (...args: string[]) =>
+      run(process.execPath, [path.join(projectRoot, "src/cli.ts"), ...args], { env: { ...process.env, DATABASE_URL: db.current.urls.admin, LOG_LEVEL: "silent" } });
+    const status = async () => (await db.current.root.query("select status, suspension_reason from herald_public.tenants where id = $1", [b.id])).rows[0];
+    expect((await cli("tenant", "suspend", "tenant-b", "--reason", "abuse report")).stdout).toMatch(/Suspended tenant-b/);
+    expect(await status()).toEqual({ status: "suspended", suspension_reason: "abuse report" });
+    const { rows } = await db.current.root.query("select actor_kind, actor_detail from herald_public.audit_log where tenant_id = $1 and table_name = 'tenants' order by id desc limit 1", [b.id]);
+    expect(rows[0]).toMatchObject({ actor_kind: "admin", actor_detail: expect.stringMatching(/^herald cli \(/) });
+    await cli("tenant", "resume", "tenant-b");
+    expect(await status()).toEqual({ status: "active", suspension_reason: null });
+  });
+});
+
+describe("API rate limits", () => {
+  const ask = (server: typeof api, token: string) => graphql(server.current, token, "{ currentTenant { slug } }");
+
+  it("answers 429 with Retry-After once a tenant is over its requests per minute, across API processes; another tenant is unaffected", async () => {
+    // A tenant no other test sends requests for.
+    const d = await seedExtraTenant(db.current, "tenant-d");
+    await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set api_requests_per_minute = 6 where tenant_id = $1", [d.id]));
+    // Counted per minute: begin early in one, so that the six fit in it.
+    const second = new Date().getUTCSeconds();
+    if (second > 45) await new Promise((r) => setTimeout(r, (61 - second) * 1000));
+    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: d.id, sub: d.ownerId });
+    const statuses: number[] = [];
+    // Its users and its API keys share the limit, whichever process they reach.
+    for (let i = 0; i < 6; i++) statuses.push((await ask(i % 2 ? secondApi : api, i % 3 ? owner : d.apiKeySecret)).status);
+    expect(statuses).toEqual([200, 200, 200, 200, 200, 200]);
+    for (const server of [api, secondApi]) {
+      const response = await fetch(`${server.current.url}/graphql`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${owner}` },
+        body: JSON.stringify({ query: "{ currentTenant { slug } }" }),
+      });
+      expect(response.status).toBe(429);
+      expect(Number(response.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+      expect(Number(response.headers.get("retry-after"))).toBeLessThanOrEqual(60);
+      expect(((await response.json()) as { error: { code: string } }).error.code).toBe("RATE_LIMITED");
+    }
+    // Tenant B, and operators, are not held up by A.
+    expect((await ask(api, b.apiKeySecret)).status).toBe(200);
+    expect((await ask(secondApi, adminToken)).status).toBe(200);
+  });
+
+  it("is the operators' to set: a tenant cannot raise its own", async () => {
+    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+    const { body } = await graphql(
+      api.current,
+      owner,
+      `mutation($t: UUID!) { updateTenantSettingByTenantId(input: { tenantId: $t, tenantSettingPatch: { apiRequestsPerMinute: 1000000 } }) { tenantSetting { apiRequestsPerMinute } } }`,
+      { t: b.id },
+    );
+    expect(body.errors?.[0]?.extensions?.code).toMatch(/FORBIDDEN|GRAPHQL_VALIDATION_FAILED/);
+    const { rows } = await db.current.root.query("select api_requests_per_minute from herald_public.tenant_settings where tenant_id = $1", [b.id]);
+    expect(rows[0].api_requests_per_minute).toBe(600);
+  });
+});
