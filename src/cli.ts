@@ -15,6 +15,7 @@ import { createLogger } from "./logger.ts";
 import { reportStartupError } from "./startup-errors.ts";
 import { registerContactCommands } from "./cli/contacts.ts";
 import { registerKeyCommands } from "./cli/keys.ts";
+import { registerUsageCommand } from "./cli/usage.ts";
 import { asOperator, CliError, confirm, logger, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
 
 /**
@@ -264,6 +265,7 @@ async function readStdin(): Promise<string> {
 
 registerContactCommands(program);
 registerKeyCommands(program);
+registerUsageCommand(program);
 
 program.parseAsync().catch((error: unknown) => {
   if (error instanceof CliError) {

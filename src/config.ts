@@ -72,6 +72,11 @@ const envSchema = z
         .optional(),
     ),
     HERALD_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(200).default(10),
+    // Outbound webhooks to tenants' own endpoints.
+    HERALD_WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(8),
+    HERALD_WEBHOOK_DISABLE_AFTER: z.coerce.number().int().min(1).max(10_000).default(20),
+    HERALD_WEBHOOK_RETRY_BASE_SECONDS: z.coerce.number().min(0.01).max(3600).default(30),
+    HERALD_WEBHOOK_ALLOW_PRIVATE: z.enum(["true", "false"]).optional(),
     HERALD_EMBEDDED_PG_PORT: z.preprocess(
       (v) => (v === "" ? undefined : v),
       z.coerce.number().int().min(1).max(65535).optional(),
@@ -121,6 +126,8 @@ export interface Config {
   /** Messages per second the system SMS number may send (HERALD_SMS_FROM_MPS). */
   smsFromMps: number;
   workerConcurrency: number;
+  /** Outbound webhooks: attempts, when an endpoint is disabled, retry pacing, and whether private addresses may be posted to. */
+  outboundWebhooks: { maxAttempts: number; disableAfter: number; retryBaseMs: number; allowPrivateNetworks: boolean };
   embeddedPgPort?: number;
   development: boolean;
   logLevel: string;
@@ -205,6 +212,13 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     emailFrom: e.HERALD_EMAIL_FROM,
     smsFromMps: e.HERALD_SMS_FROM_MPS,
     workerConcurrency: e.HERALD_WORKER_CONCURRENCY,
+    outboundWebhooks: {
+      maxAttempts: e.HERALD_WEBHOOK_MAX_ATTEMPTS,
+      disableAfter: e.HERALD_WEBHOOK_DISABLE_AFTER,
+      retryBaseMs: e.HERALD_WEBHOOK_RETRY_BASE_SECONDS * 1000,
+      // A tenant's URL must not reach Herald's own network, except on a developer's machine.
+      allowPrivateNetworks: e.HERALD_WEBHOOK_ALLOW_PRIVATE ? e.HERALD_WEBHOOK_ALLOW_PRIVATE === "true" : isDevelopment(env),
+    },
     embeddedPgPort: e.HERALD_EMBEDDED_PG_PORT,
     development: isDevelopment(env),
     logLevel: e.LOG_LEVEL,

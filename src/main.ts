@@ -57,6 +57,7 @@ async function main() {
     concurrency: config.workerConcurrency,
     keyring,
     // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port.
+    webhooks: { ...config.outboundWebhooks, timeoutMs: 10_000 },
     // Status callbacks go to this deployment's public URL.
     providers: new ProviderClients(systemProviders(config, config.development ? `${config.publicUrl}/sandbox` : undefined, config.publicUrl)),
     logger,

@@ -84,6 +84,8 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
   if (rotation.kind === "tenant_data_key") {
     // The tenant's provider credentials are under the same key: move them too.
     await inTenant((c) => c.query("select herald_hidden.rekey_provider_accounts()"));
+    // And the secrets that sign its outbound webhooks.
+    await inTenant((c) => c.query("select herald_hidden.rekey_webhook_endpoints()"));
     // Nothing uses the retired data key any more: destroy it. Should a straggler
     // have written with it since, the foreign keys (from contacts, inbound
     // messages, deliveries' contents) refuse the delete (23503) and the job

@@ -53,7 +53,7 @@ async function expectRefused(c: pg.PoolClient, label: string, granted: boolean, 
 
 describe.each(TABLES)("$table", (spec) => {
   it("tenant B cannot read tenant A's rows, by id or by scanning: grants refuse, or RLS hides them", async () => {
-    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId, a.contactId, a.tagId, a.listId, a.providerAccountId, a.senderNumberId, a.emailSenderId, a.templateId, a.messageId, a.deliveryId, a.suppressionId, a.inboundMessageId, a.consentEventId, a.deliveryEventId];
+    const aIds = () => [a.id, a.ownerId, a.memberId, a.apiKeyId, a.pingId, a.contactId, a.tagId, a.listId, a.providerAccountId, a.senderNumberId, a.emailSenderId, a.templateId, a.messageId, a.deliveryId, a.suppressionId, a.inboundMessageId, a.consentEventId, a.deliveryEventId, a.webhookEndpointId, a.webhookDeliveryId];
     for (const who of identities()) {
       await asRole(db.current, who, async (c) => {
         const { where, params } = spec.victim(a);

@@ -1,5 +1,5 @@
 --! Previous: sha1:172244ec97867ad29ec95220d75b9e2b1013e56f
---! Hash: sha1:1742458a13c1a6fbf8ece1cc4468624c0bc041e9
+--! Hash: sha1:cf1d3ba56a1309d02e37387d41f29fcaf7ffcbbf
 --! Message: Operators: audit log, suspension, API rate limits, usage, outbound webhooks
 
 --
@@ -8,6 +8,17 @@
 --
 -- Idempotent: graphile-migrate re-runs it in watch mode.
 
+drop view if exists herald_public.daily_usage;
+drop function if exists herald_public.tenants_usage_this_month(herald_public.tenants);
+drop type if exists herald_public.month_usage cascade;
+drop function if exists herald_public.create_webhook_endpoint(text, text[], text);
+drop function if exists herald_public.enable_webhook_endpoint(uuid);
+drop function if exists herald_public.replay_webhook_delivery(uuid);
+drop function if exists herald_hidden.webhook_endpoint_secret(uuid);
+drop function if exists herald_hidden.rekey_webhook_endpoints();
+drop type if exists herald_public.created_webhook_endpoint cascade;
+drop function if exists herald_private.tg__webhook_event() cascade;
+drop table if exists herald_public.webhook_deliveries, herald_public.webhook_endpoints cascade;
 drop function if exists herald_public.suspend_tenant(uuid, text);
 drop function if exists herald_public.resume_tenant(uuid);
 drop function if exists herald_private.admit_api_request(uuid);
@@ -117,7 +128,10 @@ begin
                      then array(select e.key from pg_catalog.jsonb_each(pg_catalog.to_jsonb(r)) e
                                  where e.value <> 'null'::jsonb and e.key <> all ($6) order by e.key)
                      else '{}' end
-           from %3$I r$q$,
+           from %3$I r
+          -- Deleting a tenant deletes its log with it (and what it owned, by
+          -- cascade): nothing is written for a tenant that is gone.
+          where exists (select 1 from herald_public.tenants t where t.id = r.%1$I)$q$,
       v_tenant, v_record_id, case when tg_op = 'INSERT' then 'new_rows' else 'old_rows' end)
     using v_actor.kind, v_actor.actor_id, v_actor.detail, pg_catalog.lower(tg_op), tg_table_name, v_ignored;
   else
@@ -312,3 +326,365 @@ grant execute on function herald_private.admit_api_request(uuid) to :DATABASE_AU
 -- The owner reads the limit (forced RLS on tenant_settings).
 drop policy if exists select_definer on herald_public.tenant_settings;
 create policy select_definer on herald_public.tenant_settings for select to :DATABASE_OWNER using (true);
+
+-------------------------------------------------------------------------------
+-- Usage, per tenant and day
+-------------------------------------------------------------------------------
+
+-- What a tenant sent and received, per UTC day, channel and account (the
+-- tenant's own provider account or the system's; none for deliveries never
+-- handed to one): messages (send requests), deliveries by status, SMS
+-- segments billed, inbound messages and opt-outs. Computed from the rows
+-- themselves, under the caller's RLS: a tenant's members see their tenant's,
+-- operators every tenant's. A delivery counts on its message's day.
+create view herald_public.daily_usage with (security_invoker = true) as
+select u.tenant_id, u.day, u.channel, u.account,
+       case when u.channel = 'email' then 'sendgrid' else 'twilio' end as provider,
+       sum(u.messages)::integer as messages,
+       sum(u.deliveries)::integer as deliveries,
+       sum(u.queued)::integer as queued,
+       sum(u.sending)::integer as sending,
+       sum(u.sent)::integer as sent,
+       sum(u.delivered)::integer as delivered,
+       sum(u.undelivered)::integer as undelivered,
+       sum(u.failed)::integer as failed,
+       sum(u.skipped)::integer as skipped,
+       sum(u.canceled)::integer as canceled,
+       sum(u.unknown)::integer as unknown,
+       sum(u.segments)::integer as segments,
+       sum(u.inbound)::integer as inbound,
+       sum(u.opt_outs)::integer as opt_outs
+  from (
+    select d.tenant_id, (m.created_at at time zone 'UTC')::date as day, d.channel, d.provider as account,
+           count(distinct d.message_id) as messages, count(*) as deliveries,
+           count(*) filter (where d.status = 'queued') as queued,
+           count(*) filter (where d.status = 'sending') as sending,
+           count(*) filter (where d.status = 'sent') as sent,
+           count(*) filter (where d.status = 'delivered') as delivered,
+           count(*) filter (where d.status = 'undelivered') as undelivered,
+           count(*) filter (where d.status = 'failed') as failed,
+           count(*) filter (where d.status = 'skipped') as skipped,
+           count(*) filter (where d.status = 'canceled') as canceled,
+           count(*) filter (where d.status = 'unknown') as unknown,
+           coalesce(sum(d.segments), 0) as segments,
+           0 as inbound, 0 as opt_outs
+      from herald_public.deliveries d
+      join herald_public.messages m on m.tenant_id = d.tenant_id and m.id = d.message_id
+     group by 1, 2, 3, 4
+    union all
+    select i.tenant_id, (i.received_at at time zone 'UTC')::date, i.channel,
+           case when i.provider_account_id is null then 'system' else 'tenant' end,
+           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0
+      from herald_public.inbound_messages i
+     group by 1, 2, 3, 4
+    union all
+    select e.tenant_id, (e.created_at at time zone 'UTC')::date, e.channel, null,
+           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
+      from herald_public.consent_events e
+     where e.action = 'opt_out'
+     group by 1, 2, 3
+  ) u
+ group by u.tenant_id, u.day, u.channel, u.account;
+comment on view herald_public.daily_usage is
+  E'What the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs. A delivery counts on its message''s day.';
+comment on column herald_public.daily_usage.account is E'`tenant` (its own provider account), `system`, or null (never handed to a provider: skipped, canceled, still queued).';
+grant select on herald_public.daily_usage to :DATABASE_MEMBER, :DATABASE_ADMIN;
+
+create type herald_public.month_usage as (month date, messages integer, cap integer, remaining integer);
+comment on type herald_public.month_usage is E'Messages handed to a provider this UTC month, against the tenant''s cap (null: none).';
+
+create function herald_public.tenants_usage_this_month(tenant herald_public.tenants) returns herald_public.month_usage
+  language sql stable
+  set search_path = ''
+as $$
+  select row(m.month, coalesce(u.messages, 0), s.monthly_message_cap,
+             case when s.monthly_message_cap is not null then greatest(s.monthly_message_cap - coalesce(u.messages, 0), 0) end)::herald_public.month_usage
+    from (select pg_catalog.date_trunc('month', now() at time zone 'UTC')::date as month) m
+    join herald_public.tenant_settings s on s.tenant_id = tenant.id
+    left join herald_hidden.monthly_usage u on u.tenant_id = tenant.id and u.month = m.month;
+$$;
+comment on function herald_public.tenants_usage_this_month(herald_public.tenants) is
+  E'Month to date: messages handed to a provider, the monthly cap and what remains of it.';
+grant execute on function herald_public.tenants_usage_this_month(herald_public.tenants) to :DATABASE_MEMBER, :DATABASE_ADMIN;
+
+-------------------------------------------------------------------------------
+-- Outbound webhooks: telling tenants' own apps what happened
+-------------------------------------------------------------------------------
+
+create table herald_public.webhook_endpoints (
+  tenant_id uuid not null default herald_public.current_tenant_id()
+    references herald_public.tenants on delete cascade,
+  id uuid not null default gen_random_uuid(),
+  url text not null constraint webhook_endpoints_url check (url ~ '^https?://[^\s/?#@]+(/[^\s]*)?$' and length(url) <= 2000),
+  description text constraint webhook_endpoints_description_length check (length(description) <= 200),
+  event_types text[] not null constraint webhook_endpoints_event_types check (
+    pg_catalog.cardinality(event_types) > 0 and event_types <@ array['delivery.updated', 'inbound.received', 'consent.changed']),
+  -- The signing secret, under the tenant's data key: only the worker reads it.
+  secret_encrypted bytea not null,
+  secret_hint text not null,
+  key_version smallint not null,
+  status text not null default 'active' constraint webhook_endpoints_status check (status in ('active', 'disabled')),
+  -- Failed attempts in a row, across deliveries; past the limit the endpoint is disabled.
+  consecutive_failures integer not null default 0,
+  disabled_at timestamptz,
+  disabled_reason text constraint webhook_endpoints_disabled_reason_length check (length(disabled_reason) <= 500),
+  created_at timestamptz not null default now(),
+  updated_at timestamptz not null default now(),
+  primary key (tenant_id, id),
+  constraint webhook_endpoints_key_version_fkey foreign key (tenant_id, key_version)
+    references herald_private.tenant_data_keys (tenant_id, version)
+);
+comment on table herald_public.webhook_endpoints is
+  E'@behavior -insert\nAn URL of the tenant''s own app that Herald posts events to, signed (`Herald-Signature`). Create with `createWebhookEndpoint`.';
+comment on column herald_public.webhook_endpoints.secret_encrypted is E'@behavior -*';
+comment on column herald_public.webhook_endpoints.key_version is E'@behavior -*';
+comment on constraint webhook_endpoints_key_version_fkey on herald_public.webhook_endpoints is E'@behavior -*';
+comment on column herald_public.webhook_endpoints.event_types is E'Any of `delivery.updated`, `inbound.received`, `consent.changed`.';
+comment on column herald_public.webhook_endpoints.secret_hint is E'The last 4 characters of the signing secret.';
+comment on column herald_public.webhook_endpoints.consecutive_failures is E'Failed attempts in a row; past the limit the endpoint is disabled (`enableWebhookEndpoint` turns it back on).';
+
+create trigger _100_timestamps before update on herald_public.webhook_endpoints
+  for each row execute function herald_private.tg__timestamps();
+
+alter table herald_public.webhook_endpoints enable row level security;
+alter table herald_public.webhook_endpoints force row level security;
+create policy select_member on herald_public.webhook_endpoints for select to :DATABASE_MEMBER, :DATABASE_WORKER
+  using (tenant_id = (select herald_public.current_tenant_id()));
+-- The tenant's owners and admins manage endpoints (signed-in users, not API keys).
+create policy insert_member on herald_public.webhook_endpoints for insert to :DATABASE_MEMBER
+  with check (tenant_id = (select herald_public.current_tenant_id()) and (select herald_hidden.current_user_is_tenant_admin()));
+create policy update_member on herald_public.webhook_endpoints for update to :DATABASE_MEMBER
+  using (tenant_id = (select herald_public.current_tenant_id()) and (select herald_hidden.current_user_is_tenant_admin()))
+  with check (tenant_id = (select herald_public.current_tenant_id()));
+create policy delete_member on herald_public.webhook_endpoints for delete to :DATABASE_MEMBER
+  using (tenant_id = (select herald_public.current_tenant_id()) and (select herald_hidden.current_user_is_tenant_admin()));
+-- The worker counts failures and disables.
+create policy update_worker on herald_public.webhook_endpoints for update to :DATABASE_WORKER
+  using (tenant_id = (select herald_public.current_tenant_id()))
+  with check (tenant_id = (select herald_public.current_tenant_id()));
+create policy select_admin on herald_public.webhook_endpoints for select to :DATABASE_ADMIN using (true);
+create policy delete_admin on herald_public.webhook_endpoints for delete to :DATABASE_ADMIN using (true);
+-- The event triggers (definers, as the owner) find who listens.
+create policy select_definer on herald_public.webhook_endpoints for select to :DATABASE_OWNER using (true);
+
+grant select (tenant_id, id, url, description, event_types, secret_hint, status, consecutive_failures, disabled_at,
+              disabled_reason, created_at, updated_at)
+  on herald_public.webhook_endpoints to :DATABASE_MEMBER, :DATABASE_ADMIN;
+grant select on herald_public.webhook_endpoints to :DATABASE_WORKER;
+grant insert (tenant_id, url, description, event_types, secret_encrypted, secret_hint, key_version),
+      update (url, description, event_types, status, consecutive_failures, disabled_at, disabled_reason)
+  on herald_public.webhook_endpoints to :DATABASE_MEMBER;
+grant update (status, consecutive_failures, disabled_at, disabled_reason, secret_encrypted, key_version)
+  on herald_public.webhook_endpoints to :DATABASE_WORKER;
+grant delete on herald_public.webhook_endpoints to :DATABASE_MEMBER, :DATABASE_ADMIN;
+
+create type herald_public.created_webhook_endpoint as (webhook_endpoint_id uuid, url text, secret text);
+comment on type herald_public.created_webhook_endpoint is
+  E'A new endpoint. `secret` (to check `Herald-Signature`) is shown this once and never again.';
+
+create function herald_public.create_webhook_endpoint(url text, event_types text[], description text default null)
+  returns herald_public.created_webhook_endpoint
+  language plpgsql volatile
+  set search_path = ''
+as $$
+declare
+  v_secret text := 'whsec_' || pg_catalog.encode(public.gen_random_bytes(24), 'hex');
+  v_version smallint := herald_hidden.current_data_key_version();
+  v_id uuid;
+begin
+  if create_webhook_endpoint.url !~ '^https?://[^\s/?#@]+(/[^\s]*)?$' then
+    raise exception 'url must be an http(s) URL without credentials in it' using errcode = '22023', column = 'url';
+  end if;
+  if event_types is null or pg_catalog.cardinality(event_types) = 0
+     or not (event_types <@ array['delivery.updated', 'inbound.received', 'consent.changed']) then
+    raise exception 'eventTypes must be some of delivery.updated, inbound.received, consent.changed' using errcode = '22023', column = 'eventTypes';
+  end if;
+  insert into herald_public.webhook_endpoints (url, description, event_types, secret_encrypted, secret_hint, key_version)
+  values (create_webhook_endpoint.url, create_webhook_endpoint.description,
+          array(select distinct e from pg_catalog.unnest(create_webhook_endpoint.event_types) e order by e),
+          herald_hidden.encrypt_pii(v_secret, herald_hidden.data_key(v_version)), pg_catalog.right(v_secret, 4), v_version)
+  returning id into v_id;
+  return row(v_id, create_webhook_endpoint.url, v_secret)::herald_public.created_webhook_endpoint;
+end;
+$$;
+comment on function herald_public.create_webhook_endpoint(text, text[], text) is
+  E'@resultFieldName endpoint\nPost these events to your app''s URL (owners and admins). The signing secret is returned once.';
+
+-- After the endpoint was disabled for failing: on again, with a clean slate.
+create function herald_public.enable_webhook_endpoint(webhook_endpoint_id uuid) returns herald_public.webhook_endpoints
+  language plpgsql volatile
+  set search_path = ''
+as $$
+declare
+  v_endpoint herald_public.webhook_endpoints;
+begin
+  update herald_public.webhook_endpoints e
+     set status = 'active', consecutive_failures = 0, disabled_at = null, disabled_reason = null
+   where e.tenant_id = herald_public.current_tenant_id() and e.id = enable_webhook_endpoint.webhook_endpoint_id
+  returning e.tenant_id, e.id, e.url, e.description, e.event_types, null::bytea, e.secret_hint, null::smallint, e.status,
+            e.consecutive_failures, e.disabled_at, e.disabled_reason, e.created_at, e.updated_at
+  into v_endpoint;
+  if v_endpoint.id is null then
+    raise exception 'webhook endpoint not found' using errcode = 'NTFND', column = 'webhookEndpointId';
+  end if;
+  return v_endpoint;
+end;
+$$;
+comment on function herald_public.enable_webhook_endpoint(uuid) is E'@resultFieldName endpoint\nTurn an endpoint back on (after it was disabled for failing).';
+
+-- For the worker only: the secret that signs an endpoint's posts.
+create function herald_hidden.webhook_endpoint_secret(webhook_endpoint_id uuid) returns text
+  language sql stable
+  set search_path = ''
+as $$
+  select herald_hidden.decrypt_pii(e.secret_encrypted, e.key_version) from herald_public.webhook_endpoints e
+   where e.tenant_id = herald_public.current_tenant_id() and e.id = webhook_endpoint_secret.webhook_endpoint_id;
+$$;
+
+-- One event sent (or to be sent) to one endpoint: the log the tenant reads and replays.
+create table herald_public.webhook_deliveries (
+  -- The endpoint's composite key implies the tenant (and cascades with it).
+  tenant_id uuid not null default herald_public.current_tenant_id(),
+  id uuid not null default gen_random_uuid(),
+  endpoint_id uuid not null,
+  -- The event's own id, the same for every endpoint it went to (and for a replay): a receiver's idempotency key.
+  event_id uuid not null,
+  event_type text not null constraint webhook_deliveries_event_type check (event_type in ('delivery.updated', 'inbound.received', 'consent.changed')),
+  -- Ids and states only; an inbound message's sender and text are added when it is sent, never stored here.
+  payload jsonb not null,
+  status text not null default 'pending' constraint webhook_deliveries_status check (status in ('pending', 'succeeded', 'failed')),
+  attempts integer not null default 0,
+  response_status integer,
+  last_error text constraint webhook_deliveries_last_error_length check (length(last_error) <= 500),
+  replay_of uuid,
+  created_at timestamptz not null default now(),
+  last_attempt_at timestamptz,
+  delivered_at timestamptz,
+  primary key (tenant_id, id),
+  constraint webhook_deliveries_endpoint_fkey foreign key (tenant_id, endpoint_id)
+    references herald_public.webhook_endpoints (tenant_id, id) on delete cascade
+);
+comment on table herald_public.webhook_deliveries is
+  E'@behavior -insert -update -delete\nEach event posted (or to be posted) to an endpoint, and how it went. `replayWebhookDelivery` sends one again.';
+comment on constraint webhook_deliveries_endpoint_fkey on herald_public.webhook_deliveries is E'@fieldName endpoint\n@foreignFieldName deliveries';
+create index webhook_deliveries_by_endpoint on herald_public.webhook_deliveries (tenant_id, endpoint_id, created_at desc);
+
+alter table herald_public.webhook_deliveries enable row level security;
+alter table herald_public.webhook_deliveries force row level security;
+create policy select_member on herald_public.webhook_deliveries for select to :DATABASE_MEMBER, :DATABASE_WORKER
+  using (tenant_id = (select herald_public.current_tenant_id()));
+-- A replay: the tenant's owners and admins.
+create policy insert_member on herald_public.webhook_deliveries for insert to :DATABASE_MEMBER
+  with check (tenant_id = (select herald_public.current_tenant_id()) and (select herald_hidden.current_user_is_tenant_admin()));
+create policy update_worker on herald_public.webhook_deliveries for update to :DATABASE_WORKER
+  using (tenant_id = (select herald_public.current_tenant_id()))
+  with check (tenant_id = (select herald_public.current_tenant_id()));
+create policy select_admin on herald_public.webhook_deliveries for select to :DATABASE_ADMIN using (true);
+-- The event triggers (definers, as the owner) write the deliveries.
+create policy insert_definer on herald_public.webhook_deliveries for insert to :DATABASE_OWNER with check (true);
+grant select on herald_public.webhook_deliveries to :DATABASE_MEMBER, :DATABASE_WORKER, :DATABASE_ADMIN;
+grant insert (tenant_id, endpoint_id, event_id, event_type, payload, replay_of) on herald_public.webhook_deliveries to :DATABASE_MEMBER;
+grant update (status, attempts, response_status, last_error, last_attempt_at, delivered_at) on herald_public.webhook_deliveries to :DATABASE_WORKER;
+
+create trigger _500_queue_send after insert on herald_public.webhook_deliveries
+  for each row execute function herald_private.tg__add_job('webhook_deliveries__send');
+
+create function herald_public.replay_webhook_delivery(webhook_delivery_id uuid) returns herald_public.webhook_deliveries
+  language plpgsql volatile
+  set search_path = ''
+as $$
+declare
+  v_original herald_public.webhook_deliveries;
+  v_replay herald_public.webhook_deliveries;
+begin
+  select * into v_original from herald_public.webhook_deliveries w
+   where w.tenant_id = herald_public.current_tenant_id() and w.id = replay_webhook_delivery.webhook_delivery_id;
+  if not found then
+    raise exception 'webhook delivery not found' using errcode = 'NTFND', column = 'webhookDeliveryId';
+  end if;
+  if not exists (select 1 from herald_public.webhook_endpoints e
+                  where e.tenant_id = v_original.tenant_id and e.id = v_original.endpoint_id and e.status = 'active') then
+    raise exception 'the endpoint is disabled: enable it first' using errcode = '22023', column = 'webhookDeliveryId';
+  end if;
+  insert into herald_public.webhook_deliveries (endpoint_id, event_id, event_type, payload, replay_of)
+  values (v_original.endpoint_id, v_original.event_id, v_original.event_type, v_original.payload, v_original.id)
+  returning * into v_replay;
+  return v_replay;
+end;
+$$;
+comment on function herald_public.replay_webhook_delivery(uuid) is
+  E'@resultFieldName webhookDelivery\nSend an event to its endpoint again (same event id, so your app can tell).';
+
+grant execute on function herald_public.create_webhook_endpoint(text, text[], text), herald_public.enable_webhook_endpoint(uuid),
+  herald_public.replay_webhook_delivery(uuid)
+  to :DATABASE_MEMBER;
+grant execute on function herald_hidden.webhook_endpoint_secret(uuid) to :DATABASE_WORKER;
+
+-- The events: a delivery's status moved, a message came in, consent changed.
+-- A definer (the owner) because it writes the deliveries whoever made the
+-- change (a worker, a webhook, a member), and only for endpoints listening.
+create function herald_private.tg__webhook_event() returns trigger
+  language plpgsql volatile security definer
+  set search_path = ''
+as $$
+declare
+  v_type text := tg_argv[0];
+  v_row jsonb := pg_catalog.to_jsonb(new);
+  v_payload jsonb;
+begin
+  if not exists (select 1 from herald_public.webhook_endpoints e
+                  where e.tenant_id = new.tenant_id and e.status = 'active' and v_type = any (e.event_types)) then
+    return null;
+  end if;
+  v_payload := case v_type
+    when 'delivery.updated' then pg_catalog.jsonb_build_object(
+      'delivery_id', new.id, 'message_id', v_row -> 'message_id', 'contact_id', v_row -> 'contact_id', 'channel', v_row -> 'channel',
+      'status', v_row -> 'status', 'previous_status', pg_catalog.to_jsonb(old) -> 'status', 'reason', v_row -> 'reason',
+      'error_code', v_row -> 'error_code', 'provider_message_id', v_row -> 'provider_message_id', 'segments', v_row -> 'segments')
+    when 'inbound.received' then pg_catalog.jsonb_build_object(
+      'inbound_message_id', new.id, 'contact_id', v_row -> 'contact_id', 'channel', v_row -> 'channel', 'to', v_row -> 'to_number',
+      'keyword', v_row -> 'keyword', 'media_count', v_row -> 'media_count', 'received_at', v_row -> 'received_at')
+    when 'consent.changed' then pg_catalog.jsonb_build_object(
+      'consent_event_id', new.id, 'contact_id', v_row -> 'contact_id', 'channel', v_row -> 'channel', 'action', v_row -> 'action',
+      'source', v_row -> 'source', 'detail', v_row -> 'detail', 'at', v_row -> 'created_at')
+  end;
+  insert into herald_public.webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload)
+  select new.tenant_id, e.id, v.event_id, v_type, v_payload
+    from herald_public.webhook_endpoints e, (select gen_random_uuid() as event_id) v
+   where e.tenant_id = new.tenant_id and e.status = 'active' and v_type = any (e.event_types);
+  return null;
+end;
+$$;
+create trigger _800_webhook_event after update of status on herald_public.deliveries
+  for each row when (old.status is distinct from new.status)
+  execute function herald_private.tg__webhook_event('delivery.updated');
+create trigger _800_webhook_event after insert on herald_public.inbound_messages
+  for each row execute function herald_private.tg__webhook_event('inbound.received');
+create trigger _800_webhook_event after insert on herald_public.consent_events
+  for each row execute function herald_private.tg__webhook_event('consent.changed');
+
+-- Endpoints are tenant configuration: audited like the rest.
+create trigger _900_audit_insert after insert on herald_public.webhook_endpoints referencing new table as new_rows
+  for each statement execute function herald_private.tg__audit('id', '');
+create trigger _900_audit_update after update on herald_public.webhook_endpoints referencing old table as old_rows new table as new_rows
+  for each statement execute function herald_private.tg__audit('id', 'consecutive_failures');
+create trigger _900_audit_delete after delete on herald_public.webhook_endpoints referencing old table as old_rows
+  for each statement execute function herald_private.tg__audit('id', '');
+
+-- Key rotation (the contacts__rekey task) moves the endpoints' secrets along.
+create function herald_hidden.rekey_webhook_endpoints() returns integer
+  language sql volatile
+  set search_path = ''
+as $$
+  with target as materialized (select herald_hidden.current_data_key_version() as version),
+  moved as (
+    update herald_public.webhook_endpoints e
+       set secret_encrypted = herald_hidden.encrypt_pii(herald_hidden.decrypt_pii(e.secret_encrypted, e.key_version), herald_hidden.data_key(t.version)),
+           key_version = t.version
+      from target t
+     where e.tenant_id = herald_public.current_tenant_id() and e.key_version <> t.version
+    returning 1
+  )
+  select count(*)::integer from moved;
+$$;
+grant execute on function herald_hidden.rekey_webhook_endpoints() to :DATABASE_WORKER;

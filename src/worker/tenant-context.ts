@@ -13,8 +13,24 @@ import { ROLES } from "../db/urls.ts";
  * nothing leaks to the next job.
  */
 
+/** How outbound webhooks to tenants' endpoints are posted and retried (HERALD_WEBHOOK_*). */
+export interface OutboundWebhookPolicy {
+  /** Attempts per event before it is given up (each a new try after a growing wait). */
+  maxAttempts: number;
+  /** Failed attempts in a row, across events, after which the endpoint is disabled. */
+  disableAfter: number;
+  /** The first retry's wait; each next one doubles it (at most an hour). */
+  retryBaseMs: number;
+  timeoutMs: number;
+  /** Posts to loopback/private addresses and plain http allowed (development and tests only). */
+  allowPrivateNetworks: boolean;
+}
+
+export const DEFAULT_WEBHOOK_POLICY: OutboundWebhookPolicy = { maxAttempts: 8, disableAfter: 20, retryBaseMs: 30_000, timeoutMs: 10_000, allowPrivateNetworks: false };
+
 interface WorkerContext {
   pool: pg.Pool;
+  webhooks?: OutboundWebhookPolicy;
   keyring: Keyring;
   providers?: ProviderClients;
   /** Owner connections for herald_private's pacing functions (src/messages/pacing.ts). */
@@ -39,6 +55,10 @@ export function providerClients(): ProviderClients {
 export function pacingPool(): pg.Pool {
   if (!tenantContext?.pacingPool) throw new Error("this worker was started without a pacing pool");
   return tenantContext.pacingPool;
+}
+
+export function webhookPolicy(): OutboundWebhookPolicy {
+  return tenantContext?.webhooks ?? DEFAULT_WEBHOOK_POLICY;
 }
 
 export function workerProcessId(): string {

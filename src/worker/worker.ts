@@ -15,7 +15,8 @@ import releaseHeld from "../../tasks/tenant__release_held.ts";
 import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
-import { setTenantContext } from "./tenant-context.ts";
+import { setTenantContext, type OutboundWebhookPolicy } from "./tenant-context.ts";
+import webhookSend from "../../tasks/webhook_deliveries__send.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
 export const taskList: TaskList = {
@@ -29,6 +30,7 @@ export const taskList: TaskList = {
   delivery__send: deliverySend as TaskList[string],
   tenant__release_held: releaseHeld as TaskList[string],
   deliveries__sweep: deliveriesSweep as TaskList[string],
+  webhook_deliveries__send: webhookSend as TaskList[string],
 };
 
 export interface WorkerHandle {
@@ -48,6 +50,8 @@ export async function startWorker(options: {
   keyring: Keyring;
   /** SDK clients for sends (absent for a worker that never sends, e.g. `herald keys`). */
   providers?: ProviderClients;
+  /** Outbound webhooks to tenants' endpoints (default: DEFAULT_WEBHOOK_POLICY). */
+  webhooks?: OutboundWebhookPolicy;
   logger: Logger;
 }): Promise<WorkerHandle> {
   const onIdleError = (error: Error) =>
@@ -67,7 +71,14 @@ export async function startWorker(options: {
   // Registered before the runner starts, so its worker ids are known and a
   // dead process's jobs are unlocked by whoever starts next.
   const registration = await registerWorkerProcess({ ownerUrl: options.ownerUrl, events, logger: options.logger });
-  setTenantContext({ pool: tenantPool, keyring: options.keyring, providers: options.providers, pacingPool, processId: registration.processId });
+  setTenantContext({
+    pool: tenantPool,
+    keyring: options.keyring,
+    providers: options.providers,
+    pacingPool,
+    processId: registration.processId,
+    webhooks: options.webhooks,
+  });
   const started = run({
     events,
     pgPool: queuePool,

@@ -211,6 +211,37 @@ export const TABLES: TableSpec[] = [
     }),
   },
   {
+    table: "herald_public.audit_log",
+    columns: "tenant_id, id, table_name, changed_columns",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.auditLogId] }),
+    set: "table_name = 'pwned'", // append-only: nobody may update it
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.audit_log (tenant_id, actor_kind, db_user, action, table_name, record_id) values ($1, 'user', 'evil', 'insert', 'tags', 'x')",
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_public.webhook_endpoints",
+    columns: "tenant_id, id, url, status",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.webhookEndpointId] }),
+    set: "url = 'https://evil.example/hook'",
+    insertInto: (victim) => ({
+      sql: `insert into herald_public.webhook_endpoints (tenant_id, url, event_types, secret_encrypted, secret_hint, key_version)
+            values ($1, 'https://evil.example/hook', '{inbound.received}', '\\x00'::bytea, 'evil', 1)`,
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_public.webhook_deliveries",
+    columns: "tenant_id, id, status, event_type",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.webhookDeliveryId] }),
+    set: "status = 'succeeded'",
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload) values ($1, $2, gen_random_uuid(), 'inbound.received', '{}')",
+      params: [victim.id, victim.webhookEndpointId],
+    }),
+  },
+  {
     table: "herald_hidden.monthly_usage",
     columns: "tenant_id, month, messages",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),

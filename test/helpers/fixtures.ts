@@ -36,6 +36,10 @@ export interface TenantFixture {
   inboundMessageId: string;
   consentEventId: string;
   deliveryEventId: string;
+  /** An outbound webhook endpoint (disabled, so that no test's worker posts to it), one delivery logged for it, and an audit log row. */
+  webhookEndpointId: string;
+  webhookDeliveryId: string;
+  auditLogId: string;
 }
 
 type TenantRows = Omit<
@@ -56,6 +60,9 @@ type TenantRows = Omit<
   | "inboundMessageId"
   | "consentEventId"
   | "deliveryEventId"
+  | "webhookEndpointId"
+  | "webhookDeliveryId"
+  | "auditLogId"
 >;
 
 async function seedTenant(client: pg.PoolClient, slug: string, name: string): Promise<TenantRows> {
@@ -150,7 +157,20 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
     const event = await one("select id from herald_public.delivery_events where delivery_id = $1", [deliveryId]);
     return { inboundMessageId: inbound.id as string, consentEventId: consent.id as string, deliveryEventId: event.id as string };
   });
-  return { ...tenant, ...providers, ...audience, ...sending, ...reported, deliveryId, contactPhone, contactEmail };
+  const webhook = await withSession(db.authenticator, { role: ROLES.member, tenantId: tenant.id, userId: tenant.ownerId, settings }, async (client) => {
+    const { rows } = await client.query("select webhook_endpoint_id from herald_public.create_webhook_endpoint('http://127.0.0.1:9/fixture', array['inbound.received'])");
+    return rows[0].webhook_endpoint_id as string;
+  });
+  const logged = await committed(db, async (client) => {
+    await client.query("update herald_public.webhook_endpoints set status = 'disabled' where id = $1", [webhook]);
+    const delivery = await client.query(
+      "insert into herald_public.webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload) values ($1, $2, gen_random_uuid(), 'inbound.received', '{}') returning id",
+      [tenant.id, webhook],
+    );
+    const audit = await client.query("select id::text from herald_public.audit_log where tenant_id = $1 order by id limit 1", [tenant.id]);
+    return { webhookEndpointId: webhook, webhookDeliveryId: delivery.rows[0].id as string, auditLogId: audit.rows[0].id as string };
+  });
+  return { ...tenant, ...providers, ...audience, ...sending, ...reported, ...logged, deliveryId, contactPhone, contactEmail };
 }
 
 export async function seedTwoTenants(db: TestDb): Promise<{ a: TenantFixture; b: TenantFixture }> {

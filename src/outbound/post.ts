@@ -1,0 +1,89 @@
+import dns from "node:dns";
+import http from "node:http";
+import https from "node:https";
+import net from "node:net";
+
+/**
+ * One POST to a tenant's endpoint. The URL is the tenant's to choose, so in
+ * production it may not reach Herald's own network: it must be https, and
+ * every address its name resolves to — checked as the connection is made, so
+ * a name that changes its answer between check and use (DNS rebinding) gains
+ * nothing — must be public. Development and tests post to localhost freely.
+ */
+
+export interface PostPolicy {
+  /** Loopback, private, link-local addresses and plain http allowed (development, tests). */
+  allowPrivateNetworks: boolean;
+  timeoutMs: number;
+}
+
+export type PostResult =
+  | { kind: "answered"; status: number }
+  | { kind: "failed"; error: string }
+  /** Refused by the policy before anything was sent: trying again cannot help. */
+  | { kind: "refused"; error: string };
+
+const NOT_PUBLIC = new net.BlockList();
+for (const [network, prefix] of [
+  ["0.0.0.0", 8], ["10.0.0.0", 8], ["100.64.0.0", 10], ["127.0.0.0", 8], ["169.254.0.0", 16], ["172.16.0.0", 12],
+  ["192.0.0.0", 24], ["192.168.0.0", 16], ["198.18.0.0", 15], ["224.0.0.0", 4], ["240.0.0.0", 4],
+] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv4");
+for (const [network, prefix] of [["::", 128], ["::1", 128], ["fc00::", 7], ["fe80::", 10], ["ff00::", 8]] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv6");
+
+export function isPublicAddress(address: string): boolean {
+  const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
+  if (mapped) return isPublicAddress(mapped);
+  return !NOT_PUBLIC.check(address, net.isIPv6(address) ? "ipv6" : "ipv4");
+}
+
+class RefusedAddress extends Error {}
+
+/** dns.lookup, refusing names that resolve to anything but public addresses. */
+const publicOnlyLookup: net.LookupFunction = (hostname, options, callback) => {
+  dns.lookup(hostname, { ...options, all: true }, (error, addresses) => {
+    if (error) return callback(error, "", 0);
+    const list = addresses as dns.LookupAddress[];
+    const refused = list.find((a) => !isPublicAddress(a.address));
+    if (refused || list.length === 0) return callback(new RefusedAddress(`${hostname} resolves to a non-public address`), "", 0);
+    if ((options as dns.LookupOptions).all) return (callback as unknown as (e: null, a: dns.LookupAddress[]) => void)(null, list);
+    callback(null, list[0]!.address, list[0]!.family);
+  });
+};
+
+export function postJson(url: string, body: string, headers: Record<string, string>, policy: PostPolicy): Promise<PostResult> {
+  let target: URL;
+  try {
+    target = new URL(url);
+  } catch {
+    return Promise.resolve({ kind: "refused", error: "not a URL" });
+  }
+  if (!policy.allowPrivateNetworks) {
+    if (target.protocol !== "https:") return Promise.resolve({ kind: "refused", error: "endpoints must use https" });
+    if (net.isIP(target.hostname.replace(/^\[|\]$/g, "")) && !isPublicAddress(target.hostname.replace(/^\[|\]$/g, ""))) {
+      return Promise.resolve({ kind: "refused", error: "the endpoint's address is not public" });
+    }
+  }
+  const client = target.protocol === "https:" ? https : http;
+  return new Promise((resolve) => {
+    const request = client.request(
+      target,
+      {
+        method: "POST",
+        headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body), "user-agent": "Herald-Webhooks/1", ...headers },
+        timeout: policy.timeoutMs,
+        ...(policy.allowPrivateNetworks ? {} : { lookup: publicOnlyLookup }),
+      },
+      (response) => {
+        // The answer's body is the endpoint's business: read and dropped.
+        response.resume();
+        response.on("end", () => resolve({ kind: "answered", status: response.statusCode ?? 0 }));
+        response.on("error", (error) => resolve({ kind: "failed", error: error.message }));
+      },
+    );
+    request.on("timeout", () => request.destroy(new Error(`no answer within ${policy.timeoutMs} ms`)));
+    request.on("error", (error) =>
+      resolve(error instanceof RefusedAddress ? { kind: "refused", error: error.message } : { kind: "failed", error: error.message.slice(0, 300) }),
+    );
+    request.end(body);
+  });
+}

@@ -1,0 +1,236 @@
+import { createHmac } from "node:crypto";
+import http from "node:http";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { ROLES } from "../src/db/urls.ts";
+import { isPublicAddress, postJson } from "../src/outbound/post.ts";
+import { createLogger } from "../src/logger.ts";
+import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
+import { graphql, useApiServer } from "./helpers/api.ts";
+import { useTestDatabase } from "./helpers/db.ts";
+import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+import { testKeyring } from "./helpers/keys.ts";
+import { asWorker, startSandboxServer, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+
+/**
+ * Outbound webhooks to tenants' own apps: signed as documented, retried, an
+ * endpoint disabled after failing repeatedly, a log the tenant reads and
+ * replays, and never another tenant's events.
+ */
+
+const db = useTestDatabase();
+const api = useApiServer(db, { env: () => webhookEnv() });
+let a: TenantFixture;
+let b: TenantFixture;
+let sandbox: SandboxServer;
+let worker: WorkerHandle;
+const tokens = { a: "", b: "", aKey: "" };
+
+/** What the tenants' apps received, by path. `/fail` answers 500; anything else 200. */
+interface Received {
+  path: string;
+  headers: http.IncomingHttpHeaders;
+  body: string;
+}
+const received: Received[] = [];
+let receiver: http.Server;
+let receiverUrl: string;
+
+beforeAll(async () => {
+  ({ a, b } = await seedTwoTenants(db.current));
+  receiver = http.createServer((req, res) => {
+    let body = "";
+    req.on("data", (chunk) => (body += chunk));
+    req.on("end", () => {
+      received.push({ path: req.url!, headers: req.headers, body });
+      res.statusCode = req.url === "/fail" ? 500 : 200;
+      res.end();
+    });
+  });
+  await new Promise<void>((resolve) => receiver.listen(0, "127.0.0.1", resolve));
+  receiverUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}`;
+  sandbox = await startSandboxServer();
+  // Quick retries, a low threshold for disabling, and the receiver on localhost allowed.
+  worker = await startWorker({
+    ownerUrl: db.current.urls.owner,
+    authenticatorUrl: db.current.urls.authenticator,
+    concurrency: 4,
+    keyring: testKeyring(),
+    providers: sandbox.clients,
+    webhooks: { maxAttempts: 3, disableAfter: 5, retryBaseMs: 50, timeoutMs: 2000, allowPrivateNetworks: true },
+    logger: createLogger("silent", 2),
+  });
+  tokens.a = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+  tokens.b = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+});
+
+afterAll(async () => {
+  await worker?.stop();
+  await sandbox?.close();
+  await new Promise((resolve) => receiver?.close(resolve));
+});
+
+const CREATE = `mutation($url: String!, $types: [String]!) { createWebhookEndpoint(input: { url: $url, eventTypes: $types, description: "test" }) { endpoint { webhookEndpointId secret } } }`;
+const create = async (token: string, url: string, types = ["inbound.received", "consent.changed", "delivery.updated"]) => {
+  const { body } = await graphql(api.current, token, CREATE, { url, types });
+  expect(body.errors).toBeUndefined();
+  return body.data!.createWebhookEndpoint.endpoint as { webhookEndpointId: string; secret: string };
+};
+
+/** A texts in from `from` (signed as Twilio would). */
+async function textIn(t: TenantFixture, from: string, body: string) {
+  const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [t.senderNumberId])).rows[0].phone_number;
+  const result = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from, to: number, body }), { token: t.providerSecret });
+  expect(result.status).toBe(200);
+}
+
+/** The documented recipe, written out independently of Herald's helper: HMAC-SHA256(secret, "<t>.<raw body>"), hex. */
+function verifiesAsDocumented(secret: string, header: string, body: string): boolean {
+  const { t, v1 } = Object.fromEntries(header.split(",").map((kv) => kv.split("="))) as { t: string; v1: string };
+  const fresh = Math.abs(Date.now() / 1000 - Number(t)) < 300;
+  return fresh && createHmac("sha256", secret).update(`${t}.${body}`).digest("hex") === v1;
+}
+
+describe("an endpoint of tenant A's app", () => {
+  let endpoint: { webhookEndpointId: string; secret: string };
+  beforeAll(async () => {
+    endpoint = await create(tokens.a, `${receiverUrl}/a`);
+  });
+
+  it("receives what happened, signed as documented, with the inbound message's sender and text", async () => {
+    const before = received.length;
+    await textIn(a, "+16285571001", "STOP");
+    const posts = await waitFor(async () => {
+      const mine = received.slice(before).filter((r) => r.path === "/a");
+      return mine.length >= 2 && mine;
+    });
+    const events = posts.map((p) => ({ ...p, event: JSON.parse(p.body) }));
+    const inbound = events.find((e) => e.event.type === "inbound.received")!;
+    const consent = events.find((e) => e.event.type === "consent.changed")!;
+    expect(inbound.event).toMatchObject({ tenant_id: a.id, data: { channel: "sms", keyword: "stop", from: "+16285571001", body: "STOP" } });
+    expect(consent.event.data).toMatchObject({ channel: "sms", action: "opt_out", source: "keyword", detail: "STOP" });
+    for (const post of [inbound, consent]) {
+      expect(post.headers["herald-event"]).toBe(post.event.type);
+      expect(post.headers["herald-event-id"]).toBe(post.event.id);
+      expect(verifiesAsDocumented(endpoint.secret, String(post.headers["herald-signature"]), post.body)).toBe(true);
+      // Another secret, or another body, does not verify.
+      expect(verifiesAsDocumented(endpoint.secret.replace(/.$/, "0"), String(post.headers["herald-signature"]), post.body)).toBe(false);
+      expect(verifiesAsDocumented(endpoint.secret, String(post.headers["herald-signature"]), post.body.replace("sms", "SMS"))).toBe(false);
+    }
+    // The log keeps ids and states, not the sender or the text.
+    const { rows } = await db.current.root.query("select payload::text as payload, status, response_status from herald_public.webhook_deliveries where endpoint_id = $1", [endpoint.webhookEndpointId]);
+    expect(rows.every((r) => r.status === "succeeded" && r.response_status === 200)).toBe(true);
+    const stored = rows.map((r) => JSON.parse(r.payload));
+    expect(JSON.stringify(stored)).not.toContain("6285571001");
+    expect(stored.every((p) => !("from" in p) && !("body" in p))).toBe(true);
+  });
+
+  it("hears of its deliveries moving on (delivery.updated)", async () => {
+    const before = received.length;
+    // A delivery in flight that Twilio reports delivered.
+    const { rows } = await db.current.root.query(
+      "insert into herald_public.deliveries (tenant_id, message_id, contact_id, channel, status) values ($1, $2, null, 'sms', 'sending') returning id",
+      [a.id, a.messageId],
+    );
+    await asWorker(db.current, a, (c) =>
+      c.query("select herald_hidden.apply_delivery_event($1, $2, 'twilio', 'delivered', 'delivered', 'outbound-test', null, null)", [rows[0].id, `SM${"7".repeat(32)}`]),
+    );
+    const post = await waitFor(async () => received.slice(before).find((r) => r.path === "/a" && JSON.parse(r.body).type === "delivery.updated"));
+    expect(JSON.parse(post.body).data).toMatchObject({ delivery_id: rows[0].id, status: "delivered", previous_status: "sending" });
+  });
+
+  it("lists its deliveries for the tenant, and replays one with the same event id", async () => {
+    const { body } = await graphql(
+      api.current,
+      tokens.a,
+      `query($e: UUID!) { allWebhookDeliveries(condition: { endpointId: $e }, orderBy: CREATED_AT_ASC) { nodes { rowId eventId eventType status responseStatus attempts } } }`,
+      { e: endpoint.webhookEndpointId },
+    );
+    expect(body.errors).toBeUndefined();
+    const first = body.data!.allWebhookDeliveries.nodes[0];
+    expect(first).toMatchObject({ status: "succeeded", responseStatus: 200, attempts: 1 });
+    const before = received.length;
+    const replay = await graphql(api.current, tokens.a, `mutation($d: UUID!) { replayWebhookDelivery(input: { webhookDeliveryId: $d }) { webhookDelivery { rowId replayOf eventId } } }`, { d: first.rowId });
+    expect(replay.body.data!.replayWebhookDelivery.webhookDelivery).toMatchObject({ replayOf: first.rowId, eventId: first.eventId });
+    const again = await waitFor(async () => received.slice(before).find((r) => r.path === "/a"));
+    expect(JSON.parse(again.body).id).toBe(first.eventId);
+  });
+});
+
+describe("a failing endpoint", () => {
+  it("is retried, then the event is given up; failures in a row disable the endpoint", async () => {
+    const failing = await create(tokens.a, `${receiverUrl}/fail`, ["inbound.received"]);
+    const before = received.filter((r) => r.path === "/fail").length;
+    await textIn(a, "+16285571002", "first");
+    // Three attempts for this event (maxAttempts 3), each retried after a doubling wait.
+    const state = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select status, attempts, response_status, last_error from herald_public.webhook_deliveries where endpoint_id = $1", [failing.webhookEndpointId]);
+      return rows[0]?.status === "failed" && rows[0];
+    });
+    expect(state).toMatchObject({ attempts: 3, response_status: 500, last_error: "the endpoint answered 500" });
+    expect(received.filter((r) => r.path === "/fail").length - before).toBe(3);
+    // Two more failures make five in a row (disableAfter 5): the endpoint is disabled.
+    await textIn(a, "+16285571003", "second");
+    const endpoint = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select status, disabled_reason, consecutive_failures from herald_public.webhook_endpoints where id = $1", [failing.webhookEndpointId]);
+      return rows[0].status === "disabled" && rows[0];
+    });
+    expect(endpoint).toMatchObject({ consecutive_failures: 5, disabled_reason: expect.stringMatching(/^disabled after 5 failed attempts in a row/) });
+    // Disabled, it gets nothing more; enabling it starts afresh.
+    await textIn(a, "+16285571004", "third");
+    await new Promise((r) => setTimeout(r, 500));
+    expect(received.filter((r) => r.path === "/fail").length - before).toBe(5);
+    const enabled = await graphql(api.current, tokens.a, `mutation($e: UUID!) { enableWebhookEndpoint(input: { webhookEndpointId: $e }) { endpoint { status consecutiveFailures } } }`, { e: failing.webhookEndpointId });
+    expect(enabled.body.data!.enableWebhookEndpoint.endpoint).toEqual({ status: "active", consecutiveFailures: 0 });
+  });
+});
+
+describe("tenants", () => {
+  it("tenant B's endpoint never receives tenant A's events, and A's never B's", async () => {
+    await create(tokens.b, `${receiverUrl}/b`, ["inbound.received"]);
+    const before = received.length;
+    await textIn(a, "+16285571005", "for A");
+    await textIn(b, "+16285571006", "for B");
+    await waitFor(async () => received.slice(before).some((r) => r.path === "/b"));
+    await new Promise((r) => setTimeout(r, 300));
+    const posts = received.slice(before).map((r) => ({ path: r.path, event: JSON.parse(r.body) }));
+    expect(posts.filter((p) => p.path === "/b").map((p) => [p.event.tenant_id, p.event.data.body])).toEqual([[b.id, "for B"]]);
+    expect(posts.filter((p) => p.path === "/a").every((p) => p.event.tenant_id === a.id)).toBe(true);
+    expect(posts.some((p) => p.path === "/a" && p.event.data.body === "for B")).toBe(false);
+  });
+
+  it("B cannot see, replay or enable A's endpoints and deliveries; only a tenant's owners and admins create endpoints", async () => {
+    const { rows } = await db.current.root.query("select id, endpoint_id from herald_public.webhook_deliveries where tenant_id = $1 limit 1", [a.id]);
+    const seen = await graphql(api.current, tokens.b, "{ allWebhookEndpoints { nodes { tenantId } } allWebhookDeliveries { nodes { tenantId } } }");
+    expect(JSON.stringify(seen.body.data)).not.toContain(a.id);
+    const replay = await graphql(api.current, tokens.b, `mutation($d: UUID!) { replayWebhookDelivery(input: { webhookDeliveryId: $d }) { webhookDelivery { rowId } } }`, { d: rows[0].id });
+    expect(replay.body.errors?.[0]?.extensions).toMatchObject({ code: "NOT_FOUND", field: "webhookDeliveryId" });
+    const enable = await graphql(api.current, tokens.b, `mutation($e: UUID!) { enableWebhookEndpoint(input: { webhookEndpointId: $e }) { endpoint { status } } }`, { e: rows[0].endpoint_id });
+    expect(enable.body.errors?.[0]?.extensions).toMatchObject({ code: "NOT_FOUND" });
+    // An API key is not a tenant admin; nor is a plain member.
+    const member = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    for (const token of [a.apiKeySecret, member]) {
+      const { body } = await graphql(api.current, token, CREATE, { url: `${receiverUrl}/x`, types: ["inbound.received"] });
+      expect(body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
+    }
+    // The secret is not readable by anyone through the API.
+    const secretField = await graphql(api.current, tokens.a, "{ allWebhookEndpoints { nodes { secretEncrypted } } }");
+    expect(secretField.body.errors?.[0]?.message).toMatch(/Cannot query field "secretEncrypted"/);
+  });
+});
+
+describe("in production, a tenant's URL may not reach Herald's own network", () => {
+  it("refuses plain http, and addresses that are not public, before sending anything", async () => {
+    const policy = { allowPrivateNetworks: false, timeoutMs: 1000 };
+    const before = received.length;
+    expect(await postJson(`${receiverUrl}/a`, "{}", {}, policy)).toEqual({ kind: "refused", error: "endpoints must use https" });
+    expect(await postJson("https://127.0.0.1:9/a", "{}", {}, policy)).toMatchObject({ kind: "refused" });
+    expect(await postJson("https://localhost:9/a", "{}", {}, policy)).toMatchObject({ kind: "refused" });
+    expect(await postJson("https://[::1]:9/a", "{}", {}, policy)).toMatchObject({ kind: "refused" });
+    expect(received.length).toBe(before);
+    for (const address of ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1", "fd00::1", "::ffff:10.0.0.1", "0.0.0.0"]) {
+      expect(isPublicAddress(address), address).toBe(false);
+    }
+    for (const address of ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"]) expect(isPublicAddress(address), address).toBe(true);
+  });
+});

@@ -1,0 +1,127 @@
+import { execFile } from "node:child_process";
+import path from "node:path";
+import { promisify } from "node:util";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { findFreePort } from "../src/db/ports.ts";
+import { ROLES } from "../src/db/urls.ts";
+import { projectRoot } from "../src/paths.ts";
+import type { WorkerHandle } from "../src/worker/worker.ts";
+import { graphql, useApiServer } from "./helpers/api.ts";
+import { useTestDatabase } from "./helpers/db.ts";
+import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+import { readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+
+/**
+ * Usage: what a real send and real inbound traffic produced, counted per day,
+ * channel and account, must match the deliveries themselves; tenants see
+ * their own, operators everyone's; the CLI prints the same.
+ */
+
+const db = useTestDatabase();
+let port: number;
+let publicUrl: string;
+beforeAll(async () => {
+  port = await findFreePort();
+  publicUrl = `http://127.0.0.1:${port}`;
+});
+const api = useApiServer(db, { env: () => webhookEnv({ publicUrl, port }) });
+let a: TenantFixture;
+let b: TenantFixture;
+let server: SandboxServer;
+let worker: WorkerHandle;
+let messageId: string;
+const today = new Date().toISOString().slice(0, 10);
+
+beforeAll(async () => {
+  ({ a, b } = await seedTwoTenants(db.current));
+  server = await startSandboxServer();
+  await readyToSend(db.current, server, a);
+  server.clients.system.callbackBaseUrl = publicUrl;
+  worker = await startSendingWorker(db.current, server, 4);
+
+  // Two delivered, one failed at the carrier (…0001), one undelivered (…0002), one unsubscribed (skipped).
+  const phones = ["+16285561101", "+16285561102", "+16285560001", "+16285560002"];
+  const ids = await Promise.all(phones.map((p) => contactWith(db.current, a, p)));
+  const unsubscribed = await contactWith(db.current, a, "+16285561103");
+  await db.current.root.query("update herald_public.contacts set sms_subscribed = false where id = $1", [unsubscribed]);
+  const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+  // 200 GSM-7 characters: two segments each.
+  messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "x".repeat(200), contactIds: [...ids, unsubscribed] });
+  await waitFor(async () => {
+    const { rows } = await db.current.root.query("select count(*) filter (where status in ('delivered', 'failed', 'undelivered', 'skipped'))::int as n from herald_public.deliveries where message_id = $1", [messageId]);
+    return rows[0].n === 5;
+  }, 30_000);
+  await server.sandbox.settled();
+  // Two messages in, one of them an opt-out.
+  const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
+  for (const body of ["see you then", "STOP"]) {
+    const result = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+16285561101", to: number, body }), { token: a.providerSecret, signedFor: `${publicUrl}/webhooks/twilio/sms` });
+    expect(result.status).toBe(200);
+  }
+});
+
+afterAll(async () => {
+  await worker?.stop();
+  await server?.close();
+});
+
+const USAGE = `{ allDailyUsages { nodes { tenantId day channel account provider messages deliveries sent delivered undelivered failed skipped segments inbound optOuts } } }`;
+
+describe("daily usage", () => {
+  it("matches the deliveries, per status and segment, and counts inbound messages and opt-outs", async () => {
+    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const { body } = await graphql(api.current, token, USAGE);
+    expect(body.errors).toBeUndefined();
+    const rows = body.data!.allDailyUsages.nodes.filter((r: { day: string }) => r.day === today);
+    const row = (channel: string, account: string | null) => rows.find((r: { channel: string; account: string | null }) => r.channel === channel && r.account === account);
+    // What the deliveries themselves say (the fixture's own delivery is a skipped one of another message).
+    const { rows: [truth] } = await db.current.root.query(
+      `select count(*) filter (where status = 'delivered')::int as delivered, count(*) filter (where status = 'failed')::int as failed,
+              count(*) filter (where status = 'undelivered')::int as undelivered, sum(segments)::int as segments
+         from herald_public.deliveries where message_id = $1 and provider = 'tenant'`,
+      [messageId],
+    );
+    expect(truth).toEqual({ delivered: 2, failed: 1, undelivered: 1, segments: 8 });
+    // Inbound: the two above and the fixture's own HELP.
+    expect(row("sms", "tenant")).toMatchObject({ provider: "twilio", messages: 1, deliveries: 4, sent: 0, ...truth, skipped: 0, inbound: 3 });
+    // Never handed to a provider: the unsubscribed contact (and the fixture's own skipped delivery), and the opt-out.
+    expect(row("sms", null)).toMatchObject({ skipped: 2, deliveries: 2, segments: 0, optOuts: 1 });
+    expect(rows.every((r: { tenantId: string }) => r.tenantId === a.id)).toBe(true);
+  });
+
+  it("shows month to date against the cap", async () => {
+    await db.current.root.query("update herald_public.tenant_settings set monthly_message_cap = 10 where tenant_id = $1", [a.id]);
+    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const { body } = await graphql(api.current, token, "{ currentTenant { usageThisMonth { month messages cap remaining } } }");
+    expect(body.data!.currentTenant.usageThisMonth).toEqual({ month: `${today.slice(0, 7)}-01`, messages: 4, cap: 10, remaining: 6 });
+  });
+
+  it("is each tenant's own; operators read every tenant's", async () => {
+    const tokenB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+    const ofB = await graphql(api.current, tokenB, USAGE);
+    expect(ofB.body.data!.allDailyUsages.nodes.every((r: { tenantId: string }) => r.tenantId === b.id)).toBe(true);
+    const admin = await api.current.authenticator.sign({ role: ROLES.admin });
+    const all = await graphql(api.current, admin, USAGE);
+    const tenants = new Set(all.body.data!.allDailyUsages.nodes.map((r: { tenantId: string }) => r.tenantId));
+    expect(tenants).toEqual(new Set([a.id, b.id]));
+  });
+
+  it("`herald usage --tenant` prints the same numbers, with totals", async () => {
+    const run = promisify(execFile);
+    const { stdout } = await run(process.execPath, [path.join(projectRoot, "src/cli.ts"), "usage", "--tenant", "tenant-a"], {
+      env: { ...process.env, DATABASE_URL: db.current.urls.admin, LOG_LEVEL: "silent" },
+    });
+    const lines = stdout.split("\n");
+    const cells = (prefix: string) => lines.find((l) => l.startsWith(prefix))!.trim().split(/\s+/);
+    const header = cells("day");
+    const value = (line: string[], column: string) => line[header.indexOf(column)];
+    const tenantRow = cells(`${today}  sms      tenant`);
+    expect([value(tenantRow, "deliveries"), value(tenantRow, "delivered"), value(tenantRow, "failed"), value(tenantRow, "undelivered"), value(tenantRow, "segments"), value(tenantRow, "inbound")]).toEqual(["4", "2", "1", "1", "8", "3"]);
+    // The total row has no channel or account: its counts are the rest of its cells.
+    const total = cells("total");
+    const totalOf = (column: string) => total[1 + header.indexOf(column) - 3];
+    expect([totalOf("deliveries"), totalOf("skipped"), totalOf("segments"), totalOf("opt-outs")]).toEqual(["6", "2", "8", "1"]);
+    expect(stdout).toMatch(/This month so far: 4 messages handed to a provider, cap 10 \(6 left\)\./);
+  });
+});
