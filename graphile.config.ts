@@ -46,8 +46,17 @@ export function makeHeraldPreset(options: {
           identity.kind !== "admin" && identity.tenantId
             ? await options.keyring.sessionSettings(options.pool, identity.tenantId)
             : {};
-        // The API key's id names the actor in the audit log (always set: '' for others).
-        return { pgSettings: { ...identity.pgSettings, "herald.api_key_id": identity.apiKeyId ?? "", ...keys } };
+        return {
+          pgSettings: {
+            ...identity.pgSettings,
+            // The audit log's actor: the API key's id (always set: '' for others).
+            "herald.api_key_id": identity.apiKeyId ?? "",
+            "herald.actor_detail": identity.kind === "user" && !identity.userId ? "a token without a user" : "",
+            // No request may run for ever (an expensive view, a large page): operators get longer.
+            statement_timeout: identity.kind === "admin" ? "60s" : "15s",
+            ...keys,
+          },
+        };
       },
     },
     grafserv: {

@@ -216,8 +216,14 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxAttempts: e.HERALD_WEBHOOK_MAX_ATTEMPTS,
       disableAfter: e.HERALD_WEBHOOK_DISABLE_AFTER,
       retryBaseMs: e.HERALD_WEBHOOK_RETRY_BASE_SECONDS * 1000,
-      // A tenant's URL must not reach Herald's own network, except on a developer's machine.
-      allowPrivateNetworks: e.HERALD_WEBHOOK_ALLOW_PRIVATE ? e.HERALD_WEBHOOK_ALLOW_PRIVATE === "true" : isDevelopment(env),
+      // A tenant's URL must not reach Herald's own network, except on a developer's machine:
+      // NODE_ENV development or test, or unset with the embedded database. Anything else
+      // (staging, prod, …) is treated as production.
+      allowPrivateNetworks: e.HERALD_WEBHOOK_ALLOW_PRIVATE
+        ? e.HERALD_WEBHOOK_ALLOW_PRIVATE === "true"
+        : env.NODE_ENV
+          ? ["development", "test"].includes(env.NODE_ENV)
+          : !env.DATABASE_URL,
     },
     embeddedPgPort: e.HERALD_EMBEDDED_PG_PORT,
     development: isDevelopment(env),

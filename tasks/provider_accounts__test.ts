@@ -19,14 +19,25 @@ declare global {
 export default rowTask(async (client, testId, helpers) => {
   const clients = providerClients();
   const { rows } = await client.query(
-    `select to_address, finished_at, provider_account_id from herald_hidden.provider_tests
-      where tenant_id = herald_public.current_tenant_id() and id = $1`,
+    `select p.to_address, p.finished_at, p.provider_account_id, t.status = 'suspended' as suspended
+       from herald_hidden.provider_tests p join herald_public.tenants t on t.id = p.tenant_id
+      where p.tenant_id = herald_public.current_tenant_id() and p.id = $1`,
     [testId],
   );
   const test = rows[0];
   if (!test || test.finished_at) return; // gone with its account, or done already
   const account = await accountById(client, test.provider_account_id);
   if (!account) return;
+  const finishTest = (error: string | null) =>
+    client.query("update herald_hidden.provider_tests set finished_at = now(), error = $2 where tenant_id = herald_public.current_tenant_id() and id = $1", [
+      testId,
+      error,
+    ]);
+  // A suspended tenant sends nothing, tests included (this one may have been queued before); the account is not at fault.
+  if (test.suspended) {
+    await finishTest("the tenant is suspended: nothing was sent");
+    return;
+  }
   let error: string | null = null;
   try {
     if (account.kind === "twilio") {
@@ -44,9 +55,6 @@ export default rowTask(async (client, testId, helpers) => {
     error = withoutAddresses((e as Error).message);
   }
   await recordAccountResult(client, account.id, error, true);
-  await client.query("update herald_hidden.provider_tests set finished_at = now(), error = $2 where tenant_id = herald_public.current_tenant_id() and id = $1", [
-    testId,
-    error,
-  ]);
+  await finishTest(error);
   helpers.logger.info(`provider test ${testId}: ${error ? "failed" : "sent"}`);
 });

@@ -113,7 +113,8 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
     await finish(client, pending, "pending", status, error);
     return new Date(Date.now() + Math.min(policy.retryBaseMs * 2 ** pending.attempts, 3_600_000));
   });
-  if (retryAt) await helpers.addJob("webhook_deliveries__send", { tenant_id: tenantId, id }, { runAt: retryAt, maxAttempts: 25 });
+  // In the tenant's own queue, as the first try was (one post at a time per tenant).
+  if (retryAt) await helpers.addJob("webhook_deliveries__send", { tenant_id: tenantId, id }, { runAt: retryAt, maxAttempts: 25, queueName: `webhooks:${tenantId}` });
 };
 
 /** Records one attempt: the delivery's state after it, the endpoint's answer (if any) and the error. */

@@ -96,6 +96,33 @@ describe("who did it", () => {
     ]);
   });
 
+  it("names a token that carries no user as a user without an id, not as an API key", async () => {
+    const since = await lastId();
+    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id });
+    const { body } = await graphql(api.current, token, `mutation { createTag(input: { tag: { name: "machine" } }) { tag { rowId } } }`);
+    expect(body.errors).toBeUndefined();
+    expect((await logSince(since)).map((r) => [r.actor_kind, r.actor_id, r.actor_detail])).toEqual([["user", null, "a token without a user"]]);
+  });
+
+  it("logs a change to a user (global) in every tenant the user belongs to, and a new password by name only", async () => {
+    // B's owner also belongs to A.
+    await asRoot(db.current, (c) => c.query("insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'member')", [a.id, b.ownerId]));
+    const since = await lastId();
+    const { body } = await graphql(api.current, tokens.admin, `mutation($u: UUID!) { updateUserByRowId(input: { rowId: $u, userPatch: { email: "renamed@tenant-b.test" } }) { user { email } } }`, { u: b.ownerId });
+    expect(body.errors).toBeUndefined();
+    await asRoot(db.current, (c) => c.query("select herald_private.set_user_password($1, 'a-new-password-1234')", [b.ownerId]));
+    const rows = await logSince(since);
+    expect(rows.map((r) => [r.tenant_id, r.actor_kind, r.table_name, r.record_id, r.changed_columns]).sort()).toEqual(
+      [
+        [a.id, "admin", "users", b.ownerId, ["email"]],
+        [b.id, "admin", "users", b.ownerId, ["email"]],
+        [a.id, "operator", "user_passwords", b.ownerId, ["password_hash"]],
+        [b.id, "operator", "user_passwords", b.ownerId, ["password_hash"]],
+      ].sort(),
+    );
+    expect(JSON.stringify(rows)).not.toMatch(/renamed@|a-new-password/);
+  });
+
   it("writes nothing for an update that changes nothing, or only what Herald stamps (an API key's last use)", async () => {
     const since = await lastId();
     await asRoot(db.current, async (c) => {

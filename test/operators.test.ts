@@ -9,6 +9,7 @@ import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { twimlMessages } from "../src/sandbox/inbound.ts";
 import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
@@ -83,8 +84,13 @@ describe("suspending a tenant", () => {
 
     // An opt-out to a suspended tenant is still an opt-out.
     const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [c.senderNumberId])).rows[0].phone_number;
+    await db.current.root.query("update herald_public.tenant_settings set stop_reply = 'BUY NOW at spam.example' where tenant_id = $1", [c.id]);
     const stop = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+16285590902", to: number, body: "STOP" }), { token: c.providerSecret });
     expect(stop.status).toBe(200);
+    // Recorded, and answered in Herald's own words: a suspended tenant says nothing of its own.
+    expect(twimlMessages(stop.body)).toEqual(["You are unsubscribed and will receive no more messages from this number."]);
+    const { rows: consent } = await db.current.root.query("select action from herald_public.consent_events where tenant_id = $1 and detail = 'STOP'", [c.id]);
+    expect(consent).toEqual([{ action: "opt_out" }]);
 
     const resumed = await graphql(api.current, adminToken, RESUME, { t: c.id });
     expect(resumed.body.data!.resumeTenant.tenant).toEqual({ status: "active", suspendedAt: null });
@@ -108,6 +114,26 @@ describe("suspending a tenant", () => {
     expect(rows[0]).toMatchObject({ actor_kind: "admin", actor_detail: expect.stringMatching(/^herald cli \(/) });
     await cli("tenant", "resume", "tenant-b");
     expect(await status()).toEqual({ status: "active", suspension_reason: null });
+  });
+});
+
+describe("password sign-in attempts", () => {
+  it("allow ten a minute per account, then 429 with Retry-After; another account is not held up", async () => {
+    const attempt = (email: string) =>
+      fetch(`${api.current.url}/auth/login`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ email, password: "not-the-password" }),
+      });
+    const second = new Date().getUTCSeconds();
+    if (second > 45) await new Promise((r) => setTimeout(r, (61 - second) * 1000));
+    const statuses: number[] = [];
+    for (let i = 0; i < 10; i++) statuses.push((await attempt("guessed@tenant-a.test")).status);
+    expect(statuses).toEqual(statuses.map(() => 401));
+    const refused = await attempt("Guessed@Tenant-A.test");
+    expect(refused.status).toBe(429);
+    expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
+    expect((await attempt("someone-else@tenant-a.test")).status).toBe(401);
   });
 });
 

@@ -185,6 +185,38 @@ describe("a failing endpoint", () => {
   });
 });
 
+describe("what a tenant may set", () => {
+  it("resets an endpoint's failure count (enable) but never sets it, nor disables with a reason of its own", async () => {
+    const endpoint = await create(tokens.a, `${receiverUrl}/guarded`, ["consent.changed"]);
+    for (const patch of ["consecutiveFailures: -2000000000", `disabledReason: "x", status: "disabled"`]) {
+      const { body } = await graphql(
+        api.current,
+        tokens.a,
+        `mutation($t: UUID!, $e: UUID!) { updateWebhookEndpointByTenantIdAndRowId(input: { tenantId: $t, rowId: $e, webhookEndpointPatch: { ${patch} } }) { webhookEndpoint { consecutiveFailures } } }`,
+        { t: a.id, e: endpoint.webhookEndpointId },
+      );
+      expect(body.errors?.[0]?.extensions?.code, patch).toBe("FORBIDDEN");
+    }
+    // Pausing an endpoint (status alone) is the tenant's call.
+    const paused = await graphql(
+      api.current,
+      tokens.a,
+      `mutation($t: UUID!, $e: UUID!) { updateWebhookEndpointByTenantIdAndRowId(input: { tenantId: $t, rowId: $e, webhookEndpointPatch: { status: "disabled" } }) { webhookEndpoint { status } } }`,
+      { t: a.id, e: endpoint.webhookEndpointId },
+    );
+    expect(paused.body.data?.updateWebhookEndpointByTenantIdAndRowId?.webhookEndpoint).toEqual({ status: "disabled" });
+  });
+
+  it("has at most 20 endpoints", async () => {
+    const { rows } = await db.current.root.query("select count(*)::int as n from herald_public.webhook_endpoints where tenant_id = $1", [a.id]);
+    for (let i = rows[0].n; i < 20; i++) await create(tokens.a, `${receiverUrl}/extra-${i}`, ["consent.changed"]);
+    const { body } = await graphql(api.current, tokens.a, CREATE, { url: `${receiverUrl}/one-too-many`, types: ["consent.changed"] });
+    expect(body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT", field: "url" });
+    // Gone again, so that the tests that follow neither post to them nor meet the limit.
+    await db.current.root.query("delete from herald_public.webhook_endpoints where tenant_id = $1 and url like '%/extra-%'", [a.id]);
+  });
+});
+
 describe("tenants", () => {
   it("tenant B's endpoint never receives tenant A's events, and A's never B's", async () => {
     await create(tokens.b, `${receiverUrl}/b`, ["inbound.received"]);
@@ -228,9 +260,28 @@ describe("in production, a tenant's URL may not reach Herald's own network", () 
     expect(await postJson("https://localhost:9/a", "{}", {}, policy)).toMatchObject({ kind: "refused" });
     expect(await postJson("https://[::1]:9/a", "{}", {}, policy)).toMatchObject({ kind: "refused" });
     expect(received.length).toBe(before);
-    for (const address of ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1", "fd00::1", "::ffff:10.0.0.1", "0.0.0.0"]) {
+    for (const address of ["127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "::1", "fd00::1", "::ffff:10.0.0.1", "0.0.0.0",
+      "64:ff9b::a9fe:a9fe", "fec0::1", "2002:0a00:0001::1", "2002:7f00:1::1"]) {
       expect(isPublicAddress(address), address).toBe(false);
     }
-    for (const address of ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111"]) expect(isPublicAddress(address), address).toBe(true);
+    for (const address of ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2002:0808:0808::1"]) expect(isPublicAddress(address), address).toBe(true);
+  });
+
+  it("cuts off an endpoint that answers slowly, byte by byte: the deadline covers the whole exchange", async () => {
+    const drip = http.createServer((_req, res) => {
+      res.writeHead(200, { "content-type": "text/plain" });
+      const timer = setInterval(() => res.write("."), 100);
+      res.on("close", () => clearInterval(timer));
+    });
+    await new Promise<void>((resolve) => drip.listen(0, "127.0.0.1", resolve));
+    try {
+      const started = Date.now();
+      const result = await postJson(`http://127.0.0.1:${(drip.address() as { port: number }).port}/`, "{}", {}, { allowPrivateNetworks: true, timeoutMs: 700 });
+      expect(result).toEqual({ kind: "failed", error: "no complete answer within 700 ms" });
+      expect(Date.now() - started).toBeLessThan(2000);
+    } finally {
+      drip.closeAllConnections();
+      await new Promise((resolve) => drip.close(resolve));
+    }
   });
 });

@@ -7,7 +7,7 @@ import { ROLES } from "../src/db/urls.ts";
 import { projectRoot } from "../src/paths.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
-import { useTestDatabase } from "./helpers/db.ts";
+import { asRole, useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
@@ -66,15 +66,18 @@ afterAll(async () => {
   await server?.close();
 });
 
-const USAGE = `{ allDailyUsages { nodes { tenantId day channel account provider messages deliveries sent delivered undelivered failed skipped segments inbound optOuts } } }`;
+const USAGE = `query($from: Date!, $to: Date!) { usage(fromDay: $from, toDay: $to) { nodes { day channel account provider messages deliveries sent delivered undelivered failed skipped segments inbound optOuts } } }`;
+const usageOf = async (token: string) => {
+  const { body } = await graphql(api.current, token, USAGE, { from: today, to: today });
+  expect(body.errors).toBeUndefined();
+  return body.data!.usage.nodes as Record<string, unknown>[];
+};
 
 describe("daily usage", () => {
   it("matches the deliveries, per status and segment, and counts inbound messages and opt-outs", async () => {
     const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-    const { body } = await graphql(api.current, token, USAGE);
-    expect(body.errors).toBeUndefined();
-    const rows = body.data!.allDailyUsages.nodes.filter((r: { day: string }) => r.day === today);
-    const row = (channel: string, account: string | null) => rows.find((r: { channel: string; account: string | null }) => r.channel === channel && r.account === account);
+    const rows = await usageOf(token);
+    const row = (channel: string, account: string | null) => rows.find((r) => r.channel === channel && r.account === account);
     // What the deliveries themselves say (the fixture's own delivery is a skipped one of another message).
     const { rows: [truth] } = await db.current.root.query(
       `select count(*) filter (where status = 'delivered')::int as delivered, count(*) filter (where status = 'failed')::int as failed,
@@ -87,7 +90,13 @@ describe("daily usage", () => {
     expect(row("sms", "tenant")).toMatchObject({ provider: "twilio", messages: 1, deliveries: 4, sent: 0, ...truth, skipped: 0, inbound: 3 });
     // Never handed to a provider: the unsubscribed contact (and the fixture's own skipped delivery), and the opt-out.
     expect(row("sms", null)).toMatchObject({ skipped: 2, deliveries: 2, segments: 0, optOuts: 1 });
-    expect(rows.every((r: { tenantId: string }) => r.tenantId === a.id)).toBe(true);
+    expect(rows.map((r) => r.day)).toEqual(rows.map(() => today));
+  });
+
+  it("refuses a range it would not answer quickly", async () => {
+    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const { body } = await graphql(api.current, token, USAGE, { from: "2020-01-01", to: today });
+    expect(body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT", field: "toDay" });
   });
 
   it("shows month to date against the cap", async () => {
@@ -97,14 +106,16 @@ describe("daily usage", () => {
     expect(body.data!.currentTenant.usageThisMonth).toEqual({ month: `${today.slice(0, 7)}-01`, messages: 4, cap: 10, remaining: 6 });
   });
 
-  it("is each tenant's own; operators read every tenant's", async () => {
+  it("is each tenant's own; operators read every tenant's in the daily_usage view", async () => {
     const tokenB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
-    const ofB = await graphql(api.current, tokenB, USAGE);
-    expect(ofB.body.data!.allDailyUsages.nodes.every((r: { tenantId: string }) => r.tenantId === b.id)).toBe(true);
-    const admin = await api.current.authenticator.sign({ role: ROLES.admin });
-    const all = await graphql(api.current, admin, USAGE);
-    const tenants = new Set(all.body.data!.allDailyUsages.nodes.map((r: { tenantId: string }) => r.tenantId));
-    expect(tenants).toEqual(new Set([a.id, b.id]));
+    // B sent nothing through a provider: its only rows are its fixture's.
+    expect((await usageOf(tokenB)).every((r) => r.account !== "tenant" || r.deliveries === 0)).toBe(true);
+    expect((await usageOf(tokenB)).some((r) => r.segments === 8)).toBe(false);
+    // The view under RLS: a member of B sees B's rows only; an operator every tenant's.
+    const ofB = await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId }, async (c) => (await c.query("select distinct tenant_id from herald_public.daily_usage")).rows);
+    expect(ofB).toEqual([{ tenant_id: b.id }]);
+    const all = await asRole(db.current, { role: ROLES.admin }, async (c) => (await c.query("select distinct tenant_id from herald_public.daily_usage order by 1")).rows);
+    expect(new Set(all.map((r) => r.tenant_id))).toEqual(new Set([a.id, b.id]));
   });
 
   it("`herald usage --tenant` prints the same numbers, with totals", async () => {
@@ -121,7 +132,8 @@ describe("daily usage", () => {
     // The total row has no channel or account: its counts are the rest of its cells.
     const total = cells("total");
     const totalOf = (column: string) => total[1 + header.indexOf(column) - 3];
-    expect([totalOf("deliveries"), totalOf("skipped"), totalOf("segments"), totalOf("opt-outs")]).toEqual(["6", "2", "8", "1"]);
+    // Messages are counted, not summed: one message whose deliveries took two routes is one.
+    expect([totalOf("messages"), totalOf("deliveries"), totalOf("skipped"), totalOf("segments"), totalOf("opt-outs")]).toEqual(["2", "6", "2", "8", "1"]);
     expect(stdout).toMatch(/This month so far: 4 messages handed to a provider, cap 10 \(6 left\)\./);
   });
 });

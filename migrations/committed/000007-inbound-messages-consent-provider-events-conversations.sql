@@ -1,5 +1,5 @@
 --! Previous: sha1:642594d9f69ed579ca69923f67dbdc76896dce16
---! Hash: sha1:172244ec97867ad29ec95220d75b9e2b1013e56f
+--! Hash: sha1:03d12e7248d2820bb91c5316c16a818a561b1977
 --! Message: Inbound messages, consent, provider events, conversations
 
 --
@@ -452,8 +452,16 @@ begin
   end if;
 
   if v_keyword is not null then
-    select r.* into v_replies
-      from herald_public.tenant_settings s, herald_public.tenant_settings_keyword_replies(s) r where s.tenant_id = v_tenant;
+    if exists (select 1 from herald_public.tenants t where t.id = v_tenant and t.status = 'suspended') then
+      -- An operator suspended the tenant: its keywords still work, but it says
+      -- nothing of its own (its texts may be why it was suspended).
+      v_replies := row('This service is not available at the moment. Reply STOP to unsubscribe.',
+                       'You are unsubscribed and will receive no more messages from this number.',
+                       'You are resubscribed.')::herald_public.keyword_replies;
+    else
+      select r.* into v_replies
+        from herald_public.tenant_settings s, herald_public.tenant_settings_keyword_replies(s) r where s.tenant_id = v_tenant;
+    end if;
     v_reply := case v_keyword when 'stop' then v_replies.stop when 'start' then v_replies.start when 'help' then v_replies.help end;
   end if;
 

@@ -1,5 +1,5 @@
---! Previous: sha1:172244ec97867ad29ec95220d75b9e2b1013e56f
---! Hash: sha1:cf1d3ba56a1309d02e37387d41f29fcaf7ffcbbf
+--! Previous: sha1:03d12e7248d2820bb91c5316c16a818a561b1977
+--! Hash: sha1:af6730229bb61112bd8e8035852b5113ed0df35c
 --! Message: Operators: audit log, suspension, API rate limits, usage, outbound webhooks
 
 --
@@ -18,6 +18,12 @@ drop function if exists herald_hidden.webhook_endpoint_secret(uuid);
 drop function if exists herald_hidden.rekey_webhook_endpoints();
 drop type if exists herald_public.created_webhook_endpoint cascade;
 drop function if exists herald_private.tg__webhook_event() cascade;
+drop function if exists herald_private.tg_webhook_endpoints__guard() cascade;
+drop function if exists herald_private.tg_webhook_deliveries__queue() cascade;
+drop function if exists herald_public.usage(date, date);
+drop type if exists herald_public.usage_day cascade;
+drop function if exists herald_private.admit_login_attempt(text, integer);
+drop table if exists herald_private.login_attempt_windows;
 drop table if exists herald_public.webhook_deliveries, herald_public.webhook_endpoints cascade;
 drop function if exists herald_public.suspend_tenant(uuid, text);
 drop function if exists herald_public.resume_tenant(uuid);
@@ -27,6 +33,7 @@ drop table if exists herald_private.api_request_windows;
 drop table if exists herald_public.audit_log cascade;
 drop function if exists herald_private.tg__audit() cascade;
 drop function if exists herald_private.audit_actor();
+drop function if exists herald_private.tg_users__audit() cascade;
 alter table herald_public.tenants drop column if exists suspended_at, drop column if exists suspension_reason;
 alter table herald_public.tenant_settings drop column if exists api_requests_per_minute;
 
@@ -94,7 +101,10 @@ begin
     kind := case when v_actor = 'webhook' then 'webhook' else 'worker' end;
   elsif v_role = ':DATABASE_MEMBER' then
     actor_id := coalesce(herald_public.current_user_id(), nullif(pg_catalog.current_setting('herald.api_key_id', true), '')::uuid);
-    kind := case when herald_public.current_user_id() is not null then 'user' else 'api_key' end;
+    -- An API key only when Herald verified one; a token without a user (an
+    -- identity provider's machine token) is a `user` with no id.
+    kind := case when nullif(pg_catalog.current_setting('herald.api_key_id', true), '') is not null
+                  and herald_public.current_user_id() is null then 'api_key' else 'user' end;
   else
     kind := 'operator';
   end if;
@@ -189,6 +199,41 @@ begin
   end loop;
 end;
 $$;
+-- Users are global rows: a change to one (an operator changing its email, a
+-- new password) is written to the log of every tenant it belongs to.
+create function herald_private.tg_users__audit() returns trigger
+  language plpgsql volatile security definer
+  set search_path = ''
+as $$
+declare
+  v_actor record;
+  -- Through jsonb: the two tables name the user's column differently, and a
+  -- record's missing field is an error even in a branch not taken.
+  v_row jsonb := coalesce(pg_catalog.to_jsonb(new), pg_catalog.to_jsonb(old));
+  v_user uuid := coalesce(v_row ->> 'user_id', v_row ->> 'id')::uuid;
+  v_changed text[];
+begin
+  select * into v_actor from herald_private.audit_actor();
+  v_changed := case
+    when tg_table_name = 'user_passwords' then array['password_hash']
+    when tg_op = 'UPDATE' then array(select e.key from pg_catalog.jsonb_each(pg_catalog.to_jsonb(new)) e
+                                      where e.value is distinct from (pg_catalog.to_jsonb(old) -> e.key) and e.key <> 'updated_at' order by e.key)
+    else '{}' end;
+  if tg_op = 'UPDATE' and pg_catalog.cardinality(v_changed) = 0 then
+    return null;
+  end if;
+  insert into herald_public.audit_log (tenant_id, actor_kind, actor_id, db_user, actor_detail, action, table_name, record_id, changed_columns)
+  select m.tenant_id, v_actor.kind, v_actor.actor_id, session_user, v_actor.detail, pg_catalog.lower(tg_op), tg_table_name, v_user::text, v_changed
+    from herald_public.memberships m
+   where m.user_id = v_user;
+  return null;
+end;
+$$;
+create trigger _900_audit after update or delete on herald_public.users
+  for each row execute function herald_private.tg_users__audit();
+create trigger _900_audit after insert or update on herald_private.user_passwords
+  for each row execute function herald_private.tg_users__audit();
+
 -- What a person wrote is a record; erasing it is worth one.
 create trigger _900_audit_delete after delete on herald_public.inbound_messages referencing old table as old_rows
   for each statement execute function herald_private.tg__audit('id', '');
@@ -323,6 +368,41 @@ begin
 end;
 $$;
 grant execute on function herald_private.admit_api_request(uuid) to :DATABASE_AUTHENTICATOR;
+-- Password logins: attempts per key (an email, a client address) and minute;
+-- each costs a bcrypt hash, so guessing is slowed and the CPU spared.
+create unlogged table herald_private.login_attempt_windows (
+  key text not null,
+  window_start timestamptz not null,
+  attempts integer not null,
+  primary key (key, window_start)
+);
+
+-- Counts an attempt for `key` and answers 0 within `per_minute`, else the
+-- seconds until the next minute.
+create function herald_private.admit_login_attempt(key text, per_minute integer) returns integer
+  language plpgsql volatile security definer
+  set search_path = ''
+as $$
+declare
+  v_window timestamptz := pg_catalog.date_trunc('minute', pg_catalog.clock_timestamp());
+  v_attempts integer;
+begin
+  perform pg_catalog.set_config('synchronous_commit', 'off', true);
+  insert into herald_private.login_attempt_windows as w (key, window_start, attempts)
+  values (admit_login_attempt.key, v_window, 1)
+  on conflict on constraint login_attempt_windows_pkey do update set attempts = w.attempts + 1
+  returning w.attempts into v_attempts;
+  if v_attempts = 1 then
+    delete from herald_private.login_attempt_windows w where w.key = admit_login_attempt.key and w.window_start < v_window;
+  end if;
+  if v_attempts <= per_minute then
+    return 0;
+  end if;
+  return greatest(1, ceil(extract(epoch from (v_window + interval '1 minute' - pg_catalog.clock_timestamp())))::integer);
+end;
+$$;
+grant execute on function herald_private.admit_login_attempt(text, integer) to :DATABASE_AUTHENTICATOR;
+
 -- The owner reads the limit (forced RLS on tenant_settings).
 drop policy if exists select_definer on herald_public.tenant_settings;
 create policy select_definer on herald_public.tenant_settings for select to :DATABASE_OWNER using (true);
@@ -386,9 +466,75 @@ select u.tenant_id, u.day, u.channel, u.account,
   ) u
  group by u.tenant_id, u.day, u.channel, u.account;
 comment on view herald_public.daily_usage is
-  E'What the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs. A delivery counts on its message''s day.';
+  E'@behavior -*\nWhat the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs. A delivery counts on its message''s day.';
 comment on column herald_public.daily_usage.account is E'`tenant` (its own provider account), `system`, or null (never handed to a provider: skipped, canceled, still queued).';
 grant select on herald_public.daily_usage to :DATABASE_MEMBER, :DATABASE_ADMIN;
+
+-- The same rows for GraphQL, for a range of days of the session's tenant (at
+-- most 366): read through the (tenant_id, created_at) indexes rather than
+-- over everything the tenant ever sent.
+create type herald_public.usage_day as (
+  day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer,
+  sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer,
+  segments integer, inbound integer, opt_outs integer);
+comment on type herald_public.usage_day is
+  E'One UTC day of one channel and account (`tenant`, `system`, or none for deliveries never handed to a provider).';
+
+create function herald_public.usage(from_day date, to_day date) returns setof herald_public.usage_day
+  language plpgsql stable
+  set search_path = ''
+as $$
+declare
+  v_tenant uuid := herald_public.current_tenant_id();
+  v_from timestamptz := (from_day::timestamp) at time zone 'UTC';
+  v_to timestamptz := ((to_day + 1)::timestamp) at time zone 'UTC';
+begin
+  if from_day is null or to_day is null or to_day < from_day or to_day - from_day > 366 then
+    raise exception 'give fromDay and toDay, at most 366 days apart' using errcode = '22023', column = 'toDay';
+  end if;
+  return query
+  select u.day, u.channel, u.account, case when u.channel = 'email' then 'sendgrid' else 'twilio' end,
+         sum(u.messages)::integer, sum(u.deliveries)::integer, sum(u.queued)::integer, sum(u.sending)::integer,
+         sum(u.sent)::integer, sum(u.delivered)::integer, sum(u.undelivered)::integer, sum(u.failed)::integer,
+         sum(u.skipped)::integer, sum(u.canceled)::integer, sum(u.unknown)::integer, sum(u.segments)::integer,
+         sum(u.inbound)::integer, sum(u.opt_outs)::integer
+    from (
+      select (m.created_at at time zone 'UTC')::date as day, d.channel, d.provider as account,
+             count(distinct d.message_id) as messages, count(*) as deliveries,
+             count(*) filter (where d.status = 'queued') as queued,
+             count(*) filter (where d.status = 'sending') as sending,
+             count(*) filter (where d.status = 'sent') as sent,
+             count(*) filter (where d.status = 'delivered') as delivered,
+             count(*) filter (where d.status = 'undelivered') as undelivered,
+             count(*) filter (where d.status = 'failed') as failed,
+             count(*) filter (where d.status = 'skipped') as skipped,
+             count(*) filter (where d.status = 'canceled') as canceled,
+             count(*) filter (where d.status = 'unknown') as unknown,
+             coalesce(sum(d.segments), 0) as segments, 0 as inbound, 0 as opt_outs
+        from herald_public.messages m
+        join herald_public.deliveries d on d.tenant_id = m.tenant_id and d.message_id = m.id
+       where m.tenant_id = v_tenant and m.created_at >= v_from and m.created_at < v_to
+       group by 1, 2, 3
+      union all
+      select (i.received_at at time zone 'UTC')::date, i.channel, case when i.provider_account_id is null then 'system' else 'tenant' end,
+             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0
+        from herald_public.inbound_messages i
+       where i.tenant_id = v_tenant and i.received_at >= v_from and i.received_at < v_to
+       group by 1, 2, 3
+      union all
+      select (e.created_at at time zone 'UTC')::date, e.channel, null, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
+        from herald_public.consent_events e
+       where e.tenant_id = v_tenant and e.action = 'opt_out' and e.created_at >= v_from and e.created_at < v_to
+       group by 1, 2
+    ) u
+   group by u.day, u.channel, u.account
+   order by u.day, u.channel, u.account nulls last;
+end;
+$$;
+comment on function herald_public.usage(date, date) is
+  E'The tenant''s usage per UTC day (`fromDay` to `toDay`, at most 366 days), channel and account: messages, deliveries by status, SMS segments, inbound messages, opt-outs. A delivery counts on its message''s day.';
+grant execute on function herald_public.usage(date, date) to :DATABASE_MEMBER, :DATABASE_ADMIN;
+create index if not exists consent_events_created on herald_public.consent_events (tenant_id, created_at);
 
 create type herald_public.month_usage as (month date, messages integer, cap integer, remaining integer);
 comment on type herald_public.month_usage is E'Messages handed to a provider this UTC month, against the tenant''s cap (null: none).';
@@ -446,6 +592,28 @@ comment on column herald_public.webhook_endpoints.consecutive_failures is E'Fail
 create trigger _100_timestamps before update on herald_public.webhook_endpoints
   for each row execute function herald_private.tg__timestamps();
 
+-- The failure count and the reason an endpoint was disabled are Herald's
+-- bookkeeping: a tenant may reset them (turning the endpoint back on), never
+-- set them (a large negative count would keep a failing endpoint on for ever).
+create function herald_private.tg_webhook_endpoints__guard() returns trigger
+  language plpgsql volatile
+  set search_path = ''
+as $$
+begin
+  if pg_catalog.current_setting('role', true) = ':DATABASE_MEMBER' then
+    if new.consecutive_failures not in (0, old.consecutive_failures)
+       or (new.disabled_at is distinct from old.disabled_at and new.disabled_at is not null)
+       or (new.disabled_reason is distinct from old.disabled_reason and new.disabled_reason is not null) then
+      raise exception 'an endpoint''s failure count and disabling are Herald''s: enableWebhookEndpoint resets them'
+        using errcode = '42501';
+    end if;
+  end if;
+  return new;
+end;
+$$;
+create trigger _200_guard before update on herald_public.webhook_endpoints
+  for each row execute function herald_private.tg_webhook_endpoints__guard();
+
 alter table herald_public.webhook_endpoints enable row level security;
 alter table herald_public.webhook_endpoints force row level security;
 create policy select_member on herald_public.webhook_endpoints for select to :DATABASE_MEMBER, :DATABASE_WORKER
@@ -492,12 +660,19 @@ declare
   v_version smallint := herald_hidden.current_data_key_version();
   v_id uuid;
 begin
+  if not herald_hidden.current_user_is_tenant_admin() then
+    raise exception 'only the tenant''s owners and admins manage webhook endpoints' using errcode = '42501';
+  end if;
   if create_webhook_endpoint.url !~ '^https?://[^\s/?#@]+(/[^\s]*)?$' then
     raise exception 'url must be an http(s) URL without credentials in it' using errcode = '22023', column = 'url';
   end if;
   if event_types is null or pg_catalog.cardinality(event_types) = 0
      or not (event_types <@ array['delivery.updated', 'inbound.received', 'consent.changed']) then
     raise exception 'eventTypes must be some of delivery.updated, inbound.received, consent.changed' using errcode = '22023', column = 'eventTypes';
+  end if;
+  -- Each endpoint is worker time: a tenant has a handful, not hundreds.
+  if (select count(*) from herald_public.webhook_endpoints e where e.tenant_id = herald_public.current_tenant_id()) >= 20 then
+    raise exception 'a tenant may have at most 20 webhook endpoints' using errcode = '22023', column = 'url';
   end if;
   insert into herald_public.webhook_endpoints (url, description, event_types, secret_encrypted, secret_hint, key_version)
   values (create_webhook_endpoint.url, create_webhook_endpoint.description,
@@ -586,8 +761,23 @@ grant select on herald_public.webhook_deliveries to :DATABASE_MEMBER, :DATABASE_
 grant insert (tenant_id, endpoint_id, event_id, event_type, payload, replay_of) on herald_public.webhook_deliveries to :DATABASE_MEMBER;
 grant update (status, attempts, response_status, last_error, last_attempt_at, delivered_at) on herald_public.webhook_deliveries to :DATABASE_WORKER;
 
+-- One post at a time per tenant (a graphile-worker queue of the tenant's
+-- own): a tenant whose endpoints are slow holds one worker, never all of them.
+create function herald_private.tg_webhook_deliveries__queue() returns trigger
+  language plpgsql volatile security definer
+  set search_path = ''
+as $$
+begin
+  perform graphile_worker.add_job(
+    'webhook_deliveries__send',
+    pg_catalog.json_build_object('tenant_id', new.tenant_id, 'id', new.id),
+    queue_name := 'webhooks:' || new.tenant_id,
+    max_attempts := 25);
+  return new;
+end;
+$$;
 create trigger _500_queue_send after insert on herald_public.webhook_deliveries
-  for each row execute function herald_private.tg__add_job('webhook_deliveries__send');
+  for each row execute function herald_private.tg_webhook_deliveries__queue();
 
 create function herald_public.replay_webhook_delivery(webhook_delivery_id uuid) returns herald_public.webhook_deliveries
   language plpgsql volatile

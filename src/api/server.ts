@@ -1,3 +1,4 @@
+import { createHash } from "node:crypto";
 import http from "node:http";
 import express, { type ErrorRequestHandler, type RequestHandler } from "express";
 import pg from "pg";
@@ -82,6 +83,10 @@ const loginBody = z.object({
   tenant: z.string().trim().min(1).max(63).optional(),
 });
 
+/** Password attempts per minute, per account and per client address: each costs a bcrypt hash. */
+const LOGIN_ATTEMPTS_PER_EMAIL = 10;
+const LOGIN_ATTEMPTS_PER_CLIENT = 60;
+
 /** POST /auth/login: email + password → a JWT for one of the user's memberships. */
 function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
   return async (req, res) => {
@@ -89,6 +94,17 @@ function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
     if (!body.success) {
       const issue = body.error.issues[0]!;
       res.status(400).json({ error: { code: "INVALID_INPUT", field: issue.path.join("."), message: issue.message } });
+      return;
+    }
+    // Counted in Postgres (every API process sees the same), by a hash of the email.
+    const emailKey = `email:${createHash("sha256").update(body.data.email.toLowerCase()).digest("hex")}`;
+    const { rows: waits } = await pool.query<{ email: number; client: number }>(
+      "select herald_private.admit_login_attempt($1, $2) as email, herald_private.admit_login_attempt($3, $4) as client",
+      [emailKey, LOGIN_ATTEMPTS_PER_EMAIL, `client:${req.socket.remoteAddress ?? "unknown"}`, LOGIN_ATTEMPTS_PER_CLIENT],
+    );
+    const wait = Math.max(waits[0]?.email ?? 0, waits[0]?.client ?? 0);
+    if (wait > 0) {
+      res.status(429).set("Retry-After", String(wait)).json(jsonError("RATE_LIMITED", `Too many sign-in attempts; try again in ${wait} s.`));
       return;
     }
     if (!authenticator.canSign) {

@@ -1,10 +1,11 @@
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
 import type pg from "pg";
-import { asAdmin } from "../db/session.ts";
+import { withSession } from "../db/session.ts";
+import { ROLES } from "../db/urls.ts";
 import { print, requireTenant, slugArg, withDatabase } from "./shared.ts";
 
-/** `herald usage --tenant <slug> [--month YYYY-MM]`: a tenant's daily usage (herald_public.daily_usage) as a table. */
+/** `herald usage --tenant <slug> [--month YYYY-MM]`: a tenant's daily usage (herald_public.usage) as a table. */
 
 const monthArg = (value: string) => {
   if (!/^\d{4}-(0[1-9]|1[0-2])$/.test(value)) throw new InvalidArgumentError("use YYYY-MM, e.g. 2026-12");
@@ -31,21 +32,28 @@ const COUNTS = COLUMNS.slice(3).map(([key]) => key);
 
 type UsageRow = Record<(typeof COLUMNS)[number][0], string | number | null>;
 
-export async function usageOf(client: pg.ClientBase, tenantId: string, month: string): Promise<UsageRow[]> {
+/** The session tenant's usage in a month, and how many messages (send requests) it made in it. */
+async function usageOf(client: pg.ClientBase, month: string): Promise<{ rows: UsageRow[]; messages: number }> {
   const { rows } = await client.query<UsageRow>(
     `select to_char(day, 'YYYY-MM-DD') as day, channel, coalesce(account, '-') as account, ${COUNTS.join(", ")}
-       from herald_public.daily_usage
-      where tenant_id = $1 and day >= $2::date and day < ($2::date + interval '1 month')
-      order by day, channel, account`,
-    [tenantId, `${month}-01`],
+       from herald_public.usage($1::date, ($1::date + interval '1 month' - interval '1 day')::date)`,
+    [`${month}-01`],
   );
-  return rows;
+  const { rows: [count] } = await client.query<{ n: number }>(
+    `select count(*)::int as n from herald_public.messages
+      where tenant_id = herald_public.current_tenant_id()
+        and created_at >= ($1::date::timestamp at time zone 'UTC') and created_at < (($1::date + interval '1 month')::timestamp at time zone 'UTC')`,
+    [`${month}-01`],
+  );
+  return { rows, messages: count!.n };
 }
 
-export function formatUsage(rows: UsageRow[]): string {
+/** A message whose deliveries took several routes is in several rows: its total is counted, not summed. */
+export function formatUsage(rows: UsageRow[], messages: number): string {
   const total: UsageRow = Object.fromEntries(COLUMNS.map(([key]) => [key, COUNTS.includes(key as never) ? 0 : ""])) as UsageRow;
   total.day = "total";
   for (const row of rows) for (const key of COUNTS) total[key] = Number(total[key]) + Number(row[key]);
+  total.messages = messages;
   const table = [COLUMNS.map(([, label]) => label), ...[...rows, total].map((row) => COLUMNS.map(([key]) => String(row[key] ?? "")))];
   const widths = COLUMNS.map((_, i) => Math.max(...table.map((line) => line[i]!.length)));
   return table.map((line) => line.map((cell, i) => (i < 3 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ")).join("\n");
@@ -61,8 +69,9 @@ export function registerUsageCommand(program: Command): void {
       withDatabase(async ({ pool }) => {
         const tenant = await requireTenant(pool, opts.tenant);
         const month = opts.month ?? new Date().toISOString().slice(0, 7);
-        const { rows, thisMonth } = await asAdmin(pool, async (client) => ({
-          rows: await usageOf(client, tenant.id, month),
+        // As an operator inside the tenant: the usage function reads the session's tenant.
+        const { usage, thisMonth } = await withSession(pool, { role: ROLES.admin, tenantId: tenant.id }, async (client) => ({
+          usage: await usageOf(client, month),
           thisMonth: (
             await client.query<{ messages: number; cap: number | null; remaining: number | null }>(
               "select (u).messages, (u).cap, (u).remaining from (select herald_public.tenants_usage_this_month(t) as u from herald_public.tenants t where t.id = $1) s",
@@ -71,7 +80,7 @@ export function registerUsageCommand(program: Command): void {
           ).rows[0],
         }));
         print(`Usage of ${tenant.slug} in ${month} (UTC days; a delivery counts on its message's day)`);
-        print(rows.length > 0 ? formatUsage(rows) : "Nothing sent or received that month.");
+        print(usage.rows.length > 0 ? formatUsage(usage.rows, usage.messages) : "Nothing sent or received that month.");
         if (thisMonth) {
           const cap = thisMonth.cap === null ? "no monthly cap" : `cap ${thisMonth.cap} (${thisMonth.remaining} left)`;
           print(`This month so far: ${thisMonth.messages} messages handed to a provider, ${cap}.`);

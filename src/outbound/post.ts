@@ -14,8 +14,12 @@ import net from "node:net";
 export interface PostPolicy {
   /** Loopback, private, link-local addresses and plain http allowed (development, tests). */
   allowPrivateNetworks: boolean;
+  /** The whole exchange, connection to the answer's last byte: an endpoint that drips bytes is cut off too. */
   timeoutMs: number;
 }
+
+/** Bytes of an answer read before the connection is closed: the body is not used. */
+const MAX_ANSWER_BYTES = 64 * 1024;
 
 export type PostResult =
   | { kind: "answered"; status: number }
@@ -28,11 +32,23 @@ for (const [network, prefix] of [
   ["0.0.0.0", 8], ["10.0.0.0", 8], ["100.64.0.0", 10], ["127.0.0.0", 8], ["169.254.0.0", 16], ["172.16.0.0", 12],
   ["192.0.0.0", 24], ["192.168.0.0", 16], ["198.18.0.0", 15], ["224.0.0.0", 4], ["240.0.0.0", 4],
 ] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv4");
-for (const [network, prefix] of [["::", 128], ["::1", 128], ["fc00::", 7], ["fe80::", 10], ["ff00::", 8]] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv6");
+// Unspecified, loopback, unique-local, link-local, site-local, multicast,
+// documentation, and NAT64 (whose embedded IPv4 address may be anything, the
+// cloud's metadata address included).
+for (const [network, prefix] of [
+  ["::", 128], ["::1", 128], ["fc00::", 7], ["fe80::", 10], ["fec0::", 10], ["ff00::", 8], ["2001:db8::", 32],
+  ["64:ff9b::", 96], ["64:ff9b:1::", 48], ["100::", 64],
+] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv6");
 
 export function isPublicAddress(address: string): boolean {
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
   if (mapped) return isPublicAddress(mapped);
+  // 6to4 (2002:AABB:CCDD::/48) carries an IPv4 address: it must be public too.
+  const sixToFour = /^2002:([0-9a-f]{1,4}):([0-9a-f]{1,4}):/i.exec(address);
+  if (sixToFour) {
+    const [high, low] = [parseInt(sixToFour[1]!, 16), parseInt(sixToFour[2]!, 16)];
+    if (!isPublicAddress(`${high >> 8}.${high & 255}.${low >> 8}.${low & 255}`)) return false;
+  }
   return !NOT_PUBLIC.check(address, net.isIPv6(address) ? "ipv6" : "ipv4");
 }
 
@@ -65,24 +81,41 @@ export function postJson(url: string, body: string, headers: Record<string, stri
   }
   const client = target.protocol === "https:" ? https : http;
   return new Promise((resolve) => {
+    let settled = false;
+    const settle = (result: PostResult) => {
+      if (settled) return;
+      settled = true;
+      clearTimeout(deadline);
+      resolve(result);
+    };
     const request = client.request(
       target,
       {
         method: "POST",
         headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body), "user-agent": "Herald-Webhooks/1", ...headers },
-        timeout: policy.timeoutMs,
         ...(policy.allowPrivateNetworks ? {} : { lookup: publicOnlyLookup }),
       },
       (response) => {
-        // The answer's body is the endpoint's business: read and dropped.
-        response.resume();
-        response.on("end", () => resolve({ kind: "answered", status: response.statusCode ?? 0 }));
-        response.on("error", (error) => resolve({ kind: "failed", error: error.message }));
+        // The answer's body is the endpoint's business: read (up to a limit) and dropped.
+        let bytes = 0;
+        response.on("data", (chunk: Buffer) => {
+          bytes += chunk.length;
+          if (bytes > MAX_ANSWER_BYTES) {
+            settle({ kind: "answered", status: response.statusCode ?? 0 });
+            request.destroy();
+          }
+        });
+        response.on("end", () => settle({ kind: "answered", status: response.statusCode ?? 0 }));
+        response.on("error", (error) => settle({ kind: "failed", error: error.message }));
       },
     );
-    request.on("timeout", () => request.destroy(new Error(`no answer within ${policy.timeoutMs} ms`)));
+    // One deadline for everything, however slowly the bytes come: a slow endpoint is a failed one.
+    const deadline = setTimeout(() => {
+      settle({ kind: "failed", error: `no complete answer within ${policy.timeoutMs} ms` });
+      request.destroy();
+    }, policy.timeoutMs);
     request.on("error", (error) =>
-      resolve(error instanceof RefusedAddress ? { kind: "refused", error: error.message } : { kind: "failed", error: error.message.slice(0, 300) }),
+      settle(error instanceof RefusedAddress ? { kind: "refused", error: error.message } : { kind: "failed", error: error.message.slice(0, 300) }),
     );
     request.end(body);
   });
