@@ -1,6 +1,8 @@
 import { createHmac } from "node:crypto";
+import dns from "node:dns";
 import http from "node:http";
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
+import { loadConfig } from "../src/config.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { isPublicAddress, postJson } from "../src/outbound/post.ts";
 import { createLogger } from "../src/logger.ts";
@@ -31,8 +33,11 @@ interface Received {
   path: string;
   headers: http.IncomingHttpHeaders;
   body: string;
+  at: number;
 }
 const received: Received[] = [];
+/** `/flaky` fails its first request, then answers 200. */
+let flakyFailed = false;
 let receiver: http.Server;
 let receiverUrl: string;
 
@@ -42,8 +47,10 @@ beforeAll(async () => {
     let body = "";
     req.on("data", (chunk) => (body += chunk));
     req.on("end", () => {
-      received.push({ path: req.url!, headers: req.headers, body });
-      res.statusCode = req.url === "/fail" ? 500 : 200;
+      received.push({ path: req.url!, headers: req.headers, body, at: Date.now() });
+      const flakyFails = req.url === "/flaky" && !flakyFailed;
+      if (flakyFails) flakyFailed = true;
+      res.statusCode = req.url === "/fail" || flakyFails ? 500 : 200;
       res.end();
     });
   });
@@ -76,6 +83,16 @@ const create = async (token: string, url: string, types = ["inbound.received", "
   expect(body.errors).toBeUndefined();
   return body.data!.createWebhookEndpoint.endpoint as { webhookEndpointId: string; secret: string };
 };
+
+/** Until no outbound webhook job is waiting or running: a "nothing arrived" check is then meaningful. */
+const queueDrained = () =>
+  waitFor(async () => {
+    const { rows } = await db.current.root.query(
+      `select count(*)::int as n from graphile_worker._private_jobs j join graphile_worker._private_tasks t on t.id = j.task_id
+        where t.identifier = 'webhook_deliveries__send' and j.attempts < j.max_attempts`,
+    );
+    return rows[0].n === 0;
+  });
 
 /** A texts in from `from` (signed as Twilio would). */
 async function textIn(t: TenantFixture, from: string, body: string) {
@@ -114,7 +131,8 @@ describe("an endpoint of tenant A's app", () => {
       expect(post.headers["herald-event-id"]).toBe(post.event.id);
       expect(verifiesAsDocumented(endpoint.secret, String(post.headers["herald-signature"]), post.body)).toBe(true);
       // Another secret, or another body, does not verify.
-      expect(verifiesAsDocumented(endpoint.secret.replace(/.$/, "0"), String(post.headers["herald-signature"]), post.body)).toBe(false);
+      const otherSecret = endpoint.secret.slice(0, -1) + (endpoint.secret.endsWith("0") ? "1" : "0");
+      expect(verifiesAsDocumented(otherSecret, String(post.headers["herald-signature"]), post.body)).toBe(false);
       expect(verifiesAsDocumented(endpoint.secret, String(post.headers["herald-signature"]), post.body.replace("sms", "SMS"))).toBe(false);
     }
     // The log keeps ids and states, not the sender or the text.
@@ -123,6 +141,27 @@ describe("an endpoint of tenant A's app", () => {
     const stored = rows.map((r) => JSON.parse(r.payload));
     expect(JSON.stringify(stored)).not.toContain("6285571001");
     expect(stored.every((p) => !("from" in p) && !("body" in p))).toBe(true);
+  });
+
+  it("keeps no inbound text nor sender in its log: they are read at send time", async () => {
+    const before = received.length;
+    await textIn(a, "+16285571009", "my secret words");
+    const post = await waitFor(async () => received.slice(before).find((r) => r.path === "/a" && JSON.parse(r.body).type === "inbound.received"));
+    expect(JSON.parse(post.body).data).toMatchObject({ from: "+16285571009", body: "my secret words" });
+    const { rows } = await db.current.root.query("select payload::text as payload from herald_public.webhook_deliveries");
+    expect(rows.filter((r) => /secret words|6285571009/.test(r.payload))).toEqual([]);
+  });
+
+  it("gives one event the same id at every endpoint it goes to", async () => {
+    const second = await create(tokens.a, `${receiverUrl}/a2`, ["inbound.received"]);
+    const before = received.length;
+    await textIn(a, "+16285571010", "to both");
+    const [one, two] = await waitFor(async () => {
+      const bodies = received.slice(before).filter((r) => ["/a", "/a2"].includes(r.path) && JSON.parse(r.body).type === "inbound.received");
+      return bodies.length === 2 && bodies;
+    });
+    expect(JSON.parse(one!.body).id).toBe(JSON.parse(two!.body).id);
+    await db.current.root.query("delete from herald_public.webhook_endpoints where id = $1", [second.webhookEndpointId]);
   });
 
   it("hears of its deliveries moving on (delivery.updated)", async () => {
@@ -168,7 +207,11 @@ describe("a failing endpoint", () => {
       return rows[0]?.status === "failed" && rows[0];
     });
     expect(state).toMatchObject({ attempts: 3, response_status: 500, last_error: "the endpoint answered 500" });
-    expect(received.filter((r) => r.path === "/fail").length - before).toBe(3);
+    const attempts = received.filter((r) => r.path === "/fail").slice(before);
+    expect(attempts).toHaveLength(3);
+    // Each wait doubles the one before (50 ms, then 100 ms): lower bounds, whatever the machine's load.
+    expect(attempts[1]!.at - attempts[0]!.at).toBeGreaterThanOrEqual(50);
+    expect(attempts[2]!.at - attempts[1]!.at).toBeGreaterThanOrEqual(100);
     // Two more failures make five in a row (disableAfter 5): the endpoint is disabled.
     await textIn(a, "+16285571003", "second");
     const endpoint = await waitFor(async () => {
@@ -178,10 +221,34 @@ describe("a failing endpoint", () => {
     expect(endpoint).toMatchObject({ consecutive_failures: 5, disabled_reason: expect.stringMatching(/^disabled after 5 failed attempts in a row/) });
     // Disabled, it gets nothing more; enabling it starts afresh.
     await textIn(a, "+16285571004", "third");
-    await new Promise((r) => setTimeout(r, 500));
+    await queueDrained();
     expect(received.filter((r) => r.path === "/fail").length - before).toBe(5);
+    // No event is even written for a disabled endpoint, and a replay to one is refused.
+    const { rows: afterDisable } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.webhook_deliveries w where w.endpoint_id = $1 and w.created_at > (select disabled_at from herald_public.webhook_endpoints where id = $1)",
+      [failing.webhookEndpointId],
+    );
+    expect(afterDisable[0].n).toBe(0);
+    const { rows: [last] } = await db.current.root.query("select id from herald_public.webhook_deliveries where endpoint_id = $1 order by created_at desc limit 1", [failing.webhookEndpointId]);
+    const replay = await graphql(api.current, tokens.a, `mutation($d: UUID!) { replayWebhookDelivery(input: { webhookDeliveryId: $d }) { webhookDelivery { rowId } } }`, { d: last.id });
+    expect(replay.body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT" });
     const enabled = await graphql(api.current, tokens.a, `mutation($e: UUID!) { enableWebhookEndpoint(input: { webhookEndpointId: $e }) { endpoint { status consecutiveFailures } } }`, { e: failing.webhookEndpointId });
     expect(enabled.body.data!.enableWebhookEndpoint.endpoint).toEqual({ status: "active", consecutiveFailures: 0 });
+  });
+});
+
+describe("an endpoint that fails once", () => {
+  it("gets the event on the retry, and its failure count goes back to zero", async () => {
+    const flaky = await create(tokens.a, `${receiverUrl}/flaky`, ["inbound.received"]);
+    await textIn(a, "+16285571011", "try again");
+    const delivered = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select status, attempts from herald_public.webhook_deliveries where endpoint_id = $1", [flaky.webhookEndpointId]);
+      return rows[0]?.status === "succeeded" && rows[0];
+    });
+    expect(delivered.attempts).toBe(2);
+    const { rows } = await db.current.root.query("select consecutive_failures from herald_public.webhook_endpoints where id = $1", [flaky.webhookEndpointId]);
+    expect(rows[0].consecutive_failures).toBe(0);
+    await db.current.root.query("delete from herald_public.webhook_endpoints where id = $1", [flaky.webhookEndpointId]);
   });
 });
 
@@ -224,7 +291,7 @@ describe("tenants", () => {
     await textIn(a, "+16285571005", "for A");
     await textIn(b, "+16285571006", "for B");
     await waitFor(async () => received.slice(before).some((r) => r.path === "/b"));
-    await new Promise((r) => setTimeout(r, 300));
+    await queueDrained();
     const posts = received.slice(before).map((r) => ({ path: r.path, event: JSON.parse(r.body) }));
     expect(posts.filter((p) => p.path === "/b").map((p) => [p.event.tenant_id, p.event.data.body])).toEqual([[b.id, "for B"]]);
     expect(posts.filter((p) => p.path === "/a").every((p) => p.event.tenant_id === a.id)).toBe(true);
@@ -267,6 +334,29 @@ describe("in production, a tenant's URL may not reach Herald's own network", () 
     for (const address of ["8.8.8.8", "1.1.1.1", "2606:4700:4700::1111", "2002:0808:0808::1"]) expect(isPublicAddress(address), address).toBe(true);
   });
 
+  it("refuses a name any of whose addresses is not public, not just its first", async () => {
+    const lookup = vi.spyOn(dns, "lookup").mockImplementation(((_host: string, _options: unknown, callback: (e: null, a: dns.LookupAddress[]) => void) =>
+      callback(null, [{ address: "93.184.216.34", family: 4 }, { address: "10.0.0.7", family: 4 }])) as never);
+    try {
+      expect(await postJson("https://rebinding.example/hook", "{}", {}, { allowPrivateNetworks: false, timeoutMs: 1000 })).toEqual({
+        kind: "refused",
+        error: "rebinding.example resolves to a non-public address",
+      });
+    } finally {
+      lookup.mockRestore();
+    }
+  });
+
+  it("is off unless Herald runs for development or tests", () => {
+    const policy = (env: Record<string, string>) => loadConfig({ ...process.env, NODE_ENV: "", DATABASE_URL: "", ...env }).outboundWebhooks.allowPrivateNetworks;
+    expect(policy({ NODE_ENV: "production" })).toBe(false);
+    expect(policy({ NODE_ENV: "staging" })).toBe(false);
+    expect(policy({ DATABASE_URL: "postgres://db.internal/herald" })).toBe(false);
+    expect(policy({ NODE_ENV: "development" })).toBe(true);
+    expect(policy({})).toBe(true); // the embedded database: a developer's machine
+    expect(policy({ NODE_ENV: "production", HERALD_WEBHOOK_ALLOW_PRIVATE: "true" })).toBe(true);
+  });
+
   it("cuts off an endpoint that answers slowly, byte by byte: the deadline covers the whole exchange", async () => {
     const drip = http.createServer((_req, res) => {
       res.writeHead(200, { "content-type": "text/plain" });
@@ -283,5 +373,31 @@ describe("in production, a tenant's URL may not reach Herald's own network", () 
       drip.closeAllConnections();
       await new Promise((resolve) => drip.close(resolve));
     }
+  });
+});
+
+describe("the worker with production's policy", () => {
+  it("records a refused endpoint as failed at once, without retrying", async () => {
+    await worker.stop();
+    worker = await startWorker({
+      ownerUrl: db.current.urls.owner,
+      authenticatorUrl: db.current.urls.authenticator,
+      concurrency: 2,
+      keyring: testKeyring(),
+      providers: sandbox.clients,
+      webhooks: { maxAttempts: 3, disableAfter: 5, retryBaseMs: 50, timeoutMs: 2000, allowPrivateNetworks: false },
+      logger: createLogger("silent", 2),
+    });
+    await db.current.root.query("update herald_public.webhook_endpoints set status = 'disabled' where tenant_id = $1", [a.id]);
+    const local = await create(tokens.a, `${receiverUrl}/local`, ["inbound.received"]);
+    const before = received.length;
+    await textIn(a, "+16285571012", "to a local address");
+    const state = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select status, attempts, last_error from herald_public.webhook_deliveries where endpoint_id = $1", [local.webhookEndpointId]);
+      return rows[0]?.status === "failed" && rows[0];
+    });
+    expect(state).toEqual({ status: "failed", attempts: 1, last_error: "endpoints must use https" });
+    await queueDrained();
+    expect(received.slice(before)).toEqual([]);
   });
 });

@@ -1,5 +1,5 @@
 --! Previous: sha1:03d12e7248d2820bb91c5316c16a818a561b1977
---! Hash: sha1:af6730229bb61112bd8e8035852b5113ed0df35c
+--! Hash: sha1:e1468e2911e3bde5e76a1b59fc159b82f80707cb
 --! Message: Operators: audit log, suspension, API rate limits, usage, outbound webhooks
 
 --
@@ -821,6 +821,9 @@ declare
   v_type text := tg_argv[0];
   v_row jsonb := pg_catalog.to_jsonb(new);
   v_payload jsonb;
+  -- One id for the event, whichever endpoints it goes to (in a variable: a
+  -- volatile call in the query would be made once per endpoint).
+  v_event_id uuid := gen_random_uuid();
 begin
   if not exists (select 1 from herald_public.webhook_endpoints e
                   where e.tenant_id = new.tenant_id and e.status = 'active' and v_type = any (e.event_types)) then
@@ -839,8 +842,8 @@ begin
       'source', v_row -> 'source', 'detail', v_row -> 'detail', 'at', v_row -> 'created_at')
   end;
   insert into herald_public.webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload)
-  select new.tenant_id, e.id, v.event_id, v_type, v_payload
-    from herald_public.webhook_endpoints e, (select gen_random_uuid() as event_id) v
+  select new.tenant_id, e.id, v_event_id, v_type, v_payload
+    from herald_public.webhook_endpoints e
    where e.tenant_id = new.tenant_id and e.status = 'active' and v_type = any (e.event_types);
   return null;
 end;
