@@ -1,6 +1,5 @@
-import { fork, type ChildProcess } from "node:child_process";
-import path from "node:path";
 import autocannon from "autocannon";
+import { forkServer } from "../src/api/child-server.ts";
 import { keyringFromConfig } from "../src/crypto/keyring.ts";
 import { findFreePort } from "../src/db/ports.ts";
 import { withSession } from "../src/db/session.ts";
@@ -31,20 +30,6 @@ const PATH = "/webhooks/twilio/sms";
 
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 const phoneOf = (i: number) => `+1628558${String(1000 + i)}`;
-
-function startServer(mode: "bare" | "herald", env: NodeJS.ProcessEnv): Promise<{ port: number; child: ChildProcess }> {
-  const child = fork(path.resolve("bench/webhook-server.ts"), [mode], { env, stdio: ["ignore", "ignore", "inherit", "ipc"] });
-  return new Promise((resolve, reject) => {
-    child.once("message", (message: { port: number }) => resolve({ port: message.port, child }));
-    child.once("exit", (code) => reject(new Error(`the ${mode} server exited (${code})`)));
-  });
-}
-
-const stop = (child: ChildProcess) =>
-  new Promise<void>((resolve) => {
-    child.once("exit", () => resolve());
-    child.kill("SIGTERM");
-  });
 
 let sequence = 0;
 
@@ -99,20 +84,23 @@ export async function benchWebhooks() {
     // As autovacuum would have by the time a real tenant gets traffic: the planner knows the table.
     await root.query("analyze herald_public.contacts");
 
-    const bare = await startServer("bare", process.env);
+    const bare = await forkServer("bench/webhook-server.ts", process.env);
     // Herald's port is chosen here: its public URL (what Twilio signs) must name it before it starts.
     const port = await findFreePort();
     const publicUrl = `http://127.0.0.1:${port}`;
-    const herald = await startServer("herald", {
+    const herald = await forkServer("src/api/standalone.ts", {
       ...process.env,
-      BENCH_URLS: JSON.stringify(db.urls),
+      HERALD_DATABASE_URLS: JSON.stringify(db.urls),
       PORT: String(port),
+      NODE_ENV: "production",
+      // Requests are logged as in production (info), to a sink nobody reads.
+      LOG_LEVEL: "info",
       HERALD_PUBLIC_URL: publicUrl,
       TWILIO_ACCOUNT_SID: SANDBOX_SYSTEM_TWILIO.accountSid,
       TWILIO_AUTH_TOKEN: SANDBOX_SYSTEM_TWILIO.authToken,
     });
     try {
-      const bareOrigin = `http://127.0.0.1:${bare.port}`;
+      const bareOrigin = bare.url;
       say("warming up both servers…");
       await load(bareOrigin, publicUrl, { seconds: 3 });
       const warm = await load(publicUrl, publicUrl, { seconds: 3 });
@@ -143,7 +131,7 @@ export async function benchWebhooks() {
         throw new Error(`${answered} requests were answered but ${stored!.n} messages stored`);
       }
     } finally {
-      await Promise.all([stop(bare.child), stop(herald.child)]);
+      await Promise.all([bare.stop(), herald.stop()]);
     }
   });
 }

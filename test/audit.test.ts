@@ -88,11 +88,17 @@ describe("who did it", () => {
     });
     // Not through SET ROLE: the login acting as itself.
     await asRoot(db.current, (c) => c.query("update herald_public.tenants set name = 'Tenant B' where id = $1", [b.id]));
+    // An insert through SET ROLE names the login too.
+    await asRoot(db.current, async (c) => {
+      await c.query("set local role herald_admin");
+      await c.query("insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'member')", [b.id, operatorId]);
+    });
     const rows = await logSince(since);
     const login = (await db.current.root.query("select session_user as u")).rows[0].u;
-    expect(rows.map((r) => [r.actor_kind, r.actor_id, r.db_user, r.changed_columns])).toEqual([
-      ["admin", null, login, ["name"]],
-      ["operator", null, login, ["name"]],
+    expect(rows.map((r) => [r.actor_kind, r.actor_id, r.db_user, r.action, r.changed_columns])).toEqual([
+      ["admin", null, login, "update", ["name"]],
+      ["operator", null, login, "update", ["name"]],
+      ["admin", null, login, "insert", ["role", "tenant_id", "user_id"]],
     ]);
   });
 
@@ -123,6 +129,19 @@ describe("who did it", () => {
     expect(JSON.stringify(rows)).not.toMatch(/renamed@|a-new-password/);
   });
 
+  it("logs deletes, and erasing what a person wrote", async () => {
+    const { body } = await graphql(api.current, tokens.owner, `mutation { createTag(input: { tag: { name: "short-lived" } }) { tag { rowId } } }`);
+    const tagId = body.data!.createTag.tag.rowId;
+    const since = await lastId();
+    await graphql(api.current, tokens.owner, `mutation($t: UUID!) { deleteTagByTenantIdAndRowId(input: { tenantId: "${a.id}", rowId: $t }) { tag { rowId } } }`, { t: tagId });
+    const erased = await graphql(api.current, tokens.owner, `mutation($m: UUID!) { deleteInboundMessageByTenantIdAndRowId(input: { tenantId: "${a.id}", rowId: $m }) { inboundMessage { rowId } } }`, { m: a.inboundMessageId });
+    expect(erased.body.errors).toBeUndefined();
+    expect((await logSince(since)).map((r) => [r.actor_kind, r.action, r.table_name, r.record_id, r.changed_columns])).toEqual([
+      ["user", "delete", "tags", tagId, []],
+      ["user", "delete", "inbound_messages", a.inboundMessageId, []],
+    ]);
+  });
+
   it("writes nothing for an update that changes nothing, or only what Herald stamps (an API key's last use)", async () => {
     const since = await lastId();
     await asRoot(db.current, async (c) => {
@@ -150,6 +169,22 @@ describe("who did it", () => {
 
 describe("what it keeps", () => {
   it("holds no phone number or email of any contact, nor any message text", async () => {
+    // Its own plaintext to look for: a template, a message, a HELP text, an inbound message, a contact's name and address.
+    await graphql(api.current, tokens.owner, `mutation { createTemplate(input: { template: { channel: "sms", name: "audited template", body: "Template words 4471" } }) { template { rowId } } }`);
+    const contact = await graphql(api.current, tokens.owner, `mutation { createContact(input: { firstName: "Plaintextname", phone: "+14155550179", email: "plain@audited.example" }) { contact { rowId } } }`);
+    const contactId = contact.body.data!.createContact.contact.rowId;
+    await graphql(api.current, tokens.owner, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Message words 8812", contactIds: [$c], scheduledAt: "2099-01-01T00:00:00Z" }) { message { rowId } } }`, { c: contactId });
+    await graphql(api.current, tokens.owner, `mutation { updateTenantSettingByTenantId(input: { tenantId: "${a.id}", tenantSettingPatch: { helpText: "Help words 5531" } }) { tenantSetting { helpText } } }`);
+    await graphql(api.current, tokens.owner, `mutation($c: UUID!) { updateContact(rowId: $c, patch: { email: "changed@audited.example" }) { contact { rowId } } }`, { c: contactId });
+    const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
+    await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+14155550179", to: number, body: "Inbound words 6620" }), { token: a.providerSecret });
+    for (const word of ["Template words", "Message words", "Help words", "Inbound words", "Plaintextname", "plain@audited", "changed@audited", "4155550179"]) {
+      const { rows } = await db.current.root.query("select count(*)::int as n from herald_public.audit_log l where row_to_json(l)::text ilike $1", [`%${word}%`]);
+      expect(rows[0].n, word).toBe(0);
+    }
+    // The changes were logged, by column name.
+    const { rows: logged } = await db.current.root.query("select table_name, changed_columns from herald_public.audit_log where record_id = $1 and action = 'update'", [contactId]);
+    expect(logged).toEqual([{ table_name: "contacts", changed_columns: expect.arrayContaining(["email_encrypted", "email_hash"]) }]);
     // Everything the tenant's contacts are: phones and emails decrypted as the tenant would read them.
     const addresses = await asWorker(db.current, a, async (c) =>
       (await c.query("select herald_public.contacts_phone(c) as phone, herald_public.contacts_email(c) as email from herald_public.contacts c")).rows

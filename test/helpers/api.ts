@@ -1,4 +1,5 @@
 import { afterAll, beforeAll } from "vitest";
+import { forkServer, type ChildServer } from "../../src/api/child-server.ts";
 import { startApiServer, type ApiServer } from "../../src/api/server.ts";
 import { loadConfig, type Config } from "../../src/config.ts";
 import { createLogger, type Logger } from "../../src/logger.ts";
@@ -25,13 +26,35 @@ export function useApiServer(
   return holder;
 }
 
+/**
+ * The API server in a process of its own (src/api/standalone.ts) on this
+ * file's database: for what must hold across API processes, not just across
+ * servers in one.
+ */
+export function useApiProcess(db: { current: TestDb }, env: () => Record<string, string | undefined> = () => ({})): { current: ChildServer } {
+  const holder = {} as { current: ChildServer };
+  beforeAll(async () => {
+    holder.current = await forkServer("src/api/standalone.ts", {
+      ...process.env,
+      PORT: "0",
+      NODE_ENV: "production",
+      HERALD_DATABASE_URLS: JSON.stringify(db.current.urls),
+      ...env(),
+    });
+  });
+  afterAll(async () => {
+    await holder.current?.stop();
+  });
+  return holder;
+}
+
 export interface GraphQLResponse<T = Record<string, unknown>> {
   status: number;
   body: { data?: T; errors?: Array<{ message: string; extensions?: Record<string, unknown>; path?: unknown[] }>; error?: { code: string; message: string } };
 }
 
 export async function graphql<T = Record<string, any>>(
-  server: ApiServer,
+  server: Pick<ApiServer, "url">,
   token: string | undefined,
   query: string,
   variables?: Record<string, unknown>,
