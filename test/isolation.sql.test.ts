@@ -91,6 +91,8 @@ describe.each(TABLES)("$table", (spec) => {
     }
   });
 
+  // The refusals that prove nothing leaked: privilege or policy, a foreign key (restrict or no action), a check, a not-null.
+  const REFUSALS = ["42501", "23001", "23503", "23514", "23502"];
   it("tenant B's UPDATE or DELETE without a WHERE clause touches B's rows at most", async () => {
     // Without a WHERE clause (and with a SET that reads no column) only the
     // UPDATE/DELETE policy stands between B and A's rows: the SELECT policy
@@ -117,7 +119,12 @@ describe.each(TABLES)("$table", (spec) => {
           const refused = await expectPgError(c, async () => {
             touched = (await c.query(statement)).rowCount ?? 0;
           });
-          if (!refused) expect(touched, `${who.name}: ${statement}`).toBeLessThanOrEqual(ownRows);
+          if (refused) {
+            expect(REFUSALS, `${who.name}: ${statement}: ${refused.message}`).toContain(refused.code);
+            // A key still referenced: it must be one of B's own.
+            expect(refused.detail ?? "", `${who.name}: ${statement}`).not.toContain(a.id);
+          }
+          else expect(touched, `${who.name}: ${statement}`).toBeLessThanOrEqual(ownRows);
         }
       });
     }

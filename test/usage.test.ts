@@ -9,7 +9,7 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { asRole, useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { asRoot, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
@@ -31,7 +31,8 @@ let b: TenantFixture;
 let server: SandboxServer;
 let worker: WorkerHandle;
 let messageId: string;
-const today = new Date().toISOString().slice(0, 10);
+// The UTC day the message was created on, by the database's clock (what usage counts by).
+let today: string;
 
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
@@ -53,6 +54,7 @@ beforeAll(async () => {
     return rows[0].n === 5;
   }, 30_000);
   await server.sandbox.settled();
+  today = (await db.current.root.query("select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day from herald_public.messages where id = $1", [messageId])).rows[0].day;
   // Two messages in, one of them an opt-out.
   const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
   for (const body of ["see you then", "STOP"]) {
@@ -67,8 +69,8 @@ afterAll(async () => {
 });
 
 const USAGE = `query($from: Date!, $to: Date!) { usage(fromDay: $from, toDay: $to) { nodes { day channel account provider messages deliveries sent delivered undelivered failed skipped segments inbound optOuts } } }`;
-const usageOf = async (token: string) => {
-  const { body } = await graphql(api.current, token, USAGE, { from: today, to: today });
+const usageOf = async (token: string, day = today) => {
+  const { body } = await graphql(api.current, token, USAGE, { from: day, to: day });
   expect(body.errors).toBeUndefined();
   return body.data!.usage.nodes as Record<string, unknown>[];
 };
@@ -99,11 +101,13 @@ describe("daily usage", () => {
     expect(body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT", field: "toDay" });
   });
 
-  it("shows month to date against the cap", async () => {
-    await db.current.root.query("update herald_public.tenant_settings set monthly_message_cap = 10 where tenant_id = $1", [a.id]);
+  it("shows month to date against the cap, and no remainder without one", async () => {
     const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-    const { body } = await graphql(api.current, token, "{ currentTenant { usageThisMonth { month messages cap remaining } } }");
-    expect(body.data!.currentTenant.usageThisMonth).toEqual({ month: `${today.slice(0, 7)}-01`, messages: 4, cap: 10, remaining: 6 });
+    const month = async () => (await graphql(api.current, token, "{ currentTenant { usageThisMonth { month messages cap remaining } } }")).body.data!.currentTenant.usageThisMonth;
+    await db.current.root.query("update herald_public.tenant_settings set monthly_message_cap = null where tenant_id = $1", [a.id]);
+    expect(await month()).toEqual({ month: `${today.slice(0, 7)}-01`, messages: 4, cap: null, remaining: null });
+    await db.current.root.query("update herald_public.tenant_settings set monthly_message_cap = 10 where tenant_id = $1", [a.id]);
+    expect(await month()).toEqual({ month: `${today.slice(0, 7)}-01`, messages: 4, cap: 10, remaining: 6 });
   });
 
   it("is each tenant's own; operators read every tenant's in the daily_usage view", async () => {
@@ -133,7 +137,22 @@ describe("daily usage", () => {
     const total = cells("total");
     const totalOf = (column: string) => total[1 + header.indexOf(column) - 3];
     // Messages are counted, not summed: one message whose deliveries took two routes is one.
-    expect([totalOf("messages"), totalOf("deliveries"), totalOf("skipped"), totalOf("segments"), totalOf("opt-outs")]).toEqual(["2", "6", "2", "8", "1"]);
+    expect([totalOf("messages"), totalOf("deliveries"), totalOf("skipped"), totalOf("segments"), totalOf("inbound"), totalOf("opt-outs")]).toEqual(["2", "6", "2", "8", "3", "1"]);
     expect(stdout).toMatch(/This month so far: 4 messages handed to a provider, cap 10 \(6 left\)\./);
+  });
+
+  // Last: it moves the message to the day before.
+  it("counts a message's deliveries on the day it was created, whenever they were delivered; inbound on the day it arrived", async () => {
+    // The timestamps trigger keeps created_at as it was; replica mode skips it.
+    await asRoot(db.current, async (c) => {
+      await c.query("set local session_replication_role = replica");
+      await c.query("update herald_public.messages set created_at = created_at - interval '1 day' where id = $1", [messageId]);
+    });
+    const yesterday = new Date(Date.parse(`${today}T00:00:00Z`) - 86_400_000).toISOString().slice(0, 10);
+    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const before = (await usageOf(token, yesterday)).find((r) => r.channel === "sms" && r.account === "tenant");
+    expect(before).toMatchObject({ day: yesterday, messages: 1, deliveries: 4, delivered: 2, segments: 8, inbound: 0 });
+    const after = (await usageOf(token)).find((r) => r.channel === "sms" && r.account === "tenant");
+    expect(after).toMatchObject({ day: today, messages: 0, deliveries: 0, inbound: 3 });
   });
 });

@@ -224,7 +224,7 @@ export const TABLES: TableSpec[] = [
     table: "herald_public.webhook_endpoints",
     columns: "tenant_id, id, url, status",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.webhookEndpointId] }),
-    set: "url = 'https://evil.example/hook'",
+    set: "status = 'disabled'", // a column both members and the worker may update: RLS, not a grant, must stop it
     insertInto: (victim) => ({
       sql: `insert into herald_public.webhook_endpoints (tenant_id, url, event_types, secret_encrypted, secret_hint, key_version)
             values ($1, 'https://evil.example/hook', '{inbound.received}', '\\x00'::bytea, 'evil', 1)`,

@@ -85,7 +85,7 @@ export const asRole = <T>(
 ) => rollbackOnly(db.authenticator, (c) => enterSession(c, context), fn);
 
 /** Runs `fn` inside a savepoint and returns the error it raised (or undefined). */
-export async function expectPgError(client: pg.PoolClient, fn: () => Promise<unknown>): Promise<{ code?: string; message: string } | undefined> {
+export async function expectPgError(client: pg.PoolClient, fn: () => Promise<unknown>): Promise<{ code?: string; message: string; detail?: string } | undefined> {
   await client.query("savepoint attempt");
   try {
     await fn();
@@ -93,6 +93,6 @@ export async function expectPgError(client: pg.PoolClient, fn: () => Promise<unk
     return undefined;
   } catch (error) {
     await client.query("rollback to savepoint attempt");
-    return error as { code?: string; message: string };
+    return error as { code?: string; message: string; detail?: string };
   }
 }
