@@ -2,15 +2,14 @@ import { execFile } from "node:child_process";
 import path from "node:path";
 import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { findFreePort } from "../src/db/ports.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { projectRoot } from "../src/paths.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql } from "./helpers/api.ts";
 import { asRole, useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+import { contactWith, inboundText, postTwilio, useCallableApiServer } from "./helpers/webhooks.ts";
 
 /**
  * Usage: what a real send and real inbound traffic produced, counted per day,
@@ -19,13 +18,7 @@ import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webh
  */
 
 const db = useTestDatabase();
-let port: number;
-let publicUrl: string;
-beforeAll(async () => {
-  port = await findFreePort();
-  publicUrl = `http://127.0.0.1:${port}`;
-});
-const api = useApiServer(db, { env: () => webhookEnv({ publicUrl, port }) });
+const { api, endpoint } = useCallableApiServer(db);
 let a: TenantFixture;
 let b: TenantFixture;
 let server: SandboxServer;
@@ -38,7 +31,7 @@ beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
   server = await startSandboxServer();
   await readyToSend(db.current, server, a);
-  server.clients.system.callbackBaseUrl = publicUrl;
+  server.clients.system.callbackBaseUrl = endpoint.publicUrl;
   worker = await startSendingWorker(db.current, server, 4);
 
   // Two delivered, one failed at the carrier (…0001), one undelivered (…0002), one unsubscribed (skipped).
@@ -58,7 +51,7 @@ beforeAll(async () => {
   // Two messages in, one of them an opt-out.
   const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
   for (const body of ["see you then", "STOP"]) {
-    const result = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+16285561101", to: number, body }), { token: a.providerSecret, signedFor: `${publicUrl}/webhooks/twilio/sms` });
+    const result = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+16285561101", to: number, body }), { token: a.providerSecret, signedFor: `${endpoint.publicUrl}/webhooks/twilio/sms` });
     expect(result.status).toBe(200);
   }
 });

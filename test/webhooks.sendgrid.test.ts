@@ -1,12 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { findFreePort } from "../src/db/ports.ts";
 import { ROLES } from "../src/db/urls.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asOwner, asRoot, asWorker, readyToSend, sendThroughApi, settled, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, postSendGrid, sendgridKeyPair, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
+import { contactWith, postSendGrid, sendgridKeyPair, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/sendgrid/events[/<tenant>/<account>]: ECDSA over the raw
@@ -18,14 +16,10 @@ import { contactWith, postSendGrid, sendgridKeyPair, webhookEnv, writtenRows } f
 
 const db = useTestDatabase();
 let server: SandboxServer;
-let publicUrl: string;
-let port: number;
 beforeAll(async () => {
   server = await startSandboxServer();
-  port = await findFreePort();
-  publicUrl = `http://127.0.0.1:${port}`;
 });
-const api = useApiServer(db, { env: () => webhookEnv({ publicUrl, port, sendgridPublicKey: server.sandbox.sendgridPublicKey }) });
+const { api, endpoint } = useCallableApiServer(db, () => ({ SENDGRID_WEBHOOK_PUBLIC_KEY: server.sandbox.sendgridPublicKey }));
 let a: TenantFixture;
 let b: TenantFixture;
 let worker: WorkerHandle;
@@ -43,7 +37,7 @@ beforeAll(async () => {
   aPath = `/webhooks/sendgrid/events/${a.id}/${aAccountId}`;
   // A's account sends nothing in this file (the system's does): deactivate it for sending.
   await asRoot(db.current, (c) => c.query("update herald_public.provider_accounts set status = 'disabled' where id = $1", [aAccountId]));
-  server.sandbox.setSendGridEventUrl(`${publicUrl}/webhooks/sendgrid/events`);
+  server.sandbox.setSendGridEventUrl(`${endpoint.publicUrl}/webhooks/sendgrid/events`);
   worker = await startSendingWorker(db.current, server, 4);
 });
 

@@ -1,13 +1,12 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { findFreePort } from "../src/db/ports.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { holdBack } from "../src/messages/claim.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, asWorker, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
+import { contactWith, postTwilio, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/twilio/status: Twilio's status callbacks, end to end (the
@@ -16,14 +15,7 @@ import { contactWith, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from 
  */
 
 const db = useTestDatabase();
-let port: number;
-let publicUrl: string;
-// Hooks run in the order registered: the port is chosen before the server starts on it.
-beforeAll(async () => {
-  port = await findFreePort();
-  publicUrl = `http://127.0.0.1:${port}`;
-});
-const api = useApiServer(db, { env: () => webhookEnv({ publicUrl, port }) });
+const { api, endpoint } = useCallableApiServer(db);
 let a: TenantFixture;
 let b: TenantFixture;
 let aSid: string;
@@ -36,7 +28,7 @@ beforeAll(async () => {
   aSid = await readyToSend(db.current, server, a);
   await readyToSend(db.current, server, b);
   // Sends ask Twilio (the sandbox) to call back here.
-  server.clients.system.callbackBaseUrl = publicUrl;
+  server.clients.system.callbackBaseUrl = endpoint.publicUrl;
   worker = await startSendingWorker(db.current, server, 4);
 });
 
@@ -65,7 +57,7 @@ function callback(t: TenantFixture, deliveryId: string | undefined, params: { si
     ...(params.errorCode ? { ErrorCode: params.errorCode } : {}),
   };
   const path = statusPath(t.id, deliveryId);
-  return postTwilio(api.current, path, body, { token: options.token ?? t.providerSecret, signedFor: `${publicUrl}${path}` });
+  return postTwilio(api.current, path, body, { token: options.token ?? t.providerSecret, signedFor: `${endpoint.publicUrl}${path}` });
 }
 
 /** A delivery of A's fixture message to a new contact, in `status`, as the worker would have left it. */
@@ -267,10 +259,10 @@ describe("forged and misdirected callbacks", () => {
     const path = statusPath(a.id, d.id);
     const params = { AccountSid: aSid, MessageSid: sid, MessageStatus: "delivered", To: d.phone };
     expect((await postTwilio(api.current, path, params, { token: a.providerSecret, signature: null })).status).toBe(403);
-    expect((await postTwilio(api.current, path, params, { token: b.providerSecret, signedFor: `${publicUrl}${path}` })).status).toBe(403);
+    expect((await postTwilio(api.current, path, params, { token: b.providerSecret, signedFor: `${endpoint.publicUrl}${path}` })).status).toBe(403);
     expect((await postTwilio(api.current, path, params, { token: a.providerSecret, signedFor: `https://elsewhere.example${path}` })).status).toBe(403);
     // Signed for another delivery's URL, replayed at this one.
-    expect((await postTwilio(api.current, path, params, { token: a.providerSecret, signedFor: `${publicUrl}${statusPath(a.id)}` })).status).toBe(403);
+    expect((await postTwilio(api.current, path, params, { token: a.providerSecret, signedFor: `${endpoint.publicUrl}${statusPath(a.id)}` })).status).toBe(403);
     expect(await writtenRows(db.current)).toEqual(before);
   });
 

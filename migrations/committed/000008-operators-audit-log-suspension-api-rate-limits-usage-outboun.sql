@@ -1,5 +1,5 @@
 --! Previous: sha1:03d12e7248d2820bb91c5316c16a818a561b1977
---! Hash: sha1:e1468e2911e3bde5e76a1b59fc159b82f80707cb
+--! Hash: sha1:5755ed4615efd5d1a25c4089612496e2e2894d3a
 --! Message: Operators: audit log, suspension, API rate limits, usage, outbound webhooks
 
 --
@@ -28,7 +28,7 @@ drop table if exists herald_public.webhook_deliveries, herald_public.webhook_end
 drop function if exists herald_public.suspend_tenant(uuid, text);
 drop function if exists herald_public.resume_tenant(uuid);
 drop function if exists herald_private.admit_api_request(uuid);
-drop function if exists herald_private.tg_tenants__release_held() cascade;
+drop function if exists herald_private.tg__release_held() cascade;
 drop table if exists herald_private.api_request_windows;
 drop table if exists herald_public.audit_log cascade;
 drop function if exists herald_private.tg__audit() cascade;
@@ -298,23 +298,33 @@ comment on function herald_public.resume_tenant(uuid) is
 grant execute on function herald_public.suspend_tenant(uuid, text), herald_public.resume_tenant(uuid) to :DATABASE_ADMIN;
 grant update (suspended_at, suspension_reason) on herald_public.tenants to :DATABASE_ADMIN;
 
--- Resuming releases what the suspension held (a job: the deliveries are the
--- worker's to change, and this definer runs as the owner).
-create function herald_private.tg_tenants__release_held() returns trigger
+-- Resuming a tenant releases what the suspension held, as raising its cap
+-- (000006) releases what the cap held: a job, since the deliveries are the
+-- worker's to change. tg_argv[0]: the column naming the tenant. The payload
+-- names it twice: row tasks take (tenant_id, id).
+create function herald_private.tg__release_held() returns trigger
   language plpgsql volatile security definer
   set search_path = ''
 as $$
+declare
+  v_tenant uuid := (pg_catalog.to_jsonb(new) ->> tg_argv[0])::uuid;
 begin
   perform graphile_worker.add_job(
     'tenant__release_held',
-    pg_catalog.json_build_object('tenant_id', new.id, 'id', new.id),
+    pg_catalog.json_build_object('tenant_id', v_tenant, 'id', v_tenant),
     max_attempts := 25);
   return new;
 end;
 $$;
 create trigger _500_release_held after update of status on herald_public.tenants
   for each row when (old.status = 'suspended' and new.status = 'active')
-  execute function herald_private.tg_tenants__release_held();
+  execute function herald_private.tg__release_held('id');
+-- The cap's trigger, on the shared function (dropping the old one drops it).
+drop function if exists herald_private.tg_tenant_settings__release_held() cascade;
+create trigger _500_release_held after update of monthly_message_cap on herald_public.tenant_settings
+  for each row
+  when (new.monthly_message_cap is null or new.monthly_message_cap > coalesce(old.monthly_message_cap, 0))
+  execute function herald_private.tg__release_held('tenant_id');
 
 -------------------------------------------------------------------------------
 -- Per-tenant API rate limits, shared by every API process

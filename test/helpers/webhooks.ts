@@ -1,8 +1,11 @@
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
+import { beforeAll } from "vitest";
 import type { ApiServer } from "../../src/api/server.ts";
+import { findFreePort } from "../../src/db/ports.ts";
 import { SANDBOX_SYSTEM_TWILIO } from "../../src/sandbox/sandbox.ts";
 import { inboundParams } from "../../src/sandbox/inbound.ts";
 import { sendgridSignature, twilioSignature } from "../../src/sandbox/wire.ts";
+import { useApiServer } from "./api.ts";
 import type { TestDb } from "./db.ts";
 import type { TenantFixture } from "./fixtures.ts";
 import { asWorker } from "./messaging.ts";
@@ -31,6 +34,22 @@ export const webhookEnv = (options: { publicUrl?: string; sendgridPublicKey?: st
   SENDGRID_WEBHOOK_PUBLIC_KEY: options.sendgridPublicKey,
   ...(options.port ? { PORT: String(options.port) } : {}),
 });
+
+/**
+ * The API server where providers can really call it back: on a port chosen
+ * first, with that address as its public URL (what the sandbox posts to and
+ * signs). Register it after any hook whose values `env` reads.
+ */
+export function useCallableApiServer(db: { current: TestDb }, env: () => Record<string, string | undefined> = () => ({})) {
+  const endpoint = { port: 0, publicUrl: "" };
+  // Hooks run in the order registered: the port is chosen before the server starts on it.
+  beforeAll(async () => {
+    endpoint.port = await findFreePort();
+    endpoint.publicUrl = `http://127.0.0.1:${endpoint.port}`;
+  });
+  const api = useApiServer(db, { env: () => ({ ...webhookEnv(endpoint), ...env() }) });
+  return { api, endpoint };
+}
 
 export interface PostResult {
   status: number;
