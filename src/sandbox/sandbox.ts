@@ -1,8 +1,9 @@
 import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
-import { postInbound, type InboundAnswer, type InboundText } from "./inbound.ts";
-import { sandboxPage, type TextedIn } from "./page.ts";
-import { sendgridError, sendgridSignature, twilioError, twilioMessageJson, twilioSignature } from "./wire.ts";
+import type { InboundAnswer } from "./inbound.ts";
+import { sandboxPage } from "./page.ts";
+import { createPhones, type PhoneText } from "./phones.ts";
+import { E164, sendgridError, sendgridSignature, twilioError, twilioMessageJson, twilioSignature } from "./wire.ts";
 
 /**
  * The provider sandbox: a local stand-in for Twilio's Messages API and
@@ -78,7 +79,7 @@ export interface Sandbox {
    * A phone texts one of Herald's numbers: posted to `url` (default: the
    * sandbox's `inboundUrl`) signed with the account's token, as Twilio would.
    */
-  textIn(text: Omit<InboundText, "authToken" | "url"> & { url?: string }): Promise<InboundAnswer>;
+  textIn(text: PhoneText): Promise<InboundAnswer>;
 }
 
 /**
@@ -93,8 +94,6 @@ export function outcomeFor(to: string): { status: "delivered" | "failed" | "unde
   if (/^bounce@/i.test(to)) return { status: "bounce" };
   return { status: "delivered" };
 }
-
-const E164 = /^\+[1-9]\d{6,14}$/;
 
 /**
  * Credentials the sandbox accepts without being told: a Twilio account's auth
@@ -167,8 +166,6 @@ export function createSandbox(
   };
   const twilioAccounts = new Map<string, string>();
   let sendgridEventUrl = options.sendgridEventUrl;
-  /** The page's recent "text in" exchanges, newest last. */
-  const textedIn: TextedIn[] = [];
   const sendgridKeys = new Set<string>();
   const messages: SandboxMessage[] = [];
   const remember = (message: SandboxMessage) => {
@@ -340,41 +337,14 @@ export function createSandbox(
     });
   });
 
-  /** A phone texting in; Twilio sends the TwiML's replies back to it, so they are kept as messages. */
-  const textIn: Sandbox["textIn"] = async (text) => {
-    const url = text.url ?? options.inboundUrl;
-    if (!url) throw new Error("the sandbox has no inbound URL to text");
-    const answer = await postInbound({ ...text, url, authToken: twilioAccounts.get(text.accountSid) ?? sandboxTwilioToken(text.accountSid) });
-    for (const reply of answer.replies) {
-      const address = (n: string) => (text.channel === "whatsapp" ? `whatsapp:${n}` : n);
-      remember({
-        id: `SM${randomBytes(16).toString("hex")}`,
-        provider: "twilio",
-        account: text.accountSid,
-        channel: text.channel ?? "sms",
-        from: address(text.to),
-        to: address(text.from),
-        body: reply,
-        createdAt: new Date(),
-      });
-    }
-    return answer;
-  };
-
-  // The page shows recipients and bodies without authentication: development only.
-  if (options.page !== false) router.post("/twilio/inbound", express.urlencoded({ extended: false, limit: "16kb" }), async (req: Request, res: Response) => {
-    const { from = "", to = "", body = "", channel: requested } = req.body as Record<string, string>;
-    const channel = requested === "whatsapp" ? "whatsapp" : "sms";
-    const accountSid = E164.test(to) ? await options.resolveNumber?.(to, channel) : undefined;
-    const entry = { at: new Date(), from, to, body, status: 404, replies: [] as string[] };
-    if (accountSid && E164.test(from)) {
-      const answer = await textIn({ accountSid, from, to, body, channel }).catch(() => ({ status: 502, replies: [] }));
-      Object.assign(entry, { status: answer.status, replies: answer.replies });
-    }
-    textedIn.push(entry);
-    if (textedIn.length > 20) textedIn.shift();
-    res.redirect(303, req.baseUrl || "/");
+  const phones = createPhones({
+    inboundUrl: options.inboundUrl,
+    tokenOf: (accountSid) => twilioAccounts.get(accountSid) ?? sandboxTwilioToken(accountSid),
+    resolveNumber: options.resolveNumber,
+    remember,
   });
+  // The page shows recipients and bodies without authentication: development only.
+  if (options.page !== false) router.post("/twilio/inbound", express.urlencoded({ extended: false, limit: "16kb" }), phones.handleForm);
 
   if (options.page !== false) router.get("/", async (req: Request, res: Response) => {
     // Grouped by tenant, as far as Herald can tell from the account.
@@ -383,7 +353,7 @@ export function createSandbox(
       const key = `${m.provider}/${m.account}`;
       if (!labels.has(key)) labels.set(key, (await options.describeAccount?.(m.provider, m.account).catch(() => undefined)) ?? `${m.provider} account ${m.account}`);
     }
-    const textInForm = options.inboundUrl ? { action: `${req.baseUrl}/twilio/inbound`, exchanges: textedIn } : undefined;
+    const textInForm = options.inboundUrl ? { action: `${req.baseUrl}/twilio/inbound`, exchanges: phones.exchanges } : undefined;
     res.type("html").send(sandboxPage(messages, (m) => labels.get(`${m.provider}/${m.account}`)!, keep, textInForm));
   });
 
@@ -396,7 +366,7 @@ export function createSandbox(
     sendgridPublicKey: eventKeys.publicKey.export({ type: "spki", format: "der" }).toString("base64"),
     signSendGridEvents: (timestamp, body) => sendgridSignature(eventKeys.privateKey, timestamp, body),
     setSendGridEventUrl: (url) => void (sendgridEventUrl = url),
-    textIn,
+    textIn: phones.textIn,
     settled: async () => {
       while (pending.size > 0) await Promise.all(pending);
     },

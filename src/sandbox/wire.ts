@@ -7,6 +7,9 @@ import type { SandboxMessage } from "./sandbox.ts";
  * byte for byte where it matters (signatures), shape for shape elsewhere.
  */
 
+/** A phone number as Twilio accepts one (E.164). */
+export const E164 = /^\+[1-9]\d{6,14}$/;
+
 /** Twilio's request signature: HMAC-SHA1 of the URL followed by each POST parameter's name and value, sorted by name. */
 export function twilioSignature(authToken: string, url: string, params: Record<string, string>): string {
   const data = Object.keys(params)
