@@ -1,10 +1,10 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { asRole, expectPgError, useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, asWorker } from "./helpers/messaging.ts";
-import { inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+import { textIn, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
  * The audit log: every kind of actor is named, only column names are kept,
@@ -20,12 +20,11 @@ let operatorId: string;
 
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
-  const sign = api.current.authenticator.sign;
-  tokens.owner = await sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
-  tokens.member = await sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-  tokens.ownerB = await sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+  tokens.owner = await tokenFor(api.current, a, "owner");
+  tokens.member = await tokenFor(api.current, a, "member");
+  tokens.ownerB = await tokenFor(api.current, b, "owner");
   operatorId = (await db.current.root.query("insert into herald_public.users (email) values ('operator@herald.test') returning id")).rows[0].id;
-  tokens.admin = await sign({ role: ROLES.admin, sub: operatorId });
+  tokens.admin = await api.current.authenticator.sign({ role: ROLES.admin, sub: operatorId });
 });
 
 /** The log rows written since `since` (an id), oldest first. */
@@ -63,8 +62,7 @@ describe("who did it", () => {
     expect((await logSince(since)).map((r) => [r.actor_kind, r.actor_id, r.table_name, r.action])).toEqual([["worker", null, "contacts", "insert"]]);
 
     since = await lastId();
-    const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
-    const stop = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+14155550178", to: number, body: "STOP" }), { token: a.providerSecret });
+    const stop = await textIn(api.current, a, { from: "+14155550178", body: "STOP" });
     expect(stop.status).toBe(200);
     expect((await logSince(since)).map((r) => [r.actor_kind, r.actor_detail, r.table_name, r.action, r.changed_columns])).toEqual([
       ["webhook", "twilio", "contacts", "update", ["sms_subscribed"]],
@@ -176,8 +174,7 @@ describe("what it keeps", () => {
     await graphql(api.current, tokens.owner, `mutation($c: UUID!) { sendMessage(input: { channel: "sms", body: "Message words 8812", contactIds: [$c], scheduledAt: "2099-01-01T00:00:00Z" }) { message { rowId } } }`, { c: contactId });
     await graphql(api.current, tokens.owner, `mutation { updateTenantSettingByTenantId(input: { tenantId: "${a.id}", tenantSettingPatch: { helpText: "Help words 5531" } }) { tenantSetting { helpText } } }`);
     await graphql(api.current, tokens.owner, `mutation($c: UUID!) { updateContact(rowId: $c, patch: { email: "changed@audited.example" }) { contact { rowId } } }`, { c: contactId });
-    const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
-    await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+14155550179", to: number, body: "Inbound words 6620" }), { token: a.providerSecret });
+    await textIn(api.current, a, { from: "+14155550179", body: "Inbound words 6620" });
     for (const word of ["Template words", "Message words", "Help words", "Inbound words", "Plaintextname", "plain@audited", "changed@audited", "4155550179"]) {
       const { rows } = await db.current.root.query("select count(*)::int as n from herald_public.audit_log l where row_to_json(l)::text ilike $1", [`%${word}%`]);
       expect(rows[0].n, word).toBe(0);

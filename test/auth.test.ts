@@ -1,7 +1,7 @@
 import { SignJWT, UnsecuredJWT } from "jose";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 
@@ -76,7 +76,7 @@ describe("tenant API keys", () => {
   });
 
   it("are created by a tenant owner with the secret shown once, and stop working when revoked", async () => {
-    const ownerToken = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+    const ownerToken = await tokenFor(api.current, a, "owner");
     const created = await graphql(api.current, ownerToken, `mutation { createApiKey(input: { name: "ci" }) { result { apiKeyId secret tokenPrefix } } }`);
     const { apiKeyId, secret: keySecret, tokenPrefix } = created.body.data!.createApiKey.result;
     expect(keySecret).toMatch(/^hk_[0-9a-f]{48}$/);
@@ -101,7 +101,7 @@ describe("tenant API keys", () => {
   });
 
   it("cannot be created by a plain member or by another API key", async () => {
-    const memberToken = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const memberToken = await tokenFor(api.current, a, "member");
     for (const token of [memberToken, a.apiKeySecret]) {
       const { body } = await graphql(api.current, token, `mutation { createApiKey(input: { name: "sneaky" }) { result { secret } } }`);
       expect(body.data?.createApiKey ?? null).toBeNull();
@@ -143,7 +143,7 @@ describe("password login", () => {
 describe("a token outlives neither its membership nor its tenant's status", () => {
   it("is refused once the user leaves the tenant, and when its user belongs to another tenant", async () => {
     const leaver = await seedExtraTenant(db.current, "tenant-leaver");
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: leaver.id, sub: leaver.memberId });
+    const token = await tokenFor(api.current, leaver, "member");
     expect((await graphql(api.current, token, QUERY)).status).toBe(200);
     await db.current.root.query("delete from herald_public.memberships where tenant_id = $1 and user_id = $2", [leaver.id, leaver.memberId]);
     const after = await graphql(api.current, token, QUERY);
@@ -157,7 +157,7 @@ describe("a token outlives neither its membership nor its tenant's status", () =
 
   it("a suspended tenant's JWTs, API keys and logins stop working; resuming restores them", async () => {
     const paused = await seedExtraTenant(db.current, "tenant-paused");
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: paused.id, sub: paused.ownerId });
+    const token = await tokenFor(api.current, paused, "owner");
     const login = () =>
       fetch(`${api.current.url}/auth/login`, {
         method: "POST",

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 
@@ -15,8 +15,8 @@ let tokenB: string;
 
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
-  tokenA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
-  tokenB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+  tokenA = await tokenFor(api.current, a, "owner");
+  tokenB = await tokenFor(api.current, b, "owner");
 });
 
 const gqlA = (query: string, variables?: Record<string, unknown>) => graphql(api.current, tokenA, query, variables);

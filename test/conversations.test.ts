@@ -1,11 +1,21 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, readyToSend, sendThroughApi, settled, startSandboxServer, startSendingWorker, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, inboundText, postTwilio, SYSTEM_TWILIO, webhookEnv } from "./helpers/webhooks.ts";
+import {
+  asRoot,
+  closeSendWindowForAnHour,
+  openSendWindow,
+  readyToSend,
+  sendThroughApi,
+  settled,
+  startSandboxServer,
+  startSendingWorker,
+  type SandboxServer,
+} from "./helpers/messaging.ts";
+import { contactWith, SYSTEM_TWILIO, textIn, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
  * A contact's conversation: what they wrote (the inbound webhook), what was
@@ -26,9 +36,9 @@ beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
   server = await startSandboxServer();
   await readyToSend(db.current, server, a);
-  aNumber = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
-  tokens.a = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-  tokens.b = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.memberId });
+  aNumber = a.senderNumber;
+  tokens.a = await tokenFor(api.current, a, "member");
+  tokens.b = await tokenFor(api.current, b, "member");
   tokens.admin = await api.current.authenticator.sign({ role: ROLES.admin });
   worker = await startSendingWorker(db.current, server, 4);
 });
@@ -40,7 +50,10 @@ afterAll(async () => {
 
 let phones = 0;
 const freshPhone = () => `+1628557${String(1000 + ++phones)}`;
-const textIn = (from: string, body: string) => postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from, to: aNumber, body }), { token: a.providerSecret });
+/** A contact texts A's usual number, and Herald takes it. */
+async function textToA(from: string, body: string) {
+  expect((await textIn(api.current, a, { from, body })).status).toBe(200);
+}
 
 const THREAD = `query($c: UUID!, $first: Int, $channel: String) {
   allContacts(condition: { rowId: $c }) { nodes { conversation(first: $first, channel: $channel) { nodes { direction channel body status keyword tenantAddress } } } } }`;
@@ -64,13 +77,13 @@ describe("a conversation", () => {
       c: contactId,
     });
     await settled(db.current, sent.body.data!.sendMessage.message.rowId);
-    expect((await textIn(phone, "Can I come at 11 instead?")).status).toBe(200);
+    await textToA(phone, "Can I come at 11 instead?");
     const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Yes, 11 works." });
     expect(reply.body.errors).toBeUndefined();
     // It answers from the number the contact wrote to, in reply to that message.
     expect(reply.body.data!.replyToContact.message.metadata).toMatchObject({ from: aNumber, in_reply_to: expect.any(String) });
     await settled(db.current, reply.body.data!.replyToContact.message.rowId);
-    expect((await textIn(phone, "HELP")).status).toBe(200);
+    await textToA(phone, "HELP");
 
     expect((await thread(tokens.a, contactId)).reverse()).toEqual([
       { direction: "outbound", channel: "sms", body: "Hi Ada, see you at 10.", status: "sent", keyword: null, tenantAddress: aNumber },
@@ -98,7 +111,7 @@ describe("a conversation", () => {
       c.query("insert into herald_public.sender_numbers (tenant_id, phone_number, channel) values ($1, $2, 'sms'), ($1, $3, 'whatsapp') on conflict do nothing", [a.id, second, whatsapp]),
     );
     const write = (to: string, body: string, channel: "sms" | "whatsapp" = "sms") =>
-      postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: phone, to, body, channel }), { token: to === aNumber ? a.providerSecret : SYSTEM_TWILIO.authToken });
+      textIn(api.current, a, { from: phone, body, to, channel, token: to === aNumber ? a.providerSecret : SYSTEM_TWILIO.authToken });
     expect((await write(aNumber, "first, to the usual number")).status).toBe(200);
     expect((await write(second, "then to the second one")).status).toBe(200);
     expect((await write(whatsapp, "and on WhatsApp", "whatsapp")).status).toBe(200);
@@ -127,25 +140,16 @@ describe("a conversation", () => {
       ),
     );
     expect(await thread(tokens.a, contactId)).toEqual([]);
-    await textIn(phone, "hello?");
+    await textToA(phone, "hello?");
     expect((await thread(tokens.a, contactId)).map((e: { body: string }) => e.body)).toEqual(["hello?"]);
   });
 
   it("a reply is not held by quiet hours while the contact wrote in the last day; other sends are", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(db.current, a, phone);
-    // A window that is closed now, whatever the time: it opens an hour from now and lasts a minute.
-    const opens = new Date(Date.now() + 3_600_000);
-    const hhmm = (d: Date) => d.toISOString().slice(11, 16);
-    await asRoot(db.current, (c) =>
-      c.query("update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1", [
-        a.id,
-        hhmm(opens),
-        hhmm(new Date(opens.getTime() + 60_000)),
-      ]),
-    );
+    await closeSendWindowForAnHour(db.current, a.id);
     try {
-      await textIn(phone, "Are you open tomorrow?");
+      await textToA(phone, "Are you open tomorrow?");
       const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Yes, from 9." });
       expect((await settled(db.current, reply.body.data!.replyToContact.message.rowId)).byStatus).toEqual({ sent: 1 });
       const other = await sendThroughApi(api.current, tokens.a, { channel: "sms", body: "Newsletter", contactIds: [contactId] });
@@ -155,7 +159,7 @@ describe("a conversation", () => {
       const late = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Sorry for the delay" });
       expect((await settled(db.current, late.body.data!.replyToContact.message.rowId)).byReason).toEqual({ "queued/quiet_hours": 1 });
     } finally {
-      await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [a.id]));
+      await openSendWindow(db.current, a.id);
     }
   });
 
@@ -170,7 +174,7 @@ describe("another tenant, and operators", () => {
   it("tenant B can neither read A's conversation nor reply in it", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(db.current, a, phone);
-    await textIn(phone, "private question");
+    await textToA(phone, "private question");
     expect(await thread(tokens.b, contactId)).toBeNull();
     const before = (await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [b.id])).rows[0].n;
     const { body } = await graphql(api.current, tokens.b, REPLY, { c: contactId, body: "hello from B" });
@@ -181,7 +185,7 @@ describe("another tenant, and operators", () => {
   it("an operator sees that the conversation exists but gets NO_KEY for its text", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(db.current, a, phone);
-    await textIn(phone, "for the tenant's eyes");
+    await textToA(phone, "for the tenant's eyes");
     const result = await thread(tokens.admin, contactId);
     expect(result).toEqual([expect.objectContaining({ extensions: expect.objectContaining({ code: "NO_KEY" }) })]);
   });

@@ -1,9 +1,6 @@
-import { execFile } from "node:child_process";
-import path from "node:path";
-import { promisify } from "node:util";
 import { describe, expect, it } from "vitest";
 import { CHECKS, runDoctor } from "../src/doctor.ts";
-import { projectRoot } from "../src/paths.ts";
+import { runCli } from "./helpers/cli.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 
 /** `herald doctor` passes on the real schema and catches each planted fault. */
@@ -108,20 +105,13 @@ describe("herald doctor", () => {
   });
 
   it("the CLI exits 0 on a sound schema and 1, naming the check, on a broken one", async () => {
-    const run = promisify(execFile);
-    const cli = (env: NodeJS.ProcessEnv) =>
-      run(process.execPath, [path.join(projectRoot, "src/cli.ts"), "doctor"], { env: { ...process.env, ...env } }).then(
-        (r) => ({ code: 0, stdout: r.stdout }),
-        (e: { code: number; stdout: string }) => ({ code: e.code, stdout: e.stdout }),
-      );
-    const env = { DATABASE_URL: db.current.urls.admin, LOG_LEVEL: "silent" };
-    const sound = await cli(env);
+    const sound = await runCli(db.current, ["doctor"]);
     expect(sound.stdout).toContain(`All ${CHECKS.length} isolation checks passed.`);
     expect(sound.code).toBe(0);
 
     // This file's database is its own, so a committed fault harms no one else.
     await db.current.root.query("alter table herald_public.tenants no force row level security");
-    const broken = await cli(env);
+    const broken = await runCli(db.current, ["doctor"]);
     expect(broken.code).toBe(1);
     expect(broken.stdout).toMatch(/FAIL\s+rls-enabled/);
     expect(broken.stdout).toContain("herald_public.tenants: RLS not forced");

@@ -1,7 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { MAX_PAGE_SIZE } from "../src/api/guards.ts";
-import { ROLES } from "../src/db/urls.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 
@@ -14,7 +13,7 @@ let token: string;
 
 beforeAll(async () => {
   ({ a } = await seedTwoTenants(db.current));
-  token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+  token = await tokenFor(api.current, a, "owner");
 });
 
 describe("page size", () => {

@@ -1,10 +1,9 @@
-import { execFile } from "node:child_process";
 import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
-import { promisify } from "node:util";
 import { beforeAll, describe, expect, it } from "vitest";
 import { importContacts } from "../src/contacts/import.ts";
+import { runCli } from "./helpers/cli.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { testKeyring } from "./helpers/keys.ts";
@@ -123,9 +122,8 @@ describe("importContacts", () => {
   it("the CLI prints a summary and writes the rejects next to the file", async () => {
     const file = path.join(dir, "cli.csv");
     fs.writeFileSync(file, "phone,email\n+14155552680,cli1@example.com\n999,cli2@example.com\n");
-    const { stdout } = await promisify(execFile)(process.execPath, ["src/cli.ts", "contacts", "import", file, "--tenant", a.slug, "--list", "From CLI"], {
-      env: { ...process.env, DATABASE_URL: db.current.urls.admin, NODE_ENV: "production", LOG_LEVEL: "error" },
-    });
+    const { code, stdout, stderr } = await runCli(db.current, ["contacts", "import", file, "--tenant", a.slug, "--list", "From CLI"], { NODE_ENV: "production", LOG_LEVEL: "error" });
+    expect(code, stderr).toBe(0);
     expect(stdout).toMatch(/^Imported cli\.csv into tenant-a: 1 inserted, 0 updated, 0 unchanged, 1 rejected — 2 rows in [\d.]+ s/m);
     expect(stdout).toContain(`Rejected rows are described in ${path.join(dir, "cli.rejects.csv")}`);
     expect(fs.readFileSync(path.join(dir, "cli.rejects.csv"), "utf8")).toMatch(/^line,column,reason\n3,phone,is not a valid phone number/);

@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, beforeEach, describe, expect, it } from "vitest";
-import { ROLES } from "../src/db/urls.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, asWorker, openSendWindowNow, readyToSend, seedAudience, setRates, settled, startSandboxServer, startSendingWorker, summary, waitFor, type SandboxServer } from "./helpers/messaging.ts";
@@ -35,7 +34,7 @@ beforeEach(() => server.sandbox.setFaults({}));
 async function tenant(name: string) {
   const t = await seedExtraTenant(db.current, name);
   const sid = await readyToSend(db.current, server, t);
-  const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: t.id, sub: t.ownerId });
+  const token = await tokenFor(api.current, t, "owner");
   const received = () => server.sandbox.messages.filter((m) => m.account === sid);
   return { t, sid, token, received };
 }

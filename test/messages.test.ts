@@ -1,7 +1,6 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROLES } from "../src/db/urls.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, asWorker, audiencePhone, readyToSend, seedAudience, settled, startSandboxServer, startSendingWorker, summary, type SandboxServer } from "./helpers/messaging.ts";
@@ -27,8 +26,8 @@ beforeAll(async () => {
   server = await startSandboxServer();
   aSid = await readyToSend(db.current, server, a);
   await readyToSend(db.current, server, b);
-  tokens.a = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-  tokens.b = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.memberId });
+  tokens.a = await tokenFor(api.current, a, "member");
+  tokens.b = await tokenFor(api.current, b, "member");
   worker = await startSendingWorker(db.current, server, 8);
 });
 

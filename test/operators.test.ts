@@ -1,16 +1,13 @@
-import { execFile } from "node:child_process";
-import path from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { projectRoot } from "../src/paths.ts";
+import { twimlMessages } from "../src/sandbox/inbound.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiProcess, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiProcess, useApiServer } from "./helpers/api.ts";
+import { runCli } from "./helpers/cli.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { twimlMessages } from "../src/sandbox/inbound.ts";
-import { contactWith, inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+import { contactWith, textIn, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
  * Platform operators: suspending and resuming a tenant (through GraphQL and
@@ -49,7 +46,7 @@ describe("suspending a tenant", () => {
   });
 
   it("is for operators only: a tenant's own owner can neither suspend nor resume, even its own tenant", async () => {
-    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: c.id, sub: c.ownerId });
+    const owner = await tokenFor(api.current, c, "owner");
     for (const [mutation, variables] of [[SUSPEND, { t: c.id, r: "testing" }], [SUSPEND, { t: a.id, r: "spite" }], [RESUME, { t: c.id }]] as const) {
       const { body } = await graphql(api.current, owner, mutation, variables);
       expect(body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
@@ -61,7 +58,7 @@ describe("suspending a tenant", () => {
   });
 
   it("stops its users and API keys at once and holds its sends; inbound still counts; resuming sends what was held", async () => {
-    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: c.id, sub: c.ownerId });
+    const owner = await tokenFor(api.current, c, "owner");
     const phone = "+16285590901";
     const contactId = await contactWith(db.current, c, phone);
     // Queued before the suspension, due a moment after it.
@@ -85,9 +82,8 @@ describe("suspending a tenant", () => {
     expect(server.sandbox.messages.filter((m) => m.to === phone)).toEqual([]);
 
     // An opt-out to a suspended tenant is still an opt-out.
-    const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [c.senderNumberId])).rows[0].phone_number;
     await db.current.root.query("update herald_public.tenant_settings set stop_reply = 'BUY NOW at spam.example' where tenant_id = $1", [c.id]);
-    const stop = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+16285590902", to: number, body: "STOP" }), { token: c.providerSecret });
+    const stop = await textIn(api.current, c, { from: "+16285590902", body: "STOP" });
     expect(stop.status).toBe(200);
     // Recorded, and answered in Herald's own words: a suspended tenant says nothing of its own.
     expect(twimlMessages(stop.body)).toEqual(["You are unsubscribed and will receive no more messages from this number."]);
@@ -112,15 +108,15 @@ describe("suspending a tenant", () => {
   });
 
   it("works from the CLI too: `herald tenant suspend` and `resume`", async () => {
-    const run = promisify(execFile);
-    const cli = (...args: string[]) =>
-      run(process.execPath, [path.join(projectRoot, "src/cli.ts"), ...args], { env: { ...process.env, DATABASE_URL: db.current.urls.admin, LOG_LEVEL: "silent" } });
     const status = async () => (await db.current.root.query("select status, suspension_reason from herald_public.tenants where id = $1", [b.id])).rows[0];
-    expect((await cli("tenant", "suspend", "tenant-b", "--reason", "abuse report")).stdout).toMatch(/Suspended tenant-b/);
+    const suspend = await runCli(db.current, ["tenant", "suspend", "tenant-b", "--reason", "abuse report"]);
+    expect(suspend.code, suspend.stderr).toBe(0);
+    expect(suspend.stdout).toMatch(/Suspended tenant-b/);
     expect(await status()).toEqual({ status: "suspended", suspension_reason: "abuse report" });
     const { rows } = await db.current.root.query("select actor_kind, actor_detail from herald_public.audit_log where tenant_id = $1 and table_name = 'tenants' order by id desc limit 1", [b.id]);
     expect(rows[0]).toMatchObject({ actor_kind: "admin", actor_detail: expect.stringMatching(/^herald cli \(/) });
-    await cli("tenant", "resume", "tenant-b");
+    const resume = await runCli(db.current, ["tenant", "resume", "tenant-b"]);
+    expect(resume.code, resume.stderr).toBe(0);
     expect(await status()).toEqual({ status: "active", suspension_reason: null });
   });
 });
@@ -164,7 +160,7 @@ describe("API rate limits", () => {
     // Counted per minute: begin early in one, so that the six fit in it.
     const left = await secondsLeftInMinute();
     if (left < 15) await new Promise((r) => setTimeout(r, (left + 1) * 1000));
-    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: d.id, sub: d.ownerId });
+    const owner = await tokenFor(api.current, d, "owner");
     const statuses: number[] = [];
     // Its users and its API keys share the limit, whichever process they reach.
     for (let i = 0; i < 6; i++) statuses.push((await ask(i % 2 ? secondApi : api, i % 3 ? owner : d.apiKeySecret)).status);
@@ -209,7 +205,7 @@ describe("API rate limits", () => {
   });
 
   it("is the operators' to set: a tenant cannot raise its own", async () => {
-    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+    const owner = await tokenFor(api.current, b, "owner");
     const { body } = await graphql(
       api.current,
       owner,

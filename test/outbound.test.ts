@@ -1,15 +1,14 @@
 import { createHmac } from "node:crypto";
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROLES } from "../src/db/urls.ts";
 import { createLogger } from "../src/logger.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { testKeyring } from "./helpers/keys.ts";
 import { asWorker, startSandboxServer, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { inboundText, postTwilio, webhookEnv } from "./helpers/webhooks.ts";
+import { textIn, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
  * Outbound webhooks to tenants' own apps: signed as documented, retried, an
@@ -67,8 +66,8 @@ beforeAll(async () => {
   receiverUrl = `http://127.0.0.1:${(receiver.address() as { port: number }).port}`;
   sandbox = await startSandboxServer();
   worker = await startWebhookWorker({ allowPrivateNetworks: true });
-  tokens.a = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
-  tokens.b = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+  tokens.a = await tokenFor(api.current, a, "owner");
+  tokens.b = await tokenFor(api.current, b, "owner");
 });
 
 afterAll(async () => {
@@ -94,11 +93,9 @@ const queueDrained = () =>
     return rows[0].n === 0;
   });
 
-/** A texts in from `from` (signed as Twilio would). */
-async function textIn(t: TenantFixture, from: string, body: string) {
-  const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [t.senderNumberId])).rows[0].phone_number;
-  const result = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from, to: number, body }), { token: t.providerSecret });
-  expect(result.status).toBe(200);
+/** `from` texts tenant `t`'s number, and Herald takes it. */
+async function texts(t: TenantFixture, from: string, body: string) {
+  expect((await textIn(api.current, t, { from, body })).status).toBe(200);
 }
 
 /** The documented recipe, written out independently of Herald's helper: HMAC-SHA256(secret, "<t>.<raw body>"), hex. */
@@ -116,7 +113,7 @@ describe("an endpoint of tenant A's app", () => {
 
   it("receives what happened, signed as documented, with the inbound message's sender and text", async () => {
     const before = received.length;
-    await textIn(a, "+16285571001", "STOP");
+    await texts(a, "+16285571001", "STOP");
     const posts = await waitFor(async () => {
       const mine = received.slice(before).filter((r) => r.path === "/a");
       return mine.length >= 2 && mine;
@@ -145,7 +142,7 @@ describe("an endpoint of tenant A's app", () => {
 
   it("keeps no inbound text nor sender in its log: they are read at send time", async () => {
     const before = received.length;
-    await textIn(a, "+16285571009", "my secret words");
+    await texts(a, "+16285571009", "my secret words");
     const post = await waitFor(async () => received.slice(before).find((r) => r.path === "/a" && JSON.parse(r.body).type === "inbound.received"));
     expect(JSON.parse(post.body).data).toMatchObject({ from: "+16285571009", body: "my secret words" });
     const { rows } = await db.current.root.query("select payload::text as payload from herald_public.webhook_deliveries");
@@ -155,7 +152,7 @@ describe("an endpoint of tenant A's app", () => {
   it("gives one event the same id at every endpoint it goes to", async () => {
     const second = await create(tokens.a, `${receiverUrl}/a2`, ["inbound.received"]);
     const before = received.length;
-    await textIn(a, "+16285571010", "to both");
+    await texts(a, "+16285571010", "to both");
     const [one, two] = await waitFor(async () => {
       const bodies = received.slice(before).filter((r) => ["/a", "/a2"].includes(r.path) && JSON.parse(r.body).type === "inbound.received");
       return bodies.length === 2 && bodies;
@@ -200,7 +197,7 @@ describe("a failing endpoint", () => {
   it("is retried, then the event is given up; failures in a row disable the endpoint", async () => {
     const failing = await create(tokens.a, `${receiverUrl}/fail`, ["inbound.received"]);
     const before = received.filter((r) => r.path === "/fail").length;
-    await textIn(a, "+16285571002", "first");
+    await texts(a, "+16285571002", "first");
     // Three attempts for this event (maxAttempts 3), each retried after a doubling wait.
     const state = await waitFor(async () => {
       const { rows } = await db.current.root.query("select status, attempts, response_status, last_error from herald_public.webhook_deliveries where endpoint_id = $1", [failing.webhookEndpointId]);
@@ -213,14 +210,14 @@ describe("a failing endpoint", () => {
     expect(attempts[1]!.at - attempts[0]!.at).toBeGreaterThanOrEqual(50);
     expect(attempts[2]!.at - attempts[1]!.at).toBeGreaterThanOrEqual(100);
     // Two more failures make five in a row (disableAfter 5): the endpoint is disabled.
-    await textIn(a, "+16285571003", "second");
+    await texts(a, "+16285571003", "second");
     const endpoint = await waitFor(async () => {
       const { rows } = await db.current.root.query("select status, disabled_reason, consecutive_failures from herald_public.webhook_endpoints where id = $1", [failing.webhookEndpointId]);
       return rows[0].status === "disabled" && rows[0];
     });
     expect(endpoint).toMatchObject({ consecutive_failures: 5, disabled_reason: expect.stringMatching(/^disabled after 5 failed attempts in a row/) });
     // Disabled, it gets nothing more; enabling it starts afresh.
-    await textIn(a, "+16285571004", "third");
+    await texts(a, "+16285571004", "third");
     await queueDrained();
     expect(received.filter((r) => r.path === "/fail").length - before).toBe(5);
     // No event is even written for a disabled endpoint, and a replay to one is refused.
@@ -240,7 +237,7 @@ describe("a failing endpoint", () => {
 describe("an endpoint that fails once", () => {
   it("gets the event on the retry, and its failure count goes back to zero", async () => {
     const flaky = await create(tokens.a, `${receiverUrl}/flaky`, ["inbound.received"]);
-    await textIn(a, "+16285571011", "try again");
+    await texts(a, "+16285571011", "try again");
     const delivered = await waitFor(async () => {
       const { rows } = await db.current.root.query("select status, attempts from herald_public.webhook_deliveries where endpoint_id = $1", [flaky.webhookEndpointId]);
       return rows[0]?.status === "succeeded" && rows[0];
@@ -288,8 +285,8 @@ describe("tenants", () => {
   it("tenant B's endpoint never receives tenant A's events, and A's never B's", async () => {
     await create(tokens.b, `${receiverUrl}/b`, ["inbound.received"]);
     const before = received.length;
-    await textIn(a, "+16285571005", "for A");
-    await textIn(b, "+16285571006", "for B");
+    await texts(a, "+16285571005", "for A");
+    await texts(b, "+16285571006", "for B");
     await waitFor(async () => received.slice(before).some((r) => r.path === "/b"));
     await queueDrained();
     const posts = received.slice(before).map((r) => ({ path: r.path, event: JSON.parse(r.body) }));
@@ -307,7 +304,7 @@ describe("tenants", () => {
     const enable = await graphql(api.current, tokens.b, `mutation($e: UUID!) { enableWebhookEndpoint(input: { webhookEndpointId: $e }) { endpoint { status } } }`, { e: rows[0].endpoint_id });
     expect(enable.body.errors?.[0]?.extensions).toMatchObject({ code: "NOT_FOUND" });
     // An API key is not a tenant admin; nor is a plain member.
-    const member = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const member = await tokenFor(api.current, a, "member");
     for (const token of [a.apiKeySecret, member]) {
       const { body } = await graphql(api.current, token, CREATE, { url: `${receiverUrl}/x`, types: ["inbound.received"] });
       expect(body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
@@ -325,7 +322,7 @@ describe("the worker with production's policy", () => {
     await db.current.root.query("update herald_public.webhook_endpoints set status = 'disabled' where tenant_id = $1", [a.id]);
     const local = await create(tokens.a, `${receiverUrl}/local`, ["inbound.received"]);
     const before = received.length;
-    await textIn(a, "+16285571012", "to a local address");
+    await texts(a, "+16285571012", "to a local address");
     const state = await waitFor(async () => {
       const { rows } = await db.current.root.query("select status, attempts, last_error from herald_public.webhook_deliveries where endpoint_id = $1", [local.webhookEndpointId]);
       return rows[0]?.status === "failed" && rows[0];

@@ -7,7 +7,7 @@ import { sendEmail, sendSms, SendError, type ProviderClients } from "../src/prov
 import { SANDBOX_SYSTEM_TWILIO, sandboxTwilioToken, type Sandbox } from "../src/sandbox/sandbox.ts";
 import { startSandboxServer, type SandboxServer } from "../src/sandbox/server.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { testKeyring } from "./helpers/keys.ts";
@@ -154,10 +154,7 @@ describe("sending with the tenant's account or the system's", () => {
 describe("senders", () => {
   it("a tenant cannot send from another tenant's number or address, only its own or the system's", async () => {
     const before = sandbox.messages.length;
-    const aNumber = await withRootDb(db.current, async (q) =>
-      (await q.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number as string,
-    );
-    await expect(asJob(c, (q) => sendSms(q, clients, { to: "+14155550147", body: "spoof", from: aNumber }))).rejects.toMatchObject({ code: "NOT_OWN_SENDER" });
+    await expect(asJob(c, (q) => sendSms(q, clients, { to: "+14155550147", body: "spoof", from: a.senderNumber }))).rejects.toMatchObject({ code: "NOT_OWN_SENDER" });
     await expect(asJob(c, (q) => sendEmail(q, clients, { to: "x@example.com", subject: "s", text: "t", from: "hello@tenant-a.test" }))).rejects.toMatchObject({
       code: "NOT_OWN_SENDER",
     });
@@ -171,9 +168,7 @@ describe("senders", () => {
   });
 
   it("WhatsApp sends from a WhatsApp number even when the tenant's sms_from is set", async () => {
-    const smsNumber = await withRootDb(db.current, async (q) =>
-      (await q.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number as string,
-    );
+    const smsNumber = a.senderNumber;
     await asOwner(a, (q) => q.query("update herald_public.tenant_settings set sms_from = $2 where tenant_id = $1", [a.id, smsNumber]));
     const sent = await asJob(a, (q) => sendSms(q, clients, { to: "+14155550160", body: "hola", channel: "whatsapp" }));
     expect(sent.from).toBe("+14155550190");
@@ -192,7 +187,7 @@ describe("testProviderAccount", () => {
   };
 
   it("queues one message through the account and records the outcome on it", async () => {
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+    const token = await tokenFor(api.current, a, "owner");
     const { body } = await graphql(api.current, token, `mutation($id: UUID!) { testProviderAccount(input: {providerAccountId: $id, toAddress: "+14155550144"}) { result } }`, {
       id: a.providerAccountId,
     });
@@ -203,7 +198,7 @@ describe("testProviderAccount", () => {
 
   it("records the provider's error for an account whose credential is wrong; B cannot test A's account", async () => {
     await asOwner(c, (q) => q.query("update herald_public.provider_accounts set status = 'active' where id = $1", [c.providerAccountId]));
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: c.id, sub: c.ownerId });
+    const token = await tokenFor(api.current, c, "owner");
     await graphql(api.current, token, `mutation($id: UUID!) { testProviderAccount(input: {providerAccountId: $id, toAddress: "+14155550145"}) { result } }`, { id: c.providerAccountId });
     expect((await waitForTest(c)).last_error).toBe("Authenticate");
     const asC = await graphql(api.current, token, `mutation($id: UUID!) { testProviderAccount(input: {providerAccountId: $id, toAddress: "+14155550146"}) { result } }`, { id: a.providerAccountId });
@@ -224,7 +219,7 @@ describe("email domain authentication (SendGrid, through the tenant's account)",
   };
 
   it("authenticateEmailDomain stores the DNS records to publish; verifyEmailDomain records SendGrid's check", async () => {
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+    const token = await tokenFor(api.current, a, "owner");
     const gql = (query: string, variables?: Record<string, unknown>) => graphql(api.current, token, query, variables);
     const created = await gql(`mutation { authenticateEmailDomain(input: {domain: "Mail.Tenant-A.test"}) { result { rowId domain status } } }`);
     const { rowId, domain, status } = created.body.data!.authenticateEmailDomain.result;
@@ -252,7 +247,7 @@ describe("email domain authentication (SendGrid, through the tenant's account)",
     expect(unverified.last_error).toMatch(/Expected CNAME/);
 
     // Tenant C (no active SendGrid account) cannot start one; B cannot verify or see A's.
-    const tokenB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+    const tokenB = await tokenFor(api.current, b, "owner");
     const verifyA = await graphql(api.current, tokenB, `mutation($id: UUID!) { verifyEmailDomain(input: {emailDomainId: $id}) { result { rowId } } }`, { id: rowId });
     expect(verifyA.body.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
     const listB = await graphql(api.current, tokenB, `{ allEmailDomains { totalCount } }`);

@@ -1,6 +1,6 @@
 import { beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { asRole, expectPgError, useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { testKeyring } from "./helpers/keys.ts";
@@ -17,9 +17,9 @@ let ownerB: string;
 
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
-  ownerA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
-  memberA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-  ownerB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+  ownerA = await tokenFor(api.current, a, "owner");
+  memberA = await tokenFor(api.current, a, "member");
+  ownerB = await tokenFor(api.current, b, "owner");
 });
 
 /** Every field of ProviderAccount whose type is a scalar or enum, as the schema says today. */
@@ -103,11 +103,8 @@ describe("tenant B attacking tenant A's provider setup through GraphQL", () => {
       acc: a.providerAccountId,
     });
     expect(onAccount.body.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
-    const aNumber = await asRole(db.current, { role: ROLES.admin }, async (c) =>
-      (await c.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number as string,
-    );
     const claim = await graphql(api.current, ownerB, `mutation($n: String!, $acc: UUID!) { createSenderNumber(input: {senderNumber: {phoneNumber: $n, providerAccountId: $acc}}) { senderNumber { rowId } } }`, {
-      n: aNumber,
+      n: a.senderNumber,
       acc: b.providerAccountId,
     });
     expect(claim.body.errors?.[0]?.extensions?.code).toBe("CONFLICT");

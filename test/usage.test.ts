@@ -1,15 +1,12 @@
-import { execFile } from "node:child_process";
-import path from "node:path";
-import { promisify } from "node:util";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { projectRoot } from "../src/paths.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql } from "./helpers/api.ts";
+import { graphql, tokenFor } from "./helpers/api.ts";
+import { runCli } from "./helpers/cli.ts";
 import { asRole, useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, inboundText, postTwilio, useCallableApiServer } from "./helpers/webhooks.ts";
+import { contactWith, textIn, useCallableApiServer } from "./helpers/webhooks.ts";
 
 /**
  * Usage: what a real send and real inbound traffic produced, counted per day,
@@ -39,7 +36,7 @@ beforeAll(async () => {
   const ids = await Promise.all(phones.map((p) => contactWith(db.current, a, p)));
   const unsubscribed = await contactWith(db.current, a, "+16285561103");
   await db.current.root.query("update herald_public.contacts set sms_subscribed = false where id = $1", [unsubscribed]);
-  const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+  const token = await tokenFor(api.current, a, "member");
   // 200 GSM-7 characters: two segments each.
   messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "x".repeat(200), contactIds: [...ids, unsubscribed] });
   await waitFor(async () => {
@@ -49,9 +46,8 @@ beforeAll(async () => {
   await server.sandbox.settled();
   today = (await db.current.root.query("select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day from herald_public.messages where id = $1", [messageId])).rows[0].day;
   // Two messages in, one of them an opt-out.
-  const number = (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [a.senderNumberId])).rows[0].phone_number;
   for (const body of ["see you then", "STOP"]) {
-    const result = await postTwilio(api.current, "/webhooks/twilio/sms", inboundText({ from: "+16285561101", to: number, body }), { token: a.providerSecret, signedFor: `${endpoint.publicUrl}/webhooks/twilio/sms` });
+    const result = await textIn(api.current, a, { from: "+16285561101", body, signedFor: `${endpoint.publicUrl}/webhooks/twilio/sms` });
     expect(result.status).toBe(200);
   }
 });
@@ -68,9 +64,30 @@ const usageOf = async (token: string, day = today) => {
   return body.data!.usage.nodes as Record<string, unknown>[];
 };
 
+/**
+ * `herald usage`'s table (src/cli/usage.ts) as rows keyed by the header's
+ * column names. No cell holds a space; the total row leaves its channel and
+ * account blank.
+ */
+function usageTable(stdout: string): Record<string, string>[] {
+  const lines = stdout.split("\n");
+  const at = lines.findIndex((line) => /^day\s/.test(line));
+  expect(at, stdout).toBeGreaterThanOrEqual(0);
+  const header = lines[at]!.trim().split(/\s+/);
+  return lines
+    .slice(at + 1)
+    .filter((line) => /^(\d{4}-\d\d-\d\d|total)\s/.test(line))
+    .map((line) => {
+      const cells = line.trim().split(/\s+/);
+      if (cells[0] === "total") cells.splice(1, 0, "", "");
+      expect(cells, line).toHaveLength(header.length);
+      return Object.fromEntries(header.map((column, i) => [column, cells[i]!]));
+    });
+}
+
 describe("daily usage", () => {
   it("matches the deliveries, per status and segment, and counts inbound messages and opt-outs", async () => {
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const token = await tokenFor(api.current, a, "member");
     const rows = await usageOf(token);
     const row = (channel: string, account: string | null) => rows.find((r) => r.channel === channel && r.account === account);
     // What the deliveries themselves say (the fixture's own delivery is a skipped one of another message).
@@ -89,13 +106,13 @@ describe("daily usage", () => {
   });
 
   it("refuses a range it would not answer quickly", async () => {
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const token = await tokenFor(api.current, a, "member");
     const { body } = await graphql(api.current, token, USAGE, { from: "2020-01-01", to: today });
     expect(body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT", field: "toDay" });
   });
 
   it("shows month to date against the cap, and no remainder without one", async () => {
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const token = await tokenFor(api.current, a, "member");
     const month = async () => (await graphql(api.current, token, "{ currentTenant { usageThisMonth { month messages cap remaining } } }")).body.data!.currentTenant.usageThisMonth;
     await db.current.root.query("update herald_public.tenant_settings set monthly_message_cap = null where tenant_id = $1", [a.id]);
     expect(await month()).toEqual({ month: `${today.slice(0, 7)}-01`, messages: 4, cap: null, remaining: null });
@@ -104,7 +121,7 @@ describe("daily usage", () => {
   });
 
   it("is each tenant's own; operators read every tenant's in the daily_usage view", async () => {
-    const tokenB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.ownerId });
+    const tokenB = await tokenFor(api.current, b, "owner");
     // B sent nothing through a provider: its only rows are its fixture's.
     expect((await usageOf(tokenB)).every((r) => r.account !== "tenant" || r.deliveries === 0)).toBe(true);
     expect((await usageOf(tokenB)).some((r) => r.segments === 8)).toBe(false);
@@ -116,21 +133,13 @@ describe("daily usage", () => {
   });
 
   it("`herald usage --tenant` prints the same numbers, with totals", async () => {
-    const run = promisify(execFile);
-    const { stdout } = await run(process.execPath, [path.join(projectRoot, "src/cli.ts"), "usage", "--tenant", "tenant-a"], {
-      env: { ...process.env, DATABASE_URL: db.current.urls.admin, LOG_LEVEL: "silent" },
-    });
-    const lines = stdout.split("\n");
-    const cells = (prefix: string) => lines.find((l) => l.startsWith(prefix))!.trim().split(/\s+/);
-    const header = cells("day");
-    const value = (line: string[], column: string) => line[header.indexOf(column)];
-    const tenantRow = cells(`${today}  sms      tenant`);
-    expect([value(tenantRow, "deliveries"), value(tenantRow, "delivered"), value(tenantRow, "failed"), value(tenantRow, "undelivered"), value(tenantRow, "segments"), value(tenantRow, "inbound")]).toEqual(["4", "2", "1", "1", "8", "3"]);
-    // The total row has no channel or account: its counts are the rest of its cells.
-    const total = cells("total");
-    const totalOf = (column: string) => total[1 + header.indexOf(column) - 3];
+    const { code, stdout, stderr } = await runCli(db.current, ["usage", "--tenant", "tenant-a"]);
+    expect(code, stderr).toBe(0);
+    const table = usageTable(stdout);
+    const tenantRow = table.find((r) => r.day === today && r.channel === "sms" && r.account === "tenant");
+    expect(tenantRow).toMatchObject({ deliveries: "4", delivered: "2", failed: "1", undelivered: "1", segments: "8", inbound: "3" });
     // Messages are counted, not summed: one message whose deliveries took two routes is one.
-    expect([totalOf("messages"), totalOf("deliveries"), totalOf("skipped"), totalOf("segments"), totalOf("inbound"), totalOf("opt-outs")]).toEqual(["2", "6", "2", "8", "3", "1"]);
+    expect(table.find((r) => r.day === "total")).toMatchObject({ messages: "2", deliveries: "6", skipped: "2", segments: "8", inbound: "3", "opt-outs": "1" });
     expect(stdout).toMatch(/This month so far: 4 messages handed to a provider, cap 10 \(6 left\)\./);
   });
 
@@ -142,7 +151,7 @@ describe("daily usage", () => {
       await c.query("update herald_public.messages set created_at = created_at - interval '1 day' where id = $1", [messageId]);
     });
     const yesterday = new Date(Date.parse(`${today}T00:00:00Z`) - 86_400_000).toISOString().slice(0, 10);
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const token = await tokenFor(api.current, a, "member");
     const before = (await usageOf(token, yesterday)).find((r) => r.channel === "sms" && r.account === "tenant");
     expect(before).toMatchObject({ day: yesterday, messages: 1, deliveries: 4, delivered: 2, segments: 8, inbound: 0 });
     const after = (await usageOf(token)).find((r) => r.channel === "sms" && r.account === "tenant");

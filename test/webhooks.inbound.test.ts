@@ -1,12 +1,11 @@
 import { beforeAll, describe, expect, it } from "vitest";
-import { ROLES } from "../src/db/urls.ts";
 import { twilioSignature } from "../src/sandbox/wire.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import type { TenantFixture } from "./helpers/fixtures.ts";
-import { A_SYSTEM_NUMBER, DEFAULT_HELP, SMS, SYSTEM_SENDER, useInboundTenants } from "./helpers/inbound.ts";
+import { A_SYSTEM_NUMBER, DEFAULT_HELP, SYSTEM_SENDER, useInboundTenants } from "./helpers/inbound.ts";
 import { asOwner, asRoot, asWorker } from "./helpers/messaging.ts";
-import { inboundText, PUBLIC_URL, postTwilio, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
+import { inboundText, PUBLIC_URL, postTwilio, SMS, SYSTEM_TWILIO, webhookEnv, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/twilio/sms, the request: signatures, malformed requests,
@@ -141,7 +140,7 @@ describe("malformed requests", () => {
 
 describe("who owns a number", () => {
   it("a tenant cannot make a number a system number by deleting its own account: the number goes with the account", async () => {
-    const owner = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+    const owner = await tokenFor(api.current, a, "owner");
     // A registers the system's shared sender on an account of its own (one active account per kind:
     // its usual one steps aside meanwhile)…
     const setFixtureAccount = (status: string) =>
@@ -181,8 +180,8 @@ describe("receiving a message", () => {
     expect(rows[0].from_raw).not.toContain(phone.slice(1));
     expect(rows[0].body_raw).not.toContain("late");
     // The tenant reads it in plain text; tenant B sees nothing.
-    const tokenA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-    const tokenB = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: b.id, sub: b.memberId });
+    const tokenA = await tokenFor(api.current, a, "member");
+    const tokenB = await tokenFor(api.current, b, "member");
     const query = `{ allInboundMessages(condition: { providerMessageId: "${sid}" }) { nodes { from body contact { firstName } senderNumber { phoneNumber } } } }`;
     const seen = await graphql(api.current, tokenA, query);
     expect(seen.body.errors).toBeUndefined();
@@ -193,7 +192,7 @@ describe("receiving a message", () => {
   it("makes an unknown sender a contact, flagged as created by the inbound message", async () => {
     const phone = freshPhone();
     expect((await text(phone, "Hello? Who is this")).status).toBe(200);
-    const tokenA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const tokenA = await tokenFor(api.current, a, "member");
     const { body } = await graphql(api.current, tokenA, `{ contactByPhone(phone: "${phone}") { phone createdByInbound smsSubscribed inboundMessages { totalCount } } }`);
     expect(body.data!.contactByPhone).toEqual({ phone, createdByInbound: true, smsSubscribed: true, inboundMessages: { totalCount: 1 } });
   });

@@ -1,13 +1,23 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROLES } from "../src/db/urls.ts";
 import { twimlMessages } from "../src/sandbox/inbound.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import type { TenantFixture } from "./helpers/fixtures.ts";
-import { A_WHATSAPP_NUMBER, DEFAULT_HELP, DEFAULT_START, DEFAULT_STOP, SMS, useInboundTenants } from "./helpers/inbound.ts";
-import { asRoot, asWorker, openSendWindowNow, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { inboundText, postTwilio, SYSTEM_TWILIO, webhookEnv } from "./helpers/webhooks.ts";
+import { A_WHATSAPP_NUMBER, DEFAULT_HELP, DEFAULT_START, DEFAULT_STOP, useInboundTenants } from "./helpers/inbound.ts";
+import {
+  asRoot,
+  asWorker,
+  closeSendWindowForAnHour,
+  openSendWindowNow,
+  readyToSend,
+  sendThroughApi,
+  startSandboxServer,
+  startSendingWorker,
+  waitFor,
+  type SandboxServer,
+} from "./helpers/messaging.ts";
+import { inboundText, postTwilio, SMS, SYSTEM_TWILIO, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
  * Inbound SMS keywords and their consent effects: every STOP, START and HELP
@@ -198,7 +208,7 @@ describe("HELP text", () => {
     await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set help_text = 'Acme: call us at 555-0100. Reply STOP to opt out.' where tenant_id = $1", [a.id]));
     expect(await help()).toBe("Acme: call us at 555-0100. Reply STOP to opt out.");
     // What the API shows the tenant's admins is what is sent.
-    const tokenA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId });
+    const tokenA = await tokenFor(api.current, a, "owner");
     const { body } = await graphql(api.current, tokenA, "{ allTenantSettings { nodes { keywordReplies { help stop start } } } }");
     expect(body.data!.allTenantSettings.nodes[0].keywordReplies).toEqual({ help: await help(), stop: "Acme: you will get no more texts.", start: "Acme: welcome back." });
 
@@ -251,13 +261,9 @@ describe("an opt-out and the deliveries already queued", () => {
   it("beats them: a delivery already queued when the STOP arrives is skipped when its time comes, and nothing is sent", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(a, phone);
-    // Quiet hours (a window that opens in an hour) hold the delivery, queued, before the STOP.
-    const opens = new Date(Date.now() + 3_600_000);
-    const hhmm = (d: Date) => d.toISOString().slice(11, 16);
-    await asRoot(db.current, (c) =>
-      c.query("update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1", [a.id, hhmm(opens), hhmm(new Date(opens.getTime() + 60_000))]),
-    );
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    // Quiet hours hold the delivery, queued, before the STOP.
+    await closeSendWindowForAnHour(db.current, a.id);
+    const token = await tokenFor(api.current, a, "member");
     const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Your reminder", contactIds: [contactId] });
     const held = await waitFor(async () => {
       const { rows } = await db.current.root.query("select id, status, reason from herald_public.deliveries where message_id = $1", [messageId]);

@@ -1,10 +1,10 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROLES } from "../src/db/urls.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
+import { tokenFor } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asOwner, asRoot, asWorker, readyToSend, sendThroughApi, settled, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, postSendGrid, sendgridKeyPair, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
+import { contactWith, deliveryState, postSendGrid, sendgridKeyPair, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/sendgrid/events[/<tenant>/<account>]: ECDSA over the raw
@@ -47,7 +47,7 @@ afterAll(async () => {
 });
 
 let counter = 0;
-const freshEmail = (local = "person") => `${local}.${++counter}@example.com`;
+const freshEmail = () => `person.${++counter}@example.com`;
 
 /** An email delivery of tenant `t` to a new contact, as the worker leaves it once SendGrid accepted it. */
 async function emailDelivery(t: TenantFixture, status = "sent", messageId: string | null = `msg${++counter}`) {
@@ -78,16 +78,7 @@ const event = (d: { id: string; email: string; messageId: string | null }, t: Te
 const postToA = (events: unknown[] | string, options: Partial<Parameters<typeof postSendGrid>[3]> = {}) =>
   postSendGrid(api.current, aPath, events, { key: tenantKeys.privateKey, ...options });
 
-const deliveryState = async (id: string) =>
-  (
-    await db.current.root.query(
-      `select d.status, d.error_code, d.provider_message_id,
-              coalesce((select json_agg(json_build_object('event', e.event, 'applied', e.applied) order by e.received_at)
-                          from herald_public.delivery_events e where e.delivery_id = d.id), '[]') as events
-         from herald_public.deliveries d where d.id = $1`,
-      [id],
-    )
-  ).rows[0];
+const stateOf = (id: string) => deliveryState(db.current, id);
 
 const suppressionOf = (t: TenantFixture, email: string) =>
   asWorker(db.current, t, async (c) =>
@@ -102,13 +93,12 @@ const suppressionOf = (t: TenantFixture, email: string) =>
 describe("end to end: the worker sends, the sandbox reports", () => {
   it("delivered, or bounced and suppressed so that the next email to the address is not sent", async () => {
     const ok = freshEmail();
-    const bouncing = freshEmail("bounce").replace(/^bounce\.\d+/, "bounce");
+    // The sandbox bounces mail to bounce@… (src/sandbox/sandbox.ts, outcomeFor).
+    const bouncing = "bounce@example.com";
     const ids = [await contactWith(db.current, a, null, { email: ok }), await contactWith(db.current, a, null, { email: bouncing })];
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
-    const send = async () => {
-      return sendThroughApi(api.current, token, { channel: "email", subject: "Hi", body: "Hello", contactIds: ids });
-    };
-    const first = await send();
+    const token = await tokenFor(api.current, a, "member");
+    const email = { channel: "email", subject: "Hi", body: "Hello", contactIds: ids };
+    const first = await sendThroughApi(api.current, token, email);
     const rows = await waitFor(async () => {
       const { rows } = await db.current.root.query("select contact_id, status, error_code, id from herald_public.deliveries where message_id = $1", [first]);
       return rows.length === 2 && rows.every((r) => r.status === "delivered" || r.status === "failed") && rows;
@@ -117,10 +107,10 @@ describe("end to end: the worker sends, the sandbox reports", () => {
     expect(byContact[ids[0]!]).toMatchObject({ status: "delivered" });
     expect(byContact[ids[1]!]).toMatchObject({ status: "failed", error_code: "5.1.1" });
     // 'processed' is applied only if it beat the worker's own record of the answer (usually it does not).
-    expect((await deliveryState(byContact[ids[0]!].id)).events).toEqual([{ event: "processed", applied: expect.any(Boolean) }, { event: "delivered", applied: true }]);
+    expect((await stateOf(byContact[ids[0]!].id)).events).toEqual([{ event: "processed", applied: expect.any(Boolean) }, { event: "delivered", applied: true }]);
     expect(await suppressionOf(a, bouncing)).toBe("bounce");
 
-    const second = await send();
+    const second = await sendThroughApi(api.current, token, email);
     expect((await settled(db.current, second)).byReason).toEqual({ "skipped/suppressed": 1 });
     // The second email's events come in the background: let them land here, not in a later test.
     await server.sandbox.settled();
@@ -138,7 +128,7 @@ describe("signatures", () => {
     expect(JSON.parse(refused.body).error.code).toBe("INVALID_SIGNATURE");
     expect(await writtenRows(db.current)).toEqual(before);
     expect((await postToA(raw)).status).toBe(200);
-    expect((await deliveryState(d.id)).status).toBe("delivered");
+    expect((await stateOf(d.id)).status).toBe("delivered");
   });
 
   it("refuses a missing signature, another key's, or a timestamp more than five minutes away, with 403", async () => {
@@ -180,14 +170,14 @@ describe("applying events", () => {
     const batch = [event(d, a, "processed"), event(d, a, "delivered"), event(d, a, "open")];
     expect((await postToA(batch)).json).toMatchObject({ received: 3, applied: 1, recorded: 2, duplicates: 0 });
     expect((await postToA(batch)).json).toMatchObject({ received: 3, applied: 0, duplicates: 3 });
-    expect(await deliveryState(d.id)).toMatchObject({ status: "delivered", events: [{ event: "processed" }, { event: "delivered" }, { event: "open" }] });
+    expect(await stateOf(d.id)).toMatchObject({ status: "delivered", events: [{ event: "processed" }, { event: "delivered" }, { event: "open" }] });
   });
 
   it("out of order: delivered before processed ends delivered", async () => {
     const d = await emailDelivery(a);
     await postToA([event(d, a, "delivered")]);
     await postToA([event(d, a, "processed")]);
-    expect(await deliveryState(d.id)).toMatchObject({ status: "delivered", events: [{ event: "delivered", applied: true }, { event: "processed", applied: false }] });
+    expect(await stateOf(d.id)).toMatchObject({ status: "delivered", events: [{ event: "delivered", applied: true }, { event: "processed", applied: false }] });
   });
 
   it("maps every event type onto the delivery, and suppresses what later sends must honour", async () => {
@@ -210,15 +200,16 @@ describe("applying events", () => {
     for (const [i, [kind, extra, status, suppression]] of cases.entries()) {
       const d = deliveries[i]!;
       const label = `${kind} ${JSON.stringify(extra)}`;
-      expect((await deliveryState(d.id)).status, label).toBe(status);
+      expect((await stateOf(d.id)).status, label).toBe(status);
       expect(await suppressionOf(a, d.email), label).toBe(suppression);
     }
     // Spam reports and unsubscribes are the person's choice: recorded as consent, and their email flag follows.
+    const choices = deliveries.filter((_, i) => ["spamreport", "unsubscribe", "group_unsubscribe"].includes(cases[i]![0]));
     const consent = await asWorker(db.current, a, async (c) =>
       (
         await c.query(
           "select c.email_subscribed, e.detail, e.source from herald_public.contacts c join herald_public.consent_events e on e.contact_id = c.id where c.id = any ($1) order by e.detail",
-          [deliveries.slice(8).map((d) => d.contactId)],
+          [choices.map((d) => d.contactId)],
         )
       ).rows,
     );
@@ -232,7 +223,7 @@ describe("applying events", () => {
   it("settles an 'unknown' email (its answer was lost) as sent, with SendGrid's message id", async () => {
     const d = await emailDelivery(a, "unknown", null);
     await postToA([{ ...event(d, a, "processed"), sg_message_id: "lostAnswer123.filter0001.1.0" }]);
-    expect(await deliveryState(d.id)).toMatchObject({ status: "sent", provider_message_id: "lostAnswer123" });
+    expect(await stateOf(d.id)).toMatchObject({ status: "sent", provider_message_id: "lostAnswer123" });
   });
 
   it("later sends honour an unsubscribe: the address is not emailed again", async () => {
@@ -240,7 +231,7 @@ describe("applying events", () => {
     const contactId = await contactWith(db.current, a, null, { email });
     const d = await emailDelivery(a);
     await postToA([{ ...event(d, a, "unsubscribe"), email }]);
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const token = await tokenFor(api.current, a, "member");
     const messageId = await sendThroughApi(api.current, token, { channel: "email", subject: "News", body: "x", contactIds: [contactId] });
     expect((await settled(db.current, messageId)).byStatus).toEqual({ skipped: 1 });
     expect(server.sandbox.messages.filter((m) => m.to === email)).toEqual([]);
@@ -259,7 +250,7 @@ describe("tenants", () => {
     ]);
     expect(result.json).toMatchObject({ received: 3, applied: 0, ignored: 3 });
     expect(await writtenRows(db.current)).toEqual(before);
-    expect((await deliveryState(victim.id)).status).toBe("sent");
+    expect((await stateOf(victim.id)).status).toBe("sent");
     expect(await suppressionOf(b, victim.email)).toBeNull();
   });
 
@@ -274,7 +265,7 @@ describe("tenants", () => {
       { key: sign },
     );
     expect(result.json).toMatchObject({ received: 3, applied: 2, ignored: 1 });
-    expect((await deliveryState(ofA.id)).status).toBe("delivered");
-    expect((await deliveryState(ofB.id)).status).toBe("delivered");
+    expect((await stateOf(ofA.id)).status).toBe("delivered");
+    expect((await stateOf(ofB.id)).status).toBe("delivered");
   });
 });

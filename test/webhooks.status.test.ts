@@ -1,12 +1,11 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
-import { ROLES } from "../src/db/urls.ts";
 import { holdBack } from "../src/messages/claim.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
-import { graphql } from "./helpers/api.ts";
+import { graphql, tokenFor } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asRoot, asWorker, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, postTwilio, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
+import { contactWith, deliveryState, postTwilio, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/twilio/status: Twilio's status callbacks, end to end (the
@@ -74,16 +73,7 @@ async function delivery(t: TenantFixture, status: string, providerMessageId: str
   return { id: rows[0].id, phone, contactId };
 }
 
-const stateOf = async (deliveryId: string) => {
-  const { rows } = await db.current.root.query(
-    `select d.status, d.error_code, d.provider_message_id, d.completed_at is not null as completed,
-            coalesce((select json_agg(json_build_object('event', e.event, 'applied', e.applied) order by e.received_at)
-                        from herald_public.delivery_events e where e.delivery_id = d.id), '[]') as events
-       from herald_public.deliveries d where d.id = $1`,
-    [deliveryId],
-  );
-  return rows[0];
-};
+const stateOf = (deliveryId: string) => deliveryState(db.current, deliveryId);
 
 let sidCounter = 0;
 const newSid = () => `SM${String(++sidCounter).padStart(32, "0")}`;
@@ -92,7 +82,7 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
   it("records sent then the final status, with the carrier's error codes", async () => {
     const phones = { ok: freshPhone(), failed: freshPhone("0001"), undelivered: freshPhone("0002") };
     const ids = await Promise.all(Object.values(phones).map((p) => contactWith(db.current, a, p)));
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const token = await tokenFor(api.current, a, "member");
     const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Your table is ready", contactIds: ids });
     const final = await waitFor(async () => {
       const { rows } = await db.current.root.query(
@@ -135,7 +125,7 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
     // The sandbox accepts, calls back at once, and drops the answer after 1.5 s.
     server.sandbox.setFaults({ acceptThenTimeoutMs: 1500 });
     try {
-      const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+      const token = await tokenFor(api.current, a, "member");
       const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Lost answer", contactIds: [contactId] });
       const row = await waitFor(async () => {
         const { rows } = await db.current.root.query("select id, status, provider_message_id from herald_public.deliveries where message_id = $1", [messageId]);
@@ -160,7 +150,7 @@ describe("reports that arrive before the worker's own view", () => {
     // The sandbox stores the message and starts its callbacks, then answers after 600 ms.
     server.sandbox.setFaults({ slowAnswerMs: 600 });
     try {
-      const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+      const token = await tokenFor(api.current, a, "member");
       const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Slow answer", contactIds: [contactId] });
       const row = await waitFor(async () => {
         const { rows } = await db.current.root.query("select id, sent_at from herald_public.deliveries where message_id = $1 and provider = 'tenant'", [messageId]);

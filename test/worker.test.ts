@@ -1,10 +1,9 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.ts";
 import { keyringFromConfig } from "../src/crypto/keyring.ts";
-import { ROLES } from "../src/db/urls.ts";
 import { createLogger } from "../src/logger.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
-import { graphql, useApiServer } from "./helpers/api.ts";
+import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 
@@ -43,7 +42,7 @@ async function waitFor<T>(probe: () => Promise<T | null | undefined>, timeoutMs 
 
 describe("herald__ping", () => {
   it("a ping queued through the API is answered by the worker inside the tenant", async () => {
-    const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: a.memberId });
+    const token = await tokenFor(api.current, a, "member");
     const queued = await graphql(api.current, token, `mutation { ping(input: {}) { result } }`);
     const pingId = queued.body.data!.ping.result as string;
     expect(pingId).toMatch(/^[0-9a-f-]{36}$/);

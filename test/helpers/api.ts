@@ -2,8 +2,10 @@ import { afterAll, beforeAll } from "vitest";
 import { forkServer, type ChildServer } from "../../src/api/child-server.ts";
 import { startApiServer, type ApiServer } from "../../src/api/server.ts";
 import { loadConfig, type Config } from "../../src/config.ts";
+import { ROLES } from "../../src/db/urls.ts";
 import { createLogger, type Logger } from "../../src/logger.ts";
 import type { TestDb } from "./db.ts";
+import type { TenantFixture } from "./fixtures.ts";
 
 /** The real HTTP server (PostGraphile, auth, guards) on a free port against this file's database. */
 export function useApiServer(
@@ -66,3 +68,7 @@ export async function graphql<T = Record<string, any>>(
   });
   return { status: response.status, body: (await response.json()) as GraphQLResponse<T>["body"] };
 }
+
+/** A JWT for the tenant's owner or its plain member, as Herald signs one at login. */
+export const tokenFor = (api: Pick<ApiServer, "authenticator">, t: TenantFixture, who: "owner" | "member"): Promise<string> =>
+  api.authenticator.sign({ role: ROLES.member, tenant_id: t.id, sub: who === "owner" ? t.ownerId : t.memberId });

@@ -26,6 +26,8 @@ export interface TenantFixture {
   providerAccountId: string;
   providerSecret: string;
   senderNumberId: string;
+  /** That sender number's phone number: where the tenant's contacts text it. */
+  senderNumber: string;
   emailSenderId: string;
   /** A template, a message (a request only: its fan-out job is removed), a delivery of it, a suppression. */
   templateId: string;
@@ -52,6 +54,7 @@ type TenantRows = Omit<
   | "providerAccountId"
   | "providerSecret"
   | "senderNumberId"
+  | "senderNumber"
   | "emailSenderId"
   | "templateId"
   | "messageId"
@@ -108,7 +111,7 @@ async function seedContacts(db: TestDb, tenant: TenantRows): Promise<TenantFixtu
       `hello@${tenant.slug}.test`,
       account.id,
     ]);
-    return { providerAccountId: account.id, providerSecret, senderNumberId: number.id, emailSenderId: sender.id };
+    return { providerAccountId: account.id, providerSecret, senderNumberId: number.id, senderNumber, emailSenderId: sender.id };
   });
   const audience = await withSession(db.authenticator, { role: ROLES.worker, tenantId: tenant.id, settings }, async (client) => {
     const one = async (sql: string, params: unknown[]) => (await client.query(sql, params)).rows[0];

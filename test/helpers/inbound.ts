@@ -4,7 +4,7 @@ import { twimlMessages } from "../../src/sandbox/inbound.ts";
 import type { TestDb } from "./db.ts";
 import { seedTwoTenants, type TenantFixture } from "./fixtures.ts";
 import { asRoot, asWorker } from "./messaging.ts";
-import { contactWith as contactWithPhone, inboundText, postTwilio, SYSTEM_TWILIO } from "./webhooks.ts";
+import { contactWith as contactWithPhone, SYSTEM_TWILIO, textIn } from "./webhooks.ts";
 
 /**
  * Two tenants texted on their numbers, for the inbound-SMS suites: each on
@@ -17,7 +17,6 @@ export const A_SYSTEM_NUMBER = "+14155559900";
 export const A_WHATSAPP_NUMBER = "+14155559901";
 /** The system's shared sender (HERALD_SMS_FROM's default). */
 export const SYSTEM_SENDER = "+15005550006";
-export const SMS = "/webhooks/twilio/sms";
 
 /** Herald's default replies, for a tenant that set none of its own. */
 export const DEFAULT_STOP = "Tenant A: You are unsubscribed and will receive no more messages. Reply START to resubscribe.";
@@ -38,10 +37,8 @@ export function useInboundTenants(db: { current: TestDb }, api: { current: ApiSe
   const tokens = { a: "", b: "" };
   beforeAll(async () => {
     Object.assign(tenants, await seedTwoTenants(db.current));
-    const numberOf = async (t: TenantFixture) =>
-      (await db.current.root.query("select phone_number from herald_public.sender_numbers where id = $1", [t.senderNumberId])).rows[0].phone_number as string;
-    numbers.a = await numberOf(tenants.a);
-    numbers.b = await numberOf(tenants.b);
+    numbers.a = tenants.a.senderNumber;
+    numbers.b = tenants.b.senderNumber;
     tokens.a = tenants.a.providerSecret;
     tokens.b = tenants.b.providerSecret;
     await asRoot(db.current, (c) =>
@@ -60,7 +57,7 @@ export function useInboundTenants(db: { current: TestDb }, api: { current: ApiSe
   async function text(from: string, body: string, options: { to?: string; token?: string; sid?: string; channel?: "sms" | "whatsapp" } = {}) {
     const to = options.to ?? numbers.a;
     const token = options.token ?? (to === numbers.b ? tokens.b : to === numbers.a ? tokens.a : SYSTEM_TWILIO.authToken);
-    const result = await postTwilio(api.current, SMS, inboundText({ from, to, body, sid: options.sid, channel: options.channel }), { token });
+    const result = await textIn(api.current, tenants.a, { from, body, to, token, sid: options.sid, channel: options.channel });
     return { ...result, replies: result.status === 200 ? twimlMessages(result.body) : [] };
   }
 

@@ -47,7 +47,7 @@ export async function readyToSend(db: TestDb, server: SandboxServer, t: TenantFi
   const { rows } = await db.root.query("select twilio_account_sid from herald_public.provider_accounts where id = $1", [t.providerAccountId]);
   server.sandbox.addTwilioAccount(rows[0].twilio_account_sid, t.providerSecret);
   await setRates(db, t, rates);
-  await db.root.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [t.id]);
+  await openSendWindow(db, t.id);
   return rows[0].twilio_account_sid as string;
 }
 
@@ -147,6 +147,24 @@ export async function sendThroughApi(api: ApiServer, token: string, input: Recor
   const { body } = await graphql(api, token, "mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId } } }", { input });
   if (body.errors) throw new Error(`sendMessage failed: ${JSON.stringify(body.errors)}`);
   return body.data!.sendMessage.message.rowId as string;
+}
+
+/** No quiet hours for the tenant: the window is the whole day. */
+export const openSendWindow = (db: TestDb, tenantId: string) =>
+  db.root.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [tenantId]);
+
+/**
+ * Quiet hours for the tenant that hold any send now, whatever the time of day:
+ * the window opens an hour from now (UTC) and lasts a minute.
+ */
+export async function closeSendWindowForAnHour(db: TestDb, tenantId: string) {
+  const opens = new Date(Date.now() + 3_600_000);
+  const hhmm = (d: Date) => d.toISOString().slice(11, 16);
+  await db.root.query("update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1", [
+    tenantId,
+    hhmm(opens),
+    hhmm(new Date(opens.getTime() + 60_000)),
+  ]);
 }
 
 /**

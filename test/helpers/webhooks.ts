@@ -61,7 +61,7 @@ export interface PostResult {
  * `signedFor` (default: the public URL of the path). `signature: null` sends none.
  */
 export async function postTwilio(
-  api: ApiServer,
+  api: Pick<ApiServer, "url">,
   path: string,
   params: Record<string, string>,
   options: { token: string; signedFor?: string; signature?: string | null },
@@ -74,6 +74,25 @@ export async function postTwilio(
   });
   return { status: response.status, body: await response.text() };
 }
+
+/** Where Twilio posts a tenant's incoming texts. */
+export const SMS = "/webhooks/twilio/sms";
+
+/**
+ * A text from `from` that reaches tenant `t` as Twilio posts it: to the
+ * tenant's own number, signed with its account's token, unless told another
+ * number (`to`) and the token of the account that owns it. `signedFor` as in
+ * postTwilio (a server on a public URL of its own signs for that).
+ */
+export const textIn = (
+  api: Pick<ApiServer, "url">,
+  t: TenantFixture,
+  text: { from: string; body: string; to?: string; token?: string; sid?: string; channel?: "sms" | "whatsapp"; signedFor?: string },
+): Promise<PostResult> =>
+  postTwilio(api, SMS, inboundText({ from: text.from, to: text.to ?? t.senderNumber, body: text.body, sid: text.sid, channel: text.channel }), {
+    token: text.token ?? t.providerSecret,
+    signedFor: text.signedFor,
+  });
 
 let sid = 0;
 /** A new Twilio MessageSid. */
@@ -88,7 +107,7 @@ export const inboundText = (text: { from: string; to: string; body: string; acco
 
 /** SendGrid's POST of an event batch: `body` exactly as given (a string is sent byte for byte), signed over timestamp + body. */
 export async function postSendGrid(
-  api: ApiServer,
+  api: Pick<ApiServer, "url">,
   path: string,
   body: string | unknown[],
   options: {
@@ -141,6 +160,18 @@ export async function writtenRows(db: TestDb): Promise<Record<string, number | s
   const counts: Record<string, number | string> = {};
   tables.forEach((t, i) => (counts[t] = rows[0][`t${i}`]));
   return { ...counts, deliveries: rows[0].deliveries, flags: rows[0].flags };
+}
+
+/** A delivery's status and provider id, and the provider's reports on it (applied or only recorded) in the order received. */
+export async function deliveryState(db: TestDb, deliveryId: string) {
+  const { rows } = await db.root.query(
+    `select d.status, d.error_code, d.provider_message_id, d.completed_at is not null as completed,
+            coalesce((select json_agg(json_build_object('event', e.event, 'applied', e.applied) order by e.received_at)
+                        from herald_public.delivery_events e where e.delivery_id = d.id), '[]') as events
+       from herald_public.deliveries d where d.id = $1`,
+    [deliveryId],
+  );
+  return rows[0];
 }
 
 /** A contact of tenant `t` with this phone (and email), subscribed everywhere; its id. */
