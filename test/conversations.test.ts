@@ -78,10 +78,11 @@ describe("a conversation", () => {
     });
     await settled(db.current, sent.body.data!.sendMessage.message.rowId);
     await textToA(phone, "Can I come at 11 instead?");
+    const { rows: [question] } = await db.current.root.query("select id from herald_public.inbound_messages where contact_id = $1", [contactId]);
     const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Yes, 11 works." });
     expect(reply.body.errors).toBeUndefined();
     // It answers from the number the contact wrote to, in reply to that message.
-    expect(reply.body.data!.replyToContact.message.metadata).toMatchObject({ from: aNumber, in_reply_to: expect.any(String) });
+    expect(reply.body.data!.replyToContact.message.metadata).toEqual({ from: aNumber, in_reply_to: question.id });
     await settled(db.current, reply.body.data!.replyToContact.message.rowId);
     await textToA(phone, "HELP");
 

@@ -5,6 +5,7 @@ import { asRole, expectPgError, useTestDatabase, withRootDb, type RequestRole } 
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { TABLES } from "./helpers/attack-tables.ts";
 import { testKeyring } from "./helpers/keys.ts";
+import { asRoot } from "./helpers/messaging.ts";
 
 /**
  * Tenant B attacks tenant A's rows in every table through raw SQL, as each
@@ -18,7 +19,47 @@ let b: TenantFixture;
 
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
+  await installLeakTripwires();
 });
+
+/** The SQLSTATE a tripwire raises: no refusal the tests accept. */
+const LEAK = "HLEAK";
+
+/**
+ * A tripwire on every table with a tenant key (this file's database only): an
+ * UPDATE or DELETE that reaches a row of tenant A from another tenant's
+ * session raises LEAK. A row BEFORE trigger fires as each row is reached,
+ * before any foreign-key or WITH CHECK refusal can end the statement, so a
+ * leak cannot hide behind a refusal of B's own row, whatever order the rows
+ * are visited in. A session with no tenant (the superuser arranging data, an
+ * operator) passes, and so does one of A's own.
+ */
+async function installLeakTripwires() {
+  await asRoot(db.current, async (c) => {
+    await c.query(`
+      create function herald_private.tg__test_leak_tripwire() returns trigger
+        language plpgsql
+      as $$
+      begin
+        if pg_catalog.to_jsonb(old) ->> tg_argv[0] = tg_argv[1]
+           and herald_public.current_tenant_id() is not null
+           and herald_public.current_tenant_id() <> tg_argv[1]::uuid then
+          raise exception '% on %.% reached tenant A''s row from tenant %', tg_op, tg_table_schema, tg_table_name, herald_public.current_tenant_id()
+            using errcode = '${LEAK}';
+        end if;
+        return case when tg_op = 'DELETE' then old else new end;
+      end;
+      $$`);
+    for (const spec of TABLES) {
+      if (!spec.tenantKey) continue;
+      // Named to fire before the table's own BEFORE triggers (they fire in name order).
+      await c.query(
+        `create trigger "_000_test_leak_tripwire" before update or delete on ${spec.table}
+           for each row execute function herald_private.tg__test_leak_tripwire('${spec.tenantKey}', '${a.id}')`,
+      );
+    }
+  });
+}
 
 
 const identities = () => [
@@ -75,11 +116,10 @@ describe.each(TABLES)("$table", (spec) => {
     for (const who of identities()) {
       await asRole(db.current, who, async (c) => {
         const { where, params } = spec.victim(a);
-        const column = spec.set.split(" = ")[0]!;
-        const updatable = await holds(c, spec.table, column, "UPDATE");
+        const updatable = await holds(c, spec.table, spec.update.column, "UPDATE");
         const { rows } = await c.query<{ granted: boolean }>("select has_table_privilege($1, 'DELETE') as granted", [spec.table]);
         for (const [granted, statement] of [
-          [updatable, `update ${spec.table} set ${spec.set} where ${where}`],
+          [updatable, `update ${spec.table} set ${spec.update.column} = ${spec.update.to} where ${where}`],
           [rows[0]!.granted, `delete from ${spec.table} where ${where}`],
         ] as const) {
           await expectRefused(c, `${who.name}: ${statement}`, granted, async () => {
@@ -92,25 +132,22 @@ describe.each(TABLES)("$table", (spec) => {
   });
 
   // The refusals that prove nothing leaked: privilege or policy, a foreign key (restrict or no action), a check, a not-null.
+  // (A statement that reaches one of A's rows raises LEAK first: see installLeakTripwires.)
   const REFUSALS = ["42501", "23001", "23503", "23514", "23502"];
   it("tenant B's UPDATE or DELETE without a WHERE clause touches B's rows at most", async () => {
     // Without a WHERE clause (and with a SET that reads no column) only the
     // UPDATE/DELETE policy stands between B and A's rows: the SELECT policy
     // that hides them from a filtered statement does not apply.
     const ownRows = await withRootDb(db.current, async (c) => {
-      const own = spec.table === "herald_public.tenants" ? "id = $1"
-        : spec.table === "herald_public.users" ? "id in (select user_id from herald_public.memberships where tenant_id = $1)"
-        : "tenant_id = $1";
+      const own = spec.tenantKey ? `${spec.tenantKey} = $1` : "id in (select user_id from herald_public.memberships where tenant_id = $1)";
       return (await c.query<{ n: number }>(`select count(*)::int as n from ${spec.table} where ${own}`, [b.id])).rows[0]!.n;
     });
-    const setsConstant = !/^(\w+) = \1$/.test(spec.set);
     for (const who of identities()) {
       await asRole(db.current, who, async (c) => {
-        const column = spec.set.split(" = ")[0]!;
-        const updatable = setsConstant && (await holds(c, spec.table, column, "UPDATE"));
+        const updatable = await holds(c, spec.table, spec.update.column, "UPDATE");
         const { rows } = await c.query<{ granted: boolean }>("select has_table_privilege($1, 'DELETE') as granted", [spec.table]);
         for (const [granted, statement] of [
-          [updatable, `update ${spec.table} set ${spec.set}`],
+          [updatable, `update ${spec.table} set ${spec.update.column} = ${spec.update.to}`],
           [rows[0]!.granted, `delete from ${spec.table}`],
         ] as const) {
           if (!granted) continue;
@@ -139,6 +176,36 @@ describe.each(TABLES)("$table", (spec) => {
         expect(error, `${who.name} inserted into A: ${sql}`).toBeDefined();
         // The layer that refuses: the grant when there is none, else the policy's WITH CHECK.
         expect(error!.message).toMatch(rows[0]!.granted ? /row-level security/ : /permission denied/);
+      });
+    }
+  });
+});
+
+describe("the leak tripwire", () => {
+  it("raises LEAK for each of A's rows that a statement in B's session reaches, and not for the superuser's", async () => {
+    // The superuser passes RLS: in B's name, its statements reach A's rows as a leak would.
+    /** The error `statement` raises in the tenant `tenantId` names ('' for none); whatever it did is undone. */
+    const raisedIn = async (c: pg.PoolClient, tenantId: string, statement: string, params: unknown[]) => {
+      await c.query("savepoint attempt");
+      try {
+        await c.query("select set_config('jwt.claims.tenant_id', $1, true)", [tenantId]);
+        await c.query(statement, params);
+        return undefined;
+      } catch (error) {
+        return (error as { code?: string }).code;
+      } finally {
+        await c.query("rollback to savepoint attempt");
+      }
+    };
+    for (const spec of TABLES.filter((t) => t.tenantKey)) {
+      await withRootDb(db.current, async (c) => {
+        const { where, params } = spec.victim(a);
+        for (const statement of [`update ${spec.table} set ${spec.update.column} = ${spec.update.to} where ${where}`, `delete from ${spec.table} where ${where}`]) {
+          expect(await raisedIn(c, b.id, statement, params), `in B's name: ${statement}`).toBe(LEAK);
+          // It may fail for reasons of its own, but never trips the wire.
+          expect(await raisedIn(c, "", statement, params), `as the superuser: ${statement}`).not.toBe(LEAK);
+          expect(await raisedIn(c, a.id, statement, params), `in A's own name: ${statement}`).not.toBe(LEAK);
+        }
       });
     }
   });

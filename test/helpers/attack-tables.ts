@@ -9,10 +9,16 @@ export interface TableSpec {
   table: string;
   /** Predicate selecting tenant A's row(s) by id, with its parameters. */
   victim: (t: TenantFixture) => { where: string; params: unknown[] };
+  /** The column naming a row's tenant, or null for a table of no one tenant (users belong to tenants through memberships). */
+  tenantKey: "tenant_id" | "id" | null;
   /** Columns every role with SELECT may read (members cannot read api_keys.secret_hash). */
   columns: string;
-  /** An update a member role is allowed to try (granted columns where possible). */
-  set: string;
+  /**
+   * An update to try: `column` set `to` a constant (granted to some request
+   * role where any column is). A constant reads no column, so that without a
+   * WHERE clause only the UPDATE policy stands in the way, not the SELECT one.
+   */
+  update: { column: string; to: string };
   /**
    * An insert that points into tenant A, made by `actor` (the attacking user, if
    * any). No RETURNING: that would add the SELECT policy's check and hide a
@@ -24,23 +30,26 @@ export interface TableSpec {
 export const TABLES: TableSpec[] = [
   {
     table: "herald_public.tenants",
+    tenantKey: "id",
     columns: "id, slug, name",
     victim: (t) => ({ where: "id = $1", params: [t.id] }),
-    set: "name = 'pwned'",
+    update: { column: "name", to: "'pwned'" },
     insertInto: () => ({ sql: "insert into herald_public.tenants (slug, name) values ('evil', 'Evil')", params: [] }),
   },
   {
     table: "herald_public.users",
+    tenantKey: null,
     columns: "id, email",
     victim: (t) => ({ where: "id = $1", params: [t.memberId] }),
-    set: "display_name = 'pwned'",
+    update: { column: "display_name", to: "'pwned'" },
     insertInto: () => ({ sql: "insert into herald_public.users (email) values ('evil@evil.test')", params: [] }),
   },
   {
     table: "herald_public.memberships",
+    tenantKey: "tenant_id",
     columns: "tenant_id, user_id, role",
     victim: (t) => ({ where: "tenant_id = $1 and user_id = $2", params: [t.id, t.memberId] }),
-    set: "role = 'owner'",
+    update: { column: "role", to: "'owner'" },
     insertInto: (victim, _actor, attacker) => ({
       sql: "insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'owner')",
       params: [victim.id, attacker.ownerId],
@@ -48,9 +57,10 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.api_keys",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, name",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.apiKeyId] }),
-    set: "revoked_at = now()",
+    update: { column: "revoked_at", to: "now()" },
     // created_by is the actor, so only the tenant clause of the policy can refuse B's owner.
     insertInto: (victim, actor) => ({
       sql: `insert into herald_public.api_keys (tenant_id, name, token_prefix, secret_hash, created_by)
@@ -60,23 +70,26 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.tenant_settings",
+    tenantKey: "tenant_id",
     columns: "tenant_id, help_text",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
-    set: "help_text = 'pwned'",
+    update: { column: "help_text", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.tenant_settings (tenant_id) values ($1)", params: [victim.id] }),
   },
   {
     table: "herald_hidden.pings",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.pingId] }),
-    set: "answered_by = 'pwned'",
+    update: { column: "answered_by", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_hidden.pings (tenant_id) values ($1)", params: [victim.id] }),
   },
   {
     table: "herald_public.contacts",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, first_name, phone_hash, email_encrypted",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.contactId] }),
-    set: "first_name = 'pwned'",
+    update: { column: "first_name", to: "'pwned'" },
     insertInto: (victim) => ({
       sql: "insert into herald_public.contacts (tenant_id, first_name, key_version, hash_version) values ($1, 'evil', 1, 1)",
       params: [victim.id],
@@ -84,17 +97,19 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.tags",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, name",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.tagId] }),
-    set: "name = 'pwned'",
+    update: { column: "name", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.tags (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
   },
   {
     table: "herald_public.contact_tags",
+    tenantKey: "tenant_id",
     columns: "tenant_id, contact_id, tag_id",
     victim: (t) => ({ where: "tenant_id = $1 and contact_id = $2", params: [t.id, t.contactId] }),
     // No column of contact_tags is updatable: the grant refuses.
-    set: "tag_id = tag_id",
+    update: { column: "tag_id", to: "'00000000-0000-4000-8000-000000000000'" },
     insertInto: (victim) => ({
       sql: "insert into herald_public.contact_tags (tenant_id, contact_id, tag_id) values ($1, $2, $3)",
       params: [victim.id, victim.contactId, victim.tagId],
@@ -102,16 +117,19 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.lists",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, name",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.listId] }),
-    set: "description = 'pwned'",
+    update: { column: "description", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.lists (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
   },
   {
     table: "herald_public.list_members",
+    tenantKey: "tenant_id",
     columns: "tenant_id, list_id, contact_id",
     victim: (t) => ({ where: "tenant_id = $1 and list_id = $2", params: [t.id, t.listId] }),
-    set: "contact_id = contact_id",
+    // No column is updatable: the grant refuses.
+    update: { column: "contact_id", to: "'00000000-0000-4000-8000-000000000000'" },
     insertInto: (victim) => ({
       sql: "insert into herald_public.list_members (tenant_id, list_id, contact_id) values ($1, $2, $3)",
       params: [victim.id, victim.listId, victim.contactId],
@@ -119,9 +137,10 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.provider_accounts",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, name, secret_hint",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.providerAccountId] }),
-    set: "name = 'pwned'",
+    update: { column: "name", to: "'pwned'" },
     insertInto: (victim) => ({
       sql: `insert into herald_public.provider_accounts (tenant_id, kind, name, twilio_account_sid, secret_encrypted, secret_hint, key_version)
             values ($1, 'twilio', 'evil', 'AC00000000000000000000000000000000', '\\x00'::bytea, 'evil', 1)`,
@@ -130,37 +149,44 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.sender_numbers",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, phone_number",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.senderNumberId] }),
-    set: "phone_number = phone_number", // no column is updatable: the grant refuses
+    // Members may set a number's pace: the policy must hide A's numbers from them.
+    update: { column: "messages_per_second", to: "1" },
     insertInto: (victim) => ({ sql: "insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, '+15005550006')", params: [victim.id] }),
   },
   {
     table: "herald_public.email_senders",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, from_email",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.emailSenderId] }),
-    set: "from_email = from_email",
+    // No column is updatable: the grant refuses.
+    update: { column: "from_email", to: "'evil@evil.test'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.email_senders (tenant_id, from_email) values ($1, 'evil@evil.test')", params: [victim.id] }),
   },
   {
     table: "herald_public.templates",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, name, body",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.templateId] }),
-    set: "body = 'pwned'",
+    update: { column: "body", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.templates (tenant_id, channel, name, body) values ($1, 'sms', 'evil', 'x')", params: [victim.id] }),
   },
   {
     table: "herald_public.messages",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, status, body, contact_ids",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.messageId] }),
-    set: "canceled_at = now()",
+    update: { column: "canceled_at", to: "now()" },
     insertInto: (victim) => ({ sql: "insert into herald_public.messages (tenant_id, channel, body) values ($1, 'sms', 'x')", params: [victim.id] }),
   },
   {
     table: "herald_public.deliveries",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, status, contact_id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.deliveryId] }),
-    set: "status = 'delivered'",
+    update: { column: "status", to: "'delivered'" },
     insertInto: (victim) => ({
       sql: "insert into herald_public.deliveries (tenant_id, message_id, contact_id, channel, status) values ($1, $2, $3, 'sms', 'skipped')",
       params: [victim.id, victim.messageId, victim.contactId],
@@ -168,9 +194,11 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.suppressions",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, kind, reason",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.suppressionId] }),
-    set: "reason = reason", // nothing is updatable: the grant refuses
+    // The worker may re-key suppressions: the policy must hide A's from it.
+    update: { column: "key_version", to: "1" },
     insertInto: (victim) => ({
       sql: `insert into herald_public.suppressions (tenant_id, kind, address_encrypted, address_hash, key_version, hash_version, reason)
             values ($1, 'phone', '\\x00'::bytea, '\\x00'::bytea, 1, 1, 'manual')`,
@@ -179,10 +207,11 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.inbound_messages",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, to_number, from_encrypted, keyword",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.inboundMessageId] }),
     // The worker may update the encrypted columns (key rotation): the policy must hide A's rows from it.
-    set: "key_version = key_version",
+    update: { column: "key_version", to: "1" },
     insertInto: (victim) => ({
       sql: `insert into herald_public.inbound_messages (tenant_id, channel, to_number, from_encrypted, body_encrypted, key_version, provider_message_id)
             values ($1, 'sms', '+14155550000', '\\x00'::bytea, '\\x00'::bytea, 1, 'SMevil')`,
@@ -191,9 +220,10 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.consent_events",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, contact_id, action",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.consentEventId] }),
-    set: "action = 'opt_in'", // a record: nobody may update it
+    update: { column: "action", to: "'opt_in'" }, // a record: nobody may update it
     insertInto: (victim) => ({
       sql: "insert into herald_public.consent_events (tenant_id, contact_id, channel, action, source) values ($1, $2, 'sms', 'opt_in', 'keyword')",
       params: [victim.id, victim.contactId],
@@ -201,9 +231,10 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.delivery_events",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, delivery_id, event",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.deliveryEventId] }),
-    set: "applied = true",
+    update: { column: "applied", to: "true" },
     insertInto: (victim) => ({
       sql: `insert into herald_public.delivery_events (tenant_id, delivery_id, provider, event, dedupe_key, applied, status)
             values ($1, $2, 'twilio', 'delivered', 'evil', true, 'delivered')`,
@@ -212,9 +243,10 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.audit_log",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, table_name, changed_columns",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.auditLogId] }),
-    set: "table_name = 'pwned'", // append-only: nobody may update it
+    update: { column: "table_name", to: "'pwned'" }, // append-only: nobody may update it
     insertInto: (victim) => ({
       sql: "insert into herald_public.audit_log (tenant_id, actor_kind, db_user, action, table_name, record_id) values ($1, 'user', 'evil', 'insert', 'tags', 'x')",
       params: [victim.id],
@@ -222,9 +254,10 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.webhook_endpoints",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, url, status",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.webhookEndpointId] }),
-    set: "status = 'disabled'", // a column both members and the worker may update: RLS, not a grant, must stop it
+    update: { column: "status", to: "'disabled'" }, // a column both members and the worker may update: RLS, not a grant, must stop it
     insertInto: (victim) => ({
       sql: `insert into herald_public.webhook_endpoints (tenant_id, url, event_types, secret_encrypted, secret_hint, key_version)
             values ($1, 'https://evil.example/hook', '{inbound.received}', '\\x00'::bytea, 'evil', 1)`,
@@ -233,9 +266,10 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_public.webhook_deliveries",
+    tenantKey: "tenant_id",
     columns: "tenant_id, id, status, event_type",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.webhookDeliveryId] }),
-    set: "status = 'succeeded'",
+    update: { column: "status", to: "'succeeded'" },
     insertInto: (victim) => ({
       sql: "insert into herald_public.webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload) values ($1, $2, gen_random_uuid(), 'inbound.received', '{}')",
       params: [victim.id, victim.webhookEndpointId],
@@ -243,16 +277,18 @@ export const TABLES: TableSpec[] = [
   },
   {
     table: "herald_hidden.monthly_usage",
+    tenantKey: "tenant_id",
     columns: "tenant_id, month, messages",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
-    set: "messages = 0",
+    update: { column: "messages", to: "0" },
     insertInto: (victim) => ({ sql: "insert into herald_hidden.monthly_usage (tenant_id, month) values ($1, '2001-01-01')", params: [victim.id] }),
   },
   {
     table: "herald_hidden.send_plans",
+    tenantKey: "tenant_id",
     columns: "tenant_id, scope, next_at",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
-    set: "next_at = now()",
+    update: { column: "next_at", to: "now()" },
     insertInto: (victim) => ({ sql: "insert into herald_hidden.send_plans (tenant_id, scope, next_at) values ($1, 'evil', now())", params: [victim.id] }),
   },
 ];
