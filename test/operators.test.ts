@@ -6,7 +6,7 @@ import { graphql, tokenFor, useApiProcess, useApiServer } from "./helpers/api.ts
 import { runCli } from "./helpers/cli.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import { asRoot, messageDueNow, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
 import { contactWith, textIn, webhookEnv } from "./helpers/webhooks.ts";
 
 /**
@@ -26,6 +26,24 @@ beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
   adminToken = await api.current.authenticator.sign({ role: ROLES.admin });
 });
+
+/** Seconds left in the database's current minute: sign-in attempts and API requests are counted per minute of its clock. */
+async function secondsLeftInMinute(): Promise<number> {
+  const { rows } = await db.current.root.query<{ left: number }>("select 60 - extract(second from clock_timestamp())::float8 as left");
+  return rows[0]!.left;
+}
+
+/**
+ * Waits, if need be, for the next minute, so that a test's requests all fall
+ * in one: a counted minute that turned half-way would reset its count. The
+ * margin is generous, for a loaded machine; a test that calls this gets
+ * MINUTE_TIMEOUT, since it may wait out a third of a minute first.
+ */
+async function startEarlyInMinute() {
+  const left = await secondsLeftInMinute();
+  if (left < 20) await new Promise((r) => setTimeout(r, (left + 0.5) * 1000));
+}
+const MINUTE_TIMEOUT = 60_000;
 
 const SUSPEND = `mutation($t: UUID!, $r: String!) { suspendTenant(input: { tenantId: $t, reason: $r }) { tenant { status suspendedAt suspensionReason } } }`;
 const RESUME = `mutation($t: UUID!) { resumeTenant(input: { tenantId: $t }) { tenant { status suspendedAt } } }`;
@@ -61,11 +79,13 @@ describe("suspending a tenant", () => {
     const owner = await tokenFor(api.current, c, "owner");
     const phone = "+16285590901";
     const contactId = await contactWith(db.current, c, phone);
-    // Queued before the suspension, due a moment after it.
-    const messageId = await sendThroughApi(api.current, owner, { channel: "sms", body: "Held while suspended", contactIds: [contactId], scheduledAt: new Date(Date.now() + 1500).toISOString() });
+    // Queued before the suspension, for an hour ahead; made due once the tenant is suspended, so that
+    // however slowly the suspension goes on a loaded machine, the send's time comes after it.
+    const messageId = await sendThroughApi(api.current, owner, { channel: "sms", body: "Held while suspended", contactIds: [contactId], scheduledAt: new Date(Date.now() + 3_600_000).toISOString() });
 
     const suspended = await graphql(api.current, adminToken, SUSPEND, { t: c.id, r: "unpaid invoice" });
     expect(suspended.body.data!.suspendTenant.tenant).toMatchObject({ status: "suspended", suspensionReason: "unpaid invoice" });
+    await messageDueNow(db.current, messageId);
     // A user's JWT names a tenant it no longer may act in; an API key no longer authenticates at all.
     for (const [token, code] of [[owner, "NOT_A_MEMBER"], [c.apiKeySecret, "INVALID_API_KEY"]] as const) {
       const { status, body } = await graphql(api.current, token, "{ currentTenant { name } }");
@@ -130,8 +150,7 @@ describe("password sign-in attempts", () => {
         headers: { "content-type": "application/json" },
         body: JSON.stringify({ email, password: "not-the-password" }),
       });
-    const second = new Date().getUTCSeconds();
-    if (second > 45) await new Promise((r) => setTimeout(r, (61 - second) * 1000));
+    await startEarlyInMinute();
     const statuses: number[] = [];
     for (let i = 0; i < 10; i++) statuses.push((await attempt("guessed@tenant-a.test")).status);
     expect(statuses).toEqual(statuses.map(() => 401));
@@ -139,7 +158,7 @@ describe("password sign-in attempts", () => {
     expect(refused.status).toBe(429);
     expect(Number(refused.headers.get("retry-after"))).toBeGreaterThanOrEqual(1);
     expect((await attempt("someone-else@tenant-a.test")).status).toBe(401);
-  });
+  }, MINUTE_TIMEOUT);
 });
 
 describe("API rate limits", () => {
@@ -149,19 +168,12 @@ describe("API rate limits", () => {
     await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set api_requests_per_minute = $2 where tenant_id = $1", [tenant.id, perMinute]));
     return tenant;
   };
-  /** Seconds left in the database's current minute (the limiter counts by its clock). */
-  const secondsLeftInMinute = async () => {
-    const { rows } = await db.current.root.query<{ left: number }>("select 60 - extract(second from clock_timestamp())::float8 as left");
-    return rows[0]!.left;
-  };
 
   it("answers 429 with Retry-After once a tenant is over its requests per minute, across API processes; another tenant and operators are unaffected", async () => {
     // A tenant no other test sends requests for.
     const d = await limitedTenant("tenant-d", 6);
-    // Counted per minute: begin early in one, so that the six fit in it.
-    const left = await secondsLeftInMinute();
-    if (left < 15) await new Promise((r) => setTimeout(r, (left + 1) * 1000));
     const owner = await tokenFor(api.current, d, "owner");
+    await startEarlyInMinute();
     const statuses: number[] = [];
     // Its users and its API keys share the limit, whichever process they reach.
     for (let i = 0; i < 6; i++) statuses.push((await ask(i % 2 ? secondApi : api, i % 3 ? owner : d.apiKeySecret)).status);
@@ -185,25 +197,24 @@ describe("API rate limits", () => {
     const operatorInD = await api.current.authenticator.sign({ role: ROLES.admin, tenant_id: d.id });
     expect((await ask(secondApi, adminToken)).status).toBe(200);
     expect((await ask(api, operatorInD)).status).toBe(200);
-  });
+  }, MINUTE_TIMEOUT);
 
   it("starts each minute afresh: last minute's count does not hold a tenant back", async () => {
     const e = await limitedTenant("tenant-e", 3);
+    await startEarlyInMinute();
     // Last minute, E was far over its limit.
     await db.current.root.query(
       `insert into herald_private.api_request_windows (tenant_id, window_start, requests)
        values ($1, date_trunc('minute', clock_timestamp()) - interval '1 minute', 1000000)`,
       [e.id],
     );
-    const left = await secondsLeftInMinute();
-    if (left < 5) await new Promise((r) => setTimeout(r, (left + 1) * 1000));
     const statuses: number[] = [];
     for (let i = 0; i < 4; i++) statuses.push((await ask(i % 2 ? secondApi : api, e.apiKeySecret)).status);
     expect(statuses).toEqual([200, 200, 200, 429]);
     // The old window is gone with the new minute's first request.
     const { rows } = await db.current.root.query("select requests from herald_private.api_request_windows where tenant_id = $1", [e.id]);
     expect(rows).toEqual([{ requests: 4 }]);
-  });
+  }, MINUTE_TIMEOUT);
 
   it("is the operators' to set: a tenant cannot raise its own", async () => {
     const owner = await tokenFor(api.current, b, "owner");

@@ -132,9 +132,13 @@ describe("an endpoint of tenant A's app", () => {
       expect(verifiesAsDocumented(otherSecret, String(post.headers["herald-signature"]), post.body)).toBe(false);
       expect(verifiesAsDocumented(endpoint.secret, String(post.headers["herald-signature"]), post.body.replace("sms", "SMS"))).toBe(false);
     }
-    // The log keeps ids and states, not the sender or the text.
-    const { rows } = await db.current.root.query("select payload::text as payload, status, response_status from herald_public.webhook_deliveries where endpoint_id = $1", [endpoint.webhookEndpointId]);
-    expect(rows.every((r) => r.status === "succeeded" && r.response_status === 200)).toBe(true);
+    // The log keeps ids and states, not the sender or the text. (The worker writes a post's outcome
+    // after the receiver has it: wait for both to be written.)
+    const rows = await waitFor(async () => {
+      const { rows } = await db.current.root.query("select payload::text as payload, status, response_status from herald_public.webhook_deliveries where endpoint_id = $1", [endpoint.webhookEndpointId]);
+      return rows.length >= 2 && rows.every((r) => r.status !== "pending") && rows;
+    });
+    expect(rows.map((r) => [r.status, r.response_status])).toEqual([["succeeded", 200], ["succeeded", 200]]);
     const stored = rows.map((r) => JSON.parse(r.payload));
     expect(JSON.stringify(stored)).not.toContain("6285571001");
     expect(stored.every((p) => !("from" in p) && !("body" in p))).toBe(true);

@@ -4,7 +4,17 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, tokenFor } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, asWorker, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import {
+  asRoot,
+  asWorker,
+  deliveryJobsDueNow,
+  readyToSend,
+  sendThroughApi,
+  startSandboxServer,
+  startSendingWorker,
+  waitFor,
+  type SandboxServer,
+} from "./helpers/messaging.ts";
 import { contactWith, deliveryState, postTwilio, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
@@ -131,8 +141,10 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
         const { rows } = await db.current.root.query("select id, status, provider_message_id from herald_public.deliveries where message_id = $1", [messageId]);
         return rows[0]?.status === "delivered" && rows[0];
       }, 20_000);
+      // The lost answer makes the worker look the send up later (a reconcile job, seconds on):
+      // it runs now, and every job for the delivery ends, before the checks that it sent once.
+      await waitFor(async () => (await deliveryJobsDueNow(db.current, row.id)) === 0, 30_000, "the delivery's jobs to end");
       // The worker's own view of the lost answer ('unknown') never overwrote what Twilio reported.
-      await new Promise((r) => setTimeout(r, 2000));
       expect((await stateOf(row.id)).status).toBe("delivered");
       expect(server.sandbox.messages.filter((m) => m.to === phone)).toHaveLength(1);
       expect(row.provider_message_id).toBe(server.sandbox.messages.find((m) => m.to === phone)!.id);

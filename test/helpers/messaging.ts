@@ -167,18 +167,41 @@ export async function closeSendWindowForAnHour(db: TestDb, tenantId: string) {
   ]);
 }
 
+/** graphile-worker's delivery__send jobs (`j`, with its task `t`) for delivery $1: its own, or a run of deliveries naming it. */
+const JOBS_OF_DELIVERY = `t.id = j.task_id and t.identifier = 'delivery__send'
+  and (j.payload->>'id' = $1 or coalesce(j.payload::jsonb->'ids', '[]'::jsonb) ? $1)`;
+
+/**
+ * The delivery's jobs that wait for a later time (a hold, a retry, a
+ * reconcile) are due now, as if the clock had moved on. Returns how many of
+ * its jobs remain, waiting or running: none once the worker is done with it.
+ */
+export async function deliveryJobsDueNow(db: TestDb, deliveryId: string): Promise<number> {
+  await db.root.query(`update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t where ${JOBS_OF_DELIVERY} and j.run_at > now()`, [deliveryId]);
+  const { rows } = await db.root.query<{ n: number }>(
+    `select count(*)::int as n from graphile_worker._private_jobs j, graphile_worker._private_tasks t where ${JOBS_OF_DELIVERY}`,
+    [deliveryId],
+  );
+  return rows[0]!.n;
+}
+
 /**
  * The send window opens for the tenant, as if the clock had moved on: a
  * delivery held by quiet hours, and its waiting job, are due now.
  */
 export async function openSendWindowNow(db: TestDb, tenantId: string, deliveryId: string) {
+  await openSendWindow(db, tenantId);
+  await db.root.query("update herald_public.deliveries set run_at = now() where id = $1", [deliveryId]);
+  await deliveryJobsDueNow(db, deliveryId);
+}
+
+/**
+ * A message scheduled for later is due now, as if its time had come: its
+ * fan-out job runs, and plans its deliveries from now.
+ */
+export async function messageDueNow(db: TestDb, messageId: string) {
   await asRoot(db, async (c) => {
-    await c.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [tenantId]);
-    await c.query("update herald_public.deliveries set run_at = now() where id = $1", [deliveryId]);
-    await c.query(
-      `update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t
-        where t.id = j.task_id and t.identifier = 'delivery__send' and j.payload->>'id' = $1`,
-      [deliveryId],
-    );
+    await c.query("update herald_public.messages set scheduled_at = now() where id = $1", [messageId]);
+    await c.query("update graphile_worker._private_jobs set run_at = now() where key = $1", [`message:${messageId}`]);
   });
 }
