@@ -17,3 +17,5 @@ const server = http.createServer(app);
 await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
 process.send!({ port: (server.address() as { port: number }).port });
 process.on("SIGTERM", () => process.exit(0));
+// Gone with its parent, however the parent ended.
+process.on("disconnect", () => process.exit(0));

@@ -8,7 +8,6 @@ import { loadConfig } from "./config.ts";
 import { dropDatabase } from "./db/bootstrap.ts";
 import { openDatabase } from "./db/database.ts";
 import { commitMigration, uncommitMigration, watchMigrations } from "./db/migrate.ts";
-import { asAdmin, withSession } from "./db/session.ts";
 import { ROLES } from "./db/urls.ts";
 import { formatReport, runDoctor } from "./doctor.ts";
 import { createLogger } from "./logger.ts";
@@ -47,7 +46,7 @@ tenant
   .requiredOption("--name <name>", "display name, e.g. \"Acme Clinic\"")
   .action(async (slug: string, opts: { name: string }) =>
     withDatabase(async ({ pool }) => {
-      const created = await asAdmin(pool, async (client) => {
+      const created = await asOperator(pool, async (client) => {
         if (await findTenant(client, slug)) throw new CliError(`A tenant with slug "${slug}" already exists.`);
         return createTenant(client, { slug, name: opts.name });
       });
@@ -59,7 +58,7 @@ tenant
   .description("List tenants.")
   .action(async () =>
     withDatabase(async ({ pool }) => {
-      const { rows } = await asAdmin(pool, (client) =>
+      const { rows } = await asOperator(pool, (client) =>
         client.query<{ slug: string; name: string; status: string; id: string }>(
           "select slug::text, name, status, id from herald_public.tenants order by slug",
         ),
@@ -125,7 +124,7 @@ user
     const password = opts.passwordStdin ? await readStdin() : randomBytes(12).toString("base64url");
     await withDatabase(async ({ pool }) => {
       const t = await requireTenant(pool, opts.tenant);
-      const u = await asAdmin(pool, async (client) => {
+      const u = await asOperator(pool, async (client) => {
         const found = await findOrCreateUser(client, { email, displayName: opts.name });
         await addMembership(client, { tenantId: t.id, userId: found.id, role: opts.role });
         return found;
@@ -149,12 +148,14 @@ program
       const auth = createAuthenticator(config, pool);
       if (opts.admin) {
         const t = opts.tenant ? await requireTenant(pool, opts.tenant) : undefined;
-        const operator = opts.user ? await asAdmin(pool, (client) => findOrCreateUser(client, { email: opts.user! })) : undefined;
+        // An operator need not belong to any tenant, so the user is made here if need be; said aloud, so a typo is seen.
+        const operator = opts.user ? await asOperator(pool, (client) => findOrCreateUser(client, { email: opts.user! })) : undefined;
+        if (operator?.created) process.stderr.write(`Created user ${operator.email} (no user had that email).\n`);
         print(await auth.sign({ role: ROLES.admin, tenant_id: t?.id, sub: operator?.id }, opts.expires));
         return;
       }
       const t = await requireTenant(pool, opts.tenant!);
-      const u = await asAdmin(pool, (client) => findMembershipUser(client, t.id, opts.user));
+      const u = await asOperator(pool, (client) => findMembershipUser(client, t.id, opts.user));
       if (!u) throw new CliError(`${opts.user ?? "No user"} is not a member of ${t.slug}. \`herald user create\` adds one.`);
       print(await auth.sign({ role: ROLES.member, tenant_id: t.id, sub: u.id }, opts.expires));
     });
@@ -169,13 +170,17 @@ apiKey
   .action(async (opts: { tenant: string; name: string }) =>
     withDatabase(async ({ pool }) => {
       const t = await requireTenant(pool, opts.tenant);
-      const created = await withSession(pool, { role: ROLES.admin, tenantId: t.id }, async (client) => {
-        const { rows } = await client.query<{ api_key_id: string; secret: string }>(
-          "select api_key_id, secret from herald_public.create_api_key($1)",
-          [opts.name],
-        );
-        return rows[0]!;
-      });
+      const created = await asOperator(
+        pool,
+        async (client) => {
+          const { rows } = await client.query<{ api_key_id: string; secret: string }>(
+            "select api_key_id, secret from herald_public.create_api_key($1)",
+            [opts.name],
+          );
+          return rows[0]!;
+        },
+        { tenantId: t.id },
+      );
       print(`Created API key ${created.api_key_id} for ${t.slug}. Secret (shown once):`);
       print(created.secret);
     }),

@@ -76,7 +76,10 @@ const envSchema = z
     HERALD_WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(8),
     HERALD_WEBHOOK_DISABLE_AFTER: z.coerce.number().int().min(1).max(10_000).default(20),
     HERALD_WEBHOOK_RETRY_BASE_SECONDS: z.coerce.number().min(0.01).max(3600).default(30),
-    HERALD_WEBHOOK_ALLOW_PRIVATE: z.enum(["true", "false"]).optional(),
+    HERALD_WEBHOOK_TIMEOUT_SECONDS: z.coerce.number().min(1).max(120).default(10),
+    HERALD_WEBHOOK_ALLOW_PRIVATE: optionalText.pipe(z.enum(["true", "false"]).optional()),
+    // Express's `trust proxy`: which proxies' X-Forwarded-For to believe (hops, or addresses/CIDRs).
+    HERALD_TRUST_PROXY: optionalText,
     HERALD_EMBEDDED_PG_PORT: z.preprocess(
       (v) => (v === "" ? undefined : v),
       z.coerce.number().int().min(1).max(65535).optional(),
@@ -101,6 +104,20 @@ const envSchema = z
     }
   });
 
+/** How outbound webhooks to tenants' endpoints are posted and retried (HERALD_WEBHOOK_*). */
+export interface OutboundWebhookPolicy {
+  /** Attempts per event before it is given up (each a new try after a growing wait). */
+  maxAttempts: number;
+  /** Failed attempts in a row, across events, after which the endpoint is disabled. */
+  disableAfter: number;
+  /** The first retry's wait; each next one doubles it (at most an hour). */
+  retryBaseMs: number;
+  /** The whole exchange with the endpoint, connect to last byte. */
+  timeoutMs: number;
+  /** Posts to loopback/private addresses and plain http allowed (development and tests only). */
+  allowPrivateNetworks: boolean;
+}
+
 export type JwtConfig =
   | { kind: "hs256"; secret: Uint8Array; audience: string; issuer?: string }
   | { kind: "jwks"; jwksUrl: URL; audience: string; issuer: string; secret?: Uint8Array };
@@ -108,7 +125,10 @@ export type JwtConfig =
 export interface Config {
   databaseUrl?: string;
   port: number;
+  /** What providers call and sign (HERALD_PUBLIC_URL; in development, the local address by default). */
   publicUrl: string;
+  /** Where status callbacks are asked for: none in production until HERALD_PUBLIC_URL says where Herald is. */
+  callbackBaseUrl?: string;
   jwt: JwtConfig;
   masterKey: Buffer;
   /** Master keys being retired: they unwrap tenant keys until `herald keys rotate-master` rewraps them. */
@@ -127,7 +147,9 @@ export interface Config {
   smsFromMps: number;
   workerConcurrency: number;
   /** Outbound webhooks: attempts, when an endpoint is disabled, retry pacing, and whether private addresses may be posted to. */
-  outboundWebhooks: { maxAttempts: number; disableAfter: number; retryBaseMs: number; allowPrivateNetworks: boolean };
+  outboundWebhooks: OutboundWebhookPolicy;
+  /** HERALD_TRUST_PROXY, for express: the client's address behind a TLS-terminating proxy (login limits). */
+  trustProxy: boolean | number | string;
   embeddedPgPort?: number;
   development: boolean;
   logLevel: string;
@@ -142,8 +164,16 @@ export interface Config {
  * machine and DATABASE_URL means a deployment, which gets production behaviour.
  */
 export function isDevelopment(env: NodeJS.ProcessEnv): boolean {
-  if (env.NODE_ENV) return env.NODE_ENV !== "production";
+  // Anything but development or test (staging, prod, …) is production: no unauthenticated sandbox page, no private webhook targets.
+  if (env.NODE_ENV) return ["development", "test"].includes(env.NODE_ENV);
   return !env.DATABASE_URL;
+}
+
+/** HERALD_TRUST_PROXY as express takes it: a hop count, true/false, or addresses and CIDRs. */
+function parseTrustProxy(value: string | undefined): boolean | number | string {
+  if (value === undefined || value === "false") return false;
+  if (value === "true") return true;
+  return /^\d+$/.test(value) ? Number(value) : value;
 }
 
 const fromBase64 = (value: string | undefined) => (value ? Buffer.from(value, "base64") : undefined);
@@ -195,6 +225,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: e.DATABASE_URL,
     port: e.PORT,
     publicUrl: (e.HERALD_PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/$/, ""),
+    callbackBaseUrl: e.HERALD_PUBLIC_URL ? e.HERALD_PUBLIC_URL.replace(/\/$/, "") : isDevelopment(env) ? `http://localhost:${e.PORT}` : undefined,
     jwt,
     masterKey: Buffer.from(pick(e.HERALD_MASTER_KEY, secrets.masterKey, "HERALD_MASTER_KEY"), "base64"),
     previousMasterKeys: (e.HERALD_MASTER_KEY ? (e.HERALD_MASTER_KEY_PREVIOUS ?? []) : (secrets.previousMasterKeys ?? [])).map(
@@ -216,15 +247,11 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       maxAttempts: e.HERALD_WEBHOOK_MAX_ATTEMPTS,
       disableAfter: e.HERALD_WEBHOOK_DISABLE_AFTER,
       retryBaseMs: e.HERALD_WEBHOOK_RETRY_BASE_SECONDS * 1000,
-      // A tenant's URL must not reach Herald's own network, except on a developer's machine:
-      // NODE_ENV development or test, or unset with the embedded database. Anything else
-      // (staging, prod, …) is treated as production.
-      allowPrivateNetworks: e.HERALD_WEBHOOK_ALLOW_PRIVATE
-        ? e.HERALD_WEBHOOK_ALLOW_PRIVATE === "true"
-        : env.NODE_ENV
-          ? ["development", "test"].includes(env.NODE_ENV)
-          : !env.DATABASE_URL,
+      timeoutMs: e.HERALD_WEBHOOK_TIMEOUT_SECONDS * 1000,
+      // A tenant's URL must not reach Herald's own network, except on a developer's machine.
+      allowPrivateNetworks: e.HERALD_WEBHOOK_ALLOW_PRIVATE ? e.HERALD_WEBHOOK_ALLOW_PRIVATE === "true" : isDevelopment(env),
     },
+    trustProxy: parseTrustProxy(e.HERALD_TRUST_PROXY),
     embeddedPgPort: e.HERALD_EMBEDDED_PG_PORT,
     development: isDevelopment(env),
     logLevel: e.LOG_LEVEL,

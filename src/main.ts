@@ -27,6 +27,11 @@ async function main() {
       "using secrets generated into .data/secrets.json (fine for development; set them in the environment in production)",
     );
   }
+  if (!config.callbackBaseUrl) {
+    logger.warn(
+      "HERALD_PUBLIC_URL is not set: sends ask for no status callbacks, and providers' webhooks cannot be verified (they sign the public URL)",
+    );
+  }
 
   let db: Database | undefined;
   let worker: WorkerHandle | undefined;
@@ -56,10 +61,10 @@ async function main() {
     authenticatorUrl: db.urls.authenticator,
     concurrency: config.workerConcurrency,
     keyring,
-    // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port.
-    webhooks: { ...config.outboundWebhooks, timeoutMs: 10_000 },
-    // Status callbacks go to this deployment's public URL.
-    providers: new ProviderClients(systemProviders(config, config.development ? `${config.publicUrl}/sandbox` : undefined, config.publicUrl)),
+    webhooks: config.outboundWebhooks,
+    // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port;
+    // status callbacks go to this deployment's public URL.
+    providers: new ProviderClients(systemProviders(config, config.development ? `${config.publicUrl}/sandbox` : undefined, config.callbackBaseUrl)),
     logger,
   });
   if (flags["worker-only"]) {

@@ -1,7 +1,7 @@
 import type { Task } from "graphile-worker";
 import type pg from "pg";
 import { postJson, type PostResult } from "../src/outbound/post.ts";
-import { signatureHeader } from "../src/outbound/signature.ts";
+import { SIGNATURE_HEADER, signatureHeader } from "../src/outbound/signature.ts";
 import { rowPayload, type RowPayload } from "../src/worker/row-task.ts";
 import { webhookPolicy, withTenantContext } from "../src/worker/tenant-context.ts";
 
@@ -73,7 +73,7 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
     pending.url,
     body,
     {
-      "herald-signature": signatureHeader(pending.secret, Math.floor(Date.now() / 1000), body),
+      [SIGNATURE_HEADER]: signatureHeader(pending.secret, Math.floor(Date.now() / 1000), body),
       "herald-event": pending.event_type,
       "herald-event-id": pending.event_id,
       "herald-delivery": pending.id,
@@ -91,18 +91,19 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
   const error = result.kind === "answered" ? `the endpoint answered ${result.status}` : result.error;
   const status = result.kind === "answered" ? result.status : null;
   const retryAt = await withTenantContext(tenantId, async (client) => {
-    const { rows } = await client.query<{ failures: number }>(
-      `update herald_public.webhook_endpoints set consecutive_failures = consecutive_failures + 1
-        where tenant_id = herald_public.current_tenant_id() and id = $1 returning consecutive_failures as failures`,
-      [pending.endpoint_id],
+    const { rows } = await client.query<{ disabled: boolean }>(
+      // One more failure in a row; at the limit, the endpoint is disabled in the same statement (its status trigger stamps when).
+      `update herald_public.webhook_endpoints
+          set consecutive_failures = consecutive_failures + 1,
+              status = case when consecutive_failures + 1 >= $2 then 'disabled' else status end,
+              disabled_reason = case when consecutive_failures + 1 >= $2
+                                     then left('disabled after ' || (consecutive_failures + 1) || ' failed attempts in a row; the last: ' || $3, 500)
+                                     else disabled_reason end
+        where tenant_id = herald_public.current_tenant_id() and id = $1
+        returning status = 'disabled' as disabled`,
+      [pending.endpoint_id, policy.disableAfter, error],
     );
-    const failures = rows[0]?.failures ?? 0;
-    if (failures >= policy.disableAfter) {
-      await client.query(
-        `update herald_public.webhook_endpoints set status = 'disabled', disabled_at = now(), disabled_reason = $2
-          where tenant_id = herald_public.current_tenant_id() and id = $1`,
-        [pending.endpoint_id, `disabled after ${failures} failed attempts in a row; the last: ${error}`.slice(0, 500)],
-      );
+    if (rows[0]?.disabled) {
       await finish(client, pending, "failed", status, error);
       return null;
     }
@@ -114,7 +115,7 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
     return new Date(Date.now() + Math.min(policy.retryBaseMs * 2 ** pending.attempts, 3_600_000));
   });
   // In the tenant's own queue, as the first try was (one post at a time per tenant).
-  if (retryAt) await helpers.addJob("webhook_deliveries__send", { tenant_id: tenantId, id }, { runAt: retryAt, maxAttempts: 25, queueName: `webhooks:${tenantId}` });
+  if (retryAt) await helpers.withPgClient((queue) => queue.query("select herald_private.queue_webhook_delivery($1, $2, $3)", [tenantId, id, retryAt]));
 };
 
 /** Records one attempt: the delivery's state after it, the endpoint's answer (if any) and the error. */

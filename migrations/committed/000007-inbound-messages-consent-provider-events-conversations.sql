@@ -1,5 +1,5 @@
 --! Previous: sha1:642594d9f69ed579ca69923f67dbdc76896dce16
---! Hash: sha1:03d12e7248d2820bb91c5316c16a818a561b1977
+--! Hash: sha1:0ec4c1e73e3241ceb448717512f8980c08ecb9d9
 --! Message: Inbound messages, consent, provider events, conversations
 
 --
@@ -183,6 +183,9 @@ create table herald_public.inbound_messages (
   auto_reply text constraint inbound_messages_auto_reply_length check (length(auto_reply) <= 1600),
   provider_message_id text not null constraint inbound_messages_provider_message_id_length check (length(provider_message_id) between 1 and 64),
   provider_account_id uuid,
+  -- Which account received it, kept as received: provider_account_id is
+  -- nulled when the account is deleted, and usage must not move with it.
+  account text not null constraint inbound_messages_account check (account in ('tenant', 'system')),
   received_at timestamptz not null default now(),
   primary key (tenant_id, id),
   -- Twilio retries a webhook it is not sure reached us: one row per MessageSid.
@@ -213,6 +216,7 @@ comment on constraint inbound_messages_provider_account_fkey on herald_public.in
 comment on column herald_public.inbound_messages.keyword is E'`stop`, `start` or `help` when the text was one of those keywords (any case, spacing or punctuation).';
 comment on column herald_public.inbound_messages.auto_reply is E'What Herald answered at once (keyword replies), if anything.';
 comment on column herald_public.inbound_messages.provider_message_id is E'Twilio''s MessageSid.';
+comment on column herald_public.inbound_messages.account is E'`tenant` (received on its own provider account) or `system`.';
 create index inbound_messages_by_contact on herald_public.inbound_messages (tenant_id, contact_id, received_at);
 create index inbound_messages_received on herald_public.inbound_messages (tenant_id, received_at desc);
 
@@ -234,22 +238,21 @@ create policy delete_admin on herald_public.inbound_messages for delete to :DATA
 
 grant select on herald_public.inbound_messages to :DATABASE_MEMBER, :DATABASE_WORKER, :DATABASE_ADMIN;
 grant insert (tenant_id, channel, sender_number_id, to_number, contact_id, from_encrypted, body_encrypted, key_version,
-              media_count, keyword, auto_reply, provider_message_id, provider_account_id)
+              media_count, keyword, auto_reply, provider_message_id, provider_account_id, account)
   on herald_public.inbound_messages to :DATABASE_WORKER;
 grant update (from_encrypted, body_encrypted, key_version) on herald_public.inbound_messages to :DATABASE_WORKER;
 grant delete on herald_public.inbound_messages to :DATABASE_MEMBER, :DATABASE_ADMIN;
 
 create function herald_public.inbound_messages_from(message herald_public.inbound_messages) returns text
   language sql stable parallel safe
-  set search_path = ''
 as $$
   select herald_hidden.decrypt_pii(message.from_encrypted, message.key_version);
 $$;
+-- (Plain SQL without SET clauses, like contacts_phone: the planner inlines them.)
 comment on function herald_public.inbound_messages_from(herald_public.inbound_messages) is
   E'The sender''s number (E.164). Operators get NO_KEY: they hold no tenant key.';
 create function herald_public.inbound_messages_body(message herald_public.inbound_messages) returns text
   language sql stable parallel safe
-  set search_path = ''
 as $$
   select herald_hidden.decrypt_pii(message.body_encrypted, message.key_version);
 $$;
@@ -400,6 +403,9 @@ declare
   v_inbound uuid;
   v_replies herald_public.keyword_replies;
   v_reply text;
+  -- The sender's phone under every live hash version (null: no phone), computed once.
+  v_hashes bytea[] := case when from_phone is not null then herald_hidden.pii_hashes('phone', from_phone) end;
+  v_hash_version smallint := herald_hidden.current_hash_key_version();
 begin
   -- The number must be this tenant's: the webhook resolved the tenant from it,
   -- and RLS confirms it here, inside the tenant, in the same transaction.
@@ -425,13 +431,13 @@ begin
         into v_contact, v_subscribed
         from herald_public.contacts c
        where c.tenant_id = v_tenant
-         and c.phone_hash = any ((select herald_hidden.pii_hashes('phone', receive_inbound.from_phone))::bytea[]);
+         and c.phone_hash = any (v_hashes);
       exit when v_contact is not null or attempt = 2;
       insert into herald_public.contacts (phone_encrypted, phone_hash, key_version, hash_version, created_by_inbound,
                                           whatsapp_subscribed)
       values (herald_hidden.encrypt_pii(from_phone, v_key),
-              herald_hidden.pii_hash('phone', from_phone, herald_hidden.current_hash_key_version()),
-              v_key_version, herald_hidden.current_hash_key_version(), true,
+              herald_hidden.pii_hash('phone', from_phone, v_hash_version),
+              v_key_version, v_hash_version, true,
               -- Someone who writes on WhatsApp has opened that conversation.
               receive_inbound.channel = 'whatsapp')
       on conflict (tenant_id, phone_hash) do nothing;
@@ -443,7 +449,7 @@ begin
   if v_keyword = 'start' and keyword_word = 'YES' and v_subscribed
      and not exists (select 1 from herald_public.suppressions s
                       where s.tenant_id = v_tenant and s.kind = 'phone'
-                        and s.address_hash = any ((select herald_hidden.pii_hashes('phone', receive_inbound.from_phone))::bytea[])) then
+                        and s.address_hash = any (v_hashes)) then
     v_keyword := null;
   end if;
   -- Keywords need someone to apply to.
@@ -466,10 +472,11 @@ begin
   end if;
 
   insert into herald_public.inbound_messages (channel, sender_number_id, to_number, contact_id, from_encrypted, body_encrypted,
-                                              key_version, media_count, keyword, auto_reply, provider_message_id, provider_account_id)
+                                              key_version, media_count, keyword, auto_reply, provider_message_id, provider_account_id, account)
   values (receive_inbound.channel, v_number.id, receive_inbound.to_number, v_contact,
           herald_hidden.encrypt_pii(coalesce(from_phone, '(unknown)'), v_key), herald_hidden.encrypt_pii(coalesce(body, ''), v_key),
-          v_key_version, coalesce(media_count, 0), v_keyword, v_reply, receive_inbound.provider_message_id, v_number.provider_account_id)
+          v_key_version, coalesce(media_count, 0), v_keyword, v_reply, receive_inbound.provider_message_id, v_number.provider_account_id,
+          case when v_number.provider_account_id is null then 'system' else 'tenant' end)
   on conflict on constraint inbound_messages_provider_message_unique do nothing
   returning id into v_inbound;
   if v_inbound is null then
@@ -493,7 +500,7 @@ begin
     -- operator's manual suppression or a bounce stays.
     delete from herald_public.suppressions s
      where s.tenant_id = v_tenant and s.kind = 'phone'
-       and s.address_hash = any ((select herald_hidden.pii_hashes('phone', receive_inbound.from_phone))::bytea[])
+       and s.address_hash = any (v_hashes)
        and s.reason in ('unsubscribe', 'carrier_opt_out');
   elsif v_keyword = 'help' then
     perform herald_hidden.record_consent(v_contact, receive_inbound.channel, 'help', 'keyword', keyword_word, v_inbound);
@@ -776,6 +783,7 @@ as $$
   batch as (
     select i.id, i.key_version, i.from_encrypted, i.body_encrypted from herald_public.inbound_messages i
      where i.tenant_id = herald_public.current_tenant_id() and i.id > rekey_inbound_messages.after
+       and i.key_version <> (select t.version from target t)
      order by i.id limit rekey_inbound_messages.batch_size
      for update
   ),
@@ -800,7 +808,8 @@ as $$
   batch as (
     select d.id, d.content_key_version, d.content_encrypted from herald_public.deliveries d
      where d.tenant_id = herald_public.current_tenant_id() and d.id > rekey_delivery_contents.after
-       and d.content_key_version is not null
+       -- Only what is on an old key: a lock on any other would stand in the senders' way.
+       and d.content_key_version <> (select t.version from target t)
      order by d.id limit rekey_delivery_contents.batch_size
      for update
   ),
@@ -823,7 +832,9 @@ grant execute on function herald_hidden.rekey_inbound_messages(uuid, integer), h
 -- COMMIT serves many. Each message is received in a subtransaction of its
 -- own: one that fails (its number changed hands) reports its SQLSTATE and
 -- takes no other with it. `messages`: a JSON array of receive_inbound's
--- arguments; one row per element, in order.
+-- arguments; one row per element, in order. At most 50: past 64
+-- subtransactions in one transaction, PostgreSQL's subtransaction cache
+-- overflows and every session's snapshots slow down.
 create function herald_hidden.receive_inbound_batch(messages jsonb)
   returns table (ordinal integer, inbound_message_id uuid, contact_id uuid, duplicate boolean, keyword text, reply text, error_code text)
   language plpgsql volatile
@@ -833,6 +844,9 @@ declare
   v_message jsonb;
   v_result herald_hidden.inbound_result;
 begin
+  if pg_catalog.jsonb_array_length(messages) > 50 then
+    raise exception 'at most 50 messages in one batch' using errcode = '22023';
+  end if;
   ordinal := 0;
   for v_message in select m from pg_catalog.jsonb_array_elements(messages) m loop
     begin

@@ -1,5 +1,5 @@
---! Previous: sha1:03d12e7248d2820bb91c5316c16a818a561b1977
---! Hash: sha1:5755ed4615efd5d1a25c4089612496e2e2894d3a
+--! Previous: sha1:0ec4c1e73e3241ceb448717512f8980c08ecb9d9
+--! Hash: sha1:44593e43936f5d3dbc750c8974fa24c71c5fdef3
 --! Message: Operators: audit log, suspension, API rate limits, usage, outbound webhooks
 
 --
@@ -9,6 +9,7 @@
 -- Idempotent: graphile-migrate re-runs it in watch mode.
 
 drop view if exists herald_public.daily_usage;
+drop function if exists herald_hidden.usage_between(timestamptz, timestamptz);
 drop function if exists herald_public.tenants_usage_this_month(herald_public.tenants);
 drop type if exists herald_public.month_usage cascade;
 drop function if exists herald_public.create_webhook_endpoint(text, text[], text);
@@ -18,18 +19,18 @@ drop function if exists herald_hidden.webhook_endpoint_secret(uuid);
 drop function if exists herald_hidden.rekey_webhook_endpoints();
 drop type if exists herald_public.created_webhook_endpoint cascade;
 drop function if exists herald_private.tg__webhook_event() cascade;
-drop function if exists herald_private.tg_webhook_endpoints__guard() cascade;
+drop function if exists herald_private.tg_webhook_endpoints__status() cascade;
 drop function if exists herald_private.tg_webhook_deliveries__queue() cascade;
+drop function if exists herald_private.queue_webhook_delivery(uuid, uuid, timestamptz);
 drop function if exists herald_public.usage(date, date);
 drop type if exists herald_public.usage_day cascade;
-drop function if exists herald_private.admit_login_attempt(text, integer);
-drop table if exists herald_private.login_attempt_windows;
+drop function if exists herald_private.admit(text, integer);
+drop table if exists herald_private.rate_windows;
 drop table if exists herald_public.webhook_deliveries, herald_public.webhook_endpoints cascade;
 drop function if exists herald_public.suspend_tenant(uuid, text);
 drop function if exists herald_public.resume_tenant(uuid);
 drop function if exists herald_private.admit_api_request(uuid);
 drop function if exists herald_private.tg__release_held() cascade;
-drop table if exists herald_private.api_request_windows;
 drop table if exists herald_public.audit_log cascade;
 drop function if exists herald_private.tg__audit() cascade;
 drop function if exists herald_private.audit_actor();
@@ -245,6 +246,8 @@ create trigger _900_audit_delete after delete on herald_public.inbound_messages 
 alter table herald_public.tenants
   add column suspended_at timestamptz,
   add column suspension_reason text constraint tenants_suspension_reason_length check (length(suspension_reason) <= 500);
+-- Operators may also update `status` directly (000001): the two cannot disagree.
+alter table herald_public.tenants add constraint tenants_suspended_at check ((status = 'suspended') = (suspended_at is not null));
 comment on column herald_public.tenants.suspended_at is E'When an operator suspended it (`suspendTenant`); null while active.';
 comment on column herald_public.tenants.suspension_reason is E'Why, as the operator said.';
 
@@ -337,81 +340,64 @@ comment on column herald_public.tenant_settings.api_requests_per_minute is
 -- Operators set it; a tenant may not raise its own.
 grant update (api_requests_per_minute) on herald_public.tenant_settings to :DATABASE_ADMIN;
 
--- Requests per tenant per minute. Unlogged: a counter lost in a crash costs
--- nothing worth a WAL write per request.
-create unlogged table herald_private.api_request_windows (
-  tenant_id uuid not null,
+-- Fixed one-minute windows, one row per scope: `api:<tenant>` (the tenant's
+-- API requests), `login:email:<hash>` and `login:client:<address>` (password
+-- attempts, each a bcrypt hash). A new minute restarts the count in the same
+-- upsert. Unlogged: a counter lost in a crash costs nothing worth a WAL write
+-- per request.
+create unlogged table herald_private.rate_windows (
+  scope text primary key,
   window_start timestamptz not null,
-  requests integer not null,
-  primary key (tenant_id, window_start)
+  hits integer not null
 );
+create index rate_windows_stale on herald_private.rate_windows (window_start);
 
--- Counts one request for the tenant in the current minute and answers 0 when
--- it is within the tenant's limit, or the seconds until the next minute when
--- it is not (refused requests count too: hammering does not help). Called by
--- the authenticator for every tenant request, in a statement of its own.
-create function herald_private.admit_api_request(tenant_id uuid) returns integer
+-- Counts one hit for `scope` in the current minute and answers 0 while it is
+-- within `per_minute`, else the seconds until the minute turns (refused hits
+-- count too: hammering does not help). Scopes that stopped coming are swept a
+-- few at a time by those that start a new minute, so the table holds about
+-- one minute's scopes however many keys are tried.
+create function herald_private.admit(scope text, per_minute integer) returns integer
   language plpgsql volatile security definer
   set search_path = ''
 as $$
 declare
   v_window timestamptz := pg_catalog.date_trunc('minute', pg_catalog.clock_timestamp());
-  v_limit integer;
-  v_requests integer;
+  v_hits integer;
 begin
   -- Losing the last moments of a counter in a crash is harmless; waiting for a flush per request is not.
   perform pg_catalog.set_config('synchronous_commit', 'off', true);
-  select s.api_requests_per_minute into v_limit from herald_public.tenant_settings s where s.tenant_id = admit_api_request.tenant_id;
-  insert into herald_private.api_request_windows as w (tenant_id, window_start, requests)
-  values (admit_api_request.tenant_id, v_window, 1)
-  on conflict on constraint api_request_windows_pkey do update set requests = w.requests + 1
-  returning w.requests into v_requests;
-  if v_requests = 1 then
-    -- A new minute: the tenant's old windows go.
-    delete from herald_private.api_request_windows w
-     where w.tenant_id = admit_api_request.tenant_id and w.window_start < v_window;
+  insert into herald_private.rate_windows as w (scope, window_start, hits)
+  values (admit.scope, v_window, 1)
+  on conflict on constraint rate_windows_pkey do update
+    set hits = case when excluded.window_start > w.window_start then 1 else w.hits + 1 end,
+        window_start = greatest(w.window_start, excluded.window_start)
+  returning w.hits into v_hits;
+  if v_hits = 1 then
+    delete from herald_private.rate_windows w
+     where w.scope = any (array(select s.scope from herald_private.rate_windows s
+                                 where s.window_start < v_window - interval '1 minute'
+                                 limit 20 for update skip locked));
   end if;
-  if v_requests <= coalesce(v_limit, 600) then
+  if v_hits <= per_minute then
     return 0;
   end if;
   return greatest(1, ceil(extract(epoch from (v_window + interval '1 minute' - pg_catalog.clock_timestamp())))::integer);
 end;
 $$;
-grant execute on function herald_private.admit_api_request(uuid) to :DATABASE_AUTHENTICATOR;
--- Password logins: attempts per key (an email, a client address) and minute;
--- each costs a bcrypt hash, so guessing is slowed and the CPU spared.
-create unlogged table herald_private.login_attempt_windows (
-  key text not null,
-  window_start timestamptz not null,
-  attempts integer not null,
-  primary key (key, window_start)
-);
+grant execute on function herald_private.admit(text, integer) to :DATABASE_AUTHENTICATOR;
 
--- Counts an attempt for `key` and answers 0 within `per_minute`, else the
--- seconds until the next minute.
-create function herald_private.admit_login_attempt(key text, per_minute integer) returns integer
-  language plpgsql volatile security definer
+-- One request of a tenant, against its api_requests_per_minute. Called by the
+-- authenticator for every tenant request, in a statement of its own.
+create function herald_private.admit_api_request(tenant_id uuid) returns integer
+  language sql volatile security definer
   set search_path = ''
 as $$
-declare
-  v_window timestamptz := pg_catalog.date_trunc('minute', pg_catalog.clock_timestamp());
-  v_attempts integer;
-begin
-  perform pg_catalog.set_config('synchronous_commit', 'off', true);
-  insert into herald_private.login_attempt_windows as w (key, window_start, attempts)
-  values (admit_login_attempt.key, v_window, 1)
-  on conflict on constraint login_attempt_windows_pkey do update set attempts = w.attempts + 1
-  returning w.attempts into v_attempts;
-  if v_attempts = 1 then
-    delete from herald_private.login_attempt_windows w where w.key = admit_login_attempt.key and w.window_start < v_window;
-  end if;
-  if v_attempts <= per_minute then
-    return 0;
-  end if;
-  return greatest(1, ceil(extract(epoch from (v_window + interval '1 minute' - pg_catalog.clock_timestamp())))::integer);
-end;
+  select herald_private.admit('api:' || admit_api_request.tenant_id, s.api_requests_per_minute)
+    from herald_public.tenant_settings s
+   where s.tenant_id = admit_api_request.tenant_id;
 $$;
-grant execute on function herald_private.admit_login_attempt(text, integer) to :DATABASE_AUTHENTICATOR;
+grant execute on function herald_private.admit_api_request(uuid) to :DATABASE_AUTHENTICATOR;
 
 -- The owner reads the limit (forced RLS on tenant_settings).
 drop policy if exists select_definer on herald_public.tenant_settings;
@@ -424,92 +410,26 @@ create policy select_definer on herald_public.tenant_settings for select to :DAT
 -- What a tenant sent and received, per UTC day, channel and account (the
 -- tenant's own provider account or the system's; none for deliveries never
 -- handed to one): messages (send requests), deliveries by status, SMS
--- segments billed, inbound messages and opt-outs. Computed from the rows
--- themselves, under the caller's RLS: a tenant's members see their tenant's,
--- operators every tenant's. A delivery counts on its message's day.
-create view herald_public.daily_usage with (security_invoker = true) as
-select u.tenant_id, u.day, u.channel, u.account,
-       case when u.channel = 'email' then 'sendgrid' else 'twilio' end as provider,
-       sum(u.messages)::integer as messages,
-       sum(u.deliveries)::integer as deliveries,
-       sum(u.queued)::integer as queued,
-       sum(u.sending)::integer as sending,
-       sum(u.sent)::integer as sent,
-       sum(u.delivered)::integer as delivered,
-       sum(u.undelivered)::integer as undelivered,
-       sum(u.failed)::integer as failed,
-       sum(u.skipped)::integer as skipped,
-       sum(u.canceled)::integer as canceled,
-       sum(u.unknown)::integer as unknown,
-       sum(u.segments)::integer as segments,
-       sum(u.inbound)::integer as inbound,
-       sum(u.opt_outs)::integer as opt_outs
-  from (
-    select d.tenant_id, (m.created_at at time zone 'UTC')::date as day, d.channel, d.provider as account,
-           count(distinct d.message_id) as messages, count(*) as deliveries,
-           count(*) filter (where d.status = 'queued') as queued,
-           count(*) filter (where d.status = 'sending') as sending,
-           count(*) filter (where d.status = 'sent') as sent,
-           count(*) filter (where d.status = 'delivered') as delivered,
-           count(*) filter (where d.status = 'undelivered') as undelivered,
-           count(*) filter (where d.status = 'failed') as failed,
-           count(*) filter (where d.status = 'skipped') as skipped,
-           count(*) filter (where d.status = 'canceled') as canceled,
-           count(*) filter (where d.status = 'unknown') as unknown,
-           coalesce(sum(d.segments), 0) as segments,
-           0 as inbound, 0 as opt_outs
-      from herald_public.deliveries d
-      join herald_public.messages m on m.tenant_id = d.tenant_id and m.id = d.message_id
-     group by 1, 2, 3, 4
-    union all
-    select i.tenant_id, (i.received_at at time zone 'UTC')::date, i.channel,
-           case when i.provider_account_id is null then 'system' else 'tenant' end,
-           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0
-      from herald_public.inbound_messages i
-     group by 1, 2, 3, 4
-    union all
-    select e.tenant_id, (e.created_at at time zone 'UTC')::date, e.channel, null,
-           0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
-      from herald_public.consent_events e
-     where e.action = 'opt_out'
-     group by 1, 2, 3
-  ) u
- group by u.tenant_id, u.day, u.channel, u.account;
-comment on view herald_public.daily_usage is
-  E'@behavior -*\nWhat the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs. A delivery counts on its message''s day.';
-comment on column herald_public.daily_usage.account is E'`tenant` (its own provider account), `system`, or null (never handed to a provider: skipped, canceled, still queued).';
-grant select on herald_public.daily_usage to :DATABASE_MEMBER, :DATABASE_ADMIN;
-
--- The same rows for GraphQL, for a range of days of the session's tenant (at
--- most 366): read through the (tenant_id, created_at) indexes rather than
--- over everything the tenant ever sent.
-create type herald_public.usage_day as (
-  day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer,
-  sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer,
-  segments integer, inbound integer, opt_outs integer);
-comment on type herald_public.usage_day is
-  E'One UTC day of one channel and account (`tenant`, `system`, or none for deliveries never handed to a provider).';
-
-create function herald_public.usage(from_day date, to_day date) returns setof herald_public.usage_day
-  language plpgsql stable
-  set search_path = ''
+-- segments billed, inbound messages and opt-outs, for what happened between
+-- two instants. Computed from the rows themselves, under the caller's RLS
+-- (invoker's rights): a tenant's members see their tenant's, operators every
+-- tenant's. A delivery counts on its message's day. One SQL statement, so the
+-- planner inlines it and a range reads through the (tenant_id, created_at)
+-- indexes rather than everything the tenant ever sent.
+create function herald_hidden.usage_between(from_at timestamptz, to_at timestamptz)
+  returns table (tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer,
+                 queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer,
+                 skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer)
+  language sql stable
 as $$
-declare
-  v_tenant uuid := herald_public.current_tenant_id();
-  v_from timestamptz := (from_day::timestamp) at time zone 'UTC';
-  v_to timestamptz := ((to_day + 1)::timestamp) at time zone 'UTC';
-begin
-  if from_day is null or to_day is null or to_day < from_day or to_day - from_day > 366 then
-    raise exception 'give fromDay and toDay, at most 366 days apart' using errcode = '22023', column = 'toDay';
-  end if;
-  return query
-  select u.day, u.channel, u.account, case when u.channel = 'email' then 'sendgrid' else 'twilio' end,
+  select u.tenant_id, u.day, u.channel, u.account,
+         case when u.channel = 'email' then 'sendgrid' else 'twilio' end,
          sum(u.messages)::integer, sum(u.deliveries)::integer, sum(u.queued)::integer, sum(u.sending)::integer,
          sum(u.sent)::integer, sum(u.delivered)::integer, sum(u.undelivered)::integer, sum(u.failed)::integer,
          sum(u.skipped)::integer, sum(u.canceled)::integer, sum(u.unknown)::integer, sum(u.segments)::integer,
          sum(u.inbound)::integer, sum(u.opt_outs)::integer
     from (
-      select (m.created_at at time zone 'UTC')::date as day, d.channel, d.provider as account,
+      select m.tenant_id, (m.created_at at time zone 'UTC')::date as day, d.channel, d.provider as account,
              count(distinct d.message_id) as messages, count(*) as deliveries,
              count(*) filter (where d.status = 'queued') as queued,
              count(*) filter (where d.status = 'sending') as sending,
@@ -523,21 +443,54 @@ begin
              coalesce(sum(d.segments), 0) as segments, 0 as inbound, 0 as opt_outs
         from herald_public.messages m
         join herald_public.deliveries d on d.tenant_id = m.tenant_id and d.message_id = m.id
-       where m.tenant_id = v_tenant and m.created_at >= v_from and m.created_at < v_to
-       group by 1, 2, 3
+       where m.created_at >= usage_between.from_at and m.created_at < usage_between.to_at
+       group by 1, 2, 3, 4
       union all
-      select (i.received_at at time zone 'UTC')::date, i.channel, case when i.provider_account_id is null then 'system' else 'tenant' end,
+      select i.tenant_id, (i.received_at at time zone 'UTC')::date, i.channel, i.account,
              0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0
         from herald_public.inbound_messages i
-       where i.tenant_id = v_tenant and i.received_at >= v_from and i.received_at < v_to
-       group by 1, 2, 3
+       where i.received_at >= usage_between.from_at and i.received_at < usage_between.to_at
+       group by 1, 2, 3, 4
       union all
-      select (e.created_at at time zone 'UTC')::date, e.channel, null, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
+      select e.tenant_id, (e.created_at at time zone 'UTC')::date, e.channel, null,
+             0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
         from herald_public.consent_events e
-       where e.tenant_id = v_tenant and e.action = 'opt_out' and e.created_at >= v_from and e.created_at < v_to
-       group by 1, 2
+       where e.action = 'opt_out' and e.created_at >= usage_between.from_at and e.created_at < usage_between.to_at
+       group by 1, 2, 3
     ) u
-   group by u.day, u.channel, u.account
+   group by u.tenant_id, u.day, u.channel, u.account;
+$$;
+grant execute on function herald_hidden.usage_between(timestamptz, timestamptz) to :DATABASE_MEMBER, :DATABASE_ADMIN;
+
+-- For operators in SQL (and BI tools): every day there is.
+create view herald_public.daily_usage with (security_invoker = true) as
+select * from herald_hidden.usage_between('-infinity', 'infinity');
+comment on view herald_public.daily_usage is
+  E'@behavior -*\nWhat the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs. A delivery counts on its message''s day.';
+comment on column herald_public.daily_usage.account is E'`tenant` (its own provider account), `system`, or null (never handed to a provider: skipped, canceled, still queued).';
+grant select on herald_public.daily_usage to :DATABASE_MEMBER, :DATABASE_ADMIN;
+
+-- The same rows for GraphQL: a range of days (at most 366) of the session's tenant.
+create type herald_public.usage_day as (
+  day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer,
+  sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer,
+  segments integer, inbound integer, opt_outs integer);
+comment on type herald_public.usage_day is
+  E'One UTC day of one channel and account (`tenant`, `system`, or none for deliveries never handed to a provider).';
+
+create function herald_public.usage(from_day date, to_day date) returns setof herald_public.usage_day
+  language plpgsql stable
+  set search_path = ''
+as $$
+begin
+  if from_day is null or to_day is null or to_day < from_day or to_day - from_day > 366 then
+    raise exception 'give fromDay and toDay, at most 366 days apart' using errcode = '22023', column = 'toDay';
+  end if;
+  return query
+  select u.day, u.channel, u.account, u.provider, u.messages, u.deliveries, u.queued, u.sending, u.sent, u.delivered,
+         u.undelivered, u.failed, u.skipped, u.canceled, u.unknown, u.segments, u.inbound, u.opt_outs
+    from herald_hidden.usage_between((from_day::timestamp) at time zone 'UTC', ((to_day + 1)::timestamp) at time zone 'UTC') u
+   where u.tenant_id = herald_public.current_tenant_id()
    order by u.day, u.channel, u.account nulls last;
 end;
 $$;
@@ -603,26 +556,26 @@ create trigger _100_timestamps before update on herald_public.webhook_endpoints
   for each row execute function herald_private.tg__timestamps();
 
 -- The failure count and the reason an endpoint was disabled are Herald's
--- bookkeeping: a tenant may reset them (turning the endpoint back on), never
--- set them (a large negative count would keep a failing endpoint on for ever).
-create function herald_private.tg_webhook_endpoints__guard() returns trigger
+-- bookkeeping (the worker's to write; no grant lets a tenant set them). A
+-- tenant turning an endpoint back on gets a clean slate; one turning it off
+-- has it recorded when.
+create function herald_private.tg_webhook_endpoints__status() returns trigger
   language plpgsql volatile
   set search_path = ''
 as $$
 begin
-  if pg_catalog.current_setting('role', true) = ':DATABASE_MEMBER' then
-    if new.consecutive_failures not in (0, old.consecutive_failures)
-       or (new.disabled_at is distinct from old.disabled_at and new.disabled_at is not null)
-       or (new.disabled_reason is distinct from old.disabled_reason and new.disabled_reason is not null) then
-      raise exception 'an endpoint''s failure count and disabling are Herald''s: enableWebhookEndpoint resets them'
-        using errcode = '42501';
-    end if;
+  if new.status = 'active' and old.status = 'disabled' then
+    new.consecutive_failures := 0;
+    new.disabled_at := null;
+    new.disabled_reason := null;
+  elsif new.status = 'disabled' and old.status = 'active' then
+    new.disabled_at := coalesce(new.disabled_at, now());
   end if;
   return new;
 end;
 $$;
-create trigger _200_guard before update on herald_public.webhook_endpoints
-  for each row execute function herald_private.tg_webhook_endpoints__guard();
+create trigger _200_status before update of status on herald_public.webhook_endpoints
+  for each row execute function herald_private.tg_webhook_endpoints__status();
 
 alter table herald_public.webhook_endpoints enable row level security;
 alter table herald_public.webhook_endpoints force row level security;
@@ -650,7 +603,7 @@ grant select (tenant_id, id, url, description, event_types, secret_hint, status,
   on herald_public.webhook_endpoints to :DATABASE_MEMBER, :DATABASE_ADMIN;
 grant select on herald_public.webhook_endpoints to :DATABASE_WORKER;
 grant insert (tenant_id, url, description, event_types, secret_encrypted, secret_hint, key_version),
-      update (url, description, event_types, status, consecutive_failures, disabled_at, disabled_reason)
+      update (url, description, event_types, status)
   on herald_public.webhook_endpoints to :DATABASE_MEMBER;
 grant update (status, consecutive_failures, disabled_at, disabled_reason, secret_encrypted, key_version)
   on herald_public.webhook_endpoints to :DATABASE_WORKER;
@@ -703,8 +656,9 @@ as $$
 declare
   v_endpoint herald_public.webhook_endpoints;
 begin
+  -- The status trigger clears the failure count and the reason.
   update herald_public.webhook_endpoints e
-     set status = 'active', consecutive_failures = 0, disabled_at = null, disabled_reason = null
+     set status = 'active'
    where e.tenant_id = herald_public.current_tenant_id() and e.id = enable_webhook_endpoint.webhook_endpoint_id
   returning e.tenant_id, e.id, e.url, e.description, e.event_types, null::bytea, e.secret_hint, null::smallint, e.status,
             e.consecutive_failures, e.disabled_at, e.disabled_reason, e.created_at, e.updated_at
@@ -747,11 +701,14 @@ create table herald_public.webhook_deliveries (
   delivered_at timestamptz,
   primary key (tenant_id, id),
   constraint webhook_deliveries_endpoint_fkey foreign key (tenant_id, endpoint_id)
-    references herald_public.webhook_endpoints (tenant_id, id) on delete cascade
+    references herald_public.webhook_endpoints (tenant_id, id) on delete cascade,
+  constraint webhook_deliveries_replay_of_fkey foreign key (tenant_id, replay_of)
+    references herald_public.webhook_deliveries (tenant_id, id) on delete set null (replay_of)
 );
 comment on table herald_public.webhook_deliveries is
   E'@behavior -insert -update -delete\nEach event posted (or to be posted) to an endpoint, and how it went. `replayWebhookDelivery` sends one again.';
 comment on constraint webhook_deliveries_endpoint_fkey on herald_public.webhook_deliveries is E'@fieldName endpoint\n@foreignFieldName deliveries';
+comment on constraint webhook_deliveries_replay_of_fkey on herald_public.webhook_deliveries is E'@fieldName original\n@foreignFieldName replays';
 create index webhook_deliveries_by_endpoint on herald_public.webhook_deliveries (tenant_id, endpoint_id, created_at desc);
 
 alter table herald_public.webhook_deliveries enable row level security;
@@ -773,16 +730,28 @@ grant update (status, attempts, response_status, last_error, last_attempt_at, de
 
 -- One post at a time per tenant (a graphile-worker queue of the tenant's
 -- own): a tenant whose endpoints are slow holds one worker, never all of them.
-create function herald_private.tg_webhook_deliveries__queue() returns trigger
-  language plpgsql volatile security definer
+-- The first try (the trigger below) and each retry (the task, at `run_at`)
+-- queue through here, so both land in the same queue.
+-- (plpgsql: graphile-worker's schema is installed when the worker first starts, after the migrations.)
+create function herald_private.queue_webhook_delivery(tenant_id uuid, id uuid, run_at timestamptz default now()) returns void
+  language plpgsql volatile
   set search_path = ''
 as $$
 begin
   perform graphile_worker.add_job(
     'webhook_deliveries__send',
-    pg_catalog.json_build_object('tenant_id', new.tenant_id, 'id', new.id),
-    queue_name := 'webhooks:' || new.tenant_id,
+    pg_catalog.json_build_object('tenant_id', queue_webhook_delivery.tenant_id, 'id', queue_webhook_delivery.id),
+    queue_name := 'webhooks:' || queue_webhook_delivery.tenant_id,
+    run_at := queue_webhook_delivery.run_at,
     max_attempts := 25);
+end;
+$$;
+create function herald_private.tg_webhook_deliveries__queue() returns trigger
+  language plpgsql volatile security definer
+  set search_path = ''
+as $$
+begin
+  perform herald_private.queue_webhook_delivery(new.tenant_id, new.id);
   return new;
 end;
 $$;
@@ -829,16 +798,21 @@ create function herald_private.tg__webhook_event() returns trigger
 as $$
 declare
   v_type text := tg_argv[0];
-  v_row jsonb := pg_catalog.to_jsonb(new);
+  -- Through jsonb: one function serves three tables, and a record's missing
+  -- field is an error even in a branch not taken.
+  v_row jsonb;
   v_payload jsonb;
   -- One id for the event, whichever endpoints it goes to (in a variable: a
   -- volatile call in the query would be made once per endpoint).
-  v_event_id uuid := gen_random_uuid();
+  v_event_id uuid;
 begin
+  -- Most changes have no listener: nothing is built until one is known.
   if not exists (select 1 from herald_public.webhook_endpoints e
                   where e.tenant_id = new.tenant_id and e.status = 'active' and v_type = any (e.event_types)) then
     return null;
   end if;
+  v_row := pg_catalog.to_jsonb(new);
+  v_event_id := gen_random_uuid();
   v_payload := case v_type
     when 'delivery.updated' then pg_catalog.jsonb_build_object(
       'delivery_id', new.id, 'message_id', v_row -> 'message_id', 'contact_id', v_row -> 'contact_id', 'channel', v_row -> 'channel',

@@ -58,6 +58,9 @@ function translate(pgError: PgError): { message: string; code: string; field?: s
   }
 }
 
+/** "webhook deliveries" → "webhook delivery", "contacts" → "contact": a table's name for one of its rows. */
+const singular = (plural: string) => plural.replace(/ies$/, "y").replace(/s$/, "");
+
 export function makeMaskError(logger: Logger, development: boolean) {
   return (error: GraphQLError): GraphQLError | GraphQLFormattedError => {
     const original = error.originalError;
@@ -79,7 +82,7 @@ export function makeMaskError(logger: Logger, development: boolean) {
     // change: another tenant's row looks exactly like a missing one.
     const missing = /^No values were (?:updated|deleted) in collection '([a-z_]+)'/.exec(original.message);
     if (missing) {
-      return new GraphQLError(`No such ${missing[1]!.replace(/_/g, " ").replace(/s$/, "")}.`, {
+      return new GraphQLError(`No such ${singular(missing[1]!.replace(/_/g, " "))}.`, {
         nodes: error.nodes,
         positions: error.positions,
         path: error.path,

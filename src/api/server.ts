@@ -17,6 +17,7 @@ import type { WorkerHandle } from "../worker/worker.ts";
 import { pageSizeVariablesGuard } from "./guards.ts";
 import { checkHealth } from "./health.ts";
 import { webhooksRouter } from "../webhooks/index.ts";
+import { jsonError } from "./responses.ts";
 
 /** Largest GraphQL request body accepted (bytes); larger bodies get 413. */
 const GRAPHQL_BODY_LIMIT = 100_000;
@@ -34,7 +35,6 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-const jsonError = (code: string, message: string) => ({ error: { code, message } });
 
 /** 401 for anything that is not a valid JWT or API key, before GraphQL sees the request. */
 function requireIdentity(authenticator: Authenticator, logger: Logger): RequestHandler {
@@ -96,11 +96,11 @@ function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
       res.status(400).json({ error: { code: "INVALID_INPUT", field: issue.path.join("."), message: issue.message } });
       return;
     }
-    // Counted in Postgres (every API process sees the same), by a hash of the email.
-    const emailKey = `email:${createHash("sha256").update(body.data.email.toLowerCase()).digest("hex")}`;
+    // Counted in Postgres (every API process sees the same), by a hash of the email and by the client's address.
+    const emailScope = `login:email:${createHash("sha256").update(body.data.email.toLowerCase()).digest("hex")}`;
     const { rows: waits } = await pool.query<{ email: number; client: number }>(
-      "select herald_private.admit_login_attempt($1, $2) as email, herald_private.admit_login_attempt($3, $4) as client",
-      [emailKey, LOGIN_ATTEMPTS_PER_EMAIL, `client:${req.socket.remoteAddress ?? "unknown"}`, LOGIN_ATTEMPTS_PER_CLIENT],
+      "select herald_private.admit($1, $2) as email, herald_private.admit($3, $4) as client",
+      [emailScope, LOGIN_ATTEMPTS_PER_EMAIL, `login:client:${req.ip ?? "unknown"}`, LOGIN_ATTEMPTS_PER_CLIENT],
     );
     const wait = Math.max(waits[0]?.email ?? 0, waits[0]?.client ?? 0);
     if (wait > 0) {
@@ -198,7 +198,8 @@ export async function startApiServer(options: {
 
   const app = express();
   app.disable("x-powered-by");
-  app.set("trust proxy", false);
+  // Behind a TLS-terminating proxy, HERALD_TRUST_PROXY says whose X-Forwarded-For gives the client's address (req.ip).
+  app.set("trust proxy", config.trustProxy);
   app.use((req, res, next) => {
     const started = performance.now();
     res.on("finish", () => {

@@ -85,6 +85,8 @@ async function runRotations(db: Database, ownerPool: pg.Pool, keyring: Keyring, 
     authenticatorUrl: db.urls.authenticator,
     concurrency: 2,
     keyring,
+    // Rotation jobs only: sends and webhook posts belong to the real workers.
+    tasks: ["contacts__rekey"],
     logger: logger.child({ component: "keys" }),
   });
   const progress = startProgress(label, "contacts");

@@ -5,7 +5,7 @@ import pg from "pg";
 import { findTenant, type Tenant } from "../admin.ts";
 import { loadConfig, type Config } from "../config.ts";
 import { openDatabase, type Database } from "../db/database.ts";
-import { asAdmin, withSession } from "../db/session.ts";
+import { withSession } from "../db/session.ts";
 import { ROLES } from "../db/urls.ts";
 import { createLogger } from "../logger.ts";
 
@@ -31,11 +31,11 @@ export async function withDatabase<T>(fn: (ctx: { config: Config; db: Database; 
 }
 
 /** One transaction as herald_admin that the audit log attributes to this command and the OS user running it. */
-export const asOperator = <T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>) =>
-  withSession(pool, { role: ROLES.admin, settings: { "herald.actor_detail": `herald cli (${os.userInfo().username})`.slice(0, 100) } }, fn);
+export const asOperator = <T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>, options: { tenantId?: string } = {}) =>
+  withSession(pool, { role: ROLES.admin, tenantId: options.tenantId, settings: { "herald.actor_detail": `herald cli (${os.userInfo().username})`.slice(0, 100) } }, fn);
 
 export async function requireTenant(pool: pg.Pool, slug: string): Promise<Tenant> {
-  const tenant = await asAdmin(pool, (client) => findTenant(client, slug));
+  const tenant = await asOperator(pool, (client) => findTenant(client, slug));
   if (!tenant) throw new CliError(`No tenant with slug "${slug}". \`herald tenant list\` shows them.`);
   return tenant;
 }

@@ -79,12 +79,15 @@ const deliverySelect = `
                           case when d.channel = 'email' then 'email' else 'phone' end,
                           case when d.channel = 'email' then pii.email else pii.phone end))) as suppressed,
          -- Quiet hours guard phones (SMS, WhatsApp), in the contact's time zone,
-         -- else the tenant's; not a reply to someone who wrote in the last day.
+         -- else the tenant's; not a reply to someone who wrote in the last day
+         -- (metadata is the sender's to write: the message it names must be
+         -- this contact's, and recent).
          case when d.channel <> 'email'
-                   and not (m.metadata ? 'in_reply_to' and exists (
+                   and not exists (
                          select 1 from herald_public.inbound_messages i
                           where i.tenant_id = d.tenant_id and i.contact_id = d.contact_id
-                            and i.received_at > now() - interval '24 hours')) then
+                            and i.id::text = m.metadata ->> 'in_reply_to'
+                            and i.received_at > now() - interval '24 hours') then
            herald_hidden.send_window_opens_at(c.timezone, ts.timezone, ts.send_window_start, ts.send_window_end) end as quiet_until,
          ts.rate_batch_interval_seconds * 1000.0 / ts.rate_batch_size as tenant_step_ms,
          tn.status = 'suspended' as tenant_suspended,

@@ -1,5 +1,6 @@
 import type pg from "pg";
 import { sendEmail, SendDeferred, SendError, sendSms, statusCallbackUrl, type ProviderClients, type Sent } from "../providers/send.ts";
+import { CARRIER_OPT_OUT, recordCarrierOptOut } from "./carrier-opt-out.ts";
 import { decide, holdBack, sha256, type Decision, type DeliveryRow } from "./claim.ts";
 import { gate } from "./pacing.ts";
 import { findAcceptedSms } from "./reconcile.ts";
@@ -23,7 +24,7 @@ import type { TenantTransaction } from "../worker/tenant-context.ts";
  */
 
 /** A provider refusing the recipient, not the request: retrying cannot help. */
-const PERMANENT_CODES = new Set(["21211", "21408", "21610", "21612", "21614", "30004", "63007", "NOT_OWN_SENDER", "NO_SENDER"]);
+const PERMANENT_CODES = new Set(["21211", "21408", CARRIER_OPT_OUT, "21612", "21614", "30004", "63007", "NOT_OWN_SENDER", "NO_SENDER"]);
 export const MAX_SEND_ATTEMPTS = 8;
 /** How soon an uncertain send is looked up at the provider. */
 const RECONCILE_DELAY_MS = 5_000;
@@ -112,8 +113,7 @@ async function send(
       return holdBack(client, d.id, new Date(Date.now() + backoffMs(d.attempts + 1)), `retrying: ${error.message}`.slice(0, 500));
     }
     await setStatus(client, d.id, "failed", (retryable ? `gave up after ${d.attempts + 1} attempts: ` : "") + error.message, code);
-    // The recipient replied STOP to this number at the carrier: never again, from any of the tenant's numbers.
-    if (code === "21610") await client.query("select herald_hidden.record_opt_out('phone', $1, $2, 'carrier', '21610')", [to, d.channel]);
+    if (code === CARRIER_OPT_OUT) await recordCarrierOptOut(client, to, d.channel);
     return { kind: "failed", reason: error.message };
   }
 }

@@ -40,6 +40,9 @@ interface Waiting {
   reject: (error: unknown) => void;
 }
 
+/** receive_inbound_batch's limit (one subtransaction each; PostgreSQL's cache holds 64). */
+const MAX_BATCH = 50;
+
 export class InboundBatches {
   readonly #tenants = new Map<string, { waiting: Waiting[]; running: number }>();
   readonly #ctx: WebhookContext;
@@ -50,7 +53,7 @@ export class InboundBatches {
   constructor(ctx: WebhookContext, options: { parallel?: number; maxBatch?: number } = {}) {
     this.#ctx = ctx;
     this.#parallel = options.parallel ?? 2;
-    this.#maxBatch = options.maxBatch ?? 50;
+    this.#maxBatch = Math.min(options.maxBatch ?? MAX_BATCH, MAX_BATCH);
   }
 
   /** Received, or failed on its own (`error_code`); a deadlock with a parallel transaction is tried again. */

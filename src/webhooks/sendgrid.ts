@@ -3,7 +3,7 @@ import express, { type Request, type Response, type Router } from "express";
 import type pg from "pg";
 import { z } from "zod";
 import type { Logger } from "../logger.ts";
-import { refuse } from "./responses.ts";
+import { refuse } from "../api/responses.ts";
 import { accountCredential, inTenant, inTenantWithoutKeys, TtlCache, verifiedWith, type WebhookContext } from "./tenant.ts";
 
 /**
@@ -228,18 +228,22 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
       else byTenant.set(tenant, [event]);
     }
     for (const [tenantId, list] of byTenant) {
+      // Events of this tenant in transactions already committed.
+      let committed = 0;
       try {
         await oneAtATime(tenantId, async () => {
           for (let start = 0; start < list.length; start += EVENTS_PER_TRANSACTION) {
+            const chunk = list.slice(start, start + EVENTS_PER_TRANSACTION);
             await inTenant(options, tenantId, async (client) => {
-              for (const event of list.slice(start, start + EVENTS_PER_TRANSACTION)) await applyEvent(client, event, tally);
+              for (const event of chunk) await applyEvent(client, event, tally);
             }, "sendgrid");
+            committed += chunk.length;
           }
         });
       } catch (error) {
-        // A tenant named in custom args that no longer exists: its events have nowhere to go.
+        // A tenant named in custom args that no longer exists: the rest of its events have nowhere to go.
         if ((error as Error).name === "KeyError") {
-          tally.ignored += list.length;
+          tally.ignored += list.length - committed;
           continue;
         }
         throw error; // 500: SendGrid retries, and the dedupe keeps retries harmless

@@ -2,6 +2,7 @@ import type pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
 import { withSession } from "../db/session.ts";
 import { ROLES } from "../db/urls.ts";
+import { withWorkerSession } from "../worker/tenant-context.ts";
 
 /**
  * How webhook code touches a tenant: only after the tenant is known, and then
@@ -23,8 +24,7 @@ export interface WebhookContext {
 
 /** One transaction as herald_worker in `tenantId`, holding its keys; the audit log names the provider (`twilio`, `sendgrid`). */
 export async function inTenant<T>(ctx: WebhookContext, tenantId: string, fn: (client: pg.PoolClient) => Promise<T>, provider = "provider"): Promise<T> {
-  const settings = await ctx.keyring.sessionSettings(ctx.pool, tenantId);
-  return withSession(ctx.pool, { role: ROLES.worker, tenantId, settings: { ...settings, "herald.actor": "webhook", "herald.actor_detail": provider } }, fn);
+  return withWorkerSession(ctx.pool, ctx.keyring, tenantId, fn, { settings: { "herald.actor": "webhook", "herald.actor_detail": provider } });
 }
 
 /**

@@ -3,9 +3,10 @@ import twilio from "twilio";
 import { z } from "zod";
 import { KeyError } from "../crypto/keyring.ts";
 import type { Logger } from "../logger.ts";
+import { CARRIER_OPT_OUT, recordCarrierOptOut } from "../messages/carrier-opt-out.ts";
 import { InboundBatches } from "./inbound-batches.ts";
 import { classifyKeyword } from "./keywords.ts";
-import { refuse } from "./responses.ts";
+import { refuse } from "../api/responses.ts";
 import { accountCredential, inTenant, inTenantWithoutKeys, TtlCache, verifiedWith, type WebhookContext } from "./tenant.ts";
 
 /**
@@ -97,6 +98,8 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
   const ttl = options.keyring.cacheTtlMs;
   const owners = new TtlCache<NumberOwner | undefined>(ttl);
   const tokens = new TtlCache<string | undefined>(ttl);
+  /** Which of a tenant's accounts an AccountSid is: every callback asks, several per message. */
+  const accounts = new TtlCache<string | undefined>(ttl);
   const inbound = new InboundBatches(options);
   const router = express.Router();
   const form = express.urlencoded({ extended: false, limit: "64kb" });
@@ -194,21 +197,31 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     // Which account sent it: the system's, or one of this tenant's (looked up
     // without the tenant's keys: nothing may be written before verification).
     let accountId: string | null = null;
+    const accountKey = `${tenantId}/${accountSid}`;
     if (accountSid !== options.system?.accountSid) {
-      const { rows } = await inTenantWithoutKeys(options, tenantId, (client) =>
-        client.query<{ id: string }>(
-          `select id from herald_public.provider_accounts
-            where tenant_id = herald_public.current_tenant_id() and kind = 'twilio' and twilio_account_sid = $1
-            order by status = 'active' desc, created_at limit 1`,
-          [accountSid],
-        ),
-      );
-      if (!rows[0]) return refuse(res, 404, "UNKNOWN_ACCOUNT", "This tenant has no Twilio account with that AccountSid.");
-      accountId = rows[0].id;
+      const found = await accounts.get(accountKey, async () => {
+        const { rows } = await inTenantWithoutKeys(options, tenantId, (client) =>
+          client.query<{ id: string }>(
+            `select id from herald_public.provider_accounts
+              where tenant_id = herald_public.current_tenant_id() and kind = 'twilio' and twilio_account_sid = $1
+              order by status = 'active' desc, created_at limit 1`,
+            [accountSid],
+          ),
+        );
+        return rows[0]?.id;
+      });
+      if (!found) {
+        // Not remembered: an account added a moment from now must be found.
+        accounts.forget(accountKey);
+        return refuse(res, 404, "UNKNOWN_ACCOUNT", "This tenant has no Twilio account with that AccountSid.");
+      }
+      accountId = found;
     }
     const verdict = await verify(req, params, tenantId, accountId);
     if (verdict !== "verified") {
       logger.warn({ tenant: tenantId, verdict }, "refused a status callback: signature not verified");
+      // The account may have been replaced (same SID, new row): look it up afresh next time.
+      accounts.forget(accountKey);
       return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that sent this message.");
     }
 
@@ -221,10 +234,9 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
           [deliveryId ?? null, messageSid, status.slice(0, 40), STATUS_EFFECT[status] ?? null, `twilio:${messageSid}:${status}`.slice(0, 200), errorCode],
         );
         const applied = rows[0];
-        // 21610: the recipient opted out at the carrier (replied STOP to this number): never again, on any of the tenant's numbers.
         const recipient = parseAddress(params.To);
-        if (errorCode === "21610" && applied.outcome !== "duplicate" && recipient) {
-          await client.query("select herald_hidden.record_opt_out('phone', $1, $2, 'carrier', '21610')", [recipient.number, recipient.channel]);
+        if (errorCode === CARRIER_OPT_OUT && applied.outcome !== "duplicate" && recipient) {
+          await recordCarrierOptOut(client, recipient.number, recipient.channel);
         }
         return applied;
       }, "twilio");

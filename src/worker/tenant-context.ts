@@ -1,4 +1,5 @@
 import type pg from "pg";
+import type { OutboundWebhookPolicy } from "../config.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import type { ProviderClients } from "../providers/send.ts";
 import { asAdmin, enterSession, withSession } from "../db/session.ts";
@@ -13,20 +14,6 @@ import { ROLES } from "../db/urls.ts";
  * nothing leaks to the next job.
  */
 
-/** How outbound webhooks to tenants' endpoints are posted and retried (HERALD_WEBHOOK_*). */
-export interface OutboundWebhookPolicy {
-  /** Attempts per event before it is given up (each a new try after a growing wait). */
-  maxAttempts: number;
-  /** Failed attempts in a row, across events, after which the endpoint is disabled. */
-  disableAfter: number;
-  /** The first retry's wait; each next one doubles it (at most an hour). */
-  retryBaseMs: number;
-  timeoutMs: number;
-  /** Posts to loopback/private addresses and plain http allowed (development and tests only). */
-  allowPrivateNetworks: boolean;
-}
-
-export const DEFAULT_WEBHOOK_POLICY: OutboundWebhookPolicy = { maxAttempts: 8, disableAfter: 20, retryBaseMs: 30_000, timeoutMs: 10_000, allowPrivateNetworks: false };
 
 interface WorkerContext {
   pool: pg.Pool;
@@ -58,7 +45,9 @@ export function pacingPool(): pg.Pool {
 }
 
 export function webhookPolicy(): OutboundWebhookPolicy {
-  return tenantContext?.webhooks ?? DEFAULT_WEBHOOK_POLICY;
+  // No guessed policy: a job on a worker that has none fails and is retried by one that does.
+  if (!tenantContext?.webhooks) throw new Error("this worker was started without an outbound webhook policy");
+  return tenantContext.webhooks;
 }
 
 export function workerProcessId(): string {
@@ -78,9 +67,23 @@ export async function withTenantContext<T>(
   options: { freshKeys?: boolean } = {},
 ): Promise<T> {
   if (!tenantContext) throw new Error("withTenantContext used before the worker started");
-  const { pool, keyring } = tenantContext;
-  const settings = await keyring.sessionSettings(pool, tenantId, { fresh: options.freshKeys });
-  return withSession(pool, { role: ROLES.worker, tenantId, settings }, fn);
+  return withWorkerSession(tenantContext.pool, tenantContext.keyring, tenantId, fn, options);
+}
+
+/**
+ * One transaction as herald_worker in the tenant, with its keys, on a given
+ * pool and keyring (jobs, and the webhooks, which name what they act as in
+ * `settings`: herald.actor for the audit log).
+ */
+export async function withWorkerSession<T>(
+  pool: pg.Pool,
+  keyring: Keyring,
+  tenantId: string,
+  fn: (client: pg.PoolClient) => Promise<T>,
+  options: { freshKeys?: boolean; settings?: Record<string, string> } = {},
+): Promise<T> {
+  const keys = await keyring.sessionSettings(pool, tenantId, { fresh: options.freshKeys });
+  return withSession(pool, { role: ROLES.worker, tenantId, settings: { ...keys, ...options.settings } }, fn);
 }
 
 /** One transaction as herald_admin (across tenants, through the admin policies): maintenance tasks. */

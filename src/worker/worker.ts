@@ -1,6 +1,7 @@
 import { EventEmitter } from "node:events";
 import { Logger as WorkerLogger, parseCronItems, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
 import pg from "pg";
+import type { OutboundWebhookPolicy } from "../config.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import contactsRekey from "../../tasks/contacts__rekey.ts";
 import ping from "../../tasks/herald__ping.ts";
@@ -15,7 +16,7 @@ import releaseHeld from "../../tasks/tenant__release_held.ts";
 import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
-import { setTenantContext, type OutboundWebhookPolicy } from "./tenant-context.ts";
+import { setTenantContext } from "./tenant-context.ts";
 import webhookSend from "../../tasks/webhook_deliveries__send.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
@@ -50,10 +51,13 @@ export async function startWorker(options: {
   keyring: Keyring;
   /** SDK clients for sends (absent for a worker that never sends, e.g. `herald keys`). */
   providers?: ProviderClients;
-  /** Outbound webhooks to tenants' endpoints (default: DEFAULT_WEBHOOK_POLICY). */
+  /** Outbound webhooks to tenants' endpoints (config.outboundWebhooks; absent for a worker that posts none). */
   webhooks?: OutboundWebhookPolicy;
+  /** Only these tasks (and no cron), e.g. `herald keys`, which must not pick up sends; default: all of them. */
+  tasks?: (keyof typeof taskList)[];
   logger: Logger;
 }): Promise<WorkerHandle> {
+  const tasks = options.tasks ? Object.fromEntries(options.tasks.map((name) => [name, taskList[name]!])) : taskList;
   const onIdleError = (error: Error) =>
     options.logger.warn({ err: { message: error.message } }, "idle worker connection failed");
   // Both pools are ours, with error handlers, and ended by us after the runner
@@ -88,8 +92,8 @@ export async function startWorker(options: {
     pollInterval: 1000,
     // Given explicitly (otherwise it looks for a ./crontab file). graphile-worker
     // runs each tick once across all processes.
-    parsedCronItems: parseCronItems([{ task: "deliveries__sweep", match: "*/5 * * * *" }]),
-    taskList,
+    parsedCronItems: parseCronItems(options.tasks ? [] : [{ task: "deliveries__sweep", match: "*/5 * * * *" }]),
+    taskList: tasks,
     logger: new WorkerLogger(graphileLogFactory(options.logger.child({ component: "worker" }))),
   });
   const runner = await started.catch(async (error: unknown) => {
