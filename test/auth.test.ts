@@ -170,9 +170,10 @@ describe("a token outlives neither its membership nor its tenant's status", () =
       await login(),
     ];
     expect(await statuses()).toEqual([200, 200, 200]);
-    await db.current.root.query("update herald_public.tenants set status = 'suspended' where id = $1", [paused.id]);
+    // (What suspend_tenant / resume_tenant write; a status and its timestamp go together.)
+    await db.current.root.query("update herald_public.tenants set status = 'suspended', suspended_at = now() where id = $1", [paused.id]);
     expect(await statuses()).toEqual([401, 401, 401]);
-    await db.current.root.query("update herald_public.tenants set status = 'active' where id = $1", [paused.id]);
+    await db.current.root.query("update herald_public.tenants set status = 'active', suspended_at = null where id = $1", [paused.id]);
     expect(await statuses()).toEqual([200, 200, 200]);
   });
 });

@@ -155,6 +155,17 @@ describe("a conversation", () => {
       expect((await settled(db.current, reply.body.data!.replyToContact.message.rowId)).byStatus).toEqual({ sent: 1 });
       const other = await sendThroughApi(api.current, tokens.a, { channel: "sms", body: "Newsletter", contactIds: [contactId] });
       expect((await settled(db.current, other)).byReason).toEqual({ "queued/quiet_hours": 1 });
+      // Metadata is the sender's to write: naming a message in it exempts nothing unless it is this contact's own, recent one.
+      const theirs = (await db.current.root.query("select id from herald_public.inbound_messages where contact_id = $1", [contactId])).rows[0].id as string;
+      const stranger = await contactWith(db.current, a, freshPhone());
+      for (const [label, contactIds, inReplyTo] of [
+        ["another contact's message", [stranger], theirs],
+        ["a made-up id", [contactId], "00000000-0000-4000-8000-000000000000"],
+        ["not an id at all", [contactId], "anything"],
+      ] as const) {
+        const forged = await sendThroughApi(api.current, tokens.a, { channel: "sms", body: "Newsletter", contactIds, metadata: { in_reply_to: inReplyTo } });
+        expect((await settled(db.current, forged)).byReason, label).toEqual({ "queued/quiet_hours": 1 });
+      }
       // A day later, a reply is a send like any other.
       await asRoot(db.current, (c) => c.query("update herald_public.inbound_messages set received_at = received_at - interval '25 hours' where contact_id = $1", [contactId]));
       const late = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Sorry for the delay" });

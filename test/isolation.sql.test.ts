@@ -260,8 +260,8 @@ describe("tenant B referencing tenant A's contacts, tags and lists from its own 
     ["record an opt-out of A's contact", "insert into herald_public.consent_events (contact_id, channel, action, source) values ($1, 'sms', 'opt_out', 'keyword')", [a.contactId]],
     ["record a consent event of A's inbound message", "insert into herald_public.consent_events (contact_id, channel, action, source, inbound_message_id) values ($1, 'sms', 'help', 'keyword', $2)", [b.contactId, a.inboundMessageId]],
     ["report on A's delivery", "insert into herald_public.delivery_events (delivery_id, provider, event, dedupe_key, applied, status) values ($1, 'twilio', 'delivered', 'evil-b', true, 'delivered')", [a.deliveryId]],
-    ["file an inbound message under A's contact", `insert into herald_public.inbound_messages (channel, to_number, contact_id, from_encrypted, body_encrypted, key_version, provider_message_id)
-       values ('sms', '+14155550000', $1, '\\x00'::bytea, '\\x00'::bytea, 1, 'SMevil-b')`, [a.contactId]],
+    ["file an inbound message under A's contact", `insert into herald_public.inbound_messages (channel, to_number, contact_id, from_encrypted, body_encrypted, key_version, provider_message_id, account)
+       values ('sms', '+14155550000', $1, '\\x00'::bytea, '\\x00'::bytea, 1, 'SMevil-b', 'system')`, [a.contactId]],
   ] as const;
 
   it("a worker in B cannot point consent, delivery events or inbound messages at A's rows", async () => {

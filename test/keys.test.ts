@@ -69,6 +69,8 @@ async function runUntilFinished(
     authenticatorUrl: db.current.urls.authenticator,
     concurrency: 2,
     keyring,
+    // As `herald keys` runs it: rotation jobs only.
+    tasks: ["contacts__rekey"],
     logger: createLogger("silent", 2),
   });
   try {

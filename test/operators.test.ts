@@ -204,17 +204,38 @@ describe("API rate limits", () => {
     await startEarlyInMinute();
     // Last minute, E was far over its limit.
     await db.current.root.query(
-      `insert into herald_private.api_request_windows (tenant_id, window_start, requests)
-       values ($1, date_trunc('minute', clock_timestamp()) - interval '1 minute', 1000000)`,
+      `insert into herald_private.rate_windows (scope, window_start, hits)
+       values ('api:' || $1, date_trunc('minute', clock_timestamp()) - interval '1 minute', 1000000)`,
       [e.id],
     );
     const statuses: number[] = [];
     for (let i = 0; i < 4; i++) statuses.push((await ask(i % 2 ? secondApi : api, e.apiKeySecret)).status);
     expect(statuses).toEqual([200, 200, 200, 429]);
-    // The old window is gone with the new minute's first request.
-    const { rows } = await db.current.root.query("select requests from herald_private.api_request_windows where tenant_id = $1", [e.id]);
-    expect(rows).toEqual([{ requests: 4 }]);
+    // The new minute's first request restarted the count (refused requests count too).
+    const { rows } = await db.current.root.query(
+      "select hits, window_start = date_trunc('minute', clock_timestamp()) as current from herald_private.rate_windows where scope = 'api:' || $1",
+      [e.id],
+    );
+    expect(rows).toEqual([{ hits: 4, current: true }]);
   }, MINUTE_TIMEOUT);
+
+  it("forgets what stopped coming: keys tried once are swept by later minutes, so guessing cannot grow the table", async () => {
+    const stale = Array.from({ length: 30 }, (_, i) => `login:email:stale-${i}`);
+    await db.current.root.query(
+      `insert into herald_private.rate_windows (scope, window_start, hits)
+       select s, date_trunc('minute', clock_timestamp()) - interval '5 minutes', 1 from unnest($1::text[]) s`,
+      [stale],
+    );
+    const left = async () =>
+      (await db.current.root.query<{ n: number }>("select count(*)::int as n from herald_private.rate_windows where scope = any ($1)", [stale])).rows[0]!.n;
+    // Each scope that starts a minute sweeps up to 20 stale ones.
+    await db.current.root.query("select herald_private.admit('test:first', 10)");
+    expect(await left()).toBe(10);
+    await db.current.root.query("select herald_private.admit('test:second', 10)");
+    expect(await left()).toBe(0);
+    // A scope counting within its minute sweeps nothing (that work is once a minute per scope).
+    expect((await db.current.root.query("select herald_private.admit('test:first', 10) as wait")).rows[0].wait).toBe(0);
+  });
 
   it("is the operators' to set: a tenant cannot raise its own", async () => {
     const owner = await tokenFor(api.current, b, "owner");

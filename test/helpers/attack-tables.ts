@@ -213,8 +213,8 @@ export const TABLES: TableSpec[] = [
     // The worker may update the encrypted columns (key rotation): the policy must hide A's rows from it.
     update: { column: "key_version", to: "1" },
     insertInto: (victim) => ({
-      sql: `insert into herald_public.inbound_messages (tenant_id, channel, to_number, from_encrypted, body_encrypted, key_version, provider_message_id)
-            values ($1, 'sms', '+14155550000', '\\x00'::bytea, '\\x00'::bytea, 1, 'SMevil')`,
+      sql: `insert into herald_public.inbound_messages (tenant_id, channel, to_number, from_encrypted, body_encrypted, key_version, provider_message_id, account)
+            values ($1, 'sms', '+14155550000', '\\x00'::bytea, '\\x00'::bytea, 1, 'SMevil', 'system')`,
       params: [victim.id],
     }),
   },
