@@ -59,6 +59,21 @@ describe("operation size", () => {
     expect(body.errors?.[0]?.message).toMatch(/more than \d+ fields/);
   });
 
+  it("counts a fragment's fields each time it is spread", async () => {
+    // 40 fields, spread 30 times: 1,200 selections in a document of 70 lines.
+    const fields = Array.from({ length: 40 }, (_, i) => `f${i}: currentTenantId`).join(" ");
+    const spreads = Array.from({ length: 30 }, (_, i) => `s${i}: currentTenant { ...F }`).join(" ");
+    const fragment = `fragment F on Tenant { ${fields.replaceAll("currentTenantId", "name")} }`;
+    const { body } = await graphql(api.current, token, `{ ${spreads} } ${fragment}`);
+    expect(body.data).toBeUndefined();
+    expect(body.errors?.[0]?.message).toMatch(/more than \d+ fields/);
+    // The same fragment spread a few times is an ordinary query.
+    const few = Array.from({ length: 3 }, (_, i) => `s${i}: currentTenant { ...F }`).join(" ");
+    const allowed = await graphql(api.current, token, `{ ${few} } ${fragment}`);
+    expect(allowed.body.errors).toBeUndefined();
+    expect(allowed.body.data!.s0.f0).toBe("Tenant A");
+  });
+
   it("refuses a request body over the limit with 413", async () => {
     const response = await fetch(`${api.current.url}/graphql`, {
       method: "POST",

@@ -7,6 +7,7 @@ import {
   visit,
   type ASTVisitor,
   type DocumentNode,
+  type SelectionSetNode,
   type ValidationContext,
   type ValidationRule,
 } from "graphql";
@@ -42,22 +43,46 @@ const maxPageSizeRule: ValidationRule = (context: ValidationContext): ASTVisitor
 });
 
 /**
- * A crude cost bound: the number of field selections in the document.
- * Aliases let a shallow query repeat an expensive field many times; this caps it.
+ * A crude cost bound: the number of field selections an operation makes, with
+ * every fragment spread counted as the fields it stands for, each time it is
+ * spread. Aliases let a shallow query repeat an expensive field many times,
+ * and a fragment spread N times costs N times its fields; this caps both.
+ * Counts stop growing once past the limit, so a fragment that fans out
+ * exponentially costs no more to count than to refuse.
  */
 const maxSelectionsRule: ValidationRule = (context: ValidationContext): ASTVisitor => {
-  let count = 0;
+  const fragmentSizes = new Map<string, number>();
+  const fragmentSize = (name: string, expanding: Set<string>): number => {
+    const known = fragmentSizes.get(name);
+    if (known !== undefined) return known;
+    const fragment = context.getFragment(name);
+    // Unknown and cyclic fragments are other rules' to report.
+    if (!fragment || expanding.has(name)) return 0;
+    expanding.add(name);
+    const size = selectionCount(fragment.selectionSet, expanding);
+    expanding.delete(name);
+    fragmentSizes.set(name, size);
+    return size;
+  };
+  const selectionCount = (set: SelectionSetNode, expanding: Set<string>): number => {
+    let count = 0;
+    for (const selection of set.selections) {
+      if (count > MAX_SELECTIONS) break;
+      if (selection.kind === Kind.FIELD) count += 1 + (selection.selectionSet ? selectionCount(selection.selectionSet, expanding) : 0);
+      else if (selection.kind === Kind.INLINE_FRAGMENT) count += selectionCount(selection.selectionSet, expanding);
+      else count += fragmentSize(selection.name.value, expanding);
+    }
+    return count;
+  };
   return {
-    Field(node) {
-      count += 1;
-      if (count === MAX_SELECTIONS + 1) {
-        context.reportError(
-          new GraphQLError(`This operation selects more than ${MAX_SELECTIONS} fields; split it into smaller ones.`, {
-            nodes: [node],
-            extensions: { code: "OPERATION_TOO_COSTLY" },
-          }),
-        );
-      }
+    OperationDefinition(node) {
+      if (selectionCount(node.selectionSet, new Set()) <= MAX_SELECTIONS) return;
+      context.reportError(
+        new GraphQLError(`This operation selects more than ${MAX_SELECTIONS} fields; split it into smaller ones.`, {
+          nodes: [node],
+          extensions: { code: "OPERATION_TOO_COSTLY" },
+        }),
+      );
     },
   };
 };
