@@ -30,25 +30,32 @@ export type PostResult =
 const NOT_PUBLIC = new net.BlockList();
 for (const [network, prefix] of [
   ["0.0.0.0", 8], ["10.0.0.0", 8], ["100.64.0.0", 10], ["127.0.0.0", 8], ["169.254.0.0", 16], ["172.16.0.0", 12],
-  ["192.0.0.0", 24], ["192.168.0.0", 16], ["198.18.0.0", 15], ["224.0.0.0", 4], ["240.0.0.0", 4],
+  ["192.0.0.0", 24], ["192.88.99.0", 24], ["192.168.0.0", 16], ["198.18.0.0", 15], ["224.0.0.0", 4], ["240.0.0.0", 4],
 ] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv4");
-// Unspecified, loopback, unique-local, link-local, site-local, multicast,
-// documentation, and NAT64 (whose embedded IPv4 address may be anything, the
-// cloud's metadata address included).
+// Unspecified, loopback and the deprecated IPv4-compatible range (::/96),
+// IPv4-translated (::ffff:0:0:0/96), unique-local, link-local, site-local,
+// multicast, documentation, and NAT64 (whose embedded IPv4 address may be
+// anything, the cloud's metadata address included).
 for (const [network, prefix] of [
-  ["::", 128], ["::1", 128], ["fc00::", 7], ["fe80::", 10], ["fec0::", 10], ["ff00::", 8], ["2001:db8::", 32],
+  ["::", 96], ["::ffff:0:0:0", 96], ["fc00::", 7], ["fe80::", 10], ["fec0::", 10], ["ff00::", 8], ["2001:db8::", 32],
   ["64:ff9b::", 96], ["64:ff9b:1::", 48], ["100::", 64],
 ] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv6");
 
+/** Two hex groups of an IPv6 address as the IPv4 address they carry. */
+function dottedQuad(highGroup: string, lowGroup: string): string {
+  const [high, low] = [parseInt(highGroup, 16), parseInt(lowGroup, 16)];
+  return `${high >> 8}.${high & 255}.${low >> 8}.${low & 255}`;
+}
+
 export function isPublicAddress(address: string): boolean {
+  // IPv4-mapped (::ffff:a.b.c.d, or in hex ::ffff:AABB:CCDD): the IPv4 address decides.
   const mapped = /^::ffff:(\d+\.\d+\.\d+\.\d+)$/i.exec(address)?.[1];
   if (mapped) return isPublicAddress(mapped);
+  const mappedHex = /^::ffff:([0-9a-f]{1,4}):([0-9a-f]{1,4})$/i.exec(address);
+  if (mappedHex) return isPublicAddress(dottedQuad(mappedHex[1]!, mappedHex[2]!));
   // 6to4 (2002:AABB:CCDD::/48) carries an IPv4 address: it must be public too.
   const sixToFour = /^2002:([0-9a-f]{1,4}):([0-9a-f]{1,4}):/i.exec(address);
-  if (sixToFour) {
-    const [high, low] = [parseInt(sixToFour[1]!, 16), parseInt(sixToFour[2]!, 16)];
-    if (!isPublicAddress(`${high >> 8}.${high & 255}.${low >> 8}.${low & 255}`)) return false;
-  }
+  if (sixToFour && !isPublicAddress(dottedQuad(sixToFour[1]!, sixToFour[2]!))) return false;
   return !NOT_PUBLIC.check(address, net.isIPv6(address) ? "ipv6" : "ipv4");
 }
 
