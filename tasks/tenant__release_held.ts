@@ -1,10 +1,12 @@
 import { queueDeliveryJobs } from "../src/messages/jobs.ts";
+import { releaseHeldWebhooks } from "../src/outbound/held.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
 
 /**
  * The tenant's monthly cap was raised, or an operator resumed the suspended
  * tenant: the deliveries held back for that are queued to send now (each is
- * checked again when it runs), in one add_jobs call. Their jobs at the month's turn stay and
+ * checked again when it runs), in one add_jobs call, and so are the events
+ * held for the tenant's webhook endpoints. Their jobs at the month's turn stay and
  * find them sent. The ids are read in the tenant's session (RLS); the jobs are
  * written on graphile-worker's own connection, where the queue lives.
  */
@@ -24,6 +26,8 @@ export default rowTask(async (client, tenantId, helpers) => {
       where tenant_id = herald_public.current_tenant_id() and status = 'queued' and reason in ('monthly_cap', 'tenant_suspended')
       returning id`,
   );
+  const events = await helpers.withPgClient((queue) => releaseHeldWebhooks(client, queue, tenantId));
+  if (events > 0) helpers.logger.info(`tenant ${tenantId}: ${events} held webhook events released`);
   if (rows.length === 0) return;
   await helpers.withPgClient((queue) => queueDeliveryJobs(queue, rows.map((r) => ({ tenant_id: tenantId, id: r.id }))));
   helpers.logger.info(`tenant ${tenantId}: ${rows.length} held deliveries released`);

@@ -1,5 +1,6 @@
 import type { Task } from "graphile-worker";
 import type pg from "pg";
+import { HELD_RECHECK_MS, HELD_WHILE_SUSPENDED } from "../src/outbound/held.ts";
 import { postJson, type PostResult } from "../src/outbound/post.ts";
 import { SIGNATURE_HEADER, signatureHeader } from "../src/outbound/signature.ts";
 import { rowPayload, type RowPayload } from "../src/worker/row-task.ts";
@@ -35,6 +36,7 @@ interface Pending {
   endpoint_id: string;
   endpoint_status: string;
   secret: string;
+  tenant_suspended: boolean;
   private_fields: Record<string, unknown> | null;
 }
 
@@ -42,6 +44,7 @@ const load = (client: pg.ClientBase, id: string) =>
   client.query<Pending>(
     `select w.id, w.event_id, w.event_type, w.payload, w.status, w.attempts, w.created_at, e.url, e.id as endpoint_id,
             e.status as endpoint_status, herald_hidden.webhook_endpoint_secret(e.id) as secret,
+            (select t.status = 'suspended' from herald_public.tenants t where t.id = w.tenant_id) as tenant_suspended,
             case when w.event_type = 'inbound.received' then (
               select json_build_object('from', herald_public.inbound_messages_from(i), 'body', herald_public.inbound_messages_body(i))
                 from herald_public.inbound_messages i
@@ -58,6 +61,19 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
   if (!pending || pending.status !== "pending") return; // gone with its endpoint, or done already
   if (pending.endpoint_status !== "active") {
     await withTenantContext(tenantId, (client) => finish(client, pending, "failed", null, "the endpoint is disabled"));
+    return;
+  }
+  if (pending.tenant_suspended) {
+    // Kept, not counted as an attempt: posted when an operator resumes the tenant (tenant__release_held).
+    await withTenantContext(tenantId, (client) =>
+      client.query("update herald_public.webhook_deliveries set last_error = $2 where tenant_id = herald_public.current_tenant_id() and id = $1", [
+        id,
+        HELD_WHILE_SUSPENDED,
+      ]),
+    );
+    await helpers.withPgClient((queue) =>
+      queue.query("select herald_private.queue_webhook_delivery($1, $2, $3)", [tenantId, id, new Date(Date.now() + HELD_RECHECK_MS)]),
+    );
     return;
   }
   // Only a post needs the policy (a worker without one fails the job here, for one that has it).
