@@ -151,6 +151,8 @@ export async function writtenRows(db: TestDb): Promise<Record<string, number | s
     "herald_public.contacts",
     "herald_public.suppressions",
     "herald_private.tenant_data_keys",
+    "herald_public.audit_log",
+    "herald_public.webhook_deliveries",
   ];
   const { rows } = await db.root.query(
     `select ${tables.map((t, i) => `(select count(*)::int from ${t}) as t${i}`).join(", ")},
