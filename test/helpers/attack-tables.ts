@@ -1,3 +1,5 @@
+import { ROLES } from "../../src/db/urls.ts";
+import type { RequestRole } from "./db.ts";
 import type { TenantFixture } from "./fixtures.ts";
 
 /**
@@ -291,4 +293,12 @@ export const TABLES: TableSpec[] = [
     update: { column: "next_at", to: "now()" },
     insertInto: (victim) => ({ sql: "insert into herald_hidden.send_plans (tenant_id, scope, next_at) values ($1, 'evil', now())", params: [victim.id] }),
   },
+];
+
+/** Every identity tenant B can act as: its owner (a tenant admin), a plain member, an API key (no user), and a worker job. */
+export const attackerIdentities = (b: TenantFixture) => [
+  { name: "B's owner", role: ROLES.member as RequestRole, tenantId: b.id, userId: b.ownerId },
+  { name: "B's member", role: ROLES.member as RequestRole, tenantId: b.id, userId: b.memberId },
+  { name: "B's API key", role: ROLES.member as RequestRole, tenantId: b.id, userId: undefined },
+  { name: "a worker in B", role: ROLES.worker as RequestRole, tenantId: b.id, userId: undefined },
 ];
