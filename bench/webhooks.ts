@@ -91,12 +91,13 @@ export async function benchWebhooks() {
     // (through the same function), so the planner sizes the tables as in
     // steady state rather than planning for empty ones.
     say(`seeding ${fmt(HISTORY)} earlier inbound messages…`);
+    const settings = await keyring.sessionSettings(app, tenantId);
     for (let done = 0; done < HISTORY; done += 50) {
       const batch = Array.from({ length: 50 }, (_, k) => ({
         channel: "sms", to_number: NUMBER, from_phone: phoneOf((done + k) % CONTACTS), body: "Earlier message",
         provider_message_id: `SM${String(done + k).padStart(32, "f")}`, media_count: 0, keyword: null, keyword_word: null,
       }));
-      await withSession(app, { role: ROLES.worker, tenantId, settings: await keyring.sessionSettings(app, tenantId) }, (c) =>
+      await withSession(app, { role: ROLES.worker, tenantId, settings }, (c) =>
         c.query("select count(*) from herald_hidden.receive_inbound_batch($1)", [JSON.stringify(batch)]),
       );
     }

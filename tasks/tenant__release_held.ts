@@ -26,9 +26,10 @@ export default rowTask(async (client, tenantId, helpers) => {
       where tenant_id = herald_public.current_tenant_id() and status = 'queued' and reason in ('monthly_cap', 'tenant_suspended')
       returning id`,
   );
-  const events = await helpers.withPgClient((queue) => releaseHeldWebhooks(client, queue, tenantId));
+  const events = await helpers.withPgClient(async (queue) => {
+    if (rows.length > 0) await queueDeliveryJobs(queue, rows.map((r) => ({ tenant_id: tenantId, id: r.id })));
+    return releaseHeldWebhooks(client, queue, tenantId);
+  });
+  if (rows.length > 0) helpers.logger.info(`tenant ${tenantId}: ${rows.length} held deliveries released`);
   if (events > 0) helpers.logger.info(`tenant ${tenantId}: ${events} held webhook events released`);
-  if (rows.length === 0) return;
-  await helpers.withPgClient((queue) => queueDeliveryJobs(queue, rows.map((r) => ({ tenant_id: tenantId, id: r.id }))));
-  helpers.logger.info(`tenant ${tenantId}: ${rows.length} held deliveries released`);
 });

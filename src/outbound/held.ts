@@ -20,6 +20,7 @@ export async function releaseHeldWebhooks(client: pg.ClientBase, queue: pg.Clien
       where tenant_id = herald_public.current_tenant_id() and status = 'pending' and last_error = $1`,
     [HELD_WHILE_SUSPENDED],
   );
-  for (const { id } of rows) await queue.query("select herald_private.queue_webhook_delivery($1, $2)", [tenantId, id]);
+  if (rows.length === 0) return 0;
+  await queue.query("select herald_private.queue_webhook_delivery($1, id) from unnest($2::uuid[]) id", [tenantId, rows.map((r) => r.id)]);
   return rows.length;
 }
