@@ -191,8 +191,8 @@ db.command("migrate")
   .description("Apply committed migrations (npm start does this too).")
   .action(async () => withDatabase(async () => print("Database is up to date.")));
 db.command("watch")
-  .description("Apply migrations/current.sql on every save (schema development).")
-  .option("--once", "apply current.sql once and exit")
+  .description("Apply migrations/current/ on every save (schema development).")
+  .option("--once", "apply migrations/current/ once and exit")
   .action(async (opts: { once?: boolean }) => {
     const config = loadConfig();
     const watchLogger = createLogger("info", 2);
@@ -211,7 +211,7 @@ db.command("watch")
     await watchMigrations(database.urls, watchLogger);
   });
 db.command("commit")
-  .description("Commit migrations/current.sql as the next migration (tested on the shadow database first).")
+  .description("Commit migrations/current/ as the next migration (tested on the shadow database first).")
   .option("--message <text>", "a one-line description stored in the migration")
   .action(async (opts: { message?: string }) =>
     withDatabase(async ({ db: database }) => {
@@ -219,7 +219,7 @@ db.command("commit")
     }),
   );
 db.command("uncommit")
-  .description("Move the latest committed migration back into current.sql (before anyone else has applied it).")
+  .description("Move the latest committed migration back into migrations/current/ (before anyone else has applied it).")
   .action(async () =>
     withDatabase(async ({ db: database }) => {
       await uncommitMigration(database.urls, createLogger("info", 2));

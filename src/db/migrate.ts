@@ -31,7 +31,7 @@ export function migrateSettings(urls: DatabaseUrls, logger: Logger): Settings {
 const MIGRATE_LOCK = 4_834_202;
 
 /**
- * Apply committed migrations (never current.sql). graphile-migrate only tries
+ * Apply committed migrations (never migrations/current/). graphile-migrate only tries
  * its lock and fails when another process holds it, so several processes
  * starting at once (workers scaling out) would fail: they queue on a lock of
  * Herald's first, and each finds the work done by the one before.
@@ -49,7 +49,7 @@ export async function applyMigrations(urls: DatabaseUrls, logger: Logger): Promi
   }
 }
 
-/** `herald db commit`: current.sql becomes the next committed migration (graphile-migrate empties current.sql). */
+/** `herald db commit`: migrations/current/ becomes the next committed migration (graphile-migrate empties the folder). */
 export async function commitMigration(urls: DatabaseUrls, logger: Logger, message?: string): Promise<void> {
   try {
     await commit(migrateSettings(urls, logger), message);
@@ -58,7 +58,7 @@ export async function commitMigration(urls: DatabaseUrls, logger: Logger, messag
   }
 }
 
-/** `herald db uncommit`: the latest committed migration goes back to current.sql (only if not yet shared). */
+/** `herald db uncommit`: the latest committed migration goes back to migrations/current/ (only if not yet shared). */
 export async function uncommitMigration(urls: DatabaseUrls, logger: Logger): Promise<void> {
   try {
     await uncommit(migrateSettings(urls, logger));
@@ -67,7 +67,7 @@ export async function uncommitMigration(urls: DatabaseUrls, logger: Logger): Pro
   }
 }
 
-/** `npm run db:watch`: apply current.sql on every save, for schema work (or once). */
+/** `npm run db:watch`: apply migrations/current/ on every save, for schema work (or once). */
 export async function watchMigrations(urls: DatabaseUrls, logger: Logger, once = false): Promise<void> {
   try {
     await watch(migrateSettings(urls, logger), once, false);

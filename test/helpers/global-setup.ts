@@ -3,12 +3,15 @@ import type { TestProject } from "vitest/node";
 import { loadConfig } from "../../src/config.ts";
 import { bootstrapDatabase, dropDatabase } from "../../src/db/bootstrap.ts";
 import { deriveUrls, openDatabase } from "../../src/db/database.ts";
+import { watchMigrations } from "../../src/db/migrate.ts";
 import { dataDir } from "../../src/paths.ts";
 import { createLogger } from "../../src/logger.ts";
 
 /**
  * Once per run: the server (DATABASE_URL, or a disposable embedded cluster in
- * .data/test-postgres), then a template database with every migration applied.
+ * .data/test-postgres), then a template database with every committed
+ * migration applied and, on top, the work in progress of migrations/current/
+ * (empty once committed), so the suite tests the schema as it will be.
  * Test files clone it (test/helpers/db.ts).
  */
 
@@ -30,6 +33,7 @@ export default async function setup(project: TestProject) {
     disposable: true,
   });
   const urls = deriveUrls(db.urls.admin, config.rolePasswords);
+  await watchMigrations(urls, logger, true);
   // Re-run the bootstrap so the template carries the database-level grants too.
   await bootstrapDatabase({ adminUrl: urls.admin, database: templateDatabase, passwords: config.rolePasswords, logger });
   const serverKind = config.databaseUrl ? "DATABASE_URL" : "embedded";
