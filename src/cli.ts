@@ -1,5 +1,7 @@
 import "./env-defaults.ts";
 import { randomBytes } from "node:crypto";
+import fs from "node:fs";
+import path from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
 import { addMembership, createTenant, findMembershipUser, findOrCreateUser, findTenant, setUserPassword } from "./admin.ts";
@@ -7,10 +9,15 @@ import { createAuthenticator } from "./auth.ts";
 import { loadConfig } from "./config.ts";
 import { dropDatabase } from "./db/bootstrap.ts";
 import { openDatabase } from "./db/database.ts";
+import { forgetUncommittedMigrations, recordNewCommittedMigrations } from "./db/committed-hashes.ts";
+import type { DatabaseUrls } from "./db/database.ts";
 import { commitMigration, uncommitMigration, watchMigrations } from "./db/migrate.ts";
+import { compareDumps } from "./db/schema-dump.ts";
+import { dumpCatalog, printGraphqlSchema, SCHEMA_GRAPHQL_PATH, SCHEMA_SQL_PATH, writeSchemaFiles } from "./db/schema-files.ts";
 import { ROLES } from "./db/urls.ts";
 import { formatReport, runDoctor } from "./doctor.ts";
 import { createLogger } from "./logger.ts";
+import { projectRoot } from "./paths.ts";
 import { reportStartupError } from "./startup-errors.ts";
 import { registerContactCommands } from "./cli/contacts.ts";
 import { registerKeyCommands } from "./cli/keys.ts";
@@ -197,9 +204,13 @@ db.command("watch")
     const config = loadConfig();
     const watchLogger = createLogger("info", 2);
     const database = await openDatabase(config, watchLogger);
+    // Each apply that changed something rewrites data/schema.sql and schema.graphql (`db dump`, in a
+    // child process graphile-migrate runs, which finds this database through the environment).
+    process.env.HERALD_DATABASE_URLS = JSON.stringify(database.urls);
+    const afterCurrent = [{ _: "command" as const, shadow: false, command: `"${process.execPath}" "${path.join(projectRoot, "src", "cli.ts")}" db dump` }];
     if (opts.once) {
       try {
-        await watchMigrations(database.urls, watchLogger, true);
+        await watchMigrations(database.urls, watchLogger, true, { afterCurrent });
       } finally {
         await database.stop();
       }
@@ -208,7 +219,7 @@ db.command("watch")
     for (const signal of ["SIGINT", "SIGTERM"] as const) {
       process.once(signal, () => void database.stop().finally(() => process.exit(0)));
     }
-    await watchMigrations(database.urls, watchLogger);
+    await watchMigrations(database.urls, watchLogger, false, { afterCurrent });
   });
 db.command("commit")
   .description("Commit migrations/current/ as the next migration (tested on the shadow database first).")
@@ -216,6 +227,8 @@ db.command("commit")
   .action(async (opts: { message?: string }) =>
     withDatabase(async ({ db: database }) => {
       await commitMigration(database.urls, createLogger("info", 2), opts.message);
+      for (const file of recordNewCommittedMigrations()) print(`Recorded the hash of ${file} in migrations/committed.sha256: it is frozen from now on.`);
+      for (const file of await writeSchemaFiles(database.urls)) print(`Wrote ${path.relative(projectRoot, file)}`);
     }),
   );
 db.command("uncommit")
@@ -223,8 +236,30 @@ db.command("uncommit")
   .action(async () =>
     withDatabase(async ({ db: database }) => {
       await uncommitMigration(database.urls, createLogger("info", 2));
+      for (const file of forgetUncommittedMigrations()) print(`Removed ${file}'s hash from migrations/committed.sha256.`);
     }),
   );
+db.command("dump")
+  .description("Write data/schema.sql (roles, tables, policies, functions, grants, from the catalog) and schema.graphql (the API) from the database as it is now.")
+  .option("--check", "write nothing; exit non-zero when either file differs from the database")
+  .action(async (opts: { check?: boolean }) => {
+    const run = async (urls: Pick<DatabaseUrls, "owner" | "authenticator">) => {
+      if (!opts.check) {
+        for (const file of await writeSchemaFiles(urls)) print(`Wrote ${path.relative(projectRoot, file)}`);
+        return;
+      }
+      const [catalog, sdl] = await Promise.all([dumpCatalog(urls.owner), printGraphqlSchema(urls.authenticator)]);
+      const read = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "");
+      const { exact, differences } = compareDumps(read(SCHEMA_SQL_PATH), catalog);
+      const stale = [...(differences.length > 0 ? [`data/schema.sql (${exact ? "exact" : "structural, another PostgreSQL major"}):\n${differences.slice(0, 40).join("\n")}`] : []), ...(read(SCHEMA_GRAPHQL_PATH) !== sdl ? ["schema.graphql"] : [])];
+      if (stale.length > 0) throw new CliError(`Stale, run \`npm run herald -- db dump\`: ${stale.join("\n")}`);
+      print("data/schema.sql and schema.graphql match the database.");
+    };
+    // Run by `db watch` (graphile-migrate's afterCurrent hook): the watching process's database.
+    const inherited = process.env.HERALD_DATABASE_URLS;
+    if (inherited) await run(JSON.parse(inherited) as DatabaseUrls);
+    else await withDatabase(({ db: database }) => run(database.urls));
+  });
 db.command("reset")
   .description("Drop and recreate the embedded database, then migrate (embedded mode only).")
   .option("--yes", "do not ask for confirmation")

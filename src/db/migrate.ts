@@ -67,10 +67,10 @@ export async function uncommitMigration(urls: DatabaseUrls, logger: Logger): Pro
   }
 }
 
-/** `npm run db:watch`: apply migrations/current/ on every save, for schema work (or once). */
-export async function watchMigrations(urls: DatabaseUrls, logger: Logger, once = false): Promise<void> {
+/** `npm run db:watch`: apply migrations/current/ on every save, for schema work (or once); `hooks` run after each apply that changed something. */
+export async function watchMigrations(urls: DatabaseUrls, logger: Logger, once = false, hooks: Pick<Settings, "afterCurrent"> = {}): Promise<void> {
   try {
-    await watch(migrateSettings(urls, logger), once, false);
+    await watch({ ...migrateSettings(urls, logger), ...hooks }, once, false);
   } finally {
     if (once) clearAllPools();
   }
