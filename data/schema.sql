@@ -1113,7 +1113,6 @@ grant select on herald_public.lists to herald_admin;
 grant select on herald_public.lists to herald_member;
 grant select on herald_public.lists to herald_worker;
 grant update (description, name) on herald_public.lists to herald_member;
-grant update (description, name) on herald_public.lists to herald_worker;
 
 create table herald_public.memberships (
   tenant_id uuid not null,
@@ -1414,6 +1413,14 @@ create policy select_definer on herald_public.sender_numbers as permissive for s
     using (true);
 create policy select_member on herald_public.sender_numbers as permissive for select to herald_member, herald_worker
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+create policy update_admin on herald_public.sender_numbers as permissive for update to herald_admin
+    using (true)
+    with check (true);
+comment on policy update_admin on herald_public.sender_numbers is 'Operators change any number''s pace (messages_per_second, the only column granted).';
+create policy update_member on herald_public.sender_numbers as permissive for update to herald_member
+    using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)))
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy update_member on herald_public.sender_numbers is 'A tenant''s owners and admins change their own numbers'' pace (messages_per_second, the only column granted).';
 comment on table herald_public.sender_numbers is '@behavior -update
 A phone number the tenant sends SMS or WhatsApp from; each number belongs to one tenant.';
 comment on column herald_public.sender_numbers.messages_per_second is 'How fast this number may send (1 for a US long code; more for toll-free and short codes).';
@@ -1551,7 +1558,6 @@ grant select on herald_public.tags to herald_admin;
 grant select on herald_public.tags to herald_member;
 grant select on herald_public.tags to herald_worker;
 grant update (name) on herald_public.tags to herald_member;
-grant update (name) on herald_public.tags to herald_worker;
 
 create table herald_public.templates (
   tenant_id uuid not null

@@ -1,9 +1,8 @@
 import pg from "pg";
 import { beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { attackerIdentities, TABLES } from "./helpers/attack-tables.ts";
+import { attackerIdentities, exposedTables, seedAttackTenants, specFor, type AttackTenant } from "./helpers/attack-tables.ts";
 import { asRole, expectPgError, useTestDatabase, withRootDb } from "./helpers/db.ts";
-import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { testKeyring } from "./helpers/keys.ts";
 
 /**
@@ -14,11 +13,11 @@ import { testKeyring } from "./helpers/keys.ts";
  */
 
 const db = useTestDatabase();
-let a: TenantFixture;
-let b: TenantFixture;
+let a: AttackTenant;
+let b: AttackTenant;
 
 beforeAll(async () => {
-  ({ a, b } = await seedTwoTenants(db.current));
+  ({ a, b } = await seedAttackTenants(db.current));
 });
 
 describe("tenant B referencing tenant A's rows", () => {
@@ -154,6 +153,23 @@ describe("who may act inside their own tenant", () => {
     expect(await attempt(undefined)).toBe(0);
   });
 
+  it("a tenant's owner and an operator can change a sender number's pace; a plain member and an API key cannot", async () => {
+    const attempt = (who: { role: typeof ROLES.member | typeof ROLES.admin; userId?: string }) =>
+      asRole(db.current, { ...who, tenantId: b.id }, async (c) => {
+        const { rowCount } = await c.query("update herald_public.sender_numbers set messages_per_second = 3 where id = $1", [b.senderNumberId]);
+        return rowCount;
+      });
+    expect(await attempt({ role: ROLES.member, userId: b.ownerId })).toBe(1);
+    expect(await attempt({ role: ROLES.admin })).toBe(1);
+    expect(await attempt({ role: ROLES.member, userId: b.memberId })).toBe(0);
+    expect(await attempt({ role: ROLES.member })).toBe(0);
+    // Only the pace: the number itself stays as registered.
+    await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId }, async (c) => {
+      const error = await expectPgError(c, () => c.query("update herald_public.sender_numbers set phone_number = '+15005550006' where id = $1", [b.senderNumberId]));
+      expect(error?.code).toBe("42501");
+    });
+  });
+
   it("an owner of tenant B who is a plain member of tenant A has no owner rights in A", async () => {
     await withRootDb(db.current, async (c) => {
       await c.query("insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'member')", [a.id, b.ownerId]);
@@ -217,10 +233,10 @@ describe("connections and roles", () => {
       await client.query("select set_config('role', 'herald_member', true)");
       const leftover = await client.query("select current_setting('jwt.claims.tenant_id', true) as claim");
       expect(leftover.rows[0].claim).toBe("");
-      for (const spec of TABLES) {
-        const { rows } = await client.query(`select count(*)::int as n from ${spec.table}`);
+      for (const table of exposedTables()) {
+        const { rows } = await client.query(`select count(*)::int as n from ${table}`);
         // users: a member with no tenant and no user sees no one either.
-        expect(rows[0].n, spec.table).toBe(0);
+        expect(rows[0].n, table).toBe(0);
       }
       await client.query("rollback");
     } finally {
@@ -232,9 +248,9 @@ describe("connections and roles", () => {
     const client = new pg.Client({ connectionString: db.current.urls.authenticator });
     await client.connect();
     try {
-      for (const spec of TABLES) {
-        const error = await client.query(`select 1 from ${spec.table} limit 1`).then(() => undefined, (e: { code: string }) => e);
-        expect(error?.code, spec.table).toBe("42501");
+      for (const table of exposedTables()) {
+        const error = await client.query(`select 1 from ${table} limit 1`).then(() => undefined, (e: { code: string }) => e);
+        expect(error?.code, table).toBe("42501");
       }
     } finally {
       await client.end();
@@ -243,7 +259,7 @@ describe("connections and roles", () => {
 
   it("herald_admin sees both tenants in every table", async () => {
     await asRole(db.current, { role: ROLES.admin }, async (c) => {
-      for (const spec of TABLES) {
+      for (const spec of exposedTables().map(specFor)) {
         for (const t of [a, b]) {
           const { where, params } = spec.victim(t);
           const { rowCount } = await c.query(`select 1 from ${spec.table} where ${where}`, params);

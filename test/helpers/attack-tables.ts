@@ -1,39 +1,94 @@
+import { inject } from "vitest";
+import { inTransaction } from "../../src/db/session.ts";
 import { ROLES } from "../../src/db/urls.ts";
-import type { RequestRole } from "./db.ts";
-import type { TenantFixture } from "./fixtures.ts";
+import type { RequestRole, TestDb } from "./db.ts";
+import { seedTwoTenants, type TenantFixture } from "./fixtures.ts";
 
 /**
- * Every tenant table, as test/isolation.sql.test.ts attacks it: how to name
- * tenant A's row, what a role may read, try to update, and insert into A.
+ * The attack matrix's tables are the catalog's: every table of herald_public
+ * and herald_hidden in the migrated template (read by the global setup), not
+ * a list kept by hand. What cannot be read from the catalog is each table's
+ * fixture below: how to name tenant A's rows and how to insert a row pointing
+ * into A. A new table without one fails the matrix, naming the table; add its
+ * entry here (and, if the two-tenant fixture has no row of it, seed one in
+ * `seedAttackRows`). Which columns a role may read or update is read from the
+ * catalog per role (test/isolation.sql.test.ts).
  */
+
+/** The tenant fixture, with a row of the tables the shared fixture does not seed. */
+export interface AttackTenant extends TenantFixture {
+  emailDomainId: string;
+  providerTestId: string;
+}
 
 export interface TableSpec {
   table: string;
   /** Predicate selecting tenant A's row(s) by id, with its parameters. */
-  victim: (t: TenantFixture) => { where: string; params: unknown[] };
+  victim: (t: AttackTenant) => { where: string; params: unknown[] };
   /** The column naming a row's tenant, or null for a table of no one tenant (users belong to tenants through memberships). */
   tenantKey: "tenant_id" | "id" | null;
-  /** Columns every role with SELECT may read (members cannot read api_keys.secret_hash). */
-  columns: string;
   /**
-   * An update to try: `column` set `to` a constant (granted to some request
-   * role where any column is). A constant reads no column, so that without a
-   * WHERE clause only the UPDATE policy stands in the way, not the SELECT one.
+   * The update to try, for roles that may update `column`: set `to` a
+   * constant. A constant reads no column, so that without a WHERE clause only
+   * the UPDATE policy stands in the way, not the SELECT one. Without it (or for
+   * a role that may not update that column), the first column the role may
+   * update is set to its DEFAULT, which reads no column either.
    */
-  update: { column: string; to: string };
+  update?: { column: string; to: string };
   /**
    * An insert that points into tenant A, made by `actor` (the attacking user, if
    * any). No RETURNING: that would add the SELECT policy's check and hide a
    * missing WITH CHECK.
    */
-  insertInto: (victim: TenantFixture, actor: string | undefined, attacker: TenantFixture) => { sql: string; params: unknown[] };
+  insertInto: (victim: AttackTenant, actor: string | undefined, attacker: AttackTenant) => { sql: string; params: unknown[] };
 }
 
-export const TABLES: TableSpec[] = [
+/** Every exposed table, from the catalog. */
+export const exposedTables = (): string[] => inject("exposedTables");
+
+export const hasFixture = (table: string): boolean => FIXTURES.some((s) => s.table === table);
+
+/** The table's fixture; a table the matrix does not know yet fails every test that needs it, saying what to do. */
+export function specFor(table: string): TableSpec {
+  const spec = FIXTURES.find((s) => s.table === table);
+  if (!spec) {
+    throw new Error(
+      `${table} has no attack fixture: add its entry (victim, tenantKey, insertInto) to FIXTURES in test/helpers/attack-tables.ts, ` +
+        "and seed a row of it for both tenants in seedAttackRows if the shared fixture has none",
+    );
+  }
+  return spec;
+}
+
+/** Tenants A and B with a row in every exposed table (committed as superuser into this file's database). */
+export async function seedAttackTenants(db: TestDb): Promise<{ a: AttackTenant; b: AttackTenant }> {
+  const { a, b } = await seedTwoTenants(db);
+  return { a: await seedAttackRows(db, a), b: await seedAttackRows(db, b) };
+}
+
+/**
+ * Rows of the tables the shared fixture leaves empty. Their insert triggers
+ * queue jobs; no worker runs on the attack files' databases.
+ */
+async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenant> {
+  const rows = await inTransaction(db.root, async (c) => {
+    const domain = await c.query<{ id: string }>(
+      "insert into herald_public.email_domains (tenant_id, domain, provider_account_id) values ($1, $2, $3) returning id",
+      [t.id, `mail.${t.slug}.test`, t.providerAccountId],
+    );
+    const test = await c.query<{ id: string }>(
+      "insert into herald_hidden.provider_tests (tenant_id, provider_account_id, to_address) values ($1, $2, '+14155550199') returning id",
+      [t.id, t.providerAccountId],
+    );
+    return { emailDomainId: domain.rows[0]!.id, providerTestId: test.rows[0]!.id };
+  });
+  return { ...t, ...rows };
+}
+
+const FIXTURES: TableSpec[] = [
   {
     table: "herald_public.tenants",
     tenantKey: "id",
-    columns: "id, slug, name",
     victim: (t) => ({ where: "id = $1", params: [t.id] }),
     update: { column: "name", to: "'pwned'" },
     insertInto: () => ({ sql: "insert into herald_public.tenants (slug, name) values ('evil', 'Evil')", params: [] }),
@@ -41,7 +96,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.users",
     tenantKey: null,
-    columns: "id, email",
     victim: (t) => ({ where: "id = $1", params: [t.memberId] }),
     update: { column: "display_name", to: "'pwned'" },
     insertInto: () => ({ sql: "insert into herald_public.users (email) values ('evil@evil.test')", params: [] }),
@@ -49,7 +103,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.memberships",
     tenantKey: "tenant_id",
-    columns: "tenant_id, user_id, role",
     victim: (t) => ({ where: "tenant_id = $1 and user_id = $2", params: [t.id, t.memberId] }),
     update: { column: "role", to: "'owner'" },
     insertInto: (victim, _actor, attacker) => ({
@@ -60,7 +113,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.api_keys",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, name",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.apiKeyId] }),
     update: { column: "revoked_at", to: "now()" },
     // created_by is the actor, so only the tenant clause of the policy can refuse B's owner.
@@ -73,7 +125,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.tenant_settings",
     tenantKey: "tenant_id",
-    columns: "tenant_id, help_text",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
     update: { column: "help_text", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.tenant_settings (tenant_id) values ($1)", params: [victim.id] }),
@@ -81,7 +132,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_hidden.pings",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.pingId] }),
     update: { column: "answered_by", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_hidden.pings (tenant_id) values ($1)", params: [victim.id] }),
@@ -89,7 +139,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.contacts",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, first_name, phone_hash, email_encrypted",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.contactId] }),
     update: { column: "first_name", to: "'pwned'" },
     insertInto: (victim) => ({
@@ -100,7 +149,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.tags",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, name",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.tagId] }),
     update: { column: "name", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.tags (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
@@ -108,7 +156,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.contact_tags",
     tenantKey: "tenant_id",
-    columns: "tenant_id, contact_id, tag_id",
     victim: (t) => ({ where: "tenant_id = $1 and contact_id = $2", params: [t.id, t.contactId] }),
     // No column of contact_tags is updatable: the grant refuses.
     update: { column: "tag_id", to: "'00000000-0000-4000-8000-000000000000'" },
@@ -120,7 +167,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.lists",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, name",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.listId] }),
     update: { column: "description", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.lists (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
@@ -128,7 +174,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.list_members",
     tenantKey: "tenant_id",
-    columns: "tenant_id, list_id, contact_id",
     victim: (t) => ({ where: "tenant_id = $1 and list_id = $2", params: [t.id, t.listId] }),
     // No column is updatable: the grant refuses.
     update: { column: "contact_id", to: "'00000000-0000-4000-8000-000000000000'" },
@@ -140,7 +185,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.provider_accounts",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, name, secret_hint",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.providerAccountId] }),
     update: { column: "name", to: "'pwned'" },
     insertInto: (victim) => ({
@@ -152,7 +196,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.sender_numbers",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, phone_number",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.senderNumberId] }),
     // Members may set a number's pace: the policy must hide A's numbers from them.
     update: { column: "messages_per_second", to: "1" },
@@ -161,7 +204,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.email_senders",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, from_email",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.emailSenderId] }),
     // No column is updatable: the grant refuses.
     update: { column: "from_email", to: "'evil@evil.test'" },
@@ -170,7 +212,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.templates",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, name, body",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.templateId] }),
     update: { column: "body", to: "'pwned'" },
     insertInto: (victim) => ({ sql: "insert into herald_public.templates (tenant_id, channel, name, body) values ($1, 'sms', 'evil', 'x')", params: [victim.id] }),
@@ -178,7 +219,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.messages",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, status, body, contact_ids",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.messageId] }),
     update: { column: "canceled_at", to: "now()" },
     insertInto: (victim) => ({ sql: "insert into herald_public.messages (tenant_id, channel, body) values ($1, 'sms', 'x')", params: [victim.id] }),
@@ -186,7 +226,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.deliveries",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, status, contact_id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.deliveryId] }),
     update: { column: "status", to: "'delivered'" },
     insertInto: (victim) => ({
@@ -197,7 +236,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.suppressions",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, kind, reason",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.suppressionId] }),
     // The worker may re-key suppressions: the policy must hide A's from it.
     update: { column: "key_version", to: "1" },
@@ -210,7 +248,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.inbound_messages",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, to_number, from_encrypted, keyword",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.inboundMessageId] }),
     // The worker may update the encrypted columns (key rotation): the policy must hide A's rows from it.
     update: { column: "key_version", to: "1" },
@@ -223,7 +260,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.consent_events",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, contact_id, action",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.consentEventId] }),
     update: { column: "action", to: "'opt_in'" }, // a record: nobody may update it
     insertInto: (victim) => ({
@@ -234,7 +270,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.delivery_events",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, delivery_id, event",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.deliveryEventId] }),
     update: { column: "applied", to: "true" },
     insertInto: (victim) => ({
@@ -246,7 +281,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.audit_log",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, table_name, changed_columns",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.auditLogId] }),
     update: { column: "table_name", to: "'pwned'" }, // append-only: nobody may update it
     insertInto: (victim) => ({
@@ -257,7 +291,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.webhook_endpoints",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, url, status",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.webhookEndpointId] }),
     update: { column: "status", to: "'disabled'" }, // a column both members and the worker may update: RLS, not a grant, must stop it
     insertInto: (victim) => ({
@@ -269,7 +302,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_public.webhook_deliveries",
     tenantKey: "tenant_id",
-    columns: "tenant_id, id, status, event_type",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.webhookDeliveryId] }),
     update: { column: "status", to: "'succeeded'" },
     insertInto: (victim) => ({
@@ -280,7 +312,6 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_hidden.monthly_usage",
     tenantKey: "tenant_id",
-    columns: "tenant_id, month, messages",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
     update: { column: "messages", to: "0" },
     insertInto: (victim) => ({ sql: "insert into herald_hidden.monthly_usage (tenant_id, month) values ($1, '2001-01-01')", params: [victim.id] }),
@@ -288,15 +319,32 @@ export const TABLES: TableSpec[] = [
   {
     table: "herald_hidden.send_plans",
     tenantKey: "tenant_id",
-    columns: "tenant_id, scope, next_at",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
     update: { column: "next_at", to: "now()" },
     insertInto: (victim) => ({ sql: "insert into herald_hidden.send_plans (tenant_id, scope, next_at) values ($1, 'evil', now())", params: [victim.id] }),
   },
+  {
+    table: "herald_public.email_domains",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.emailDomainId] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.email_domains (tenant_id, domain, provider_account_id) values ($1, 'evil.test', $2)",
+      params: [victim.id, victim.providerAccountId],
+    }),
+  },
+  {
+    table: "herald_hidden.provider_tests",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.providerTestId] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_hidden.provider_tests (tenant_id, provider_account_id, to_address) values ($1, $2, '+15005550006')",
+      params: [victim.id, victim.providerAccountId],
+    }),
+  },
 ];
 
 /** Every identity tenant B can act as: its owner (a tenant admin), a plain member, an API key (no user), and a worker job. */
-export const attackerIdentities = (b: TenantFixture) => [
+export const attackerIdentities = (b: AttackTenant) => [
   { name: "B's owner", role: ROLES.member as RequestRole, tenantId: b.id, userId: b.ownerId },
   { name: "B's member", role: ROLES.member as RequestRole, tenantId: b.id, userId: b.memberId },
   { name: "B's API key", role: ROLES.member as RequestRole, tenantId: b.id, userId: undefined },

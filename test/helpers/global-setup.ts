@@ -1,4 +1,5 @@
 import path from "node:path";
+import pg from "pg";
 import type { TestProject } from "vitest/node";
 import { loadConfig } from "../../src/config.ts";
 import { bootstrapDatabase, dropDatabase } from "../../src/db/bootstrap.ts";
@@ -20,6 +21,8 @@ declare module "vitest" {
     adminUrl: string;
     templateDatabase: string;
     serverKind: string;
+    /** Every table of herald_public and herald_hidden, from the template's catalog (the attack matrix's list). */
+    exposedTables: string[];
   }
 }
 
@@ -36,6 +39,15 @@ export default async function setup(project: TestProject) {
   await watchMigrations(urls, logger, true);
   // Re-run the bootstrap so the template carries the database-level grants too.
   await bootstrapDatabase({ adminUrl: urls.admin, database: templateDatabase, passwords: config.rolePasswords, logger });
+  const catalog = new pg.Client({ connectionString: urls.admin });
+  await catalog.connect();
+  const { rows: exposed } = await catalog
+    .query<{ name: string }>(
+      `select c.oid::regclass::text as name from pg_class c join pg_namespace n on n.oid = c.relnamespace
+        where n.nspname in ('herald_public', 'herald_hidden') and c.relkind in ('r', 'p') order by 1`,
+    )
+    .finally(() => catalog.end());
+  project.provide("exposedTables", exposed.map((r) => r.name));
   const serverKind = config.databaseUrl ? "DATABASE_URL" : "embedded";
   process.stderr.write(`herald tests: ${serverKind} PostgreSQL, template ${templateDatabase}\n`);
   project.provide("adminUrl", urls.adminMaintenance);
