@@ -1,6 +1,9 @@
+import fs from "node:fs";
+import path from "node:path";
 import type pg from "pg";
 import { describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
+import { projectRoot } from "../src/paths.ts";
 import { exposedTables, hasFixture } from "./helpers/attack-tables.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 
@@ -173,6 +176,28 @@ describe("every tenant table writes the audit log", () => {
         "herald_public.planted: audit triggers [], expected [_900_audit_delete, _900_audit_insert, _900_audit_update] (as 000008 creates them; or list the table in AUDIT_EXCEPTIONS with a reason)",
         "herald_public.tags: audit triggers [_900_audit_delete, _900_audit_insert], expected [_900_audit_delete, _900_audit_insert, _900_audit_update] (as 000008 creates them; or list the table in AUDIT_EXCEPTIONS with a reason)",
       ]);
+    });
+  });
+});
+
+describe("the tenant table recipe of migrations/README.md", () => {
+  /** The README's SQL example, with the role placeholders .gmrc defines. */
+  const recipe = () => {
+    const readme = fs.readFileSync(path.join(projectRoot, "migrations", "README.md"), "utf8");
+    const sql = /```sql\n([\s\S]*?)```/.exec(readme)![1]!;
+    return sql.replace(/:DATABASE_(OWNER|AUTHENTICATOR|MEMBER|ADMIN|WORKER)\b/g, (_, role: string) => ROLES[role.toLowerCase() as keyof typeof ROLES]);
+  };
+
+  it("applies twice (idempotent) and passes every check above", async () => {
+    await withRootDb(db.current, async (c) => {
+      await c.query(recipe());
+      await c.query(recipe());
+      expect(await privilegesWithoutPolicy(c)).toEqual([]);
+      expect(await auditFindings(c)).toEqual([]);
+      const { rows } = await c.query(
+        "select relrowsecurity and relforcerowsecurity as forced from pg_class where oid = 'herald_public.contact_notes'::regclass",
+      );
+      expect(rows[0].forced).toBe(true);
     });
   });
 });
