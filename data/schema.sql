@@ -2052,6 +2052,8 @@ grant select on herald_public.daily_usage to herald_member;
 
 ---- sequences (grants)
 
+-- (none)
+
 ---- functions
 
 -- function herald_hidden.apply_delivery_event(uuid,text,text,text,text,text,text,timestamp with time zone) returns record; plpgsql; volatile; set search_path=""
@@ -4801,3 +4803,5 @@ comment on function herald_public.verify_email_domain(uuid) is 'Ask SendGrid to 
 grant execute on function herald_public.verify_email_domain(uuid) to herald_member;
 
 ---- grants on graphile_worker and graphile_migrate objects to Herald's roles
+
+-- (none)

@@ -86,7 +86,9 @@ function formatGrants(rows: AclRow[], object: string): string[] {
     if (row.column !== null) entry.columns.push(row.column);
     byKey.set(key, entry);
   }
-  const target = mine[0]?.kind === "schema" ? `schema ${object}` : mine[0]?.kind === "sequence" ? `sequence ${object}` : mine[0]?.kind === "function" || mine[0]?.kind === "procedure" ? `${mine[0].kind} ${object}` : object;
+  // GRANT's own words: `on schema s`, `on sequence q`, `on function f(…)`; a table or view is named alone.
+  const kind = mine[0]?.kind;
+  const target = kind && kind !== "table" ? `${kind} ${object}` : object;
   return [...byKey.values()]
     .map(({ columns, row }) => {
       const cols = columns.length > 0 ? ` (${columns.sort().join(", ")})` : "";
@@ -336,7 +338,10 @@ async function dumpInSnapshot(client: pg.ClientBase): Promise<string> {
     "-- edit it by hand. Indented lines are PostgreSQL's deparsed text, which may vary by major version.",
     `-- PostgreSQL major version: ${major}`,
   ];
-  const body = sections.map(([title, items]) => [`\n---- ${title}`, ...items.filter((b) => b.length > 0).map((b) => `\n${b.join("\n")}`)].join("\n"));
+  const body = sections.map(([title, items]) => {
+    const blocks = items.filter((b) => b.length > 0).map((b) => `\n${b.join("\n")}`);
+    return [`\n---- ${title}`, ...(blocks.length > 0 ? blocks : ["\n-- (none)"])].join("\n");
+  });
   return `${header.join("\n")}\n${body.join("\n")}\n`;
 }
 
