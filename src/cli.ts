@@ -240,7 +240,10 @@ db.command("uncommit")
     }),
   );
 db.command("dump")
-  .description("Write data/schema.sql (roles, tables, policies, functions, grants, from the catalog) and schema.graphql (the API) from the database as it is now.")
+  .description(
+    "Write data/schema.sql (roles, tables, policies, functions, grants, from the catalog) and schema.graphql (the API) from the database as it is now " +
+      "(`db watch --once` first, to include migrations/current/: the tests compare both files with committed migrations plus current/).",
+  )
   .option("--check", "write nothing; exit non-zero when either file differs from the database")
   .action(async (opts: { check?: boolean }) => {
     const run = async (urls: Pick<DatabaseUrls, "owner" | "authenticator">) => {

@@ -2,6 +2,7 @@ import fs from "node:fs";
 import { describe, expect, it } from "vitest";
 import { compareDumps, dumpMajorVersion, structuralLines } from "../src/db/schema-dump.ts";
 import { dumpCatalog, printGraphqlSchema, SCHEMA_GRAPHQL_PATH, SCHEMA_SQL_PATH } from "../src/db/schema-files.ts";
+import { runCli } from "./helpers/cli.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 
 /**
@@ -60,6 +61,14 @@ describe("the committed schema files", () => {
     const after = await printGraphqlSchema(db.current.urls.authenticator);
     expect(before).not.toContain("plantedProbe");
     expect(after).toContain("plantedProbe: Int");
+  });
+
+  // The CLI compares as the tests above do (it passes on an unchanged database: `npm run herald -- db dump --check`).
+  it("`herald db dump --check` fails on the changed database, naming what is stale", { timeout: 90_000 }, async () => {
+    const result = await runCli(db.current, ["db", "dump", "--check"]);
+    expect(result.code).toBe(1);
+    expect(result.stderr).toContain("grant update (name) on herald_public.templates to herald_worker;");
+    expect(result.stderr).toContain("schema.graphql");
   });
 });
 
