@@ -254,7 +254,12 @@ db.command("dump")
       const [catalog, sdl] = await Promise.all([dumpCatalog(urls.owner), printGraphqlSchema(urls.authenticator)]);
       const read = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "");
       const { exact, differences } = compareDumps(read(SCHEMA_SQL_PATH), catalog);
-      const stale = [...(differences.length > 0 ? [`data/schema.sql (${exact ? "exact" : "structural, another PostgreSQL major"}):\n${differences.slice(0, 40).join("\n")}`] : []), ...(read(SCHEMA_GRAPHQL_PATH) !== sdl ? ["schema.graphql"] : [])];
+      const stale: string[] = [];
+      if (differences.length > 0) {
+        // On another PostgreSQL major than the file's, only what does not depend on deparsing is compared.
+        stale.push(`data/schema.sql (${exact ? "exact" : "structural: another PostgreSQL major"}):\n${differences.slice(0, 40).join("\n")}`);
+      }
+      if (read(SCHEMA_GRAPHQL_PATH) !== sdl) stale.push("schema.graphql");
       if (stale.length > 0) throw new CliError(`Stale, run \`npm run herald -- db dump\`: ${stale.join("\n")}`);
       print("data/schema.sql and schema.graphql match the database.");
     };
