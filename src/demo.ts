@@ -29,6 +29,28 @@ const DEMO_CONTACTS: Record<string, { first_name: string; last_name: string; pho
 
 const DEMO_FLAG = "demo_tenants_created";
 
+/**
+ * Whether this start creates the demo tenants and prints their owners' tokens.
+ * Only in development: the embedded database, or HERALD_DEMO=true on an
+ * external one. Production never gets them, whatever the database or
+ * HERALD_DEMO say: a token printed at start is a credential in a log, and a
+ * demo owner with a known email is a tenant nobody runs.
+ */
+export function demoPlan(input: { development: boolean; embedded: boolean; requested?: string }): {
+  create: boolean;
+  printTokens: boolean;
+  warning?: string;
+} {
+  if (!input.development) {
+    return {
+      create: false,
+      printTokens: false,
+      warning: input.requested === "true" ? "HERALD_DEMO=true is ignored in production: demo tenants and tokens are for development only" : undefined,
+    };
+  }
+  return { create: input.embedded || input.requested === "true", printTokens: true };
+}
+
 export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyring: Keyring): Promise<void> {
   const owner = new pg.Client({ connectionString: urls.owner });
   const authenticator = new pg.Pool({ connectionString: urls.authenticator, max: 1 });
