@@ -10,6 +10,7 @@ import { openDatabase } from "./db/database.ts";
 import { commitMigration, uncommitMigration, watchMigrations } from "./db/migrate.ts";
 import { ROLES } from "./db/urls.ts";
 import { formatReport, runDoctor } from "./doctor.ts";
+import { formatAllowList, heldGrants } from "./doctor/grants.ts";
 import { createLogger } from "./logger.ts";
 import { reportStartupError } from "./startup-errors.ts";
 import { registerContactCommands } from "./cli/contacts.ts";
@@ -247,17 +248,31 @@ db.command("reset")
 
 program
   .command("doctor")
-  .description("Check the isolation model in the catalog (RLS, policies, roles, definer functions, views, keys).")
-  .action(async () =>
+  .description(
+    "Check the isolation model: catalog rules (RLS, policies, roles, definer functions, views, keys), grants against src/doctor/allowed-grants.ts, and probes as each request role.",
+  )
+  .option("--print-grants", "print the request roles' grants in allowed-grants.ts's format (for reviewing a new grant) and check nothing")
+  .action(async (opts: { printGrants?: boolean }) =>
     withDatabase(async ({ db: database }) => {
-      const client = new pg.Client({ connectionString: database.urls.owner });
-      await client.connect();
+      const owner = new pg.Client({ connectionString: database.urls.owner });
+      // The probes act as the request roles the way the API does: through the authenticator.
+      const authenticator = new pg.Client({ connectionString: database.urls.authenticator });
+      await owner.connect();
+      await authenticator.connect();
       try {
-        const result = await runDoctor(client);
+        if (opts.printGrants) {
+          print(formatAllowList(await heldGrants(owner)));
+          return;
+        }
+        // Everything the probes write is rolled back.
+        await authenticator.query("begin");
+        const result = await runDoctor(owner, authenticator);
+        await authenticator.query("rollback");
         print(formatReport(result));
         if (result.findings.length > 0) process.exitCode = 1;
       } finally {
-        await client.end();
+        await owner.end();
+        await authenticator.end();
       }
     }),
   );
