@@ -2,7 +2,7 @@ import "./env-defaults.ts";
 import { randomBytes } from "node:crypto";
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
-import { addMembership, createTenant, findMembershipUser, findOrCreateUser, findTenant, setUserPassword } from "./admin.ts";
+import { createTenant, findMembershipUser, findOrCreateUser, findTenant, grantMembership, registerOperator, setUserPassword } from "./admin.ts";
 import { createAuthenticator } from "./auth.ts";
 import { loadConfig } from "./config.ts";
 import { dropDatabase } from "./db/bootstrap.ts";
@@ -16,7 +16,7 @@ import { reportStartupError } from "./startup-errors.ts";
 import { registerContactCommands } from "./cli/contacts.ts";
 import { registerKeyCommands } from "./cli/keys.ts";
 import { registerUsageCommand } from "./cli/usage.ts";
-import { asOperator, CliError, confirm, logger, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
+import { asOperator, CliError, confirm, logger, operatorDetail, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
 
 /**
  * `herald` (`npm run herald -- …`): operator commands. Each opens the database
@@ -125,11 +125,15 @@ user
     const password = opts.passwordStdin ? await readStdin() : randomBytes(12).toString("base64url");
     await withDatabase(async ({ pool }) => {
       const t = await requireTenant(pool, opts.tenant);
-      const u = await asOperator(pool, async (client) => {
-        const found = await findOrCreateUser(client, { email, displayName: opts.name });
-        await addMembership(client, { tenantId: t.id, userId: found.id, role: opts.role });
-        return found;
-      });
+      const u = await asOperator(pool, (client) => findOrCreateUser(client, { email, displayName: opts.name }));
+      try {
+        await grantMembership(pool, { tenantId: t.id, userId: u.id, role: opts.role, actorDetail: operatorDetail() });
+      } catch (error) {
+        if ((error as { code?: string }).code === "OPSLF") {
+          throw new CliError(`${u.email} is a platform operator's user (named in admin tokens): operators cannot make themselves members of a tenant.`);
+        }
+        throw error;
+      }
       await setUserPassword(pool, u.id, password);
       print(`${u.created ? "Created" : "Updated"} user ${u.email} (${opts.role} of ${t.slug}), id ${u.id}`);
       if (!opts.passwordStdin) print(`Password (shown once): ${password}`);
@@ -152,6 +156,13 @@ program
         // An operator need not belong to any tenant, so the user is made here if need be; said aloud, so a typo is seen.
         const operator = opts.user ? await asOperator(pool, (client) => findOrCreateUser(client, { email: opts.user! })) : undefined;
         if (operator?.created) process.stderr.write(`Created user ${operator.email} (no user had that email).\n`);
+        // From now on this user can never be granted a membership: an operator cannot make itself a tenant's member.
+        if (operator) {
+          await registerOperator(pool, operator.id).catch((error: { code?: string }) => {
+            if (error.code === "OPMEM") throw new CliError(`${operator.email} belongs to a tenant; name an operator user of its own (an email no tenant uses).`);
+            throw error;
+          });
+        }
         print(await auth.sign({ role: ROLES.admin, tenant_id: t?.id, sub: operator?.id }, opts.expires));
         return;
       }

@@ -1,5 +1,5 @@
 import pg from "pg";
-import { addMembership, createTenant, findMembershipUser, findOrCreateUser, findTenant } from "./admin.ts";
+import { createTenant, findMembershipUser, findOrCreateUser, findTenant, grantMembership } from "./admin.ts";
 import type { Authenticator } from "./auth.ts";
 import { upsertContacts } from "./contacts/store.ts";
 import type { Keyring } from "./crypto/keyring.ts";
@@ -67,7 +67,7 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyr
       for (const demo of DEMO_TENANTS) {
         const tenant = (await findTenant(client, demo.slug)) ?? (await createTenant(client, demo));
         const user = await findOrCreateUser(client, { email: demo.email, displayName: demo.displayName });
-        await addMembership(client, { tenantId: tenant.id, userId: user.id, role: "owner" });
+        created.push({ ...tenant, ownerId: user.id });
         // A number of its own on the system account (an operator's assignment),
         // which it sends from and receives at: replies and STOP find the tenant.
         await client.query(
@@ -75,10 +75,13 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyr
           [tenant.id, demo.number],
         );
         await client.query("update herald_public.tenant_settings set sms_from = $2 where tenant_id = $1", [tenant.id, demo.number]);
-        created.push(tenant);
       }
       return created;
     });
+    // Memberships only through the audited function, as the CLI grants them.
+    for (const tenant of tenants) {
+      await grantMembership(authenticator, { tenantId: tenant.id, userId: tenant.ownerId, role: "owner", actorDetail: "herald demo data" });
+    }
     for (const tenant of tenants) await addDemoContacts(authenticator, keyring, tenant);
     logger.info({ tenants: DEMO_TENANTS.map((t) => t.slug) }, "created the demo tenants");
   } finally {

@@ -95,7 +95,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   },
   "herald_public.memberships": {
     member: ["SELECT"],
-    admin: ["DELETE", "INSERT(role, tenant_id, user_id)", "SELECT", "UPDATE(role)"],
+    admin: ["SELECT"],
     worker: ["SELECT"],
   },
   "herald_public.messages": {
