@@ -1,5 +1,9 @@
 import { beforeAll, describe, expect, it } from "vitest";
+import fs from "node:fs";
+import path from "node:path";
 import { CHECKS, runDoctor } from "../src/doctor.ts";
+import { formatAllowList, heldGrants } from "../src/doctor/grants.ts";
+import { projectRoot } from "../src/paths.ts";
 import { runCli } from "./helpers/cli.ts";
 import { useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedTwoTenants } from "./helpers/fixtures.ts";
@@ -137,6 +141,13 @@ describe("herald doctor", () => {
       const { findings } = await runDoctor(c);
       expect(findings).toEqual([]);
     });
+  });
+
+  it("allows exactly the migrated schema's grants: no stale entry widens what a future grant may add", async () => {
+    // What `herald doctor --print-grants` prints, against the literal in the reviewed file.
+    const source = fs.readFileSync(path.join(projectRoot, "src/doctor/allowed-grants.ts"), "utf8");
+    const literal = source.slice(source.indexOf("= {", source.indexOf("export const ALLOWED_GRANTS")) + 2).replace(/;\s*$/, "");
+    expect(formatAllowList(await withRootDb(db.current, heldGrants))).toBe(literal);
   });
 
   it("has a planted fault for every check", () => {
