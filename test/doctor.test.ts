@@ -111,6 +111,10 @@ const FAULTS: Array<{ check: string; plant: string[]; also?: string[]; alsoBefor
   },
   {
     check: "probe-writes",
+    plant: ["alter policy update_member on herald_public.lists using (tenant_id = (select herald_public.current_tenant_id()) or true)"],
+  },
+  {
+    check: "probe-writes",
     plant: ["alter policy insert_member on herald_public.tags with check (tenant_id = (select herald_public.current_tenant_id()) or true)"],
   },
   {

@@ -101,11 +101,13 @@ export async function runProbes(client: pg.ClientBase): Promise<ProbeFinding[]> 
           }
         }
         if (r.update_column) {
-          const column = quoteIdent(r.update_column);
-          const update = await attempt(client, `update ${r.relation} set ${column} = ${column} where true`);
+          // `= default` reads no column, so no SELECT right or policy is involved: the update policy alone decides which rows it reaches.
+          const update = await attempt(client, `update ${r.relation} set ${quoteIdent(r.update_column)} = default where true`);
           if ("error" in update) {
-            if (!refused(update.error)) findings.push({ check: "probe-writes", object: r.relation, detail: `${claims}: UPDATE … where true failed (${update.error.code}: ${update.error.message}), so it reached rows` });
-            else findings.push({ check: "probe-writes", object: r.relation, detail: `${claims}: UPDATE … where true reached rows that WITH CHECK then refused` });
+            const detail = /row-level security/.test(update.error.message)
+              ? `${claims}: UPDATE … where true reached rows, which WITH CHECK then refused`
+              : `${claims}: UPDATE … where true failed (${update.error.code}: ${update.error.message}), so it reached rows`;
+            findings.push({ check: "probe-writes", object: r.relation, detail });
           } else if (update.rows > 0) {
             findings.push({ check: "probe-writes", object: r.relation, detail: `${claims} updated ${update.rows} row(s) (of other tenants)` });
           }
