@@ -7,7 +7,7 @@
 --     curve, a bucket of 30 attempts that drains 2 a minute. Clients the
 --     account signed in from successfully in the last 90 days skip it, so an
 --     attacker rotating addresses locks out only other unknown addresses.
--- Accounts and clients are named by hashes Herald computes (no email, and no
+-- Accounts and clients are named by keyed hashes Herald computes (no email, and no
 -- address next to an account).
 --
 -- Idempotent: re-applied on every `db watch` save.
@@ -19,7 +19,7 @@ create unlogged table if not exists herald_private.login_buckets (
 );
 
 create table if not exists herald_private.login_known_clients (
-  -- sha256(account hash ‖ client address), from Herald.
+  -- HMAC(account hash ‖ client address), from Herald (src/api/login-limits.ts).
   account_client text primary key,
   last_success_at timestamptz not null
 );

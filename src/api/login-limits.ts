@@ -1,4 +1,4 @@
-import { createHash } from "node:crypto";
+import { createHmac } from "node:crypto";
 import type pg from "pg";
 
 /**
@@ -9,26 +9,35 @@ import type pg from "pg";
  * attacker rotating addresses exhausts only that curve: the account's owner,
  * from an address they signed in from before, is not locked out.
  *
- * The database sees hashes: of the email (lower-cased), and of email and
- * address together; only the per-address scope names the address.
+ * The database sees keyed hashes (HMAC under a key derived from
+ * HERALD_HASH_KEY) of the email and of email and address together, so a copy
+ * of it does not tell which addresses an account signs in from; only the
+ * per-address scope, kept a minute, names the address.
  */
 
-const sha256 = (value: string) => createHash("sha256").update(value).digest("hex");
+export class LoginLimits {
+  readonly #key: Buffer;
 
-function keys(email: string, clientAddress: string | undefined) {
-  const account = sha256(email.trim().toLowerCase());
-  const client = clientAddress ?? "unknown";
-  return { account, client, accountClient: sha256(`${account}:${client}`) };
-}
+  constructor(hashKey: Buffer) {
+    this.#key = createHmac("sha256", hashKey).update("herald login limits").digest();
+  }
 
-/** Counts one attempt; resolves with the seconds to wait (0: go ahead). */
-export async function admitLogin(pool: pg.Pool, email: string, clientAddress: string | undefined): Promise<number> {
-  const k = keys(email, clientAddress);
-  const { rows } = await pool.query<{ wait: number }>("select herald_private.admit_login($1, $2, $3) as wait", [k.account, k.client, k.accountClient]);
-  return rows[0]?.wait ?? 0;
-}
+  #keys(email: string, clientAddress: string | undefined) {
+    const mac = (value: string) => createHmac("sha256", this.#key).update(value).digest("hex");
+    const account = mac(email.trim().toLowerCase());
+    const client = clientAddress ?? "unknown";
+    return { account, client, accountClient: mac(`${account}:${client}`) };
+  }
 
-/** After a successful sign-in: this address is the account's own from now on (90 days). */
-export async function rememberLoginClient(pool: pg.Pool, email: string, clientAddress: string | undefined): Promise<void> {
-  await pool.query("select herald_private.remember_login_client($1)", [keys(email, clientAddress).accountClient]);
+  /** Counts one attempt; resolves with the seconds to wait (0: go ahead). */
+  async admit(pool: pg.Pool, email: string, clientAddress: string | undefined): Promise<number> {
+    const k = this.#keys(email, clientAddress);
+    const { rows } = await pool.query<{ wait: number }>("select herald_private.admit_login($1, $2, $3) as wait", [k.account, k.client, k.accountClient]);
+    return rows[0]?.wait ?? 0;
+  }
+
+  /** After a successful sign-in: this address is the account's own from now on (90 days). */
+  async remember(pool: pg.Pool, email: string, clientAddress: string | undefined): Promise<void> {
+    await pool.query("select herald_private.remember_login_client($1)", [this.#keys(email, clientAddress).accountClient]);
+  }
 }

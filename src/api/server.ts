@@ -17,7 +17,7 @@ import { pageSizeVariablesGuard } from "./guards.ts";
 import { checkHealth } from "./health.ts";
 import { webhooksRouter } from "../webhooks/index.ts";
 import { jsonError } from "./responses.ts";
-import { admitLogin, rememberLoginClient } from "./login-limits.ts";
+import { LoginLimits } from "./login-limits.ts";
 
 /** Largest GraphQL request body accepted (bytes); larger bodies get 413. */
 const GRAPHQL_BODY_LIMIT = 100_000;
@@ -84,7 +84,7 @@ const loginBody = z.object({
 });
 
 /** POST /auth/login: email + password → a JWT for one of the user's memberships. */
-function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
+function login(authenticator: Authenticator, pool: pg.Pool, limits: LoginLimits): RequestHandler {
   return async (req, res) => {
     const body = loginBody.safeParse(req.body);
     if (!body.success) {
@@ -93,7 +93,7 @@ function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
       return;
     }
     // Per account and client, per client, and a slower per-account curve for unknown clients (src/api/login-limits.ts).
-    const wait = await admitLogin(pool, body.data.email, req.ip);
+    const wait = await limits.admit(pool, body.data.email, req.ip);
     if (wait > 0) {
       res.status(429).set("Retry-After", String(wait)).json(jsonError("RATE_LIMITED", `Too many sign-in attempts; try again in ${wait} s.`));
       return;
@@ -111,7 +111,7 @@ function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
       res.status(401).json(jsonError("INVALID_CREDENTIALS", "Email, password or tenant is not right."));
       return;
     }
-    await rememberLoginClient(pool, body.data.email, req.ip);
+    await limits.remember(pool, body.data.email, req.ip);
     const expiresIn = 3600;
     const token = await authenticator.sign(
       { sub: identity.user_id, tenant_id: identity.tenant_id, role: "herald_member" },
@@ -208,7 +208,7 @@ export async function startApiServer(options: {
     const health = await checkHealth(ownerPool, worker);
     res.status(health.status === "ok" ? 200 : 503).json(health);
   });
-  app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool));
+  app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool, new LoginLimits(config.hashKey)));
   // Without provider credentials, the sandbox stands in for Twilio and SendGrid on this port.
   // Development only: in production a missing credential must fail loudly, not
   // be answered by a stand-in (whose endpoints would be public).
