@@ -3,6 +3,8 @@ import type pg from "pg";
 /**
  * Platform-operator actions (CLI, demo data), run as herald_admin through the
  * same policies as everyone else: the admin policies are what allow them.
+ * Memberships are the exception: only herald_private's audited functions
+ * write them (see docs/operators.md).
  */
 
 export interface Tenant {
@@ -46,15 +48,33 @@ export async function findOrCreateUser(
   return rows[0]!;
 }
 
-export async function addMembership(
-  client: pg.ClientBase,
-  input: { tenantId: string; userId: string; role: "owner" | "admin" | "member" },
+/**
+ * Adds a membership (or changes its role), as the authenticator through
+ * herald_private.grant_membership: operators write no membership directly.
+ * The function refuses a platform operator's own user (OPSLF), and the tenant's
+ * audit log names the database login and `actorDetail`.
+ */
+export async function grantMembership(
+  pool: pg.Pool,
+  input: { tenantId: string; userId: string; role: "owner" | "admin" | "member"; actorDetail: string },
 ): Promise<void> {
-  await client.query(
-    `insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, $3)
-     on conflict (tenant_id, user_id) do update set role = excluded.role`,
-    [input.tenantId, input.userId, input.role],
-  );
+  const client = await pool.connect();
+  try {
+    await client.query("begin");
+    await client.query("select set_config('herald.actor_detail', $1, true)", [input.actorDetail.slice(0, 100)]);
+    await client.query("select herald_private.grant_membership($1, $2, $3)", [input.tenantId, input.userId, input.role]);
+    await client.query("commit");
+  } catch (error) {
+    await client.query("rollback").catch(() => undefined);
+    throw error;
+  } finally {
+    client.release();
+  }
+}
+
+/** Records that operators act as this user (an admin token names it): it can then never be granted a membership. */
+export async function registerOperator(pool: pg.Pool, userId: string): Promise<void> {
+  await pool.query("select herald_private.register_operator($1)", [userId]);
 }
 
 /** Runs as the authenticator (the only role allowed to set passwords); the password is a bind parameter. */

@@ -4,7 +4,7 @@ import fs from "node:fs";
 import path from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
-import { addMembership, createTenant, findMembershipUser, findOrCreateUser, findTenant, setUserPassword } from "./admin.ts";
+import { createTenant, findMembershipUser, findOrCreateUser, findTenant, grantMembership, registerOperator, setUserPassword } from "./admin.ts";
 import { createAuthenticator } from "./auth.ts";
 import { loadConfig } from "./config.ts";
 import { dropDatabase } from "./db/bootstrap.ts";
@@ -16,13 +16,14 @@ import { compareDumps } from "./db/schema-dump.ts";
 import { dumpCatalog, printGraphqlSchema, SCHEMA_GRAPHQL_PATH, SCHEMA_SQL_PATH, writeSchemaFiles } from "./db/schema-files.ts";
 import { ROLES } from "./db/urls.ts";
 import { formatReport, runDoctor } from "./doctor.ts";
+import { formatAllowList, heldGrants } from "./doctor/grants.ts";
 import { createLogger } from "./logger.ts";
 import { projectRoot } from "./paths.ts";
 import { reportStartupError } from "./startup-errors.ts";
 import { registerContactCommands } from "./cli/contacts.ts";
 import { registerKeyCommands } from "./cli/keys.ts";
 import { registerUsageCommand } from "./cli/usage.ts";
-import { asOperator, CliError, confirm, logger, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
+import { asOperator, CliError, confirm, logger, operatorDetail, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
 
 /**
  * `herald` (`npm run herald -- …`): operator commands. Each opens the database
@@ -131,11 +132,15 @@ user
     const password = opts.passwordStdin ? await readStdin() : randomBytes(12).toString("base64url");
     await withDatabase(async ({ pool }) => {
       const t = await requireTenant(pool, opts.tenant);
-      const u = await asOperator(pool, async (client) => {
-        const found = await findOrCreateUser(client, { email, displayName: opts.name });
-        await addMembership(client, { tenantId: t.id, userId: found.id, role: opts.role });
-        return found;
-      });
+      const u = await asOperator(pool, (client) => findOrCreateUser(client, { email, displayName: opts.name }));
+      try {
+        await grantMembership(pool, { tenantId: t.id, userId: u.id, role: opts.role, actorDetail: operatorDetail() });
+      } catch (error) {
+        if ((error as { code?: string }).code === "OPSLF") {
+          throw new CliError(`${u.email} is a platform operator's user (named in admin tokens): operators cannot make themselves members of a tenant.`);
+        }
+        throw error;
+      }
       await setUserPassword(pool, u.id, password);
       print(`${u.created ? "Created" : "Updated"} user ${u.email} (${opts.role} of ${t.slug}), id ${u.id}`);
       if (!opts.passwordStdin) print(`Password (shown once): ${password}`);
@@ -158,6 +163,13 @@ program
         // An operator need not belong to any tenant, so the user is made here if need be; said aloud, so a typo is seen.
         const operator = opts.user ? await asOperator(pool, (client) => findOrCreateUser(client, { email: opts.user! })) : undefined;
         if (operator?.created) process.stderr.write(`Created user ${operator.email} (no user had that email).\n`);
+        // From now on this user can never be granted a membership: an operator cannot make itself a tenant's member.
+        if (operator) {
+          await registerOperator(pool, operator.id).catch((error: { code?: string }) => {
+            if (error.code === "OPMEM") throw new CliError(`${operator.email} belongs to a tenant; name an operator user of its own (an email no tenant uses).`);
+            throw error;
+          });
+        }
         print(await auth.sign({ role: ROLES.admin, tenant_id: t?.id, sub: operator?.id }, opts.expires));
         return;
       }
@@ -290,17 +302,31 @@ db.command("reset")
 
 program
   .command("doctor")
-  .description("Check the isolation model in the catalog (RLS, policies, roles, definer functions, views, keys).")
-  .action(async () =>
+  .description(
+    "Check the isolation model: catalog rules (RLS, policies, roles, definer functions, views, keys), grants against src/doctor/allowed-grants.ts, and probes as each request role.",
+  )
+  .option("--print-grants", "print the request roles' grants in allowed-grants.ts's format (for reviewing a new grant) and check nothing")
+  .action(async (opts: { printGrants?: boolean }) =>
     withDatabase(async ({ db: database }) => {
-      const client = new pg.Client({ connectionString: database.urls.owner });
-      await client.connect();
+      const owner = new pg.Client({ connectionString: database.urls.owner });
+      // The probes act as the request roles the way the API does: through the authenticator.
+      const authenticator = new pg.Client({ connectionString: database.urls.authenticator });
+      await owner.connect();
+      await authenticator.connect();
       try {
-        const result = await runDoctor(client);
+        if (opts.printGrants) {
+          print(formatAllowList(await heldGrants(owner)));
+          return;
+        }
+        // Everything the probes write is rolled back.
+        await authenticator.query("begin");
+        const result = await runDoctor(owner, authenticator);
+        await authenticator.query("rollback");
         print(formatReport(result));
         if (result.findings.length > 0) process.exitCode = 1;
       } finally {
-        await client.end();
+        await owner.end();
+        await authenticator.end();
       }
     }),
   );

@@ -1,5 +1,5 @@
 import pg from "pg";
-import { addMembership, createTenant, findMembershipUser, findOrCreateUser, findTenant } from "./admin.ts";
+import { createTenant, findMembershipUser, findOrCreateUser, findTenant, grantMembership } from "./admin.ts";
 import type { Authenticator } from "./auth.ts";
 import { upsertContacts } from "./contacts/store.ts";
 import type { Keyring } from "./crypto/keyring.ts";
@@ -29,6 +29,28 @@ const DEMO_CONTACTS: Record<string, { first_name: string; last_name: string; pho
 
 const DEMO_FLAG = "demo_tenants_created";
 
+/**
+ * Whether this start creates the demo tenants and prints their owners' tokens.
+ * Only in development: the embedded database, or HERALD_DEMO=true on an
+ * external one. Production never gets them, whatever the database or
+ * HERALD_DEMO say: a token printed at start is a credential in a log, and a
+ * demo owner with a known email is a tenant nobody runs.
+ */
+export function demoPlan(input: { development: boolean; embedded: boolean; requested?: string }): {
+  create: boolean;
+  printTokens: boolean;
+  warning?: string;
+} {
+  if (!input.development) {
+    return {
+      create: false,
+      printTokens: false,
+      warning: input.requested === "true" ? "HERALD_DEMO=true is ignored in production: demo tenants and tokens are for development only" : undefined,
+    };
+  }
+  return { create: input.embedded || input.requested === "true", printTokens: true };
+}
+
 export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyring: Keyring): Promise<void> {
   const owner = new pg.Client({ connectionString: urls.owner });
   const authenticator = new pg.Pool({ connectionString: urls.authenticator, max: 1 });
@@ -45,7 +67,7 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyr
       for (const demo of DEMO_TENANTS) {
         const tenant = (await findTenant(client, demo.slug)) ?? (await createTenant(client, demo));
         const user = await findOrCreateUser(client, { email: demo.email, displayName: demo.displayName });
-        await addMembership(client, { tenantId: tenant.id, userId: user.id, role: "owner" });
+        created.push({ ...tenant, ownerId: user.id });
         // A number of its own on the system account (an operator's assignment),
         // which it sends from and receives at: replies and STOP find the tenant.
         await client.query(
@@ -53,10 +75,13 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyr
           [tenant.id, demo.number],
         );
         await client.query("update herald_public.tenant_settings set sms_from = $2 where tenant_id = $1", [tenant.id, demo.number]);
-        created.push(tenant);
       }
       return created;
     });
+    // Memberships only through the audited function, as the CLI grants them.
+    for (const tenant of tenants) {
+      await grantMembership(authenticator, { tenantId: tenant.id, userId: tenant.ownerId, role: "owner", actorDetail: "herald demo data" });
+    }
     for (const tenant of tenants) await addDemoContacts(authenticator, keyring, tenant);
     logger.info({ tenants: DEMO_TENANTS.map((t) => t.slug) }, "created the demo tenants");
   } finally {

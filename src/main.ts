@@ -5,7 +5,7 @@ import { loadConfig } from "./config.ts";
 import { keyringFromConfig } from "./crypto/keyring.ts";
 import { ProviderClients, systemProviders } from "./providers/send.ts";
 import { openDatabase, type Database } from "./db/database.ts";
-import { demoTokens, ensureDemoTenants } from "./demo.ts";
+import { demoPlan, demoTokens, ensureDemoTenants } from "./demo.ts";
 import { createLogger } from "./logger.ts";
 import { startWorker, type WorkerHandle } from "./worker/worker.ts";
 import { reportStartupError } from "./startup-errors.ts";
@@ -73,12 +73,10 @@ async function main() {
   }
   api = await startApiServer({ config, urls: db.urls, logger, worker, keyring });
 
-  // Demo data only where it cannot leak into a real deployment: the embedded
-  // database, or when asked for explicitly.
-  if (db.embedded || process.env.HERALD_DEMO === "true") {
-    await ensureDemoTenants(db.urls, logger, keyring);
-  }
-  const tokens = await demoTokens(db.urls, api.authenticator);
+  const demo = demoPlan({ development: config.development, embedded: db.embedded, requested: process.env.HERALD_DEMO });
+  if (demo.warning) logger.warn(demo.warning);
+  if (demo.create) await ensureDemoTenants(db.urls, logger, keyring);
+  const tokens = demo.printTokens ? await demoTokens(db.urls, api.authenticator) : [];
   // The local address (PORT=0 picks a free one); HERALD_PUBLIC_URL is for providers.
   printBanner(api.url, config.development, tokens, Boolean(api.sandbox));
 }

@@ -19,20 +19,23 @@ declare global {
 export default rowTask(async (client, testId, helpers) => {
   const clients = providerClients();
   const { rows } = await client.query(
-    `select p.to_address, p.finished_at, p.provider_account_id, t.status = 'suspended' as suspended
+    // The address is stored encrypted under the tenant's data key; the job's session holds it.
+    `select herald_hidden.decrypt_pii(p.to_address_encrypted, p.key_version) as to_address, p.finished_at, p.provider_account_id, t.status = 'suspended' as suspended
        from herald_hidden.provider_tests p join herald_public.tenants t on t.id = p.tenant_id
       where p.tenant_id = herald_public.current_tenant_id() and p.id = $1`,
     [testId],
   );
   const test = rows[0];
-  if (!test || test.finished_at) return; // gone with its account, or done already
+  if (!test || test.finished_at || !test.to_address) return; // gone with its account, or done already
   const account = await accountById(client, test.provider_account_id);
   if (!account) return;
   const finishTest = (error: string | null) =>
-    client.query("update herald_hidden.provider_tests set finished_at = now(), error = $2 where tenant_id = herald_public.current_tenant_id() and id = $1", [
-      testId,
-      error,
-    ]);
+    // The outcome is kept; the address, no longer needed, is not.
+    client.query(
+      `update herald_hidden.provider_tests set finished_at = now(), error = $2, to_address_encrypted = null, key_version = null
+        where tenant_id = herald_public.current_tenant_id() and id = $1`,
+      [testId, error],
+    );
   // A suspended tenant sends nothing, tests included (this one may have been queued before); the account is not at fault.
   if (test.suspended) {
     await finishTest("the tenant is suspended: nothing was sent");

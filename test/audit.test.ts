@@ -97,17 +97,14 @@ describe("who did it", () => {
     });
     // Not through SET ROLE: the login acting as itself.
     await asRoot(db.current, (c) => c.query("update herald_public.tenants set name = 'Tenant B' where id = $1", [b.id]));
-    // An insert through SET ROLE names the login too.
-    await asRoot(db.current, async (c) => {
-      await c.query("set local role herald_admin");
-      await c.query("insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'member')", [b.id, operatorId]);
-    });
+    // A membership, through the audited function (operators write none directly), names the login too.
+    await asRoot(db.current, (c) => c.query("select herald_private.grant_membership($1, $2, 'member')", [b.id, operatorId]));
     const rows = await logSince(since);
     const login = (await db.current.root.query("select session_user as u")).rows[0].u;
     expect(rows.map((r) => [r.actor_kind, r.actor_id, r.db_user, r.action, r.changed_columns])).toEqual([
       ["admin", null, login, "update", ["name"]],
       ["operator", null, login, "update", ["name"]],
-      ["admin", null, login, "insert", ["role", "tenant_id", "user_id"]],
+      ["operator", null, login, "insert", ["role", "tenant_id", "user_id"]],
     ]);
   });
 

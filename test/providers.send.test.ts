@@ -8,7 +8,7 @@ import { SANDBOX_SYSTEM_TWILIO, sandboxTwilioToken, type Sandbox } from "../src/
 import { startSandboxServer, type SandboxServer } from "../src/sandbox/server.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
-import { useTestDatabase, withRootDb } from "./helpers/db.ts";
+import { asRole, useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { testKeyring } from "./helpers/keys.ts";
 
@@ -194,6 +194,39 @@ describe("testProviderAccount", () => {
     expect(body.data?.testProviderAccount?.result, JSON.stringify(body)).toMatch(/^[0-9a-f-]{36}$/);
     expect(await waitForTest(a)).toMatchObject({ last_error: null });
     expect(sandbox.messages.at(-1)).toMatchObject({ to: "+14155550144", account: await twilioSid(a) });
+  });
+
+  it("stores the address encrypted under the tenant's key, and not at all once the test has run", async () => {
+    const token = await tokenFor(api.current, a, "owner");
+    const row = (id: string) =>
+      withRootDb(db.current, async (q) => (await q.query("select to_jsonb(p)::text as json, finished_at from herald_hidden.provider_tests p where id = $1", [id])).rows[0]);
+    const { body } = await graphql(api.current, token, `mutation($id: UUID!) { testProviderAccount(input: {providerAccountId: $id, toAddress: "+14155550147"}) { result } }`, {
+      id: a.providerAccountId,
+    });
+    const testId = body.data?.testProviderAccount?.result as string;
+    expect(testId, JSON.stringify(body)).toMatch(/^[0-9a-f-]{36}$/);
+    // Whatever the worker has done by now, no column holds the address in plaintext.
+    expect((await row(testId)).json).not.toContain("4155550147");
+    for (let i = 0; i < 150 && !(await row(testId)).finished_at; i++) await new Promise((r) => setTimeout(r, 100));
+    const finished = await row(testId);
+    expect(finished.finished_at).not.toBeNull();
+    expect(JSON.parse(finished.json)).toMatchObject({ to_address_encrypted: null, key_version: null, error: null });
+    expect(sandbox.messages.some((m) => m.to === "+14155550147")).toBe(true);
+  });
+
+  it("encrypts what is queued: only a session with the tenant's data key reads it back", async () => {
+    const settings = await testKeyring().sessionSettings(db.current.root, a.id);
+    // Rolled back: nothing is sent.
+    const [ciphertext, plain] = await asRole(db.current, { role: ROLES.member, tenantId: a.id, userId: a.ownerId, settings }, async (q) => {
+      const { rows } = await q.query("select herald_public.test_provider_account($1, '+14155550148') as id", [a.providerAccountId]);
+      const stored = await q.query(
+        "select to_address_encrypted, herald_hidden.decrypt_pii(to_address_encrypted, key_version) as plain from herald_hidden.provider_tests where id = $1",
+        [rows[0].id],
+      );
+      return [stored.rows[0].to_address_encrypted as Buffer, stored.rows[0].plain as string];
+    });
+    expect(plain).toBe("+14155550148");
+    expect(ciphertext.toString("latin1")).not.toContain("4155550148");
   });
 
   it("records the provider's error for an account whose credential is wrong; B cannot test A's account", async () => {

@@ -1,4 +1,3 @@
-import { createHash } from "node:crypto";
 import http from "node:http";
 import express, { type ErrorRequestHandler, type RequestHandler } from "express";
 import pg from "pg";
@@ -18,6 +17,7 @@ import { pageSizeVariablesGuard } from "./guards.ts";
 import { checkHealth } from "./health.ts";
 import { webhooksRouter } from "../webhooks/index.ts";
 import { jsonError } from "./responses.ts";
+import { LoginLimits } from "./login-limits.ts";
 
 /** Largest GraphQL request body accepted (bytes); larger bodies get 413. */
 const GRAPHQL_BODY_LIMIT = 100_000;
@@ -83,12 +83,8 @@ const loginBody = z.object({
   tenant: z.string().trim().min(1).max(63).optional(),
 });
 
-/** Password attempts per minute, per account and per client address: each costs a bcrypt hash. */
-const LOGIN_ATTEMPTS_PER_EMAIL = 10;
-const LOGIN_ATTEMPTS_PER_CLIENT = 60;
-
 /** POST /auth/login: email + password → a JWT for one of the user's memberships. */
-function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
+function login(authenticator: Authenticator, pool: pg.Pool, limits: LoginLimits): RequestHandler {
   return async (req, res) => {
     const body = loginBody.safeParse(req.body);
     if (!body.success) {
@@ -96,13 +92,8 @@ function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
       res.status(400).json({ error: { code: "INVALID_INPUT", field: issue.path.join("."), message: issue.message } });
       return;
     }
-    // Counted in Postgres (every API process sees the same), by a hash of the email and by the client's address.
-    const emailScope = `login:email:${createHash("sha256").update(body.data.email.toLowerCase()).digest("hex")}`;
-    const { rows: waits } = await pool.query<{ email: number; client: number }>(
-      "select herald_private.admit($1, $2) as email, herald_private.admit($3, $4) as client",
-      [emailScope, LOGIN_ATTEMPTS_PER_EMAIL, `login:client:${req.ip ?? "unknown"}`, LOGIN_ATTEMPTS_PER_CLIENT],
-    );
-    const wait = Math.max(waits[0]?.email ?? 0, waits[0]?.client ?? 0);
+    // Per account and client, per client, and a slower per-account curve for unknown clients (src/api/login-limits.ts).
+    const wait = await limits.admit(pool, body.data.email, req.ip);
     if (wait > 0) {
       res.status(429).set("Retry-After", String(wait)).json(jsonError("RATE_LIMITED", `Too many sign-in attempts; try again in ${wait} s.`));
       return;
@@ -120,6 +111,7 @@ function login(authenticator: Authenticator, pool: pg.Pool): RequestHandler {
       res.status(401).json(jsonError("INVALID_CREDENTIALS", "Email, password or tenant is not right."));
       return;
     }
+    await limits.remember(pool, body.data.email, req.ip);
     const expiresIn = 3600;
     const token = await authenticator.sign(
       { sub: identity.user_id, tenant_id: identity.tenant_id, role: "herald_member" },
@@ -216,7 +208,7 @@ export async function startApiServer(options: {
     const health = await checkHealth(ownerPool, worker);
     res.status(health.status === "ok" ? 200 : 503).json(health);
   });
-  app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool));
+  app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool, new LoginLimits(config.hashKey)));
   // Without provider credentials, the sandbox stands in for Twilio and SendGrid on this port.
   // Development only: in production a missing credential must fail loudly, not
   // be answered by a stand-in (whose endpoints would be public).

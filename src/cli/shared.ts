@@ -30,9 +30,12 @@ export async function withDatabase<T>(fn: (ctx: { config: Config; db: Database; 
   }
 }
 
+/** What the audit log says the CLI was: this command and the OS user running it. */
+export const operatorDetail = () => `herald cli (${os.userInfo().username})`.slice(0, 100);
+
 /** One transaction as herald_admin that the audit log attributes to this command and the OS user running it. */
 export const asOperator = <T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>, options: { tenantId?: string } = {}) =>
-  withSession(pool, { role: ROLES.admin, tenantId: options.tenantId, settings: { "herald.actor_detail": `herald cli (${os.userInfo().username})`.slice(0, 100) } }, fn);
+  withSession(pool, { role: ROLES.admin, tenantId: options.tenantId, settings: { "herald.actor_detail": operatorDetail() } }, fn);
 
 export async function requireTenant(pool: pg.Pool, slug: string): Promise<Tenant> {
   const tenant = await asOperator(pool, (client) => findTenant(client, slug));
