@@ -91,7 +91,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.lists": {
     member: ["DELETE", "INSERT(description, id, name, tenant_id)", "SELECT", "UPDATE(description, name)"],
     admin: ["DELETE", "SELECT"],
-    worker: ["INSERT(description, id, name, tenant_id)", "SELECT", "UPDATE(description, name)"],
+    worker: ["INSERT(description, id, name, tenant_id)", "SELECT"],
   },
   "herald_public.memberships": {
     member: ["SELECT"],
@@ -121,7 +121,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.tags": {
     member: ["DELETE", "INSERT(id, name, tenant_id)", "SELECT", "UPDATE(name)"],
     admin: ["DELETE", "SELECT"],
-    worker: ["INSERT(id, name, tenant_id)", "SELECT", "UPDATE(name)"],
+    worker: ["INSERT(id, name, tenant_id)", "SELECT"],
   },
   "herald_public.templates": {
     member: ["DELETE", "INSERT(body, channel, html_body, id, name, subject, tenant_id)", "SELECT", "UPDATE(body, html_body, name, subject)"],

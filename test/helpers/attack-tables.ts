@@ -77,7 +77,7 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
       [t.id, `mail.${t.slug}.test`, t.providerAccountId],
     );
     const test = await c.query<{ id: string }>(
-      "insert into herald_hidden.provider_tests (tenant_id, provider_account_id, to_address) values ($1, $2, '+14155550199') returning id",
+      "insert into herald_hidden.provider_tests (tenant_id, provider_account_id) values ($1, $2) returning id",
       [t.id, t.providerAccountId],
     );
     return { emailDomainId: domain.rows[0]!.id, providerTestId: test.rows[0]!.id };
@@ -337,7 +337,7 @@ const FIXTURES: TableSpec[] = [
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.providerTestId] }),
     insertInto: (victim) => ({
-      sql: "insert into herald_hidden.provider_tests (tenant_id, provider_account_id, to_address) values ($1, $2, '+15005550006')",
+      sql: "insert into herald_hidden.provider_tests (tenant_id, provider_account_id) values ($1, $2)",
       params: [victim.id, victim.providerAccountId],
     }),
   },
