@@ -35,6 +35,9 @@ const phoneOf = (i: number) => {
   return i % 2 === 0 ? `+1 212 ${exchange} ${line}` : `(212) ${exchange}-${line}`;
 };
 
+/** The run's figures, printed as one JSON line at the end (for scripts comparing runs). */
+const figures: Record<string, number | string> = { bench: "contacts" };
+
 async function benchImport(root: pg.Pool, app: pg.Pool, keyring: Keyring) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-bench-"));
   const file = path.join(dir, "contacts.csv");
@@ -66,6 +69,12 @@ async function benchImport(root: pg.Pool, app: pg.Pool, keyring: Keyring) {
 
   const importRate = IMPORT_ROWS / importSeconds;
   const plainRate = IMPORT_ROWS / plainSeconds;
+  Object.assign(figures, {
+    import_rows: IMPORT_ROWS,
+    import_per_s: Math.round(importRate),
+    plain_insert_per_s: Math.round(plainRate),
+    ratio_import_plain: Number((importRate / plainRate).toFixed(2)),
+  });
   process.stdout.write(
     [
       `Contact import: ${fmt(IMPORT_ROWS)} rows from CSV (parse, E.164, encrypt phone+email, 2 keyed hashes, upsert)`,
@@ -132,6 +141,12 @@ async function benchLookups(app: pg.Pool, tenants: { id: string; settings: Recor
   } finally {
     client.release();
   }
+  Object.assign(figures, {
+    lookups: LOOKUPS,
+    lookup_contacts: TENANTS * CONTACTS_PER_TENANT,
+    lookup_p50_ms: Number(median(samples).toFixed(3)),
+    lookup_p99_ms: Number(percentile(samples, 99).toFixed(3)),
+  });
   process.stdout.write(
     [
       `Phone lookup by keyed hash: ${fmt(LOOKUPS)} random lookups among ${fmt(TENANTS * CONTACTS_PER_TENANT)} contacts of ${fmt(TENANTS)} tenants (member, RLS)`,
@@ -158,6 +173,11 @@ async function benchTaggedPage(root: pg.Pool, app: pg.Pool, tenant: { id: string
      limit 100`;
   const rls = await timeQuery(app, { role: ROLES.member, tenantId: tenant.id, settings: tenant.settings }, page(""), [tag!.id], ROUNDS);
   const manual = await timeQuery(root, undefined, page("c.tenant_id = $2 and"), [tag!.id, tenant.id], ROUNDS);
+  Object.assign(figures, {
+    tagged_page_rls_ms: Number(median(rls).toFixed(3)),
+    tagged_page_manual_ms: Number(median(manual).toFixed(3)),
+    ratio_rls_manual: Number((median(rls) / median(manual)).toFixed(2)),
+  });
   process.stdout.write(
     [
       `Tagged contacts page (100 of a tenant's ${fmt(CONTACTS_PER_TENANT)} contacts, by tag), median of ${ROUNDS}`,
@@ -177,4 +197,5 @@ export async function benchContacts(): Promise<void> {
     await benchLookups(app, tenants);
     await benchTaggedPage(root, app, tenants[0]!);
   });
+  process.stdout.write(`${JSON.stringify(figures)}\n`);
 }
