@@ -23,6 +23,18 @@ beforeAll(async () => {
   dir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-import-hostile-"));
 });
 
+/**
+ * Milliseconds of CPU this process spends in `fn`: what a slow regex burns,
+ * and what the neighbours of a shared machine (whose load stretches wall time)
+ * do not change.
+ */
+async function cpuMs<T>(fn: () => Promise<T>): Promise<{ result: T; ms: number }> {
+  const before = process.cpuUsage();
+  const result = await fn();
+  const spent = process.cpuUsage(before);
+  return { result, ms: (spent.user + spent.system) / 1000 };
+}
+
 const importFile = (name: string, content: string) => {
   const file = path.join(dir, `${name}.csv`);
   fs.writeFileSync(file, content);
@@ -37,20 +49,17 @@ const importFile = (name: string, content: string) => {
 describe("cells built for a slow regex", () => {
   it("a 100 KB attribute cell is rejected by its size at once, and the next row is imported", async () => {
     const { run, rejects } = importFile("wide100k", `phone,first_name,notes\n+14155550181,Wide,${"a".repeat(100_000)}\n+14155550182,Next,ok\n`);
-    const started = performance.now();
-    const summary = await run();
-    const elapsed = performance.now() - started;
+    const { result: summary, ms } = await cpuMs(run);
     expect(summary).toMatchObject({ rows: 2, inserted: 1, rejected: 1 });
     expect(rejects()).toEqual(["line,column,reason", "2,notes,\"is 100,000 characters long; a cell may hold at most 10,000\""]);
-    // The regex this replaces spent ~10 s on such a cell; the whole import (a database round trip) is far below a second.
-    expect(elapsed).toBeLessThan(2000);
+    // The regex this replaces spent ~10 s of CPU on such a cell; the whole import takes a small fraction of a second.
+    expect(ms).toBeLessThan(1000);
   });
 
   it("a 1 MB cell is handled within a second and rejected with a clear reason", async () => {
     const { run, rejects } = importFile("wide1m", `phone,notes\n+14155550183,${"b".repeat(1_000_000)}\n`);
-    const started = performance.now();
-    const summary = await run();
-    expect(performance.now() - started).toBeLessThan(1000);
+    const { result: summary, ms } = await cpuMs(run);
+    expect(ms).toBeLessThan(1000);
     expect(summary).toMatchObject({ rows: 1, inserted: 0, rejected: 1 });
     expect(rejects()[1]).toBe('2,notes,"is 1,000,000 characters long; a cell may hold at most 10,000"');
   });
@@ -75,7 +84,7 @@ describe("cells built for a slow regex", () => {
     expect(rejects()[1]).toBe('2,notes,"holds an email address; attributes are stored unencrypted"');
   });
 
-  it("containsEmailLike answers as /[^\\s@]+@[^\\s@]+\\.[^\\s@]+/ does, in linear time", () => {
+  it("containsEmailLike answers as /[^\\s@]+@[^\\s@]+\\.[^\\s@]+/ does, in linear time", async () => {
     const regex = /[^\s@]+@[^\s@]+\.[^\s@]+/;
     const samples = [
       "", "@", "a@b", "a@b.", "a@.b", "a@b.c", "a@bc.d", " a@b.c ", "a @b.c", "a@ b.c", "a@@b.c", "@a@b.c", "x@y@z.w", "a@b.c@",
@@ -83,10 +92,11 @@ describe("cells built for a slow regex", () => {
       "a@b\n.c", "x@y.z\nq", "name@domain", "foo@bar.baz qux", "@@@...", "a@b.c.d",
     ];
     for (const sample of samples) expect([sample, containsEmailLike(sample)]).toEqual([sample, regex.test(sample)]);
-    const started = performance.now();
-    expect(containsEmailLike("e".repeat(1_000_000) + "@" + "f".repeat(1_000_000))).toBe(false);
-    expect(containsEmailLike("@".repeat(1_000_000))).toBe(false);
-    expect(performance.now() - started).toBeLessThan(1000);
+    const { ms } = await cpuMs(async () => {
+      expect(containsEmailLike("e".repeat(1_000_000) + "@" + "f".repeat(1_000_000))).toBe(false);
+      expect(containsEmailLike("@".repeat(1_000_000))).toBe(false);
+    });
+    expect(ms).toBeLessThan(1000);
   });
 });
 
