@@ -2,6 +2,7 @@ import pg from "pg";
 import { loadConfig, type Config } from "../src/config.ts";
 import { dropDatabase } from "../src/db/bootstrap.ts";
 import { openDatabase, type Database } from "../src/db/database.ts";
+import { watchMigrations } from "../src/db/migrate.ts";
 import { enterSession, type SessionContext } from "../src/db/session.ts";
 import { createLogger } from "../src/logger.ts";
 
@@ -9,7 +10,10 @@ import { createLogger } from "../src/logger.ts";
 export async function withBenchDatabase<T>(fn: (ctx: { config: Config; db: Database; root: pg.Pool; app: pg.Pool }) => Promise<T>): Promise<T> {
   const config = loadConfig();
   const database = `herald_bench_${process.pid}`;
-  const db = await openDatabase(config, createLogger("warn", 2), { database });
+  const logger = createLogger("warn", 2);
+  const db = await openDatabase(config, logger, { database });
+  // The schema work in progress too, as the test suite applies it: a benchmark measures the branch.
+  await watchMigrations(db.urls, logger, true);
   const root = new pg.Pool({ connectionString: db.urls.admin, max: 4 });
   const app = new pg.Pool({ connectionString: db.urls.authenticator, max: 4 });
   try {

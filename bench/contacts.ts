@@ -35,6 +35,25 @@ const phoneOf = (i: number) => {
   return i % 2 === 0 ? `+1 212 ${exchange} ${line}` : `(212) ${exchange}-${line}`;
 };
 
+/** CPU nanoseconds so far of each client backend of this database (Linux /proc); empty elsewhere. */
+async function backendCpu(root: pg.Pool): Promise<Map<number, number>> {
+  const { rows } = await root.query<{ pid: number }>("select pid from pg_stat_activity where datname = current_database() and backend_type = 'client backend'");
+  const cpu = new Map<number, number>();
+  for (const { pid } of rows) {
+    try {
+      cpu.set(pid, Number(fs.readFileSync(`/proc/${pid}/schedstat`, "utf8").split(" ")[0]));
+    } catch {
+      // not Linux, or the backend just ended
+    }
+  }
+  return cpu;
+}
+const cpuSpent = (before: Map<number, number>, after: Map<number, number>) =>
+  [...after].reduce((sum, [pid, ns]) => sum + ns - (before.get(pid) ?? 0), 0);
+
+/** The run's figures, printed as one JSON line at the end (for scripts comparing runs). */
+const figures: Record<string, number | string> = { bench: "contacts" };
+
 async function benchImport(root: pg.Pool, app: pg.Pool, keyring: Keyring) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-bench-"));
   const file = path.join(dir, "contacts.csv");
@@ -43,9 +62,14 @@ async function benchImport(root: pg.Pool, app: pg.Pool, keyring: Keyring) {
   const { rows: [tenant] } = await root.query<{ id: string }>("insert into herald_public.tenants (slug, name) values ('bench-import', 'Import') returning id");
 
   say(`importing ${fmt(IMPORT_ROWS)} contacts from CSV…`);
+  // CPU time too: on a shared machine wall time moves with the neighbours' load, CPU time per row far less.
+  const dbCpuBefore = await backendCpu(root);
+  const nodeCpuBefore = process.cpuUsage();
   let started = performance.now();
   const summary = await importContacts({ pool: app, keyring, tenantId: tenant!.id, file, rejectsFile: path.join(dir, "rejects.csv") });
   const importSeconds = (performance.now() - started) / 1000;
+  const nodeCpu = process.cpuUsage(nodeCpuBefore);
+  const dbCpuNs = cpuSpent(dbCpuBefore, await backendCpu(root));
   if (summary.inserted !== IMPORT_ROWS) throw new Error(`import inserted ${summary.inserted} of ${IMPORT_ROWS}: ${JSON.stringify(summary)}`);
 
   say(`inserting the same ${fmt(IMPORT_ROWS)} rows in plain multi-row INSERTs…`);
@@ -66,12 +90,21 @@ async function benchImport(root: pg.Pool, app: pg.Pool, keyring: Keyring) {
 
   const importRate = IMPORT_ROWS / importSeconds;
   const plainRate = IMPORT_ROWS / plainSeconds;
+  Object.assign(figures, {
+    import_node_cpu_us_per_row: Number(((nodeCpu.user + nodeCpu.system) / IMPORT_ROWS).toFixed(1)),
+    import_db_cpu_us_per_row: Number((dbCpuNs / 1000 / IMPORT_ROWS).toFixed(1)),
+    import_rows: IMPORT_ROWS,
+    import_per_s: Math.round(importRate),
+    plain_insert_per_s: Math.round(plainRate),
+    ratio_import_plain: Number((importRate / plainRate).toFixed(2)),
+  });
   process.stdout.write(
     [
       `Contact import: ${fmt(IMPORT_ROWS)} rows from CSV (parse, E.164, encrypt phone+email, 2 keyed hashes, upsert)`,
       `  herald contacts import:                     ${fmt(importRate)} contacts/s (${importSeconds.toFixed(1)} s)`,
       `  plain multi-row INSERT, no encryption:      ${fmt(plainRate)} rows/s (${plainSeconds.toFixed(1)} s)`,
       `  ratio import / plain INSERT:                ${(importRate / plainRate).toFixed(2)}x`,
+      `  CPU per contact imported, Node / database:  ${figures.import_node_cpu_us_per_row} / ${figures.import_db_cpu_us_per_row} µs`,
       "",
     ].join("\n"),
   );
@@ -132,6 +165,12 @@ async function benchLookups(app: pg.Pool, tenants: { id: string; settings: Recor
   } finally {
     client.release();
   }
+  Object.assign(figures, {
+    lookups: LOOKUPS,
+    lookup_contacts: TENANTS * CONTACTS_PER_TENANT,
+    lookup_p50_ms: Number(median(samples).toFixed(3)),
+    lookup_p99_ms: Number(percentile(samples, 99).toFixed(3)),
+  });
   process.stdout.write(
     [
       `Phone lookup by keyed hash: ${fmt(LOOKUPS)} random lookups among ${fmt(TENANTS * CONTACTS_PER_TENANT)} contacts of ${fmt(TENANTS)} tenants (member, RLS)`,
@@ -158,6 +197,11 @@ async function benchTaggedPage(root: pg.Pool, app: pg.Pool, tenant: { id: string
      limit 100`;
   const rls = await timeQuery(app, { role: ROLES.member, tenantId: tenant.id, settings: tenant.settings }, page(""), [tag!.id], ROUNDS);
   const manual = await timeQuery(root, undefined, page("c.tenant_id = $2 and"), [tag!.id, tenant.id], ROUNDS);
+  Object.assign(figures, {
+    tagged_page_rls_ms: Number(median(rls).toFixed(3)),
+    tagged_page_manual_ms: Number(median(manual).toFixed(3)),
+    ratio_rls_manual: Number((median(rls) / median(manual)).toFixed(2)),
+  });
   process.stdout.write(
     [
       `Tagged contacts page (100 of a tenant's ${fmt(CONTACTS_PER_TENANT)} contacts, by tag), median of ${ROUNDS}`,
@@ -177,4 +221,5 @@ export async function benchContacts(): Promise<void> {
     await benchLookups(app, tenants);
     await benchTaggedPage(root, app, tenants[0]!);
   });
+  process.stdout.write(`${JSON.stringify(figures)}\n`);
 }

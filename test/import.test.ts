@@ -116,7 +116,7 @@ describe("importContacts", () => {
       rejectsFile: path.join(dir, "notes.rejects.csv"),
     });
     expect(summary).toMatchObject({ inserted: 1, rejected: 1 });
-    expect(fs.readFileSync(path.join(dir, "notes.rejects.csv"), "utf8")).toContain("2,notes,holds an email address; attributes are stored unencrypted");
+    expect(fs.readFileSync(path.join(dir, "notes.rejects.csv"), "utf8")).toContain('2,notes,"holds an email address; attributes are stored unencrypted"');
   });
 
   it("the CLI prints a summary and writes the rejects next to the file", async () => {

@@ -1,6 +1,7 @@
 import path from "node:path";
 import type { Command } from "commander";
 import { InvalidArgumentError } from "commander";
+import { MAX_RECORD_CHARS } from "../contacts/csv-safety.ts";
 import { ImportError, importContacts } from "../contacts/import.ts";
 import { keyringFromConfig } from "../crypto/keyring.ts";
 import { startProgress } from "./progress.ts";
@@ -44,6 +45,12 @@ export function registerContactCommands(program: Command): void {
             .catch((error: Error & { code?: string; lines?: number }) => {
               // A malformed CSV stops the import where it broke; batches before it are committed.
               if (error instanceof ImportError) throw new CliError(`${file}: ${error.message} Nothing was imported.`);
+              if (error.code === "CSV_MAX_RECORD_SIZE") {
+                throw new CliError(
+                  `${file}, line ${error.lines}: a row longer than ${MAX_RECORD_CHARS.toLocaleString("en-US")} characters is no contact row; the import stops there. ` +
+                    "Rows before it were imported; fix the file and re-run.",
+                );
+              }
               if (error.code?.startsWith("CSV_")) {
                 throw new CliError(`${file}, line ${error.lines}: ${error.message}. Rows before it were imported; fix the file and re-run.`);
               }

@@ -4,6 +4,7 @@ import type pg from "pg";
 import type { Keyring } from "../crypto/keyring.ts";
 import { withSession } from "../db/session.ts";
 import { ROLES } from "../db/urls.ts";
+import { containsEmailLike, csvLine, MAX_CELL_CHARS, MAX_RECORD_CHARS, withoutFormulaGuard } from "./csv-safety.ts";
 import { normalizeContact, type ContactDocument, type ContactInput } from "./normalize.ts";
 import { MAX_UPSERT_BATCH, tenantDefaultCountry, upsertContacts, type RunQuery, type UpsertOutcome } from "./store.ts";
 
@@ -78,13 +79,18 @@ const headerKey = (header: string) => header.toLowerCase().replace(/[^a-z0-9]/g,
  * put PII there unencrypted, so the import refuses to start instead.
  */
 const PII_LOOKING_HEADER = /phone|mobile|cell|tel|fax|whatsapp|e-?mail/i;
-const EMAIL_LOOKING_VALUE = /[^\s@]+@[^\s@]+\.[^\s@]+/;
+/** Column names become attribute keys: a name this long is not a column name. */
+const MAX_HEADER_CHARS = 200;
 
 export class ImportError extends Error {
   override name = "ImportError";
 }
 
 function checkHeaders(headers: string[]): string[] {
+  const long = headers.findIndex((h) => h.length > MAX_HEADER_CHARS);
+  if (long !== -1) {
+    throw new ImportError(`column ${long + 1}'s name is ${headers[long]!.length.toLocaleString("en-US")} characters long; a column name may have at most ${MAX_HEADER_CHARS}.`);
+  }
   const suspicious = headers.filter((h) => !FIELD_BY_HEADER[headerKey(h)] && PII_LOOKING_HEADER.test(h));
   if (suspicious.length > 0) {
     throw new ImportError(
@@ -111,11 +117,11 @@ function toInput(record: Record<string, string>): { input: ContactInput; headerO
   const attributes: Record<string, string> = {};
   const rejects: Omit<Reject, "line">[] = [];
   for (const [header, raw] of Object.entries(record)) {
-    const value = raw?.trim() ?? "";
+    const value = withoutFormulaGuard(raw?.trim() ?? "");
     if (value === "") continue; // an empty cell means "not given", never "clear"
     const field = FIELD_BY_HEADER[headerKey(header)];
     if (!field) {
-      if (EMAIL_LOOKING_VALUE.test(value)) {
+      if (containsEmailLike(value)) {
         rejects.push({ column: header, reason: "holds an email address; attributes are stored unencrypted" });
       } else {
         attributes[header] = value;
@@ -135,10 +141,18 @@ function toInput(record: Record<string, string>): { input: ContactInput; headerO
   return { input, headerOf, rejects };
 }
 
-const csvField = (value: string | number) => {
-  const text = String(value);
-  return /[",\n\r]/.test(text) ? `"${text.replace(/"/g, '""')}"` : text;
-};
+/** The first cell over MAX_CELL_CHARS, as a reject: checked before anything else reads the row. */
+function oversizedCell(record: Record<string, string>): Omit<Reject, "line"> | undefined {
+  for (const [header, value] of Object.entries(record)) {
+    if (typeof value === "string" && value.length > MAX_CELL_CHARS) {
+      return {
+        column: header,
+        reason: `is ${value.length.toLocaleString("en-US")} characters long; a cell may hold at most ${MAX_CELL_CHARS.toLocaleString("en-US")}`,
+      };
+    }
+  }
+  return undefined;
+}
 
 const REFUSAL_REASONS: Partial<Record<UpsertOutcome["action"], string>> = {
   conflict: "its phone, email and external id belong to different existing contacts",
@@ -166,8 +180,9 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
   const reject = (r: Reject) => {
     summary.rejected++;
     rejectsOut ??= fs.createWriteStream(options.rejectsFile).on("error", () => undefined);
-    if (summary.rejected === 1) rejectsOut.write("line,column,reason\n");
-    rejectsOut.write(`${r.line},${csvField(r.column)},${csvField(r.reason)}\n`);
+    if (summary.rejected === 1) rejectsOut.write(csvLine(["line", "column", "reason"]));
+    // The column is the file's own header text: a spreadsheet must not run it (csvCell).
+    rejectsOut.write(csvLine([r.line, r.column, r.reason]));
   };
   // First line of each identifier, to report repeats inside the file.
   const firstLine = new Map<string, number>();
@@ -176,7 +191,16 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
   const input = fs.createReadStream(options.file);
   input.on("data", (chunk) => (bytesRead += chunk.length));
   const parser = input.pipe(
-    parse({ columns: checkHeaders, bom: true, info: true, raw: true, skip_empty_lines: true, relax_column_count: true, trim: false }),
+    parse({
+      columns: checkHeaders,
+      bom: true,
+      info: true,
+      raw: true,
+      skip_empty_lines: true,
+      relax_column_count: true,
+      trim: false,
+      max_record_size: MAX_RECORD_CHARS,
+    }),
   );
 
   let batch: { line: number; document: ContactDocument }[] = [];
@@ -211,11 +235,16 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
     options.onProgress?.({ rows: summary.rows, bytesRead, totalBytes });
   };
 
-  try {
+  const readRecords = async () => {
     for await (const { record, info, raw } of parser as AsyncIterable<{ record: Record<string, string>; info: { lines: number }; raw: string }>) {
       summary.rows++;
       // info.lines is where the record ends; a quoted field may span lines.
       const line = info.lines - (raw.replace(/\r?\n$/, "").match(/\n/g)?.length ?? 0);
+      const oversized = oversizedCell(record);
+      if (oversized) {
+        reject({ line, ...oversized });
+        continue;
+      }
       const { input: contact, headerOf, rejects } = toInput(record);
       const { document, errors } = normalizeContact(contact, country);
       for (const r of rejects) reject({ line, ...r });
@@ -241,6 +270,16 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
       for (const [field, value] of identifiers) firstLine.set(`${field}:${value}`, line);
       batch.push({ line, document });
       if (batch.length >= batchSize) await flush();
+    }
+  };
+
+  try {
+    try {
+      await readRecords();
+    } catch (error) {
+      // A malformed record stops the import there; the rows before it are still written.
+      if ((error as { code?: string }).code?.startsWith("CSV_")) await flush().catch(() => undefined);
+      throw error;
     }
     await flush();
     await Promise.all(inFlight);
