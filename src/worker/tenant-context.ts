@@ -15,6 +15,14 @@ import { ROLES } from "../db/urls.ts";
  */
 
 
+/** When and how `sent` deliveries whose final status is overdue are looked up at the provider (src/messages/status-check.ts). */
+export interface StatusCheckPolicy {
+  /** A `sent` delivery with no final status this long after it was sent is looked up (and again this long after each look). */
+  afterMs: number;
+  /** How often the worker queues a check (one job across all processes). */
+  intervalMs: number;
+}
+
 interface WorkerContext {
   pool: pg.Pool;
   webhooks?: OutboundWebhookPolicy;
@@ -24,6 +32,7 @@ interface WorkerContext {
   pacingPool?: pg.Pool;
   /** This process in herald_private.worker_processes. */
   processId?: string;
+  statusCheck?: StatusCheckPolicy;
 }
 
 let tenantContext: WorkerContext | undefined;
@@ -48,6 +57,11 @@ export function webhookPolicy(): OutboundWebhookPolicy {
   // No guessed policy: a job on a worker that has none fails and is retried by one that does.
   if (!tenantContext?.webhooks) throw new Error("this worker was started without an outbound webhook policy");
   return tenantContext.webhooks;
+}
+
+export function statusCheckPolicy(): StatusCheckPolicy {
+  if (!tenantContext?.statusCheck) throw new Error("this worker was started without a status check policy");
+  return tenantContext.statusCheck;
 }
 
 export function workerProcessId(): string {
