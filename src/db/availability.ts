@@ -101,6 +101,10 @@ type ConnectCallback = (error: Error | undefined, client?: pg.PoolClient, done?:
  */
 export class ResilientPool extends pg.Pool {
   readonly waitForServerMs: number;
+  readonly #name: string;
+  readonly #logger: Logger;
+  /** When this pool last said it is waiting for the server (said at most every few seconds). */
+  #lastWaitLog = 0;
 
   constructor(options: PoolOptions) {
     super({
@@ -113,6 +117,8 @@ export class ResilientPool extends pg.Pool {
     });
     this.waitForServerMs = options.waitForServerMs ?? 0;
     const { logger, name } = options;
+    this.#name = name;
+    this.#logger = logger;
     // An idle client whose server went away: pg removes it from the pool.
     this.on("error", (error) => {
       databaseState.failed(error);
@@ -152,6 +158,11 @@ export class ResilientPool extends pg.Pool {
         const serverSide = isDatabaseUnavailable(error) && !POOL_EXHAUSTED.test((error as Error).message);
         if (serverSide) databaseState.failed(error);
         if (!serverSide || this.ending || Date.now() + delay > deadline) throw error;
+        if (Date.now() - this.#lastWaitLog > 5_000) {
+          this.#lastWaitLog = Date.now();
+          const { code, message } = error as { code?: string; message: string };
+          this.#logger.warn({ pool: this.#name, err: { code, message } }, "the database refuses or drops connections; waiting for it");
+        }
         await sleep(delay);
       }
     }

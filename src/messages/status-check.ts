@@ -147,7 +147,7 @@ export async function checkOverdueStatuses(options: {
       }
       // Looked up (or tried): the next look waits its turn.
       await client.query(
-        "update herald_public.deliveries set status_checked_at = now() where tenant_id = herald_public.current_tenant_id() and id = any($1::uuid[]) and status = 'sent'",
+        "update herald_public.deliveries set status_checked_at = now() where tenant_id = herald_public.current_tenant_id() and id = any($1::uuid[])",
         [group.map((l) => l.delivery.id)],
       );
       return applied;

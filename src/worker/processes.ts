@@ -16,9 +16,12 @@ import type { Logger } from "../logger.ts";
  *
  * A database restart drops every connection, and with them every process's
  * lock. A process that loses its registry connection therefore reconnects,
- * takes its lock again and re-registers under the same id (deliveries it
- * claimed stay its own), and holds back its own sweeps for a grace period, so
- * that the processes coming back together do not take each other for dead.
+ * takes its lock again and registers afresh, under a new process id: the jobs
+ * it was running died with their connections, so the deliveries they had
+ * claimed under the old id now belong to a process that is gone, and are
+ * reconciled at once (looked up at the provider, never blindly resent) rather
+ * than waited for. It holds back its own sweeps for a grace period, so that
+ * the processes coming back together do not take each other for dead.
  * Jobs whose completion could not be written while the server was away stay
  * locked by this process though none runs: those are released here too.
  */
@@ -32,7 +35,8 @@ const ORPHAN_CHECK_MS = 10_000;
 export type RegistryState = "registered" | "reconnecting" | "stopped";
 
 export interface ProcessRegistration {
-  processId: string;
+  /** This process's current id in herald_private.worker_processes (a new one after each reconnect). */
+  processId(): string;
   /** Unlocks the jobs of dead processes now; returns how many processes were recovered. */
   sweep(): Promise<number>;
   /** Whether this process holds its registry lock (for /healthz). */
@@ -50,7 +54,8 @@ export async function registerWorkerProcess(options: {
   budget?: number;
 }): Promise<ProcessRegistration> {
   const { logger } = options;
-  const processId = `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
+  const newProcessId = () => `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
+  let processId = newProcessId();
   const lockKey = randomBytes(8).readBigInt64BE().toString();
   const onError = (error: Error) => logger.warn({ err: { message: error.message } }, "worker registry statement failed");
   // Everything but the lock on a pool, so no statement lands inside a sweep's transaction.
@@ -65,6 +70,7 @@ export async function registerWorkerProcess(options: {
   let stopping = false;
   let holder: pg.Client | undefined;
   let sweepsFrom = 0;
+  let registeredOnce = false;
 
   /** Its own connection: the lock must live exactly as long as this process's registration. */
   const acquire = async () => {
@@ -77,20 +83,23 @@ export async function registerWorkerProcess(options: {
     });
     client.on("error", (error) => lost(client, error));
     client.on("end", () => lost(client, new Error("the connection ended")));
+    const previous = holder === undefined && state === "reconnecting" && registeredOnce ? processId : undefined;
+    const id = previous ? newProcessId() : processId;
     try {
       await client.connect();
       await client.query("select pg_advisory_lock($1::bigint)", [lockKey]);
-      // Again if a restart came between: the row may have been swept as a dead process's.
-      await client.query(
-        `insert into herald_private.worker_processes (process_id, lock_key, worker_ids) values ($1, $2, $3)
-         on conflict (process_id) do update set worker_ids = excluded.worker_ids`,
-        [processId, lockKey, workerIds],
-      );
+      // The old entry (if a sweep has not taken it already) gives way to the new one.
+      await client.query("begin");
+      await client.query("delete from herald_private.worker_processes where process_id = $1", [previous ?? ""]);
+      await client.query("insert into herald_private.worker_processes (process_id, lock_key, worker_ids) values ($1, $2, $3)", [id, lockKey, workerIds]);
+      await client.query("commit");
     } catch (error) {
       await client.end().catch(() => undefined);
       throw error;
     }
     holder = client;
+    processId = id;
+    registeredOnce = true;
     state = "registered";
   };
 
@@ -111,7 +120,7 @@ export async function registerWorkerProcess(options: {
       try {
         await acquire();
         sweepsFrom = Date.now() + RECONNECT_GRACE_MS;
-        logger.info("worker registry connection restored");
+        logger.info({ process: processId }, "worker registry connection restored; registered afresh");
         return;
       } catch (error) {
         logger.debug({ err: { message: (error as Error).message } }, "worker registry still unreachable");
@@ -201,7 +210,7 @@ export async function registerWorkerProcess(options: {
   orphanTimer.unref();
 
   return {
-    processId,
+    processId: () => processId,
     sweep,
     state: () => state,
     stopping: () => void (stopping = true),

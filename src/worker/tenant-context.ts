@@ -30,8 +30,8 @@ interface WorkerContext {
   providers?: ProviderClients;
   /** Owner connections for herald_private's pacing functions (src/messages/pacing.ts). */
   pacingPool?: pg.Pool;
-  /** This process in herald_private.worker_processes. */
-  processId?: string;
+  /** This process's current id in herald_private.worker_processes (it changes when the process re-registers). */
+  processId?: () => string;
   statusCheck?: StatusCheckPolicy;
 }
 
@@ -66,7 +66,7 @@ export function statusCheckPolicy(): StatusCheckPolicy {
 
 export function workerProcessId(): string {
   if (!tenantContext?.processId) throw new Error("this worker was started without a process registration");
-  return tenantContext.processId;
+  return tenantContext.processId();
 }
 
 /** How long this process may keep using a tenant's keys after they change. */

@@ -11,7 +11,7 @@ import domainVerify from "../../tasks/email_domains__verify.ts";
 import providerTest from "../../tasks/provider_accounts__test.ts";
 import deliverySend from "../../tasks/delivery__send.ts";
 import deliveriesSweep from "../../tasks/deliveries__sweep.ts";
-import checkStatus, { STATUS_CHECK_JOB_KEY } from "../../tasks/deliveries__check_status.ts";
+import checkStatus, { STATUS_CHECK_JOB } from "../../tasks/deliveries__check_status.ts";
 import messageCancel from "../../tasks/message__cancel.ts";
 import messageFanOut from "../../tasks/message__fan_out.ts";
 import releaseHeld from "../../tasks/tenant__release_held.ts";
@@ -125,7 +125,7 @@ export async function startWorker(options: {
     statusCheck && !options.tasks
       ? setInterval(() => {
           runner
-            .addJob("deliveries__check_status", {}, { jobKey: STATUS_CHECK_JOB_KEY, jobKeyMode: "preserve_run_at" })
+            .addJob("deliveries__check_status", {}, { ...STATUS_CHECK_JOB, jobKeyMode: "preserve_run_at" })
             .catch((error: Error) => logger.warn({ err: { message: error.message } }, "could not queue the status check"));
         }, statusCheck.intervalMs)
       : undefined;

@@ -1,0 +1,101 @@
+import pg from "pg";
+import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { seedExtraTenant } from "./helpers/fixtures.ts";
+import { readyToSend, seedAudience, settled, waitFor } from "./helpers/messaging.ts";
+import {
+  crashSigns,
+  sendThrough,
+  spawnHerald,
+  startOwnCluster,
+  startRelaySandbox,
+  type HeraldProcess,
+  type OwnCluster,
+  type RelaySandbox,
+} from "./helpers/cluster.ts";
+
+/**
+ * A server with few connections (max_connections = 30, 3 of them reserved
+ * for superusers). Each Herald process asks for HERALD_DB_CONNECTIONS at
+ * start: one that cannot fit refuses to start, saying why; and when other
+ * clients take the connections Herald's budgets counted on, Herald's
+ * processes wait for connections rather than crash, and finish their work
+ * once connections free up.
+ *
+ * On a cluster of this file's own (embedded, whatever DATABASE_URL says).
+ */
+
+let cluster: OwnCluster;
+let relay: RelaySandbox;
+const processes: HeraldProcess[] = [];
+
+beforeAll(async () => {
+  cluster = await startOwnCluster("connections");
+  await cluster.reconfigure({ max_connections: 30 });
+  relay = await startRelaySandbox();
+}, 120_000);
+
+afterAll(async () => {
+  await Promise.all(processes.map((p) => p.stop()));
+  await relay?.close();
+  await cluster?.close();
+});
+
+describe("connection budgets", () => {
+  it("a process whose budget does not fit in max_connections refuses to start, naming the setting", async () => {
+    const api = await spawnHerald(cluster, relay, "start", { HERALD_DB_CONNECTIONS: "14" });
+    processes.push(api);
+    relay.apiUrl = api.url;
+    // 14 + 14 fit in 27; a third process of 14 does not.
+    const second = await spawnHerald(cluster, relay, "worker", { HERALD_DB_CONNECTIONS: "12" });
+    processes.push(second);
+    const third = spawnHerald(cluster, relay, "worker", { HERALD_DB_CONNECTIONS: "14" });
+    const error = await third.then(
+      () => undefined,
+      (e: Error) => e,
+    );
+    expect(error?.message).toMatch(/exited \(1\)/);
+    expect(error?.message).toMatch(/max_connections 30.*HERALD_DB_CONNECTIONS/s);
+  }, 90_000);
+
+  it("connections refused for a while: no process exits, and the broadcast completes once they free up", async () => {
+    const [api, worker] = processes as [HeraldProcess, HeraldProcess];
+    const { db } = cluster;
+    const t = await seedExtraTenant(db, "crowded");
+    const sid = await readyToSend(db, relay, t);
+    const audience = await seedAudience(db, t, { count: 300, exchange: 841, list: "everyone" });
+    relay.sandbox.setFaults({ latencyMs: 20 });
+    const received = () => relay.sandbox.messages.filter((m) => m.account === sid);
+    const messageId = await sendThrough(db, api.url!, t, { channel: "sms", body: "Room for one more?", listIds: [audience.listId] });
+    await waitFor(async () => received().length >= 30, 60_000, "30 messages before the server fills up");
+
+    // Another application takes every connection left (as a login without the superuser's reserve).
+    const hogs: pg.Client[] = [];
+    for (let refused = false; !refused && hogs.length < 40; ) {
+      const client = new pg.Client({ connectionString: db.urls.owner, application_name: "hog" });
+      client.on("error", () => undefined);
+      try {
+        await client.connect();
+        hogs.push(client);
+      } catch (error) {
+        expect((error as { code?: string }).code).toBe("53300");
+        refused = true;
+      }
+    }
+    const atFull = received().length;
+    // Herald's idle connections close after 10 s: it has to ask for new ones, and is refused.
+    await waitFor(async () => /refuses or drops connections/.test(api.output() + worker.output()), 30_000, "Herald to be refused a connection");
+    const refusedAt = received().length;
+    await Promise.all(hogs.map((c) => c.end()));
+
+    const result = await settled(db, messageId, 90_000);
+    relay.sandbox.setFaults({});
+    process.stdout.write(`connections refused: ${hogs.length} taken by another client; ${atFull} sent then, ${refusedAt} when Herald was refused; ${JSON.stringify(result.byStatus)}\n`);
+    // Sent, or delivered already (the callbacks): nothing failed, nothing lost.
+    expect((result.byStatus.sent ?? 0) + (result.byStatus.delivered ?? 0)).toBe(300);
+    expect(new Set(received().map((m) => m.to)).size).toBe(300);
+    for (const p of [api, worker]) {
+      expect(p.alive(), p.output().slice(-3000)).toBe(true);
+      expect(crashSigns(p.output())).toEqual([]);
+    }
+  }, 150_000);
+});
