@@ -38,7 +38,7 @@ type GraphileLogLevel = "error" | "warning" | "info" | "debug";
  */
 export function graphileLogFactory(logger: Logger) {
   return (scope: object) => (level: GraphileLogLevel, message: string, meta?: { error?: unknown; failure?: boolean; job?: { id?: string; attempts?: number; max_attempts?: number } }) => {
-    let method = level === "warning" ? "warn" : level;
+    const method = level === "warning" ? "warn" : level;
     if (meta?.failure && meta.job) {
       // A failed job, to be retried: one line (no stack trace) at warn, with the job and its attempt; error once it gives up.
       const { id, attempts = 0, max_attempts: maxAttempts = 0 } = meta.job;
