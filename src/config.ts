@@ -1,5 +1,6 @@
 import { createPublicKey } from "node:crypto";
 import { z } from "zod";
+import { MIN_CONNECTIONS } from "./db/budget.ts";
 import { loadOrCreateSecrets } from "./secrets.ts";
 
 /**
@@ -72,6 +73,11 @@ const envSchema = z
         .optional(),
     ),
     HERALD_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(200).default(10),
+    // Connections to PostgreSQL per Herald process, all pools together (src/db/budget.ts).
+    HERALD_DB_CONNECTIONS: z.coerce.number().int().min(MIN_CONNECTIONS, `HERALD_DB_CONNECTIONS must be at least ${MIN_CONNECTIONS}`).max(1000).default(20),
+    // Status reconciliation: a `sent` delivery without a final status this long after sending is looked up at the provider.
+    HERALD_STATUS_CHECK_AFTER_SECONDS: z.coerce.number().min(1).max(7 * 86_400).default(600),
+    HERALD_STATUS_CHECK_INTERVAL_SECONDS: z.coerce.number().min(1).max(3600).default(60),
     // Outbound webhooks to tenants' own endpoints.
     HERALD_WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(8),
     HERALD_WEBHOOK_DISABLE_AFTER: z.coerce.number().int().min(1).max(10_000).default(20),
@@ -146,6 +152,10 @@ export interface Config {
   /** Messages per second the system SMS number may send (HERALD_SMS_FROM_MPS). */
   smsFromMps: number;
   workerConcurrency: number;
+  /** HERALD_DB_CONNECTIONS: this process's connections to PostgreSQL, all pools together. */
+  dbConnections: number;
+  /** HERALD_STATUS_CHECK_*: when overdue `sent` deliveries are looked up at the provider, and how often that is checked. */
+  statusCheck: { afterMs: number; intervalMs: number };
   /** Outbound webhooks: attempts, when an endpoint is disabled, retry pacing, and whether private addresses may be posted to. */
   outboundWebhooks: OutboundWebhookPolicy;
   /** HERALD_TRUST_PROXY, for express: the client's address behind a TLS-terminating proxy (login limits). */
@@ -243,6 +253,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     emailFrom: e.HERALD_EMAIL_FROM,
     smsFromMps: e.HERALD_SMS_FROM_MPS,
     workerConcurrency: e.HERALD_WORKER_CONCURRENCY,
+    dbConnections: e.HERALD_DB_CONNECTIONS,
+    statusCheck: { afterMs: e.HERALD_STATUS_CHECK_AFTER_SECONDS * 1000, intervalMs: e.HERALD_STATUS_CHECK_INTERVAL_SECONDS * 1000 },
     outboundWebhooks: {
       maxAttempts: e.HERALD_WEBHOOK_MAX_ATTEMPTS,
       disableAfter: e.HERALD_WEBHOOK_DISABLE_AFTER,

@@ -37,8 +37,18 @@ type GraphileLogLevel = "error" | "warning" | "info" | "debug";
  * so every component logs the same structured lines.
  */
 export function graphileLogFactory(logger: Logger) {
-  return (scope: object) => (level: GraphileLogLevel, message: string, meta?: { error?: unknown }) => {
+  return (scope: object) => (level: GraphileLogLevel, message: string, meta?: { error?: unknown; failure?: boolean; job?: { id?: string; attempts?: number; max_attempts?: number } }) => {
     const method = level === "warning" ? "warn" : level;
+    if (meta?.failure && meta.job) {
+      // A failed job, to be retried: one line (no stack trace) at warn, with the job and its attempt; error once it gives up.
+      const { id, attempts = 0, max_attempts: maxAttempts = 0 } = meta.job;
+      const error = meta.error as { message?: string; code?: string | number } | undefined;
+      logger[attempts < maxAttempts ? "warn" : "error"](
+        { ...scope, job: id, attempt: attempts, maxAttempts, error: { message: error?.message, code: error?.code } },
+        message.split("\n")[0]!,
+      );
+      return;
+    }
     // Errors from pg carry their whole client (connection parameters included): keep the essentials.
     const error = meta?.error as { message?: string; code?: string } | undefined;
     const fields = error ? { ...meta, error: { message: error.message, code: error.code } } : meta;

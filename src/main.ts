@@ -5,6 +5,8 @@ import { loadConfig } from "./config.ts";
 import { keyringFromConfig } from "./crypto/keyring.ts";
 import { ProviderClients, systemProviders } from "./providers/send.ts";
 import { openDatabase, type Database } from "./db/database.ts";
+import { isDatabaseUnavailable } from "./db/availability.ts";
+import { checkConnectionBudget, connectionBudget } from "./db/budget.ts";
 import { demoPlan, demoTokens, ensureDemoTenants } from "./demo.ts";
 import { createLogger } from "./logger.ts";
 import { startWorker, type WorkerHandle } from "./worker/worker.ts";
@@ -37,11 +39,13 @@ async function main() {
   let worker: WorkerHandle | undefined;
   let api: ApiServer | undefined;
   let shuttingDown = false;
+  let exitCode = 0;
   const shutdown = async (signal: string) => {
     if (shuttingDown) {
       logger.warn("second signal: exiting now");
       process.exit(1);
     }
+    if (signal === "worker stopped") exitCode = 1;
     shuttingDown = true;
     logger.info({ signal }, "shutting down");
     // Stop taking work first, then finish what is running, then the database.
@@ -49,14 +53,29 @@ async function main() {
     await worker?.stop().catch((e: Error) => logger.error({ err: { message: e.message } }, "worker stop failed"));
     await db?.stop().catch((e: Error) => logger.error({ err: { message: e.message } }, "database stop failed"));
     logger.info("stopped");
-    process.exit(0);
+    process.exit(exitCode);
   };
   process.on("SIGINT", () => void shutdown("SIGINT"));
   process.on("SIGTERM", () => void shutdown("SIGTERM"));
 
   db = await openDatabase(config, logger);
+  // Every pool of this process comes out of one number (HERALD_DB_CONNECTIONS).
+  const budget = connectionBudget(config.dbConnections, { api: !flags["worker-only"], worker: true });
+  await checkConnectionBudget(db.urls.admin, budget.total, logger).catch(async (error: unknown) => {
+    await db?.stop();
+    throw error;
+  });
   const keyring = keyringFromConfig(config);
   worker = await startWorker({
+    pools: budget.worker,
+    budget: budget.total,
+    statusCheck: config.statusCheck,
+    // A worker that stopped for good takes the process with it, non-zero, for the supervisor to restart.
+    onFatal: () => {
+      if (shuttingDown) return;
+      logger.fatal("the worker stopped for good; exiting so that the supervisor restarts this process");
+      void shutdown("worker stopped");
+    },
     ownerUrl: db.urls.owner,
     authenticatorUrl: db.urls.authenticator,
     concurrency: config.workerConcurrency,
@@ -71,7 +90,7 @@ async function main() {
     logger.info({ concurrency: config.workerConcurrency }, "worker running (no API in this process)");
     return;
   }
-  api = await startApiServer({ config, urls: db.urls, logger, worker, keyring });
+  api = await startApiServer({ config, urls: db.urls, logger, worker, keyring, pools: budget.api });
 
   const demo = demoPlan({ development: config.development, embedded: db.embedded, requested: process.env.HERALD_DEMO });
   if (demo.warning) logger.warn(demo.warning);
@@ -98,6 +117,26 @@ function printBanner(url: string, development: boolean, tokens: Awaited<ReturnTy
   // tokens never end up in a log pipeline.
   process.stdout.write(lines.filter((l) => l !== "").join("\n").replace(/\n(Demo)/, "\n\n$1") + "\n\n");
 }
+
+/**
+ * The last line of defence. A database that goes away mid-statement can still
+ * surface as a rejection nobody awaited (graphile-worker does not await
+ * writing a job's completion): that is an outage this process waits out — the
+ * job is released and runs again (src/worker/processes.ts) — not a reason to
+ * die. Anything else is a bug: log it and exit non-zero, for the supervisor.
+ */
+function survive(kind: string) {
+  return (error: unknown) => {
+    if (isDatabaseUnavailable(error)) {
+      logger.warn({ err: { message: (error as Error).message, code: (error as { code?: string }).code } }, `${kind}: the database is unavailable; carrying on`);
+      return;
+    }
+    logger.fatal({ err: error }, `${kind}; exiting`);
+    process.exit(1);
+  };
+}
+process.on("unhandledRejection", survive("unhandled rejection"));
+process.on("uncaughtException", survive("uncaught exception"));
 
 main().catch((error: unknown) => {
   reportStartupError(error, logger);

@@ -1,10 +1,11 @@
 import { ConfigError } from "./config.ts";
+import { ConnectionBudgetError } from "./db/budget.ts";
 import { EmbeddedPostgresError } from "./db/embedded.ts";
 import { PortInUseError } from "./api/server.ts";
 import type { Logger } from "./logger.ts";
 
 /** Errors a person can fix get one clear sentence, not a stack trace. */
-const EXPECTED = [ConfigError, EmbeddedPostgresError, PortInUseError];
+const EXPECTED = [ConfigError, EmbeddedPostgresError, PortInUseError, ConnectionBudgetError];
 
 export function reportStartupError(error: unknown, logger: Logger): void {
   if (EXPECTED.some((kind) => error instanceof kind)) {

@@ -2,6 +2,7 @@ import { randomUUID } from "node:crypto";
 import { GraphQLError, type GraphQLFormattedError } from "graphql";
 import { isSafeError } from "postgraphile/grafast";
 import { defaultMaskError } from "postgraphile/grafserv";
+import { isDatabaseUnavailable, RETRY_AFTER_SECONDS } from "../db/availability.ts";
 import type { Logger } from "../logger.ts";
 
 /**
@@ -78,6 +79,15 @@ export function makeMaskError(logger: Logger, development: boolean) {
       }
     }
     if (isSafeError(original)) return defaultMaskError(error);
+    // The server restarting or refusing connections: a retry will do, no error id needed.
+    if (isDatabaseUnavailable(original)) {
+      return new GraphQLError(`The database is unavailable; try again in ${RETRY_AFTER_SECONDS} s.`, {
+        nodes: error.nodes,
+        positions: error.positions,
+        path: error.path,
+        extensions: { code: "DATABASE_UNAVAILABLE", retryAfter: RETRY_AFTER_SECONDS },
+      });
+    }
     // PostGraphile's update/delete mutations found no row the caller may
     // change: another tenant's row looks exactly like a missing one.
     const missing = /^No values were (?:updated|deleted) in collection '([a-z_]+)'/.exec(original.message);

@@ -4,12 +4,17 @@ import type pg from "pg";
 import { projectRoot } from "../paths.ts";
 import type { WorkerHandle } from "../worker/worker.ts";
 
-/** What `/healthz` reports: the database answers, migrations are current, the worker runs. */
+/**
+ * What `/healthz` reports: the database answers, migrations are current, the
+ * worker runs and holds its registration. While the database is away (a
+ * restart) it answers 503 `degraded`; the process stays up and reports `ok`
+ * again by itself once the database is back.
+ */
 export interface Health {
   status: "ok" | "degraded";
   database: { ok: boolean; latencyMs?: number; error?: string };
   migrations: { ok: boolean; applied?: number; committed: number };
-  worker: { ok: boolean; inProcess: boolean; concurrency?: number; jobsWaiting?: number; jobsRunning?: number };
+  worker: { ok: boolean; inProcess: boolean; registered?: boolean; concurrency?: number; jobsWaiting?: number; jobsRunning?: number };
 }
 
 const committedMigrations = () =>
@@ -28,7 +33,9 @@ export async function checkHealth(ownerPool: pg.Pool, worker: WorkerHandle | und
     // Without an in-process worker, workers run elsewhere (`npm run worker`);
     // a queue that only grows is the sign they are missing.
     const migrations = { ok: applied === committed, applied, committed };
-    const workerOk = worker ? worker.isRunning() : true;
+    // A worker that lost its registration (the database went away) is reconnecting: degraded until it has.
+    const registered = worker?.isRegistered();
+    const workerOk = worker ? worker.isRunning() && registered === true : true;
     return {
       status: migrations.ok && workerOk ? "ok" : "degraded",
       database: { ok: true, latencyMs },
@@ -36,6 +43,7 @@ export async function checkHealth(ownerPool: pg.Pool, worker: WorkerHandle | und
       worker: {
         ok: workerOk,
         inProcess: Boolean(worker),
+        registered,
         concurrency: worker?.concurrency,
         jobsWaiting: waiting,
         jobsRunning: running,

@@ -4,6 +4,8 @@ import pg from "pg";
 import { keyringFromConfig, type Keyring } from "../crypto/keyring.ts";
 import { createSandbox, SANDBOX_SYSTEM_SENDGRID_KEY, SANDBOX_SYSTEM_TWILIO, type Sandbox } from "../sandbox/sandbox.ts";
 import { asAdmin } from "../db/session.ts";
+import { createPool, isDatabaseUnavailable, RETRY_AFTER_SECONDS } from "../db/availability.ts";
+import { connectionBudget, type ApiPools } from "../db/budget.ts";
 import { postgraphile } from "postgraphile";
 import { grafserv } from "postgraphile/grafserv/express/v4";
 import { z } from "zod";
@@ -36,6 +38,11 @@ export interface ApiServer {
 }
 
 
+/** 503 with Retry-After: the database is restarting or refusing connections; the client should try again. */
+function unavailable(res: express.Response): void {
+  res.status(503).set("Retry-After", String(RETRY_AFTER_SECONDS)).json(jsonError("DATABASE_UNAVAILABLE", `The database is unavailable; try again in ${RETRY_AFTER_SECONDS} s.`));
+}
+
 /** 401 for anything that is not a valid JWT or API key, before GraphQL sees the request. */
 function requireIdentity(authenticator: Authenticator, logger: Logger): RequestHandler {
   return async (req, res, next) => {
@@ -47,8 +54,12 @@ function requireIdentity(authenticator: Authenticator, logger: Logger): RequestH
         res.status(401).set("WWW-Authenticate", 'Bearer realm="herald"').json(jsonError(error.code, error.message));
         return;
       }
-      logger.error({ err: { message: (error as Error).message } }, "authentication failed unexpectedly");
-      res.status(503).json(jsonError("AUTH_UNAVAILABLE", "Authentication is unavailable; try again."));
+      if (isDatabaseUnavailable(error)) {
+        logger.warn({ err: { message: (error as Error).message } }, "authentication unavailable: the database is unreachable");
+      } else {
+        logger.error({ err: { message: (error as Error).message } }, "authentication failed unexpectedly");
+      }
+      res.status(503).set("Retry-After", String(RETRY_AFTER_SECONDS)).json(jsonError("AUTH_UNAVAILABLE", "Authentication is unavailable; try again."));
     }
   };
 }
@@ -70,6 +81,8 @@ function rateLimit(pool: pg.Pool, logger: Logger): RequestHandler {
         return;
       }
     } catch (error) {
+      // The request would fail too: say when to come back.
+      if (isDatabaseUnavailable(error)) return unavailable(res);
       // The limiter is a guard, not a gate: a failure to count lets the request through.
       logger.warn({ err: { message: (error as Error).message } }, "could not count a request against the tenant's rate limit");
     }
@@ -171,21 +184,24 @@ export async function startApiServer(options: {
   urls: DatabaseUrls;
   logger: Logger;
   worker?: WorkerHandle;
-  /** Connections for requests (default 20); tests use 1 to prove connection reuse is safe. */
+  /** Connections for requests (default: from the budget); tests use 1 to prove connection reuse is safe. */
   poolSize?: number;
+  /** This process's API pools (src/db/budget.ts); default: the whole HERALD_DB_CONNECTIONS for an API-only process. */
+  pools?: ApiPools;
   /** Shared with the worker in one process; built from the config otherwise. */
   keyring?: Keyring;
 }): Promise<ApiServer> {
   const { config, urls, logger, worker } = options;
   const keyring = options.keyring ?? keyringFromConfig(config);
-  const authenticatorPool = new pg.Pool({ connectionString: urls.authenticator, max: options.poolSize ?? 20 });
-  const ownerPool = new pg.Pool({ connectionString: urls.owner, max: 2 });
+  const sizes = options.pools ?? connectionBudget(config.dbConnections, { api: true, worker: false }).api!;
+  // A request waits out a blip of the server (2 s) and a busy pool (10 s),
+  // then gets 503 with Retry-After rather than hanging or crashing anything.
+  const requestWaits = { waitForServerMs: 2_000, checkoutTimeoutMs: 10_000, logger };
+  const authenticatorPool = createPool({ connectionString: urls.authenticator, max: options.poolSize ?? sizes.requests, name: "api", ...requestWaits });
+  const ownerPool = createPool({ connectionString: urls.owner, max: sizes.owner, name: "health", logger, checkoutTimeoutMs: 2_000 });
   // Providers' callbacks have connections of their own: a flood of them cannot starve API requests.
-  const webhookPool = new pg.Pool({ connectionString: urls.authenticator, max: 10 });
+  const webhookPool = createPool({ connectionString: urls.authenticator, max: sizes.webhooks, name: "webhooks", ...requestWaits });
   const pools = [authenticatorPool, ownerPool, webhookPool];
-  for (const pool of pools) {
-    pool.on("error", (error) => logger.warn({ err: { message: error.message } }, "idle database connection failed"));
-  }
   const authenticator = createAuthenticator(config, authenticatorPool);
 
   const app = express();
@@ -266,6 +282,11 @@ export async function startApiServer(options: {
     res.status(404).json(jsonError("NOT_FOUND", "No such route."));
   });
   const onError: ErrorRequestHandler = (error, _req, res, _next) => {
+    // Providers retry a 503 (status callbacks are not retried after a 500 by some): the database is away, not the request wrong.
+    if (isDatabaseUnavailable(error)) {
+      logger.warn({ err: { message: (error as Error).message } }, "request failed: the database is unavailable");
+      return unavailable(res);
+    }
     const status = typeof error.status === "number" ? error.status : 500;
     if (status >= 500) logger.error({ err: { message: error.message } }, "request failed");
     res.status(status).json(jsonError(status === 413 ? "PAYLOAD_TOO_LARGE" : status < 500 ? "BAD_REQUEST" : "INTERNAL", status < 500 ? error.message : "Internal error."));

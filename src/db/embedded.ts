@@ -240,3 +240,14 @@ function stopper(bin: Binaries, dir: string, user: ServerUser | undefined, logge
       (error: Error) => logger.error({ err: { message: error.message } }, "embedded PostgreSQL did not stop cleanly"),
     ));
 }
+
+/**
+ * pg_ctl on an embedded cluster (`restart`, `stop`, `start` …), as the user
+ * that runs the server: for tests that take the database away under a
+ * running Herald, and for operators' scripts. `args` follow the action.
+ */
+export async function pgCtl(dir: string, action: string, args: string[] = []): Promise<void> {
+  const bin = await binaries();
+  const user = await serverUser();
+  await run(bin.pg_ctl, [action, "-D", dir, ...args], { ...user, env: { ...process.env, LC_ALL: "C" } });
+}

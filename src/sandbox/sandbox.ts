@@ -26,6 +26,8 @@ import { E164, sendgridError, sendgridSignature, twilioError, twilioMessageJson,
  *
  * Routes (relative to where the router is mounted):
  *   POST /twilio/2010-04-01/Accounts/:sid/Messages.json   form-encoded, HTTP Basic (sid:token)
+ *   GET  /twilio/2010-04-01/Accounts/:sid/Messages.json   recent messages (To/From filters)
+ *   GET  /twilio/2010-04-01/Accounts/:sid/Messages/:messageSid.json   one message and its status
  *   POST /sendgrid/v3/mail/send                           JSON, Bearer API key
  *   POST /sendgrid/v3/whitelabel/domains[/:id/validate]   domain authentication
  *   GET  /                                                 HTML list of recent messages (unless page: false)
@@ -237,6 +239,17 @@ export function createSandbox(
       .slice(0, pageSize);
     const uri = `/2010-04-01/Accounts/${sid}/Messages.json?PageSize=${pageSize}&Page=0`;
     res.json({ messages: found.map(twilioMessageJson), first_page_uri: uri, next_page_uri: null, previous_page_uri: null, page: 0, page_size: pageSize, start: 0, end: found.length, uri });
+  });
+
+  // One message, as Twilio's Message fetch answers: its outcome (see `outcomeFor`) is known at once here.
+  router.get("/twilio/2010-04-01/Accounts/:sid/Messages/:messageSid.json", async (req: Request, res: Response) => {
+    if (await faulted(res, "twilio")) return;
+    const sid = String(req.params.sid);
+    if (!twilioAuthorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
+    const found = messages.find((m) => m.provider === "twilio" && m.account === sid && m.id === req.params.messageSid);
+    if (!found) return twilioError(res, 404, 20404, `The requested resource /2010-04-01/Accounts/${sid}/Messages/${String(req.params.messageSid)}.json was not found`);
+    const outcome = outcomeFor(found.to.replace(/^whatsapp:/, ""));
+    res.json({ ...twilioMessageJson(found), status: outcome.status, error_code: outcome.errorCode ?? null, date_sent: found.createdAt.toUTCString() });
   });
 
   router.post("/sendgrid/v3/mail/send", express.json({ limit: "1mb" }), async (req: Request, res: Response) => {

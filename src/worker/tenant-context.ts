@@ -15,6 +15,14 @@ import { ROLES } from "../db/urls.ts";
  */
 
 
+/** When and how `sent` deliveries whose final status is overdue are looked up at the provider (src/messages/status-check.ts). */
+export interface StatusCheckPolicy {
+  /** A `sent` delivery with no final status this long after it was sent is looked up (and again this long after each look). */
+  afterMs: number;
+  /** How often the worker queues a check (one job across all processes). */
+  intervalMs: number;
+}
+
 interface WorkerContext {
   pool: pg.Pool;
   webhooks?: OutboundWebhookPolicy;
@@ -22,8 +30,9 @@ interface WorkerContext {
   providers?: ProviderClients;
   /** Owner connections for herald_private's pacing functions (src/messages/pacing.ts). */
   pacingPool?: pg.Pool;
-  /** This process in herald_private.worker_processes. */
-  processId?: string;
+  /** This process's current id in herald_private.worker_processes (it changes when the process re-registers). */
+  processId?: () => string;
+  statusCheck?: StatusCheckPolicy;
 }
 
 let tenantContext: WorkerContext | undefined;
@@ -50,9 +59,14 @@ export function webhookPolicy(): OutboundWebhookPolicy {
   return tenantContext.webhooks;
 }
 
+export function statusCheckPolicy(): StatusCheckPolicy {
+  if (!tenantContext?.statusCheck) throw new Error("this worker was started without a status check policy");
+  return tenantContext.statusCheck;
+}
+
 export function workerProcessId(): string {
   if (!tenantContext?.processId) throw new Error("this worker was started without a process registration");
-  return tenantContext.processId;
+  return tenantContext.processId();
 }
 
 /** How long this process may keep using a tenant's keys after they change. */

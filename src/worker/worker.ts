@@ -1,6 +1,7 @@
 import { EventEmitter } from "node:events";
 import { Logger as WorkerLogger, parseCronItems, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
-import pg from "pg";
+import { createPool } from "../db/availability.ts";
+import type { WorkerPools } from "../db/budget.ts";
 import type { OutboundWebhookPolicy } from "../config.ts";
 import type { Keyring } from "../crypto/keyring.ts";
 import contactsRekey from "../../tasks/contacts__rekey.ts";
@@ -10,13 +11,14 @@ import domainVerify from "../../tasks/email_domains__verify.ts";
 import providerTest from "../../tasks/provider_accounts__test.ts";
 import deliverySend from "../../tasks/delivery__send.ts";
 import deliveriesSweep from "../../tasks/deliveries__sweep.ts";
+import checkStatus, { STATUS_CHECK_JOB } from "../../tasks/deliveries__check_status.ts";
 import messageCancel from "../../tasks/message__cancel.ts";
 import messageFanOut from "../../tasks/message__fan_out.ts";
 import releaseHeld from "../../tasks/tenant__release_held.ts";
 import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
-import { setTenantContext } from "./tenant-context.ts";
+import { setTenantContext, type StatusCheckPolicy } from "./tenant-context.ts";
 import webhookSend from "../../tasks/webhook_deliveries__send.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
@@ -31,6 +33,7 @@ export const taskList: TaskList = {
   delivery__send: deliverySend as TaskList[string],
   tenant__release_held: releaseHeld as TaskList[string],
   deliveries__sweep: deliveriesSweep as TaskList[string],
+  deliveries__check_status: checkStatus as TaskList[string],
   webhook_deliveries__send: webhookSend as TaskList[string],
 };
 
@@ -38,8 +41,16 @@ export interface WorkerHandle {
   runner: Runner;
   concurrency: number;
   isRunning(): boolean;
+  /** Whether this process holds its worker registration (false while it reconnects after losing the database). */
+  isRegistered(): boolean;
   stop(): Promise<void>;
 }
+
+/** Pool sizes when no budget is given: enough that no job ever waits for a connection. */
+const unbudgeted = (concurrency: number): WorkerPools => ({ queue: concurrency + 2, tenant: concurrency, pacing: Math.min(4, concurrency), registry: 2 });
+
+/** How long a job's connection request waits out a database that is away, before the job fails and is retried. */
+const WAIT_FOR_SERVER_MS = 30_000;
 
 export async function startWorker(options: {
   /** graphile-worker's own connection: it owns the job queue. */
@@ -55,26 +66,29 @@ export async function startWorker(options: {
   webhooks?: OutboundWebhookPolicy;
   /** Only these tasks (and no cron), e.g. `herald keys`, which must not pick up sends; default: all of them. */
   tasks?: (keyof typeof taskList)[];
+  /** Pool sizes from the process's connection budget (src/db/budget.ts); without it, sized from the concurrency. */
+  pools?: WorkerPools;
+  /** The process's whole budget (HERALD_DB_CONNECTIONS), announced to processes starting later. */
+  budget?: number;
+  /** How often `sent` deliveries without a final status are looked up at the provider (none: never). */
+  statusCheck?: StatusCheckPolicy;
+  /** The worker stopped for good (not by stop()): the process must exit non-zero and be restarted. */
+  onFatal?: (error: Error) => void;
   logger: Logger;
 }): Promise<WorkerHandle> {
   const tasks = options.tasks ? Object.fromEntries(options.tasks.map((name) => [name, taskList[name]!])) : taskList;
-  const onIdleError = (error: Error) =>
-    options.logger.warn({ err: { message: error.message } }, "idle worker connection failed");
-  // Both pools are ours, with error handlers, and ended by us after the runner
-  // stops: an idle connection dropped at shutdown must not crash the process.
-  const queuePool = new pg.Pool({ connectionString: options.ownerUrl, max: options.concurrency + 2 });
-  queuePool.on("error", onIdleError);
-  // A checked-out client that loses its connection emits on itself, not on the pool.
-  queuePool.on("connect", (client) => client.on("error", onIdleError));
-  const tenantPool = new pg.Pool({ connectionString: options.authenticatorUrl, max: options.concurrency });
-  tenantPool.on("error", onIdleError);
+  const sizes = options.pools ?? unbudgeted(options.concurrency);
+  const { logger } = options;
+  // Our pools, with error handlers on idle and checked-out clients, waiting
+  // out a database that restarts; ended by us after the runner stops.
+  const queuePool = createPool({ connectionString: options.ownerUrl, max: sizes.queue, name: "queue", logger, waitForServerMs: WAIT_FOR_SERVER_MS });
+  const tenantPool = createPool({ connectionString: options.authenticatorUrl, max: sizes.tenant, name: "tenant", logger, waitForServerMs: WAIT_FOR_SERVER_MS });
   // Pacing reservations: short statements of their own (src/messages/pacing.ts).
-  const pacingPool = new pg.Pool({ connectionString: options.ownerUrl, max: Math.min(4, options.concurrency) });
-  pacingPool.on("error", onIdleError);
+  const pacingPool = createPool({ connectionString: options.ownerUrl, max: sizes.pacing, name: "pacing", logger, waitForServerMs: WAIT_FOR_SERVER_MS });
   const events: WorkerEvents = new EventEmitter();
   // Registered before the runner starts, so its worker ids are known and a
   // dead process's jobs are unlocked by whoever starts next.
-  const registration = await registerWorkerProcess({ ownerUrl: options.ownerUrl, events, logger: options.logger });
+  const registration = await registerWorkerProcess({ ownerUrl: options.ownerUrl, events, logger, budget: options.budget });
   setTenantContext({
     pool: tenantPool,
     keyring: options.keyring,
@@ -82,6 +96,7 @@ export async function startWorker(options: {
     pacingPool,
     processId: registration.processId,
     webhooks: options.webhooks,
+    statusCheck: options.statusCheck,
   });
   const started = run({
     events,
@@ -103,12 +118,26 @@ export async function startWorker(options: {
     await Promise.all([tenantPool.end(), queuePool.end(), pacingPool.end()]);
     throw error;
   });
+  // Overdue statuses: every process queues the check at the interval, under
+  // one job key (one pending run across all processes; a run keeps its time).
+  const statusCheck = options.statusCheck;
+  const statusTimer =
+    statusCheck && !options.tasks
+      ? setInterval(() => {
+          runner
+            .addJob("deliveries__check_status", {}, { ...STATUS_CHECK_JOB, jobKeyMode: "preserve_run_at" })
+            .catch((error: Error) => logger.warn({ err: { message: error.message } }, "could not queue the status check"));
+        }, statusCheck.intervalMs)
+      : undefined;
+  statusTimer?.unref();
   let running = true;
   runner.promise.then(
     () => (running = false),
     (error: Error) => {
       running = false;
-      options.logger.error({ err: { message: error.message } }, "the worker stopped unexpectedly");
+      if (stopped) return;
+      logger.error({ err: { message: error.message } }, "the worker stopped unexpectedly");
+      options.onFatal?.(error);
     },
   );
   let stopped: Promise<void> | undefined;
@@ -116,10 +145,12 @@ export async function startWorker(options: {
     runner,
     concurrency: options.concurrency,
     isRunning: () => running,
+    isRegistered: () => registration.state() === "registered",
     stop: () => {
       if (!stopped) {
         // From here a dropped registry connection is part of shutting down.
         registration.stopping();
+        clearInterval(statusTimer);
         stopped = runner.stop().finally(async () => {
           setTenantContext(undefined);
           await registration.stop();
