@@ -26,7 +26,10 @@ interface Budget {
   exceeded?: GraphQLError;
 }
 
-const budgets = new WeakMap<ExecutionArgs, Budget>();
+/** Keyed by the request's GraphQL context: Grafast copies the execution args, but passes the context on as it is. */
+const budgets = new WeakMap<object, Budget>();
+const budgetKey = (args: ExecutionArgs): object | undefined =>
+  typeof args.contextValue === "object" && args.contextValue !== null ? args.contextValue : undefined;
 
 function responseTooLarge(): GraphQLError {
   return new GraphQLError(
@@ -105,14 +108,16 @@ export const BudgetPlugin: GraphileConfig.Plugin = {
           if (estimate > MAX_ESTIMATED_NODES) return { errors: [nodeLimitError(estimate, operation)] };
         }
         const budget: Budget = { started: performance.now(), fetchedBytes: 0, seen: new WeakSet() };
-        budgets.set(args, budget);
+        const key = budgetKey(args);
+        if (key) budgets.set(key, budget);
         const finish = (result: Awaited<ReturnType<typeof next>>) =>
           budget.exceeded && isExecutionResult(result) ? { errors: [budget.exceeded] } : result;
         const result = next();
         return result instanceof Promise ? result.then(finish) : finish(result as Awaited<ReturnType<typeof next>>);
       },
       executeStep(next, event) {
-        const budget = budgets.get(event.args);
+        const key = budgetKey(event.args);
+        const budget = key && budgets.get(key);
         if (!budget) return next();
         if (budget.exceeded) throw budget.exceeded;
         if (performance.now() - budget.started > EXECUTION_TIMEOUT_MS) {
