@@ -1,7 +1,15 @@
 import { getOperationAST, GraphQLError, Kind, type ExecutionResult, type FragmentDefinitionNode } from "postgraphile/graphql";
 import type { GrafastExecutionArgs as ExecutionArgs } from "postgraphile/grafast";
 import { estimateNodes, nodeLimitError } from "./cost.ts";
-import { EXECUTION_TIMEOUT_MS, MAX_ESTIMATED_NODES, MAX_FETCHED_BYTES } from "./limits.ts";
+import { Lane } from "./heavy-lane.ts";
+import {
+  EXECUTION_TIMEOUT_MS,
+  LARGE_OPERATION_NODES,
+  LARGE_OPERATION_WAIT_MS,
+  LARGE_OPERATIONS_AT_ONCE,
+  MAX_ESTIMATED_NODES,
+  MAX_FETCHED_BYTES,
+} from "./limits.ts";
 
 /**
  * Per-request budget enforced while an operation runs, so that the ceiling
@@ -9,6 +17,7 @@ import { EXECUTION_TIMEOUT_MS, MAX_ESTIMATED_NODES, MAX_FETCHED_BYTES } from "./
  * its page size suggests, wide text or JSON values):
  *
  * - before planning, the node estimate again, now with the request's variables;
+ *   a large operation then waits for its turn in the large-operation lane;
  * - the data fetched from PostgreSQL (the rows each asynchronous step
  *   returns, in approximate bytes): past `MAX_FETCHED_BYTES` the step that
  *   crossed it fails, so its rows are never expanded into a response;
@@ -90,6 +99,15 @@ function fragmentsOf(args: ExecutionArgs): (name: string) => FragmentDefinitionN
   return (name) => fragments.get(name);
 }
 
+function serverBusy(): GraphQLError {
+  return new GraphQLError(
+    `The server is busy with other large operations (over ${LARGE_OPERATION_NODES} nodes); try again shortly, or ask for smaller pages.`,
+    { extensions: { code: "SERVER_BUSY" } },
+  );
+}
+
+const largeOperations = new Lane(LARGE_OPERATIONS_AT_ONCE);
+
 const isExecutionResult = (value: unknown): value is ExecutionResult =>
   typeof value === "object" && value !== null && !(Symbol.asyncIterator in value);
 
@@ -102,18 +120,26 @@ export const BudgetPlugin: GraphileConfig.Plugin = {
       execute(next, event) {
         const { args } = event;
         const operation = getOperationAST(args.document, args.operationName);
-        if (operation) {
-          const variables = (args.variableValues ?? {}) as Record<string, unknown>;
-          const estimate = estimateNodes(args.schema, operation, fragmentsOf(args), variables);
-          if (estimate > MAX_ESTIMATED_NODES) return { errors: [nodeLimitError(estimate, operation)] };
-        }
-        const budget: Budget = { started: performance.now(), fetchedBytes: 0, seen: new WeakSet() };
-        const key = budgetKey(args);
-        if (key) budgets.set(key, budget);
-        const finish = (result: Awaited<ReturnType<typeof next>>) =>
-          budget.exceeded && isExecutionResult(result) ? { errors: [budget.exceeded] } : result;
-        const result = next();
-        return result instanceof Promise ? result.then(finish) : finish(result as Awaited<ReturnType<typeof next>>);
+        const estimate = operation ? estimateNodes(args.schema, operation, fragmentsOf(args), (args.variableValues ?? {}) as Record<string, unknown>) : 0;
+        if (estimate > MAX_ESTIMATED_NODES) return { errors: [nodeLimitError(estimate, operation!)] };
+        const run = () => {
+          const budget: Budget = { started: performance.now(), fetchedBytes: 0, seen: new WeakSet() };
+          const key = budgetKey(args);
+          if (key) budgets.set(key, budget);
+          const finish = (result: Awaited<ReturnType<typeof next>>) =>
+            budget.exceeded && isExecutionResult(result) ? { errors: [budget.exceeded] } : result;
+          const result = next();
+          return result instanceof Promise ? result.then(finish) : finish(result as Awaited<ReturnType<typeof next>>);
+        };
+        if (estimate <= LARGE_OPERATION_NODES) return run();
+        return largeOperations.acquire(LARGE_OPERATION_WAIT_MS).then(async (release) => {
+          if (!release) return { errors: [serverBusy()] };
+          try {
+            return await run();
+          } finally {
+            release();
+          }
+        });
       },
       executeStep(next, event) {
         const key = budgetKey(event.args);
