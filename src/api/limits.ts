@@ -6,7 +6,7 @@
  */
 
 /** Rows a connection or list returns when the operation gives neither `first` nor `last`. */
-export const DEFAULT_PAGE_SIZE = 100;
+export const DEFAULT_PAGE_SIZE = 50;
 /** Largest `first`/`last` accepted. */
 export const MAX_PAGE_SIZE = 1000;
 /**

@@ -20,6 +20,17 @@ type PageSizeTarget = Step & { setFirst(step: Step): void; setLast(step: Step): 
 const isPageSizeTarget = (step: unknown): step is PageSizeTarget =>
   step instanceof Object && typeof (step as PageSizeTarget).setFirst === "function" && typeof (step as PageSizeTarget).setLast === "function";
 
+/**
+ * Where the page size goes: a connection's own collection (a PgSelect, which
+ * paginates itself) rather than the connection step, which would then fetch
+ * rows even for a connection asked only for `totalCount`; a list's step itself.
+ */
+function pageSizeTarget(step: unknown): PageSizeTarget | undefined {
+  const collection = (step as { getSubplan?: () => unknown }).getSubplan?.();
+  if (isPageSizeTarget(collection)) return collection;
+  return isPageSizeTarget(step) ? step : undefined;
+}
+
 function checkedPageSize(name: string, value: unknown): number | null {
   if (value == null) return null;
   if (typeof value !== "number" || !Number.isInteger(value) || value < 0) {
@@ -62,11 +73,12 @@ export const PageSizePlugin: GraphileConfig.Plugin = {
           plan($parent, fieldArgs, info) {
             const $result = originalPlan($parent, fieldArgs, info);
             const $first = fieldArgs.getRaw("first") as Step | undefined;
+            const $target = pageSizeTarget($result);
             // A field of this kind without pagination arguments (a unique row): nothing to bound.
-            if (!$first || !isPageSizeTarget($result)) return $result;
+            if (!$first || !$target) return $result;
             const $last = (fieldArgs.getRaw("last") as Step | undefined) ?? null;
-            $result.setFirst(lambda($last ? [$first, $last] : [$first], pageFirst, true));
-            if ($last) $result.setLast(lambda([$last], pageLast, true));
+            $target.setFirst(lambda($last ? [$first, $last] : [$first], pageFirst, true));
+            if ($last) $target.setLast(lambda([$last], pageLast, true));
             return $result;
           },
         };
