@@ -5,7 +5,8 @@ import type { Identity } from "./src/auth.ts";
 import type { Keyring } from "./src/crypto/keyring.ts";
 import { ContactsPlugin } from "./src/api/contacts-plugin.ts";
 import { makeMaskError } from "./src/api/errors.ts";
-import { HeraldGuardsPlugin } from "./src/api/guards.ts";
+import { guardPlugins } from "./src/api/guards.ts";
+import { STATEMENT_TIMEOUT } from "./src/api/limits.ts";
 import type { Logger } from "./src/logger.ts";
 
 /**
@@ -30,7 +31,7 @@ export function makeHeraldPreset(options: {
 }): GraphileConfig.Preset {
   return {
     extends: [PostGraphileAmberPreset],
-    plugins: [HeraldGuardsPlugin, ContactsPlugin],
+    plugins: [...guardPlugins, ContactsPlugin],
     pgServices: [makePgService({ pool: options.pool, schemas: ["herald_public"] })],
     grafast: {
       async context(requestContext) {
@@ -53,7 +54,7 @@ export function makeHeraldPreset(options: {
             "herald.api_key_id": identity.apiKeyId ?? "",
             "herald.actor_detail": identity.kind === "user" && !identity.userId ? "a token without a user" : "",
             // No request may run for ever (an expensive view, a large page): operators get longer.
-            statement_timeout: identity.kind === "admin" ? "60s" : "15s",
+            statement_timeout: identity.kind === "admin" ? STATEMENT_TIMEOUT.admin : STATEMENT_TIMEOUT.member,
             ...keys,
           },
         };

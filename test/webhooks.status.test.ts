@@ -115,7 +115,7 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
     const { body: read } = await graphql(
       api.current,
       token,
-      `query($m: UUID!) { allMessages(condition: { rowId: $m }) { nodes { stats { delivered failed undelivered }
+      `query($m: UUID!) { allMessages(condition: { rowId: $m }, first: 1) { nodes { stats { delivered failed undelivered }
          deliveries { nodes { events(orderBy: RECEIVED_AT_ASC) { nodes { event applied } } } } } } }`,
       { m: messageId },
     );

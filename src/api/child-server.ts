@@ -4,6 +4,8 @@ import { projectRoot } from "../paths.ts";
 
 export interface ChildServer {
   port: number;
+  /** The server process's id (to read its memory use, say). */
+  pid: number;
   url: string;
   stop(): Promise<void>;
 }
@@ -21,6 +23,7 @@ export function forkServer(script: string, env: NodeJS.ProcessEnv): Promise<Chil
     child.once("message", (message: { port: number }) =>
       resolve({
         port: message.port,
+        pid: child.pid!,
         url: `http://127.0.0.1:${message.port}`,
         stop: () => {
           child.kill("SIGTERM");

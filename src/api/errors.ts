@@ -53,6 +53,11 @@ function translate(pgError: PgError): { message: string; code: string; field?: s
     case "22008":
     case "22003":
     case "22001":
+    // Negative LIMIT/OFFSET, NUL in text or JSON: refused earlier by the guards; here as a backstop.
+    case "2201W":
+    case "2201X":
+    case "22021":
+    case "22P05":
       return { message: pgError.message, code: "INVALID_INPUT", field: pgError.column };
     default:
       return undefined;

@@ -15,7 +15,8 @@ import type { Config } from "../config.ts";
 import type { DatabaseUrls } from "../db/database.ts";
 import type { Logger } from "../logger.ts";
 import type { WorkerHandle } from "../worker/worker.ts";
-import { pageSizeVariablesGuard } from "./guards.ts";
+import { operationVariablesGuard } from "./guards.ts";
+import { tenantConcurrency } from "./tenant-concurrency.ts";
 import { checkHealth } from "./health.ts";
 import { webhooksRouter } from "../webhooks/index.ts";
 import { jsonError } from "./responses.ts";
@@ -261,9 +262,9 @@ export async function startApiServer(options: {
       logger,
     }),
   );
-  app.use("/graphql", requireIdentity(authenticator, logger), rateLimit(authenticatorPool, logger));
+  app.use("/graphql", requireIdentity(authenticator, logger), rateLimit(authenticatorPool, logger), tenantConcurrency());
   // Grafserv reads an already-parsed body; parsing here lets the guard see variables.
-  app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), pageSizeVariablesGuard);
+  app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), operationVariablesGuard);
 
   const server = http.createServer(app);
   const pgl = postgraphile(makeHeraldPreset({ pool: authenticatorPool, keyring, development: config.development, logger }));
