@@ -153,6 +153,7 @@ export async function writtenRows(db: TestDb): Promise<Record<string, number | s
     "herald_private.tenant_data_keys",
     "herald_public.audit_log",
     "herald_public.webhook_deliveries",
+    "herald_hidden.provider_reports",
   ];
   const { rows } = await db.root.query(
     `select ${tables.map((t, i) => `(select count(*)::int from ${t}) as t${i}`).join(", ")},
@@ -184,4 +185,19 @@ export async function contactWith(db: TestDb, t: TenantFixture, phone: string | 
     ]);
     return rows[0].contact_id as string;
   });
+}
+
+/**
+ * Resolves once every provider report acknowledged so far has been applied
+ * (the journal is empty): status callbacks and SendGrid events are answered
+ * when stored, and applied to deliveries right after.
+ */
+export async function reportsApplied(db: TestDb, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { rows } = await db.root.query("select count(*)::int as n from herald_hidden.provider_reports");
+    if (rows[0].n === 0) return;
+    if (Date.now() > deadline) throw new Error(`${rows[0].n} provider reports still waiting after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
