@@ -4,7 +4,7 @@ import { tokenFor } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asOwner, asRoot, asWorker, readyToSend, sendThroughApi, settled, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, deliveryState, postSendGrid, reportsApplied, sendgridKeyPair, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
+import { appliedRows, contactWith, deliveryState, postSendGrid, reportsApplied, sendgridKeyPair, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/sendgrid/events[/<tenant>/<account>]: ECDSA over the raw
@@ -258,7 +258,7 @@ describe("applying events", () => {
 describe("tenants", () => {
   it("tenant A's account cannot report on tenant B's deliveries, however the events name them", async () => {
     const victim = await emailDelivery(b);
-    const before = await writtenRows(db.current);
+    const before = await appliedRows(db.current);
     const result = await postToA([
       event(victim, b, "bounce", { type: "bounce" }), // names B as the tenant: not A's to report
       { ...event(victim, b, "dropped"), herald_tenant_id: undefined }, // B's delivery id, inside A: no such delivery
@@ -266,7 +266,7 @@ describe("tenants", () => {
     ]);
     // The one naming B is refused outright; the two naming nobody are A's to report, and name no delivery of A's.
     expect(result.json).toEqual({ received: 3, accepted: 2, ignored: 1 });
-    expect(await writtenRows(db.current)).toEqual(before);
+    expect(await appliedRows(db.current)).toEqual(before);
     expect((await stateOf(victim.id)).status).toBe("sent");
     expect(await suppressionOf(b, victim.email)).toBeNull();
   });

@@ -15,7 +15,7 @@ import {
   waitFor,
   type SandboxServer,
 } from "./helpers/messaging.ts";
-import { contactWith, deliveryState, postTwilio, reportsApplied, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
+import { appliedRows, contactWith, deliveryState, postTwilio, reportsApplied, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/twilio/status: Twilio's status callbacks, end to end (the
@@ -274,7 +274,7 @@ describe("forged and misdirected callbacks", () => {
   it("tenant A's account cannot report on tenant B's deliveries", async () => {
     const sid = newSid();
     const victim = await delivery(b, "sent", sid);
-    const before = await writtenRows(db.current);
+    const before = await appliedRows(db.current);
     // Naming B in the URL: A's AccountSid is not one of B's accounts.
     const asB = await callback(b, victim.id, { sid, status: "undelivered", to: victim.phone }, { token: a.providerSecret, accountSid: aSid });
     expect(asB.status).toBe(404);
@@ -283,7 +283,8 @@ describe("forged and misdirected callbacks", () => {
     expect(asA.status).toBe(204);
     // And by B's MessageSid alone, likewise.
     expect((await callback(a, undefined, { sid, status: "undelivered", to: victim.phone })).status).toBe(204);
-    expect(await writtenRows(db.current)).toEqual(before);
+    // Verified and stored in A's own journal, then applied inside A: nothing anywhere changed.
+    expect(await appliedRows(db.current)).toEqual(before);
     expect((await stateOf(victim.id)).status).toBe("sent");
   });
 
