@@ -1,7 +1,9 @@
 import autocannon from "autocannon";
 import { forkServer } from "../src/api/child-server.ts";
 import { keyringFromConfig } from "../src/crypto/keyring.ts";
+import { watchMigrations } from "../src/db/migrate.ts";
 import { findFreePort } from "../src/db/ports.ts";
+import { createLogger } from "../src/logger.ts";
 import { withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { inboundParams } from "../src/sandbox/inbound.ts";
@@ -192,6 +194,8 @@ async function seedDeliveries(root: pg.Pool, tenantId: string, channel: "sms" | 
 
 export async function benchWebhooks() {
   await withBenchDatabase(async ({ config, db, root, app }) => {
+    // The schema as it will be committed: migrations/current/ on top (the journal of provider reports lives there until then).
+    await watchMigrations(db.urls, createLogger("warn", 2), true);
     const keyring = keyringFromConfig(config);
     const { rows: [tenant] } = await root.query<{ id: string }>("insert into herald_public.tenants (slug, name) values ('bench-webhooks', 'Webhooks') returning id");
     const tenantId = tenant!.id;

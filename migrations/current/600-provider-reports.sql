@@ -142,23 +142,28 @@ begin
       from pg_catalog.unnest(v_reports) with ordinality r
   ),
   found as (
-    select r.*, d.status as initial_status,
+    select r.*, d.status as initial_status, d.provider_message_id as current_message_id,
            coalesce(herald_hidden.delivery_status_rank(d.status), 99) as initial_rank,
-           -- The provider message the delivery is (or becomes, for one sent without an answer).
-           coalesce(d.provider_message_id,
-                    (select s.provider_message_id from reports s
-                      where s.fresh and s.delivery_id = r.delivery_id and s.status is not null and s.provider_message_id is not null
-                        and herald_hidden.delivery_status_rank(s.status) > coalesce(herald_hidden.delivery_status_rank(d.status), 99)
-                      order by s.id limit 1)) as delivery_message_id
+           herald_hidden.delivery_status_rank(r.status) as rank
       from reports r
       join herald_public.deliveries d on d.tenant_id = v_tenant and d.id = r.delivery_id
      where r.fresh
   ),
-  valid as (
-    select f.*, herald_hidden.delivery_status_rank(f.status) as rank,
-           f.status is not null
-             and (f.delivery_message_id is null or f.provider_message_id is null or f.delivery_message_id = f.provider_message_id) as valid
+  named as (
+    -- The provider message the delivery is, or becomes (one sent without an
+    -- answer): the first report that would move it names it.
+    select f.*,
+           coalesce(f.current_message_id,
+                    (pg_catalog.array_agg(f.provider_message_id)
+                       filter (where f.status is not null and f.provider_message_id is not null and f.rank > f.initial_rank)
+                       over (partition by f.delivery_id order by f.id rows between unbounded preceding and unbounded following))[1]) as delivery_message_id
       from found f
+  ),
+  valid as (
+    select n.*,
+           n.status is not null
+             and (n.delivery_message_id is null or n.provider_message_id is null or n.delivery_message_id = n.provider_message_id) as valid
+      from named n
   ),
   decided as (
     select v.*,
@@ -168,12 +173,19 @@ begin
       from valid v
   ),
   told as (
-    -- The status the delivery had after each report: the last applied one's so far, else its own.
+    -- The status the delivery had after each report (the last applied one's
+    -- so far, else its own); per delivery, the first applied report's message
+    -- id and the last applied error code.
     select k.*,
            coalesce((pg_catalog.array_agg(k.status) filter (where k.applied)
                       over (partition by k.delivery_id order by k.id rows between unbounded preceding and current row)),
-                    '{}') as applied_so_far
+                    '{}') as applied_so_far,
+           (pg_catalog.array_agg(k.provider_message_id) filter (where k.applied and k.provider_message_id is not null)
+              over whole)[1] as first_message_id,
+           (pg_catalog.array_agg(k.error_code) filter (where k.applied and k.error_code is not null)
+              over (partition by k.delivery_id order by k.id desc rows between unbounded preceding and unbounded following))[1] as last_error_code
       from decided k
+    window whole as (partition by k.delivery_id order by k.id rows between unbounded preceding and unbounded following)
   ),
   events as (
     insert into herald_public.delivery_events (delivery_id, provider, event, dedupe_key, error_code, applied, status, occurred_at, received_at)
@@ -185,12 +197,8 @@ begin
     returning 1
   ),
   finals as (
-    -- Per delivery, the last report applied, what the first one named and the last error code.
-    select distinct on (t.delivery_id) t.delivery_id, t.status, t.provider, t.event, t.error_code,
-           (select s.provider_message_id from told s
-             where s.delivery_id = t.delivery_id and s.applied and s.provider_message_id is not null order by s.id limit 1) as first_message_id,
-           (select s.error_code from told s
-             where s.delivery_id = t.delivery_id and s.applied and s.error_code is not null order by s.id desc limit 1) as last_error_code
+    -- Per delivery, the last report applied.
+    select distinct on (t.delivery_id) t.delivery_id, t.status, t.provider, t.event, t.error_code, t.first_message_id, t.last_error_code
       from told t
      where t.applied
      order by t.delivery_id, t.id desc
