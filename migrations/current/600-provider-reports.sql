@@ -90,6 +90,8 @@ create function herald_hidden.apply_provider_reports(max_reports integer default
   returns table (reports_taken integer, reports_applied integer, reports_recorded integer, reports_duplicate integer, reports_not_found integer)
   language plpgsql volatile
   set search_path = ''
+  -- Its statements' plans depend on no argument's value: planned once per session, not five times first.
+  set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_tenant uuid := herald_public.current_tenant_id();

@@ -5,10 +5,11 @@
 -- (src/webhooks/inbound-batches.ts). receive_inbound_batch used to receive
 -- them one by one, each in a subtransaction running receive_inbound's ten or
 -- so statements: PostgreSQL spent most of a message's time starting up
--- executors. Now a batch is four statements whatever its size: the tenant's
--- keyword replies; one INSERT for the contacts of unknown numbers; one
--- statement that stores every message (one INSERT) and applies every keyword
--- as sets (flags, consent events, suppressions); and the answers.
+-- executors. Now a batch costs the same few statements whatever its size:
+-- one that finds unknown senders (and, if there are any, one INSERT of their
+-- contacts); one that stores every message (one INSERT); the answers; and,
+-- only when the batch holds keywords, the tenant's replies and one statement
+-- each for consent events, flags and suppressions, applied as sets.
 --
 -- Same rules as receive_inbound, which stays for single messages. Within one
 -- batch, a contact's keywords take effect in the order received (the last
@@ -24,6 +25,8 @@ create or replace function herald_hidden.receive_inbound_batch(messages jsonb)
   returns table (ordinal integer, inbound_message_id uuid, contact_id uuid, duplicate boolean, keyword text, reply text, error_code text)
   language plpgsql volatile
   set search_path = ''
+  -- Its statements' plans depend on no argument's value: planned once per session, not five times first.
+  set plan_cache_mode = force_generic_plan
 as $$
 declare
   v_tenant uuid := herald_public.current_tenant_id();
@@ -32,6 +35,9 @@ declare
   v_hash_version smallint := herald_hidden.current_hash_key_version();
   v_replies herald_public.keyword_replies;
   v_inserted uuid[];
+  v_unknown jsonb;
+  v_keywords jsonb;
+  v_phones jsonb;
 begin
   if pg_catalog.jsonb_array_length(messages) > 500 then
     raise exception 'at most 500 messages in one batch' using errcode = '22023';
@@ -53,22 +59,30 @@ begin
   -- Unknown senders become contacts, flagged as created by their message (a
   -- message already received, or to a number not the tenant's, creates none).
   -- Two batches creating one at once: one insert wins, the other finds it below.
-  insert into herald_public.contacts (phone_encrypted, phone_hash, key_version, hash_version, created_by_inbound, whatsapp_subscribed)
-  select herald_hidden.encrypt_pii(p.from_phone, v_key), herald_hidden.pii_hash('phone', p.from_phone, v_hash_version),
-         v_key_version, v_hash_version, true,
-         -- Someone who writes on WhatsApp has opened that conversation.
-         p.channel = 'whatsapp'
-    from (select distinct on (m.from_phone) m.from_phone, m.channel
-            from rows from (pg_catalog.jsonb_to_recordset(messages) as (channel text, to_number text, from_phone text, provider_message_id text)) with ordinality as m(channel, to_number, from_phone, provider_message_id, n)
-           where m.from_phone is not null
-             and exists (select 1 from herald_public.sender_numbers s
-                          where s.tenant_id = v_tenant and s.phone_number = m.to_number and s.channel = m.channel)
-             and not exists (select 1 from herald_public.inbound_messages i
-                              where i.tenant_id = v_tenant and i.provider_message_id = m.provider_message_id)
-           order by m.from_phone, m.n) p
-   where not exists (select 1 from herald_public.contacts c
-                      where c.tenant_id = v_tenant and c.phone_hash = any (herald_hidden.pii_hashes('phone', p.from_phone)))
-  on conflict (tenant_id, phone_hash) do nothing;
+  -- (Only when there is one: the contacts' audit trigger runs for every INSERT statement.)
+  with candidates as (
+    select distinct on (m.from_phone) m.from_phone, m.channel
+      from rows from (pg_catalog.jsonb_to_recordset(messages) as (channel text, to_number text, from_phone text, provider_message_id text)) with ordinality as m(channel, to_number, from_phone, provider_message_id, n)
+     where m.from_phone is not null
+       and exists (select 1 from herald_public.sender_numbers s
+                    where s.tenant_id = v_tenant and s.phone_number = m.to_number and s.channel = m.channel)
+       and not exists (select 1 from herald_public.inbound_messages i
+                        where i.tenant_id = v_tenant and i.provider_message_id = m.provider_message_id)
+     order by m.from_phone, m.n
+  )
+  select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('from_phone', c.from_phone, 'channel', c.channel)) into v_unknown
+    from candidates c
+   where not exists (select 1 from herald_public.contacts x
+                      where x.tenant_id = v_tenant and x.phone_hash = any (herald_hidden.pii_hashes('phone', c.from_phone)));
+  if v_unknown is not null then
+    insert into herald_public.contacts (phone_encrypted, phone_hash, key_version, hash_version, created_by_inbound, whatsapp_subscribed)
+    select herald_hidden.encrypt_pii(p.from_phone, v_key), herald_hidden.pii_hash('phone', p.from_phone, v_hash_version),
+           v_key_version, v_hash_version, true,
+           -- Someone who writes on WhatsApp has opened that conversation.
+           p.channel = 'whatsapp'
+      from pg_catalog.jsonb_to_recordset(v_unknown) as p(from_phone text, channel text)
+    on conflict (tenant_id, phone_hash) do nothing;
+  end if;
 
   with m as (
     select m.*
@@ -126,60 +140,63 @@ begin
   ),
   keywords as (
     -- The keywords of the messages stored now, in the order received.
-    select d.n, d.contact, d.channel, d.from_phone, d.hashes, d.applied_keyword, d.keyword_word, s.id as inbound_id
+    select d.n, d.contact, d.channel, d.from_phone, d.applied_keyword, d.keyword_word, s.id as inbound_id
       from decided d join stored s on s.provider_message_id = d.provider_message_id
      where d.applied_keyword is not null
   ),
-  consents as (
+  keyword_rows as (
+    select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+             'n', k.n, 'contact', k.contact, 'channel', k.channel, 'from_phone', k.from_phone,
+             'applied_keyword', k.applied_keyword, 'keyword_word', k.keyword_word, 'inbound_id', k.inbound_id)) as rows
+      from keywords k
+  )
+  select (select pg_catalog.array_agg(s.id) from stored s), (select r.rows from keyword_rows r) into v_inserted, v_keywords;
+
+  -- The keywords, as sets (each statement only when there is something for it:
+  -- the audit triggers of contacts and suppressions run for every statement).
+  if v_keywords is not null then
     insert into herald_public.consent_events (contact_id, channel, action, source, detail, inbound_message_id)
     select k.contact, k.channel,
            case k.applied_keyword when 'stop' then 'opt_out' when 'start' then 'opt_in' else 'help' end,
            'keyword', pg_catalog.left(k.keyword_word, 100), k.inbound_id
-      from keywords k
-     order by k.n
-    returning 1
-  ),
-  -- The channel's flag covers every number of the tenant: the last STOP or START of each contact and channel sets it.
-  flags as (
-    select distinct on (k.contact, k.channel) k.contact, k.channel, k.applied_keyword = 'start' as subscribed
-      from keywords k
-     where k.applied_keyword in ('stop', 'start')
-     order by k.contact, k.channel, k.n desc
-  ),
-  flagged as (
+      from pg_catalog.jsonb_to_recordset(v_keywords) as k(n bigint, contact uuid, channel text, applied_keyword text, keyword_word text, inbound_id uuid)
+     order by k.n;
+
+    -- The channel's flag covers every number of the tenant: the last STOP or START of each contact and channel sets it.
+    with flags as (
+      select distinct on (k.contact, k.channel) k.contact, k.channel, k.applied_keyword = 'start' as subscribed
+        from pg_catalog.jsonb_to_recordset(v_keywords) as k(n bigint, contact uuid, channel text, applied_keyword text)
+       where k.applied_keyword in ('stop', 'start')
+       order by k.contact, k.channel, k.n desc
+    )
     update herald_public.contacts c
        set sms_subscribed = coalesce((select f.subscribed from flags f where f.contact = c.id and f.channel = 'sms'), c.sms_subscribed),
            whatsapp_subscribed = coalesce((select f.subscribed from flags f where f.contact = c.id and f.channel = 'whatsapp'), c.whatsapp_subscribed)
-     where c.tenant_id = v_tenant and c.id in (select f.contact from flags f)
-    returning 1
-  ),
-  -- An SMS STOP also suppresses the phone (it outlives the contact and blocks
-  -- WhatsApp too); a START (either channel) lifts what the contact's own
-  -- opt-outs put there. The last of them for each phone decides.
-  phone_choices as (
-    select distinct on (k.contact) k.contact, k.from_phone, k.hashes, k.keyword_word,
-           k.applied_keyword = 'stop' as suppress
-      from keywords k
-     where (k.applied_keyword = 'stop' and k.channel = 'sms') or k.applied_keyword = 'start'
-     order by k.contact, k.n desc
-  ),
-  suppressed as (
-    insert into herald_public.suppressions (kind, address_encrypted, address_hash, key_version, hash_version, reason, note)
-    select 'phone', herald_hidden.encrypt_pii(p.from_phone, v_key), herald_hidden.pii_hash('phone', p.from_phone, v_hash_version),
-           v_key_version, v_hash_version, 'unsubscribe', 'keyword: ' || p.keyword_word
-      from phone_choices p
-     where p.suppress
-    on conflict (tenant_id, kind, address_hash) do nothing
-    returning 1
-  ),
-  lifted as (
-    delete from herald_public.suppressions x
-     using phone_choices p
-     where not p.suppress and x.tenant_id = v_tenant and x.kind = 'phone'
-       and x.address_hash = any (p.hashes) and x.reason in ('unsubscribe', 'carrier_opt_out')
-    returning 1
-  )
-  select pg_catalog.array_agg(s.id) into v_inserted from stored s;
+     where c.tenant_id = v_tenant and c.id in (select f.contact from flags f);
+
+    -- An SMS STOP also suppresses the phone (it outlives the contact and
+    -- blocks WhatsApp too); a START (either channel) lifts what the contact's
+    -- own opt-outs put there. The last of them for each phone decides.
+    select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p)) into v_phones
+      from (select distinct on (k.contact) k.from_phone, k.keyword_word, k.applied_keyword = 'stop' as suppress
+              from pg_catalog.jsonb_to_recordset(v_keywords) as k(n bigint, contact uuid, channel text, from_phone text, applied_keyword text, keyword_word text)
+             where (k.applied_keyword = 'stop' and k.channel = 'sms') or k.applied_keyword = 'start'
+             order by k.contact, k.n desc) p;
+    if exists (select 1 from pg_catalog.jsonb_to_recordset(v_phones) as p(suppress boolean) where p.suppress) then
+      insert into herald_public.suppressions (kind, address_encrypted, address_hash, key_version, hash_version, reason, note)
+      select 'phone', herald_hidden.encrypt_pii(p.from_phone, v_key), herald_hidden.pii_hash('phone', p.from_phone, v_hash_version),
+             v_key_version, v_hash_version, 'unsubscribe', 'keyword: ' || p.keyword_word
+        from pg_catalog.jsonb_to_recordset(v_phones) as p(from_phone text, keyword_word text, suppress boolean)
+       where p.suppress
+      on conflict (tenant_id, kind, address_hash) do nothing;
+    end if;
+    if exists (select 1 from pg_catalog.jsonb_to_recordset(v_phones) as p(suppress boolean) where not p.suppress) then
+      delete from herald_public.suppressions x
+       using pg_catalog.jsonb_to_recordset(v_phones) as p(from_phone text, suppress boolean)
+       where not p.suppress and x.tenant_id = v_tenant and x.kind = 'phone'
+         and x.address_hash = any (herald_hidden.pii_hashes('phone', p.from_phone)) and x.reason in ('unsubscribe', 'carrier_opt_out');
+    end if;
+  end if;
 
   -- The answers, from what is stored now (a fresh snapshot: a concurrent
   -- batch's copy of a message is visible here). Ordinals from 0, as given.
