@@ -1,3 +1,4 @@
+import { timingSafeEqual } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
 import twilio from "twilio";
 import { z } from "zod";
@@ -91,10 +92,21 @@ function twilioForm(body: unknown): Record<string, string> | undefined {
  */
 const storableText = (text: string) => text.toWellFormed().replace(/\u0000/g, "");
 
+/** The answer to most messages: nothing to say (built once). */
+const EMPTY_TWIML = new twilio.twiml.MessagingResponse().toString();
+
 function twiml(reply: string | null): string {
+  if (!reply) return EMPTY_TWIML;
   const response = new twilio.twiml.MessagingResponse();
-  if (reply) response.message(reply);
+  response.message(reply);
   return response.toString();
+}
+
+/** Constant-time comparison of a received signature with the expected one. */
+function signatureMatches(received: string, expected: string): boolean {
+  const a = Buffer.from(received);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
 }
 
 export function twilioWebhooks(options: TwilioWebhookOptions): Router {
@@ -124,7 +136,8 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     const signature = req.get("x-twilio-signature")!;
     const url = options.publicUrl + req.originalUrl;
     return verifiedWith(tokens, `${tenantId}/${accountId ?? "system"}`, () => tokenOf(tenantId, accountId), (token) =>
-      twilio.validateRequest(token, signature, url, params),
+      // The URL exactly as configured first (one HMAC); then the SDK's variants (with and without the port, escaped).
+      signatureMatches(signature, twilio.getExpectedTwilioSignature(token, url, params)) || twilio.validateRequest(token, signature, url, params),
     );
   };
 
