@@ -40,6 +40,12 @@ const NUMBER = "+14155550300";
 const PATH = "/webhooks/twilio/sms";
 /** Deliveries per channel the status callbacks and events report on (sent, then delivered). */
 const DELIVERIES = Number(process.env.BENCH_DELIVERIES ?? 30_000);
+/**
+ * Deliveries per second the SMS pipeline sends on this machine (`npm run bench
+ * -- pipeline`), if given: callbacks and events applied per second are then
+ * also shown as multiples of it (every SMS brings two or three callbacks).
+ */
+const SMS_RATE = process.env.BENCH_SMS_RATE ? Number(process.env.BENCH_SMS_RATE) : undefined;
 /** SendGrid posts events in batches. */
 const EVENTS_PER_POST = 100;
 
@@ -306,6 +312,13 @@ export async function benchWebhooks() {
         callbacks_applied_per_s: Math.round(callbacksApplied / statusSeconds),
         events_posts_per_s: Math.round(eventsFull.rps),
         events_applied_per_s: Math.round(eventsApplied / eventsSeconds),
+        ...(SMS_RATE
+          ? {
+              sms_rate: SMS_RATE,
+              callbacks_per_sms_rate: Number((callbacksApplied / statusSeconds / SMS_RATE).toFixed(2)),
+              events_per_sms_rate: Number((eventsApplied / eventsSeconds / SMS_RATE).toFixed(2)),
+            }
+          : {}),
         failed_requests: warm.failed + full.failed + paced.failed + statusFull.failed + statusPaced.failed + eventsFull.failed,
       };
       process.stdout.write(
@@ -327,6 +340,9 @@ export async function benchWebhooks() {
           `  SendGrid events (${EVENTS_PER_POST} a post, processed then delivered, for ${fmt(emailDeliveries.length)} emails):`,
           `    Herald /webhooks/sendgrid/events:                     ${fmt(eventsFull.rps)} posts/s, p99 ${eventsFull.p99} ms`,
           `    applied end to end:                                    ${fmt(figures.events_applied_per_s)} events/s (${fmt(eventsApplied)} in ${eventsSeconds.toFixed(1)} s, until none waited)`,
+          ...(SMS_RATE
+            ? [`  against the SMS pipeline's ${fmt(SMS_RATE)} deliveries/s (BENCH_SMS_RATE): callbacks ${figures.callbacks_per_sms_rate}×, events ${figures.events_per_sms_rate}× (target ≥ 3×)`]
+            : []),
           `  deliveries now delivered: ${fmt(settledStatus!.delivered)}`,
           "",
         ].join("\n"),

@@ -162,6 +162,8 @@ begin
       from pg_catalog.jsonb_to_recordset(v_keywords) as k(n bigint, contact uuid, channel text, applied_keyword text, keyword_word text, inbound_id uuid)
      order by k.n;
 
+  end if;
+  if v_keywords is not null and pg_catalog.jsonb_path_exists(v_keywords, '$[*] ? (@.applied_keyword == "stop" || @.applied_keyword == "start")') then
     -- The channel's flag covers every number of the tenant: the last STOP or START of each contact and channel sets it.
     with flags as (
       select distinct on (k.contact, k.channel) k.contact, k.channel, k.applied_keyword = 'start' as subscribed
