@@ -15,15 +15,23 @@ import type pg from "pg";
 import { say, withBenchDatabase } from "./common.ts";
 
 /**
- * `npm run bench -- webhooks`, in one run: signed Twilio inbound-SMS webhooks
- * (from 1,000 known contacts, one in ten a HELP) against
- * 1. a bare express handler that parses the same form and answers the same
- *    empty TwiML, and Herald's /webhooks/twilio/sms (signature check, tenant
- *    by number, the message stored encrypted, the keyword applied), both at
- *    the same fixed concurrency, for requests per second and p99 latency;
- * 2. Herald held at a fixed rate (500 req/s by default), for p99 latency.
- * Each server runs in a process of its own; autocannon drives them from this one.
- * Every answered request must have stored exactly one inbound message.
+ * `npm run bench -- webhooks`, in one run, each server in a process of its own
+ * (Herald's is the real API server, src/api/standalone.ts), autocannon
+ * driving them from this one:
+ * 1. signed Twilio inbound-SMS webhooks (from 1,000 known contacts, one in ten
+ *    a HELP): a bare express handler that parses the same form and answers
+ *    the same empty TwiML, and Herald's /webhooks/twilio/sms (signature check,
+ *    tenant by number, the message stored encrypted, the keyword applied), at
+ *    the same fixed concurrency, for requests per second and p99; then Herald
+ *    held at a fixed rate (500 req/s by default), for p99. Every answered
+ *    request must have stored exactly one inbound message.
+ * 2. signed status callbacks (`sent`, then `delivered`, for DELIVERIES sent
+ *    SMS): the bare handler (same form, 204) and Herald at the same
+ *    concurrency, acknowledged per second; applied end to end (from the first
+ *    request until no report waits in the journal); Herald held at the rate.
+ * 3. signed SendGrid event batches (EVENTS_PER_POST each, `processed` then
+ *    `delivered`, for DELIVERIES sent emails): applied end to end.
+ * The last line is the figures as one JSON object ({"bench":"webhooks",…}).
  * Before the runs, the tenant gets 10,000 earlier inbound messages and the
  * tables are analysed: planned for an empty inbound_messages table, each
  * receive scanned it whole as it grew during the run (459 req/s instead of
