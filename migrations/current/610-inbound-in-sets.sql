@@ -60,8 +60,10 @@ begin
   -- message already received, or to a number not the tenant's, creates none).
   -- Two batches creating one at once: one insert wins, the other finds it below.
   -- (Only when there is one: the contacts' audit trigger runs for every INSERT statement.)
-  with candidates as (
-    select distinct on (m.from_phone) m.from_phone, m.channel
+  -- (Materialized, with the hashes computed once: inlined, the hash would be
+  -- an expression of the outer row, and each contact hashed to compare.)
+  with candidates as materialized (
+    select distinct on (m.from_phone) m.from_phone, m.channel, herald_hidden.pii_hashes('phone', m.from_phone) as hashes
       from rows from (pg_catalog.jsonb_to_recordset(messages) as (channel text, to_number text, from_phone text, provider_message_id text)) with ordinality as m(channel, to_number, from_phone, provider_message_id, n)
      where m.from_phone is not null
        and exists (select 1 from herald_public.sender_numbers s
@@ -73,7 +75,7 @@ begin
   select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('from_phone', c.from_phone, 'channel', c.channel)) into v_unknown
     from candidates c
    where not exists (select 1 from herald_public.contacts x
-                      where x.tenant_id = v_tenant and x.phone_hash = any (herald_hidden.pii_hashes('phone', c.from_phone)));
+                      where x.tenant_id = v_tenant and x.phone_hash = any (c.hashes));
   if v_unknown is not null then
     insert into herald_public.contacts (phone_encrypted, phone_hash, key_version, hash_version, created_by_inbound, whatsapp_subscribed)
     select herald_hidden.encrypt_pii(p.from_phone, v_key), herald_hidden.pii_hash('phone', p.from_phone, v_hash_version),
@@ -88,7 +90,8 @@ begin
     select m.*
       from rows from (pg_catalog.jsonb_to_recordset(messages) as (channel text, to_number text, from_phone text, body text, provider_message_id text, media_count integer, keyword text, keyword_word text)) with ordinality as m(channel, to_number, from_phone, body, provider_message_id, media_count, keyword, keyword_word, n)
   ),
-  fresh as (
+  fresh as materialized (
+    -- (Materialized: the hashes are values the contact and suppression indexes are probed with.)
     -- To one of the tenant's numbers, not received before, the first of its MessageSid in the batch.
     select m.*, s.id as sender_number_id, s.provider_account_id,
            case when m.from_phone is not null then herald_hidden.pii_hashes('phone', m.from_phone) end as hashes
