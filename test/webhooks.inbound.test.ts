@@ -249,4 +249,44 @@ describe("many at once", () => {
     const { rows: stored } = await db.current.root.query("select provider_message_id from herald_public.inbound_messages where provider_message_id like 'SMshared%' order by 1");
     expect(stored.map((r) => r.provider_message_id)).toEqual(["SMshared1", "SMshared3"]);
   });
+
+  it("in one batch: keywords apply in the order received, a repeated MessageSid is stored once, an unknown sender becomes one contact", async () => {
+    const phone = freshPhone();
+    const message = (sid: string, body: string, keyword: string | null) => ({
+      channel: "sms", to_number: numbers.a, from_phone: phone, body, provider_message_id: sid, media_count: 0,
+      keyword, keyword_word: keyword ? body : null,
+    });
+    const batch = [
+      message("SMset1", "STOP", "stop"),
+      message("SMset2", "hello", null),
+      message("SMset1", "STOP", "stop"), // Twilio's retry, in the same batch
+      message("SMset3", "START", "start"),
+      message("SMset4", "STOP", "stop"),
+    ];
+    const rows = await asWorker(db.current, a, async (c) =>
+      (await c.query("select ordinal, duplicate, keyword, reply is not null as replied, error_code from herald_hidden.receive_inbound_batch($1) order by ordinal", [JSON.stringify(batch)])).rows,
+    );
+    expect(rows).toEqual([
+      { ordinal: 0, duplicate: false, keyword: "stop", replied: true, error_code: null },
+      { ordinal: 1, duplicate: false, keyword: null, replied: false, error_code: null },
+      { ordinal: 2, duplicate: true, keyword: "stop", replied: true, error_code: null },
+      { ordinal: 3, duplicate: false, keyword: "start", replied: true, error_code: null },
+      { ordinal: 4, duplicate: false, keyword: "stop", replied: true, error_code: null },
+    ]);
+    const state = await asWorker(db.current, a, async (c) =>
+      (
+        await c.query(
+          `select count(*)::int as contacts, bool_and(c.sms_subscribed) as subscribed, bool_and(c.created_by_inbound) as created,
+                  (select array_agg(e.action order by m.provider_message_id) from herald_public.consent_events e
+                     join herald_public.inbound_messages m on m.id = e.inbound_message_id where m.provider_message_id like 'SMset%') as consent,
+                  (select count(*)::int from herald_public.suppressions s where s.kind = 'phone' and s.address_hash = any (herald_hidden.pii_hashes('phone', $1))) as suppressions,
+                  (select count(*)::int from herald_public.inbound_messages m where m.provider_message_id like 'SMset%') as stored
+             from herald_public.contacts c where c.phone_hash = any (herald_hidden.pii_hashes('phone', $1))`,
+          [phone],
+        )
+      ).rows[0],
+    );
+    // STOP, START, STOP: unsubscribed and suppressed, as one after another would leave it.
+    expect(state).toEqual({ contacts: 1, subscribed: false, created: true, consent: ["opt_out", "opt_in", "opt_out"], suppressions: 1, stored: 4 });
+  });
 });

@@ -4,7 +4,7 @@ import { tokenFor } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asOwner, asRoot, asWorker, readyToSend, sendThroughApi, settled, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { contactWith, deliveryState, postSendGrid, sendgridKeyPair, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
+import { appliedRows, contactWith, deliveryState, postSendGrid, reportsApplied, sendgridKeyPair, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/sendgrid/events[/<tenant>/<account>]: ECDSA over the raw
@@ -75,8 +75,12 @@ const event = (d: { id: string; email: string; messageId: string | null }, t: Te
   ...extra,
 });
 
-const postToA = (events: unknown[] | string, options: Partial<Parameters<typeof postSendGrid>[3]> = {}) =>
-  postSendGrid(api.current, aPath, events, { key: tenantKeys.privateKey, ...options });
+/** Posted to A's account URL; resolves once what was acknowledged is applied. */
+const postToA = async (events: unknown[] | string, options: Partial<Parameters<typeof postSendGrid>[3]> = {}) => {
+  const result = await postSendGrid(api.current, aPath, events, { key: tenantKeys.privateKey, ...options });
+  await reportsApplied(db.current);
+  return result;
+};
 
 const stateOf = (id: string) => deliveryState(db.current, id);
 
@@ -103,6 +107,7 @@ describe("end to end: the worker sends, the sandbox reports", () => {
       const { rows } = await db.current.root.query("select contact_id, status, error_code, id from herald_public.deliveries where message_id = $1", [first]);
       return rows.length === 2 && rows.every((r) => r.status === "delivered" || r.status === "failed") && rows;
     }, 20_000);
+    await reportsApplied(db.current);
     const byContact = Object.fromEntries(rows.map((r) => [r.contact_id, r]));
     expect(byContact[ids[0]!]).toMatchObject({ status: "delivered" });
     expect(byContact[ids[1]!]).toMatchObject({ status: "failed", error_code: "5.1.1" });
@@ -150,6 +155,7 @@ describe("signatures", () => {
     }
     // The system URL does not take a tenant account's key either.
     expect((await postSendGrid(api.current, "/webhooks/sendgrid/events", events, { key: tenantKeys.privateKey })).status).toBe(403);
+    await reportsApplied(db.current);
     expect(await writtenRows(db.current)).toEqual(before);
   });
 
@@ -165,12 +171,22 @@ describe("signatures", () => {
 });
 
 describe("applying events", () => {
-  it("each once: a batch posted twice counts duplicates, and writes one event each", async () => {
+  it("each once: a batch posted twice is acknowledged twice, and writes one event each", async () => {
     const d = await emailDelivery(a);
     const batch = [event(d, a, "processed"), event(d, a, "delivered"), event(d, a, "open")];
-    expect((await postToA(batch)).json).toMatchObject({ received: 3, applied: 1, recorded: 2, duplicates: 0 });
-    expect((await postToA(batch)).json).toMatchObject({ received: 3, applied: 0, duplicates: 3 });
-    expect(await stateOf(d.id)).toMatchObject({ status: "delivered", events: [{ event: "processed" }, { event: "delivered" }, { event: "open" }] });
+    expect((await postToA(batch)).json).toEqual({ received: 3, accepted: 3, ignored: 0 });
+    const once = await stateOf(d.id);
+    // One applied (delivered); processed and open only recorded: the delivery was already sent, then delivered.
+    expect(once).toMatchObject({
+      status: "delivered",
+      events: [
+        { event: "processed", applied: false },
+        { event: "delivered", applied: true },
+        { event: "open", applied: false },
+      ],
+    });
+    expect((await postToA(batch)).json).toEqual({ received: 3, accepted: 3, ignored: 0 });
+    expect(await stateOf(d.id)).toEqual(once);
   });
 
   it("out of order: delivered before processed ends delivered", async () => {
@@ -242,14 +258,15 @@ describe("applying events", () => {
 describe("tenants", () => {
   it("tenant A's account cannot report on tenant B's deliveries, however the events name them", async () => {
     const victim = await emailDelivery(b);
-    const before = await writtenRows(db.current);
+    const before = await appliedRows(db.current);
     const result = await postToA([
       event(victim, b, "bounce", { type: "bounce" }), // names B as the tenant: not A's to report
       { ...event(victim, b, "dropped"), herald_tenant_id: undefined }, // B's delivery id, inside A: no such delivery
       { ...event(victim, b, "delivered"), herald_tenant_id: undefined, herald_delivery_id: undefined }, // B's message id alone
     ]);
-    expect(result.json).toMatchObject({ received: 3, applied: 0, ignored: 3 });
-    expect(await writtenRows(db.current)).toEqual(before);
+    // The one naming B is refused outright; the two naming nobody are A's to report, and name no delivery of A's.
+    expect(result.json).toEqual({ received: 3, accepted: 2, ignored: 1 });
+    expect(await appliedRows(db.current)).toEqual(before);
     expect((await stateOf(victim.id)).status).toBe("sent");
     expect(await suppressionOf(b, victim.email)).toBeNull();
   });
@@ -264,7 +281,8 @@ describe("tenants", () => {
       [event(ofA, a, "delivered"), event(ofB, b, "delivered"), { ...event(ofB, b, "dropped"), herald_tenant_id: undefined }],
       { key: sign },
     );
-    expect(result.json).toMatchObject({ received: 3, applied: 2, ignored: 1 });
+    expect(result.json).toEqual({ received: 3, accepted: 2, ignored: 1 });
+    await reportsApplied(db.current);
     expect((await stateOf(ofA.id)).status).toBe("delivered");
     expect((await stateOf(ofB.id)).status).toBe("delivered");
   });

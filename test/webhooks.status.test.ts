@@ -15,7 +15,7 @@ import {
   waitFor,
   type SandboxServer,
 } from "./helpers/messaging.ts";
-import { contactWith, deliveryState, postTwilio, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
+import { appliedRows, contactWith, deliveryState, postTwilio, reportsApplied, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/twilio/status: Twilio's status callbacks, end to end (the
@@ -52,8 +52,8 @@ const freshPhone = (ending?: string) => `+1628556${ending ?? String(1000 + ++pho
 const statusPath = (tenantId: string, deliveryId?: string) =>
   `/webhooks/twilio/status?${new URLSearchParams({ tenant: tenantId, ...(deliveryId ? { delivery: deliveryId } : {}) })}`;
 
-/** A status callback as Twilio posts it, signed for the public URL with `token`. */
-function callback(t: TenantFixture, deliveryId: string | undefined, params: { sid: string; status: string; to: string; errorCode?: string }, options: { token?: string; accountSid?: string } = {}) {
+/** A status callback as Twilio posts it, signed for the public URL with `token`; resolves once what it acknowledged is applied. */
+async function callback(t: TenantFixture, deliveryId: string | undefined, params: { sid: string; status: string; to: string; errorCode?: string }, options: { token?: string; accountSid?: string } = {}) {
   const body: Record<string, string> = {
     AccountSid: options.accountSid ?? aSid,
     ApiVersion: "2010-04-01",
@@ -66,7 +66,9 @@ function callback(t: TenantFixture, deliveryId: string | undefined, params: { si
     ...(params.errorCode ? { ErrorCode: params.errorCode } : {}),
   };
   const path = statusPath(t.id, deliveryId);
-  return postTwilio(api.current, path, body, { token: options.token ?? t.providerSecret, signedFor: `${endpoint.publicUrl}${path}` });
+  const result = await postTwilio(api.current, path, body, { token: options.token ?? t.providerSecret, signedFor: `${endpoint.publicUrl}${path}` });
+  await reportsApplied(db.current);
+  return result;
 }
 
 /** A delivery of A's fixture message to a new contact, in `status`, as the worker would have left it. */
@@ -169,6 +171,7 @@ describe("reports that arrive before the worker's own view", () => {
         return rows[0]?.sent_at && rows[0];
       }, 20_000);
       await server.sandbox.settled();
+      await reportsApplied(db.current);
       expect(await stateOf(row.id)).toMatchObject({ status: "delivered", events: [{ event: "sent", applied: true }, { event: "delivered", applied: true }] });
     } finally {
       server.sandbox.setFaults({});
@@ -271,7 +274,7 @@ describe("forged and misdirected callbacks", () => {
   it("tenant A's account cannot report on tenant B's deliveries", async () => {
     const sid = newSid();
     const victim = await delivery(b, "sent", sid);
-    const before = await writtenRows(db.current);
+    const before = await appliedRows(db.current);
     // Naming B in the URL: A's AccountSid is not one of B's accounts.
     const asB = await callback(b, victim.id, { sid, status: "undelivered", to: victim.phone }, { token: a.providerSecret, accountSid: aSid });
     expect(asB.status).toBe(404);
@@ -280,7 +283,8 @@ describe("forged and misdirected callbacks", () => {
     expect(asA.status).toBe(204);
     // And by B's MessageSid alone, likewise.
     expect((await callback(a, undefined, { sid, status: "undelivered", to: victim.phone })).status).toBe(204);
-    expect(await writtenRows(db.current)).toEqual(before);
+    // Verified and stored in A's own journal, then applied inside A: nothing anywhere changed.
+    expect(await appliedRows(db.current)).toEqual(before);
     expect((await stateOf(victim.id)).status).toBe("sent");
   });
 

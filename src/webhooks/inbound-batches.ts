@@ -40,8 +40,8 @@ interface Waiting {
   reject: (error: unknown) => void;
 }
 
-/** receive_inbound_batch's limit (one subtransaction each; PostgreSQL's cache holds 64). */
-const MAX_BATCH = 50;
+/** Messages per batch (receive_inbound_batch takes up to 500). */
+const MAX_BATCH = 200;
 
 export class InboundBatches {
   readonly #tenants = new Map<string, { waiting: Waiting[]; running: number }>();

@@ -1,6 +1,7 @@
 import express, { type Router } from "express";
 import type { Logger } from "../logger.ts";
 import { sendgridWebhooks } from "./sendgrid.ts";
+import { ProviderReports } from "./reports.ts";
 import type { WebhookContext } from "./tenant.ts";
 import { twilioWebhooks } from "./twilio.ts";
 
@@ -15,11 +16,14 @@ export function webhooksRouter(
     systemTwilio?: { accountSid: string; authToken: string };
     systemSendgridPublicKey?: string;
     logger: Logger;
+    /** The journal of status callbacks and events (one per process; built here if not given). */
+    reports?: ProviderReports;
   },
 ): Router {
   const router = express.Router();
   const logger = options.logger.child({ component: "webhooks" });
-  router.use("/twilio", twilioWebhooks({ ...options, system: options.systemTwilio, logger }));
-  router.use("/sendgrid", sendgridWebhooks({ ...options, systemPublicKey: options.systemSendgridPublicKey, logger }));
+  const reports = options.reports ?? new ProviderReports(options, logger);
+  router.use("/twilio", twilioWebhooks({ ...options, system: options.systemTwilio, logger, reports }));
+  router.use("/sendgrid", sendgridWebhooks({ ...options, systemPublicKey: options.systemSendgridPublicKey, logger, reports }));
   return router;
 }

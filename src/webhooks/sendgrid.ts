@@ -1,10 +1,11 @@
 import { createPublicKey, verify, type KeyObject } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
-import type pg from "pg";
 import { z } from "zod";
 import type { Logger } from "../logger.ts";
 import { refuse } from "../api/responses.ts";
-import { accountCredential, inTenant, inTenantWithoutKeys, TtlCache, verifiedWith, type WebhookContext } from "./tenant.ts";
+import type { ProviderReport, ProviderReports } from "./reports.ts";
+import { retriable } from "./unavailable.ts";
+import { accountCredential, inTenantWithoutKeys, TtlCache, verifiedWith, type WebhookContext } from "./tenant.ts";
 
 /**
  * SendGrid's event webhook: `POST /webhooks/sendgrid/events` for the system
@@ -26,6 +27,8 @@ export interface SendGridWebhookOptions extends WebhookContext {
   /** SENDGRID_WEBHOOK_PUBLIC_KEY, or the sandbox's in development; absent: the system URL refuses everything. */
   systemPublicKey?: string;
   logger: Logger;
+  /** The journal events are acknowledged into. */
+  reports: ProviderReports;
 }
 
 export const SIGNATURE_HEADER = "x-twilio-email-event-webhook-signature";
@@ -69,18 +72,13 @@ const eventSchema = z
   .loose();
 type SendGridEvent = z.infer<typeof eventSchema>;
 
-/** Events applied per transaction: a large batch does not hold one connection (and its row locks) for long. */
-const EVENTS_PER_TRANSACTION = 250;
-
 const uuid = z.uuid();
 const asUuid = (value: unknown) => (uuid.safeParse(value).success ? (value as string) : null);
 
+/** The answer: events received, acknowledged (journaled for their tenants), and ignored (naming no tenant, or another than the URL's). */
 export interface EventTally {
   received: number;
-  applied: number;
-  recorded: number;
-  duplicates: number;
-  /** Naming no delivery Herald knows, or no tenant (system URL), or another tenant than the URL's. */
+  accepted: number;
   ignored: number;
 }
 
@@ -96,52 +94,36 @@ function signatureValid(key: KeyObject, timestamp: string, body: Buffer, signatu
   }
 }
 
-/** One event, applied inside its tenant's transaction. */
-async function applyEvent(client: pg.PoolClient, event: SendGridEvent, tally: EventTally) {
-  const messageId = event.sg_message_id?.split(".")[0] || null;
-  const dedupeKey = `sendgrid:${event.sg_event_id ?? `${event.sg_message_id}:${event.event}:${event.timestamp}`}`.slice(0, 200);
-  const { rows } = await client.query<{ outcome: string }>(
-    "select outcome from herald_hidden.apply_delivery_event($1, $2, 'sendgrid', $3, $4, $5, $6, $7)",
-    [
-      asUuid(event.herald_delivery_id),
-      messageId,
-      event.event,
-      statusOf(event),
-      dedupeKey,
-      event.status ?? null,
-      typeof event.timestamp === "number" ? new Date(event.timestamp * 1000) : null,
-    ],
-  );
-  const outcome = rows[0]!.outcome;
-  if (outcome === "duplicate") {
-    tally.duplicates++;
-    return;
-  }
-  if (outcome === "applied") tally.applied++;
-  else if (outcome === "not_found") tally.ignored++;
-  else tally.recorded++;
+/** What SendGrid reported about a delivery, as the journal keeps it. */
+function reportOf(event: SendGridEvent): ProviderReport {
+  const email = event.email?.trim().toLowerCase() || null;
   // What the address's owner said (or the receiving server, for good): later sends must honour it.
-  const email = event.email?.trim().toLowerCase();
-  if (!email) return;
-  if (event.event === "bounce" && event.type !== "blocked") {
-    await client.query("select herald_public.add_suppression('email', $1, 'bounce', 'sendgrid: bounce')", [email]);
-  } else if (["spamreport", "unsubscribe", "group_unsubscribe"].includes(event.event)) {
-    await client.query("select herald_hidden.record_opt_out('email', $1, 'email', 'email_provider', $2)", [email, event.event]);
-  }
+  const optOut =
+    email === null
+      ? null
+      : event.event === "bounce" && event.type !== "blocked"
+        ? "bounce"
+        : ["spamreport", "unsubscribe", "group_unsubscribe"].includes(event.event)
+          ? "email_opt_out"
+          : null;
+  return {
+    provider: "sendgrid",
+    delivery_id: asUuid(event.herald_delivery_id),
+    provider_message_id: event.sg_message_id?.split(".")[0] || null,
+    event: event.event,
+    status: statusOf(event),
+    dedupe_key: `sendgrid:${event.sg_event_id ?? `${event.sg_message_id}:${event.event}:${event.timestamp}`}`.slice(0, 200),
+    error_code: event.status?.slice(0, 50) ?? null,
+    occurred_at: typeof event.timestamp === "number" && Number.isFinite(event.timestamp) ? new Date(event.timestamp * 1000).toISOString() : null,
+    opt_out: optOut,
+    channel: optOut ? "email" : null,
+    address: optOut ? email : null,
+  };
 }
 
 export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
-  const { logger } = options;
+  const { logger, reports } = options;
   const keys = new TtlCache<KeyObject | undefined>(options.keyring.cacheTtlMs);
-  // One tenant's events are applied one request at a time: a tenant posting many
-  // large signed batches at once queues behind itself, not in front of everyone.
-  const tenantQueues = new Map<string, Promise<unknown>>();
-  const oneAtATime = <T>(tenantId: string, work: () => Promise<T>): Promise<T> => {
-    const run = (tenantQueues.get(tenantId) ?? Promise.resolve()).catch(() => undefined).then(work);
-    tenantQueues.set(tenantId, run);
-    void run.finally(() => tenantQueues.get(tenantId) === run && tenantQueues.delete(tenantId)).catch(() => undefined);
-    return run;
-  };
   const systemKey = options.systemPublicKey ? publicKeyObject(options.systemPublicKey) : undefined;
   const router = express.Router();
   // The raw bytes, whatever the content type says: they are what was signed.
@@ -214,8 +196,8 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
     // Each event to its tenant: the URL's (whose key verified), or on the system
     // URL the one Herald named when sending. An event naming another tenant than
     // the URL's is not that account's to report.
-    const tally: EventTally = { received: events.length, applied: 0, recorded: 0, duplicates: 0, ignored: 0 };
-    const byTenant = new Map<string, SendGridEvent[]>();
+    const tally: EventTally = { received: events.length, accepted: 0, ignored: 0 };
+    const byTenant = new Map<string, ProviderReport[]>();
     for (const event of events) {
       const named = asUuid(event.herald_tenant_id);
       const tenant = urlTenant ?? named;
@@ -224,36 +206,27 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
         continue;
       }
       const list = byTenant.get(tenant);
-      if (list) list.push(event);
-      else byTenant.set(tenant, [event]);
+      if (list) list.push(reportOf(event));
+      else byTenant.set(tenant, [reportOf(event)]);
     }
-    for (const [tenantId, list] of byTenant) {
-      // Events of this tenant in transactions already committed.
-      let committed = 0;
-      try {
-        await oneAtATime(tenantId, async () => {
-          for (let start = 0; start < list.length; start += EVENTS_PER_TRANSACTION) {
-            const chunk = list.slice(start, start + EVENTS_PER_TRANSACTION);
-            await inTenant(options, tenantId, async (client) => {
-              for (const event of chunk) await applyEvent(client, event, tally);
-            }, "sendgrid");
-            committed += chunk.length;
-          }
-        });
-      } catch (error) {
-        // A tenant named in custom args that no longer exists: the rest of its events have nowhere to go.
-        if ((error as Error).name === "KeyError") {
-          tally.ignored += list.length - committed;
-          continue;
+    // Acknowledged once journaled for every tenant named; applied right after (src/webhooks/reports.ts).
+    await Promise.all(
+      [...byTenant].map(async ([tenantId, list]) => {
+        try {
+          await reports.acknowledge(tenantId, list);
+          tally.accepted += list.length;
+        } catch (error) {
+          // A tenant named in custom args that no longer exists: its events have nowhere to go.
+          if ((error as Error).name === "KeyError" || (error as { code?: string }).code === "23503") tally.ignored += list.length;
+          else throw error; // 500 (503 while the database is down): SendGrid retries, and the dedupe keeps retries harmless
         }
-        throw error; // 500: SendGrid retries, and the dedupe keeps retries harmless
-      }
-    }
-    logger.info({ tenant: urlTenant, ...tally }, "SendGrid events");
+      }),
+    );
+    logger.debug({ tenant: urlTenant, ...tally }, "SendGrid events");
     res.json(tally);
   };
 
-  router.post("/events", raw, receive("system"));
-  router.post("/events/:tenantId/:accountId", raw, receive("tenant"));
+  router.post("/events", raw, retriable(receive("system"), logger));
+  router.post("/events/:tenantId/:accountId", raw, retriable(receive("tenant"), logger));
   return router;
 }

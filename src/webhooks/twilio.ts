@@ -1,13 +1,16 @@
+import { timingSafeEqual } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
 import twilio from "twilio";
 import { z } from "zod";
 import { KeyError } from "../crypto/keyring.ts";
 import type { Logger } from "../logger.ts";
-import { CARRIER_OPT_OUT, recordCarrierOptOut } from "../messages/carrier-opt-out.ts";
+import { CARRIER_OPT_OUT } from "../messages/carrier-opt-out.ts";
 import { InboundBatches } from "./inbound-batches.ts";
 import { classifyKeyword } from "./keywords.ts";
 import { refuse } from "../api/responses.ts";
-import { accountCredential, inTenant, inTenantWithoutKeys, TtlCache, verifiedWith, type WebhookContext } from "./tenant.ts";
+import type { ProviderReports } from "./reports.ts";
+import { retriable } from "./unavailable.ts";
+import { accountCredential, inTenantWithoutKeys, TtlCache, verifiedWith, type WebhookContext } from "./tenant.ts";
 
 /**
  * Twilio's webhooks: inbound SMS/WhatsApp (`POST /webhooks/twilio/sms`) and
@@ -31,6 +34,8 @@ export interface TwilioWebhookOptions extends WebhookContext {
   /** The system account (TWILIO_*, or the sandbox's in development); absent: its numbers' webhooks cannot be verified. */
   system?: { accountSid: string; authToken: string };
   logger: Logger;
+  /** The journal status callbacks are acknowledged into. */
+  reports: ProviderReports;
 }
 
 interface NumberOwner {
@@ -87,14 +92,25 @@ function twilioForm(body: unknown): Record<string, string> | undefined {
  */
 const storableText = (text: string) => text.toWellFormed().replace(/\u0000/g, "");
 
+/** The answer to most messages: nothing to say (built once). */
+const EMPTY_TWIML = new twilio.twiml.MessagingResponse().toString();
+
 function twiml(reply: string | null): string {
+  if (!reply) return EMPTY_TWIML;
   const response = new twilio.twiml.MessagingResponse();
-  if (reply) response.message(reply);
+  response.message(reply);
   return response.toString();
 }
 
+/** Constant-time comparison of a received signature with the expected one. */
+function signatureMatches(received: string, expected: string): boolean {
+  const a = Buffer.from(received);
+  const b = Buffer.from(expected);
+  return a.length === b.length && timingSafeEqual(a, b);
+}
+
 export function twilioWebhooks(options: TwilioWebhookOptions): Router {
-  const { logger } = options;
+  const { logger, reports } = options;
   const ttl = options.keyring.cacheTtlMs;
   const owners = new TtlCache<NumberOwner | undefined>(ttl);
   const tokens = new TtlCache<string | undefined>(ttl);
@@ -120,7 +136,8 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     const signature = req.get("x-twilio-signature")!;
     const url = options.publicUrl + req.originalUrl;
     return verifiedWith(tokens, `${tenantId}/${accountId ?? "system"}`, () => tokenOf(tenantId, accountId), (token) =>
-      twilio.validateRequest(token, signature, url, params),
+      // The URL exactly as configured first (one HMAC); then the SDK's variants (with and without the port, escaped).
+      signatureMatches(signature, twilio.getExpectedTwilioSignature(token, url, params)) || twilio.validateRequest(token, signature, url, params),
     );
   };
 
@@ -133,7 +150,7 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     return row && { tenantId: row.tenant_id, senderNumberId: row.sender_number_id, providerAccountId: row.provider_account_id };
   };
 
-  router.post("/sms", form, async (req: Request, res: Response) => {
+  router.post("/sms", form, retriable(async (req: Request, res: Response) => {
     if (!req.get("x-twilio-signature")) return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
     const params = twilioForm(req.body);
     if (!params) return refuse(res, 400, "BAD_REQUEST", "A parameter was given more than once.");
@@ -180,9 +197,9 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
       "inbound message",
     );
     res.type("text/xml").send(twiml(result.reply));
-  });
+  }, logger));
 
-  router.post("/status", form, async (req: Request, res: Response) => {
+  router.post("/status", form, retriable(async (req: Request, res: Response) => {
     if (!req.get("x-twilio-signature")) return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
     const params = twilioForm(req.body);
     if (!params) return refuse(res, 400, "BAD_REQUEST", "A parameter was given more than once.");
@@ -226,27 +243,32 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     }
 
     const errorCode = params.ErrorCode || null;
-    let outcome: { outcome: string; delivery: string | null; delivery_status: string | null };
+    const recipient = parseAddress(params.To);
+    // Acknowledged once journaled; applied to the delivery right after (src/webhooks/reports.ts).
+    const carrierOptOut = errorCode === CARRIER_OPT_OUT && recipient !== undefined;
     try {
-      outcome = await inTenant(options, tenantId, async (client) => {
-        const { rows } = await client.query(
-          "select outcome, delivery, delivery_status from herald_hidden.apply_delivery_event($1, $2, 'twilio', $3, $4, $5, $6, null)",
-          [deliveryId ?? null, messageSid, status.slice(0, 40), STATUS_EFFECT[status] ?? null, `twilio:${messageSid}:${status}`.slice(0, 200), errorCode],
-        );
-        const applied = rows[0];
-        const recipient = parseAddress(params.To);
-        if (errorCode === CARRIER_OPT_OUT && applied.outcome !== "duplicate" && recipient) {
-          await recordCarrierOptOut(client, recipient.number, recipient.channel);
-        }
-        return applied;
-      }, "twilio");
+      await reports.acknowledge(tenantId, [
+        {
+          provider: "twilio",
+          delivery_id: deliveryId ?? null,
+          provider_message_id: messageSid,
+          event: status.slice(0, 40),
+          status: STATUS_EFFECT[status] ?? null,
+          dedupe_key: `twilio:${messageSid}:${status}`.slice(0, 200),
+          error_code: errorCode?.slice(0, 50) ?? null,
+          occurred_at: null,
+          opt_out: carrierOptOut ? "carrier_opt_out" : null,
+          channel: carrierOptOut ? recipient.channel : null,
+          address: carrierOptOut ? recipient.number : null,
+        },
+      ]);
     } catch (error) {
-      if (error instanceof KeyError) return refuse(res, 404, "UNKNOWN_TENANT", "No such tenant.");
+      // The tenant the URL names does not exist (its journal rows have no tenant to belong to).
+      if (error instanceof KeyError || (error as { code?: string }).code === "23503") return refuse(res, 404, "UNKNOWN_TENANT", "No such tenant.");
       throw error;
     }
-    logger.debug({ tenant: tenantId, delivery: outcome.delivery, status, outcome: outcome.outcome }, "status callback");
     res.status(204).end();
-  });
+  }, logger));
 
   return router;
 }

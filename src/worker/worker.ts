@@ -20,6 +20,7 @@ import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
 import { setTenantContext, type StatusCheckPolicy } from "./tenant-context.ts";
 import webhookSend from "../../tasks/webhook_deliveries__send.ts";
+import providerReportsSweep from "../../tasks/provider_reports__sweep.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
 export const taskList: TaskList = {
@@ -35,6 +36,7 @@ export const taskList: TaskList = {
   deliveries__sweep: deliveriesSweep as TaskList[string],
   deliveries__check_status: checkStatus as TaskList[string],
   webhook_deliveries__send: webhookSend as TaskList[string],
+  provider_reports__sweep: providerReportsSweep as TaskList[string],
 };
 
 export interface WorkerHandle {
@@ -107,7 +109,10 @@ export async function startWorker(options: {
     pollInterval: 1000,
     // Given explicitly (otherwise it looks for a ./crontab file). graphile-worker
     // runs each tick once across all processes.
-    parsedCronItems: parseCronItems(options.tasks ? [] : [{ task: "deliveries__sweep", match: "*/5 * * * *" }]),
+    parsedCronItems: parseCronItems(options.tasks ? [] : [
+      { task: "deliveries__sweep", match: "*/5 * * * *" },
+      { task: "provider_reports__sweep", match: "* * * * *" },
+    ]),
     taskList: tasks,
     logger: new WorkerLogger(graphileLogFactory(options.logger.child({ component: "worker" }))),
   });

@@ -154,14 +154,24 @@ export async function writtenRows(db: TestDb): Promise<Record<string, number | s
     "herald_public.audit_log",
     "herald_public.webhook_deliveries",
   ];
+  // Reports acknowledged before the call (a worker's sends being called back) are applied first, so that
+  // they do not count as written by what comes next; every report ever journaled moves the journal's sequence.
+  await reportsApplied(db);
   const { rows } = await db.root.query(
     `select ${tables.map((t, i) => `(select count(*)::int from ${t}) as t${i}`).join(", ")},
             (select string_agg(id::text || status || coalesce(provider_message_id, ''), ',' order by id) from herald_public.deliveries) as deliveries,
-            (select string_agg(id::text || sms_subscribed || whatsapp_subscribed || email_subscribed, ',' order by id) from herald_public.contacts) as flags`,
+            (select string_agg(id::text || sms_subscribed || whatsapp_subscribed || email_subscribed, ',' order by id) from herald_public.contacts) as flags,
+            (select last_value::text || is_called from herald_hidden.provider_reports_id_seq) as journaled`,
   );
   const counts: Record<string, number | string> = {};
   tables.forEach((t, i) => (counts[t] = rows[0][`t${i}`]));
-  return { ...counts, deliveries: rows[0].deliveries, flags: rows[0].flags };
+  return { ...counts, deliveries: rows[0].deliveries, flags: rows[0].flags, journaled: rows[0].journaled };
+}
+
+/** writtenRows without the journal: for reports that are the caller's own to make, verified, but must change nothing once applied. */
+export async function appliedRows(db: TestDb): Promise<Record<string, number | string>> {
+  const { journaled: _journaled, ...rest } = await writtenRows(db);
+  return rest;
 }
 
 /** A delivery's status and provider id, and the provider's reports on it (applied or only recorded) in the order received. */
@@ -184,4 +194,19 @@ export async function contactWith(db: TestDb, t: TenantFixture, phone: string | 
     ]);
     return rows[0].contact_id as string;
   });
+}
+
+/**
+ * Resolves once every provider report acknowledged so far has been applied
+ * (the journal is empty): status callbacks and SendGrid events are answered
+ * when stored, and applied to deliveries right after.
+ */
+export async function reportsApplied(db: TestDb, timeoutMs = 10_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const { rows } = await db.root.query("select count(*)::int as n from herald_hidden.provider_reports");
+    if (rows[0].n === 0) return;
+    if (Date.now() > deadline) throw new Error(`${rows[0].n} provider reports still waiting after ${timeoutMs} ms`);
+    await new Promise((resolve) => setTimeout(resolve, 10));
+  }
 }
