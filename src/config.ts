@@ -72,6 +72,8 @@ const envSchema = z
         .optional(),
     ),
     HERALD_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(200).default(10),
+    // Provider requests one worker process has in flight at most (sends and lookups).
+    HERALD_SEND_CONCURRENCY: z.coerce.number().int().min(1).max(10_000).default(200),
     // Outbound webhooks to tenants' own endpoints.
     HERALD_WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(8),
     HERALD_WEBHOOK_DISABLE_AFTER: z.coerce.number().int().min(1).max(10_000).default(20),
@@ -146,6 +148,8 @@ export interface Config {
   /** Messages per second the system SMS number may send (HERALD_SMS_FROM_MPS). */
   smsFromMps: number;
   workerConcurrency: number;
+  /** HERALD_SEND_CONCURRENCY: provider requests in flight per worker process. */
+  sendConcurrency: number;
   /** Outbound webhooks: attempts, when an endpoint is disabled, retry pacing, and whether private addresses may be posted to. */
   outboundWebhooks: OutboundWebhookPolicy;
   /** HERALD_TRUST_PROXY, for express: the client's address behind a TLS-terminating proxy (login limits). */
@@ -243,6 +247,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     emailFrom: e.HERALD_EMAIL_FROM,
     smsFromMps: e.HERALD_SMS_FROM_MPS,
     workerConcurrency: e.HERALD_WORKER_CONCURRENCY,
+    sendConcurrency: e.HERALD_SEND_CONCURRENCY,
     outboundWebhooks: {
       maxAttempts: e.HERALD_WEBHOOK_MAX_ATTEMPTS,
       disableAfter: e.HERALD_WEBHOOK_DISABLE_AFTER,

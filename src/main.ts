@@ -60,6 +60,7 @@ async function main() {
     ownerUrl: db.urls.owner,
     authenticatorUrl: db.urls.authenticator,
     concurrency: config.workerConcurrency,
+    sendConcurrency: config.sendConcurrency,
     keyring,
     webhooks: config.outboundWebhooks,
     // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port;

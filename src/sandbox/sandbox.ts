@@ -64,6 +64,8 @@ export interface Sandbox {
   router: Router;
   /** Newest last; at most `keep` of them. */
   messages: SandboxMessage[];
+  /** SendGrid mail/send requests accepted so far (each may carry up to 1,000 recipients). */
+  readonly mailSendRequests: number;
   addTwilioAccount(accountSid: string, authToken: string): void;
   addSendGridKey(apiKey: string): void;
   setFaults(faults: SandboxFaults): void;
@@ -168,6 +170,7 @@ export function createSandbox(
   let sendgridEventUrl = options.sendgridEventUrl;
   const sendgridKeys = new Set<string>();
   const messages: SandboxMessage[] = [];
+  let mailSendRequests = 0;
   const remember = (message: SandboxMessage) => {
     messages.push(message);
     if (messages.length > keep) messages.splice(0, messages.length - keep);
@@ -239,45 +242,72 @@ export function createSandbox(
     res.json({ messages: found.map(twilioMessageJson), first_page_uri: uri, next_page_uri: null, previous_page_uri: null, page: 0, page_size: pageSize, start: 0, end: found.length, uri });
   });
 
-  router.post("/sendgrid/v3/mail/send", express.json({ limit: "1mb" }), async (req: Request, res: Response) => {
+  router.post("/sendgrid/v3/mail/send", express.json({ limit: "30mb" }), async (req: Request, res: Response) => {
     if (await faulted(res, "sendgrid")) return;
     const [scheme, key] = (req.headers.authorization ?? "").split(" ");
     if (scheme !== "Bearer" || !key || !(key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key)))) {
       return sendgridError(res, 401, "The provided authorization grant is invalid, expired, or revoked");
     }
     const mail = req.body as {
-      personalizations?: { to?: { email?: string }[] }[];
+      personalizations?: { to?: { email?: string }[]; custom_args?: Record<string, string>; substitutions?: Record<string, string>; subject?: string }[];
       from?: { email?: string };
       subject?: string;
       content?: { type?: string; value?: string }[];
+      custom_args?: Record<string, string>;
     };
-    const recipients = (mail.personalizations ?? []).flatMap((p) => p.to ?? []);
+    const personalizations = mail.personalizations ?? [];
+    // SendGrid's limits: 1,000 personalizations, 1,000 recipients in all.
+    if (personalizations.length > 1000) return sendgridError(res, 400, "The personalizations field must have at most 1000 items.", "personalizations");
+    const recipients = personalizations.flatMap((p, i) => (p.to ?? []).map((to) => ({ email: to.email, personalization: i })));
     if (recipients.length === 0) return sendgridError(res, 400, "The personalizations field is required and must have at least one personalization.", "personalizations");
+    if (recipients.length > 1000) return sendgridError(res, 400, "The total number of recipients must be at most 1000.", "personalizations");
     const badRecipient = recipients.findIndex((r) => !EMAIL.test(r.email ?? ""));
-    if (badRecipient >= 0) return sendgridError(res, 400, "Does not contain a valid address.", `personalizations.0.to.${badRecipient}.email`);
+    if (badRecipient >= 0) return sendgridError(res, 400, "Does not contain a valid address.", `personalizations.${recipients[badRecipient]!.personalization}.to.0.email`);
+    const seen = new Set<string>();
+    for (const r of recipients) {
+      const key = r.email!.toLowerCase();
+      if (seen.has(key)) return sendgridError(res, 400, "Each email address in the personalization block should be unique between to, cc, and bcc.", "personalizations");
+      seen.add(key);
+    }
     if (!EMAIL.test(mail.from?.email ?? "")) return sendgridError(res, 400, "The from object must be provided for every email send.", "from");
-    if (!mail.subject) return sendgridError(res, 400, "The subject is required.", "subject");
+    if (!mail.subject && personalizations.some((p) => !p.subject)) return sendgridError(res, 400, "The subject is required.", "subject");
     const body = (mail.content ?? []).find((c) => c.type === "text/plain")?.value ?? mail.content?.[0]?.value ?? "";
     if (!body) return sendgridError(res, 400, "The content value must be a string at least one character in length.", "content.0.value");
+    mailSendRequests++;
 
     const messageId = randomBytes(16).toString("base64url");
+    // Each personalization's substitutions replace their keys in the subject and content, as SendGrid's do.
+    const substitute = (text: string, substitutions: Record<string, string> = {}) =>
+      Object.entries(substitutions).reduce((out, [key, value]) => out.split(key).join(String(value)), text);
     for (const r of recipients) {
-      remember({ id: messageId, provider: "sendgrid", account: `…${key.slice(-4)}`, channel: "email", from: mail.from!.email!, to: r.email!, subject: mail.subject, body, createdAt: new Date() });
+      const p = personalizations[r.personalization]!;
+      remember({
+        id: messageId,
+        provider: "sendgrid",
+        account: `…${key.slice(-4)}`,
+        channel: "email",
+        from: mail.from!.email!,
+        to: r.email!,
+        subject: substitute(p.subject ?? mail.subject ?? "", p.substitutions),
+        body: substitute(body, p.substitutions),
+        createdAt: new Date(),
+      });
     }
     const eventUrl = sendgridEventUrl;
-    // SendGrid echoes custom args as top-level fields of every event.
-    const customArgs = (mail as { custom_args?: Record<string, string> }).custom_args ?? {};
     if (eventUrl) {
-      const event = (email: string, kind: string) => ({
-        email,
+      // SendGrid echoes custom args as top-level fields of every event: the
+      // message's, overridden by the recipient's personalization's.
+      const event = (r: (typeof recipients)[number], kind: string) => ({
+        email: r.email,
         event: kind,
         timestamp: Math.floor(Date.now() / 1000),
         sg_event_id: randomBytes(16).toString("base64url"),
-        sg_message_id: `${messageId}.filter0001.${Date.now()}.0`,
-        ...customArgs,
+        sg_message_id: `${messageId}.filter0001.${Date.now()}.${r.personalization}`,
+        ...(mail.custom_args ?? {}),
+        ...(personalizations[r.personalization]!.custom_args ?? {}),
         ...(kind === "bounce" ? { reason: "550 5.1.1 The email account that you tried to reach does not exist.", type: "bounce", status: "5.1.1" } : {}),
       });
-      const batches = [recipients.map((r) => event(r.email!, "processed")), recipients.map((r) => event(r.email!, outcomeFor(r.email!).status === "bounce" ? "bounce" : "delivered"))];
+      const batches = [recipients.map((r) => event(r, "processed")), recipients.map((r) => event(r, outcomeFor(r.email!).status === "bounce" ? "bounce" : "delivered"))];
       schedule(
         batches.map((events) => () => {
           // The signature covers the exact bytes sent: the receiver must verify the raw body.
@@ -360,6 +390,9 @@ export function createSandbox(
   return {
     router,
     messages,
+    get mailSendRequests() {
+      return mailSendRequests;
+    },
     addTwilioAccount: (accountSid, authToken) => void twilioAccounts.set(accountSid, authToken),
     addSendGridKey: (apiKey) => void sendgridKeys.add(apiKey),
     setFaults: (next) => void (faults = { ...next }),

@@ -17,6 +17,7 @@ import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
 import { setTenantContext } from "./tenant-context.ts";
+import { setSendConcurrency } from "../messages/limiter.ts";
 import webhookSend from "../../tasks/webhook_deliveries__send.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
@@ -47,6 +48,8 @@ export async function startWorker(options: {
   /** Tenant work inside jobs: SET ROLE herald_worker per job. */
   authenticatorUrl: string;
   concurrency: number;
+  /** Provider requests in flight in this process (HERALD_SEND_CONCURRENCY; default 200). */
+  sendConcurrency?: number;
   /** Unwraps each job's tenant keys. */
   keyring: Keyring;
   /** SDK clients for sends (absent for a worker that never sends, e.g. `herald keys`). */
@@ -71,6 +74,7 @@ export async function startWorker(options: {
   // Pacing reservations: short statements of their own (src/messages/pacing.ts).
   const pacingPool = new pg.Pool({ connectionString: options.ownerUrl, max: Math.min(4, options.concurrency) });
   pacingPool.on("error", onIdleError);
+  setSendConcurrency(options.sendConcurrency ?? 200);
   const events: WorkerEvents = new EventEmitter();
   // Registered before the runner starts, so its worker ids are known and a
   // dead process's jobs are unlocked by whoever starts next.
