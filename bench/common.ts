@@ -4,12 +4,16 @@ import { dropDatabase } from "../src/db/bootstrap.ts";
 import { openDatabase, type Database } from "../src/db/database.ts";
 import { enterSession, type SessionContext } from "../src/db/session.ts";
 import { createLogger } from "../src/logger.ts";
+import { watchMigrations } from "../src/db/migrate.ts";
 
 /** A scratch database for one benchmark run, dropped afterwards. */
 export async function withBenchDatabase<T>(fn: (ctx: { config: Config; db: Database; root: pg.Pool; app: pg.Pool }) => Promise<T>): Promise<T> {
   const config = loadConfig();
   const database = `herald_bench_${process.pid}`;
-  const db = await openDatabase(config, createLogger("warn", 2), { database });
+  const logger = createLogger("warn", 2);
+  const db = await openDatabase(config, logger, { database });
+  // The schema as it will be committed: the work in progress of migrations/current/ on top, as the tests have it.
+  await watchMigrations(db.urls, logger, true);
   const root = new pg.Pool({ connectionString: db.urls.admin, max: 4 });
   const app = new pg.Pool({ connectionString: db.urls.authenticator, max: 4 });
   try {

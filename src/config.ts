@@ -61,7 +61,7 @@ const envSchema = z
     TWILIO_AUTH_TOKEN: optionalText,
     HERALD_SMS_FROM: optionalText,
     // A US long code sends about one message a second; toll-free and short codes more.
-    HERALD_SMS_FROM_MPS: z.coerce.number().positive().max(1000).default(1),
+    HERALD_SMS_FROM_MPS: z.coerce.number().positive().max(10_000).default(1),
     SENDGRID_API_KEY: optionalText,
     HERALD_EMAIL_FROM: optionalText,
     // The event webhook's verification key, as SendGrid shows it: base64 DER.

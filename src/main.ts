@@ -1,11 +1,10 @@
 import "./env-defaults.ts";
 import { parseArgs } from "node:util";
-import { startApiServer, type ApiServer } from "./api/server.ts";
+import type { ApiServer } from "./api/server.ts";
 import { loadConfig } from "./config.ts";
 import { keyringFromConfig } from "./crypto/keyring.ts";
 import { ProviderClients, systemProviders } from "./providers/send.ts";
 import { openDatabase, type Database } from "./db/database.ts";
-import { demoTokens, ensureDemoTenants } from "./demo.ts";
 import { createLogger } from "./logger.ts";
 import { startWorker, type WorkerHandle } from "./worker/worker.ts";
 import { reportStartupError } from "./startup-errors.ts";
@@ -72,6 +71,9 @@ async function main() {
     logger.info({ concurrency: config.workerConcurrency }, "worker running (no API in this process)");
     return;
   }
+  // Loaded only here: a worker-only process never carries the API's code (PostGraphile) in its memory.
+  const { startApiServer } = await import("./api/server.ts");
+  const { demoTokens, ensureDemoTenants } = await import("./demo.ts");
   api = await startApiServer({ config, urls: db.urls, logger, worker, keyring });
 
   // Demo data only where it cannot leak into a real deployment: the embedded
@@ -84,7 +86,7 @@ async function main() {
   printBanner(api.url, config.development, tokens, Boolean(api.sandbox));
 }
 
-function printBanner(url: string, development: boolean, tokens: Awaited<ReturnType<typeof demoTokens>>, sandbox: boolean) {
+function printBanner(url: string, development: boolean, tokens: Awaited<ReturnType<typeof import("./demo.ts").demoTokens>>, sandbox: boolean) {
   const lines = [
     "",
     `Herald is running at ${url}`,

@@ -35,9 +35,9 @@ export async function reserveSlots(
   const { rows } = await pacingPool.query<{ first_in_ms: number; step_ms: number; granted: number }>(
     `select extract(epoch from r.first_at - clock_timestamp())::float8 * 1000 as first_in_ms,
             extract(epoch from r.step)::float8 * 1000 as step_ms, r.granted
-       from herald_private.reserve_send_slots($1, make_interval(secs => $2 / 1000.0), $3,
-                                              make_interval(secs => coalesce($4, 0) / 1000.0),
-                                              make_interval(secs => $5 / 1000.0), $6) r`,
+       from herald_private.reserve_send_slots($1, make_interval(secs => $2::float8 / 1000.0), $3,
+                                              make_interval(secs => coalesce($4::float8, 0) / 1000.0),
+                                              make_interval(secs => $5::float8 / 1000.0), $6) r`,
     // A sender's scope is its channel and number (sender_numbers is unique on both).
     [request.tenantId, request.tenantStepMs, request.sender, request.senderStepMs, request.horizonMs ?? PACE_HORIZON_MS, request.wanted],
   );

@@ -263,11 +263,8 @@ export function createSandbox(
     if (recipients.length > 1000) return sendgridError(res, 400, "The total number of recipients must be at most 1000.", "personalizations");
     const badRecipient = recipients.findIndex((r) => !EMAIL.test(r.email ?? ""));
     if (badRecipient >= 0) return sendgridError(res, 400, "Does not contain a valid address.", `personalizations.${recipients[badRecipient]!.personalization}.to.0.email`);
-    const seen = new Set<string>();
-    for (const r of recipients) {
-      const key = r.email!.toLowerCase();
-      if (seen.has(key)) return sendgridError(res, 400, "Each email address in the personalization block should be unique between to, cc, and bcc.", "personalizations");
-      seen.add(key);
+    if (new Set(recipients.map((r) => r.email!.toLowerCase())).size < recipients.length) {
+      return sendgridError(res, 400, "Each email address in the personalization block should be unique between to, cc, and bcc.", "personalizations");
     }
     if (!EMAIL.test(mail.from?.email ?? "")) return sendgridError(res, 400, "The from object must be provided for every email send.", "from");
     if (!mail.subject && personalizations.some((p) => !p.subject)) return sendgridError(res, 400, "The subject is required.", "subject");
@@ -281,17 +278,8 @@ export function createSandbox(
       Object.entries(substitutions).reduce((out, [key, value]) => out.split(key).join(String(value)), text);
     for (const r of recipients) {
       const p = personalizations[r.personalization]!;
-      remember({
-        id: messageId,
-        provider: "sendgrid",
-        account: `…${key.slice(-4)}`,
-        channel: "email",
-        from: mail.from!.email!,
-        to: r.email!,
-        subject: substitute(p.subject ?? mail.subject ?? "", p.substitutions),
-        body: substitute(body, p.substitutions),
-        createdAt: new Date(),
-      });
+      const [subject, text] = [substitute(p.subject ?? mail.subject ?? "", p.substitutions), substitute(body, p.substitutions)];
+      remember({ id: messageId, provider: "sendgrid", account: `…${key.slice(-4)}`, channel: "email", from: mail.from!.email!, to: r.email!, subject, body: text, createdAt: new Date() });
     }
     const eventUrl = sendgridEventUrl;
     if (eventUrl) {
@@ -390,9 +378,7 @@ export function createSandbox(
   return {
     router,
     messages,
-    get mailSendRequests() {
-      return mailSendRequests;
-    },
+    get mailSendRequests() { return mailSendRequests; }, // prettier-ignore
     addTwilioAccount: (accountSid, authToken) => void twilioAccounts.set(accountSid, authToken),
     addSendGridKey: (apiKey) => void sendgridKeys.add(apiKey),
     setFaults: (next) => void (faults = { ...next }),
