@@ -14,6 +14,12 @@ import { say } from "./common.ts";
 
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 
+/** The Node flags `npm run worker` starts a worker process with (its memory settings): measured as deployed. */
+const workerNodeFlags = (): string[] => {
+  const script = (JSON.parse(fs.readFileSync("package.json", "utf8")) as { scripts: Record<string, string> }).scripts.worker ?? "";
+  return script.split(/\s+/).filter((arg) => arg.startsWith("--") && arg !== "--worker-only");
+};
+
 /** RSS and its high-water mark of a process, from /proc (Linux), in MiB. */
 function memoryOf(pid: number): { rss: number; peak: number } | undefined {
   try {
@@ -50,7 +56,7 @@ export async function measureSend(options: {
 }): Promise<SendRun> {
   const { root, messageId, deliveries } = options;
   say(`${options.label}: sending ${fmt(deliveries)} through a worker process (concurrency ${options.concurrency})…`);
-  const child = spawn(process.execPath, [path.resolve("src/main.ts"), "--worker-only"], {
+  const child = spawn(process.execPath, [...workerNodeFlags(), path.resolve("src/main.ts"), "--worker-only"], {
     env: {
       ...process.env,
       DATABASE_URL: options.db.urls.admin,

@@ -66,6 +66,8 @@ export interface Sandbox {
   messages: SandboxMessage[];
   /** SendGrid mail/send requests accepted so far (each may carry up to 1,000 recipients). */
   readonly mailSendRequests: number;
+  /** The most Twilio send requests open at once since the last call (and resets it). */
+  takePeakInFlight(): number;
   addTwilioAccount(accountSid: string, authToken: string): void;
   addSendGridKey(apiKey: string): void;
   setFaults(faults: SandboxFaults): void;
@@ -170,7 +172,7 @@ export function createSandbox(
   let sendgridEventUrl = options.sendgridEventUrl;
   const sendgridKeys = new Set<string>();
   const messages: SandboxMessage[] = [];
-  let mailSendRequests = 0;
+  let [mailSendRequests, requestsInFlight, peakInFlight] = [0, 0, 0];
   const remember = (message: SandboxMessage) => {
     messages.push(message);
     if (messages.length > keep) messages.splice(0, messages.length - keep);
@@ -187,6 +189,8 @@ export function createSandbox(
   const router = express.Router();
 
   router.post("/twilio/2010-04-01/Accounts/:sid/Messages.json", express.urlencoded({ extended: false, limit: "64kb" }), async (req: Request, res: Response) => {
+    peakInFlight = Math.max(peakInFlight, ++requestsInFlight); // how many sends overlap (tests of concurrency read the peak)
+    res.once("close", () => requestsInFlight--);
     if (await faulted(res, "twilio")) return;
     const sid = String(req.params.sid);
     if (!twilioAuthorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
@@ -379,6 +383,7 @@ export function createSandbox(
     router,
     messages,
     get mailSendRequests() { return mailSendRequests; }, // prettier-ignore
+    takePeakInFlight: () => [peakInFlight, (peakInFlight = requestsInFlight)][0]!,
     addTwilioAccount: (accountSid, authToken) => void twilioAccounts.set(accountSid, authToken),
     addSendGridKey: (apiKey) => void sendgridKeys.add(apiKey),
     setFaults: (next) => void (faults = { ...next }),
