@@ -43,7 +43,11 @@ const task: Task<"delivery__send"> = async (rawPayload, helpers) => {
   for (const f of result.failed) helpers.logger.info(`delivery ${f.id} failed: ${f.reason}`);
   // One job per group due at the same moment (those paced out of this run come back together).
   const byTime = new Map<number, Hold[]>();
-  for (const hold of result.later) byTime.set(hold.until.getTime(), [...(byTime.get(hold.until.getTime()) ?? []), hold]);
+  for (const hold of result.later) {
+    const group = byTime.get(hold.until.getTime());
+    if (group) group.push(hold);
+    else byTime.set(hold.until.getTime(), [hold]);
+  }
   for (const [at, holds] of byTime) {
     const later = holds.map((h) => h.id);
     for (let i = 0; i < later.length; i += 1000) {

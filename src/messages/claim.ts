@@ -200,7 +200,9 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   const groups = new Map<string, { d: DeliveryRow; to: string }[]>();
   for (const c of candidates) {
     const key = `${c.d.channel}\u0000${c.d.metadata.from ?? ""}`;
-    groups.set(key, [...(groups.get(key) ?? []), c]);
+    const group = groups.get(key);
+    if (group) group.push(c);
+    else groups.set(key, [c]);
   }
   const settings = groups.size > 0 ? await tenantSettings(client) : undefined;
   const slotted: { d: DeliveryRow; to: string; route: Route; slotAt: number }[] = [];

@@ -148,13 +148,18 @@ function failed(id: string, error: unknown): SendOutcome {
  */
 function emailRequests(sends: ClaimedSend[]): ClaimedSend[][] {
   const byRoute = new Map<unknown, ClaimedSend[]>();
-  for (const s of sends) byRoute.set(s.route, [...(byRoute.get(s.route) ?? []), s]);
+  for (const s of sends) {
+    const group = byRoute.get(s.route);
+    if (group) group.push(s);
+    else byRoute.set(s.route, [s]);
+  }
   const requests: ClaimedSend[][] = [];
   for (const group of byRoute.values()) {
     const first = group[0]!.content;
     const same = group.every((s) => s.content.body === first.body && s.content.subject === first.subject && s.content.html_body === first.html_body);
-    const together = same ? group : group.filter((s) => fitsSubstitutions({ to: s.to, subject: s.content.subject ?? "", text: s.content.body, html: s.content.html_body ?? undefined }));
-    const alone = same ? [] : group.filter((s) => !together.includes(s));
+    const fits = (s: ClaimedSend) => same || fitsSubstitutions({ to: s.to, subject: s.content.subject ?? "", text: s.content.body, html: s.content.html_body ?? undefined });
+    const together = group.filter(fits);
+    const alone = group.filter((s) => !fits(s));
     for (let i = 0; i < together.length; i += EMAIL_BATCH_MAX) requests.push(together.slice(i, i + EMAIL_BATCH_MAX));
     for (const s of alone) requests.push([s]);
   }
