@@ -62,7 +62,8 @@ async function startWorkerProcess(concurrency: number): Promise<ChildProcess> {
       );
       return rows.length > 0;
     },
-    30_000,
+    // Three Node processes starting at once on a busy 2-core machine can take a while.
+    90_000,
     async () => `a worker process to start; it said: ${stderr}`,
   );
   return child;

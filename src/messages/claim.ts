@@ -58,6 +58,8 @@ export interface ClaimedSend {
   content: Content;
   route: Route;
   slotAt: number;
+  /** The sender's pace (null: email, the tenant's alone), for a slot taken again when the send starts late. */
+  senderStepMs: number | null;
 }
 
 /** A delivery the provider may have (`unknown`, or `sending` for a worker that is gone): looked up before anything else. */
@@ -205,7 +207,7 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     else groups.set(key, [c]);
   }
   const settings = groups.size > 0 ? await tenantSettings(client) : undefined;
-  const slotted: { d: DeliveryRow; to: string; route: Route; slotAt: number }[] = [];
+  const slotted: { d: DeliveryRow; to: string; route: Route; slotAt: number; senderStepMs: number | null }[] = [];
   for (const group of groups.values()) {
     const route = await routeFor(client, ctx.clients, group[0]!.d, settings!);
     const refusal = await senderRefusal(client, ctx.clients, group[0]!.d.channel, route.from);
@@ -216,7 +218,7 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     const senderStepMs = group[0]!.d.channel === "email" ? null : 1000 / (await messagesPerSecond(client, ctx.clients, route.from!, group[0]!.d.channel));
     const slots = await reserveSlots(ctx.pacingPool, { tenantId: ctx.tenantId, tenantStepMs: group[0]!.d.tenant_step_ms, sender: senderStepMs === null ? null : `${group[0]!.d.channel}:${route.from}`, senderStepMs, wanted: group.length });
     group.forEach((c, i) => {
-      if (i < slots.times.length) slotted.push({ ...c, route, slotAt: slots.times[i]! });
+      if (i < slots.times.length) slotted.push({ ...c, route, slotAt: slots.times[i]!, senderStepMs });
       // Beyond the horizon: unclaimed, all back together when the next slot is free.
       else holds.push({ id: c.d.id, until: slots.nextFree, reason: null });
     });
@@ -249,7 +251,7 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
         claimed.map((c, i) => (c.d.channel === "email" ? (contents[i]!.subject ?? "") : contents[i]!.body)),
       ],
     );
-    result.sends = claimed.map((c, i) => ({ delivery: c.d, to: c.to, content: contents[i]!, route: c.route, slotAt: c.slotAt }));
+    result.sends = claimed.map((c, i) => ({ delivery: c.d, to: c.to, content: contents[i]!, route: c.route, slotAt: c.slotAt, senderStepMs: c.senderStepMs }));
   }
   if (result.reconciles.length > 0) {
     // Claimed for the lookup: a record from an older claim no longer applies.

@@ -33,6 +33,9 @@ export interface Dispatched {
   accountNotes: Map<string, string | null>;
 }
 
+/** How late past its slot a send may still start on that slot. */
+const LATE_MS = 50;
+
 interface Context {
   clients: ProviderClients;
   pacingPool: pg.Pool;
@@ -71,7 +74,23 @@ export async function dispatch(claim: ClaimResult, ctx: Context, slots: Limiter,
     ...sms.map(async (s) => {
       // Waiting for the slot holds no permit: a permit is for a request in flight.
       await sleepUntil(s.slotAt);
-      return request(async () => [await sendSms(ctx, s, hooksFor(s))]);
+      return request(async () => {
+        // Started late (a busy process, a wait for a permit): the slot has passed, and sends
+        // delayed together must not go out in a burst, so a fresh slot is taken.
+        if (Date.now() - s.slotAt > LATE_MS) {
+          try {
+            await waitForSlot(ctx.pacingPool, {
+              tenantId: ctx.tenantId,
+              tenantStepMs: s.delivery.tenant_step_ms,
+              sender: s.senderStepMs === null ? null : `${s.delivery.channel}:${s.route.from}`,
+              senderStepMs: s.senderStepMs,
+            });
+          } catch (error) {
+            return [failed(s.delivery.id, error)];
+          }
+        }
+        return [await sendSms(ctx, s, hooksFor(s))];
+      });
     }),
     ...emails.map(async (batch) => {
       await sleepUntil(Math.max(...batch.map((s) => s.slotAt)));

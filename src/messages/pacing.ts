@@ -19,10 +19,10 @@ import { SendDeferred } from "../providers/errors.ts";
  * claimed delivery is no longer re-checked: an opt-out that arrives later
  * than this before its slot no longer stops it.
  */
-export const PACE_HORIZON_MS = 2_000;
+export const PACE_HORIZON_MS = 1_000;
 
 export interface Slots {
-  /** When each reserved slot opens, on this process's clock (ms since the epoch). */
+  /** When each reserved slot opens (ms since the epoch, the database's clock). */
   times: number[];
   /** When the next slot after these is free. */
   nextFree: Date;
@@ -32,8 +32,8 @@ export async function reserveSlots(
   pacingPool: pg.Pool,
   request: { tenantId: string; tenantStepMs: number; sender: string | null; senderStepMs: number | null; wanted: number; horizonMs?: number },
 ): Promise<Slots> {
-  const { rows } = await pacingPool.query<{ first_in_ms: number; step_ms: number; granted: number }>(
-    `select extract(epoch from r.first_at - clock_timestamp())::float8 * 1000 as first_in_ms,
+  const { rows } = await pacingPool.query<{ first_at_ms: number; step_ms: number; granted: number }>(
+    `select extract(epoch from r.first_at)::float8 * 1000 as first_at_ms,
             extract(epoch from r.step)::float8 * 1000 as step_ms, r.granted
        from herald_private.reserve_send_slots($1, make_interval(secs => $2::float8 / 1000.0), $3,
                                               make_interval(secs => coalesce($4::float8, 0) / 1000.0),
@@ -41,9 +41,10 @@ export async function reserveSlots(
     // A sender's scope is its channel and number (sender_numbers is unique on both).
     [request.tenantId, request.tenantStepMs, request.sender, request.senderStepMs, request.horizonMs ?? PACE_HORIZON_MS, request.wanted],
   );
-  const now = Date.now();
-  const { first_in_ms: firstIn, step_ms: step, granted } = rows[0]!;
-  const first = now + Math.max(0, firstIn);
+  // On the database's clock, which the worker's is taken to follow (NTP): a time relative to the
+  // answer would shift each run's slots by how long its answer took to arrive, and runs whose
+  // answers took different times would send closer together than the pace allows.
+  const { first_at_ms: first, step_ms: step, granted } = rows[0]!;
   const times = Array.from({ length: granted }, (_, i) => first + i * step);
   return { times, nextFree: new Date(first + granted * step) };
 }
