@@ -1,4 +1,5 @@
 import type pg from "pg";
+import { isValidPhoneNumber } from "libphonenumber-js/max";
 import type { ProviderClients } from "../providers/send.ts";
 import { claimRun } from "./claim.ts";
 import { dispatch, requestsFor } from "./dispatch.ts";
@@ -67,4 +68,14 @@ export async function runDeliveries(ids: string[], ctx: RunContext): Promise<Run
   } finally {
     permits.releaseAll();
   }
+}
+
+/**
+ * Loads, at a worker's start, what the first sends would otherwise load in
+ * the middle of a run (the phone-number metadata, the Twilio SDK's API
+ * modules): a send held up for it would arrive late, and close to the next.
+ */
+export function warmUpSending(clients: ProviderClients): void {
+  isValidPhoneNumber("+14155550100");
+  void clients.twilioFor("system").messages;
 }

@@ -18,6 +18,7 @@ import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
 import { setTenantContext } from "./tenant-context.ts";
 import { setSendConcurrency } from "../messages/limiter.ts";
+import { warmUpSending } from "../messages/deliver.ts";
 import webhookSend from "../../tasks/webhook_deliveries__send.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
@@ -75,6 +76,7 @@ export async function startWorker(options: {
   const pacingPool = new pg.Pool({ connectionString: options.ownerUrl, max: Math.min(4, options.concurrency) });
   pacingPool.on("error", onIdleError);
   setSendConcurrency(options.sendConcurrency ?? 200);
+  if (options.providers) warmUpSending(options.providers);
   const events: WorkerEvents = new EventEmitter();
   // Registered before the runner starts, so its worker ids are known and a
   // dead process's jobs are unlocked by whoever starts next.
