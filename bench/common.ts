@@ -12,7 +12,7 @@ export async function withBenchDatabase<T>(fn: (ctx: { config: Config; db: Datab
   const database = `herald_bench_${process.pid}`;
   const logger = createLogger("warn", 2);
   const db = await openDatabase(config, logger, { database });
-  // The schema work in progress too, as the test suite applies it: a benchmark measures the branch.
+  // The schema as it will be committed: the work in progress of migrations/current/ on top, as the tests have it.
   await watchMigrations(db.urls, logger, true);
   const root = new pg.Pool({ connectionString: db.urls.admin, max: 4 });
   const app = new pg.Pool({ connectionString: db.urls.authenticator, max: 4 });

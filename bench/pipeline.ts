@@ -1,6 +1,3 @@
-import { spawn } from "node:child_process";
-import fs from "node:fs";
-import path from "node:path";
 import { Logger, run, runMigrations } from "graphile-worker";
 import type pg from "pg";
 import { keyringFromConfig } from "../src/crypto/keyring.ts";
@@ -8,35 +5,34 @@ import { fanOut } from "../src/messages/fan-out.ts";
 import { withWorkerConnection } from "../src/worker/tenant-context.ts";
 import { startSandboxServer } from "../src/sandbox/server.ts";
 import { say, withBenchDatabase } from "./common.ts";
+import { measureSend, planEmailRuns, type SendRun } from "./send-run.ts";
 
 /**
  * `npm run bench -- pipeline`, in one run:
  * 1. fan-out of a RECIPIENTS-contact broadcast (deliveries written and their
  *    jobs queued, batch by batch, exactly as message__fan_out does) against a
  *    bare INSERT … SELECT of as many rows into a plain table;
- * 2. end-to-end deliveries per second, a Herald worker process sending them
- *    all through the real Twilio SDK to the sandbox, against bare
- *    graphile-worker no-op jobs per second with the same settings
- *    (concurrency, poll interval, no local queue);
- * 3. the worker process's memory over the whole send: RSS as it goes, and its peak.
+ * 2. end-to-end SMS deliveries per second, a Herald worker process sending
+ *    them through the real Twilio SDK to the sandbox answering after each
+ *    latency of BENCH_PROVIDER_LATENCY_MS (default 0 and 150 ms, as a real
+ *    provider answers), against bare graphile-worker no-op jobs per second
+ *    with the same settings (concurrency, poll interval, no local queue); the
+ *    first latency sends all RECIPIENTS, later ones BENCH_LATENCY_RECIPIENTS;
+ * 3. an email broadcast to RECIPIENTS, in SendGrid batches: recipients
+ *    handed to the sandbox per second;
+ * 4. the worker process's memory over each send: RSS as it goes, its peak,
+ *    and its drift from 20 % to 100 % done.
+ * The tenant's send window is open all day, so it runs at any hour. It ends
+ * with one JSON line holding the figures and ratios.
  */
 
 const RECIPIENTS = Number(process.env.BENCH_RECIPIENTS ?? 100_000);
 const NOOP_JOBS = Number(process.env.BENCH_NOOP_JOBS ?? 50_000);
 const CONCURRENCY = Number(process.env.HERALD_WORKER_CONCURRENCY ?? 10);
+const LATENCIES = (process.env.BENCH_PROVIDER_LATENCY_MS ?? "0,150").split(",").map((v) => Number(v.trim()));
+const LATENCY_RECIPIENTS = Math.min(RECIPIENTS, Number(process.env.BENCH_LATENCY_RECIPIENTS ?? 20_000));
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 const seconds = (since: number) => (performance.now() - since) / 1000;
-
-/** RSS and its high-water mark of a process, from /proc (Linux), in MiB. */
-function memoryOf(pid: number): { rss: number; peak: number } | undefined {
-  try {
-    const status = fs.readFileSync(`/proc/${pid}/status`, "utf8");
-    const kib = (field: string) => Number(new RegExp(`${field}:\\s+(\\d+)`).exec(status)?.[1] ?? 0);
-    return { rss: kib("VmRSS") / 1024, peak: kib("VmHWM") / 1024 };
-  } catch {
-    return undefined;
-  }
-}
 
 async function seedAudience(root: pg.Pool, app: pg.Pool, keyring: ReturnType<typeof keyringFromConfig>, tenantId: string) {
   say(`seeding ${fmt(RECIPIENTS)} contacts on one list…`);
@@ -45,14 +41,17 @@ async function seedAudience(root: pg.Pool, app: pg.Pool, keyring: ReturnType<typ
       const docs = Array.from({ length: Math.min(5000, RECIPIENTS - start) }, (_, k) => {
         const i = start + k;
         // Lines 1000–9999: none ends in the sandbox's failure digits (0001–0003).
-        return { phone: `+1212${200 + Math.floor(i / 9000)}${1000 + (i % 9000)}`, first_name: `Person${i}` };
+        return { phone: `+1212${200 + Math.floor(i / 9000)}${1000 + (i % 9000)}`, email: `person${i}@bench.test`, first_name: `Person${i}` };
       });
       await transaction((c) => c.query("select count(*) from herald_hidden.upsert_contacts($1)", [JSON.stringify(docs)]));
     }
     return transaction(async (c) => {
-      const { rows } = await c.query("insert into herald_public.lists (name) values ('everyone') returning id");
-      await c.query("insert into herald_public.list_members (list_id, contact_id) select $1, id from herald_public.contacts", [rows[0].id]);
-      return rows[0].id as string;
+      const list = async (name: string, limit: number) => {
+        const { rows } = await c.query("insert into herald_public.lists (name) values ($1) returning id", [name]);
+        await c.query("insert into herald_public.list_members (list_id, contact_id) select $1, id from herald_public.contacts order by id limit $2", [rows[0].id, limit]);
+        return rows[0].id as string;
+      };
+      return { everyone: await list("everyone", RECIPIENTS), some: await list("some", LATENCY_RECIPIENTS) };
     });
   });
 }
@@ -86,106 +85,137 @@ async function noopJobsPerSecond(root: pg.Pool, ownerUrl: string): Promise<numbe
   return rate;
 }
 
+/** A message to a list, fanned out here (its own fan-out job removed); its id and the deliveries queued. */
+async function fannedOut(root: pg.Pool, app: pg.Pool, keyring: ReturnType<typeof keyringFromConfig>, tenantId: string, listId: string, channel: "sms" | "email") {
+  const { rows: [message] } = await root.query<{ id: string }>(
+    channel === "sms"
+      ? "insert into herald_public.messages (tenant_id, channel, body, list_ids) values ($1, 'sms', 'Hello {{first_name|there}}, this is a benchmark.', array[$2::uuid]) returning id"
+      : "insert into herald_public.messages (tenant_id, channel, subject, body, list_ids) values ($1, 'email', 'News for {{first_name}}', 'Hello {{first_name|there}}, this is a benchmark.', array[$2::uuid]) returning id",
+    [tenantId, listId],
+  );
+  await root.query("select graphile_worker.remove_job($1)", [`message:${message!.id}`]);
+  const started = performance.now();
+  const totals = await withWorkerConnection(app, keyring, tenantId, (transaction) =>
+    fanOut(transaction, message!.id, { smsFrom: "+15005550006", messagesPerSecond: 10_000 }),
+  );
+  return { messageId: message!.id, totals, seconds: seconds(started) };
+}
+
 export async function benchPipeline() {
   await withBenchDatabase(async ({ config, db, root, app }) => {
     const keyring = keyringFromConfig(config);
     await runMigrations({ connectionString: db.urls.owner });
     const { rows: [tenant] } = await root.query<{ id: string }>("insert into herald_public.tenants (slug, name) values ('bench-pipeline', 'Pipeline') returning id");
     const tenantId = tenant!.id;
-    // The tenant's pace out of the way: this measures Herald, not a carrier's limit.
-    await root.query("update herald_public.tenant_settings set rate_batch_size = 100000, rate_batch_interval_seconds = 1 where tenant_id = $1", [tenantId]);
-    const listId = await seedAudience(root, app, keyring, tenantId);
+    // The tenant's pace out of the way (this measures Herald, not a carrier's
+    // limit), and its send window open all day: quiet hours would hold every
+    // SMS until morning when the benchmark runs at night.
+    await root.query(
+      "update herald_public.tenant_settings set rate_batch_size = 100000, rate_batch_interval_seconds = 1, send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1",
+      [tenantId],
+    );
+    const lists = await seedAudience(root, app, keyring, tenantId);
 
     // 1. Fan-out against a bare INSERT … SELECT.
     await root.query("create table public.bench_plain_deliveries (tenant_id uuid, id uuid default gen_random_uuid(), message_id uuid, contact_id uuid, status text, run_at timestamptz)");
     say("bare INSERT … SELECT…");
-    let started = performance.now();
+    const started = performance.now();
     await root.query(
-      "insert into public.bench_plain_deliveries (tenant_id, message_id, contact_id, status, run_at) select tenant_id, gen_random_uuid(), contact_id, 'queued', now() from herald_public.list_members where tenant_id = $1",
-      [tenantId],
+      "insert into public.bench_plain_deliveries (tenant_id, message_id, contact_id, status, run_at) select tenant_id, gen_random_uuid(), contact_id, 'queued', now() from herald_public.list_members where tenant_id = $1 and list_id = $2",
+      [tenantId, lists.everyone],
     );
     const plainSeconds = seconds(started);
 
     const noopRate = await noopJobsPerSecond(root, db.urls.owner);
 
-    const { rows: [message] } = await root.query<{ id: string }>(
-      "insert into herald_public.messages (tenant_id, channel, body, list_ids) values ($1, 'sms', 'Hello {{first_name|there}}, this is a benchmark.', array[$2::uuid]) returning id",
-      [tenantId, listId],
-    );
-    // Fanned out here, timed, rather than by the job its insert queued.
-    await root.query("select graphile_worker.remove_job($1)", [`message:${message!.id}`]);
     say(`fanning out ${fmt(RECIPIENTS)} recipients (deliveries + jobs, in batches)…`);
-    started = performance.now();
-    const totals = await withWorkerConnection(app, keyring, tenantId, (transaction) =>
-      fanOut(transaction, message!.id, { smsFrom: "+15005550006", messagesPerSecond: 1000 }),
-    );
-    const fanOutSeconds = seconds(started);
+    const first = await fannedOut(root, app, keyring, tenantId, lists.everyone, "sms");
     const { rows: [jobs] } = await root.query("select count(*)::int as n, sum(json_array_length(payload->'ids'))::int as deliveries from graphile_worker._private_jobs");
-    if (totals.queued !== RECIPIENTS || jobs.deliveries !== RECIPIENTS) {
-      throw new Error(`fan-out queued ${totals.queued} deliveries, ${jobs.deliveries} of them in jobs, not ${RECIPIENTS}`);
+    if (first.totals.queued !== RECIPIENTS || jobs.deliveries !== RECIPIENTS) {
+      throw new Error(`fan-out queued ${first.totals.queued} deliveries, ${jobs.deliveries} of them in jobs, not ${RECIPIENTS}`);
     }
 
-    // 2 and 3. A real worker process sends them all to the sandbox.
+    // 2. SMS end to end, at each provider latency.
     const sandbox = await startSandboxServer(100);
-    say(`sending ${fmt(RECIPIENTS)} messages through a worker process (concurrency ${CONCURRENCY}) to the sandbox…`);
-    const child = spawn(process.execPath, [path.resolve("src/main.ts"), "--worker-only"], {
-      env: {
-        ...process.env,
-        DATABASE_URL: db.urls.admin,
-        NODE_ENV: "development",
-        HERALD_PUBLIC_URL: sandbox.origin,
-        HERALD_WORKER_CONCURRENCY: String(CONCURRENCY),
-        HERALD_SMS_FROM_MPS: "1000",
-        LOG_LEVEL: "warn",
-      },
-      stdio: ["ignore", "ignore", "inherit"],
-    });
-    const samples: string[] = [];
-    let peak = 0;
-    let nextReport = 0.1;
-    started = performance.now();
-    for (;;) {
-      await new Promise((r) => setTimeout(r, 1000));
-      const memory = memoryOf(child.pid!);
-      if (memory) peak = Math.max(peak, memory.peak);
-      const { rows } = await root.query("select count(*) filter (where status = 'sent')::int as sent, count(*) filter (where status in ('failed', 'skipped', 'unknown'))::int as bad from herald_public.deliveries where message_id = $1", [message!.id]);
-      const done = rows[0].sent / RECIPIENTS;
-      if (done >= nextReport || rows[0].sent + rows[0].bad >= RECIPIENTS) {
-        samples.push(`${Math.round(done * 100)}%: ${memory?.rss.toFixed(0) ?? "?"} MiB`);
-        say(`  ${fmt(rows[0].sent)} sent (${(rows[0].sent / seconds(started)).toFixed(0)}/s), worker RSS ${memory?.rss.toFixed(0) ?? "?"} MiB`);
-        nextReport = Math.floor(done * 10 + 1) / 10;
+    const sms: (SendRun & { latencyMs: number })[] = [];
+    try {
+      for (const [i, latencyMs] of LATENCIES.entries()) {
+        const message = i === 0 ? first : await fannedOut(root, app, keyring, tenantId, lists.some, "sms");
+        sandbox.sandbox.setFaults({ latencyMs });
+        const run = await measureSend({ label: `SMS, provider answering after ${latencyMs} ms`, root, db, sandbox, messageId: message.messageId, deliveries: message.totals.queued, concurrency: CONCURRENCY });
+        sms.push({ ...run, latencyMs });
       }
-      if (rows[0].bad > 0) {
-        const { rows: why } = await root.query("select status, reason, count(*)::int as n from herald_public.deliveries where message_id = $1 and status in ('failed', 'skipped', 'unknown') group by 1, 2", [message!.id]);
-        throw new Error(`${rows[0].bad} deliveries did not go out: ${JSON.stringify(why)}`);
-      }
-      if (rows[0].sent >= RECIPIENTS) break;
-      if (child.exitCode !== null) throw new Error(`the worker process exited (${child.exitCode})`);
-    }
-    const { rows: [span] } = await root.query<{ s: number }>(
-      "select extract(epoch from max(sent_at) - min(claimed_at))::float8 as s from herald_public.deliveries where message_id = $1",
-      [message!.id],
-    );
-    child.kill("SIGTERM");
-    await new Promise((resolve) => child.once("exit", resolve));
-    await sandbox.close();
-    const sendRate = RECIPIENTS / span!.s;
+      sandbox.sandbox.setFaults({});
 
-    const fanOutRate = RECIPIENTS / fanOutSeconds;
-    const plainRate = RECIPIENTS / plainSeconds;
-    process.stdout.write(
-      [
-        `Send pipeline: one broadcast to ${fmt(RECIPIENTS)} contacts`,
-        `  fan-out (deliveries + ${fmt(jobs.n)} jobs, ${totals.batches} batches): ${fmt(fanOutRate)} recipients/s (${fanOutSeconds.toFixed(2)} s)`,
-        `  bare INSERT … SELECT into a plain table:     ${fmt(plainRate)} rows/s (${plainSeconds.toFixed(2)} s)`,
-        `  ratio fan-out time / bare INSERT time:       ${(fanOutSeconds / plainSeconds).toFixed(2)}x (target ≤ 2x)`,
-        `  end-to-end through the sandbox:              ${fmt(sendRate)} deliveries/s (first claim to last send, ${span!.s.toFixed(1)} s)`,
-        `  bare graphile-worker no-op jobs:             ${fmt(noopRate)} jobs/s (concurrency ${CONCURRENCY})`,
-        `  ratio deliveries / no-op jobs:               ${(sendRate / noopRate).toFixed(3)} (target ≥ 0.5)`,
-        `  worker RSS while sending:                    ${samples.join(", ")}`,
-        `  worker peak RSS:                             ${peak.toFixed(0)} MiB`,
-        "",
-      ].join("\n"),
-    );
+      // 3. Email, in SendGrid batches of up to 1,000 recipients.
+      say(`fanning out an email to ${fmt(RECIPIENTS)} recipients…`);
+      const email = await fannedOut(root, app, keyring, tenantId, lists.everyone, "email");
+      await planEmailRuns(root, tenantId, email.messageId);
+      const requestsBefore = sandbox.sandbox.mailSendRequests;
+      const emailRun = await measureSend({ label: "email", root, db, sandbox, messageId: email.messageId, deliveries: email.totals.queued, concurrency: CONCURRENCY });
+      const emailRequests = sandbox.sandbox.mailSendRequests - requestsBefore;
+      report({ first, plainSeconds, jobs: jobs.n, noopRate, sms, emailRun, emailRequests });
+    } finally {
+      await sandbox.close();
+    }
   });
+}
+
+function report(r: {
+  first: { totals: { queued: number; batches: number }; seconds: number };
+  plainSeconds: number;
+  jobs: number;
+  noopRate: number;
+  sms: (SendRun & { latencyMs: number })[];
+  emailRun: SendRun;
+  emailRequests: number;
+}) {
+  const fanOutRate = RECIPIENTS / r.first.seconds;
+  const plainRate = RECIPIENTS / r.plainSeconds;
+  const atZero = r.sms.find((s) => s.latencyMs === 0) ?? r.sms[0]!;
+  const lines = [
+    `Send pipeline: one broadcast to ${fmt(RECIPIENTS)} contacts`,
+    `  fan-out (deliveries + ${fmt(r.jobs)} jobs, ${r.first.totals.batches} batches): ${fmt(fanOutRate)} recipients/s (${r.first.seconds.toFixed(2)} s)`,
+    `  bare INSERT … SELECT into a plain table:     ${fmt(plainRate)} rows/s (${r.plainSeconds.toFixed(2)} s)`,
+    `  ratio fan-out time / bare INSERT time:       ${(r.first.seconds / r.plainSeconds).toFixed(2)}x (target ≤ 2x)`,
+    `  bare graphile-worker no-op jobs:             ${fmt(r.noopRate)} jobs/s (concurrency ${CONCURRENCY})`,
+    ...r.sms.flatMap((s) => [
+      `  SMS end to end, provider at ${s.latencyMs} ms:       ${fmt(s.rate)} deliveries/s (${fmt(s.deliveries)}, first claim to last send, ${s.seconds.toFixed(1)} s)`,
+      `    ratio deliveries / no-op jobs:             ${(s.rate / r.noopRate).toFixed(3)} (target ≥ 0.5 at 0 ms)` +
+        (s === atZero ? "" : `; ratio to the 0 ms figure ${(s.rate / atZero.rate).toFixed(2)} (target ≥ 0.8)`),
+      `    worker RSS while sending:                  ${s.rss.map(([share, mib]) => `${Math.round(share * 100)}%: ${mib} MiB`).join(", ")}; peak ${s.peakRssMiB} MiB, drift from 20% ${(s.rssDrift * 100).toFixed(0)}%`,
+    ]),
+    `  email, in SendGrid batches:                  ${fmt(r.emailRun.rate)} recipients/s (${fmt(r.emailRun.deliveries)} in ${r.emailRequests} requests, ${r.emailRun.seconds.toFixed(1)} s; target ≥ 10,000/s)`,
+    `    worker RSS while sending:                  ${r.emailRun.rss.map(([share, mib]) => `${Math.round(share * 100)}%: ${mib} MiB`).join(", ")}; peak ${r.emailRun.peakRssMiB} MiB, drift from 20% ${(r.emailRun.rssDrift * 100).toFixed(0)}%`,
+    "",
+  ];
+  process.stdout.write(lines.join("\n"));
+  const round = (n: number, digits = 3) => Number(n.toFixed(digits));
+  process.stdout.write(
+    JSON.stringify({
+      bench: "pipeline",
+      recipients: RECIPIENTS,
+      worker_concurrency: CONCURRENCY,
+      fan_out_recipients_per_s: Math.round(fanOutRate),
+      bare_insert_rows_per_s: Math.round(plainRate),
+      fan_out_time_ratio: round(r.first.seconds / r.plainSeconds, 2),
+      noop_jobs_per_s: Math.round(r.noopRate),
+      sms: r.sms.map((s) => ({
+        provider_latency_ms: s.latencyMs,
+        deliveries: s.deliveries,
+        deliveries_per_s: Math.round(s.rate),
+        ratio_to_noop: round(s.rate / r.noopRate),
+        ratio_to_0ms: round(s.rate / atZero.rate),
+        worker_peak_rss_mib: s.peakRssMiB,
+        worker_rss_drift_from_20pct: round(s.rssDrift),
+      })),
+      email: {
+        recipients: r.emailRun.deliveries,
+        recipients_per_s: Math.round(r.emailRun.rate),
+        mail_send_requests: r.emailRequests,
+        worker_peak_rss_mib: r.emailRun.peakRssMiB,
+        worker_rss_drift_from_20pct: round(r.emailRun.rssDrift),
+      },
+    }) + "\n",
+  );
 }

@@ -62,7 +62,7 @@ const envSchema = z
     TWILIO_AUTH_TOKEN: optionalText,
     HERALD_SMS_FROM: optionalText,
     // A US long code sends about one message a second; toll-free and short codes more.
-    HERALD_SMS_FROM_MPS: z.coerce.number().positive().max(1000).default(1),
+    HERALD_SMS_FROM_MPS: z.coerce.number().positive().max(10_000).default(1),
     SENDGRID_API_KEY: optionalText,
     HERALD_EMAIL_FROM: optionalText,
     // The event webhook's verification key, as SendGrid shows it: base64 DER.
@@ -78,6 +78,8 @@ const envSchema = z
     // Status reconciliation: a `sent` delivery without a final status this long after sending is looked up at the provider.
     HERALD_STATUS_CHECK_AFTER_SECONDS: z.coerce.number().min(1).max(7 * 86_400).default(600),
     HERALD_STATUS_CHECK_INTERVAL_SECONDS: z.coerce.number().min(1).max(3600).default(60),
+    // Provider requests one worker process has in flight at most (sends and lookups).
+    HERALD_SEND_CONCURRENCY: z.coerce.number().int().min(1).max(10_000).default(200),
     // Outbound webhooks to tenants' own endpoints.
     HERALD_WEBHOOK_MAX_ATTEMPTS: z.coerce.number().int().min(1).max(50).default(8),
     HERALD_WEBHOOK_DISABLE_AFTER: z.coerce.number().int().min(1).max(10_000).default(20),
@@ -156,6 +158,8 @@ export interface Config {
   dbConnections: number;
   /** HERALD_STATUS_CHECK_*: when overdue `sent` deliveries are looked up at the provider, and how often that is checked. */
   statusCheck: { afterMs: number; intervalMs: number };
+  /** HERALD_SEND_CONCURRENCY: provider requests in flight per worker process. */
+  sendConcurrency: number;
   /** Outbound webhooks: attempts, when an endpoint is disabled, retry pacing, and whether private addresses may be posted to. */
   outboundWebhooks: OutboundWebhookPolicy;
   /** HERALD_TRUST_PROXY, for express: the client's address behind a TLS-terminating proxy (login limits). */
@@ -255,6 +259,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     workerConcurrency: e.HERALD_WORKER_CONCURRENCY,
     dbConnections: e.HERALD_DB_CONNECTIONS,
     statusCheck: { afterMs: e.HERALD_STATUS_CHECK_AFTER_SECONDS * 1000, intervalMs: e.HERALD_STATUS_CHECK_INTERVAL_SECONDS * 1000 },
+    sendConcurrency: e.HERALD_SEND_CONCURRENCY,
     outboundWebhooks: {
       maxAttempts: e.HERALD_WEBHOOK_MAX_ATTEMPTS,
       disableAfter: e.HERALD_WEBHOOK_DISABLE_AFTER,

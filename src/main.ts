@@ -1,13 +1,12 @@
 import "./env-defaults.ts";
 import { parseArgs } from "node:util";
-import { startApiServer, type ApiServer } from "./api/server.ts";
+import type { ApiServer } from "./api/server.ts";
 import { loadConfig } from "./config.ts";
 import { keyringFromConfig } from "./crypto/keyring.ts";
 import { ProviderClients, systemProviders } from "./providers/send.ts";
 import { openDatabase, type Database } from "./db/database.ts";
 import { isDatabaseUnavailable } from "./db/availability.ts";
 import { checkConnectionBudget, connectionBudget } from "./db/budget.ts";
-import { demoPlan, demoTokens, ensureDemoTenants } from "./demo.ts";
 import { createLogger } from "./logger.ts";
 import { startWorker, type WorkerHandle } from "./worker/worker.ts";
 import { reportStartupError } from "./startup-errors.ts";
@@ -79,6 +78,7 @@ async function main() {
     ownerUrl: db.urls.owner,
     authenticatorUrl: db.urls.authenticator,
     concurrency: config.workerConcurrency,
+    sendConcurrency: config.sendConcurrency,
     keyring,
     webhooks: config.outboundWebhooks,
     // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port;
@@ -90,6 +90,9 @@ async function main() {
     logger.info({ concurrency: config.workerConcurrency }, "worker running (no API in this process)");
     return;
   }
+  // Loaded only here: a worker-only process never carries the API's code (PostGraphile) in its memory.
+  const { startApiServer } = await import("./api/server.ts");
+  const { demoPlan, demoTokens, ensureDemoTenants } = await import("./demo.ts");
   api = await startApiServer({ config, urls: db.urls, logger, worker, keyring, pools: budget.api });
 
   const demo = demoPlan({ development: config.development, embedded: db.embedded, requested: process.env.HERALD_DEMO });
@@ -100,7 +103,7 @@ async function main() {
   printBanner(api.url, config.development, tokens, Boolean(api.sandbox));
 }
 
-function printBanner(url: string, development: boolean, tokens: Awaited<ReturnType<typeof demoTokens>>, sandbox: boolean) {
+function printBanner(url: string, development: boolean, tokens: Awaited<ReturnType<typeof import("./demo.ts").demoTokens>>, sandbox: boolean) {
   const lines = [
     "",
     `Herald is running at ${url}`,

@@ -1,15 +1,17 @@
 import type { Task } from "graphile-worker";
 import { z } from "zod";
-import { runDelivery, type Outcome } from "../src/messages/deliver.ts";
-import { pacingPool, providerClients, withTenantConnection, workerProcessId } from "../src/worker/tenant-context.ts";
+import { runDeliveries } from "../src/messages/deliver.ts";
+import { demoteLaggingRuns } from "../src/messages/fairness.ts";
+import { processSendLimiter } from "../src/messages/limiter.ts";
+import type { Hold } from "../src/messages/settle.ts";
+import { pacingPool, providerClients, withTenantContext, workerProcessId } from "../src/worker/tenant-context.ts";
 
 /**
- * Deliveries, one after the other on one connection (src/messages/deliver.ts):
- * the fan-out queues one job per run of deliveries planned close together
- * (`ids`); a delivery that must wait (quiet hours, the monthly cap, pacing, a
- * retry) gets a job of its own (`id`) for that time, and the wait costs no
- * worker. One delivery's unexpected error does not hold up the others: it is
- * retried in its own job.
+ * A run of deliveries (src/messages/deliver.ts): the fan-out queues one job
+ * per run of deliveries planned close together (`ids`, up to 1,000: email
+ * goes out in SendGrid batches of that size); what must wait (quiet hours,
+ * the monthly cap, pacing, a retry, a lookup) gets a job for that time, one
+ * per group due together, and the wait costs no worker.
  */
 
 const payloadSchema = z.union([
@@ -29,22 +31,34 @@ declare global {
 const task: Task<"delivery__send"> = async (rawPayload, helpers) => {
   const payload = payloadSchema.parse(rawPayload);
   const ids = "ids" in payload ? payload.ids : [payload.id];
-  const own = (id: string, runAt?: Date) => helpers.addJob("delivery__send", { tenant_id: payload.tenant_id, id }, { runAt, maxAttempts: 25 });
-  await withTenantConnection(payload.tenant_id, async (transaction, lockClient) => {
-    for (const deliveryId of ids) {
-      let outcome: Outcome;
-      try {
-        outcome = await runDelivery({ deliveryId, tenantId: payload.tenant_id, transaction, lockClient, clients: providerClients(), pacingPool: pacingPool(), processId: workerProcessId() });
-      } catch (error) {
-        if (ids.length === 1) throw error; // graphile-worker retries it, with backoff
-        helpers.logger.error(`delivery ${deliveryId}: ${(error as Error).message}; retrying it in a job of its own`);
-        await own(deliveryId);
-        continue;
-      }
-      if (outcome.kind === "failed") helpers.logger.info(`delivery ${deliveryId} failed: ${outcome.reason}`);
-      if (outcome.kind === "later") await own(deliveryId, outcome.until);
-    }
+  await demoteLaggingRuns(helpers, payload.tenant_id, ids.length);
+  const result = await runDeliveries(ids, {
+    tenantId: payload.tenant_id,
+    clients: providerClients(),
+    pacingPool: pacingPool(),
+    processId: workerProcessId(),
+    limiter: processSendLimiter(),
+    session: (work) => withTenantContext(payload.tenant_id, work),
   });
+  for (const f of result.failed) helpers.logger.info(`delivery ${f.id} failed: ${f.reason}`);
+  // One job per group due at the same moment (those paced out of this run come back together).
+  const byTime = new Map<number, Hold[]>();
+  for (const hold of result.later) {
+    const group = byTime.get(hold.until.getTime());
+    if (group) group.push(hold);
+    else byTime.set(hold.until.getTime(), [hold]);
+  }
+  for (const [at, holds] of byTime) {
+    const later = holds.map((h) => h.id);
+    for (let i = 0; i < later.length; i += 1000) {
+      const chunk = later.slice(i, i + 1000);
+      await helpers.addJob(
+        "delivery__send",
+        chunk.length === 1 ? { tenant_id: payload.tenant_id, id: chunk[0]! } : { tenant_id: payload.tenant_id, ids: chunk },
+        { runAt: new Date(at), maxAttempts: 25, priority: helpers.job.priority },
+      );
+    }
+  }
 };
 
 export default task;

@@ -62,7 +62,8 @@ async function startWorkerProcess(concurrency: number): Promise<ChildProcess> {
       );
       return rows.length > 0;
     },
-    30_000,
+    // Three Node processes starting at once on a busy 2-core machine can take a while.
+    90_000,
     async () => `a worker process to start; it said: ${stderr}`,
   );
   return child;
@@ -142,8 +143,10 @@ describe("a worker process killed mid-broadcast", () => {
     const t = await seedExtraTenant(db.current, "crashy");
     const sid = await readyToSend(db.current, server, t);
     const audience = await seedAudience(db.current, t, { count: 2000, exchange: 803, list: "big" });
-    server.sandbox.setFaults({ latencyMs: 20 });
+    // A provider slow enough that the process's whole in-flight limit (HERALD_SEND_CONCURRENCY, 200) is in the air at the kill.
+    server.sandbox.setFaults({ latencyMs: 500 });
     const concurrency = 10;
+    server.sandbox.takePeakInFlight();
     const doomed = await startWorkerProcess(concurrency);
     const messageId = await send(t, { channel: "sms", body: "Survive this", listIds: [audience.listId] });
     const received = () => server.sandbox.messages.filter((m) => m.account === sid);
@@ -152,6 +155,7 @@ describe("a worker process killed mid-broadcast", () => {
     await new Promise((resolve) => doomed.once("exit", resolve));
     const atKill = received().length;
     const { rows: inFlight } = await db.current.root.query("select count(*)::int as n from herald_public.deliveries where message_id = $1 and status = 'sending'", [messageId]);
+    const openAtKill = server.sandbox.takePeakInFlight();
 
     await startWorkerProcess(concurrency);
     const result = await settled(db.current, messageId, 120_000);
@@ -161,12 +165,12 @@ describe("a worker process killed mid-broadcast", () => {
     const distinct = new Set(all.map((m) => m.to));
     expect(distinct.size).toBe(2000);
     const duplicates = all.length - distinct.size;
-    // The kill landed mid-send: the recovery path was exercised, not skipped.
-    expect(inFlight[0].n).toBeGreaterThan(0);
+    // The kill landed mid-send, with about 200 sends in the air: the recovery path was exercised, not skipped.
+    expect(inFlight[0].n).toBeGreaterThanOrEqual(150);
     const { rows: reconciled } = await db.current.root.query("select count(*)::int as n from herald_public.deliveries where message_id = $1 and reason like 'reconciled%'", [messageId]);
     process.stdout.write(
-      `kill -9: ${atKill} received at the kill, ${inFlight[0].n} deliveries left 'sending', ${reconciled[0].n} reconciled, ${duplicates} duplicates\n`,
+      `kill -9: ${atKill} received at the kill, ${inFlight[0].n} deliveries left 'sending' (up to ${openAtKill} requests open at once), ${reconciled[0].n} reconciled, ${duplicates} duplicates\n`,
     );
-    expect(duplicates).toBeLessThanOrEqual(concurrency);
+    expect(duplicates).toBeLessThanOrEqual(inFlight[0].n);
   }, 240_000);
 });

@@ -1,28 +1,24 @@
 import { createHash } from "node:crypto";
 import type pg from "pg";
 import { isValidPhoneNumber } from "libphonenumber-js/max";
-import {
-  activeAccount,
-  intendedEmailSender,
-  intendedSmsSender,
-  SendDeferred,
-  tenantSettings,
-  type ProviderClients,
-  type TenantAccount,
-  type TenantSettings,
-} from "../providers/send.ts";
-import { gate, PACE_HORIZON_MS } from "./pacing.ts";
+import { activeAccount, assertOwnSender, intendedEmailSender, intendedSmsSender, SendError, tenantSettings, type ProviderClients, type TenantAccount } from "../providers/send.ts";
+import type { Route } from "../providers/transmit.ts";
+import { reserveSlots } from "./pacing.ts";
 import { renderContent, type Content } from "./render.ts";
+import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
 
 /**
- * The first step of a delivery__send job, in one transaction: read the
- * delivery with everything the send-time checks need, decide, and either
- * finish it (skipped, canceled), hold it back (quiet hours, pacing, monthly
- * cap), or claim it (`sending`), counted toward the month. The pacing slot is
- * taken (and waited for) before the claim, so a claim is followed at once by
- * the provider call; the claim is committed before that call: a worker that
- * dies after it leaves a `sending` delivery, which a later run reconciles
- * instead of resending.
+ * The first step of a run of deliveries (a delivery__send job), in one
+ * transaction as herald_worker in the tenant: every delivery of the run read
+ * at once with what the send-time checks need (one statement: cancel,
+ * consent, suppression under every live hash key, quiet hours, the cap, the
+ * tenant's standing), decided, and written back in a few set-based
+ * statements — finished (skipped, canceled), held back (quiet hours, the cap,
+ * pacing), or claimed (`sending`, counted toward the month, its pacing slot
+ * reserved). The claim is committed before any provider is called: a worker
+ * that dies after it leaves `sending` deliveries, which a later run
+ * reconciles instead of resending. Rows another transaction holds (a
+ * callback, a cancel, another job) are left for a moment later.
  */
 
 export interface DeliveryRow {
@@ -32,9 +28,9 @@ export interface DeliveryRow {
   channel: "sms" | "whatsapp" | "email";
   attempts: number;
   claimed_at: Date | null;
-  counted_month: string | null;
-  content_sha256: string | null;
   claimed_by: string | null;
+  content_sha256: string | null;
+  message_id: string;
   message_status: string;
   metadata: { from?: string };
   content: Content;
@@ -55,15 +51,50 @@ export interface DeliveryRow {
   tenant_suspended: boolean;
 }
 
-/** What to do next with a delivery. */
-export type Decision =
-  | { kind: "done"; status: string }
-  | { kind: "later"; until: Date; reason: string }
-  | { kind: "send"; delivery: DeliveryRow; to: string; content: Content; route: Route }
-  | { kind: "reconcile"; delivery: DeliveryRow; to: string; content: Content };
+/** A claimed delivery: its recipient, text, route, and when its pacing slot opens (ms from the claim's commit, on this process's clock). */
+export interface ClaimedSend {
+  delivery: DeliveryRow;
+  to: string;
+  content: Content;
+  route: Route;
+  slotAt: number;
+  /** The sender's pace (null: email, the tenant's alone), for a slot taken again when the send starts late. */
+  senderStepMs: number | null;
+}
+
+/** A delivery the provider may have (`unknown`, or `sending` for a worker that is gone): looked up before anything else. */
+export interface ReconcileCase {
+  delivery: DeliveryRow;
+  to: string;
+  bodySha256: string;
+  /** The provider's messages are searched from here (the claim that sent it, a minute's margin). */
+  since: Date;
+}
+
+export interface ClaimResult {
+  /** The claim's time, exactly (Postgres text): what records later must still find on the row. */
+  stamp: string;
+  sends: ClaimedSend[];
+  reconciles: ReconcileCase[];
+  /** The tenant's active Twilio account, for the lookups (null: none). */
+  lookupAccount: TenantAccount | null;
+  later: Hold[];
+  /** Held by the monthly cap in this run: looked at again at once if one of this run's sends is refused (its place comes back). */
+  capped: string[];
+}
+
+/**
+ * A `sending` delivery claimed by a worker process that is gone (no longer
+ * registered) is reconciled at once; one claimed by a live process whose
+ * provider call may still be under way waits this long: the SDKs' timeouts
+ * (30 s each, two calls with a fallback) and a pacing wait.
+ */
+export const CLAIM_GRACE_MS = 90_000;
+/** Rows another transaction holds come back this much later. */
+const BUSY_RETRY_MS = 2_000;
 
 const deliverySelect = `
-  select d.id, d.status, d.run_at, d.channel, d.attempts, d.claimed_at, d.counted_month::text, d.content_sha256, d.claimed_by,
+  select d.id, d.status, d.run_at, d.channel, d.attempts, d.claimed_at, d.claimed_by, d.content_sha256, d.message_id,
          m.status as message_status, m.metadata,
          json_build_object('body', coalesce(t.body, m.body), 'subject', coalesce(t.subject, m.subject),
                            'html_body', coalesce(t.html_body, m.html_body)) as content,
@@ -94,7 +125,7 @@ const deliverySelect = `
          -- Compared on the database's clock, which set these times, not the worker's.
          d.run_at > now() + interval '5 seconds' as not_due,
          d.claimed_at > now() - make_interval(secs => $2 / 1000.0) as recently_claimed,
-         -- Already at the cap (no lock taken: the claim re-checks under its lock).
+         -- Already at the cap (no lock taken: the claim counts under its lock).
          coalesce((select u.messages >= ts.monthly_message_cap from herald_hidden.monthly_usage u
                     where u.tenant_id = d.tenant_id and u.month = date_trunc('month', now() at time zone 'UTC')::date), false) as at_cap
     from herald_public.deliveries d
@@ -107,56 +138,167 @@ const deliverySelect = `
                         where c.id is not null offset 0) pii on true
     join herald_public.tenant_settings ts on ts.tenant_id = d.tenant_id
     join herald_public.tenants tn on tn.id = d.tenant_id
-   where d.tenant_id = herald_public.current_tenant_id() and d.id = $1
-     for update of d`;
+   where d.tenant_id = herald_public.current_tenant_id() and d.id = any ($1::uuid[])
+   order by d.id
+     for update of d skip locked`;
 
-export async function loadDelivery(client: pg.ClientBase, deliveryId: string): Promise<DeliveryRow | undefined> {
-  const { rows } = await client.query<DeliveryRow>(deliverySelect, [deliveryId, CLAIM_GRACE_MS]);
-  const row = rows[0];
-  if (row) row.tenant_step_ms = Number(row.tenant_step_ms);
-  return row;
+interface Context {
+  clients: ProviderClients;
+  /** Owner connections: pacing reservations and the worker registry (herald_private). */
+  pacingPool: pg.Pool;
+  tenantId: string;
+  processId: string;
 }
 
-/** Ends a delivery that will never be attempted (or is canceled). */
-async function finish(client: pg.ClientBase, deliveryId: string, status: "skipped" | "canceled", reason: string): Promise<Decision> {
-  await client.query(
-    `update herald_public.deliveries set status = $2, reason = $3, completed_at = now()
-      where tenant_id = herald_public.current_tenant_id() and id = $1`,
-    [deliveryId, status, reason],
-  );
-  return { kind: "done", status };
+export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Context): Promise<ClaimResult> {
+  const { rows: [now] } = await client.query<{ stamp: string }>("select now()::text as stamp");
+  const { rows } = await client.query<DeliveryRow>(deliverySelect, [ids, CLAIM_GRACE_MS]);
+  const result: ClaimResult = { stamp: now!.stamp, sends: [], reconciles: [], lookupAccount: null, later: [], capped: [] };
+  const finishes: { id: string; status: "skipped" | "canceled" | "failed"; reason: string; code?: string }[] = [];
+  const holds: Hold[] = [];
+  const capped: DeliveryRow[] = [];
+  const candidates: { d: DeliveryRow; to: string }[] = [];
+
+  // Not read: held by another transaction (busy, a moment later), or gone.
+  const seen = new Set(rows.map((r) => r.id));
+  const unseen = ids.filter((id) => !seen.has(id));
+  if (unseen.length > 0) {
+    const { rows: busy } = await client.query<{ id: string }>(
+      "select id from herald_public.deliveries where tenant_id = herald_public.current_tenant_id() and id = any ($1::uuid[])",
+      [unseen],
+    );
+    for (const { id } of busy) result.later.push({ id, until: new Date(Date.now() + BUSY_RETRY_MS), reason: "busy in another job" });
+  }
+
+  const alive = await liveProcesses(ctx.pacingPool, rows.filter((r) => r.status === "sending" && r.recently_claimed).map((r) => r.claimed_by));
+  for (const d of rows) {
+    d.tenant_step_ms = Number(d.tenant_step_ms);
+    const to = (d.channel === "email" ? d.email : d.phone) ?? "";
+    if (d.status === "sending" && d.recently_claimed && d.claimed_by && alive.has(d.claimed_by)) {
+      result.later.push({ id: d.id, until: new Date(Date.now() + CLAIM_GRACE_MS), reason: "claimed moments ago" });
+      continue;
+    }
+    if (d.status === "sending" || d.status === "unknown") {
+      const bodySha256 = d.content_sha256 ?? sha256(renderFor(d).body);
+      result.reconciles.push({ delivery: d, to, bodySha256, since: new Date((d.claimed_at ?? new Date()).getTime() - 60_000) });
+      continue;
+    }
+    if (d.status !== "queued") continue;
+    // A second job for a delivery held back (a retry's backoff, quiet hours)
+    // does not jump the wait. (A run's later deliveries are due within 2 s.)
+    if (d.not_due) {
+      result.later.push({ id: d.id, until: d.run_at, reason: "not yet due" });
+      continue;
+    }
+    const refusal = checksBeforeSending(d, to);
+    if (refusal?.kind === "finish") finishes.push({ id: d.id, status: refusal.status, reason: refusal.reason });
+    else if (refusal?.kind === "hold") holds.push({ id: d.id, until: refusal.until, reason: refusal.reason });
+    // Held by the cap before taking a pacing slot it would not use.
+    else if (d.at_cap) capped.push(d);
+    else candidates.push({ d, to });
+  }
+
+  // Routes, senders and pacing, per group of the same channel and sender.
+  const groups = new Map<string, { d: DeliveryRow; to: string }[]>();
+  for (const c of candidates) {
+    const key = `${c.d.channel}\u0000${c.d.metadata.from ?? ""}`;
+    const group = groups.get(key);
+    if (group) group.push(c);
+    else groups.set(key, [c]);
+  }
+  const settings = groups.size > 0 ? await tenantSettings(client) : undefined;
+  const slotted: { d: DeliveryRow; to: string; route: Route; slotAt: number; senderStepMs: number | null }[] = [];
+  for (const group of groups.values()) {
+    const route = await routeFor(client, ctx.clients, group[0]!.d, settings!);
+    const refusal = await senderRefusal(client, ctx.clients, group[0]!.d.channel, route.from);
+    if (refusal) {
+      for (const { d } of group) finishes.push({ id: d.id, status: "failed", reason: refusal.message, code: String(refusal.code) });
+      continue;
+    }
+    const senderStepMs = group[0]!.d.channel === "email" ? null : 1000 / (await messagesPerSecond(client, ctx.clients, route.from!, group[0]!.d.channel));
+    const slots = await reserveSlots(ctx.pacingPool, { tenantId: ctx.tenantId, tenantStepMs: group[0]!.d.tenant_step_ms, sender: senderStepMs === null ? null : `${group[0]!.d.channel}:${route.from}`, senderStepMs, wanted: group.length });
+    group.forEach((c, i) => {
+      if (i < slots.times.length) slotted.push({ ...c, route, slotAt: slots.times[i]!, senderStepMs });
+      // Beyond the horizon: unclaimed, all back together when the next slot is free.
+      else holds.push({ id: c.d.id, until: slots.nextFree, reason: null });
+    });
+  }
+
+  // The cap, counted for the whole run at once; last, as it locks the tenant's usage row until commit.
+  let claimed = slotted;
+  let month: string | null = null;
+  if (slotted.length > 0) {
+    const { rows: [count] } = await client.query<{ month: string; granted: number }>("select month::text, granted from herald_hidden.count_toward_cap_many($1)", [slotted.length]);
+    month = count!.month;
+    claimed = slotted.slice(0, count!.granted);
+    capped.push(...slotted.slice(count!.granted).map((s) => s.d));
+  }
+  if (claimed.length > 0) {
+    const contents = claimed.map((c) => renderFor(c.d));
+    // The text as sent (an email: its subject) is kept encrypted for the conversation thread.
+    await client.query(
+      `update herald_public.deliveries d
+          set status = 'sending', reason = null, error_code = null, claimed_at = now(), claimed_by = $2, attempts = d.attempts + 1,
+              counted_month = $3::date, content_sha256 = x.sha,
+              content_encrypted = herald_hidden.encrypt_pii(x.kept, herald_hidden.data_key(k.version)), content_key_version = k.version
+         from unnest($1::uuid[], $4::text[], $5::text[]) as x(id, sha, kept), (select herald_hidden.current_data_key_version() as version) k
+        where d.tenant_id = herald_public.current_tenant_id() and d.id = x.id`,
+      [
+        claimed.map((c) => c.d.id),
+        ctx.processId,
+        month,
+        contents.map((c) => sha256(c.body)),
+        claimed.map((c, i) => (c.d.channel === "email" ? (contents[i]!.subject ?? "") : contents[i]!.body)),
+      ],
+    );
+    result.sends = claimed.map((c, i) => ({ delivery: c.d, to: c.to, content: contents[i]!, route: c.route, slotAt: c.slotAt, senderStepMs: c.senderStepMs }));
+  }
+  if (result.reconciles.length > 0) {
+    // Claimed for the lookup: a record from an older claim no longer applies.
+    await client.query(
+      `update herald_public.deliveries
+          set status = 'unknown', claimed_at = now(), claimed_by = $2,
+              reason = case when status = 'sending' then 'the worker stopped during the send' else reason end
+        where tenant_id = herald_public.current_tenant_id() and id = any ($1::uuid[])`,
+      [result.reconciles.map((r) => r.delivery.id), ctx.processId],
+    );
+    if (result.reconciles.some((r) => r.delivery.channel !== "email")) result.lookupAccount = (await activeAccount(client, "twilio")) ?? null;
+  }
+  const reopens = new Map<string, Date>();
+  for (const d of capped) {
+    if (!reopens.has(d.message_id)) reopens.set(d.message_id, await capReopens(client, d.message_id, ctx.processId));
+    holds.push({ id: d.id, until: reopens.get(d.message_id)!, reason: "monthly_cap" });
+  }
+  result.capped = capped.map((d) => d.id);
+  await finishMany(client, finishes);
+  result.later.push(...(await holdMany(client, holds)));
+  return result;
 }
 
-/**
- * Keeps a delivery queued, saying why and until when — unless a provider's
- * report has meanwhile shown it accepted (a status callback for an `unknown`
- * one, say): then it is not sent again.
- */
-export async function holdBack(client: pg.ClientBase, deliveryId: string, until: Date, reason: string | null): Promise<Decision> {
-  const { rows } = await client.query<{ status: string; held: boolean }>(
-    `with held as (
-       update herald_public.deliveries set status = 'queued', reason = $3, run_at = $2
-        where tenant_id = herald_public.current_tenant_id() and id = $1 and status in ('queued', 'sending', 'unknown')
-       returning 1)
-     select d.status, exists (select 1 from held) as held from herald_public.deliveries d
-      where d.tenant_id = herald_public.current_tenant_id() and d.id = $1`,
-    [deliveryId, until, reason],
-  );
-  if (rows[0] && !rows[0].held) return { kind: "done", status: rows[0].status };
-  return { kind: "later", until, reason: reason ?? "paced" };
+type Refusal = { kind: "finish"; status: "skipped" | "canceled"; reason: string } | { kind: "hold"; until: Date; reason: string };
+
+/** The send-time checks: what ends or holds the delivery, or nothing (it may go). */
+function checksBeforeSending(d: DeliveryRow, to: string): Refusal | undefined {
+  const skip = (reason: string): Refusal => ({ kind: "finish", status: "skipped", reason });
+  // Re-checked now, however long ago the delivery was queued.
+  if (d.message_status === "canceled") return { kind: "finish", status: "canceled", reason: "message canceled" };
+  if (!d.contact_id) return skip("contact_deleted");
+  if (!d.subscribed) return skip("unsubscribed");
+  if (!to) return skip(d.channel === "email" ? "no_email" : "no_phone");
+  if (d.suppressed) return skip("suppressed");
+  // Stored numbers were valid when written; numbering plans change.
+  if (d.channel !== "email" && !isValidPhoneNumber(to)) return skip("invalid_phone");
+  // An operator suspended the tenant: held (resuming releases it at once; a day
+  // later it looks again either way).
+  if (d.tenant_suspended) return { kind: "hold", until: new Date(Date.now() + 86_400_000), reason: "tenant_suspended" };
+  if (d.quiet_until) return { kind: "hold", until: d.quiet_until, reason: "quiet_hours" };
+  return undefined;
 }
 
-/** How a delivery will go out, looked up once: the tenant's account (null: none) and settings, and the intended sender. */
-export interface Route {
-  account: TenantAccount | null;
-  settings: TenantSettings;
-  from: string | undefined;
-}
-
-async function routeFor(client: pg.ClientBase, clients: ProviderClients, d: DeliveryRow): Promise<Route> {
+/** How a group of deliveries (one channel, one requested sender) will go out: the tenant's account (null: none), settings, sender. */
+async function routeFor(client: pg.ClientBase, clients: ProviderClients, d: DeliveryRow, settings: Route["settings"]): Promise<Route> {
   const email = d.channel === "email";
   let account = (await activeAccount(client, email ? "sendgrid" : "twilio", d.channel)) ?? null;
-  const settings = await tenantSettings(client);
   const from = email
     ? intendedEmailSender(clients, d.metadata, account ?? undefined)
     : intendedSmsSender(clients, { from: d.metadata.from, channel: d.channel as "sms" | "whatsapp" }, account ?? undefined, settings);
@@ -176,128 +318,40 @@ async function onSystemAccount(client: pg.ClientBase, number: string, channel: s
   return rows[0]?.system ?? false;
 }
 
-/**
- * A `sending` delivery whose lock is free was claimed by a worker process that
- * died (no longer registered: reconciled at once), or by one whose connection
- * dropped while its provider call may still be under way: after the SDKs'
- * timeouts (30 s each, two calls with a fallback) and a pacing wait, that
- * call is over either way.
- */
-const CLAIM_GRACE_MS = 90_000; // the longest path: a slow tenant account, a paced fallback, a slow system account
-
-export async function decide(
-  client: pg.ClientBase,
-  deliveryId: string,
-  sending: { clients: ProviderClients; pacingPool: pg.Pool; tenantId: string; processId: string },
-): Promise<Decision> {
-  const d = await loadDelivery(client, deliveryId);
-  if (!d) return { kind: "done", status: "gone" };
-  const to = (d.channel === "email" ? d.email : d.phone) ?? "";
-  if (d.status === "sending") {
-    if (d.recently_claimed && (await processAlive(sending.pacingPool, d.claimed_by))) {
-      return { kind: "later", until: new Date(Date.now() + CLAIM_GRACE_MS), reason: "claimed moments ago" };
-    }
-    // Maybe accepted by the provider: find out before anything is sent again.
-    await client.query(
-      `update herald_public.deliveries set status = 'unknown', reason = 'the worker stopped during the send'
-        where tenant_id = herald_public.current_tenant_id() and id = $1`,
-      [deliveryId],
-    );
-    return { kind: "reconcile", delivery: d, to, content: renderFor(d) };
+/** No sender, or one that is not the tenant's (nor the system's): a refusal before any provider is called. */
+async function senderRefusal(client: pg.ClientBase, clients: ProviderClients, channel: DeliveryRow["channel"], from: string | undefined): Promise<SendError | undefined> {
+  if (!from) {
+    return new SendError(channel === "email" ? "no sender address: give one or set HERALD_EMAIL_FROM" : "no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", "system", "NO_SENDER");
   }
-  if (d.status === "unknown") return { kind: "reconcile", delivery: d, to, content: renderFor(d) };
-  if (d.status !== "queued") return { kind: "done", status: d.status };
-  // A second job for a delivery held back (a retry's backoff, quiet hours)
-  // does not jump the wait. (A chunk job's later deliveries are due within 2 s.)
-  if (d.not_due) return { kind: "later", until: d.run_at, reason: "not yet due" };
-
-  const refusal = await checksBeforeSending(client, d, to);
-  if (refusal) return refusal;
-  // Held by the cap before taking a pacing slot it would not use (a shared
-  // system number's slots are other tenants' too).
-  if (d.at_cap) return holdBack(client, deliveryId, await capReopens(client, d), "monthly_cap");
-
-  // The pacing slot, before the claim: waiting for it claims nothing and
-  // counts nothing; one too far off hands the delivery back, unclaimed.
-  const route = await routeFor(client, sending.clients, d);
-  if (route.from) {
-    try {
-      const waited = await gate({ ...sending, client, tenantStepMs: d.tenant_step_ms })(route.from, d.channel);
-      if (waited > 0) {
-        // Whatever changed while we waited (an opt-out, a cancel) still counts.
-        const now = await loadDelivery(client, deliveryId);
-        const late = now ? await checksBeforeSending(client, now, to) : { kind: "done" as const, status: "gone" };
-        if (late) return late;
-      }
-    } catch (error) {
-      // Many deliveries deferred together would all come back for the same
-      // slot: spread them over the horizon.
-      if (error instanceof SendDeferred) return holdBack(client, deliveryId, new Date(error.until.getTime() + Math.random() * PACE_HORIZON_MS), null);
-      throw error;
-    }
+  try {
+    await assertOwnSender(client, clients, channel, from);
+    return undefined;
+  } catch (error) {
+    if (error instanceof SendError) return error;
+    throw error;
   }
+}
 
-  // The claim, counted toward the month if the cap allows, in one statement;
-  // last, because it locks the tenant's usage row until this transaction ends.
-  const content = renderFor(d);
-  // The text as sent (an email: its subject) is kept encrypted for the conversation thread.
-  const { rowCount } = await client.query(
-    `update herald_public.deliveries
-        set status = 'sending', reason = null, error_code = null, claimed_at = now(), claimed_by = $3, attempts = attempts + 1,
-            counted_month = c.month, content_sha256 = $2,
-            content_encrypted = herald_hidden.encrypt_pii($4, herald_hidden.data_key(k.version)), content_key_version = k.version
-       from (select herald_hidden.count_toward_cap() as month) c, (select herald_hidden.current_data_key_version() as version) k
-      where tenant_id = herald_public.current_tenant_id() and id = $1 and c.month is not null`,
-    [deliveryId, sha256(content.body), sending.processId, d.channel === "email" ? (content.subject ?? "") : content.body],
+/** A tenant number's configured rate; the system number's from HERALD_SMS_FROM_MPS; 1 (a long code) otherwise. */
+async function messagesPerSecond(client: pg.ClientBase, clients: ProviderClients, from: string, channel: string): Promise<number> {
+  if (from === clients.system.twilio.smsFrom) return clients.system.twilio.messagesPerSecond ?? 1;
+  const { rows } = await client.query<{ mps: string }>(
+    `select messages_per_second as mps from herald_public.sender_numbers
+      where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2`,
+    [from, channel],
   );
-  if (!rowCount) return holdBack(client, deliveryId, await capReopens(client, d), "monthly_cap");
-  return { kind: "send", delivery: d, to, content, route };
+  return rows[0] ? Number(rows[0].mps) : 1;
 }
 
-/** The send-time checks: a decision that ends or holds the delivery, or none (it may go). */
-async function checksBeforeSending(client: pg.ClientBase, d: DeliveryRow, to: string): Promise<Decision | undefined> {
-  // Re-checked now, however long ago the delivery was queued.
-  if (d.message_status === "canceled") return finish(client, d.id, "canceled", "message canceled");
-  if (!d.contact_id) return finish(client, d.id, "skipped", "contact_deleted");
-  if (!d.subscribed) return finish(client, d.id, "skipped", "unsubscribed");
-  if (!to) return finish(client, d.id, "skipped", d.channel === "email" ? "no_email" : "no_phone");
-  if (d.suppressed) return finish(client, d.id, "skipped", "suppressed");
-  // Stored numbers were valid when written; numbering plans change.
-  if (d.channel !== "email" && !isValidPhoneNumber(to)) return finish(client, d.id, "skipped", "invalid_phone");
-  // An operator suspended the tenant: held (resuming releases it at once; a day
-  // later it looks again either way).
-  if (d.tenant_suspended) return holdBack(client, d.id, new Date(Date.now() + 86_400_000), "tenant_suspended");
-  if (d.quiet_until) return holdBack(client, d.id, d.quiet_until, "quiet_hours");
-  return undefined;
+/** The registered (live) worker processes among these (herald_private: read on the owner's pool). */
+async function liveProcesses(ownerPool: pg.Pool, processIds: (string | null)[]): Promise<Set<string>> {
+  const wanted = [...new Set(processIds.filter((p): p is string => Boolean(p)))];
+  if (wanted.length === 0) return new Set();
+  const { rows } = await ownerPool.query<{ process_id: string }>("select process_id from herald_private.worker_processes where process_id = any ($1)", [wanted]);
+  return new Set(rows.map((r) => r.process_id));
 }
 
-/** Whether a worker process is still registered (herald_private: read on the owner's pool). */
-async function processAlive(ownerPool: pg.Pool, processId: string | null): Promise<boolean> {
-  if (!processId) return false;
-  const { rowCount } = await ownerPool.query("select 1 from herald_private.worker_processes where process_id = $1", [processId]);
-  return (rowCount ?? 0) > 0;
-}
-
-/**
- * When a delivery held by the cap looks again: at the month's turn, unless
- * sends of its message are in flight (counted, not yet accepted or refused),
- * whose refusal would give a place back: then shortly. (Its own message only:
- * that is what the index on (tenant_id, message_id) answers cheaply.)
- */
-async function capReopens(client: pg.ClientBase, d: DeliveryRow): Promise<Date> {
-  const { rows } = await client.query(
-    `select exists (select 1 from herald_public.deliveries x
-                     where x.tenant_id = herald_public.current_tenant_id() and x.message_id = d.message_id
-                       and x.status = 'sending' and x.counted_month is not null) as in_flight
-       from herald_public.deliveries d
-      where d.tenant_id = herald_public.current_tenant_id() and d.id = $1`,
-    [d.id],
-  );
-  const now = new Date();
-  return rows[0]?.in_flight ? new Date(now.getTime() + 30_000) : new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
-}
-
-function renderFor(d: DeliveryRow): Content {
+export function renderFor(d: DeliveryRow): Content {
   return renderContent(d.content, {
     first_name: d.first_name,
     last_name: d.last_name,
@@ -309,3 +363,5 @@ function renderFor(d: DeliveryRow): Content {
 }
 
 export const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex");
+
+export { holdBack } from "./settle.ts";

@@ -1,55 +1,62 @@
 import type pg from "pg";
-import { SendDeferred, type ProviderClients } from "../providers/send.ts";
+import { SendDeferred } from "../providers/errors.ts";
 
 /**
- * The send-time gate: before each provider call, a slot is reserved in
- * Postgres (herald_private.reserve_send_slot) so that the tenant sends at most
- * one message per `interval / rate_batch_size` and each sender number at most
- * its `messages_per_second`, however many worker processes run. A slot within
- * the horizon is waited for; a later one is not taken, and the delivery is
- * handed back with the time to come back (`SendDeferred`).
+ * The send-time gate: slots are reserved in Postgres
+ * (herald_private.reserve_send_slots) so that the tenant sends at most one
+ * message per `interval / rate_batch_size` and each sender number at most its
+ * `messages_per_second`, however many worker processes run. A run of
+ * deliveries reserves its slots in one call, as many as open within the
+ * horizon; the rest are not taken, and come back when the next one is free.
+ * Each claimed send then starts at its slot (src/messages/dispatch.ts).
  *
- * Reservations run on their own connection, in their own one-statement
- * transaction, so a slow provider never holds the pacing rows.
+ * Reservations run on their own (owner) connection, in their own
+ * one-statement transaction, so nothing holds the pacing rows for longer.
  */
 
-/** How long a job may wait in-process for its slot before it gives the slot back and is rescheduled. */
-export const PACE_HORIZON_MS = 10_000;
+/**
+ * How far ahead slots are reserved and deliveries claimed. Short, because a
+ * claimed delivery is no longer re-checked: an opt-out that arrives later
+ * than this before its slot no longer stops it.
+ */
+export const PACE_HORIZON_MS = 1_000;
 
-export function gate(options: {
-  /** A pool that can run herald_private functions (the worker's owner connection). */
-  pacingPool: pg.Pool;
-  /** The job's tenant session: sender numbers' rates are read there, under RLS. */
-  client: pg.ClientBase;
-  clients: ProviderClients;
-  tenantId: string;
-  tenantStepMs: number;
-}): (from: string, channel: "sms" | "whatsapp" | "email") => Promise<number> {
-  // Resolves with the milliseconds waited.
-  return async (from, channel) => {
-    const senderStepMs = channel === "email" ? null : 1000 / (await messagesPerSecond(options.client, options.clients, from, channel));
-    const { rows } = await options.pacingPool.query<{ wait_ms: number; slot: Date }>(
-      `select s.slot, greatest(0, extract(epoch from s.slot - clock_timestamp()) * 1000)::float8 as wait_ms
-         from (select herald_private.reserve_send_slot($1, make_interval(secs => $2 / 1000.0), $3,
-                                                       make_interval(secs => coalesce($4, 0) / 1000.0),
-                                                       make_interval(secs => $5 / 1000.0)) as slot) s`,
-      // A sender's scope is its channel and number (sender_numbers is unique on both).
-      [options.tenantId, options.tenantStepMs, senderStepMs === null ? null : `${channel}:${from}`, senderStepMs, PACE_HORIZON_MS],
-    );
-    const { wait_ms: waitMs, slot } = rows[0]!;
-    if (waitMs > PACE_HORIZON_MS) throw new SendDeferred(slot);
-    if (waitMs > 0) await new Promise((resolve) => setTimeout(resolve, Math.ceil(waitMs)));
-    return waitMs;
-  };
+export interface Slots {
+  /** When each reserved slot opens (ms since the epoch, the database's clock). */
+  times: number[];
+  /** When the next slot after these is free. */
+  nextFree: Date;
 }
 
-/** A tenant number's configured rate; the system number's from HERALD_SMS_FROM_MPS; 1 (a long code) otherwise. */
-async function messagesPerSecond(client: pg.ClientBase, clients: ProviderClients, from: string, channel: string): Promise<number> {
-  if (from === clients.system.twilio.smsFrom) return clients.system.twilio.messagesPerSecond ?? 1;
-  const { rows } = await client.query<{ mps: string }>(
-    `select messages_per_second as mps from herald_public.sender_numbers
-      where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2`,
-    [from, channel],
+export async function reserveSlots(
+  pacingPool: pg.Pool,
+  request: { tenantId: string; tenantStepMs: number; sender: string | null; senderStepMs: number | null; wanted: number; horizonMs?: number },
+): Promise<Slots> {
+  const { rows } = await pacingPool.query<{ first_at_ms: number; step_ms: number; granted: number }>(
+    `select extract(epoch from r.first_at)::float8 * 1000 as first_at_ms,
+            extract(epoch from r.step)::float8 * 1000 as step_ms, r.granted
+       from herald_private.reserve_send_slots($1, make_interval(secs => $2::float8 / 1000.0), $3,
+                                              make_interval(secs => coalesce($4::float8, 0) / 1000.0),
+                                              make_interval(secs => $5::float8 / 1000.0), $6) r`,
+    // A sender's scope is its channel and number (sender_numbers is unique on both).
+    [request.tenantId, request.tenantStepMs, request.sender, request.senderStepMs, request.horizonMs ?? PACE_HORIZON_MS, request.wanted],
   );
-  return rows[0] ? Number(rows[0].mps) : 1;
+  // On the database's clock, which the worker's is taken to follow (NTP): a time relative to the
+  // answer would shift each run's slots by how long its answer took to arrive, and runs whose
+  // answers took different times would send closer together than the pace allows.
+  const { first_at_ms: first, step_ms: step, granted } = rows[0]!;
+  const times = Array.from({ length: granted }, (_, i) => first + i * step);
+  return { times, nextFree: new Date(first + granted * step) };
+}
+
+/** One slot for one send (a fallback to the system's number): waited for, or SendDeferred when beyond the horizon. */
+export async function waitForSlot(pacingPool: pg.Pool, request: { tenantId: string; tenantStepMs: number; sender: string | null; senderStepMs: number | null }): Promise<void> {
+  const slots = await reserveSlots(pacingPool, { ...request, wanted: 1, horizonMs: 10_000 });
+  if (slots.times.length === 0) throw new SendDeferred(slots.nextFree);
+  await sleepUntil(slots.times[0]!);
+}
+
+export async function sleepUntil(at: number): Promise<void> {
+  const wait = at - Date.now();
+  if (wait > 0) await new Promise((resolve) => setTimeout(resolve, Math.ceil(wait)));
 }

@@ -3,6 +3,7 @@ import type { Config } from "../config.ts";
 import { SANDBOX_SYSTEM_SENDGRID_KEY, SANDBOX_SYSTEM_TWILIO } from "../sandbox/sandbox.ts";
 import { createSendGridClient, createSendGridMailer, type SendGridClient, type SendGridMailer } from "./sendgrid.ts";
 import { createTwilioClient, type TwilioClient } from "./twilio.ts";
+import { transmitEmailBatch, transmitSms } from "./transmit.ts";
 
 /**
  * Sending one SMS/WhatsApp message or email for a tenant, inside a worker job's
@@ -50,52 +51,8 @@ export function systemProviders(config: Config, sandboxUrl?: string, callbackBas
   };
 }
 
-export class SendError extends Error {
-  override name = "SendError";
-  readonly provider: "tenant" | "system";
-  readonly code?: number | string;
-  /** The provider's HTTP status, when it answered. */
-  readonly status?: number;
-  /**
-   * True when the provider may have accepted the message despite the error (a
-   * timeout, a dropped connection, a 5xx): sending again could deliver twice.
-   */
-  readonly uncertain: boolean;
-  constructor(message: string, provider: "tenant" | "system", code?: number | string, details: { status?: number; uncertain?: boolean } = {}) {
-    super(message);
-    this.provider = provider;
-    this.code = code;
-    this.status = details.status;
-    this.uncertain = details.uncertain ?? false;
-  }
-}
-
-/** Thrown by a `Pace` callback: not now; this send may start at `until` (nothing was sent). */
-export class SendDeferred extends Error {
-  override name = "SendDeferred";
-  readonly until: Date;
-  constructor(until: Date) {
-    super(`paced: the next free slot is at ${until.toISOString()}`);
-    this.until = until;
-  }
-}
-
-/**
- * A provider's error text without the addresses it may quote ("The 'To'
- * number +1… is not a valid phone number"): it is stored on deliveries and
- * accounts and logged, where plaintext phone numbers and emails never go.
- */
-export function withoutAddresses(text: string): string {
-  return text.replace(/[^\s@'"<>()]+@[^\s@'"<>()]+\.[^\s@'"<>()]+/g, "[email]").replace(/\+?\d[\d\s().-]{5,}\d/g, "[number]");
-}
-
-const providerMessage = (error: unknown) => withoutAddresses((error as Error).message ?? String(error));
-
-/** A provider's error as a SendError: its code, HTTP status, and whether acceptance is in doubt. */
-function providerError(message: string, provider: "tenant" | "system", error: unknown): SendError {
-  const e = error as { code?: number | string; status?: number };
-  return new SendError(message, provider, e.code, { status: httpStatus(error), uncertain: !certainlyNotAccepted(error) });
-}
+import { SendError } from "./errors.ts";
+export { SendDeferred, SendError, withoutAddresses } from "./errors.ts";
 
 export interface TenantAccount {
   id: string;
@@ -210,67 +167,11 @@ export async function assertOwnSender(client: pg.ClientBase, clients: ProviderCl
   if (!rowCount) throw new SendError(`${from} is not one of this tenant's senders (nor the system's)`, "tenant", "NOT_OWN_SENDER");
 }
 
-/** Twilio errors that are about the recipient, not the account: another provider would fail the same way. */
-const RECIPIENT_ERRORS = new Set([21211, 21610, 21612, 21614, 63007]);
-
 export interface Sent {
   provider: "tenant" | "system";
   accountId?: string;
   providerMessageId: string;
   from: string;
-}
-
-function httpStatus(error: unknown): number | undefined {
-  const e = error as { status?: number; code?: number };
-  if (typeof e.status === "number") return e.status;
-  // SendGrid's ResponseError carries the HTTP status as `code`.
-  return typeof e.code === "number" && e.code >= 100 && e.code < 600 ? e.code : undefined;
-}
-
-/**
- * Whether a provider error proves the message was not accepted: an HTTP answer
- * in the 4xx range (bad credentials, a refused request, 429). A timeout, a
- * dropped connection or a 5xx may hide an accepted message: sending it again
- * (elsewhere, or later) could deliver it twice.
- */
-function certainlyNotAccepted(error: unknown): boolean {
-  const status = httpStatus(error);
-  return status !== undefined && status >= 400 && status < 500;
-}
-
-async function withFallback(
-  client: pg.ClientBase,
-  account: TenantAccount | undefined,
-  attempt: (via: TenantAccount | "system", fallingBack: boolean) => Promise<{ id: string; from: string }>,
-  isRecipientError: (error: unknown) => boolean,
-): Promise<Sent> {
-  const viaSystem = async (fallingBack: boolean): Promise<Sent> => {
-    try {
-      const sent = await attempt("system", fallingBack);
-      return { provider: "system", providerMessageId: sent.id, from: sent.from };
-    } catch (error) {
-      if (error instanceof SendError || error instanceof SendDeferred) throw error;
-      throw providerError(`the system account failed: ${providerMessage(error)}`, "system", error);
-    }
-  };
-  if (!account) return viaSystem(false);
-  try {
-    const sent = await attempt(account, false);
-    await clearAccountError(client, account.id);
-    return { provider: "tenant", accountId: account.id, providerMessageId: sent.id, from: sent.from };
-  } catch (error) {
-    // Ours (not the tenant's sender; paced), not the provider's.
-    if (error instanceof SendError || error instanceof SendDeferred) throw error;
-    const message = providerMessage(error);
-    const recipientFault = isRecipientError(error);
-    // A recipient's fault says nothing about the account.
-    if (!recipientFault) await recordAccountResult(client, account.id, message);
-    const { fallback_to_system: fallback } = await tenantSettings(client);
-    if (!fallback || recipientFault || !certainlyNotAccepted(error)) {
-      throw providerError(`the tenant's ${account.kind} account failed: ${message}`, "tenant", error);
-    }
-    return viaSystem(true);
-  }
 }
 
 /** After a send that worked: an old error no longer describes the account. */
@@ -323,36 +224,26 @@ export function intendedEmailSender(clients: ProviderClients, message: { from?: 
   return message.from ?? (account ? (account.default_email ?? clients.system.sendgrid.emailFrom) : clients.system.sendgrid.emailFrom);
 }
 
+/**
+ * One message for a job that holds a tenant transaction (the test-send task,
+ * tests): the route is looked up and the sender checked on `client`, the
+ * call made (transmit.ts), and what it taught about the tenant's account
+ * recorded in the same transaction — also when it failed, for a caller that
+ * catches the SendError and commits. The delivery engine does these steps
+ * apart, with no transaction open during the call (src/messages/).
+ */
 export async function sendSms(
   client: pg.ClientBase,
   clients: ProviderClients,
   message: { to: string; body: string; from?: string; channel?: "sms" | "whatsapp"; statusCallback?: string },
   options: SendOptions = {},
 ): Promise<Sent> {
-  const whatsapp = message.channel === "whatsapp";
-  const account = options.account !== undefined ? (options.account ?? undefined) : await activeAccount(client, "twilio", whatsapp ? "whatsapp" : "sms");
+  const channel = message.channel === "whatsapp" ? "whatsapp" : "sms";
+  const account = options.account !== undefined ? options.account : ((await activeAccount(client, "twilio", channel)) ?? null);
   const settings = options.settings ?? (await tenantSettings(client));
-  const address = (n: string) => (whatsapp ? `whatsapp:${n}` : n);
-  return withFallback(
-    client,
-    account,
-    async (via, fallingBack) => {
-      // Falling back to the system's account, only the system's number can
-      // send: a tenant number belongs to the tenant's account.
-      const from = fallingBack ? clients.system.twilio.smsFrom : intendedSmsSender(clients, message, via === "system" ? undefined : via, settings);
-      if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
-      await assertOwnSender(client, clients, whatsapp ? "whatsapp" : "sms", from);
-      await options.pace?.(from, whatsapp ? "whatsapp" : "sms");
-      const sent = await clients.twilioFor(via).messages.create({
-        to: address(message.to),
-        from: address(from),
-        body: message.body,
-        ...(message.statusCallback ? { statusCallback: message.statusCallback } : {}),
-      });
-      return { id: sent.sid, from };
-    },
-    (error) => RECIPIENT_ERRORS.has((error as { code?: number }).code ?? 0),
-  );
+  const from = intendedSmsSender(clients, message, account ?? undefined, settings);
+  if (from) await assertOwnSender(client, clients, channel, from);
+  return withAccountNotes(client, (noteAccount) => transmitSms(clients, { account, settings, from }, message, { pace: options.pace, noteAccount }));
 }
 
 export async function sendEmail(
@@ -361,27 +252,28 @@ export async function sendEmail(
   message: { to: string; subject: string; text: string; html?: string; from?: string; customArgs?: Record<string, string> },
   options: SendOptions = {},
 ): Promise<Sent> {
-  const account = options.account !== undefined ? (options.account ?? undefined) : await activeAccount(client, "sendgrid");
-  return withFallback(
-    client,
-    account,
-    async (via, fallingBack) => {
-      const from = fallingBack ? clients.system.sendgrid.emailFrom : intendedEmailSender(clients, message, via === "system" ? undefined : via);
-      if (!from) throw new SendError("no sender address: give one or set HERALD_EMAIL_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
-      await assertOwnSender(client, clients, "email", from);
-      await options.pace?.(from, "email");
-      const [response] = await clients.sendgridFor(via).send({
-        to: message.to,
-        from,
-        subject: message.subject,
-        text: message.text,
-        ...(message.html ? { html: message.html } : {}),
-        // Echoed in every event SendGrid reports for this message (src/webhooks/sendgrid.ts).
-        ...(message.customArgs ? { customArgs: message.customArgs } : {}),
-      });
-      return { id: String(response.headers["x-message-id"] ?? ""), from };
-    },
-    // A malformed recipient fails at any provider.
-    (error) => (error as { code?: number }).code === 400,
-  );
+  const account = options.account !== undefined ? options.account : ((await activeAccount(client, "sendgrid")) ?? null);
+  const settings = options.settings ?? (await tenantSettings(client));
+  const from = intendedEmailSender(clients, message, account ?? undefined);
+  if (from) await assertOwnSender(client, clients, "email", from);
+  const item = { to: message.to, subject: message.subject, text: message.text, html: message.html, customArgs: message.customArgs };
+  return withAccountNotes(client, (noteAccount) => transmitEmailBatch(clients, { account, settings, from }, [item], { pace: options.pace, noteAccount }));
+}
+
+/** Runs a call, then records on each tenant account what it taught (the last word per account), whether it worked or not. */
+async function withAccountNotes<T>(client: pg.ClientBase, run: (note: (accountId: string, error: string | null) => void) => Promise<T>): Promise<T> {
+  const notes = new Map<string, string | null>();
+  try {
+    return await run((accountId, error) => void notes.set(accountId, error));
+  } finally {
+    await recordAccountNotes(client, notes);
+  }
+}
+
+/** An error recorded on its account; null clears an old one (a send through it worked). */
+export async function recordAccountNotes(client: pg.ClientBase, notes: Map<string, string | null>): Promise<void> {
+  for (const [accountId, error] of notes) {
+    if (error === null) await clearAccountError(client, accountId);
+    else await recordAccountResult(client, accountId, error);
+  }
 }

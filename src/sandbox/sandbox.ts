@@ -66,6 +66,10 @@ export interface Sandbox {
   router: Router;
   /** Newest last; at most `keep` of them. */
   messages: SandboxMessage[];
+  /** SendGrid mail/send requests accepted so far (each may carry up to 1,000 recipients). */
+  readonly mailSendRequests: number;
+  /** The most Twilio send requests open at once since the last call (and resets it). */
+  takePeakInFlight(): number;
   addTwilioAccount(accountSid: string, authToken: string): void;
   addSendGridKey(apiKey: string): void;
   setFaults(faults: SandboxFaults): void;
@@ -170,6 +174,7 @@ export function createSandbox(
   let sendgridEventUrl = options.sendgridEventUrl;
   const sendgridKeys = new Set<string>();
   const messages: SandboxMessage[] = [];
+  let [mailSendRequests, requestsInFlight, peakInFlight] = [0, 0, 0];
   const remember = (message: SandboxMessage) => {
     messages.push(message);
     if (messages.length > keep) messages.splice(0, messages.length - keep);
@@ -186,6 +191,8 @@ export function createSandbox(
   const router = express.Router();
 
   router.post("/twilio/2010-04-01/Accounts/:sid/Messages.json", express.urlencoded({ extended: false, limit: "64kb" }), async (req: Request, res: Response) => {
+    peakInFlight = Math.max(peakInFlight, ++requestsInFlight); // how many sends overlap (tests of concurrency read the peak)
+    res.once("close", () => requestsInFlight--);
     if (await faulted(res, "twilio")) return;
     const sid = String(req.params.sid);
     if (!twilioAuthorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
@@ -252,45 +259,60 @@ export function createSandbox(
     res.json({ ...twilioMessageJson(found), status: outcome.status, error_code: outcome.errorCode ?? null, date_sent: found.createdAt.toUTCString() });
   });
 
-  router.post("/sendgrid/v3/mail/send", express.json({ limit: "1mb" }), async (req: Request, res: Response) => {
+  router.post("/sendgrid/v3/mail/send", express.json({ limit: "30mb" }), async (req: Request, res: Response) => {
     if (await faulted(res, "sendgrid")) return;
     const [scheme, key] = (req.headers.authorization ?? "").split(" ");
     if (scheme !== "Bearer" || !key || !(key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key)))) {
       return sendgridError(res, 401, "The provided authorization grant is invalid, expired, or revoked");
     }
     const mail = req.body as {
-      personalizations?: { to?: { email?: string }[] }[];
+      personalizations?: { to?: { email?: string }[]; custom_args?: Record<string, string>; substitutions?: Record<string, string>; subject?: string }[];
       from?: { email?: string };
       subject?: string;
       content?: { type?: string; value?: string }[];
+      custom_args?: Record<string, string>;
     };
-    const recipients = (mail.personalizations ?? []).flatMap((p) => p.to ?? []);
+    const personalizations = mail.personalizations ?? [];
+    // SendGrid's limits: 1,000 personalizations, 1,000 recipients in all.
+    if (personalizations.length > 1000) return sendgridError(res, 400, "The personalizations field must have at most 1000 items.", "personalizations");
+    const recipients = personalizations.flatMap((p, i) => (p.to ?? []).map((to) => ({ email: to.email, personalization: i })));
     if (recipients.length === 0) return sendgridError(res, 400, "The personalizations field is required and must have at least one personalization.", "personalizations");
+    if (recipients.length > 1000) return sendgridError(res, 400, "The total number of recipients must be at most 1000.", "personalizations");
     const badRecipient = recipients.findIndex((r) => !EMAIL.test(r.email ?? ""));
-    if (badRecipient >= 0) return sendgridError(res, 400, "Does not contain a valid address.", `personalizations.0.to.${badRecipient}.email`);
+    if (badRecipient >= 0) return sendgridError(res, 400, "Does not contain a valid address.", `personalizations.${recipients[badRecipient]!.personalization}.to.0.email`);
+    if (new Set(recipients.map((r) => r.email!.toLowerCase())).size < recipients.length) {
+      return sendgridError(res, 400, "Each email address in the personalization block should be unique between to, cc, and bcc.", "personalizations");
+    }
     if (!EMAIL.test(mail.from?.email ?? "")) return sendgridError(res, 400, "The from object must be provided for every email send.", "from");
-    if (!mail.subject) return sendgridError(res, 400, "The subject is required.", "subject");
+    if (!mail.subject && personalizations.some((p) => !p.subject)) return sendgridError(res, 400, "The subject is required.", "subject");
     const body = (mail.content ?? []).find((c) => c.type === "text/plain")?.value ?? mail.content?.[0]?.value ?? "";
     if (!body) return sendgridError(res, 400, "The content value must be a string at least one character in length.", "content.0.value");
+    mailSendRequests++;
 
     const messageId = randomBytes(16).toString("base64url");
+    // Each personalization's substitutions replace their keys in the subject and content, as SendGrid's do.
+    const substitute = (text: string, substitutions: Record<string, string> = {}) =>
+      Object.entries(substitutions).reduce((out, [key, value]) => out.split(key).join(String(value)), text);
     for (const r of recipients) {
-      remember({ id: messageId, provider: "sendgrid", account: `…${key.slice(-4)}`, channel: "email", from: mail.from!.email!, to: r.email!, subject: mail.subject, body, createdAt: new Date() });
+      const p = personalizations[r.personalization]!;
+      const [subject, text] = [substitute(p.subject ?? mail.subject ?? "", p.substitutions), substitute(body, p.substitutions)];
+      remember({ id: messageId, provider: "sendgrid", account: `…${key.slice(-4)}`, channel: "email", from: mail.from!.email!, to: r.email!, subject, body: text, createdAt: new Date() });
     }
     const eventUrl = sendgridEventUrl;
-    // SendGrid echoes custom args as top-level fields of every event.
-    const customArgs = (mail as { custom_args?: Record<string, string> }).custom_args ?? {};
     if (eventUrl) {
-      const event = (email: string, kind: string) => ({
-        email,
+      // SendGrid echoes custom args as top-level fields of every event: the
+      // message's, overridden by the recipient's personalization's.
+      const event = (r: (typeof recipients)[number], kind: string) => ({
+        email: r.email,
         event: kind,
         timestamp: Math.floor(Date.now() / 1000),
         sg_event_id: randomBytes(16).toString("base64url"),
-        sg_message_id: `${messageId}.filter0001.${Date.now()}.0`,
-        ...customArgs,
+        sg_message_id: `${messageId}.filter0001.${Date.now()}.${r.personalization}`,
+        ...(mail.custom_args ?? {}),
+        ...(personalizations[r.personalization]!.custom_args ?? {}),
         ...(kind === "bounce" ? { reason: "550 5.1.1 The email account that you tried to reach does not exist.", type: "bounce", status: "5.1.1" } : {}),
       });
-      const batches = [recipients.map((r) => event(r.email!, "processed")), recipients.map((r) => event(r.email!, outcomeFor(r.email!).status === "bounce" ? "bounce" : "delivered"))];
+      const batches = [recipients.map((r) => event(r, "processed")), recipients.map((r) => event(r, outcomeFor(r.email!).status === "bounce" ? "bounce" : "delivered"))];
       schedule(
         batches.map((events) => () => {
           // The signature covers the exact bytes sent: the receiver must verify the raw body.
@@ -373,6 +395,8 @@ export function createSandbox(
   return {
     router,
     messages,
+    get mailSendRequests() { return mailSendRequests; }, // prettier-ignore
+    takePeakInFlight: () => [peakInFlight, (peakInFlight = requestsInFlight)][0]!,
     addTwilioAccount: (accountSid, authToken) => void twilioAccounts.set(accountSid, authToken),
     addSendGridKey: (apiKey) => void sendgridKeys.add(apiKey),
     setFaults: (next) => void (faults = { ...next }),

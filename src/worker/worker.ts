@@ -19,6 +19,8 @@ import type { ProviderClients } from "../providers/send.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
 import { setTenantContext, type StatusCheckPolicy } from "./tenant-context.ts";
+import { setSendConcurrency } from "../messages/limiter.ts";
+import { warmUpSending } from "../messages/deliver.ts";
 import webhookSend from "../../tasks/webhook_deliveries__send.ts";
 import providerReportsSweep from "../../tasks/provider_reports__sweep.ts";
 
@@ -60,6 +62,8 @@ export async function startWorker(options: {
   /** Tenant work inside jobs: SET ROLE herald_worker per job. */
   authenticatorUrl: string;
   concurrency: number;
+  /** Provider requests in flight in this process (HERALD_SEND_CONCURRENCY; default 200). */
+  sendConcurrency?: number;
   /** Unwraps each job's tenant keys. */
   keyring: Keyring;
   /** SDK clients for sends (absent for a worker that never sends, e.g. `herald keys`). */
@@ -87,6 +91,8 @@ export async function startWorker(options: {
   const tenantPool = createPool({ connectionString: options.authenticatorUrl, max: sizes.tenant, name: "tenant", logger, waitForServerMs: WAIT_FOR_SERVER_MS });
   // Pacing reservations: short statements of their own (src/messages/pacing.ts).
   const pacingPool = createPool({ connectionString: options.ownerUrl, max: sizes.pacing, name: "pacing", logger, waitForServerMs: WAIT_FOR_SERVER_MS });
+  setSendConcurrency(options.sendConcurrency ?? 200);
+  if (options.providers) warmUpSending(options.providers);
   const events: WorkerEvents = new EventEmitter();
   // Registered before the runner starts, so its worker ids are known and a
   // dead process's jobs are unlocked by whoever starts next.
