@@ -73,6 +73,7 @@ const AUDIT_EXCEPTIONS: Record<string, { triggers: string[]; reason: string }> =
   "herald_hidden.provider_tests": { triggers: [], reason: "a request for one test message; its outcome is recorded on the (audited) provider account" },
   "herald_hidden.monthly_usage": { triggers: [], reason: "counters the worker keeps" },
   "herald_hidden.send_plans": { triggers: [], reason: "pacing state the worker keeps" },
+  "herald_hidden.provider_reports": { triggers: [], reason: "a journal of providers' reports, emptied as they are applied (to delivery_events, themselves a record)" },
 };
 
 /** Tables whose audit triggers differ from what they should have, and triggers naming a key column the table lacks. */

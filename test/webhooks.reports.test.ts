@@ -8,7 +8,7 @@ import { createLogger } from "../src/logger.ts";
 import { sendgridSignature, twilioSignature } from "../src/sandbox/wire.ts";
 import { webhooksRouter } from "../src/webhooks/index.ts";
 import { ProviderReports, type ProviderReport } from "../src/webhooks/reports.ts";
-import { isDatabaseUnavailable } from "../src/webhooks/unavailable.ts";
+import { isDatabaseUnavailable } from "../src/db/availability.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
 import { asRole, expectPgError, useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
@@ -263,10 +263,10 @@ describe("while the database is down", () => {
       MessageStatus: "delivered",
       To: freshPhone(),
     });
-    expect(status).toMatchObject({ status: 503, retryAfter: "5", body: { error: { code: "UNAVAILABLE" } } });
+    expect(status).toMatchObject({ status: 503, retryAfter: "5", body: { error: { code: "DATABASE_UNAVAILABLE" } } });
 
     const inbound = await postForm("/webhooks/twilio/sms", inboundText({ from: freshPhone(), to: a.senderNumber, body: "Hello" }));
-    expect(inbound).toMatchObject({ status: 503, retryAfter: "5", body: { error: { code: "UNAVAILABLE" } } });
+    expect(inbound).toMatchObject({ status: 503, retryAfter: "5", body: { error: { code: "DATABASE_UNAVAILABLE" } } });
 
     const events = JSON.stringify([{ event: "delivered", email: "x@example.test", sg_event_id: "e1", herald_tenant_id: a.id }]);
     const timestamp = String(Math.floor(Date.now() / 1000));

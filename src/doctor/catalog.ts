@@ -18,15 +18,15 @@ const APP_ROLES = `('${ROLES.owner}', '${ROLES.authenticator}', '${ROLES.member}
 const REQUEST_ROLES = `('${ROLES.authenticator}', '${ROLES.member}', '${ROLES.admin}', '${ROLES.worker}')`;
 const TENANT_ROLES = [ROLES.member, ROLES.admin, ROLES.worker];
 const REQUEST_ROLES_ARRAY = `array['${[ROLES.authenticator, ...TENANT_ROLES].join("', '")}']`;
-/** What a function's SET clause may set: where it looks names up, nothing about who is asking. */
-const ALLOWED_FUNCTION_SETTINGS = `('search_path')`;
+/** What a function's SET clause may set: where it looks names up and how it plans, nothing about who is asking. */
+const ALLOWED_FUNCTION_SETTINGS = `('search_path', 'plan_cache_mode')`;
 const TENANT_ROLES_ARRAY = `array['${TENANT_ROLES.join("', '")}']`;
 
-/** Tables that are global mappings by design (DESIGN.md), so carry no tenant_id. */
+/** Tables that are global mappings by design (a number, a key, a user, a tenant), so carry no tenant_id. */
 const GLOBAL_TABLES = `('herald_public.tenants', 'herald_public.users')`;
 /**
  * Unique keys that may omit tenant_id: a value that identifies its tenant
- * (an API key's hash, a sender number). DESIGN.md lists them.
+ * (an API key's hash, a sender number). The README's architecture section lists them.
  */
 const GLOBAL_UNIQUE_KEYS = `('herald_public.api_keys/api_keys_secret_hash_key', 'herald_public.sender_numbers/sender_numbers_number_key')`;
 /** Tables (plain and partitioned) of the exposed schemas, as a FROM item named `c`. */
@@ -149,7 +149,7 @@ export const CHECKS: Check[] = [
   {
     name: "function-settings",
     description:
-      "no function, in any schema, has a SET clause other than search_path (SET role, session_authorization or a jwt.claims/herald setting would switch whoever calls it into another identity or tenant)",
+      "no function, in any schema, has a SET clause other than search_path or plan_cache_mode (SET role, session_authorization or a jwt.claims/herald setting would switch whoever calls it into another identity or tenant)",
     sql: `
       select p.oid::regprocedure::text as object, 'SET ' || cfg || case when p.prosecdef then ' (security definer)' else '' end as detail
         from pg_proc p join pg_namespace n on n.oid = p.pronamespace, unnest(p.proconfig) cfg

@@ -202,7 +202,7 @@ export interface SendOptions {
 
 /**
  * The number an SMS/WhatsApp goes out from, unless the tenant's account fails
- * and the system's takes over. DESIGN.md's order: the message's own, the
+ * and the system's takes over. The documented order: the message's own, the
  * tenant's sms_from (SMS only), then the sending account's default (the
  * system's HERALD_SMS_FROM, or the tenant account's first sender number).
  */

@@ -19,6 +19,7 @@ import { seedTwoTenants, type TenantFixture } from "./fixtures.ts";
 export interface AttackTenant extends TenantFixture {
   emailDomainId: string;
   providerTestId: string;
+  providerReportId: string;
 }
 
 export interface TableSpec {
@@ -80,7 +81,13 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
       "insert into herald_hidden.provider_tests (tenant_id, provider_account_id) values ($1, $2) returning id",
       [t.id, t.providerAccountId],
     );
-    return { emailDomainId: domain.rows[0]!.id, providerTestId: test.rows[0]!.id };
+    // A status callback acknowledged but not yet applied (no worker runs here).
+    const report = await c.query<{ id: string }>(
+      `insert into herald_hidden.provider_reports (tenant_id, provider, delivery_id, event, status, dedupe_key)
+       values ($1, 'twilio', $2, 'delivered', 'delivered', 'attack-fixture') returning id`,
+      [t.id, t.deliveryId],
+    );
+    return { emailDomainId: domain.rows[0]!.id, providerTestId: test.rows[0]!.id, providerReportId: report.rows[0]!.id };
   });
   return { ...t, ...rows };
 }
@@ -339,6 +346,16 @@ const FIXTURES: TableSpec[] = [
     insertInto: (victim) => ({
       sql: "insert into herald_hidden.provider_tests (tenant_id, provider_account_id) values ($1, $2)",
       params: [victim.id, victim.providerAccountId],
+    }),
+  },
+  {
+    table: "herald_hidden.provider_reports",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.providerReportId] }),
+    insertInto: (victim) => ({
+      sql: `insert into herald_hidden.provider_reports (tenant_id, provider, delivery_id, event, status, dedupe_key)
+            values ($1, 'twilio', $2, 'delivered', 'delivered', 'evil')`,
+      params: [victim.id, victim.deliveryId],
     }),
   },
 ];

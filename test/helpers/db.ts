@@ -9,7 +9,7 @@ import { withDatabase as urlWithDatabase, type ROLES } from "../../src/db/urls.t
 import { createLogger } from "../../src/logger.ts";
 
 /**
- * Per-file test databases and the helpers of STYLE.md: `withRootDb` (superuser,
+ * Per-file test databases and the helpers of the graphile/starter tradition: `withRootDb` (superuser,
  * bypasses RLS, for arranging data) and `asRole` (the real request
  * roles through the authenticator). Both run in a transaction that is rolled back.
  */
