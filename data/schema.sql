@@ -125,25 +125,87 @@ grant select on herald_hidden.pings to herald_member;
 grant select on herald_hidden.pings to herald_worker;
 grant update (answered_at, answered_by) on herald_hidden.pings to herald_worker;
 
+create table herald_hidden.provider_reports (
+  tenant_id uuid not null
+    default herald_public.current_tenant_id(),
+  id bigint not null generated always as identity,
+  provider text not null,
+  delivery_id uuid,
+  provider_message_id text,
+  event text not null,
+  status text,
+  dedupe_key text not null,
+  error_code text,
+  occurred_at timestamp with time zone,
+  opt_out text,
+  channel text,
+  address_encrypted bytea,
+  key_version smallint,
+  received_at timestamp with time zone not null
+    default clock_timestamp(),
+  constraint provider_reports_channel
+    CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text, 'email'::text]))),
+  constraint provider_reports_dedupe_key_length
+    CHECK (((length(dedupe_key) >= 1) AND (length(dedupe_key) <= 200))),
+  constraint provider_reports_error_code_length
+    CHECK ((length(error_code) <= 50)),
+  constraint provider_reports_event_length
+    CHECK (((length(event) >= 1) AND (length(event) <= 40))),
+  constraint provider_reports_key_version_fkey
+    FOREIGN KEY (tenant_id, key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
+  constraint provider_reports_opt_out
+    CHECK ((opt_out = ANY (ARRAY['carrier_opt_out'::text, 'bounce'::text, 'email_opt_out'::text]))),
+  constraint provider_reports_opt_out_address
+    CHECK ((((opt_out IS NULL) = (address_encrypted IS NULL)) AND ((opt_out IS NULL) = (key_version IS NULL)))),
+  constraint provider_reports_pkey
+    PRIMARY KEY (tenant_id, id),
+  constraint provider_reports_provider
+    CHECK ((provider = ANY (ARRAY['twilio'::text, 'sendgrid'::text]))),
+  constraint provider_reports_provider_message_id_length
+    CHECK ((length(provider_message_id) <= 300)),
+  constraint provider_reports_status
+    CHECK ((status = ANY (ARRAY['sent'::text, 'delivered'::text, 'undelivered'::text, 'failed'::text]))),
+  constraint provider_reports_tenant_id_fkey
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+);
+alter table herald_hidden.provider_reports enable row level security;
+alter table herald_hidden.provider_reports force row level security;
+create policy delete_worker on herald_hidden.provider_reports as permissive for delete to herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+create policy insert_worker on herald_hidden.provider_reports as permissive for insert to herald_worker
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+create policy select_admin on herald_hidden.provider_reports as permissive for select to herald_admin
+    using (true);
+create policy select_worker on herald_hidden.provider_reports as permissive for select to herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on table herald_hidden.provider_reports is 'Status callbacks and email events acknowledged to the provider and not yet applied to deliveries.';
+grant delete on herald_hidden.provider_reports to herald_worker;
+grant insert (address_encrypted, channel, dedupe_key, delivery_id, error_code, event, key_version, occurred_at, opt_out, provider, provider_message_id, status, tenant_id) on herald_hidden.provider_reports to herald_worker;
+grant select (received_at, tenant_id) on herald_hidden.provider_reports to herald_admin;
+grant select on herald_hidden.provider_reports to herald_worker;
+
 create table herald_hidden.provider_tests (
   tenant_id uuid not null
     default herald_public.current_tenant_id(),
   id uuid not null
     default gen_random_uuid(),
   provider_account_id uuid not null,
-  to_address text not null,
   created_at timestamp with time zone not null
     default now(),
   finished_at timestamp with time zone,
   error text,
+  to_address_encrypted bytea,
+  key_version smallint,
   constraint provider_tests_account_fkey
     FOREIGN KEY (tenant_id, provider_account_id) REFERENCES herald_public.provider_accounts(tenant_id, id) ON DELETE CASCADE,
+  constraint provider_tests_address_with_key
+    CHECK (((to_address_encrypted IS NULL) = (key_version IS NULL))),
+  constraint provider_tests_key_version_fkey
+    FOREIGN KEY (tenant_id, key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
   constraint provider_tests_pkey
     PRIMARY KEY (tenant_id, id),
   constraint provider_tests_tenant_id_fkey
-    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE,
-  constraint provider_tests_to_length
-    CHECK (((length(to_address) >= 3) AND (length(to_address) <= 254)))
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
 );
 alter table herald_hidden.provider_tests enable row level security;
 alter table herald_hidden.provider_tests force row level security;
@@ -158,11 +220,11 @@ create policy select_member on herald_hidden.provider_tests as permissive for se
 create policy update_worker on herald_hidden.provider_tests as permissive for update to herald_worker
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)))
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
-grant insert (provider_account_id, to_address) on herald_hidden.provider_tests to herald_member;
+grant insert (key_version, provider_account_id, to_address_encrypted) on herald_hidden.provider_tests to herald_member;
 grant select on herald_hidden.provider_tests to herald_admin;
 grant select on herald_hidden.provider_tests to herald_member;
 grant select on herald_hidden.provider_tests to herald_worker;
-grant update (error, finished_at) on herald_hidden.provider_tests to herald_worker;
+grant update (error, finished_at, key_version, to_address_encrypted) on herald_hidden.provider_tests to herald_worker;
 
 create table herald_hidden.send_plans (
   tenant_id uuid not null,
@@ -233,6 +295,35 @@ create table herald_private.key_rotations (
 );
 alter table herald_private.key_rotations disable row level security;
     CREATE INDEX key_rotations_tenant ON herald_private.key_rotations USING btree (tenant_id);
+
+create table herald_private.login_buckets (
+  scope text not null,
+  level double precision not null,
+  updated_at timestamp with time zone not null,
+  constraint login_buckets_pkey
+    PRIMARY KEY (scope)
+);
+alter table herald_private.login_buckets disable row level security;
+
+create table herald_private.login_known_clients (
+  account_client text not null,
+  last_success_at timestamp with time zone not null,
+  constraint login_known_clients_pkey
+    PRIMARY KEY (account_client)
+);
+alter table herald_private.login_known_clients disable row level security;
+    CREATE INDEX login_known_clients_stale ON herald_private.login_known_clients USING btree (last_success_at);
+
+create table herald_private.operators (
+  user_id uuid not null,
+  registered_at timestamp with time zone not null
+    default now(),
+  constraint operators_pkey
+    PRIMARY KEY (user_id),
+  constraint operators_user_id_fkey
+    FOREIGN KEY (user_id) REFERENCES herald_public.users(id) ON DELETE CASCADE
+);
+alter table herald_private.operators disable row level security;
 
 create table herald_private.rate_windows (
   scope text not null,
@@ -655,6 +746,7 @@ create table herald_public.deliveries (
     default now(),
   content_encrypted bytea,
   content_key_version smallint,
+  status_checked_at timestamp with time zone,
   constraint deliveries_channel
     CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text, 'email'::text]))),
   constraint deliveries_claimed_by_length
@@ -712,6 +804,8 @@ comment on column herald_public.deliveries.content_key_version is '@behavior -*'
 comment on column herald_public.deliveries.content_sha256 is '@behavior -*';
 comment on column herald_public.deliveries.counted_month is '@behavior -*';
 comment on column herald_public.deliveries.reason is 'Why it was skipped or failed, or why it is still waiting (`quiet_hours`, `monthly_cap`, …).';
+comment on column herald_public.deliveries.status_checked_at is '@behavior -*
+When the worker last asked the provider for this delivery''s status, its final report being overdue.';
 comment on constraint deliveries_contact_fkey on herald_public.deliveries is '@fieldName contact
 @foreignFieldName deliveries';
 comment on constraint deliveries_content_key_version_fkey on herald_public.deliveries is '@behavior -*';
@@ -724,7 +818,7 @@ grant insert (channel, contact_id, message_id, reason, run_at, status, tenant_id
 grant select on herald_public.deliveries to herald_admin;
 grant select on herald_public.deliveries to herald_member;
 grant select on herald_public.deliveries to herald_worker;
-grant update (attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status) on herald_public.deliveries to herald_worker;
+grant update (attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at) on herald_public.deliveries to herald_worker;
 
 create table herald_public.delivery_events (
   tenant_id uuid not null
@@ -773,7 +867,7 @@ comment on column herald_public.delivery_events.occurred_at is 'When the provide
 comment on constraint delivery_events_dedupe_unique on herald_public.delivery_events is '@behavior -*';
 comment on constraint delivery_events_delivery_fkey on herald_public.delivery_events is '@fieldName delivery
 @foreignFieldName events';
-grant insert (applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, status, tenant_id) on herald_public.delivery_events to herald_worker;
+grant insert (applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, received_at, status, tenant_id) on herald_public.delivery_events to herald_worker;
 grant select on herald_public.delivery_events to herald_admin;
 grant select on herald_public.delivery_events to herald_member;
 grant select on herald_public.delivery_events to herald_worker;
@@ -1143,9 +1237,9 @@ alter table herald_public.memberships force row level security;
     CREATE TRIGGER _900_audit_insert AFTER INSERT ON herald_public.memberships REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('user_id', '');
 -- trigger _900_audit_update on herald_public.memberships
     CREATE TRIGGER _900_audit_update AFTER UPDATE ON herald_public.memberships REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('user_id', '');
-create policy delete_admin on herald_public.memberships as permissive for delete to herald_admin
+create policy delete_definer on herald_public.memberships as permissive for delete to herald_owner
     using (true);
-create policy insert_admin on herald_public.memberships as permissive for insert to herald_admin
+create policy insert_definer on herald_public.memberships as permissive for insert to herald_owner
     with check (true);
 create policy select_admin on herald_public.memberships as permissive for select to herald_admin
     using (true);
@@ -1153,17 +1247,14 @@ create policy select_definer on herald_public.memberships as permissive for sele
     using (true);
 create policy select_member on herald_public.memberships as permissive for select to herald_member, herald_worker
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
-create policy update_admin on herald_public.memberships as permissive for update to herald_admin
+create policy update_definer on herald_public.memberships as permissive for update to herald_owner
     using (true)
     with check (true);
 comment on table herald_public.memberships is '@behavior -insert -update -delete
-A user''s role within one tenant. Managed by platform admins.';
-grant delete on herald_public.memberships to herald_admin;
-grant insert (role, tenant_id, user_id) on herald_public.memberships to herald_admin;
+A user''s role within one tenant. Granted by operators through `herald user create` (audited in the tenant''s log).';
 grant select on herald_public.memberships to herald_admin;
 grant select on herald_public.memberships to herald_member;
 grant select on herald_public.memberships to herald_worker;
-grant update (role) on herald_public.memberships to herald_admin;
 
 create table herald_public.messages (
   tenant_id uuid not null
@@ -2125,6 +2216,170 @@ grant select on herald_public.daily_usage to herald_member;
     $function$;
 grant execute on function herald_hidden.apply_delivery_event(uuid,text,text,text,text,text,text,timestamp with time zone) to herald_worker;
 
+-- function herald_hidden.apply_provider_reports(integer) returns TABLE(reports_taken integer, reports_applied integer, reports_recorded integer, reports_duplicate integer, reports_not_found integer); plpgsql; volatile; set plan_cache_mode=force_generic_plan, search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.apply_provider_reports(max_reports integer DEFAULT 1000)
+     RETURNS TABLE(reports_taken integer, reports_applied integer, reports_recorded integer, reports_duplicate integer, reports_not_found integer)
+     LANGUAGE plpgsql
+     SET search_path TO ''
+     SET plan_cache_mode TO 'force_generic_plan'
+    AS $function$
+    declare
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_reports herald_hidden.provider_reports[];
+      v_deliveries uuid[];
+      v_opt_outs bigint[];
+      v_effect record;
+    begin
+      -- Taken out of the journal in this transaction: gone exactly when their
+      -- effects commit. A concurrent applier of the tenant waits for this one on
+      -- the rows both chose, and then finds them gone.
+      with taken as (
+        delete from herald_hidden.provider_reports r
+         where r.tenant_id = v_tenant
+           and r.id in (select o.id from herald_hidden.provider_reports o
+                         where o.tenant_id = v_tenant order by o.id limit apply_provider_reports.max_reports)
+        returning r.*
+      )
+      select coalesce(pg_catalog.array_agg(row(t.*)::herald_hidden.provider_reports order by t.id), '{}') into v_reports from taken t;
+      if pg_catalog.cardinality(v_reports) = 0 then
+        return query select 0, 0, 0, 0, 0;
+        return;
+      end if;
+
+      -- Each report's delivery: by Herald's id, else by the provider's message id.
+      select pg_catalog.array_agg(
+               case when r.delivery_id is not null
+                    then (select d.id from herald_public.deliveries d where d.tenant_id = v_tenant and d.id = r.delivery_id)
+                    when r.provider_message_id is not null
+                    then (select d.id from herald_public.deliveries d
+                           where d.tenant_id = v_tenant and d.provider_message_id = r.provider_message_id limit 1)
+               end order by r.ordinality)
+        into v_deliveries
+        from pg_catalog.unnest(v_reports) with ordinality r;
+
+      -- Locked in one order (the sender locks one at a time): what follows reads
+      -- them as they are now, and nobody moves them until this commits.
+      perform 1 from herald_public.deliveries d
+        where d.tenant_id = v_tenant and d.id = any (v_deliveries)
+        order by d.id
+        for update;
+
+      return query
+      with reports as (
+        select r.id, r.provider, r.provider_message_id, r.event, r.status, r.dedupe_key, r.error_code, r.occurred_at,
+               r.received_at, r.opt_out, v_deliveries[r.ordinality] as delivery_id,
+               -- New: no event of the tenant has its key, and it is the first of its key in the batch.
+               not exists (select 1 from herald_public.delivery_events e where e.tenant_id = v_tenant and e.dedupe_key = r.dedupe_key)
+                 and r.id = pg_catalog.min(r.id) over (partition by r.dedupe_key) as fresh
+          from pg_catalog.unnest(v_reports) with ordinality r
+      ),
+      found as (
+        select r.*, d.status as initial_status, d.provider_message_id as current_message_id,
+               coalesce(herald_hidden.delivery_status_rank(d.status), 99) as initial_rank,
+               herald_hidden.delivery_status_rank(r.status) as rank
+          from reports r
+          join herald_public.deliveries d on d.tenant_id = v_tenant and d.id = r.delivery_id
+         where r.fresh
+      ),
+      named as (
+        -- The provider message the delivery is, or becomes (one sent without an
+        -- answer): the first report that would move it names it.
+        select f.*,
+               coalesce(f.current_message_id,
+                        (pg_catalog.array_agg(f.provider_message_id)
+                           filter (where f.status is not null and f.provider_message_id is not null and f.rank > f.initial_rank)
+                           over (partition by f.delivery_id order by f.id rows between unbounded preceding and unbounded following))[1]) as delivery_message_id
+          from found f
+      ),
+      valid as (
+        select n.*,
+               n.status is not null
+                 and (n.delivery_message_id is null or n.provider_message_id is null or n.delivery_message_id = n.provider_message_id) as valid
+          from named n
+      ),
+      decided as (
+        select v.*,
+               v.valid and v.rank > greatest(v.initial_rank,
+                 pg_catalog.max(case when v.valid then v.rank end)
+                   over (partition by v.delivery_id order by v.id rows between unbounded preceding and 1 preceding)) as applied
+          from valid v
+      ),
+      told as (
+        -- The status the delivery had after each report (the last applied one's
+        -- so far, else its own); per delivery, the first applied report's message
+        -- id and the last applied error code.
+        select k.*,
+               coalesce((pg_catalog.array_agg(k.status) filter (where k.applied)
+                          over (partition by k.delivery_id order by k.id rows between unbounded preceding and current row)),
+                        '{}') as applied_so_far,
+               (pg_catalog.array_agg(k.provider_message_id) filter (where k.applied and k.provider_message_id is not null)
+                  over whole)[1] as first_message_id,
+               (pg_catalog.array_agg(k.error_code) filter (where k.applied and k.error_code is not null)
+                  over (partition by k.delivery_id order by k.id desc rows between unbounded preceding and unbounded following))[1] as last_error_code
+          from decided k
+        window whole as (partition by k.delivery_id order by k.id rows between unbounded preceding and unbounded following)
+      ),
+      events as (
+        insert into herald_public.delivery_events (delivery_id, provider, event, dedupe_key, error_code, applied, status, occurred_at, received_at)
+        select t.delivery_id, t.provider, t.event, t.dedupe_key, t.error_code, t.applied,
+               coalesce(t.applied_so_far[pg_catalog.cardinality(t.applied_so_far)], t.initial_status), t.occurred_at, t.received_at
+          from told t
+         order by t.id
+        on conflict on constraint delivery_events_dedupe_unique do nothing
+        returning 1
+      ),
+      finals as (
+        -- Per delivery, the last report applied.
+        select distinct on (t.delivery_id) t.delivery_id, t.status, t.provider, t.event, t.error_code, t.first_message_id, t.last_error_code
+          from told t
+         where t.applied
+         order by t.delivery_id, t.id desc
+      ),
+      moved as (
+        update herald_public.deliveries d
+           set status = f.status,
+               provider_message_id = coalesce(d.provider_message_id, f.first_message_id),
+               error_code = coalesce(f.last_error_code, d.error_code),
+               reason = case when f.status in ('failed', 'undelivered')
+                             then 'reported by ' || f.provider || ': ' || f.event || coalesce(' ' || f.error_code, '')
+                             when d.status in ('sending', 'unknown') then null
+                             else d.reason end,
+               sent_at = coalesce(d.sent_at, now()),
+               completed_at = case when herald_hidden.delivery_status_rank(f.status) = 3 then now() else d.completed_at end
+          from finals f
+         where d.tenant_id = v_tenant and d.id = f.delivery_id
+        returning 1
+      )
+      select pg_catalog.cardinality(v_reports),
+             (select count(*)::integer from told t where t.applied) + 0 * (select count(*)::integer from moved) + 0 * (select count(*)::integer from events),
+             (select count(*)::integer from told t where not t.applied),
+             (select count(*)::integer from reports r where not r.fresh),
+             (select count(*)::integer from reports r where r.fresh and r.delivery_id is null);
+
+      -- Opt-outs the provider reported, each once (a repeated report is a duplicate), applied or not.
+      select pg_catalog.array_agg(r.id) into v_opt_outs
+        from pg_catalog.unnest(v_reports) r
+       where r.opt_out is not null
+         and r.id = (select pg_catalog.min(s.id) from pg_catalog.unnest(v_reports) s where s.dedupe_key = r.dedupe_key)
+         and not exists (select 1 from herald_public.delivery_events e
+                          where e.tenant_id = v_tenant and e.dedupe_key = r.dedupe_key and e.received_at < r.received_at);
+      for v_effect in
+        select r.opt_out, r.channel, r.event, r.error_code, herald_hidden.decrypt_pii(r.address_encrypted, r.key_version) as address
+          from pg_catalog.unnest(v_reports) r where r.id = any (v_opt_outs) order by r.id
+      loop
+        if v_effect.opt_out = 'carrier_opt_out' then
+          perform herald_hidden.record_opt_out('phone', v_effect.address, v_effect.channel, 'carrier', v_effect.error_code);
+        elsif v_effect.opt_out = 'bounce' then
+          perform herald_public.add_suppression('email', v_effect.address, 'bounce', 'sendgrid: bounce');
+        else
+          perform herald_hidden.record_opt_out('email', v_effect.address, 'email', 'email_provider', v_effect.event);
+        end if;
+      end loop;
+    end;
+    $function$;
+comment on function herald_hidden.apply_provider_reports(integer) is 'Applies the session tenant''s oldest waiting provider reports (at most `max_reports`) to its deliveries, and removes them from the journal.';
+grant execute on function herald_hidden.apply_provider_reports(integer) to herald_worker;
+
 -- function herald_hidden.contacts_on_old_keys() returns bigint; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.contacts_on_old_keys()
      RETURNS bigint
@@ -2158,6 +2413,31 @@ grant execute on function herald_hidden.contacts_on_old_keys() to herald_worker;
     end;
     $function$;
 grant execute on function herald_hidden.count_toward_cap() to herald_worker;
+
+-- function herald_hidden.count_toward_cap_many(integer) returns record; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.count_toward_cap_many(wanted integer, OUT month date, OUT granted integer)
+     RETURNS record
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_cap integer;
+      v_used integer;
+    begin
+      month := pg_catalog.date_trunc('month', now() at time zone 'UTC')::date;
+      select s.monthly_message_cap into v_cap from herald_public.tenant_settings s where s.tenant_id = v_tenant;
+      insert into herald_hidden.monthly_usage (tenant_id, month) values (v_tenant, month) on conflict do nothing;
+      select u.messages into v_used from herald_hidden.monthly_usage u
+       where u.tenant_id = v_tenant and u.month = count_toward_cap_many.month for update;
+      granted := greatest(least(wanted, coalesce(v_cap - v_used, wanted)), 0);
+      if granted > 0 then
+        update herald_hidden.monthly_usage u set messages = u.messages + granted
+         where u.tenant_id = v_tenant and u.month = count_toward_cap_many.month;
+      end if;
+    end;
+    $function$;
+grant execute on function herald_hidden.count_toward_cap_many(integer) to herald_worker;
 
 -- function herald_hidden.current_data_key_version() returns smallint; sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.current_data_key_version()
@@ -2266,6 +2546,7 @@ grant execute on function herald_hidden.encrypt_pii(text,text) to herald_worker;
       v_ids uuid[];
       v_sender text;
       v_sender_mps numeric;
+      v_cursor uuid;
     begin
       select * into v_message from herald_public.messages m
        where m.tenant_id = v_tenant and m.id = message_id for update;
@@ -2273,6 +2554,7 @@ grant execute on function herald_hidden.encrypt_pii(text,text) to herald_worker;
         contacts := 0; queued := 0; skipped := 0; done := true;
         return;
       end if;
+      v_cursor := coalesce(v_message.fan_out_cursor, '00000000-0000-0000-0000-000000000000');
 
       -- The number the worker will most likely send from (as src/providers/send.ts
       -- picks it: the message's, the tenant's sms_from, the active account's first
@@ -2293,26 +2575,40 @@ grant execute on function herald_hidden.encrypt_pii(text,text) to herald_worker;
           1);
       end if;
 
-      -- The next batch of distinct audience members, in contact id order.
+      -- The next batch of distinct audience members, in contact id order. Each
+      -- source gives only its own first `batch_size` after the cursor (an index
+      -- range scan: contacts by id, a list's or tag's members by contact id), so a
+      -- batch reads at most a few batches' worth of rows, however large the
+      -- audience; ordering the whole rest of it on every batch made fan-out
+      -- quadratic in the audience size.
       select array(
         select a.id from (
-          select c.id from herald_public.contacts c
-           where v_message.all_contacts and c.tenant_id = v_tenant
-             and c.id > coalesce(v_message.fan_out_cursor, '00000000-0000-0000-0000-000000000000')
-             and case v_message.channel when 'sms' then c.sms_subscribed
-                                        when 'whatsapp' then c.whatsapp_subscribed
-                                        else c.email_subscribed end
+          (select c.id from herald_public.contacts c
+            where v_message.all_contacts and c.tenant_id = v_tenant and c.id > v_cursor
+              and case v_message.channel when 'sms' then c.sms_subscribed
+                                         when 'whatsapp' then c.whatsapp_subscribed
+                                         else c.email_subscribed end
+            order by c.id
+            limit batch_size)
           union
-          select x from pg_catalog.unnest(v_message.contact_ids) x
-           where x > coalesce(v_message.fan_out_cursor, '00000000-0000-0000-0000-000000000000')
+          (select x from pg_catalog.unnest(v_message.contact_ids) x
+            where x > v_cursor
+            order by x
+            limit batch_size)
           union
-          select lm.contact_id from herald_public.list_members lm
-           where lm.tenant_id = v_tenant and lm.list_id = any (v_message.list_ids)
-             and lm.contact_id > coalesce(v_message.fan_out_cursor, '00000000-0000-0000-0000-000000000000')
+          (select m.contact_id from pg_catalog.unnest(v_message.list_ids) l(list_id)
+            cross join lateral (
+              select lm.contact_id from herald_public.list_members lm
+               where lm.tenant_id = v_tenant and lm.list_id = l.list_id and lm.contact_id > v_cursor
+               order by lm.contact_id
+               limit batch_size) m)
           union
-          select ct.contact_id from herald_public.contact_tags ct
-           where ct.tenant_id = v_tenant and ct.tag_id = any (v_message.tag_ids)
-             and ct.contact_id > coalesce(v_message.fan_out_cursor, '00000000-0000-0000-0000-000000000000')
+          (select t.contact_id from pg_catalog.unnest(v_message.tag_ids) g(tag_id)
+            cross join lateral (
+              select ct.contact_id from herald_public.contact_tags ct
+               where ct.tenant_id = v_tenant and ct.tag_id = g.tag_id and ct.contact_id > v_cursor
+               order by ct.contact_id
+               limit batch_size) t)
         ) a
         order by a.id
         limit batch_size) into v_ids;
@@ -2471,6 +2767,19 @@ grant execute on function herald_hidden.plan_send_slots(integer,timestamp with t
     $function$;
 grant execute on function herald_hidden.provider_account_secret(uuid) to herald_worker;
 
+-- function herald_hidden.provider_reports_waiting(interval) returns TABLE(tenant_id uuid, waiting bigint); sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.provider_reports_waiting(older_than interval)
+     RETURNS TABLE(tenant_id uuid, waiting bigint)
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select r.tenant_id, count(*) from herald_hidden.provider_reports r
+       where r.received_at < now() - provider_reports_waiting.older_than
+       group by r.tenant_id;
+    $function$;
+grant execute on function herald_hidden.provider_reports_waiting(interval) to herald_admin;
+
 -- function herald_hidden.raise_no_key(text) returns text; plpgsql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.raise_no_key(what text)
      RETURNS text
@@ -2613,45 +2922,204 @@ grant execute on function herald_hidden.raise_no_key(text) to herald_worker;
 comment on function herald_hidden.receive_inbound(text,text,text,text,text,integer,text,text) is 'Stores one inbound message for the session''s tenant, applies its keyword, and returns the reply to send.';
 grant execute on function herald_hidden.receive_inbound(text,text,text,text,text,integer,text,text) to herald_worker;
 
--- function herald_hidden.receive_inbound_batch(jsonb) returns TABLE(ordinal integer, inbound_message_id uuid, contact_id uuid, duplicate boolean, keyword text, reply text, error_code text); plpgsql; volatile; set search_path=""
+-- function herald_hidden.receive_inbound_batch(jsonb) returns TABLE(ordinal integer, inbound_message_id uuid, contact_id uuid, duplicate boolean, keyword text, reply text, error_code text); plpgsql; volatile; set plan_cache_mode=force_generic_plan, search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.receive_inbound_batch(messages jsonb)
      RETURNS TABLE(ordinal integer, inbound_message_id uuid, contact_id uuid, duplicate boolean, keyword text, reply text, error_code text)
      LANGUAGE plpgsql
      SET search_path TO ''
+     SET plan_cache_mode TO 'force_generic_plan'
     AS $function$
     declare
-      v_message jsonb;
-      v_result herald_hidden.inbound_result;
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_key_version smallint := herald_hidden.current_data_key_version();
+      v_key text := herald_hidden.data_key(v_key_version);
+      v_hash_version smallint := herald_hidden.current_hash_key_version();
+      v_replies herald_public.keyword_replies;
+      v_inserted uuid[];
+      v_unknown jsonb;
+      v_keywords jsonb;
+      v_phones jsonb;
     begin
-      if pg_catalog.jsonb_array_length(messages) > 50 then
-        raise exception 'at most 50 messages in one batch' using errcode = '22023';
+      if pg_catalog.jsonb_array_length(messages) > 500 then
+        raise exception 'at most 500 messages in one batch' using errcode = '22023';
       end if;
-      ordinal := 0;
-      for v_message in select m from pg_catalog.jsonb_array_elements(messages) m loop
-        begin
-          v_result := herald_hidden.receive_inbound(v_message ->> 'channel', v_message ->> 'to_number', v_message ->> 'from_phone',
-                                                    v_message ->> 'body', v_message ->> 'provider_message_id',
-                                                    (v_message ->> 'media_count')::integer, v_message ->> 'keyword',
-                                                    v_message ->> 'keyword_word');
-          inbound_message_id := v_result.inbound_message_id;
-          contact_id := v_result.contact_id;
-          duplicate := v_result.duplicate;
-          keyword := v_result.keyword;
-          reply := v_result.reply;
-          error_code := null;
-        exception when others then
-          inbound_message_id := null;
-          contact_id := null;
-          duplicate := null;
-          keyword := null;
-          reply := null;
-          error_code := sqlstate;
-        end;
-        return next;
-        ordinal := ordinal + 1;
-      end loop;
+
+      if exists (select 1 from pg_catalog.jsonb_array_elements(messages) m where m ->> 'keyword' is not null) then
+        if exists (select 1 from herald_public.tenants t where t.id = v_tenant and t.status = 'suspended') then
+          -- An operator suspended the tenant: its keywords still work, but it says
+          -- nothing of its own (its texts may be why it was suspended).
+          v_replies := row('This service is not available at the moment. Reply STOP to unsubscribe.',
+                           'You are unsubscribed and will receive no more messages from this number.',
+                           'You are resubscribed.')::herald_public.keyword_replies;
+        else
+          select r.* into v_replies
+            from herald_public.tenant_settings s, herald_public.tenant_settings_keyword_replies(s) r where s.tenant_id = v_tenant;
+        end if;
+      end if;
+
+      -- Unknown senders become contacts, flagged as created by their message (a
+      -- message already received, or to a number not the tenant's, creates none).
+      -- Two batches creating one at once: one insert wins, the other finds it below.
+      -- (Only when there is one: the contacts' audit trigger runs for every INSERT statement.)
+      -- (Materialized, with the hashes computed once: inlined, the hash would be
+      -- an expression of the outer row, and each contact hashed to compare.)
+      with candidates as materialized (
+        select distinct on (m.from_phone) m.from_phone, m.channel, herald_hidden.pii_hashes('phone', m.from_phone) as hashes
+          from rows from (pg_catalog.jsonb_to_recordset(messages) as (channel text, to_number text, from_phone text, provider_message_id text)) with ordinality as m(channel, to_number, from_phone, provider_message_id, n)
+         where m.from_phone is not null
+           and exists (select 1 from herald_public.sender_numbers s
+                        where s.tenant_id = v_tenant and s.phone_number = m.to_number and s.channel = m.channel)
+           and not exists (select 1 from herald_public.inbound_messages i
+                            where i.tenant_id = v_tenant and i.provider_message_id = m.provider_message_id)
+         order by m.from_phone, m.n
+      )
+      select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object('from_phone', c.from_phone, 'channel', c.channel)) into v_unknown
+        from candidates c
+       where not exists (select 1 from herald_public.contacts x
+                          where x.tenant_id = v_tenant and x.phone_hash = any (c.hashes));
+      if v_unknown is not null then
+        insert into herald_public.contacts (phone_encrypted, phone_hash, key_version, hash_version, created_by_inbound, whatsapp_subscribed)
+        select herald_hidden.encrypt_pii(p.from_phone, v_key), herald_hidden.pii_hash('phone', p.from_phone, v_hash_version),
+               v_key_version, v_hash_version, true,
+               -- Someone who writes on WhatsApp has opened that conversation.
+               p.channel = 'whatsapp'
+          from pg_catalog.jsonb_to_recordset(v_unknown) as p(from_phone text, channel text)
+        on conflict (tenant_id, phone_hash) do nothing;
+      end if;
+
+      with m as (
+        select m.*
+          from rows from (pg_catalog.jsonb_to_recordset(messages) as (channel text, to_number text, from_phone text, body text, provider_message_id text, media_count integer, keyword text, keyword_word text)) with ordinality as m(channel, to_number, from_phone, body, provider_message_id, media_count, keyword, keyword_word, n)
+      ),
+      fresh as materialized (
+        -- (Materialized: the hashes are values the contact and suppression indexes are probed with.)
+        -- To one of the tenant's numbers, not received before, the first of its MessageSid in the batch.
+        select m.*, s.id as sender_number_id, s.provider_account_id,
+               case when m.from_phone is not null then herald_hidden.pii_hashes('phone', m.from_phone) end as hashes
+          from m
+          join herald_public.sender_numbers s on s.tenant_id = v_tenant and s.phone_number = m.to_number and s.channel = m.channel
+         where not exists (select 1 from herald_public.inbound_messages i
+                            where i.tenant_id = v_tenant and i.provider_message_id = m.provider_message_id)
+           and m.n = (select pg_catalog.min(o.n) from m o where o.provider_message_id = m.provider_message_id)
+      ),
+      senders as (
+        select f.*, c.id as contact, c.subscribed
+          from fresh f
+          left join lateral (
+            select c.id, case f.channel when 'sms' then c.sms_subscribed else c.whatsapp_subscribed end as subscribed
+              from herald_public.contacts c
+             where c.tenant_id = v_tenant and c.phone_hash = any (f.hashes)
+             limit 1
+          ) c on true
+      ),
+      decided as (
+        select s.*,
+               case
+                 -- Keywords need someone to apply to.
+                 when s.contact is null then null
+                 -- "YES" answers questions ("Reply YES to confirm"): from a contact
+                 -- who is subscribed and not suppressed it is an ordinary message.
+                 when s.keyword = 'start' and s.keyword_word = 'YES' and s.subscribed
+                      and not exists (select 1 from herald_public.suppressions x
+                                       where x.tenant_id = v_tenant and x.kind = 'phone' and x.address_hash = any (s.hashes))
+                   then null
+                 else s.keyword
+               end as applied_keyword
+          from senders s
+      ),
+      stored as (
+        insert into herald_public.inbound_messages (channel, sender_number_id, to_number, contact_id, from_encrypted, body_encrypted,
+                                                    key_version, media_count, keyword, auto_reply, provider_message_id, provider_account_id, account)
+        select d.channel, d.sender_number_id, d.to_number, d.contact,
+               herald_hidden.encrypt_pii(coalesce(d.from_phone, '(unknown)'), v_key), herald_hidden.encrypt_pii(coalesce(d.body, ''), v_key),
+               v_key_version, coalesce(d.media_count, 0), d.applied_keyword,
+               case d.applied_keyword when 'stop' then v_replies.stop when 'start' then v_replies.start when 'help' then v_replies.help end,
+               d.provider_message_id, d.provider_account_id,
+               case when d.provider_account_id is null then 'system' else 'tenant' end
+          from decided d
+         order by d.n
+        -- The same message in a concurrent batch: the other one received it.
+        on conflict on constraint inbound_messages_provider_message_unique do nothing
+        returning id, provider_message_id
+      ),
+      keywords as (
+        -- The keywords of the messages stored now, in the order received.
+        select d.n, d.contact, d.channel, d.from_phone, d.applied_keyword, d.keyword_word, s.id as inbound_id
+          from decided d join stored s on s.provider_message_id = d.provider_message_id
+         where d.applied_keyword is not null
+      ),
+      keyword_rows as (
+        select pg_catalog.jsonb_agg(pg_catalog.jsonb_build_object(
+                 'n', k.n, 'contact', k.contact, 'channel', k.channel, 'from_phone', k.from_phone,
+                 'applied_keyword', k.applied_keyword, 'keyword_word', k.keyword_word, 'inbound_id', k.inbound_id)) as rows
+          from keywords k
+      )
+      select (select pg_catalog.array_agg(s.id) from stored s), (select r.rows from keyword_rows r) into v_inserted, v_keywords;
+
+      -- The keywords, as sets (each statement only when there is something for it:
+      -- the audit triggers of contacts and suppressions run for every statement).
+      if v_keywords is not null then
+        insert into herald_public.consent_events (contact_id, channel, action, source, detail, inbound_message_id)
+        select k.contact, k.channel,
+               case k.applied_keyword when 'stop' then 'opt_out' when 'start' then 'opt_in' else 'help' end,
+               'keyword', pg_catalog.left(k.keyword_word, 100), k.inbound_id
+          from pg_catalog.jsonb_to_recordset(v_keywords) as k(n bigint, contact uuid, channel text, applied_keyword text, keyword_word text, inbound_id uuid)
+         order by k.n;
+
+      end if;
+      if v_keywords is not null and pg_catalog.jsonb_path_exists(v_keywords, '$[*] ? (@.applied_keyword == "stop" || @.applied_keyword == "start")') then
+        -- The channel's flag covers every number of the tenant: the last STOP or START of each contact and channel sets it.
+        with flags as (
+          select distinct on (k.contact, k.channel) k.contact, k.channel, k.applied_keyword = 'start' as subscribed
+            from pg_catalog.jsonb_to_recordset(v_keywords) as k(n bigint, contact uuid, channel text, applied_keyword text)
+           where k.applied_keyword in ('stop', 'start')
+           order by k.contact, k.channel, k.n desc
+        )
+        update herald_public.contacts c
+           set sms_subscribed = coalesce((select f.subscribed from flags f where f.contact = c.id and f.channel = 'sms'), c.sms_subscribed),
+               whatsapp_subscribed = coalesce((select f.subscribed from flags f where f.contact = c.id and f.channel = 'whatsapp'), c.whatsapp_subscribed)
+         where c.tenant_id = v_tenant and c.id in (select f.contact from flags f);
+
+        -- An SMS STOP also suppresses the phone (it outlives the contact and
+        -- blocks WhatsApp too); a START (either channel) lifts what the contact's
+        -- own opt-outs put there. The last of them for each phone decides.
+        select pg_catalog.jsonb_agg(pg_catalog.to_jsonb(p)) into v_phones
+          from (select distinct on (k.contact) k.from_phone, k.keyword_word, k.applied_keyword = 'stop' as suppress
+                  from pg_catalog.jsonb_to_recordset(v_keywords) as k(n bigint, contact uuid, channel text, from_phone text, applied_keyword text, keyword_word text)
+                 where (k.applied_keyword = 'stop' and k.channel = 'sms') or k.applied_keyword = 'start'
+                 order by k.contact, k.n desc) p;
+        if exists (select 1 from pg_catalog.jsonb_to_recordset(v_phones) as p(suppress boolean) where p.suppress) then
+          insert into herald_public.suppressions (kind, address_encrypted, address_hash, key_version, hash_version, reason, note)
+          select 'phone', herald_hidden.encrypt_pii(p.from_phone, v_key), herald_hidden.pii_hash('phone', p.from_phone, v_hash_version),
+                 v_key_version, v_hash_version, 'unsubscribe', 'keyword: ' || p.keyword_word
+            from pg_catalog.jsonb_to_recordset(v_phones) as p(from_phone text, keyword_word text, suppress boolean)
+           where p.suppress
+          on conflict (tenant_id, kind, address_hash) do nothing;
+        end if;
+        if exists (select 1 from pg_catalog.jsonb_to_recordset(v_phones) as p(suppress boolean) where not p.suppress) then
+          delete from herald_public.suppressions x
+           using pg_catalog.jsonb_to_recordset(v_phones) as p(from_phone text, suppress boolean)
+           where not p.suppress and x.tenant_id = v_tenant and x.kind = 'phone'
+             and x.address_hash = any (herald_hidden.pii_hashes('phone', p.from_phone)) and x.reason in ('unsubscribe', 'carrier_opt_out');
+        end if;
+      end if;
+
+      -- The answers, from what is stored now (a fresh snapshot: a concurrent
+      -- batch's copy of a message is visible here). Ordinals from 0, as given.
+      return query
+      select (m.n - 1)::integer, i.id, i.contact_id,
+             case when i.id is null then null else not (i.id = any (coalesce(v_inserted, '{}'))
+                  and m.n = (select pg_catalog.min(o.n) from rows from (pg_catalog.jsonb_to_recordset(messages) as (provider_message_id text)) with ordinality as o(provider_message_id, n)
+                              where o.provider_message_id = m.provider_message_id)) end,
+             i.keyword, i.auto_reply,
+             case when s.id is null then 'NTFND' end
+        from rows from (pg_catalog.jsonb_to_recordset(messages) as (channel text, to_number text, provider_message_id text)) with ordinality as m(channel, to_number, provider_message_id, n)
+        left join herald_public.sender_numbers s on s.tenant_id = v_tenant and s.phone_number = m.to_number and s.channel = m.channel
+        left join herald_public.inbound_messages i on s.id is not null and i.tenant_id = v_tenant and i.provider_message_id = m.provider_message_id
+       order by m.n;
     end;
     $function$;
+comment on function herald_hidden.receive_inbound_batch(jsonb) is 'Stores a batch of inbound messages for the session''s tenant (one INSERT), applies their keywords as sets, and returns each one''s reply (or NTFND when its number is not the tenant''s).';
 grant execute on function herald_hidden.receive_inbound_batch(jsonb) to herald_worker;
 
 -- function herald_hidden.record_consent(uuid,text,text,text,text,uuid) returns void; plpgsql; volatile; set search_path=""
@@ -2823,7 +3291,17 @@ grant execute on function herald_hidden.rekey_inbound_messages(uuid,integer) to 
           from target t
          where a.tenant_id = herald_public.current_tenant_id() and a.key_version <> t.version
         returning 1
+      ),
+      tests as (
+        update herald_hidden.provider_tests p
+           set to_address_encrypted = herald_hidden.encrypt_pii(
+                 herald_hidden.decrypt_pii(p.to_address_encrypted, p.key_version), herald_hidden.data_key(t.version)),
+               key_version = t.version
+          from target t
+         where p.tenant_id = herald_public.current_tenant_id() and p.key_version <> t.version
+        returning 1
       )
+      -- `tests` runs whether or not it is read (a data-modifying WITH always does).
       select count(*)::integer from moved;
     $function$;
 grant execute on function herald_hidden.rekey_provider_accounts() to herald_worker;
@@ -3004,6 +3482,17 @@ grant execute on function herald_hidden.template_variables(text,text) to herald_
     $function$;
 grant execute on function herald_hidden.uncount_toward_cap(date) to herald_worker;
 
+-- function herald_hidden.uncount_toward_cap_many(date,integer) returns void; sql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.uncount_toward_cap_many(month date, count integer)
+     RETURNS void
+     LANGUAGE sql
+     SET search_path TO ''
+    AS $function$
+      update herald_hidden.monthly_usage u set messages = greatest(u.messages - uncount_toward_cap_many.count, 0)
+       where u.tenant_id = herald_public.current_tenant_id() and u.month = uncount_toward_cap_many.month;
+    $function$;
+grant execute on function herald_hidden.uncount_toward_cap_many(date,integer) to herald_worker;
+
 -- function herald_hidden.upsert_contacts(jsonb,text) returns TABLE(ordinal integer, contact_id uuid, action text); plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.upsert_contacts(contacts jsonb, mode text DEFAULT 'upsert'::text)
      RETURNS TABLE(ordinal integer, contact_id uuid, action text)
@@ -3070,12 +3559,14 @@ grant execute on function herald_hidden.uncount_toward_cap(date) to herald_worke
       decided as (
         select m.*,
                case
-                 -- A later item naming the same contact, or repeating an identifier, as an earlier one.
+                 -- A later item naming the same contact, or repeating an identifier,
+                 -- as an earlier one. (least() skips the nulls: an absent identifier
+                 -- repeats nothing.)
                  when m.ordinal > least(
-                        min(m.ordinal) over (partition by coalesce(m.phone_hash, pg_catalog.uuid_send(gen_random_uuid()))),
-                        min(m.ordinal) over (partition by coalesce(m.email_hash, pg_catalog.uuid_send(gen_random_uuid()))),
-                        min(m.ordinal) over (partition by coalesce(m.external_id, gen_random_uuid()::text)),
-                        min(m.ordinal) over (partition by coalesce(m.target_id, gen_random_uuid())))
+                        case when m.phone_hash is not null then min(m.ordinal) over (partition by m.phone_hash) end,
+                        case when m.email_hash is not null then min(m.ordinal) over (partition by m.email_hash) end,
+                        case when m.external_id is not null then min(m.ordinal) over (partition by m.external_id) end,
+                        case when m.target_id is not null then min(m.ordinal) over (partition by m.target_id) end)
                    then 'duplicate'
                  -- `update` names its contact by id; another tenant's id is simply not found.
                  when mode = 'update' and m.id_owner is null then 'not_found'
@@ -3320,6 +3811,60 @@ grant execute on function herald_private.admit(text,integer) to herald_authentic
     $function$;
 grant execute on function herald_private.admit_api_request(uuid) to herald_authenticator;
 
+-- function herald_private.admit_bucket(text,integer,double precision) returns integer; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.admit_bucket(scope text, capacity integer, per_minute double precision)
+     RETURNS integer
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_now timestamptz := pg_catalog.clock_timestamp();
+      v_level double precision;
+    begin
+      perform pg_catalog.set_config('synchronous_commit', 'off', true);
+      insert into herald_private.login_buckets as b (scope, level, updated_at)
+      values (admit_bucket.scope, 1, v_now)
+      on conflict on constraint login_buckets_pkey do update
+        set level = least(2 * admit_bucket.capacity,
+                          greatest(0, b.level - extract(epoch from (v_now - b.updated_at)) / 60 * admit_bucket.per_minute) + 1),
+            updated_at = v_now
+      returning b.level into v_level;
+      if v_level = 1 then
+        delete from herald_private.login_buckets o
+         where o.scope = any (array(select s.scope from herald_private.login_buckets s
+                                     where s.updated_at < v_now - interval '1 hour'
+                                     limit 20 for update skip locked));
+      end if;
+      if v_level <= admit_bucket.capacity then
+        return 0;
+      end if;
+      return greatest(1, ceil((v_level - admit_bucket.capacity) / admit_bucket.per_minute * 60))::integer;
+    end;
+    $function$;
+
+-- function herald_private.admit_login(text,text,text) returns integer; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.admit_login(account text, client text, account_client text)
+     RETURNS integer
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_wait integer;
+    begin
+      v_wait := greatest(herald_private.admit('login:pair:' || admit_login.account_client, 10),
+                         herald_private.admit('login:client:' || admit_login.client, 60));
+      if not exists (select 1 from herald_private.login_known_clients k
+                      where k.account_client = admit_login.account_client
+                        and k.last_success_at > pg_catalog.now() - interval '90 days') then
+        v_wait := greatest(v_wait, herald_private.admit_bucket('login:account:' || admit_login.account, 30, 2));
+      end if;
+      return v_wait;
+    end;
+    $function$;
+grant execute on function herald_private.admit_login(text,text,text) to herald_authenticator;
+
 -- function herald_private.audit_actor() returns record; plpgsql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.audit_actor(OUT kind text, OUT actor_id uuid, OUT detail text)
      RETURNS record
@@ -3377,6 +3922,27 @@ grant execute on function herald_private.admit_api_request(uuid) to herald_authe
     $function$;
 grant execute on function herald_private.authenticate_api_key(text) to herald_authenticator;
 
+-- function herald_private.grant_membership(uuid,uuid,text) returns void; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.grant_membership(tenant_id uuid, user_id uuid, role text)
+     RETURNS void
+     LANGUAGE plpgsql
+     STRICT SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      if grant_membership.user_id = herald_public.current_user_id()
+         or exists (select 1 from herald_private.operators o where o.user_id = grant_membership.user_id) then
+        raise exception 'A platform operator cannot grant itself a membership: a tenant''s owner or admin adds its people'
+          using errcode = 'OPSLF';
+      end if;
+      insert into herald_public.memberships (tenant_id, user_id, role)
+      values (grant_membership.tenant_id, grant_membership.user_id, grant_membership.role)
+      on conflict on constraint memberships_pkey do update set role = excluded.role
+        where herald_public.memberships.role is distinct from excluded.role;
+    end;
+    $function$;
+grant execute on function herald_private.grant_membership(uuid,uuid,text) to herald_authenticator;
+
 -- function herald_private.hash_key_version(bytea) returns smallint; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.hash_key_version(fingerprint bytea)
      RETURNS smallint
@@ -3425,6 +3991,40 @@ grant execute on function herald_private.inbound_number_owner(text,text) to hera
     end;
     $function$;
 
+-- function herald_private.register_operator(uuid) returns void; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.register_operator(user_id uuid)
+     RETURNS void
+     LANGUAGE plpgsql
+     STRICT SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      if exists (select 1 from herald_public.memberships m where m.user_id = register_operator.user_id) then
+        raise exception 'This user belongs to a tenant: an operator acts as a user of its own, which no tenant has'
+          using errcode = 'OPMEM';
+      end if;
+      insert into herald_private.operators (user_id) values (register_operator.user_id) on conflict do nothing;
+    end;
+    $function$;
+grant execute on function herald_private.register_operator(uuid) to herald_authenticator;
+
+-- function herald_private.remember_login_client(text) returns void; sql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.remember_login_client(account_client text)
+     RETURNS void
+     LANGUAGE sql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+      delete from herald_private.login_known_clients o
+       where o.account_client = any (array(select s.account_client from herald_private.login_known_clients s
+                                            where s.last_success_at < pg_catalog.now() - interval '90 days'
+                                            limit 20 for update skip locked));
+      insert into herald_private.login_known_clients as k (account_client, last_success_at)
+      values (remember_login_client.account_client, pg_catalog.now())
+      on conflict on constraint login_known_clients_pkey do update set last_success_at = excluded.last_success_at;
+    $function$;
+grant execute on function herald_private.remember_login_client(text) to herald_authenticator;
+
 -- function herald_private.reserve_send_slot(uuid,interval,text,interval,interval) returns timestamp with time zone; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.reserve_send_slot(tenant uuid, tenant_step interval, sender text, sender_step interval, horizon interval)
      RETURNS timestamp with time zone
@@ -3453,6 +4053,62 @@ grant execute on function herald_private.inbound_number_owner(text,text) to hera
       return v_slot;
     end;
     $function$;
+
+-- function herald_private.reserve_send_slots(uuid,interval,text,interval,interval,integer) returns record; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.reserve_send_slots(tenant uuid, tenant_step interval, sender text, sender_step interval, horizon interval, wanted integer, OUT first_at timestamp with time zone, OUT step interval, OUT granted integer)
+     RETURNS record
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_tenant_at timestamptz;
+      v_sender_at timestamptz := '-infinity';
+      v_room interval;
+    begin
+      insert into herald_private.send_pacing (scope, next_at) values ('tenant:' || tenant, '-infinity') on conflict do nothing;
+      select p.next_at into v_tenant_at from herald_private.send_pacing p where p.scope = 'tenant:' || tenant for update;
+      if sender is not null then
+        insert into herald_private.send_pacing (scope, next_at) values ('sender:' || sender, '-infinity') on conflict do nothing;
+        select p.next_at into v_sender_at from herald_private.send_pacing p where p.scope = 'sender:' || sender for update;
+      end if;
+      first_at := greatest(pg_catalog.clock_timestamp(), v_tenant_at, v_sender_at);
+      step := greatest(tenant_step, coalesce(sender_step, tenant_step));
+      v_room := pg_catalog.clock_timestamp() + horizon - first_at;
+      if v_room < interval '0' then
+        granted := 0;
+      elsif step <= interval '0' then
+        granted := greatest(wanted, 0);
+      else
+        granted := least(greatest(wanted, 0),
+                         floor(extract(epoch from v_room) / extract(epoch from step))::integer + 1);
+      end if;
+      if granted = 0 then
+        return;
+      end if;
+      update herald_private.send_pacing p set next_at = first_at + step * (granted - 1) + tenant_step
+       where p.scope = 'tenant:' || tenant;
+      if sender is not null then
+        update herald_private.send_pacing p set next_at = first_at + step * (granted - 1) + sender_step
+         where p.scope = 'sender:' || sender;
+      end if;
+    end;
+    $function$;
+
+-- function herald_private.revoke_membership(uuid,uuid) returns boolean; sql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.revoke_membership(tenant_id uuid, user_id uuid)
+     RETURNS boolean
+     LANGUAGE sql
+     STRICT SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+      with removed as (
+        delete from herald_public.memberships m
+         where m.tenant_id = revoke_membership.tenant_id and m.user_id = revoke_membership.user_id
+        returning 1
+      )
+      select exists (select 1 from removed);
+    $function$;
+grant execute on function herald_private.revoke_membership(uuid,uuid) to herald_authenticator;
 
 -- function herald_private.set_user_password(uuid,text) returns void; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.set_user_password(user_id uuid, password text)
@@ -3661,12 +4317,14 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
                  'run_at', c.run_at,
                  'max_attempts', 25))
           from (select d.tenant_id, min(d.run_at) as run_at, pg_catalog.array_agg(d.id order by d.run_at) as ids
-                  from (select n.tenant_id, n.id, n.run_at,
+                  from (select n.tenant_id, n.id, n.run_at, n.channel,
                                floor(extract(epoch from n.run_at) / 2) as window_start,
-                               (row_number() over (partition by n.tenant_id, floor(extract(epoch from n.run_at) / 2) order by n.run_at) - 1) / 50 as chunk
+                               (row_number() over (partition by n.tenant_id, n.channel, floor(extract(epoch from n.run_at) / 2)
+                                                   order by n.run_at) - 1)
+                                 / case n.channel when 'email' then 1000 else 50 end as chunk
                           from new_rows n
                          where n.status = 'queued') d
-                 group by d.tenant_id, d.window_start, d.chunk) c));
+                 group by d.tenant_id, d.channel, d.window_start, d.chunk) c));
       return null;
     end;
     $function$;
@@ -4745,15 +5403,25 @@ comment on function herald_public.tenants_usage_this_month(herald_public.tenants
 grant execute on function herald_public.tenants_usage_this_month(herald_public.tenants) to herald_admin;
 grant execute on function herald_public.tenants_usage_this_month(herald_public.tenants) to herald_member;
 
--- function herald_public.test_provider_account(uuid,text) returns uuid; sql; volatile; set search_path=""
+-- function herald_public.test_provider_account(uuid,text) returns uuid; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.test_provider_account(provider_account_id uuid, to_address text)
      RETURNS uuid
-     LANGUAGE sql
+     LANGUAGE plpgsql
      SET search_path TO ''
     AS $function$
-      insert into herald_hidden.provider_tests (provider_account_id, to_address)
-      values (test_provider_account.provider_account_id, test_provider_account.to_address)
-      returning id;
+    declare
+      v_version smallint := herald_hidden.current_data_key_version();
+      v_id uuid;
+    begin
+      if to_address is null or length(to_address) not between 3 and 254 then
+        raise exception 'toAddress must be a phone number or an email address' using errcode = '22023', column = 'to_address';
+      end if;
+      insert into herald_hidden.provider_tests (provider_account_id, to_address_encrypted, key_version)
+      values (test_provider_account.provider_account_id,
+              herald_hidden.encrypt_pii(test_provider_account.to_address, herald_hidden.data_key(v_version)), v_version)
+      returning id into v_id;
+      return v_id;
+    end;
     $function$;
 comment on function herald_public.test_provider_account(uuid,text) is 'Send one test SMS or email through the account; `lastTestedAt` and `lastError` on the account show the outcome.';
 grant execute on function herald_public.test_provider_account(uuid,text) to herald_member;

@@ -21,6 +21,10 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     admin: ["DELETE", "SELECT"],
     worker: ["SELECT", "UPDATE(answered_at, answered_by)"],
   },
+  "herald_hidden.provider_reports": {
+    admin: ["SELECT(received_at, tenant_id)"],
+    worker: ["DELETE", "INSERT(address_encrypted, channel, dedupe_key, delivery_id, error_code, event, key_version, occurred_at, opt_out, provider, provider_message_id, status, tenant_id)", "SELECT"],
+  },
   "herald_hidden.provider_tests": {
     member: ["INSERT(key_version, provider_account_id, to_address_encrypted)", "SELECT"],
     admin: ["SELECT"],
@@ -66,7 +70,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.delivery_events": {
     member: ["SELECT"],
     admin: ["SELECT"],
-    worker: ["INSERT(applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, status, tenant_id)", "SELECT"],
+    worker: ["INSERT(applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, received_at, status, tenant_id)", "SELECT"],
   },
   "herald_public.email_domains": {
     member: ["DELETE", "INSERT(domain, provider_account_id, tenant_id)", "SELECT", "UPDATE(verify_requested_at)"],
