@@ -75,7 +75,12 @@ describe("an email broadcast", () => {
     });
     const requestsBefore = server.sandbox.mailSendRequests;
     worker = await startSendingWorker(db.current, server, 4);
-    expect((await settled(db.current, messageId, 60_000)).byStatus).toEqual({ sent: 5000 });
+    // Every one handed to SendGrid; events may already have moved some on
+    // (delivered, or the bounce failed) by the time the last batch is recorded.
+    const { byStatus } = await settled(db.current, messageId, 60_000);
+    expect(Object.keys(byStatus).filter((status) => !["sent", "delivered", "failed"].includes(status))).toEqual([]);
+    expect(Object.values(byStatus).reduce((sum, n) => sum + n, 0)).toBe(5000);
+    expect(byStatus.failed ?? 0).toBeLessThanOrEqual(1);
     const requests = server.sandbox.mailSendRequests - requestsBefore;
     process.stdout.write(`email: 5,000 recipients in ${requests} mail/send requests\n`);
     expect(requests).toBeLessThanOrEqual(5);
