@@ -41,6 +41,8 @@ const task: Task<"delivery__send"> = async (rawPayload, helpers) => {
     session: (work) => withTenantContext(payload.tenant_id, work),
   });
   for (const f of result.failed) helpers.logger.info(`delivery ${f.id} failed: ${f.reason}`);
+  // One line per provider error, with no stack: a provider having a bad minute must not flood the log.
+  for (const r of result.retried) helpers.logger.warn(`delivery ${r.id}: provider error${r.code ? ` ${r.code}` : ""}, ${r.reason.slice(0, 200)}`);
   // One job per group due at the same moment (those paced out of this run come back together).
   const byTime = new Map<number, Hold[]>();
   for (const hold of result.later) {

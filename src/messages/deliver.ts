@@ -4,7 +4,7 @@ import type { ProviderClients } from "../providers/send.ts";
 import { claimRun } from "./claim.ts";
 import { dispatch, requestsFor } from "./dispatch.ts";
 import { Limiter, type Limiter as ProcessLimiter } from "./limiter.ts";
-import { recordOutcomes } from "./record.ts";
+import { recordOutcomes, type Recorded } from "./record.ts";
 import type { Hold } from "./settle.ts";
 
 /**
@@ -46,7 +46,8 @@ export interface RunContext {
 export interface RunResult {
   /** Deliveries to look at again later (each needs a job then). */
   later: Hold[];
-  failed: { id: string; reason: string }[];
+  failed: Recorded["failed"];
+  retried: Recorded["retried"];
 }
 
 export async function runDeliveries(ids: string[], ctx: RunContext): Promise<RunResult> {
@@ -55,7 +56,7 @@ export async function runDeliveries(ids: string[], ctx: RunContext): Promise<Run
     const claim = await ctx.session((client) => claimRun(client, ids, ctx));
     const requests = requestsFor(claim);
     permits.keep(requests);
-    if (requests === 0 && claim.reconciles.length === 0) return { later: claim.later, failed: [] };
+    if (requests === 0 && claim.reconciles.length === 0) return { later: claim.later, failed: [], retried: [] };
     // The run's requests share its permits; each one done gives one back to the process once fewer remain than are held.
     let remaining = requests;
     const local = new Limiter(Math.max(1, permits.held));
@@ -64,7 +65,7 @@ export async function runDeliveries(ids: string[], ctx: RunContext): Promise<Run
       if (remaining < permits.held) permits.releaseOne();
     });
     const recorded = await ctx.session((client) => recordOutcomes(client, claim, dispatched, ctx.processId));
-    return { later: [...claim.later, ...recorded.later], failed: recorded.failed };
+    return { later: [...claim.later, ...recorded.later], failed: recorded.failed, retried: recorded.retried };
   } finally {
     permits.releaseAll();
   }

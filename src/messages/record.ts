@@ -26,6 +26,8 @@ const LOOKUP_RETRY_MS = 15_000;
 export interface Recorded {
   later: Hold[];
   failed: { id: string; reason: string }[];
+  /** Provider errors that will be retried or looked up: logged once each, one line, by the task. */
+  retried: { id: string; code: string | null; reason: string }[];
 }
 
 export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, dispatched: Dispatched, processId: string): Promise<Recorded> {
@@ -39,6 +41,7 @@ export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, 
   const optOuts: { to: string; channel: string }[] = [];
   const later: Hold[] = [];
   const failed: Recorded["failed"] = [];
+  const retried: Recorded["retried"] = [];
 
   for (const outcome of dispatched.outcomes) {
     const row = rows.get(outcome.id)!;
@@ -62,6 +65,7 @@ export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, 
         break;
       case "lookup_failed":
         later.push({ id: outcome.id, until: new Date(Date.now() + LOOKUP_RETRY_MS), reason: `lookup failed: ${outcome.message}` });
+        retried.push({ id: outcome.id, code: null, reason: `lookup failed: ${outcome.message}` });
         break;
       case "error": {
         const error = outcome.error;
@@ -69,12 +73,14 @@ export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, 
         if (error.uncertain) {
           statuses.push({ id: outcome.id, status: "unknown", reason: `the provider may have accepted it: ${error.message}`, code, final: false });
           later.push({ id: outcome.id, until: new Date(Date.now() + RECONCILE_DELAY_MS), reason: "reconcile" });
+          retried.push({ id: outcome.id, code, reason: `uncertain, to be looked up: ${error.message}` });
           break;
         }
         uncount.push(outcome.id);
         const retryable = !PERMANENT_CODES.has(code ?? "") && (error.status === 429 || code === "20429" || (error.status !== undefined && error.status !== 400));
         if (retryable && row.d.attempts + 1 < MAX_SEND_ATTEMPTS) {
           holds.push({ id: outcome.id, until: new Date(Date.now() + backoffMs(row.d.attempts + 1)), reason: `retrying: ${error.message}`.slice(0, 500) });
+          retried.push({ id: outcome.id, code, reason: `retrying: ${error.message}` });
           break;
         }
         const reason = (retryable ? `gave up after ${row.d.attempts + 1} attempts: ` : "") + error.message;
@@ -103,7 +109,7 @@ export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, 
   }
   for (const o of optOuts) await recordCarrierOptOut(client, o.to, o.channel);
   await recordAccountNotes(client, dispatched.accountNotes);
-  return { later, failed };
+  return { later, failed, retried };
 }
 
 /**
