@@ -1,16 +1,11 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { seedExtraTenant } from "./helpers/fixtures.ts";
 import { readyToSend, seedAudience, settled, waitFor } from "./helpers/messaging.ts";
 import {
   crashSigns,
   sendThrough,
-  spawnHerald,
-  startOwnCluster,
-  startRelaySandbox,
   statuses,
-  type HeraldProcess,
-  type OwnCluster,
-  type RelaySandbox,
+  useHeraldPair,
 } from "./helpers/cluster.ts";
 
 /**
@@ -23,42 +18,26 @@ import {
  * On a cluster of this file's own (embedded, whatever DATABASE_URL says).
  */
 
-let cluster: OwnCluster;
-let relay: RelaySandbox;
-let api: HeraldProcess;
-let worker: HeraldProcess;
-
-beforeAll(async () => {
-  cluster = await startOwnCluster("callbacks");
-  relay = await startRelaySandbox();
-  [api, worker] = await Promise.all([spawnHerald(cluster, relay, "start"), spawnHerald(cluster, relay, "worker")]);
-  relay.apiUrl = api.url;
-}, 120_000);
-
-afterAll(async () => {
-  await Promise.all([api?.stop(), worker?.stop()]);
-  await relay?.close();
-  await cluster?.close();
-});
+const herald = useHeraldPair("callbacks");
 
 describe("the API unreachable for 30 s during a broadcast", () => {
   it("every delivery the provider delivered ends `delivered`, looked up once overdue", async () => {
-    const { db } = cluster;
+    const { db } = herald.cluster;
     const t = await seedExtraTenant(db, "unheard");
-    const sid = await readyToSend(db, relay, t);
+    const sid = await readyToSend(db, herald.relay, t);
     const count = 600;
     const audience = await seedAudience(db, t, { count, exchange: 831, list: "everyone" });
-    relay.sandbox.setFaults({ latencyMs: 10 });
-    const received = () => relay.sandbox.messages.filter((m) => m.account === sid);
-    const messageId = await sendThrough(db, api.url!, t, { channel: "sms", body: "Did you get this?", listIds: [audience.listId] });
+    herald.relay.sandbox.setFaults({ latencyMs: 10 });
+    const received = () => herald.relay.sandbox.messages.filter((m) => m.account === sid);
+    const messageId = await sendThrough(db, herald.api.url!, t, { channel: "sms", body: "Did you get this?", listIds: [audience.listId] });
     await waitFor(async () => received().length >= 50, 60_000, "50 messages before the API goes away");
-    relay.apiUrl = undefined;
+    herald.relay.apiUrl = undefined;
     const downAt = Date.now();
     await settled(db, messageId, 60_000);
     await new Promise((resolve) => setTimeout(resolve, Math.max(0, 30_000 - (Date.now() - downAt))));
     // While it was away, the status check cannot have settled what the callbacks could not.
-    const lost = relay.answers.get(502) ?? 0;
-    relay.apiUrl = api.url;
+    const lost = herald.relay.answers.get(502) ?? 0;
+    herald.relay.apiUrl = herald.api.url;
     const backAt = Date.now();
 
     await waitFor(
@@ -76,7 +55,7 @@ describe("the API unreachable for 30 s during a broadcast", () => {
     expect(lost).toBeGreaterThan(0);
     expect(rows[0]!.n).toBeGreaterThan(0);
     expect(new Set(received().map((m) => m.to)).size).toBe(count);
-    for (const p of [api, worker]) {
+    for (const p of [herald.api, herald.worker]) {
       expect(p.alive()).toBe(true);
       expect(crashSigns(p.output())).toEqual([]);
     }

@@ -1,17 +1,12 @@
-import { afterAll, beforeAll, describe, expect, it } from "vitest";
+import { describe, expect, it } from "vitest";
 import { seedExtraTenant } from "./helpers/fixtures.ts";
 import { readyToSend, seedAudience, settled, waitFor } from "./helpers/messaging.ts";
 import {
   allDelivered,
   crashSigns,
   sendThrough,
-  spawnHerald,
-  startOwnCluster,
-  startRelaySandbox,
   statuses,
-  type HeraldProcess,
-  type OwnCluster,
-  type RelaySandbox,
+  useHeraldPair,
 } from "./helpers/cluster.ts";
 
 /**
@@ -23,41 +18,25 @@ import {
  * On a cluster of this file's own (embedded, whatever DATABASE_URL says).
  */
 
-let cluster: OwnCluster;
-let relay: RelaySandbox;
-let api: HeraldProcess;
-let worker: HeraldProcess;
-
-beforeAll(async () => {
-  cluster = await startOwnCluster("outage");
-  relay = await startRelaySandbox();
-  [api, worker] = await Promise.all([spawnHerald(cluster, relay, "start"), spawnHerald(cluster, relay, "worker")]);
-  relay.apiUrl = api.url;
-}, 120_000);
-
-afterAll(async () => {
-  await Promise.all([api?.stop(), worker?.stop()]);
-  await relay?.close();
-  await cluster?.close();
-});
+const herald = useHeraldPair("outage");
 
 describe("PostgreSQL down for 10 s mid-broadcast", () => {
   it("every process stays up and finishes the broadcast: 0 lost, duplicates within what was in flight, every status final", async () => {
-    const { db } = cluster;
+    const { db } = herald.cluster;
     const t = await seedExtraTenant(db, "outage");
-    const sid = await readyToSend(db, relay, t);
+    const sid = await readyToSend(db, herald.relay, t);
     const audience = await seedAudience(db, t, { count: 1000, exchange: 821, list: "everyone" });
-    relay.sandbox.setFaults({ latencyMs: 20 });
-    const received = () => relay.sandbox.messages.filter((m) => m.account === sid);
-    const messageId = await sendThrough(db, api.url!, t, { channel: "sms", body: "Through the outage", listIds: [audience.listId] });
+    herald.relay.sandbox.setFaults({ latencyMs: 20 });
+    const received = () => herald.relay.sandbox.messages.filter((m) => m.account === sid);
+    const messageId = await sendThrough(db, herald.api.url!, t, { channel: "sms", body: "Through the outage", listIds: [audience.listId] });
     await waitFor(async () => received().length >= 300, 60_000, "300 messages before the outage");
-    await cluster.stop();
+    await herald.cluster.stop();
     const atStop = received().length;
-    const health = await fetch(`${api.url}/healthz`);
+    const health = await fetch(`${herald.api.url}/healthz`);
     expect(health.status).toBe(503);
     await new Promise((resolve) => setTimeout(resolve, 10_000));
-    for (const p of [api, worker]) expect(p.alive(), p.output().slice(-3000)).toBe(true);
-    await cluster.start();
+    for (const p of [herald.api, herald.worker]) expect(p.alive(), p.output().slice(-3000)).toBe(true);
+    await herald.cluster.start();
 
     const result = await settled(db, messageId, 120_000).catch(async (error: Error) => {
       const { rows } = await db.root.query(
@@ -70,21 +49,21 @@ describe("PostgreSQL down for 10 s mid-broadcast", () => {
       const { rows: procs } = await db.root.query("select process_id, started_at, worker_ids from herald_private.worker_processes");
       throw new Error(`${error.message}\n${JSON.stringify(rows, null, 1)}\n${JSON.stringify(procs)}`);
     });
-    relay.sandbox.setFaults({});
+    herald.relay.sandbox.setFaults({});
     await allDelivered(db, messageId, 1000, 30_000);
     const all = received();
     const distinct = new Set(all.map((m) => m.to));
     const duplicates = all.length - distinct.size;
     process.stdout.write(
       `down 10 s mid-broadcast: ${atStop} received at the stop; ${JSON.stringify(result.byStatus)} when settled; ${duplicates} duplicates; ` +
-        `callbacks answered ${JSON.stringify(Object.fromEntries(relay.answers))}\n`,
+        `callbacks answered ${JSON.stringify(Object.fromEntries(herald.relay.answers))}\n`,
     );
     expect(distinct.size).toBe(1000);
     expect(duplicates).toBeLessThanOrEqual(10);
     expect(await statuses(db, messageId)).toEqual({ delivered: 1000 });
-    expect(relay.answers.get(500) ?? 0).toBe(0);
-    expect((await fetch(`${api.url}/healthz`)).status).toBe(200);
-    for (const p of [api, worker]) {
+    expect(herald.relay.answers.get(500) ?? 0).toBe(0);
+    expect((await fetch(`${herald.api.url}/healthz`)).status).toBe(200);
+    for (const p of [herald.api, herald.worker]) {
       expect(p.alive(), p.output().slice(-3000)).toBe(true);
       expect(crashSigns(p.output())).toEqual([]);
     }

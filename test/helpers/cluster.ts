@@ -4,6 +4,7 @@ import http from "node:http";
 import os from "node:os";
 import path from "node:path";
 import express from "express";
+import { afterAll, beforeAll } from "vitest";
 import { createAuthenticator } from "../../src/auth.ts";
 import { loadConfig } from "../../src/config.ts";
 import { createPool } from "../../src/db/availability.ts";
@@ -227,3 +228,35 @@ export const allDelivered = (db: TestDb, messageId: string, count: number, timeo
     timeoutMs,
     async () => `all ${count} deliveries to be delivered: ${JSON.stringify(await statuses(db, messageId))}`,
   );
+
+/** What a resilience test file runs against: its own cluster, a relay sandbox, `npm start` and one `npm run worker`. */
+export interface HeraldPair {
+  cluster: OwnCluster;
+  relay: RelaySandbox;
+  api: HeraldProcess;
+  worker: HeraldProcess;
+}
+
+/**
+ * Starts a HeraldPair before the file's tests and stops it after them. With
+ * HERALD_TEST_KEEP_LOGS set, each process's output is kept in
+ * /tmp/herald-<name>-<api|worker>.log.
+ */
+export function useHeraldPair(name: string): HeraldPair {
+  const pair = {} as HeraldPair;
+  beforeAll(async () => {
+    pair.cluster = await startOwnCluster(name);
+    pair.relay = await startRelaySandbox();
+    [pair.api, pair.worker] = await Promise.all([spawnHerald(pair.cluster, pair.relay, "start"), spawnHerald(pair.cluster, pair.relay, "worker")]);
+    pair.relay.apiUrl = pair.api.url;
+  }, 120_000);
+  afterAll(async () => {
+    await Promise.all([pair.api?.stop(), pair.worker?.stop()]);
+    if (process.env.HERALD_TEST_KEEP_LOGS) {
+      for (const [role, p] of [["api", pair.api], ["worker", pair.worker]] as const) if (p) fs.writeFileSync(`/tmp/herald-${name}-${role}.log`, p.output());
+    }
+    await pair.relay?.close();
+    await pair.cluster?.close();
+  });
+  return pair;
+}
