@@ -5,7 +5,7 @@ import { ROLES, withDatabase } from "./urls.ts";
 
 /**
  * Cluster- and database-level setup that migrations cannot do as herald_owner:
- * Herald's five roles (README: Architecture), the database itself, and the extensions.
+ * Herald's five roles (docs/architecture.md), the database itself, and the extensions.
  * Runs as a superuser (or a CREATEROLE + CREATEDB user); idempotent.
  */
 

@@ -51,10 +51,28 @@ export async function applyMigrations(urls: DatabaseUrls, logger: Logger): Promi
 
 /** `herald db commit`: migrations/current/ becomes the next committed migration (graphile-migrate empties the folder). */
 export async function commitMigration(urls: DatabaseUrls, logger: Logger, message?: string): Promise<void> {
+  const settings = migrateSettings(urls, logger);
   try {
-    await commit(migrateSettings(urls, logger), message);
+    await commit(settings, message);
   } finally {
     clearAllPools();
+  }
+  removeBlankCurrentFiles(settings);
+}
+
+/**
+ * In folder mode graphile-migrate leaves a placeholder file holding only the
+ * blank migration text behind a commit; the folder is for named concerns
+ * (`NNN-concern.sql`), so the placeholder goes.
+ */
+function removeBlankCurrentFiles(settings: Settings): void {
+  const folder = path.join(settings.migrationsFolder ?? path.join(projectRoot, "migrations"), "current");
+  if (!fs.existsSync(folder)) return;
+  const blank = (settings.blankMigrationContent ?? "").trim();
+  for (const file of fs.readdirSync(folder)) {
+    if (!file.endsWith(".sql")) continue;
+    const text = fs.readFileSync(path.join(folder, file), "utf8").trim();
+    if (text === "" || text === blank) fs.rmSync(path.join(folder, file));
   }
 }
 

@@ -26,7 +26,7 @@ const TENANT_ROLES_ARRAY = `array['${TENANT_ROLES.join("', '")}']`;
 const GLOBAL_TABLES = `('herald_public.tenants', 'herald_public.users')`;
 /**
  * Unique keys that may omit tenant_id: a value that identifies its tenant
- * (an API key's hash, a sender number). The README's architecture section lists them.
+ * (an API key's hash, a sender number). docs/architecture.md lists them.
  */
 const GLOBAL_UNIQUE_KEYS = `('herald_public.api_keys/api_keys_secret_hash_key', 'herald_public.sender_numbers/sender_numbers_number_key')`;
 /** Tables (plain and partitioned) of the exposed schemas, as a FROM item named `c`. */

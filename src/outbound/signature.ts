@@ -2,7 +2,7 @@ import { createHmac } from "node:crypto";
 
 /**
  * How Herald signs what it posts to a tenant's endpoint, and how a receiver
- * checks it (README, "Outbound webhooks"):
+ * checks it (docs/operators-and-admins.md, "Outbound webhooks"):
  *
  *   Herald-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>.<raw body>")>
  *
