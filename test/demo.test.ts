@@ -49,7 +49,10 @@ describe("production start on the embedded database", () => {
     });
     expect(transcript).not.toContain("Demo tokens");
     expect(transcript).not.toMatch(/eyJhbGciOi/);
-    expect(transcript).toContain("HERALD_DEMO=true is ignored in production");
+    // The warning goes through the logger, which may flush after the banner.
+    const warning = "HERALD_DEMO=true is ignored in production";
+    for (const deadline = Date.now() + 5_000; !transcript.includes(warning) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
+    expect(transcript).toContain(warning);
 
     // The database (the same embedded server, which the CLI attaches to) holds no tenant at all.
     const tenants = await cli(["tenant", "list"]);

@@ -201,7 +201,13 @@ export async function spawnHerald(
 
 /** Log lines of a Herald process that mean it crashed or nearly did. */
 export const crashSigns = (output: string) =>
-  output.split("\n").filter((line) => /"level":60|unhandled|uncaught|exited unexpectedly|stopped unexpectedly/.test(line));
+  output
+    .split("\n")
+    .filter((line) => /"level":60|unhandled|uncaught|exited unexpectedly|stopped unexpectedly/.test(line))
+    // By design, not a crash: graphile-worker does not await some of its own
+    // writes, and a rejection from one while the server is away is logged and
+    // survived (src/main.ts); the tests check the process stayed up and lost nothing.
+    .filter((line) => !line.includes("the database is unavailable; carrying on"));
 
 /** sendMessage through the API process, as the tenant's owner. */
 export async function sendThrough(db: TestDb, url: string, t: TenantFixture, input: Record<string, unknown>): Promise<string> {
