@@ -7,7 +7,9 @@ import { enterSession, type SessionContext } from "../src/db/session.ts";
 import { createLogger } from "../src/logger.ts";
 
 /** A scratch database for one benchmark run, dropped afterwards. */
-export async function withBenchDatabase<T>(fn: (ctx: { config: Config; db: Database; root: pg.Pool; app: pg.Pool }) => Promise<T>): Promise<T> {
+export async function withBenchDatabase<T>(
+  fn: (ctx: { config: Config; db: Database; root: pg.Pool; app: pg.Pool }) => Promise<T>,
+): Promise<T> {
   const config = loadConfig();
   const database = `herald_bench_${process.pid}`;
   const logger = createLogger("warn", 2);
@@ -27,10 +29,17 @@ export async function withBenchDatabase<T>(fn: (ctx: { config: Config; db: Datab
 }
 
 export const median = (xs: number[]) => percentile(xs, 50);
-export const percentile = (xs: number[], p: number) => [...xs].sort((x, y) => x - y)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))]!;
+export const percentile = (xs: number[], p: number) =>
+  [...xs].sort((x, y) => x - y)[Math.min(xs.length - 1, Math.floor((xs.length * p) / 100))]!;
 
 /** Runs `sql` ROUNDS times in one transaction, inside `session` if given (3 warm-up rounds), returning milliseconds per run. */
-export async function timeQuery(pool: pg.Pool, session: SessionContext | undefined, sql: string, params: unknown[], rounds: number): Promise<number[]> {
+export async function timeQuery(
+  pool: pg.Pool,
+  session: SessionContext | undefined,
+  sql: string,
+  params: unknown[],
+  rounds: number,
+): Promise<number[]> {
   const client = await pool.connect();
   const samples: number[] = [];
   try {

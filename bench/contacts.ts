@@ -37,7 +37,9 @@ const phoneOf = (i: number) => {
 
 /** CPU nanoseconds so far of each client backend of this database (Linux /proc); empty elsewhere. */
 async function backendCpu(root: pg.Pool): Promise<Map<number, number>> {
-  const { rows } = await root.query<{ pid: number }>("select pid from pg_stat_activity where datname = current_database() and backend_type = 'client backend'");
+  const { rows } = await root.query<{ pid: number }>(
+    "select pid from pg_stat_activity where datname = current_database() and backend_type = 'client backend'",
+  );
   const cpu = new Map<number, number>();
   for (const { pid } of rows) {
     try {
@@ -57,20 +59,41 @@ const figures: Record<string, number | string> = { bench: "contacts" };
 async function benchImport(root: pg.Pool, app: pg.Pool, keyring: Keyring) {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-bench-"));
   const file = path.join(dir, "contacts.csv");
-  const rows = Array.from({ length: IMPORT_ROWS }, (_, i) => ({ first: `First${i}`, last: `Last${i}`, phone: phoneOf(i), email: `person${i}@example.com` }));
-  fs.writeFileSync(file, ["first_name,last_name,phone,email", ...rows.map((r) => `${r.first},${r.last},"${r.phone}",${r.email}`)].join("\n") + "\n");
-  const { rows: [tenant] } = await root.query<{ id: string }>("insert into herald_public.tenants (slug, name) values ('bench-import', 'Import') returning id");
+  const rows = Array.from({ length: IMPORT_ROWS }, (_, i) => ({
+    first: `First${i}`,
+    last: `Last${i}`,
+    phone: phoneOf(i),
+    email: `person${i}@example.com`,
+  }));
+  fs.writeFileSync(
+    file,
+    ["first_name,last_name,phone,email", ...rows.map((r) => `${r.first},${r.last},"${r.phone}",${r.email}`)].join(
+      "\n",
+    ) + "\n",
+  );
+  const {
+    rows: [tenant],
+  } = await root.query<{ id: string }>(
+    "insert into herald_public.tenants (slug, name) values ('bench-import', 'Import') returning id",
+  );
 
   say(`importing ${fmt(IMPORT_ROWS)} contacts from CSV…`);
   // CPU time too: on a shared machine wall time moves with the neighbours' load, CPU time per row far less.
   const dbCpuBefore = await backendCpu(root);
   const nodeCpuBefore = process.cpuUsage();
   let started = performance.now();
-  const summary = await importContacts({ pool: app, keyring, tenantId: tenant!.id, file, rejectsFile: path.join(dir, "rejects.csv") });
+  const summary = await importContacts({
+    pool: app,
+    keyring,
+    tenantId: tenant!.id,
+    file,
+    rejectsFile: path.join(dir, "rejects.csv"),
+  });
   const importSeconds = (performance.now() - started) / 1000;
   const nodeCpu = process.cpuUsage(nodeCpuBefore);
   const dbCpuNs = cpuSpent(dbCpuBefore, await backendCpu(root));
-  if (summary.inserted !== IMPORT_ROWS) throw new Error(`import inserted ${summary.inserted} of ${IMPORT_ROWS}: ${JSON.stringify(summary)}`);
+  if (summary.inserted !== IMPORT_ROWS)
+    throw new Error(`import inserted ${summary.inserted} of ${IMPORT_ROWS}: ${JSON.stringify(summary)}`);
 
   say(`inserting the same ${fmt(IMPORT_ROWS)} rows in plain multi-row INSERTs…`);
   await root.query(`create table public.bench_plain_contacts (
@@ -80,10 +103,10 @@ async function benchImport(root: pg.Pool, app: pg.Pool, keyring: Keyring) {
   for (let start = 0; start < rows.length; start += 1000) {
     const chunk = rows.slice(start, start + 1000);
     const values = chunk.map((_, i) => `($1, $${i * 4 + 2}, $${i * 4 + 3}, $${i * 4 + 4}, $${i * 4 + 5})`).join(", ");
-    await root.query(`insert into public.bench_plain_contacts (tenant_id, first_name, last_name, phone, email) values ${values}`, [
-      tenant!.id,
-      ...chunk.flatMap((r) => [r.first, r.last, r.phone, r.email]),
-    ]);
+    await root.query(
+      `insert into public.bench_plain_contacts (tenant_id, first_name, last_name, phone, email) values ${values}`,
+      [tenant!.id, ...chunk.flatMap((r) => [r.first, r.last, r.phone, r.email])],
+    );
   }
   const plainSeconds = (performance.now() - started) / 1000;
   fs.rmSync(dir, { recursive: true, force: true });
@@ -111,7 +134,11 @@ async function benchImport(root: pg.Pool, app: pg.Pool, keyring: Keyring) {
 }
 
 /** Seeds CONTACTS_PER_TENANT phone-only contacts in each tenant, two tenants at a time, in SQL. */
-async function seedLookupTenants(root: pg.Pool, app: pg.Pool, keyring: Keyring): Promise<{ id: string; settings: Record<string, string> }[]> {
+async function seedLookupTenants(
+  root: pg.Pool,
+  app: pg.Pool,
+  keyring: Keyring,
+): Promise<{ id: string; settings: Record<string, string> }[]> {
   say(`seeding ${fmt(TENANTS * CONTACTS_PER_TENANT)} contacts over ${fmt(TENANTS)} tenants…`);
   const { rows } = await root.query<{ id: string }>(
     "insert into herald_public.tenants (slug, name) select 'bench-' || g, 'Bench ' || g from generate_series(1, $1) g returning id",
@@ -136,7 +163,10 @@ async function seedLookupTenants(root: pg.Pool, app: pg.Pool, keyring: Keyring):
           [CONTACTS_PER_TENANT],
         ),
       );
-      if (i % 100 === 99) say(`  ${fmt(i + 1)} tenants seeded (${fmt(((i + 1) * CONTACTS_PER_TENANT) / ((performance.now() - started) / 1000))} contacts/s)`);
+      if (i % 100 === 99)
+        say(
+          `  ${fmt(i + 1)} tenants seeded (${fmt(((i + 1) * CONTACTS_PER_TENANT) / ((performance.now() - started) / 1000))} contacts/s)`,
+        );
     }
   };
   await Promise.all([seedOne(), seedOne()]);
@@ -156,7 +186,11 @@ async function benchLookups(app: pg.Pool, tenants: { id: string; settings: Recor
       await enterSession(client, { role: ROLES.member, tenantId: t.id, settings: t.settings });
       const started = process.hrtime.bigint();
       // Prepared, as in the API (the plugin names its statements).
-      const { rowCount } = await client.query({ name: "bench_lookup", text: contactLookupSql("phone"), values: ["phone", phone] });
+      const { rowCount } = await client.query({
+        name: "bench_lookup",
+        text: contactLookupSql("phone"),
+        values: ["phone", phone],
+      });
       const ms = Number(process.hrtime.bigint() - started) / 1e6;
       await client.query("commit");
       if (rowCount !== 1) throw new Error(`lookup of ${phone} in ${t.id} found ${rowCount} rows`);
@@ -181,7 +215,12 @@ async function benchLookups(app: pg.Pool, tenants: { id: string; settings: Recor
 }
 
 async function benchTaggedPage(root: pg.Pool, app: pg.Pool, tenant: { id: string; settings: Record<string, string> }) {
-  const { rows: [tag] } = await root.query<{ id: string }>("insert into herald_public.tags (tenant_id, name) values ($1, 'vip') returning id", [tenant.id]);
+  const {
+    rows: [tag],
+  } = await root.query<{ id: string }>(
+    "insert into herald_public.tags (tenant_id, name) values ($1, 'vip') returning id",
+    [tenant.id],
+  );
   await root.query(
     `insert into herald_public.contact_tags (tenant_id, contact_id, tag_id)
      select tenant_id, id, $2 from herald_public.contacts where tenant_id = $1 and random() < 0.5`,
@@ -195,7 +234,13 @@ async function benchTaggedPage(root: pg.Pool, app: pg.Pool, tenant: { id: string
                               where ct.tenant_id = c.tenant_id and ct.contact_id = c.id and ct.tag_id = $1)
      order by c.created_at, c.id
      limit 100`;
-  const rls = await timeQuery(app, { role: ROLES.member, tenantId: tenant.id, settings: tenant.settings }, page(""), [tag!.id], ROUNDS);
+  const rls = await timeQuery(
+    app,
+    { role: ROLES.member, tenantId: tenant.id, settings: tenant.settings },
+    page(""),
+    [tag!.id],
+    ROUNDS,
+  );
   const manual = await timeQuery(root, undefined, page("c.tenant_id = $2 and"), [tag!.id, tenant.id], ROUNDS);
   Object.assign(figures, {
     tagged_page_rls_ms: Number(median(rls).toFixed(3)),

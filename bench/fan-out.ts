@@ -36,24 +36,38 @@ async function seedAudience(root: pg.Pool, tenantId: string): Promise<string> {
        from generate_series(1, $2) g, (select max(version) as version from herald_private.tenant_data_keys where tenant_id = $1) k`,
     [tenantId, RECIPIENTS],
   );
-  const { rows: [list] } = await root.query<{ id: string }>("insert into herald_public.lists (tenant_id, name) values ($1, 'everyone') returning id", [tenantId]);
-  await root.query("insert into herald_public.list_members (tenant_id, list_id, contact_id) select tenant_id, $2, id from herald_public.contacts where tenant_id = $1", [
-    tenantId,
-    list!.id,
-  ]);
+  const {
+    rows: [list],
+  } = await root.query<{ id: string }>(
+    "insert into herald_public.lists (tenant_id, name) values ($1, 'everyone') returning id",
+    [tenantId],
+  );
+  await root.query(
+    "insert into herald_public.list_members (tenant_id, list_id, contact_id) select tenant_id, $2, id from herald_public.contacts where tenant_id = $1",
+    [tenantId, list!.id],
+  );
   await root.query("analyze");
   return list!.id;
 }
 
 export async function benchFanOut(): Promise<void> {
-  await withBenchDatabase(async ({ config, db, root, app }) => {
+  await withBenchDatabase(async ({ config, root, app }) => {
     const keyring = keyringFromConfig(config);
-    const { rows: [tenant] } = await root.query<{ id: string }>("insert into herald_public.tenants (slug, name) values ('bench-fan-out', 'Fan-out') returning id");
+    const {
+      rows: [tenant],
+    } = await root.query<{ id: string }>(
+      "insert into herald_public.tenants (slug, name) values ('bench-fan-out', 'Fan-out') returning id",
+    );
     const tenantId = tenant!.id;
     await keyring.sessionSettings(app, tenantId); // creates the tenant's data key
-    await root.query("update herald_public.tenant_settings set rate_batch_size = 100000, rate_batch_interval_seconds = 1 where tenant_id = $1", [tenantId]);
+    await root.query(
+      "update herald_public.tenant_settings set rate_batch_size = 100000, rate_batch_interval_seconds = 1 where tenant_id = $1",
+      [tenantId],
+    );
     const listId = await seedAudience(root, tenantId);
-    await root.query("create table public.bench_plain_deliveries (tenant_id uuid, id uuid default gen_random_uuid(), message_id uuid, contact_id uuid, status text, run_at timestamptz)");
+    await root.query(
+      "create table public.bench_plain_deliveries (tenant_id uuid, id uuid default gen_random_uuid(), message_id uuid, contact_id uuid, status text, run_at timestamptz)",
+    );
 
     const fanOutTimes: number[] = [];
     const plainTimes: number[] = [];
@@ -63,7 +77,9 @@ export async function benchFanOut(): Promise<void> {
     for (let round = 0; round < ROUNDS; round++) {
       const plainClient = await root.connect();
       try {
-        const { rows: [{ pid }] } = await plainClient.query("select pg_backend_pid() as pid");
+        const {
+          rows: [{ pid }],
+        } = await plainClient.query("select pg_backend_pid() as pid");
         const cpu = cpuNanoseconds(pid);
         const started = performance.now();
         await plainClient.query(
@@ -76,14 +92,18 @@ export async function benchFanOut(): Promise<void> {
         plainClient.release();
       }
 
-      const { rows: [message] } = await root.query<{ id: string }>(
+      const {
+        rows: [message],
+      } = await root.query<{ id: string }>(
         "insert into herald_public.messages (tenant_id, channel, body, list_ids) values ($1, 'sms', 'Hello {{first_name|there}}', array[$2::uuid]) returning id",
         [tenantId, listId],
       );
       await root.query("select graphile_worker.remove_job($1)", [`message:${message!.id}`]);
       say(`round ${round + 1}: fanning out ${fmt(RECIPIENTS)} recipients…`);
       await withWorkerConnection(app, keyring, tenantId, async (transaction, client) => {
-        const { rows: [{ pid }] } = await client.query("select pg_backend_pid() as pid");
+        const {
+          rows: [{ pid }],
+        } = await client.query("select pg_backend_pid() as pid");
         const cpu = cpuNanoseconds(pid);
         const started = performance.now();
         const totals = await fanOut(transaction, message!.id, { smsFrom: "+15005550006", messagesPerSecond: 1000 });
@@ -92,10 +112,13 @@ export async function benchFanOut(): Promise<void> {
         if (totals.queued !== RECIPIENTS) throw new Error(`fan-out queued ${totals.queued} of ${RECIPIENTS}`);
         batches = totals.batches;
       });
-      const { rows: [jobs] } = await root.query(
+      const {
+        rows: [jobs],
+      } = await root.query(
         "select count(*)::int as n, sum(json_array_length(j.payload->'ids'))::int as deliveries from graphile_worker._private_jobs j join graphile_worker._private_tasks t on t.id = j.task_id where t.identifier = 'delivery__send'",
       );
-      if (jobs.deliveries !== RECIPIENTS * (round + 1)) throw new Error(`${jobs.deliveries} deliveries in jobs, not ${RECIPIENTS * (round + 1)}`);
+      if (jobs.deliveries !== RECIPIENTS * (round + 1))
+        throw new Error(`${jobs.deliveries} deliveries in jobs, not ${RECIPIENTS * (round + 1)}`);
     }
 
     const best = (xs: number[]) => Math.min(...xs);

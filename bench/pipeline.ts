@@ -34,21 +34,35 @@ const LATENCY_RECIPIENTS = Math.min(RECIPIENTS, Number(process.env.BENCH_LATENCY
 const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 const seconds = (since: number) => (performance.now() - since) / 1000;
 
-async function seedAudience(root: pg.Pool, app: pg.Pool, keyring: ReturnType<typeof keyringFromConfig>, tenantId: string) {
+async function seedAudience(
+  root: pg.Pool,
+  app: pg.Pool,
+  keyring: ReturnType<typeof keyringFromConfig>,
+  tenantId: string,
+) {
   say(`seeding ${fmt(RECIPIENTS)} contacts on one list…`);
   return withWorkerConnection(app, keyring, tenantId, async (transaction) => {
     for (let start = 0; start < RECIPIENTS; start += 5000) {
       const docs = Array.from({ length: Math.min(5000, RECIPIENTS - start) }, (_, k) => {
         const i = start + k;
         // Lines 1000–9999: none ends in the sandbox's failure digits (0001–0003).
-        return { phone: `+1212${200 + Math.floor(i / 9000)}${1000 + (i % 9000)}`, email: `person${i}@bench.test`, first_name: `Person${i}` };
+        return {
+          phone: `+1212${200 + Math.floor(i / 9000)}${1000 + (i % 9000)}`,
+          email: `person${i}@bench.test`,
+          first_name: `Person${i}`,
+        };
       });
-      await transaction((c) => c.query("select count(*) from herald_hidden.upsert_contacts($1)", [JSON.stringify(docs)]));
+      await transaction((c) =>
+        c.query("select count(*) from herald_hidden.upsert_contacts($1)", [JSON.stringify(docs)]),
+      );
     }
     return transaction(async (c) => {
       const list = async (name: string, limit: number) => {
         const { rows } = await c.query("insert into herald_public.lists (name) values ($1) returning id", [name]);
-        await c.query("insert into herald_public.list_members (list_id, contact_id) select $1, id from herald_public.contacts order by id limit $2", [rows[0].id, limit]);
+        await c.query(
+          "insert into herald_public.list_members (list_id, contact_id) select $1, id from herald_public.contacts order by id limit $2",
+          [rows[0].id, limit],
+        );
         return rows[0].id as string;
       };
       return { everyone: await list("everyone", RECIPIENTS), some: await list("some", LATENCY_RECIPIENTS) };
@@ -86,8 +100,17 @@ async function noopJobsPerSecond(root: pg.Pool, ownerUrl: string): Promise<numbe
 }
 
 /** A message to a list, fanned out here (its own fan-out job removed); its id and the deliveries queued. */
-async function fannedOut(root: pg.Pool, app: pg.Pool, keyring: ReturnType<typeof keyringFromConfig>, tenantId: string, listId: string, channel: "sms" | "email") {
-  const { rows: [message] } = await root.query<{ id: string }>(
+async function fannedOut(
+  root: pg.Pool,
+  app: pg.Pool,
+  keyring: ReturnType<typeof keyringFromConfig>,
+  tenantId: string,
+  listId: string,
+  channel: "sms" | "email",
+) {
+  const {
+    rows: [message],
+  } = await root.query<{ id: string }>(
     channel === "sms"
       ? "insert into herald_public.messages (tenant_id, channel, body, list_ids) values ($1, 'sms', 'Hello {{first_name|there}}, this is a benchmark.', array[$2::uuid]) returning id"
       : "insert into herald_public.messages (tenant_id, channel, subject, body, list_ids) values ($1, 'email', 'News for {{first_name}}', 'Hello {{first_name|there}}, this is a benchmark.', array[$2::uuid]) returning id",
@@ -105,7 +128,11 @@ export async function benchPipeline() {
   await withBenchDatabase(async ({ config, db, root, app }) => {
     const keyring = keyringFromConfig(config);
     await runMigrations({ connectionString: db.urls.owner });
-    const { rows: [tenant] } = await root.query<{ id: string }>("insert into herald_public.tenants (slug, name) values ('bench-pipeline', 'Pipeline') returning id");
+    const {
+      rows: [tenant],
+    } = await root.query<{ id: string }>(
+      "insert into herald_public.tenants (slug, name) values ('bench-pipeline', 'Pipeline') returning id",
+    );
     const tenantId = tenant!.id;
     // The tenant's pace out of the way (this measures Herald, not a carrier's
     // limit), and its send window open all day: quiet hours would hold every
@@ -117,7 +144,9 @@ export async function benchPipeline() {
     const lists = await seedAudience(root, app, keyring, tenantId);
 
     // 1. Fan-out against a bare INSERT … SELECT.
-    await root.query("create table public.bench_plain_deliveries (tenant_id uuid, id uuid default gen_random_uuid(), message_id uuid, contact_id uuid, status text, run_at timestamptz)");
+    await root.query(
+      "create table public.bench_plain_deliveries (tenant_id uuid, id uuid default gen_random_uuid(), message_id uuid, contact_id uuid, status text, run_at timestamptz)",
+    );
     say("bare INSERT … SELECT…");
     const started = performance.now();
     await root.query(
@@ -130,9 +159,15 @@ export async function benchPipeline() {
 
     say(`fanning out ${fmt(RECIPIENTS)} recipients (deliveries + jobs, in batches)…`);
     const first = await fannedOut(root, app, keyring, tenantId, lists.everyone, "sms");
-    const { rows: [jobs] } = await root.query("select count(*)::int as n, sum(json_array_length(payload->'ids'))::int as deliveries from graphile_worker._private_jobs");
+    const {
+      rows: [jobs],
+    } = await root.query(
+      "select count(*)::int as n, sum(json_array_length(payload->'ids'))::int as deliveries from graphile_worker._private_jobs",
+    );
     if (first.totals.queued !== RECIPIENTS || jobs.deliveries !== RECIPIENTS) {
-      throw new Error(`fan-out queued ${first.totals.queued} deliveries, ${jobs.deliveries} of them in jobs, not ${RECIPIENTS}`);
+      throw new Error(
+        `fan-out queued ${first.totals.queued} deliveries, ${jobs.deliveries} of them in jobs, not ${RECIPIENTS}`,
+      );
     }
 
     // 2. SMS end to end, at each provider latency.
@@ -142,7 +177,15 @@ export async function benchPipeline() {
       for (const [i, latencyMs] of LATENCIES.entries()) {
         const message = i === 0 ? first : await fannedOut(root, app, keyring, tenantId, lists.some, "sms");
         sandbox.sandbox.setFaults({ latencyMs });
-        const run = await measureSend({ label: `SMS, provider answering after ${latencyMs} ms`, root, db, sandbox, messageId: message.messageId, deliveries: message.totals.queued, concurrency: CONCURRENCY });
+        const run = await measureSend({
+          label: `SMS, provider answering after ${latencyMs} ms`,
+          root,
+          db,
+          sandbox,
+          messageId: message.messageId,
+          deliveries: message.totals.queued,
+          concurrency: CONCURRENCY,
+        });
         sms.push({ ...run, latencyMs });
       }
       sandbox.sandbox.setFaults({});
@@ -152,7 +195,15 @@ export async function benchPipeline() {
       const email = await fannedOut(root, app, keyring, tenantId, lists.everyone, "email");
       await planEmailRuns(root, tenantId, email.messageId);
       const requestsBefore = sandbox.sandbox.mailSendRequests;
-      const emailRun = await measureSend({ label: "email", root, db, sandbox, messageId: email.messageId, deliveries: email.totals.queued, concurrency: CONCURRENCY });
+      const emailRun = await measureSend({
+        label: "email",
+        root,
+        db,
+        sandbox,
+        messageId: email.messageId,
+        deliveries: email.totals.queued,
+        concurrency: CONCURRENCY,
+      });
       const emailRequests = sandbox.sandbox.mailSendRequests - requestsBefore;
       report({ first, plainSeconds, jobs: jobs.n, noopRate, sms, emailRun, emailRequests });
     } finally {

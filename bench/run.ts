@@ -6,7 +6,13 @@ import { benchRls } from "./rls.ts";
 import { benchWebhooks } from "./webhooks.ts";
 
 /** `npm run bench [-- rls|contacts|pipeline|webhooks|fan-out]`: every benchmark, or the one named. Ratios come from one run each. */
-const benches: Record<string, () => Promise<void>> = { rls: benchRls, contacts: benchContacts, pipeline: benchPipeline, webhooks: benchWebhooks, "fan-out": benchFanOut };
+const benches: Record<string, () => Promise<void>> = {
+  rls: benchRls,
+  contacts: benchContacts,
+  pipeline: benchPipeline,
+  webhooks: benchWebhooks,
+  "fan-out": benchFanOut,
+};
 const asked = process.argv.slice(2);
 const unknown = asked.filter((name) => !benches[name]);
 if (unknown.length > 0) {

@@ -16,7 +16,8 @@ const fmt = (n: number) => Math.round(n).toLocaleString("en-US");
 
 /** The Node flags `npm run worker` starts a worker process with (its memory settings): measured as deployed. */
 const workerNodeFlags = (): string[] => {
-  const script = (JSON.parse(fs.readFileSync("package.json", "utf8")) as { scripts: Record<string, string> }).scripts.worker ?? "";
+  const script =
+    (JSON.parse(fs.readFileSync("package.json", "utf8")) as { scripts: Record<string, string> }).scripts.worker ?? "";
   return script.split(/\s+/).filter((arg) => arg.startsWith("--") && arg !== "--worker-only");
 };
 
@@ -88,7 +89,9 @@ export async function measureSend(options: {
       const done = rows[0].sent / deliveries;
       if (done >= nextReport || rows[0].sent >= deliveries) {
         if (memory) rss.push([Math.round(done * 100) / 100, Math.round(memory.rss)]);
-        say(`  ${fmt(rows[0].sent)} sent (${(rows[0].sent / ((performance.now() - started) / 1000)).toFixed(0)}/s), worker RSS ${memory?.rss.toFixed(0) ?? "?"} MiB`);
+        say(
+          `  ${fmt(rows[0].sent)} sent (${(rows[0].sent / ((performance.now() - started) / 1000)).toFixed(0)}/s), worker RSS ${memory?.rss.toFixed(0) ?? "?"} MiB`,
+        );
         nextReport = Math.floor(done * 10 + 1) / 10;
       }
       if (rows[0].bad > 0) {
@@ -105,13 +108,23 @@ export async function measureSend(options: {
     child.kill("SIGTERM");
     await new Promise((resolve) => (child.exitCode !== null ? resolve(undefined) : child.once("exit", resolve)));
   }
-  const { rows: [span] } = await root.query<{ s: number }>(
+  const {
+    rows: [span],
+  } = await root.query<{ s: number }>(
     "select extract(epoch from max(sent_at) - min(claimed_at))::float8 as s from herald_public.deliveries where message_id = $1",
     [messageId],
   );
   const steady = rss.filter(([share]) => share >= 0.2).map(([, mib]) => mib);
   const rssDrift = steady.length > 1 ? (Math.max(...steady) - Math.min(...steady)) / Math.min(...steady) : 0;
-  return { label: options.label, deliveries, rate: deliveries / span!.s, seconds: span!.s, rss, peakRssMiB: Math.round(peak), rssDrift };
+  return {
+    label: options.label,
+    deliveries,
+    rate: deliveries / span!.s,
+    seconds: span!.s,
+    rss,
+    peakRssMiB: Math.round(peak),
+    rssDrift,
+  };
 }
 
 /**

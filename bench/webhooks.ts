@@ -99,7 +99,14 @@ async function load(origin: string, next: () => Shot, options: { seconds: number
 const inboundShot = (publicUrl: string) => (): Shot => {
   const i = ++sequence;
   const params = inboundParams(
-    { url: "", authToken: "", accountSid: SANDBOX_SYSTEM_TWILIO.accountSid, from: phoneOf(i % CONTACTS), to: NUMBER, body: i % 10 === 0 ? "HELP" : "Thanks, see you then" },
+    {
+      url: "",
+      authToken: "",
+      accountSid: SANDBOX_SYSTEM_TWILIO.accountSid,
+      from: phoneOf(i % CONTACTS),
+      to: NUMBER,
+      body: i % 10 === 0 ? "HELP" : "Thanks, see you then",
+    },
     `SM${String(i).padStart(32, "0")}`,
   );
   return {
@@ -182,7 +189,12 @@ async function untilApplied(root: pg.Pool, since: number): Promise<number> {
 }
 
 const eventCount = async (root: pg.Pool, provider: string) =>
-  (await root.query<{ n: number }>("select count(*)::int as n from herald_public.delivery_events where provider = $1", [provider])).rows[0]!.n;
+  (
+    await root.query<{ n: number }>(
+      "select count(*)::int as n from herald_public.delivery_events where provider = $1",
+      [provider],
+    )
+  ).rows[0]!.n;
 
 /** DELIVERIES sent deliveries on `channel`, spread over messages of the bench's contacts: their ids and provider message ids. */
 async function seedDeliveries(root: pg.Pool, tenantId: string, channel: "sms" | "email") {
@@ -211,12 +223,24 @@ export async function benchWebhooks() {
     // The schema as it will be committed: migrations/current/ on top (the journal of provider reports lives there until then).
     await watchMigrations(db.urls, createLogger("warn", 2), true);
     const keyring = keyringFromConfig(config);
-    const { rows: [tenant] } = await root.query<{ id: string }>("insert into herald_public.tenants (slug, name) values ('bench-webhooks', 'Webhooks') returning id");
+    const {
+      rows: [tenant],
+    } = await root.query<{ id: string }>(
+      "insert into herald_public.tenants (slug, name) values ('bench-webhooks', 'Webhooks') returning id",
+    );
     const tenantId = tenant!.id;
-    await root.query("insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, $2)", [tenantId, NUMBER]);
+    await root.query("insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, $2)", [
+      tenantId,
+      NUMBER,
+    ]);
     say(`seeding ${fmt(CONTACTS)} contacts…`);
-    await withSession(app, { role: ROLES.worker, tenantId, settings: await keyring.sessionSettings(app, tenantId) }, (c) =>
-      c.query("select count(*) from herald_hidden.upsert_contacts($1)", [JSON.stringify(Array.from({ length: CONTACTS }, (_, i) => ({ phone: phoneOf(i), first_name: `P${i}` })))]),
+    await withSession(
+      app,
+      { role: ROLES.worker, tenantId, settings: await keyring.sessionSettings(app, tenantId) },
+      (c) =>
+        c.query("select count(*) from herald_hidden.upsert_contacts($1)", [
+          JSON.stringify(Array.from({ length: CONTACTS }, (_, i) => ({ phone: phoneOf(i), first_name: `P${i}` }))),
+        ]),
     );
     // A running Herald has history: the tenant's earlier inbound messages
     // (through the same function), so the planner sizes the tables as in
@@ -225,8 +249,14 @@ export async function benchWebhooks() {
     const settings = await keyring.sessionSettings(app, tenantId);
     for (let done = 0; done < HISTORY; done += 50) {
       const batch = Array.from({ length: 50 }, (_, k) => ({
-        channel: "sms", to_number: NUMBER, from_phone: phoneOf((done + k) % CONTACTS), body: "Earlier message",
-        provider_message_id: `SM${String(done + k).padStart(32, "f")}`, media_count: 0, keyword: null, keyword_word: null,
+        channel: "sms",
+        to_number: NUMBER,
+        from_phone: phoneOf((done + k) % CONTACTS),
+        body: "Earlier message",
+        provider_message_id: `SM${String(done + k).padStart(32, "f")}`,
+        media_count: 0,
+        keyword: null,
+        keyword_word: null,
       }));
       await withSession(app, { role: ROLES.worker, tenantId, settings }, (c) =>
         c.query("select count(*) from herald_hidden.receive_inbound_batch($1)", [JSON.stringify(batch)]),
@@ -273,7 +303,9 @@ export async function benchWebhooks() {
       const full = await load(publicUrl, inbound, { seconds: SECONDS });
       say(`inbound: Herald at ${RATE} req/s, ${SECONDS} s…`);
       const paced = await load(publicUrl, inbound, { seconds: SECONDS, rate: RATE });
-      const { rows: [stored] } = await root.query<{ n: number }>(
+      const {
+        rows: [stored],
+      } = await root.query<{ n: number }>(
         "select count(*)::int - $2 as n from herald_public.inbound_messages where tenant_id = $1",
         [tenantId, HISTORY],
       );
@@ -282,7 +314,9 @@ export async function benchWebhooks() {
       // Status callbacks: acknowledged per second, and applied end to end (until the journal is empty).
       const status = statusShot(publicUrl, tenantId, smsDeliveries);
       say(`status callbacks: bare express, ${CONNECTIONS} connections, ${SECONDS} s…`);
-      const statusBaseline = await load(bareOrigin, statusShot(publicUrl, tenantId, smsDeliveries), { seconds: SECONDS });
+      const statusBaseline = await load(bareOrigin, statusShot(publicUrl, tenantId, smsDeliveries), {
+        seconds: SECONDS,
+      });
       say(`status callbacks: Herald, ${CONNECTIONS} connections, ${SECONDS} s…`);
       let started = performance.now();
       const statusFull = await load(publicUrl, status, { seconds: SECONDS });
@@ -295,10 +329,14 @@ export async function benchWebhooks() {
       // SendGrid events, EVENTS_PER_POST a post.
       say(`SendGrid events: Herald, ${CONNECTIONS} connections, ${SECONDS} s, ${EVENTS_PER_POST} events a post…`);
       started = performance.now();
-      const eventsFull = await load(publicUrl, eventsShot(eventKeys.privateKey, tenantId, emailDeliveries), { seconds: SECONDS });
+      const eventsFull = await load(publicUrl, eventsShot(eventKeys.privateKey, tenantId, emailDeliveries), {
+        seconds: SECONDS,
+      });
       const eventsSeconds = await untilApplied(root, started);
       const eventsApplied = await eventCount(root, "sendgrid");
-      const { rows: [settledStatus] } = await root.query<{ delivered: number }>(
+      const {
+        rows: [settledStatus],
+      } = await root.query<{ delivered: number }>(
         "select count(*) filter (where status = 'delivered')::int as delivered from herald_public.deliveries where tenant_id = $1",
         [tenantId],
       );
@@ -327,7 +365,8 @@ export async function benchWebhooks() {
               events_per_sms_rate: Number((eventsApplied / eventsSeconds / SMS_RATE).toFixed(2)),
             }
           : {}),
-        failed_requests: warm.failed + full.failed + paced.failed + statusFull.failed + statusPaced.failed + eventsFull.failed,
+        failed_requests:
+          warm.failed + full.failed + paced.failed + statusFull.failed + statusPaced.failed + eventsFull.failed,
       };
       process.stdout.write(
         [
@@ -349,7 +388,9 @@ export async function benchWebhooks() {
           `    Herald /webhooks/sendgrid/events:                     ${fmt(eventsFull.rps)} posts/s, p99 ${eventsFull.p99} ms`,
           `    applied end to end:                                    ${fmt(figures.events_applied_per_s)} events/s (${fmt(eventsApplied)} in ${eventsSeconds.toFixed(1)} s, until none waited)`,
           ...(SMS_RATE
-            ? [`  against the SMS pipeline's ${fmt(SMS_RATE)} deliveries/s (BENCH_SMS_RATE): callbacks ${figures.callbacks_per_sms_rate}×, events ${figures.events_per_sms_rate}× (target ≥ 3×)`]
+            ? [
+                `  against the SMS pipeline's ${fmt(SMS_RATE)} deliveries/s (BENCH_SMS_RATE): callbacks ${figures.callbacks_per_sms_rate}×, events ${figures.events_per_sms_rate}× (target ≥ 3×)`,
+              ]
             : []),
           `  deliveries now delivered: ${fmt(settledStatus!.delivered)}`,
           "",

@@ -62,7 +62,11 @@ export async function grantMembership(
   try {
     await client.query("begin");
     await client.query("select set_config('herald.actor_detail', $1, true)", [input.actorDetail.slice(0, 100)]);
-    await client.query("select herald_private.grant_membership($1, $2, $3)", [input.tenantId, input.userId, input.role]);
+    await client.query("select herald_private.grant_membership($1, $2, $3)", [
+      input.tenantId,
+      input.userId,
+      input.role,
+    ]);
     await client.query("commit");
   } catch (error) {
     await client.query("rollback").catch(() => undefined);

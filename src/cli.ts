@@ -4,7 +4,15 @@ import fs from "node:fs";
 import path from "node:path";
 import { Command, InvalidArgumentError, Option } from "commander";
 import pg from "pg";
-import { createTenant, findMembershipUser, findOrCreateUser, findTenant, grantMembership, registerOperator, setUserPassword } from "./admin.ts";
+import {
+  createTenant,
+  findMembershipUser,
+  findOrCreateUser,
+  findTenant,
+  grantMembership,
+  registerOperator,
+  setUserPassword,
+} from "./admin.ts";
 import { createAuthenticator } from "./auth.ts";
 import { loadConfig } from "./config.ts";
 import { dropDatabase } from "./db/bootstrap.ts";
@@ -13,7 +21,13 @@ import { forgetUncommittedMigrations, recordNewCommittedMigrations } from "./db/
 import type { DatabaseUrls } from "./db/database.ts";
 import { commitMigration, uncommitMigration, watchMigrations } from "./db/migrate.ts";
 import { compareDumps } from "./db/schema-dump.ts";
-import { dumpCatalog, printGraphqlSchema, SCHEMA_GRAPHQL_PATH, SCHEMA_SQL_PATH, writeSchemaFiles } from "./db/schema-files.ts";
+import {
+  dumpCatalog,
+  printGraphqlSchema,
+  SCHEMA_GRAPHQL_PATH,
+  SCHEMA_SQL_PATH,
+  writeSchemaFiles,
+} from "./db/schema-files.ts";
 import { ROLES } from "./db/urls.ts";
 import { formatReport, runDoctor } from "./doctor.ts";
 import { formatAllowList, heldGrants } from "./doctor/grants.ts";
@@ -23,7 +37,17 @@ import { reportStartupError } from "./startup-errors.ts";
 import { registerContactCommands } from "./cli/contacts.ts";
 import { registerKeyCommands } from "./cli/keys.ts";
 import { registerUsageCommand } from "./cli/usage.ts";
-import { asOperator, CliError, confirm, logger, operatorDetail, print, requireTenant, slugArg, withDatabase } from "./cli/shared.ts";
+import {
+  asOperator,
+  CliError,
+  confirm,
+  logger,
+  operatorDetail,
+  print,
+  requireTenant,
+  slugArg,
+  withDatabase,
+} from "./cli/shared.ts";
 
 /**
  * `herald` (`npm run herald -- …`): operator commands. Each opens the database
@@ -34,7 +58,9 @@ import { asOperator, CliError, confirm, logger, operatorDetail, print, requireTe
 /** A token lifetime like 30m, 12h or 7d; capped so a leaked development token does not live for ever. */
 const durationArg = (value: string) => {
   const match = /^(\d+)([smhd])$/.exec(value);
-  const seconds = match ? Number(match[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[match[2] as "s" | "m" | "h" | "d"] : NaN;
+  const seconds = match
+    ? Number(match[1]) * { s: 1, m: 60, h: 3600, d: 86400 }[match[2] as "s" | "m" | "h" | "d"]
+    : NaN;
   if (!(seconds > 0 && seconds <= 30 * 86400)) {
     throw new InvalidArgumentError("use a number with s, m, h or d (e.g. 12h), at most 30d");
   }
@@ -51,7 +77,7 @@ tenant
   .command("create")
   .description("Create a tenant (with default settings).")
   .argument("<slug>", "short unique handle, e.g. acme-clinic", slugArg)
-  .requiredOption("--name <name>", "display name, e.g. \"Acme Clinic\"")
+  .requiredOption("--name <name>", 'display name, e.g. "Acme Clinic"')
   .action(async (slug: string, opts: { name: string }) =>
     withDatabase(async ({ pool }) => {
       const created = await asOperator(pool, async (client) => {
@@ -84,13 +110,18 @@ tenant
   .action(async (slug: string, opts: { yes?: boolean }) =>
     withDatabase(async ({ pool }) => {
       const t = await requireTenant(pool, slug);
-      if (!opts.yes && !(await confirm(`Delete ${t.slug} (${t.name}) with all its contacts and messages? This cannot be undone.`))) {
+      if (
+        !opts.yes &&
+        !(await confirm(`Delete ${t.slug} (${t.name}) with all its contacts and messages? This cannot be undone.`))
+      ) {
         print("Nothing changed.");
         return;
       }
       await asOperator(pool, (client) => client.query("delete from herald_public.tenants where id = $1", [t.id]));
       print(`Deleted ${t.slug}; its data key is destroyed.`);
-      print("Backups taken earlier still hold that key wrapped by the master key: `herald keys rotate-master`, then destroy the old master key, to shred those copies too.");
+      print(
+        "Backups taken earlier still hold that key wrapped by the master key: `herald keys rotate-master`, then destroy the old master key, to shred those copies too.",
+      );
     }),
   );
 
@@ -102,8 +133,12 @@ tenant
   .action(async (slug: string, opts: { reason: string }) =>
     withDatabase(async ({ pool }) => {
       const t = await requireTenant(pool, slug);
-      await asOperator(pool, (client) => client.query("select herald_public.suspend_tenant($1, $2)", [t.id, opts.reason]));
-      print(`Suspended ${t.slug}: its users and API keys get 401 and its sends are held. \`herald tenant resume ${t.slug}\` undoes it.`);
+      await asOperator(pool, (client) =>
+        client.query("select herald_public.suspend_tenant($1, $2)", [t.id, opts.reason]),
+      );
+      print(
+        `Suspended ${t.slug}: its users and API keys get 401 and its sends are held. \`herald tenant resume ${t.slug}\` undoes it.`,
+      );
     }),
   );
 
@@ -128,24 +163,31 @@ user
   .addOption(new Option("--role <role>", "role in the tenant").choices(["owner", "admin", "member"]).default("member"))
   .option("--name <name>", "display name")
   .option("--password-stdin", "read the password from standard input instead of generating one")
-  .action(async (email: string, opts: { tenant: string; role: "owner" | "admin" | "member"; name?: string; passwordStdin?: boolean }) => {
-    const password = opts.passwordStdin ? await readStdin() : randomBytes(12).toString("base64url");
-    await withDatabase(async ({ pool }) => {
-      const t = await requireTenant(pool, opts.tenant);
-      const u = await asOperator(pool, (client) => findOrCreateUser(client, { email, displayName: opts.name }));
-      try {
-        await grantMembership(pool, { tenantId: t.id, userId: u.id, role: opts.role, actorDetail: operatorDetail() });
-      } catch (error) {
-        if ((error as { code?: string }).code === "OPSLF") {
-          throw new CliError(`${u.email} is a platform operator's user (named in admin tokens): operators cannot make themselves members of a tenant.`);
+  .action(
+    async (
+      email: string,
+      opts: { tenant: string; role: "owner" | "admin" | "member"; name?: string; passwordStdin?: boolean },
+    ) => {
+      const password = opts.passwordStdin ? await readStdin() : randomBytes(12).toString("base64url");
+      await withDatabase(async ({ pool }) => {
+        const t = await requireTenant(pool, opts.tenant);
+        const u = await asOperator(pool, (client) => findOrCreateUser(client, { email, displayName: opts.name }));
+        try {
+          await grantMembership(pool, { tenantId: t.id, userId: u.id, role: opts.role, actorDetail: operatorDetail() });
+        } catch (error) {
+          if ((error as { code?: string }).code === "OPSLF") {
+            throw new CliError(
+              `${u.email} is a platform operator's user (named in admin tokens): operators cannot make themselves members of a tenant.`,
+            );
+          }
+          throw error;
         }
-        throw error;
-      }
-      await setUserPassword(pool, u.id, password);
-      print(`${u.created ? "Created" : "Updated"} user ${u.email} (${opts.role} of ${t.slug}), id ${u.id}`);
-      if (!opts.passwordStdin) print(`Password (shown once): ${password}`);
-    });
-  });
+        await setUserPassword(pool, u.id, password);
+        print(`${u.created ? "Created" : "Updated"} user ${u.email} (${opts.role} of ${t.slug}), id ${u.id}`);
+        if (!opts.passwordStdin) print(`Password (shown once): ${password}`);
+      });
+    },
+  );
 
 program
   .command("token")
@@ -161,12 +203,17 @@ program
       if (opts.admin) {
         const t = opts.tenant ? await requireTenant(pool, opts.tenant) : undefined;
         // An operator need not belong to any tenant, so the user is made here if need be; said aloud, so a typo is seen.
-        const operator = opts.user ? await asOperator(pool, (client) => findOrCreateUser(client, { email: opts.user! })) : undefined;
+        const operator = opts.user
+          ? await asOperator(pool, (client) => findOrCreateUser(client, { email: opts.user! }))
+          : undefined;
         if (operator?.created) process.stderr.write(`Created user ${operator.email} (no user had that email).\n`);
         // From now on this user can never be granted a membership: an operator cannot make itself a tenant's member.
         if (operator) {
           await registerOperator(pool, operator.id).catch((error: { code?: string }) => {
-            if (error.code === "OPMEM") throw new CliError(`${operator.email} belongs to a tenant; name an operator user of its own (an email no tenant uses).`);
+            if (error.code === "OPMEM")
+              throw new CliError(
+                `${operator.email} belongs to a tenant; name an operator user of its own (an email no tenant uses).`,
+              );
             throw error;
           });
         }
@@ -175,7 +222,8 @@ program
       }
       const t = await requireTenant(pool, opts.tenant!);
       const u = await asOperator(pool, (client) => findMembershipUser(client, t.id, opts.user));
-      if (!u) throw new CliError(`${opts.user ?? "No user"} is not a member of ${t.slug}. \`herald user create\` adds one.`);
+      if (!u)
+        throw new CliError(`${opts.user ?? "No user"} is not a member of ${t.slug}. \`herald user create\` adds one.`);
       print(await auth.sign({ role: ROLES.member, tenant_id: t.id, sub: u.id }, opts.expires));
     });
   });
@@ -185,7 +233,7 @@ apiKey
   .command("create")
   .description("Create an API key for a tenant; the secret is printed once.")
   .requiredOption("--tenant <slug>", "tenant", slugArg)
-  .requiredOption("--name <name>", "what the key is for, e.g. \"CRM sync\"")
+  .requiredOption("--name <name>", 'what the key is for, e.g. "CRM sync"')
   .action(async (opts: { tenant: string; name: string }) =>
     withDatabase(async ({ pool }) => {
       const t = await requireTenant(pool, opts.tenant);
@@ -219,7 +267,13 @@ db.command("watch")
     // Each apply that changed something rewrites data/schema.sql and schema.graphql (`db dump`, in a
     // child process graphile-migrate runs, which finds this database through the environment).
     process.env.HERALD_DATABASE_URLS = JSON.stringify(database.urls);
-    const afterCurrent = [{ _: "command" as const, shadow: false, command: `"${process.execPath}" "${path.join(projectRoot, "src", "cli.ts")}" db dump` }];
+    const afterCurrent = [
+      {
+        _: "command" as const,
+        shadow: false,
+        command: `"${process.execPath}" "${path.join(projectRoot, "src", "cli.ts")}" db dump`,
+      },
+    ];
     if (opts.once) {
       try {
         await watchMigrations(database.urls, watchLogger, true, { afterCurrent });
@@ -239,7 +293,8 @@ db.command("commit")
   .action(async (opts: { message?: string }) =>
     withDatabase(async ({ db: database }) => {
       await commitMigration(database.urls, createLogger("info", 2), opts.message);
-      for (const file of recordNewCommittedMigrations()) print(`Recorded the hash of ${file} in migrations/committed.sha256: it is frozen from now on.`);
+      for (const file of recordNewCommittedMigrations())
+        print(`Recorded the hash of ${file} in migrations/committed.sha256: it is frozen from now on.`);
       for (const file of await writeSchemaFiles(database.urls)) print(`Wrote ${path.relative(projectRoot, file)}`);
     }),
   );
@@ -248,7 +303,8 @@ db.command("uncommit")
   .action(async () =>
     withDatabase(async ({ db: database }) => {
       await uncommitMigration(database.urls, createLogger("info", 2));
-      for (const file of forgetUncommittedMigrations()) print(`Removed ${file}'s hash from migrations/committed.sha256.`);
+      for (const file of forgetUncommittedMigrations())
+        print(`Removed ${file}'s hash from migrations/committed.sha256.`);
     }),
   );
 db.command("dump")
@@ -269,7 +325,9 @@ db.command("dump")
       const stale: string[] = [];
       if (differences.length > 0) {
         // On another PostgreSQL major than the file's, only what does not depend on deparsing is compared.
-        stale.push(`data/schema.sql (${exact ? "exact" : "structural: another PostgreSQL major"}):\n${differences.slice(0, 40).join("\n")}`);
+        stale.push(
+          `data/schema.sql (${exact ? "exact" : "structural: another PostgreSQL major"}):\n${differences.slice(0, 40).join("\n")}`,
+        );
       }
       if (read(SCHEMA_GRAPHQL_PATH) !== sdl) stale.push("schema.graphql");
       if (stale.length > 0) throw new CliError(`Stale, run \`npm run herald -- db dump\`: ${stale.join("\n")}`);
@@ -286,7 +344,10 @@ db.command("reset")
   .action(async (opts: { yes?: boolean }) => {
     const config = loadConfig();
     if (config.databaseUrl) throw new CliError("`db reset` only resets the embedded database; DATABASE_URL is set.");
-    if (!opts.yes && !(await confirm("This deletes every tenant, contact and message in the embedded database. Continue?"))) {
+    if (
+      !opts.yes &&
+      !(await confirm("This deletes every tenant, contact and message in the embedded database. Continue?"))
+    ) {
       print("Nothing changed.");
       return;
     }
@@ -297,7 +358,9 @@ db.command("reset")
     } finally {
       await database.stop();
     }
-    await withDatabase(async () => print("Database reset and migrated. The demo tenants return on the next `npm start`."));
+    await withDatabase(async () =>
+      print("Database reset and migrated. The demo tenants return on the next `npm start`."),
+    );
   });
 
 program
@@ -305,7 +368,10 @@ program
   .description(
     "Check the isolation model: catalog rules (RLS, policies, roles, definer functions, views, keys), grants against src/doctor/allowed-grants.ts, and probes as each request role.",
   )
-  .option("--print-grants", "print the request roles' grants in allowed-grants.ts's format (for reviewing a new grant) and check nothing")
+  .option(
+    "--print-grants",
+    "print the request roles' grants in allowed-grants.ts's format (for reviewing a new grant) and check nothing",
+  )
   .action(async (opts: { printGrants?: boolean }) =>
     withDatabase(async ({ db: database }) => {
       const owner = new pg.Client({ connectionString: database.urls.owner });
@@ -334,7 +400,9 @@ program
 async function readStdin(): Promise<string> {
   const chunks: Buffer[] = [];
   for await (const chunk of process.stdin) chunks.push(chunk as Buffer);
-  return Buffer.concat(chunks).toString("utf8").replace(/\r?\n$/, "");
+  return Buffer.concat(chunks)
+    .toString("utf8")
+    .replace(/\r?\n$/, "");
 }
 
 registerContactCommands(program);

@@ -10,11 +10,9 @@ import { loadOrCreateSecrets } from "./secrets.ts";
  */
 
 const base64Key = (name: string) =>
-  z
-    .string()
-    .refine((v) => /^[A-Za-z0-9+/]+={0,2}$/.test(v) && Buffer.from(v, "base64").length === 32, {
-      message: `${name} must be 32 bytes encoded as base64 (try: openssl rand -base64 32)`,
-    });
+  z.string().refine((v) => /^[A-Za-z0-9+/]+={0,2}$/.test(v) && Buffer.from(v, "base64").length === 32, {
+    message: `${name} must be 32 bytes encoded as base64 (try: openssl rand -base64 32)`,
+  });
 
 function isPublicKey(base64Der: string): boolean {
   try {
@@ -53,7 +51,12 @@ const envSchema = z
     HERALD_MASTER_KEY_PREVIOUS: optionalText.pipe(
       z
         .string()
-        .transform((v) => v.split(",").map((k) => k.trim()).filter(Boolean))
+        .transform((v) =>
+          v
+            .split(",")
+            .map((k) => k.trim())
+            .filter(Boolean),
+        )
         .pipe(z.array(base64Key("each key in HERALD_MASTER_KEY_PREVIOUS")))
         .optional(),
     ),
@@ -69,14 +72,26 @@ const envSchema = z
     SENDGRID_WEBHOOK_PUBLIC_KEY: optionalText.pipe(
       z
         .string()
-        .refine(isPublicKey, "SENDGRID_WEBHOOK_PUBLIC_KEY must be the base64 (DER) public key from SendGrid's event webhook settings")
+        .refine(
+          isPublicKey,
+          "SENDGRID_WEBHOOK_PUBLIC_KEY must be the base64 (DER) public key from SendGrid's event webhook settings",
+        )
         .optional(),
     ),
     HERALD_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(200).default(10),
     // Connections to PostgreSQL per Herald process, all pools together (src/db/budget.ts).
-    HERALD_DB_CONNECTIONS: z.coerce.number().int().min(MIN_CONNECTIONS, `HERALD_DB_CONNECTIONS must be at least ${MIN_CONNECTIONS}`).max(1000).default(20),
+    HERALD_DB_CONNECTIONS: z.coerce
+      .number()
+      .int()
+      .min(MIN_CONNECTIONS, `HERALD_DB_CONNECTIONS must be at least ${MIN_CONNECTIONS}`)
+      .max(1000)
+      .default(20),
     // Status reconciliation: a `sent` delivery without a final status this long after sending is looked up at the provider.
-    HERALD_STATUS_CHECK_AFTER_SECONDS: z.coerce.number().min(1).max(7 * 86_400).default(600),
+    HERALD_STATUS_CHECK_AFTER_SECONDS: z.coerce
+      .number()
+      .min(1)
+      .max(7 * 86_400)
+      .default(600),
     HERALD_STATUS_CHECK_INTERVAL_SECONDS: z.coerce.number().min(1).max(3600).default(60),
     // Provider requests one worker process has in flight at most (sends and lookups).
     HERALD_SEND_CONCURRENCY: z.coerce.number().int().min(1).max(10_000).default(200),
@@ -212,9 +227,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   };
 
   const audience = e.HERALD_JWT_AUDIENCE ?? "herald";
-  const hsSecret = e.HERALD_JWT_SECRET
-    ? new TextEncoder().encode(e.HERALD_JWT_SECRET)
-    : undefined;
+  const hsSecret = e.HERALD_JWT_SECRET ? new TextEncoder().encode(e.HERALD_JWT_SECRET) : undefined;
   let jwt: JwtConfig;
   if (e.HERALD_JWT_JWKS_URL) {
     jwt = {
@@ -239,12 +252,17 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: e.DATABASE_URL,
     port: e.PORT,
     publicUrl: (e.HERALD_PUBLIC_URL ?? `http://localhost:${e.PORT}`).replace(/\/$/, ""),
-    callbackBaseUrl: e.HERALD_PUBLIC_URL ? e.HERALD_PUBLIC_URL.replace(/\/$/, "") : isDevelopment(env) ? `http://localhost:${e.PORT}` : undefined,
+    callbackBaseUrl: e.HERALD_PUBLIC_URL
+      ? e.HERALD_PUBLIC_URL.replace(/\/$/, "")
+      : isDevelopment(env)
+        ? `http://localhost:${e.PORT}`
+        : undefined,
     jwt,
     masterKey: Buffer.from(pick(e.HERALD_MASTER_KEY, secrets.masterKey, "HERALD_MASTER_KEY"), "base64"),
-    previousMasterKeys: (e.HERALD_MASTER_KEY ? (e.HERALD_MASTER_KEY_PREVIOUS ?? []) : (secrets.previousMasterKeys ?? [])).map(
-      (k) => Buffer.from(k, "base64"),
-    ),
+    previousMasterKeys: (e.HERALD_MASTER_KEY
+      ? (e.HERALD_MASTER_KEY_PREVIOUS ?? [])
+      : (secrets.previousMasterKeys ?? [])
+    ).map((k) => Buffer.from(k, "base64")),
     hashKey: Buffer.from(pick(e.HERALD_HASH_KEY, secrets.hashKey, "HERALD_HASH_KEY"), "base64"),
     previousHashKey: fromBase64(e.HERALD_HASH_KEY ? e.HERALD_HASH_KEY_PREVIOUS : secrets.previousHashKey),
     twilio:
@@ -258,7 +276,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     smsFromMps: e.HERALD_SMS_FROM_MPS,
     workerConcurrency: e.HERALD_WORKER_CONCURRENCY,
     dbConnections: e.HERALD_DB_CONNECTIONS,
-    statusCheck: { afterMs: e.HERALD_STATUS_CHECK_AFTER_SECONDS * 1000, intervalMs: e.HERALD_STATUS_CHECK_INTERVAL_SECONDS * 1000 },
+    statusCheck: {
+      afterMs: e.HERALD_STATUS_CHECK_AFTER_SECONDS * 1000,
+      intervalMs: e.HERALD_STATUS_CHECK_INTERVAL_SECONDS * 1000,
+    },
     sendConcurrency: e.HERALD_SEND_CONCURRENCY,
     outboundWebhooks: {
       maxAttempts: e.HERALD_WEBHOOK_MAX_ATTEMPTS,
@@ -266,7 +287,9 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       retryBaseMs: e.HERALD_WEBHOOK_RETRY_BASE_SECONDS * 1000,
       timeoutMs: e.HERALD_WEBHOOK_TIMEOUT_SECONDS * 1000,
       // A tenant's URL must not reach Herald's own network, except on a developer's machine.
-      allowPrivateNetworks: e.HERALD_WEBHOOK_ALLOW_PRIVATE ? e.HERALD_WEBHOOK_ALLOW_PRIVATE === "true" : isDevelopment(env),
+      allowPrivateNetworks: e.HERALD_WEBHOOK_ALLOW_PRIVATE
+        ? e.HERALD_WEBHOOK_ALLOW_PRIVATE === "true"
+        : isDevelopment(env),
     },
     trustProxy: parseTrustProxy(e.HERALD_TRUST_PROXY),
     embeddedPgPort: e.HERALD_EMBEDDED_PG_PORT,

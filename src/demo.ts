@@ -10,12 +10,27 @@ import type { Logger } from "./logger.ts";
 
 /** Two demo tenants, created once per database so a first `npm start` has something to query. */
 export const DEMO_TENANTS = [
-  { slug: "acme-clinic", name: "Acme Clinic", email: "owner@acme-clinic.test", displayName: "Acme Owner", number: "+14155550100" },
-  { slug: "globex-events", name: "Globex Events", email: "owner@globex-events.test", displayName: "Globex Owner", number: "+14155550200" },
+  {
+    slug: "acme-clinic",
+    name: "Acme Clinic",
+    email: "owner@acme-clinic.test",
+    displayName: "Acme Owner",
+    number: "+14155550100",
+  },
+  {
+    slug: "globex-events",
+    name: "Globex Events",
+    email: "owner@globex-events.test",
+    displayName: "Globex Owner",
+    number: "+14155550200",
+  },
 ] as const;
 
 /** A few contacts per demo tenant (fictional 555-01xx numbers), so lookups, tags and lists show something. */
-const DEMO_CONTACTS: Record<string, { first_name: string; last_name: string; phone: string; email: string; vip?: boolean }[]> = {
+const DEMO_CONTACTS: Record<
+  string,
+  { first_name: string; last_name: string; phone: string; email: string; vip?: boolean }[]
+> = {
   "acme-clinic": [
     { first_name: "Ada", last_name: "Lovelace", phone: "+14155550101", email: "ada@example.com", vip: true },
     { first_name: "Grace", last_name: "Hopper", phone: "+14155550102", email: "grace@example.com" },
@@ -45,7 +60,10 @@ export function demoPlan(input: { development: boolean; embedded: boolean; reque
     return {
       create: false,
       printTokens: false,
-      warning: input.requested === "true" ? "HERALD_DEMO=true is ignored in production: demo tenants and tokens are for development only" : undefined,
+      warning:
+        input.requested === "true"
+          ? "HERALD_DEMO=true is ignored in production: demo tenants and tokens are for development only"
+          : undefined,
     };
   }
   return { create: input.embedded || input.requested === "true", printTokens: true };
@@ -74,13 +92,21 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyr
           "insert into herald_public.sender_numbers (tenant_id, phone_number, channel) values ($1, $2, 'sms') on conflict do nothing",
           [tenant.id, demo.number],
         );
-        await client.query("update herald_public.tenant_settings set sms_from = $2 where tenant_id = $1", [tenant.id, demo.number]);
+        await client.query("update herald_public.tenant_settings set sms_from = $2 where tenant_id = $1", [
+          tenant.id,
+          demo.number,
+        ]);
       }
       return created;
     });
     // Memberships only through the audited function, as the CLI grants them.
     for (const tenant of tenants) {
-      await grantMembership(authenticator, { tenantId: tenant.id, userId: tenant.ownerId, role: "owner", actorDetail: "herald demo data" });
+      await grantMembership(authenticator, {
+        tenantId: tenant.id,
+        userId: tenant.ownerId,
+        role: "owner",
+        actorDetail: "herald demo data",
+      });
     }
     for (const tenant of tenants) await addDemoContacts(authenticator, keyring, tenant);
     logger.info({ tenants: DEMO_TENANTS.map((t) => t.slug) }, "created the demo tenants");
@@ -96,12 +122,25 @@ async function addDemoContacts(pool: pg.Pool, keyring: Keyring, tenant: { id: st
   const settings = await keyring.sessionSettings(pool, tenant.id);
   await withSession(pool, { role: ROLES.worker, tenantId: tenant.id, settings }, async (client) => {
     const run = async <T>(text: string, values: unknown[]) => (await client.query(text, values)).rows as T[];
-    const outcomes = await upsertContacts(run, contacts.map(({ vip: _vip, ...c }) => c));
-    const [list] = await run<{ id: string }>("insert into herald_public.lists (name, description) values ('Newsletter', 'Monthly news') returning id", []);
+    const outcomes = await upsertContacts(
+      run,
+      contacts.map(({ vip: _vip, ...c }) => c),
+    );
+    const [list] = await run<{ id: string }>(
+      "insert into herald_public.lists (name, description) values ('Newsletter', 'Monthly news') returning id",
+      [],
+    );
     const [tag] = await run<{ id: string }>("insert into herald_public.tags (name) values ('vip') returning id", []);
     for (const [i, outcome] of outcomes.entries()) {
-      await run("insert into herald_public.list_members (list_id, contact_id) values ($1, $2)", [list!.id, outcome.contactId]);
-      if (contacts[i]?.vip) await run("insert into herald_public.contact_tags (tag_id, contact_id) values ($1, $2)", [tag!.id, outcome.contactId]);
+      await run("insert into herald_public.list_members (list_id, contact_id) values ($1, $2)", [
+        list!.id,
+        outcome.contactId,
+      ]);
+      if (contacts[i]?.vip)
+        await run("insert into herald_public.contact_tags (tag_id, contact_id) values ($1, $2)", [
+          tag!.id,
+          outcome.contactId,
+        ]);
     }
   });
 }

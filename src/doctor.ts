@@ -26,15 +26,18 @@ export const CHECKS: CheckInfo[] = [
   ...CATALOG_CHECKS.map(({ name, description }) => ({ name, description })),
   {
     name: "grants-allow-list",
-    description: "every privilege of a request role on any relation, in any schema, is in the reviewed list (src/doctor/allowed-grants.ts)",
+    description:
+      "every privilege of a request role on any relation, in any schema, is in the reviewed list (src/doctor/allowed-grants.ts)",
   },
   {
     name: "probe-reads",
-    description: "as herald_member and herald_worker with a tenant and user that own nothing, every relation they can read, in any schema, shows no row",
+    description:
+      "as herald_member and herald_worker with a tenant and user that own nothing, every relation they can read, in any schema, shows no row",
   },
   {
     name: "probe-writes",
-    description: "as those, UPDATE and DELETE `where true` touch no row, and an INSERT naming another tenant is refused by row-level security",
+    description:
+      "as those, UPDATE and DELETE `where true` touch no row, and an INSERT naming another tenant is refused by row-level security",
   },
 ];
 
@@ -44,7 +47,10 @@ export const CHECKS: CheckInfo[] = [
  * the authenticator, or a superuser — and is left as it was: every probe
  * runs in a savepoint that is rolled back.
  */
-export async function runDoctor(client: pg.ClientBase, probeClient: pg.ClientBase = client): Promise<{ findings: Finding[]; checks: CheckInfo[] }> {
+export async function runDoctor(
+  client: pg.ClientBase,
+  probeClient: pg.ClientBase = client,
+): Promise<{ findings: Finding[]; checks: CheckInfo[] }> {
   const findings: Finding[] = [];
   for (const check of CATALOG_CHECKS) {
     const { rows } = await client.query<{ object: string; detail: string }>(check.sql);
@@ -63,6 +69,11 @@ export function formatReport(result: { findings: Finding[]; checks: CheckInfo[] 
     for (const f of failures) lines.push(`        ${f.object}: ${f.detail}`);
   }
   const failed = new Set(result.findings.map((f) => f.check)).size;
-  lines.push("", failed === 0 ? `All ${result.checks.length} isolation checks passed.` : `${failed} of ${result.checks.length} checks failed.`);
+  lines.push(
+    "",
+    failed === 0
+      ? `All ${result.checks.length} isolation checks passed.`
+      : `${failed} of ${result.checks.length} checks failed.`,
+  );
   return lines.join("\n");
 }

@@ -83,7 +83,9 @@ async function main() {
     webhooks: config.outboundWebhooks,
     // In sandbox mode the SDKs talk to the sandbox this process serves on its HTTP port;
     // status callbacks go to this deployment's public URL.
-    providers: new ProviderClients(systemProviders(config, config.development ? `${config.publicUrl}/sandbox` : undefined, config.callbackBaseUrl)),
+    providers: new ProviderClients(
+      systemProviders(config, config.development ? `${config.publicUrl}/sandbox` : undefined, config.callbackBaseUrl),
+    ),
     logger,
   });
   if (flags["worker-only"]) {
@@ -103,7 +105,12 @@ async function main() {
   printBanner(api.url, config.development, tokens, Boolean(api.sandbox));
 }
 
-function printBanner(url: string, development: boolean, tokens: Awaited<ReturnType<typeof import("./demo.ts").demoTokens>>, sandbox: boolean) {
+function printBanner(
+  url: string,
+  development: boolean,
+  tokens: Awaited<ReturnType<typeof import("./demo.ts").demoTokens>>,
+  sandbox: boolean,
+) {
   const lines = [
     "",
     `Herald is running at ${url}`,
@@ -118,7 +125,12 @@ function printBanner(url: string, development: boolean, tokens: Awaited<ReturnTy
   }
   // The banner goes to stdout as plain text, outside the structured logs, so
   // tokens never end up in a log pipeline.
-  process.stdout.write(lines.filter((l) => l !== "").join("\n").replace(/\n(Demo)/, "\n\n$1") + "\n\n");
+  process.stdout.write(
+    lines
+      .filter((l) => l !== "")
+      .join("\n")
+      .replace(/\n(Demo)/, "\n\n$1") + "\n\n",
+  );
 }
 
 /**
@@ -131,7 +143,10 @@ function printBanner(url: string, development: boolean, tokens: Awaited<ReturnTy
 function survive(kind: string) {
   return (error: unknown) => {
     if (isDatabaseUnavailable(error)) {
-      logger.warn({ err: { message: (error as Error).message, code: (error as { code?: string }).code } }, `${kind}: the database is unavailable; carrying on`);
+      logger.warn(
+        { err: { message: (error as Error).message, code: (error as { code?: string }).code } },
+        `${kind}: the database is unavailable; carrying on`,
+      );
       return;
     }
     logger.fatal({ err: error }, `${kind}; exiting`);
@@ -145,4 +160,3 @@ main().catch((error: unknown) => {
   reportStartupError(error, logger);
   process.exit(1);
 });
-

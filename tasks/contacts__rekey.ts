@@ -31,7 +31,8 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
   const owner = <T>(text: string, values: unknown[]) =>
     helpers.withPgClient(async (client) => (await client.query(text, values)).rows as T[]);
   // Fresh keys: this job exists because they just changed.
-  const inTenant = <T>(fn: Parameters<typeof withTenantContext<T>>[1]) => withTenantContext(tenantId, fn, { freshKeys: true });
+  const inTenant = <T>(fn: Parameters<typeof withTenantContext<T>>[1]) =>
+    withTenantContext(tenantId, fn, { freshKeys: true });
 
   const [rotation] = await owner<{ kind: "tenant_data_key" | "hash_key"; started_at: Date; finished_at: Date | null }>(
     "select kind, started_at, finished_at from herald_private.key_rotations where id = $1",
@@ -39,12 +40,14 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
   );
   if (!rotation || rotation.finished_at) return; // gone with its tenant, or already done
 
-  const remaining = await inTenant(async (c) => Number((await c.query("select herald_hidden.contacts_on_old_keys() as n")).rows[0].n));
+  const remaining = await inTenant(async (c) =>
+    Number((await c.query("select herald_hidden.contacts_on_old_keys() as n")).rows[0].n),
+  );
   await owner("update herald_private.key_rotations set total = done + $2 where id = $1", [rotationId, remaining]);
 
   /** Every row of one table still on an old key, batch by batch (`rekey` is one of the herald_hidden.rekey_* batch functions). */
   const sweepTable = async (rekey: string, countsTowardProgress: boolean) => {
-    for (let after = FIRST_ID; ; ) {
+    for (let after = FIRST_ID; ;) {
       const batch = await inTenant(async (c) => {
         const { rows } = await c.query<{ last_id: string | null; scanned: number; moved: number }>(
           `select last_id, scanned, moved from herald_hidden.${rekey}($1, $2)`,
@@ -53,10 +56,10 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
         return rows[0]!;
       });
       if (batch.moved > 0 && countsTowardProgress) {
-        await owner("update herald_private.key_rotations set done = done + $2, total = greatest(total, done + $2) where id = $1", [
-          rotationId,
-          batch.moved,
-        ]);
+        await owner(
+          "update herald_private.key_rotations set done = done + $2, total = greatest(total, done + $2) where id = $1",
+          [rotationId, batch.moved],
+        );
       }
       if (!batch.last_id || batch.scanned < BATCH_SIZE) return;
       after = batch.last_id;
@@ -77,7 +80,9 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
   if (Date.now() < settled) await new Promise((resolve) => setTimeout(resolve, settled - Date.now()));
   await sweep();
 
-  const left = await inTenant(async (c) => Number((await c.query("select herald_hidden.contacts_on_old_keys() as n")).rows[0].n));
+  const left = await inTenant(async (c) =>
+    Number((await c.query("select herald_hidden.contacts_on_old_keys() as n")).rows[0].n),
+  );
   if (left > 0) throw new Error(`${left} contacts still use an old key version; retrying`);
   // Suppressions carry the same encryption and hash as contacts: both kinds of rotation move them.
   await inTenant((c) => c.query("select herald_hidden.rekey_suppressions()"));
@@ -90,7 +95,9 @@ const task: Task<"contacts__rekey"> = async (rawPayload, helpers) => {
     // have written with it since, the foreign keys (from contacts, inbound
     // messages, deliveries' contents) refuse the delete (23503) and the job
     // retries: a key in use is never destroyed.
-    await owner("delete from herald_private.tenant_data_keys where tenant_id = $1 and retired_at is not null", [tenantId]);
+    await owner("delete from herald_private.tenant_data_keys where tenant_id = $1 and retired_at is not null", [
+      tenantId,
+    ]);
   }
   await owner("update herald_private.key_rotations set finished_at = now() where id = $1", [rotationId]);
   helpers.logger.info(`key rotation ${rotationId} finished`);

@@ -21,8 +21,13 @@ declare global {
 export const STATUS_CHECK_JOB = { jobKey: "deliveries__check_status", queueName: "herald_status_check" } as const;
 
 const task: Task<"deliveries__check_status"> = async (_payload, helpers) => {
-  const result = await checkOverdueStatuses({ afterMs: statusCheckPolicy().afterMs, clients: providerClients(), logger: helpers.logger });
-  if (result.overdue > 0) helpers.logger.info(`status check: ${result.overdue} overdue deliveries looked at, ${result.settled} settled`);
+  const result = await checkOverdueStatuses({
+    afterMs: statusCheckPolicy().afterMs,
+    clients: providerClients(),
+    logger: helpers.logger,
+  });
+  if (result.overdue > 0)
+    helpers.logger.info(`status check: ${result.overdue} overdue deliveries looked at, ${result.settled} settled`);
   if (result.full) {
     await helpers.addJob("deliveries__check_status", {}, { ...STATUS_CHECK_JOB, runAt: new Date(Date.now() + 1_000) });
   }

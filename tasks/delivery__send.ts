@@ -42,7 +42,8 @@ const task: Task<"delivery__send"> = async (rawPayload, helpers) => {
   });
   for (const f of result.failed) helpers.logger.info(`delivery ${f.id} failed: ${f.reason}`);
   // One line per provider error, with no stack: a provider having a bad minute must not flood the log.
-  for (const r of result.retried) helpers.logger.warn(`delivery ${r.id}: provider error${r.code ? ` ${r.code}` : ""}, ${r.reason.slice(0, 200)}`);
+  for (const r of result.retried)
+    helpers.logger.warn(`delivery ${r.id}: provider error${r.code ? ` ${r.code}` : ""}, ${r.reason.slice(0, 200)}`);
   // One job per group due at the same moment (those paced out of this run come back together).
   const byTime = new Map<number, Hold[]>();
   for (const hold of result.later) {
@@ -56,7 +57,9 @@ const task: Task<"delivery__send"> = async (rawPayload, helpers) => {
       const chunk = later.slice(i, i + 1000);
       await helpers.addJob(
         "delivery__send",
-        chunk.length === 1 ? { tenant_id: payload.tenant_id, id: chunk[0]! } : { tenant_id: payload.tenant_id, ids: chunk },
+        chunk.length === 1
+          ? { tenant_id: payload.tenant_id, id: chunk[0]! }
+          : { tenant_id: payload.tenant_id, ids: chunk },
         { runAt: new Date(at), maxAttempts: 25, priority: helpers.job.priority },
       );
     }

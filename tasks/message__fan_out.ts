@@ -15,7 +15,11 @@ declare global {
 
 const task: Task<"message__fan_out"> = async (rawPayload, helpers) => {
   const { tenant_id: tenantId, id: messageId } = rowPayload.parse(rawPayload);
-  const totals = await withTenantConnection(tenantId, (transaction) => fanOut(transaction, messageId, providerClients().system.twilio));
-  helpers.logger.info(`message ${messageId}: ${totals.contacts} recipients, ${totals.queued} queued, ${totals.skipped} skipped`);
+  const totals = await withTenantConnection(tenantId, (transaction) =>
+    fanOut(transaction, messageId, providerClients().system.twilio),
+  );
+  helpers.logger.info(
+    `message ${messageId}: ${totals.contacts} recipients, ${totals.queued} queued, ${totals.skipped} skipped`,
+  );
 };
 export default task;

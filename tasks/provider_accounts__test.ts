@@ -1,4 +1,10 @@
-import { accountById, assertOwnSender, recordAccountResult, tenantSettings, withoutAddresses } from "../src/providers/send.ts";
+import {
+  accountById,
+  assertOwnSender,
+  recordAccountResult,
+  tenantSettings,
+  withoutAddresses,
+} from "../src/providers/send.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
 import { providerClients } from "../src/worker/tenant-context.ts";
 
@@ -47,12 +53,16 @@ export default rowTask(async (client, testId, helpers) => {
       const from = account.default_number ?? (await tenantSettings(client)).sms_from ?? clients.system.twilio.smsFrom;
       if (!from) throw new Error("the account has no sender number, and no sms_from is set");
       await assertOwnSender(client, clients, "sms", from);
-      await clients.twilioFor(account).messages.create({ to: test.to_address, from, body: "Herald test message: this account can send." });
+      await clients
+        .twilioFor(account)
+        .messages.create({ to: test.to_address, from, body: "Herald test message: this account can send." });
     } else {
       const from = account.default_email ?? clients.system.sendgrid.emailFrom;
       if (!from) throw new Error("the account has no email sender, and HERALD_EMAIL_FROM is not set");
       await assertOwnSender(client, clients, "email", from);
-      await clients.sendgridFor(account).send({ to: test.to_address, from, subject: "Herald test message", text: "This account can send." });
+      await clients
+        .sendgridFor(account)
+        .send({ to: test.to_address, from, subject: "Herald test message", text: "This account can send." });
     }
   } catch (e) {
     error = withoutAddresses((e as Error).message);

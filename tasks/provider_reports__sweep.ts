@@ -23,7 +23,10 @@ declare global {
 const STALE_SECONDS = 30;
 
 const task: Task<"provider_reports__sweep"> = async (payload, helpers) => {
-  const olderThan = typeof payload?.olderThanSeconds === "number" && payload.olderThanSeconds >= 0 ? payload.olderThanSeconds : STALE_SECONDS;
+  const olderThan =
+    typeof payload?.olderThanSeconds === "number" && payload.olderThanSeconds >= 0
+      ? payload.olderThanSeconds
+      : STALE_SECONDS;
   const tenants = await asAdminSession(async (client) => {
     const { rows } = await client.query<{ tenant_id: string; waiting: string }>(
       "select tenant_id, waiting from herald_hidden.provider_reports_waiting(make_interval(secs => $1))",
@@ -35,11 +38,15 @@ const task: Task<"provider_reports__sweep"> = async (payload, helpers) => {
   for (const { tenant_id: tenantId, waiting } of tenants) {
     try {
       const tally = await applyWaitingReports((work) => withTenantContext(tenantId, work));
-      helpers.logger.warn(`applied ${tally.taken} provider reports of tenant ${tenantId} left waiting (${waiting} had waited over ${olderThan} s)`);
+      helpers.logger.warn(
+        `applied ${tally.taken} provider reports of tenant ${tenantId} left waiting (${waiting} had waited over ${olderThan} s)`,
+      );
     } catch (error) {
       // The other tenants still get theirs; the job fails (and is retried) at the end.
       failed ??= error;
-      helpers.logger.error(`could not apply the waiting provider reports of tenant ${tenantId}: ${(error as Error).message}`);
+      helpers.logger.error(
+        `could not apply the waiting provider reports of tenant ${tenantId}: ${(error as Error).message}`,
+      );
     }
   }
   if (failed) throw failed;

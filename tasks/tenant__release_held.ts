@@ -27,7 +27,11 @@ export default rowTask(async (client, tenantId, helpers) => {
       returning id`,
   );
   const events = await helpers.withPgClient(async (queue) => {
-    if (rows.length > 0) await queueDeliveryJobs(queue, rows.map((r) => ({ tenant_id: tenantId, id: r.id })));
+    if (rows.length > 0)
+      await queueDeliveryJobs(
+        queue,
+        rows.map((r) => ({ tenant_id: tenantId, id: r.id })),
+      );
     return releaseHeldWebhooks(client, queue, tenantId);
   });
   if (rows.length > 0) helpers.logger.info(`tenant ${tenantId}: ${rows.length} held deliveries released`);

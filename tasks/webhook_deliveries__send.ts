@@ -66,13 +66,17 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
   if (pending.tenant_suspended) {
     // Kept, not counted as an attempt: posted when an operator resumes the tenant (tenant__release_held).
     await withTenantContext(tenantId, (client) =>
-      client.query("update herald_public.webhook_deliveries set last_error = $2 where tenant_id = herald_public.current_tenant_id() and id = $1", [
-        id,
-        HELD_WHILE_SUSPENDED,
-      ]),
+      client.query(
+        "update herald_public.webhook_deliveries set last_error = $2 where tenant_id = herald_public.current_tenant_id() and id = $1",
+        [id, HELD_WHILE_SUSPENDED],
+      ),
     );
     await helpers.withPgClient((queue) =>
-      queue.query("select herald_private.queue_webhook_delivery($1, $2, $3)", [tenantId, id, new Date(Date.now() + HELD_RECHECK_MS)]),
+      queue.query("select herald_private.queue_webhook_delivery($1, $2, $3)", [
+        tenantId,
+        id,
+        new Date(Date.now() + HELD_RECHECK_MS),
+      ]),
     );
     return;
   }
@@ -101,7 +105,10 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
   if (result.kind === "answered" && result.status >= 200 && result.status < 300) {
     await withTenantContext(tenantId, async (client) => {
       await finish(client, pending, "succeeded", result.status, null);
-      await client.query("update herald_public.webhook_endpoints set consecutive_failures = 0 where tenant_id = herald_public.current_tenant_id() and id = $1 and consecutive_failures > 0", [pending.endpoint_id]);
+      await client.query(
+        "update herald_public.webhook_endpoints set consecutive_failures = 0 where tenant_id = herald_public.current_tenant_id() and id = $1 and consecutive_failures > 0",
+        [pending.endpoint_id],
+      );
     });
     return;
   }
@@ -132,11 +139,20 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
     return new Date(Date.now() + Math.min(policy.retryBaseMs * 2 ** pending.attempts, 3_600_000));
   });
   // In the tenant's own queue, as the first try was (one post at a time per tenant).
-  if (retryAt) await helpers.withPgClient((queue) => queue.query("select herald_private.queue_webhook_delivery($1, $2, $3)", [tenantId, id, retryAt]));
+  if (retryAt)
+    await helpers.withPgClient((queue) =>
+      queue.query("select herald_private.queue_webhook_delivery($1, $2, $3)", [tenantId, id, retryAt]),
+    );
 };
 
 /** Records one attempt: the delivery's state after it, the endpoint's answer (if any) and the error. */
-async function finish(client: pg.ClientBase, pending: Pending, status: "pending" | "succeeded" | "failed", responseStatus: number | null, error: string | null) {
+async function finish(
+  client: pg.ClientBase,
+  pending: Pending,
+  status: "pending" | "succeeded" | "failed",
+  responseStatus: number | null,
+  error: string | null,
+) {
   await client.query(
     `update herald_public.webhook_deliveries
         set status = $2, attempts = attempts + 1, response_status = $3, last_error = $4, last_attempt_at = now(),

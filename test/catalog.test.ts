@@ -62,18 +62,31 @@ const AUDIT_TRIGGERS = ["_900_audit_delete", "_900_audit_insert", "_900_audit_up
  * triggers they do have, and why.
  */
 const AUDIT_EXCEPTIONS: Record<string, { triggers: string[]; reason: string }> = {
-  "herald_public.users": { triggers: ["_900_audit"], reason: "global rows: a row trigger (tg_users__audit) writes each change to the log of every tenant the user belongs to" },
+  "herald_public.users": {
+    triggers: ["_900_audit"],
+    reason:
+      "global rows: a row trigger (tg_users__audit) writes each change to the log of every tenant the user belongs to",
+  },
   "herald_public.audit_log": { triggers: [], reason: "the log itself: append-only, written by the audit trigger" },
   "herald_public.deliveries": { triggers: [], reason: "a record of sending, written by the pipeline" },
   "herald_public.delivery_events": { triggers: [], reason: "a record of providers' reports" },
   "herald_public.consent_events": { triggers: [], reason: "a record of consent (itself the audit trail of opt-outs)" },
-  "herald_public.inbound_messages": { triggers: ["_900_audit_delete"], reason: "a record of what a person wrote: only erasing one is worth a log row" },
+  "herald_public.inbound_messages": {
+    triggers: ["_900_audit_delete"],
+    reason: "a record of what a person wrote: only erasing one is worth a log row",
+  },
   "herald_public.webhook_deliveries": { triggers: [], reason: "a record of posts to the tenant's endpoints" },
   "herald_hidden.pings": { triggers: [], reason: "proves the insert → job → task path; holds no tenant data" },
-  "herald_hidden.provider_tests": { triggers: [], reason: "a request for one test message; its outcome is recorded on the (audited) provider account" },
+  "herald_hidden.provider_tests": {
+    triggers: [],
+    reason: "a request for one test message; its outcome is recorded on the (audited) provider account",
+  },
   "herald_hidden.monthly_usage": { triggers: [], reason: "counters the worker keeps" },
   "herald_hidden.send_plans": { triggers: [], reason: "pacing state the worker keeps" },
-  "herald_hidden.provider_reports": { triggers: [], reason: "a journal of providers' reports, emptied as they are applied (to delivery_events, themselves a record)" },
+  "herald_hidden.provider_reports": {
+    triggers: [],
+    reason: "a journal of providers' reports, emptied as they are applied (to delivery_events, themselves a record)",
+  },
 };
 
 /** Tables whose audit triggers differ from what they should have, and triggers naming a key column the table lacks. */
@@ -98,7 +111,9 @@ async function auditFindings(c: pg.PoolClient): Promise<string[]> {
     if (row.triggers.join() !== expected.join()) {
       findings.push(
         `${row.name}: audit triggers [${row.triggers.join(", ")}], expected [${expected.join(", ")}]` +
-          (AUDIT_EXCEPTIONS[row.name] ? "" : " (as 000008 creates them; or list the table in AUDIT_EXCEPTIONS with a reason)"),
+          (AUDIT_EXCEPTIONS[row.name]
+            ? ""
+            : " (as 000008 creates them; or list the table in AUDIT_EXCEPTIONS with a reason)"),
       );
     }
     findings.push(...row.bad_keys.map((k) => `${row.name}: audit trigger ${k}: no such column`));
@@ -136,8 +151,12 @@ describe("every privilege a request role holds has a policy for that command and
       await c.query(`
         grant delete on herald_public.templates to herald_worker;
         create policy delete_member_planted on herald_public.templates for delete to herald_admin using (false);`);
-      expect(await privilegesWithoutPolicy(c)).toEqual(["herald_public.templates: herald_worker holds DELETE but no policy for it"]);
-      await c.query("create policy all_worker_planted on herald_public.templates for all to herald_worker using (false)");
+      expect(await privilegesWithoutPolicy(c)).toEqual([
+        "herald_public.templates: herald_worker holds DELETE but no policy for it",
+      ]);
+      await c.query(
+        "create policy all_worker_planted on herald_public.templates for all to herald_worker using (false)",
+      );
       expect(await privilegesWithoutPolicy(c)).toEqual([]);
     });
   });
@@ -146,12 +165,17 @@ describe("every privilege a request role holds has a policy for that command and
 describe("every table is in the attack matrix", () => {
   it("each table of herald_public and herald_hidden, as the catalog lists them, has its attack fixture", () => {
     expect(exposedTables().length).toBeGreaterThanOrEqual(28);
-    expect(exposedTables().filter((t) => !hasFixture(t)), "add an entry to FIXTURES in test/helpers/attack-tables.ts").toEqual([]);
+    expect(
+      exposedTables().filter((t) => !hasFixture(t)),
+      "add an entry to FIXTURES in test/helpers/attack-tables.ts",
+    ).toEqual([]);
   });
 
   it("a new table is in the matrix's list at once, and fails until it has a fixture", async () => {
     await withRootDb(db.current, async (c) => {
-      await c.query("create table herald_hidden.planted (tenant_id uuid not null, id uuid not null, primary key (tenant_id, id))");
+      await c.query(
+        "create table herald_hidden.planted (tenant_id uuid not null, id uuid not null, primary key (tenant_id, id))",
+      );
       const tables = await tablesNow(c);
       expect(tables).toContain("herald_hidden.planted");
       expect(tables.filter((t) => !hasFixture(t))).toEqual(["herald_hidden.planted"]);
@@ -186,7 +210,10 @@ describe("the tenant table recipe of migrations/README.md", () => {
   const recipe = () => {
     const readme = fs.readFileSync(path.join(projectRoot, "migrations", "README.md"), "utf8");
     const sql = /```sql\n([\s\S]*?)```/.exec(readme)![1]!;
-    return sql.replace(/:DATABASE_(OWNER|AUTHENTICATOR|MEMBER|ADMIN|WORKER)\b/g, (_, role: string) => ROLES[role.toLowerCase() as keyof typeof ROLES]);
+    return sql.replace(
+      /:DATABASE_(OWNER|AUTHENTICATOR|MEMBER|ADMIN|WORKER)\b/g,
+      (_, role: string) => ROLES[role.toLowerCase() as keyof typeof ROLES],
+    );
   };
 
   it("applies twice (idempotent) and passes every check above", async () => {

@@ -39,19 +39,23 @@ const asWorker = <T>(fn: (client: pg.PoolClient) => Promise<T>, keys = settings)
   withSession(db.current.authenticator, { role: ROLES.worker, tenantId: a.id, settings: keys }, fn);
 
 const readContact = (id: string) =>
-  asWorker(async (c) =>
-    (
-      await c.query(
-        "select first_name, herald_public.contacts_phone(x) as phone, herald_public.contacts_email(x) as email, key_version from herald_public.contacts x where id = $1",
-        [id],
-      )
-    ).rows[0],
+  asWorker(
+    async (c) =>
+      (
+        await c.query(
+          "select first_name, herald_public.contacts_phone(x) as phone, herald_public.contacts_email(x) as email, key_version from herald_public.contacts x where id = $1",
+          [id],
+        )
+      ).rows[0],
   );
 
 /** Resolves once `pid` is waiting for a lock: the race is really on. */
 async function waitUntilBlocked(pid: number) {
   for (let i = 0; i < 100; i++) {
-    const blocked = await withRootDb(db.current, async (c) => (await c.query("select cardinality(pg_blocking_pids($1)) > 0 as b", [pid])).rows[0].b);
+    const blocked = await withRootDb(
+      db.current,
+      async (c) => (await c.query("select cardinality(pg_blocking_pids($1)) > 0 as b", [pid])).rows[0].b,
+    );
     if (blocked) return;
     await new Promise((r) => setTimeout(r, 20));
   }
@@ -66,8 +70,13 @@ async function backendPid<T>(run: (client: pg.PoolClient) => Promise<T>) {
 
 describe("concurrent writers", () => {
   it("an upsert that waited for a row lock keeps the fields another writer committed meanwhile", async () => {
-    const [contact] = await asWorker(async (c) =>
-      (await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [JSON.stringify([{ external_id: "race-1", first_name: "Old", phone: "+14155550901" }])])).rows,
+    const [contact] = await asWorker(
+      async (c) =>
+        (
+          await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [
+            JSON.stringify([{ external_id: "race-1", first_name: "Old", phone: "+14155550901" }]),
+          ])
+        ).rows,
     );
     const first = await openWriter();
     await first.client.query("select * from herald_hidden.upsert_contacts($1, 'update')", [
@@ -76,23 +85,42 @@ describe("concurrent writers", () => {
     const second = await backendPid(async (client) => {
       await client.query("begin");
       await enterSession(client, { role: ROLES.worker, tenantId: a.id, settings });
-      await client.query("select * from herald_hidden.upsert_contacts($1)", [JSON.stringify([{ external_id: "race-1", email: "race@example.com" }])]);
+      await client.query("select * from herald_hidden.upsert_contacts($1)", [
+        JSON.stringify([{ external_id: "race-1", email: "race@example.com" }]),
+      ]);
       await client.query("commit");
     });
     await waitUntilBlocked(second.pid);
     await first.finish("commit");
     await second.done;
-    expect(await readContact(contact.contact_id)).toMatchObject({ first_name: "New", phone: "+14155550902", email: "race@example.com" });
+    expect(await readContact(contact.contact_id)).toMatchObject({
+      first_name: "New",
+      phone: "+14155550902",
+      email: "race@example.com",
+    });
   });
 
   it("a rekey batch that waited for a row lock re-encrypts the committed phone, not the one it first saw", async () => {
-    const [contact] = await asWorker(async (c) =>
-      (await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [JSON.stringify([{ phone: "+14155550911" }])])).rows,
+    const [contact] = await asWorker(
+      async (c) =>
+        (
+          await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [
+            JSON.stringify([{ phone: "+14155550911" }]),
+          ])
+        ).rows,
     );
     const member = await openWriter();
-    await member.client.query("select * from herald_hidden.upsert_contacts($1, 'update')", [JSON.stringify([{ id: contact.contact_id, phone: "+14155550912" }])]);
+    await member.client.query("select * from herald_hidden.upsert_contacts($1, 'update')", [
+      JSON.stringify([{ id: contact.contact_id, phone: "+14155550912" }]),
+    ]);
     // A rekey to a new hash key version, as during `herald keys rotate-hash`.
-    const rotated = { ...settings, "herald.hash_key_previous": settings["herald.hash_key"]!, "herald.hash_key_previous_version": settings["herald.hash_key_version"]!, "herald.hash_key": Buffer.alloc(32, 7).toString("base64"), "herald.hash_key_version": "999" };
+    const rotated = {
+      ...settings,
+      "herald.hash_key_previous": settings["herald.hash_key"]!,
+      "herald.hash_key_previous_version": settings["herald.hash_key_version"]!,
+      "herald.hash_key": Buffer.alloc(32, 7).toString("base64"),
+      "herald.hash_key_version": "999",
+    };
     const rekey = await backendPid(async (client) => {
       await client.query("begin");
       await enterSession(client, { role: ROLES.worker, tenantId: a.id, settings: rotated });

@@ -23,21 +23,32 @@ beforeAll(async () => {
 });
 
 const asWorkerIn = <T>(keyring: Keyring, tenantId: string, fn: Parameters<typeof asRole<T>>[2]) =>
-  keyring.sessionSettings(db.current.root, tenantId).then((settings) => asRole(db.current, { role: ROLES.worker, tenantId, settings }, fn));
+  keyring
+    .sessionSettings(db.current.root, tenantId)
+    .then((settings) => asRole(db.current, { role: ROLES.worker, tenantId, settings }, fn));
 
 describe("keyed hashes", () => {
   it("are HMAC-SHA-256 under the tenant's own key, never a plain SHA-256", async () => {
-    const stored = await withRootDb(db.current, async (c) =>
-      (await c.query("select phone_hash, hash_version from herald_public.contacts where id = $1", [a.contactId])).rows[0],
+    const stored = await withRootDb(
+      db.current,
+      async (c) =>
+        (await c.query("select phone_hash, hash_version from herald_public.contacts where id = $1", [a.contactId]))
+          .rows[0],
     );
-    const expected = createHmac("sha256", tenantHashKey(config.hashKey, a.id)).update(`phone:${a.contactPhone}`).digest();
+    const expected = createHmac("sha256", tenantHashKey(config.hashKey, a.id))
+      .update(`phone:${a.contactPhone}`)
+      .digest();
     expect(stored.phone_hash.equals(expected)).toBe(true);
     for (const plain of [a.contactPhone, `phone:${a.contactPhone}`, a.contactPhone.slice(1)]) {
       expect(stored.phone_hash.equals(createHash("sha256").update(plain).digest()), plain).toBe(false);
     }
     // Tenant B hashing the same number gets another value: no cross-tenant equality either.
-    const inB = await asWorkerIn(testKeyring(), b.id, async (c) =>
-      (await c.query("select herald_hidden.pii_hash('phone', $1, $2) as h", [a.contactPhone, stored.hash_version])).rows[0].h,
+    const inB = await asWorkerIn(
+      testKeyring(),
+      b.id,
+      async (c) =>
+        (await c.query("select herald_hidden.pii_hash('phone', $1, $2) as h", [a.contactPhone, stored.hash_version]))
+          .rows[0].h,
     );
     expect(inB.equals(stored.phone_hash)).toBe(false);
   });
@@ -89,13 +100,24 @@ async function seedMany(testDb: TestDb, tenantId: string, count: number) {
 
 /** A pg_dump of the database: the real one when a client that fits the server exists, else an equivalent full export. */
 async function dumpDatabase(testDb: TestDb): Promise<{ text: string; how: string }> {
-  const serverMajor = await withRootDb(testDb, async (c) => Math.floor(Number((await c.query("show server_version_num")).rows[0].server_version_num) / 10000));
-  const candidates = ["pg_dump", ...(fs.existsSync("/usr/lib/postgresql") ? fs.readdirSync("/usr/lib/postgresql").map((v) => `/usr/lib/postgresql/${v}/bin/pg_dump`) : [])];
+  const serverMajor = await withRootDb(testDb, async (c) =>
+    Math.floor(Number((await c.query("show server_version_num")).rows[0].server_version_num) / 10000),
+  );
+  const candidates = [
+    "pg_dump",
+    ...(fs.existsSync("/usr/lib/postgresql")
+      ? fs.readdirSync("/usr/lib/postgresql").map((v) => `/usr/lib/postgresql/${v}/bin/pg_dump`)
+      : []),
+  ];
   for (const bin of candidates) {
     try {
       const version = execFileSync(bin, ["--version"], { encoding: "utf8" });
       const major = Number(/(\d+)(\.\d+)?/.exec(version.replace(/^[^\d]*/, ""))?.[1]);
-      if (major >= serverMajor) return { text: execFileSync(bin, ["--dbname", testDb.urls.admin], { encoding: "utf8", maxBuffer: 256 * 1024 * 1024 }), how: `${bin} ${major}` };
+      if (major >= serverMajor)
+        return {
+          text: execFileSync(bin, ["--dbname", testDb.urls.admin], { encoding: "utf8", maxBuffer: 256 * 1024 * 1024 }),
+          how: `${bin} ${major}`,
+        };
     } catch {
       // not installed, or too old for this server
     }
@@ -107,9 +129,14 @@ async function dumpDatabase(testDb: TestDb): Promise<{ text: string; how: string
       "select format('%I.%I', table_schema, table_name) as t from information_schema.tables where table_type = 'BASE TABLE' and table_schema not in ('pg_catalog', 'information_schema')",
     );
     const parts: string[] = [];
-    for (const { t } of tables) parts.push(...(await c.query(`select x::text as row from ${t} x`)).rows.map((r) => r.row as string));
+    for (const { t } of tables)
+      parts.push(...(await c.query(`select x::text as row from ${t} x`)).rows.map((r) => r.row as string));
     parts.push(...(await c.query("select prosrc from pg_proc")).rows.map((r) => r.prosrc as string));
-    parts.push(...(await c.query("select coalesce(array_to_string(setconfig, ','), '') as s from pg_db_role_setting")).rows.map((r) => r.s as string));
+    parts.push(
+      ...(await c.query("select coalesce(array_to_string(setconfig, ','), '') as s from pg_db_role_setting")).rows.map(
+        (r) => r.s as string,
+      ),
+    );
     return parts.join("\n");
   });
   return { text, how: "full row export" };

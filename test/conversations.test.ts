@@ -71,14 +71,43 @@ describe("a conversation", () => {
     const phone = freshPhone();
     const contactId = await contactWith(db.current, a, phone, { firstName: "Ada" });
     // A broadcast template, rendered for Ada.
-    const template = await graphql(api.current, tokens.a, `mutation { createTemplate(input: { template: { channel: "sms", name: "reminder", body: "Hi {{first_name}}, see you at 10." } }) { template { rowId } } }`);
-    const sent = await graphql(api.current, tokens.a, `mutation($t: UUID!, $c: UUID!) { sendMessage(input: { channel: "sms", templateId: $t, contactIds: [$c] }) { message { rowId } } }`, {
-      t: template.body.data!.createTemplate.template.rowId,
-      c: contactId,
-    });
+    const template = await graphql(
+      api.current,
+      tokens.a,
+      `
+        mutation {
+          createTemplate(
+            input: { template: { channel: "sms", name: "reminder", body: "Hi {{first_name}}, see you at 10." } }
+          ) {
+            template {
+              rowId
+            }
+          }
+        }
+      `,
+    );
+    const sent = await graphql(
+      api.current,
+      tokens.a,
+      `
+        mutation ($t: UUID!, $c: UUID!) {
+          sendMessage(input: { channel: "sms", templateId: $t, contactIds: [$c] }) {
+            message {
+              rowId
+            }
+          }
+        }
+      `,
+      {
+        t: template.body.data!.createTemplate.template.rowId,
+        c: contactId,
+      },
+    );
     await settled(db.current, sent.body.data!.sendMessage.message.rowId);
     await textToA(phone, "Can I come at 11 instead?");
-    const { rows: [question] } = await db.current.root.query("select id from herald_public.inbound_messages where contact_id = $1", [contactId]);
+    const {
+      rows: [question],
+    } = await db.current.root.query("select id from herald_public.inbound_messages where contact_id = $1", [contactId]);
     const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Yes, 11 works." });
     expect(reply.body.errors).toBeUndefined();
     // It answers from the number the contact wrote to, in reply to that message.
@@ -87,18 +116,49 @@ describe("a conversation", () => {
     await textToA(phone, "HELP");
 
     expect((await thread(tokens.a, contactId)).reverse()).toEqual([
-      { direction: "outbound", channel: "sms", body: "Hi Ada, see you at 10.", status: "sent", keyword: null, tenantAddress: aNumber },
-      { direction: "inbound", channel: "sms", body: "Can I come at 11 instead?", status: null, keyword: null, tenantAddress: aNumber },
-      { direction: "outbound", channel: "sms", body: "Yes, 11 works.", status: "sent", keyword: null, tenantAddress: aNumber },
+      {
+        direction: "outbound",
+        channel: "sms",
+        body: "Hi Ada, see you at 10.",
+        status: "sent",
+        keyword: null,
+        tenantAddress: aNumber,
+      },
+      {
+        direction: "inbound",
+        channel: "sms",
+        body: "Can I come at 11 instead?",
+        status: null,
+        keyword: null,
+        tenantAddress: aNumber,
+      },
+      {
+        direction: "outbound",
+        channel: "sms",
+        body: "Yes, 11 works.",
+        status: "sent",
+        keyword: null,
+        tenantAddress: aNumber,
+      },
       { direction: "inbound", channel: "sms", body: "HELP", status: null, keyword: "help", tenantAddress: aNumber },
-      { direction: "outbound", channel: "sms", body: expect.stringMatching(/^Tenant A: .*Reply STOP to cancel\.$/), status: "sent", keyword: null, tenantAddress: aNumber },
+      {
+        direction: "outbound",
+        channel: "sms",
+        body: expect.stringMatching(/^Tenant A: .*Reply STOP to cancel\.$/),
+        status: "sent",
+        keyword: null,
+        tenantAddress: aNumber,
+      },
     ]);
     expect(server.sandbox.messages.filter((m) => m.to === phone).map((m) => [m.from, m.body])).toEqual([
       [aNumber, "Hi Ada, see you at 10."],
       [aNumber, "Yes, 11 works."],
     ]);
     // The latest two, and one channel only.
-    expect((await thread(tokens.a, contactId, { first: 2 })).map((e: { body: string }) => e.body)).toEqual([expect.stringMatching(/^Tenant A/), "HELP"]);
+    expect((await thread(tokens.a, contactId, { first: 2 })).map((e: { body: string }) => e.body)).toEqual([
+      expect.stringMatching(/^Tenant A/),
+      "HELP",
+    ]);
     expect(await thread(tokens.a, contactId, { channel: "email" })).toEqual([]);
   });
 
@@ -109,24 +169,40 @@ describe("a conversation", () => {
     const second = "+14155559911";
     const whatsapp = "+14155559912";
     await asRoot(db.current, (c) =>
-      c.query("insert into herald_public.sender_numbers (tenant_id, phone_number, channel) values ($1, $2, 'sms'), ($1, $3, 'whatsapp') on conflict do nothing", [a.id, second, whatsapp]),
+      c.query(
+        "insert into herald_public.sender_numbers (tenant_id, phone_number, channel) values ($1, $2, 'sms'), ($1, $3, 'whatsapp') on conflict do nothing",
+        [a.id, second, whatsapp],
+      ),
     );
     const write = (to: string, body: string, channel: "sms" | "whatsapp" = "sms") =>
-      textIn(api.current, a, { from: phone, body, to, channel, token: to === aNumber ? a.providerSecret : SYSTEM_TWILIO.authToken });
+      textIn(api.current, a, {
+        from: phone,
+        body,
+        to,
+        channel,
+        token: to === aNumber ? a.providerSecret : SYSTEM_TWILIO.authToken,
+      });
     expect((await write(aNumber, "first, to the usual number")).status).toBe(200);
     expect((await write(second, "then to the second one")).status).toBe(200);
     expect((await write(whatsapp, "and on WhatsApp", "whatsapp")).status).toBe(200);
-    const { rows: inbound } = await db.current.root.query("select id, to_number from herald_public.inbound_messages where contact_id = $1 and channel = 'sms' order by received_at desc", [contactId]);
+    const { rows: inbound } = await db.current.root.query(
+      "select id, to_number from herald_public.inbound_messages where contact_id = $1 and channel = 'sms' order by received_at desc",
+      [contactId],
+    );
     expect(inbound[0].to_number).toBe(second);
 
     const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Replying by SMS" });
     expect(reply.body.data!.replyToContact.message.metadata).toEqual({ from: second, in_reply_to: inbound[0].id });
     await settled(db.current, reply.body.data!.replyToContact.message.rowId);
     // That number is on the system account (an operator's), so the system's account sent it.
-    expect(server.sandbox.messages.filter((m) => m.to === phone).map((m) => [m.account, m.from, m.body])).toEqual([[SYSTEM_TWILIO.accountSid, second, "Replying by SMS"]]);
+    expect(server.sandbox.messages.filter((m) => m.to === phone).map((m) => [m.account, m.from, m.body])).toEqual([
+      [SYSTEM_TWILIO.accountSid, second, "Replying by SMS"],
+    ]);
 
     // Released by the tenant: the reply is still a reply, from the tenant's usual sender.
-    await asRoot(db.current, (c) => c.query("delete from herald_public.sender_numbers where phone_number = $1 and channel = 'sms'", [second]));
+    await asRoot(db.current, (c) =>
+      c.query("delete from herald_public.sender_numbers where phone_number = $1 and channel = 'sms'", [second]),
+    );
     const later = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "From the usual sender" });
     expect(later.body.data!.replyToContact.message.metadata).toEqual({ in_reply_to: inbound[0].id });
   });
@@ -153,23 +229,41 @@ describe("a conversation", () => {
       await textToA(phone, "Are you open tomorrow?");
       const reply = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Yes, from 9." });
       expect((await settled(db.current, reply.body.data!.replyToContact.message.rowId)).byStatus).toEqual({ sent: 1 });
-      const other = await sendThroughApi(api.current, tokens.a, { channel: "sms", body: "Newsletter", contactIds: [contactId] });
+      const other = await sendThroughApi(api.current, tokens.a, {
+        channel: "sms",
+        body: "Newsletter",
+        contactIds: [contactId],
+      });
       expect((await settled(db.current, other)).byReason).toEqual({ "queued/quiet_hours": 1 });
       // Metadata is the sender's to write: naming a message in it exempts nothing unless it is this contact's own, recent one.
-      const theirs = (await db.current.root.query("select id from herald_public.inbound_messages where contact_id = $1", [contactId])).rows[0].id as string;
+      const theirs = (
+        await db.current.root.query("select id from herald_public.inbound_messages where contact_id = $1", [contactId])
+      ).rows[0].id as string;
       const stranger = await contactWith(db.current, a, freshPhone());
       for (const [label, contactIds, inReplyTo] of [
         ["another contact's message", [stranger], theirs],
         ["a made-up id", [contactId], "00000000-0000-4000-8000-000000000000"],
         ["not an id at all", [contactId], "anything"],
       ] as const) {
-        const forged = await sendThroughApi(api.current, tokens.a, { channel: "sms", body: "Newsletter", contactIds, metadata: { in_reply_to: inReplyTo } });
+        const forged = await sendThroughApi(api.current, tokens.a, {
+          channel: "sms",
+          body: "Newsletter",
+          contactIds,
+          metadata: { in_reply_to: inReplyTo },
+        });
         expect((await settled(db.current, forged)).byReason, label).toEqual({ "queued/quiet_hours": 1 });
       }
       // A day later, a reply is a send like any other.
-      await asRoot(db.current, (c) => c.query("update herald_public.inbound_messages set received_at = received_at - interval '25 hours' where contact_id = $1", [contactId]));
+      await asRoot(db.current, (c) =>
+        c.query(
+          "update herald_public.inbound_messages set received_at = received_at - interval '25 hours' where contact_id = $1",
+          [contactId],
+        ),
+      );
       const late = await graphql(api.current, tokens.a, REPLY, { c: contactId, body: "Sorry for the delay" });
-      expect((await settled(db.current, late.body.data!.replyToContact.message.rowId)).byReason).toEqual({ "queued/quiet_hours": 1 });
+      expect((await settled(db.current, late.body.data!.replyToContact.message.rowId)).byReason).toEqual({
+        "queued/quiet_hours": 1,
+      });
     } finally {
       await openSendWindow(db.current, a.id);
     }
@@ -188,10 +282,18 @@ describe("another tenant, and operators", () => {
     const contactId = await contactWith(db.current, a, phone);
     await textToA(phone, "private question");
     expect(await thread(tokens.b, contactId)).toBeNull();
-    const before = (await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [b.id])).rows[0].n;
+    const before = (
+      await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [b.id])
+    ).rows[0].n;
     const { body } = await graphql(api.current, tokens.b, REPLY, { c: contactId, body: "hello from B" });
     expect(body.errors?.[0]?.extensions).toMatchObject({ code: "NOT_FOUND", field: "contactId" });
-    expect((await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [b.id])).rows[0].n).toBe(before);
+    expect(
+      (
+        await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [
+          b.id,
+        ])
+      ).rows[0].n,
+    ).toBe(before);
   });
 
   it("an operator sees that the conversation exists but gets NO_KEY for its text", async () => {

@@ -18,21 +18,37 @@ afterAll(() => {
   fs.rmSync(dataDir, { recursive: true, force: true });
 });
 
-const env = { ...process.env, DATABASE_URL: "", HERALD_DATA_DIR: dataDir, PORT: "0", LOG_LEVEL: "info", NODE_ENV: "production", HERALD_DEMO: "true" };
+const env = {
+  ...process.env,
+  DATABASE_URL: "",
+  HERALD_DATA_DIR: dataDir,
+  PORT: "0",
+  LOG_LEVEL: "info",
+  NODE_ENV: "production",
+  HERALD_DEMO: "true",
+};
 
 function cli(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) =>
-    execFile(process.execPath, [path.join(projectRoot, "src/cli.ts"), ...args], { env: { ...env, LOG_LEVEL: "silent" } }, (error, stdout, stderr) => {
-      if (error && typeof error.code !== "number") return reject(error);
-      resolve({ code: error ? (error.code as number) : 0, stdout, stderr });
-    }),
+    execFile(
+      process.execPath,
+      [path.join(projectRoot, "src/cli.ts"), ...args],
+      { env: { ...env, LOG_LEVEL: "silent" } },
+      (error, stdout, stderr) => {
+        if (error && typeof error.code !== "number") return reject(error);
+        resolve({ code: error ? (error.code as number) : 0, stdout, stderr });
+      },
+    ),
   );
 }
 
 describe("production start on the embedded database", () => {
   it("creates no demo tenant and prints no token, even with HERALD_DEMO=true", async () => {
     let transcript = "";
-    child = spawn(process.execPath, [path.join(projectRoot, "src/main.ts")], { env, stdio: ["ignore", "pipe", "pipe"] });
+    child = spawn(process.execPath, [path.join(projectRoot, "src/main.ts")], {
+      env,
+      stdio: ["ignore", "pipe", "pipe"],
+    });
     await new Promise<void>((resolve, reject) => {
       const timer = setTimeout(() => reject(new Error(`not started within 60 s:\n${transcript}`)), 60_000);
       const onData = (chunk: Buffer) => {
@@ -51,7 +67,8 @@ describe("production start on the embedded database", () => {
     expect(transcript).not.toMatch(/eyJhbGciOi/);
     // The warning goes through the logger, which may flush after the banner.
     const warning = "HERALD_DEMO=true is ignored in production";
-    for (const deadline = Date.now() + 5_000; !transcript.includes(warning) && Date.now() < deadline; ) await new Promise((r) => setTimeout(r, 50));
+    for (const deadline = Date.now() + 5_000; !transcript.includes(warning) && Date.now() < deadline;)
+      await new Promise((r) => setTimeout(r, 50));
     expect(transcript).toContain(warning);
 
     // The database (the same embedded server, which the CLI attaches to) holds no tenant at all.

@@ -24,7 +24,11 @@ beforeAll(async () => {
 const FAULTS: Array<{ check: string; plant: string[]; also?: string[]; alsoBefore16?: string[] }> = [
   { check: "rls-enabled", plant: ["alter table herald_public.api_keys no force row level security"] },
   // Without RLS, the probes see and change other tenants' rows.
-  { check: "rls-enabled", plant: ["alter table herald_hidden.pings disable row level security"], also: ["probe-reads", "probe-writes"] },
+  {
+    check: "rls-enabled",
+    plant: ["alter table herald_hidden.pings disable row level security"],
+    also: ["probe-reads", "probe-writes"],
+  },
   {
     check: "has-policy",
     plant: [
@@ -35,13 +39,23 @@ const FAULTS: Array<{ check: string; plant: string[]; also?: string[]; alsoBefor
   },
   {
     check: "no-for-all-policy",
-    plant: ["create policy all_member on herald_public.tenants for all to herald_member using (id = (select herald_public.current_tenant_id()))"],
+    plant: [
+      "create policy all_member on herald_public.tenants for all to herald_member using (id = (select herald_public.current_tenant_id()))",
+    ],
   },
-  { check: "no-public-policy", plant: ["create policy select_anyone on herald_public.users for select using (true)"], also: ["probe-reads"] },
+  {
+    check: "no-public-policy",
+    plant: ["create policy select_anyone on herald_public.users for select using (true)"],
+    also: ["probe-reads"],
+  },
   { check: "role-attributes", plant: ["alter role herald_member bypassrls"], also: ["probe-reads", "probe-writes"] },
   { check: "role-attributes", plant: ["alter role herald_owner superuser"] },
   // From PostgreSQL 16 each membership has its own INHERIT option, which Herald grants off; on 15 the authenticator then holds every request role's grants.
-  { check: "authenticator-noinherit", plant: ["alter role herald_authenticator inherit"], alsoBefore16: ["grants-allow-list"] },
+  {
+    check: "authenticator-noinherit",
+    plant: ["alter role herald_authenticator inherit"],
+    alsoBefore16: ["grants-allow-list"],
+  },
   // An owner holds every privilege, TRUNCATE included.
   {
     check: "request-roles-own-nothing",
@@ -50,12 +64,19 @@ const FAULTS: Array<{ check: string; plant: string[]; also?: string[]; alsoBefor
   },
   {
     check: "security-definer",
-    plant: ["create function herald_public.planted() returns int language sql security definer set search_path = '' as 'select 1'"],
+    plant: [
+      "create function herald_public.planted() returns int language sql security definer set search_path = '' as 'select 1'",
+    ],
   },
-  { check: "views-security-invoker", plant: ["create view herald_public.planted_view as select id from herald_public.tenants"] },
+  {
+    check: "views-security-invoker",
+    plant: ["create view herald_public.planted_view as select id from herald_public.tenants"],
+  },
   {
     check: "security-definer",
-    plant: ["create function public.planted() returns int language sql security definer set search_path = '' as 'select 1'"],
+    plant: [
+      "create function public.planted() returns int language sql security definer set search_path = '' as 'select 1'",
+    ],
   },
   {
     check: "security-definer",
@@ -66,7 +87,9 @@ const FAULTS: Array<{ check: string; plant: string[]; also?: string[]; alsoBefor
   },
   {
     check: "security-definer",
-    plant: ["create function herald_private.planted() returns int language sql security definer set search_path = '' as 'select 1'"],
+    plant: [
+      "create function herald_private.planted() returns int language sql security definer set search_path = '' as 'select 1'",
+    ],
     also: ["private-schema-grants"],
   },
   {
@@ -87,39 +110,73 @@ const FAULTS: Array<{ check: string; plant: string[]; also?: string[]; alsoBefor
     ],
   },
   { check: "tenant-unique-keys", plant: ["alter table herald_hidden.pings add constraint planted_unique unique (id)"] },
-  { check: "tenant-policies", plant: ["create policy leak on herald_public.api_keys for select to herald_member using (true)"], also: ["probe-reads"] },
-  { check: "tenant-policies", plant: ["alter policy insert_member on herald_hidden.pings with check (true)"], also: ["probe-writes"] },
+  {
+    check: "tenant-policies",
+    plant: ["create policy leak on herald_public.api_keys for select to herald_member using (true)"],
+    also: ["probe-reads"],
+  },
+  {
+    check: "tenant-policies",
+    plant: ["alter policy insert_member on herald_hidden.pings with check (true)"],
+    also: ["probe-writes"],
+  },
   // The member inherits the operator's grants and cross-tenant policies.
-  { check: "role-memberships", plant: ["grant herald_admin to herald_member"], also: ["grants-allow-list", "probe-reads", "probe-writes"] },
+  {
+    check: "role-memberships",
+    plant: ["grant herald_admin to herald_member"],
+    also: ["grants-allow-list", "probe-reads", "probe-writes"],
+  },
   { check: "role-memberships", plant: ["grant herald_owner to herald_authenticator"] },
   { check: "private-schema-grants", plant: ["grant usage on schema herald_private to herald_member"] },
-  { check: "private-schema-grants", plant: ["grant select on herald_private.user_passwords to herald_worker"], also: ["grants-allow-list"] },
+  {
+    check: "private-schema-grants",
+    plant: ["grant select on herald_private.user_passwords to herald_worker"],
+    also: ["grants-allow-list"],
+  },
   // PUBLIC's grant reaches the authenticator too, which the list gives nothing.
-  { check: "no-public-grants", plant: ["grant select on herald_public.tenants to public"], also: ["grants-allow-list"] },
+  {
+    check: "no-public-grants",
+    plant: ["grant select on herald_public.tenants to public"],
+    also: ["grants-allow-list"],
+  },
   // Each of these passed the catalog rules before the allow-list and the probes, and each really broke isolation.
-  { check: "no-truncate", plant: ["grant truncate on herald_public.contacts to herald_member"], also: ["grants-allow-list"] },
+  {
+    check: "no-truncate",
+    plant: ["grant truncate on herald_public.contacts to herald_member"],
+    also: ["grants-allow-list"],
+  },
   { check: "grants-allow-list", plant: ["grant update (tenant_id) on herald_public.tags to herald_worker"] },
   {
     // A member policy that "mentions current_tenant_id()", with `or true` appended.
     check: "probe-reads",
-    plant: ["alter policy select_member on herald_public.audit_log using (tenant_id = (select herald_public.current_tenant_id()) or true)"],
+    plant: [
+      "alter policy select_member on herald_public.audit_log using (tenant_id = (select herald_public.current_tenant_id()) or true)",
+    ],
   },
   {
     // `where true` references no column, so only the delete policy decides which rows go.
     check: "probe-writes",
-    plant: ["alter policy delete_member on herald_public.tags using (tenant_id = (select herald_public.current_tenant_id()) or true)"],
+    plant: [
+      "alter policy delete_member on herald_public.tags using (tenant_id = (select herald_public.current_tenant_id()) or true)",
+    ],
   },
   {
     check: "probe-writes",
-    plant: ["alter policy update_member on herald_public.lists using (tenant_id = (select herald_public.current_tenant_id()) or true)"],
+    plant: [
+      "alter policy update_member on herald_public.lists using (tenant_id = (select herald_public.current_tenant_id()) or true)",
+    ],
   },
   {
     check: "probe-writes",
-    plant: ["alter policy insert_member on herald_public.tags with check (tenant_id = (select herald_public.current_tenant_id()) or true)"],
+    plant: [
+      "alter policy insert_member on herald_public.tags with check (tenant_id = (select herald_public.current_tenant_id()) or true)",
+    ],
   },
   {
     check: "function-settings",
-    plant: [`create function herald_public.planted() returns int language sql set "jwt.claims.tenant_id" = '00000000-0000-0000-0000-000000000000' as 'select 1'`],
+    plant: [
+      `create function herald_public.planted() returns int language sql set "jwt.claims.tenant_id" = '00000000-0000-0000-0000-000000000000' as 'select 1'`,
+    ],
   },
   {
     check: "function-settings",
@@ -128,7 +185,10 @@ const FAULTS: Array<{ check: string; plant: string[]; also?: string[]; alsoBefor
   {
     // A view outside Herald's schemas, owned by the superuser (who bypasses RLS), handed to a request role.
     check: "views-security-invoker",
-    plant: ["create view public.planted_view as select tenant_id, id from herald_public.contacts", "grant select on public.planted_view to herald_member"],
+    plant: [
+      "create view public.planted_view as select tenant_id, id from herald_public.contacts",
+      "grant select on public.planted_view to herald_member",
+    ],
     also: ["grants-allow-list", "probe-reads"],
   },
   {
@@ -150,7 +210,9 @@ describe("herald doctor", () => {
   it("allows exactly the migrated schema's grants: no stale entry widens what a future grant may add", async () => {
     // What `herald doctor --print-grants` prints, against the literal in the reviewed file.
     const source = fs.readFileSync(path.join(projectRoot, "src/doctor/allowed-grants.ts"), "utf8");
-    const literal = source.slice(source.indexOf("= {", source.indexOf("export const ALLOWED_GRANTS")) + 2).replace(/;\s*$/, "");
+    const literal = source
+      .slice(source.indexOf("= {", source.indexOf("export const ALLOWED_GRANTS")) + 2)
+      .replace(/;\s*$/, "");
     expect(formatAllowList(await withRootDb(db.current, heldGrants))).toBe(literal);
   });
 

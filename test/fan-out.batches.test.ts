@@ -27,15 +27,26 @@ beforeAll(async () => {
       [a.id],
     );
     ids = rows.map((r) => r.id as string).sort();
-    const made = await c.query("insert into herald_public.lists (tenant_id, name) values ($1, 'batch-1'), ($1, 'batch-2') returning id", [a.id]);
+    const made = await c.query(
+      "insert into herald_public.lists (tenant_id, name) values ($1, 'batch-1'), ($1, 'batch-2') returning id",
+      [a.id],
+    );
     lists = made.rows.map((r) => r.id as string);
-    tag = (await c.query("insert into herald_public.tags (tenant_id, name) values ($1, 'batch-tag') returning id", [a.id])).rows[0].id;
+    tag = (
+      await c.query("insert into herald_public.tags (tenant_id, name) values ($1, 'batch-tag') returning id", [a.id])
+    ).rows[0].id;
     // Overlapping sources: list 1 holds 0-5, list 2 holds 4-8, the tag 7-10, the message names 10, 11 and 2.
     const members = (list: string, range: string[]) =>
-      c.query("insert into herald_public.list_members (tenant_id, list_id, contact_id) select $1, $2, unnest($3::uuid[])", [a.id, list, range]);
+      c.query(
+        "insert into herald_public.list_members (tenant_id, list_id, contact_id) select $1, $2, unnest($3::uuid[])",
+        [a.id, list, range],
+      );
     await members(lists[0]!, ids.slice(0, 6));
     await members(lists[1]!, ids.slice(4, 9));
-    await c.query("insert into herald_public.contact_tags (tenant_id, tag_id, contact_id) select $1, $2, unnest($3::uuid[])", [a.id, tag, ids.slice(7, 11)]);
+    await c.query(
+      "insert into herald_public.contact_tags (tenant_id, tag_id, contact_id) select $1, $2, unnest($3::uuid[])",
+      [a.id, tag, ids.slice(7, 11)],
+    );
   });
 });
 
@@ -57,7 +68,11 @@ describe("fan_out_batch", () => {
         return rows[0];
       });
       const delivered = await asRoot(db.current, async (c) =>
-        (await c.query("select contact_id from herald_public.deliveries where message_id = $1 order by contact_id", [message])).rows.map((r) => r.contact_id as string),
+        (
+          await c.query("select contact_id from herald_public.deliveries where message_id = $1 order by contact_id", [
+            message,
+          ])
+        ).rows.map((r) => r.contact_id as string),
       );
       batches.push({ contacts: batch.contacts, done: batch.done, delivered });
       if (batch.done) break;
@@ -68,8 +83,14 @@ describe("fan_out_batch", () => {
       [2, true],
     ]);
     expect(batches.map((b) => b.delivered)).toEqual([ids.slice(0, 5), ids.slice(0, 10), ids]);
-    const after = await asRoot(db.current, async (c) =>
-      (await c.query("select status, recipient_count, fan_out_cursor from herald_public.messages where id = $1", [message])).rows[0],
+    const after = await asRoot(
+      db.current,
+      async (c) =>
+        (
+          await c.query("select status, recipient_count, fan_out_cursor from herald_public.messages where id = $1", [
+            message,
+          ])
+        ).rows[0],
     );
     expect(after).toEqual({ status: "fanned_out", recipient_count: 12, fan_out_cursor: ids[11] });
   });

@@ -26,7 +26,9 @@ let profile: string;
 
 beforeAll(async () => {
   if (!existsSync(CHROMIUM)) {
-    throw new Error(`No Chromium at ${CHROMIUM}: run scripts/install-chromium.sh (or set HERALD_CHROMIUM) for the browser tests.`);
+    throw new Error(
+      `No Chromium at ${CHROMIUM}: run scripts/install-chromium.sh (or set HERALD_CHROMIUM) for the browser tests.`,
+    );
   }
   ({ a: tenant } = await seedTwoTenants(db.current));
   profile = await mkdtemp(path.join(os.tmpdir(), "herald-chromium-"));
@@ -57,7 +59,8 @@ it("GraphiQL loads the schema with a tenant's API key, and its docs explorer sho
   const authorizedRequests: number[] = [];
   page.on("response", (response) => {
     const request = response.request();
-    if (request.url().endsWith("/graphql") && request.method() === "POST" && request.headers().authorization) authorizedRequests.push(response.status());
+    if (request.url().endsWith("/graphql") && request.method() === "POST" && request.headers().authorization)
+      authorizedRequests.push(response.status());
   });
   // GraphiQL restores its tabs, each with the request headers typed into its
   // headers editor, from its own storage when "persist headers" is on: put a
@@ -65,7 +68,16 @@ it("GraphiQL loads the schema with a tenant's API key, and its docs explorer sho
   await page.goto(`${api.current.url}/healthz`);
   await page.evaluate((authorization) => {
     const headers = JSON.stringify({ Authorization: authorization });
-    const tab = { id: "herald-test", hash: null, title: "Herald", query: "{ currentTenant { name } }", variables: null, headers, operationName: null, response: null };
+    const tab = {
+      id: "herald-test",
+      hash: null,
+      title: "Herald",
+      query: "{ currentTenant { name } }",
+      variables: null,
+      headers,
+      operationName: null,
+      response: null,
+    };
     localStorage.setItem("graphiql:shouldPersistHeaders", "true");
     localStorage.setItem("graphiql:headers", headers);
     localStorage.setItem("graphiql:tabState", JSON.stringify({ tabs: [tab], activeTabIndex: 0 }));

@@ -46,14 +46,19 @@ describe("getIntrospectionQuery()", () => {
     expect(body.errors).toBeUndefined();
     expect(status).toBe(200);
     const schema = buildClientSchema(body.data!);
-    expect(Object.keys(schema.getQueryType()!.getFields())).toEqual(expect.arrayContaining(["allContacts", "currentTenant"]));
+    expect(Object.keys(schema.getQueryType()!.getFields())).toEqual(
+      expect.arrayContaining(["allContacts", "currentTenant"]),
+    );
     expect(schema.getMutationType()!.getFields().sendMessage).toBeDefined();
   });
 
   it("carries the descriptions when asked", async () => {
     const { body } = await introspect(ALL_OPTIONS);
     const schema = buildClientSchema(body.data!);
-    const first = schema.getQueryType()!.getFields().allContacts!.args.find((arg) => arg.name === "first");
+    const first = schema
+      .getQueryType()!
+      .getFields()
+      .allContacts!.args.find((arg) => arg.name === "first");
     expect(first?.description).toMatch(/at most 1000/);
   });
 });

@@ -18,7 +18,11 @@ beforeAll(async () => {
 
 describe("page size", () => {
   it(`accepts first: ${MAX_PAGE_SIZE}`, async () => {
-    const { status, body } = await graphql(api.current, token, `{ allApiKeys(first: ${MAX_PAGE_SIZE}) { totalCount } }`);
+    const { status, body } = await graphql(
+      api.current,
+      token,
+      `{ allApiKeys(first: ${MAX_PAGE_SIZE}) { totalCount } }`,
+    );
     expect(status).toBe(200);
     expect(body.data).toEqual({ allApiKeys: { totalCount: 1 } });
   });
@@ -30,7 +34,18 @@ describe("page size", () => {
   });
 
   it("refuses a page size passed as a variable", async () => {
-    const { status, body } = await graphql(api.current, token, `query($n: Int) { allUsers(last: $n) { totalCount } }`, { n: 5000 });
+    const { status, body } = await graphql(
+      api.current,
+      token,
+      `
+        query ($n: Int) {
+          allUsers(last: $n) {
+            totalCount
+          }
+        }
+      `,
+      { n: 5000 },
+    );
     expect(status).toBe(400);
     expect(body.data ?? null).toBeNull();
     expect(body.errors?.[0]?.message).toContain(`at most ${MAX_PAGE_SIZE}`);
@@ -38,7 +53,17 @@ describe("page size", () => {
 });
 
 it("refuses a page size hidden in a variable's default value", async () => {
-  const { status, body } = await graphql(api.current, token, `query($n: Int = 5000) { allUsers(first: $n) { totalCount } }`);
+  const { status, body } = await graphql(
+    api.current,
+    token,
+    `
+      query ($n: Int = 5000) {
+        allUsers(first: $n) {
+          totalCount
+        }
+      }
+    `,
+  );
   expect(status).toBe(400);
   expect(body.errors?.[0]?.message).toContain(`at most ${MAX_PAGE_SIZE}`);
 });
@@ -93,7 +118,15 @@ describe("errors", () => {
     const { body } = await graphql(
       api.current,
       token,
-      `mutation($id: UUID!) { updateTenantSettingByTenantId(input: { tenantId: $id, tenantSettingPatch: { timezone: "Mars/Olympus" } }) { tenantSetting { timezone } } }`,
+      `
+        mutation ($id: UUID!) {
+          updateTenantSettingByTenantId(input: { tenantId: $id, tenantSettingPatch: { timezone: "Mars/Olympus" } }) {
+            tenantSetting {
+              timezone
+            }
+          }
+        }
+      `,
       { id: a.id },
     );
     const error = body.errors?.[0];
@@ -105,7 +138,15 @@ describe("errors", () => {
     const { body } = await graphql(
       api.current,
       token,
-      `mutation($id: UUID!) { updateTenantSettingByTenantId(input: { tenantId: $id, tenantSettingPatch: { rateBatchSize: -5 } }) { tenantSetting { rateBatchSize } } }`,
+      `
+        mutation ($id: UUID!) {
+          updateTenantSettingByTenantId(input: { tenantId: $id, tenantSettingPatch: { rateBatchSize: -5 } }) {
+            tenantSetting {
+              rateBatchSize
+            }
+          }
+        }
+      `,
       { id: a.id },
     );
     const text = JSON.stringify(body);

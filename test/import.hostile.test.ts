@@ -41,17 +41,24 @@ const importFile = (name: string, content: string) => {
   const rejectsFile = path.join(dir, `${name}.rejects.csv`);
   return {
     rejectsFile,
-    run: () => importContacts({ pool: db.current.authenticator, keyring: testKeyring(), tenantId: a.id, file, rejectsFile }),
+    run: () =>
+      importContacts({ pool: db.current.authenticator, keyring: testKeyring(), tenantId: a.id, file, rejectsFile }),
     rejects: () => fs.readFileSync(rejectsFile, "utf8").trim().split("\n"),
   };
 };
 
 describe("cells built for a slow regex", () => {
   it("a 100 KB attribute cell is rejected by its size at once, and the next row is imported", async () => {
-    const { run, rejects } = importFile("wide100k", `phone,first_name,notes\n+14155550181,Wide,${"a".repeat(100_000)}\n+14155550182,Next,ok\n`);
+    const { run, rejects } = importFile(
+      "wide100k",
+      `phone,first_name,notes\n+14155550181,Wide,${"a".repeat(100_000)}\n+14155550182,Next,ok\n`,
+    );
     const { result: summary, ms } = await cpuMs(run);
     expect(summary).toMatchObject({ rows: 2, inserted: 1, rejected: 1 });
-    expect(rejects()).toEqual(["line,column,reason", "2,notes,\"is 100,000 characters long; a cell may hold at most 10,000\""]);
+    expect(rejects()).toEqual([
+      "line,column,reason",
+      '2,notes,"is 100,000 characters long; a cell may hold at most 10,000"',
+    ]);
     // The regex this replaces spent ~10 s of CPU on such a cell; the whole import takes a small fraction of a second.
     expect(ms).toBeLessThan(1000);
   });
@@ -65,10 +72,20 @@ describe("cells built for a slow regex", () => {
   });
 
   it("a row past the parser's limit stops the import with CSV_MAX_RECORD_SIZE, after the rows before it", async () => {
-    const { run } = importFile("huge", `phone,first_name,notes\n+14155550184,BeforeHuge,x\n+14155550185,Huge,"${"c".repeat(MAX_RECORD_CHARS + 10)}"\n`);
+    const { run } = importFile(
+      "huge",
+      `phone,first_name,notes\n+14155550184,BeforeHuge,x\n+14155550185,Huge,"${"c".repeat(MAX_RECORD_CHARS + 10)}"\n`,
+    );
     await expect(run()).rejects.toMatchObject({ code: "CSV_MAX_RECORD_SIZE", lines: 3 });
-    const stored = await withRootDb(db.current, async (c) =>
-      (await c.query("select first_name from herald_public.contacts where tenant_id = $1 and first_name in ('BeforeHuge', 'Huge')", [a.id])).rows,
+    const stored = await withRootDb(
+      db.current,
+      async (c) =>
+        (
+          await c.query(
+            "select first_name from herald_public.contacts where tenant_id = $1 and first_name in ('BeforeHuge', 'Huge')",
+            [a.id],
+          )
+        ).rows,
     );
     expect(stored).toEqual([{ first_name: "BeforeHuge" }]);
   });
@@ -87,9 +104,36 @@ describe("cells built for a slow regex", () => {
   it("containsEmailLike answers as /[^\\s@]+@[^\\s@]+\\.[^\\s@]+/ does, in linear time", async () => {
     const regex = /[^\s@]+@[^\s@]+\.[^\s@]+/;
     const samples = [
-      "", "@", "a@b", "a@b.", "a@.b", "a@b.c", "a@bc.d", " a@b.c ", "a @b.c", "a@ b.c", "a@@b.c", "@a@b.c", "x@y@z.w", "a@b.c@",
-      "ask zed@elsewhere.example", "a.b@c", "a.b@c.", "..@..", "a@..", "a@...", "a@.b.c", "mail:x@y.z!", "a\t@b.c", "a@b\u00a0.c",
-      "a@b\n.c", "x@y.z\nq", "name@domain", "foo@bar.baz qux", "@@@...", "a@b.c.d",
+      "",
+      "@",
+      "a@b",
+      "a@b.",
+      "a@.b",
+      "a@b.c",
+      "a@bc.d",
+      " a@b.c ",
+      "a @b.c",
+      "a@ b.c",
+      "a@@b.c",
+      "@a@b.c",
+      "x@y@z.w",
+      "a@b.c@",
+      "ask zed@elsewhere.example",
+      "a.b@c",
+      "a.b@c.",
+      "..@..",
+      "a@..",
+      "a@...",
+      "a@.b.c",
+      "mail:x@y.z!",
+      "a\t@b.c",
+      "a@b\u00a0.c",
+      "a@b\n.c",
+      "x@y.z\nq",
+      "name@domain",
+      "foo@bar.baz qux",
+      "@@@...",
+      "a@b.c.d",
     ];
     for (const sample of samples) expect([sample, containsEmailLike(sample)]).toEqual([sample, regex.test(sample)]);
     const { ms } = await cpuMs(async () => {
@@ -107,22 +151,28 @@ describe("formula injection", () => {
       "'+14155550101",
       "'-2",
       "'@SUM(A1)",
-      "\"'\tx\"",
-      "\"'\r=x\"",
+      '"\'\tx"',
+      '"\'\r=x"',
       "plain",
       "a=b",
       "'=x",
     ]);
     expect(csvCell(-1)).toBe("-1"); // numbers Herald writes (line numbers) are data, not text
     expect(csvCell('a,"b";c')).toBe('"a,""b"";c"');
-    expect(["'+14155550101", "'=1+2", "'plain", "'", "+1"].map(withoutFormulaGuard)).toEqual(["+14155550101", "=1+2", "'plain", "'", "+1"]);
+    expect(["'+14155550101", "'=1+2", "'plain", "'", "+1"].map(withoutFormulaGuard)).toEqual([
+      "+14155550101",
+      "=1+2",
+      "'plain",
+      "'",
+      "+1",
+    ]);
   });
 
   it("the rejects file neutralises the file's own header text", async () => {
     const { run, rejects } = importFile(
       "formulas",
       [
-        "phone,\"=HYPERLINK(\"\"http://evil.example\"\")\",+cmd,-2+3,@SUM(A1)",
+        'phone,"=HYPERLINK(""http://evil.example"")",+cmd,-2+3,@SUM(A1)',
         "+14155550188,see a@b.example,,,",
         "+14155550189,,x@y.example,,",
         "+14155550190,,,z@w.example,",
@@ -144,8 +194,15 @@ describe("formula injection", () => {
   it("a value a spreadsheet user guarded with a single quote imports as the value", async () => {
     const { run } = importFile("guarded", "phone,first_name,formula\n'+14155550192,Guarded,'=1+2\n");
     expect(await run()).toMatchObject({ inserted: 1, rejected: 0 });
-    const stored = await withRootDb(db.current, async (c) =>
-      (await c.query("select attributes from herald_public.contacts where tenant_id = $1 and first_name = 'Guarded'", [a.id])).rows,
+    const stored = await withRootDb(
+      db.current,
+      async (c) =>
+        (
+          await c.query(
+            "select attributes from herald_public.contacts where tenant_id = $1 and first_name = 'Guarded'",
+            [a.id],
+          )
+        ).rows,
     );
     expect(stored).toEqual([{ attributes: { formula: "=1+2" } }]);
     // The phone is the number without the quote: the same row is found by it.

@@ -35,18 +35,20 @@ const CSV = [
 ].join("\n");
 
 const contactsOfA = () =>
-  withRootDb(db.current, async (c) =>
-    (
-      await c.query(
-        `select c.id, c.first_name, c.last_name, c.external_id, c.sms_subscribed, c.attributes, c.phone_encrypted, c.updated_at,
+  withRootDb(
+    db.current,
+    async (c) =>
+      (
+        await c.query(
+          `select c.id, c.first_name, c.last_name, c.external_id, c.sms_subscribed, c.attributes, c.phone_encrypted, c.updated_at,
                 array(select t.name::text from herald_public.contact_tags ct join herald_public.tags t on t.tenant_id = ct.tenant_id and t.id = ct.tag_id
                        where ct.tenant_id = c.tenant_id and ct.contact_id = c.id order by 1) as tags,
                 array(select l.name::text from herald_public.list_members lm join herald_public.lists l on l.tenant_id = lm.tenant_id and l.id = lm.list_id
                        where lm.tenant_id = c.tenant_id and lm.contact_id = c.id order by 1) as lists
            from herald_public.contacts c where c.tenant_id = $1 and c.external_id like 'crm-%' order by c.external_id`,
-        [a.id],
-      )
-    ).rows,
+          [a.id],
+        )
+      ).rows,
   );
 
 describe("importContacts", () => {
@@ -78,15 +80,23 @@ describe("importContacts", () => {
     ]);
 
     const stored = await contactsOfA();
-    expect(stored.map((r) => [r.external_id, r.first_name, r.last_name, r.sms_subscribed, r.attributes, r.tags, r.lists])).toEqual([
+    expect(
+      stored.map((r) => [r.external_id, r.first_name, r.last_name, r.sms_subscribed, r.attributes, r.tags, r.lists]),
+    ).toEqual([
       ["crm-1", "Ann", "Lee", true, { vip_level: "gold" }, ["imported", "vip"], ["Spring 2026"]],
       ["crm-2", "Bob", "Ray", true, {}, ["imported", "vip"], ["Spring 2026"]],
       ["crm-7", "Fay", "Multi\nLine", false, { vip_level: "silver" }, ["imported", "vip"], ["Spring 2026"]],
       ["crm-9", "Ivy", "Ok", true, {}, ["imported", "vip"], ["Spring 2026"]],
     ]);
     // The existing "vip" tag was reused, not duplicated.
-    const vipTags = await withRootDb(db.current, async (c) =>
-      (await c.query("select count(*)::int as n from herald_public.tags where tenant_id = $1 and name = 'vip'", [a.id])).rows[0].n,
+    const vipTags = await withRootDb(
+      db.current,
+      async (c) =>
+        (
+          await c.query("select count(*)::int as n from herald_public.tags where tenant_id = $1 and name = 'vip'", [
+            a.id,
+          ])
+        ).rows[0].n,
     );
     expect(vipTags).toBe(1);
 
@@ -97,10 +107,19 @@ describe("importContacts", () => {
 
   it("refuses a file whose extra columns look like a phone or email (they would be stored unencrypted)", async () => {
     const file = path.join(dir, "exported.csv");
-    fs.writeFileSync(file, "first_name,phone,Mobile Phone,Work Email,notes\nZed,+14155550177,+14155550178,zed@work.example,hi\n");
+    fs.writeFileSync(
+      file,
+      "first_name,phone,Mobile Phone,Work Email,notes\nZed,+14155550177,+14155550178,zed@work.example,hi\n",
+    );
     const before = await contactsOfA();
     await expect(
-      importContacts({ pool: db.current.authenticator, keyring: testKeyring(), tenantId: a.id, file, rejectsFile: path.join(dir, "exported.rejects.csv") }),
+      importContacts({
+        pool: db.current.authenticator,
+        keyring: testKeyring(),
+        tenantId: a.id,
+        file,
+        rejectsFile: path.join(dir, "exported.rejects.csv"),
+      }),
     ).rejects.toThrow(/"Mobile Phone", "Work Email" look like a phone or email/);
     expect(await contactsOfA()).toEqual(before);
   });
@@ -116,16 +135,26 @@ describe("importContacts", () => {
       rejectsFile: path.join(dir, "notes.rejects.csv"),
     });
     expect(summary).toMatchObject({ inserted: 1, rejected: 1 });
-    expect(fs.readFileSync(path.join(dir, "notes.rejects.csv"), "utf8")).toContain('2,notes,"holds an email address; attributes are stored unencrypted"');
+    expect(fs.readFileSync(path.join(dir, "notes.rejects.csv"), "utf8")).toContain(
+      '2,notes,"holds an email address; attributes are stored unencrypted"',
+    );
   });
 
   it("the CLI prints a summary and writes the rejects next to the file", async () => {
     const file = path.join(dir, "cli.csv");
     fs.writeFileSync(file, "phone,email\n+14155552680,cli1@example.com\n999,cli2@example.com\n");
-    const { code, stdout, stderr } = await runCli(db.current, ["contacts", "import", file, "--tenant", a.slug, "--list", "From CLI"], { NODE_ENV: "production", LOG_LEVEL: "error" });
+    const { code, stdout, stderr } = await runCli(
+      db.current,
+      ["contacts", "import", file, "--tenant", a.slug, "--list", "From CLI"],
+      { NODE_ENV: "production", LOG_LEVEL: "error" },
+    );
     expect(code, stderr).toBe(0);
-    expect(stdout).toMatch(/^Imported cli\.csv into tenant-a: 1 inserted, 0 updated, 0 unchanged, 1 rejected — 2 rows in [\d.]+ s/m);
+    expect(stdout).toMatch(
+      /^Imported cli\.csv into tenant-a: 1 inserted, 0 updated, 0 unchanged, 1 rejected — 2 rows in [\d.]+ s/m,
+    );
     expect(stdout).toContain(`Rejected rows are described in ${path.join(dir, "cli.rejects.csv")}`);
-    expect(fs.readFileSync(path.join(dir, "cli.rejects.csv"), "utf8")).toMatch(/^line,column,reason\n3,phone,is not a valid phone number/);
+    expect(fs.readFileSync(path.join(dir, "cli.rejects.csv"), "utf8")).toMatch(
+      /^line,column,reason\n3,phone,is not a valid phone number/,
+    );
   });
 });

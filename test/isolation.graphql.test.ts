@@ -29,9 +29,37 @@ beforeAll(async () => {
     { name: "B's API key", token: b.apiKeySecret },
   ];
   // Tenant A reads its own global node ids, which an attacker might obtain.
-  const { body } = await graphql(api.current, tokenA, `{
-    allTenants { nodes { id } } allApiKeys { nodes { id } } allTenantSettings { nodes { id } }
-    allMemberships { nodes { id } } currentUser { id } }`);
+  const { body } = await graphql(
+    api.current,
+    tokenA,
+    `
+      {
+        allTenants {
+          nodes {
+            id
+          }
+        }
+        allApiKeys {
+          nodes {
+            id
+          }
+        }
+        allTenantSettings {
+          nodes {
+            id
+          }
+        }
+        allMemberships {
+          nodes {
+            id
+          }
+        }
+        currentUser {
+          id
+        }
+      }
+    `,
+  );
   expect(body.errors).toBeUndefined();
   const data = body.data!;
   nodeIds = {
@@ -45,16 +73,49 @@ beforeAll(async () => {
 
 describe("tenant A through its own token", () => {
   it("sees its tenant and data only", async () => {
-    const { body } = await graphql(api.current, tokenA, `{
-      allTenants { nodes { slug } } allApiKeys { nodes { tenantId } } allMemberships { nodes { tenantId } }
-      allTenantSettings { nodes { tenantId } } allUsers { nodes { email } } }`);
+    const { body } = await graphql(
+      api.current,
+      tokenA,
+      `
+        {
+          allTenants {
+            nodes {
+              slug
+            }
+          }
+          allApiKeys {
+            nodes {
+              tenantId
+            }
+          }
+          allMemberships {
+            nodes {
+              tenantId
+            }
+          }
+          allTenantSettings {
+            nodes {
+              tenantId
+            }
+          }
+          allUsers {
+            nodes {
+              email
+            }
+          }
+        }
+      `,
+    );
     const data = body.data!;
     expect(data.allTenants.nodes).toEqual([{ slug: "tenant-a" }]);
     for (const list of [data.allApiKeys, data.allMemberships, data.allTenantSettings]) {
       expect(list.nodes.length).toBeGreaterThan(0);
       expect(list.nodes.every((n: { tenantId: string }) => n.tenantId === a.id)).toBe(true);
     }
-    expect(data.allUsers.nodes.map((u: { email: string }) => u.email).sort()).toEqual(["member@tenant-a.test", "owner@tenant-a.test"]);
+    expect(data.allUsers.nodes.map((u: { email: string }) => u.email).sort()).toEqual([
+      "member@tenant-a.test",
+      "owner@tenant-a.test",
+    ]);
   });
 });
 
@@ -75,9 +136,39 @@ describe.each([0, 1])("tenant B attacking tenant A (attacker %i)", (index) => {
   const attacker = () => attackers[index]!;
 
   it("lists nothing of tenant A", async () => {
-    const { body } = await graphql(api.current, attacker().token, `{
-      allTenants { nodes { rowId } } allApiKeys { nodes { tenantId } } allMemberships { nodes { tenantId } }
-      allTenantSettings { nodes { tenantId } } allUsers { nodes { rowId } } }`);
+    const { body } = await graphql(
+      api.current,
+      attacker().token,
+      `
+        {
+          allTenants {
+            nodes {
+              rowId
+            }
+          }
+          allApiKeys {
+            nodes {
+              tenantId
+            }
+          }
+          allMemberships {
+            nodes {
+              tenantId
+            }
+          }
+          allTenantSettings {
+            nodes {
+              tenantId
+            }
+          }
+          allUsers {
+            nodes {
+              rowId
+            }
+          }
+        }
+      `,
+    );
     expect(body.errors).toBeUndefined();
     expect(JSON.stringify(body.data)).not.toContain(a.id);
     expect(JSON.stringify(body.data)).not.toContain(a.ownerId);
@@ -88,20 +179,55 @@ describe.each([0, 1])("tenant B attacking tenant A (attacker %i)", (index) => {
     const { body } = await graphql(
       api.current,
       attacker().token,
-      `query($a: UUID!, $key: UUID!, $owner: UUID!, $tenantNode: ID!, $keyNode: ID!, $settingNode: ID!, $membershipNode: ID!, $userNode: ID!) {
-        tenantByRowId(rowId: $a) { slug }
-        tenantBySlug(slug: "tenant-a") { slug }
-        tenantSettingByTenantId(tenantId: $a) { tenantId }
-        apiKeyByTenantIdAndRowId(tenantId: $a, rowId: $key) { name }
-        membershipByTenantIdAndUserId(tenantId: $a, userId: $owner) { role }
-        userByRowId(rowId: $owner) { email }
-        userByEmail(email: "owner@tenant-a.test") { email }
-        t: node(id: $tenantNode) { id }
-        k: node(id: $keyNode) { id }
-        s: node(id: $settingNode) { id }
-        m: node(id: $membershipNode) { id }
-        u: node(id: $userNode) { id }
-      }`,
+      `
+        query (
+          $a: UUID!
+          $key: UUID!
+          $owner: UUID!
+          $tenantNode: ID!
+          $keyNode: ID!
+          $settingNode: ID!
+          $membershipNode: ID!
+          $userNode: ID!
+        ) {
+          tenantByRowId(rowId: $a) {
+            slug
+          }
+          tenantBySlug(slug: "tenant-a") {
+            slug
+          }
+          tenantSettingByTenantId(tenantId: $a) {
+            tenantId
+          }
+          apiKeyByTenantIdAndRowId(tenantId: $a, rowId: $key) {
+            name
+          }
+          membershipByTenantIdAndUserId(tenantId: $a, userId: $owner) {
+            role
+          }
+          userByRowId(rowId: $owner) {
+            email
+          }
+          userByEmail(email: "owner@tenant-a.test") {
+            email
+          }
+          t: node(id: $tenantNode) {
+            id
+          }
+          k: node(id: $keyNode) {
+            id
+          }
+          s: node(id: $settingNode) {
+            id
+          }
+          m: node(id: $membershipNode) {
+            id
+          }
+          u: node(id: $userNode) {
+            id
+          }
+        }
+      `,
       {
         a: a.id,
         key: a.apiKeyId,
@@ -120,10 +246,22 @@ describe.each([0, 1])("tenant B attacking tenant A (attacker %i)", (index) => {
   it("cannot update tenant A's settings, tenant, user or API key", async () => {
     const before = await snapshotVictimRows();
     const attempts = [
-      [`mutation($a: UUID!) { updateTenantSettingByTenantId(input: { tenantId: $a, tenantSettingPatch: { helpText: "pwned" } }) { tenantSetting { helpText } } }`, { a: a.id }],
-      [`mutation($id: ID!) { updateTenantSetting(input: { id: $id, tenantSettingPatch: { helpText: "pwned" } }) { tenantSetting { helpText } } }`, { id: nodeIds.tenantSetting }],
-      [`mutation($a: UUID!) { updateTenantByRowId(input: { rowId: $a, tenantPatch: { name: "pwned" } }) { tenant { name } } }`, { a: a.id }],
-      [`mutation($u: UUID!) { updateUserByRowId(input: { rowId: $u, userPatch: { displayName: "pwned" } }) { user { displayName } } }`, { u: a.ownerId }],
+      [
+        `mutation($a: UUID!) { updateTenantSettingByTenantId(input: { tenantId: $a, tenantSettingPatch: { helpText: "pwned" } }) { tenantSetting { helpText } } }`,
+        { a: a.id },
+      ],
+      [
+        `mutation($id: ID!) { updateTenantSetting(input: { id: $id, tenantSettingPatch: { helpText: "pwned" } }) { tenantSetting { helpText } } }`,
+        { id: nodeIds.tenantSetting },
+      ],
+      [
+        `mutation($a: UUID!) { updateTenantByRowId(input: { rowId: $a, tenantPatch: { name: "pwned" } }) { tenant { name } } }`,
+        { a: a.id },
+      ],
+      [
+        `mutation($u: UUID!) { updateUserByRowId(input: { rowId: $u, userPatch: { displayName: "pwned" } }) { user { displayName } } }`,
+        { u: a.ownerId },
+      ],
       [`mutation($k: UUID!) { revokeApiKey(input: { apiKeyId: $k }) { result { revokedAt } } }`, { k: a.apiKeyId }],
     ] as const;
     for (const [mutation, variables] of attempts) {
@@ -143,7 +281,16 @@ describe.each([0, 1])("tenant B attacking tenant A (attacker %i)", (index) => {
   });
 
   it("cannot read tenant A's ping", async () => {
-    const { body } = await graphql(api.current, attacker().token, `query($p: UUID!) { pingAnsweredAt(pingId: $p) }`, { p: a.pingId });
+    const { body } = await graphql(
+      api.current,
+      attacker().token,
+      `
+        query ($p: UUID!) {
+          pingAnsweredAt(pingId: $p)
+        }
+      `,
+      { p: a.pingId },
+    );
     expect(body.data).toEqual({ pingAnsweredAt: null });
   });
 });
@@ -155,24 +302,84 @@ describe.each([0, 1])("tenant B and what A's contacts wrote and were told (attac
     const { body: own } = await graphql(
       api.current,
       tokenA,
-      `{ allInboundMessages { nodes { id } } allConsentEvents { nodes { id } } allDeliveryEvents { nodes { id } } }`,
+      `
+        {
+          allInboundMessages {
+            nodes {
+              id
+            }
+          }
+          allConsentEvents {
+            nodes {
+              id
+            }
+          }
+          allDeliveryEvents {
+            nodes {
+              id
+            }
+          }
+        }
+      `,
     );
     expect(own.errors).toBeUndefined();
-    const ids = [own.data!.allInboundMessages.nodes[0].id, own.data!.allConsentEvents.nodes[0].id, own.data!.allDeliveryEvents.nodes[0].id];
+    const ids = [
+      own.data!.allInboundMessages.nodes[0].id,
+      own.data!.allConsentEvents.nodes[0].id,
+      own.data!.allDeliveryEvents.nodes[0].id,
+    ];
     const { body } = await graphql(
       api.current,
       attacker().token,
-      `query($a: UUID!, $inbound: UUID!, $contact: UUID!, $n1: ID!, $n2: ID!, $n3: ID!) {
-        inboundMessageByTenantIdAndRowId(tenantId: $a, rowId: $inbound) { body }
-        contactByTenantIdAndRowId(tenantId: $a, rowId: $contact) { conversation { nodes { body } } }
-        n1: node(id: $n1) { id } n2: node(id: $n2) { id } n3: node(id: $n3) { id }
-        allInboundMessages { nodes { tenantId } } allConsentEvents { nodes { tenantId } } allDeliveryEvents { nodes { tenantId } }
-      }`,
+      `
+        query ($a: UUID!, $inbound: UUID!, $contact: UUID!, $n1: ID!, $n2: ID!, $n3: ID!) {
+          inboundMessageByTenantIdAndRowId(tenantId: $a, rowId: $inbound) {
+            body
+          }
+          contactByTenantIdAndRowId(tenantId: $a, rowId: $contact) {
+            conversation {
+              nodes {
+                body
+              }
+            }
+          }
+          n1: node(id: $n1) {
+            id
+          }
+          n2: node(id: $n2) {
+            id
+          }
+          n3: node(id: $n3) {
+            id
+          }
+          allInboundMessages {
+            nodes {
+              tenantId
+            }
+          }
+          allConsentEvents {
+            nodes {
+              tenantId
+            }
+          }
+          allDeliveryEvents {
+            nodes {
+              tenantId
+            }
+          }
+        }
+      `,
       { a: a.id, inbound: a.inboundMessageId, contact: a.contactId, n1: ids[0], n2: ids[1], n3: ids[2] },
     );
     expect(body.errors).toBeUndefined();
     const data = body.data!;
-    expect([data.inboundMessageByTenantIdAndRowId, data.contactByTenantIdAndRowId, data.n1, data.n2, data.n3]).toEqual([null, null, null, null, null]);
+    expect([data.inboundMessageByTenantIdAndRowId, data.contactByTenantIdAndRowId, data.n1, data.n2, data.n3]).toEqual([
+      null,
+      null,
+      null,
+      null,
+      null,
+    ]);
     // B's own: its fixture's one inbound message, consent event and delivery event each, and none of A's.
     for (const list of [data.allInboundMessages, data.allConsentEvents, data.allDeliveryEvents]) {
       expect(list.nodes).toEqual([{ tenantId: b.id }]);
@@ -183,13 +390,24 @@ describe.each([0, 1])("tenant B and what A's contacts wrote and were told (attac
     const { body } = await graphql(
       api.current,
       attacker().token,
-      `mutation($a: UUID!, $m: UUID!) { deleteInboundMessageByTenantIdAndRowId(input: { tenantId: $a, rowId: $m }) { inboundMessage { rowId } } }`,
+      `
+        mutation ($a: UUID!, $m: UUID!) {
+          deleteInboundMessageByTenantIdAndRowId(input: { tenantId: $a, rowId: $m }) {
+            inboundMessage {
+              rowId
+            }
+          }
+        }
+      `,
       { a: a.id, m: a.inboundMessageId },
     );
     // The mutation exists (tenant admins erase what a person wrote); for A's row it finds nothing.
-    for (const error of body.errors ?? []) expect(["NOT_FOUND", "FORBIDDEN"], JSON.stringify(body)).toContain(error.extensions?.code);
+    for (const error of body.errors ?? [])
+      expect(["NOT_FOUND", "FORBIDDEN"], JSON.stringify(body)).toContain(error.extensions?.code);
     expect(body.data?.deleteInboundMessageByTenantIdAndRowId?.inboundMessage ?? null).toBeNull();
-    const { rowCount } = await db.current.root.query("select 1 from herald_public.inbound_messages where id = $1", [a.inboundMessageId]);
+    const { rowCount } = await db.current.root.query("select 1 from herald_public.inbound_messages where id = $1", [
+      a.inboundMessageId,
+    ]);
     expect(rowCount).toBe(1);
   });
 });
@@ -197,12 +415,37 @@ describe.each([0, 1])("tenant B and what A's contacts wrote and were told (attac
 describe("platform admin", () => {
   it("sees both tenants through an admin token", async () => {
     const adminToken = await api.current.authenticator.sign({ role: ROLES.admin });
-    const { body } = await graphql(api.current, adminToken, `{ allTenants(orderBy: SLUG_ASC) { nodes { slug } } }`);
+    const { body } = await graphql(
+      api.current,
+      adminToken,
+      `
+        {
+          allTenants(orderBy: SLUG_ASC) {
+            nodes {
+              slug
+            }
+          }
+        }
+      `,
+    );
     expect(body.data!.allTenants.nodes).toEqual([{ slug: "tenant-a" }, { slug: "tenant-b" }]);
   });
 
   it("a member never sees the other tenant even when asking for admin-only fields", async () => {
-    const { body } = await graphql(api.current, attackers[0]!.token, `{ allTenants { totalCount } allUsers { totalCount } }`);
+    const { body } = await graphql(
+      api.current,
+      attackers[0]!.token,
+      `
+        {
+          allTenants {
+            totalCount
+          }
+          allUsers {
+            totalCount
+          }
+        }
+      `,
+    );
     expect(body.data).toEqual({ allTenants: { totalCount: 1 }, allUsers: { totalCount: 2 } });
   });
 });
@@ -212,7 +455,9 @@ describe("one pooled connection reused across tenants", () => {
     const server = singleConnectionApi.current;
     const sign = server.authenticator.sign;
     const ask = (token: string) =>
-      graphql(server, token, "{ currentTenantId currentUserId allTenants { nodes { rowId } } }").then((r) => r.body.data!);
+      graphql(server, token, "{ currentTenantId currentUserId allTenants { nodes { rowId } } }").then(
+        (r) => r.body.data!,
+      );
 
     const asA = await ask(await sign({ role: ROLES.member, tenant_id: a.id, sub: a.ownerId }));
     expect(asA).toMatchObject({ currentTenantId: a.id, currentUserId: a.ownerId });

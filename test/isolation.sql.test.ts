@@ -1,7 +1,15 @@
 import pg from "pg";
 import { beforeAll, describe, expect, it } from "vitest";
 import { asRole, expectPgError, useTestDatabase, withRootDb } from "./helpers/db.ts";
-import { attackerIdentities, exposedTables, hasFixture, seedAttackTenants, specFor, type AttackTenant, type TableSpec } from "./helpers/attack-tables.ts";
+import {
+  attackerIdentities,
+  exposedTables,
+  hasFixture,
+  seedAttackTenants,
+  specFor,
+  type AttackTenant,
+  type TableSpec,
+} from "./helpers/attack-tables.ts";
 import { asRoot } from "./helpers/messaging.ts";
 
 /**
@@ -64,7 +72,6 @@ async function installLeakTripwires() {
   });
 }
 
-
 const identities = () => attackerIdentities(b);
 
 /** The table's columns the current role holds `privilege` on, in column order (from the catalog). */
@@ -91,13 +98,15 @@ const aIds = () =>
  */
 async function updateFor(c: pg.PoolClient, spec: TableSpec): Promise<{ granted: boolean; set: string }> {
   const { held, first } = await columnsHeld(c, spec.table, "UPDATE");
-  if (spec.update && held.some((h) => h.name === spec.update!.column)) return { granted: true, set: `${spec.update.column} = ${spec.update.to}` };
+  if (spec.update && held.some((h) => h.name === spec.update!.column))
+    return { granted: true, set: `${spec.update.column} = ${spec.update.to}` };
   const column = held.find((h) => h.usable) ?? held[0];
   return column ? { granted: true, set: `${column.name} = default` } : { granted: false, set: `${first} = default` };
 }
 
 const deletable = async (c: pg.PoolClient, table: string) =>
-  (await c.query<{ granted: boolean }>("select has_table_privilege($1, 'DELETE') as granted", [table])).rows[0]!.granted;
+  (await c.query<{ granted: boolean }>("select has_table_privilege($1, 'DELETE') as granted", [table])).rows[0]!
+    .granted;
 
 /**
  * Runs an attack and asserts which layer stops it: without the privilege, the
@@ -130,7 +139,9 @@ describe.each(exposedTables())("%s", (table) => {
         await expectRefused(c, `${who.name} scanned`, granted, async () => {
           const { rows } = await c.query(`select ${columns} from ${table}`);
           const ids = aIds();
-          const leaked = rows.filter((r) => (spec.tenantKey && r[spec.tenantKey] === a.id) || ids.some((id) => JSON.stringify(r).includes(id)));
+          const leaked = rows.filter(
+            (r) => (spec.tenantKey && r[spec.tenantKey] === a.id) || ids.some((id) => JSON.stringify(r).includes(id)),
+          );
           expect(leaked, `${who.name} saw A's rows in a full scan`).toEqual([]);
         });
       });
@@ -165,7 +176,9 @@ describe.each(exposedTables())("%s", (table) => {
     // UPDATE/DELETE policy stands between B and A's rows: the SELECT policy
     // that hides them from a filtered statement does not apply.
     const ownRows = await withRootDb(db.current, async (c) => {
-      const own = spec.tenantKey ? `${spec.tenantKey} = $1` : "id in (select user_id from herald_public.memberships where tenant_id = $1)";
+      const own = spec.tenantKey
+        ? `${spec.tenantKey} = $1`
+        : "id in (select user_id from herald_public.memberships where tenant_id = $1)";
       return (await c.query<{ n: number }>(`select count(*)::int as n from ${table} where ${own}`, [b.id])).rows[0]!.n;
     });
     for (const who of identities()) {
@@ -199,7 +212,10 @@ describe.each(exposedTables())("%s", (table) => {
       await asRole(db.current, who, async (c) => {
         const { sql, params } = spec.insertInto(a, who.userId, b);
         // The layer that refuses: the grant when the role may not insert every column named, else the policy's WITH CHECK.
-        const named = /\(([^)]*)\)\s+values/i.exec(sql)![1]!.split(",").map((col) => col.trim());
+        const named = /\(([^)]*)\)\s+values/i
+          .exec(sql)![1]!
+          .split(",")
+          .map((col) => col.trim());
         const { held } = await columnsHeld(c, table, "INSERT");
         const granted = named.every((col) => held.some((h) => h.name === col));
         const error = await expectPgError(c, () => c.query(sql, params));
@@ -226,11 +242,17 @@ describe("the leak tripwire", () => {
         await c.query("rollback to savepoint attempt");
       }
     };
-    for (const spec of exposedTables().filter(hasFixture).map(specFor).filter((t) => t.tenantKey)) {
+    for (const spec of exposedTables()
+      .filter(hasFixture)
+      .map(specFor)
+      .filter((t) => t.tenantKey)) {
       await withRootDb(db.current, async (c) => {
         const { where, params } = spec.victim(a);
         const key = spec.tenantKey!;
-        for (const statement of [`update ${spec.table} set ${key} = ${key} where ${where}`, `delete from ${spec.table} where ${where}`]) {
+        for (const statement of [
+          `update ${spec.table} set ${key} = ${key} where ${where}`,
+          `delete from ${spec.table} where ${where}`,
+        ]) {
           expect(await raisedIn(c, b.id, statement, params), `in B's name: ${statement}`).toBe(LEAK);
           // It may fail for reasons of its own, but never trips the wire.
           expect(await raisedIn(c, "", statement, params), `as the superuser: ${statement}`).not.toBe(LEAK);

@@ -52,7 +52,10 @@ beforeAll(async () => {
   ({ a } = await seedTwoTenants(db.current));
 });
 
-const providerToken = (claims: Record<string, unknown>, options: { key?: CryptoKey; issuer?: string; kid?: string } = {}) =>
+const providerToken = (
+  claims: Record<string, unknown>,
+  options: { key?: CryptoKey; issuer?: string; kid?: string } = {},
+) =>
   new SignJWT(claims)
     .setProtectedHeader({ alg: "RS256", kid: options.kid ?? "provider-1" })
     .setIssuer(options.issuer ?? ISSUER)
@@ -65,18 +68,36 @@ const QUERY = "{ currentTenant { slug } }";
 
 describe("JWKS mode", () => {
   it("accepts the provider's member token", async () => {
-    const { status, body } = await graphql(api.current, await providerToken({ role: ROLES.member, tenant_id: a.id }), QUERY);
+    const { status, body } = await graphql(
+      api.current,
+      await providerToken({ role: ROLES.member, tenant_id: a.id }),
+      QUERY,
+    );
     expect(status).toBe(200);
     expect(body.data).toEqual({ currentTenant: { slug: "tenant-a" } });
   });
 
   it.each([
-    ["another issuer", () => providerToken({ role: ROLES.member, tenant_id: a.id }, { issuer: "https://evil.example.test/" }), "INVALID_TOKEN"],
-    ["a key the provider does not publish", () => providerToken({ role: ROLES.member, tenant_id: a.id }, { key: strangerKey }), "INVALID_TOKEN"],
+    [
+      "another issuer",
+      () => providerToken({ role: ROLES.member, tenant_id: a.id }, { issuer: "https://evil.example.test/" }),
+      "INVALID_TOKEN",
+    ],
+    [
+      "a key the provider does not publish",
+      () => providerToken({ role: ROLES.member, tenant_id: a.id }, { key: strangerKey }),
+      "INVALID_TOKEN",
+    ],
     ["an admin role from the provider", () => providerToken({ role: ROLES.admin }), "INVALID_CLAIMS"],
     [
       "an HS256 token (no secret is configured in this mode)",
-      () => new SignJWT({ role: ROLES.member, tenant_id: a.id }).setProtectedHeader({ alg: "HS256" }).setIssuer(ISSUER).setAudience(AUDIENCE).setExpirationTime("5m").sign(new TextEncoder().encode("s".repeat(48))),
+      () =>
+        new SignJWT({ role: ROLES.member, tenant_id: a.id })
+          .setProtectedHeader({ alg: "HS256" })
+          .setIssuer(ISSUER)
+          .setAudience(AUDIENCE)
+          .setExpirationTime("5m")
+          .sign(new TextEncoder().encode("s".repeat(48))),
       "INVALID_TOKEN",
     ],
   ])("refuses %s", async (_name, makeToken, code) => {

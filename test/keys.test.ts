@@ -4,7 +4,13 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.ts";
 import { findContactId } from "../src/contacts/store.ts";
 import { Keyring } from "../src/crypto/keyring.ts";
-import { rotateMasterKey, rotationProgress, startHashKeyRotation, startTenantKeyRotation, type RotationProgress } from "../src/crypto/rotation.ts";
+import {
+  rotateMasterKey,
+  rotationProgress,
+  startHashKeyRotation,
+  startTenantKeyRotation,
+  type RotationProgress,
+} from "../src/crypto/rotation.ts";
 import { withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { createLogger } from "../src/logger.ts";
@@ -37,7 +43,10 @@ beforeAll(async () => {
   // More than one rekey batch (500) for tenant A.
   const settings = await testKeyring().sessionSettings(db.current.root, a.id);
   await asWorkerCommitted(a.id, settings, async (client) => {
-    const docs = Array.from({ length: 1200 }, (_, i) => ({ phone: `+1303555${String(i).padStart(4, "0")}`, email: `k${i}@example.com` }));
+    const docs = Array.from({ length: 1200 }, (_, i) => ({
+      phone: `+1303555${String(i).padStart(4, "0")}`,
+      email: `k${i}@example.com`,
+    }));
     await client.query("select count(*) from herald_hidden.upsert_contacts($1)", [JSON.stringify(docs)]);
   });
 });
@@ -47,14 +56,27 @@ afterAll(async () => {
 });
 
 /** Like asRole, but committed: the worker must see the rows. */
-const asWorkerCommitted = (tenantId: string, settings: Record<string, string>, fn: (client: pg.PoolClient) => Promise<unknown>) =>
-  withSession(db.current.authenticator, { role: ROLES.worker, tenantId, settings }, fn);
+const asWorkerCommitted = (
+  tenantId: string,
+  settings: Record<string, string>,
+  fn: (client: pg.PoolClient) => Promise<unknown>,
+) => withSession(db.current.authenticator, { role: ROLES.worker, tenantId, settings }, fn);
 
 /** Every contact of a tenant decrypted with `keyring`, as the worker would. */
-async function decryptAll(keyring: Keyring, tenantId: string): Promise<{ phone: string | null; email: string | null; key_version: number; hash_version: number }[]> {
+async function decryptAll(
+  keyring: Keyring,
+  tenantId: string,
+): Promise<{ phone: string | null; email: string | null; key_version: number; hash_version: number }[]> {
   const settings = await keyring.sessionSettings(db.current.root, tenantId, { fresh: true });
-  return asRole(db.current, { role: ROLES.worker, tenantId, settings }, async (client) =>
-    (await client.query("select herald_public.contacts_phone(c) as phone, herald_public.contacts_email(c) as email, key_version, hash_version from herald_public.contacts c")).rows,
+  return asRole(
+    db.current,
+    { role: ROLES.worker, tenantId, settings },
+    async (client) =>
+      (
+        await client.query(
+          "select herald_public.contacts_phone(c) as phone, herald_public.contacts_email(c) as email, key_version, hash_version from herald_public.contacts c",
+        )
+      ).rows,
   );
 }
 
@@ -136,33 +158,47 @@ describe("key rotation", () => {
     expect(rows.length).toBe(1202);
     expect(new Set(rows.map((r) => r.key_version))).toEqual(new Set([2]));
     expect(rows.some((r) => r.phone === "+13125550199")).toBe(true);
-    const stored = await withRootDb(db.current, async (client) =>
-      (await client.query("select tenant_id, version from herald_private.tenant_data_keys order by tenant_id, version")).rows,
+    const stored = await withRootDb(
+      db.current,
+      async (client) =>
+        (
+          await client.query(
+            "select tenant_id, version from herald_private.tenant_data_keys order by tenant_id, version",
+          )
+        ).rows,
     );
     expect(stored.filter((k) => k.tenant_id === a.id)).toEqual([{ tenant_id: a.id, version: 2 }]);
     expect(stored.filter((k) => k.tenant_id === b.id)).toEqual([{ tenant_id: b.id, version: 1 }]);
     // The tenant's provider credential moved with its contacts and still decrypts.
     const freshSettings = await keyringFor().sessionSettings(db.current.root, a.id, { fresh: true });
-    const account = await asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings: freshSettings }, async (client) =>
-      (
-        await client.query(
-          "select a.key_version, s.secret from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s where a.id = $1",
-          [a.providerAccountId],
-        )
-      ).rows[0],
+    const account = await asRole(
+      db.current,
+      { role: ROLES.worker, tenantId: a.id, settings: freshSettings },
+      async (client) =>
+        (
+          await client.query(
+            "select a.key_version, s.secret from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s where a.id = $1",
+            [a.providerAccountId],
+          )
+        ).rows[0],
     );
     expect(account).toEqual({ key_version: 2, secret: a.providerSecret });
     // A session still holding only the retired key can neither read the re-encrypted rows…
-    await expect(asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings: staleSettings }, (client) =>
-      client.query("select herald_public.contacts_phone(c) from herald_public.contacts c"),
-    )).rejects.toThrow(/no data key for version 2/);
+    await expect(
+      asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings: staleSettings }, (client) =>
+        client.query("select herald_public.contacts_phone(c) from herald_public.contacts c"),
+      ),
+    ).rejects.toThrow(/no data key for version 2/);
     // …nor write under the destroyed version (the foreign key to tenant_data_keys refuses it).
     await expect(staleWrite("+13125550198")).rejects.toMatchObject({ code: "23503" });
   });
 
   it("a data key still used by a contact cannot be deleted", async () => {
     const error = await withRootDb(db.current, (client) =>
-      client.query("delete from herald_private.tenant_data_keys where tenant_id = $1", [b.id]).then(() => undefined, (e: { code: string }) => e),
+      client.query("delete from herald_private.tenant_data_keys where tenant_id = $1", [b.id]).then(
+        () => undefined,
+        (e: { code: string }) => e,
+      ),
     );
     expect(error?.code).toBe("23503");
   });
@@ -175,7 +211,9 @@ describe("key rotation", () => {
     const lookUp = async (keyring: Keyring) => {
       const settings = await keyring.sessionSettings(db.current.root, a.id, { fresh: true });
       return asRole(db.current, { role: ROLES.member, tenantId: a.id, settings }, (client) =>
-        Promise.all(phones.map((p) => findContactId(async (text, values) => (await client.query(text, values)).rows, "phone", p))),
+        Promise.all(
+          phones.map((p) => findContactId(async (text, values) => (await client.query(text, values)).rows, "phone", p)),
+        ),
       );
     };
     const before = await lookUp(keyringFor());
@@ -183,9 +221,14 @@ describe("key rotation", () => {
 
     // Half-way: one batch of rows moved to the new hash key, the rest not yet.
     const settings = await rotating.sessionSettings(db.current.root, a.id, { fresh: true });
-    await asWorkerCommitted(a.id, settings, (client) => client.query("select * from herald_hidden.rekey_contacts('00000000-0000-0000-0000-000000000000', 600)"));
-    const versions = await withRootDb(db.current, async (client) =>
-      (await client.query("select distinct hash_version from herald_public.contacts where tenant_id = $1", [a.id])).rows.length,
+    await asWorkerCommitted(a.id, settings, (client) =>
+      client.query("select * from herald_hidden.rekey_contacts('00000000-0000-0000-0000-000000000000', 600)"),
+    );
+    const versions = await withRootDb(
+      db.current,
+      async (client) =>
+        (await client.query("select distinct hash_version from herald_public.contacts where tenant_id = $1", [a.id]))
+          .rows.length,
     );
     expect(versions).toBe(2);
     expect(await lookUp(rotating)).toEqual(before);
@@ -204,14 +247,28 @@ describe("key rotation", () => {
 describe("crypto-shredding", () => {
   it("after tenant C is deleted its old ciphertext decrypts with no key Herald holds; A's and B's still do", async () => {
     // What an old backup would hold: C's and B's ciphertext.
-    const backup = await withRootDb(db.current, async (client) =>
-      (await client.query("select tenant_id, phone_encrypted from herald_public.contacts where tenant_id = any($1)", [[b.id, c.id]])).rows,
+    const backup = await withRootDb(
+      db.current,
+      async (client) =>
+        (
+          await client.query(
+            "select tenant_id, phone_encrypted from herald_public.contacts where tenant_id = any($1)",
+            [[b.id, c.id]],
+          )
+        ).rows,
     );
     const keyring = keyringFor();
     const cKeyBefore = (await keyring.sessionSettings(db.current.root, c.id, { fresh: true }))["herald.data_key"]!;
     const tryDecrypt = (ciphertext: Buffer, key: string) =>
-      withRootDb(db.current, (client) => client.query("select public.pgp_sym_decrypt($1, $2) as p", [ciphertext, key]).then((r) => r.rows[0].p as string, () => null));
-    expect(await tryDecrypt(backup.find((r) => r.tenant_id === c.id)!.phone_encrypted, cKeyBefore)).toBe(c.contactPhone);
+      withRootDb(db.current, (client) =>
+        client.query("select public.pgp_sym_decrypt($1, $2) as p", [ciphertext, key]).then(
+          (r) => r.rows[0].p as string,
+          () => null,
+        ),
+      );
+    expect(await tryDecrypt(backup.find((r) => r.tenant_id === c.id)!.phone_encrypted, cKeyBefore)).toBe(
+      c.contactPhone,
+    );
 
     // What `herald tenant delete` does: an operator deletes the tenant; its keys go with it.
     await withSession(db.current.authenticator, { role: ROLES.admin }, (client) =>
@@ -221,14 +278,22 @@ describe("crypto-shredding", () => {
       (await client.query("select tenant_id from herald_private.tenant_data_keys")).rows.map((r) => r.tenant_id),
     );
     expect(remaining).not.toContain(c.id);
-    await expect(keyringFor().sessionSettings(db.current.root, c.id, { fresh: true })).rejects.toThrow(/does not exist/);
+    await expect(keyringFor().sessionSettings(db.current.root, c.id, { fresh: true })).rejects.toThrow(
+      /does not exist/,
+    );
 
     // Every data key Herald still holds, tried on C's old ciphertext: none opens it.
-    const heldKeys = await Promise.all([a.id, b.id].map(async (t) => (await keyringFor().sessionSettings(db.current.root, t, { fresh: true }))["herald.data_key"]!));
+    const heldKeys = await Promise.all(
+      [a.id, b.id].map(
+        async (t) => (await keyringFor().sessionSettings(db.current.root, t, { fresh: true }))["herald.data_key"]!,
+      ),
+    );
     for (const key of heldKeys) {
       expect(await tryDecrypt(backup.find((r) => r.tenant_id === c.id)!.phone_encrypted, key)).toBeNull();
     }
-    expect(await tryDecrypt(backup.find((r) => r.tenant_id === b.id)!.phone_encrypted, heldKeys[1]!)).toBe(b.contactPhone);
+    expect(await tryDecrypt(backup.find((r) => r.tenant_id === b.id)!.phone_encrypted, heldKeys[1]!)).toBe(
+      b.contactPhone,
+    );
     expect((await decryptAll(keyringFor(), a.id)).length).toBe(1202);
   });
 });

@@ -53,7 +53,9 @@ describe("password sign-in limits", () => {
     const home = "198.51.100.8";
     expect((await signIn(email, `${b.slug}-password`, home)).status).toBe(200);
     // Counts are per minute of the database's clock: start early in one, so that all eleven fall in it.
-    const { rows } = await db.current.root.query<{ left: number }>("select 60 - extract(second from clock_timestamp())::float8 as left");
+    const { rows } = await db.current.root.query<{ left: number }>(
+      "select 60 - extract(second from clock_timestamp())::float8 as left",
+    );
     if (rows[0]!.left < 20) await new Promise((r) => setTimeout(r, (rows[0]!.left + 0.5) * 1000));
     const statuses: number[] = [];
     for (let i = 0; i < 11; i++) statuses.push((await signIn(email, "not-the-password", "203.0.113.200")).status);

@@ -3,7 +3,16 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant, type TenantFixture } from "./helpers/fixtures.ts";
-import { readyToSend, seedAudience, sendThroughApi, settled, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import {
+  readyToSend,
+  seedAudience,
+  sendThroughApi,
+  settled,
+  startSandboxServer,
+  startSendingWorker,
+  waitFor,
+  type SandboxServer,
+} from "./helpers/messaging.ts";
 
 /**
  * The delivery engine under a provider that answers slowly, as real ones do
@@ -45,7 +54,11 @@ describe("a provider that answers after 200 ms", () => {
     const token = await tokenFor(api.current, t, "member");
     server.sandbox.takePeakInFlight();
     const started = performance.now();
-    const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Fast {{first_name}}", listIds: [audience.listId] });
+    const messageId = await sendThroughApi(api.current, token, {
+      channel: "sms",
+      body: "Fast {{first_name}}",
+      listIds: [audience.listId],
+    });
     const result = await settled(db.current, messageId, 60_000);
     const seconds = (performance.now() - started) / 1000;
     expect(result.byStatus).toEqual({ sent: 2000 });
@@ -78,22 +91,49 @@ describe("fairness between tenants", () => {
     // A's plan runs at 1,000 a second; two jobs at a time against a 300 ms provider send about 300.
     server.sandbox.setFaults({ latencyMs: 300 });
     worker = await startSendingWorker(db.current, server, 2);
-    const aMessage = await sendThroughApi(api.current, await tokenFor(api.current, a, "member"), { channel: "sms", body: "Big news", listIds: [audience.listId] });
+    const aMessage = await sendThroughApi(api.current, await tokenFor(api.current, a, "member"), {
+      channel: "sms",
+      body: "Big news",
+      listIds: [audience.listId],
+    });
     const fromA = () => server.sandbox.messages.filter((m) => m.account === aSid).length;
     await waitFor(async () => fromA() >= 600, 30_000, "A's broadcast to be well under way");
     const asked = Date.now();
-    const bMessage = await sendThroughApi(api.current, await tokenFor(api.current, b, "member"), { channel: "sms", body: "Your code is 4321", contactIds: [b.contactId] });
-    await waitFor(async () => server.sandbox.messages.some((m) => m.account === bSid && m.body === "Your code is 4321"), 30_000, "B's code");
+    const bMessage = await sendThroughApi(api.current, await tokenFor(api.current, b, "member"), {
+      channel: "sms",
+      body: "Your code is 4321",
+      contactIds: [b.contactId],
+    });
+    await waitFor(
+      async () => server.sandbox.messages.some((m) => m.account === bSid && m.body === "Your code is 4321"),
+      30_000,
+      "B's code",
+    );
     const waited = Date.now() - asked;
     const aPending = 4000 - fromA();
-    process.stdout.write(`fairness: B's single SMS out ${waited} ms after it was sent, with ${aPending} of A's 4,000 still to go\n`);
+    process.stdout.write(
+      `fairness: B's single SMS out ${waited} ms after it was sent, with ${aPending} of A's 4,000 still to go\n`,
+    );
     // A's backlog ahead of it (thousands of overdue sends, ~10 s of work) did not hold it up.
     expect(aPending).toBeGreaterThan(1000);
     // (Without the yield, it waits behind A's overdue runs: about 10 s.)
     expect(waited).toBeLessThan(6_000);
     expect((await settled(db.current, bMessage)).byStatus).toEqual({ sent: 1 });
     // A's backlog ends here, nothing lost: what was not sent is canceled.
-    await graphql(api.current, await tokenFor(api.current, a, "member"), `mutation($id: UUID!) { cancelMessage(input: { messageId: $id }) { message { status } } }`, { id: aMessage });
+    await graphql(
+      api.current,
+      await tokenFor(api.current, a, "member"),
+      `
+        mutation ($id: UUID!) {
+          cancelMessage(input: { messageId: $id }) {
+            message {
+              status
+            }
+          }
+        }
+      `,
+      { id: aMessage },
+    );
     const aResult = await settled(db.current, aMessage, 60_000);
     expect((aResult.byStatus.sent ?? 0) + (aResult.byStatus.canceled ?? 0)).toBe(4000);
   }, 90_000);

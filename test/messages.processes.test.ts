@@ -5,7 +5,16 @@ import { ROLES } from "../src/db/urls.ts";
 import { graphql, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant } from "./helpers/fixtures.ts";
-import { asOwner, asRoot, readyToSend, seedAudience, settled, startSandboxServer, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import {
+  asOwner,
+  asRoot,
+  readyToSend,
+  seedAudience,
+  settled,
+  startSandboxServer,
+  waitFor,
+  type SandboxServer,
+} from "./helpers/messaging.ts";
 
 /**
  * Real worker processes (`node src/main.ts --worker-only`, as `npm run worker`
@@ -71,7 +80,20 @@ async function startWorkerProcess(concurrency: number): Promise<ChildProcess> {
 
 async function send(t: { id: string; ownerId: string }, input: Record<string, unknown>): Promise<string> {
   const token = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: t.id, sub: t.ownerId });
-  const r = await graphql(api.current, token, `mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId } } }`, { input });
+  const r = await graphql(
+    api.current,
+    token,
+    `
+      mutation ($input: SendMessageInput!) {
+        sendMessage(input: $input) {
+          message {
+            rowId
+          }
+        }
+      }
+    `,
+    { input },
+  );
   expect(r.body.errors).toBeUndefined();
   return r.body.data!.sendMessage.message.rowId;
 }
@@ -89,8 +111,13 @@ describe("pacing with three worker processes", () => {
     const sid = await readyToSend(db.current, server, t, { perSecond: 3, senderMps: 2 });
     // A second number on the same account; both send at 2 per second.
     const numbers = await asOwner(db.current, t, async (c) => {
-      const { rows } = await c.query("select phone_number from herald_public.sender_numbers where tenant_id = $1", [t.id]);
-      await c.query("insert into herald_public.sender_numbers (phone_number, provider_account_id, messages_per_second) values ('+14155559911', $1, 2)", [t.providerAccountId]);
+      const { rows } = await c.query("select phone_number from herald_public.sender_numbers where tenant_id = $1", [
+        t.id,
+      ]);
+      await c.query(
+        "insert into herald_public.sender_numbers (phone_number, provider_account_id, messages_per_second) values ('+14155559911', $1, 2)",
+        [t.providerAccountId],
+      );
       return [rows[0].phone_number as string, "+14155559911"];
     });
     await Promise.all([startWorkerProcess(4), startWorkerProcess(4), startWorkerProcess(4)]);
@@ -99,11 +126,26 @@ describe("pacing with three worker processes", () => {
     // Scheduled a moment ahead, so that both are fanned out (planned) before any is sent…
     const at = new Date(Date.now() + 4_000).toISOString();
     const messages = await Promise.all([
-      send(t, { channel: "sms", body: "Paced one", listIds: [first.listId], metadata: { from: numbers[0] }, scheduledAt: at }),
-      send(t, { channel: "sms", body: "Paced two", listIds: [second.listId], metadata: { from: numbers[1] }, scheduledAt: at }),
+      send(t, {
+        channel: "sms",
+        body: "Paced one",
+        listIds: [first.listId],
+        metadata: { from: numbers[0] },
+        scheduledAt: at,
+      }),
+      send(t, {
+        channel: "sms",
+        body: "Paced two",
+        listIds: [second.listId],
+        metadata: { from: numbers[1] },
+        scheduledAt: at,
+      }),
     ]);
     await waitFor(async () => {
-      const { rows } = await db.current.root.query("select count(*)::int as n from herald_public.messages where id = any($1) and status = 'fanned_out'", [messages]);
+      const { rows } = await db.current.root.query(
+        "select count(*)::int as n from herald_public.messages where id = any($1) and status = 'fanned_out'",
+        [messages],
+      );
       return rows[0].n === 2;
     });
     // …then every delivery is made due at once, as after a worker outage: the
@@ -131,8 +173,18 @@ describe("pacing with three worker processes", () => {
     // sends span 0.67 s, not 1 s).
     const jitter = 200;
     const tenantSpan = narrowestSpan(times, 7); // 3 per second: any 7 sends span at least 2 s
-    const senderSpans = numbers.map((n) => narrowestSpan(received.filter((m) => m.from === n).map((m) => m.createdAt.getTime()).sort((x, y) => x - y), 3));
-    process.stdout.write(`pacing: narrowest span of 7 tenant sends ${tenantSpan} ms (limit 2000), of 3 sends per number ${senderSpans.join(", ")} ms (limit 1000)\n`);
+    const senderSpans = numbers.map((n) =>
+      narrowestSpan(
+        received
+          .filter((m) => m.from === n)
+          .map((m) => m.createdAt.getTime())
+          .sort((x, y) => x - y),
+        3,
+      ),
+    );
+    process.stdout.write(
+      `pacing: narrowest span of 7 tenant sends ${tenantSpan} ms (limit 2000), of 3 sends per number ${senderSpans.join(", ")} ms (limit 1000)\n`,
+    );
     expect(tenantSpan).toBeGreaterThanOrEqual(2000 - jitter);
     for (const span of senderSpans) expect(span).toBeGreaterThanOrEqual(1000 - jitter);
   }, 120_000);
@@ -154,7 +206,10 @@ describe("a worker process killed mid-broadcast", () => {
     doomed.kill("SIGKILL");
     await new Promise((resolve) => doomed.once("exit", resolve));
     const atKill = received().length;
-    const { rows: inFlight } = await db.current.root.query("select count(*)::int as n from herald_public.deliveries where message_id = $1 and status = 'sending'", [messageId]);
+    const { rows: inFlight } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.deliveries where message_id = $1 and status = 'sending'",
+      [messageId],
+    );
     const openAtKill = server.sandbox.takePeakInFlight();
 
     await startWorkerProcess(concurrency);
@@ -167,7 +222,10 @@ describe("a worker process killed mid-broadcast", () => {
     const duplicates = all.length - distinct.size;
     // The kill landed mid-send, with about 200 sends in the air: the recovery path was exercised, not skipped.
     expect(inFlight[0].n).toBeGreaterThanOrEqual(150);
-    const { rows: reconciled } = await db.current.root.query("select count(*)::int as n from herald_public.deliveries where message_id = $1 and reason like 'reconciled%'", [messageId]);
+    const { rows: reconciled } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.deliveries where message_id = $1 and reason like 'reconciled%'",
+      [messageId],
+    );
     process.stdout.write(
       `kill -9: ${atKill} received at the kill, ${inFlight[0].n} deliveries left 'sending' (up to ${openAtKill} requests open at once), ${reconciled[0].n} reconciled, ${duplicates} duplicates\n`,
     );

@@ -3,7 +3,18 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, asWorker, audiencePhone, readyToSend, seedAudience, settled, startSandboxServer, startSendingWorker, summary, type SandboxServer } from "./helpers/messaging.ts";
+import {
+  asRoot,
+  asWorker,
+  audiencePhone,
+  readyToSend,
+  seedAudience,
+  settled,
+  startSandboxServer,
+  startSendingWorker,
+  summary,
+  type SandboxServer,
+} from "./helpers/messaging.ts";
 
 /**
  * Templates, sendMessage and the fan-out, through GraphQL, the worker, the
@@ -38,17 +49,26 @@ afterAll(async () => {
 
 const SEND = `mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId status recipientCount } } }`;
 const send = (token: string, input: Record<string, unknown>) => graphql(api.current, token, SEND, { input });
-const sentTo = (account: string, to: string) => server.sandbox.messages.filter((m) => m.account === account && m.to === to);
+const sentTo = (account: string, to: string) =>
+  server.sandbox.messages.filter((m) => m.account === account && m.to === to);
 
 describe("templates", () => {
   const CREATE = `mutation($t: TemplateInput!) { createTemplate(input: { template: $t }) { template { rowId variables smsEncoding smsSegments } } }`;
 
   it("records the variables a template uses and what its body costs as an SMS", async () => {
     const { body } = await graphql(api.current, tokens.a, CREATE, {
-      t: { channel: "sms", name: "welcome", body: "Hi {{first_name|there}}, your {{ attributes.plan }} plan is ready. {{first_name}}" },
+      t: {
+        channel: "sms",
+        name: "welcome",
+        body: "Hi {{first_name|there}}, your {{ attributes.plan }} plan is ready. {{first_name}}",
+      },
     });
     expect(body.errors).toBeUndefined();
-    expect(body.data!.createTemplate.template).toMatchObject({ variables: ["attributes.plan", "first_name"], smsEncoding: "GSM-7", smsSegments: 1 });
+    expect(body.data!.createTemplate.template).toMatchObject({
+      variables: ["attributes.plan", "first_name"],
+      smsEncoding: "GSM-7",
+      smsSegments: 1,
+    });
 
     const cases: [string, string, number][] = [
       ["x".repeat(160), "GSM-7", 1],
@@ -62,26 +82,42 @@ describe("templates", () => {
       ["🎉".repeat(36), "UCS-2", 2],
     ];
     for (const [i, [text, encoding, segments]] of cases.entries()) {
-      const { body: r } = await graphql(api.current, tokens.a, CREATE, { t: { channel: "sms", name: `segments ${i}`, body: text } });
+      const { body: r } = await graphql(api.current, tokens.a, CREATE, {
+        t: { channel: "sms", name: `segments ${i}`, body: text },
+      });
       expect(r.errors, `case ${i}`).toBeUndefined();
-      expect(r.data!.createTemplate.template, `case ${i}`).toMatchObject({ smsEncoding: encoding, smsSegments: segments });
+      expect(r.data!.createTemplate.template, `case ${i}`).toMatchObject({
+        smsEncoding: encoding,
+        smsSegments: segments,
+      });
     }
   });
 
   it("refuses an unknown variable or an unclosed brace, naming the field", async () => {
-    const unknown = await graphql(api.current, tokens.a, CREATE, { t: { channel: "sms", name: "bad", body: "Hi {{firstname}}" } });
+    const unknown = await graphql(api.current, tokens.a, CREATE, {
+      t: { channel: "sms", name: "bad", body: "Hi {{firstname}}" },
+    });
     expect(unknown.body.errors?.[0]).toMatchObject({ extensions: { code: "INVALID_INPUT", field: "body" } });
     expect(unknown.body.errors?.[0]?.message).toMatch(/firstname/);
-    const unclosed = await graphql(api.current, tokens.a, CREATE, { t: { channel: "email", name: "bad mail", subject: "Hello {{first_name", body: "x" } });
+    const unclosed = await graphql(api.current, tokens.a, CREATE, {
+      t: { channel: "email", name: "bad mail", subject: "Hello {{first_name", body: "x" },
+    });
     expect(unclosed.body.errors?.[0]).toMatchObject({ extensions: { code: "INVALID_INPUT", field: "subject" } });
-    const noSubject = await graphql(api.current, tokens.a, CREATE, { t: { channel: "email", name: "no subject", body: "x" } });
+    const noSubject = await graphql(api.current, tokens.a, CREATE, {
+      t: { channel: "email", name: "no subject", body: "x" },
+    });
     expect(noSubject.body.errors?.[0]?.extensions?.code).toBe("INVALID_INPUT");
   });
 });
 
 describe("a broadcast to a 1,000-contact list", () => {
   it("sends to everyone but the 3 suppressed, 2 unsubscribed and 1 invalid number, each once, rendered", async () => {
-    const audience = await seedAudience(db.current, a, { count: 994, exchange: 601, list: "customers", firstName: (i) => (i % 2 ? `Ada${i}` : "") });
+    const audience = await seedAudience(db.current, a, {
+      count: 994,
+      exchange: 601,
+      list: "customers",
+      firstName: (i) => (i % 2 ? `Ada${i}` : ""),
+    });
     // Six more on the same list, who must not get it.
     const extra = await asWorker(db.current, a, async (c) => {
       const docs = [
@@ -90,16 +126,39 @@ describe("a broadcast to a 1,000-contact list", () => {
         // Stored before a numbering-plan change, say: no longer a valid number.
         { phone: "+11234567890", first_name: "Invalid" },
       ];
-      const { rows } = await c.query("select contact_id from herald_hidden.upsert_contacts($1) order by ordinal", [JSON.stringify(docs)]);
-      await c.query("insert into herald_public.list_members (list_id, contact_id) select $1, unnest($2::uuid[])", [audience.listId, rows.map((r) => r.contact_id)]);
+      const { rows } = await c.query("select contact_id from herald_hidden.upsert_contacts($1) order by ordinal", [
+        JSON.stringify(docs),
+      ]);
+      await c.query("insert into herald_public.list_members (list_id, contact_id) select $1, unnest($2::uuid[])", [
+        audience.listId,
+        rows.map((r) => r.contact_id),
+      ]);
       return docs;
     });
     for (const suppressed of extra.slice(0, 3)) {
-      const r = await graphql(api.current, tokens.a, `mutation($a: String!) { addSuppression(input: { kind: "phone", address: $a, reason: "manual" }) { suppression { rowId reason } } }`, { a: suppressed.phone });
+      const r = await graphql(
+        api.current,
+        tokens.a,
+        `
+          mutation ($a: String!) {
+            addSuppression(input: { kind: "phone", address: $a, reason: "manual" }) {
+              suppression {
+                rowId
+                reason
+              }
+            }
+          }
+        `,
+        { a: suppressed.phone },
+      );
       expect(r.body.errors).toBeUndefined();
     }
 
-    const sent = await send(tokens.a, { channel: "sms", body: "Hi {{first_name|there}}, 20% off today.", listIds: [audience.listId] });
+    const sent = await send(tokens.a, {
+      channel: "sms",
+      body: "Hi {{first_name|there}}, 20% off today.",
+      listIds: [audience.listId],
+    });
     expect(sent.body.errors).toBeUndefined();
     const messageId = sent.body.data!.sendMessage.message.rowId as string;
 
@@ -142,10 +201,19 @@ describe("a broadcast to a 1,000-contact list", () => {
     const audience = await seedAudience(db.current, b, { count: 5, exchange: 603, list: "overlap" });
     const tag = await asWorker(db.current, b, async (c) => {
       const t = await c.query("insert into herald_public.tags (name) values ('overlap') returning id");
-      await c.query("insert into herald_public.contact_tags (tag_id, contact_id) select $1, unnest($2::uuid[])", [t.rows[0].id, audience.contacts.map((x) => x.id)]);
+      await c.query("insert into herald_public.contact_tags (tag_id, contact_id) select $1, unnest($2::uuid[])", [
+        t.rows[0].id,
+        audience.contacts.map((x) => x.id),
+      ]);
       return t.rows[0].id as string;
     });
-    const r = await send(tokens.b, { channel: "sms", body: "Once only", listIds: [audience.listId], tagIds: [tag], contactIds: [audience.contacts[0]!.id] });
+    const r = await send(tokens.b, {
+      channel: "sms",
+      body: "Once only",
+      listIds: [audience.listId],
+      tagIds: [tag],
+      contactIds: [audience.contacts[0]!.id],
+    });
     const result = await settled(db.current, r.body.data!.sendMessage.message.rowId);
     expect(result).toMatchObject({ total: 5, byStatus: { sent: 5 } });
   });
@@ -160,7 +228,10 @@ describe("sendMessage input", () => {
     expect(second.body.data!.sendMessage.message.rowId).toBe(id);
     await settled(db.current, id);
     expect(sentTo(aSid, a.contactPhone).filter((m) => m.body === "Your code is 1234")).toHaveLength(1);
-    const { rows } = await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1 and idempotency_key = 'otp-1'", [a.id]);
+    const { rows } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.messages where tenant_id = $1 and idempotency_key = 'otp-1'",
+      [a.id],
+    );
     expect(rows[0].n).toBe(1);
 
     const changed = await send(tokens.a, { ...input, body: "Your code is 9999" });
@@ -178,8 +249,16 @@ describe("sendMessage input", () => {
       [{ channel: "sms", body: "x" }, "contactIds", "INVALID_INPUT"],
       [{ channel: "email", body: "x", contactIds: [a.contactId] }, "subject", "INVALID_INPUT"],
       [{ channel: "sms", body: "Hi {{nickname}}", contactIds: [a.contactId] }, "body", "INVALID_INPUT"],
-      [{ channel: "sms", body: "x", contactIds: [a.contactId], metadata: { from: "+15005550006" } }, "metadata", "INVALID_INPUT"],
-      [{ channel: "sms", body: "x", contactIds: [a.contactId], scheduledAt: "2099-01-01T00:00:00Z" }, "scheduledAt", "INVALID_INPUT"],
+      [
+        { channel: "sms", body: "x", contactIds: [a.contactId], metadata: { from: "+15005550006" } },
+        "metadata",
+        "INVALID_INPUT",
+      ],
+      [
+        { channel: "sms", body: "x", contactIds: [a.contactId], scheduledAt: "2099-01-01T00:00:00Z" },
+        "scheduledAt",
+        "INVALID_INPUT",
+      ],
     ];
     for (const [input, field, code] of cases) {
       const r = await send(tokens.a, input);
@@ -190,9 +269,24 @@ describe("sendMessage input", () => {
 
 describe("tenant B against tenant A's audience and templates", () => {
   it("cannot send to A's contacts, lists, tags or templates: an error, and nothing sent", async () => {
-    const template = await graphql(api.current, tokens.a, `mutation { createTemplate(input: { template: { channel: "sms", name: "a-only", body: "A's words" } }) { template { rowId } } }`);
+    const template = await graphql(
+      api.current,
+      tokens.a,
+      `
+        mutation {
+          createTemplate(input: { template: { channel: "sms", name: "a-only", body: "A's words" } }) {
+            template {
+              rowId
+            }
+          }
+        }
+      `,
+    );
     const aTemplate = template.body.data!.createTemplate.template.rowId;
-    const { rows: countBefore } = await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [b.id]);
+    const { rows: countBefore } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.messages where tenant_id = $1",
+      [b.id],
+    );
     const attacks: [Record<string, unknown>, string][] = [
       [{ contactIds: [a.contactId], body: "x" }, "contactIds"],
       [{ contactIds: [b.contactId, a.contactId], body: "x" }, "contactIds"],
@@ -205,26 +299,61 @@ describe("tenant B against tenant A's audience and templates", () => {
       expect(r.body.errors?.[0], field).toMatchObject({ extensions: { code: "NOT_FOUND", field } });
     }
     // Nothing was stored, so nothing can be sent.
-    const { rows: countAfter } = await db.current.root.query("select count(*)::int as n from herald_public.messages where tenant_id = $1", [b.id]);
+    const { rows: countAfter } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.messages where tenant_id = $1",
+      [b.id],
+    );
     expect(countAfter[0].n).toBe(countBefore[0].n);
   });
 
   it("cannot see, cancel or fan out A's messages, nor write deliveries for them", async () => {
-    const r = await send(tokens.a, { channel: "sms", body: "A's own", contactIds: [a.contactId], scheduledAt: new Date(Date.now() + 3_600_000).toISOString() });
+    const r = await send(tokens.a, {
+      channel: "sms",
+      body: "A's own",
+      contactIds: [a.contactId],
+      scheduledAt: new Date(Date.now() + 3_600_000).toISOString(),
+    });
     const aMessage = r.body.data!.sendMessage.message.rowId;
-    const seen = await graphql(api.current, tokens.b, `query($id: UUID!) { messageByTenantIdAndRowId(tenantId: "${a.id}", rowId: $id) { rowId } allMessages { totalCount } allDeliveries(condition: { messageId: $id }) { totalCount } }`, { id: aMessage });
+    const seen = await graphql(
+      api.current,
+      tokens.b,
+      `query($id: UUID!) { messageByTenantIdAndRowId(tenantId: "${a.id}", rowId: $id) { rowId } allMessages { totalCount } allDeliveries(condition: { messageId: $id }) { totalCount } }`,
+      { id: aMessage },
+    );
     expect(seen.body.data!.messageByTenantIdAndRowId).toBeNull();
     expect(seen.body.data!.allDeliveries.totalCount).toBe(0);
-    const cancel = await graphql(api.current, tokens.b, `mutation($id: UUID!) { cancelMessage(input: { messageId: $id }) { message { rowId } } }`, { id: aMessage });
+    const cancel = await graphql(
+      api.current,
+      tokens.b,
+      `
+        mutation ($id: UUID!) {
+          cancelMessage(input: { messageId: $id }) {
+            message {
+              rowId
+            }
+          }
+        }
+      `,
+      { id: aMessage },
+    );
     expect(cancel.body.errors?.[0]).toMatchObject({ extensions: { code: "NOT_FOUND", field: "messageId" } });
 
     // Raw SQL as B's worker: the fan-out finds no such message; a delivery row naming it is refused.
     await asWorker(db.current, b, async (c) => {
       const { rows } = await c.query("select * from herald_hidden.fan_out_batch($1, 100, null, 1)", [aMessage]);
       expect(rows[0]).toMatchObject({ contacts: 0, done: true });
-      await expect(c.query("insert into herald_public.deliveries (message_id, contact_id, channel) values ($1, $2, 'sms')", [aMessage, b.contactId])).rejects.toMatchObject({ code: "23503" });
+      await expect(
+        c.query("insert into herald_public.deliveries (message_id, contact_id, channel) values ($1, $2, 'sms')", [
+          aMessage,
+          b.contactId,
+        ]),
+      ).rejects.toMatchObject({ code: "23503" });
     });
-    const after = await asRoot(db.current, async (c) => (await c.query("select status, canceled_at from herald_public.messages where id = $1", [aMessage])).rows[0]);
+    const after = await asRoot(
+      db.current,
+      async (c) =>
+        (await c.query("select status, canceled_at from herald_public.messages where id = $1", [aMessage])).rows[0],
+    );
     expect(after).toMatchObject({ status: "pending", canceled_at: null });
     expect((await summary(db.current, aMessage)).total).toBe(0);
   });

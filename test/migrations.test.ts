@@ -46,7 +46,10 @@ describe("committed migrations are frozen", () => {
     it("an edit to a committed file fails, even one that rewrites graphile-migrate's own hash header", () => {
       const at = copy();
       const file = path.join(at.committedDir, "000005-senders-must-be-provable.sql");
-      fs.writeFileSync(file, fs.readFileSync(file, "utf8").replace("--! Hash: sha1:", "--! Hash: sha1:0") + "\n-- an afterthought\n");
+      fs.writeFileSync(
+        file,
+        fs.readFileSync(file, "utf8").replace("--! Hash: sha1:", "--! Hash: sha1:0") + "\n-- an afterthought\n",
+      );
       expect(frozenMigrationProblems(at)).toEqual([
         "000005-senders-must-be-provable.sql was edited after it was committed: restore it (git checkout) and put the change in a new file of migrations/current/",
       ]);
@@ -54,8 +57,15 @@ describe("committed migrations are frozen", () => {
 
     it("a committed file without a recorded hash fails, saying how to record it; `db commit`'s recording clears it", () => {
       const at = copy();
-      fs.writeFileSync(path.join(at.committedDir, "000099-new.sql"), "--! Previous: sha1:x\n--! Hash: sha1:y\n\nselect 1;\n");
-      expect(frozenMigrationProblems(at)).toEqual([expect.stringMatching(/^000099-new\.sql is committed but its hash is not recorded: `npm run herald -- db commit` records it/)]);
+      fs.writeFileSync(
+        path.join(at.committedDir, "000099-new.sql"),
+        "--! Previous: sha1:x\n--! Hash: sha1:y\n\nselect 1;\n",
+      );
+      expect(frozenMigrationProblems(at)).toEqual([
+        expect.stringMatching(
+          /^000099-new\.sql is committed but its hash is not recorded: `npm run herald -- db commit` records it/,
+        ),
+      ]);
       expect(recordNewCommittedMigrations(at)).toEqual(["000099-new.sql"]);
       expect(frozenMigrationProblems(at)).toEqual([]);
       // Recording never rewrites an existing line: an edit stays visible.
@@ -68,7 +78,9 @@ describe("committed migrations are frozen", () => {
       const at = copy();
       const last = committedFiles(at).at(-1)!;
       fs.rmSync(path.join(at.committedDir, last));
-      expect(frozenMigrationProblems(at)).toEqual([`${last} is recorded but no longer committed: a committed migration is never removed (\`db uncommit\` removes its own record)`]);
+      expect(frozenMigrationProblems(at)).toEqual([
+        `${last} is recorded but no longer committed: a committed migration is never removed (\`db uncommit\` removes its own record)`,
+      ]);
       expect(forgetUncommittedMigrations(at)).toEqual([last]);
       expect(frozenMigrationProblems(at)).toEqual([]);
     });
@@ -80,7 +92,9 @@ describe("work in progress", () => {
     expect(fs.existsSync(path.join(projectRoot, "migrations", "current.sql"))).toBe(false);
     const current = path.join(projectRoot, "migrations", "current");
     expect(fs.statSync(current).isDirectory()).toBe(true);
-    const misnamed = fs.readdirSync(current).filter((f) => f !== "README.md" && !/^\d{3}-[a-z0-9]+(-[a-z0-9]+)*\.sql$/.test(f));
+    const misnamed = fs
+      .readdirSync(current)
+      .filter((f) => f !== "README.md" && !/^\d{3}-[a-z0-9]+(-[a-z0-9]+)*\.sql$/.test(f));
     expect(misnamed, "migrations/current/ holds NNN-concern.sql files (and its README.md)").toEqual([]);
   });
 });

@@ -77,7 +77,11 @@ afterAll(async () => {
 });
 
 const CREATE = `mutation($url: String!, $types: [String]!) { createWebhookEndpoint(input: { url: $url, eventTypes: $types, description: "test" }) { endpoint { webhookEndpointId secret } } }`;
-const create = async (token: string, url: string, types = ["inbound.received", "consent.changed", "delivery.updated"]) => {
+const create = async (
+  token: string,
+  url: string,
+  types = ["inbound.received", "consent.changed", "delivery.updated"],
+) => {
   const { body } = await graphql(api.current, token, CREATE, { url, types });
   expect(body.errors).toBeUndefined();
   return body.data!.createWebhookEndpoint.endpoint as { webhookEndpointId: string; secret: string };
@@ -121,7 +125,10 @@ describe("an endpoint of tenant A's app", () => {
     const events = posts.map((p) => ({ ...p, event: JSON.parse(p.body) }));
     const inbound = events.find((e) => e.event.type === "inbound.received")!;
     const consent = events.find((e) => e.event.type === "consent.changed")!;
-    expect(inbound.event).toMatchObject({ tenant_id: a.id, data: { channel: "sms", keyword: "stop", from: "+16285571001", body: "STOP" } });
+    expect(inbound.event).toMatchObject({
+      tenant_id: a.id,
+      data: { channel: "sms", keyword: "stop", from: "+16285571001", body: "STOP" },
+    });
     expect(consent.event.data).toMatchObject({ channel: "sms", action: "opt_out", source: "keyword", detail: "STOP" });
     for (const post of [inbound, consent]) {
       expect(post.headers["herald-event"]).toBe(post.event.type);
@@ -130,15 +137,27 @@ describe("an endpoint of tenant A's app", () => {
       // Another secret, or another body, does not verify.
       const otherSecret = endpoint.secret.slice(0, -1) + (endpoint.secret.endsWith("0") ? "1" : "0");
       expect(verifiesAsDocumented(otherSecret, String(post.headers["herald-signature"]), post.body)).toBe(false);
-      expect(verifiesAsDocumented(endpoint.secret, String(post.headers["herald-signature"]), post.body.replace("sms", "SMS"))).toBe(false);
+      expect(
+        verifiesAsDocumented(
+          endpoint.secret,
+          String(post.headers["herald-signature"]),
+          post.body.replace("sms", "SMS"),
+        ),
+      ).toBe(false);
     }
     // The log keeps ids and states, not the sender or the text. (The worker writes a post's outcome
     // after the receiver has it: wait for both to be written.)
     const rows = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select payload::text as payload, status, response_status from herald_public.webhook_deliveries where endpoint_id = $1", [endpoint.webhookEndpointId]);
+      const { rows } = await db.current.root.query(
+        "select payload::text as payload, status, response_status from herald_public.webhook_deliveries where endpoint_id = $1",
+        [endpoint.webhookEndpointId],
+      );
       return rows.length >= 2 && rows.every((r) => r.status !== "pending") && rows;
     });
-    expect(rows.map((r) => [r.status, r.response_status])).toEqual([["succeeded", 200], ["succeeded", 200]]);
+    expect(rows.map((r) => [r.status, r.response_status])).toEqual([
+      ["succeeded", 200],
+      ["succeeded", 200],
+    ]);
     const stored = rows.map((r) => JSON.parse(r.payload));
     expect(JSON.stringify(stored)).not.toContain("6285571001");
     expect(stored.every((p) => !("from" in p) && !("body" in p))).toBe(true);
@@ -147,9 +166,13 @@ describe("an endpoint of tenant A's app", () => {
   it("keeps no inbound text nor sender in its log: they are read at send time", async () => {
     const before = received.length;
     await texts(a, "+16285571009", "my secret words");
-    const post = await waitFor(async () => received.slice(before).find((r) => r.path === "/a" && JSON.parse(r.body).type === "inbound.received"));
+    const post = await waitFor(async () =>
+      received.slice(before).find((r) => r.path === "/a" && JSON.parse(r.body).type === "inbound.received"),
+    );
     expect(JSON.parse(post.body).data).toMatchObject({ from: "+16285571009", body: "my secret words" });
-    const { rows } = await db.current.root.query("select payload::text as payload from herald_public.webhook_deliveries");
+    const { rows } = await db.current.root.query(
+      "select payload::text as payload from herald_public.webhook_deliveries",
+    );
     expect(rows.filter((r) => /secret words|6285571009/.test(r.payload))).toEqual([]);
   });
 
@@ -158,11 +181,15 @@ describe("an endpoint of tenant A's app", () => {
     const before = received.length;
     await texts(a, "+16285571010", "to both");
     const [one, two] = await waitFor(async () => {
-      const bodies = received.slice(before).filter((r) => ["/a", "/a2"].includes(r.path) && JSON.parse(r.body).type === "inbound.received");
+      const bodies = received
+        .slice(before)
+        .filter((r) => ["/a", "/a2"].includes(r.path) && JSON.parse(r.body).type === "inbound.received");
       return bodies.length === 2 && bodies;
     });
     expect(JSON.parse(one!.body).id).toBe(JSON.parse(two!.body).id);
-    await db.current.root.query("delete from herald_public.webhook_endpoints where id = $1", [second.webhookEndpointId]);
+    await db.current.root.query("delete from herald_public.webhook_endpoints where id = $1", [
+      second.webhookEndpointId,
+    ]);
   });
 
   it("hears of its deliveries moving on (delivery.updated)", async () => {
@@ -173,25 +200,65 @@ describe("an endpoint of tenant A's app", () => {
       [a.id, a.messageId],
     );
     await asWorker(db.current, a, (c) =>
-      c.query("select herald_hidden.apply_delivery_event($1, $2, 'twilio', 'delivered', 'delivered', 'outbound-test', null, null)", [rows[0].id, `SM${"7".repeat(32)}`]),
+      c.query(
+        "select herald_hidden.apply_delivery_event($1, $2, 'twilio', 'delivered', 'delivered', 'outbound-test', null, null)",
+        [rows[0].id, `SM${"7".repeat(32)}`],
+      ),
     );
-    const post = await waitFor(async () => received.slice(before).find((r) => r.path === "/a" && JSON.parse(r.body).type === "delivery.updated"));
-    expect(JSON.parse(post.body).data).toMatchObject({ delivery_id: rows[0].id, status: "delivered", previous_status: "sending" });
+    const post = await waitFor(async () =>
+      received.slice(before).find((r) => r.path === "/a" && JSON.parse(r.body).type === "delivery.updated"),
+    );
+    expect(JSON.parse(post.body).data).toMatchObject({
+      delivery_id: rows[0].id,
+      status: "delivered",
+      previous_status: "sending",
+    });
   });
 
   it("lists its deliveries for the tenant, and replays one with the same event id", async () => {
     const { body } = await graphql(
       api.current,
       tokens.a,
-      `query($e: UUID!) { allWebhookDeliveries(condition: { endpointId: $e }, orderBy: CREATED_AT_ASC) { nodes { rowId eventId eventType status responseStatus attempts } } }`,
+      `
+        query ($e: UUID!) {
+          allWebhookDeliveries(condition: { endpointId: $e }, orderBy: CREATED_AT_ASC) {
+            nodes {
+              rowId
+              eventId
+              eventType
+              status
+              responseStatus
+              attempts
+            }
+          }
+        }
+      `,
       { e: endpoint.webhookEndpointId },
     );
     expect(body.errors).toBeUndefined();
     const first = body.data!.allWebhookDeliveries.nodes[0];
     expect(first).toMatchObject({ status: "succeeded", responseStatus: 200, attempts: 1 });
     const before = received.length;
-    const replay = await graphql(api.current, tokens.a, `mutation($d: UUID!) { replayWebhookDelivery(input: { webhookDeliveryId: $d }) { webhookDelivery { rowId replayOf eventId } } }`, { d: first.rowId });
-    expect(replay.body.data!.replayWebhookDelivery.webhookDelivery).toMatchObject({ replayOf: first.rowId, eventId: first.eventId });
+    const replay = await graphql(
+      api.current,
+      tokens.a,
+      `
+        mutation ($d: UUID!) {
+          replayWebhookDelivery(input: { webhookDeliveryId: $d }) {
+            webhookDelivery {
+              rowId
+              replayOf
+              eventId
+            }
+          }
+        }
+      `,
+      { d: first.rowId },
+    );
+    expect(replay.body.data!.replayWebhookDelivery.webhookDelivery).toMatchObject({
+      replayOf: first.rowId,
+      eventId: first.eventId,
+    });
     const again = await waitFor(async () => received.slice(before).find((r) => r.path === "/a"));
     expect(JSON.parse(again.body).id).toBe(first.eventId);
   });
@@ -204,7 +271,10 @@ describe("a failing endpoint", () => {
     await texts(a, "+16285571002", "first");
     // Three attempts for this event (maxAttempts 3), each retried after a doubling wait.
     const state = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select status, attempts, response_status, last_error from herald_public.webhook_deliveries where endpoint_id = $1", [failing.webhookEndpointId]);
+      const { rows } = await db.current.root.query(
+        "select status, attempts, response_status, last_error from herald_public.webhook_deliveries where endpoint_id = $1",
+        [failing.webhookEndpointId],
+      );
       return rows[0]?.status === "failed" && rows[0];
     });
     expect(state).toMatchObject({ attempts: 3, response_status: 500, last_error: "the endpoint answered 500" });
@@ -216,10 +286,16 @@ describe("a failing endpoint", () => {
     // Two more failures make five in a row (disableAfter 5): the endpoint is disabled.
     await texts(a, "+16285571003", "second");
     const endpoint = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select status, disabled_reason, consecutive_failures from herald_public.webhook_endpoints where id = $1", [failing.webhookEndpointId]);
+      const { rows } = await db.current.root.query(
+        "select status, disabled_reason, consecutive_failures from herald_public.webhook_endpoints where id = $1",
+        [failing.webhookEndpointId],
+      );
       return rows[0].status === "disabled" && rows[0];
     });
-    expect(endpoint).toMatchObject({ consecutive_failures: 5, disabled_reason: expect.stringMatching(/^disabled after 5 failed attempts in a row/) });
+    expect(endpoint).toMatchObject({
+      consecutive_failures: 5,
+      disabled_reason: expect.stringMatching(/^disabled after 5 failed attempts in a row/),
+    });
     // Disabled, it gets nothing more; enabling it starts afresh.
     await texts(a, "+16285571004", "third");
     await queueDrained();
@@ -230,10 +306,42 @@ describe("a failing endpoint", () => {
       [failing.webhookEndpointId],
     );
     expect(afterDisable[0].n).toBe(0);
-    const { rows: [last] } = await db.current.root.query("select id from herald_public.webhook_deliveries where endpoint_id = $1 order by created_at desc limit 1", [failing.webhookEndpointId]);
-    const replay = await graphql(api.current, tokens.a, `mutation($d: UUID!) { replayWebhookDelivery(input: { webhookDeliveryId: $d }) { webhookDelivery { rowId } } }`, { d: last.id });
+    const {
+      rows: [last],
+    } = await db.current.root.query(
+      "select id from herald_public.webhook_deliveries where endpoint_id = $1 order by created_at desc limit 1",
+      [failing.webhookEndpointId],
+    );
+    const replay = await graphql(
+      api.current,
+      tokens.a,
+      `
+        mutation ($d: UUID!) {
+          replayWebhookDelivery(input: { webhookDeliveryId: $d }) {
+            webhookDelivery {
+              rowId
+            }
+          }
+        }
+      `,
+      { d: last.id },
+    );
     expect(replay.body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT" });
-    const enabled = await graphql(api.current, tokens.a, `mutation($e: UUID!) { enableWebhookEndpoint(input: { webhookEndpointId: $e }) { endpoint { status consecutiveFailures } } }`, { e: failing.webhookEndpointId });
+    const enabled = await graphql(
+      api.current,
+      tokens.a,
+      `
+        mutation ($e: UUID!) {
+          enableWebhookEndpoint(input: { webhookEndpointId: $e }) {
+            endpoint {
+              status
+              consecutiveFailures
+            }
+          }
+        }
+      `,
+      { e: failing.webhookEndpointId },
+    );
     expect(enabled.body.data!.enableWebhookEndpoint.endpoint).toEqual({ status: "active", consecutiveFailures: 0 });
   });
 });
@@ -243,11 +351,17 @@ describe("an endpoint that fails once", () => {
     const flaky = await create(tokens.a, `${receiverUrl}/flaky`, ["inbound.received"]);
     await texts(a, "+16285571011", "try again");
     const delivered = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select status, attempts from herald_public.webhook_deliveries where endpoint_id = $1", [flaky.webhookEndpointId]);
+      const { rows } = await db.current.root.query(
+        "select status, attempts from herald_public.webhook_deliveries where endpoint_id = $1",
+        [flaky.webhookEndpointId],
+      );
       return rows[0]?.status === "succeeded" && rows[0];
     });
     expect(delivered.attempts).toBe(2);
-    const { rows } = await db.current.root.query("select consecutive_failures from herald_public.webhook_endpoints where id = $1", [flaky.webhookEndpointId]);
+    const { rows } = await db.current.root.query(
+      "select consecutive_failures from herald_public.webhook_endpoints where id = $1",
+      [flaky.webhookEndpointId],
+    );
     expect(rows[0].consecutive_failures).toBe(0);
     await db.current.root.query("delete from herald_public.webhook_endpoints where id = $1", [flaky.webhookEndpointId]);
   });
@@ -269,19 +383,38 @@ describe("what a tenant may set", () => {
     const paused = await graphql(
       api.current,
       tokens.a,
-      `mutation($t: UUID!, $e: UUID!) { updateWebhookEndpointByTenantIdAndRowId(input: { tenantId: $t, rowId: $e, webhookEndpointPatch: { status: "disabled" } }) { webhookEndpoint { status } } }`,
+      `
+        mutation ($t: UUID!, $e: UUID!) {
+          updateWebhookEndpointByTenantIdAndRowId(
+            input: { tenantId: $t, rowId: $e, webhookEndpointPatch: { status: "disabled" } }
+          ) {
+            webhookEndpoint {
+              status
+            }
+          }
+        }
+      `,
       { t: a.id, e: endpoint.webhookEndpointId },
     );
     expect(paused.body.data?.updateWebhookEndpointByTenantIdAndRowId?.webhookEndpoint).toEqual({ status: "disabled" });
   });
 
   it("has at most 20 endpoints", async () => {
-    const { rows } = await db.current.root.query("select count(*)::int as n from herald_public.webhook_endpoints where tenant_id = $1", [a.id]);
+    const { rows } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.webhook_endpoints where tenant_id = $1",
+      [a.id],
+    );
     for (let i = rows[0].n; i < 20; i++) await create(tokens.a, `${receiverUrl}/extra-${i}`, ["consent.changed"]);
-    const { body } = await graphql(api.current, tokens.a, CREATE, { url: `${receiverUrl}/one-too-many`, types: ["consent.changed"] });
+    const { body } = await graphql(api.current, tokens.a, CREATE, {
+      url: `${receiverUrl}/one-too-many`,
+      types: ["consent.changed"],
+    });
     expect(body.errors?.[0]?.extensions).toMatchObject({ code: "INVALID_INPUT", field: "url" });
     // Gone again, so that the tests that follow neither post to them nor meet the limit.
-    await db.current.root.query("delete from herald_public.webhook_endpoints where tenant_id = $1 and url like '%/extra-%'", [a.id]);
+    await db.current.root.query(
+      "delete from herald_public.webhook_endpoints where tenant_id = $1 and url like '%/extra-%'",
+      [a.id],
+    );
   });
 });
 
@@ -294,7 +427,9 @@ describe("tenants", () => {
     await waitFor(async () => received.slice(before).some((r) => r.path === "/b"));
     await queueDrained();
     const posts = received.slice(before).map((r) => ({ path: r.path, event: JSON.parse(r.body) }));
-    expect(posts.filter((p) => p.path === "/b").map((p) => [p.event.tenant_id, p.event.data.body])).toEqual([[b.id, "for B"]]);
+    expect(posts.filter((p) => p.path === "/b").map((p) => [p.event.tenant_id, p.event.data.body])).toEqual([
+      [b.id, "for B"],
+    ]);
     const toA = posts.filter((p) => p.path === "/a");
     // A's own text did arrive at A's endpoint; nothing there is another tenant's.
     expect(toA.map((p) => p.event.data.body)).toContain("for A");
@@ -303,21 +438,60 @@ describe("tenants", () => {
   });
 
   it("B cannot see, replay or enable A's endpoints and deliveries; only a tenant's owners and admins create endpoints", async () => {
-    const { rows } = await db.current.root.query("select id, endpoint_id from herald_public.webhook_deliveries where tenant_id = $1 limit 1", [a.id]);
-    const seen = await graphql(api.current, tokens.b, "{ allWebhookEndpoints { nodes { tenantId } } allWebhookDeliveries { nodes { tenantId } } }");
+    const { rows } = await db.current.root.query(
+      "select id, endpoint_id from herald_public.webhook_deliveries where tenant_id = $1 limit 1",
+      [a.id],
+    );
+    const seen = await graphql(
+      api.current,
+      tokens.b,
+      "{ allWebhookEndpoints { nodes { tenantId } } allWebhookDeliveries { nodes { tenantId } } }",
+    );
     expect(seen.body.errors).toBeUndefined();
     // B sees its own endpoint (and its deliveries), and nothing of A's.
-    const tenantsSeen = [...seen.body.data!.allWebhookEndpoints.nodes, ...seen.body.data!.allWebhookDeliveries.nodes].map((n: { tenantId: string }) => n.tenantId);
+    const tenantsSeen = [
+      ...seen.body.data!.allWebhookEndpoints.nodes,
+      ...seen.body.data!.allWebhookDeliveries.nodes,
+    ].map((n: { tenantId: string }) => n.tenantId);
     expect(tenantsSeen.length).toBeGreaterThan(1);
     expect(new Set(tenantsSeen)).toEqual(new Set([b.id]));
-    const replay = await graphql(api.current, tokens.b, `mutation($d: UUID!) { replayWebhookDelivery(input: { webhookDeliveryId: $d }) { webhookDelivery { rowId } } }`, { d: rows[0].id });
+    const replay = await graphql(
+      api.current,
+      tokens.b,
+      `
+        mutation ($d: UUID!) {
+          replayWebhookDelivery(input: { webhookDeliveryId: $d }) {
+            webhookDelivery {
+              rowId
+            }
+          }
+        }
+      `,
+      { d: rows[0].id },
+    );
     expect(replay.body.errors?.[0]?.extensions).toMatchObject({ code: "NOT_FOUND", field: "webhookDeliveryId" });
-    const enable = await graphql(api.current, tokens.b, `mutation($e: UUID!) { enableWebhookEndpoint(input: { webhookEndpointId: $e }) { endpoint { status } } }`, { e: rows[0].endpoint_id });
+    const enable = await graphql(
+      api.current,
+      tokens.b,
+      `
+        mutation ($e: UUID!) {
+          enableWebhookEndpoint(input: { webhookEndpointId: $e }) {
+            endpoint {
+              status
+            }
+          }
+        }
+      `,
+      { e: rows[0].endpoint_id },
+    );
     expect(enable.body.errors?.[0]?.extensions).toMatchObject({ code: "NOT_FOUND" });
     // An API key is not a tenant admin; nor is a plain member.
     const member = await tokenFor(api.current, a, "member");
     for (const token of [a.apiKeySecret, member]) {
-      const { body } = await graphql(api.current, token, CREATE, { url: `${receiverUrl}/x`, types: ["inbound.received"] });
+      const { body } = await graphql(api.current, token, CREATE, {
+        url: `${receiverUrl}/x`,
+        types: ["inbound.received"],
+      });
       expect(body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
     }
     // The secret is not readable by anyone through the API.
@@ -331,21 +505,31 @@ describe("a suspended tenant", () => {
     const t = await seedExtraTenant(db.current, "paused-hooks");
     await create(await tokenFor(api.current, t, "owner"), `${receiverUrl}/paused`, ["inbound.received"]);
     // As suspend_tenant writes it.
-    await db.current.root.query("update herald_public.tenants set status = 'suspended', suspended_at = now() where id = $1", [t.id]);
+    await db.current.root.query(
+      "update herald_public.tenants set status = 'suspended', suspended_at = now() where id = $1",
+      [t.id],
+    );
     await texts(t, "+16285571020", "while suspended");
     const held = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select status, attempts, last_error from herald_public.webhook_deliveries where tenant_id = $1 and event_type = 'inbound.received' and endpoint_id <> $2", [
-        t.id,
-        t.webhookEndpointId,
-      ]);
+      const { rows } = await db.current.root.query(
+        "select status, attempts, last_error from herald_public.webhook_deliveries where tenant_id = $1 and event_type = 'inbound.received' and endpoint_id <> $2",
+        [t.id, t.webhookEndpointId],
+      );
       return rows[0]?.last_error !== null && rows[0];
     });
     expect(held).toEqual({ status: "pending", attempts: 0, last_error: "held: the tenant is suspended" });
     expect(received.filter((r) => r.path === "/paused")).toEqual([]);
 
-    await db.current.root.query("update herald_public.tenants set status = 'active', suspended_at = null where id = $1", [t.id]);
+    await db.current.root.query(
+      "update herald_public.tenants set status = 'active', suspended_at = null where id = $1",
+      [t.id],
+    );
     const posted = await waitFor(async () => received.find((r) => r.path === "/paused"));
-    expect(JSON.parse(posted.body)).toMatchObject({ tenant_id: t.id, type: "inbound.received", data: { body: "while suspended" } });
+    expect(JSON.parse(posted.body)).toMatchObject({
+      tenant_id: t.id,
+      type: "inbound.received",
+      data: { body: "while suspended" },
+    });
   });
 });
 
@@ -353,12 +537,17 @@ describe("the worker with production's policy", () => {
   it("records a refused endpoint as failed at once, without retrying", async () => {
     await worker.stop();
     worker = await startWebhookWorker({ allowPrivateNetworks: false });
-    await db.current.root.query("update herald_public.webhook_endpoints set status = 'disabled' where tenant_id = $1", [a.id]);
+    await db.current.root.query("update herald_public.webhook_endpoints set status = 'disabled' where tenant_id = $1", [
+      a.id,
+    ]);
     const local = await create(tokens.a, `${receiverUrl}/local`, ["inbound.received"]);
     const before = received.length;
     await texts(a, "+16285571012", "to a local address");
     const state = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select status, attempts, last_error from herald_public.webhook_deliveries where endpoint_id = $1", [local.webhookEndpointId]);
+      const { rows } = await db.current.root.query(
+        "select status, attempts, last_error from herald_public.webhook_deliveries where endpoint_id = $1",
+        [local.webhookEndpointId],
+      );
       return rows[0]?.status === "failed" && rows[0];
     });
     expect(state).toEqual({ status: "failed", attempts: 1, last_error: "endpoints must use https" });

@@ -24,8 +24,29 @@ beforeAll(async () => {
 
 /** Every field of ProviderAccount whose type is a scalar or enum, as the schema says today. */
 async function allProviderAccountFields(): Promise<string[]> {
-  const { body } = await graphql(api.current, ownerA, `{ __type(name: "ProviderAccount") { fields { name type { kind ofType { kind } } } } }`);
-  const fields = body.data!.__type.fields as { name: string; type: { kind: string; ofType: { kind: string } | null } }[];
+  const { body } = await graphql(
+    api.current,
+    ownerA,
+    `
+      {
+        __type(name: "ProviderAccount") {
+          fields {
+            name
+            type {
+              kind
+              ofType {
+                kind
+              }
+            }
+          }
+        }
+      }
+    `,
+  );
+  const fields = body.data!.__type.fields as {
+    name: string;
+    type: { kind: string; ofType: { kind: string } | null };
+  }[];
   return fields.filter((f) => ["SCALAR", "ENUM"].includes(f.type.ofType?.kind ?? f.type.kind)).map((f) => f.name);
 }
 
@@ -35,12 +56,33 @@ describe("provider accounts", () => {
     const created = await graphql(
       api.current,
       ownerA,
-      `mutation($s: String!) { createProviderAccount(input: {kind: "sendgrid", name: "Mail", secret: $s, webhookPublicKey: "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"}) {
-        result { rowId kind secretHint status } } }`,
+      `
+        mutation ($s: String!) {
+          createProviderAccount(
+            input: {
+              kind: "sendgrid"
+              name: "Mail"
+              secret: $s
+              webhookPublicKey: "MFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE"
+            }
+          ) {
+            result {
+              rowId
+              kind
+              secretHint
+              status
+            }
+          }
+        }
+      `,
       { s: secret },
     );
     expect(created.body.errors, JSON.stringify(created.body)).toBeUndefined();
-    expect(created.body.data!.createProviderAccount.result).toMatchObject({ kind: "sendgrid", secretHint: "9f3b", status: "active" });
+    expect(created.body.data!.createProviderAccount.result).toMatchObject({
+      kind: "sendgrid",
+      secretHint: "9f3b",
+      status: "active",
+    });
 
     const fields = await allProviderAccountFields();
     expect(fields).toContain("secretHint");
@@ -52,22 +94,45 @@ describe("provider accounts", () => {
   });
 
   it("only the tenant's owners and admins manage them; members cannot even select the ciphertext", async () => {
-    const { body } = await graphql(api.current, memberA, `mutation { createProviderAccount(input: {kind: "twilio", name: "X", secret: "abcdefgh12", twilioAccountSid: "AC${"2".repeat(32)}"}) { result { rowId } } }`);
+    const { body } = await graphql(
+      api.current,
+      memberA,
+      `mutation { createProviderAccount(input: {kind: "twilio", name: "X", secret: "abcdefgh12", twilioAccountSid: "AC${"2".repeat(32)}"}) { result { rowId } } }`,
+    );
     expect(body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
     await asRole(db.current, { role: ROLES.member, tenantId: a.id, userId: a.ownerId }, async (c) => {
-      const error = await expectPgError(c, () => c.query("select secret_encrypted from herald_public.provider_accounts"));
+      const error = await expectPgError(c, () =>
+        c.query("select secret_encrypted from herald_public.provider_accounts"),
+      );
       expect(error?.code).toBe("42501");
     });
   });
 
   it("an owner replaces a credential: the hint changes, the worker reads the new one", async () => {
-    const { body } = await graphql(api.current, ownerA, `mutation($id: UUID!) { setProviderAccountSecret(input: {providerAccountId: $id, secret: "rotated-token-77aa"}) { result { secretHint } } }`, {
-      id: a.providerAccountId,
-    });
+    const { body } = await graphql(
+      api.current,
+      ownerA,
+      `
+        mutation ($id: UUID!) {
+          setProviderAccountSecret(input: { providerAccountId: $id, secret: "rotated-token-77aa" }) {
+            result {
+              secretHint
+            }
+          }
+        }
+      `,
+      {
+        id: a.providerAccountId,
+      },
+    );
     expect(body.data?.setProviderAccountSecret?.result, JSON.stringify(body)).toEqual({ secretHint: "77aa" });
     const settings = await testKeyring().sessionSettings(db.current.root, a.id);
-    const secret = await asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings }, async (c) =>
-      (await c.query("select secret from herald_hidden.provider_account_secret($1)", [a.providerAccountId])).rows[0]?.secret,
+    const secret = await asRole(
+      db.current,
+      { role: ROLES.worker, tenantId: a.id, settings },
+      async (c) =>
+        (await c.query("select secret from herald_hidden.provider_account_secret($1)", [a.providerAccountId])).rows[0]
+          ?.secret,
     );
     expect(secret).toBe("rotated-token-77aa");
     a.providerSecret = "rotated-token-77aa";
@@ -75,14 +140,21 @@ describe("provider accounts", () => {
 
   it("the worker, inside the tenant with its key, reads the credential it sends with", async () => {
     const settings = await testKeyring().sessionSettings(db.current.root, a.id);
-    const secret = await asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings }, async (c) =>
-      (await c.query("select secret from herald_hidden.provider_account_secret($1)", [a.providerAccountId])).rows[0]?.secret,
+    const secret = await asRole(
+      db.current,
+      { role: ROLES.worker, tenantId: a.id, settings },
+      async (c) =>
+        (await c.query("select secret from herald_hidden.provider_account_secret($1)", [a.providerAccountId])).rows[0]
+          ?.secret,
     );
     expect(secret).toBe(a.providerSecret);
     // In B's context, A's account does not exist.
     const settingsB = await testKeyring().sessionSettings(db.current.root, b.id);
-    const fromB = await asRole(db.current, { role: ROLES.worker, tenantId: b.id, settings: settingsB }, async (c) =>
-      (await c.query("select secret from herald_hidden.provider_account_secret($1)", [a.providerAccountId])).rows,
+    const fromB = await asRole(
+      db.current,
+      { role: ROLES.worker, tenantId: b.id, settings: settingsB },
+      async (c) =>
+        (await c.query("select secret from herald_hidden.provider_account_secret($1)", [a.providerAccountId])).rows,
     );
     expect(fromB).toEqual([]);
   });
@@ -90,7 +162,29 @@ describe("provider accounts", () => {
 
 describe("tenant B attacking tenant A's provider setup through GraphQL", () => {
   it("sees none of A's accounts, numbers or senders", async () => {
-    const { body } = await graphql(api.current, ownerB, `{ allProviderAccounts { nodes { rowId } } allSenderNumbers { nodes { rowId } } allEmailSenders { nodes { rowId } } }`);
+    const { body } = await graphql(
+      api.current,
+      ownerB,
+      `
+        {
+          allProviderAccounts {
+            nodes {
+              rowId
+            }
+          }
+          allSenderNumbers {
+            nodes {
+              rowId
+            }
+          }
+          allEmailSenders {
+            nodes {
+              rowId
+            }
+          }
+        }
+      `,
+    );
     expect(body.data).toEqual({
       allProviderAccounts: { nodes: [{ rowId: b.providerAccountId }] },
       allSenderNumbers: { nodes: [{ rowId: b.senderNumberId }] },
@@ -99,25 +193,80 @@ describe("tenant B attacking tenant A's provider setup through GraphQL", () => {
   });
 
   it("cannot send from A's account or claim A's number, nor replace A's credential", async () => {
-    const onAccount = await graphql(api.current, ownerB, `mutation($acc: UUID!) { createSenderNumber(input: {senderNumber: {phoneNumber: "+15005550009", providerAccountId: $acc}}) { senderNumber { rowId } } }`, {
-      acc: a.providerAccountId,
-    });
+    const onAccount = await graphql(
+      api.current,
+      ownerB,
+      `
+        mutation ($acc: UUID!) {
+          createSenderNumber(input: { senderNumber: { phoneNumber: "+15005550009", providerAccountId: $acc } }) {
+            senderNumber {
+              rowId
+            }
+          }
+        }
+      `,
+      {
+        acc: a.providerAccountId,
+      },
+    );
     expect(onAccount.body.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
-    const claim = await graphql(api.current, ownerB, `mutation($n: String!, $acc: UUID!) { createSenderNumber(input: {senderNumber: {phoneNumber: $n, providerAccountId: $acc}}) { senderNumber { rowId } } }`, {
-      n: a.senderNumber,
-      acc: b.providerAccountId,
-    });
+    const claim = await graphql(
+      api.current,
+      ownerB,
+      `
+        mutation ($n: String!, $acc: UUID!) {
+          createSenderNumber(input: { senderNumber: { phoneNumber: $n, providerAccountId: $acc } }) {
+            senderNumber {
+              rowId
+            }
+          }
+        }
+      `,
+      {
+        n: a.senderNumber,
+        acc: b.providerAccountId,
+      },
+    );
     expect(claim.body.errors?.[0]?.extensions?.code).toBe("CONFLICT");
     // A number on the system account (no account of its own) is the operators' to assign.
-    const onSystem = await graphql(api.current, ownerB, `mutation { createSenderNumber(input: {senderNumber: {phoneNumber: "+15005550006"}}) { senderNumber { rowId } } }`);
+    const onSystem = await graphql(
+      api.current,
+      ownerB,
+      `
+        mutation {
+          createSenderNumber(input: { senderNumber: { phoneNumber: "+15005550006" } }) {
+            senderNumber {
+              rowId
+            }
+          }
+        }
+      `,
+    );
     expect(onSystem.body.errors?.[0]?.extensions?.code).toBe("FORBIDDEN");
-    const replace = await graphql(api.current, ownerB, `mutation($id: UUID!) { setProviderAccountSecret(input: {providerAccountId: $id, secret: "stolen-credential"}) { result { rowId } } }`, {
-      id: a.providerAccountId,
-    });
+    const replace = await graphql(
+      api.current,
+      ownerB,
+      `
+        mutation ($id: UUID!) {
+          setProviderAccountSecret(input: { providerAccountId: $id, secret: "stolen-credential" }) {
+            result {
+              rowId
+            }
+          }
+        }
+      `,
+      {
+        id: a.providerAccountId,
+      },
+    );
     expect(replace.body.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
     const settings = await testKeyring().sessionSettings(db.current.root, a.id);
-    const stillA = await asRole(db.current, { role: ROLES.worker, tenantId: a.id, settings }, async (c) =>
-      (await c.query("select secret from herald_hidden.provider_account_secret($1)", [a.providerAccountId])).rows[0].secret,
+    const stillA = await asRole(
+      db.current,
+      { role: ROLES.worker, tenantId: a.id, settings },
+      async (c) =>
+        (await c.query("select secret from herald_hidden.provider_account_secret($1)", [a.providerAccountId])).rows[0]
+          .secret,
     );
     expect(stillA).toBe(a.providerSecret);
   });

@@ -1,12 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { seedExtraTenant } from "./helpers/fixtures.ts";
 import { readyToSend, seedAudience, settled, waitFor } from "./helpers/messaging.ts";
-import {
-  crashSigns,
-  sendThrough,
-  statuses,
-  useHeraldPair,
-} from "./helpers/cluster.ts";
+import { crashSigns, sendThrough, statuses, useHeraldPair } from "./helpers/cluster.ts";
 
 /**
  * Providers do not retry a status callback that fails. With Herald's API
@@ -29,7 +24,11 @@ describe("the API unreachable for 30 s during a broadcast", () => {
     const audience = await seedAudience(db, t, { count, exchange: 831, list: "everyone" });
     herald.relay.sandbox.setFaults({ latencyMs: 10 });
     const received = () => herald.relay.sandbox.messages.filter((m) => m.account === sid);
-    const messageId = await sendThrough(db, herald.api.url!, t, { channel: "sms", body: "Did you get this?", listIds: [audience.listId] });
+    const messageId = await sendThrough(db, herald.api.url!, t, {
+      channel: "sms",
+      body: "Did you get this?",
+      listIds: [audience.listId],
+    });
     await waitFor(async () => received().length >= 50, 60_000, "50 messages before the API goes away");
     herald.relay.apiUrl = undefined;
     const downAt = Date.now();

@@ -66,7 +66,11 @@ describe("connection budgets", () => {
     const t = await seedExtraTenant(db, "crowded");
     const sid = await readyToSend(db, relay, t);
     const audience = await seedAudience(db, t, { count: 300, exchange: 841, list: "everyone" });
-    const token = await createAuthenticator(loadConfig(), db.authenticator).sign({ role: ROLES.member, tenant_id: t.id, sub: t.ownerId });
+    const token = await createAuthenticator(loadConfig(), db.authenticator).sign({
+      role: ROLES.member,
+      tenant_id: t.id,
+      sub: t.ownerId,
+    });
 
     // Another application takes every connection there is and any that frees up
     // (as a login without the superuser's reserve), until told to let go.
@@ -99,11 +103,22 @@ describe("connection budgets", () => {
     expect(Number(refused.headers.get("retry-after"))).toBeGreaterThan(0);
 
     // A broadcast asked for meanwhile (on the superuser's reserved slots): the worker waits for connections.
-    const messageId = await withSession(db.root, { role: ROLES.member, tenantId: t.id, userId: t.ownerId }, async (c) => {
-      const { rows } = await c.query("select id from herald_public.send_message('sms', body => 'Room for one more?', list_ids => array[$1::uuid])", [audience.listId]);
-      return rows[0].id as string;
-    });
-    await waitFor(async () => /refuses or drops connections/.test(worker.output() + api.output()), 30_000, "Herald to be refused a connection");
+    const messageId = await withSession(
+      db.root,
+      { role: ROLES.member, tenantId: t.id, userId: t.ownerId },
+      async (c) => {
+        const { rows } = await c.query(
+          "select id from herald_public.send_message('sms', body => 'Room for one more?', list_ids => array[$1::uuid])",
+          [audience.listId],
+        );
+        return rows[0].id as string;
+      },
+    );
+    await waitFor(
+      async () => /refuses or drops connections/.test(worker.output() + api.output()),
+      30_000,
+      "Herald to be refused a connection",
+    );
     const sentWhileFull = relay.sandbox.messages.filter((m) => m.account === sid).length;
     hogging = false;
     await grabbing;
@@ -111,7 +126,9 @@ describe("connection budgets", () => {
 
     const result = await settled(db, messageId, 90_000);
     const received = relay.sandbox.messages.filter((m) => m.account === sid);
-    process.stdout.write(`connections refused: ${hogs.length} taken by another client; ${sentWhileFull} sent while full; ${JSON.stringify(result.byStatus)}\n`);
+    process.stdout.write(
+      `connections refused: ${hogs.length} taken by another client; ${sentWhileFull} sent while full; ${JSON.stringify(result.byStatus)}\n`,
+    );
     // Sent, or delivered already (the callbacks): nothing failed, nothing lost.
     expect((result.byStatus.sent ?? 0) + (result.byStatus.delivered ?? 0)).toBe(300);
     expect(new Set(received.map((m) => m.to)).size).toBe(300);

@@ -1,13 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { seedExtraTenant } from "./helpers/fixtures.ts";
 import { readyToSend, seedAudience, settled, waitFor } from "./helpers/messaging.ts";
-import {
-  allDelivered,
-  crashSigns,
-  sendThrough,
-  statuses,
-  useHeraldPair,
-} from "./helpers/cluster.ts";
+import { allDelivered, crashSigns, sendThrough, statuses, useHeraldPair } from "./helpers/cluster.ts";
 
 /**
  * PostgreSQL stopped for 10 s in the middle of a broadcast, under `npm start`
@@ -28,7 +22,11 @@ describe("PostgreSQL down for 10 s mid-broadcast", () => {
     const audience = await seedAudience(db, t, { count: 1000, exchange: 821, list: "everyone" });
     herald.relay.sandbox.setFaults({ latencyMs: 20 });
     const received = () => herald.relay.sandbox.messages.filter((m) => m.account === sid);
-    const messageId = await sendThrough(db, herald.api.url!, t, { channel: "sms", body: "Through the outage", listIds: [audience.listId] });
+    const messageId = await sendThrough(db, herald.api.url!, t, {
+      channel: "sms",
+      body: "Through the outage",
+      listIds: [audience.listId],
+    });
     await waitFor(async () => received().length >= 300, 60_000, "300 messages before the outage");
     await herald.cluster.stop();
     const atStop = received().length;
@@ -46,7 +44,9 @@ describe("PostgreSQL down for 10 s mid-broadcast", () => {
            from herald_public.deliveries d where d.message_id = $1 and d.status not in ('sent', 'delivered')`,
         [messageId],
       );
-      const { rows: procs } = await db.root.query("select process_id, started_at, worker_ids from herald_private.worker_processes");
+      const { rows: procs } = await db.root.query(
+        "select process_id, started_at, worker_ids from herald_private.worker_processes",
+      );
       throw new Error(`${error.message}\n${JSON.stringify(rows, null, 1)}\n${JSON.stringify(procs)}`);
     });
     herald.relay.sandbox.setFaults({});

@@ -1,13 +1,7 @@
 import { describe, expect, it } from "vitest";
 import { seedExtraTenant } from "./helpers/fixtures.ts";
 import { readyToSend, seedAudience, settled, waitFor } from "./helpers/messaging.ts";
-import {
-  allDelivered,
-  crashSigns,
-  sendThrough,
-  statuses,
-  useHeraldPair,
-} from "./helpers/cluster.ts";
+import { allDelivered, crashSigns, sendThrough, statuses, useHeraldPair } from "./helpers/cluster.ts";
 
 /**
  * PostgreSQL restarted (`pg_ctl restart -m fast`: every connection terminated
@@ -38,9 +32,16 @@ describe("PostgreSQL restarted mid-broadcast", () => {
     const audience = await seedAudience(db, t, { count: 1000, exchange: 811, list: "everyone" });
     herald.relay.sandbox.setFaults({ latencyMs: 20 });
     const received = () => herald.relay.sandbox.messages.filter((m) => m.account === sid);
-    const messageId = await sendThrough(db, herald.api.url!, t, { channel: "sms", body: "Still here", listIds: [audience.listId] });
+    const messageId = await sendThrough(db, herald.api.url!, t, {
+      channel: "sms",
+      body: "Still here",
+      listIds: [audience.listId],
+    });
     await waitFor(async () => received().length >= 300, 60_000, "300 messages before the restart");
-    const { rows } = await db.root.query("select count(*)::int as n from herald_public.deliveries where message_id = $1 and status = 'sending'", [messageId]);
+    const { rows } = await db.root.query(
+      "select count(*)::int as n from herald_public.deliveries where message_id = $1 and status = 'sending'",
+      [messageId],
+    );
     const atRestart = received().length;
     await herald.cluster.restart();
 
@@ -90,7 +91,11 @@ describe("PostgreSQL down for 10 s while Herald is idle", () => {
     const t = await seedExtraTenant(db, "after-outage");
     const sid = await readyToSend(db, herald.relay, t);
     const audience = await seedAudience(db, t, { count: 20, exchange: 812, list: "few" });
-    const messageId = await sendThrough(db, herald.api.url!, t, { channel: "sms", body: "Back again", listIds: [audience.listId] });
+    const messageId = await sendThrough(db, herald.api.url!, t, {
+      channel: "sms",
+      body: "Back again",
+      listIds: [audience.listId],
+    });
     await allDelivered(db, messageId, 20, 30_000);
     expect(herald.relay.sandbox.messages.filter((m) => m.account === sid)).toHaveLength(20);
     expectAlive();

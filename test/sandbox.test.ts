@@ -20,7 +20,10 @@ let receiverUrl: string;
 
 const require = createRequire(import.meta.url);
 const { EventWebhook } = require("@sendgrid/eventwebhook") as {
-  EventWebhook: new () => { convertPublicKeyToECDSA(key: string): unknown; verifySignature(key: unknown, payload: string, signature: string, timestamp: string): boolean };
+  EventWebhook: new () => {
+    convertPublicKeyToECDSA(key: string): unknown;
+    verifySignature(key: unknown, payload: string, signature: string, timestamp: string): boolean;
+  };
 };
 
 beforeAll(async () => {
@@ -38,7 +41,8 @@ beforeAll(async () => {
   sandbox = createSandbox({
     sendgridEventUrl: `${receiverUrl}/sendgrid`,
     callbackDelayMs: 5,
-    describeAccount: async (provider, account) => (provider === "twilio" && account === ACCOUNT.accountSid ? "tenant acme-clinic" : undefined),
+    describeAccount: async (provider, account) =>
+      provider === "twilio" && account === ACCOUNT.accountSid ? "tenant acme-clinic" : undefined,
   });
   sandbox.addTwilioAccount(ACCOUNT.accountSid, ACCOUNT.authToken);
   sandbox.addSendGridKey(SENDGRID_KEY);
@@ -56,11 +60,19 @@ afterAll(async () => {
 describe("Twilio Messages API", () => {
   it("sends an SMS and a WhatsApp message through the twilio SDK", async () => {
     const client = createTwilioClient(ACCOUNT, url);
-    const sms = await client.messages.create({ to: "+14155550123", from: "+14155550100", body: "Your appointment is at 3pm" });
+    const sms = await client.messages.create({
+      to: "+14155550123",
+      from: "+14155550100",
+      body: "Your appointment is at 3pm",
+    });
     expect(sms.sid).toMatch(/^SM[0-9a-f]{32}$/);
     expect(sms.status).toBe("queued");
     expect(sms.accountSid).toBe(ACCOUNT.accountSid);
-    const whatsapp = await client.messages.create({ to: "whatsapp:+14155550123", from: "whatsapp:+14155550100", body: "Hola" });
+    const whatsapp = await client.messages.create({
+      to: "whatsapp:+14155550123",
+      from: "whatsapp:+14155550100",
+      body: "Hola",
+    });
     expect(whatsapp.to).toBe("whatsapp:+14155550123");
     expect(sandbox.messages.slice(-2).map((m) => [m.id, m.channel, m.to, m.body])).toEqual([
       [sms.sid, "sms", "+14155550123", "Your appointment is at 3pm"],
@@ -71,15 +83,22 @@ describe("Twilio Messages API", () => {
   it("answers like Twilio: 20003 for a wrong token, 21211 for an invalid To, and stores nothing", async () => {
     const before = sandbox.messages.length;
     const wrong = createTwilioClient({ ...ACCOUNT, authToken: "not-the-token" }, url);
-    await expect(wrong.messages.create({ to: "+14155550123", from: "+14155550100", body: "x" })).rejects.toMatchObject({ status: 401, code: 20003 });
+    await expect(wrong.messages.create({ to: "+14155550123", from: "+14155550100", body: "x" })).rejects.toMatchObject({
+      status: 401,
+      code: 20003,
+    });
     const client = createTwilioClient(ACCOUNT, url);
     await expect(client.messages.create({ to: "12345", from: "+14155550100", body: "x" })).rejects.toMatchObject({
       status: 400,
       code: 21211,
       moreInfo: "https://www.twilio.com/docs/errors/21211",
     });
-    await expect(client.messages.create({ to: "whatsapp:+14155550123", from: "+14155550100", body: "x" })).rejects.toMatchObject({ code: 63007 });
-    await expect(client.messages.create({ to: "+14155550003", from: "+14155550100", body: "x" })).rejects.toMatchObject({ status: 400, code: 21610 });
+    await expect(
+      client.messages.create({ to: "whatsapp:+14155550123", from: "+14155550100", body: "x" }),
+    ).rejects.toMatchObject({ code: 63007 });
+    await expect(client.messages.create({ to: "+14155550003", from: "+14155550100", body: "x" })).rejects.toMatchObject(
+      { status: 400, code: 21610 },
+    );
     expect(sandbox.messages.length).toBe(before);
   });
 });
@@ -87,23 +106,42 @@ describe("Twilio Messages API", () => {
 describe("SendGrid mail/send", () => {
   it("sends an email through @sendgrid/mail: 202 with X-Message-Id", async () => {
     const mailer = createSendGridMailer(SENDGRID_KEY, url);
-    const [response] = await mailer.send({ to: "ada@example.com", from: "clinic@example.com", subject: "Reminder", text: "See you at 3pm" });
+    const [response] = await mailer.send({
+      to: "ada@example.com",
+      from: "clinic@example.com",
+      subject: "Reminder",
+      text: "See you at 3pm",
+    });
     expect(response.statusCode).toBe(202);
     const messageId = response.headers["x-message-id"];
     expect(messageId).toMatch(/^[\w-]{16,}$/);
-    expect(sandbox.messages.at(-1)).toMatchObject({ id: messageId, provider: "sendgrid", account: "…mnop", channel: "email", to: "ada@example.com", subject: "Reminder" });
+    expect(sandbox.messages.at(-1)).toMatchObject({
+      id: messageId,
+      provider: "sendgrid",
+      account: "…mnop",
+      channel: "email",
+      to: "ada@example.com",
+      subject: "Reminder",
+    });
   });
 
   it("answers like SendGrid: 401 for a wrong key, 400 naming the field for a bad recipient", async () => {
     const before = sandbox.messages.length;
     await expect(
-      createSendGridMailer("SG.wrong", url).send({ to: "ada@example.com", from: "clinic@example.com", subject: "x", text: "x" }),
+      createSendGridMailer("SG.wrong", url).send({
+        to: "ada@example.com",
+        from: "clinic@example.com",
+        subject: "x",
+        text: "x",
+      }),
     ).rejects.toMatchObject({ code: 401 });
     const error = await createSendGridMailer(SENDGRID_KEY, url)
       .send({ to: "not-an-address", from: "clinic@example.com", subject: "x", text: "x" })
       .catch((e: { code: number; response: { body: { errors: { field: string }[] } } }) => e);
     expect(error).toMatchObject({ code: 400 });
-    expect((error as { response: { body: { errors: { field: string }[] } } }).response.body.errors[0]!.field).toBe("personalizations.0.to.0.email");
+    expect((error as { response: { body: { errors: { field: string }[] } } }).response.body.errors[0]!.field).toBe(
+      "personalizations.0.to.0.email",
+    );
     expect(sandbox.messages.length).toBe(before);
   });
 });
@@ -117,26 +155,49 @@ describe("callbacks, as the real services send them", () => {
     const ok = await client.messages.create({ to: "+14155550150", from: "+14155550100", body: "x", statusCallback });
     const bad = await client.messages.create({ to: "+14155550001", from: "+14155550100", body: "x", statusCallback });
     await sandbox.settled();
-    const callbacks = received.filter((r) => r.path.endsWith("/twilio")).map((r) => ({ ...r, params: Object.fromEntries(new URLSearchParams(r.body)) }));
+    const callbacks = received
+      .filter((r) => r.path.endsWith("/twilio"))
+      .map((r) => ({ ...r, params: Object.fromEntries(new URLSearchParams(r.body)) }));
     expect(callbacks).toHaveLength(4);
-    const statuses = (sid: string) => callbacks.filter((c) => c.params.MessageSid === sid).map((c) => [c.params.MessageStatus, c.params.ErrorCode]);
-    expect(statuses(ok.sid)).toEqual([["sent", undefined], ["delivered", undefined]]);
-    expect(statuses(bad.sid)).toEqual([["sent", undefined], ["failed", "30003"]]);
+    const statuses = (sid: string) =>
+      callbacks.filter((c) => c.params.MessageSid === sid).map((c) => [c.params.MessageStatus, c.params.ErrorCode]);
+    expect(statuses(ok.sid)).toEqual([
+      ["sent", undefined],
+      ["delivered", undefined],
+    ]);
+    expect(statuses(bad.sid)).toEqual([
+      ["sent", undefined],
+      ["failed", "30003"],
+    ]);
     for (const c of callbacks) {
-      expect(twilio.validateRequest(ACCOUNT.authToken, String(c.headers["x-twilio-signature"]), statusCallback, c.params)).toBe(true);
-      expect(twilio.validateRequest(ACCOUNT.authToken, String(c.headers["x-twilio-signature"]), statusCallback, { ...c.params, MessageStatus: "read" })).toBe(false);
-      expect(twilio.validateRequest("another-token", String(c.headers["x-twilio-signature"]), statusCallback, c.params)).toBe(false);
+      expect(
+        twilio.validateRequest(ACCOUNT.authToken, String(c.headers["x-twilio-signature"]), statusCallback, c.params),
+      ).toBe(true);
+      expect(
+        twilio.validateRequest(ACCOUNT.authToken, String(c.headers["x-twilio-signature"]), statusCallback, {
+          ...c.params,
+          MessageStatus: "read",
+        }),
+      ).toBe(false);
+      expect(
+        twilio.validateRequest("another-token", String(c.headers["x-twilio-signature"]), statusCallback, c.params),
+      ).toBe(false);
     }
   });
 
   it("SendGrid events (processed, then delivered or bounce) verify with @sendgrid/eventwebhook over the raw body; a tampered one does not", async () => {
     await sandbox.settled();
     received.length = 0;
-    await createSendGridMailer(SENDGRID_KEY, url).send({ to: ["ada@example.com", "bounce@example.com"], from: "clinic@example.com", subject: "x", text: "x" }, true);
+    await createSendGridMailer(SENDGRID_KEY, url).send(
+      { to: ["ada@example.com", "bounce@example.com"], from: "clinic@example.com", subject: "x", text: "x" },
+      true,
+    );
     await sandbox.settled();
     const verifier = new EventWebhook();
     const key = verifier.convertPublicKeyToECDSA(sandbox.sendgridPublicKey);
-    const events = received.flatMap((r) => JSON.parse(r.body) as { email: string; event: string; sg_event_id: string }[]);
+    const events = received.flatMap(
+      (r) => JSON.parse(r.body) as { email: string; event: string; sg_event_id: string }[],
+    );
     expect(events.map((e) => [e.email, e.event]).sort()).toEqual([
       ["ada@example.com", "delivered"],
       ["ada@example.com", "processed"],
@@ -148,9 +209,18 @@ describe("callbacks, as the real services send them", () => {
       const signature = String(r.headers["x-twilio-email-event-webhook-signature"]);
       const timestamp = String(r.headers["x-twilio-email-event-webhook-timestamp"]);
       expect(verifier.verifySignature(key, r.body, signature, timestamp)).toBe(true);
-      expect(verifier.verifySignature(key, r.body.replace("delivered", "dropped").replace("processed", "dropped"), signature, timestamp)).toBe(false);
+      expect(
+        verifier.verifySignature(
+          key,
+          r.body.replace("delivered", "dropped").replace("processed", "dropped"),
+          signature,
+          timestamp,
+        ),
+      ).toBe(false);
       // Re-serialised JSON is not the signed bytes either.
-      expect(verifier.verifySignature(key, JSON.stringify(JSON.parse(r.body), null, 1), signature, timestamp)).toBe(false);
+      expect(verifier.verifySignature(key, JSON.stringify(JSON.parse(r.body), null, 1), signature, timestamp)).toBe(
+        false,
+      );
     }
   });
 });
@@ -162,11 +232,24 @@ describe("fault injection", () => {
     const before = sandbox.messages.length;
     sandbox.setFaults({ rateLimitBurst: 2 });
     const client = createTwilioClient(ACCOUNT, url);
-    await expect(client.messages.create({ to: "+14155550151", from: "+14155550100", body: "x" })).rejects.toMatchObject({ status: 429, code: 20429 });
-    await expect(createSendGridMailer(SENDGRID_KEY, url).send({ to: "ada@example.com", from: "clinic@example.com", subject: "x", text: "x" })).rejects.toMatchObject({ code: 429 });
-    await expect(client.messages.create({ to: "+14155550151", from: "+14155550100", body: "x" })).resolves.toMatchObject({ status: "queued" });
+    await expect(client.messages.create({ to: "+14155550151", from: "+14155550100", body: "x" })).rejects.toMatchObject(
+      { status: 429, code: 20429 },
+    );
+    await expect(
+      createSendGridMailer(SENDGRID_KEY, url).send({
+        to: "ada@example.com",
+        from: "clinic@example.com",
+        subject: "x",
+        text: "x",
+      }),
+    ).rejects.toMatchObject({ code: 429 });
+    await expect(
+      client.messages.create({ to: "+14155550151", from: "+14155550100", body: "x" }),
+    ).resolves.toMatchObject({ status: "queued" });
     sandbox.setFaults({ errorRate: 1 });
-    await expect(client.messages.create({ to: "+14155550151", from: "+14155550100", body: "x" })).rejects.toMatchObject({ status: 500 });
+    await expect(client.messages.create({ to: "+14155550151", from: "+14155550100", body: "x" })).rejects.toMatchObject(
+      { status: 500 },
+    );
     expect(sandbox.messages.length).toBe(before + 1);
   });
 
@@ -191,7 +274,11 @@ describe("fault injection", () => {
 
 describe("the /sandbox page", () => {
   it("lists what was sent by tenant, newest first, with HTML escaped", async () => {
-    await createTwilioClient(ACCOUNT, url).messages.create({ to: "+14155550124", from: "+14155550100", body: "<script>alert(1)</script>" });
+    await createTwilioClient(ACCOUNT, url).messages.create({
+      to: "+14155550124",
+      from: "+14155550100",
+      body: "<script>alert(1)</script>",
+    });
     const page = await (await fetch(url)).text();
     expect(page).toContain("&lt;script&gt;alert(1)&lt;/script&gt;");
     expect(page).not.toContain("<script>alert(1)</script>");

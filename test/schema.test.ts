@@ -19,7 +19,8 @@ import { useTestDatabase } from "./helpers/db.ts";
  */
 
 const db = useTestDatabase();
-const HOW = "data/schema.sql or schema.graphql is stale: run `npm run herald -- db watch --once && npm run herald -- db dump` and commit both files";
+const HOW =
+  "data/schema.sql or schema.graphql is stale: run `npm run herald -- db watch --once && npm run herald -- db dump` and commit both files";
 
 const committedFile = (file: string) => (fs.existsSync(file) ? fs.readFileSync(file, "utf8") : "");
 
@@ -48,7 +49,9 @@ describe("the committed schema files", () => {
       expect.arrayContaining([
         "+ grant update (name) on herald_public.templates to herald_worker;",
         "+ create policy update_worker on herald_public.templates as permissive for update to herald_worker",
-        expect.stringMatching(/^\+ -- function herald_private\.planted\(\) returns integer; sql; volatile; security definer$/),
+        expect.stringMatching(
+          /^\+ -- function herald_private\.planted\(\) returns integer; sql; volatile; security definer$/,
+        ),
       ]),
     );
   });
@@ -92,7 +95,10 @@ describe("comparing dumps across PostgreSQL major versions", () => {
   });
 
   it("on another major, deparsed text may differ but structure may not", () => {
-    expect(compareDumps(dump(18, "(tenant_id = 1)"), dump(15, "tenant_id = 1"))).toEqual({ exact: false, differences: [] });
+    expect(compareDumps(dump(18, "(tenant_id = 1)"), dump(15, "tenant_id = 1"))).toEqual({
+      exact: false,
+      differences: [],
+    });
     expect(compareDumps(dump(18, "x"), dump(15, "x", "herald_worker")).differences).toEqual([
       "- grant select on herald_public.tags to herald_member;",
       "+ grant select on herald_public.tags to herald_worker;",

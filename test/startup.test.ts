@@ -28,7 +28,10 @@ describe("configuration", () => {
     [{ PORT: "eighty" }, "PORT"],
     [{ HERALD_MASTER_KEY: "c2hvcnQ=" }, "HERALD_MASTER_KEY must be 32 bytes"],
     [{ HERALD_JWT_SECRET: "too-short" }, "at least 32 characters"],
-    [{ HERALD_JWT_JWKS_URL: "https://id.example.test/.well-known/jwks.json" }, "needs HERALD_JWT_ISSUER and HERALD_JWT_AUDIENCE"],
+    [
+      { HERALD_JWT_JWKS_URL: "https://id.example.test/.well-known/jwks.json" },
+      "needs HERALD_JWT_ISSUER and HERALD_JWT_AUDIENCE",
+    ],
     [{ TWILIO_ACCOUNT_SID: "AC123" }, "set both TWILIO_ACCOUNT_SID and TWILIO_AUTH_TOKEN"],
     [{ DATABASE_URL: "mysql://localhost/herald" }, "DATABASE_URL: must be a postgres:// URL"],
   ])("rejects %o", (env, message) => {
@@ -68,7 +71,13 @@ describe("embedded PostgreSQL", () => {
   it("refuses a requested port that is taken, saying so", async () => {
     const busy = await occupyPort();
     try {
-      const attempt = startEmbeddedPostgres({ dir: clusterDir, superuserPassword: "pw-for-tests", port: busy.port, logger, disposable: true });
+      const attempt = startEmbeddedPostgres({
+        dir: clusterDir,
+        superuserPassword: "pw-for-tests",
+        port: busy.port,
+        logger,
+        disposable: true,
+      });
       await expect(attempt).rejects.toThrow(EmbeddedPostgresError);
       await expect(attempt).rejects.toThrow(/already in use/);
     } finally {
@@ -79,7 +88,12 @@ describe("embedded PostgreSQL", () => {
   it("removes a stale lock file left by a crash and starts", async () => {
     // initialised by the previous test; pretend a crashed server left its lock
     fs.writeFileSync(path.join(clusterDir, "postmaster.pid"), `999999\n${clusterDir}\n0\n5432\n`);
-    const cluster = await startEmbeddedPostgres({ dir: clusterDir, superuserPassword: "pw-for-tests", logger, disposable: true });
+    const cluster = await startEmbeddedPostgres({
+      dir: clusterDir,
+      superuserPassword: "pw-for-tests",
+      logger,
+      disposable: true,
+    });
     try {
       expect(cluster.startedHere).toBe(true);
       const client = new pg.Client({ connectionString: cluster.adminUrl });

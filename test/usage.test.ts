@@ -5,7 +5,15 @@ import { graphql, tokenFor } from "./helpers/api.ts";
 import { runCli } from "./helpers/cli.ts";
 import { asRole, useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asRoot, readyToSend, sendThroughApi, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
+import {
+  asRoot,
+  readyToSend,
+  sendThroughApi,
+  startSandboxServer,
+  startSendingWorker,
+  waitFor,
+  type SandboxServer,
+} from "./helpers/messaging.ts";
 import { contactWith, textIn, useCallableApiServer } from "./helpers/webhooks.ts";
 
 /**
@@ -38,16 +46,32 @@ beforeAll(async () => {
   await db.current.root.query("update herald_public.contacts set sms_subscribed = false where id = $1", [unsubscribed]);
   const token = await tokenFor(api.current, a, "member");
   // 200 GSM-7 characters: two segments each.
-  messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "x".repeat(200), contactIds: [...ids, unsubscribed] });
+  messageId = await sendThroughApi(api.current, token, {
+    channel: "sms",
+    body: "x".repeat(200),
+    contactIds: [...ids, unsubscribed],
+  });
   await waitFor(async () => {
-    const { rows } = await db.current.root.query("select count(*) filter (where status in ('delivered', 'failed', 'undelivered', 'skipped'))::int as n from herald_public.deliveries where message_id = $1", [messageId]);
+    const { rows } = await db.current.root.query(
+      "select count(*) filter (where status in ('delivered', 'failed', 'undelivered', 'skipped'))::int as n from herald_public.deliveries where message_id = $1",
+      [messageId],
+    );
     return rows[0].n === 5;
   }, 30_000);
   await server.sandbox.settled();
-  today = (await db.current.root.query("select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day from herald_public.messages where id = $1", [messageId])).rows[0].day;
+  today = (
+    await db.current.root.query(
+      "select to_char(created_at at time zone 'UTC', 'YYYY-MM-DD') as day from herald_public.messages where id = $1",
+      [messageId],
+    )
+  ).rows[0].day;
   // Two messages in, one of them an opt-out.
   for (const body of ["see you then", "STOP"]) {
-    const result = await textIn(api.current, a, { from: "+16285561101", body, signedFor: `${endpoint.publicUrl}/webhooks/twilio/sms` });
+    const result = await textIn(api.current, a, {
+      from: "+16285561101",
+      body,
+      signedFor: `${endpoint.publicUrl}/webhooks/twilio/sms`,
+    });
     expect(result.status).toBe(200);
   }
 });
@@ -89,9 +113,12 @@ describe("daily usage", () => {
   it("matches the deliveries, per status and segment, and counts inbound messages and opt-outs", async () => {
     const token = await tokenFor(api.current, a, "member");
     const rows = await usageOf(token);
-    const row = (channel: string, account: string | null) => rows.find((r) => r.channel === channel && r.account === account);
+    const row = (channel: string, account: string | null) =>
+      rows.find((r) => r.channel === channel && r.account === account);
     // What the deliveries themselves say (the fixture's own delivery is a skipped one of another message).
-    const { rows: [truth] } = await db.current.root.query(
+    const {
+      rows: [truth],
+    } = await db.current.root.query(
       `select count(*) filter (where status = 'delivered')::int as delivered, count(*) filter (where status = 'failed')::int as failed,
               count(*) filter (where status = 'undelivered')::int as undelivered, sum(segments)::int as segments
          from herald_public.deliveries where message_id = $1 and provider = 'tenant'`,
@@ -99,7 +126,15 @@ describe("daily usage", () => {
     );
     expect(truth).toEqual({ delivered: 2, failed: 1, undelivered: 1, segments: 8 });
     // Inbound: the two above and the fixture's own HELP.
-    expect(row("sms", "tenant")).toMatchObject({ provider: "twilio", messages: 1, deliveries: 4, sent: 0, ...truth, skipped: 0, inbound: 3 });
+    expect(row("sms", "tenant")).toMatchObject({
+      provider: "twilio",
+      messages: 1,
+      deliveries: 4,
+      sent: 0,
+      ...truth,
+      skipped: 0,
+      inbound: 3,
+    });
     // Never handed to a provider: the unsubscribed contact (and the fixture's own skipped delivery), and the opt-out.
     expect(row("sms", null)).toMatchObject({ skipped: 2, deliveries: 2, segments: 0, optOuts: 1 });
     expect(rows.map((r) => r.day)).toEqual(rows.map(() => today));
@@ -113,10 +148,18 @@ describe("daily usage", () => {
 
   it("shows month to date against the cap, and no remainder without one", async () => {
     const token = await tokenFor(api.current, a, "member");
-    const month = async () => (await graphql(api.current, token, "{ currentTenant { usageThisMonth { month messages cap remaining } } }")).body.data!.currentTenant.usageThisMonth;
-    await db.current.root.query("update herald_public.tenant_settings set monthly_message_cap = null where tenant_id = $1", [a.id]);
+    const month = async () =>
+      (await graphql(api.current, token, "{ currentTenant { usageThisMonth { month messages cap remaining } } }")).body
+        .data!.currentTenant.usageThisMonth;
+    await db.current.root.query(
+      "update herald_public.tenant_settings set monthly_message_cap = null where tenant_id = $1",
+      [a.id],
+    );
     expect(await month()).toEqual({ month: `${today.slice(0, 7)}-01`, messages: 4, cap: null, remaining: null });
-    await db.current.root.query("update herald_public.tenant_settings set monthly_message_cap = 10 where tenant_id = $1", [a.id]);
+    await db.current.root.query(
+      "update herald_public.tenant_settings set monthly_message_cap = 10 where tenant_id = $1",
+      [a.id],
+    );
     expect(await month()).toEqual({ month: `${today.slice(0, 7)}-01`, messages: 4, cap: 10, remaining: 6 });
   });
 
@@ -125,13 +168,41 @@ describe("daily usage", () => {
     // B sent nothing through a provider: its only rows are its fixture's, the HELP it was sent and the delivery it skipped.
     const nothingSent = { sent: 0, delivered: 0, undelivered: 0, failed: 0, segments: 0, optOuts: 0 };
     expect(await usageOf(tokenB)).toEqual([
-      { day: today, channel: "sms", account: "tenant", provider: "twilio", messages: 0, deliveries: 0, skipped: 0, inbound: 1, ...nothingSent },
-      { day: today, channel: "sms", account: null, provider: "twilio", messages: 1, deliveries: 1, skipped: 1, inbound: 0, ...nothingSent },
+      {
+        day: today,
+        channel: "sms",
+        account: "tenant",
+        provider: "twilio",
+        messages: 0,
+        deliveries: 0,
+        skipped: 0,
+        inbound: 1,
+        ...nothingSent,
+      },
+      {
+        day: today,
+        channel: "sms",
+        account: null,
+        provider: "twilio",
+        messages: 1,
+        deliveries: 1,
+        skipped: 1,
+        inbound: 0,
+        ...nothingSent,
+      },
     ]);
     // The view under RLS: a member of B sees B's rows only; an operator every tenant's.
-    const ofB = await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId }, async (c) => (await c.query("select distinct tenant_id from herald_public.daily_usage")).rows);
+    const ofB = await asRole(
+      db.current,
+      { role: ROLES.member, tenantId: b.id, userId: b.ownerId },
+      async (c) => (await c.query("select distinct tenant_id from herald_public.daily_usage")).rows,
+    );
     expect(ofB).toEqual([{ tenant_id: b.id }]);
-    const all = await asRole(db.current, { role: ROLES.admin }, async (c) => (await c.query("select distinct tenant_id from herald_public.daily_usage order by 1")).rows);
+    const all = await asRole(
+      db.current,
+      { role: ROLES.admin },
+      async (c) => (await c.query("select distinct tenant_id from herald_public.daily_usage order by 1")).rows,
+    );
     expect(new Set(all.map((r) => r.tenant_id))).toEqual(new Set([a.id, b.id]));
   });
 
@@ -140,9 +211,23 @@ describe("daily usage", () => {
     expect(code, stderr).toBe(0);
     const table = usageTable(stdout);
     const tenantRow = table.find((r) => r.day === today && r.channel === "sms" && r.account === "tenant");
-    expect(tenantRow).toMatchObject({ deliveries: "4", delivered: "2", failed: "1", undelivered: "1", segments: "8", inbound: "3" });
+    expect(tenantRow).toMatchObject({
+      deliveries: "4",
+      delivered: "2",
+      failed: "1",
+      undelivered: "1",
+      segments: "8",
+      inbound: "3",
+    });
     // Messages are counted, not summed: one message whose deliveries took two routes is one.
-    expect(table.find((r) => r.day === "total")).toMatchObject({ messages: "2", deliveries: "6", skipped: "2", segments: "8", inbound: "3", "opt-outs": "1" });
+    expect(table.find((r) => r.day === "total")).toMatchObject({
+      messages: "2",
+      deliveries: "6",
+      skipped: "2",
+      segments: "8",
+      inbound: "3",
+      "opt-outs": "1",
+    });
     expect(stdout).toMatch(/This month so far: 4 messages handed to a provider, cap 10 \(6 left\)\./);
   });
 
@@ -151,7 +236,9 @@ describe("daily usage", () => {
     // The timestamps trigger keeps created_at as it was; replica mode skips it.
     await asRoot(db.current, async (c) => {
       await c.query("set local session_replication_role = replica");
-      await c.query("update herald_public.messages set created_at = created_at - interval '1 day' where id = $1", [messageId]);
+      await c.query("update herald_public.messages set created_at = created_at - interval '1 day' where id = $1", [
+        messageId,
+      ]);
     });
     const yesterday = new Date(Date.parse(`${today}T00:00:00Z`) - 86_400_000).toISOString().slice(0, 10);
     const token = await tokenFor(api.current, a, "member");

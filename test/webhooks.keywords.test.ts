@@ -89,17 +89,27 @@ describe("keywords", () => {
     const result = await text(phone, "Yes");
     expect(result.replies).toEqual([]);
     expect((await consentOf(a, contactId)).events).toEqual([]);
-    const { rows } = await db.current.root.query("select keyword from herald_public.inbound_messages where contact_id = $1", [contactId]);
+    const { rows } = await db.current.root.query(
+      "select keyword from herald_public.inbound_messages where contact_id = $1",
+      [contactId],
+    );
     expect(rows).toEqual([{ keyword: null }]);
   });
 
-  it.each(["HELP", "help", "Info", "help me", "HELP!"])("%j gets the HELP text and changes no subscription", async (word) => {
-    const phone = freshPhone();
-    const contactId = await contactWith(a, phone);
-    const result = await text(phone, word);
-    expect(result.replies).toEqual([DEFAULT_HELP]);
-    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, suppressed: false, events: [{ action: "help", source: "keyword" }] });
-  });
+  it.each(["HELP", "help", "Info", "help me", "HELP!"])(
+    "%j gets the HELP text and changes no subscription",
+    async (word) => {
+      const phone = freshPhone();
+      const contactId = await contactWith(a, phone);
+      const result = await text(phone, word);
+      expect(result.replies).toEqual([DEFAULT_HELP]);
+      expect(await consentOf(a, contactId)).toMatchObject({
+        sms_subscribed: true,
+        suppressed: false,
+        events: [{ action: "help", source: "keyword" }],
+      });
+    },
+  );
 
   it.each([
     "Can you stop by at 5?",
@@ -115,7 +125,12 @@ describe("keywords", () => {
     const result = await text(phone, body);
     expect(result.status).toBe(200);
     expect(result.replies).toEqual([]);
-    expect(await consentOf(a, contactId)).toEqual({ sms_subscribed: true, whatsapp_subscribed: true, suppressed: false, events: [] });
+    expect(await consentOf(a, contactId)).toEqual({
+      sms_subscribed: true,
+      whatsapp_subscribed: true,
+      suppressed: false,
+      events: [],
+    });
   });
 
   it("STOP then START: the suppression it added goes, an operator's manual one stays", async () => {
@@ -128,7 +143,9 @@ describe("keywords", () => {
 
     const other = freshPhone();
     const otherId = await contactWith(a, other);
-    await asWorker(db.current, a, (c) => c.query("select herald_public.add_suppression('phone', $1, 'manual', 'asked by phone')", [other]));
+    await asWorker(db.current, a, (c) =>
+      c.query("select herald_public.add_suppression('phone', $1, 'manual', 'asked by phone')", [other]),
+    );
     expect((await text(other, "STOP")).replies).toEqual([DEFAULT_STOP]);
     expect((await text(other, "START")).replies).toEqual([DEFAULT_START]);
     const after = await consentOf(a, otherId);
@@ -139,7 +156,9 @@ describe("keywords", () => {
   it("START also lifts a carrier opt-out (Twilio 21610), since the person opted back in at the carrier too", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(a, phone);
-    await asWorker(db.current, a, (c) => c.query("select herald_hidden.record_opt_out('phone', $1, 'sms', 'carrier', '21610')", [phone]));
+    await asWorker(db.current, a, (c) =>
+      c.query("select herald_hidden.record_opt_out('phone', $1, 'sms', 'carrier', '21610')", [phone]),
+    );
     expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: false, suppressed: true });
     expect((await text(phone, "START")).replies).toEqual([DEFAULT_START]);
     expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, suppressed: false });
@@ -148,26 +167,59 @@ describe("keywords", () => {
   it("YES from a subscribed contact whose phone is suppressed is an opt-in (what it lifts is theirs alone)", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(a, phone);
-    await asWorker(db.current, a, (c) => c.query("select herald_public.add_suppression('phone', $1, 'unsubscribe', 'by the tenant')", [phone]));
+    await asWorker(db.current, a, (c) =>
+      c.query("select herald_public.add_suppression('phone', $1, 'unsubscribe', 'by the tenant')", [phone]),
+    );
     expect((await text(phone, "YES")).replies).toEqual([DEFAULT_START]);
-    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, suppressed: false, events: [{ action: "opt_in", detail: "YES" }] });
+    expect(await consentOf(a, contactId)).toMatchObject({
+      sms_subscribed: true,
+      suppressed: false,
+      events: [{ action: "opt_in", detail: "YES" }],
+    });
   });
 
   it("a keyword from a sender that is no phone number (a short code) is stored and changes no one", async () => {
-    const before = (await db.current.root.query("select count(*)::int as n from herald_public.consent_events where tenant_id = $1", [a.id])).rows[0].n;
-    const result = await postTwilio(api.current, SMS, { ...inboundText({ from: "+1", to: numbers.a, body: "STOP" }), From: "72345" }, { token: tokens.a });
+    const before = (
+      await db.current.root.query("select count(*)::int as n from herald_public.consent_events where tenant_id = $1", [
+        a.id,
+      ])
+    ).rows[0].n;
+    const result = await postTwilio(
+      api.current,
+      SMS,
+      { ...inboundText({ from: "+1", to: numbers.a, body: "STOP" }), From: "72345" },
+      { token: tokens.a },
+    );
     expect(result.status).toBe(200);
     expect(twimlMessages(result.body)).toEqual([]);
-    const { rows } = await db.current.root.query("select contact_id, keyword from herald_public.inbound_messages where tenant_id = $1 order by received_at desc limit 1", [a.id]);
+    const { rows } = await db.current.root.query(
+      "select contact_id, keyword from herald_public.inbound_messages where tenant_id = $1 order by received_at desc limit 1",
+      [a.id],
+    );
     expect(rows[0]).toEqual({ contact_id: null, keyword: null });
-    expect((await db.current.root.query("select count(*)::int as n from herald_public.consent_events where tenant_id = $1", [a.id])).rows[0].n).toBe(before);
+    expect(
+      (
+        await db.current.root.query(
+          "select count(*)::int as n from herald_public.consent_events where tenant_id = $1",
+          [a.id],
+        )
+      ).rows[0].n,
+    ).toBe(before);
   });
 
   it("an opt-out from someone Herald did not know creates them opted out, and suppressed", async () => {
     const phone = freshPhone();
     expect((await text(phone, "UNSUBSCRIBE")).replies).toEqual([DEFAULT_STOP]);
-    const contact = await asWorker(db.current, a, async (c) =>
-      (await c.query("select id, created_by_inbound from herald_public.contacts where phone_hash = any (herald_hidden.pii_hashes('phone', $1))", [phone])).rows[0],
+    const contact = await asWorker(
+      db.current,
+      a,
+      async (c) =>
+        (
+          await c.query(
+            "select id, created_by_inbound from herald_public.contacts where phone_hash = any (herald_hidden.pii_hashes('phone', $1))",
+            [phone],
+          )
+        ).rows[0],
     );
     expect(contact.created_by_inbound).toBe(true);
     expect(await consentOf(a, contact.id)).toMatchObject({ sms_subscribed: false, suppressed: true });
@@ -186,9 +238,18 @@ describe("keywords", () => {
   it("on WhatsApp, STOP unsubscribes from WhatsApp only (no phone suppression)", async () => {
     const phone = freshPhone();
     const contactId = await contactWith(a, phone);
-    const result = await text(phone, "stop", { to: A_WHATSAPP_NUMBER, token: SYSTEM_TWILIO.authToken, channel: "whatsapp" });
+    const result = await text(phone, "stop", {
+      to: A_WHATSAPP_NUMBER,
+      token: SYSTEM_TWILIO.authToken,
+      channel: "whatsapp",
+    });
     expect(result.replies).toEqual([DEFAULT_STOP]);
-    expect(await consentOf(a, contactId)).toMatchObject({ sms_subscribed: true, whatsapp_subscribed: false, suppressed: false, events: [{ channel: "whatsapp" }] });
+    expect(await consentOf(a, contactId)).toMatchObject({
+      sms_subscribed: true,
+      whatsapp_subscribed: false,
+      suppressed: false,
+      events: [{ channel: "whatsapp" }],
+    });
   });
 });
 
@@ -226,17 +287,32 @@ describe("HELP text", () => {
     expect((await text(phone, "STOP")).replies).toEqual(["Acme: you will get no more texts."]);
     expect((await text(phone, "START")).replies).toEqual(["Acme: welcome back."]);
 
-    await asRoot(db.current, (c) => c.query("update herald_public.tenant_settings set help_text = 'Acme: call us at 555-0100. Reply STOP to opt out.' where tenant_id = $1", [a.id]));
+    await asRoot(db.current, (c) =>
+      c.query(
+        "update herald_public.tenant_settings set help_text = 'Acme: call us at 555-0100. Reply STOP to opt out.' where tenant_id = $1",
+        [a.id],
+      ),
+    );
     expect(await help()).toBe("Acme: call us at 555-0100. Reply STOP to opt out.");
     // What the API shows the tenant's admins is what is sent.
     const tokenA = await tokenFor(api.current, a, "owner");
-    const { body } = await graphql(api.current, tokenA, "{ allTenantSettings { nodes { keywordReplies { help stop start } } } }");
-    expect(body.data!.allTenantSettings.nodes[0].keywordReplies).toEqual({ help: await help(), stop: "Acme: you will get no more texts.", start: "Acme: welcome back." });
+    const { body } = await graphql(
+      api.current,
+      tokenA,
+      "{ allTenantSettings { nodes { keywordReplies { help stop start } } } }",
+    );
+    expect(body.data!.allTenantSettings.nodes[0].keywordReplies).toEqual({
+      help: await help(),
+      stop: "Acme: you will get no more texts.",
+      start: "Acme: welcome back.",
+    });
 
     // Tenant B, which set nothing, still answers with its own name and Herald's defaults.
     const other = freshPhone();
     await contactWith(b, other);
-    expect((await text(other, "INFO", { to: numbers.b })).replies[0]).toMatch(/^Tenant B: account notifications\. .*Reply STOP to cancel\.$/);
+    expect((await text(other, "INFO", { to: numbers.b })).replies[0]).toMatch(
+      /^Tenant B: account notifications\. .*Reply STOP to cancel\.$/,
+    );
   });
 });
 
@@ -257,11 +333,19 @@ describe("two tenants with the same contact", () => {
     expect((await text(phone, "STOP", { to: numbers.a })).replies).toHaveLength(1);
     expect((await rowsOfB()).rows[0]).toEqual(before);
     expect(await consentOf(a, inA)).toMatchObject({ sms_subscribed: false, suppressed: true });
-    expect(await consentOf(b, inB)).toEqual({ sms_subscribed: true, whatsapp_subscribed: true, suppressed: false, events: [] });
+    expect(await consentOf(b, inB)).toEqual({
+      sms_subscribed: true,
+      whatsapp_subscribed: true,
+      suppressed: false,
+      events: [],
+    });
 
     // And the other way round: a message to B's number is B's.
     await text(phone, "hello B", { to: numbers.b });
-    const { rows } = await db.current.root.query("select tenant_id, contact_id from herald_public.inbound_messages where to_number = $1 order by received_at desc limit 1", [numbers.b]);
+    const { rows } = await db.current.root.query(
+      "select tenant_id, contact_id from herald_public.inbound_messages where to_number = $1 order by received_at desc limit 1",
+      [numbers.b],
+    );
     expect(rows[0]).toEqual({ tenant_id: b.id, contact_id: inB });
   });
 });
@@ -285,9 +369,16 @@ describe("an opt-out and the deliveries already queued", () => {
     // Quiet hours hold the delivery, queued, before the STOP.
     await closeSendWindowForAnHour(db.current, a.id);
     const token = await tokenFor(api.current, a, "member");
-    const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Your reminder", contactIds: [contactId] });
+    const messageId = await sendThroughApi(api.current, token, {
+      channel: "sms",
+      body: "Your reminder",
+      contactIds: [contactId],
+    });
     const held = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select id, status, reason from herald_public.deliveries where message_id = $1", [messageId]);
+      const { rows } = await db.current.root.query(
+        "select id, status, reason from herald_public.deliveries where message_id = $1",
+        [messageId],
+      );
       return rows[0]?.reason === "quiet_hours" && rows[0];
     });
     expect(held.status).toBe("queued");
@@ -295,7 +386,10 @@ describe("an opt-out and the deliveries already queued", () => {
     expect((await text(phone, "STOP")).replies).toEqual([DEFAULT_STOP]);
     await openSendWindowNow(db.current, a.id, held.id);
     const done = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select status, reason from herald_public.deliveries where id = $1", [held.id]);
+      const { rows } = await db.current.root.query(
+        "select status, reason from herald_public.deliveries where id = $1",
+        [held.id],
+      );
       return rows[0].status !== "queued" && rows[0];
     });
     expect(done).toEqual({ status: "skipped", reason: "unsubscribed" });

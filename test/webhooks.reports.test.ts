@@ -69,13 +69,20 @@ const twilioReport = (deliveryId: string | null, sid: string, status: string, ex
     delivery_id: deliveryId,
     provider_message_id: sid,
     event: status,
-    status: ({ sent: "sent", delivered: "delivered", failed: "failed", undelivered: "undelivered" } as Record<string, string>)[status] ?? null,
+    status:
+      (
+        { sent: "sent", delivered: "delivered", failed: "failed", undelivered: "undelivered" } as Record<string, string>
+      )[status] ?? null,
     dedupe_key: `twilio:${sid}:${status}`,
     ...extra,
   });
 
 const waiting = async (t: TenantFixture) =>
-  (await db.current.root.query("select count(*)::int as n from herald_hidden.provider_reports where tenant_id = $1", [t.id])).rows[0].n as number;
+  (
+    await db.current.root.query("select count(*)::int as n from herald_hidden.provider_reports where tenant_id = $1", [
+      t.id,
+    ])
+  ).rows[0].n as number;
 
 /** A journal whose process "dies" right after answering: it stores, and never applies. */
 function crashingJournal() {
@@ -109,7 +116,9 @@ describe("acknowledged, then the process died before applying", () => {
     ]);
     expect(await waiting(a)).toBe(2);
     // No plaintext address in the journal.
-    const { rows: stored } = await db.current.root.query("select address_encrypted::text as raw from herald_hidden.provider_reports where opt_out is not null");
+    const { rows: stored } = await db.current.root.query(
+      "select address_encrypted::text as raw from herald_hidden.provider_reports where opt_out is not null",
+    );
     expect(stored[0].raw).not.toContain(optedOut.phone.slice(1));
     // Nothing applied yet: the process that would have applied them is gone.
     expect(await deliveryState(db.current, ok.id)).toEqual(before);
@@ -123,10 +132,19 @@ describe("acknowledged, then the process died before applying", () => {
       tasks: ["provider_reports__sweep"],
       logger: silent,
     });
-    await db.current.root.query("select graphile_worker.add_job('provider_reports__sweep', json_build_object('olderThanSeconds', 0))");
+    await db.current.root.query(
+      "select graphile_worker.add_job('provider_reports__sweep', json_build_object('olderThanSeconds', 0))",
+    );
     await waitFor(async () => (await waiting(a)) === 0, 20_000, "the sweep to apply the journal");
-    expect(await deliveryState(db.current, ok.id)).toMatchObject({ status: "delivered", completed: true, events: [{ event: "delivered", applied: true }] });
-    expect(await deliveryState(db.current, optedOut.id)).toMatchObject({ status: "failed", events: [{ event: "failed", applied: true }] });
+    expect(await deliveryState(db.current, ok.id)).toMatchObject({
+      status: "delivered",
+      completed: true,
+      events: [{ event: "delivered", applied: true }],
+    });
+    expect(await deliveryState(db.current, optedOut.id)).toMatchObject({
+      status: "failed",
+      events: [{ event: "failed", applied: true }],
+    });
     const { rows } = await db.current.root.query(
       `select c.sms_subscribed, (select count(*)::int from herald_public.consent_events e where e.contact_id = c.id) as consents
          from herald_public.contacts c where c.id = $1`,
@@ -135,10 +153,24 @@ describe("acknowledged, then the process died before applying", () => {
     expect(rows[0]).toEqual({ sms_subscribed: false, consents: 1 });
 
     // Twilio retrying the same callbacks later changes nothing more.
-    await crashingJournal().acknowledge(a.id, [twilioReport(optedOut.id, optedOutSid, "failed", { error_code: "21610", opt_out: "carrier_opt_out", channel: "sms", address: optedOut.phone })]);
-    const tally = await asWorker(db.current, a, async (c) => (await c.query("select * from herald_hidden.apply_provider_reports(100)")).rows[0]);
+    await crashingJournal().acknowledge(a.id, [
+      twilioReport(optedOut.id, optedOutSid, "failed", {
+        error_code: "21610",
+        opt_out: "carrier_opt_out",
+        channel: "sms",
+        address: optedOut.phone,
+      }),
+    ]);
+    const tally = await asWorker(
+      db.current,
+      a,
+      async (c) => (await c.query("select * from herald_hidden.apply_provider_reports(100)")).rows[0],
+    );
     expect(tally).toMatchObject({ reports_taken: 1, reports_duplicate: 1, reports_applied: 0 });
-    const { rows: again } = await db.current.root.query("select count(*)::int as n from herald_public.consent_events where contact_id = $1", [optedOut.contactId]);
+    const { rows: again } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.consent_events where contact_id = $1",
+      [optedOut.contactId],
+    );
     expect(again[0].n).toBe(1);
   });
 });
@@ -155,10 +187,23 @@ describe("a batch applies as one report after another would", () => {
       twilioReport(d.id, sid, "failed", { error_code: "30003" }),
       twilioReport(d.id, newSid(), "undelivered"),
       // A final status that outran the send's answer stays: a late 'sent' is only recorded.
-      twilioReport(late.id, null as unknown as string, "sent", { provider_message_id: null, dedupe_key: `late:${late.id}` }),
+      twilioReport(late.id, null as unknown as string, "sent", {
+        provider_message_id: null,
+        dedupe_key: `late:${late.id}`,
+      }),
     ]);
-    const tally = await asWorker(db.current, a, async (c) => (await c.query("select * from herald_hidden.apply_provider_reports(1000)")).rows[0]);
-    expect(tally).toEqual({ reports_taken: 6, reports_applied: 2, reports_recorded: 3, reports_duplicate: 1, reports_not_found: 0 });
+    const tally = await asWorker(
+      db.current,
+      a,
+      async (c) => (await c.query("select * from herald_hidden.apply_provider_reports(1000)")).rows[0],
+    );
+    expect(tally).toEqual({
+      reports_taken: 6,
+      reports_applied: 2,
+      reports_recorded: 3,
+      reports_duplicate: 1,
+      reports_not_found: 0,
+    });
     expect(await deliveryState(db.current, d.id)).toMatchObject({
       status: "delivered",
       error_code: null,
@@ -182,7 +227,10 @@ describe("a batch applies as one report after another would", () => {
       { event: "failed", status: "delivered" },
       { event: "undelivered", status: "delivered" },
     ]);
-    expect(await deliveryState(db.current, late.id)).toMatchObject({ status: "delivered", events: [{ event: "sent", applied: false }] });
+    expect(await deliveryState(db.current, late.id)).toMatchObject({
+      status: "delivered",
+      events: [{ event: "sent", applied: false }],
+    });
   });
 });
 
@@ -195,7 +243,11 @@ describe("tenants stay apart", () => {
       twilioReport(victim.id, sid, "failed"),
       twilioReport(null, sid, "undelivered"),
     ]);
-    const tally = await asWorker(db.current, b, async (c) => (await c.query("select * from herald_hidden.apply_provider_reports(1000)")).rows[0]);
+    const tally = await asWorker(
+      db.current,
+      b,
+      async (c) => (await c.query("select * from herald_hidden.apply_provider_reports(1000)")).rows[0],
+    );
     // B's applier saw only B's two reports, and neither found a delivery.
     expect(tally).toMatchObject({ reports_taken: 2, reports_not_found: 2, reports_applied: 0 });
     expect(await deliveryState(db.current, victim.id)).toMatchObject({ status: "sent", events: [] });
@@ -206,13 +258,18 @@ describe("tenants stay apart", () => {
       expect((await c.query("select * from herald_hidden.provider_reports")).rows).toEqual([]);
       expect((await c.query("delete from herald_hidden.provider_reports returning id")).rows).toEqual([]);
       const error = await expectPgError(c, () =>
-        c.query("insert into herald_hidden.provider_reports (tenant_id, provider, event, dedupe_key) values ($1, 'twilio', 'sent', 'evil')", [a.id]),
+        c.query(
+          "insert into herald_hidden.provider_reports (tenant_id, provider, event, dedupe_key) values ($1, 'twilio', 'sent', 'evil')",
+          [a.id],
+        ),
       );
       expect(error?.message).toMatch(/row-level security/);
     });
     // Members and API requests have no business in it at all.
     await asRole(db.current, { role: ROLES.member, tenantId: a.id, userId: a.ownerId }, async (c) => {
-      expect((await expectPgError(c, () => c.query("select * from herald_hidden.provider_reports")))?.message).toMatch(/permission denied/);
+      expect((await expectPgError(c, () => c.query("select * from herald_hidden.provider_reports")))?.message).toMatch(
+        /permission denied/,
+      );
     });
     expect(await waiting(a)).toBe(1);
     await asWorker(db.current, a, (c) => c.query("select * from herald_hidden.apply_provider_reports(1000)"));
@@ -230,12 +287,22 @@ describe("while the database is down", () => {
   beforeAll(async () => {
     // A pool whose server refuses every connection.
     const port = await findFreePort();
-    deadPool = new pg.Pool({ connectionString: `postgres://nobody@127.0.0.1:${port}/nothing`, connectionTimeoutMillis: 2000 });
+    deadPool = new pg.Pool({
+      connectionString: `postgres://nobody@127.0.0.1:${port}/nothing`,
+      connectionTimeoutMillis: 2000,
+    });
     deadPool.on("error", () => undefined);
     const app = express();
     app.use(
       "/webhooks",
-      webhooksRouter({ pool: deadPool, keyring: testKeyring(), publicUrl, systemTwilio: SYSTEM_TWILIO, systemSendgridPublicKey: sendgrid.publicKey, logger: silent }),
+      webhooksRouter({
+        pool: deadPool,
+        keyring: testKeyring(),
+        publicUrl,
+        systemTwilio: SYSTEM_TWILIO,
+        systemSendgridPublicKey: sendgrid.publicKey,
+        logger: silent,
+      }),
     );
     server = http.createServer(app);
     await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
@@ -249,7 +316,10 @@ describe("while the database is down", () => {
   const postForm = async (path: string, params: Record<string, string>) => {
     const response = await fetch(`${origin}${path}`, {
       method: "POST",
-      headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": twilioSignature(SYSTEM_TWILIO.authToken, `${publicUrl}${path}`, params) },
+      headers: {
+        "content-type": "application/x-www-form-urlencoded",
+        "x-twilio-signature": twilioSignature(SYSTEM_TWILIO.authToken, `${publicUrl}${path}`, params),
+      },
       body: new URLSearchParams(params).toString(),
     });
     return { status: response.status, retryAfter: response.headers.get("retry-after"), body: await response.json() };
@@ -265,10 +335,15 @@ describe("while the database is down", () => {
     });
     expect(status).toMatchObject({ status: 503, retryAfter: "5", body: { error: { code: "DATABASE_UNAVAILABLE" } } });
 
-    const inbound = await postForm("/webhooks/twilio/sms", inboundText({ from: freshPhone(), to: a.senderNumber, body: "Hello" }));
+    const inbound = await postForm(
+      "/webhooks/twilio/sms",
+      inboundText({ from: freshPhone(), to: a.senderNumber, body: "Hello" }),
+    );
     expect(inbound).toMatchObject({ status: 503, retryAfter: "5", body: { error: { code: "DATABASE_UNAVAILABLE" } } });
 
-    const events = JSON.stringify([{ event: "delivered", email: "x@example.test", sg_event_id: "e1", herald_tenant_id: a.id }]);
+    const events = JSON.stringify([
+      { event: "delivered", email: "x@example.test", sg_event_id: "e1", herald_tenant_id: a.id },
+    ]);
     const timestamp = String(Math.floor(Date.now() / 1000));
     const response = await fetch(`${origin}/webhooks/sendgrid/events`, {
       method: "POST",

@@ -3,8 +3,28 @@ import type { WorkerHandle } from "../src/worker/worker.ts";
 import { tokenFor } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { asOwner, asRoot, asWorker, readyToSend, sendThroughApi, settled, startSandboxServer, startSendingWorker, waitFor, type SandboxServer } from "./helpers/messaging.ts";
-import { appliedRows, contactWith, deliveryState, postSendGrid, reportsApplied, sendgridKeyPair, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
+import {
+  asOwner,
+  asRoot,
+  asWorker,
+  readyToSend,
+  sendThroughApi,
+  settled,
+  startSandboxServer,
+  startSendingWorker,
+  waitFor,
+  type SandboxServer,
+} from "./helpers/messaging.ts";
+import {
+  appliedRows,
+  contactWith,
+  deliveryState,
+  postSendGrid,
+  reportsApplied,
+  sendgridKeyPair,
+  useCallableApiServer,
+  writtenRows,
+} from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/sendgrid/events[/<tenant>/<account>]: ECDSA over the raw
@@ -19,7 +39,9 @@ let server: SandboxServer;
 beforeAll(async () => {
   server = await startSandboxServer();
 });
-const { api, endpoint } = useCallableApiServer(db, () => ({ SENDGRID_WEBHOOK_PUBLIC_KEY: server.sandbox.sendgridPublicKey }));
+const { api, endpoint } = useCallableApiServer(db, () => ({
+  SENDGRID_WEBHOOK_PUBLIC_KEY: server.sandbox.sendgridPublicKey,
+}));
 let a: TenantFixture;
 let b: TenantFixture;
 let worker: WorkerHandle;
@@ -31,12 +53,22 @@ beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
   await readyToSend(db.current, server, a);
   // A's own SendGrid account, with the key its event webhook signs with.
-  aAccountId = await asOwner(db.current, a, async (c) =>
-    (await c.query("select id from herald_public.create_provider_account('sendgrid', 'Mail', 'SG.sandbox.tenant-a', webhook_public_key => $1)", [tenantKeys.publicKey])).rows[0].id,
+  aAccountId = await asOwner(
+    db.current,
+    a,
+    async (c) =>
+      (
+        await c.query(
+          "select id from herald_public.create_provider_account('sendgrid', 'Mail', 'SG.sandbox.tenant-a', webhook_public_key => $1)",
+          [tenantKeys.publicKey],
+        )
+      ).rows[0].id,
   );
   aPath = `/webhooks/sendgrid/events/${a.id}/${aAccountId}`;
   // A's account sends nothing in this file (the system's does): deactivate it for sending.
-  await asRoot(db.current, (c) => c.query("update herald_public.provider_accounts set status = 'disabled' where id = $1", [aAccountId]));
+  await asRoot(db.current, (c) =>
+    c.query("update herald_public.provider_accounts set status = 'disabled' where id = $1", [aAccountId]),
+  );
   server.sandbox.setSendGridEventUrl(`${endpoint.publicUrl}/webhooks/sendgrid/events`);
   worker = await startSendingWorker(db.current, server, 4);
 });
@@ -64,7 +96,12 @@ async function emailDelivery(t: TenantFixture, status = "sent", messageId: strin
 }
 
 /** A SendGrid event about a delivery, with the custom args Herald sends. */
-const event = (d: { id: string; email: string; messageId: string | null }, t: TenantFixture, kind: string, extra: Record<string, unknown> = {}) => ({
+const event = (
+  d: { id: string; email: string; messageId: string | null },
+  t: TenantFixture,
+  kind: string,
+  extra: Record<string, unknown> = {},
+) => ({
   email: d.email,
   event: kind,
   timestamp: Math.floor(Date.now() / 1000),
@@ -85,13 +122,16 @@ const postToA = async (events: unknown[] | string, options: Partial<Parameters<t
 const stateOf = (id: string) => deliveryState(db.current, id);
 
 const suppressionOf = (t: TenantFixture, email: string) =>
-  asWorker(db.current, t, async (c) =>
-    (
-      await c.query(
-        "select reason from herald_public.suppressions where kind = 'email' and address_hash = any (herald_hidden.pii_hashes('email', $1))",
-        [email],
-      )
-    ).rows[0]?.reason ?? null,
+  asWorker(
+    db.current,
+    t,
+    async (c) =>
+      (
+        await c.query(
+          "select reason from herald_public.suppressions where kind = 'email' and address_hash = any (herald_hidden.pii_hashes('email', $1))",
+          [email],
+        )
+      ).rows[0]?.reason ?? null,
   );
 
 describe("end to end: the worker sends, the sandbox reports", () => {
@@ -99,12 +139,18 @@ describe("end to end: the worker sends, the sandbox reports", () => {
     const ok = freshEmail();
     // The sandbox bounces mail to bounce@… (src/sandbox/sandbox.ts, outcomeFor).
     const bouncing = "bounce@example.com";
-    const ids = [await contactWith(db.current, a, null, { email: ok }), await contactWith(db.current, a, null, { email: bouncing })];
+    const ids = [
+      await contactWith(db.current, a, null, { email: ok }),
+      await contactWith(db.current, a, null, { email: bouncing }),
+    ];
     const token = await tokenFor(api.current, a, "member");
     const email = { channel: "email", subject: "Hi", body: "Hello", contactIds: ids };
     const first = await sendThroughApi(api.current, token, email);
     const rows = await waitFor(async () => {
-      const { rows } = await db.current.root.query("select contact_id, status, error_code, id from herald_public.deliveries where message_id = $1", [first]);
+      const { rows } = await db.current.root.query(
+        "select contact_id, status, error_code, id from herald_public.deliveries where message_id = $1",
+        [first],
+      );
       return rows.length === 2 && rows.every((r) => r.status === "delivered" || r.status === "failed") && rows;
     }, 20_000);
     await reportsApplied(db.current);
@@ -112,7 +158,10 @@ describe("end to end: the worker sends, the sandbox reports", () => {
     expect(byContact[ids[0]!]).toMatchObject({ status: "delivered" });
     expect(byContact[ids[1]!]).toMatchObject({ status: "failed", error_code: "5.1.1" });
     // 'processed' is applied only if it beat the worker's own record of the answer (usually it does not).
-    expect((await stateOf(byContact[ids[0]!].id)).events).toEqual([{ event: "processed", applied: expect.any(Boolean) }, { event: "delivered", applied: true }]);
+    expect((await stateOf(byContact[ids[0]!].id)).events).toEqual([
+      { event: "processed", applied: expect.any(Boolean) },
+      { event: "delivered", applied: true },
+    ]);
     expect(await suppressionOf(a, bouncing)).toBe("bounce");
 
     const second = await sendThroughApi(api.current, token, email);
@@ -154,18 +203,49 @@ describe("signatures", () => {
       expect(JSON.parse(result.body).error.code, label).toBe(code);
     }
     // The system URL does not take a tenant account's key either.
-    expect((await postSendGrid(api.current, "/webhooks/sendgrid/events", events, { key: tenantKeys.privateKey })).status).toBe(403);
+    expect(
+      (await postSendGrid(api.current, "/webhooks/sendgrid/events", events, { key: tenantKeys.privateKey })).status,
+    ).toBe(403);
     await reportsApplied(db.current);
     expect(await writtenRows(db.current)).toEqual(before);
   });
 
   it("answers 404 for an account that is not the tenant's SendGrid account, and 403 for one without a key", async () => {
     const events = [event(await emailDelivery(a), a, "delivered")];
-    expect((await postSendGrid(api.current, `/webhooks/sendgrid/events/${b.id}/${aAccountId}`, events, { key: tenantKeys.privateKey })).status).toBe(404);
-    expect((await postSendGrid(api.current, `/webhooks/sendgrid/events/${a.id}/${a.providerAccountId}`, events, { key: tenantKeys.privateKey })).status).toBe(404); // A's Twilio account
-    expect((await postSendGrid(api.current, `/webhooks/sendgrid/events/not-a-uuid/${aAccountId}`, events, { key: tenantKeys.privateKey })).status).toBe(404);
-    const keyless = await asOwner(db.current, b, async (c) => (await c.query("select id from herald_public.create_provider_account('sendgrid', 'Mail', 'SG.sandbox.tenant-b')")).rows[0].id);
-    const noKey = await postSendGrid(api.current, `/webhooks/sendgrid/events/${b.id}/${keyless}`, events, { key: tenantKeys.privateKey });
+    expect(
+      (
+        await postSendGrid(api.current, `/webhooks/sendgrid/events/${b.id}/${aAccountId}`, events, {
+          key: tenantKeys.privateKey,
+        })
+      ).status,
+    ).toBe(404);
+    expect(
+      (
+        await postSendGrid(api.current, `/webhooks/sendgrid/events/${a.id}/${a.providerAccountId}`, events, {
+          key: tenantKeys.privateKey,
+        })
+      ).status,
+    ).toBe(404); // A's Twilio account
+    expect(
+      (
+        await postSendGrid(api.current, `/webhooks/sendgrid/events/not-a-uuid/${aAccountId}`, events, {
+          key: tenantKeys.privateKey,
+        })
+      ).status,
+    ).toBe(404);
+    const keyless = await asOwner(
+      db.current,
+      b,
+      async (c) =>
+        (
+          await c.query(
+            "select id from herald_public.create_provider_account('sendgrid', 'Mail', 'SG.sandbox.tenant-b')",
+          )
+        ).rows[0].id,
+    );
+    const noKey = await postSendGrid(api.current, `/webhooks/sendgrid/events/${b.id}/${keyless}`, events, {
+      key: tenantKeys.privateKey,
+    });
     expect(noKey.status).toBe(403);
   });
 });
@@ -193,7 +273,13 @@ describe("applying events", () => {
     const d = await emailDelivery(a);
     await postToA([event(d, a, "delivered")]);
     await postToA([event(d, a, "processed")]);
-    expect(await stateOf(d.id)).toMatchObject({ status: "delivered", events: [{ event: "delivered", applied: true }, { event: "processed", applied: false }] });
+    expect(await stateOf(d.id)).toMatchObject({
+      status: "delivered",
+      events: [
+        { event: "delivered", applied: true },
+        { event: "processed", applied: false },
+      ],
+    });
   });
 
   it("maps every event type onto the delivery, and suppresses what later sends must honour", async () => {
@@ -220,14 +306,19 @@ describe("applying events", () => {
       expect(await suppressionOf(a, d.email), label).toBe(suppression);
     }
     // Spam reports and unsubscribes are the person's choice: recorded as consent, and their email flag follows.
-    const choices = deliveries.filter((_, i) => ["spamreport", "unsubscribe", "group_unsubscribe"].includes(cases[i]![0]));
-    const consent = await asWorker(db.current, a, async (c) =>
-      (
-        await c.query(
-          "select c.email_subscribed, e.detail, e.source from herald_public.contacts c join herald_public.consent_events e on e.contact_id = c.id where c.id = any ($1) order by e.detail",
-          [choices.map((d) => d.contactId)],
-        )
-      ).rows,
+    const choices = deliveries.filter((_, i) =>
+      ["spamreport", "unsubscribe", "group_unsubscribe"].includes(cases[i]![0]),
+    );
+    const consent = await asWorker(
+      db.current,
+      a,
+      async (c) =>
+        (
+          await c.query(
+            "select c.email_subscribed, e.detail, e.source from herald_public.contacts c join herald_public.consent_events e on e.contact_id = c.id where c.id = any ($1) order by e.detail",
+            [choices.map((d) => d.contactId)],
+          )
+        ).rows,
     );
     expect(consent).toEqual([
       { email_subscribed: false, detail: "group_unsubscribe", source: "email_provider" },
@@ -248,7 +339,12 @@ describe("applying events", () => {
     const d = await emailDelivery(a);
     await postToA([{ ...event(d, a, "unsubscribe"), email }]);
     const token = await tokenFor(api.current, a, "member");
-    const messageId = await sendThroughApi(api.current, token, { channel: "email", subject: "News", body: "x", contactIds: [contactId] });
+    const messageId = await sendThroughApi(api.current, token, {
+      channel: "email",
+      subject: "News",
+      body: "x",
+      contactIds: [contactId],
+    });
     expect((await settled(db.current, messageId)).byStatus).toEqual({ skipped: 1 });
     expect(server.sandbox.messages.filter((m) => m.to === email)).toEqual([]);
     await server.sandbox.settled();
@@ -278,7 +374,11 @@ describe("tenants", () => {
     const result = await postSendGrid(
       api.current,
       "/webhooks/sendgrid/events",
-      [event(ofA, a, "delivered"), event(ofB, b, "delivered"), { ...event(ofB, b, "dropped"), herald_tenant_id: undefined }],
+      [
+        event(ofA, a, "delivered"),
+        event(ofB, b, "delivered"),
+        { ...event(ofB, b, "dropped"), herald_tenant_id: undefined },
+      ],
       { key: sign },
     );
     expect(result.json).toEqual({ received: 3, accepted: 2, ignored: 1 });

@@ -15,7 +15,16 @@ import {
   waitFor,
   type SandboxServer,
 } from "./helpers/messaging.ts";
-import { appliedRows, contactWith, deliveryState, postTwilio, reportsApplied, SYSTEM_TWILIO, useCallableApiServer, writtenRows } from "./helpers/webhooks.ts";
+import {
+  appliedRows,
+  contactWith,
+  deliveryState,
+  postTwilio,
+  reportsApplied,
+  SYSTEM_TWILIO,
+  useCallableApiServer,
+  writtenRows,
+} from "./helpers/webhooks.ts";
 
 /**
  * POST /webhooks/twilio/status: Twilio's status callbacks, end to end (the
@@ -53,7 +62,12 @@ const statusPath = (tenantId: string, deliveryId?: string) =>
   `/webhooks/twilio/status?${new URLSearchParams({ tenant: tenantId, ...(deliveryId ? { delivery: deliveryId } : {}) })}`;
 
 /** A status callback as Twilio posts it, signed for the public URL with `token`; resolves once what it acknowledged is applied. */
-async function callback(t: TenantFixture, deliveryId: string | undefined, params: { sid: string; status: string; to: string; errorCode?: string }, options: { token?: string; accountSid?: string } = {}) {
+async function callback(
+  t: TenantFixture,
+  deliveryId: string | undefined,
+  params: { sid: string; status: string; to: string; errorCode?: string },
+  options: { token?: string; accountSid?: string } = {},
+) {
   const body: Record<string, string> = {
     AccountSid: options.accountSid ?? aSid,
     ApiVersion: "2010-04-01",
@@ -66,13 +80,20 @@ async function callback(t: TenantFixture, deliveryId: string | undefined, params
     ...(params.errorCode ? { ErrorCode: params.errorCode } : {}),
   };
   const path = statusPath(t.id, deliveryId);
-  const result = await postTwilio(api.current, path, body, { token: options.token ?? t.providerSecret, signedFor: `${endpoint.publicUrl}${path}` });
+  const result = await postTwilio(api.current, path, body, {
+    token: options.token ?? t.providerSecret,
+    signedFor: `${endpoint.publicUrl}${path}`,
+  });
   await reportsApplied(db.current);
   return result;
 }
 
 /** A delivery of A's fixture message to a new contact, in `status`, as the worker would have left it. */
-async function delivery(t: TenantFixture, status: string, providerMessageId: string | null): Promise<{ id: string; phone: string; contactId: string }> {
+async function delivery(
+  t: TenantFixture,
+  status: string,
+  providerMessageId: string | null,
+): Promise<{ id: string; phone: string; contactId: string }> {
   const phone = freshPhone();
   const contactId = await contactWith(db.current, t, phone);
   const { rows } = await asRoot(db.current, (c) =>
@@ -95,7 +116,11 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
     const phones = { ok: freshPhone(), failed: freshPhone("0001"), undelivered: freshPhone("0002") };
     const ids = await Promise.all(Object.values(phones).map((p) => contactWith(db.current, a, p)));
     const token = await tokenFor(api.current, a, "member");
-    const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Your table is ready", contactIds: ids });
+    const messageId = await sendThroughApi(api.current, token, {
+      channel: "sms",
+      body: "Your table is ready",
+      contactIds: ids,
+    });
     const final = await waitFor(async () => {
       const { rows } = await db.current.root.query(
         `select c.id as contact_id, d.status, d.error_code, d.provider_message_id,
@@ -110,21 +135,50 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
     const sentThen = (last: string) => [expect.stringMatching(/^sent:(true|false)$/), `${last}:true`];
     expect(byContact[ids[0]!]).toMatchObject({ status: "delivered", error_code: null, events: sentThen("delivered") });
     expect(byContact[ids[1]!]).toMatchObject({ status: "failed", error_code: "30003", events: sentThen("failed") });
-    expect(byContact[ids[2]!]).toMatchObject({ status: "undelivered", error_code: "30005", events: sentThen("undelivered") });
+    expect(byContact[ids[2]!]).toMatchObject({
+      status: "undelivered",
+      error_code: "30005",
+      events: sentThen("undelivered"),
+    });
     // The sandbox's message ids are the deliveries' ids at the provider.
     for (const r of final) expect(server.sandbox.messages.some((m) => m.id === r.provider_message_id)).toBe(true);
     // The tenant's view: the message's progress, each delivery's events in the order received.
     const { body: read } = await graphql(
       api.current,
       token,
-      `query($m: UUID!) { allMessages(condition: { rowId: $m }, first: 1) { nodes { stats { delivered failed undelivered }
-         deliveries { nodes { events(orderBy: RECEIVED_AT_ASC) { nodes { event applied } } } } } } }`,
+      `
+        query ($m: UUID!) {
+          allMessages(condition: { rowId: $m }, first: 1) {
+            nodes {
+              stats {
+                delivered
+                failed
+                undelivered
+              }
+              deliveries {
+                nodes {
+                  events(orderBy: RECEIVED_AT_ASC) {
+                    nodes {
+                      event
+                      applied
+                    }
+                  }
+                }
+              }
+            }
+          }
+        }
+      `,
       { m: messageId },
     );
     expect(read.errors).toBeUndefined();
     const [message] = read.data!.allMessages.nodes;
     expect(message.stats).toEqual({ delivered: 1, failed: 1, undelivered: 1 });
-    expect(message.deliveries.nodes.map((n: { events: { nodes: { event: string }[] } }) => n.events.nodes.map((e) => e.event)).sort()).toEqual([
+    expect(
+      message.deliveries.nodes
+        .map((n: { events: { nodes: { event: string }[] } }) => n.events.nodes.map((e) => e.event))
+        .sort(),
+    ).toEqual([
       ["sent", "delivered"],
       ["sent", "failed"],
       ["sent", "undelivered"],
@@ -138,14 +192,25 @@ describe("end to end: the worker sends, the sandbox calls back", () => {
     server.sandbox.setFaults({ acceptThenTimeoutMs: 1500 });
     try {
       const token = await tokenFor(api.current, a, "member");
-      const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Lost answer", contactIds: [contactId] });
+      const messageId = await sendThroughApi(api.current, token, {
+        channel: "sms",
+        body: "Lost answer",
+        contactIds: [contactId],
+      });
       const row = await waitFor(async () => {
-        const { rows } = await db.current.root.query("select id, status, provider_message_id from herald_public.deliveries where message_id = $1", [messageId]);
+        const { rows } = await db.current.root.query(
+          "select id, status, provider_message_id from herald_public.deliveries where message_id = $1",
+          [messageId],
+        );
         return rows[0]?.status === "delivered" && rows[0];
       }, 20_000);
       // The lost answer makes the worker look the send up later (a reconcile job, seconds on):
       // it runs now, and every job for the delivery ends, before the checks that it sent once.
-      await waitFor(async () => (await deliveryJobsDueNow(db.current, row.id)) === 0, 30_000, "the delivery's jobs to end");
+      await waitFor(
+        async () => (await deliveryJobsDueNow(db.current, row.id)) === 0,
+        30_000,
+        "the delivery's jobs to end",
+      );
       // The worker's own view of the lost answer ('unknown') never overwrote what Twilio reported.
       expect((await stateOf(row.id)).status).toBe("delivered");
       expect(server.sandbox.messages.filter((m) => m.to === phone)).toHaveLength(1);
@@ -165,14 +230,27 @@ describe("reports that arrive before the worker's own view", () => {
     server.sandbox.setFaults({ slowAnswerMs: 600 });
     try {
       const token = await tokenFor(api.current, a, "member");
-      const messageId = await sendThroughApi(api.current, token, { channel: "sms", body: "Slow answer", contactIds: [contactId] });
+      const messageId = await sendThroughApi(api.current, token, {
+        channel: "sms",
+        body: "Slow answer",
+        contactIds: [contactId],
+      });
       const row = await waitFor(async () => {
-        const { rows } = await db.current.root.query("select id, sent_at from herald_public.deliveries where message_id = $1 and provider = 'tenant'", [messageId]);
+        const { rows } = await db.current.root.query(
+          "select id, sent_at from herald_public.deliveries where message_id = $1 and provider = 'tenant'",
+          [messageId],
+        );
         return rows[0]?.sent_at && rows[0];
       }, 20_000);
       await server.sandbox.settled();
       await reportsApplied(db.current);
-      expect(await stateOf(row.id)).toMatchObject({ status: "delivered", events: [{ event: "sent", applied: true }, { event: "delivered", applied: true }] });
+      expect(await stateOf(row.id)).toMatchObject({
+        status: "delivered",
+        events: [
+          { event: "sent", applied: true },
+          { event: "delivered", applied: true },
+        ],
+      });
     } finally {
       server.sandbox.setFaults({});
     }
@@ -181,7 +259,9 @@ describe("reports that arrive before the worker's own view", () => {
   it("a delivery a report has settled is not queued again (holdBack after a lost answer)", async () => {
     const sid = newSid();
     const d = await delivery(a, "delivered", sid);
-    const decision = await asWorker(db.current, a, (c) => holdBack(c, d.id, new Date(), "reconciled: not accepted, sending again"));
+    const decision = await asWorker(db.current, a, (c) =>
+      holdBack(c, d.id, new Date(), "reconciled: not accepted, sending again"),
+    );
     expect(decision).toEqual({ kind: "done", status: "delivered" });
     expect((await stateOf(d.id)).status).toBe("delivered");
   });
@@ -209,8 +289,15 @@ describe("one callback at a time", () => {
   it("ignores duplicates: each (MessageSid, status) once", async () => {
     const sid = newSid();
     const d = await delivery(a, "sent", sid);
-    for (const status of ["sent", "delivered", "delivered", "sent", "delivered"]) await callback(a, d.id, { sid, status, to: d.phone });
-    expect(await stateOf(d.id)).toMatchObject({ status: "delivered", events: [{ event: "sent", applied: false }, { event: "delivered", applied: true }] });
+    for (const status of ["sent", "delivered", "delivered", "sent", "delivered"])
+      await callback(a, d.id, { sid, status, to: d.phone });
+    expect(await stateOf(d.id)).toMatchObject({
+      status: "delivered",
+      events: [
+        { event: "sent", applied: false },
+        { event: "delivered", applied: true },
+      ],
+    });
   });
 
   it("finds the delivery by MessageSid when the URL names none", async () => {
@@ -247,11 +334,18 @@ describe("one callback at a time", () => {
       );
       return rows[0];
     });
-    expect(state).toEqual({ sms_subscribed: false, suppression: "carrier_opt_out", consent: [{ action: "opt_out", source: "carrier", detail: "21610" }] });
+    expect(state).toEqual({
+      sms_subscribed: false,
+      suppression: "carrier_opt_out",
+      consent: [{ action: "opt_out", source: "carrier", detail: "21610" }],
+    });
     expect((await stateOf(d.id)).status).toBe("failed");
     // Twilio repeating the callback records nothing more.
     await callback(a, d.id, { sid, status: "failed", to: d.phone, errorCode: "21610" });
-    const { rows } = await db.current.root.query("select count(*)::int as n from herald_public.consent_events where contact_id = $1", [d.contactId]);
+    const { rows } = await db.current.root.query(
+      "select count(*)::int as n from herald_public.consent_events where contact_id = $1",
+      [d.contactId],
+    );
     expect(rows[0].n).toBe(1);
   });
 });
@@ -263,11 +357,34 @@ describe("forged and misdirected callbacks", () => {
     const before = await writtenRows(db.current);
     const path = statusPath(a.id, d.id);
     const params = { AccountSid: aSid, MessageSid: sid, MessageStatus: "delivered", To: d.phone };
-    expect((await postTwilio(api.current, path, params, { token: a.providerSecret, signature: null })).status).toBe(403);
-    expect((await postTwilio(api.current, path, params, { token: b.providerSecret, signedFor: `${endpoint.publicUrl}${path}` })).status).toBe(403);
-    expect((await postTwilio(api.current, path, params, { token: a.providerSecret, signedFor: `https://elsewhere.example${path}` })).status).toBe(403);
+    expect((await postTwilio(api.current, path, params, { token: a.providerSecret, signature: null })).status).toBe(
+      403,
+    );
+    expect(
+      (
+        await postTwilio(api.current, path, params, {
+          token: b.providerSecret,
+          signedFor: `${endpoint.publicUrl}${path}`,
+        })
+      ).status,
+    ).toBe(403);
+    expect(
+      (
+        await postTwilio(api.current, path, params, {
+          token: a.providerSecret,
+          signedFor: `https://elsewhere.example${path}`,
+        })
+      ).status,
+    ).toBe(403);
     // Signed for another delivery's URL, replayed at this one.
-    expect((await postTwilio(api.current, path, params, { token: a.providerSecret, signedFor: `${endpoint.publicUrl}${statusPath(a.id)}` })).status).toBe(403);
+    expect(
+      (
+        await postTwilio(api.current, path, params, {
+          token: a.providerSecret,
+          signedFor: `${endpoint.publicUrl}${statusPath(a.id)}`,
+        })
+      ).status,
+    ).toBe(403);
     expect(await writtenRows(db.current)).toEqual(before);
   });
 
@@ -276,7 +393,12 @@ describe("forged and misdirected callbacks", () => {
     const victim = await delivery(b, "sent", sid);
     const before = await appliedRows(db.current);
     // Naming B in the URL: A's AccountSid is not one of B's accounts.
-    const asB = await callback(b, victim.id, { sid, status: "undelivered", to: victim.phone }, { token: a.providerSecret, accountSid: aSid });
+    const asB = await callback(
+      b,
+      victim.id,
+      { sid, status: "undelivered", to: victim.phone },
+      { token: a.providerSecret, accountSid: aSid },
+    );
     expect(asB.status).toBe(404);
     // Naming A in the URL and B's delivery: verified, but inside A there is no such delivery.
     const asA = await callback(a, victim.id, { sid, status: "undelivered", to: victim.phone });
@@ -289,10 +411,15 @@ describe("forged and misdirected callbacks", () => {
   });
 
   it("a callback signed by the system account for a tenant that does not exist is 404", async () => {
-    const result = await callback({ ...a, id: "00000000-0000-4000-8000-000000000000" }, undefined, { sid: newSid(), status: "sent", to: freshPhone() }, {
-      token: SYSTEM_TWILIO.authToken,
-      accountSid: SYSTEM_TWILIO.accountSid,
-    });
+    const result = await callback(
+      { ...a, id: "00000000-0000-4000-8000-000000000000" },
+      undefined,
+      { sid: newSid(), status: "sent", to: freshPhone() },
+      {
+        token: SYSTEM_TWILIO.authToken,
+        accountSid: SYSTEM_TWILIO.accountSid,
+      },
+    );
     expect(result.status).toBe(404);
   });
 });

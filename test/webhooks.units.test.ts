@@ -22,12 +22,20 @@ describe("classifyKeyword", () => {
     expect(classifyKeyword(body)).toEqual({ kind, word });
   });
 
-  it.each(["", "   ", "!!!", "please", "stop by later", "don't stop", "stop stop stop stop stop stop stop", "I want help with my booking", "stopped", "helping"])(
-    "%j is no keyword",
-    (body) => {
-      expect(classifyKeyword(body)).toBeNull();
-    },
-  );
+  it.each([
+    "",
+    "   ",
+    "!!!",
+    "please",
+    "stop by later",
+    "don't stop",
+    "stop stop stop stop stop stop stop",
+    "I want help with my booking",
+    "stopped",
+    "helping",
+  ])("%j is no keyword", (body) => {
+    expect(classifyKeyword(body)).toBeNull();
+  });
 });
 
 describe("TtlCache", () => {
@@ -77,9 +85,13 @@ describe("TtlCache", () => {
 
 describe("withoutAddresses", () => {
   it("removes the phone numbers and emails a provider's message quotes", () => {
-    expect(withoutAddresses("The 'To' number +14155550123 is not a valid phone number.")).toBe("The 'To' number [number] is not a valid phone number.");
+    expect(withoutAddresses("The 'To' number +14155550123 is not a valid phone number.")).toBe(
+      "The 'To' number [number] is not a valid phone number.",
+    );
     expect(withoutAddresses("Invalid To: +1 (415) 555-0123")).toBe("Invalid To: [number]");
-    expect(withoutAddresses("Does not contain a valid address: bob@example.com")).toBe("Does not contain a valid address: [email]");
+    expect(withoutAddresses("Does not contain a valid address: bob@example.com")).toBe(
+      "Does not contain a valid address: [email]",
+    );
     expect(withoutAddresses("Authenticate (20003)")).toBe("Authenticate (20003)");
   });
 });

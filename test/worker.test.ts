@@ -43,12 +43,31 @@ async function waitFor<T>(probe: () => Promise<T | null | undefined>, timeoutMs 
 describe("herald__ping", () => {
   it("a ping queued through the API is answered by the worker inside the tenant", async () => {
     const token = await tokenFor(api.current, a, "member");
-    const queued = await graphql(api.current, token, `mutation { ping(input: {}) { result } }`);
+    const queued = await graphql(
+      api.current,
+      token,
+      `
+        mutation {
+          ping(input: {}) {
+            result
+          }
+        }
+      `,
+    );
     const pingId = queued.body.data!.ping.result as string;
     expect(pingId).toMatch(/^[0-9a-f-]{36}$/);
 
     const answeredAt = await waitFor(async () => {
-      const { body } = await graphql(api.current, token, `query($id: UUID!) { pingAnsweredAt(pingId: $id) }`, { id: pingId });
+      const { body } = await graphql(
+        api.current,
+        token,
+        `
+          query ($id: UUID!) {
+            pingAnsweredAt(pingId: $id)
+          }
+        `,
+        { id: pingId },
+      );
       return body.data!.pingAnsweredAt as string | null;
     });
     expect(new Date(answeredAt).getTime()).toBeGreaterThan(0);
@@ -74,8 +93,14 @@ describe("herald__ping", () => {
     // leaves nothing behind: a failed job would stay, with its error.
     // (The periodic sweep may tick meanwhile: it is not the worker's leftover.)
     const leftovers = () =>
-      withRootDb(db.current, async (c) =>
-        (await c.query("select task_identifier, last_error from graphile_worker.jobs where task_identifier <> 'deliveries__sweep'")).rows,
+      withRootDb(
+        db.current,
+        async (c) =>
+          (
+            await c.query(
+              "select task_identifier, last_error from graphile_worker.jobs where task_identifier <> 'deliveries__sweep'",
+            )
+          ).rows,
       );
     const settledQueue = await waitFor(async () => {
       const jobs = await leftovers();

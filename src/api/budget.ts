@@ -1,4 +1,10 @@
-import { getOperationAST, GraphQLError, Kind, type ExecutionResult, type FragmentDefinitionNode } from "postgraphile/graphql";
+import {
+  getOperationAST,
+  GraphQLError,
+  Kind,
+  type ExecutionResult,
+  type FragmentDefinitionNode,
+} from "postgraphile/graphql";
 import type { GrafastExecutionArgs as ExecutionArgs } from "postgraphile/grafast";
 import { estimateNodes, nodeLimitError } from "./cost.ts";
 import { Lane } from "./heavy-lane.ts";
@@ -48,9 +54,12 @@ function responseTooLarge(): GraphQLError {
 }
 
 function executionTimeout(): GraphQLError {
-  return new GraphQLError(`This operation ran longer than ${EXECUTION_TIMEOUT_MS / 1000} s and was stopped. Ask for less at a time.`, {
-    extensions: { code: "EXECUTION_TIMEOUT", limit: EXECUTION_TIMEOUT_MS },
-  });
+  return new GraphQLError(
+    `This operation ran longer than ${EXECUTION_TIMEOUT_MS / 1000} s and was stopped. Ask for less at a time.`,
+    {
+      extensions: { code: "EXECUTION_TIMEOUT", limit: EXECUTION_TIMEOUT_MS },
+    },
+  );
 }
 
 /** Approximate serialized size of a step's results; stops early once the budget is spent. */
@@ -120,7 +129,14 @@ export const BudgetPlugin: GraphileConfig.Plugin = {
       execute(next, event) {
         const { args } = event;
         const operation = getOperationAST(args.document, args.operationName);
-        const estimate = operation ? estimateNodes(args.schema, operation, fragmentsOf(args), (args.variableValues ?? {}) as Record<string, unknown>) : 0;
+        const estimate = operation
+          ? estimateNodes(
+              args.schema,
+              operation,
+              fragmentsOf(args),
+              (args.variableValues ?? {}) as Record<string, unknown>,
+            )
+          : 0;
         if (estimate > MAX_ESTIMATED_NODES) return { errors: [nodeLimitError(estimate, operation!)] };
         const run = () => {
           const budget: Budget = { started: performance.now(), fetchedBytes: 0, seen: new WeakSet() };

@@ -1,7 +1,13 @@
 import { loadOneWithPgClient, sideEffectWithPgClient, type PgClient } from "postgraphile/@dataplan/pg";
 import { access, SafeError, type Step } from "postgraphile/grafast";
 import { extendSchema, gql } from "postgraphile/utils";
-import { hasIdentifier, normalizeContact, normalizeEmail, normalizePhone, type ContactInput } from "../contacts/normalize.ts";
+import {
+  hasIdentifier,
+  normalizeContact,
+  normalizeEmail,
+  normalizePhone,
+  type ContactInput,
+} from "../contacts/normalize.ts";
 import {
   findContactId,
   MAX_UPSERT_BATCH,
@@ -36,7 +42,12 @@ async function defaultCountryOrFail(run: RunQuery): Promise<string> {
 }
 
 /** Normalises each input; the first bad field fails the whole call, named by its path. */
-function normalizeAll(inputs: ContactInput[], country: string, path: (index: number) => string, requireIdentifier: boolean) {
+function normalizeAll(
+  inputs: ContactInput[],
+  country: string,
+  path: (index: number) => string,
+  requireIdentifier: boolean,
+) {
   return inputs.map((input, index) => {
     const { document, errors } = normalizeContact(input, country);
     const first = errors[0];
@@ -164,7 +175,12 @@ export const ContactsPlugin = extendSchema((build) => {
           createContact(_, fieldArgs) {
             return sideEffectWithPgClient(executor, fieldArgs.getRaw("input"), async (client, input) => {
               const run = runOn(client);
-              const [document] = normalizeAll([input as ContactInput], await defaultCountryOrFail(run), () => "", false);
+              const [document] = normalizeAll(
+                [input as ContactInput],
+                await defaultCountryOrFail(run),
+                () => "",
+                false,
+              );
               if (!document!.phone && !document!.email) throw inputError("phone", "is required (or email)");
               return singleWrite((await upsertContacts(run, [document!], "insert"))[0], await currentTenant(run));
             });
@@ -175,7 +191,12 @@ export const ContactsPlugin = extendSchema((build) => {
               { rowId: fieldArgs.getRaw("rowId"), patch: fieldArgs.getRaw("patch") },
               async (client, { rowId, patch }) => {
                 const run = runOn(client);
-                const [document] = normalizeAll([patch as ContactInput], await defaultCountryOrFail(run), () => "", false);
+                const [document] = normalizeAll(
+                  [patch as ContactInput],
+                  await defaultCountryOrFail(run),
+                  () => "",
+                  false,
+                );
                 const outcome = (await upsertContacts(run, [{ ...document!, id: rowId as string }], "update"))[0];
                 return singleWrite(outcome, await currentTenant(run));
               },

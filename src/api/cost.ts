@@ -89,7 +89,8 @@ function selectionCost(set: SelectionSetNode, type: GraphQLCompositeType, connec
       total += fieldCost(selection, type, connectionPage, walk);
     } else if (selection.kind === Kind.INLINE_FRAGMENT) {
       const condition = selection.typeCondition ? walk.schema.getType(selection.typeCondition.name.value) : type;
-      if (condition && isCompositeType(condition)) total += selectionCost(selection.selectionSet, condition, connectionPage, walk);
+      if (condition && isCompositeType(condition))
+        total += selectionCost(selection.selectionSet, condition, connectionPage, walk);
     } else {
       total += fragmentCost(selection.name.value, connectionPage, walk);
     }
@@ -144,21 +145,40 @@ export function estimateNodes(
   for (const definition of operation.variableDefinitions ?? []) {
     if (definition.defaultValue) variableDefaults.set(definition.variable.name.value, definition.defaultValue);
   }
-  return selectionCost(operation.selectionSet, root, 0, { schema, fragment, variables, variableDefaults, memo: new Map(), expanding: new Set() });
+  return selectionCost(operation.selectionSet, root, 0, {
+    schema,
+    fragment,
+    variables,
+    variableDefaults,
+    memo: new Map(),
+    expanding: new Set(),
+  });
 }
 
 export function nodeLimitError(estimate: number, nodes?: OperationDefinitionNode): GraphQLError {
   const shown = estimate > MAX_ESTIMATED_NODES * 1000 ? `more than ${MAX_ESTIMATED_NODES * 1000}` : String(estimate);
   return new GraphQLError(
     `This operation could return ${shown} nodes; the limit is ${MAX_ESTIMATED_NODES} (each connection counts its page size — \`first\`/\`last\`, else ${DEFAULT_PAGE_SIZE} — times the pages around it). Ask for smaller pages.`,
-    { nodes, extensions: { code: "NODE_LIMIT_EXCEEDED", limit: MAX_ESTIMATED_NODES, estimate: Number.isFinite(estimate) ? estimate : null } },
+    {
+      nodes,
+      extensions: {
+        code: "NODE_LIMIT_EXCEEDED",
+        limit: MAX_ESTIMATED_NODES,
+        estimate: Number.isFinite(estimate) ? estimate : null,
+      },
+    },
   );
 }
 
 /** Validation: refuses an operation whose estimate, with variables not yet known, is already over the limit. */
 export const nodeLimitRule: ValidationRule = (context: ValidationContext): ASTVisitor => ({
   OperationDefinition(node) {
-    const estimate = estimateNodes(context.getSchema(), node, (name) => context.getFragment(name) ?? undefined, undefined);
+    const estimate = estimateNodes(
+      context.getSchema(),
+      node,
+      (name) => context.getFragment(name) ?? undefined,
+      undefined,
+    );
     if (estimate > MAX_ESTIMATED_NODES) context.reportError(nodeLimitError(estimate, node));
   },
 });

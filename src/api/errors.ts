@@ -21,7 +21,10 @@ interface PgError {
 }
 
 const isPgError = (e: unknown): e is PgError =>
-  typeof e === "object" && e !== null && typeof (e as PgError).code === "string" && /^[0-9A-Z]{5}$/.test((e as PgError).code);
+  typeof e === "object" &&
+  e !== null &&
+  typeof (e as PgError).code === "string" &&
+  /^[0-9A-Z]{5}$/.test((e as PgError).code);
 
 /** Herald's own SQLSTATEs, raised in migrations with `using errcode = '…'`: their message is for humans. */
 const HERALD_CODES: Record<string, string> = {
@@ -46,14 +49,19 @@ function translate(pgError: PgError): { message: string; code: string; field?: s
     case "23502":
       return { message: `\`${pgError.column}\` is required.`, code: "INVALID_INPUT", field: pgError.column };
     case "23514":
-      return { message: `A value is not allowed (${pgError.constraint}).`, code: "INVALID_INPUT", field: pgError.constraint };
+      return {
+        message: `A value is not allowed (${pgError.constraint}).`,
+        code: "INVALID_INPUT",
+        field: pgError.constraint,
+      };
+    // Bad values. 2201W, 2201X, 22021 and 22P05 (negative LIMIT/OFFSET, NUL in
+    // text or JSON) are refused earlier by the guards; these cases are a backstop.
     case "22023":
     case "22P02":
     case "22007":
     case "22008":
     case "22003":
     case "22001":
-    // Negative LIMIT/OFFSET, NUL in text or JSON: refused earlier by the guards; here as a backstop.
     case "2201W":
     case "2201X":
     case "22021":

@@ -14,7 +14,14 @@ import {
 import { BudgetPlugin } from "./budget.ts";
 import { nodeLimitRule } from "./cost.ts";
 import { PageSizePlugin } from "./page-size-plugin.ts";
-import { MAX_DEPTH, MAX_INTROSPECTION_DEPTH, MAX_LIST_DEPTH, MAX_PAGE_SIZE, MAX_SELECTIONS, MAX_TYPE_DEPTH } from "./limits.ts";
+import {
+  MAX_DEPTH,
+  MAX_INTROSPECTION_DEPTH,
+  MAX_LIST_DEPTH,
+  MAX_PAGE_SIZE,
+  MAX_SELECTIONS,
+  MAX_TYPE_DEPTH,
+} from "./limits.ts";
 
 /**
  * Abuse guard rails for the GraphQL endpoint, applied after the standard
@@ -74,7 +81,9 @@ const withCode =
       Object.create(context, {
         reportError: {
           value: (error: GraphQLError) =>
-            context.reportError(new GraphQLError(error.message, { nodes: error.nodes, extensions: { ...error.extensions, code } })),
+            context.reportError(
+              new GraphQLError(error.message, { nodes: error.nodes, extensions: { ...error.extensions, code } }),
+            ),
         },
       }) as ValidationContext,
     );
@@ -105,7 +114,8 @@ const maxSelectionsRule: ValidationRule = (context: ValidationContext): ASTVisit
     let count = 0;
     for (const selection of set.selections) {
       if (count > MAX_SELECTIONS) break;
-      if (selection.kind === Kind.FIELD) count += 1 + (selection.selectionSet ? selectionCount(selection.selectionSet, expanding) : 0);
+      if (selection.kind === Kind.FIELD)
+        count += 1 + (selection.selectionSet ? selectionCount(selection.selectionSet, expanding) : 0);
       else if (selection.kind === Kind.INLINE_FRAGMENT) count += selectionCount(selection.selectionSet, expanding);
       else count += fragmentSize(selection.name.value, expanding);
     }
@@ -158,7 +168,8 @@ export function checkPageSizeVariables(
   const defaults = new Map<string, number>();
   visit(document, {
     Argument(node) {
-      if (COUNT_ARGUMENTS.has(node.name.value) && node.value.kind === Kind.VARIABLE) countVariables.set(node.value.name.value, node.name.value);
+      if (COUNT_ARGUMENTS.has(node.name.value) && node.value.kind === Kind.VARIABLE)
+        countVariables.set(node.value.name.value, node.name.value);
     },
     VariableDefinition(node) {
       if (node.defaultValue?.kind === Kind.INT) defaults.set(node.variable.name.value, Number(node.defaultValue.value));
@@ -168,7 +179,9 @@ export function checkPageSizeVariables(
     const value = variableValues[name] ?? defaults.get(name);
     if (typeof value !== "number") continue;
     if (value < 0) {
-      return new GraphQLError(negativeCountMessage(`$${name}`, value), { extensions: { code: "INVALID_INPUT", field: `$${name}` } });
+      return new GraphQLError(negativeCountMessage(`$${name}`, value), {
+        extensions: { code: "INVALID_INPUT", field: `$${name}` },
+      });
     }
     if (value > MAX_PAGE_SIZE && PAGE_ARGUMENTS.has(argument)) {
       return new GraphQLError(pageSizeMessage(`$${name}`, value), { extensions: { code: "PAGE_TOO_LARGE" } });
@@ -218,11 +231,15 @@ const invalidVariables = (res: Response, error: GraphQLError) =>
  */
 export const operationVariablesGuard: RequestHandler = (req, res, next) => {
   const body = req.body as { query?: unknown; variables?: unknown } | undefined;
-  const variables = typeof body?.variables === "object" && body.variables !== null ? (body.variables as Record<string, unknown>) : {};
+  const variables =
+    typeof body?.variables === "object" && body.variables !== null ? (body.variables as Record<string, unknown>) : {};
   const nulAt = findNulCharacter(variables, "$");
   if (nulAt) {
     const field = nulAt.replace(/^\$\./, "$");
-    return invalidVariables(res, new GraphQLError(`${field}: ${NUL_MESSAGE}`, { extensions: { code: "INVALID_INPUT", field } }));
+    return invalidVariables(
+      res,
+      new GraphQLError(`${field}: ${NUL_MESSAGE}`, { extensions: { code: "INVALID_INPUT", field } }),
+    );
   }
   // Parsing is for queries that could pass a count in a variable; Grafserv
   // parses (and caches) every query anyway, so skip the rest cheaply.

@@ -14,7 +14,14 @@ export interface Health {
   status: "ok" | "degraded";
   database: { ok: boolean; latencyMs?: number; error?: string };
   migrations: { ok: boolean; applied?: number; committed: number };
-  worker: { ok: boolean; inProcess: boolean; registered?: boolean; concurrency?: number; jobsWaiting?: number; jobsRunning?: number };
+  worker: {
+    ok: boolean;
+    inProcess: boolean;
+    registered?: boolean;
+    concurrency?: number;
+    jobsWaiting?: number;
+    jobsRunning?: number;
+  };
 }
 
 const committedMigrations = () =>

@@ -32,12 +32,18 @@ export class LoginLimits {
   /** Counts one attempt; resolves with the seconds to wait (0: go ahead). */
   async admit(pool: pg.Pool, email: string, clientAddress: string | undefined): Promise<number> {
     const k = this.#keys(email, clientAddress);
-    const { rows } = await pool.query<{ wait: number }>("select herald_private.admit_login($1, $2, $3) as wait", [k.account, k.client, k.accountClient]);
+    const { rows } = await pool.query<{ wait: number }>("select herald_private.admit_login($1, $2, $3) as wait", [
+      k.account,
+      k.client,
+      k.accountClient,
+    ]);
     return rows[0]?.wait ?? 0;
   }
 
   /** After a successful sign-in: this address is the account's own from now on (90 days). */
   async remember(pool: pg.Pool, email: string, clientAddress: string | undefined): Promise<void> {
-    await pool.query("select herald_private.remember_login_client($1)", [this.#keys(email, clientAddress).accountClient]);
+    await pool.query("select herald_private.remember_login_client($1)", [
+      this.#keys(email, clientAddress).accountClient,
+    ]);
   }
 }

@@ -18,7 +18,9 @@ import { DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE } from "./limits.ts";
 type PageSizeTarget = Step & { setFirst(step: Step): void; setLast(step: Step): void };
 
 const isPageSizeTarget = (step: unknown): step is PageSizeTarget =>
-  step instanceof Object && typeof (step as PageSizeTarget).setFirst === "function" && typeof (step as PageSizeTarget).setLast === "function";
+  step instanceof Object &&
+  typeof (step as PageSizeTarget).setFirst === "function" &&
+  typeof (step as PageSizeTarget).setLast === "function";
 
 /**
  * Where the page size goes: a connection's own collection (a PgSelect, which
@@ -34,13 +36,19 @@ function pageSizeTarget(step: unknown): PageSizeTarget | undefined {
 function checkedPageSize(name: string, value: unknown): number | null {
   if (value == null) return null;
   if (typeof value !== "number" || !Number.isInteger(value) || value < 0) {
-    throw new SafeError(`\`${name}\` must be a whole number from 0 to ${MAX_PAGE_SIZE}.`, { code: "INVALID_INPUT", field: name });
-  }
-  if (value > MAX_PAGE_SIZE) {
-    throw new SafeError(`\`${name}\` is ${value}; pages are at most ${MAX_PAGE_SIZE} rows. Paginate with \`after\`/\`before\` cursors.`, {
-      code: "PAGE_TOO_LARGE",
+    throw new SafeError(`\`${name}\` must be a whole number from 0 to ${MAX_PAGE_SIZE}.`, {
+      code: "INVALID_INPUT",
       field: name,
     });
+  }
+  if (value > MAX_PAGE_SIZE) {
+    throw new SafeError(
+      `\`${name}\` is ${value}; pages are at most ${MAX_PAGE_SIZE} rows. Paginate with \`after\`/\`before\` cursors.`,
+      {
+        code: "PAGE_TOO_LARGE",
+        field: name,
+      },
+    );
   }
   return value;
 }
@@ -87,7 +95,9 @@ export const PageSizePlugin: GraphileConfig.Plugin = {
         if (!isPaginated(context.scope) || !args.first) return args;
         // The field's plan (above) applies these; applying them again would fail loudly ("setFirst already called").
         const bounded = Object.entries(args).map(([name, spec]) =>
-          name === "first" || name === "last" ? [name, { ...spec, applyPlan: undefined, description: pageSizeDescription(name) }] : [name, spec],
+          name === "first" || name === "last"
+            ? [name, { ...spec, applyPlan: undefined, description: pageSizeDescription(name) }]
+            : [name, spec],
         );
         return Object.fromEntries(bounded) as typeof args;
       },

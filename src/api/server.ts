@@ -38,10 +38,12 @@ export interface ApiServer {
   close(): Promise<void>;
 }
 
-
 /** 503 with Retry-After: the database is restarting or refusing connections; the client should try again. */
 function unavailable(res: express.Response): void {
-  res.status(503).set("Retry-After", String(RETRY_AFTER_SECONDS)).json(jsonError("DATABASE_UNAVAILABLE", `The database is unavailable; try again in ${RETRY_AFTER_SECONDS} s.`));
+  res
+    .status(503)
+    .set("Retry-After", String(RETRY_AFTER_SECONDS))
+    .json(jsonError("DATABASE_UNAVAILABLE", `The database is unavailable; try again in ${RETRY_AFTER_SECONDS} s.`));
 }
 
 /** 401 for anything that is not a valid JWT or API key, before GraphQL sees the request. */
@@ -56,11 +58,17 @@ function requireIdentity(authenticator: Authenticator, logger: Logger): RequestH
         return;
       }
       if (isDatabaseUnavailable(error)) {
-        logger.warn({ err: { message: (error as Error).message } }, "authentication unavailable: the database is unreachable");
+        logger.warn(
+          { err: { message: (error as Error).message } },
+          "authentication unavailable: the database is unreachable",
+        );
       } else {
         logger.error({ err: { message: (error as Error).message } }, "authentication failed unexpectedly");
       }
-      res.status(503).set("Retry-After", String(RETRY_AFTER_SECONDS)).json(jsonError("AUTH_UNAVAILABLE", "Authentication is unavailable; try again."));
+      res
+        .status(503)
+        .set("Retry-After", String(RETRY_AFTER_SECONDS))
+        .json(jsonError("AUTH_UNAVAILABLE", "Authentication is unavailable; try again."));
     }
   };
 }
@@ -75,17 +83,25 @@ function rateLimit(pool: pg.Pool, logger: Logger): RequestHandler {
     const identity = req.heraldIdentity;
     if (!identity?.tenantId || identity.kind === "admin") return next();
     try {
-      const { rows } = await pool.query<{ wait: number }>("select herald_private.admit_api_request($1) as wait", [identity.tenantId]);
+      const { rows } = await pool.query<{ wait: number }>("select herald_private.admit_api_request($1) as wait", [
+        identity.tenantId,
+      ]);
       const wait = rows[0]?.wait ?? 0;
       if (wait > 0) {
-        res.status(429).set("Retry-After", String(wait)).json(jsonError("RATE_LIMITED", `This tenant is over its requests per minute; try again in ${wait} s.`));
+        res
+          .status(429)
+          .set("Retry-After", String(wait))
+          .json(jsonError("RATE_LIMITED", `This tenant is over its requests per minute; try again in ${wait} s.`));
         return;
       }
     } catch (error) {
       // The request would fail too: say when to come back.
       if (isDatabaseUnavailable(error)) return unavailable(res);
       // The limiter is a guard, not a gate: a failure to count lets the request through.
-      logger.warn({ err: { message: (error as Error).message } }, "could not count a request against the tenant's rate limit");
+      logger.warn(
+        { err: { message: (error as Error).message } },
+        "could not count a request against the tenant's rate limit",
+      );
     }
     next();
   };
@@ -109,17 +125,30 @@ function login(authenticator: Authenticator, pool: pg.Pool, limits: LoginLimits)
     // Per account and client, per client, and a slower per-account curve for unknown clients (src/api/login-limits.ts).
     const wait = await limits.admit(pool, body.data.email, req.ip);
     if (wait > 0) {
-      res.status(429).set("Retry-After", String(wait)).json(jsonError("RATE_LIMITED", `Too many sign-in attempts; try again in ${wait} s.`));
+      res
+        .status(429)
+        .set("Retry-After", String(wait))
+        .json(jsonError("RATE_LIMITED", `Too many sign-in attempts; try again in ${wait} s.`));
       return;
     }
     if (!authenticator.canSign) {
-      res.status(501).json(jsonError("LOGIN_DISABLED", "Password login needs HERALD_JWT_SECRET; sign in with your identity provider."));
+      res
+        .status(501)
+        .json(
+          jsonError("LOGIN_DISABLED", "Password login needs HERALD_JWT_SECRET; sign in with your identity provider."),
+        );
       return;
     }
-    const { rows } = await pool.query<{ user_id: string | null; tenant_id: string; tenant_slug: string; membership_role: string }>(
-      "select (i).* from (select herald_private.verify_login($1, $2, $3) as i) s",
-      [body.data.email, body.data.password, body.data.tenant ?? null],
-    );
+    const { rows } = await pool.query<{
+      user_id: string | null;
+      tenant_id: string;
+      tenant_slug: string;
+      membership_role: string;
+    }>("select (i).* from (select herald_private.verify_login($1, $2, $3) as i) s", [
+      body.data.email,
+      body.data.password,
+      body.data.tenant ?? null,
+    ]);
     const identity = rows[0];
     if (!identity?.user_id) {
       res.status(401).json(jsonError("INVALID_CREDENTIALS", "Email, password or tenant is not right."));
@@ -131,7 +160,12 @@ function login(authenticator: Authenticator, pool: pg.Pool, limits: LoginLimits)
       { sub: identity.user_id, tenant_id: identity.tenant_id, role: "herald_member" },
       `${expiresIn}s`,
     );
-    res.json({ token, expiresIn, tenant: { id: identity.tenant_id, slug: identity.tenant_slug }, role: identity.membership_role });
+    res.json({
+      token,
+      expiresIn,
+      tenant: { id: identity.tenant_id, slug: identity.tenant_slug },
+      role: identity.membership_role,
+    });
   };
 }
 
@@ -140,7 +174,9 @@ function listen(server: http.Server, port: number): Promise<void> {
     const onError = (error: NodeJS.ErrnoException) => {
       reject(
         error.code === "EADDRINUSE"
-          ? new PortInUseError(`Port ${port} is already in use. Stop whatever uses it, or start Herald with PORT=<another port>.`)
+          ? new PortInUseError(
+              `Port ${port} is already in use. Stop whatever uses it, or start Herald with PORT=<another port>.`,
+            )
           : error,
       );
     };
@@ -153,8 +189,13 @@ function listen(server: http.Server, port: number): Promise<void> {
 }
 
 /** For the sandbox page: which tenant (slug) an account belongs to, as an operator sees it. */
-async function describeSandboxAccount(pool: pg.Pool, provider: "twilio" | "sendgrid", account: string): Promise<string | undefined> {
-  if (account === SANDBOX_SYSTEM_TWILIO.accountSid || account === `…${SANDBOX_SYSTEM_SENDGRID_KEY.slice(-4)}`) return "the system account";
+async function describeSandboxAccount(
+  pool: pg.Pool,
+  provider: "twilio" | "sendgrid",
+  account: string,
+): Promise<string | undefined> {
+  if (account === SANDBOX_SYSTEM_TWILIO.accountSid || account === `…${SANDBOX_SYSTEM_SENDGRID_KEY.slice(-4)}`)
+    return "the system account";
   const slugs = await asAdmin(pool, async (client) =>
     (
       await client.query<{ slug: string }>(
@@ -198,10 +239,26 @@ export async function startApiServer(options: {
   // A request waits out a blip of the server (2 s) and a busy pool (10 s),
   // then gets 503 with Retry-After rather than hanging or crashing anything.
   const requestWaits = { waitForServerMs: 2_000, checkoutTimeoutMs: 10_000, logger };
-  const authenticatorPool = createPool({ connectionString: urls.authenticator, max: options.poolSize ?? sizes.requests, name: "api", ...requestWaits });
-  const ownerPool = createPool({ connectionString: urls.owner, max: sizes.owner, name: "health", logger, checkoutTimeoutMs: 2_000 });
+  const authenticatorPool = createPool({
+    connectionString: urls.authenticator,
+    max: options.poolSize ?? sizes.requests,
+    name: "api",
+    ...requestWaits,
+  });
+  const ownerPool = createPool({
+    connectionString: urls.owner,
+    max: sizes.owner,
+    name: "health",
+    logger,
+    checkoutTimeoutMs: 2_000,
+  });
   // Providers' callbacks have connections of their own: a flood of them cannot starve API requests.
-  const webhookPool = createPool({ connectionString: urls.authenticator, max: sizes.webhooks, name: "webhooks", ...requestWaits });
+  const webhookPool = createPool({
+    connectionString: urls.authenticator,
+    max: sizes.webhooks,
+    name: "webhooks",
+    ...requestWaits,
+  });
   const pools = [authenticatorPool, ownerPool, webhookPool];
   const authenticator = createAuthenticator(config, authenticatorPool);
 
@@ -225,7 +282,11 @@ export async function startApiServer(options: {
     const health = await checkHealth(ownerPool, worker);
     res.status(health.status === "ok" ? 200 : 503).json(health);
   });
-  app.post("/auth/login", express.json({ limit: "16kb" }), login(authenticator, authenticatorPool, new LoginLimits(config.hashKey)));
+  app.post(
+    "/auth/login",
+    express.json({ limit: "16kb" }),
+    login(authenticator, authenticatorPool, new LoginLimits(config.hashKey)),
+  );
   // Without provider credentials, the sandbox stands in for Twilio and SendGrid on this port.
   // Development only: in production a missing credential must fail loudly, not
   // be answered by a stand-in (whose endpoints would be public).
@@ -240,7 +301,9 @@ export async function startApiServer(options: {
         })
       : undefined;
   if (!config.development && !(config.twilio && config.sendgrid)) {
-    logger.warn("production without TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN or SENDGRID_API_KEY: system sends through that provider will fail");
+    logger.warn(
+      "production without TWILIO_ACCOUNT_SID/TWILIO_AUTH_TOKEN or SENDGRID_API_KEY: system sends through that provider will fail",
+    );
   }
   if (sandbox) {
     app.use("/sandbox", sandbox.router);
@@ -258,16 +321,24 @@ export async function startApiServer(options: {
       publicUrl: config.publicUrl,
       // Where the sandbox stands in for a provider, it signs with the sandbox's credentials.
       systemTwilio: config.twilio ?? (sandbox ? SANDBOX_SYSTEM_TWILIO : undefined),
-      systemSendgridPublicKey: config.sendgridWebhookPublicKey ?? (sandbox && !config.sendgrid ? sandbox.sendgridPublicKey : undefined),
+      systemSendgridPublicKey:
+        config.sendgridWebhookPublicKey ?? (sandbox && !config.sendgrid ? sandbox.sendgridPublicKey : undefined),
       logger,
     }),
   );
-  app.use("/graphql", requireIdentity(authenticator, logger), rateLimit(authenticatorPool, logger), tenantConcurrency());
+  app.use(
+    "/graphql",
+    requireIdentity(authenticator, logger),
+    rateLimit(authenticatorPool, logger),
+    tenantConcurrency(),
+  );
   // Grafserv reads an already-parsed body; parsing here lets the guard see variables.
   app.post("/graphql", express.json({ limit: GRAPHQL_BODY_LIMIT }), operationVariablesGuard);
 
   const server = http.createServer(app);
-  const pgl = postgraphile(makeHeraldPreset({ pool: authenticatorPool, keyring, development: config.development, logger }));
+  const pgl = postgraphile(
+    makeHeraldPreset({ pool: authenticatorPool, keyring, development: config.development, logger }),
+  );
   const serv = pgl.createServ(grafserv);
   await serv.addTo(app, server);
   try {
@@ -290,7 +361,14 @@ export async function startApiServer(options: {
     }
     const status = typeof error.status === "number" ? error.status : 500;
     if (status >= 500) logger.error({ err: { message: error.message } }, "request failed");
-    res.status(status).json(jsonError(status === 413 ? "PAYLOAD_TOO_LARGE" : status < 500 ? "BAD_REQUEST" : "INTERNAL", status < 500 ? error.message : "Internal error."));
+    res
+      .status(status)
+      .json(
+        jsonError(
+          status === 413 ? "PAYLOAD_TOO_LARGE" : status < 500 ? "BAD_REQUEST" : "INTERNAL",
+          status < 500 ? error.message : "Internal error.",
+        ),
+      );
   };
   app.use(onError);
 

@@ -17,15 +17,27 @@ export function registerContactCommands(program: Command): void {
   const contacts = program.command("contacts").description("Bulk work on a tenant's contacts.");
   contacts
     .command("import")
-    .description("Import contacts from a CSV file (header row required), updating existing ones by phone, email or external_id.")
-    .argument("<file>", "CSV with columns such as first_name, last_name, phone, email, external_id; other columns become attributes")
+    .description(
+      "Import contacts from a CSV file (header row required), updating existing ones by phone, email or external_id.",
+    )
+    .argument(
+      "<file>",
+      "CSV with columns such as first_name, last_name, phone, email, external_id; other columns become attributes",
+    )
     .requiredOption("--tenant <slug>", "the tenant that owns the contacts", slugArg)
-    .option("--default-country <code>", "country for phone numbers without +country code (default: the tenant's)", countryArg)
+    .option(
+      "--default-country <code>",
+      "country for phone numbers without +country code (default: the tenant's)",
+      countryArg,
+    )
     .option("--tag <name>", "tag every imported contact (repeatable)", collect, [])
     .option("--list <name>", "add every imported contact to this list (repeatable)", collect, [])
     .option("--rejects <file>", "where to describe rejected rows (default: <file>.rejects.csv)")
     .action(
-      async (file: string, opts: { tenant: string; defaultCountry?: string; tag: string[]; list: string[]; rejects?: string }) =>
+      async (
+        file: string,
+        opts: { tenant: string; defaultCountry?: string; tag: string[]; list: string[]; rejects?: string },
+      ) =>
         withDatabase(async ({ config, pool }) => {
           const tenant = await requireTenant(pool, opts.tenant);
           const rejectsFile = opts.rejects ?? file.replace(/\.csv$/i, "") + ".rejects.csv";
@@ -52,7 +64,9 @@ export function registerContactCommands(program: Command): void {
                 );
               }
               if (error.code?.startsWith("CSV_")) {
-                throw new CliError(`${file}, line ${error.lines}: ${error.message}. Rows before it were imported; fix the file and re-run.`);
+                throw new CliError(
+                  `${file}, line ${error.lines}: ${error.message}. Rows before it were imported; fix the file and re-run.`,
+                );
               }
               throw error;
             })
@@ -64,7 +78,8 @@ export function registerContactCommands(program: Command): void {
               `${n(summary.unchanged)} unchanged, ${n(summary.rejected)} rejected — ${n(summary.rows)} rows in ${seconds.toFixed(1)} s ` +
               `(${n(Math.round(summary.rows / Math.max(seconds, 0.001)))} rows/s).`,
           );
-          if (summary.rejectsFile) print(`Rejected rows are described in ${summary.rejectsFile} (line, column, reason).`);
+          if (summary.rejectsFile)
+            print(`Rejected rows are described in ${summary.rejectsFile} (line, column, reason).`);
         }),
     );
 }

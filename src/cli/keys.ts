@@ -3,7 +3,13 @@ import type { Command } from "commander";
 import pg from "pg";
 import type { Config } from "../config.ts";
 import { Keyring, keyringFromConfig } from "../crypto/keyring.ts";
-import { REKEY_JOB_KEY_PREFIX, rotateMasterKey, rotationProgress, startHashKeyRotation, startTenantKeyRotation } from "../crypto/rotation.ts";
+import {
+  REKEY_JOB_KEY_PREFIX,
+  rotateMasterKey,
+  rotationProgress,
+  startHashKeyRotation,
+  startTenantKeyRotation,
+} from "../crypto/rotation.ts";
 import type { Database } from "../db/database.ts";
 import { loadOrCreateSecrets, saveSecrets, type GeneratedSecrets } from "../secrets.ts";
 import { startWorker } from "../worker/worker.ts";
@@ -32,7 +38,9 @@ async function withOwnerPool<T>(db: Database, fn: (ownerPool: pg.Pool) => Promis
 /** File-held keys are in the memory of a running Herald too: it must not keep using the old one. */
 function refuseWhileShared(db: Database) {
   if (db.sharedWithRunningHerald) {
-    throw new CliError("Herald is running (npm start) and holds the current key in memory. Stop it, run this, then start it again.");
+    throw new CliError(
+      "Herald is running (npm start) and holds the current key in memory. Stop it, run this, then start it again.",
+    );
   }
 }
 
@@ -41,7 +49,11 @@ function refuseWhileShared(db: Database) {
  * is kept as "previous" until the rotation completes. A file that already has a
  * previous key is an interrupted rotation, which this run resumes.
  */
-function secretsForRotation(config: Config, db: Database, kind: "master" | "hash"): { secrets: GeneratedSecrets; fromFile: boolean } {
+function secretsForRotation(
+  config: Config,
+  db: Database,
+  kind: "master" | "hash",
+): { secrets: GeneratedSecrets; fromFile: boolean } {
   const fromFile = config.generated.includes(kind === "master" ? "HERALD_MASTER_KEY" : "HERALD_HASH_KEY");
   let { secrets } = loadOrCreateSecrets();
   if (!fromFile) return { secrets, fromFile };
@@ -60,13 +72,19 @@ function secretsForRotation(config: Config, db: Database, kind: "master" | "hash
 const keyringOf = (config: Config, secrets: GeneratedSecrets, useFile: { master: boolean; hash: boolean }) =>
   new Keyring({
     masterKey: useFile.master ? Buffer.from(secrets.masterKey, "base64") : config.masterKey,
-    previousMasterKeys: useFile.master ? (secrets.previousMasterKeys ?? []).map((k) => Buffer.from(k, "base64")) : config.previousMasterKeys,
+    previousMasterKeys: useFile.master
+      ? (secrets.previousMasterKeys ?? []).map((k) => Buffer.from(k, "base64"))
+      : config.previousMasterKeys,
     hashKey: useFile.hash ? Buffer.from(secrets.hashKey, "base64") : config.hashKey,
-    previousHashKey: useFile.hash && secrets.previousHashKey ? Buffer.from(secrets.previousHashKey, "base64") : config.previousHashKey,
+    previousHashKey:
+      useFile.hash && secrets.previousHashKey ? Buffer.from(secrets.previousHashKey, "base64") : config.previousHashKey,
   });
 
 /** The rotations' jobs that keep failing, with their last error. */
-async function failingRotations(ownerPool: pg.Pool, ids: string[]): Promise<{ tenant: string; attempts: number; error: string }[]> {
+async function failingRotations(
+  ownerPool: pg.Pool,
+  ids: string[],
+): Promise<{ tenant: string; attempts: number; error: string }[]> {
   const { rows } = await ownerPool.query<{ tenant: string; attempts: number; error: string }>(
     `select r.tenant_id as tenant, j.attempts, j.last_error as error
        from graphile_worker.jobs j
@@ -123,7 +141,9 @@ export function registerKeyCommands(program: Command): void {
         const keyring = keyringOf(config, secrets, { master: fromFile, hash: false });
         const { rewrapped, total } = await withOwnerPool(db, (ownerPool) => rotateMasterKey(ownerPool, keyring));
         if (fromFile) saveSecrets({ ...secrets, previousMasterKeys: undefined });
-        print(`Rewrapped ${rewrapped} of ${total} tenant data keys under master key ${keyring.currentMasterKeyId.toString("hex")}.`);
+        print(
+          `Rewrapped ${rewrapped} of ${total} tenant data keys under master key ${keyring.currentMasterKeyId.toString("hex")}.`,
+        );
         print(
           fromFile
             ? "The old master key is gone from .data/secrets.json."

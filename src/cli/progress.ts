@@ -41,7 +41,9 @@ export function startProgress(label: string, unit: string): Progress {
       if (Date.now() - lastPrinted < 5000) return;
       lastPrinted = Date.now();
       const percent = total > 0 ? Math.floor((value / total) * 100) : 0;
-      process.stderr.write(`${label} ${percent}% | ${rows.toLocaleString("en-US")} ${unit} | ${rate(rows).toLocaleString("en-US")} ${unit}/s\n`);
+      process.stderr.write(
+        `${label} ${percent}% | ${rows.toLocaleString("en-US")} ${unit} | ${rate(rows).toLocaleString("en-US")} ${unit}/s\n`,
+      );
     },
     stop() {},
   };

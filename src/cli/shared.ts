@@ -18,7 +18,9 @@ export class CliError extends Error {
   override name = "CliError";
 }
 
-export async function withDatabase<T>(fn: (ctx: { config: Config; db: Database; pool: pg.Pool }) => Promise<T>): Promise<T> {
+export async function withDatabase<T>(
+  fn: (ctx: { config: Config; db: Database; pool: pg.Pool }) => Promise<T>,
+): Promise<T> {
   const config = loadConfig();
   const db = await openDatabase(config, logger);
   const pool = new pg.Pool({ connectionString: db.urls.authenticator, max: 2 });
@@ -34,8 +36,16 @@ export async function withDatabase<T>(fn: (ctx: { config: Config; db: Database; 
 export const operatorDetail = () => `herald cli (${os.userInfo().username})`.slice(0, 100);
 
 /** One transaction as herald_admin that the audit log attributes to this command and the OS user running it. */
-export const asOperator = <T>(pool: pg.Pool, fn: (client: pg.PoolClient) => Promise<T>, options: { tenantId?: string } = {}) =>
-  withSession(pool, { role: ROLES.admin, tenantId: options.tenantId, settings: { "herald.actor_detail": operatorDetail() } }, fn);
+export const asOperator = <T>(
+  pool: pg.Pool,
+  fn: (client: pg.PoolClient) => Promise<T>,
+  options: { tenantId?: string } = {},
+) =>
+  withSession(
+    pool,
+    { role: ROLES.admin, tenantId: options.tenantId, settings: { "herald.actor_detail": operatorDetail() } },
+    fn,
+  );
 
 export async function requireTenant(pool: pg.Pool, slug: string): Promise<Tenant> {
   const tenant = await asOperator(pool, (client) => findTenant(client, slug));

@@ -39,7 +39,9 @@ async function usageOf(client: pg.ClientBase, month: string): Promise<{ rows: Us
        from herald_public.usage($1::date, ($1::date + interval '1 month' - interval '1 day')::date)`,
     [`${month}-01`],
   );
-  const { rows: [count] } = await client.query<{ n: number }>(
+  const {
+    rows: [count],
+  } = await client.query<{ n: number }>(
     `select count(*)::int as n from herald_public.messages
       where tenant_id = herald_public.current_tenant_id()
         and created_at >= ($1::date::timestamp at time zone 'UTC') and created_at < (($1::date + interval '1 month')::timestamp at time zone 'UTC')`,
@@ -50,19 +52,28 @@ async function usageOf(client: pg.ClientBase, month: string): Promise<{ rows: Us
 
 /** A message whose deliveries took several routes is in several rows: its total is counted, not summed. */
 export function formatUsage(rows: UsageRow[], messages: number): string {
-  const total: UsageRow = Object.fromEntries(COLUMNS.map(([key]) => [key, COUNTS.includes(key as never) ? 0 : ""])) as UsageRow;
+  const total: UsageRow = Object.fromEntries(
+    COLUMNS.map(([key]) => [key, COUNTS.includes(key as never) ? 0 : ""]),
+  ) as UsageRow;
   total.day = "total";
   for (const row of rows) for (const key of COUNTS) total[key] = Number(total[key]) + Number(row[key]);
   total.messages = messages;
-  const table = [COLUMNS.map(([, label]) => label), ...[...rows, total].map((row) => COLUMNS.map(([key]) => String(row[key] ?? "")))];
+  const table = [
+    COLUMNS.map(([, label]) => label),
+    ...[...rows, total].map((row) => COLUMNS.map(([key]) => String(row[key] ?? ""))),
+  ];
   const widths = COLUMNS.map((_, i) => Math.max(...table.map((line) => line[i]!.length)));
-  return table.map((line) => line.map((cell, i) => (i < 3 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  ")).join("\n");
+  return table
+    .map((line) => line.map((cell, i) => (i < 3 ? cell.padEnd(widths[i]!) : cell.padStart(widths[i]!))).join("  "))
+    .join("\n");
 }
 
 export function registerUsageCommand(program: Command): void {
   program
     .command("usage")
-    .description("A tenant's usage per day, channel and account: messages, deliveries by status, SMS segments, inbound, opt-outs.")
+    .description(
+      "A tenant's usage per day, channel and account: messages, deliveries by status, SMS segments, inbound, opt-outs.",
+    )
     .requiredOption("--tenant <slug>", "the tenant", slugArg)
     .option("--month <YYYY-MM>", "the UTC month (default: this one)", monthArg)
     .action(async (opts: { tenant: string; month?: string }) =>
@@ -70,15 +81,19 @@ export function registerUsageCommand(program: Command): void {
         const tenant = await requireTenant(pool, opts.tenant);
         const month = opts.month ?? new Date().toISOString().slice(0, 7);
         // As an operator inside the tenant: the usage function reads the session's tenant.
-        const { usage, thisMonth } = await withSession(pool, { role: ROLES.admin, tenantId: tenant.id }, async (client) => ({
-          usage: await usageOf(client, month),
-          thisMonth: (
-            await client.query<{ messages: number; cap: number | null; remaining: number | null }>(
-              "select (u).messages, (u).cap, (u).remaining from (select herald_public.tenants_usage_this_month(t) as u from herald_public.tenants t where t.id = $1) s",
-              [tenant.id],
-            )
-          ).rows[0],
-        }));
+        const { usage, thisMonth } = await withSession(
+          pool,
+          { role: ROLES.admin, tenantId: tenant.id },
+          async (client) => ({
+            usage: await usageOf(client, month),
+            thisMonth: (
+              await client.query<{ messages: number; cap: number | null; remaining: number | null }>(
+                "select (u).messages, (u).cap, (u).remaining from (select herald_public.tenants_usage_this_month(t) as u from herald_public.tenants t where t.id = $1) s",
+                [tenant.id],
+              )
+            ).rows[0],
+          }),
+        );
         print(`Usage of ${tenant.slug} in ${month} (UTC days; a delivery counts on its message's day)`);
         print(usage.rows.length > 0 ? formatUsage(usage.rows, usage.messages) : "Nothing sent or received that month.");
         if (thisMonth) {

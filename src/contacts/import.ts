@@ -89,7 +89,9 @@ export class ImportError extends Error {
 function checkHeaders(headers: string[]): string[] {
   const long = headers.findIndex((h) => h.length > MAX_HEADER_CHARS);
   if (long !== -1) {
-    throw new ImportError(`column ${long + 1}'s name is ${headers[long]!.length.toLocaleString("en-US")} characters long; a column name may have at most ${MAX_HEADER_CHARS}.`);
+    throw new ImportError(
+      `column ${long + 1}'s name is ${headers[long]!.length.toLocaleString("en-US")} characters long; a column name may have at most ${MAX_HEADER_CHARS}.`,
+    );
   }
   const suspicious = headers.filter((h) => !FIELD_BY_HEADER[headerKey(h)] && PII_LOOKING_HEADER.test(h));
   if (suspicious.length > 0) {
@@ -111,7 +113,11 @@ function parseBoolean(value: string): boolean | undefined {
 }
 
 /** One CSV record → a contact input, with the header each field came from. */
-function toInput(record: Record<string, string>): { input: ContactInput; headerOf: Map<string, string>; rejects: Omit<Reject, "line">[] } {
+function toInput(record: Record<string, string>): {
+  input: ContactInput;
+  headerOf: Map<string, string>;
+  rejects: Omit<Reject, "line">[];
+} {
   const input: ContactInput = {};
   const headerOf = new Map<string, string>();
   const attributes: Record<string, string> = {};
@@ -165,8 +171,18 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
   // Keys per batch (the keyring caches them briefly), so a long import follows a
   // key rotation instead of writing with a retired key until it ends.
   const inTenant = async <T>(fn: (run: RunQuery) => Promise<T>) =>
-    withSession(options.pool, { role: ROLES.worker, tenantId: options.tenantId, settings: await options.keyring.sessionSettings(options.pool, options.tenantId) }, (client) =>
-      fn(async <R>(text: string, values: unknown[], name?: string) => (await client.query({ text, values, name })).rows as R[]),
+    withSession(
+      options.pool,
+      {
+        role: ROLES.worker,
+        tenantId: options.tenantId,
+        settings: await options.keyring.sessionSettings(options.pool, options.tenantId),
+      },
+      (client) =>
+        fn(
+          async <R>(text: string, values: unknown[], name?: string) =>
+            (await client.query({ text, values, name })).rows as R[],
+        ),
     );
 
   const { country, tagIds, listIds } = await inTenant(async (run) => ({
@@ -219,7 +235,10 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
   };
   const writeBatch = async (pending: { line: number; document: ContactDocument }[]) => {
     const outcomes = await inTenant(async (run) => {
-      const result = await upsertContacts(run, pending.map((p) => p.document));
+      const result = await upsertContacts(
+        run,
+        pending.map((p) => p.document),
+      );
       const kept = result.filter((o) => o.contactId && !REFUSAL_REASONS[o.action]).map((o) => o.contactId!);
       await attach(run, "contact_tags", "tag_id", tagIds, kept);
       await attach(run, "list_members", "list_id", listIds, kept);
@@ -236,7 +255,11 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
   };
 
   const readRecords = async () => {
-    for await (const { record, info, raw } of parser as AsyncIterable<{ record: Record<string, string>; info: { lines: number }; raw: string }>) {
+    for await (const { record, info, raw } of parser as AsyncIterable<{
+      record: Record<string, string>;
+      info: { lines: number };
+      raw: string;
+    }>) {
       summary.rows++;
       // info.lines is where the record ends; a quoted field may span lines.
       const line = info.lines - (raw.replace(/\r?\n$/, "").match(/\n/g)?.length ?? 0);
@@ -264,7 +287,11 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
       const repeat = identifiers.find(([field, value]) => firstLine.has(`${field}:${value}`));
       if (repeat) {
         const [field, value] = repeat;
-        reject({ line, column: headerOf.get(field) ?? field, reason: `same ${field} as line ${firstLine.get(`${field}:${value}`)}` });
+        reject({
+          line,
+          column: headerOf.get(field) ?? field,
+          reason: `same ${field} as line ${firstLine.get(`${field}:${value}`)}`,
+        });
         continue;
       }
       for (const [field, value] of identifiers) firstLine.set(`${field}:${value}`, line);
@@ -302,7 +329,13 @@ async function ensureNamed(run: RunQuery, table: "tags" | "lists", names: string
   return rows.map((r) => r.id);
 }
 
-async function attach(run: RunQuery, table: "contact_tags" | "list_members", column: "tag_id" | "list_id", ids: string[], contactIds: string[]) {
+async function attach(
+  run: RunQuery,
+  table: "contact_tags" | "list_members",
+  column: "tag_id" | "list_id",
+  ids: string[],
+  contactIds: string[],
+) {
   if (ids.length === 0 || contactIds.length === 0) return;
   await run(
     `insert into herald_public.${table} (${column}, contact_id)

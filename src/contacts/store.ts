@@ -57,7 +57,11 @@ export const contactLookupSql = (kind: "phone" | "email") => `
      and ${kind === "phone" ? "phone_hash" : "email_hash"} = any ((select herald_hidden.pii_hashes($1, $2))::bytea[])`;
 
 /** The contact holding a normalised phone or email (one index probe per hash version). */
-export async function findContactId(run: RunQuery, kind: "phone" | "email", normalized: string): Promise<string | null> {
+export async function findContactId(
+  run: RunQuery,
+  kind: "phone" | "email",
+  normalized: string,
+): Promise<string | null> {
   const rows = await run<{ id: string }>(contactLookupSql(kind), [kind, normalized], `herald_contact_by_${kind}`);
   return rows[0]?.id ?? null;
 }

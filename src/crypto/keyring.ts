@@ -38,7 +38,8 @@ export function keyId(key: Buffer): Buffer {
   return createHmac("sha256", key).update("herald/key-id").digest().subarray(0, 8);
 }
 
-const associatedData = (tenantId: string, version: number) => Buffer.from(`herald/tenant-data-key/${tenantId}/${version}`);
+const associatedData = (tenantId: string, version: number) =>
+  Buffer.from(`herald/tenant-data-key/${tenantId}/${version}`);
 
 export function wrapDataKey(masterKey: Buffer, tenantId: string, version: number, dataKey: Buffer): Buffer {
   const nonce = randomBytes(GCM_NONCE_BYTES);

@@ -20,11 +20,17 @@ export class RotationError extends Error {
 }
 
 /** Rewraps every tenant key not yet under the current master key. */
-export async function rotateMasterKey(ownerPool: pg.Pool, keyring: Keyring): Promise<{ rewrapped: number; total: number }> {
+export async function rotateMasterKey(
+  ownerPool: pg.Pool,
+  keyring: Keyring,
+): Promise<{ rewrapped: number; total: number }> {
   return inTransaction(ownerPool, async (client) => {
-    const { rows } = await client.query<{ tenant_id: string; version: number; wrapped_key: Buffer; master_key_id: Buffer }>(
-      "select tenant_id, version, wrapped_key, master_key_id from herald_private.tenant_data_keys for update",
-    );
+    const { rows } = await client.query<{
+      tenant_id: string;
+      version: number;
+      wrapped_key: Buffer;
+      master_key_id: Buffer;
+    }>("select tenant_id, version, wrapped_key, master_key_id from herald_private.tenant_data_keys for update");
     let rewrapped = 0;
     const target = keyring.currentMasterKeyId;
     const newMaster = keyring.masterKey(target);
@@ -64,7 +70,11 @@ const unfinishedRotations = async (client: pg.PoolClient, kind: string, where: s
  * Starts re-encrypting one tenant under a new data key and returns the
  * rotation's id — or, while one is still under way, that one's id (resumed, not restarted).
  */
-export async function startTenantKeyRotation(ownerPool: pg.Pool, keyring: Keyring, tenantId: string): Promise<{ id: string; resumed: boolean }> {
+export async function startTenantKeyRotation(
+  ownerPool: pg.Pool,
+  keyring: Keyring,
+  tenantId: string,
+): Promise<{ id: string; resumed: boolean }> {
   return inTransaction(ownerPool, async (client) => {
     const { rows } = await client.query<{ version: number; retired: boolean }>(
       "select version, retired_at is not null as retired from herald_private.tenant_data_keys where tenant_id = $1 order by version for update",
@@ -72,17 +82,23 @@ export async function startTenantKeyRotation(ownerPool: pg.Pool, keyring: Keyrin
     );
     if (rows.some((k) => k.retired)) {
       const [id] = await unfinishedRotations(client, "tenant_data_key", "tenant_id = $2", [tenantId]);
-      if (!id) throw new RotationError("this tenant has a retired key but no rotation under way; `herald keys rotate-tenant` cannot resume it");
+      if (!id)
+        throw new RotationError(
+          "this tenant has a retired key but no rotation under way; `herald keys rotate-tenant` cannot resume it",
+        );
       return { id, resumed: true };
     }
     const current = rows.at(-1);
-    if (!current) throw new RotationError("this tenant has no data key yet (it gets one with its first request); nothing to rotate");
+    if (!current)
+      throw new RotationError(
+        "this tenant has no data key yet (it gets one with its first request); nothing to rotate",
+      );
     const version = current.version + 1;
     const { wrapped, masterKeyId } = keyring.newWrappedDataKey(tenantId, version);
-    await client.query("update herald_private.tenant_data_keys set retired_at = now() where tenant_id = $1 and version = $2", [
-      tenantId,
-      current.version,
-    ]);
+    await client.query(
+      "update herald_private.tenant_data_keys set retired_at = now() where tenant_id = $1 and version = $2",
+      [tenantId, current.version],
+    );
     await client.query(
       "insert into herald_private.tenant_data_keys (tenant_id, version, wrapped_key, master_key_id) values ($1, $2, $3, $4)",
       [tenantId, version, wrapped, masterKeyId],
@@ -108,7 +124,9 @@ export async function startHashKeyRotation(ownerPool: pg.Pool, keyring: Keyring)
     const under = await unfinishedRotations(client, "hash_key", "to_version = $2", [versions.current]);
     if (under.length > 0) return under;
     // Tenants with a data key are the ones that may have contacts.
-    const { rows } = await client.query<{ tenant_id: string }>("select distinct tenant_id from herald_private.tenant_data_keys");
+    const { rows } = await client.query<{ tenant_id: string }>(
+      "select distinct tenant_id from herald_private.tenant_data_keys",
+    );
     const ids: string[] = [];
     for (const { tenant_id } of rows) {
       const rotation = await client.query<{ id: string }>(

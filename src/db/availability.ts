@@ -21,7 +21,15 @@ const UNAVAILABLE_SQLSTATES = new Set([
 ]);
 
 /** Socket-level failures on the way to the server. */
-const UNAVAILABLE_SOCKET_CODES = new Set(["ECONNREFUSED", "ECONNRESET", "ETIMEDOUT", "EHOSTUNREACH", "ENETUNREACH", "EPIPE", "EAI_AGAIN"]);
+const UNAVAILABLE_SOCKET_CODES = new Set([
+  "ECONNREFUSED",
+  "ECONNRESET",
+  "ETIMEDOUT",
+  "EHOSTUNREACH",
+  "ENETUNREACH",
+  "EPIPE",
+  "EAI_AGAIN",
+]);
 
 /** pg's own errors for a lost connection carry no code: their messages are stable. */
 const UNAVAILABLE_MESSAGES = [
@@ -122,14 +130,20 @@ export class ResilientPool extends pg.Pool {
     // An idle client whose server went away: pg removes it from the pool.
     this.on("error", (error) => {
       databaseState.failed(error);
-      logger.warn({ pool: name, err: { message: error.message, code: (error as { code?: string }).code } }, "an idle database connection was lost");
+      logger.warn(
+        { pool: name, err: { message: error.message, code: (error as { code?: string }).code } },
+        "an idle database connection was lost",
+      );
     });
     // A checked-out client: its current or next query fails, and its holder
     // decides. Without this listener the 'error' event would end the process.
     this.on("connect", (client) => {
       client.on("error", (error) => {
         databaseState.failed(error);
-        logger.warn({ pool: name, err: { message: error.message, code: (error as { code?: string }).code } }, "a database connection in use was lost");
+        logger.warn(
+          { pool: name, err: { message: error.message, code: (error as { code?: string }).code } },
+          "a database connection in use was lost",
+        );
       });
     });
   }
@@ -161,7 +175,10 @@ export class ResilientPool extends pg.Pool {
         if (Date.now() - this.#lastWaitLog > 5_000) {
           this.#lastWaitLog = Date.now();
           const { code, message } = error as { code?: string; message: string };
-          this.#logger.warn({ pool: this.#name, err: { code, message } }, "the database refuses or drops connections; waiting for it");
+          this.#logger.warn(
+            { pool: this.#name, err: { code, message } },
+            "the database refuses or drops connections; waiting for it",
+          );
         }
         await sleep(delay);
       }

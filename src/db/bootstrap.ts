@@ -44,9 +44,7 @@ async function ensureRoles(client: pg.Client, passwords: Record<string, string>)
     await client.query(`${verb} role ${quoteIdent(role)} with ${attrs}${passwordClause}`);
   }
   // The authenticator may become any of the three request roles, never inherit them.
-  await client.query(
-    `grant ${ROLES.member}, ${ROLES.admin}, ${ROLES.worker} to ${ROLES.authenticator}`,
-  );
+  await client.query(`grant ${ROLES.member}, ${ROLES.admin}, ${ROLES.worker} to ${ROLES.authenticator}`);
   // Jobs do tenant work through the authenticator, never the owner: an owner
   // inheriting herald_worker's policies would quietly work without SET ROLE.
   // (Revoked for clusters bootstrapped by an earlier version that granted it.)
@@ -122,7 +120,9 @@ export async function dropDatabase(adminUrl: string, database: string): Promise<
     // exited yet; FORCE would kill them mid-goodbye and the closing client would emit an
     // unhandled 57P01. Give them a moment to leave, then force whatever remains.
     for (let waited = 0; waited < 5_000; waited += 50) {
-      const { rows } = await client.query("select count(*)::int as n from pg_stat_activity where datname = $1", [database]);
+      const { rows } = await client.query("select count(*)::int as n from pg_stat_activity where datname = $1", [
+        database,
+      ]);
       if (rows[0].n === 0) break;
       await new Promise((resolve) => setTimeout(resolve, 50));
     }

@@ -56,7 +56,8 @@ function workerPools(share: number): WorkerPools {
 
 /** Splits `total` among the pools of a process that runs the API, a worker, or both. */
 export function connectionBudget(total: number, runs: { api: boolean; worker: boolean }): ConnectionBudget {
-  if (total < MIN_CONNECTIONS) throw new Error(`a process needs at least ${MIN_CONNECTIONS} connections (HERALD_DB_CONNECTIONS)`);
+  if (total < MIN_CONNECTIONS)
+    throw new Error(`a process needs at least ${MIN_CONNECTIONS} connections (HERALD_DB_CONNECTIONS)`);
   if (runs.api && runs.worker) {
     // The worker's sends hold connections longer than requests do: it gets the larger share.
     const api = Math.max(5, Math.floor(total * 0.4));
@@ -84,7 +85,13 @@ export async function checkConnectionBudget(adminUrl: string, total: number, log
   client.on("error", () => undefined);
   await client.connect();
   try {
-    const { rows } = await client.query<{ max: number; reserved: number; herald: number; processes: number; others: number }>(
+    const { rows } = await client.query<{
+      max: number;
+      reserved: number;
+      herald: number;
+      processes: number;
+      others: number;
+    }>(
       `select current_setting('max_connections')::int as max,
               current_setting('superuser_reserved_connections')::int
                 + coalesce(nullif(current_setting('reserved_connections', true), '')::int, 0) as reserved,

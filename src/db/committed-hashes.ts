@@ -24,7 +24,10 @@ export interface MigrationsLayout {
 }
 const REPOSITORY: MigrationsLayout = { committedDir: COMMITTED_DIR, hashesPath: HASHES_PATH };
 
-const sha256 = (at: MigrationsLayout, file: string) => createHash("sha256").update(fs.readFileSync(path.join(at.committedDir, file))).digest("hex");
+const sha256 = (at: MigrationsLayout, file: string) =>
+  createHash("sha256")
+    .update(fs.readFileSync(path.join(at.committedDir, file)))
+    .digest("hex");
 
 /** The committed migration files, in order. */
 export const committedFiles = (at = REPOSITORY): string[] =>
@@ -57,11 +60,16 @@ export function frozenMigrationProblems(at = REPOSITORY): string[] {
         `${file} is committed but its hash is not recorded: \`npm run herald -- db commit\` records it; for a file committed another way, append \`sha256sum ${file}\`'s line to migrations/committed.sha256`,
       );
     } else if (sha256(at, file) !== expected) {
-      problems.push(`${file} was edited after it was committed: restore it (git checkout) and put the change in a new file of migrations/current/`);
+      problems.push(
+        `${file} was edited after it was committed: restore it (git checkout) and put the change in a new file of migrations/current/`,
+      );
     }
   }
   for (const file of recorded.keys()) {
-    if (!files.includes(file)) problems.push(`${file} is recorded but no longer committed: a committed migration is never removed (\`db uncommit\` removes its own record)`);
+    if (!files.includes(file))
+      problems.push(
+        `${file} is recorded but no longer committed: a committed migration is never removed (\`db uncommit\` removes its own record)`,
+      );
   }
   return problems;
 }
@@ -80,7 +88,13 @@ export function forgetUncommittedMigrations(at = REPOSITORY): string[] {
   const files = new Set(committedFiles(at));
   const gone = [...recorded.keys()].filter((f) => !files.has(f));
   if (gone.length > 0) {
-    fs.writeFileSync(at.hashesPath, [...recorded].filter(([f]) => files.has(f)).map(([f, h]) => `${h}  ${f}\n`).join(""));
+    fs.writeFileSync(
+      at.hashesPath,
+      [...recorded]
+        .filter(([f]) => files.has(f))
+        .map(([f, h]) => `${h}  ${f}\n`)
+        .join(""),
+    );
   }
   return gone;
 }

@@ -122,7 +122,10 @@ async function choosePort(stateFile: string, requested: number | undefined, logg
   const previous = readState(stateFile)?.port;
   if (previous !== undefined) {
     if (await isPortFree(previous)) return previous;
-    logger.warn({ port: previous }, "the embedded PostgreSQL's usual port is taken by another program; picking a new one");
+    logger.warn(
+      { port: previous },
+      "the embedded PostgreSQL's usual port is taken by another program; picking a new one",
+    );
   }
   return findFreePort();
 }
@@ -139,7 +142,15 @@ async function initialise(dir: string, bin: Binaries, superuserPassword: string,
   try {
     await run(
       bin.initdb,
-      ["-D", dir, "--username=postgres", `--pwfile=${pwFile}`, "--auth=scram-sha-256", "--encoding=UTF8", "--no-locale"],
+      [
+        "-D",
+        dir,
+        "--username=postgres",
+        `--pwfile=${pwFile}`,
+        "--auth=scram-sha-256",
+        "--encoding=UTF8",
+        "--no-locale",
+      ],
       { ...user, env: { ...process.env, LC_ALL: "C" } },
     );
   } catch (error) {
@@ -197,14 +208,25 @@ export async function startEmbeddedPostgres(options: {
       return { adminUrl: urlFor(running.port), port: running.port, startedHere: false, stop: async () => {} };
     }
     // Its owner was killed without a chance to stop it: adopt it, and stop it on exit.
-    logger.warn({ pid: running.pid, port: running.port }, "adopting an embedded PostgreSQL left running by a process that is gone");
+    logger.warn(
+      { pid: running.pid, port: running.port },
+      "adopting an embedded PostgreSQL left running by a process that is gone",
+    );
     writeState(stateFile, { port: running.port, ownerPid: process.pid });
-    return { adminUrl: urlFor(running.port), port: running.port, startedHere: true, stop: stopper(bin, dir, user, logger) };
+    return {
+      adminUrl: urlFor(running.port),
+      port: running.port,
+      startedHere: true,
+      stop: stopper(bin, dir, user, logger),
+    };
   }
 
   const logFile = path.join(dir, "server.log");
   const start = async (port: number) => {
-    const serverOptions = [`-p ${port}`, ...(options.disposable ? ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"] : [])];
+    const serverOptions = [
+      `-p ${port}`,
+      ...(options.disposable ? ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"] : []),
+    ];
     try {
       await run(bin.pg_ctl, ["start", "-D", dir, "-w", "-t", "60", "-l", logFile, "-o", serverOptions.join(" ")], {
         ...user,
@@ -212,7 +234,9 @@ export async function startEmbeddedPostgres(options: {
       });
       return undefined;
     } catch (error) {
-      const tail = fs.existsSync(logFile) ? fs.readFileSync(logFile, "utf8").trim().split("\n").slice(-6).join("\n") : "";
+      const tail = fs.existsSync(logFile)
+        ? fs.readFileSync(logFile, "utf8").trim().split("\n").slice(-6).join("\n")
+        : "";
       return { tail: tail || (error as Error).message, portTaken: /could not bind|Address already in use/.test(tail) };
     }
   };
@@ -226,7 +250,9 @@ export async function startEmbeddedPostgres(options: {
   }
   if (failure) {
     const portHint = failure.portTaken ? `\nPort ${port} is in use; set HERALD_EMBEDDED_PG_PORT to another port.` : "";
-    throw new EmbeddedPostgresError(`The embedded PostgreSQL in ${dir} did not start on port ${port}.${portHint}\n${failure.tail}`);
+    throw new EmbeddedPostgresError(
+      `The embedded PostgreSQL in ${dir} did not start on port ${port}.${portHint}\n${failure.tail}`,
+    );
   }
   writeState(stateFile, { port, ownerPid: process.pid });
   return { adminUrl: urlFor(port), port, startedHere: true, stop: stopper(bin, dir, user, logger) };

@@ -86,7 +86,12 @@ export async function uncommitMigration(urls: DatabaseUrls, logger: Logger): Pro
 }
 
 /** `npm run db:watch`: apply migrations/current/ on every save, for schema work (or once); `hooks` run after each apply that changed something. */
-export async function watchMigrations(urls: DatabaseUrls, logger: Logger, once = false, hooks: Pick<Settings, "afterCurrent"> = {}): Promise<void> {
+export async function watchMigrations(
+  urls: DatabaseUrls,
+  logger: Logger,
+  once = false,
+  hooks: Pick<Settings, "afterCurrent"> = {},
+): Promise<void> {
   try {
     await watch({ ...migrateSettings(urls, logger), ...hooks }, once, false);
   } finally {

@@ -149,7 +149,11 @@ async function dumpTypes(client: pg.ClientBase): Promise<string[]> {
       order by 1`,
   );
   return types.map((t) =>
-    t.kind === "c" ? `create type ${t.name} as (${t.body});` : t.kind === "e" ? `create type ${t.name} as enum (${t.body});` : `create domain ${t.name} as ${t.body};`,
+    t.kind === "c"
+      ? `create type ${t.name} as (${t.body});`
+      : t.kind === "e"
+        ? `create type ${t.name} as enum (${t.body});`
+        : `create domain ${t.name} as ${t.body};`,
   );
 }
 
@@ -170,9 +174,19 @@ async function dumpRelation(client: pg.ClientBase, rel: Relation, acl: AclRow[])
   if (rel.kind === "v" || rel.kind === "m") {
     const [view] = await q<{ definition: string }>("select pg_get_viewdef($1::oid, true) as definition");
     const options = rel.options?.length ? ` with (${[...rel.options].sort().join(", ")})` : "";
-    out.push(`create ${rel.kind === "m" ? "materialized view" : "view"} ${rel.name}${options} as`, indent(view!.definition.trim()) + ";");
+    out.push(
+      `create ${rel.kind === "m" ? "materialized view" : "view"} ${rel.name}${options} as`,
+      indent(view!.definition.trim()) + ";",
+    );
   } else {
-    const columns = await q<{ name: string; type: string; not_null: boolean; default: string | null; identity: string; generated: string }>(
+    const columns = await q<{
+      name: string;
+      type: string;
+      not_null: boolean;
+      default: string | null;
+      identity: string;
+      generated: string;
+    }>(
       `select quote_ident(attname) as name, format_type(atttypid, atttypmod) as type, attnotnull as not_null,
               pg_get_expr(d.adbin, d.adrelid) as default, attidentity as identity, attgenerated as generated
          from pg_attribute a left join pg_attrdef d on d.adrelid = a.attrelid and d.adnum = a.attnum
@@ -188,11 +202,16 @@ async function dumpRelation(client: pg.ClientBase, rel: Relation, acl: AclRow[])
     for (const c of columns) {
       const identity = c.identity ? ` generated ${c.identity === "a" ? "always" : "by default"} as identity` : "";
       const item = [`  ${c.name} ${c.type}${c.not_null ? " not null" : ""}${identity}`];
-      if (c.default !== null) item.push(indent(c.generated ? `generated always as (${c.default}) stored` : `default ${c.default}`));
+      if (c.default !== null)
+        item.push(indent(c.generated ? `generated always as (${c.default}) stored` : `default ${c.default}`));
       items.push(item);
     }
     for (const c of constraints) items.push([`  constraint ${c.name}`, indent(c.definition)]);
-    out.push(`create table ${rel.name} (`, ...items.map((item, i) => (i < items.length - 1 ? [...item.slice(0, -1), `${item.at(-1)},`] : item).join("\n")), ");");
+    out.push(
+      `create table ${rel.name} (`,
+      ...items.map((item, i) => (i < items.length - 1 ? [...item.slice(0, -1), `${item.at(-1)},`] : item).join("\n")),
+      ");",
+    );
   }
   if (rel.owner !== ROLES.owner) out.push(`alter table ${rel.name} owner to ${rel.owner};`);
   if (rel.kind === "r" || rel.kind === "p") {
@@ -209,7 +228,15 @@ async function dumpRelation(client: pg.ClientBase, rel: Relation, acl: AclRow[])
     "select tgname as name, pg_get_triggerdef(oid) as definition from pg_trigger where tgrelid = $1::oid and not tgisinternal order by tgname",
   );
   for (const t of triggers) out.push(`-- trigger ${t.name} on ${rel.name}`, indent(`${t.definition};`));
-  const policies = await q<{ name: string; permissive: string; cmd: string; roles: string[]; qual: string | null; with_check: string | null; comment: string | null }>(
+  const policies = await q<{
+    name: string;
+    permissive: string;
+    cmd: string;
+    roles: string[];
+    qual: string | null;
+    with_check: string | null;
+    comment: string | null;
+  }>(
     `select quote_ident(p.polname) as name, case when p.polpermissive then 'permissive' else 'restrictive' end as permissive,
             case p.polcmd when 'r' then 'select' when 'a' then 'insert' when 'w' then 'update' when 'd' then 'delete' else 'all' end as cmd,
             array(select case when r = 0 then 'public' else r::regrole::text end from unnest(p.polroles) r order by 1) as roles,
@@ -218,12 +245,18 @@ async function dumpRelation(client: pg.ClientBase, rel: Relation, acl: AclRow[])
        from pg_policy p where p.polrelid = $1::oid order by p.polname`,
   );
   for (const p of policies) {
-    const expressions = [p.qual !== null ? `using (${p.qual})` : null, p.with_check !== null ? `with check (${p.with_check})` : null].filter((e) => e !== null);
-    out.push(`create policy ${p.name} on ${rel.name} as ${p.permissive} for ${p.cmd} to ${p.roles.join(", ")}${expressions.length === 0 ? ";" : ""}`);
+    const expressions = [
+      p.qual !== null ? `using (${p.qual})` : null,
+      p.with_check !== null ? `with check (${p.with_check})` : null,
+    ].filter((e) => e !== null);
+    out.push(
+      `create policy ${p.name} on ${rel.name} as ${p.permissive} for ${p.cmd} to ${p.roles.join(", ")}${expressions.length === 0 ? ";" : ""}`,
+    );
     if (expressions.length > 0) out.push(indent(`${expressions.join("\n")};`));
     if (p.comment !== null) out.push(`comment on policy ${p.name} on ${rel.name} is ${quoteLiteral(p.comment)};`);
   }
-  if (rel.comment !== null) out.push(`comment on ${rel.kind === "v" ? "view" : "table"} ${rel.name} is ${quoteLiteral(rel.comment)};`);
+  if (rel.comment !== null)
+    out.push(`comment on ${rel.kind === "v" ? "view" : "table"} ${rel.name} is ${quoteLiteral(rel.comment)};`);
   const comments = await q<{ target: string; comment: string }>(
     `select 'column ' || $1::oid::regclass::text || '.' || quote_ident(a.attname) as target, d.description as comment
        from pg_description d join pg_attribute a on a.attrelid = d.objoid and a.attnum = d.objsubid
@@ -276,8 +309,12 @@ export async function dumpSchema(client: pg.ClientBase): Promise<string> {
 }
 
 async function dumpInSnapshot(client: pg.ClientBase): Promise<string> {
-  const { major } = (await rows<{ major: string }>(client, "select current_setting('server_version_num')::int / 10000 as major"))[0]!;
-  const acl = (await rows<AclRow>(client, ACL_SQL)).sort((a, b) => (a.object + a.column).localeCompare(b.object + b.column));
+  const { major } = (
+    await rows<{ major: string }>(client, "select current_setting('server_version_num')::int / 10000 as major")
+  )[0]!;
+  const acl = (await rows<AclRow>(client, ACL_SQL)).sort((a, b) =>
+    (a.object + a.column).localeCompare(b.object + b.column),
+  );
   const sections: Array<[string, string[][]]> = [];
   sections.push(["roles", [await dumpRoles(client)]]);
   const schemas = await rows<{ name: string; owner: string; comment: string | null }>(
@@ -289,7 +326,9 @@ async function dumpInSnapshot(client: pg.ClientBase): Promise<string> {
     "schemas",
     schemas.map((s) => {
       const dumped = (DUMPED_SCHEMAS as readonly string[]).includes(s.name);
-      const out = dumped ? [`create schema ${s.name} authorization ${s.owner};`] : [`-- schema ${s.name} (owned by ${s.owner}): only Herald's grants on it are listed`];
+      const out = dumped
+        ? [`create schema ${s.name} authorization ${s.owner};`]
+        : [`-- schema ${s.name} (owned by ${s.owner}): only Herald's grants on it are listed`];
       if (dumped && s.comment !== null) out.push(`comment on schema ${s.name} is ${quoteLiteral(s.comment)};`);
       out.push(...formatGrants(acl, s.name));
       return out;
@@ -320,16 +359,26 @@ async function dumpInSnapshot(client: pg.ClientBase): Promise<string> {
       order by 2`,
   );
   const blocks: string[][] = [];
-  for (const rel of relations.filter((r) => r.kind === "r" || r.kind === "p")) blocks.push(await dumpRelation(client, rel, acl));
-  sections.push(["tables: columns, constraints, row-level security, indexes, triggers, policies, comments, grants", blocks]);
+  for (const rel of relations.filter((r) => r.kind === "r" || r.kind === "p"))
+    blocks.push(await dumpRelation(client, rel, acl));
+  sections.push([
+    "tables: columns, constraints, row-level security, indexes, triggers, policies, comments, grants",
+    blocks,
+  ]);
   const views: string[][] = [];
-  for (const rel of relations.filter((r) => r.kind === "v" || r.kind === "m")) views.push(await dumpRelation(client, rel, acl));
+  for (const rel of relations.filter((r) => r.kind === "v" || r.kind === "m"))
+    views.push(await dumpRelation(client, rel, acl));
   sections.push(["views", views]);
   const sequences = [...new Set(acl.filter((a) => a.kind === "sequence").map((a) => a.object))].sort();
   sections.push(["sequences (grants)", sequences.map((s) => formatGrants(acl, s))]);
   sections.push(["functions", await dumpFunctions(client, acl)]);
-  const toolObjects = [...new Set(acl.filter((a) => TOOL_SCHEMAS.some((s) => a.object.startsWith(`${s}.`))).map((a) => a.object))].sort();
-  sections.push([`grants on ${TOOL_SCHEMAS.join(" and ")} objects to Herald's roles`, toolObjects.map((o) => formatGrants(acl, o))]);
+  const toolObjects = [
+    ...new Set(acl.filter((a) => TOOL_SCHEMAS.some((s) => a.object.startsWith(`${s}.`))).map((a) => a.object)),
+  ].sort();
+  sections.push([
+    `grants on ${TOOL_SCHEMAS.join(" and ")} objects to Herald's roles`,
+    toolObjects.map((o) => formatGrants(acl, o)),
+  ]);
 
   const header = [
     "-- Herald's schema as the migrated database has it (committed migrations and migrations/current/):",
@@ -358,7 +407,11 @@ export function dumpMajorVersion(dump: string): number | undefined {
  * signatures, volatility, SECURITY DEFINER and settings.
  */
 export function structuralLines(dump: string): string[] {
-  return dump.split("\n").filter((line) => !line.startsWith(DEPARSED) && line.trim() !== "" && !line.startsWith("-- PostgreSQL major version:"));
+  return dump
+    .split("\n")
+    .filter(
+      (line) => !line.startsWith(DEPARSED) && line.trim() !== "" && !line.startsWith("-- PostgreSQL major version:"),
+    );
 }
 
 /**
@@ -369,7 +422,9 @@ export function structuralLines(dump: string): string[] {
  */
 export function compareDumps(committed: string, fresh: string): { exact: boolean; differences: string[] } {
   const exact = dumpMajorVersion(committed) === dumpMajorVersion(fresh);
-  const [a, b] = exact ? [committed.split("\n"), fresh.split("\n")] : [structuralLines(committed), structuralLines(fresh)];
+  const [a, b] = exact
+    ? [committed.split("\n"), fresh.split("\n")]
+    : [structuralLines(committed), structuralLines(fresh)];
   const differences: string[] = [];
   const inA = new Set(a);
   const inB = new Set(b);

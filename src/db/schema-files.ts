@@ -41,7 +41,9 @@ export async function printGraphqlSchema(authenticatorUrl: string): Promise<stri
   try {
     // Keys are only read per request (grafast context), never while building the schema.
     const keyring = new Keyring({ masterKey: randomBytes(32), hashKey: randomBytes(32) });
-    const { schema } = await makeSchema(makeHeraldPreset({ pool, keyring, development: false, logger: createLogger("silent", 2) }));
+    const { schema } = await makeSchema(
+      makeHeraldPreset({ pool, keyring, development: false, logger: createLogger("silent", 2) }),
+    );
     return `${printSchema(lexicographicSortSchema(schema))}\n`;
   } finally {
     await pool.end();

@@ -52,7 +52,11 @@ export async function inTransaction<T>(pool: pg.Pool, fn: (client: pg.PoolClient
   }
 }
 
-export const withSession = <T>(pool: pg.Pool, context: SessionContext, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> =>
+export const withSession = <T>(
+  pool: pg.Pool,
+  context: SessionContext,
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> =>
   inTransaction(pool, async (client) => {
     await enterSession(client, context);
     return fn(client);

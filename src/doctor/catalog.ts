@@ -191,7 +191,8 @@ export const CHECKS: Check[] = [
   },
   {
     name: "tenant-policies",
-    description: "every policy for herald_member/herald_worker restricts rows by current_tenant_id() or current_user_id()",
+    description:
+      "every policy for herald_member/herald_worker restricts rows by current_tenant_id() or current_user_id()",
     sql: `
       select polrelid::regclass::text || ' / ' || polname as object,
              'a member/worker policy whose ' || case when polcmd = 'a' then 'WITH CHECK' else 'USING' end ||
@@ -257,4 +258,3 @@ export const CHECKS: Check[] = [
          and p.prosrc ~* '(set_config|\\mset\\s+(local\\s+|session\\s+)?(role|"?jwt\\.)|\\mreset\\s+(role|all)\\M)'`,
   },
 ];
-

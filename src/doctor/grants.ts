@@ -60,24 +60,36 @@ export async function heldGrants(client: pg.ClientBase): Promise<HeldGrant[]> {
 function parseAllowed(entry: string): { privilege: string; columns: Set<string> | null } {
   const match = /^([A-Z]+)(?:\(([^)]*)\))?$/.exec(entry.trim());
   if (!match) throw new Error(`allowed-grants.ts: cannot read "${entry}"`);
-  return { privilege: match[1]!, columns: match[2] === undefined ? null : new Set(match[2].split(",").map((c) => c.trim())) };
+  return {
+    privilege: match[1]!,
+    columns: match[2] === undefined ? null : new Set(match[2].split(",").map((c) => c.trim())),
+  };
 }
 
 /** The held grants the allow-list does not cover, one finding per role, relation and privilege. */
 export function unlistedGrants(held: HeldGrant[], allowed = ALLOWED_GRANTS): Array<{ object: string; detail: string }> {
   const findings: Array<{ object: string; detail: string }> = [];
   for (const grant of held) {
-    const entries = (allowed[grant.relation]?.[grant.role] ?? []).map(parseAllowed).filter((e) => e.privilege === grant.privilege);
+    const entries = (allowed[grant.relation]?.[grant.role] ?? [])
+      .map(parseAllowed)
+      .filter((e) => e.privilege === grant.privilege);
     const wholeAllowed = entries.some((e) => e.columns === null);
     if (wholeAllowed) continue;
     const who = ROLES[grant.role];
     if (grant.columns === null) {
-      findings.push({ object: grant.relation, detail: `${who} has ${grant.privilege} on the whole relation, which allowed-grants.ts does not list` });
+      findings.push({
+        object: grant.relation,
+        detail: `${who} has ${grant.privilege} on the whole relation, which allowed-grants.ts does not list`,
+      });
       continue;
     }
     const allowedColumns = new Set(entries.flatMap((e) => [...(e.columns ?? [])]));
     const extra = grant.columns.filter((c) => !allowedColumns.has(c));
-    if (extra.length > 0) findings.push({ object: grant.relation, detail: `${who} has ${grant.privilege}(${extra.join(", ")}), which allowed-grants.ts does not list` });
+    if (extra.length > 0)
+      findings.push({
+        object: grant.relation,
+        detail: `${who} has ${grant.privilege}(${extra.join(", ")}), which allowed-grants.ts does not list`,
+      });
   }
   return findings;
 }

@@ -58,7 +58,11 @@ const REACHABLE_SQL = `
 const quoteIdent = (name: string) => `"${name.replace(/"/g, '""')}"`;
 
 /** A statement in a savepoint that is always rolled back: its row count, or the error it raised. */
-async function attempt(client: pg.ClientBase, sql: string, values: unknown[] = []): Promise<{ rows: number; first?: unknown } | { error: { code?: string; message: string } }> {
+async function attempt(
+  client: pg.ClientBase,
+  sql: string,
+  values: unknown[] = [],
+): Promise<{ rows: number; first?: unknown } | { error: { code?: string; message: string } }> {
   await client.query("savepoint herald_doctor_attempt");
   try {
     const result = await client.query(sql, values);
@@ -89,35 +93,59 @@ export async function runProbes(client: pg.ClientBase): Promise<ProbeFinding[]> 
                 set_config('jwt.claims.user_id', $3, true), set_config('statement_timeout', '15s', true), current_user`,
         [role, tenantId, userId],
       );
-      if (rows[0]?.current_user !== role) throw new Error(`doctor could not become ${role} (it runs as ${rows[0]?.current_user})`);
+      if (rows[0]?.current_user !== role)
+        throw new Error(`doctor could not become ${role} (it runs as ${rows[0]?.current_user})`);
       const claims = `${role} with a tenant and user that own nothing`;
       for (const r of reachable) {
         if (r.can_select) {
           const read = await attempt(client, `select exists (select 1 from ${r.relation}) as found`);
           if ("error" in read) {
-            findings.push({ check: "probe-reads", object: r.relation, detail: `${claims}: reading failed (${read.error.code}: ${read.error.message})` });
+            findings.push({
+              check: "probe-reads",
+              object: r.relation,
+              detail: `${claims}: reading failed (${read.error.code}: ${read.error.message})`,
+            });
           } else if ((read.first as { found: boolean }).found) {
-            findings.push({ check: "probe-reads", object: r.relation, detail: `${claims} sees rows (of other tenants)` });
+            findings.push({
+              check: "probe-reads",
+              object: r.relation,
+              detail: `${claims} sees rows (of other tenants)`,
+            });
           }
         }
         if (r.update_column) {
           // `= default` reads no column, so no SELECT right or policy is involved: the update policy alone decides which rows it reaches.
-          const update = await attempt(client, `update ${r.relation} set ${quoteIdent(r.update_column)} = default where true`);
+          const update = await attempt(
+            client,
+            `update ${r.relation} set ${quoteIdent(r.update_column)} = default where true`,
+          );
           if ("error" in update) {
             const detail = /row-level security/.test(update.error.message)
               ? `${claims}: UPDATE … where true reached rows, which WITH CHECK then refused`
               : `${claims}: UPDATE … where true failed (${update.error.code}: ${update.error.message}), so it reached rows`;
             findings.push({ check: "probe-writes", object: r.relation, detail });
           } else if (update.rows > 0) {
-            findings.push({ check: "probe-writes", object: r.relation, detail: `${claims} updated ${update.rows} row(s) (of other tenants)` });
+            findings.push({
+              check: "probe-writes",
+              object: r.relation,
+              detail: `${claims} updated ${update.rows} row(s) (of other tenants)`,
+            });
           }
         }
         if (r.can_delete) {
           const removed = await attempt(client, `delete from ${r.relation} where true`);
           if ("error" in removed) {
-            findings.push({ check: "probe-writes", object: r.relation, detail: `${claims}: DELETE … where true failed (${removed.error.code}: ${removed.error.message}), so it reached rows` });
+            findings.push({
+              check: "probe-writes",
+              object: r.relation,
+              detail: `${claims}: DELETE … where true failed (${removed.error.code}: ${removed.error.message}), so it reached rows`,
+            });
           } else if (removed.rows > 0) {
-            findings.push({ check: "probe-writes", object: r.relation, detail: `${claims} deleted ${removed.rows} row(s) (of other tenants)` });
+            findings.push({
+              check: "probe-writes",
+              object: r.relation,
+              detail: `${claims} deleted ${removed.rows} row(s) (of other tenants)`,
+            });
           }
         }
         if (r.can_insert_tenant) {
@@ -126,9 +154,17 @@ export async function runProbes(client: pg.ClientBase): Promise<ProbeFinding[]> 
           // other column is missed; a constraint error means it let it through.
           const insert = await attempt(client, `insert into ${r.relation} (tenant_id) values ($1)`, [anotherTenant]);
           if (!("error" in insert)) {
-            findings.push({ check: "probe-writes", object: r.relation, detail: `${claims} inserted a row into another tenant` });
+            findings.push({
+              check: "probe-writes",
+              object: r.relation,
+              detail: `${claims} inserted a row into another tenant`,
+            });
           } else if (!refused(insert.error)) {
-            findings.push({ check: "probe-writes", object: r.relation, detail: `${claims}: an INSERT naming another tenant passed row-level security (then: ${insert.error.code}: ${insert.error.message})` });
+            findings.push({
+              check: "probe-writes",
+              object: r.relation,
+              detail: `${claims}: an INSERT naming another tenant passed row-level security (then: ${insert.error.code}: ${insert.error.message})`,
+            });
           }
         }
       }

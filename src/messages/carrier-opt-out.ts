@@ -9,5 +9,9 @@ export const CARRIER_OPT_OUT = "21610";
  * tenant's numbers (a suppression, and the contact unsubscribed).
  */
 export async function recordCarrierOptOut(client: pg.ClientBase, phone: string, channel: string): Promise<void> {
-  await client.query("select herald_hidden.record_opt_out('phone', $1, $2, 'carrier', $3)", [phone, channel, CARRIER_OPT_OUT]);
+  await client.query("select herald_hidden.record_opt_out('phone', $1, $2, 'carrier', $3)", [
+    phone,
+    channel,
+    CARRIER_OPT_OUT,
+  ]);
 }

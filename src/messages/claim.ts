@@ -1,7 +1,16 @@
 import { createHash } from "node:crypto";
 import type pg from "pg";
 import { isValidPhoneNumber } from "libphonenumber-js/max";
-import { activeAccount, assertOwnSender, intendedEmailSender, intendedSmsSender, SendError, tenantSettings, type ProviderClients, type TenantAccount } from "../providers/send.ts";
+import {
+  activeAccount,
+  assertOwnSender,
+  intendedEmailSender,
+  intendedSmsSender,
+  SendError,
+  tenantSettings,
+  type ProviderClients,
+  type TenantAccount,
+} from "../providers/send.ts";
 import type { Route } from "../providers/transmit.ts";
 import { reserveSlots } from "./pacing.ts";
 import { renderContent, type Content } from "./render.ts";
@@ -151,9 +160,18 @@ interface Context {
 }
 
 export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Context): Promise<ClaimResult> {
-  const { rows: [now] } = await client.query<{ stamp: string }>("select now()::text as stamp");
+  const {
+    rows: [now],
+  } = await client.query<{ stamp: string }>("select now()::text as stamp");
   const { rows } = await client.query<DeliveryRow>(deliverySelect, [ids, CLAIM_GRACE_MS]);
-  const result: ClaimResult = { stamp: now!.stamp, sends: [], reconciles: [], lookupAccount: null, later: [], capped: [] };
+  const result: ClaimResult = {
+    stamp: now!.stamp,
+    sends: [],
+    reconciles: [],
+    lookupAccount: null,
+    later: [],
+    capped: [],
+  };
   const finishes: { id: string; status: "skipped" | "canceled" | "failed"; reason: string; code?: string }[] = [];
   const holds: Hold[] = [];
   const capped: DeliveryRow[] = [];
@@ -167,10 +185,14 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
       "select id from herald_public.deliveries where tenant_id = herald_public.current_tenant_id() and id = any ($1::uuid[])",
       [unseen],
     );
-    for (const { id } of busy) result.later.push({ id, until: new Date(Date.now() + BUSY_RETRY_MS), reason: "busy in another job" });
+    for (const { id } of busy)
+      result.later.push({ id, until: new Date(Date.now() + BUSY_RETRY_MS), reason: "busy in another job" });
   }
 
-  const alive = await liveProcesses(ctx.pacingPool, rows.filter((r) => r.status === "sending" && r.recently_claimed).map((r) => r.claimed_by));
+  const alive = await liveProcesses(
+    ctx.pacingPool,
+    rows.filter((r) => r.status === "sending" && r.recently_claimed).map((r) => r.claimed_by),
+  );
   for (const d of rows) {
     d.tenant_step_ms = Number(d.tenant_step_ms);
     const to = (d.channel === "email" ? d.email : d.phone) ?? "";
@@ -180,7 +202,12 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     }
     if (d.status === "sending" || d.status === "unknown") {
       const bodySha256 = d.content_sha256 ?? sha256(renderFor(d).body);
-      result.reconciles.push({ delivery: d, to, bodySha256, since: new Date((d.claimed_at ?? new Date()).getTime() - 60_000) });
+      result.reconciles.push({
+        delivery: d,
+        to,
+        bodySha256,
+        since: new Date((d.claimed_at ?? new Date()).getTime() - 60_000),
+      });
       continue;
     }
     if (d.status !== "queued") continue;
@@ -212,11 +239,21 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     const route = await routeFor(client, ctx.clients, group[0]!.d, settings!);
     const refusal = await senderRefusal(client, ctx.clients, group[0]!.d.channel, route.from);
     if (refusal) {
-      for (const { d } of group) finishes.push({ id: d.id, status: "failed", reason: refusal.message, code: String(refusal.code) });
+      for (const { d } of group)
+        finishes.push({ id: d.id, status: "failed", reason: refusal.message, code: String(refusal.code) });
       continue;
     }
-    const senderStepMs = group[0]!.d.channel === "email" ? null : 1000 / (await messagesPerSecond(client, ctx.clients, route.from!, group[0]!.d.channel));
-    const slots = await reserveSlots(ctx.pacingPool, { tenantId: ctx.tenantId, tenantStepMs: group[0]!.d.tenant_step_ms, sender: senderStepMs === null ? null : `${group[0]!.d.channel}:${route.from}`, senderStepMs, wanted: group.length });
+    const senderStepMs =
+      group[0]!.d.channel === "email"
+        ? null
+        : 1000 / (await messagesPerSecond(client, ctx.clients, route.from!, group[0]!.d.channel));
+    const slots = await reserveSlots(ctx.pacingPool, {
+      tenantId: ctx.tenantId,
+      tenantStepMs: group[0]!.d.tenant_step_ms,
+      sender: senderStepMs === null ? null : `${group[0]!.d.channel}:${route.from}`,
+      senderStepMs,
+      wanted: group.length,
+    });
     group.forEach((c, i) => {
       if (i < slots.times.length) slotted.push({ ...c, route, slotAt: slots.times[i]!, senderStepMs });
       // Beyond the horizon: unclaimed, all back together when the next slot is free.
@@ -228,7 +265,12 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   let claimed = slotted;
   let month: string | null = null;
   if (slotted.length > 0) {
-    const { rows: [count] } = await client.query<{ month: string; granted: number }>("select month::text, granted from herald_hidden.count_toward_cap_many($1)", [slotted.length]);
+    const {
+      rows: [count],
+    } = await client.query<{ month: string; granted: number }>(
+      "select month::text, granted from herald_hidden.count_toward_cap_many($1)",
+      [slotted.length],
+    );
     month = count!.month;
     claimed = slotted.slice(0, count!.granted);
     capped.push(...slotted.slice(count!.granted).map((s) => s.d));
@@ -251,7 +293,14 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
         claimed.map((c, i) => (c.d.channel === "email" ? (contents[i]!.subject ?? "") : contents[i]!.body)),
       ],
     );
-    result.sends = claimed.map((c, i) => ({ delivery: c.d, to: c.to, content: contents[i]!, route: c.route, slotAt: c.slotAt, senderStepMs: c.senderStepMs }));
+    result.sends = claimed.map((c, i) => ({
+      delivery: c.d,
+      to: c.to,
+      content: contents[i]!,
+      route: c.route,
+      slotAt: c.slotAt,
+      senderStepMs: c.senderStepMs,
+    }));
   }
   if (result.reconciles.length > 0) {
     // Claimed for the lookup: a record from an older claim no longer applies.
@@ -262,7 +311,8 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
         where tenant_id = herald_public.current_tenant_id() and id = any ($1::uuid[])`,
       [result.reconciles.map((r) => r.delivery.id), ctx.processId],
     );
-    if (result.reconciles.some((r) => r.delivery.channel !== "email")) result.lookupAccount = (await activeAccount(client, "twilio")) ?? null;
+    if (result.reconciles.some((r) => r.delivery.channel !== "email"))
+      result.lookupAccount = (await activeAccount(client, "twilio")) ?? null;
   }
   const reopens = new Map<string, Date>();
   for (const d of capped) {
@@ -275,7 +325,8 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   return result;
 }
 
-type Refusal = { kind: "finish"; status: "skipped" | "canceled"; reason: string } | { kind: "hold"; until: Date; reason: string };
+type Refusal =
+  { kind: "finish"; status: "skipped" | "canceled"; reason: string } | { kind: "hold"; until: Date; reason: string };
 
 /** The send-time checks: what ends or holds the delivery, or nothing (it may go). */
 function checksBeforeSending(d: DeliveryRow, to: string): Refusal | undefined {
@@ -296,12 +347,22 @@ function checksBeforeSending(d: DeliveryRow, to: string): Refusal | undefined {
 }
 
 /** How a group of deliveries (one channel, one requested sender) will go out: the tenant's account (null: none), settings, sender. */
-async function routeFor(client: pg.ClientBase, clients: ProviderClients, d: DeliveryRow, settings: Route["settings"]): Promise<Route> {
+async function routeFor(
+  client: pg.ClientBase,
+  clients: ProviderClients,
+  d: DeliveryRow,
+  settings: Route["settings"],
+): Promise<Route> {
   const email = d.channel === "email";
   let account = (await activeAccount(client, email ? "sendgrid" : "twilio", d.channel)) ?? null;
   const from = email
     ? intendedEmailSender(clients, d.metadata, account ?? undefined)
-    : intendedSmsSender(clients, { from: d.metadata.from, channel: d.channel as "sms" | "whatsapp" }, account ?? undefined, settings);
+    : intendedSmsSender(
+        clients,
+        { from: d.metadata.from, channel: d.channel as "sms" | "whatsapp" },
+        account ?? undefined,
+        settings,
+      );
   // A number an operator assigned the tenant is on the system account, and
   // only that account can send from it (a reply goes from the number the
   // contact wrote to, which may be one of those).
@@ -319,9 +380,20 @@ async function onSystemAccount(client: pg.ClientBase, number: string, channel: s
 }
 
 /** No sender, or one that is not the tenant's (nor the system's): a refusal before any provider is called. */
-async function senderRefusal(client: pg.ClientBase, clients: ProviderClients, channel: DeliveryRow["channel"], from: string | undefined): Promise<SendError | undefined> {
+async function senderRefusal(
+  client: pg.ClientBase,
+  clients: ProviderClients,
+  channel: DeliveryRow["channel"],
+  from: string | undefined,
+): Promise<SendError | undefined> {
   if (!from) {
-    return new SendError(channel === "email" ? "no sender address: give one or set HERALD_EMAIL_FROM" : "no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", "system", "NO_SENDER");
+    return new SendError(
+      channel === "email"
+        ? "no sender address: give one or set HERALD_EMAIL_FROM"
+        : "no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM",
+      "system",
+      "NO_SENDER",
+    );
   }
   try {
     await assertOwnSender(client, clients, channel, from);
@@ -333,7 +405,12 @@ async function senderRefusal(client: pg.ClientBase, clients: ProviderClients, ch
 }
 
 /** A tenant number's configured rate; the system number's from HERALD_SMS_FROM_MPS; 1 (a long code) otherwise. */
-async function messagesPerSecond(client: pg.ClientBase, clients: ProviderClients, from: string, channel: string): Promise<number> {
+async function messagesPerSecond(
+  client: pg.ClientBase,
+  clients: ProviderClients,
+  from: string,
+  channel: string,
+): Promise<number> {
   if (from === clients.system.twilio.smsFrom) return clients.system.twilio.messagesPerSecond ?? 1;
   const { rows } = await client.query<{ mps: string }>(
     `select messages_per_second as mps from herald_public.sender_numbers
@@ -347,7 +424,10 @@ async function messagesPerSecond(client: pg.ClientBase, clients: ProviderClients
 async function liveProcesses(ownerPool: pg.Pool, processIds: (string | null)[]): Promise<Set<string>> {
   const wanted = [...new Set(processIds.filter((p): p is string => Boolean(p)))];
   if (wanted.length === 0) return new Set();
-  const { rows } = await ownerPool.query<{ process_id: string }>("select process_id from herald_private.worker_processes where process_id = any ($1)", [wanted]);
+  const { rows } = await ownerPool.query<{ process_id: string }>(
+    "select process_id from herald_private.worker_processes where process_id = any ($1)",
+    [wanted],
+  );
   return new Set(rows.map((r) => r.process_id));
 }
 

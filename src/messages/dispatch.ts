@@ -1,7 +1,14 @@
 import type pg from "pg";
 import { providerMessage, SendDeferred, SendError } from "../providers/errors.ts";
 import { statusCallbackUrl, type ProviderClients, type Sent } from "../providers/send.ts";
-import { EMAIL_BATCH_MAX, fitsSubstitutions, transmitEmailBatch, transmitSms, type EmailItem, type TransmitHooks } from "../providers/transmit.ts";
+import {
+  EMAIL_BATCH_MAX,
+  fitsSubstitutions,
+  transmitEmailBatch,
+  transmitSms,
+  type EmailItem,
+  type TransmitHooks,
+} from "../providers/transmit.ts";
 import type { ClaimedSend, ClaimResult } from "./claim.ts";
 import { Limiter, processAccountLimiter } from "./limiter.ts";
 import { sleepUntil, waitForSlot } from "./pacing.ts";
@@ -44,11 +51,20 @@ interface Context {
 
 /** How many provider requests a claimed run needs: one per SMS or lookup, one per email batch. */
 export function requestsFor(claim: ClaimResult): number {
-  return emailRequests(claim.sends.filter((s) => s.delivery.channel === "email")).length + claim.sends.filter((s) => s.delivery.channel !== "email").length + claim.reconciles.filter((r) => r.delivery.channel !== "email").length;
+  return (
+    emailRequests(claim.sends.filter((s) => s.delivery.channel === "email")).length +
+    claim.sends.filter((s) => s.delivery.channel !== "email").length +
+    claim.reconciles.filter((r) => r.delivery.channel !== "email").length
+  );
 }
 
 /** Runs every request of the run through `slots` (the job's share of the process's permits), calling `done` after each. */
-export async function dispatch(claim: ClaimResult, ctx: Context, slots: Limiter, done: () => void): Promise<Dispatched> {
+export async function dispatch(
+  claim: ClaimResult,
+  ctx: Context,
+  slots: Limiter,
+  done: () => void,
+): Promise<Dispatched> {
   const accountNotes = new Map<string, string | null>();
   const hooksFor = (send: { route: ClaimedSend["route"]; delivery: ClaimedSend["delivery"] }): TransmitHooks => ({
     // The claim reserved the route's slot; only a fallback to the system's sender needs one now.
@@ -65,8 +81,7 @@ export async function dispatch(claim: ClaimResult, ctx: Context, slots: Limiter,
     noteAccount: (accountId, error) => void accountNotes.set(accountId, error),
     around: (key, call) => processAccountLimiter().run(key, call),
   });
-  const request = <T>(work: () => Promise<T>) =>
-    slots.run(work).finally(done);
+  const request = <T>(work: () => Promise<T>) => slots.run(work).finally(done);
 
   const sms = claim.sends.filter((s) => s.delivery.channel !== "email");
   const emails = emailRequests(claim.sends.filter((s) => s.delivery.channel === "email"));
@@ -101,9 +116,22 @@ export async function dispatch(claim: ClaimResult, ctx: Context, slots: Limiter,
       if (r.delivery.channel === "email" || !r.to) return [{ id: r.delivery.id, kind: "email_unknown" }];
       return request(async () => {
         try {
-          const found = await findAcceptedSmsVia(ctx.clients, claim.lookupAccount, { to: r.to, bodySha256: r.bodySha256, channel: r.delivery.channel as "sms" | "whatsapp", since: r.since }, (key, call) => processAccountLimiter().run(key, call));
+          const found = await findAcceptedSmsVia(
+            ctx.clients,
+            claim.lookupAccount,
+            { to: r.to, bodySha256: r.bodySha256, channel: r.delivery.channel as "sms" | "whatsapp", since: r.since },
+            (key, call) => processAccountLimiter().run(key, call),
+          );
           if (!found) return [{ id: r.delivery.id, kind: "absent" }];
-          return [{ id: r.delivery.id, kind: "sent", sent: found.sent, body: found.body, reason: "reconciled: the provider had accepted it" }];
+          return [
+            {
+              id: r.delivery.id,
+              kind: "sent",
+              sent: found.sent,
+              body: found.body,
+              reason: "reconciled: the provider had accepted it",
+            },
+          ];
         } catch (error) {
           // No answer, no decision: looked up again later.
           return [{ id: r.delivery.id, kind: "lookup_failed", message: providerMessage(error) }];
@@ -121,7 +149,12 @@ async function sendSms(ctx: Context, s: ClaimedSend, hooks: TransmitHooks): Prom
     const sent = await transmitSms(
       ctx.clients,
       s.route,
-      { to: s.to, body: s.content.body, channel: d.channel as "sms" | "whatsapp", statusCallback: statusCallbackUrl(ctx.clients.system, ctx.tenantId, d.id) },
+      {
+        to: s.to,
+        body: s.content.body,
+        channel: d.channel as "sms" | "whatsapp",
+        statusCallback: statusCallbackUrl(ctx.clients.system, ctx.tenantId, d.id),
+      },
       hooks,
     );
     return { id: d.id, kind: "sent", sent, body: s.content.body, reason: null };
@@ -157,7 +190,13 @@ function failed(id: string, error: unknown): SendOutcome {
   if (error instanceof SendDeferred) return { id, kind: "deferred", until: error.until };
   if (error instanceof SendError) return { id, kind: "error", error };
   // Not the provider's answer (a bug, say): whether it went out is unknown, so it is looked up, never resent blindly.
-  return { id, kind: "error", error: new SendError(`unexpected error during the send: ${providerMessage(error)}`, "system", undefined, { uncertain: true }) };
+  return {
+    id,
+    kind: "error",
+    error: new SendError(`unexpected error during the send: ${providerMessage(error)}`, "system", undefined, {
+      uncertain: true,
+    }),
+  };
 }
 
 /**
@@ -175,8 +214,18 @@ function emailRequests(sends: ClaimedSend[]): ClaimedSend[][] {
   const requests: ClaimedSend[][] = [];
   for (const group of byRoute.values()) {
     const first = group[0]!.content;
-    const same = group.every((s) => s.content.body === first.body && s.content.subject === first.subject && s.content.html_body === first.html_body);
-    const fits = (s: ClaimedSend) => same || fitsSubstitutions({ to: s.to, subject: s.content.subject ?? "", text: s.content.body, html: s.content.html_body ?? undefined });
+    const same = group.every(
+      (s) =>
+        s.content.body === first.body && s.content.subject === first.subject && s.content.html_body === first.html_body,
+    );
+    const fits = (s: ClaimedSend) =>
+      same ||
+      fitsSubstitutions({
+        to: s.to,
+        subject: s.content.subject ?? "",
+        text: s.content.body,
+        html: s.content.html_body ?? undefined,
+      });
     const together = group.filter(fits);
     const alone = group.filter((s) => !fits(s));
     for (let i = 0; i < together.length; i += EMAIL_BATCH_MAX) requests.push(together.slice(i, i + EMAIL_BATCH_MAX));

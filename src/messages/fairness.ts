@@ -21,7 +21,8 @@ export const LAGGING_PRIORITY = 10;
 
 export async function demoteLaggingRuns(helpers: JobHelpers, tenantId: string, runSize: number): Promise<number> {
   const job = helpers.job;
-  if (runSize < 2 || job.priority !== ON_TIME_PRIORITY || Date.now() - new Date(job.run_at).getTime() < LAG_MS) return 0;
+  if (runSize < 2 || job.priority !== ON_TIME_PRIORITY || Date.now() - new Date(job.run_at).getTime() < LAG_MS)
+    return 0;
   const { rows } = await helpers.withPgClient((queue) =>
     queue.query<{ n: number }>(
       `select count(*)::int as n from graphile_worker.reschedule_jobs(array(

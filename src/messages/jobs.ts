@@ -5,7 +5,10 @@ import type pg from "pg";
  * graphile-worker's own connection (where the queue lives): for deliveries
  * made due again outside the fan-out (the cap raised, the sweep).
  */
-export async function queueDeliveryJobs(queue: pg.ClientBase, deliveries: { tenant_id: string; id: string }[]): Promise<void> {
+export async function queueDeliveryJobs(
+  queue: pg.ClientBase,
+  deliveries: { tenant_id: string; id: string }[],
+): Promise<void> {
   if (deliveries.length === 0) return;
   await queue.query(
     `select graphile_worker.add_jobs(array(

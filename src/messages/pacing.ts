@@ -30,7 +30,14 @@ export interface Slots {
 
 export async function reserveSlots(
   pacingPool: pg.Pool,
-  request: { tenantId: string; tenantStepMs: number; sender: string | null; senderStepMs: number | null; wanted: number; horizonMs?: number },
+  request: {
+    tenantId: string;
+    tenantStepMs: number;
+    sender: string | null;
+    senderStepMs: number | null;
+    wanted: number;
+    horizonMs?: number;
+  },
 ): Promise<Slots> {
   const { rows } = await pacingPool.query<{ first_at_ms: number; step_ms: number; granted: number }>(
     `select extract(epoch from r.first_at)::float8 * 1000 as first_at_ms,
@@ -39,7 +46,14 @@ export async function reserveSlots(
                                               make_interval(secs => coalesce($4::float8, 0) / 1000.0),
                                               make_interval(secs => $5::float8 / 1000.0), $6) r`,
     // A sender's scope is its channel and number (sender_numbers is unique on both).
-    [request.tenantId, request.tenantStepMs, request.sender, request.senderStepMs, request.horizonMs ?? PACE_HORIZON_MS, request.wanted],
+    [
+      request.tenantId,
+      request.tenantStepMs,
+      request.sender,
+      request.senderStepMs,
+      request.horizonMs ?? PACE_HORIZON_MS,
+      request.wanted,
+    ],
   );
   // On the database's clock, which the worker's is taken to follow (NTP): a time relative to the
   // answer would shift each run's slots by how long its answer took to arrive, and runs whose
@@ -50,7 +64,10 @@ export async function reserveSlots(
 }
 
 /** One slot for one send (a fallback to the system's number): waited for, or SendDeferred when beyond the horizon. */
-export async function waitForSlot(pacingPool: pg.Pool, request: { tenantId: string; tenantStepMs: number; sender: string | null; senderStepMs: number | null }): Promise<void> {
+export async function waitForSlot(
+  pacingPool: pg.Pool,
+  request: { tenantId: string; tenantStepMs: number; sender: string | null; senderStepMs: number | null },
+): Promise<void> {
   const slots = await reserveSlots(pacingPool, { ...request, wanted: 1, horizonMs: 10_000 });
   if (slots.times.length === 0) throw new SendDeferred(slots.nextFree);
   await sleepUntil(slots.times[0]!);

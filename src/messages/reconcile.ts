@@ -19,7 +19,9 @@ export async function findAcceptedSmsVia(
   const address = message.channel === "whatsapp" ? `whatsapp:${message.to}` : message.to;
   const routes = account ? [account, "system" as const] : ["system" as const];
   for (const via of routes) {
-    const recent = await around(via === "system" ? "system" : via.id, () => clients.twilioFor(via).messages.list({ to: address, limit: 50 }));
+    const recent = await around(via === "system" ? "system" : via.id, () =>
+      clients.twilioFor(via).messages.list({ to: address, limit: 50 }),
+    );
     const match = recent.find((m) => sha256(m.body) === message.bodySha256 && m.dateCreated >= message.since);
     if (match) {
       return {

@@ -16,7 +16,17 @@ import { holdMany, uncountMany, type Hold } from "./settle.ts";
  */
 
 /** A provider refusing the recipient, not the request: retrying cannot help. */
-const PERMANENT_CODES = new Set(["21211", "21408", CARRIER_OPT_OUT, "21612", "21614", "30004", "63007", "NOT_OWN_SENDER", "NO_SENDER"]);
+const PERMANENT_CODES = new Set([
+  "21211",
+  "21408",
+  CARRIER_OPT_OUT,
+  "21612",
+  "21614",
+  "30004",
+  "63007",
+  "NOT_OWN_SENDER",
+  "NO_SENDER",
+]);
 export const MAX_SEND_ATTEMPTS = 8;
 /** How soon an uncertain send is looked up at the provider. */
 const RECONCILE_DELAY_MS = 5_000;
@@ -30,14 +40,23 @@ export interface Recorded {
   retried: { id: string; code: string | null; reason: string }[];
 }
 
-export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, dispatched: Dispatched, processId: string): Promise<Recorded> {
+export async function recordOutcomes(
+  client: pg.ClientBase,
+  claim: ClaimResult,
+  dispatched: Dispatched,
+  processId: string,
+): Promise<Recorded> {
   const mine = { stamp: claim.stamp, processId };
-  const rows = new Map([...claim.sends.map((s) => [s.delivery.id, { d: s.delivery, to: s.to }] as const), ...claim.reconciles.map((r) => [r.delivery.id, { d: r.delivery, to: r.to }] as const)]);
+  const rows = new Map([
+    ...claim.sends.map((s) => [s.delivery.id, { d: s.delivery, to: s.to }] as const),
+    ...claim.reconciles.map((r) => [r.delivery.id, { d: r.delivery, to: r.to }] as const),
+  ]);
   const sent: Extract<SendOutcome, { kind: "sent" }>[] = [];
   const holds: Hold[] = [];
   const uncount: string[] = [];
   const unattempt: string[] = [];
-  const statuses: { id: string; status: "failed" | "unknown"; reason: string; code: string | null; final: boolean }[] = [];
+  const statuses: { id: string; status: "failed" | "unknown"; reason: string; code: string | null; final: boolean }[] =
+    [];
   const optOuts: { to: string; channel: string }[] = [];
   const later: Hold[] = [];
   const failed: Recorded["failed"] = [];
@@ -61,25 +80,47 @@ export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, 
         holds.push({ id: outcome.id, until: new Date(), reason: "reconciled: not accepted, sending again" });
         break;
       case "email_unknown":
-        statuses.push({ id: outcome.id, status: "unknown", reason: "the provider may have accepted it; email cannot be looked up, so it is not sent again", code: null, final: true });
+        statuses.push({
+          id: outcome.id,
+          status: "unknown",
+          reason: "the provider may have accepted it; email cannot be looked up, so it is not sent again",
+          code: null,
+          final: true,
+        });
         break;
       case "lookup_failed":
-        later.push({ id: outcome.id, until: new Date(Date.now() + LOOKUP_RETRY_MS), reason: `lookup failed: ${outcome.message}` });
+        later.push({
+          id: outcome.id,
+          until: new Date(Date.now() + LOOKUP_RETRY_MS),
+          reason: `lookup failed: ${outcome.message}`,
+        });
         retried.push({ id: outcome.id, code: null, reason: `lookup failed: ${outcome.message}` });
         break;
       case "error": {
         const error = outcome.error;
         const code = error.code === undefined ? null : String(error.code);
         if (error.uncertain) {
-          statuses.push({ id: outcome.id, status: "unknown", reason: `the provider may have accepted it: ${error.message}`, code, final: false });
+          statuses.push({
+            id: outcome.id,
+            status: "unknown",
+            reason: `the provider may have accepted it: ${error.message}`,
+            code,
+            final: false,
+          });
           later.push({ id: outcome.id, until: new Date(Date.now() + RECONCILE_DELAY_MS), reason: "reconcile" });
           retried.push({ id: outcome.id, code, reason: `uncertain, to be looked up: ${error.message}` });
           break;
         }
         uncount.push(outcome.id);
-        const retryable = !PERMANENT_CODES.has(code ?? "") && (error.status === 429 || code === "20429" || (error.status !== undefined && error.status !== 400));
+        const retryable =
+          !PERMANENT_CODES.has(code ?? "") &&
+          (error.status === 429 || code === "20429" || (error.status !== undefined && error.status !== 400));
         if (retryable && row.d.attempts + 1 < MAX_SEND_ATTEMPTS) {
-          holds.push({ id: outcome.id, until: new Date(Date.now() + backoffMs(row.d.attempts + 1)), reason: `retrying: ${error.message}`.slice(0, 500) });
+          holds.push({
+            id: outcome.id,
+            until: new Date(Date.now() + backoffMs(row.d.attempts + 1)),
+            reason: `retrying: ${error.message}`.slice(0, 500),
+          });
           retried.push({ id: outcome.id, code, reason: `retrying: ${error.message}` });
           break;
         }
@@ -105,7 +146,12 @@ export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, 
   later.push(...(await holdMany(client, holds, mine)));
   // A refused send gave its place under the cap back: what the cap held in this run may go now.
   if (uncount.length > 0 && claim.capped.length > 0) {
-    later.push(...(await holdMany(client, claim.capped.map((id) => ({ id, until: new Date(), reason: "monthly_cap" })))));
+    later.push(
+      ...(await holdMany(
+        client,
+        claim.capped.map((id) => ({ id, until: new Date(), reason: "monthly_cap" })),
+      )),
+    );
   }
   for (const o of optOuts) await recordCarrierOptOut(client, o.to, o.channel);
   await recordAccountNotes(client, dispatched.accountNotes);
@@ -116,7 +162,11 @@ export async function recordOutcomes(client: pg.ClientBase, claim: ClaimResult, 
  * The provider accepted them. A status callback may have got here first (they
  * can outrun the SDK's answer): a final status it set stays.
  */
-async function recordSent(client: pg.ClientBase, sent: Extract<SendOutcome, { kind: "sent" }>[], mine: { stamp: string; processId: string }) {
+async function recordSent(
+  client: pg.ClientBase,
+  sent: Extract<SendOutcome, { kind: "sent" }>[],
+  mine: { stamp: string; processId: string },
+) {
   if (sent.length === 0) return;
   await client.query(
     `update herald_public.deliveries d
@@ -161,7 +211,15 @@ async function setStatuses(
        from unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::boolean[]) as x(id, status, reason, code, final)
       where d.tenant_id = herald_public.current_tenant_id() and d.id = x.id and d.status in ('sending', 'unknown')
         and d.claimed_at = $6::timestamptz and d.claimed_by = $7`,
-    [statuses.map((s) => s.id), statuses.map((s) => s.status), statuses.map((s) => s.reason.slice(0, 500)), statuses.map((s) => s.code), statuses.map((s) => s.final), mine.stamp, mine.processId],
+    [
+      statuses.map((s) => s.id),
+      statuses.map((s) => s.status),
+      statuses.map((s) => s.reason.slice(0, 500)),
+      statuses.map((s) => s.code),
+      statuses.map((s) => s.final),
+      mine.stamp,
+      mine.processId,
+    ],
   );
 }
 

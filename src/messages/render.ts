@@ -23,7 +23,9 @@ const VARIABLE = /\{\{\s*([a-z_]+(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*(?:\|([^{}|]*)
 function valueOf(contact: RenderContact, name: string): string | undefined {
   const [head, attribute] = name.split(".");
   const raw =
-    head === "attributes" && attribute !== undefined ? contact.attributes[attribute] : (contact as unknown as Record<string, unknown>)[head!];
+    head === "attributes" && attribute !== undefined
+      ? contact.attributes[attribute]
+      : (contact as unknown as Record<string, unknown>)[head!];
   if (raw === null || raw === undefined || raw === "") return undefined;
   return typeof raw === "object" ? JSON.stringify(raw) : String(raw);
 }
@@ -52,7 +54,9 @@ export function renderContent(content: Content, contact: RenderContact): Content
     last_name: contact.last_name && escapeHtml(contact.last_name),
     email: contact.email && escapeHtml(contact.email),
     external_id: contact.external_id && escapeHtml(contact.external_id),
-    attributes: Object.fromEntries(Object.entries(contact.attributes).map(([k, v]) => [k, typeof v === "string" ? escapeHtml(v) : v])),
+    attributes: Object.fromEntries(
+      Object.entries(contact.attributes).map(([k, v]) => [k, typeof v === "string" ? escapeHtml(v) : v]),
+    ),
   };
   return {
     body: render(content.body, contact),

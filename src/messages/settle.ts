@@ -25,7 +25,12 @@ export async function finishMany(
             attempts = d.attempts + case when x.status = 'failed' then 1 else 0 end
        from unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) as x(id, status, reason, code)
       where d.tenant_id = herald_public.current_tenant_id() and d.id = x.id`,
-    [finishes.map((f) => f.id), finishes.map((f) => f.status), finishes.map((f) => f.reason.slice(0, 500)), finishes.map((f) => f.code ?? null)],
+    [
+      finishes.map((f) => f.id),
+      finishes.map((f) => f.status),
+      finishes.map((f) => f.reason.slice(0, 500)),
+      finishes.map((f) => f.code ?? null),
+    ],
   );
 }
 
@@ -34,7 +39,11 @@ export async function finishMany(
  * report has meanwhile shown one accepted (a status callback for an `unknown`
  * one, say): that one is not sent again. Returns the holds that took.
  */
-export async function holdMany(client: pg.ClientBase, holds: Hold[], onlyClaim?: { stamp: string; processId: string }): Promise<Hold[]> {
+export async function holdMany(
+  client: pg.ClientBase,
+  holds: Hold[],
+  onlyClaim?: { stamp: string; processId: string },
+): Promise<Hold[]> {
   if (holds.length === 0) return [];
   const { rows } = await client.query<{ id: string }>(
     `update herald_public.deliveries d set status = 'queued', reason = x.reason, run_at = x.until
@@ -42,7 +51,13 @@ export async function holdMany(client: pg.ClientBase, holds: Hold[], onlyClaim?:
       where d.tenant_id = herald_public.current_tenant_id() and d.id = x.id and d.status in ('queued', 'sending', 'unknown')
         and ($4::timestamptz is null or (d.claimed_at = $4::timestamptz and d.claimed_by = $5))
      returning d.id`,
-    [holds.map((h) => h.id), holds.map((h) => h.until), holds.map((h) => h.reason), onlyClaim?.stamp ?? null, onlyClaim?.processId ?? null],
+    [
+      holds.map((h) => h.id),
+      holds.map((h) => h.until),
+      holds.map((h) => h.reason),
+      onlyClaim?.stamp ?? null,
+      onlyClaim?.processId ?? null,
+    ],
   );
   const held = new Set(rows.map((r) => r.id));
   return holds.filter((h) => held.has(h.id));
@@ -65,7 +80,11 @@ export async function holdBack(
 }
 
 /** Claims that certainly reached no provider give their places under the monthly cap back. */
-export async function uncountMany(client: pg.ClientBase, ids: string[], claim?: { stamp: string; processId: string }): Promise<void> {
+export async function uncountMany(
+  client: pg.ClientBase,
+  ids: string[],
+  claim?: { stamp: string; processId: string },
+): Promise<void> {
   if (ids.length === 0) return;
   await client.query(
     `with given as (
@@ -96,5 +115,7 @@ export async function capReopens(client: pg.ClientBase, messageId: string, claim
     [messageId, claimedBy],
   );
   const now = new Date();
-  return rows[0]?.in_flight ? new Date(now.getTime() + 30_000) : new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
+  return rows[0]?.in_flight
+    ? new Date(now.getTime() + 30_000)
+    : new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth() + 1, 1));
 }

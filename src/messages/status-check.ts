@@ -111,7 +111,9 @@ export async function checkOverdueStatuses(options: {
         );
       }
       const accounts = new Map<string, TenantAccount | undefined>();
-      for (const id of new Set(texts.filter((d) => d.provider === "tenant" && d.provider_account_id).map((d) => d.provider_account_id!))) {
+      for (const id of new Set(
+        texts.filter((d) => d.provider === "tenant" && d.provider_account_id).map((d) => d.provider_account_id!),
+      )) {
         accounts.set(id, await accountById(client, id));
       }
       return accounts;
@@ -172,11 +174,18 @@ async function lookUp(group: Lookup[], clients: ProviderClients, logger: JobLogg
       if (wait > 0) await sleep(wait);
       try {
         const message = await twilio.messages(lookup.delivery.provider_message_id!).fetch();
-        lookup.result = { status: message.status, errorCode: message.errorCode ? String(message.errorCode) : null, to: message.to };
+        lookup.result = {
+          status: message.status,
+          errorCode: message.errorCode ? String(message.errorCode) : null,
+          to: message.to,
+        };
       } catch (error) {
         const { status, code } = error as { status?: number; code?: number };
         // One line per failure, no stack: the delivery and what the provider said.
-        logger.warn(`status lookup for delivery ${lookup.delivery.id} failed: HTTP ${status ?? "-"}, code ${code ?? "-"}`, { delivery: lookup.delivery.id, status, code });
+        logger.warn(
+          `status lookup for delivery ${lookup.delivery.id} failed: HTTP ${status ?? "-"}, code ${code ?? "-"}`,
+          { delivery: lookup.delivery.id, status, code },
+        );
         if (status === 429 || code === 20429) halted = true;
       }
     }

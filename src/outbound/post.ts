@@ -29,17 +29,37 @@ export type PostResult =
 
 const NOT_PUBLIC = new net.BlockList();
 for (const [network, prefix] of [
-  ["0.0.0.0", 8], ["10.0.0.0", 8], ["100.64.0.0", 10], ["127.0.0.0", 8], ["169.254.0.0", 16], ["172.16.0.0", 12],
-  ["192.0.0.0", 24], ["192.88.99.0", 24], ["192.168.0.0", 16], ["198.18.0.0", 15], ["224.0.0.0", 4], ["240.0.0.0", 4],
-] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv4");
+  ["0.0.0.0", 8],
+  ["10.0.0.0", 8],
+  ["100.64.0.0", 10],
+  ["127.0.0.0", 8],
+  ["169.254.0.0", 16],
+  ["172.16.0.0", 12],
+  ["192.0.0.0", 24],
+  ["192.88.99.0", 24],
+  ["192.168.0.0", 16],
+  ["198.18.0.0", 15],
+  ["224.0.0.0", 4],
+  ["240.0.0.0", 4],
+] as const)
+  NOT_PUBLIC.addSubnet(network, prefix, "ipv4");
 // Unspecified, loopback and the deprecated IPv4-compatible range (::/96),
 // IPv4-translated (::ffff:0:0:0/96), unique-local, link-local, site-local,
 // multicast, documentation, and NAT64 (whose embedded IPv4 address may be
 // anything, the cloud's metadata address included).
 for (const [network, prefix] of [
-  ["::", 96], ["::ffff:0:0:0", 96], ["fc00::", 7], ["fe80::", 10], ["fec0::", 10], ["ff00::", 8], ["2001:db8::", 32],
-  ["64:ff9b::", 96], ["64:ff9b:1::", 48], ["100::", 64],
-] as const) NOT_PUBLIC.addSubnet(network, prefix, "ipv6");
+  ["::", 96],
+  ["::ffff:0:0:0", 96],
+  ["fc00::", 7],
+  ["fe80::", 10],
+  ["fec0::", 10],
+  ["ff00::", 8],
+  ["2001:db8::", 32],
+  ["64:ff9b::", 96],
+  ["64:ff9b:1::", 48],
+  ["100::", 64],
+] as const)
+  NOT_PUBLIC.addSubnet(network, prefix, "ipv6");
 
 /** Two hex groups of an IPv6 address as the IPv4 address they carry. */
 function dottedQuad(highGroup: string, lowGroup: string): string {
@@ -67,13 +87,20 @@ const publicOnlyLookup: net.LookupFunction = (hostname, options, callback) => {
     if (error) return callback(error, "", 0);
     const list = addresses as dns.LookupAddress[];
     const refused = list.find((a) => !isPublicAddress(a.address));
-    if (refused || list.length === 0) return callback(new RefusedAddress(`${hostname} resolves to a non-public address`), "", 0);
-    if ((options as dns.LookupOptions).all) return (callback as unknown as (e: null, a: dns.LookupAddress[]) => void)(null, list);
+    if (refused || list.length === 0)
+      return callback(new RefusedAddress(`${hostname} resolves to a non-public address`), "", 0);
+    if ((options as dns.LookupOptions).all)
+      return (callback as unknown as (e: null, a: dns.LookupAddress[]) => void)(null, list);
     callback(null, list[0]!.address, list[0]!.family);
   });
 };
 
-export function postJson(url: string, body: string, headers: Record<string, string>, policy: PostPolicy): Promise<PostResult> {
+export function postJson(
+  url: string,
+  body: string,
+  headers: Record<string, string>,
+  policy: PostPolicy,
+): Promise<PostResult> {
   let target: URL;
   try {
     target = new URL(url);
@@ -82,7 +109,10 @@ export function postJson(url: string, body: string, headers: Record<string, stri
   }
   if (!policy.allowPrivateNetworks) {
     if (target.protocol !== "https:") return Promise.resolve({ kind: "refused", error: "endpoints must use https" });
-    if (net.isIP(target.hostname.replace(/^\[|\]$/g, "")) && !isPublicAddress(target.hostname.replace(/^\[|\]$/g, ""))) {
+    if (
+      net.isIP(target.hostname.replace(/^\[|\]$/g, "")) &&
+      !isPublicAddress(target.hostname.replace(/^\[|\]$/g, ""))
+    ) {
       return Promise.resolve({ kind: "refused", error: "the endpoint's address is not public" });
     }
   }
@@ -99,7 +129,12 @@ export function postJson(url: string, body: string, headers: Record<string, stri
       target,
       {
         method: "POST",
-        headers: { "content-type": "application/json", "content-length": Buffer.byteLength(body), "user-agent": "Herald-Webhooks/1", ...headers },
+        headers: {
+          "content-type": "application/json",
+          "content-length": Buffer.byteLength(body),
+          "user-agent": "Herald-Webhooks/1",
+          ...headers,
+        },
         ...(policy.allowPrivateNetworks ? {} : { lookup: publicOnlyLookup }),
       },
       (response) => {
@@ -122,7 +157,11 @@ export function postJson(url: string, body: string, headers: Record<string, stri
       request.destroy();
     }, policy.timeoutMs);
     request.on("error", (error) =>
-      settle(error instanceof RefusedAddress ? { kind: "refused", error: error.message } : { kind: "failed", error: error.message.slice(0, 300) }),
+      settle(
+        error instanceof RefusedAddress
+          ? { kind: "refused", error: error.message }
+          : { kind: "failed", error: error.message.slice(0, 300) },
+      ),
     );
     request.end(body);
   });

@@ -38,7 +38,11 @@ async function record(client: pg.ClientBase, domainId: string, changes: Record<s
   );
 }
 
-export async function authenticateDomain(client: pg.ClientBase, clients: ProviderClients, domainId: string): Promise<void> {
+export async function authenticateDomain(
+  client: pg.ClientBase,
+  clients: ProviderClients,
+  domainId: string,
+): Promise<void> {
   const row = await loadDomain(client, domainId);
   if (!row) return;
   if (row.account.kind !== "sendgrid") {
@@ -52,10 +56,14 @@ export async function authenticateDomain(client: pg.ClientBase, clients: Provide
       url: "/v3/whitelabel/domains",
       body: { domain: row.domain, automatic_security: true },
     });
-    const dns = (body as { id: number; dns: Record<string, { type: string; host: string; data: string; valid: boolean }> }).dns;
+    const dns = (
+      body as { id: number; dns: Record<string, { type: string; host: string; data: string; valid: boolean }> }
+    ).dns;
     await record(client, domainId, {
       sendgrid_domain_id: (body as { id: number }).id,
-      dns_records: JSON.stringify(Object.values(dns).map(({ type, host, data, valid }) => ({ type, host, data, valid }))),
+      dns_records: JSON.stringify(
+        Object.values(dns).map(({ type, host, data, valid }) => ({ type, host, data, valid })),
+      ),
       status: "pending",
       last_error: null,
     });
@@ -68,7 +76,9 @@ export async function verifyDomain(client: pg.ClientBase, clients: ProviderClien
   const row = await loadDomain(client, domainId);
   if (!row || row.account.kind !== "sendgrid") return;
   if (!row.sendgrid_domain_id) {
-    await record(client, domainId, { last_error: "SendGrid has not named the DNS records yet; authenticate the domain first" });
+    await record(client, domainId, {
+      last_error: "SendGrid has not named the DNS records yet; authenticate the domain first",
+    });
     return;
   }
   try {
@@ -76,11 +86,17 @@ export async function verifyDomain(client: pg.ClientBase, clients: ProviderClien
       method: "POST",
       url: `/v3/whitelabel/domains/${row.sendgrid_domain_id}/validate`,
     });
-    const result = body as { valid: boolean; validation_results: Record<string, { valid: boolean; reason: string | null }> };
+    const result = body as {
+      valid: boolean;
+      validation_results: Record<string, { valid: boolean; reason: string | null }>;
+    };
     const reasons = Object.values(result.validation_results)
       .map((r) => r.reason)
       .filter(Boolean);
-    await record(client, domainId, { status: result.valid ? "verified" : "pending", last_error: result.valid ? null : [...new Set(reasons)].join("; ") });
+    await record(client, domainId, {
+      status: result.valid ? "verified" : "pending",
+      last_error: result.valid ? null : [...new Set(reasons)].join("; "),
+    });
   } catch (error) {
     await record(client, domainId, { last_error: errorText(error).slice(0, 2000) });
   }

@@ -16,7 +16,12 @@ export class SendError extends Error {
    * timeout, a dropped connection, a 5xx): sending again could deliver twice.
    */
   readonly uncertain: boolean;
-  constructor(message: string, provider: "tenant" | "system", code?: number | string, details: { status?: number; uncertain?: boolean } = {}) {
+  constructor(
+    message: string,
+    provider: "tenant" | "system",
+    code?: number | string,
+    details: { status?: number; uncertain?: boolean } = {},
+  ) {
     super(message);
     this.provider = provider;
     this.code = code;
@@ -41,7 +46,9 @@ export class SendDeferred extends Error {
  * accounts and logged, where plaintext phone numbers and emails never go.
  */
 export function withoutAddresses(text: string): string {
-  return text.replace(/[^\s@'"<>()]+@[^\s@'"<>()]+\.[^\s@'"<>()]+/g, "[email]").replace(/\+?\d[\d\s().-]{5,}\d/g, "[number]");
+  return text
+    .replace(/[^\s@'"<>()]+@[^\s@'"<>()]+\.[^\s@'"<>()]+/g, "[email]")
+    .replace(/\+?\d[\d\s().-]{5,}\d/g, "[number]");
 }
 
 export const providerMessage = (error: unknown) => withoutAddresses((error as Error).message ?? String(error));
@@ -67,5 +74,8 @@ export function certainlyNotAccepted(error: unknown): boolean {
 /** A provider's error as a SendError: its code, HTTP status, and whether acceptance is in doubt. */
 export function providerError(message: string, provider: "tenant" | "system", error: unknown): SendError {
   const e = error as { code?: number | string };
-  return new SendError(message, provider, e.code, { status: httpStatus(error), uncertain: !certainlyNotAccepted(error) });
+  return new SendError(message, provider, e.code, {
+    status: httpStatus(error),
+    uncertain: !certainlyNotAccepted(error),
+  });
 }

@@ -44,8 +44,14 @@ export function systemProviders(config: Config, sandboxUrl?: string, callbackBas
   return {
     callbackBaseUrl,
     // Sandbox: Twilio's documented test sender number, and a local address.
-    twilio: { ...(config.twilio ?? { ...SANDBOX_SYSTEM_TWILIO, smsFrom: config.smsFrom ?? "+15005550006" }), messagesPerSecond: config.smsFromMps },
-    sendgrid: config.sendgrid ?? { apiKey: SANDBOX_SYSTEM_SENDGRID_KEY, emailFrom: config.emailFrom ?? "herald@sandbox.test" },
+    twilio: {
+      ...(config.twilio ?? { ...SANDBOX_SYSTEM_TWILIO, smsFrom: config.smsFrom ?? "+15005550006" }),
+      messagesPerSecond: config.smsFromMps,
+    },
+    sendgrid: config.sendgrid ?? {
+      apiKey: SANDBOX_SYSTEM_SENDGRID_KEY,
+      emailFrom: config.emailFrom ?? "herald@sandbox.test",
+    },
     twilioSandboxUrl: config.twilio ? undefined : sandboxUrl,
     sendgridSandboxUrl: config.sendgrid ? undefined : sandboxUrl,
   };
@@ -80,23 +86,37 @@ export class ProviderClients {
   }
 
   twilioFor(account: TenantAccount | "system"): TwilioClient {
-    if (account === "system") return this.#cached(this.#twilio, "system", 0, () => createTwilioClient(this.system.twilio, this.system.twilioSandboxUrl));
+    if (account === "system")
+      return this.#cached(this.#twilio, "system", 0, () =>
+        createTwilioClient(this.system.twilio, this.system.twilioSandboxUrl),
+      );
     return this.#cached(this.#twilio, account.id, account.updated_at.getTime(), () =>
       createTwilioClient(
-        { accountSid: account.twilio_account_sid!, authToken: account.secret, apiKeySid: account.twilio_api_key_sid ?? undefined },
+        {
+          accountSid: account.twilio_account_sid!,
+          authToken: account.secret,
+          apiKeySid: account.twilio_api_key_sid ?? undefined,
+        },
         this.system.twilioSandboxUrl,
       ),
     );
   }
 
   sendgridFor(account: TenantAccount | "system"): SendGridMailer {
-    if (account === "system") return this.#cached(this.#sendgrid, "system", 0, () => createSendGridMailer(this.system.sendgrid.apiKey, this.system.sendgridSandboxUrl));
-    return this.#cached(this.#sendgrid, account.id, account.updated_at.getTime(), () => createSendGridMailer(account.secret, this.system.sendgridSandboxUrl));
+    if (account === "system")
+      return this.#cached(this.#sendgrid, "system", 0, () =>
+        createSendGridMailer(this.system.sendgrid.apiKey, this.system.sendgridSandboxUrl),
+      );
+    return this.#cached(this.#sendgrid, account.id, account.updated_at.getTime(), () =>
+      createSendGridMailer(account.secret, this.system.sendgridSandboxUrl),
+    );
   }
 
   /** The v3 API client of a tenant's SendGrid account (domain authentication). */
   sendgridApiFor(account: TenantAccount): SendGridClient {
-    return this.#cached(this.#sendgridApi, account.id, account.updated_at.getTime(), () => createSendGridClient(account.secret, this.system.sendgridSandboxUrl));
+    return this.#cached(this.#sendgridApi, account.id, account.updated_at.getTime(), () =>
+      createSendGridClient(account.secret, this.system.sendgridSandboxUrl),
+    );
   }
 
   #cached<T>(cache: Map<string, { version: number; client: T }>, key: string, version: number, make: () => T): T {
@@ -119,18 +139,31 @@ const accountSelect = (condition: string) => `
     from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s
    where a.tenant_id = herald_public.current_tenant_id() and ${condition}`;
 
-export async function activeAccount(client: pg.ClientBase, kind: "twilio" | "sendgrid", channel = "sms"): Promise<TenantAccount | undefined> {
-  const { rows } = await client.query<TenantAccount>(accountSelect("a.kind = $1 and a.status = 'active'"), [kind, channel]);
+export async function activeAccount(
+  client: pg.ClientBase,
+  kind: "twilio" | "sendgrid",
+  channel = "sms",
+): Promise<TenantAccount | undefined> {
+  const { rows } = await client.query<TenantAccount>(accountSelect("a.kind = $1 and a.status = 'active'"), [
+    kind,
+    channel,
+  ]);
   return rows[0];
 }
 
 /** One account of the session's tenant (none for another tenant's id). */
-export async function accountById(client: pg.ClientBase, accountId: string, channel = "sms"): Promise<TenantAccount | undefined> {
+export async function accountById(
+  client: pg.ClientBase,
+  accountId: string,
+  channel = "sms",
+): Promise<TenantAccount | undefined> {
   const { rows } = await client.query<TenantAccount>(accountSelect("a.id = $1"), [accountId, channel]);
   return rows[0];
 }
 
-export async function tenantSettings(client: pg.ClientBase): Promise<{ fallback_to_system: boolean; sms_from: string | null }> {
+export async function tenantSettings(
+  client: pg.ClientBase,
+): Promise<{ fallback_to_system: boolean; sms_from: string | null }> {
   const { rows } = await client.query(
     "select fallback_to_system, sms_from from herald_public.tenant_settings where tenant_id = herald_public.current_tenant_id()",
   );
@@ -138,7 +171,12 @@ export async function tenantSettings(client: pg.ClientBase): Promise<{ fallback_
 }
 
 /** Records the provider's answer on the tenant's account (null: it worked). */
-export async function recordAccountResult(client: pg.ClientBase, accountId: string, error: string | null, tested = false) {
+export async function recordAccountResult(
+  client: pg.ClientBase,
+  accountId: string,
+  error: string | null,
+  tested = false,
+) {
   await client.query(
     `update herald_public.provider_accounts set last_error = $2 ${tested ? ", last_tested_at = now()" : ""}
       where tenant_id = herald_public.current_tenant_id() and id = $1`,
@@ -152,7 +190,12 @@ export async function recordAccountResult(client: pg.ClientBase, accountId: stri
  * A number must be registered to the tenant (only on its own account, or by an
  * operator); an address must be on one of the tenant's verified email domains.
  */
-export async function assertOwnSender(client: pg.ClientBase, clients: ProviderClients, kind: "sms" | "whatsapp" | "email", from: string) {
+export async function assertOwnSender(
+  client: pg.ClientBase,
+  clients: ProviderClients,
+  kind: "sms" | "whatsapp" | "email",
+  from: string,
+) {
   const system = kind === "email" ? clients.system.sendgrid.emailFrom : clients.system.twilio.smsFrom;
   if (from.toLowerCase() === system?.toLowerCase()) return;
   const { rowCount } =
@@ -163,8 +206,12 @@ export async function assertOwnSender(client: pg.ClientBase, clients: ProviderCl
               and domain = lower(split_part($1, '@', 2))::public.citext`,
           [from],
         )
-      : await client.query("select 1 from herald_public.sender_numbers where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2", [from, kind]);
-  if (!rowCount) throw new SendError(`${from} is not one of this tenant's senders (nor the system's)`, "tenant", "NOT_OWN_SENDER");
+      : await client.query(
+          "select 1 from herald_public.sender_numbers where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2",
+          [from, kind],
+        );
+  if (!rowCount)
+    throw new SendError(`${from} is not one of this tenant's senders (nor the system's)`, "tenant", "NOT_OWN_SENDER");
 }
 
 export interface Sent {
@@ -220,8 +267,15 @@ export function intendedSmsSender(
 }
 
 /** The address an email goes out from, unless the system's account takes over. */
-export function intendedEmailSender(clients: ProviderClients, message: { from?: string }, account: TenantAccount | undefined): string | undefined {
-  return message.from ?? (account ? (account.default_email ?? clients.system.sendgrid.emailFrom) : clients.system.sendgrid.emailFrom);
+export function intendedEmailSender(
+  clients: ProviderClients,
+  message: { from?: string },
+  account: TenantAccount | undefined,
+): string | undefined {
+  return (
+    message.from ??
+    (account ? (account.default_email ?? clients.system.sendgrid.emailFrom) : clients.system.sendgrid.emailFrom)
+  );
 }
 
 /**
@@ -239,29 +293,50 @@ export async function sendSms(
   options: SendOptions = {},
 ): Promise<Sent> {
   const channel = message.channel === "whatsapp" ? "whatsapp" : "sms";
-  const account = options.account !== undefined ? options.account : ((await activeAccount(client, "twilio", channel)) ?? null);
+  const account =
+    options.account !== undefined ? options.account : ((await activeAccount(client, "twilio", channel)) ?? null);
   const settings = options.settings ?? (await tenantSettings(client));
   const from = intendedSmsSender(clients, message, account ?? undefined, settings);
   if (from) await assertOwnSender(client, clients, channel, from);
-  return withAccountNotes(client, (noteAccount) => transmitSms(clients, { account, settings, from }, message, { pace: options.pace, noteAccount }));
+  return withAccountNotes(client, (noteAccount) =>
+    transmitSms(clients, { account, settings, from }, message, { pace: options.pace, noteAccount }),
+  );
 }
 
 export async function sendEmail(
   client: pg.ClientBase,
   clients: ProviderClients,
-  message: { to: string; subject: string; text: string; html?: string; from?: string; customArgs?: Record<string, string> },
+  message: {
+    to: string;
+    subject: string;
+    text: string;
+    html?: string;
+    from?: string;
+    customArgs?: Record<string, string>;
+  },
   options: SendOptions = {},
 ): Promise<Sent> {
   const account = options.account !== undefined ? options.account : ((await activeAccount(client, "sendgrid")) ?? null);
   const settings = options.settings ?? (await tenantSettings(client));
   const from = intendedEmailSender(clients, message, account ?? undefined);
   if (from) await assertOwnSender(client, clients, "email", from);
-  const item = { to: message.to, subject: message.subject, text: message.text, html: message.html, customArgs: message.customArgs };
-  return withAccountNotes(client, (noteAccount) => transmitEmailBatch(clients, { account, settings, from }, [item], { pace: options.pace, noteAccount }));
+  const item = {
+    to: message.to,
+    subject: message.subject,
+    text: message.text,
+    html: message.html,
+    customArgs: message.customArgs,
+  };
+  return withAccountNotes(client, (noteAccount) =>
+    transmitEmailBatch(clients, { account, settings, from }, [item], { pace: options.pace, noteAccount }),
+  );
 }
 
 /** Runs a call, then records on each tenant account what it taught (the last word per account), whether it worked or not. */
-async function withAccountNotes<T>(client: pg.ClientBase, run: (note: (accountId: string, error: string | null) => void) => Promise<T>): Promise<T> {
+async function withAccountNotes<T>(
+  client: pg.ClientBase,
+  run: (note: (accountId: string, error: string | null) => void) => Promise<T>,
+): Promise<T> {
   const notes = new Map<string, string | null>();
   try {
     return await run((accountId, error) => void notes.set(accountId, error));

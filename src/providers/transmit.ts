@@ -74,7 +74,8 @@ async function withFallback<T>(
   }
 }
 
-const call = <T>(hooks: TransmitHooks, via: Via, fn: () => Promise<T>) => (hooks.around ? hooks.around(keyOf(via), fn) : fn());
+const call = <T>(hooks: TransmitHooks, via: Via, fn: () => Promise<T>) =>
+  hooks.around ? hooks.around(keyOf(via), fn) : fn();
 
 /** One SMS or WhatsApp message. */
 export async function transmitSms(
@@ -93,7 +94,12 @@ export async function transmitSms(
       // Falling back to the system's account, only the system's number can
       // send: a tenant number belongs to the tenant's account.
       const from = fallingBack ? clients.system.twilio.smsFrom : route.from;
-      if (!from) throw new SendError("no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
+      if (!from)
+        throw new SendError(
+          "no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM",
+          via === "system" ? "system" : "tenant",
+          "NO_SENDER",
+        );
       await hooks.pace?.(from, channel);
       const sent = await call(hooks, via, () =>
         clients.twilioFor(via).messages.create({
@@ -126,7 +132,8 @@ export const EMAIL_BATCH_MAX = 1_000;
 
 /** Whether an item can ride in a batch of differing contents (its whole text as substitutions). */
 export const fitsSubstitutions = (item: EmailItem) =>
-  Buffer.byteLength(item.subject) + Buffer.byteLength(item.text) + Buffer.byteLength(item.html ?? "") <= SUBSTITUTION_BUDGET;
+  Buffer.byteLength(item.subject) + Buffer.byteLength(item.text) + Buffer.byteLength(item.html ?? "") <=
+  SUBSTITUTION_BUDGET;
 
 /**
  * Up to 1,000 recipients of one email in one mail/send request, one
@@ -141,28 +148,46 @@ export async function transmitEmailBatch(
   items: EmailItem[],
   hooks: TransmitHooks = {},
 ): Promise<Sent> {
-  if (items.length === 0 || items.length > EMAIL_BATCH_MAX) throw new Error(`an email batch holds 1 to ${EMAIL_BATCH_MAX} recipients, not ${items.length}`);
+  if (items.length === 0 || items.length > EMAIL_BATCH_MAX)
+    throw new Error(`an email batch holds 1 to ${EMAIL_BATCH_MAX} recipients, not ${items.length}`);
   const first = items[0]!;
-  const same = items.every((i) => i.subject === first.subject && i.text === first.text && (i.html ?? "") === (first.html ?? ""));
+  const same = items.every(
+    (i) => i.subject === first.subject && i.text === first.text && (i.html ?? "") === (first.html ?? ""),
+  );
   const withHtml = items.some((i) => i.html);
   const { result, provider, accountId } = await withFallback(
     route,
     hooks,
     async (via, fallingBack) => {
       const from = fallingBack ? clients.system.sendgrid.emailFrom : route.from;
-      if (!from) throw new SendError("no sender address: give one or set HERALD_EMAIL_FROM", via === "system" ? "system" : "tenant", "NO_SENDER");
+      if (!from)
+        throw new SendError(
+          "no sender address: give one or set HERALD_EMAIL_FROM",
+          via === "system" ? "system" : "tenant",
+          "NO_SENDER",
+        );
       await hooks.pace?.(from, "email");
       const personalizations = items.map((item) => ({
         to: [{ email: item.to }],
         // Echoed in every event SendGrid reports for this recipient (src/webhooks/sendgrid.ts).
         ...(item.customArgs ? { customArgs: item.customArgs } : {}),
-        ...(same ? {} : { substitutions: { herald_subject: item.subject, herald_text: item.text, ...(withHtml ? { herald_html: item.html ?? "" } : {}) } }),
+        ...(same
+          ? {}
+          : {
+              substitutions: {
+                herald_subject: item.subject,
+                herald_text: item.text,
+                ...(withHtml ? { herald_html: item.html ?? "" } : {}),
+              },
+            }),
       }));
       const content = same
         ? { subject: first.subject, text: first.text, ...(first.html ? { html: first.html } : {}) }
         : { subject: "{{herald_subject}}", text: "{{herald_text}}", ...(withHtml ? { html: "{{herald_html}}" } : {}) };
       const [response] = await call(hooks, via, () =>
-        clients.sendgridFor(via).send({ from, personalizations, ...content, ...(same ? {} : { substitutionWrappers: ["{{", "}}"] }) }),
+        clients
+          .sendgridFor(via)
+          .send({ from, personalizations, ...content, ...(same ? {} : { substitutionWrappers: ["{{", "}}"] }) }),
       );
       return { id: String(response.headers["x-message-id"] ?? ""), from };
     },

@@ -26,6 +26,9 @@ export function createTwilioClient(
   credentials: { accountSid: string; authToken: string; apiKeySid?: string },
   sandboxUrl?: string,
 ): TwilioClient {
-  const options = { accountSid: credentials.accountSid, ...(sandboxUrl ? { httpClient: new SandboxRequestClient(sandboxUrl) } : {}) };
+  const options = {
+    accountSid: credentials.accountSid,
+    ...(sandboxUrl ? { httpClient: new SandboxRequestClient(sandboxUrl) } : {}),
+  };
   return twilio(credentials.apiKeySid ?? credentials.accountSid, credentials.authToken, options);
 }

@@ -42,7 +42,8 @@ export function twimlMessages(xml: string): string[] {
 }
 
 /** A number as Twilio writes it on a channel: WhatsApp's with a `whatsapp:` prefix. */
-export const twilioAddress = (number: string, channel: InboundText["channel"]) => (channel === "whatsapp" ? `whatsapp:${number}` : number);
+export const twilioAddress = (number: string, channel: InboundText["channel"]) =>
+  channel === "whatsapp" ? `whatsapp:${number}` : number;
 
 /** The parameters Twilio posts for an incoming message. */
 export function inboundParams(text: InboundText, messageSid: string): Record<string, string> {

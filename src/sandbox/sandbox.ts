@@ -94,7 +94,10 @@ export interface Sandbox {
  * (30005), bounce@… bounces; everything else is delivered. (…0003 is refused
  * outright with 21610, an unsubscribed recipient.)
  */
-export function outcomeFor(to: string): { status: "delivered" | "failed" | "undelivered" | "bounce"; errorCode?: number } {
+export function outcomeFor(to: string): {
+  status: "delivered" | "failed" | "undelivered" | "bounce";
+  errorCode?: number;
+} {
   if (/0001$/.test(to)) return { status: "failed", errorCode: 30003 };
   if (/0002$/.test(to)) return { status: "undelivered", errorCode: 30005 };
   if (/^bounce@/i.test(to)) return { status: "bounce" };
@@ -110,7 +113,10 @@ export function outcomeFor(to: string): { status: "delivered" | "failed" | "unde
 export const sandboxTwilioToken = (accountSid: string) => `sandbox:${accountSid}`;
 export const SANDBOX_SENDGRID_KEY_PREFIX = "SG.sandbox.";
 /** The system account in sandbox mode (no TWILIO_* / SENDGRID_API_KEY configured). */
-export const SANDBOX_SYSTEM_TWILIO = { accountSid: `AC${"0".repeat(32)}`, authToken: sandboxTwilioToken(`AC${"0".repeat(32)}`) };
+export const SANDBOX_SYSTEM_TWILIO = {
+  accountSid: `AC${"0".repeat(32)}`,
+  authToken: sandboxTwilioToken(`AC${"0".repeat(32)}`),
+};
 export const SANDBOX_SYSTEM_SENDGRID_KEY = `${SANDBOX_SENDGRID_KEY_PREFIX}system`;
 const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
 const sha256 = (text: string) => createHash("sha256").update(text).digest();
@@ -183,55 +189,89 @@ export function createSandbox(
   /** As the account itself (SID + auth token) or one of its API keys (SK… + secret). */
   const twilioAuthorized = (req: Request, sid: string): boolean => {
     const [scheme, encoded] = (req.headers.authorization ?? "").split(" ");
-    const [principal = "", ...rest] = Buffer.from(encoded ?? "", "base64").toString("utf8").split(":");
+    const [principal = "", ...rest] = Buffer.from(encoded ?? "", "base64")
+      .toString("utf8")
+      .split(":");
     const token = twilioAccounts.get(principal) ?? sandboxTwilioToken(principal);
     return scheme === "Basic" && (principal === sid || principal.startsWith("SK")) && sameSecret(rest.join(":"), token);
   };
 
   const router = express.Router();
 
-  router.post("/twilio/2010-04-01/Accounts/:sid/Messages.json", express.urlencoded({ extended: false, limit: "64kb" }), async (req: Request, res: Response) => {
-    peakInFlight = Math.max(peakInFlight, ++requestsInFlight); // how many sends overlap (tests of concurrency read the peak)
-    res.once("close", () => requestsInFlight--);
-    if (await faulted(res, "twilio")) return;
-    const sid = String(req.params.sid);
-    if (!twilioAuthorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
-    const { To: to = "", From: from = "", Body: body = "", StatusCallback: statusCallback } = req.body as Record<string, string>;
-    const whatsapp = to.startsWith("whatsapp:");
-    const toNumber = whatsapp ? to.slice("whatsapp:".length) : to;
-    if (!E164.test(toNumber)) return twilioError(res, 400, 21211, `The 'To' number ${to} is not a valid phone number.`);
-    // Documented sandbox rule: recipients ending 0003 have replied STOP.
-    if (/0003$/.test(toNumber)) return twilioError(res, 400, 21610, "Attempt to send to unsubscribed recipient");
-    if (!from) return twilioError(res, 400, 21603, "A 'From' phone number is required.");
-    if (whatsapp !== from.startsWith("whatsapp:")) {
-      return twilioError(res, 400, 63007, "Twilio could not find a Channel with the specified From address");
-    }
-    if (!body.trim()) return twilioError(res, 400, 21602, "Message body is required.");
-    if (body.length > 1600) return twilioError(res, 400, 21617, "The concatenated message body exceeds the 1600 character limit.");
+  router.post(
+    "/twilio/2010-04-01/Accounts/:sid/Messages.json",
+    express.urlencoded({ extended: false, limit: "64kb" }),
+    async (req: Request, res: Response) => {
+      peakInFlight = Math.max(peakInFlight, ++requestsInFlight); // how many sends overlap (tests of concurrency read the peak)
+      res.once("close", () => requestsInFlight--);
+      if (await faulted(res, "twilio")) return;
+      const sid = String(req.params.sid);
+      if (!twilioAuthorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
+      const {
+        To: to = "",
+        From: from = "",
+        Body: body = "",
+        StatusCallback: statusCallback,
+      } = req.body as Record<string, string>;
+      const whatsapp = to.startsWith("whatsapp:");
+      const toNumber = whatsapp ? to.slice("whatsapp:".length) : to;
+      if (!E164.test(toNumber))
+        return twilioError(res, 400, 21211, `The 'To' number ${to} is not a valid phone number.`);
+      // Documented sandbox rule: recipients ending 0003 have replied STOP.
+      if (/0003$/.test(toNumber)) return twilioError(res, 400, 21610, "Attempt to send to unsubscribed recipient");
+      if (!from) return twilioError(res, 400, 21603, "A 'From' phone number is required.");
+      if (whatsapp !== from.startsWith("whatsapp:")) {
+        return twilioError(res, 400, 63007, "Twilio could not find a Channel with the specified From address");
+      }
+      if (!body.trim()) return twilioError(res, 400, 21602, "Message body is required.");
+      if (body.length > 1600)
+        return twilioError(res, 400, 21617, "The concatenated message body exceeds the 1600 character limit.");
 
-    const messageSid = `SM${randomBytes(16).toString("hex")}`;
-    const stored: SandboxMessage = { id: messageSid, provider: "twilio", account: sid, channel: whatsapp ? "whatsapp" : "sms", from, to, body, createdAt: new Date() };
-    remember(stored);
-    if (statusCallback) {
-      const outcome = outcomeFor(toNumber);
-      const statuses = outcome.status === "delivered" ? ["sent", "delivered"] : ["sent", outcome.status];
-      const authToken = twilioAccounts.get(sid) ?? sandboxTwilioToken(sid);
-      schedule(
-        statuses.map((status) => () => {
-          const params: Record<string, string> = { AccountSid: sid, From: from, MessageSid: messageSid, MessageStatus: status, SmsSid: messageSid, SmsStatus: status, To: to, ApiVersion: "2010-04-01" };
-          if (status === "failed" || status === "undelivered") params.ErrorCode = String(outcome.errorCode);
-          return fetch(statusCallback, {
-            method: "POST",
-            headers: { "content-type": "application/x-www-form-urlencoded", "x-twilio-signature": twilioSignature(authToken, statusCallback, params) },
-            body: new URLSearchParams(params).toString(),
-          });
-        }),
-      );
-    }
-    if (dropAfterAccepting(res)) return;
-    if (faults.slowAnswerMs) await new Promise((resolve) => setTimeout(resolve, faults.slowAnswerMs));
-    res.status(201).json(twilioMessageJson(stored));
-  });
+      const messageSid = `SM${randomBytes(16).toString("hex")}`;
+      const stored: SandboxMessage = {
+        id: messageSid,
+        provider: "twilio",
+        account: sid,
+        channel: whatsapp ? "whatsapp" : "sms",
+        from,
+        to,
+        body,
+        createdAt: new Date(),
+      };
+      remember(stored);
+      if (statusCallback) {
+        const outcome = outcomeFor(toNumber);
+        const statuses = outcome.status === "delivered" ? ["sent", "delivered"] : ["sent", outcome.status];
+        const authToken = twilioAccounts.get(sid) ?? sandboxTwilioToken(sid);
+        schedule(
+          statuses.map((status) => () => {
+            const params: Record<string, string> = {
+              AccountSid: sid,
+              From: from,
+              MessageSid: messageSid,
+              MessageStatus: status,
+              SmsSid: messageSid,
+              SmsStatus: status,
+              To: to,
+              ApiVersion: "2010-04-01",
+            };
+            if (status === "failed" || status === "undelivered") params.ErrorCode = String(outcome.errorCode);
+            return fetch(statusCallback, {
+              method: "POST",
+              headers: {
+                "content-type": "application/x-www-form-urlencoded",
+                "x-twilio-signature": twilioSignature(authToken, statusCallback, params),
+              },
+              body: new URLSearchParams(params).toString(),
+            });
+          }),
+        );
+      }
+      if (dropAfterAccepting(res)) return;
+      if (faults.slowAnswerMs) await new Promise((resolve) => setTimeout(resolve, faults.slowAnswerMs));
+      res.status(201).json(twilioMessageJson(stored));
+    },
+  );
 
   // The account's recent messages, newest first (Twilio's Messages list, filtered by To/From).
   router.get("/twilio/2010-04-01/Accounts/:sid/Messages.json", async (req: Request, res: Response) => {
@@ -245,7 +285,17 @@ export function createSandbox(
       .reverse()
       .slice(0, pageSize);
     const uri = `/2010-04-01/Accounts/${sid}/Messages.json?PageSize=${pageSize}&Page=0`;
-    res.json({ messages: found.map(twilioMessageJson), first_page_uri: uri, next_page_uri: null, previous_page_uri: null, page: 0, page_size: pageSize, start: 0, end: found.length, uri });
+    res.json({
+      messages: found.map(twilioMessageJson),
+      first_page_uri: uri,
+      next_page_uri: null,
+      previous_page_uri: null,
+      page: 0,
+      page_size: pageSize,
+      start: 0,
+      end: found.length,
+      uri,
+    });
   });
 
   // One message, as Twilio's Message fetch answers: its outcome (see `outcomeFor`) is known at once here.
@@ -254,19 +304,39 @@ export function createSandbox(
     const sid = String(req.params.sid);
     if (!twilioAuthorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
     const found = messages.find((m) => m.provider === "twilio" && m.account === sid && m.id === req.params.messageSid);
-    if (!found) return twilioError(res, 404, 20404, `The requested resource /2010-04-01/Accounts/${sid}/Messages/${String(req.params.messageSid)}.json was not found`);
+    if (!found)
+      return twilioError(
+        res,
+        404,
+        20404,
+        `The requested resource /2010-04-01/Accounts/${sid}/Messages/${String(req.params.messageSid)}.json was not found`,
+      );
     const outcome = outcomeFor(found.to.replace(/^whatsapp:/, ""));
-    res.json({ ...twilioMessageJson(found), status: outcome.status, error_code: outcome.errorCode ?? null, date_sent: found.createdAt.toUTCString() });
+    res.json({
+      ...twilioMessageJson(found),
+      status: outcome.status,
+      error_code: outcome.errorCode ?? null,
+      date_sent: found.createdAt.toUTCString(),
+    });
   });
 
   router.post("/sendgrid/v3/mail/send", express.json({ limit: "30mb" }), async (req: Request, res: Response) => {
     if (await faulted(res, "sendgrid")) return;
     const [scheme, key] = (req.headers.authorization ?? "").split(" ");
-    if (scheme !== "Bearer" || !key || !(key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key)))) {
+    if (
+      scheme !== "Bearer" ||
+      !key ||
+      !(key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key)))
+    ) {
       return sendgridError(res, 401, "The provided authorization grant is invalid, expired, or revoked");
     }
     const mail = req.body as {
-      personalizations?: { to?: { email?: string }[]; custom_args?: Record<string, string>; substitutions?: Record<string, string>; subject?: string }[];
+      personalizations?: {
+        to?: { email?: string }[];
+        custom_args?: Record<string, string>;
+        substitutions?: Record<string, string>;
+        subject?: string;
+      }[];
       from?: { email?: string };
       subject?: string;
       content?: { type?: string; value?: string }[];
@@ -274,19 +344,48 @@ export function createSandbox(
     };
     const personalizations = mail.personalizations ?? [];
     // SendGrid's limits: 1,000 personalizations, 1,000 recipients in all.
-    if (personalizations.length > 1000) return sendgridError(res, 400, "The personalizations field must have at most 1000 items.", "personalizations");
-    const recipients = personalizations.flatMap((p, i) => (p.to ?? []).map((to) => ({ email: to.email, personalization: i })));
-    if (recipients.length === 0) return sendgridError(res, 400, "The personalizations field is required and must have at least one personalization.", "personalizations");
-    if (recipients.length > 1000) return sendgridError(res, 400, "The total number of recipients must be at most 1000.", "personalizations");
+    if (personalizations.length > 1000)
+      return sendgridError(res, 400, "The personalizations field must have at most 1000 items.", "personalizations");
+    const recipients = personalizations.flatMap((p, i) =>
+      (p.to ?? []).map((to) => ({ email: to.email, personalization: i })),
+    );
+    if (recipients.length === 0)
+      return sendgridError(
+        res,
+        400,
+        "The personalizations field is required and must have at least one personalization.",
+        "personalizations",
+      );
+    if (recipients.length > 1000)
+      return sendgridError(res, 400, "The total number of recipients must be at most 1000.", "personalizations");
     const badRecipient = recipients.findIndex((r) => !EMAIL.test(r.email ?? ""));
-    if (badRecipient >= 0) return sendgridError(res, 400, "Does not contain a valid address.", `personalizations.${recipients[badRecipient]!.personalization}.to.0.email`);
+    if (badRecipient >= 0)
+      return sendgridError(
+        res,
+        400,
+        "Does not contain a valid address.",
+        `personalizations.${recipients[badRecipient]!.personalization}.to.0.email`,
+      );
     if (new Set(recipients.map((r) => r.email!.toLowerCase())).size < recipients.length) {
-      return sendgridError(res, 400, "Each email address in the personalization block should be unique between to, cc, and bcc.", "personalizations");
+      return sendgridError(
+        res,
+        400,
+        "Each email address in the personalization block should be unique between to, cc, and bcc.",
+        "personalizations",
+      );
     }
-    if (!EMAIL.test(mail.from?.email ?? "")) return sendgridError(res, 400, "The from object must be provided for every email send.", "from");
-    if (!mail.subject && personalizations.some((p) => !p.subject)) return sendgridError(res, 400, "The subject is required.", "subject");
+    if (!EMAIL.test(mail.from?.email ?? ""))
+      return sendgridError(res, 400, "The from object must be provided for every email send.", "from");
+    if (!mail.subject && personalizations.some((p) => !p.subject))
+      return sendgridError(res, 400, "The subject is required.", "subject");
     const body = (mail.content ?? []).find((c) => c.type === "text/plain")?.value ?? mail.content?.[0]?.value ?? "";
-    if (!body) return sendgridError(res, 400, "The content value must be a string at least one character in length.", "content.0.value");
+    if (!body)
+      return sendgridError(
+        res,
+        400,
+        "The content value must be a string at least one character in length.",
+        "content.0.value",
+      );
     mailSendRequests++;
 
     const messageId = randomBytes(16).toString("base64url");
@@ -295,8 +394,21 @@ export function createSandbox(
       Object.entries(substitutions).reduce((out, [key, value]) => out.split(key).join(String(value)), text);
     for (const r of recipients) {
       const p = personalizations[r.personalization]!;
-      const [subject, text] = [substitute(p.subject ?? mail.subject ?? "", p.substitutions), substitute(body, p.substitutions)];
-      remember({ id: messageId, provider: "sendgrid", account: `…${key.slice(-4)}`, channel: "email", from: mail.from!.email!, to: r.email!, subject, body: text, createdAt: new Date() });
+      const [subject, text] = [
+        substitute(p.subject ?? mail.subject ?? "", p.substitutions),
+        substitute(body, p.substitutions),
+      ];
+      remember({
+        id: messageId,
+        provider: "sendgrid",
+        account: `…${key.slice(-4)}`,
+        channel: "email",
+        from: mail.from!.email!,
+        to: r.email!,
+        subject,
+        body: text,
+        createdAt: new Date(),
+      });
     }
     const eventUrl = sendgridEventUrl;
     if (eventUrl) {
@@ -310,9 +422,18 @@ export function createSandbox(
         sg_message_id: `${messageId}.filter0001.${Date.now()}.${r.personalization}`,
         ...(mail.custom_args ?? {}),
         ...(personalizations[r.personalization]!.custom_args ?? {}),
-        ...(kind === "bounce" ? { reason: "550 5.1.1 The email account that you tried to reach does not exist.", type: "bounce", status: "5.1.1" } : {}),
+        ...(kind === "bounce"
+          ? {
+              reason: "550 5.1.1 The email account that you tried to reach does not exist.",
+              type: "bounce",
+              status: "5.1.1",
+            }
+          : {}),
       });
-      const batches = [recipients.map((r) => event(r, "processed")), recipients.map((r) => event(r, outcomeFor(r.email!).status === "bounce" ? "bounce" : "delivered"))];
+      const batches = [
+        recipients.map((r) => event(r, "processed")),
+        recipients.map((r) => event(r, outcomeFor(r.email!).status === "bounce" ? "bounce" : "delivered")),
+      ];
       schedule(
         batches.map((events) => () => {
           // The signature covers the exact bytes sent: the receiver must verify the raw body.
@@ -340,7 +461,11 @@ export function createSandbox(
   const domains = new Map<number, { domain: string; subdomain: string; user: number; key: string }>();
   const sendgridKeyOf = (req: Request): string | undefined => {
     const [scheme, key] = (req.headers.authorization ?? "").split(" ");
-    return scheme === "Bearer" && key && (key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key))) ? key : undefined;
+    return scheme === "Bearer" &&
+      key &&
+      (key.startsWith(SANDBOX_SENDGRID_KEY_PREFIX) || [...sendgridKeys].some((k) => sameSecret(k, key)))
+      ? key
+      : undefined;
   };
   const domainRecords = (d: { domain: string; subdomain: string; user: number }, valid: boolean) => ({
     mail_cname: { valid, type: "cname", host: `${d.subdomain}.${d.domain}`, data: `u${d.user}.wl.sendgrid.net` },
@@ -355,7 +480,20 @@ export function createSandbox(
     const id = domains.size + 1;
     const record = { domain, subdomain: `em${1000 + id}`, user: 4242, key };
     domains.set(id, record);
-    res.status(201).json({ id, user_id: record.user, subdomain: record.subdomain, domain, username: "sandbox", ips: [], custom_spf: false, default: false, legacy: false, automatic_security: true, valid: false, dns: domainRecords(record, false) });
+    res.status(201).json({
+      id,
+      user_id: record.user,
+      subdomain: record.subdomain,
+      domain,
+      username: "sandbox",
+      ips: [],
+      custom_spf: false,
+      default: false,
+      legacy: false,
+      automatic_security: true,
+      valid: false,
+      dns: domainRecords(record, false),
+    });
   });
   router.post("/sendgrid/v3/whitelabel/domains/:id/validate", (req: Request, res: Response) => {
     const key = sendgridKeyOf(req);
@@ -364,11 +502,17 @@ export function createSandbox(
     const record = domains.get(id);
     if (!record || !sameSecret(record.key, key)) return sendgridError(res, 404, "authenticated domain not found");
     const valid = !record.domain.includes("unverified");
-    const reason = valid ? null : `Expected CNAME for "${record.subdomain}.${record.domain}" to match "u${record.user}.wl.sendgrid.net".`;
+    const reason = valid
+      ? null
+      : `Expected CNAME for "${record.subdomain}.${record.domain}" to match "u${record.user}.wl.sendgrid.net".`;
     res.json({
       id,
       valid,
-      validation_results: { mail_cname: { valid, reason }, dkim1: { valid, reason: valid ? null : reason }, dkim2: { valid, reason: valid ? null : reason } },
+      validation_results: {
+        mail_cname: { valid, reason },
+        dkim1: { valid, reason: valid ? null : reason },
+        dkim2: { valid, reason: valid ? null : reason },
+      },
     });
   });
 
@@ -379,18 +523,27 @@ export function createSandbox(
     remember,
   });
   // The page shows recipients and bodies without authentication: development only.
-  if (options.page !== false) router.post("/twilio/inbound", express.urlencoded({ extended: false, limit: "16kb" }), phones.handleForm);
+  if (options.page !== false)
+    router.post("/twilio/inbound", express.urlencoded({ extended: false, limit: "16kb" }), phones.handleForm);
 
-  if (options.page !== false) router.get("/", async (req: Request, res: Response) => {
-    // Grouped by tenant, as far as Herald can tell from the account.
-    const labels = new Map<string, string>();
-    for (const m of messages) {
-      const key = `${m.provider}/${m.account}`;
-      if (!labels.has(key)) labels.set(key, (await options.describeAccount?.(m.provider, m.account).catch(() => undefined)) ?? `${m.provider} account ${m.account}`);
-    }
-    const textInForm = options.inboundUrl ? { action: `${req.baseUrl}/twilio/inbound`, exchanges: phones.exchanges } : undefined;
-    res.type("html").send(sandboxPage(messages, (m) => labels.get(`${m.provider}/${m.account}`)!, keep, textInForm));
-  });
+  if (options.page !== false)
+    router.get("/", async (req: Request, res: Response) => {
+      // Grouped by tenant, as far as Herald can tell from the account.
+      const labels = new Map<string, string>();
+      for (const m of messages) {
+        const key = `${m.provider}/${m.account}`;
+        if (!labels.has(key))
+          labels.set(
+            key,
+            (await options.describeAccount?.(m.provider, m.account).catch(() => undefined)) ??
+              `${m.provider} account ${m.account}`,
+          );
+      }
+      const textInForm = options.inboundUrl
+        ? { action: `${req.baseUrl}/twilio/inbound`, exchanges: phones.exchanges }
+        : undefined;
+      res.type("html").send(sandboxPage(messages, (m) => labels.get(`${m.provider}/${m.account}`)!, keep, textInForm));
+    });
 
   return {
     router,
@@ -409,4 +562,3 @@ export function createSandbox(
     },
   };
 }
-

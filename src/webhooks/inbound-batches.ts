@@ -87,11 +87,14 @@ export class InboundBatches {
 
   async #run(tenantId: string, batch: Waiting[]) {
     try {
-      const { rows } = await inTenant(this.#ctx, tenantId, (client) =>
-        client.query<InboundOutcome & { ordinal: number }>(
-          "select ordinal, inbound_message_id, contact_id, duplicate, keyword, reply, error_code from herald_hidden.receive_inbound_batch($1)",
-          [JSON.stringify(batch.map((w) => w.message))],
-        ),
+      const { rows } = await inTenant(
+        this.#ctx,
+        tenantId,
+        (client) =>
+          client.query<InboundOutcome & { ordinal: number }>(
+            "select ordinal, inbound_message_id, contact_id, duplicate, keyword, reply, error_code from herald_hidden.receive_inbound_batch($1)",
+            [JSON.stringify(batch.map((w) => w.message))],
+          ),
         "twilio",
       );
       const byOrdinal = new Map(rows.map((row) => [row.ordinal, row]));

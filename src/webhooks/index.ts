@@ -24,6 +24,9 @@ export function webhooksRouter(
   const logger = options.logger.child({ component: "webhooks" });
   const reports = options.reports ?? new ProviderReports(options, logger);
   router.use("/twilio", twilioWebhooks({ ...options, system: options.systemTwilio, logger, reports }));
-  router.use("/sendgrid", sendgridWebhooks({ ...options, systemPublicKey: options.systemSendgridPublicKey, logger, reports }));
+  router.use(
+    "/sendgrid",
+    sendgridWebhooks({ ...options, systemPublicKey: options.systemSendgridPublicKey, logger, reports }),
+  );
   return router;
 }

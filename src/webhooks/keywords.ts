@@ -17,15 +17,34 @@ const FAMILIES: Record<KeywordKind, readonly string[]> = {
 
 /** Words that may come with a keyword without changing what it asks for. */
 const POLITE = new Set([
-  "PLEASE", "PLS", "PLZ", "NOW", "ME", "IT", "ALL", "THANKS", "THANK", "YOU", "THX",
-  "TEXTING", "TEXTS", "TEXT", "SENDING", "MESSAGING", "MESSAGES", "MSGS", "SMS",
+  "PLEASE",
+  "PLS",
+  "PLZ",
+  "NOW",
+  "ME",
+  "IT",
+  "ALL",
+  "THANKS",
+  "THANK",
+  "YOU",
+  "THX",
+  "TEXTING",
+  "TEXTS",
+  "TEXT",
+  "SENDING",
+  "MESSAGING",
+  "MESSAGES",
+  "MSGS",
+  "SMS",
 ]);
 
 /** A keyword is a short message; a longer text that merely contains one is a sentence. */
 const MAX_WORDS = 6;
 
 const BY_WORD = new Map(
-  (Object.entries(FAMILIES) as [KeywordKind, readonly string[]][]).flatMap(([kind, words]) => words.map((w) => [w, kind] as const)),
+  (Object.entries(FAMILIES) as [KeywordKind, readonly string[]][]).flatMap(([kind, words]) =>
+    words.map((w) => [w, kind] as const),
+  ),
 );
 
 /** The keyword family of `body` and the keyword itself (e.g. `{ kind: "stop", word: "OPTOUT" }`), or null. */

@@ -36,7 +36,9 @@ export interface ProviderReport {
 const COLUMNS = `provider text, delivery_id uuid, provider_message_id text, event text, status text, dedupe_key text,
                  error_code text, occurred_at timestamptz, opt_out text, channel text, address text`;
 
-const NAMES = COLUMNS.split(",").map((c) => c.trim().split(" ")[0]).join(", ");
+const NAMES = COLUMNS.split(",")
+  .map((c) => c.trim().split(" ")[0])
+  .join(", ");
 
 /** In the order given, so that identities (and received_at) follow it. */
 const INSERT_PLAIN = `
@@ -85,10 +87,13 @@ export async function applyWaitingReports(
   const total: ApplyTally = { taken: 0, applied: 0, recorded: 0, duplicate: 0, notFound: 0 };
   for (;;) {
     const { rows } = await transaction((client) =>
-      client.query<{ reports_taken: number; reports_applied: number; reports_recorded: number; reports_duplicate: number; reports_not_found: number }>(
-        "select * from herald_hidden.apply_provider_reports($1)",
-        [batch],
-      ),
+      client.query<{
+        reports_taken: number;
+        reports_applied: number;
+        reports_recorded: number;
+        reports_duplicate: number;
+        reports_not_found: number;
+      }>("select * from herald_hidden.apply_provider_reports($1)", [batch]),
     );
     const row = rows[0]!;
     total.taken += row.reports_taken;
@@ -142,7 +147,10 @@ export class ProviderReports {
     while (state.running < 2 && state.waiting.length > 0) {
       const batch: Waiting[] = [];
       let rows = 0;
-      while (state.waiting.length > 0 && (batch.length === 0 || rows + state.waiting[0]!.reports.length <= MAX_ROWS_PER_INSERT)) {
+      while (
+        state.waiting.length > 0 &&
+        (batch.length === 0 || rows + state.waiting[0]!.reports.length <= MAX_ROWS_PER_INSERT)
+      ) {
         const next = state.waiting.shift()!;
         batch.push(next);
         rows += next.reports.length;
@@ -160,7 +168,8 @@ export class ProviderReports {
     const reports = batch.flatMap((w) => w.reports);
     const withAddresses = reports.some((r) => r.opt_out !== null);
     try {
-      const insert = (client: pg.PoolClient) => client.query(withAddresses ? INSERT_WITH_ADDRESSES : INSERT_PLAIN, [JSON.stringify(reports)]);
+      const insert = (client: pg.PoolClient) =>
+        client.query(withAddresses ? INSERT_WITH_ADDRESSES : INSERT_PLAIN, [JSON.stringify(reports)]);
       // The tenant's keys only when an address must be encrypted: unwrapping them costs a round trip.
       if (withAddresses) await inTenant(this.#ctx, tenantId, insert, "provider");
       else await withSession(this.#ctx.pool, { role: ROLES.worker, tenantId }, insert);
@@ -213,7 +222,10 @@ export class ProviderReports {
         const code = (error as { code?: string }).code ?? "";
         if (RETRYABLE.has(code) && attempt < 3 && !this.#closed) continue;
         // Left in the journal: the next report of the tenant, or the sweep, applies them.
-        this.#logger.warn({ tenant: tenantId, err: { message: (error as Error).message, code } }, "could not apply provider reports yet");
+        this.#logger.warn(
+          { tenant: tenantId, err: { message: (error as Error).message, code } },
+          "could not apply provider reports yet",
+        );
         return;
       }
     }

@@ -88,7 +88,12 @@ function publicKeyObject(base64Der: string): KeyObject {
 
 function signatureValid(key: KeyObject, timestamp: string, body: Buffer, signature: string): boolean {
   try {
-    return verify("sha256", Buffer.concat([Buffer.from(timestamp, "utf8"), body]), key, Buffer.from(signature, "base64"));
+    return verify(
+      "sha256",
+      Buffer.concat([Buffer.from(timestamp, "utf8"), body]),
+      key,
+      Buffer.from(signature, "base64"),
+    );
   } catch {
     return false; // a malformed signature is a wrong one
   }
@@ -112,9 +117,15 @@ function reportOf(event: SendGridEvent): ProviderReport {
     provider_message_id: event.sg_message_id?.split(".")[0] || null,
     event: event.event,
     status: statusOf(event),
-    dedupe_key: `sendgrid:${event.sg_event_id ?? `${event.sg_message_id}:${event.event}:${event.timestamp}`}`.slice(0, 200),
+    dedupe_key: `sendgrid:${event.sg_event_id ?? `${event.sg_message_id}:${event.event}:${event.timestamp}`}`.slice(
+      0,
+      200,
+    ),
     error_code: event.status?.slice(0, 50) ?? null,
-    occurred_at: typeof event.timestamp === "number" && Number.isFinite(event.timestamp) ? new Date(event.timestamp * 1000).toISOString() : null,
+    occurred_at:
+      typeof event.timestamp === "number" && Number.isFinite(event.timestamp)
+        ? new Date(event.timestamp * 1000).toISOString()
+        : null,
     opt_out: optOut,
     channel: optOut ? "email" : null,
     address: optOut ? email : null,
@@ -137,7 +148,10 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
     try {
       return publicKeyObject(credential.webhookPublicKey);
     } catch {
-      logger.warn({ tenant: tenantId, account: accountId }, "the account's webhookPublicKey is not a base64 DER public key");
+      logger.warn(
+        { tenant: tenantId, account: accountId },
+        "the account's webhookPublicKey is not a base64 DER public key",
+      );
       return undefined;
     }
   };
@@ -145,7 +159,8 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
   const receive = (scope: "system" | "tenant") => async (req: Request, res: Response) => {
     const signature = req.get(SIGNATURE_HEADER);
     const timestamp = req.get(TIMESTAMP_HEADER);
-    if (!signature || !timestamp) return refuse(res, 403, "MISSING_SIGNATURE", `${SIGNATURE_HEADER} and ${TIMESTAMP_HEADER} are required.`);
+    if (!signature || !timestamp)
+      return refuse(res, 403, "MISSING_SIGNATURE", `${SIGNATURE_HEADER} and ${TIMESTAMP_HEADER} are required.`);
     if (!/^\d{1,12}$/.test(timestamp) || Math.abs(Date.now() / 1000 - Number(timestamp)) > MAX_SKEW_SECONDS) {
       return refuse(res, 403, "STALE_TIMESTAMP", "The signed timestamp is more than five minutes away from now.");
     }
@@ -170,11 +185,18 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
           : 0;
       if (!exists) return refuse(res, 404, "UNKNOWN_ACCOUNT", "No such SendGrid account.");
       urlTenant = tenantId!;
-      verdict = await verifiedWith(keys, `${tenantId}/${accountId}`, () => tenantKey(tenantId!, accountId!), (key) =>
-        signatureValid(key, timestamp, body, signature),
+      verdict = await verifiedWith(
+        keys,
+        `${tenantId}/${accountId}`,
+        () => tenantKey(tenantId!, accountId!),
+        (key) => signatureValid(key, timestamp, body, signature),
       );
     } else {
-      verdict = systemKey ? (signatureValid(systemKey, timestamp, body, signature) ? "verified" : "forged") : "no_credential";
+      verdict = systemKey
+        ? signatureValid(systemKey, timestamp, body, signature)
+          ? "verified"
+          : "forged"
+        : "no_credential";
     }
     if (verdict !== "verified") {
       logger.warn({ tenant: urlTenant, verdict }, "refused SendGrid events: signature not verified");
@@ -182,13 +204,18 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
         res,
         403,
         "INVALID_SIGNATURE",
-        verdict === "no_credential" ? "No event webhook verification key is configured for this account." : "The events are not signed by this account's key.",
+        verdict === "no_credential"
+          ? "No event webhook verification key is configured for this account."
+          : "The events are not signed by this account's key.",
       );
     }
 
     let events: SendGridEvent[];
     try {
-      events = z.array(eventSchema).max(10_000).parse(JSON.parse(body.toString("utf8")));
+      events = z
+        .array(eventSchema)
+        .max(10_000)
+        .parse(JSON.parse(body.toString("utf8")));
     } catch {
       return refuse(res, 400, "BAD_REQUEST", "The body must be a JSON array of SendGrid events.");
     }
@@ -217,7 +244,8 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
           tally.accepted += list.length;
         } catch (error) {
           // A tenant named in custom args that no longer exists: its events have nowhere to go.
-          if ((error as Error).name === "KeyError" || (error as { code?: string }).code === "23503") tally.ignored += list.length;
+          if ((error as Error).name === "KeyError" || (error as { code?: string }).code === "23503")
+            tally.ignored += list.length;
           else throw error; // 500 (503 while the database is down): SendGrid retries, and the dedupe keeps retries harmless
         }
       }),

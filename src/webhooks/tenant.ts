@@ -23,8 +23,15 @@ export interface WebhookContext {
 }
 
 /** One transaction as herald_worker in `tenantId`, holding its keys; the audit log names the provider (`twilio`, `sendgrid`). */
-export async function inTenant<T>(ctx: WebhookContext, tenantId: string, fn: (client: pg.PoolClient) => Promise<T>, provider = "provider"): Promise<T> {
-  return withWorkerSession(ctx.pool, ctx.keyring, tenantId, fn, { settings: { "herald.actor": "webhook", "herald.actor_detail": provider } });
+export async function inTenant<T>(
+  ctx: WebhookContext,
+  tenantId: string,
+  fn: (client: pg.PoolClient) => Promise<T>,
+  provider = "provider",
+): Promise<T> {
+  return withWorkerSession(ctx.pool, ctx.keyring, tenantId, fn, {
+    settings: { "herald.actor": "webhook", "herald.actor_detail": provider },
+  });
 }
 
 /**
@@ -32,7 +39,11 @@ export async function inTenant<T>(ctx: WebhookContext, tenantId: string, fn: (cl
  * request is verified (unwrapping keys may create a tenant's first one, and a
  * forged request must write nothing).
  */
-export function inTenantWithoutKeys<T>(ctx: WebhookContext, tenantId: string, fn: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+export function inTenantWithoutKeys<T>(
+  ctx: WebhookContext,
+  tenantId: string,
+  fn: (client: pg.PoolClient) => Promise<T>,
+): Promise<T> {
   return withSession(ctx.pool, { role: ROLES.worker, tenantId }, fn);
 }
 
@@ -46,9 +57,18 @@ export interface AccountCredential {
 }
 
 /** The decrypted credential of one of the tenant's accounts (any status: late callbacks of a disabled account still count). */
-export async function accountCredential(ctx: WebhookContext, tenantId: string, accountId: string): Promise<AccountCredential | undefined> {
+export async function accountCredential(
+  ctx: WebhookContext,
+  tenantId: string,
+  accountId: string,
+): Promise<AccountCredential | undefined> {
   return inTenant(ctx, tenantId, async (client) => {
-    const { rows } = await client.query<{ kind: "twilio" | "sendgrid"; secret: string; api_key: boolean; webhook_public_key: string | null }>(
+    const { rows } = await client.query<{
+      kind: "twilio" | "sendgrid";
+      secret: string;
+      api_key: boolean;
+      webhook_public_key: string | null;
+    }>(
       `select a.kind, s.secret, a.twilio_api_key_sid is not null as api_key, s.webhook_public_key
          from herald_public.provider_accounts a, herald_hidden.provider_account_secret(a.id) s
         where a.tenant_id = herald_public.current_tenant_id() and a.id = $1`,

@@ -90,7 +90,7 @@ function twilioForm(body: unknown): Record<string, string> | undefined {
  * What Postgres text can hold: no NUL, no lone surrogate (either would fail
  * the transaction the message shares with others).
  */
-const storableText = (text: string) => text.toWellFormed().replace(/\u0000/g, "");
+const storableText = (text: string) => text.toWellFormed().replaceAll("\u0000", "");
 
 /** The answer to most messages: nothing to say (built once). */
 const EMPTY_TWIML = new twilio.twiml.MessagingResponse().toString();
@@ -126,7 +126,10 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
     const credential = await accountCredential(options, tenantId, accountId);
     if (credential?.apiKey) {
       // Twilio signs with the account's auth token; an API key's secret is not it.
-      logger.warn({ tenant: tenantId, account: accountId }, "cannot verify a Twilio webhook: the account authenticates with an API key, not its auth token");
+      logger.warn(
+        { tenant: tenantId, account: accountId },
+        "cannot verify a Twilio webhook: the account authenticates with an API key, not its auth token",
+      );
       return undefined;
     }
     return credential?.secret;
@@ -135,140 +138,181 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
   const verify = (req: Request, params: Record<string, string>, tenantId: string, accountId: string | null) => {
     const signature = req.get("x-twilio-signature")!;
     const url = options.publicUrl + req.originalUrl;
-    return verifiedWith(tokens, `${tenantId}/${accountId ?? "system"}`, () => tokenOf(tenantId, accountId), (token) =>
-      // The URL exactly as configured first (one HMAC); then the SDK's variants (with and without the port, escaped).
-      signatureMatches(signature, twilio.getExpectedTwilioSignature(token, url, params)) || twilio.validateRequest(token, signature, url, params),
+    return verifiedWith(
+      tokens,
+      `${tenantId}/${accountId ?? "system"}`,
+      () => tokenOf(tenantId, accountId),
+      (token) =>
+        // The URL exactly as configured first (one HMAC); then the SDK's variants (with and without the port, escaped).
+        signatureMatches(signature, twilio.getExpectedTwilioSignature(token, url, params)) ||
+        twilio.validateRequest(token, signature, url, params),
     );
   };
 
   const lookUpOwner = async (address: { channel: string; number: string }): Promise<NumberOwner | undefined> => {
-    const { rows } = await options.pool.query<{ tenant_id: string; sender_number_id: string; provider_account_id: string | null }>(
-      "select tenant_id, sender_number_id, provider_account_id from herald_private.inbound_number_owner($1, $2)",
-      [address.number, address.channel],
-    );
+    const { rows } = await options.pool.query<{
+      tenant_id: string;
+      sender_number_id: string;
+      provider_account_id: string | null;
+    }>("select tenant_id, sender_number_id, provider_account_id from herald_private.inbound_number_owner($1, $2)", [
+      address.number,
+      address.channel,
+    ]);
     const row = rows[0];
-    return row && { tenantId: row.tenant_id, senderNumberId: row.sender_number_id, providerAccountId: row.provider_account_id };
+    return (
+      row && {
+        tenantId: row.tenant_id,
+        senderNumberId: row.sender_number_id,
+        providerAccountId: row.provider_account_id,
+      }
+    );
   };
 
-  router.post("/sms", form, retriable(async (req: Request, res: Response) => {
-    if (!req.get("x-twilio-signature")) return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
-    const params = twilioForm(req.body);
-    if (!params) return refuse(res, 400, "BAD_REQUEST", "A parameter was given more than once.");
-    const to = parseAddress(params.To);
-    if (!to || !MESSAGE_SID.test(params.MessageSid ?? "") || !params.From) {
-      return refuse(res, 400, "BAD_REQUEST", "To (an E.164 number), From and MessageSid (SM… or MM…) are required.");
-    }
-    const ownerKey = `${to.channel}:${to.number}`;
-    const owner = await owners.get(ownerKey, () => lookUpOwner(to));
-    if (!owner) {
-      // Not remembered: a number registered a moment from now must find its tenant.
-      owners.forget(ownerKey);
-      return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
-    }
-    const verdict = await verify(req, params, owner.tenantId, owner.providerAccountId);
-    if (verdict !== "verified") {
-      logger.warn({ tenant: owner.tenantId, verdict }, "refused an inbound webhook: signature not verified");
-      return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that owns this number.");
-    }
+  router.post(
+    "/sms",
+    form,
+    retriable(async (req: Request, res: Response) => {
+      if (!req.get("x-twilio-signature"))
+        return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
+      const params = twilioForm(req.body);
+      if (!params) return refuse(res, 400, "BAD_REQUEST", "A parameter was given more than once.");
+      const to = parseAddress(params.To);
+      if (!to || !MESSAGE_SID.test(params.MessageSid ?? "") || !params.From) {
+        return refuse(res, 400, "BAD_REQUEST", "To (an E.164 number), From and MessageSid (SM… or MM…) are required.");
+      }
+      const ownerKey = `${to.channel}:${to.number}`;
+      const owner = await owners.get(ownerKey, () => lookUpOwner(to));
+      if (!owner) {
+        // Not remembered: a number registered a moment from now must find its tenant.
+        owners.forget(ownerKey);
+        return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
+      }
+      const verdict = await verify(req, params, owner.tenantId, owner.providerAccountId);
+      if (verdict !== "verified") {
+        logger.warn({ tenant: owner.tenantId, verdict }, "refused an inbound webhook: signature not verified");
+        return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that owns this number.");
+      }
 
-    // Verified: from here on, inside the tenant only.
-    // Twilio gives the sender in E.164 already, the form contacts are hashed in; anything else (a short code) matches no one.
-    const from = parseAddress(params.From);
-    const keyword = classifyKeyword(params.Body ?? "");
-    const result = await inbound.receive(owner.tenantId, {
-      channel: to.channel,
-      to_number: to.number,
-      from_phone: from?.number ?? null,
-      body: storableText(params.Body ?? ""),
-      provider_message_id: params.MessageSid!,
-      media_count: Math.min(Math.max(Number(params.NumMedia) || 0, 0), 10),
-      keyword: keyword?.kind ?? null,
-      keyword_word: keyword?.word ?? null,
-    });
-    if (result.error_code === "NTFND") {
-      // The number changed hands since it was looked up: look again next time.
-      owners.forget(ownerKey);
-      return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
-    }
-    if (result.error_code) throw new Error(`receiving an inbound message failed (SQLSTATE ${result.error_code})`);
-    // Every request is logged already (method, path, status); this says what it became.
-    logger.debug(
-      { tenant: owner.tenantId, inbound: result.inbound_message_id, keyword: result.keyword, duplicate: result.duplicate },
-      "inbound message",
-    );
-    res.type("text/xml").send(twiml(result.reply));
-  }, logger));
+      // Verified: from here on, inside the tenant only.
+      // Twilio gives the sender in E.164 already, the form contacts are hashed in; anything else (a short code) matches no one.
+      const from = parseAddress(params.From);
+      const keyword = classifyKeyword(params.Body ?? "");
+      const result = await inbound.receive(owner.tenantId, {
+        channel: to.channel,
+        to_number: to.number,
+        from_phone: from?.number ?? null,
+        body: storableText(params.Body ?? ""),
+        provider_message_id: params.MessageSid!,
+        media_count: Math.min(Math.max(Number(params.NumMedia) || 0, 0), 10),
+        keyword: keyword?.kind ?? null,
+        keyword_word: keyword?.word ?? null,
+      });
+      if (result.error_code === "NTFND") {
+        // The number changed hands since it was looked up: look again next time.
+        owners.forget(ownerKey);
+        return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
+      }
+      if (result.error_code) throw new Error(`receiving an inbound message failed (SQLSTATE ${result.error_code})`);
+      // Every request is logged already (method, path, status); this says what it became.
+      logger.debug(
+        {
+          tenant: owner.tenantId,
+          inbound: result.inbound_message_id,
+          keyword: result.keyword,
+          duplicate: result.duplicate,
+        },
+        "inbound message",
+      );
+      res.type("text/xml").send(twiml(result.reply));
+    }, logger),
+  );
 
-  router.post("/status", form, retriable(async (req: Request, res: Response) => {
-    if (!req.get("x-twilio-signature")) return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
-    const params = twilioForm(req.body);
-    if (!params) return refuse(res, 400, "BAD_REQUEST", "A parameter was given more than once.");
-    const query = statusQuery.safeParse(req.query);
-    if (!query.success) return refuse(res, 404, "UNKNOWN_TENANT", "The callback URL names no tenant.");
-    const { tenant: tenantId, delivery: deliveryId } = query.data;
-    const { AccountSid: accountSid = "", MessageSid: messageSid = "", MessageStatus: status = "" } = params;
-    if (!ACCOUNT_SID.test(accountSid) || !MESSAGE_SID.test(messageSid) || !/^[a-z_]{1,40}$/.test(status)) {
-      return refuse(res, 400, "BAD_REQUEST", "AccountSid (AC…), MessageSid (SM… or MM…) and MessageStatus are required.");
-    }
+  router.post(
+    "/status",
+    form,
+    retriable(async (req: Request, res: Response) => {
+      if (!req.get("x-twilio-signature"))
+        return refuse(res, 403, "MISSING_SIGNATURE", "X-Twilio-Signature is required.");
+      const params = twilioForm(req.body);
+      if (!params) return refuse(res, 400, "BAD_REQUEST", "A parameter was given more than once.");
+      const query = statusQuery.safeParse(req.query);
+      if (!query.success) return refuse(res, 404, "UNKNOWN_TENANT", "The callback URL names no tenant.");
+      const { tenant: tenantId, delivery: deliveryId } = query.data;
+      const { AccountSid: accountSid = "", MessageSid: messageSid = "", MessageStatus: status = "" } = params;
+      if (!ACCOUNT_SID.test(accountSid) || !MESSAGE_SID.test(messageSid) || !/^[a-z_]{1,40}$/.test(status)) {
+        return refuse(
+          res,
+          400,
+          "BAD_REQUEST",
+          "AccountSid (AC…), MessageSid (SM… or MM…) and MessageStatus are required.",
+        );
+      }
 
-    // Which account sent it: the system's, or one of this tenant's (looked up
-    // without the tenant's keys: nothing may be written before verification).
-    let accountId: string | null = null;
-    const accountKey = `${tenantId}/${accountSid}`;
-    if (accountSid !== options.system?.accountSid) {
-      const found = await accounts.get(accountKey, async () => {
-        const { rows } = await inTenantWithoutKeys(options, tenantId, (client) =>
-          client.query<{ id: string }>(
-            `select id from herald_public.provider_accounts
+      // Which account sent it: the system's, or one of this tenant's (looked up
+      // without the tenant's keys: nothing may be written before verification).
+      let accountId: string | null = null;
+      const accountKey = `${tenantId}/${accountSid}`;
+      if (accountSid !== options.system?.accountSid) {
+        const found = await accounts.get(accountKey, async () => {
+          const { rows } = await inTenantWithoutKeys(options, tenantId, (client) =>
+            client.query<{ id: string }>(
+              `select id from herald_public.provider_accounts
               where tenant_id = herald_public.current_tenant_id() and kind = 'twilio' and twilio_account_sid = $1
               order by status = 'active' desc, created_at limit 1`,
-            [accountSid],
-          ),
-        );
-        return rows[0]?.id;
-      });
-      if (!found) {
-        // Not remembered: an account added a moment from now must be found.
-        accounts.forget(accountKey);
-        return refuse(res, 404, "UNKNOWN_ACCOUNT", "This tenant has no Twilio account with that AccountSid.");
+              [accountSid],
+            ),
+          );
+          return rows[0]?.id;
+        });
+        if (!found) {
+          // Not remembered: an account added a moment from now must be found.
+          accounts.forget(accountKey);
+          return refuse(res, 404, "UNKNOWN_ACCOUNT", "This tenant has no Twilio account with that AccountSid.");
+        }
+        accountId = found;
       }
-      accountId = found;
-    }
-    const verdict = await verify(req, params, tenantId, accountId);
-    if (verdict !== "verified") {
-      logger.warn({ tenant: tenantId, verdict }, "refused a status callback: signature not verified");
-      // The account may have been replaced (same SID, new row): look it up afresh next time.
-      accounts.forget(accountKey);
-      return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that sent this message.");
-    }
+      const verdict = await verify(req, params, tenantId, accountId);
+      if (verdict !== "verified") {
+        logger.warn({ tenant: tenantId, verdict }, "refused a status callback: signature not verified");
+        // The account may have been replaced (same SID, new row): look it up afresh next time.
+        accounts.forget(accountKey);
+        return refuse(
+          res,
+          403,
+          "INVALID_SIGNATURE",
+          "The request is not signed by the account that sent this message.",
+        );
+      }
 
-    const errorCode = params.ErrorCode || null;
-    const recipient = parseAddress(params.To);
-    // Acknowledged once journaled; applied to the delivery right after (src/webhooks/reports.ts).
-    const carrierOptOut = errorCode === CARRIER_OPT_OUT && recipient !== undefined;
-    try {
-      await reports.acknowledge(tenantId, [
-        {
-          provider: "twilio",
-          delivery_id: deliveryId ?? null,
-          provider_message_id: messageSid,
-          event: status.slice(0, 40),
-          status: STATUS_EFFECT[status] ?? null,
-          dedupe_key: `twilio:${messageSid}:${status}`.slice(0, 200),
-          error_code: errorCode?.slice(0, 50) ?? null,
-          occurred_at: null,
-          opt_out: carrierOptOut ? "carrier_opt_out" : null,
-          channel: carrierOptOut ? recipient.channel : null,
-          address: carrierOptOut ? recipient.number : null,
-        },
-      ]);
-    } catch (error) {
-      // The tenant the URL names does not exist (its journal rows have no tenant to belong to).
-      if (error instanceof KeyError || (error as { code?: string }).code === "23503") return refuse(res, 404, "UNKNOWN_TENANT", "No such tenant.");
-      throw error;
-    }
-    res.status(204).end();
-  }, logger));
+      const errorCode = params.ErrorCode || null;
+      const recipient = parseAddress(params.To);
+      // Acknowledged once journaled; applied to the delivery right after (src/webhooks/reports.ts).
+      const carrierOptOut = errorCode === CARRIER_OPT_OUT && recipient !== undefined;
+      try {
+        await reports.acknowledge(tenantId, [
+          {
+            provider: "twilio",
+            delivery_id: deliveryId ?? null,
+            provider_message_id: messageSid,
+            event: status.slice(0, 40),
+            status: STATUS_EFFECT[status] ?? null,
+            dedupe_key: `twilio:${messageSid}:${status}`.slice(0, 200),
+            error_code: errorCode?.slice(0, 50) ?? null,
+            occurred_at: null,
+            opt_out: carrierOptOut ? "carrier_opt_out" : null,
+            channel: carrierOptOut ? recipient.channel : null,
+            address: carrierOptOut ? recipient.number : null,
+          },
+        ]);
+      } catch (error) {
+        // The tenant the URL names does not exist (its journal rows have no tenant to belong to).
+        if (error instanceof KeyError || (error as { code?: string }).code === "23503")
+          return refuse(res, 404, "UNKNOWN_TENANT", "No such tenant.");
+        throw error;
+      }
+      res.status(204).end();
+    }, logger),
+  );
 
   return router;
 }

@@ -17,7 +17,10 @@ export function retriable(handler: (req: Request, res: Response) => Promise<void
       await handler(req, res);
     } catch (error) {
       if (!isDatabaseUnavailable(error) || res.headersSent) return next(error);
-      logger.warn({ path: req.path, err: { message: (error as Error).message } }, "webhook refused for now: the database is unavailable");
+      logger.warn(
+        { path: req.path, err: { message: (error as Error).message } },
+        "webhook refused for now: the database is unavailable",
+      );
       res.set("Retry-After", String(RETRY_AFTER_SECONDS));
       refuse(res, 503, "DATABASE_UNAVAILABLE", `The database is unavailable; try again in ${RETRY_AFTER_SECONDS} s.`);
     }

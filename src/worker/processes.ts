@@ -57,7 +57,8 @@ export async function registerWorkerProcess(options: {
   const newProcessId = () => `${hostname()}:${process.pid}:${randomBytes(4).toString("hex")}`;
   let processId = newProcessId();
   const lockKey = randomBytes(8).readBigInt64BE().toString();
-  const onError = (error: Error) => logger.warn({ err: { message: error.message } }, "worker registry statement failed");
+  const onError = (error: Error) =>
+    logger.warn({ err: { message: error.message } }, "worker registry statement failed");
   // Everything but the lock on a pool, so no statement lands inside a sweep's transaction.
   const pool = createPool({ connectionString: options.ownerUrl, max: 1, name: "registry", logger, waitForServerMs: 0 });
   const workerIds: string[] = [];
@@ -91,7 +92,10 @@ export async function registerWorkerProcess(options: {
       // The old entry (if a sweep has not taken it already) gives way to the new one.
       await client.query("begin");
       await client.query("delete from herald_private.worker_processes where process_id = $1", [previous ?? ""]);
-      await client.query("insert into herald_private.worker_processes (process_id, lock_key, worker_ids) values ($1, $2, $3)", [id, lockKey, workerIds]);
+      await client.query(
+        "insert into herald_private.worker_processes (process_id, lock_key, worker_ids) values ($1, $2, $3)",
+        [id, lockKey, workerIds],
+      );
       await client.query("commit");
     } catch (error) {
       await client.end().catch(() => undefined);
@@ -108,7 +112,10 @@ export async function registerWorkerProcess(options: {
     if (stopping || client !== holder) return;
     holder = undefined;
     state = "reconnecting";
-    logger.error({ err: { message: error.message, code: (error as { code?: string }).code } }, "lost the worker registry connection; reconnecting");
+    logger.error(
+      { err: { message: error.message, code: (error as { code?: string }).code } },
+      "lost the worker registry connection; reconnecting",
+    );
     void client.end().catch(() => undefined);
     void reconnect();
   };
@@ -136,7 +143,12 @@ export async function registerWorkerProcess(options: {
   // Jobs are locked by a worker's id, or by its pool's (as graphile-worker 0.18 does): keep both.
   const remember = (lockerId: string) => {
     workerIds.push(lockerId);
-    track(pool.query("update herald_private.worker_processes set worker_ids = array_append(worker_ids, $2) where process_id = $1", [processId, lockerId]));
+    track(
+      pool.query(
+        "update herald_private.worker_processes set worker_ids = array_append(worker_ids, $2) where process_id = $1",
+        [processId, lockerId],
+      ),
+    );
   };
   options.events.on("pool:create", ({ workerPool }) => remember(workerPool.id));
   options.events.on("worker:create", ({ worker }) => remember(worker.workerId));
@@ -161,7 +173,10 @@ export async function registerWorkerProcess(options: {
         if (dead[0]) {
           await client.query("select graphile_worker.force_unlock_workers($1::text[])", [dead[0].worker_ids]);
           recovered++;
-          logger.warn({ process: other, workers: dead[0].worker_ids.length }, "recovered the jobs of a worker process that died");
+          logger.warn(
+            { process: other, workers: dead[0].worker_ids.length },
+            "recovered the jobs of a worker process that died",
+          );
         }
         await client.query("commit");
       } catch (error) {
@@ -183,7 +198,10 @@ export async function registerWorkerProcess(options: {
   let suspects = new Set<string>();
   const releaseOrphans = async () => {
     if (workerIds.length === 0) return;
-    const { rows } = await pool.query<{ id: string }>("select id::text from graphile_worker._private_jobs where locked_by = any($1::text[])", [workerIds]);
+    const { rows } = await pool.query<{ id: string }>(
+      "select id::text from graphile_worker._private_jobs where locked_by = any($1::text[])",
+      [workerIds],
+    );
     const idle = rows.map((r) => r.id).filter((id) => !running.has(id));
     const orphans = idle.filter((id) => suspects.has(id));
     suspects = new Set(idle.filter((id) => !suspects.has(id)));
@@ -192,7 +210,11 @@ export async function registerWorkerProcess(options: {
       "update graphile_worker._private_jobs set locked_at = null, locked_by = null where id = any($1::bigint[]) and locked_by = any($2::text[])",
       [orphans, workerIds],
     );
-    if (rowCount) logger.warn({ jobs: rowCount }, "released jobs whose completion was lost with the database connection; they run again");
+    if (rowCount)
+      logger.warn(
+        { jobs: rowCount },
+        "released jobs whose completion was lost with the database connection; they run again",
+      );
   };
 
   await acquire();

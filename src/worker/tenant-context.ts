@@ -14,7 +14,6 @@ import { ROLES } from "../db/urls.ts";
  * nothing leaks to the next job.
  */
 
-
 /** When and how `sent` deliveries whose final status is overdue are looked up at the provider (src/messages/status-check.ts). */
 export interface StatusCheckPolicy {
   /** A `sent` delivery with no final status this long after it was sent is looked up (and again this long after each look). */

@@ -1,5 +1,12 @@
 import { EventEmitter } from "node:events";
-import { Logger as WorkerLogger, parseCronItems, run, type Runner, type TaskList, type WorkerEvents } from "graphile-worker";
+import {
+  Logger as WorkerLogger,
+  parseCronItems,
+  run,
+  type Runner,
+  type TaskList,
+  type WorkerEvents,
+} from "graphile-worker";
 import { createPool } from "../db/availability.ts";
 import type { WorkerPools } from "../db/budget.ts";
 import type { OutboundWebhookPolicy } from "../config.ts";
@@ -51,7 +58,12 @@ export interface WorkerHandle {
 }
 
 /** Pool sizes when no budget is given: enough that no job ever waits for a connection. */
-const unbudgeted = (concurrency: number): WorkerPools => ({ queue: concurrency + 2, tenant: concurrency, pacing: Math.min(4, concurrency), registry: 2 });
+const unbudgeted = (concurrency: number): WorkerPools => ({
+  queue: concurrency + 2,
+  tenant: concurrency,
+  pacing: Math.min(4, concurrency),
+  registry: 2,
+});
 
 /** How long a job's connection request waits out a database that is away, before the job fails and is retried. */
 const WAIT_FOR_SERVER_MS = 30_000;
@@ -87,16 +99,39 @@ export async function startWorker(options: {
   const { logger } = options;
   // Our pools, with error handlers on idle and checked-out clients, waiting
   // out a database that restarts; ended by us after the runner stops.
-  const queuePool = createPool({ connectionString: options.ownerUrl, max: sizes.queue, name: "queue", logger, waitForServerMs: WAIT_FOR_SERVER_MS });
-  const tenantPool = createPool({ connectionString: options.authenticatorUrl, max: sizes.tenant, name: "tenant", logger, waitForServerMs: WAIT_FOR_SERVER_MS });
+  const queuePool = createPool({
+    connectionString: options.ownerUrl,
+    max: sizes.queue,
+    name: "queue",
+    logger,
+    waitForServerMs: WAIT_FOR_SERVER_MS,
+  });
+  const tenantPool = createPool({
+    connectionString: options.authenticatorUrl,
+    max: sizes.tenant,
+    name: "tenant",
+    logger,
+    waitForServerMs: WAIT_FOR_SERVER_MS,
+  });
   // Pacing reservations: short statements of their own (src/messages/pacing.ts).
-  const pacingPool = createPool({ connectionString: options.ownerUrl, max: sizes.pacing, name: "pacing", logger, waitForServerMs: WAIT_FOR_SERVER_MS });
+  const pacingPool = createPool({
+    connectionString: options.ownerUrl,
+    max: sizes.pacing,
+    name: "pacing",
+    logger,
+    waitForServerMs: WAIT_FOR_SERVER_MS,
+  });
   setSendConcurrency(options.sendConcurrency ?? 200);
   if (options.providers) warmUpSending(options.providers);
   const events: WorkerEvents = new EventEmitter();
   // Registered before the runner starts, so its worker ids are known and a
   // dead process's jobs are unlocked by whoever starts next.
-  const registration = await registerWorkerProcess({ ownerUrl: options.ownerUrl, events, logger, budget: options.budget });
+  const registration = await registerWorkerProcess({
+    ownerUrl: options.ownerUrl,
+    events,
+    logger,
+    budget: options.budget,
+  });
   setTenantContext({
     pool: tenantPool,
     keyring: options.keyring,
@@ -115,10 +150,14 @@ export async function startWorker(options: {
     pollInterval: 1000,
     // Given explicitly (otherwise it looks for a ./crontab file). graphile-worker
     // runs each tick once across all processes.
-    parsedCronItems: parseCronItems(options.tasks ? [] : [
-      { task: "deliveries__sweep", match: "*/5 * * * *" },
-      { task: "provider_reports__sweep", match: "* * * * *" },
-    ]),
+    parsedCronItems: parseCronItems(
+      options.tasks
+        ? []
+        : [
+            { task: "deliveries__sweep", match: "*/5 * * * *" },
+            { task: "provider_reports__sweep", match: "* * * * *" },
+          ],
+    ),
     taskList: tasks,
     logger: new WorkerLogger(graphileLogFactory(options.logger.child({ component: "worker" }))),
   });
@@ -137,7 +176,9 @@ export async function startWorker(options: {
       ? setInterval(() => {
           runner
             .addJob("deliveries__check_status", {}, { ...STATUS_CHECK_JOB, jobKeyMode: "preserve_run_at" })
-            .catch((error: Error) => logger.warn({ err: { message: error.message } }, "could not queue the status check"));
+            .catch((error: Error) =>
+              logger.warn({ err: { message: error.message } }, "could not queue the status check"),
+            );
         }, statusCheck.intervalMs)
       : undefined;
   statusTimer?.unref();

@@ -33,7 +33,10 @@ export function useApiServer(
  * file's database: for what must hold across API processes, not just across
  * servers in one.
  */
-export function useApiProcess(db: { current: TestDb }, env: () => Record<string, string | undefined> = () => ({})): { current: ChildServer } {
+export function useApiProcess(
+  db: { current: TestDb },
+  env: () => Record<string, string | undefined> = () => ({}),
+): { current: ChildServer } {
   const holder = {} as { current: ChildServer };
   beforeAll(async () => {
     holder.current = await forkServer("src/api/standalone.ts", {
@@ -52,9 +55,15 @@ export function useApiProcess(db: { current: TestDb }, env: () => Record<string,
 
 export interface GraphQLResponse<T = Record<string, unknown>> {
   status: number;
-  body: { data?: T; errors?: Array<{ message: string; extensions?: Record<string, unknown>; path?: unknown[] }>; error?: { code: string; message: string } };
+  body: {
+    data?: T;
+    errors?: Array<{ message: string; extensions?: Record<string, unknown>; path?: unknown[] }>;
+    error?: { code: string; message: string };
+  };
 }
 
+// Tests read results loosely by default; a caller that cares passes its own type.
+// eslint-disable-next-line @typescript-eslint/no-explicit-any
 export async function graphql<T = Record<string, any>>(
   server: Pick<ApiServer, "url">,
   token: string | undefined,
@@ -70,5 +79,9 @@ export async function graphql<T = Record<string, any>>(
 }
 
 /** A JWT for the tenant's owner or its plain member, as Herald signs one at login. */
-export const tokenFor = (api: Pick<ApiServer, "authenticator">, t: TenantFixture, who: "owner" | "member"): Promise<string> =>
+export const tokenFor = (
+  api: Pick<ApiServer, "authenticator">,
+  t: TenantFixture,
+  who: "owner" | "member",
+): Promise<string> =>
   api.authenticator.sign({ role: ROLES.member, tenant_id: t.id, sub: who === "owner" ? t.ownerId : t.memberId });

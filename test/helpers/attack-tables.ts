@@ -41,7 +41,11 @@ export interface TableSpec {
    * any). No RETURNING: that would add the SELECT policy's check and hide a
    * missing WITH CHECK.
    */
-  insertInto: (victim: AttackTenant, actor: string | undefined, attacker: AttackTenant) => { sql: string; params: unknown[] };
+  insertInto: (
+    victim: AttackTenant,
+    actor: string | undefined,
+    attacker: AttackTenant,
+  ) => { sql: string; params: unknown[] };
 }
 
 /** Every exposed table, from the catalog. */
@@ -87,7 +91,11 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
        values ($1, 'twilio', $2, 'delivered', 'delivered', 'attack-fixture') returning id`,
       [t.id, t.deliveryId],
     );
-    return { emailDomainId: domain.rows[0]!.id, providerTestId: test.rows[0]!.id, providerReportId: report.rows[0]!.id };
+    return {
+      emailDomainId: domain.rows[0]!.id,
+      providerTestId: test.rows[0]!.id,
+      providerReportId: report.rows[0]!.id,
+    };
   });
   return { ...t, ...rows };
 }
@@ -134,7 +142,10 @@ const FIXTURES: TableSpec[] = [
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
     update: { column: "help_text", to: "'pwned'" },
-    insertInto: (victim) => ({ sql: "insert into herald_public.tenant_settings (tenant_id) values ($1)", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.tenant_settings (tenant_id) values ($1)",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_hidden.pings",
@@ -158,7 +169,10 @@ const FIXTURES: TableSpec[] = [
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.tagId] }),
     update: { column: "name", to: "'pwned'" },
-    insertInto: (victim) => ({ sql: "insert into herald_public.tags (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.tags (tenant_id, name) values ($1, 'evil')",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_public.contact_tags",
@@ -176,7 +190,10 @@ const FIXTURES: TableSpec[] = [
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.listId] }),
     update: { column: "description", to: "'pwned'" },
-    insertInto: (victim) => ({ sql: "insert into herald_public.lists (tenant_id, name) values ($1, 'evil')", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.lists (tenant_id, name) values ($1, 'evil')",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_public.list_members",
@@ -206,7 +223,10 @@ const FIXTURES: TableSpec[] = [
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.senderNumberId] }),
     // Members may set a number's pace: the policy must hide A's numbers from them.
     update: { column: "messages_per_second", to: "1" },
-    insertInto: (victim) => ({ sql: "insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, '+15005550006')", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, '+15005550006')",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_public.email_senders",
@@ -214,21 +234,30 @@ const FIXTURES: TableSpec[] = [
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.emailSenderId] }),
     // No column is updatable: the grant refuses.
     update: { column: "from_email", to: "'evil@evil.test'" },
-    insertInto: (victim) => ({ sql: "insert into herald_public.email_senders (tenant_id, from_email) values ($1, 'evil@evil.test')", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.email_senders (tenant_id, from_email) values ($1, 'evil@evil.test')",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_public.templates",
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.templateId] }),
     update: { column: "body", to: "'pwned'" },
-    insertInto: (victim) => ({ sql: "insert into herald_public.templates (tenant_id, channel, name, body) values ($1, 'sms', 'evil', 'x')", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.templates (tenant_id, channel, name, body) values ($1, 'sms', 'evil', 'x')",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_public.messages",
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.messageId] }),
     update: { column: "canceled_at", to: "now()" },
-    insertInto: (victim) => ({ sql: "insert into herald_public.messages (tenant_id, channel, body) values ($1, 'sms', 'x')", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.messages (tenant_id, channel, body) values ($1, 'sms', 'x')",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_public.deliveries",
@@ -321,14 +350,20 @@ const FIXTURES: TableSpec[] = [
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
     update: { column: "messages", to: "0" },
-    insertInto: (victim) => ({ sql: "insert into herald_hidden.monthly_usage (tenant_id, month) values ($1, '2001-01-01')", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_hidden.monthly_usage (tenant_id, month) values ($1, '2001-01-01')",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_hidden.send_plans",
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1", params: [t.id] }),
     update: { column: "next_at", to: "now()" },
-    insertInto: (victim) => ({ sql: "insert into herald_hidden.send_plans (tenant_id, scope, next_at) values ($1, 'evil', now())", params: [victim.id] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_hidden.send_plans (tenant_id, scope, next_at) values ($1, 'evil', now())",
+      params: [victim.id],
+    }),
   },
   {
     table: "herald_public.email_domains",

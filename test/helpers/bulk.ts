@@ -22,8 +22,14 @@ export async function seedManyContacts(
          from generate_series(1, $2) g`,
       [tenantId, options.contacts, options.attributeBytes ?? 10],
     );
-    const list = await client.query<{ id: string }>("insert into herald_public.lists (tenant_id, name) values ($1, 'bulk') returning id", [tenantId]);
-    const tag = await client.query<{ id: string }>("insert into herald_public.tags (tenant_id, name) values ($1, 'bulk') returning id", [tenantId]);
+    const list = await client.query<{ id: string }>(
+      "insert into herald_public.lists (tenant_id, name) values ($1, 'bulk') returning id",
+      [tenantId],
+    );
+    const tag = await client.query<{ id: string }>(
+      "insert into herald_public.tags (tenant_id, name) values ($1, 'bulk') returning id",
+      [tenantId],
+    );
     const listId = list.rows[0]!.id;
     const tagId = tag.rows[0]!.id;
     await client.query(

@@ -49,7 +49,11 @@ export async function startOwnCluster(name: string): Promise<OwnCluster> {
   const root = fs.mkdtempSync(path.join(os.tmpdir(), `herald-${name}-`));
   const dir = path.join(root, "postgres");
   const logger = createLogger(process.env.TEST_LOG_LEVEL ?? "warn", 2);
-  const database: Database = await openDatabase(config, logger, { embeddedDir: dir, database: "herald", disposable: true });
+  const database: Database = await openDatabase(config, logger, {
+    embeddedDir: dir,
+    database: "herald",
+    disposable: true,
+  });
   // The schema as the suite tests it: committed migrations, then migrations/current/.
   await watchMigrations(database.urls, logger, true);
   const port = new URL(database.urls.admin).port;
@@ -60,7 +64,15 @@ export async function startOwnCluster(name: string): Promise<OwnCluster> {
     root: createPool({ connectionString: database.urls.admin, max: 3, name: "test root", ...poolOptions }),
     authenticator: createPool({ connectionString: database.urls.authenticator, max: 3, name: "test", ...poolOptions }),
   };
-  const serverOptions = ["-o", `-p ${port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off`, "-l", path.join(dir, "server.log"), "-w", "-t", "60"];
+  const serverOptions = [
+    "-o",
+    `-p ${port} -c fsync=off -c synchronous_commit=off -c full_page_writes=off`,
+    "-l",
+    path.join(dir, "server.log"),
+    "-w",
+    "-t",
+    "60",
+  ];
   return {
     db,
     dir,
@@ -68,7 +80,8 @@ export async function startOwnCluster(name: string): Promise<OwnCluster> {
     stop: () => pgCtl(dir, "stop", ["-m", "fast", "-w", "-t", "60"]),
     start: () => pgCtl(dir, "start", serverOptions),
     reconfigure: async (settings) => {
-      for (const [name, value] of Object.entries(settings)) await db.root.query(`alter system set ${name} = '${value}'`);
+      for (const [name, value] of Object.entries(settings))
+        await db.root.query(`alter system set ${name} = '${value}'`);
       await pgCtl(dir, "restart", ["-m", "fast", ...serverOptions]);
     },
     close: async () => {
@@ -103,7 +116,12 @@ export async function startRelaySandbox(): Promise<RelaySandbox> {
     try {
       const answer = await fetch(`${relay.apiUrl}${req.originalUrl}`, {
         method: req.method,
-        headers: Object.fromEntries(Object.entries(req.headers).filter(([k]) => /^(content-type|x-twilio-|user-agent)/i.test(k)) as [string, string][]),
+        headers: Object.fromEntries(
+          Object.entries(req.headers).filter(([k]) => /^(content-type|x-twilio-|user-agent)/i.test(k)) as [
+            string,
+            string,
+          ][],
+        ),
         body: Buffer.isBuffer(req.body) && req.body.length > 0 ? new Uint8Array(req.body) : undefined,
       });
       count(answer.status);
@@ -120,7 +138,9 @@ export async function startRelaySandbox(): Promise<RelaySandbox> {
     sandbox,
     url: `${origin}/sandbox`,
     origin,
-    clients: new ProviderClients(systemProviders({ ...loadConfig(), twilio: undefined, sendgrid: undefined }, `${origin}/sandbox`)),
+    clients: new ProviderClients(
+      systemProviders({ ...loadConfig(), twilio: undefined, sendgrid: undefined }, `${origin}/sandbox`),
+    ),
     close: () => new Promise<void>((resolve) => server.close(() => resolve())),
   });
   return relay;
@@ -149,23 +169,27 @@ export async function spawnHerald(
   env: Record<string, string> = {},
 ): Promise<HeraldProcess> {
   const port = kind === "start" ? await findFreePort() : 0;
-  const child = spawn(process.execPath, [path.join(projectRoot, "src/main.ts"), ...(kind === "worker" ? ["--worker-only"] : [])], {
-    env: {
-      ...process.env,
-      DATABASE_URL: cluster.db.urls.admin,
-      PORT: String(port),
-      // Development: the SDKs talk to <public URL>/sandbox, the relay's sandbox, which calls back there too.
-      NODE_ENV: "development",
-      HERALD_PUBLIC_URL: relay.origin,
-      HERALD_DEMO: "false",
-      HERALD_WORKER_CONCURRENCY: "5",
-      HERALD_STATUS_CHECK_AFTER_SECONDS: "5",
-      HERALD_STATUS_CHECK_INTERVAL_SECONDS: "2",
-      LOG_LEVEL: "info",
-      ...env,
+  const child = spawn(
+    process.execPath,
+    [path.join(projectRoot, "src/main.ts"), ...(kind === "worker" ? ["--worker-only"] : [])],
+    {
+      env: {
+        ...process.env,
+        DATABASE_URL: cluster.db.urls.admin,
+        PORT: String(port),
+        // Development: the SDKs talk to <public URL>/sandbox, the relay's sandbox, which calls back there too.
+        NODE_ENV: "development",
+        HERALD_PUBLIC_URL: relay.origin,
+        HERALD_DEMO: "false",
+        HERALD_WORKER_CONCURRENCY: "5",
+        HERALD_STATUS_CHECK_AFTER_SECONDS: "5",
+        HERALD_STATUS_CHECK_INTERVAL_SECONDS: "2",
+        LOG_LEVEL: "info",
+        ...env,
+      },
+      stdio: ["ignore", "pipe", "pipe"],
     },
-    stdio: ["ignore", "pipe", "pipe"],
-  });
+  );
   let output = "";
   const collect = (chunk: Buffer) => void (output = (output + chunk.toString()).slice(-200_000));
   child.stdout!.on("data", collect);
@@ -179,7 +203,8 @@ export async function spawnHerald(
     stop: () => {
       if (herald.alive()) child.kill("SIGTERM");
       // For a look afterwards: HERALD_TEST_KEEP_LOGS=1 keeps each process's output in the temp directory.
-      if (process.env.HERALD_TEST_KEEP_LOGS) void exited.then(() => fs.writeFileSync(path.join(os.tmpdir(), `herald-${kind}-${child.pid}.log`), output));
+      if (process.env.HERALD_TEST_KEEP_LOGS)
+        void exited.then(() => fs.writeFileSync(path.join(os.tmpdir(), `herald-${kind}-${child.pid}.log`), output));
       return exited;
     },
   };
@@ -210,10 +235,20 @@ export const crashSigns = (output: string) =>
     .filter((line) => !line.includes("the database is unavailable; carrying on"));
 
 /** sendMessage through the API process, as the tenant's owner. */
-export async function sendThrough(db: TestDb, url: string, t: TenantFixture, input: Record<string, unknown>): Promise<string> {
+export async function sendThrough(
+  db: TestDb,
+  url: string,
+  t: TenantFixture,
+  input: Record<string, unknown>,
+): Promise<string> {
   const authenticator = createAuthenticator(loadConfig(), db.authenticator);
   const token = await authenticator.sign({ role: ROLES.member, tenant_id: t.id, sub: t.ownerId });
-  const r = await graphql({ url }, token, "mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId } } }", { input });
+  const r = await graphql(
+    { url },
+    token,
+    "mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId } } }",
+    { input },
+  );
   if (r.body.errors || !r.body.data) throw new Error(`sendMessage failed (${r.status}): ${JSON.stringify(r.body)}`);
   return r.body.data.sendMessage.message.rowId as string;
 }
@@ -253,13 +288,20 @@ export function useHeraldPair(name: string): HeraldPair {
   beforeAll(async () => {
     pair.cluster = await startOwnCluster(name);
     pair.relay = await startRelaySandbox();
-    [pair.api, pair.worker] = await Promise.all([spawnHerald(pair.cluster, pair.relay, "start"), spawnHerald(pair.cluster, pair.relay, "worker")]);
+    [pair.api, pair.worker] = await Promise.all([
+      spawnHerald(pair.cluster, pair.relay, "start"),
+      spawnHerald(pair.cluster, pair.relay, "worker"),
+    ]);
     pair.relay.apiUrl = pair.api.url;
   }, 120_000);
   afterAll(async () => {
     await Promise.all([pair.api?.stop(), pair.worker?.stop()]);
     if (process.env.HERALD_TEST_KEEP_LOGS) {
-      for (const [role, p] of [["api", pair.api], ["worker", pair.worker]] as const) if (p) fs.writeFileSync(`/tmp/herald-${name}-${role}.log`, p.output());
+      for (const [role, p] of [
+        ["api", pair.api],
+        ["worker", pair.worker],
+      ] as const)
+        if (p) fs.writeFileSync(`/tmp/herald-${name}-${role}.log`, p.output());
     }
     await pair.relay?.close();
     await pair.cluster?.close();

@@ -28,7 +28,13 @@ async function cloneTemplate(): Promise<TestDb> {
   const adminUrl = urlWithDatabase(adminMaintenance, name);
   for (let attempt = 0; ; attempt++) {
     try {
-      await bootstrapDatabase({ adminUrl, database: name, passwords: config.rolePasswords, logger, template: inject("templateDatabase") });
+      await bootstrapDatabase({
+        adminUrl,
+        database: name,
+        passwords: config.rolePasswords,
+        logger,
+        template: inject("templateDatabase"),
+      });
       break;
     } catch (error) {
       // 55006: the template is briefly in use by a parallel clone; try again.
@@ -60,7 +66,11 @@ export function useTestDatabase(): { current: TestDb } {
 }
 
 /** Run `fn` in a transaction that always rolls back. */
-async function rollbackOnly<T>(pool: pg.Pool, setup: (c: pg.PoolClient) => Promise<unknown>, fn: (c: pg.PoolClient) => Promise<T>): Promise<T> {
+async function rollbackOnly<T>(
+  pool: pg.Pool,
+  setup: (c: pg.PoolClient) => Promise<unknown>,
+  fn: (c: pg.PoolClient) => Promise<T>,
+): Promise<T> {
   const client = await pool.connect();
   try {
     await client.query("begin");
@@ -85,7 +95,10 @@ export const asRole = <T>(
 ) => rollbackOnly(db.authenticator, (c) => enterSession(c, context), fn);
 
 /** Runs `fn` inside a savepoint and returns the error it raised (or undefined). */
-export async function expectPgError(client: pg.PoolClient, fn: () => Promise<unknown>): Promise<{ code?: string; message: string; detail?: string } | undefined> {
+export async function expectPgError(
+  client: pg.PoolClient,
+  fn: () => Promise<unknown>,
+): Promise<{ code?: string; message: string; detail?: string } | undefined> {
   await client.query("savepoint attempt");
   try {
     await fn();

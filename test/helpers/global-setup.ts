@@ -38,7 +38,12 @@ export default async function setup(project: TestProject) {
   const urls = deriveUrls(db.urls.admin, config.rolePasswords);
   await watchMigrations(urls, logger, true);
   // Re-run the bootstrap so the template carries the database-level grants too.
-  await bootstrapDatabase({ adminUrl: urls.admin, database: templateDatabase, passwords: config.rolePasswords, logger });
+  await bootstrapDatabase({
+    adminUrl: urls.admin,
+    database: templateDatabase,
+    passwords: config.rolePasswords,
+    logger,
+  });
   const catalog = new pg.Client({ connectionString: urls.admin });
   await catalog.connect();
   const { rows: exposed } = await catalog
@@ -47,7 +52,10 @@ export default async function setup(project: TestProject) {
         where n.nspname in ('herald_public', 'herald_hidden') and c.relkind in ('r', 'p') order by 1`,
     )
     .finally(() => catalog.end());
-  project.provide("exposedTables", exposed.map((r) => r.name));
+  project.provide(
+    "exposedTables",
+    exposed.map((r) => r.name),
+  );
   const serverKind = config.databaseUrl ? "DATABASE_URL" : "embedded";
   process.stderr.write(`herald tests: ${serverKind} PostgreSQL, template ${templateDatabase}\n`);
   project.provide("adminUrl", urls.adminMaintenance);

@@ -19,9 +19,12 @@ export const A_WHATSAPP_NUMBER = "+14155559901";
 export const SYSTEM_SENDER = "+15005550006";
 
 /** Herald's default replies, for a tenant that set none of its own. */
-export const DEFAULT_STOP = "Tenant A: You are unsubscribed and will receive no more messages. Reply START to resubscribe.";
-export const DEFAULT_START = "Tenant A: You are resubscribed. Msg frequency varies. Msg&data rates may apply. Reply HELP for help, STOP to cancel.";
-export const DEFAULT_HELP = "Tenant A: account notifications. Msg frequency varies. Msg&data rates may apply. Reply STOP to cancel.";
+export const DEFAULT_STOP =
+  "Tenant A: You are unsubscribed and will receive no more messages. Reply START to resubscribe.";
+export const DEFAULT_START =
+  "Tenant A: You are resubscribed. Msg frequency varies. Msg&data rates may apply. Reply HELP for help, STOP to cancel.";
+export const DEFAULT_HELP =
+  "Tenant A: account notifications. Msg frequency varies. Msg&data rates may apply. Reply STOP to cancel.";
 
 export interface Consent {
   sms_subscribed: boolean;
@@ -54,14 +57,27 @@ export function useInboundTenants(db: { current: TestDb }, api: { current: ApiSe
   const freshPhone = () => `+1628555${String(1000 + ++phoneCounter).padStart(4, "0")}`;
 
   /** A phone texts one of A's numbers (by default), signed with the token of the account that owns it. */
-  async function text(from: string, body: string, options: { to?: string; token?: string; sid?: string; channel?: "sms" | "whatsapp" } = {}) {
+  async function text(
+    from: string,
+    body: string,
+    options: { to?: string; token?: string; sid?: string; channel?: "sms" | "whatsapp" } = {},
+  ) {
     const to = options.to ?? numbers.a;
-    const token = options.token ?? (to === numbers.b ? tokens.b : to === numbers.a ? tokens.a : SYSTEM_TWILIO.authToken);
-    const result = await textIn(api.current, tenants.a, { from, body, to, token, sid: options.sid, channel: options.channel });
+    const token =
+      options.token ?? (to === numbers.b ? tokens.b : to === numbers.a ? tokens.a : SYSTEM_TWILIO.authToken);
+    const result = await textIn(api.current, tenants.a, {
+      from,
+      body,
+      to,
+      token,
+      sid: options.sid,
+      channel: options.channel,
+    });
     return { ...result, replies: result.status === 200 ? twimlMessages(result.body) : [] };
   }
 
-  const contactWith = (t: TenantFixture, phone: string, firstName?: string) => contactWithPhone(db.current, t, phone, { firstName });
+  const contactWith = (t: TenantFixture, phone: string, firstName?: string) =>
+    contactWithPhone(db.current, t, phone, { firstName });
 
   /** What the tenant's data says about this contact's consent. */
   const consentOf = (t: TenantFixture, contactId: string) =>

@@ -30,11 +30,24 @@ export const asRoot = <T>(db: TestDb, fn: (client: pg.PoolClient) => Promise<T>)
 
 /** Committed, as the tenant's owner, with the tenant's keys. */
 export const asOwner = async <T>(db: TestDb, t: TenantFixture, fn: (client: pg.PoolClient) => Promise<T>) =>
-  withSession(db.authenticator, { role: ROLES.member, tenantId: t.id, userId: t.ownerId, settings: await testKeyring().sessionSettings(db.root, t.id) }, fn);
+  withSession(
+    db.authenticator,
+    {
+      role: ROLES.member,
+      tenantId: t.id,
+      userId: t.ownerId,
+      settings: await testKeyring().sessionSettings(db.root, t.id),
+    },
+    fn,
+  );
 
 /** Committed, as a worker job of the tenant. */
 export const asWorker = async <T>(db: TestDb, t: TenantFixture, fn: (client: pg.PoolClient) => Promise<T>) =>
-  withSession(db.authenticator, { role: ROLES.worker, tenantId: t.id, settings: await testKeyring().sessionSettings(db.root, t.id) }, fn);
+  withSession(
+    db.authenticator,
+    { role: ROLES.worker, tenantId: t.id, settings: await testKeyring().sessionSettings(db.root, t.id) },
+    fn,
+  );
 
 /**
  * Lets the fixture's Twilio account send through the sandbox (its credential
@@ -43,22 +56,35 @@ export const asWorker = async <T>(db: TestDb, t: TenantFixture, fn: (client: pg.
  * day), so that a test does not depend on the hour it runs at; tests of quiet
  * hours set their own window.
  */
-export async function readyToSend(db: TestDb, server: SandboxServer, t: TenantFixture, rates = { perSecond: 1000, senderMps: 1000 }) {
-  const { rows } = await db.root.query("select twilio_account_sid from herald_public.provider_accounts where id = $1", [t.providerAccountId]);
+export async function readyToSend(
+  db: TestDb,
+  server: SandboxServer,
+  t: TenantFixture,
+  rates = { perSecond: 1000, senderMps: 1000 },
+) {
+  const { rows } = await db.root.query("select twilio_account_sid from herald_public.provider_accounts where id = $1", [
+    t.providerAccountId,
+  ]);
   server.sandbox.addTwilioAccount(rows[0].twilio_account_sid, t.providerSecret);
   await setRates(db, t, rates);
   await openSendWindow(db, t.id);
   return rows[0].twilio_account_sid as string;
 }
 
-export async function setRates(db: TestDb, t: TenantFixture, rates: { perSecond: number; senderMps: number; intervalSeconds?: number }) {
+export async function setRates(
+  db: TestDb,
+  t: TenantFixture,
+  rates: { perSecond: number; senderMps: number; intervalSeconds?: number },
+) {
   await asRoot(db, async (c) => {
-    await c.query("update herald_public.tenant_settings set rate_batch_size = $2, rate_batch_interval_seconds = $3 where tenant_id = $1", [
+    await c.query(
+      "update herald_public.tenant_settings set rate_batch_size = $2, rate_batch_interval_seconds = $3 where tenant_id = $1",
+      [t.id, rates.perSecond * (rates.intervalSeconds ?? 1), rates.intervalSeconds ?? 1],
+    );
+    await c.query("update herald_public.sender_numbers set messages_per_second = $2 where tenant_id = $1", [
       t.id,
-      rates.perSecond * (rates.intervalSeconds ?? 1),
-      rates.intervalSeconds ?? 1,
+      rates.senderMps,
     ]);
-    await c.query("update herald_public.sender_numbers set messages_per_second = $2 where tenant_id = $1", [t.id, rates.senderMps]);
   });
 }
 
@@ -76,10 +102,19 @@ export async function seedAudience(
     first_name: options.firstName?.(i) ?? `Person${i}`,
   }));
   return asWorker(db, t, async (c) => {
-    const { rows } = await c.query<{ ordinal: number; contact_id: string }>("select ordinal, contact_id from herald_hidden.upsert_contacts($1)", [JSON.stringify(docs)]);
+    const { rows } = await c.query<{ ordinal: number; contact_id: string }>(
+      "select ordinal, contact_id from herald_hidden.upsert_contacts($1)",
+      [JSON.stringify(docs)],
+    );
     const list = await c.query("insert into herald_public.lists (name) values ($1) returning id", [options.list]);
-    await c.query("insert into herald_public.list_members (list_id, contact_id) select $1, unnest($2::uuid[])", [list.rows[0].id, rows.map((r) => r.contact_id)]);
-    return { listId: list.rows[0].id, contacts: rows.map((r) => ({ id: r.contact_id, phone: docs[r.ordinal]!.phone })) };
+    await c.query("insert into herald_public.list_members (list_id, contact_id) select $1, unnest($2::uuid[])", [
+      list.rows[0].id,
+      rows.map((r) => r.contact_id),
+    ]);
+    return {
+      listId: list.rows[0].id,
+      contacts: rows.map((r) => ({ id: r.contact_id, phone: docs[r.ordinal]!.phone })),
+    };
   });
 }
 
@@ -92,7 +127,8 @@ export async function waitFor<T>(
   for (;;) {
     const value = await probe();
     if (value) return value;
-    if (Date.now() > deadline) throw new Error(`timed out waiting for ${typeof what === "string" ? what : await what()}`);
+    if (Date.now() > deadline)
+      throw new Error(`timed out waiting for ${typeof what === "string" ? what : await what()}`);
     await new Promise((r) => setTimeout(r, 100));
   }
 }
@@ -144,14 +180,22 @@ export const settled = (db: TestDb, messageId: string, timeoutMs = 60_000) =>
 
 /** `sendMessage` through GraphQL with the given input; the new message's id (the test fails on a GraphQL error). */
 export async function sendThroughApi(api: ApiServer, token: string, input: Record<string, unknown>): Promise<string> {
-  const { body } = await graphql(api, token, "mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId } } }", { input });
+  const { body } = await graphql(
+    api,
+    token,
+    "mutation($input: SendMessageInput!) { sendMessage(input: $input) { message { rowId } } }",
+    { input },
+  );
   if (body.errors) throw new Error(`sendMessage failed: ${JSON.stringify(body.errors)}`);
   return body.data!.sendMessage.message.rowId as string;
 }
 
 /** No quiet hours for the tenant: the window is the whole day. */
 export const openSendWindow = (db: TestDb, tenantId: string) =>
-  db.root.query("update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1", [tenantId]);
+  db.root.query(
+    "update herald_public.tenant_settings set send_window_start = '00:00', send_window_end = '00:00' where tenant_id = $1",
+    [tenantId],
+  );
 
 /**
  * Quiet hours for the tenant that hold any send now, whatever the time of day:
@@ -160,11 +204,10 @@ export const openSendWindow = (db: TestDb, tenantId: string) =>
 export async function closeSendWindowForAnHour(db: TestDb, tenantId: string) {
   const opens = new Date(Date.now() + 3_600_000);
   const hhmm = (d: Date) => d.toISOString().slice(11, 16);
-  await db.root.query("update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1", [
-    tenantId,
-    hhmm(opens),
-    hhmm(new Date(opens.getTime() + 60_000)),
-  ]);
+  await db.root.query(
+    "update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1",
+    [tenantId, hhmm(opens), hhmm(new Date(opens.getTime() + 60_000))],
+  );
 }
 
 /** graphile-worker's delivery__send jobs (`j`, with its task `t`) for delivery $1: its own, or a run of deliveries naming it. */
@@ -177,7 +220,10 @@ const JOBS_OF_DELIVERY = `t.id = j.task_id and t.identifier = 'delivery__send'
  * its jobs remain, waiting or running: none once the worker is done with it.
  */
 export async function deliveryJobsDueNow(db: TestDb, deliveryId: string): Promise<number> {
-  await db.root.query(`update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t where ${JOBS_OF_DELIVERY} and j.run_at > now()`, [deliveryId]);
+  await db.root.query(
+    `update graphile_worker._private_jobs j set run_at = now() from graphile_worker._private_tasks t where ${JOBS_OF_DELIVERY} and j.run_at > now()`,
+    [deliveryId],
+  );
   const { rows } = await db.root.query<{ n: number }>(
     `select count(*)::int as n from graphile_worker._private_jobs j, graphile_worker._private_tasks t where ${JOBS_OF_DELIVERY}`,
     [deliveryId],

@@ -23,7 +23,10 @@ export const SYSTEM_TWILIO = SANDBOX_SYSTEM_TWILIO;
 /** A SendGrid event-webhook key pair: the public half is what Herald is configured with. */
 export function sendgridKeyPair(): { publicKey: string; privateKey: KeyObject } {
   const pair = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
-  return { publicKey: pair.publicKey.export({ type: "spki", format: "der" }).toString("base64"), privateKey: pair.privateKey };
+  return {
+    publicKey: pair.publicKey.export({ type: "spki", format: "der" }).toString("base64"),
+    privateKey: pair.privateKey,
+  };
 }
 
 /** The API server's environment for webhook tests: the system accounts' credentials, and the public URL. */
@@ -40,7 +43,10 @@ export const webhookEnv = (options: { publicUrl?: string; sendgridPublicKey?: st
  * first, with that address as its public URL (what the sandbox posts to and
  * signs). Register it after any hook whose values `env` reads.
  */
-export function useCallableApiServer(db: { current: TestDb }, env: () => Record<string, string | undefined> = () => ({})) {
+export function useCallableApiServer(
+  db: { current: TestDb },
+  env: () => Record<string, string | undefined> = () => ({}),
+) {
   const endpoint = { port: 0, publicUrl: "" };
   // Hooks run in the order registered: the port is chosen before the server starts on it.
   beforeAll(async () => {
@@ -66,10 +72,16 @@ export async function postTwilio(
   params: Record<string, string>,
   options: { token: string; signedFor?: string; signature?: string | null },
 ): Promise<PostResult> {
-  const signature = options.signature === undefined ? twilioSignature(options.token, options.signedFor ?? `${PUBLIC_URL}${path}`, params) : options.signature;
+  const signature =
+    options.signature === undefined
+      ? twilioSignature(options.token, options.signedFor ?? `${PUBLIC_URL}${path}`, params)
+      : options.signature;
   const response = await fetch(`${api.url}${path}`, {
     method: "POST",
-    headers: { "content-type": "application/x-www-form-urlencoded", ...(signature === null ? {} : { "x-twilio-signature": signature }) },
+    headers: {
+      "content-type": "application/x-www-form-urlencoded",
+      ...(signature === null ? {} : { "x-twilio-signature": signature }),
+    },
     body: new URLSearchParams(params).toString(),
   });
   return { status: response.status, body: await response.text() };
@@ -87,21 +99,55 @@ export const SMS = "/webhooks/twilio/sms";
 export const textIn = (
   api: Pick<ApiServer, "url">,
   t: TenantFixture,
-  text: { from: string; body: string; to?: string; token?: string; sid?: string; channel?: "sms" | "whatsapp"; signedFor?: string },
+  text: {
+    from: string;
+    body: string;
+    to?: string;
+    token?: string;
+    sid?: string;
+    channel?: "sms" | "whatsapp";
+    signedFor?: string;
+  },
 ): Promise<PostResult> =>
-  postTwilio(api, SMS, inboundText({ from: text.from, to: text.to ?? t.senderNumber, body: text.body, sid: text.sid, channel: text.channel }), {
-    token: text.token ?? t.providerSecret,
-    signedFor: text.signedFor,
-  });
+  postTwilio(
+    api,
+    SMS,
+    inboundText({
+      from: text.from,
+      to: text.to ?? t.senderNumber,
+      body: text.body,
+      sid: text.sid,
+      channel: text.channel,
+    }),
+    {
+      token: text.token ?? t.providerSecret,
+      signedFor: text.signedFor,
+    },
+  );
 
 let sid = 0;
 /** A new Twilio MessageSid. */
 export const messageSid = () => `SM${String(++sid).padStart(8, "0")}${"f".repeat(24)}`;
 
 /** An inbound text from `from` to `to`, as Twilio posts it to /webhooks/twilio/sms. */
-export const inboundText = (text: { from: string; to: string; body: string; accountSid?: string; channel?: "sms" | "whatsapp"; sid?: string }) =>
+export const inboundText = (text: {
+  from: string;
+  to: string;
+  body: string;
+  accountSid?: string;
+  channel?: "sms" | "whatsapp";
+  sid?: string;
+}) =>
   inboundParams(
-    { url: "", authToken: "", accountSid: text.accountSid ?? SYSTEM_TWILIO.accountSid, from: text.from, to: text.to, body: text.body, channel: text.channel },
+    {
+      url: "",
+      authToken: "",
+      accountSid: text.accountSid ?? SYSTEM_TWILIO.accountSid,
+      from: text.from,
+      to: text.to,
+      body: text.body,
+      channel: text.channel,
+    },
     text.sid ?? messageSid(),
   );
 
@@ -121,7 +167,10 @@ export async function postSendGrid(
 ): Promise<PostResult & { json?: Record<string, number> }> {
   const raw = typeof body === "string" ? body : JSON.stringify(body);
   const timestamp = String(options.timestamp ?? Math.floor(Date.now() / 1000));
-  const sign = typeof options.key === "function" ? options.key : (ts: string, text: string) => sendgridSignature(options.key as KeyObject, ts, text);
+  const sign =
+    typeof options.key === "function"
+      ? options.key
+      : (ts: string, text: string) => sendgridSignature(options.key as KeyObject, ts, text);
   const signature = options.signature === undefined ? sign(timestamp, options.signedBody ?? raw) : options.signature;
   const response = await fetch(`${api.url}${path}`, {
     method: "POST",
@@ -187,10 +236,23 @@ export async function deliveryState(db: TestDb, deliveryId: string) {
 }
 
 /** A contact of tenant `t` with this phone (and email), subscribed everywhere; its id. */
-export async function contactWith(db: TestDb, t: TenantFixture, phone: string | null, options: { email?: string; firstName?: string } = {}): Promise<string> {
+export async function contactWith(
+  db: TestDb,
+  t: TenantFixture,
+  phone: string | null,
+  options: { email?: string; firstName?: string } = {},
+): Promise<string> {
   return asWorker(db, t, async (c) => {
     const { rows } = await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [
-      JSON.stringify([{ phone, email: options.email ?? null, first_name: options.firstName ?? "Known", sms_subscribed: true, whatsapp_subscribed: true }]),
+      JSON.stringify([
+        {
+          phone,
+          email: options.email ?? null,
+          first_name: options.firstName ?? "Known",
+          sms_subscribed: true,
+          whatsapp_subscribed: true,
+        },
+      ]),
     ]);
     return rows[0].contact_id as string;
   });
