@@ -23,11 +23,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   },
   "herald_hidden.provider_reports": {
     admin: ["SELECT(received_at, tenant_id)"],
-    worker: [
-      "DELETE",
-      "INSERT(address_encrypted, channel, dedupe_key, delivery_id, error_code, event, key_version, occurred_at, opt_out, provider, provider_message_id, status, tenant_id)",
-      "SELECT",
-    ],
+    worker: ["DELETE", "INSERT(address_encrypted, channel, dedupe_key, delivery_id, error_code, event, key_version, occurred_at, opt_out, provider, provider_message_id, status, tenant_id)", "SELECT"],
   },
   "herald_hidden.provider_tests": {
     member: ["INSERT(key_version, provider_account_id, to_address_encrypted)", "SELECT"],
@@ -40,11 +36,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["INSERT(next_at, scope, tenant_id)", "SELECT", "UPDATE(next_at)"],
   },
   "herald_public.api_keys": {
-    member: [
-      "INSERT(created_by, name, secret_hash, tenant_id, token_prefix)",
-      "SELECT(created_at, created_by, id, last_used_at, name, revoked_at, tenant_id, token_prefix, updated_at)",
-      "UPDATE(name, revoked_at)",
-    ],
+    member: ["INSERT(created_by, name, secret_hash, tenant_id, token_prefix)", "SELECT(created_at, created_by, id, last_used_at, name, revoked_at, tenant_id, token_prefix, updated_at)", "UPDATE(name, revoked_at)"],
     admin: ["DELETE", "INSERT", "SELECT", "UPDATE"],
   },
   "herald_public.audit_log": {
@@ -62,18 +54,9 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["INSERT(contact_id, tag_id, tenant_id)", "SELECT"],
   },
   "herald_public.contacts": {
-    member: [
-      "DELETE",
-      "INSERT(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed)",
-      "SELECT",
-      "UPDATE(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, timezone, whatsapp_subscribed)",
-    ],
+    member: ["DELETE", "INSERT(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed)", "SELECT", "UPDATE(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, timezone, whatsapp_subscribed)"],
     admin: ["DELETE", "SELECT"],
-    worker: [
-      "INSERT(attributes, created_by_inbound, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed)",
-      "SELECT",
-      "UPDATE(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, timezone, whatsapp_subscribed)",
-    ],
+    worker: ["INSERT(attributes, created_by_inbound, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed)", "SELECT", "UPDATE(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, timezone, whatsapp_subscribed)"],
   },
   "herald_public.daily_usage": {
     member: ["SELECT"],
@@ -82,19 +65,12 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.deliveries": {
     member: ["SELECT"],
     admin: ["SELECT"],
-    worker: [
-      "INSERT(channel, contact_id, message_id, reason, run_at, status, tenant_id)",
-      "SELECT",
-      "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at)",
-    ],
+    worker: ["INSERT(channel, contact_id, message_id, reason, run_at, status, tenant_id)", "SELECT", "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at)"],
   },
   "herald_public.delivery_events": {
     member: ["SELECT"],
     admin: ["SELECT"],
-    worker: [
-      "INSERT(applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, received_at, status, tenant_id)",
-      "SELECT",
-    ],
+    worker: ["INSERT(applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, received_at, status, tenant_id)", "SELECT"],
   },
   "herald_public.email_domains": {
     member: ["DELETE", "INSERT(domain, provider_account_id, tenant_id)", "SELECT", "UPDATE(verify_requested_at)"],
@@ -109,11 +85,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.inbound_messages": {
     member: ["DELETE", "SELECT"],
     admin: ["DELETE", "SELECT"],
-    worker: [
-      "INSERT(account, auto_reply, body_encrypted, channel, contact_id, from_encrypted, key_version, keyword, media_count, provider_account_id, provider_message_id, sender_number_id, tenant_id, to_number)",
-      "SELECT",
-      "UPDATE(body_encrypted, from_encrypted, key_version)",
-    ],
+    worker: ["INSERT(account, auto_reply, body_encrypted, channel, contact_id, from_encrypted, key_version, keyword, media_count, provider_account_id, provider_message_id, sender_number_id, tenant_id, to_number)", "SELECT", "UPDATE(body_encrypted, from_encrypted, key_version)"],
   },
   "herald_public.list_members": {
     member: ["DELETE", "INSERT(contact_id, list_id, tenant_id)", "SELECT"],
@@ -131,59 +103,24 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["SELECT"],
   },
   "herald_public.messages": {
-    member: [
-      "INSERT(all_contacts, body, channel, contact_ids, created_by, html_body, idempotency_key, list_ids, metadata, request_fingerprint, scheduled_at, subject, tag_ids, template_id, tenant_id)",
-      "SELECT",
-      "UPDATE(canceled_at)",
-    ],
+    member: ["INSERT(all_contacts, body, channel, contact_ids, created_by, html_body, idempotency_key, list_ids, metadata, request_fingerprint, scheduled_at, subject, tag_ids, template_id, tenant_id)", "SELECT", "UPDATE(canceled_at)"],
     admin: ["SELECT"],
     worker: ["SELECT", "UPDATE(fan_out_cursor, fanned_out_at, recipient_count, status)"],
   },
   "herald_public.provider_accounts": {
-    member: [
-      "DELETE",
-      "INSERT(key_version, kind, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)",
-      "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)",
-      "UPDATE(key_version, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)",
-    ],
-    admin: [
-      "DELETE",
-      "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)",
-      "UPDATE(last_error, last_tested_at, status)",
-    ],
-    worker: [
-      "SELECT",
-      "UPDATE(key_version, last_error, last_tested_at, secret_encrypted, status, webhook_public_key_encrypted)",
-    ],
+    member: ["DELETE", "INSERT(key_version, kind, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(key_version, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
+    admin: ["DELETE", "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
+    worker: ["SELECT", "UPDATE(key_version, last_error, last_tested_at, secret_encrypted, status, webhook_public_key_encrypted)"],
   },
   "herald_public.sender_numbers": {
-    member: [
-      "DELETE",
-      "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)",
-      "SELECT",
-      "UPDATE(messages_per_second)",
-    ],
-    admin: [
-      "DELETE",
-      "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)",
-      "SELECT",
-      "UPDATE(messages_per_second)",
-    ],
+    member: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
+    admin: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
     worker: ["SELECT"],
   },
   "herald_public.suppressions": {
-    member: [
-      "DELETE",
-      "INSERT(address_encrypted, address_hash, hash_version, key_version, kind, note, reason, tenant_id)",
-      "SELECT",
-    ],
+    member: ["DELETE", "INSERT(address_encrypted, address_hash, hash_version, key_version, kind, note, reason, tenant_id)", "SELECT"],
     admin: ["DELETE", "SELECT"],
-    worker: [
-      "DELETE",
-      "INSERT(address_encrypted, address_hash, hash_version, key_version, kind, note, reason, tenant_id)",
-      "SELECT",
-      "UPDATE(address_encrypted, address_hash, hash_version, key_version)",
-    ],
+    worker: ["DELETE", "INSERT(address_encrypted, address_hash, hash_version, key_version, kind, note, reason, tenant_id)", "SELECT", "UPDATE(address_encrypted, address_hash, hash_version, key_version)"],
   },
   "herald_public.tags": {
     member: ["DELETE", "INSERT(id, name, tenant_id)", "SELECT", "UPDATE(name)"],
@@ -191,26 +128,13 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["INSERT(id, name, tenant_id)", "SELECT"],
   },
   "herald_public.templates": {
-    member: [
-      "DELETE",
-      "INSERT(body, channel, html_body, id, name, subject, tenant_id)",
-      "SELECT",
-      "UPDATE(body, html_body, name, subject)",
-    ],
+    member: ["DELETE", "INSERT(body, channel, html_body, id, name, subject, tenant_id)", "SELECT", "UPDATE(body, html_body, name, subject)"],
     admin: ["DELETE", "SELECT"],
     worker: ["SELECT"],
   },
   "herald_public.tenant_settings": {
-    member: [
-      "SELECT",
-      "UPDATE(business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone)",
-    ],
-    admin: [
-      "DELETE",
-      "INSERT(tenant_id)",
-      "SELECT",
-      "UPDATE(api_requests_per_minute, business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone)",
-    ],
+    member: ["SELECT", "UPDATE(business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone)"],
+    admin: ["DELETE", "INSERT(tenant_id)", "SELECT", "UPDATE(api_requests_per_minute, business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone)"],
     worker: ["SELECT"],
   },
   "herald_public.tenants": {
@@ -229,19 +153,8 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["SELECT", "UPDATE(attempts, delivered_at, last_attempt_at, last_error, response_status, status)"],
   },
   "herald_public.webhook_endpoints": {
-    member: [
-      "DELETE",
-      "INSERT(description, event_types, key_version, secret_encrypted, secret_hint, tenant_id, url)",
-      "SELECT(consecutive_failures, created_at, description, disabled_at, disabled_reason, event_types, id, secret_hint, status, tenant_id, updated_at, url)",
-      "UPDATE(description, event_types, status, url)",
-    ],
-    admin: [
-      "DELETE",
-      "SELECT(consecutive_failures, created_at, description, disabled_at, disabled_reason, event_types, id, secret_hint, status, tenant_id, updated_at, url)",
-    ],
-    worker: [
-      "SELECT",
-      "UPDATE(consecutive_failures, disabled_at, disabled_reason, key_version, secret_encrypted, status)",
-    ],
+    member: ["DELETE", "INSERT(description, event_types, key_version, secret_encrypted, secret_hint, tenant_id, url)", "SELECT(consecutive_failures, created_at, description, disabled_at, disabled_reason, event_types, id, secret_hint, status, tenant_id, updated_at, url)", "UPDATE(description, event_types, status, url)"],
+    admin: ["DELETE", "SELECT(consecutive_failures, created_at, description, disabled_at, disabled_reason, event_types, id, secret_hint, status, tenant_id, updated_at, url)"],
+    worker: ["SELECT", "UPDATE(consecutive_failures, disabled_at, disabled_reason, key_version, secret_encrypted, status)"],
   },
 };
