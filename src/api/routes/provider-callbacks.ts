@@ -4,12 +4,12 @@ import type { Config } from "../../config.ts";
 import type { Keyring } from "../../crypto/keyring.ts";
 import type { Logger } from "../../logger.ts";
 import { SANDBOX_SYSTEM_TWILIO, type Sandbox } from "../../sandbox/sandbox.ts";
-import { webhooksRouter } from "../../webhooks/index.ts";
+import { webhooksRouter } from "../../provider-callbacks/index.ts";
 
 /**
  * `/webhooks/*`: what Twilio and SendGrid call (inbound texts, status
  * callbacks, events). No JWT; each is verified by the provider's signature
- * (src/webhooks/). Where the sandbox stands in for a provider, it signs with
+ * (src/provider-callbacks/). Where the sandbox stands in for a provider, it signs with
  * the sandbox's credentials.
  */
 export function providerCallbacks(options: {
