@@ -1,5 +1,5 @@
 import type { Task } from "graphile-worker";
-import { applyWaitingReports } from "../src/webhooks/reports.ts";
+import { applyWaitingReports } from "../src/provider-callbacks/reports.ts";
 import { asAdminSession, withTenantContext } from "../src/worker/tenant-context.ts";
 
 /**

@@ -1,5 +1,5 @@
 import { queueDeliveryJobs } from "../src/messages/jobs.ts";
-import { releaseHeldWebhooks } from "../src/outbound/held.ts";
+import { releaseHeldWebhooks } from "../src/tenant-webhooks/held.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
 
 /**

@@ -1,8 +1,8 @@
 import type { Task } from "graphile-worker";
 import type pg from "pg";
-import { HELD_RECHECK_MS, HELD_WHILE_SUSPENDED } from "../src/outbound/held.ts";
-import { postJson, type PostResult } from "../src/outbound/post.ts";
-import { SIGNATURE_HEADER, signatureHeader } from "../src/outbound/signature.ts";
+import { HELD_RECHECK_MS, HELD_WHILE_SUSPENDED } from "../src/tenant-webhooks/held.ts";
+import { postJson, type PostResult } from "../src/tenant-webhooks/post.ts";
+import { SIGNATURE_HEADER, signatureHeader } from "../src/tenant-webhooks/signature.ts";
 import { rowPayload, type RowPayload } from "../src/worker/row-task.ts";
 import { webhookPolicy, withTenantContext } from "../src/worker/tenant-context.ts";
 
@@ -11,7 +11,7 @@ import { webhookPolicy, withTenantContext } from "../src/worker/tenant-context.t
  * by its insert). Read in the tenant's session (the endpoint's secret, and
  * for an inbound message its sender and text, decrypted then and never
  * stored with the event), posted outside any transaction, signed
- * (`Herald-Signature`, src/outbound/signature.ts), and recorded. A failure
+ * (`Herald-Signature`, src/tenant-webhooks/signature.ts), and recorded. A failure
  * is tried again after a doubling wait, up to the policy's attempts; failures
  * in a row across events disable the endpoint.
  */

@@ -2,10 +2,10 @@ import dns from "node:dns";
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it, vi } from "vitest";
 import { loadConfig } from "../src/config.ts";
-import { isPublicAddress, postJson } from "../src/outbound/post.ts";
+import { isPublicAddress, postJson } from "../src/tenant-webhooks/post.ts";
 
 /**
- * src/outbound/post.ts, the one way Herald posts to a tenant's URL: what it
+ * src/tenant-webhooks/post.ts, the one way Herald posts to a tenant's URL: what it
  * refuses to reach (outside development and tests), and the deadline on the
  * whole exchange. End to end through the worker: outbound.test.ts.
  */

@@ -37,7 +37,7 @@ beforeAll(() => {
 
 describe("keywords", () => {
   // Every opt-out word, in the forms people type them, and the keyword recorded for it
-  // (src/webhooks/keywords.ts: case, spacing, punctuation and politeness go; "ALL" is politeness).
+  // (src/provider-callbacks/keywords.ts: case, spacing, punctuation and politeness go; "ALL" is politeness).
   const STOP: [string, string][] = [
     ["STOP", "STOP"],
     ["stop", "STOP"],

@@ -137,7 +137,7 @@ const suppressionOf = (t: TenantFixture, email: string) =>
 describe("end to end: the worker sends, the sandbox reports", () => {
   it("delivered, or bounced and suppressed so that the next email to the address is not sent", async () => {
     const ok = freshEmail();
-    // The sandbox bounces mail to bounce@… (src/sandbox/sandbox.ts, outcomeFor).
+    // The sandbox bounces mail to bounce@… (src/sandbox/core.ts, outcomeFor).
     const bouncing = "bounce@example.com";
     const ids = [
       await contactWith(db.current, a, null, { email: ok }),

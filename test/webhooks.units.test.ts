@@ -1,7 +1,7 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
 import { withoutAddresses } from "../src/providers/send.ts";
-import { classifyKeyword } from "../src/webhooks/keywords.ts";
-import { TtlCache } from "../src/webhooks/tenant.ts";
+import { classifyKeyword } from "../src/provider-callbacks/keywords.ts";
+import { TtlCache } from "../src/provider-callbacks/tenant.ts";
 
 /** The webhooks' pure parts: keyword classification, the credential cache, address redaction. */
 

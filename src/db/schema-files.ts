@@ -34,7 +34,7 @@ export async function dumpCatalog(url: string): Promise<string> {
 
 /**
  * The GraphQL SDL the API serves, sorted: Herald's preset introspected through
- * the authenticator, as src/api/server.ts does.
+ * the authenticator, as the API does (src/api/routes/graphql.ts).
  */
 export async function printGraphqlSchema(authenticatorUrl: string): Promise<string> {
   const pool = new pg.Pool({ connectionString: authenticatorUrl, max: 2 });

@@ -1,5 +1,5 @@
 import { escapeHtml } from "../html.ts";
-import type { SandboxMessage } from "./sandbox.ts";
+import type { SandboxMessage } from "./core.ts";
 
 /**
  * The sandbox's page (`GET /sandbox`, development only): what would have

@@ -2,7 +2,7 @@ import { randomBytes } from "node:crypto";
 import type { RequestHandler } from "express";
 import { postInbound, twilioAddress, type InboundAnswer, type InboundText } from "./inbound.ts";
 import type { TextedIn } from "./page.ts";
-import type { SandboxMessage } from "./sandbox.ts";
+import type { SandboxMessage } from "./core.ts";
 import { E164 } from "./wire.ts";
 
 /** A phone's text to one of Herald's numbers, as the sandbox is asked for it (it knows the token). */

@@ -1,6 +1,6 @@
 import { createHmac, sign, type KeyObject } from "node:crypto";
 import type { Response } from "express";
-import type { SandboxMessage } from "./sandbox.ts";
+import type { SandboxMessage } from "./core.ts";
 
 /**
  * The sandbox's wire formats: what Twilio and SendGrid send and answer,

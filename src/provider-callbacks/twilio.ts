@@ -286,7 +286,7 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
 
       const errorCode = params.ErrorCode || null;
       const recipient = parseAddress(params.To);
-      // Acknowledged once journaled; applied to the delivery right after (src/webhooks/reports.ts).
+      // Acknowledged once journaled; applied to the delivery right after (src/provider-callbacks/reports.ts).
       const carrierOptOut = errorCode === CARRIER_OPT_OUT && recipient !== undefined;
       try {
         await reports.acknowledge(tenantId, [

@@ -8,7 +8,7 @@ import { twilioWebhooks } from "./twilio.ts";
 /**
  * `/webhooks/*`: what providers call. No JWT, no API key: each route derives
  * its tenant from what the provider signed and verifies that signature
- * before it touches a tenant row (src/webhooks/twilio.ts, sendgrid.ts).
+ * before it touches a tenant row (src/provider-callbacks/twilio.ts, sendgrid.ts).
  */
 export function webhooksRouter(
   options: WebhookContext & {

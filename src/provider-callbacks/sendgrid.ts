@@ -236,7 +236,7 @@ export function sendgridWebhooks(options: SendGridWebhookOptions): Router {
       if (list) list.push(reportOf(event));
       else byTenant.set(tenant, [reportOf(event)]);
     }
-    // Acknowledged once journaled for every tenant named; applied right after (src/webhooks/reports.ts).
+    // Acknowledged once journaled for every tenant named; applied right after (src/provider-callbacks/reports.ts).
     await Promise.all(
       [...byTenant].map(async ([tenantId, list]) => {
         try {
