@@ -145,7 +145,7 @@ export async function dispatch(
 async function sendSms(ctx: Context, s: ClaimedSend, hooks: TransmitHooks): Promise<SendOutcome> {
   const d = s.delivery;
   try {
-    // What the provider reports later finds this delivery by the status callback's URL (src/webhooks/).
+    // What the provider reports later finds this delivery by the status callback's URL (src/provider-callbacks/).
     const sent = await transmitSms(
       ctx.clients,
       s.route,

@@ -31,7 +31,7 @@ const PER_ACCOUNT_PER_SECOND = 20;
 /** Older than this, a delivery's status will not change any more: it is left alone. */
 const LOOK_BACK = "3 days";
 
-/** Twilio's final statuses, as the status callback maps them (src/webhooks/twilio.ts). */
+/** Twilio's final statuses, as the status callback maps them (src/provider-callbacks/twilio.ts). */
 const FINAL_TWILIO_STATUS: Record<string, "delivered" | "undelivered" | "failed"> = {
   delivered: "delivered",
   read: "delivered",
