@@ -3402,6 +3402,33 @@ grant execute on function herald_hidden.rekey_webhook_endpoints() to herald_work
     $function$;
 grant execute on function herald_hidden.send_window_opens_at(text,text,time without time zone,time without time zone) to herald_worker;
 
+-- function herald_hidden.sender_refusal(text,text,text) returns text; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.sender_refusal(channel text, sender text, system_sender text DEFAULT NULL::text)
+     RETURNS text
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select case
+        when sender_refusal.sender is null then null
+        when sender_refusal.system_sender is not null and pg_catalog.lower(sender_refusal.sender) = pg_catalog.lower(sender_refusal.system_sender) then null
+        when sender_refusal.channel = 'email' then
+          case when exists (select 1 from herald_public.email_domains e
+                             where e.tenant_id = herald_public.current_tenant_id() and e.status = 'verified'
+                               and e.domain = pg_catalog.lower(pg_catalog.split_part(sender_refusal.sender, '@', 2))::public.citext)
+               then null
+               else pg_catalog.format('%s is not on one of this tenant''s verified email domains', sender_refusal.sender) end
+        when exists (select 1 from herald_public.sender_numbers n
+                      where n.tenant_id = herald_public.current_tenant_id() and n.phone_number = sender_refusal.sender
+                        and n.channel = sender_refusal.channel)
+          then null
+        else pg_catalog.format('%s is not one of this tenant''s %s sender numbers', sender_refusal.sender, sender_refusal.channel)
+      end;
+    $function$;
+comment on function herald_hidden.sender_refusal(text,text,text) is 'Why `sender` may not send for the session''s tenant on `channel` (null: it may). The one sender-ownership rule.';
+grant execute on function herald_hidden.sender_refusal(text,text,text) to herald_member;
+grant execute on function herald_hidden.sender_refusal(text,text,text) to herald_worker;
+
 -- function herald_hidden.sms_encoding(text) returns text; sql; immutable
     CREATE OR REPLACE FUNCTION herald_hidden.sms_encoding(body text)
      RETURNS text
@@ -3456,11 +3483,11 @@ grant execute on function herald_hidden.sms_segments(text) to herald_worker;
         return v_names;
       end if;
       for v_token in select m[1] from pg_catalog.regexp_matches(body, '\{\{(.*?)\}\}', 'g') as m loop
-        if v_token !~ '^\s*(first_name|last_name|phone|email|external_id|attributes\.[A-Za-z_][A-Za-z0-9_]*)\s*(\|[^{}|]*)?$' then
+        if v_token !~ '^[ \t\r\n]*(first_name|last_name|phone|email|external_id|attributes\.[A-Za-z_][A-Za-z0-9_]*)[ \t\r\n]*(\|[^{}|]*)?$' then
           raise exception 'Unknown template variable "{{%}}" in %: use first_name, last_name, phone, email, external_id or attributes.<name>, optionally with |default', v_token, field
             using errcode = '22023', column = field;
         end if;
-        v_names := v_names || pg_catalog.btrim(pg_catalog.split_part(v_token, '|', 1));
+        v_names := v_names || pg_catalog.btrim(pg_catalog.split_part(v_token, '|', 1), E' \t\r\n');
       end loop;
       if pg_catalog.regexp_replace(body, '\{\{.*?\}\}', '', 'g') ~ '\{\{|\}\}' then
         raise exception 'Unclosed "{{" or stray "}}" in %', field using errcode = '22023', column = field;
@@ -3468,6 +3495,7 @@ grant execute on function herald_hidden.sms_segments(text) to herald_worker;
       return array(select distinct n from pg_catalog.unnest(v_names) n order by n);
     end;
     $function$;
+comment on function herald_hidden.template_variables(text,text) is 'The variables a template text uses, sorted; raises 22023 naming `field` for an unknown variable or a stray brace pair. Its cases, shared with src/messages/render.ts: test/fixtures/template-grammar.json.';
 grant execute on function herald_hidden.template_variables(text,text) to herald_member;
 grant execute on function herald_hidden.template_variables(text,text) to herald_worker;
 
@@ -5040,8 +5068,7 @@ grant execute on function herald_public.replay_webhook_delivery(uuid) to herald_
        order by i.received_at desc limit 1;
       if found then
         v_metadata := pg_catalog.jsonb_build_object('in_reply_to', v_last.id);
-        if exists (select 1 from herald_public.sender_numbers n
-                    where n.tenant_id = herald_public.current_tenant_id() and n.phone_number = v_last.to_number and n.channel = v_channel) then
+        if herald_hidden.sender_refusal(v_channel, v_last.to_number) is null then
           v_metadata := v_metadata || pg_catalog.jsonb_build_object('from', v_last.to_number);
         end if;
       end if;
@@ -5143,6 +5170,7 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
       v_fingerprint text;
       v_missing integer;
       v_message herald_public.messages;
+      v_refusal text;
     begin
       if herald_public.current_tenant_id() is null then
         raise exception 'no tenant in this session' using errcode = 'NOTNT';
@@ -5221,20 +5249,10 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
         raise exception '% of tagIds not found', v_missing using errcode = 'NTFND', column = 'tagIds';
       end if;
 
-      -- A `from` override must be one of the tenant's own senders.
-      if v_from is not null then
-        if channel = 'email' then
-          if not exists (select 1 from herald_public.email_domains e
-                          where e.tenant_id = herald_public.current_tenant_id() and e.status = 'verified'
-                            and e.domain = pg_catalog.lower(pg_catalog.split_part(v_from, '@', 2))::public.citext) then
-            raise exception 'metadata.from "%" is not on one of this tenant''s verified email domains', v_from
-              using errcode = '22023', column = 'metadata';
-          end if;
-        elsif not exists (select 1 from herald_public.sender_numbers n
-                           where n.tenant_id = herald_public.current_tenant_id() and n.phone_number = v_from and n.channel = send_message.channel) then
-          raise exception 'metadata.from "%" is not one of this tenant''s % sender numbers', v_from, channel
-            using errcode = '22023', column = 'metadata';
-        end if;
+      -- A `from` override must be one of the tenant's own senders (the shared rule).
+      v_refusal := herald_hidden.sender_refusal(send_message.channel, v_from);
+      if v_refusal is not null then
+        raise exception '%', v_refusal using errcode = 'NOSND', column = 'metadata';
       end if;
 
       if scheduled_at is not null and scheduled_at > now() + interval '1 year' then

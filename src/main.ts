@@ -3,7 +3,7 @@ import { parseArgs } from "node:util";
 import type { ApiServer } from "./api/server.ts";
 import { loadConfig } from "./config.ts";
 import { keyringFromConfig } from "./crypto/keyring.ts";
-import { ProviderClients, systemProviders } from "./providers/send.ts";
+import { ProviderClients, systemProviders } from "./providers/clients.ts";
 import { openDatabase, type Database } from "./db/database.ts";
 import { isDatabaseUnavailable } from "./db/availability.ts";
 import { checkConnectionBudget, connectionBudget } from "./db/budget.ts";

@@ -1,10 +1,5 @@
-import {
-  accountById,
-  assertOwnSender,
-  recordAccountResult,
-  tenantSettings,
-  withoutAddresses,
-} from "../src/providers/send.ts";
+import { withoutAddresses } from "../src/providers/errors.ts";
+import { accountById, assertOwnSender, recordAccountResult, tenantSettings } from "../src/providers/routing.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
 import { providerClients } from "../src/worker/tenant-context.ts";
 

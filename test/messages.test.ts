@@ -252,7 +252,7 @@ describe("sendMessage input", () => {
       [
         { channel: "sms", body: "x", contactIds: [a.contactId], metadata: { from: "+15005550006" } },
         "metadata",
-        "INVALID_INPUT",
+        "NOT_OWN_SENDER",
       ],
       [
         { channel: "sms", body: "x", contactIds: [a.contactId], scheduledAt: "2099-01-01T00:00:00Z" },

@@ -3,7 +3,9 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { createLogger } from "../src/logger.ts";
-import { sendEmail, sendSms, SendError, type ProviderClients } from "../src/providers/send.ts";
+import type { ProviderClients } from "../src/providers/clients.ts";
+import { SendError } from "../src/providers/errors.ts";
+import { sendEmail, sendSms } from "../src/providers/send.ts";
 import { SANDBOX_SYSTEM_TWILIO, sandboxTwilioToken, type Sandbox } from "../src/sandbox/sandbox.ts";
 import { startSandboxServer, type SandboxServer } from "../src/sandbox/server.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
@@ -240,6 +242,50 @@ describe("senders", () => {
     expect(
       await asJob(c, (q) => sendSms(q, clients, { to: "+14155550147", body: "ok", from: "+15005550006" })),
     ).toMatchObject({ provider: "system" });
+  });
+
+  it("the API and the worker refuse another tenant's sender by one rule, with one error", async () => {
+    const token = await tokenFor(api.current, c, "owner");
+    const viaApi = async (input: Record<string, unknown>) =>
+      (
+        await graphql(
+          api.current,
+          token,
+          `
+            mutation ($input: SendMessageInput!) {
+              sendMessage(input: $input) {
+                message {
+                  rowId
+                }
+              }
+            }
+          `,
+          { input: { contactIds: [c.contactId], ...input } },
+        )
+      ).body;
+    const cases = [
+      {
+        api: { channel: "sms", body: "spoof", metadata: { from: a.senderNumber } },
+        worker: (q: pg.PoolClient) => sendSms(q, clients, { to: "+14155550147", body: "spoof", from: a.senderNumber }),
+      },
+      {
+        api: { channel: "email", subject: "s", body: "t", metadata: { from: "hello@tenant-a.test" } },
+        worker: (q: pg.PoolClient) =>
+          sendEmail(q, clients, { to: "x@example.com", subject: "s", text: "t", from: "hello@tenant-a.test" }),
+      },
+    ];
+    const before = sandbox.messages.length;
+    for (const { api: input, worker } of cases) {
+      const refused = (await asJob(c, (q) => worker(q).catch((e: unknown) => e))) as SendError;
+      expect(refused).toMatchObject({ name: "SendError", code: "NOT_OWN_SENDER" });
+      const answer = await viaApi(input);
+      expect(answer.data?.sendMessage ?? null).toBeNull();
+      expect(answer.errors?.[0], input.channel).toMatchObject({
+        message: refused.message,
+        extensions: { code: "NOT_OWN_SENDER", field: "metadata" },
+      });
+    }
+    expect(sandbox.messages.length).toBe(before);
   });
 
   it("WhatsApp sends from a WhatsApp number even when the tenant's sms_from is set", async () => {

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it, vi } from "vitest";
-import { withoutAddresses } from "../src/providers/send.ts";
+import { withoutAddresses } from "../src/providers/errors.ts";
 import { classifyKeyword } from "../src/provider-callbacks/keywords.ts";
 import { TtlCache } from "../src/provider-callbacks/tenant.ts";
 

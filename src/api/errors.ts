@@ -33,6 +33,7 @@ const HERALD_CODES: Record<string, string> = {
   WEAKP: "WEAK_PASSWORD",
   NTFND: "NOT_FOUND",
   NOKEY: "NO_KEY",
+  NOSND: "NOT_OWN_SENDER",
 };
 
 function translate(pgError: PgError): { message: string; code: string; field?: string } | undefined {

@@ -1,16 +1,15 @@
 import { createHash } from "node:crypto";
 import type pg from "pg";
 import { isValidPhoneNumber } from "libphonenumber-js/max";
+import type { ProviderClients, TenantAccount } from "../providers/clients.ts";
+import { SendError } from "../providers/errors.ts";
 import {
   activeAccount,
   assertOwnSender,
   intendedEmailSender,
   intendedSmsSender,
-  SendError,
   tenantSettings,
-  type ProviderClients,
-  type TenantAccount,
-} from "../providers/send.ts";
+} from "../providers/routing.ts";
 import type { Route } from "../providers/transmit.ts";
 import { reserveSlots } from "./pacing.ts";
 import { renderContent, type Content } from "./render.ts";

@@ -1,6 +1,6 @@
 import type pg from "pg";
 import { isValidPhoneNumber } from "libphonenumber-js/max";
-import type { ProviderClients } from "../providers/send.ts";
+import type { ProviderClients } from "../providers/clients.ts";
 import { claimRun } from "./claim.ts";
 import { dispatch, requestsFor } from "./dispatch.ts";
 import { Limiter, type Limiter as ProcessLimiter } from "./limiter.ts";

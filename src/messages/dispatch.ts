@@ -1,6 +1,7 @@
 import type pg from "pg";
 import { providerMessage, SendDeferred, SendError } from "../providers/errors.ts";
-import { statusCallbackUrl, type ProviderClients, type Sent } from "../providers/send.ts";
+import { statusCallbackUrl, type ProviderClients } from "../providers/clients.ts";
+import type { Sent } from "../providers/transmit.ts";
 import {
   EMAIL_BATCH_MAX,
   fitsSubstitutions,

@@ -1,4 +1,5 @@
-import type { ProviderClients, Sent, TenantAccount } from "../providers/send.ts";
+import type { ProviderClients, TenantAccount } from "../providers/clients.ts";
+import type { Sent } from "../providers/transmit.ts";
 import { sha256 } from "./claim.ts";
 
 /**

@@ -1,5 +1,6 @@
 import type pg from "pg";
-import { recordAccountNotes } from "../providers/send.ts";
+import { PERMANENT_CODES } from "../providers/errors.ts";
+import { recordAccountNotes } from "../providers/routing.ts";
 import { CARRIER_OPT_OUT, recordCarrierOptOut } from "./carrier-opt-out.ts";
 import type { ClaimResult } from "./claim.ts";
 import type { Dispatched, SendOutcome } from "./dispatch.ts";
@@ -15,18 +16,6 @@ import { holdMany, uncountMany, type Hold } from "./settle.ts";
  * that comes after another run took a delivery over changes nothing.
  */
 
-/** A provider refusing the recipient, not the request: retrying cannot help. */
-const PERMANENT_CODES = new Set([
-  "21211",
-  "21408",
-  CARRIER_OPT_OUT,
-  "21612",
-  "21614",
-  "30004",
-  "63007",
-  "NOT_OWN_SENDER",
-  "NO_SENDER",
-]);
 export const MAX_SEND_ATTEMPTS = 8;
 /** How soon an uncertain send is looked up at the provider. */
 const RECONCILE_DELAY_MS = 5_000;

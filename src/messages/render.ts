@@ -3,10 +3,12 @@ import { escapeHtml } from "../html.ts";
 /**
  * Filling a template's variables for one contact: `{{first_name}}`,
  * `{{attributes.plan}}`, with a default after a bar: `{{first_name|there}}`.
- * Which names are allowed is decided when a template is saved
- * (herald_hidden.template_variables in SQL); this side only fills them in. A
- * variable with no value and no default renders as nothing, and the spaces it
- * leaves doubled are closed up, so "Hi {{first_name}}, …" reads "Hi, …".
+ * The grammar is herald_hidden.template_variables's (migration
+ * 021-template-grammar), which decides when a template is saved whether a
+ * text is valid; `parseTemplate` is the same grammar here, and one table of
+ * cases (test/fixtures/template-grammar.json) runs against both. A variable
+ * with no value and no default renders as nothing, and the spaces it leaves
+ * doubled are closed up, so "Hi {{first_name}}, …" reads "Hi, …".
  */
 
 export interface RenderContact {
@@ -18,7 +20,33 @@ export interface RenderContact {
   attributes: Record<string, unknown>;
 }
 
-const VARIABLE = /\{\{\s*([a-z_]+(?:\.[A-Za-z_][A-Za-z0-9_]*)?)\s*(?:\|([^{}|]*))?\}\}/g;
+/** A "{{" and the first "}}" after it (what is between may span lines). */
+const TOKEN = /\{\{([\s\S]*?)\}\}/g;
+/**
+ * What a token may hold: a name, and optionally a default after a bar. Spaces
+ * are spelled out (not `\s`, which means more in JavaScript than in
+ * PostgreSQL): space, tab, CR, LF.
+ */
+const VARIABLE =
+  /^[ \t\r\n]*(first_name|last_name|phone|email|external_id|attributes\.[A-Za-z_][A-Za-z0-9_]*)[ \t\r\n]*(?:\|([^{}|]*))?$/;
+const SPACES = /^[ \t\r\n]+|[ \t\r\n]+$/g;
+
+export type Parsed =
+  | { ok: true; variables: string[] }
+  | { ok: false; error: "unknown_variable"; token: string }
+  | { ok: false; error: "unclosed" };
+
+/** The variables a text uses (sorted, once each), or why it is not a valid template. */
+export function parseTemplate(text: string): Parsed {
+  const names = new Set<string>();
+  for (const [, token] of text.matchAll(TOKEN)) {
+    const variable = VARIABLE.exec(token!);
+    if (!variable) return { ok: false, error: "unknown_variable", token: token! };
+    names.add(variable[1]!);
+  }
+  if (/\{\{|\}\}/.test(text.replace(TOKEN, ""))) return { ok: false, error: "unclosed" };
+  return { ok: true, variables: [...names].sort() };
+}
 
 function valueOf(contact: RenderContact, name: string): string | undefined {
   const [head, attribute] = name.split(".");
@@ -30,10 +58,17 @@ function valueOf(contact: RenderContact, name: string): string | undefined {
   return typeof raw === "object" ? JSON.stringify(raw) : String(raw);
 }
 
+/**
+ * The text with each variable filled in. A token outside the grammar is left
+ * as written: saving refuses such a text, so only one that skipped that
+ * check (none should) shows it.
+ */
 export function render(text: string, contact: RenderContact): string {
   let emptied = false;
-  const filled = text.replace(VARIABLE, (_whole, name: string, fallback: string | undefined) => {
-    const value = valueOf(contact, name) ?? fallback?.trim();
+  const filled = text.replace(TOKEN, (whole, token: string) => {
+    const variable = VARIABLE.exec(token);
+    if (!variable) return whole;
+    const value = valueOf(contact, variable[1]!) ?? variable[2]?.replace(SPACES, "");
     if (value === undefined || value === "") emptied = true;
     return value ?? "";
   });

@@ -1,4 +1,5 @@
-import { accountById, type ProviderClients, type TenantAccount } from "../providers/send.ts";
+import type { ProviderClients, TenantAccount } from "../providers/clients.ts";
+import { accountById } from "../providers/routing.ts";
 import { asAdminSession, withTenantContext } from "../worker/tenant-context.ts";
 import { CARRIER_OPT_OUT, recordCarrierOptOut } from "./carrier-opt-out.ts";
 

@@ -1,5 +1,6 @@
 import type pg from "pg";
-import { accountById, type ProviderClients, type TenantAccount } from "./send.ts";
+import type { ProviderClients, TenantAccount } from "./clients.ts";
+import { accountById } from "./routing.ts";
 
 /**
  * SendGrid domain authentication for a tenant, inside a worker job's tenant

@@ -1,8 +1,10 @@
 /**
  * How a send can fail, whoever made it: the provider's refusal or a doubt
  * about acceptance (SendError), or "not now" from Herald's own pacing
- * (SendDeferred). Shared by the connection-free transport (transmit.ts) and
- * the per-call helpers (send.ts).
+ * (SendDeferred); and the one table of error codes with what each means for
+ * a send (PROVIDER_CODES). Shared by the connection-free transport
+ * (transmit.ts), the per-call helpers (send.ts) and the delivery engine
+ * (src/messages/record.ts).
  */
 
 export class SendError extends Error {
@@ -41,13 +43,132 @@ export class SendDeferred extends Error {
 }
 
 /**
+ * What an error code means for a send. Twilio's codes (numbers, kept here as
+ * strings: https://www.twilio.com/docs/api/errors) and Herald's own refusals
+ * made before any provider is called. A code not listed is decided by its
+ * HTTP status (src/messages/record.ts): 429 and 5xx are retried, other 4xx not.
+ */
+export interface CodeMeaning {
+  /** Sending the same message again cannot succeed: the delivery fails at once. */
+  permanent: boolean;
+  /**
+   * The recipient's fault, not the account's: any account or provider would
+   * refuse it alike, so there is no fallback to the system's account and the
+   * tenant's account keeps no error for it. Always permanent.
+   */
+  recipient: boolean;
+  /** The recipient is never sent to again on the channel (a suppression, the contact unsubscribed). */
+  suppresses: boolean;
+  /** What it means, for people reading this table (the provider's own message is what Herald keeps). */
+  reason: string;
+}
+
+export const PROVIDER_CODES: Readonly<Record<string, CodeMeaning>> = {
+  "21211": {
+    permanent: true,
+    recipient: true,
+    suppresses: false,
+    reason: "the 'To' number is not a valid phone number",
+  },
+  "21408": {
+    permanent: true,
+    recipient: false,
+    suppresses: false,
+    reason: "the account may not send to the 'To' number's region (geographic permissions); another account may",
+  },
+  "21610": {
+    permanent: true,
+    recipient: true,
+    suppresses: true,
+    reason: "the recipient replied STOP at the carrier: a carrier opt-out (src/messages/carrier-opt-out.ts)",
+  },
+  "21612": {
+    permanent: true,
+    recipient: true,
+    suppresses: false,
+    reason: "the 'To' number cannot be reached by SMS",
+  },
+  "21614": { permanent: true, recipient: true, suppresses: false, reason: "the 'To' number is not a mobile number" },
+  "30004": {
+    permanent: true,
+    recipient: true,
+    suppresses: false,
+    reason: "message blocked: the recipient or their carrier blocks messages from this sender",
+  },
+  "63007": {
+    permanent: true,
+    recipient: false,
+    suppresses: false,
+    reason: "no WhatsApp channel for the 'From' address: the sender's set-up, not the recipient's",
+  },
+  NOT_OWN_SENDER: {
+    permanent: true,
+    recipient: false,
+    suppresses: false,
+    reason: "Herald's: the sender is not one of the tenant's own (herald_hidden.sender_refusal)",
+  },
+  NO_SENDER: {
+    permanent: true,
+    recipient: false,
+    suppresses: false,
+    reason: "Herald's: no sender number or address is configured for the send",
+  },
+};
+
+/** The meaning of an error code (a number or a string), if the table lists it. */
+export const codeMeaning = (code: number | string | null | undefined): CodeMeaning | undefined =>
+  code === null || code === undefined ? undefined : PROVIDER_CODES[String(code)];
+
+const codesWhere = (property: "permanent" | "recipient" | "suppresses"): ReadonlySet<string> =>
+  new Set(Object.keys(PROVIDER_CODES).filter((code) => PROVIDER_CODES[code]![property]));
+/** Codes that fail a delivery at once. */
+export const PERMANENT_CODES = codesWhere("permanent");
+/** Codes that are the recipient's fault (no fallback; the account is not blamed). */
+export const RECIPIENT_CODES = codesWhere("recipient");
+/** Codes that suppress the recipient. */
+export const SUPPRESSING_CODES = codesWhere("suppresses");
+
+/** What ends an address in a provider's text (besides "@"): spaces, quotes, brackets. */
+const ADDRESS_BREAKS = /([\s'"<>()]+)/;
+
+/**
+ * A run of characters without separators, its addresses replaced: `local@domain`
+ * where the local part is not empty and the domain has a dot with a character
+ * on each side. Parts are visited once, so the work is linear in the text.
+ */
+function withoutEmailsInRun(run: string): string {
+  if (!run.includes("@")) return run;
+  const parts = run.split("@");
+  let out = "";
+  let i = 0;
+  while (i < parts.length) {
+    const local = parts[i]!;
+    const domain = parts[i + 1];
+    const dot = domain === undefined ? -1 : domain.indexOf(".", 1);
+    if (local !== "" && domain !== undefined && dot !== -1 && dot < domain.length - 1) {
+      out += "[email]";
+      i += 2;
+    } else {
+      out += local;
+      i += 1;
+    }
+    if (i < parts.length) out += "@";
+  }
+  return out;
+}
+
+/**
  * A provider's error text without the addresses it may quote ("The 'To'
  * number +1… is not a valid phone number"): it is stored on deliveries and
  * accounts and logged, where plaintext phone numbers and emails never go.
+ * Emails are found by a scan (a regular expression for them backtracks over
+ * every long run of letters, quadratic in it); numbers by one that does not.
  */
 export function withoutAddresses(text: string): string {
   return text
-    .replace(/[^\s@'"<>()]+@[^\s@'"<>()]+\.[^\s@'"<>()]+/g, "[email]")
+    .split(ADDRESS_BREAKS)
+    .map(withoutEmailsInRun)
+    .join("")
     .replace(/\+?\d[\d\s().-]{5,}\d/g, "[number]");
 }
 

@@ -1,5 +1,13 @@
-import { certainlyNotAccepted, providerError, providerMessage, SendDeferred, SendError } from "./errors.ts";
-import type { ProviderClients, Sent, TenantAccount, TenantSettings } from "./send.ts";
+import type { ProviderClients, TenantAccount } from "./clients.ts";
+import {
+  certainlyNotAccepted,
+  providerError,
+  providerMessage,
+  RECIPIENT_CODES,
+  SendDeferred,
+  SendError,
+} from "./errors.ts";
+import type { TenantSettings } from "./routing.ts";
 
 /**
  * The provider calls themselves, with everything looked up beforehand (the
@@ -25,6 +33,14 @@ export interface Route {
   from: string | undefined;
 }
 
+/** What a send that worked went through. */
+export interface Sent {
+  provider: "tenant" | "system";
+  accountId?: string;
+  providerMessageId: string;
+  from: string;
+}
+
 export interface TransmitHooks {
   /** Before each provider call, with its sender: waits for a pacing slot (or throws SendDeferred). */
   pace?: (from: string, channel: "sms" | "whatsapp" | "email") => Promise<void>;
@@ -33,9 +49,6 @@ export interface TransmitHooks {
   /** Wraps each HTTP call to an account (a bound on requests in flight per account). */
   around?: <T>(accountKey: string, call: () => Promise<T>) => Promise<T>;
 }
-
-/** Twilio errors that are about the recipient, not the account: another provider would fail the same way. */
-const RECIPIENT_ERRORS = new Set([21211, 21610, 21612, 21614, 63007]);
 
 type Via = TenantAccount | "system";
 const keyOf = (via: Via) => (via === "system" ? "system" : via.id);
@@ -111,7 +124,8 @@ export async function transmitSms(
       );
       return { id: sent.sid, from };
     },
-    (error) => RECIPIENT_ERRORS.has((error as { code?: number }).code ?? 0),
+    // Twilio's codes that are about the recipient, not the account (errors.ts).
+    (error) => RECIPIENT_CODES.has(String((error as { code?: number }).code)),
   );
   return { provider, accountId, providerMessageId: result.id, from: result.from };
 }
@@ -169,7 +183,7 @@ export async function transmitEmailBatch(
       await hooks.pace?.(from, "email");
       const personalizations = items.map((item) => ({
         to: [{ email: item.to }],
-        // Echoed in every event SendGrid reports for this recipient (src/webhooks/sendgrid.ts).
+        // Echoed in every event SendGrid reports for this recipient (src/provider-callbacks/sendgrid.ts).
         ...(item.customArgs ? { customArgs: item.customArgs } : {}),
         ...(same
           ? {}

@@ -1,7 +1,7 @@
 import type pg from "pg";
 import type { OutboundWebhookPolicy } from "../config.ts";
 import type { Keyring } from "../crypto/keyring.ts";
-import type { ProviderClients } from "../providers/send.ts";
+import type { ProviderClients } from "../providers/clients.ts";
 import { asAdmin, enterSession, withSession } from "../db/session.ts";
 import { ROLES } from "../db/urls.ts";
 

@@ -22,7 +22,7 @@ import checkStatus, { STATUS_CHECK_JOB } from "../../tasks/deliveries__check_sta
 import messageCancel from "../../tasks/message__cancel.ts";
 import messageFanOut from "../../tasks/message__fan_out.ts";
 import releaseHeld from "../../tasks/tenant__release_held.ts";
-import type { ProviderClients } from "../providers/send.ts";
+import type { ProviderClients } from "../providers/clients.ts";
 import { graphileLogFactory, type Logger } from "../logger.ts";
 import { registerWorkerProcess } from "./processes.ts";
 import { setTenantContext, type StatusCheckPolicy } from "./tenant-context.ts";

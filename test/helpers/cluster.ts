@@ -15,7 +15,7 @@ import { findFreePort } from "../../src/db/ports.ts";
 import { ROLES } from "../../src/db/urls.ts";
 import { createLogger } from "../../src/logger.ts";
 import { projectRoot } from "../../src/paths.ts";
-import { ProviderClients, systemProviders } from "../../src/providers/send.ts";
+import { ProviderClients, systemProviders } from "../../src/providers/clients.ts";
 import { createSandbox } from "../../src/sandbox/sandbox.ts";
 import { graphql } from "./api.ts";
 import type { TestDb } from "./db.ts";
