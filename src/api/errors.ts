@@ -54,6 +54,15 @@ function translate(pgError: PgError): { message: string; code: string; field?: s
         code: "INVALID_INPUT",
         field: pgError.constraint,
       };
+    // PostgreSQL's statement_timeout cancelled a statement (STATEMENT_TIMEOUT in limits.ts).
+    // The same SQLSTATE also means a cancel by an operator (pg_cancel_backend): that stays INTERNAL.
+    case "57014":
+      return /statement timeout/.test(pgError.message)
+        ? {
+            message: "A database statement of this operation ran too long and was cancelled. Ask for less at a time.",
+            code: "QUERY_TIMEOUT",
+          }
+        : undefined;
     // Bad values. 2201W, 2201X, 22021 and 22P05 (negative LIMIT/OFFSET, NUL in
     // text or JSON) are refused earlier by the guards; these cases are a backstop.
     case "22023":
