@@ -14,7 +14,7 @@ import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
  * against the API in a process of its own. Each is refused with a code
  * naming a limit, or answered within the time budget; the process's peak
  * memory stays under a stated bound; and another tenant's trivial query keeps
- * being answered throughout, typically in under a second (beyond what the idle
+ * being answered throughout, each time within a second (beyond what the idle
  * server takes on this machine, measured first).
  */
 
@@ -89,6 +89,25 @@ const LIMIT_CODES = new Set([
   "OPERATION_TOO_COSTLY",
 ]);
 
+/**
+ * Milliseconds the API process's main thread has spent runnable but waiting
+ * for a CPU (Linux schedstat's run delay), or undefined where the kernel does
+ * not say.
+ */
+async function runQueueDelayMs(pid: number): Promise<number | undefined> {
+  const schedstat = await readFile(`/proc/${pid}/schedstat`, "utf8").catch(() => undefined);
+  const nanoseconds = Number(schedstat?.split(" ")[1]);
+  return Number.isFinite(nanoseconds) ? nanoseconds / 1e6 : undefined;
+}
+
+/**
+ * Above this share of the battery's time spent waiting for a CPU, the
+ * machine (other processes competing for its cores), not the API process's
+ * own work, decides how long a request waits: the one-second bound per request
+ * cannot be asked of Herald then.
+ */
+const CONTENDED_CPU_SHARE = 0.5;
+
 async function peakRssMiB(pid: number): Promise<number> {
   const status = await readFile(`/proc/${pid}/status`, "utf8");
   const kib = Number(/^VmHWM:\s+(\d+) kB/m.exec(status)?.[1]);
@@ -114,10 +133,13 @@ it("refuses or answers every amplification query within budget, under the memory
     expect(body.data!.currentTenant.name).toBe("Tenant B");
     return performance.now() - started;
   };
-  // The other tenant's query on the idle server first: what this machine gives it anyway.
+  // The other tenant's query on the idle server first (once to plan it, then
+  // measured): what this machine gives it anyway.
+  await trivialQuery();
   const idleLatencies: number[] = [];
   for (let i = 0; i < 8; i++) idleLatencies.push(await trivialQuery());
   // Then over and over while the battery runs.
+  const batteryStarted = { ms: performance.now(), delay: await runQueueDelayMs(api.current.pid) };
   let batteryDone = false;
   const otherLatencies: number[] = [];
   const otherTenant = (async () => {
@@ -155,9 +177,15 @@ it("refuses or answers every amplification query within budget, under the memory
   );
   batteryDone = true;
   await otherTenant;
+  const delayEnd = await runQueueDelayMs(api.current.pid);
+  const cpuWaitShare =
+    delayEnd === undefined || batteryStarted.delay === undefined
+      ? 0
+      : (delayEnd - batteryStarted.delay) / (performance.now() - batteryStarted.ms);
   const after = await peakRssMiB(api.current.pid);
   console.info({
     rssMiB: { before: Math.round(before), peak: Math.round(after) },
+    apiWaitedForCpu: Math.round(cpuWaitShare * 100) / 100,
     idleMs: idleLatencies.map(Math.round),
     otherMs: otherLatencies.map(Math.round),
     outcomes,
@@ -185,13 +213,19 @@ it("refuses or answers every amplification query within budget, under the memory
   // One tenant cannot have more than its share running: some of its requests waited their turn, none of the other's.
   expect(outcomes.some((outcome) => outcome.answered)).toBe(true);
   expect(after).toBeLessThan(RSS_BOUND_MIB);
-  // The other tenant is answered throughout: typically in under a second beyond
-  // what the idle server took on this machine, and never held for as long as a
-  // heavy request may run. (A shared 2-core machine under load stretches the
-  // synchronous work of planning a new heavy document or building a nested
-  // response; docs/limits.md says what bounds it.)
+  // The other tenant is answered throughout, every time within a second beyond
+  // the slowest answer the idle server gave it on this machine. Only when the
+  // machine's other processes keep the API process off the CPUs (it waited for
+  // one more than half the battery's time, as the kernel counts it, printed
+  // above) does the bound fall back to: half the answers within that second,
+  // and none held for as long as a heavy request may run.
+  const idle = Math.max(...idleLatencies);
+  const contended = cpuWaitShare > CONTENDED_CPU_SHARE;
   const sorted = [...otherLatencies].sort((x, y) => x - y);
-  const median = sorted[Math.floor(sorted.length / 2)]!;
-  expect(median).toBeLessThan(1000 + Math.max(...idleLatencies));
-  expect(sorted.at(-1)!).toBeLessThan(EXECUTION_TIMEOUT_MS);
+  if (contended) expect(sorted[Math.floor(sorted.length / 2)]!).toBeLessThan(1000 + idle);
+  for (const [i, ms] of otherLatencies.entries()) {
+    expect(ms, `the other tenant's query #${i} (idle: ${Math.round(idle)} ms)`).toBeLessThan(
+      contended ? EXECUTION_TIMEOUT_MS : 1000 + idle,
+    );
+  }
 }, 60_000);

@@ -4,6 +4,7 @@ import { isSafeError } from "postgraphile/grafast";
 import { defaultMaskError } from "postgraphile/grafserv";
 import { isDatabaseUnavailable, RETRY_AFTER_SECONDS } from "../db/availability.ts";
 import type { Logger } from "../logger.ts";
+import { fieldOfConstraint } from "./constraint-fields.ts";
 
 /**
  * The one place database errors become client errors (see docs/error_codes.md).
@@ -42,19 +43,43 @@ function translate(pgError: PgError): { message: string; code: string; field?: s
   switch (pgError.code) {
     case "42501":
       return { message: "Permission denied.", code: "FORBIDDEN" };
-    case "23505":
-      return { message: "That already exists.", code: "CONFLICT", field: pgError.constraint };
-    case "23503":
+    case "23505": {
+      const field = fieldOfConstraint(pgError.constraint);
+      return {
+        message: field ? `\`${field}\`: that value is already taken.` : "That already exists.",
+        code: "CONFLICT",
+        field,
+      };
+    }
+    case "23503": {
       // Also what referencing another tenant's row looks like: it does not exist for you.
-      return { message: "A referenced record was not found.", code: "NOT_FOUND", field: pgError.constraint };
+      const field = fieldOfConstraint(pgError.constraint);
+      return {
+        message: field ? `\`${field}\`: no such record.` : "A referenced record was not found.",
+        code: "NOT_FOUND",
+        field,
+      };
+    }
     case "23502":
       return { message: `\`${pgError.column}\` is required.`, code: "INVALID_INPUT", field: pgError.column };
     case "23514":
+    case "23P01": {
+      const field = fieldOfConstraint(pgError.constraint);
       return {
-        message: `A value is not allowed (${pgError.constraint}).`,
-        code: "INVALID_INPUT",
-        field: pgError.constraint,
+        message: field ? `\`${field}\`: the value is not allowed.` : "A value is not allowed.",
+        code: pgError.code === "23P01" ? "CONFLICT" : "INVALID_INPUT",
+        field,
       };
+    }
+    // PostgreSQL's statement_timeout cancelled a statement (STATEMENT_TIMEOUT in limits.ts).
+    // The same SQLSTATE also means a cancel by an operator (pg_cancel_backend): that stays INTERNAL.
+    case "57014":
+      return /statement timeout/.test(pgError.message)
+        ? {
+            message: "A database statement of this operation ran too long and was cancelled. Ask for less at a time.",
+            code: "QUERY_TIMEOUT",
+          }
+        : undefined;
     // Bad values. 2201W, 2201X, 22021 and 22P05 (negative LIMIT/OFFSET, NUL in
     // text or JSON) are refused earlier by the guards; these cases are a backstop.
     case "22023":

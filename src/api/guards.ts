@@ -13,6 +13,7 @@ import {
 } from "graphql";
 import { BudgetPlugin } from "./budget.ts";
 import { nodeLimitRule } from "./cost.ts";
+import { IntrospectionCachePlugin } from "./introspection-cache.ts";
 import { PageSizePlugin } from "./page-size-plugin.ts";
 import {
   MAX_DEPTH,
@@ -218,7 +219,12 @@ export const HeraldGuardsPlugin: GraphileConfig.Plugin = {
 };
 
 /** The guard rails as a preset: validation rules, page sizes in plans, the per-request budget. */
-export const guardPlugins: GraphileConfig.Plugin[] = [HeraldGuardsPlugin, PageSizePlugin, BudgetPlugin];
+export const guardPlugins: GraphileConfig.Plugin[] = [
+  HeraldGuardsPlugin,
+  PageSizePlugin,
+  IntrospectionCachePlugin,
+  BudgetPlugin,
+];
 
 const invalidVariables = (res: Response, error: GraphQLError) =>
   res.status(400).json({ errors: [{ message: error.message, extensions: error.extensions }] });

@@ -27,6 +27,8 @@ export interface SandboxFaults {
   errorRate?: number;
   /** The next N requests get a 429 (Twilio 20429 / SendGrid's), nothing stored. */
   rateLimitBurst?: number;
+  /** Share of requests (0–1) answered with a 429, nothing stored: a provider storm. */
+  rateLimitShare?: number;
   /** Added before every answer. */
   latencyMs?: number;
   /** Store the message, then never answer: the connection is dropped after this many ms. */
@@ -96,8 +98,9 @@ export function createSandboxCore(options: { keep: number; callbackDelayMs: numb
     /** Applies the injected faults; true when the request was answered (or dropped) already. */
     faulted: async (res: Response, kind: "twilio" | "sendgrid"): Promise<boolean> => {
       if (faults.latencyMs) await sleep(faults.latencyMs);
-      if (faults.rateLimitBurst && faults.rateLimitBurst > 0) {
-        faults.rateLimitBurst--;
+      const burst = faults.rateLimitBurst !== undefined && faults.rateLimitBurst > 0;
+      if (burst || (faults.rateLimitShare && Math.random() < faults.rateLimitShare)) {
+        if (burst) faults.rateLimitBurst!--;
         if (kind === "twilio") twilioError(res, 429, 20429, "Too Many Requests");
         else sendgridError(res, 429, "too many requests");
         return true;
