@@ -85,7 +85,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: [
       "INSERT(channel, contact_id, message_id, reason, run_at, status, tenant_id)",
       "SELECT",
-      "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at)",
+      "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at)",
     ],
   },
   "herald_public.delivery_events": {
