@@ -22,12 +22,13 @@ import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
  * at once with what the send-time checks need (one statement: cancel,
  * consent, suppression under every live hash key, quiet hours, the cap, the
  * tenant's standing), decided (decide.ts: a pure function of those facts),
- * and written back in a few set-based statements — finished (skipped, canceled), held back (quiet hours, the cap,
- * pacing), or claimed (`sending`, counted toward the month, its pacing slot
- * reserved). The claim is committed before any provider is called: a worker
- * that dies after it leaves `sending` deliveries, which a later run
- * reconciles instead of resending. Rows another transaction holds (a
- * callback, a cancel, another job) are left for a moment later.
+ * and written back in a few set-based statements — finished (skipped,
+ * canceled), held back (quiet hours, the cap, pacing), or claimed (`sending`,
+ * counted toward the month, its pacing slot reserved). The claim is
+ * committed before any provider is called: a worker that dies after it
+ * leaves `sending` deliveries, which a later run reconciles instead of
+ * resending. Rows another transaction holds (a callback, a cancel, another
+ * job) are left for a moment later.
  */
 
 export interface DeliveryRow {
