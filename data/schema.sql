@@ -1994,10 +1994,15 @@ create table herald_public.webhook_deliveries (
     default now(),
   last_attempt_at timestamp with time zone,
   delivered_at timestamp with time zone,
+  hold_reason text,
   constraint webhook_deliveries_endpoint_fkey
     FOREIGN KEY (tenant_id, endpoint_id) REFERENCES herald_public.webhook_endpoints(tenant_id, id) ON DELETE CASCADE,
   constraint webhook_deliveries_event_type
     CHECK ((event_type = ANY (ARRAY['delivery.updated'::text, 'inbound.received'::text, 'consent.changed'::text]))),
+  constraint webhook_deliveries_hold_reason
+    CHECK ((hold_reason = 'tenant_suspended'::text)),
+  constraint webhook_deliveries_hold_reason_pending
+    CHECK (((hold_reason IS NULL) OR (status = 'pending'::text))),
   constraint webhook_deliveries_last_error_length
     CHECK ((length(last_error) <= 500)),
   constraint webhook_deliveries_pkey
@@ -2025,6 +2030,7 @@ create policy update_worker on herald_public.webhook_deliveries as permissive fo
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.webhook_deliveries is '@behavior -insert -update -delete
 Each event posted (or to be posted) to an endpoint, and how it went. `replayWebhookDelivery` sends one again.';
+comment on column herald_public.webhook_deliveries.hold_reason is 'Why a pending event is not being posted: `tenant_suspended` (posted once the tenant is resumed); null otherwise.';
 comment on constraint webhook_deliveries_endpoint_fkey on herald_public.webhook_deliveries is '@fieldName endpoint
 @foreignFieldName deliveries';
 comment on constraint webhook_deliveries_replay_of_fkey on herald_public.webhook_deliveries is '@fieldName original
@@ -2033,7 +2039,7 @@ grant insert (endpoint_id, event_id, event_type, payload, replay_of, tenant_id) 
 grant select on herald_public.webhook_deliveries to herald_admin;
 grant select on herald_public.webhook_deliveries to herald_member;
 grant select on herald_public.webhook_deliveries to herald_worker;
-grant update (attempts, delivered_at, last_attempt_at, last_error, response_status, status) on herald_public.webhook_deliveries to herald_worker;
+grant update (attempts, delivered_at, hold_reason, last_attempt_at, last_error, response_status, status) on herald_public.webhook_deliveries to herald_worker;
 
 create table herald_public.webhook_endpoints (
   tenant_id uuid not null

@@ -226,7 +226,10 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.webhook_deliveries": {
     member: ["INSERT(endpoint_id, event_id, event_type, payload, replay_of, tenant_id)", "SELECT"],
     admin: ["SELECT"],
-    worker: ["SELECT", "UPDATE(attempts, delivered_at, last_attempt_at, last_error, response_status, status)"],
+    worker: [
+      "SELECT",
+      "UPDATE(attempts, delivered_at, hold_reason, last_attempt_at, last_error, response_status, status)",
+    ],
   },
   "herald_public.webhook_endpoints": {
     member: [
