@@ -9,8 +9,9 @@ import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
  * call; each is decided again when its job runs — sent, or held until the
  * window's new opening. So are the events held for the tenant's webhook
  * endpoints. Their earlier jobs (the window's old opening, the month's turn)
- * stay, and find them sent or not yet due. The ids are read in the tenant's session (RLS); the jobs are
- * written on graphile-worker's own connection, where the queue lives.
+ * stay, and find them sent or not yet due. The ids are read in the tenant's
+ * session (RLS); the jobs are written on graphile-worker's own connection,
+ * where the queue lives.
  */
 
 declare global {
