@@ -747,6 +747,7 @@ create table herald_public.deliveries (
   content_encrypted bytea,
   content_key_version smallint,
   status_checked_at timestamp with time zone,
+  hold_reason text,
   constraint deliveries_channel
     CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text, 'email'::text]))),
   constraint deliveries_claimed_by_length
@@ -759,6 +760,10 @@ create table herald_public.deliveries (
     CHECK ((content_sha256 ~ '^[0-9a-f]{64}$'::text)),
   constraint deliveries_error_code_length
     CHECK ((length(error_code) <= 50)),
+  constraint deliveries_hold_reason
+    CHECK ((hold_reason = ANY (ARRAY['quiet_hours'::text, 'monthly_cap'::text, 'tenant_suspended'::text, 'retry'::text]))),
+  constraint deliveries_hold_reason_queued
+    CHECK (((hold_reason IS NULL) OR (status = 'queued'::text))),
   constraint deliveries_message_contact_unique
     UNIQUE (tenant_id, message_id, contact_id),
   constraint deliveries_message_fkey
@@ -781,6 +786,8 @@ alter table herald_public.deliveries force row level security;
     CREATE INDEX deliveries_by_contact ON herald_public.deliveries USING btree (tenant_id, contact_id);
     CREATE INDEX deliveries_by_message ON herald_public.deliveries USING btree (tenant_id, message_id);
     CREATE INDEX deliveries_by_provider_message ON herald_public.deliveries USING btree (provider_message_id) WHERE (provider_message_id IS NOT NULL);
+-- trigger _010_guard_transition on herald_public.deliveries
+    CREATE TRIGGER _010_guard_transition BEFORE UPDATE OF status ON herald_public.deliveries FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION herald_private.tg_deliveries__guard_transition();
 -- trigger _100_timestamps on herald_public.deliveries
     CREATE TRIGGER _100_timestamps BEFORE UPDATE ON herald_public.deliveries FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
 -- trigger _500_enqueue on herald_public.deliveries
@@ -803,7 +810,8 @@ comment on column herald_public.deliveries.content_encrypted is '@behavior -*';
 comment on column herald_public.deliveries.content_key_version is '@behavior -*';
 comment on column herald_public.deliveries.content_sha256 is '@behavior -*';
 comment on column herald_public.deliveries.counted_month is '@behavior -*';
-comment on column herald_public.deliveries.reason is 'Why it was skipped or failed, or why it is still waiting (`quiet_hours`, `monthly_cap`, …).';
+comment on column herald_public.deliveries.hold_reason is 'Why a queued delivery waits: `quiet_hours`, `monthly_cap`, `tenant_suspended` or `retry` (null: it is not held, or merely paced).';
+comment on column herald_public.deliveries.reason is 'Why it was skipped or failed, or a detail for people on why it waits (`holdReason` is the kind of hold).';
 comment on column herald_public.deliveries.status_checked_at is '@behavior -*
 When the worker last asked the provider for this delivery''s status, its final report being overdue.';
 comment on constraint deliveries_contact_fkey on herald_public.deliveries is '@fieldName contact
@@ -818,7 +826,7 @@ grant insert (channel, contact_id, message_id, reason, run_at, status, tenant_id
 grant select on herald_public.deliveries to herald_admin;
 grant select on herald_public.deliveries to herald_member;
 grant select on herald_public.deliveries to herald_worker;
-grant update (attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at) on herald_public.deliveries to herald_worker;
+grant update (attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at) on herald_public.deliveries to herald_worker;
 
 create table herald_public.delivery_events (
   tenant_id uuid not null
@@ -1802,7 +1810,7 @@ alter table herald_public.tenant_settings force row level security;
 -- trigger _200_validate on herald_public.tenant_settings
     CREATE TRIGGER _200_validate BEFORE INSERT OR UPDATE ON herald_public.tenant_settings FOR EACH ROW EXECUTE FUNCTION herald_private.tg_tenant_settings__validate();
 -- trigger _500_release_held on herald_public.tenant_settings
-    CREATE TRIGGER _500_release_held AFTER UPDATE OF monthly_message_cap ON herald_public.tenant_settings FOR EACH ROW WHEN (((new.monthly_message_cap IS NULL) OR (new.monthly_message_cap > COALESCE(old.monthly_message_cap, 0)))) EXECUTE FUNCTION herald_private.tg__release_held('tenant_id');
+    CREATE TRIGGER _500_release_held AFTER UPDATE OF monthly_message_cap, send_window_start, send_window_end, timezone ON herald_public.tenant_settings FOR EACH ROW WHEN (((old.send_window_start IS DISTINCT FROM new.send_window_start) OR (old.send_window_end IS DISTINCT FROM new.send_window_end) OR (old.timezone IS DISTINCT FROM new.timezone) OR ((new.monthly_message_cap IS NULL) AND (old.monthly_message_cap IS NOT NULL)) OR (new.monthly_message_cap > COALESCE(old.monthly_message_cap, 0)))) EXECUTE FUNCTION herald_private.tg__release_held('tenant_id');
 -- trigger _900_audit_delete on herald_public.tenant_settings
     CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.tenant_settings REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('tenant_id', '');
 -- trigger _900_audit_insert on herald_public.tenant_settings
@@ -1986,10 +1994,15 @@ create table herald_public.webhook_deliveries (
     default now(),
   last_attempt_at timestamp with time zone,
   delivered_at timestamp with time zone,
+  hold_reason text,
   constraint webhook_deliveries_endpoint_fkey
     FOREIGN KEY (tenant_id, endpoint_id) REFERENCES herald_public.webhook_endpoints(tenant_id, id) ON DELETE CASCADE,
   constraint webhook_deliveries_event_type
     CHECK ((event_type = ANY (ARRAY['delivery.updated'::text, 'inbound.received'::text, 'consent.changed'::text]))),
+  constraint webhook_deliveries_hold_reason
+    CHECK ((hold_reason = 'tenant_suspended'::text)),
+  constraint webhook_deliveries_hold_reason_pending
+    CHECK (((hold_reason IS NULL) OR (status = 'pending'::text))),
   constraint webhook_deliveries_last_error_length
     CHECK ((length(last_error) <= 500)),
   constraint webhook_deliveries_pkey
@@ -2017,6 +2030,7 @@ create policy update_worker on herald_public.webhook_deliveries as permissive fo
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.webhook_deliveries is '@behavior -insert -update -delete
 Each event posted (or to be posted) to an endpoint, and how it went. `replayWebhookDelivery` sends one again.';
+comment on column herald_public.webhook_deliveries.hold_reason is 'Why a pending event is not being posted: `tenant_suspended` (posted once the tenant is resumed); null otherwise.';
 comment on constraint webhook_deliveries_endpoint_fkey on herald_public.webhook_deliveries is '@fieldName endpoint
 @foreignFieldName deliveries';
 comment on constraint webhook_deliveries_replay_of_fkey on herald_public.webhook_deliveries is '@fieldName original
@@ -2025,7 +2039,7 @@ grant insert (endpoint_id, event_id, event_type, payload, replay_of, tenant_id) 
 grant select on herald_public.webhook_deliveries to herald_admin;
 grant select on herald_public.webhook_deliveries to herald_member;
 grant select on herald_public.webhook_deliveries to herald_worker;
-grant update (attempts, delivered_at, last_attempt_at, last_error, response_status, status) on herald_public.webhook_deliveries to herald_worker;
+grant update (attempts, delivered_at, hold_reason, last_attempt_at, last_error, response_status, status) on herald_public.webhook_deliveries to herald_worker;
 
 create table herald_public.webhook_endpoints (
   tenant_id uuid not null
@@ -2509,6 +2523,16 @@ grant execute on function herald_hidden.decrypt_pii(bytea,smallint) to herald_ad
 grant execute on function herald_hidden.decrypt_pii(bytea,smallint) to herald_member;
 grant execute on function herald_hidden.decrypt_pii(bytea,smallint) to herald_worker;
 
+-- function herald_hidden.delivery_is_final(text) returns boolean; sql; immutable
+    CREATE OR REPLACE FUNCTION herald_hidden.delivery_is_final(status text)
+     RETURNS boolean
+     LANGUAGE sql
+     IMMUTABLE PARALLEL SAFE
+    AS $function$
+      select status in ('delivered', 'undelivered', 'failed', 'skipped', 'canceled');
+    $function$;
+grant execute on function herald_hidden.delivery_is_final(text) to herald_worker;
+
 -- function herald_hidden.delivery_status_rank(text) returns integer; sql; immutable
     CREATE OR REPLACE FUNCTION herald_hidden.delivery_status_rank(status text)
      RETURNS integer
@@ -2521,6 +2545,21 @@ grant execute on function herald_hidden.decrypt_pii(bytea,smallint) to herald_wo
       end;
     $function$;
 grant execute on function herald_hidden.delivery_status_rank(text) to herald_worker;
+
+-- function herald_hidden.delivery_transition_allowed(text,text) returns boolean; sql; immutable
+    CREATE OR REPLACE FUNCTION herald_hidden.delivery_transition_allowed(from_status text, to_status text)
+     RETURNS boolean
+     LANGUAGE sql
+     IMMUTABLE PARALLEL SAFE
+    AS $function$
+      select from_status = to_status or coalesce(case from_status
+        when 'queued' then to_status in ('sending', 'skipped', 'canceled', 'failed', 'sent', 'delivered', 'undelivered')
+        when 'sending' then to_status in ('queued', 'unknown', 'sent', 'delivered', 'undelivered', 'failed')
+        when 'unknown' then to_status in ('queued', 'sent', 'delivered', 'undelivered', 'failed')
+        when 'sent' then to_status in ('delivered', 'undelivered', 'failed')
+        else false end, false);
+    $function$;
+grant execute on function herald_hidden.delivery_transition_allowed(text,text) to herald_worker;
 
 -- function herald_hidden.encrypt_pii(text,text) returns bytea; sql; volatile
     CREATE OR REPLACE FUNCTION herald_hidden.encrypt_pii(plaintext text, data_key text)
@@ -4354,6 +4393,25 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
                          where n.status = 'queued') d
                  group by d.tenant_id, d.channel, d.window_start, d.chunk) c));
       return null;
+    end;
+    $function$;
+
+-- function herald_private.tg_deliveries__guard_transition() returns trigger; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_deliveries__guard_transition()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    begin
+      if not herald_hidden.delivery_transition_allowed(old.status, new.status) then
+        raise exception 'delivery % cannot move from % to %', old.id, old.status, new.status
+          using errcode = 'DLVST',
+                hint = 'allowed moves: herald_hidden.delivery_transition_allowed (docs/sending.md)';
+      end if;
+      if new.status <> 'queued' then
+        new.hold_reason := null;
+      end if;
+      return new;
     end;
     $function$;
 

@@ -150,6 +150,8 @@ export interface DemoToken {
   slug: string;
   email: string;
   token: string;
+  /** When its texts may go out, e.g. "08:00–21:00 UTC" (outside it they wait: quiet hours). */
+  sendWindow: string;
 }
 
 /** Fresh tokens for the demo tenants' owners, for the start-up banner. */
@@ -162,19 +164,32 @@ export async function demoTokens(urls: DatabaseUrls, authenticator: Authenticato
       for (const demo of DEMO_TENANTS) {
         const tenant = await findTenant(client, demo.slug);
         const user = tenant && (await findMembershipUser(client, tenant.id, demo.email));
-        if (tenant && user) result.push({ tenant, user });
+        if (tenant && user) result.push({ tenant, user, sendWindow: await sendWindowOf(client, tenant.id) });
       }
       return result;
     });
     return Promise.all(
-      found.map(async ({ tenant, user }) => ({
+      found.map(async ({ tenant, user, sendWindow }) => ({
         name: tenant.name,
         slug: tenant.slug,
         email: user.email,
+        sendWindow,
         token: await authenticator.sign({ sub: user.id, tenant_id: tenant.id, role: "herald_member" }, "12h"),
       })),
     );
   } finally {
     await pool.end();
   }
+}
+
+/** The tenant's send window in its own time zone, as the banner shows it ("08:00–21:00 UTC"; "all day" when start = end). */
+async function sendWindowOf(client: pg.ClientBase, tenantId: string): Promise<string> {
+  const { rows } = await client.query<{ start: string; end: string; timezone: string }>(
+    `select to_char(send_window_start, 'HH24:MI') as start, to_char(send_window_end, 'HH24:MI') as end, timezone
+       from herald_public.tenant_settings where tenant_id = $1`,
+    [tenantId],
+  );
+  const w = rows[0];
+  if (!w) return "unknown";
+  return w.start === w.end ? `all day (${w.timezone})` : `${w.start}–${w.end} ${w.timezone}`;
 }

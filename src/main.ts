@@ -121,7 +121,13 @@ function printBanner(
   ];
   if (tokens.length > 0) {
     lines.push("", "Demo tokens (valid 12 hours; `npm run herald -- token --tenant <slug>` mints more):");
-    for (const t of tokens) lines.push(`  ${t.name} (${t.slug}, ${t.email}):`, `    ${t.token}`);
+    for (const t of tokens)
+      lines.push(`  ${t.name} (${t.slug}, ${t.email}; texts go out ${t.sendWindow}):`, `    ${t.token}`);
+    // A text sent outside the window waits for it (queued, holdReason quiet_hours): say so before the first one does.
+    lines.push(
+      "  Texts outside a tenant's send window wait for it (holdReason quiet_hours); widen it with",
+      "  updateTenantSettingByTenantId(sendWindowStart, sendWindowEnd, timezone) and they go at once.",
+    );
   }
   // The banner goes to stdout as plain text, outside the structured logs, so
   // tokens never end up in a log pipeline.

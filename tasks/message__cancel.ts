@@ -16,7 +16,7 @@ declare global {
 
 export default rowTask(async (client, messageId, helpers) => {
   const { rowCount } = await client.query(
-    `update herald_public.deliveries set status = 'canceled', reason = 'message canceled', completed_at = now()
+    `update herald_public.deliveries set status = 'canceled', reason = 'message canceled', hold_reason = null, completed_at = now()
       where tenant_id = herald_public.current_tenant_id() and message_id = $1 and status = 'queued'`,
     [messageId],
   );

@@ -67,7 +67,8 @@ const task: Task<"webhook_deliveries__send"> = async (rawPayload, helpers) => {
     // Kept, not counted as an attempt: posted when an operator resumes the tenant (tenant__release_held).
     await withTenantContext(tenantId, (client) =>
       client.query(
-        "update herald_public.webhook_deliveries set last_error = $2 where tenant_id = herald_public.current_tenant_id() and id = $1",
+        `update herald_public.webhook_deliveries set hold_reason = 'tenant_suspended', last_error = $2
+          where tenant_id = herald_public.current_tenant_id() and id = $1`,
         [id, HELD_WHILE_SUSPENDED],
       ),
     );
@@ -155,7 +156,7 @@ async function finish(
 ) {
   await client.query(
     `update herald_public.webhook_deliveries
-        set status = $2, attempts = attempts + 1, response_status = $3, last_error = $4, last_attempt_at = now(),
+        set status = $2, hold_reason = null, attempts = attempts + 1, response_status = $3, last_error = $4, last_attempt_at = now(),
             delivered_at = case when $2 = 'succeeded' then now() end
       where tenant_id = herald_public.current_tenant_id() and id = $1`,
     [pending.id, status, responseStatus, error?.slice(0, 500) ?? null],

@@ -74,7 +74,7 @@ async function send(token: string, input: Record<string, unknown>): Promise<stri
 const deliveryOf = async (messageId: string) =>
   (
     await db.current.root.query(
-      "select id, status, reason, error_code, attempts, run_at from herald_public.deliveries where message_id = $1",
+      "select id, status, reason, hold_reason, error_code, attempts, run_at from herald_public.deliveries where message_id = $1",
       [messageId],
     )
   ).rows;
@@ -217,7 +217,7 @@ describe("checks at send time", () => {
     });
     const opens = new Date(Date.UTC(now.getUTCFullYear(), now.getUTCMonth(), now.getUTCDate(), hour));
     if (opens < now) opens.setUTCDate(opens.getUTCDate() + 1);
-    expect(delivery).toMatchObject({ status: "queued", reason: "quiet_hours" });
+    expect(delivery).toMatchObject({ status: "queued", reason: "quiet_hours", hold_reason: "quiet_hours" });
     expect(new Date(delivery.run_at).toISOString()).toBe(opens.toISOString());
     // Its job waits for the window.
     // (Queued once the run that held it back has committed.)
@@ -232,6 +232,50 @@ describe("checks at send time", () => {
     await openSendWindowNow(db.current, t.id, delivery.id);
     await waitFor(async () => (await deliveryOf(messageId))[0]?.status === "sent");
     expect(received()).toHaveLength(1);
+  });
+
+  it("widening the send window releases what quiet hours held, within seconds, not at the old opening", async () => {
+    const { t, token, received } = await tenant("quiet-widened");
+    const hh = (h: number) => `${String(((h % 24) + 24) % 24).padStart(2, "0")}:00`;
+    const hour = new Date().getUTCHours();
+    await asRoot(db.current, (c) =>
+      c.query(
+        "update herald_public.tenant_settings set timezone = 'UTC', send_window_start = $2, send_window_end = $3 where tenant_id = $1",
+        [t.id, hh(hour + 2), hh(hour + 3)],
+      ),
+    );
+    const messageId = await send(token, {
+      channel: "sms",
+      body: "Now that the window is wider",
+      contactIds: [t.contactId],
+    });
+    await waitFor(
+      async () => (await deliveryOf(messageId))[0]?.hold_reason === "quiet_hours",
+      15_000,
+      "held by quiet hours",
+    );
+    expect(received()).toHaveLength(0);
+
+    // The owner widens the window so that it is open now (as a newcomer at 04:08 UTC would).
+    const widened = await graphql(
+      api.current,
+      token,
+      `
+        mutation ($id: UUID!, $start: Time!) {
+          updateTenantSettingByTenantId(input: { tenantId: $id, tenantSettingPatch: { sendWindowStart: $start } }) {
+            tenantSetting {
+              sendWindowStart
+              sendWindowEnd
+            }
+          }
+        }
+      `,
+      { id: t.id, start: hh(hour - 1) },
+    );
+    expect(widened.body.errors).toBeUndefined();
+    await waitFor(async () => (await deliveryOf(messageId))[0]?.status === "sent", 10_000, "sent after widening");
+    expect(received()).toHaveLength(1);
+    expect((await deliveryOf(messageId))[0]).toMatchObject({ status: "sent", hold_reason: null });
   });
 
   it("quiet hours are the contact's own, may wrap midnight, and ignore zones Postgres would misread", async () => {

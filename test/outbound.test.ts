@@ -512,12 +512,17 @@ describe("a suspended tenant", () => {
     await texts(t, "+16285571020", "while suspended");
     const held = await waitFor(async () => {
       const { rows } = await db.current.root.query(
-        "select status, attempts, last_error from herald_public.webhook_deliveries where tenant_id = $1 and event_type = 'inbound.received' and endpoint_id <> $2",
+        "select status, attempts, hold_reason, last_error from herald_public.webhook_deliveries where tenant_id = $1 and event_type = 'inbound.received' and endpoint_id <> $2",
         [t.id, t.webhookEndpointId],
       );
       return rows[0]?.last_error !== null && rows[0];
     });
-    expect(held).toEqual({ status: "pending", attempts: 0, last_error: "held: the tenant is suspended" });
+    expect(held).toEqual({
+      status: "pending",
+      attempts: 0,
+      hold_reason: "tenant_suspended",
+      last_error: "held: the tenant is suspended",
+    });
     expect(received.filter((r) => r.path === "/paused")).toEqual([]);
 
     await db.current.root.query(
@@ -530,6 +535,15 @@ describe("a suspended tenant", () => {
       type: "inbound.received",
       data: { body: "while suspended" },
     });
+    // Posted: no longer held.
+    const after = await waitFor(async () => {
+      const { rows } = await db.current.root.query(
+        "select status, hold_reason from herald_public.webhook_deliveries where tenant_id = $1 and event_type = 'inbound.received' and endpoint_id <> $2",
+        [t.id, t.webhookEndpointId],
+      );
+      return rows[0]?.status === "succeeded" && rows[0];
+    });
+    expect(after.hold_reason).toBeNull();
   });
 });
 

@@ -71,6 +71,9 @@ describe("first start", () => {
       expect(port).toBeGreaterThan(0);
       expect(output).toContain(`GraphiQL: http://localhost:${port}/graphiql`);
 
+      // The demo tenants' send window is said up front: a text sent outside it waits (quiet hours).
+      expect(output).toContain("Acme Clinic (acme-clinic, owner@acme-clinic.test; texts go out 08:00–21:00 UTC):");
+
       const herald = { url: `http://localhost:${port}` };
       const tokenAfter = (label: string) => new RegExp(`${label}[^\\n]*\\n\\s+(\\S+)`).exec(output)?.[1];
       for (const [label, slug] of [

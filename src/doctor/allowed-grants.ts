@@ -65,7 +65,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.deliveries": {
     member: ["SELECT"],
     admin: ["SELECT"],
-    worker: ["INSERT(channel, contact_id, message_id, reason, run_at, status, tenant_id)", "SELECT", "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at)"],
+    worker: ["INSERT(channel, contact_id, message_id, reason, run_at, status, tenant_id)", "SELECT", "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at)"],
   },
   "herald_public.delivery_events": {
     member: ["SELECT"],
@@ -150,7 +150,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.webhook_deliveries": {
     member: ["INSERT(endpoint_id, event_id, event_type, payload, replay_of, tenant_id)", "SELECT"],
     admin: ["SELECT"],
-    worker: ["SELECT", "UPDATE(attempts, delivered_at, last_attempt_at, last_error, response_status, status)"],
+    worker: ["SELECT", "UPDATE(attempts, delivered_at, hold_reason, last_attempt_at, last_error, response_status, status)"],
   },
   "herald_public.webhook_endpoints": {
     member: ["DELETE", "INSERT(description, event_types, key_version, secret_encrypted, secret_hint, tenant_id, url)", "SELECT(consecutive_failures, created_at, description, disabled_at, disabled_reason, event_types, id, secret_hint, status, tenant_id, updated_at, url)", "UPDATE(description, event_types, status, url)"],

@@ -1,6 +1,5 @@
 import { createHash } from "node:crypto";
 import type pg from "pg";
-import { isValidPhoneNumber } from "libphonenumber-js/max";
 import type { ProviderClients, TenantAccount } from "../providers/clients.ts";
 import { SendError } from "../providers/errors.ts";
 import {
@@ -11,6 +10,7 @@ import {
   tenantSettings,
 } from "../providers/routing.ts";
 import type { Route } from "../providers/transmit.ts";
+import { CLAIM_GRACE_MS, decideBeforeSending, type Decision } from "./decide.ts";
 import { reserveSlots } from "./pacing.ts";
 import { renderContent, type Content } from "./render.ts";
 import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
@@ -20,13 +20,14 @@ import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
  * transaction as herald_worker in the tenant: every delivery of the run read
  * at once with what the send-time checks need (one statement: cancel,
  * consent, suppression under every live hash key, quiet hours, the cap, the
- * tenant's standing), decided, and written back in a few set-based
- * statements — finished (skipped, canceled), held back (quiet hours, the cap,
- * pacing), or claimed (`sending`, counted toward the month, its pacing slot
- * reserved). The claim is committed before any provider is called: a worker
- * that dies after it leaves `sending` deliveries, which a later run
- * reconciles instead of resending. Rows another transaction holds (a
- * callback, a cancel, another job) are left for a moment later.
+ * tenant's standing), decided (decide.ts: a pure function of those facts),
+ * and written back in a few set-based statements — finished (skipped,
+ * canceled), held back (quiet hours, the cap, pacing), or claimed (`sending`,
+ * counted toward the month, its pacing slot reserved). The claim is
+ * committed before any provider is called: a worker that dies after it
+ * leaves `sending` deliveries, which a later run reconciles instead of
+ * resending. Rows another transaction holds (a callback, a cancel, another
+ * job) are left for a moment later.
  */
 
 export interface DeliveryRow {
@@ -91,13 +92,6 @@ export interface ClaimResult {
   capped: string[];
 }
 
-/**
- * A `sending` delivery claimed by a worker process that is gone (no longer
- * registered) is reconciled at once; one claimed by a live process whose
- * provider call may still be under way waits this long: the SDKs' timeouts
- * (30 s each, two calls with a fallback) and a pacing wait.
- */
-export const CLAIM_GRACE_MS = 90_000;
 /** Rows another transaction holds come back this much later. */
 const BUSY_RETRY_MS = 2_000;
 
@@ -185,43 +179,60 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
       [unseen],
     );
     for (const { id } of busy)
-      result.later.push({ id, until: new Date(Date.now() + BUSY_RETRY_MS), reason: "busy in another job" });
+      result.later.push({ id, until: new Date(Date.now() + BUSY_RETRY_MS), hold: null, reason: "busy in another job" });
   }
 
   const alive = await liveProcesses(
     ctx.pacingPool,
     rows.filter((r) => r.status === "sending" && r.recently_claimed).map((r) => r.claimed_by),
   );
+  const clock = new Date();
   for (const d of rows) {
     d.tenant_step_ms = Number(d.tenant_step_ms);
     const to = (d.channel === "email" ? d.email : d.phone) ?? "";
-    if (d.status === "sending" && d.recently_claimed && d.claimed_by && alive.has(d.claimed_by)) {
-      result.later.push({ id: d.id, until: new Date(Date.now() + CLAIM_GRACE_MS), reason: "claimed moments ago" });
-      continue;
+    const decision: Decision = decideBeforeSending({
+      now: clock,
+      status: d.status,
+      channel: d.channel,
+      runAt: d.run_at,
+      notDue: d.not_due,
+      claimedByLiveProcess: Boolean(d.recently_claimed && d.claimed_by && alive.has(d.claimed_by)),
+      messageCanceled: d.message_status === "canceled",
+      hasContact: Boolean(d.contact_id),
+      subscribed: d.subscribed,
+      to,
+      suppressed: d.suppressed,
+      tenantSuspended: d.tenant_suspended,
+      quietUntil: d.quiet_until,
+      atCap: d.at_cap,
+    });
+    switch (decision.kind) {
+      case "later":
+        result.later.push({ id: d.id, until: decision.until, hold: null, reason: decision.reason });
+        break;
+      case "reconcile":
+        result.reconciles.push({
+          delivery: d,
+          to,
+          bodySha256: d.content_sha256 ?? sha256(renderFor(d).body),
+          since: new Date((d.claimed_at ?? clock).getTime() - 60_000),
+        });
+        break;
+      case "finish":
+        finishes.push({ id: d.id, status: decision.status, reason: decision.reason });
+        break;
+      case "hold":
+        holds.push({ id: d.id, until: decision.until, hold: decision.hold, reason: decision.reason });
+        break;
+      case "capped":
+        capped.push(d);
+        break;
+      case "send":
+        candidates.push({ d, to });
+        break;
+      case "none":
+        break;
     }
-    if (d.status === "sending" || d.status === "unknown") {
-      const bodySha256 = d.content_sha256 ?? sha256(renderFor(d).body);
-      result.reconciles.push({
-        delivery: d,
-        to,
-        bodySha256,
-        since: new Date((d.claimed_at ?? new Date()).getTime() - 60_000),
-      });
-      continue;
-    }
-    if (d.status !== "queued") continue;
-    // A second job for a delivery held back (a retry's backoff, quiet hours)
-    // does not jump the wait. (A run's later deliveries are due within 2 s.)
-    if (d.not_due) {
-      result.later.push({ id: d.id, until: d.run_at, reason: "not yet due" });
-      continue;
-    }
-    const refusal = checksBeforeSending(d, to);
-    if (refusal?.kind === "finish") finishes.push({ id: d.id, status: refusal.status, reason: refusal.reason });
-    else if (refusal?.kind === "hold") holds.push({ id: d.id, until: refusal.until, reason: refusal.reason });
-    // Held by the cap before taking a pacing slot it would not use.
-    else if (d.at_cap) capped.push(d);
-    else candidates.push({ d, to });
   }
 
   // Routes, senders and pacing, per group of the same channel and sender.
@@ -256,7 +267,7 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     group.forEach((c, i) => {
       if (i < slots.times.length) slotted.push({ ...c, route, slotAt: slots.times[i]!, senderStepMs });
       // Beyond the horizon: unclaimed, all back together when the next slot is free.
-      else holds.push({ id: c.d.id, until: slots.nextFree, reason: null });
+      else holds.push({ id: c.d.id, until: slots.nextFree, hold: null, reason: null });
     });
   }
 
@@ -279,7 +290,7 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     // The text as sent (an email: its subject) is kept encrypted for the conversation thread.
     await client.query(
       `update herald_public.deliveries d
-          set status = 'sending', reason = null, error_code = null, claimed_at = now(), claimed_by = $2, attempts = d.attempts + 1,
+          set status = 'sending', reason = null, hold_reason = null, error_code = null, claimed_at = now(), claimed_by = $2, attempts = d.attempts + 1,
               counted_month = $3::date, content_sha256 = x.sha,
               content_encrypted = herald_hidden.encrypt_pii(x.kept, herald_hidden.data_key(k.version)), content_key_version = k.version
          from unnest($1::uuid[], $4::text[], $5::text[]) as x(id, sha, kept), (select herald_hidden.current_data_key_version() as version) k
@@ -316,33 +327,12 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   const reopens = new Map<string, Date>();
   for (const d of capped) {
     if (!reopens.has(d.message_id)) reopens.set(d.message_id, await capReopens(client, d.message_id, ctx.processId));
-    holds.push({ id: d.id, until: reopens.get(d.message_id)!, reason: "monthly_cap" });
+    holds.push({ id: d.id, until: reopens.get(d.message_id)!, hold: "monthly_cap", reason: "monthly_cap" });
   }
   result.capped = capped.map((d) => d.id);
   await finishMany(client, finishes);
   result.later.push(...(await holdMany(client, holds)));
   return result;
-}
-
-type Refusal =
-  { kind: "finish"; status: "skipped" | "canceled"; reason: string } | { kind: "hold"; until: Date; reason: string };
-
-/** The send-time checks: what ends or holds the delivery, or nothing (it may go). */
-function checksBeforeSending(d: DeliveryRow, to: string): Refusal | undefined {
-  const skip = (reason: string): Refusal => ({ kind: "finish", status: "skipped", reason });
-  // Re-checked now, however long ago the delivery was queued.
-  if (d.message_status === "canceled") return { kind: "finish", status: "canceled", reason: "message canceled" };
-  if (!d.contact_id) return skip("contact_deleted");
-  if (!d.subscribed) return skip("unsubscribed");
-  if (!to) return skip(d.channel === "email" ? "no_email" : "no_phone");
-  if (d.suppressed) return skip("suppressed");
-  // Stored numbers were valid when written; numbering plans change.
-  if (d.channel !== "email" && !isValidPhoneNumber(to)) return skip("invalid_phone");
-  // An operator suspended the tenant: held (resuming releases it at once; a day
-  // later it looks again either way).
-  if (d.tenant_suspended) return { kind: "hold", until: new Date(Date.now() + 86_400_000), reason: "tenant_suspended" };
-  if (d.quiet_until) return { kind: "hold", until: d.quiet_until, reason: "quiet_hours" };
-  return undefined;
 }
 
 /** How a group of deliveries (one channel, one requested sender) will go out: the tenant's account (null: none), settings, sender. */

@@ -61,12 +61,17 @@ export async function recordOutcomes(
         // Not an attempt: nothing reached a provider.
         uncount.push(outcome.id);
         unattempt.push(outcome.id);
-        holds.push({ id: outcome.id, until: outcome.until, reason: null });
+        holds.push({ id: outcome.id, until: outcome.until, hold: null, reason: null });
         break;
       case "absent":
         // Certainly not sent: its place under the cap is given back, and it is claimed afresh.
         uncount.push(outcome.id);
-        holds.push({ id: outcome.id, until: new Date(), reason: "reconciled: not accepted, sending again" });
+        holds.push({
+          id: outcome.id,
+          until: new Date(),
+          hold: "retry",
+          reason: "reconciled: not accepted, sending again",
+        });
         break;
       case "email_unknown":
         statuses.push({
@@ -81,6 +86,7 @@ export async function recordOutcomes(
         later.push({
           id: outcome.id,
           until: new Date(Date.now() + LOOKUP_RETRY_MS),
+          hold: null,
           reason: `lookup failed: ${outcome.message}`,
         });
         retried.push({ id: outcome.id, code: null, reason: `lookup failed: ${outcome.message}` });
@@ -96,7 +102,12 @@ export async function recordOutcomes(
             code,
             final: false,
           });
-          later.push({ id: outcome.id, until: new Date(Date.now() + RECONCILE_DELAY_MS), reason: "reconcile" });
+          later.push({
+            id: outcome.id,
+            until: new Date(Date.now() + RECONCILE_DELAY_MS),
+            hold: null,
+            reason: "reconcile",
+          });
           retried.push({ id: outcome.id, code, reason: `uncertain, to be looked up: ${error.message}` });
           break;
         }
@@ -108,6 +119,7 @@ export async function recordOutcomes(
           holds.push({
             id: outcome.id,
             until: new Date(Date.now() + backoffMs(row.d.attempts + 1)),
+            hold: "retry",
             reason: `retrying: ${error.message}`.slice(0, 500),
           });
           retried.push({ id: outcome.id, code, reason: `retrying: ${error.message}` });
@@ -138,7 +150,7 @@ export async function recordOutcomes(
     later.push(
       ...(await holdMany(
         client,
-        claim.capped.map((id) => ({ id, until: new Date(), reason: "monthly_cap" })),
+        claim.capped.map((id) => ({ id, until: new Date(), hold: "monthly_cap" as const, reason: "monthly_cap" })),
       )),
     );
   }
@@ -159,9 +171,9 @@ async function recordSent(
   if (sent.length === 0) return;
   await client.query(
     `update herald_public.deliveries d
-        set status = case when herald_hidden.delivery_status_rank(d.status) = 3 then d.status else 'sent' end,
-            reason = case when herald_hidden.delivery_status_rank(d.status) = 3 then d.reason else x.reason end,
-            error_code = case when herald_hidden.delivery_status_rank(d.status) = 3 then d.error_code end,
+        set status = case when herald_hidden.delivery_is_final(d.status) then d.status else 'sent' end,
+            reason = case when herald_hidden.delivery_is_final(d.status) then d.reason else x.reason end,
+            error_code = case when herald_hidden.delivery_is_final(d.status) then d.error_code end,
             sent_at = coalesce(d.sent_at, now()), provider = x.provider, provider_account_id = x.account_id,
             provider_message_id = x.message_id, from_address = x.from_address,
             segments = case when d.channel = 'email' then null else herald_hidden.sms_segments(x.body) end

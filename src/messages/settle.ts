@@ -1,4 +1,5 @@
 import type pg from "pg";
+import type { HoldReason } from "./decide.ts";
 
 /**
  * Writing deliveries' fates in sets: one statement for every delivery of a
@@ -9,7 +10,9 @@ import type pg from "pg";
 export interface Hold {
   id: string;
   until: Date;
-  /** Why it waits (null: merely paced). */
+  /** The kind of hold, written to hold_reason (null: merely paced, or not held in the database at all). */
+  hold: HoldReason | null;
+  /** Why it waits, for people (null: merely paced). */
   reason: string | null;
 }
 
@@ -21,7 +24,7 @@ export async function finishMany(
   if (finishes.length === 0) return;
   await client.query(
     `update herald_public.deliveries d
-        set status = x.status, reason = x.reason, error_code = x.code, completed_at = now(),
+        set status = x.status, reason = x.reason, hold_reason = null, error_code = x.code, completed_at = now(),
             attempts = d.attempts + case when x.status = 'failed' then 1 else 0 end
        from unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) as x(id, status, reason, code)
       where d.tenant_id = herald_public.current_tenant_id() and d.id = x.id`,
@@ -46,8 +49,8 @@ export async function holdMany(
 ): Promise<Hold[]> {
   if (holds.length === 0) return [];
   const { rows } = await client.query<{ id: string }>(
-    `update herald_public.deliveries d set status = 'queued', reason = x.reason, run_at = x.until
-       from unnest($1::uuid[], $2::timestamptz[], $3::text[]) as x(id, until, reason)
+    `update herald_public.deliveries d set status = 'queued', reason = x.reason, hold_reason = x.hold, run_at = x.until
+       from unnest($1::uuid[], $2::timestamptz[], $3::text[], $6::text[]) as x(id, until, reason, hold)
       where d.tenant_id = herald_public.current_tenant_id() and d.id = x.id and d.status in ('queued', 'sending', 'unknown')
         and ($4::timestamptz is null or (d.claimed_at = $4::timestamptz and d.claimed_by = $5))
      returning d.id`,
@@ -57,6 +60,7 @@ export async function holdMany(
       holds.map((h) => h.reason),
       onlyClaim?.stamp ?? null,
       onlyClaim?.processId ?? null,
+      holds.map((h) => h.hold),
     ],
   );
   const held = new Set(rows.map((r) => r.id));
@@ -69,8 +73,9 @@ export async function holdBack(
   deliveryId: string,
   until: Date,
   reason: string | null,
+  hold: HoldReason | null = null,
 ): Promise<{ kind: "done"; status: string } | { kind: "later"; until: Date; reason: string }> {
-  const held = await holdMany(client, [{ id: deliveryId, until, reason }]);
+  const held = await holdMany(client, [{ id: deliveryId, until, hold, reason }]);
   if (held.length > 0) return { kind: "later", until, reason: reason ?? "paced" };
   const { rows } = await client.query<{ status: string }>(
     "select status from herald_public.deliveries where tenant_id = herald_public.current_tenant_id() and id = $1",

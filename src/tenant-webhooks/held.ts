@@ -2,8 +2,9 @@ import type pg from "pg";
 
 /**
  * While an operator has a tenant suspended, nothing leaves for its URLs: its
- * events are kept (pending, marked with this error) and posted once it is
- * resumed. The mark is how tenant__release_held finds them.
+ * events are kept (pending, hold_reason `tenant_suspended`, this text in
+ * last_error for people) and posted once it is resumed; tenant__release_held
+ * finds them by their hold_reason.
  */
 export const HELD_WHILE_SUSPENDED = "held: the tenant is suspended";
 
@@ -21,8 +22,7 @@ export async function releaseHeldWebhooks(
 ): Promise<number> {
   const { rows } = await client.query<{ id: string }>(
     `select id from herald_public.webhook_deliveries
-      where tenant_id = herald_public.current_tenant_id() and status = 'pending' and last_error = $1`,
-    [HELD_WHILE_SUSPENDED],
+      where tenant_id = herald_public.current_tenant_id() and status = 'pending' and hold_reason = 'tenant_suspended'`,
   );
   if (rows.length === 0) return 0;
   await queue.query("select herald_private.queue_webhook_delivery($1, id) from unnest($2::uuid[]) id", [

@@ -263,7 +263,8 @@ const FIXTURES: TableSpec[] = [
     table: "herald_public.deliveries",
     tenantKey: "tenant_id",
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.deliveryId] }),
-    update: { column: "status", to: "'delivered'" },
+    // Not the status: B's own fixture delivery is skipped, and the lifecycle guard refuses moving it.
+    update: { column: "reason", to: "'probe'" },
     insertInto: (victim) => ({
       sql: "insert into herald_public.deliveries (tenant_id, message_id, contact_id, channel, status) values ($1, $2, $3, 'sms', 'skipped')",
       params: [victim.id, victim.messageId, victim.contactId],
