@@ -162,6 +162,8 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   deliveries_claimed_by_length: SERVER_WRITTEN,
   deliveries_content_sha256_format: SERVER_WRITTEN,
   deliveries_error_code_length: SERVER_WRITTEN,
+  deliveries_hold_reason: SERVER_WRITTEN,
+  deliveries_hold_reason_queued: SERVER_WRITTEN,
   deliveries_message_contact_unique: SERVER_WRITTEN,
   deliveries_provider: SERVER_WRITTEN,
   deliveries_provider_message_id_length: SERVER_WRITTEN,
@@ -244,6 +246,8 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
 
   webhook_deliveries_pkey: SERVER_WRITTEN,
   webhook_deliveries_event_type: SERVER_WRITTEN,
+  webhook_deliveries_hold_reason: SERVER_WRITTEN,
+  webhook_deliveries_hold_reason_pending: SERVER_WRITTEN,
   webhook_deliveries_last_error_length: SERVER_WRITTEN,
   webhook_deliveries_status: SERVER_WRITTEN,
   webhook_deliveries_endpoint_fkey: SERVER_WRITTEN,
