@@ -3,6 +3,7 @@ import express, { type ErrorRequestHandler, type RequestHandler } from "express"
 import pg from "pg";
 import { keyringFromConfig, type Keyring } from "../crypto/keyring.ts";
 import { createSandbox, SANDBOX_SYSTEM_SENDGRID_KEY, SANDBOX_SYSTEM_TWILIO, type Sandbox } from "../sandbox/sandbox.ts";
+import { persistentEventKeys } from "../sandbox/event-key.ts";
 import { asAdmin } from "../db/session.ts";
 import { createPool, isDatabaseUnavailable, RETRY_AFTER_SECONDS } from "../db/availability.ts";
 import { connectionBudget, type ApiPools } from "../db/budget.ts";
@@ -269,9 +270,11 @@ export async function startApiServer(options: {
   app.use((req, res, next) => {
     const started = performance.now();
     res.on("finish", () => {
-      // Method, path and status only: no headers, bodies or query strings (tokens live there).
+      // Method, path and status only: no headers, bodies or query strings (tokens live there). The
+      // path as asked: a router mounted at /graphql that answers (a 401) leaves req.path relative to it.
+      const path = req.originalUrl.split("?")[0];
       logger.info(
-        { method: req.method, path: req.path, status: res.statusCode, ms: Math.round(performance.now() - started) },
+        { method: req.method, path, status: res.statusCode, ms: Math.round(performance.now() - started) },
         "request",
       );
     });
@@ -296,6 +299,7 @@ export async function startApiServer(options: {
           describeAccount: (provider, account) => describeSandboxAccount(authenticatorPool, provider, account),
           // It calls back as the real services would: Herald's own webhooks, at its public URL.
           sendgridEventUrl: config.sendgrid ? undefined : `${config.publicUrl}/webhooks/sendgrid/events`,
+          eventKeys: config.sendgrid ? undefined : persistentEventKeys(),
           inboundUrl: config.twilio ? undefined : `${config.publicUrl}/webhooks/twilio/sms`,
           resolveNumber: (number, channel) => sandboxAccountOfNumber(authenticatorPool, number, channel),
         })
