@@ -1,6 +1,8 @@
-import { createHash, generateKeyPairSync, randomBytes, timingSafeEqual } from "node:crypto";
+import { createHash, randomBytes, timingSafeEqual } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
+import { newEventKeys, type EventKeys } from "./event-key.ts";
 import type { InboundAnswer } from "./inbound.ts";
+import { groupHeading, sendgridAccount } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import { E164, sendgridError, sendgridSignature, twilioError, twilioMessageJson, twilioSignature } from "./wire.ts";
@@ -39,7 +41,7 @@ export type SandboxChannel = "sms" | "whatsapp" | "email";
 export interface SandboxMessage {
   id: string;
   provider: "twilio" | "sendgrid";
-  /** Twilio account SID, or the last 4 characters of the SendGrid key. */
+  /** Twilio account SID, or the last 4 characters of the SendGrid key (the sandbox's system key whole: src/sandbox/labels.ts). */
   account: string;
   channel: SandboxChannel;
   from: string;
@@ -128,6 +130,8 @@ export function createSandbox(
     page?: boolean;
     /** Where SendGrid events go (Herald's event webhook); none: no events. */
     sendgridEventUrl?: string;
+    /** The key pair that signs SendGrid events (`npm start`: kept in .data/); default: a new one. */
+    eventKeys?: EventKeys;
     /** Pause between a message's callbacks. */
     callbackDelayMs?: number;
     /** Names the tenant behind an account (SID, or …last4 of a SendGrid key) for the page. */
@@ -140,7 +144,7 @@ export function createSandbox(
 ): Sandbox {
   const keep = options.keep ?? 500;
   const callbackDelayMs = options.callbackDelayMs ?? 50;
-  const eventKeys = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+  const eventKeys = options.eventKeys ?? newEventKeys();
   let faults: SandboxFaults = {};
   const pending = new Set<Promise<void>>();
   /** Posts callbacks in order, in the background; failures are the receiver's business, as with the real services. */
@@ -401,7 +405,7 @@ export function createSandbox(
       remember({
         id: messageId,
         provider: "sendgrid",
-        account: `…${key.slice(-4)}`,
+        account: sendgridAccount(key),
         channel: "email",
         from: mail.from!.email!,
         to: r.email!,
@@ -528,16 +532,11 @@ export function createSandbox(
 
   if (options.page !== false)
     router.get("/", async (req: Request, res: Response) => {
-      // Grouped by tenant, as far as Herald can tell from the account.
+      // Grouped by the account that sent them: the system's, or a tenant's own (src/sandbox/labels.ts).
       const labels = new Map<string, string>();
       for (const m of messages) {
         const key = `${m.provider}/${m.account}`;
-        if (!labels.has(key))
-          labels.set(
-            key,
-            (await options.describeAccount?.(m.provider, m.account).catch(() => undefined)) ??
-              `${m.provider} account ${m.account}`,
-          );
+        if (!labels.has(key)) labels.set(key, await groupHeading(m, options.describeAccount));
       }
       const textInForm = options.inboundUrl
         ? { action: `${req.baseUrl}/twilio/inbound`, exchanges: phones.exchanges }
