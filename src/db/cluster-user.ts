@@ -113,6 +113,13 @@ export async function reachableBinaries(bin: Binaries, user: ServerUser | undefi
   };
 }
 
+/** The directories above a relocated cluster: passable, not listable, by the server user. */
+function prepareClusterHome(target: string): void {
+  ensureDir(SYSTEM_DIR, 0o755);
+  ensureDir(path.dirname(path.dirname(target)), 0o711);
+  ensureDir(path.dirname(target), 0o711);
+}
+
 /** Where a cluster whose data directory `dir` is out of the server user's reach lives instead. */
 export function relocatedClusterDir(dir: string): string {
   const key = createHash("sha256").update(path.resolve(dir)).digest("hex").slice(0, 16);
@@ -128,7 +135,11 @@ export function relocatedClusterDir(dir: string): string {
 export async function reachableDataDir(dir: string, user: ServerUser | undefined, logger: Logger): Promise<string> {
   if (!user) return dir;
   const link = fs.lstatSync(dir, { throwIfNoEntry: false });
-  if (link?.isSymbolicLink()) return path.resolve(path.dirname(dir), fs.readlinkSync(dir));
+  if (link?.isSymbolicLink()) {
+    const target = path.resolve(path.dirname(dir), fs.readlinkSync(dir));
+    if (target.startsWith(SYSTEM_DIR + path.sep)) prepareClusterHome(target); // recreated if it was deleted
+    return target;
+  }
   const parent = path.dirname(dir);
   if (await canReach(user, parent)) return dir;
   if (link && fs.existsSync(path.join(dir, "PG_VERSION"))) {
@@ -139,10 +150,13 @@ export async function reachableDataDir(dir: string, user: ServerUser | undefined
     );
   }
   const target = relocatedClusterDir(dir);
-  ensureDir(SYSTEM_DIR, 0o755);
-  ensureDir(path.dirname(path.dirname(target)), 0o711);
-  ensureDir(path.dirname(target), 0o711);
-  if (link) fs.rmSync(dir, { recursive: true, force: true }); // created by an earlier, failed start: empty
+  prepareClusterHome(target);
+  if (link && fs.readdirSync(dir).length > 0)
+    throw new EmbeddedPostgresError(
+      `${dir} is out of reach of the postgres OS user, which runs the embedded PostgreSQL (Herald runs as root), ` +
+        `and holds files but no cluster. Move them away and start again: the cluster will then live in ${target}.`,
+    );
+  if (link) fs.rmdirSync(dir); // left empty by an earlier, failed start
   fs.symlinkSync(target, dir);
   logger.warn(
     { dir, cluster: target },
