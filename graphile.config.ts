@@ -6,6 +6,7 @@ import type { Keyring } from "./src/crypto/keyring.ts";
 import { ContactsPlugin } from "./src/api/contacts-plugin.ts";
 import { makeMaskError } from "./src/api/errors.ts";
 import { guardPlugins } from "./src/api/guards.ts";
+import { PayloadNamesPlugin } from "./src/api/payload-names-plugin.ts";
 import { STATEMENT_TIMEOUT } from "./src/api/limits.ts";
 import type { Logger } from "./src/logger.ts";
 
@@ -31,7 +32,7 @@ export function makeHeraldPreset(options: {
 }): GraphileConfig.Preset {
   return {
     extends: [PostGraphileAmberPreset],
-    plugins: [...guardPlugins, ContactsPlugin],
+    plugins: [...guardPlugins, ContactsPlugin, PayloadNamesPlugin],
     pgServices: [makePgService({ pool: options.pool, schemas: ["herald_public"] })],
     grafast: {
       async context(requestContext) {

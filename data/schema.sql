@@ -4732,7 +4732,7 @@ grant execute on function herald_public.authenticate_email_domain(text) to heral
     end;
     $function$;
 comment on function herald_public.cancel_message(uuid) is '@resultFieldName message
-Stop a message: every delivery not yet handed to a provider is canceled (scheduled ones never start).';
+Stop a message: every delivery not yet handed to a provider is canceled (scheduled ones never start). The message returned is the state after the cancel: its `stats` already count those deliveries as canceled; deliveries already handed to a provider finish as they will.';
 grant execute on function herald_public.cancel_message(uuid) to herald_member;
 
 -- function herald_public.contacts_conversation(herald_public.contacts,text) returns SETOF herald_public.conversation_entry; sql; stable; set search_path=""
@@ -5012,13 +5012,18 @@ grant execute on function herald_public.lists_member_count(herald_public.lists) 
      STABLE PARALLEL SAFE
      SET search_path TO ''
     AS $function$
-      select status, reason, count(*)::integer
-        from herald_public.deliveries d
-       where d.tenant_id = message.tenant_id and d.message_id = message.id and d.reason is not null
-       group by status, reason
-       order by status, reason;
+      select s.status, s.reason, count(*)::integer
+        from (
+          select case when d.status = 'queued' and message.status = 'canceled' then 'canceled' else d.status end as status,
+                 case when d.status = 'queued' and message.status = 'canceled' then 'message canceled' else d.reason end as reason
+            from herald_public.deliveries d
+           where d.tenant_id = message.tenant_id and d.message_id = message.id
+        ) s
+       where s.reason is not null
+       group by s.status, s.reason
+       order by s.status, s.reason;
     $function$;
-comment on function herald_public.messages_reasons(herald_public.messages) is 'Why deliveries were skipped or failed, or why queued ones wait: counts by status and reason.';
+comment on function herald_public.messages_reasons(herald_public.messages) is 'Why deliveries were skipped, failed or canceled, or why queued ones wait: counts by status and reason.';
 grant execute on function herald_public.messages_reasons(herald_public.messages) to herald_admin;
 grant execute on function herald_public.messages_reasons(herald_public.messages) to herald_member;
 grant execute on function herald_public.messages_reasons(herald_public.messages) to herald_worker;
@@ -5031,20 +5036,24 @@ grant execute on function herald_public.messages_reasons(herald_public.messages)
      SET search_path TO ''
     AS $function$
       select count(*)::integer,
-             count(*) filter (where status = 'queued')::integer,
-             count(*) filter (where status = 'sending')::integer,
-             count(*) filter (where status = 'sent')::integer,
-             count(*) filter (where status = 'delivered')::integer,
-             count(*) filter (where status = 'failed')::integer,
-             count(*) filter (where status = 'undelivered')::integer,
-             count(*) filter (where status = 'skipped')::integer,
-             count(*) filter (where status = 'canceled')::integer,
-             count(*) filter (where status = 'unknown')::integer,
-             count(*) filter (where status = 'queued' and reason is not null)::integer
-        from herald_public.deliveries d
-       where d.tenant_id = message.tenant_id and d.message_id = message.id;
+             count(*) filter (where s.status = 'queued')::integer,
+             count(*) filter (where s.status = 'sending')::integer,
+             count(*) filter (where s.status = 'sent')::integer,
+             count(*) filter (where s.status = 'delivered')::integer,
+             count(*) filter (where s.status = 'failed')::integer,
+             count(*) filter (where s.status = 'undelivered')::integer,
+             count(*) filter (where s.status = 'skipped')::integer,
+             count(*) filter (where s.status = 'canceled')::integer,
+             count(*) filter (where s.status = 'unknown')::integer,
+             count(*) filter (where s.status = 'queued' and s.reason is not null)::integer
+        from (
+          select case when d.status = 'queued' and message.status = 'canceled' then 'canceled' else d.status end as status,
+                 d.reason
+            from herald_public.deliveries d
+           where d.tenant_id = message.tenant_id and d.message_id = message.id
+        ) s;
     $function$;
-comment on function herald_public.messages_stats(herald_public.messages) is 'Deliveries by status.';
+comment on function herald_public.messages_stats(herald_public.messages) is 'Deliveries by status. Once the message is canceled, deliveries still queued count as canceled: none of them will be sent.';
 grant execute on function herald_public.messages_stats(herald_public.messages) to herald_admin;
 grant execute on function herald_public.messages_stats(herald_public.messages) to herald_member;
 grant execute on function herald_public.messages_stats(herald_public.messages) to herald_worker;
@@ -5475,7 +5484,7 @@ grant execute on function herald_public.tenant_settings_keyword_replies(herald_p
         join herald_public.tenant_settings s on s.tenant_id = tenant.id
         left join herald_hidden.monthly_usage u on u.tenant_id = tenant.id and u.month = m.month;
     $function$;
-comment on function herald_public.tenants_usage_this_month(herald_public.tenants) is 'Month to date: messages handed to a provider, the monthly cap and what remains of it.';
+comment on function herald_public.tenants_usage_this_month(herald_public.tenants) is 'Month to date: deliveries handed to a provider (what the monthly cap counts; `messages` counts these deliveries, not send requests), the monthly cap and what remains of it.';
 grant execute on function herald_public.tenants_usage_this_month(herald_public.tenants) to herald_admin;
 grant execute on function herald_public.tenants_usage_this_month(herald_public.tenants) to herald_member;
 

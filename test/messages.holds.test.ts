@@ -141,7 +141,7 @@ describe("scheduling and cancelling", () => {
     const audience = await seedAudience(db.current, t, { count: 40, exchange: exchange++, list: "slow" });
     const messageId = await send(token, { channel: "sms", body: "Stop me", listIds: [audience.listId] });
     await waitFor(async () => received().length >= 3);
-    await graphql(
+    const canceled = await graphql(
       api.current,
       token,
       `
@@ -149,17 +149,42 @@ describe("scheduling and cancelling", () => {
           cancelMessage(input: { messageId: $id }) {
             message {
               status
+              stats {
+                total
+                queued
+                waiting
+                canceled
+              }
+              reasons {
+                nodes {
+                  status
+                  reason
+                  count
+                }
+              }
             }
           }
         }
       `,
       { id: messageId },
     );
+    // The payload is the state after the cancel: nothing left queued, the rest counted as canceled.
+    const after = canceled.body.data!.cancelMessage.message;
+    expect(after.status).toBe("canceled");
+    expect(after.stats).toMatchObject({ total: 40, queued: 0, waiting: 0 });
+    expect(after.stats.canceled).toBeGreaterThan(0);
+    expect(after.reasons.nodes).toContainEqual({
+      status: "canceled",
+      reason: "message canceled",
+      count: after.stats.canceled,
+    });
     const result = await settled(db.current, messageId);
     const sent = result.byStatus.sent ?? 0;
     expect(sent).toBeGreaterThanOrEqual(3);
     expect(sent).toBeLessThan(40);
     expect(sent + (result.byStatus.canceled ?? 0)).toBe(40);
+    // At most the deliveries in flight at the cancel went out after it.
+    expect(result.byStatus.canceled ?? 0).toBeLessThanOrEqual(after.stats.canceled);
     await new Promise((resolve) => setTimeout(resolve, 1_000));
     expect(received()).toHaveLength(sent);
   });

@@ -1,10 +1,15 @@
+import crypto from "node:crypto";
+import fs from "node:fs";
 import http from "node:http";
+import os from "node:os";
+import path from "node:path";
 import { createRequire } from "node:module";
 import express from "express";
 import twilio from "twilio";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createSendGridMailer } from "../src/providers/sendgrid.ts";
 import { createTwilioClient } from "../src/providers/twilio.ts";
+import { persistentEventKeys } from "../src/sandbox/event-key.ts";
 import { createSandbox, type Sandbox } from "../src/sandbox/sandbox.ts";
 
 /** The real twilio and @sendgrid/mail SDKs against the sandbox over HTTP: nothing mocked below the SDK. */
@@ -273,7 +278,7 @@ describe("fault injection", () => {
 });
 
 describe("the /sandbox page", () => {
-  it("lists what was sent by tenant, newest first, with HTML escaped", async () => {
+  it("lists what was sent by the account that sent it, newest first, with HTML escaped", async () => {
     await createTwilioClient(ACCOUNT, url).messages.create({
       to: "+14155550124",
       from: "+14155550100",
@@ -283,7 +288,34 @@ describe("the /sandbox page", () => {
     expect(page).toContain("&lt;script&gt;alert(1)&lt;/script&gt;");
     expect(page).not.toContain("<script>alert(1)</script>");
     expect(page.indexOf("+14155550124")).toBeLessThan(page.indexOf("ada@example.com"));
-    expect(page).toContain("<h2>tenant acme-clinic</h2>");
-    expect(page).toContain("<h2>sendgrid account …mnop</h2>");
+    expect(page).toContain("<h2>Twilio account of tenant acme-clinic</h2>");
+    expect(page).toContain("<h2>SendGrid account …mnop (no tenant has it)</h2>");
+  });
+});
+
+describe("the SendGrid event key", () => {
+  it("is kept in a 0600 file and the same after a restart, so events can be signed by hand", async () => {
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "herald-event-key-"));
+    try {
+      const file = path.join(dir, "sandbox-sendgrid-event-key.pem");
+      const first = createSandbox({ page: false, eventKeys: persistentEventKeys(file) });
+      expect(fs.statSync(file).mode & 0o777).toBe(0o600);
+      const restarted = createSandbox({ page: false, eventKeys: persistentEventKeys(file) });
+      expect(restarted.sendgridPublicKey).toBe(first.sendgridPublicKey);
+      // Signed with the file's private key (as by hand), verified with the sandbox's public key.
+      const body = JSON.stringify([{ event: "delivered" }]);
+      const signature = crypto.sign("sha256", Buffer.from("1700000000" + body), fs.readFileSync(file, "utf8"));
+      const verifier = new EventWebhook();
+      expect(
+        verifier.verifySignature(
+          verifier.convertPublicKeyToECDSA(restarted.sendgridPublicKey),
+          body,
+          signature.toString("base64"),
+          "1700000000",
+        ),
+      ).toBe(true);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 });

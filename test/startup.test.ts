@@ -85,6 +85,18 @@ describe("embedded PostgreSQL", () => {
     }
   });
 
+  it("when initdb fails, shows initdb's own output and what to do", async () => {
+    const stray = path.join(dir, "not-empty");
+    fs.mkdirSync(stray);
+    fs.writeFileSync(path.join(stray, "left-over.txt"), "not a cluster");
+    const attempt = startEmbeddedPostgres({ dir: stray, superuserPassword: "pw-for-tests", logger, disposable: true });
+    await expect(attempt).rejects.toThrow(EmbeddedPostgresError);
+    await expect(attempt).rejects.toThrow(
+      /initdb failed in .*not-empty:\n.*initdb: error: directory .* exists but is not empty/s,
+    );
+    await expect(attempt).rejects.toThrow(/What to do: /);
+  });
+
   it("removes a stale lock file left by a crash and starts", async () => {
     // initialised by the previous test; pretend a crashed server left its lock
     fs.writeFileSync(path.join(clusterDir, "postmaster.pid"), `999999\n${clusterDir}\n0\n5432\n`);

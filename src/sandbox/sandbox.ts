@@ -1,6 +1,8 @@
 import express, { type Request, type Response, type Router } from "express";
 import { createSandboxCore, type SandboxFaults, type SandboxMessage } from "./core.ts";
 import type { InboundAnswer } from "./inbound.ts";
+import { newEventKeys, type EventKeys } from "./event-key.ts";
+import { groupHeading } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
@@ -64,6 +66,8 @@ export function createSandbox(
     page?: boolean;
     /** Where SendGrid events go (Herald's event webhook); none: no events. */
     sendgridEventUrl?: string;
+    /** The key pair that signs SendGrid events (`npm start`: kept in .data/); default: a new one. */
+    eventKeys?: EventKeys;
     /** Pause between a message's callbacks. */
     callbackDelayMs?: number;
     /** Names the tenant behind an account (SID, or …last4 of a SendGrid key) for the page. */
@@ -77,7 +81,10 @@ export function createSandbox(
   const core = createSandboxCore({ keep: options.keep ?? 500, callbackDelayMs: options.callbackDelayMs ?? 50 });
   const router = express.Router();
   const twilio = addTwilioRoutes(router, core);
-  const sendgrid = addSendGridRoutes(router, core, { eventUrl: options.sendgridEventUrl });
+  const sendgrid = addSendGridRoutes(router, core, {
+    eventUrl: options.sendgridEventUrl,
+    eventKeys: options.eventKeys ?? newEventKeys(),
+  });
   const phones = createPhones({
     inboundUrl: options.inboundUrl,
     tokenOf: twilio.tokenOf,
@@ -88,16 +95,11 @@ export function createSandbox(
   if (options.page !== false) {
     router.post("/twilio/inbound", express.urlencoded({ extended: false, limit: "16kb" }), phones.handleForm);
     router.get("/", async (req: Request, res: Response) => {
-      // Grouped by tenant, as far as Herald can tell from the account.
+      // Grouped by the account that sent them: the system's, or a tenant's own (src/sandbox/labels.ts).
       const labels = new Map<string, string>();
       for (const m of core.messages) {
         const key = `${m.provider}/${m.account}`;
-        if (!labels.has(key))
-          labels.set(
-            key,
-            (await options.describeAccount?.(m.provider, m.account).catch(() => undefined)) ??
-              `${m.provider} account ${m.account}`,
-          );
+        if (!labels.has(key)) labels.set(key, await groupHeading(m, options.describeAccount));
       }
       const textInForm = options.inboundUrl
         ? { action: `${req.baseUrl}/twilio/inbound`, exchanges: phones.exchanges }

@@ -1,6 +1,7 @@
-import { generateKeyPairSync, randomBytes } from "node:crypto";
+import { randomBytes } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
 import { outcomeFor, sameSecret, type SandboxCore } from "./core.ts";
+import type { EventKeys } from "./event-key.ts";
 import { sendgridError, sendgridSignature } from "./wire.ts";
 
 /**
@@ -23,6 +24,12 @@ import { sendgridError, sendgridSignature } from "./wire.ts";
 export const SANDBOX_SENDGRID_KEY_PREFIX = "SG.sandbox.";
 /** The system account's key in sandbox mode (no SENDGRID_API_KEY configured). */
 export const SANDBOX_SYSTEM_SENDGRID_KEY = `${SANDBOX_SENDGRID_KEY_PREFIX}system`;
+
+/**
+ * The account column of a SendGrid message: the system key by name (it is
+ * fixed and documented), any other by its last four characters.
+ */
+const sendgridAccount = (apiKey: string) => (apiKey === SANDBOX_SYSTEM_SENDGRID_KEY ? apiKey : `…${apiKey.slice(-4)}`);
 const EMAIL = /^[^\s@]+@[^\s@]+\.[^\s@]+$/;
 
 export interface SandboxSendGrid {
@@ -41,9 +48,9 @@ export interface SandboxSendGrid {
 export function addSendGridRoutes(
   router: Router,
   core: SandboxCore,
-  options: { eventUrl: string | undefined },
+  options: { eventUrl: string | undefined; eventKeys: EventKeys },
 ): SandboxSendGrid {
-  const eventKeys = generateKeyPairSync("ec", { namedCurve: "prime256v1" });
+  const { eventKeys } = options;
   let eventUrl = options.eventUrl;
   const keys = new Set<string>();
   let mailSendRequests = 0;
@@ -133,7 +140,7 @@ export function addSendGridRoutes(
       core.remember({
         id: messageId,
         provider: "sendgrid",
-        account: `…${key.slice(-4)}`,
+        account: sendgridAccount(key),
         channel: "email",
         from: mail.from!.email!,
         to: r.email!,

@@ -6,9 +6,11 @@ export function requestLog(logger: Logger): RequestHandler {
   return (req, res, next) => {
     const started = performance.now();
     res.on("finish", () => {
-      // Method, path and status only: no headers, bodies or query strings (tokens live there).
+      // Method, path and status only: no headers, bodies or query strings (tokens live there). The
+      // path as asked: a router mounted at /graphql that answers (a 401) leaves req.path relative to it.
+      const path = req.originalUrl.split("?")[0];
       logger.info(
-        { method: req.method, path: req.path, status: res.statusCode, ms: Math.round(performance.now() - started) },
+        { method: req.method, path, status: res.statusCode, ms: Math.round(performance.now() - started) },
         "request",
       );
     });

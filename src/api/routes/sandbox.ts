@@ -2,12 +2,8 @@ import type pg from "pg";
 import type { Config } from "../../config.ts";
 import { asAdmin } from "../../db/session.ts";
 import type { Logger } from "../../logger.ts";
-import {
-  createSandbox,
-  SANDBOX_SYSTEM_SENDGRID_KEY,
-  SANDBOX_SYSTEM_TWILIO,
-  type Sandbox,
-} from "../../sandbox/sandbox.ts";
+import { createSandbox, SANDBOX_SYSTEM_TWILIO, type Sandbox } from "../../sandbox/sandbox.ts";
+import { persistentEventKeys } from "../../sandbox/event-key.ts";
 
 /**
  * Without provider credentials, the sandbox stands in for Twilio and SendGrid
@@ -30,6 +26,7 @@ export function sandboxStandIn(config: Config, pool: pg.Pool, logger: Logger): S
     describeAccount: (provider, account) => describeSandboxAccount(pool, provider, account),
     // It calls back as the real services would: Herald's own webhooks, at its public URL.
     sendgridEventUrl: config.sendgrid ? undefined : `${config.publicUrl}/webhooks/sendgrid/events`,
+    eventKeys: config.sendgrid ? undefined : persistentEventKeys(),
     inboundUrl: config.twilio ? undefined : `${config.publicUrl}/webhooks/twilio/sms`,
     resolveNumber: (number, channel) => sandboxAccountOfNumber(pool, number, channel),
   });
@@ -46,8 +43,6 @@ async function describeSandboxAccount(
   provider: "twilio" | "sendgrid",
   account: string,
 ): Promise<string | undefined> {
-  if (account === SANDBOX_SYSTEM_TWILIO.accountSid || account === `…${SANDBOX_SYSTEM_SENDGRID_KEY.slice(-4)}`)
-    return "the system account";
   const slugs = await asAdmin(pool, async (client) =>
     (
       await client.query<{ slug: string }>(
