@@ -103,7 +103,9 @@ create trigger _100_timestamps before insert or update on herald_public.invitati
 
 -- An invitation is used once: accepted or withdrawn, it stays so. Accepting
 -- it (setting accepted_by) is the session's user, whose email it names,
--- presenting its token; the trigger then writes the membership. Definer: the
+-- presenting its token (another token leaves the row untouched, so the
+-- accepting statement may try each of the user's pending invitations without
+-- reading any hash); the trigger then writes the membership. Definer: the
 -- membership is in a tenant the person invited is not signed in to, and the
 -- operators list is private. The token is cleared, never stored.
 create function herald_private.tg_invitations__settle() returns trigger
@@ -122,11 +124,14 @@ begin
     return new;
   end if;
   if new.accepted_by is distinct from herald_public.current_user_id()
-     or public.digest(coalesce(new.presented_token, ''), 'sha256') <> old.token_hash
      or not exists (select 1 from herald_public.users u
                      where u.id = new.accepted_by and u.email operator(public.=) old.email) then
     raise exception 'No such invitation for you: it may have expired, been used or been withdrawn'
       using errcode = 'NTFND';
+  end if;
+  -- Another token: the row is left as it was, as if the statement had not matched it.
+  if public.digest(coalesce(new.presented_token, ''), 'sha256') <> old.token_hash then
+    return null;
   end if;
   new.presented_token := null;
   new.accepted_at := now();
@@ -156,14 +161,12 @@ alter table herald_public.invitations force row level security;
 create policy select_member on herald_public.invitations for select to :DATABASE_MEMBER
   using (tenant_id = (select herald_public.current_tenant_id()) and (select herald_hidden.current_user_is_tenant_admin()));
 comment on policy select_member on herald_public.invitations is E'A tenant''s owners and admins read its invitations.';
--- The person invited, signed in to any tenant: the pending invitations for their own email.
+-- The person invited, signed in to any tenant: the invitations for their own
+-- email (pending or not: an UPDATE's new row must stay readable).
 create policy select_invitee on herald_public.invitations for select to :DATABASE_MEMBER
-  using (
-    email = (select u.email from herald_public.users u where u.id = (select herald_public.current_user_id()))
-    and accepted_at is null and revoked_at is null and expires_at > now()
-  );
+  using (email = (select u.email from herald_public.users u where u.id = (select herald_public.current_user_id())));
 comment on policy select_invitee on herald_public.invitations is
-  E'A signed-in user reads the pending invitations for their own email (accepting one takes its token).';
+  E'A signed-in user reads the invitations for their own email (accepting one takes its token).';
 -- Owners invite anyone, admins invite admins and members; the inviter is the session's user.
 create policy insert_member on herald_public.invitations for insert to :DATABASE_MEMBER
   with check (
@@ -345,23 +348,26 @@ begin
   if herald_public.current_user_id() is null then
     raise exception 'Sign in as the person invited to accept an invitation' using errcode = '42501';
   end if;
-  -- The policies show and let the person invited update their own pending
-  -- invitations; the trigger checks the token and writes the membership.
-  select i.tenant_id, i.id, i.role into v_invitation
-    from herald_public.invitations i
-   where i.token_hash = public.digest(accept_invitation.token, 'sha256')
-     and i.accepted_at is null and i.revoked_at is null and i.expires_at > now();
-  if not found then
-    raise exception 'No such invitation for you: it may have expired, been used or been withdrawn'
-      using errcode = 'NTFND';
-  end if;
-  update herald_public.invitations i
-     set accepted_by = herald_public.current_user_id(), presented_token = accept_invitation.token
-   where i.tenant_id = v_invitation.tenant_id and i.id = v_invitation.id;
-  -- Now a member there, the user reads the tenant (policy select_joined).
-  return row(v_invitation.tenant_id,
-             (select t.slug from herald_public.tenants t where t.id = v_invitation.tenant_id),
-             v_invitation.role)::herald_public.accepted_invitation;
+  -- The policies show the person invited their own pending invitations and
+  -- let them accept one; the trigger checks the token (no request role reads
+  -- a token's hash) and writes the membership.
+  for v_invitation in
+    select i.tenant_id, i.id, i.role from herald_public.invitations i
+     where i.email operator(public.=) (select u.email from herald_public.users u where u.id = herald_public.current_user_id())
+       and i.accepted_at is null and i.revoked_at is null and i.expires_at > now()
+  loop
+    update herald_public.invitations i
+       set accepted_by = herald_public.current_user_id(), presented_token = accept_invitation.token
+     where i.tenant_id = v_invitation.tenant_id and i.id = v_invitation.id;
+    if found then
+      -- Now a member there, the user reads the tenant (policy select_joined).
+      return row(v_invitation.tenant_id,
+                 (select t.slug from herald_public.tenants t where t.id = v_invitation.tenant_id),
+                 v_invitation.role)::herald_public.accepted_invitation;
+    end if;
+  end loop;
+  raise exception 'No such invitation for you: it may have expired, been used or been withdrawn'
+    using errcode = 'NTFND';
 end;
 $$;
 comment on function herald_public.accept_invitation(text) is
