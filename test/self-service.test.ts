@@ -4,7 +4,7 @@ import { enterSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { expectPgError, useTestDatabase, withRootDb } from "./helpers/db.ts";
-import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
+import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 
 /**
  * Tenant self-service (migration 070): owners and admins invite people by
@@ -225,6 +225,53 @@ describe("members", () => {
       // Deleting the tenant takes its last owner with it.
       await c.query("delete from herald_public.tenants where id = $1", [a.id]);
     });
+  });
+});
+
+describe("the last owner, concurrently", () => {
+  it("two owners demoting each other at once: the second waits for the first, then is refused", async () => {
+    const c = await seedExtraTenant(db.current, "tenant-c");
+    await db.current.root.query(
+      "update herald_public.memberships set role = 'owner' where tenant_id = $1 and user_id = $2",
+      [c.id, c.memberId],
+    );
+    const first = await db.current.authenticator.connect();
+    const second = await db.current.authenticator.connect();
+    try {
+      await first.query("begin");
+      await enterSession(first, ownerOf(c));
+      await first.query("select herald_public.change_member_role($1, 'member')", [c.ownerId]);
+      await second.query("begin");
+      await enterSession(second, memberOf(c)); // the other owner
+      let settled = false;
+      const demotingSelf = second
+        .query("select herald_public.change_member_role($1, 'member')", [c.memberId])
+        .then(
+          () => undefined,
+          (error: { code?: string }) => error.code,
+        )
+        .finally(() => (settled = true));
+      // Commit the first only once the second has either finished or is waiting for its lock.
+      for (let waited = 0; !settled && waited < 100; waited++) {
+        const waiting = await db.current.root.query(
+          "select 1 from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock'",
+        );
+        if (waiting.rowCount) break;
+        await new Promise((resolve) => setTimeout(resolve, 50));
+      }
+      await first.query("commit");
+      expect(await demotingSelf).toBe("LSTOW");
+      await second.query("rollback");
+    } finally {
+      await first.query("rollback").catch(() => undefined);
+      first.release();
+      second.release();
+    }
+    const owners = await db.current.root.query(
+      "select user_id from herald_public.memberships where tenant_id = $1 and role = 'owner'",
+      [c.id],
+    );
+    expect(owners.rows).toEqual([{ user_id: c.memberId }]);
   });
 });
 
