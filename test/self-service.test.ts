@@ -424,6 +424,62 @@ describe("isolation", () => {
     expect(withdrawn.body.data!.revokeInvitation.result.revokedAt).toBeTruthy();
   });
 
+  it("through GraphQL: the person invited accepts, signed in to their own tenant, then acts in the new one", async () => {
+    const invited = await graphql(
+      api.current,
+      await tokenFor(api.current, a, "owner"),
+      `mutation { inviteMember(input: { email: "member@${b.slug}.test" }) { result { token role } } }`,
+    );
+    expect(invited.body.errors).toBeUndefined();
+    expect(invited.body.data!.inviteMember.result.role).toBe("member");
+    const accepted = await graphql(
+      api.current,
+      await tokenFor(api.current, b, "member"),
+      `
+        mutation ($token: String!) {
+          acceptInvitation(input: { token: $token }) {
+            result {
+              tenantId
+              tenantSlug
+              role
+            }
+          }
+        }
+      `,
+      { token: invited.body.data!.inviteMember.result.token },
+    );
+    expect(accepted.body.errors).toBeUndefined();
+    expect(accepted.body.data!.acceptInvitation.result).toEqual({ tenantId: a.id, tenantSlug: a.slug, role: "member" });
+    // A token for A now works for that user (the API checks the membership on every request).
+    const inA = await api.current.authenticator.sign({ role: ROLES.member, tenant_id: a.id, sub: b.memberId });
+    const left = await graphql(
+      api.current,
+      inA,
+      `
+        mutation {
+          leaveTenant(input: {}) {
+            result
+          }
+        }
+      `,
+    );
+    expect(left.body.errors).toBeUndefined();
+    expect(left.body.data!.leaveTenant.result).toBe(true);
+    expect(
+      (
+        await graphql(
+          api.current,
+          inA,
+          `
+            {
+              currentTenantId
+            }
+          `,
+        )
+      ).status,
+    ).toBe(401);
+  });
+
   it("through GraphQL: operators create tenants, members may not", async () => {
     const admin = await api.current.authenticator.sign({ role: ROLES.admin });
     const query = `mutation { createTenant(input: { slug: "made-by-ops", name: "Made by ops" }) { result { slug } } }`;
