@@ -51,8 +51,10 @@ create extension pgcrypto schema public;
 create type herald_hidden.inbound_result as (inbound_message_id uuid, contact_id uuid, duplicate boolean, keyword text, reply text);
 create type herald_private.api_key_identity as (tenant_id uuid, api_key_id uuid);
 create type herald_private.login_identity as (user_id uuid, tenant_id uuid, tenant_slug public.citext, membership_role text);
+create type herald_public.accepted_invitation as (tenant_id uuid, tenant_slug public.citext, role text);
 create type herald_public.conversation_entry as (direction text, channel text, at timestamp with time zone, body text, status text, keyword text, tenant_address text, message_id uuid, delivery_id uuid, inbound_message_id uuid);
 create type herald_public.created_api_key as (api_key_id uuid, name text, token_prefix text, secret text);
+create type herald_public.created_invitation as (invitation_id uuid, email public.citext, role text, expires_at timestamp with time zone, token text);
 create type herald_public.created_webhook_endpoint as (webhook_endpoint_id uuid, url text, secret text);
 create type herald_public.keyword_replies as (help text, stop text, start text);
 create type herald_public.message_reason_count as (status text, reason text, count integer);
@@ -1109,6 +1111,98 @@ grant select on herald_public.inbound_messages to herald_member;
 grant select on herald_public.inbound_messages to herald_worker;
 grant update (body_encrypted, from_encrypted, key_version) on herald_public.inbound_messages to herald_worker;
 
+create table herald_public.invitations (
+  tenant_id uuid not null
+    default herald_public.current_tenant_id(),
+  id uuid not null
+    default gen_random_uuid(),
+  email public.citext not null,
+  role text not null
+    default 'member'::text,
+  token_hash bytea not null,
+  invited_by uuid,
+  expires_at timestamp with time zone not null
+    default (now() + '7 days'::interval),
+  accepted_at timestamp with time zone,
+  accepted_by uuid,
+  revoked_at timestamp with time zone,
+  presented_token text,
+  created_at timestamp with time zone not null
+    default now(),
+  updated_at timestamp with time zone not null
+    default now(),
+  constraint invitations_accepted_by_fkey
+    FOREIGN KEY (accepted_by) REFERENCES herald_public.users(id) ON DELETE SET NULL,
+  constraint invitations_email_format
+    CHECK ((email OPERATOR(public.~) '^[^@\s]+@[^@\s]+\.[^@\s]+$'::public.citext)),
+  constraint invitations_invited_by_fkey
+    FOREIGN KEY (invited_by) REFERENCES herald_public.users(id) ON DELETE SET NULL,
+  constraint invitations_pkey
+    PRIMARY KEY (tenant_id, id),
+  constraint invitations_role_valid
+    CHECK ((role = ANY (ARRAY['owner'::text, 'admin'::text, 'member'::text]))),
+  constraint invitations_tenant_id_fkey
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE,
+  constraint invitations_token_hash_key
+    UNIQUE (tenant_id, token_hash),
+  constraint invitations_token_not_kept
+    CHECK ((presented_token IS NULL)),
+  constraint invitations_used_once
+    CHECK (((accepted_at IS NULL) OR (revoked_at IS NULL)))
+);
+alter table herald_public.invitations enable row level security;
+alter table herald_public.invitations force row level security;
+    CREATE INDEX invitations_by_email ON herald_public.invitations USING btree (tenant_id, email);
+    CREATE INDEX invitations_by_token_hash ON herald_public.invitations USING btree (token_hash);
+-- trigger _100_timestamps on herald_public.invitations
+    CREATE TRIGGER _100_timestamps BEFORE INSERT OR UPDATE ON herald_public.invitations FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+-- trigger _200_settle on herald_public.invitations
+    CREATE TRIGGER _200_settle BEFORE UPDATE ON herald_public.invitations FOR EACH ROW EXECUTE FUNCTION herald_private.tg_invitations__settle();
+-- trigger _900_audit_delete on herald_public.invitations
+    CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.invitations REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+-- trigger _900_audit_insert on herald_public.invitations
+    CREATE TRIGGER _900_audit_insert AFTER INSERT ON herald_public.invitations REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+-- trigger _900_audit_update on herald_public.invitations
+    CREATE TRIGGER _900_audit_update AFTER UPDATE ON herald_public.invitations REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+create policy delete_admin on herald_public.invitations as permissive for delete to herald_admin
+    using (true);
+comment on policy delete_admin on herald_public.invitations is 'Operators delete any invitation.';
+create policy insert_member on herald_public.invitations as permissive for insert to herald_member
+    with check (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin) AND ((role <> 'owner'::text) OR ( SELECT herald_hidden.current_user_is_tenant_owner() AS current_user_is_tenant_owner)) AND (NOT (invited_by IS DISTINCT FROM ( SELECT herald_public.current_user_id() AS current_user_id)))));
+comment on policy insert_member on herald_public.invitations is 'Owners invite with any role, admins invite admins and members, naming themselves as the inviter.';
+create policy select_admin on herald_public.invitations as permissive for select to herald_admin
+    using (true);
+comment on policy select_admin on herald_public.invitations is 'Operators read every tenant''s invitations.';
+create policy select_invitee on herald_public.invitations as permissive for select to herald_member
+    using ((email OPERATOR(public.=) ( SELECT u.email
+       FROM herald_public.users u
+      WHERE (u.id = ( SELECT herald_public.current_user_id() AS current_user_id)))));
+comment on policy select_invitee on herald_public.invitations is 'A signed-in user reads the invitations for their own email (accepting one takes its token).';
+create policy select_member on herald_public.invitations as permissive for select to herald_member
+    using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)));
+comment on policy select_member on herald_public.invitations is 'A tenant''s owners and admins read its invitations.';
+create policy update_invitee on herald_public.invitations as permissive for update to herald_member
+    using (((email OPERATOR(public.=) ( SELECT u.email
+       FROM herald_public.users u
+      WHERE (u.id = ( SELECT herald_public.current_user_id() AS current_user_id)))) AND (accepted_at IS NULL) AND (revoked_at IS NULL) AND (expires_at > now())))
+    with check ((accepted_by = ( SELECT herald_public.current_user_id() AS current_user_id)));
+comment on policy update_invitee on herald_public.invitations is 'The person invited accepts the invitation as themself, presenting its token (checked by the _200_settle trigger).';
+create policy update_member on herald_public.invitations as permissive for update to herald_member
+    using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)))
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy update_member on herald_public.invitations is 'A tenant''s owners and admins withdraw its invitations.';
+comment on table herald_public.invitations is '@behavior -insert -update -delete
+An invitation to join a tenant with a role, for an email. Created with `inviteMember`, withdrawn with `revokeInvitation`, accepted by the person invited with `acceptInvitation`. A tenant''s owners and admins read its invitations.';
+comment on column herald_public.invitations.expires_at is 'After this, the invitation can no longer be accepted.';
+comment on column herald_public.invitations.presented_token is '@behavior -*';
+comment on column herald_public.invitations.token_hash is '@behavior -*';
+comment on constraint invitations_token_hash_key on herald_public.invitations is '@behavior -*';
+grant delete on herald_public.invitations to herald_admin;
+grant insert (email, invited_by, role, tenant_id, token_hash) on herald_public.invitations to herald_member;
+grant select (accepted_at, accepted_by, created_at, email, expires_at, id, invited_by, revoked_at, role, tenant_id, updated_at) on herald_public.invitations to herald_admin;
+grant select (accepted_at, accepted_by, created_at, email, expires_at, id, invited_by, revoked_at, role, tenant_id, updated_at) on herald_public.invitations to herald_member;
+grant update (accepted_by, presented_token, revoked_at) on herald_public.invitations to herald_member;
+
 create table herald_public.list_members (
   tenant_id uuid not null
     default herald_public.current_tenant_id(),
@@ -1239,6 +1333,10 @@ alter table herald_public.memberships force row level security;
     CREATE INDEX memberships_user_id_idx ON herald_public.memberships USING btree (user_id);
 -- trigger _100_timestamps on herald_public.memberships
     CREATE TRIGGER _100_timestamps BEFORE INSERT OR UPDATE ON herald_public.memberships FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+-- trigger _300_keep_an_owner on herald_public.memberships
+    CREATE TRIGGER _300_keep_an_owner BEFORE DELETE OR UPDATE ON herald_public.memberships FOR EACH ROW EXECUTE FUNCTION herald_private.tg_memberships__keep_an_owner();
+-- trigger _300_no_operator_members on herald_public.memberships
+    CREATE TRIGGER _300_no_operator_members BEFORE INSERT OR UPDATE OF user_id ON herald_public.memberships FOR EACH ROW EXECUTE FUNCTION herald_private.tg_memberships__no_operator_members();
 -- trigger _900_audit_delete on herald_public.memberships
     CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.memberships REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('user_id', '');
 -- trigger _900_audit_insert on herald_public.memberships
@@ -1247,6 +1345,9 @@ alter table herald_public.memberships force row level security;
     CREATE TRIGGER _900_audit_update AFTER UPDATE ON herald_public.memberships REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('user_id', '');
 create policy delete_definer on herald_public.memberships as permissive for delete to herald_owner
     using (true);
+create policy delete_member on herald_public.memberships as permissive for delete to herald_member
+    using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ((user_id = ( SELECT herald_public.current_user_id() AS current_user_id)) OR ( SELECT herald_hidden.current_user_is_tenant_owner() AS current_user_is_tenant_owner))));
+comment on policy delete_member on herald_public.memberships is 'A tenant''s owners remove its members; every user may leave.';
 create policy insert_definer on herald_public.memberships as permissive for insert to herald_owner
     with check (true);
 create policy select_admin on herald_public.memberships as permissive for select to herald_admin
@@ -1255,14 +1356,23 @@ create policy select_definer on herald_public.memberships as permissive for sele
     using (true);
 create policy select_member on herald_public.memberships as permissive for select to herald_member, herald_worker
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+create policy select_self on herald_public.memberships as permissive for select to herald_member
+    using ((user_id = ( SELECT herald_public.current_user_id() AS current_user_id)));
+comment on policy select_self on herald_public.memberships is 'A signed-in user reads their own memberships.';
 create policy update_definer on herald_public.memberships as permissive for update to herald_owner
     using (true)
     with check (true);
+create policy update_member on herald_public.memberships as permissive for update to herald_member
+    using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_owner() AS current_user_is_tenant_owner)))
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy update_member on herald_public.memberships is 'A tenant''s owners change its members'' roles.';
 comment on table herald_public.memberships is '@behavior -insert -update -delete
-A user''s role within one tenant. Granted by operators through `herald user create` (audited in the tenant''s log).';
+A user''s role within one tenant. Owners and admins invite people (`inviteMember`), owners change roles (`changeMemberRole`) and remove members (`removeMember`), users leave (`leaveTenant`); operators add people with `herald user create`. Every change is in the tenant''s audit log.';
+grant delete on herald_public.memberships to herald_member;
 grant select on herald_public.memberships to herald_admin;
 grant select on herald_public.memberships to herald_member;
 grant select on herald_public.memberships to herald_worker;
+grant update (role) on herald_public.memberships to herald_member;
 
 create table herald_public.messages (
   tenant_id uuid not null
@@ -1904,6 +2014,11 @@ create policy select_admin on herald_public.tenants as permissive for select to 
     using (true);
 create policy select_definer on herald_public.tenants as permissive for select to herald_owner
     using (true);
+create policy select_joined on herald_public.tenants as permissive for select to herald_member
+    using ((id IN ( SELECT m.tenant_id
+       FROM herald_public.memberships m
+      WHERE (m.user_id = ( SELECT herald_public.current_user_id() AS current_user_id)))));
+comment on policy select_joined on herald_public.tenants is 'A signed-in user reads the tenants they belong to.';
 create policy select_member on herald_public.tenants as permissive for select to herald_member, herald_worker
     using ((id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 create policy update_admin on herald_public.tenants as permissive for update to herald_admin
@@ -2491,6 +2606,22 @@ grant execute on function herald_hidden.current_hash_key_version() to herald_wor
       );
     $function$;
 grant execute on function herald_hidden.current_user_is_tenant_admin() to herald_member;
+
+-- function herald_hidden.current_user_is_tenant_owner() returns boolean; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.current_user_is_tenant_owner()
+     RETURNS boolean
+     LANGUAGE sql
+     STABLE PARALLEL SAFE
+     SET search_path TO ''
+    AS $function$
+      select exists (
+        select 1 from herald_public.memberships m
+        where m.tenant_id = (select herald_public.current_tenant_id())
+          and m.user_id = (select herald_public.current_user_id())
+          and m.role = 'owner'
+      );
+    $function$;
+grant execute on function herald_hidden.current_user_is_tenant_owner() to herald_member;
 
 -- function herald_hidden.data_key(smallint) returns text; sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.data_key(version smallint)
@@ -4415,6 +4546,86 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
     end;
     $function$;
 
+-- function herald_private.tg_invitations__settle() returns trigger; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_invitations__settle()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      if old.accepted_at is not null or old.revoked_at is not null or old.expires_at <= now() then
+        raise exception 'No such invitation for you: it may have expired, been used or been withdrawn'
+          using errcode = 'NTFND';
+      end if;
+      if new.accepted_by is not distinct from old.accepted_by then
+        if new.accepted_at is not null or new.presented_token is not null then
+          raise exception 'An invitation is accepted by the person invited' using errcode = '42501';
+        end if;
+        return new;
+      end if;
+      if new.accepted_by is distinct from herald_public.current_user_id()
+         or not exists (select 1 from herald_public.users u
+                         where u.id = new.accepted_by and u.email operator(public.=) old.email) then
+        raise exception 'No such invitation for you: it may have expired, been used or been withdrawn'
+          using errcode = 'NTFND';
+      end if;
+      -- Another token: the row is left as it was, as if the statement had not matched it.
+      if public.digest(coalesce(new.presented_token, ''), 'sha256') <> old.token_hash then
+        return null;
+      end if;
+      new.presented_token := null;
+      new.accepted_at := now();
+      new.revoked_at := null;
+      begin
+        insert into herald_public.memberships (tenant_id, user_id, role) values (old.tenant_id, new.accepted_by, old.role);
+      exception when unique_violation then
+        raise exception 'You already belong to this tenant' using errcode = '23505', constraint = 'memberships_pkey';
+      end;
+      return new;
+    end;
+    $function$;
+
+-- function herald_private.tg_memberships__keep_an_owner() returns trigger; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_memberships__keep_an_owner()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      if old.role <> 'owner' or (tg_op = 'UPDATE' and new.role = 'owner') then
+        return coalesce(new, old);
+      end if;
+      if not exists (select 1 from herald_public.tenants t where t.id = old.tenant_id) then
+        return old;  -- the tenant is being deleted
+      end if;
+      perform 1 from herald_public.memberships m where m.tenant_id = old.tenant_id and m.role = 'owner' for update;
+      if not exists (select 1 from herald_public.memberships m
+                      where m.tenant_id = old.tenant_id and m.role = 'owner' and m.user_id <> old.user_id) then
+        raise exception 'A tenant keeps at least one owner: make another member an owner first'
+          using errcode = 'LSTOW';
+      end if;
+      return coalesce(new, old);
+    end;
+    $function$;
+
+-- function herald_private.tg_memberships__no_operator_members() returns trigger; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_memberships__no_operator_members()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      if exists (select 1 from herald_private.operators o where o.user_id = new.user_id) then
+        raise exception 'A platform operator cannot grant itself a membership: a tenant''s owner or admin adds its people'
+          using errcode = 'OPSLF';
+      end if;
+      return new;
+    end;
+    $function$;
+
 -- function herald_private.tg_messages__cancel() returns trigger; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.tg_messages__cancel()
      RETURNS trigger
@@ -4649,6 +4860,44 @@ comment on function herald_public."current_user"() is 'The signed-in user; null 
 grant execute on function herald_public."current_user"() to herald_admin;
 grant execute on function herald_public."current_user"() to herald_member;
 
+-- function herald_public.accept_invitation(text) returns herald_public.accepted_invitation; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.accept_invitation(token text)
+     RETURNS herald_public.accepted_invitation
+     LANGUAGE plpgsql
+     STRICT
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_invitation record;
+    begin
+      if herald_public.current_user_id() is null then
+        raise exception 'Sign in as the person invited to accept an invitation' using errcode = '42501';
+      end if;
+      -- The policies show the person invited their own pending invitations and
+      -- let them accept one; the trigger checks the token (no request role reads
+      -- a token's hash) and writes the membership.
+      for v_invitation in
+        select i.tenant_id, i.id, i.role from herald_public.invitations i
+         where i.email operator(public.=) (select u.email from herald_public.users u where u.id = herald_public.current_user_id())
+           and i.accepted_at is null and i.revoked_at is null and i.expires_at > now()
+      loop
+        update herald_public.invitations i
+           set accepted_by = herald_public.current_user_id(), presented_token = accept_invitation.token
+         where i.tenant_id = v_invitation.tenant_id and i.id = v_invitation.id;
+        if found then
+          -- Now a member there, the user reads the tenant (policy select_joined).
+          return row(v_invitation.tenant_id,
+                     (select t.slug from herald_public.tenants t where t.id = v_invitation.tenant_id),
+                     v_invitation.role)::herald_public.accepted_invitation;
+        end if;
+      end loop;
+      raise exception 'No such invitation for you: it may have expired, been used or been withdrawn'
+        using errcode = 'NTFND';
+    end;
+    $function$;
+comment on function herald_public.accept_invitation(text) is 'Accepts an invitation as the signed-in user (of any tenant), whose email it must name, and joins its tenant with its role. Then sign in to that tenant.';
+grant execute on function herald_public.accept_invitation(text) to herald_member;
+
 -- function herald_public.add_suppression(text,text,text,text) returns herald_public.suppressions; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.add_suppression(kind text, address text, reason text DEFAULT 'manual'::text, note text DEFAULT NULL::text)
      RETURNS herald_public.suppressions
@@ -4734,6 +4983,31 @@ grant execute on function herald_public.authenticate_email_domain(text) to heral
 comment on function herald_public.cancel_message(uuid) is '@resultFieldName message
 Stop a message: every delivery not yet handed to a provider is canceled (scheduled ones never start). The message returned is the state after the cancel: its `stats` already count those deliveries as canceled; deliveries already handed to a provider finish as they will.';
 grant execute on function herald_public.cancel_message(uuid) to herald_member;
+
+-- function herald_public.change_member_role(uuid,text) returns herald_public.memberships; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.change_member_role(user_id uuid, role text)
+     RETURNS herald_public.memberships
+     LANGUAGE plpgsql
+     STRICT
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_membership herald_public.memberships;
+    begin
+      if not herald_hidden.current_user_is_tenant_owner() then
+        raise exception 'Only a tenant''s owners change roles' using errcode = '42501';
+      end if;
+      update herald_public.memberships m set "role" = change_member_role.role
+       where m.tenant_id = herald_public.current_tenant_id() and m.user_id = change_member_role.user_id
+      returning m.* into v_membership;
+      if not found then
+        raise exception 'No such member in this tenant' using errcode = 'NTFND';
+      end if;
+      return v_membership;
+    end;
+    $function$;
+comment on function herald_public.change_member_role(uuid,text) is 'Changes a member''s role in the current tenant (owners only; a tenant keeps at least one owner).';
+grant execute on function herald_public.change_member_role(uuid,text) to herald_member;
 
 -- function herald_public.contacts_conversation(herald_public.contacts,text) returns SETOF herald_public.conversation_entry; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.contacts_conversation(contact herald_public.contacts, channel text DEFAULT NULL::text)
@@ -4859,6 +5133,18 @@ grant execute on function herald_public.create_api_key(text) to herald_member;
     $function$;
 comment on function herald_public.create_provider_account(text,text,text,text,text,text) is 'Add a Twilio (`kind: "twilio"`, with `twilioAccountSid`) or SendGrid account. The secret is stored encrypted and never returned.';
 grant execute on function herald_public.create_provider_account(text,text,text,text,text,text) to herald_member;
+
+-- function herald_public.create_tenant(public.citext,text) returns herald_public.tenants; sql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.create_tenant(slug public.citext, name text)
+     RETURNS herald_public.tenants
+     LANGUAGE sql
+     STRICT
+     SET search_path TO ''
+    AS $function$
+      insert into herald_public.tenants (slug, name) values (create_tenant.slug, create_tenant.name) returning *;
+    $function$;
+comment on function herald_public.create_tenant(public.citext,text) is 'Creates a tenant with default settings (platform operators only). Add its first owner with `herald user create --role owner`.';
+grant execute on function herald_public.create_tenant(public.citext,text) to herald_admin;
 
 -- function herald_public.create_webhook_endpoint(text,text[],text) returns herald_public.created_webhook_endpoint; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.create_webhook_endpoint(url text, event_types text[], description text DEFAULT NULL::text)
@@ -4990,6 +5276,62 @@ grant execute on function herald_public.inbound_messages_from(herald_public.inbo
 grant execute on function herald_public.inbound_messages_from(herald_public.inbound_messages) to herald_member;
 grant execute on function herald_public.inbound_messages_from(herald_public.inbound_messages) to herald_worker;
 
+-- function herald_public.invite_member(public.citext,text) returns herald_public.created_invitation; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.invite_member(email public.citext, role text DEFAULT 'member'::text)
+     RETURNS herald_public.created_invitation
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_role text := coalesce(invite_member.role, 'member');
+      v_token text := 'hi_' || pg_catalog.encode(public.gen_random_bytes(24), 'hex');
+      v_id uuid;
+      v_expires timestamptz;
+    begin
+      if v_tenant is null then
+        raise exception 'No tenant in this request' using errcode = 'NOTNT';
+      end if;
+      -- Said plainly here; the insert policy refuses it anyway.
+      if not herald_hidden.current_user_is_tenant_admin()
+         or (v_role = 'owner' and not herald_hidden.current_user_is_tenant_owner()) then
+        raise exception 'Only a tenant''s owners invite owners, and only its owners and admins invite anyone'
+          using errcode = '42501';
+      end if;
+      if exists (select 1 from herald_public.memberships m join herald_public.users u on u.id = m.user_id
+                  where m.tenant_id = v_tenant and u.email operator(public.=) invite_member.email) then
+        raise exception 'email: % already belongs to this tenant', invite_member.email
+          using errcode = '23505', constraint = 'memberships_pkey', column = 'email';
+      end if;
+      -- A new invitation replaces a pending one for the same email.
+      update herald_public.invitations i set revoked_at = now()
+       where i.tenant_id = v_tenant and i.email operator(public.=) invite_member.email
+         and i.accepted_at is null and i.revoked_at is null;
+      insert into herald_public.invitations (tenant_id, email, role, token_hash, invited_by)
+      values (v_tenant, invite_member.email, v_role, public.digest(v_token, 'sha256'), herald_public.current_user_id())
+      returning id, expires_at into v_id, v_expires;
+      return row(v_id, invite_member.email, v_role, v_expires, v_token)::herald_public.created_invitation;
+    end;
+    $function$;
+comment on function herald_public.invite_member(public.citext,text) is 'Invites an email to the current tenant with a role (`owner`, `admin` or `member`): owners and admins invite, only owners invite owners. Returns the token once; it works once, within 7 days.';
+grant execute on function herald_public.invite_member(public.citext,text) to herald_member;
+
+-- function herald_public.leave_tenant() returns boolean; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.leave_tenant()
+     RETURNS boolean
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    begin
+      if herald_public.current_user_id() is null then
+        raise exception 'Only a signed-in user leaves a tenant' using errcode = '42501';
+      end if;
+      return herald_public.remove_member(herald_public.current_user_id());
+    end;
+    $function$;
+comment on function herald_public.leave_tenant() is 'The signed-in user leaves the current tenant (not as its last owner); their tokens for it stop working.';
+grant execute on function herald_public.leave_tenant() to herald_member;
+
 -- function herald_public.lists_member_count(herald_public.lists) returns integer; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.lists_member_count(list herald_public.lists)
      RETURNS integer
@@ -5082,6 +5424,29 @@ grant execute on function herald_public.ping() to herald_member;
     $function$;
 comment on function herald_public.ping_answered_at(uuid) is 'When a worker answered the ping; null while it waits (or for another tenant''s ping).';
 grant execute on function herald_public.ping_answered_at(uuid) to herald_member;
+
+-- function herald_public.remove_member(uuid) returns boolean; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.remove_member(user_id uuid)
+     RETURNS boolean
+     LANGUAGE plpgsql
+     STRICT
+     SET search_path TO ''
+    AS $function$
+    begin
+      if remove_member.user_id is distinct from herald_public.current_user_id()
+         and not herald_hidden.current_user_is_tenant_owner() then
+        raise exception 'Only a tenant''s owners remove members' using errcode = '42501';
+      end if;
+      delete from herald_public.memberships m
+       where m.tenant_id = herald_public.current_tenant_id() and m.user_id = remove_member.user_id;
+      if not found then
+        raise exception 'No such member in this tenant' using errcode = 'NTFND';
+      end if;
+      return true;
+    end;
+    $function$;
+comment on function herald_public.remove_member(uuid) is 'Removes a member from the current tenant (owners only; a tenant keeps at least one owner). Their tokens stop working at once.';
+grant execute on function herald_public.remove_member(uuid) to herald_member;
 
 -- function herald_public.replay_webhook_delivery(uuid) returns herald_public.webhook_deliveries; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.replay_webhook_delivery(webhook_delivery_id uuid)
@@ -5197,6 +5562,31 @@ grant execute on function herald_public.resume_tenant(uuid) to herald_admin;
 comment on function herald_public.revoke_api_key(uuid) is 'Revokes an API key of the current tenant; it stops authenticating at once.';
 grant execute on function herald_public.revoke_api_key(uuid) to herald_admin;
 grant execute on function herald_public.revoke_api_key(uuid) to herald_member;
+
+-- function herald_public.revoke_invitation(uuid) returns herald_public.invitations; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.revoke_invitation(invitation_id uuid)
+     RETURNS herald_public.invitations
+     LANGUAGE plpgsql
+     STRICT
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_invitation herald_public.invitations;
+    begin
+      update herald_public.invitations i set revoked_at = now()
+       where i.tenant_id = herald_public.current_tenant_id() and i.id = revoke_invitation.invitation_id
+         and i.accepted_at is null and i.revoked_at is null
+      returning i.tenant_id, i.id, i.email, i.role, null::bytea, i.invited_by, i.expires_at, i.accepted_at,
+                i.accepted_by, i.revoked_at, i.created_at, i.updated_at
+      into v_invitation;
+      if not found then
+        raise exception 'No pending invitation with that id in this tenant' using errcode = 'NTFND';
+      end if;
+      return v_invitation;
+    end;
+    $function$;
+comment on function herald_public.revoke_invitation(uuid) is 'Withdraws a pending invitation of the current tenant (owners and admins); its token stops working.';
+grant execute on function herald_public.revoke_invitation(uuid) to herald_member;
 
 -- function herald_public.search_contacts(uuid,uuid) returns SETOF herald_public.contacts; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.search_contacts(tag_id uuid DEFAULT NULL::uuid, list_id uuid DEFAULT NULL::uuid)

@@ -101,3 +101,30 @@ export async function findMembershipUser(
   );
   return rows[0];
 }
+
+/**
+ * Removes a membership, as the authenticator through herald_private.revoke_membership
+ * (audited like a grant). False when the user was not a member. A tenant's last owner
+ * is refused by the table's trigger (LSTOW).
+ */
+export async function revokeMembership(
+  pool: pg.Pool,
+  input: { tenantId: string; userId: string; actorDetail: string },
+): Promise<boolean> {
+  const client = await pool.connect();
+  try {
+    await client.query("begin");
+    await client.query("select set_config('herald.actor_detail', $1, true)", [input.actorDetail.slice(0, 100)]);
+    const { rows } = await client.query<{ removed: boolean }>(
+      "select herald_private.revoke_membership($1, $2) as removed",
+      [input.tenantId, input.userId],
+    );
+    await client.query("commit");
+    return rows[0]!.removed;
+  } catch (error) {
+    await client.query("rollback").catch(() => undefined);
+    throw error;
+  } finally {
+    client.release();
+  }
+}

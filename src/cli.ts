@@ -36,6 +36,7 @@ import { projectRoot } from "./paths.ts";
 import { reportStartupError } from "./startup-errors.ts";
 import { registerContactCommands } from "./cli/contacts.ts";
 import { registerKeyCommands } from "./cli/keys.ts";
+import { registerMemberCommands } from "./cli/members.ts";
 import { registerUsageCommand } from "./cli/usage.ts";
 import {
   asOperator,
@@ -408,6 +409,7 @@ async function readStdin(): Promise<string> {
 registerContactCommands(program);
 registerKeyCommands(program);
 registerUsageCommand(program);
+registerMemberCommands(program, user);
 
 program.parseAsync().catch((error: unknown) => {
   if (error instanceof CliError) {

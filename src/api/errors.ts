@@ -35,6 +35,8 @@ const HERALD_CODES: Record<string, string> = {
   NTFND: "NOT_FOUND",
   NOKEY: "NO_KEY",
   NOSND: "NOT_OWN_SENDER",
+  LSTOW: "LAST_OWNER",
+  OPSLF: "FORBIDDEN",
 };
 
 function translate(pgError: PgError): { message: string; code: string; field?: string } | undefined {

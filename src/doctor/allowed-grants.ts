@@ -87,6 +87,10 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     admin: ["DELETE", "SELECT"],
     worker: ["INSERT(account, auto_reply, body_encrypted, channel, contact_id, from_encrypted, key_version, keyword, media_count, provider_account_id, provider_message_id, sender_number_id, tenant_id, to_number)", "SELECT", "UPDATE(body_encrypted, from_encrypted, key_version)"],
   },
+  "herald_public.invitations": {
+    member: ["INSERT(email, invited_by, role, tenant_id, token_hash)", "SELECT(accepted_at, accepted_by, created_at, email, expires_at, id, invited_by, revoked_at, role, tenant_id, updated_at)", "UPDATE(accepted_by, presented_token, revoked_at)"],
+    admin: ["DELETE", "SELECT(accepted_at, accepted_by, created_at, email, expires_at, id, invited_by, revoked_at, role, tenant_id, updated_at)"],
+  },
   "herald_public.list_members": {
     member: ["DELETE", "INSERT(contact_id, list_id, tenant_id)", "SELECT"],
     admin: ["DELETE", "SELECT"],
@@ -98,7 +102,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["INSERT(description, id, name, tenant_id)", "SELECT"],
   },
   "herald_public.memberships": {
-    member: ["SELECT"],
+    member: ["DELETE", "SELECT", "UPDATE(role)"],
     admin: ["SELECT"],
     worker: ["SELECT"],
   },

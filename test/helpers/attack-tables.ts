@@ -20,6 +20,7 @@ export interface AttackTenant extends TenantFixture {
   emailDomainId: string;
   providerTestId: string;
   providerReportId: string;
+  invitationId: string;
 }
 
 export interface TableSpec {
@@ -91,7 +92,14 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
        values ($1, 'twilio', $2, 'delivered', 'delivered', 'attack-fixture') returning id`,
       [t.id, t.deliveryId],
     );
+    // A pending invitation (written as superuser: no request role inserts one itself).
+    const invitation = await c.query<{ id: string }>(
+      `insert into herald_public.invitations (tenant_id, email, role, token_hash)
+       values ($1, $2, 'admin', public.digest($3, 'sha256')) returning id`,
+      [t.id, `invited@${t.slug}.test`, `hi_attack-fixture-${t.slug}`],
+    );
     return {
+      invitationId: invitation.rows[0]!.id,
       emailDomainId: domain.rows[0]!.id,
       providerTestId: test.rows[0]!.id,
       providerReportId: report.rows[0]!.id,
@@ -123,6 +131,18 @@ const FIXTURES: TableSpec[] = [
     insertInto: (victim, _actor, attacker) => ({
       sql: "insert into herald_public.memberships (tenant_id, user_id, role) values ($1, $2, 'owner')",
       params: [victim.id, attacker.ownerId],
+    }),
+  },
+  {
+    table: "herald_public.invitations",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.invitationId] }),
+    update: { column: "role", to: "'owner'" },
+    // An invitation into A for the attacker's own email, as owner: a token B would then hold.
+    insertInto: (victim, actor) => ({
+      sql: `insert into herald_public.invitations (tenant_id, email, role, token_hash, invited_by)
+            values ($1, 'evil@evil.test', 'owner', '\\x00'::bytea, $2)`,
+      params: [victim.id, actor ?? null],
     }),
   },
   {
