@@ -403,6 +403,19 @@ describe("isolation", () => {
       { id: a.memberId },
     );
     expect(remove.body.errors?.[0]?.extensions?.code).toBe("NOT_FOUND");
+    // A's only owner cannot leave it without an owner: a designed code, not INTERNAL.
+    const leave = await graphql(
+      api.current,
+      aOwner,
+      `
+        mutation {
+          leaveTenant(input: {}) {
+            clientMutationId
+          }
+        }
+      `,
+    );
+    expect(leave.body.errors?.[0]?.extensions?.code, JSON.stringify(leave.body)).toBe("LAST_OWNER");
 
     // A's owner withdraws it: the same mutation works in its own tenant.
     const withdrawn = await graphql(
