@@ -3740,14 +3740,21 @@ grant execute on function herald_hidden.uncount_toward_cap_many(date,integer) to
         -- Who already holds each identifier: one unique-index probe each.
         select h.*,
                case when h.id is not null then
-                 (select c.id from herald_public.contacts c where c.tenant_id = v_tenant and c.id = h.id) end as id_owner,
+                 (select c.id from herald_public.contacts c where c.tenant_id = (select v_tenant) and c.id = h.id) end as id_owner,
                case when h.external_id is not null then
                  (select c.id from herald_public.contacts c
-                   where c.tenant_id = v_tenant and c.external_id = h.external_id) end as external_owner,
-               (select c.id from herald_public.contacts c
-                 where c.tenant_id = v_tenant and c.phone_hash in (h.phone_hash, h.phone_hash_previous)) as phone_owner,
-               (select c.id from herald_public.contacts c
-                 where c.tenant_id = v_tenant and c.email_hash in (h.email_hash, h.email_hash_previous)) as email_owner
+                   where c.tenant_id = (select v_tenant) and c.external_id = h.external_id) end as external_owner,
+               -- One equality probe per hash version, each on the whole unique key.
+               coalesce((select c.id from herald_public.contacts c
+                          where c.tenant_id = (select v_tenant) and c.phone_hash = h.phone_hash),
+                        case when h.phone_hash_previous is not null then
+                          (select c.id from herald_public.contacts c
+                            where c.tenant_id = (select v_tenant) and c.phone_hash = h.phone_hash_previous) end) as phone_owner,
+               coalesce((select c.id from herald_public.contacts c
+                          where c.tenant_id = (select v_tenant) and c.email_hash = h.email_hash),
+                        case when h.email_hash_previous is not null then
+                          (select c.id from herald_public.contacts c
+                            where c.tenant_id = (select v_tenant) and c.email_hash = h.email_hash_previous) end) as email_owner
           from hashed h
       ),
       matched as (
@@ -3801,7 +3808,7 @@ grant execute on function herald_hidden.uncount_toward_cap_many(date,integer) to
                m.doc ? 'email' as email_given, m.email,
                c as old
           from decided m
-          join herald_public.contacts c on c.tenant_id = v_tenant and c.id = m.target_id
+          join herald_public.contacts c on c.tenant_id = (select v_tenant) and c.id = m.target_id
          where m.refusal is null
          -- Lock the targets, in id order (no deadlock between concurrent batches),
          -- and compute from their latest version: fields the input leaves out keep
@@ -3849,7 +3856,7 @@ grant execute on function herald_hidden.uncount_toward_cap_many(date,integer) to
                key_version = case when ch.pii_changed then v_key_version else c.key_version end,
                hash_version = case when ch.pii_changed then v_hash_version else c.hash_version end
           from changes ch
-         where c.tenant_id = v_tenant and c.id = ch.id and ch.changed
+         where c.tenant_id = (select v_tenant) and c.id = ch.id and ch.changed
         returning c.id
       ),
       fresh as (
@@ -4371,37 +4378,65 @@ grant execute on function herald_private.tenant_data_keys(uuid) to herald_authen
       v_tenant text := case when tg_table_name = 'tenants' then 'id' else 'tenant_id' end;
       v_actor record;
       v_record_id text;
+      v_columns text;
       v_join text;
     begin
       select * into v_actor from herald_private.audit_actor();
       v_record_id := pg_catalog.array_to_string(array(select pg_catalog.format('(r.%I)::text', k) from pg_catalog.unnest(v_keys) k), $s$ || '/' || $s$);
-      if tg_op = 'INSERT' or tg_op = 'DELETE' then
+      -- One `case` per audited column, in name order (as the log has always listed
+      -- them): the column's name when an insert set it / an update changed it.
+      select pg_catalog.string_agg(
+               pg_catalog.format('case when %s then %L end',
+                 case
+                   when tg_op = 'INSERT' and a.atttypid = 'pg_catalog.jsonb'::pg_catalog.regtype
+                     then pg_catalog.format($c$r.%1$I is not null and r.%1$I <> 'null'::jsonb$c$, a.attname)
+                   when tg_op = 'INSERT' and t.typtype = 'c'
+                     then pg_catalog.format('pg_catalog.num_nonnulls(r.%I) > 0', a.attname)
+                   when tg_op = 'INSERT'
+                     then pg_catalog.format('r.%I is not null', a.attname)
+                   -- Types whose equality is byte-for-byte (or numeric, as jsonb's is): compared as they are.
+                   when a.atttypid = any ('{bool,int2,int4,int8,numeric,float4,float8,text,varchar,uuid,bytea,jsonb,date,time,timestamp,timestamptz,interval,_text,_uuid,_int2,_int4,_int8}'::pg_catalog.regtype[])
+                     then pg_catalog.format('r.%1$I is distinct from o.%1$I', a.attname)
+                   else pg_catalog.format('r.%1$I::text is distinct from o.%1$I::text', a.attname)
+                 end,
+                 a.attname),
+               ', ' order by a.attname::text)
+        into v_columns
+        from pg_catalog.pg_attribute a
+        join pg_catalog.pg_type t on t.oid = a.atttypid
+       where a.attrelid = tg_relid and a.attnum > 0 and not a.attisdropped
+         and a.attname::text <> all (v_ignored);
+      v_columns := case when v_columns is null then $e$'{}'::text[]$e$
+                        else pg_catalog.format('pg_catalog.array_remove(array[%s]::text[], null)', v_columns) end;
+
+      if tg_op = 'INSERT' then
+        -- (The tenant exists: the row's foreign key was checked before this statement trigger runs.)
         execute pg_catalog.format(
           $q$insert into herald_public.audit_log (tenant_id, actor_kind, actor_id, db_user, actor_detail, action, table_name, record_id, changed_columns)
-             select r.%1$I, $1, $2, session_user, $3, $4, $5, %2$s,
-                    case when $4 = 'insert'
-                         then array(select e.key from pg_catalog.jsonb_each(pg_catalog.to_jsonb(r)) e
-                                     where e.value <> 'null'::jsonb and e.key <> all ($6) order by e.key)
-                         else '{}' end
-               from %3$I r
+             select r.%1$I, $1, $2, session_user, $3, 'insert', $4, %2$s, %3$s
+               from new_rows r$q$,
+          v_tenant, v_record_id, v_columns)
+        using v_actor.kind, v_actor.actor_id, v_actor.detail, tg_table_name;
+      elsif tg_op = 'DELETE' then
+        execute pg_catalog.format(
+          $q$insert into herald_public.audit_log (tenant_id, actor_kind, actor_id, db_user, actor_detail, action, table_name, record_id, changed_columns)
+             select r.%1$I, $1, $2, session_user, $3, 'delete', $4, %2$s, '{}'
+               from old_rows r
               -- Deleting a tenant deletes its log with it (and what it owned, by
               -- cascade): nothing is written for a tenant that is gone.
               where exists (select 1 from herald_public.tenants t where t.id = r.%1$I)$q$,
-          v_tenant, v_record_id, case when tg_op = 'INSERT' then 'new_rows' else 'old_rows' end)
-        using v_actor.kind, v_actor.actor_id, v_actor.detail, pg_catalog.lower(tg_op), tg_table_name, v_ignored;
+          v_tenant, v_record_id)
+        using v_actor.kind, v_actor.actor_id, v_actor.detail, tg_table_name;
       else
         v_join := pg_catalog.array_to_string(array(select pg_catalog.format('o.%1$I = r.%1$I', k) from pg_catalog.unnest(v_keys) k), ' and ');
         execute pg_catalog.format(
           $q$insert into herald_public.audit_log (tenant_id, actor_kind, actor_id, db_user, actor_detail, action, table_name, record_id, changed_columns)
              select c.tenant_id, $1, $2, session_user, $3, 'update', $4, c.record_id, c.changed
-               from (select r.%1$I as tenant_id, %2$s as record_id,
-                            array(select e.key from pg_catalog.jsonb_each(pg_catalog.to_jsonb(r)) e
-                                   where e.value is distinct from (pg_catalog.to_jsonb(o) -> e.key) and e.key <> all ($5)
-                                   order by e.key) as changed
-                       from new_rows r join old_rows o on %3$s) c
+               from (select r.%1$I as tenant_id, %2$s as record_id, %3$s as changed
+                       from new_rows r join old_rows o on %4$s) c
               where pg_catalog.cardinality(c.changed) > 0$q$,
-          v_tenant, v_record_id, v_join)
-        using v_actor.kind, v_actor.actor_id, v_actor.detail, tg_table_name, v_ignored;
+          v_tenant, v_record_id, v_columns, v_join)
+        using v_actor.kind, v_actor.actor_id, v_actor.detail, tg_table_name;
       end if;
       return null;
     end;
@@ -4426,17 +4461,16 @@ comment on function herald_private.tg__audit() is 'Writes audit_log rows for a s
     end;
     $function$;
 
--- function herald_private.tg__timestamps() returns trigger; plpgsql; volatile; set search_path=""
+-- function herald_private.tg__timestamps() returns trigger; plpgsql; volatile
     CREATE OR REPLACE FUNCTION herald_private.tg__timestamps()
      RETURNS trigger
      LANGUAGE plpgsql
-     SET search_path TO ''
     AS $function$
     begin
-      new.created_at := case when tg_op = 'INSERT' then now() else old.created_at end;
-      new.updated_at := case when tg_op = 'UPDATE' and old.updated_at >= now()
-                          then old.updated_at + interval '1 millisecond'
-                          else now() end;
+      new.created_at := case when tg_op operator(pg_catalog.=) 'INSERT' then pg_catalog.now() else old.created_at end;
+      new.updated_at := case when tg_op operator(pg_catalog.=) 'UPDATE' and old.updated_at operator(pg_catalog.>=) pg_catalog.now()
+                          then old.updated_at operator(pg_catalog.+) '1 millisecond'::pg_catalog.interval
+                          else pg_catalog.now() end;
       return new;
     end;
     $function$;

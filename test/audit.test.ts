@@ -333,6 +333,49 @@ describe("who did it", () => {
       new Set(["update first_name"]),
     );
   });
+
+  it("names exactly the columns an insert set and an update changed, as the values' own text would", async () => {
+    const since = await lastId();
+    const [contact] = await asWorker(db.current, a, async (c) => {
+      const { rows } = await c.query("select contact_id from herald_hidden.upsert_contacts($1)", [
+        JSON.stringify([{ email: "columns@example.com", first_name: "Col", attributes: { tier: 1 } }]),
+      ]);
+      return rows.map((r) => r.contact_id as string);
+    });
+    await asRoot(db.current, async (c) => {
+      // The same JSON object written differently: no change.
+      await c.query(
+        `update herald_public.contacts set attributes = '{ "tier" : 1 }' where tenant_id = $1 and id = $2`,
+        [a.id, contact],
+      );
+      // A citext name whose case alone changes: its text changed, so it is logged (as it always was).
+      await c.query("insert into herald_public.tags (tenant_id, name) values ($1, 'Columns')", [a.id]);
+      await c.query("update herald_public.tags set name = 'COLUMNS' where tenant_id = $1 and name = 'columns'", [a.id]);
+    });
+    const rows = (await logSince(since)).map((r) => [r.action, r.table_name, r.changed_columns]);
+    expect(rows).toEqual([
+      [
+        "insert",
+        "contacts",
+        [
+          "attributes",
+          "created_by_inbound",
+          "email_encrypted",
+          "email_hash",
+          "email_subscribed",
+          "first_name",
+          "hash_version",
+          "id",
+          "key_version",
+          "sms_subscribed",
+          "tenant_id",
+          "whatsapp_subscribed",
+        ],
+      ],
+      ["insert", "tags", ["id", "name", "tenant_id"]],
+      ["update", "tags", ["name"]],
+    ]);
+  });
 });
 
 describe("what it keeps", () => {

@@ -205,6 +205,18 @@ describe("every tenant table writes the audit log", () => {
   });
 });
 
+describe("row triggers stay cheap", () => {
+  it("the timestamps trigger, run for every row written, has no SET clause (saved and restored at each call)", async () => {
+    const config = await withRootDb(
+      db.current,
+      async (c) =>
+        (await c.query("select proconfig from pg_proc where oid = 'herald_private.tg__timestamps()'::regprocedure"))
+          .rows[0].proconfig,
+    );
+    expect(config).toBeNull();
+  });
+});
+
 describe("the tenant table recipe of migrations/README.md", () => {
   /** The README's SQL example, with the role placeholders .gmrc defines. */
   const recipe = () => {

@@ -5,7 +5,7 @@ import { beforeAll, describe, expect, it } from "vitest";
 import { loadConfig } from "../src/config.ts";
 import { Keyring, tenantHashKey } from "../src/crypto/keyring.ts";
 import { contactLookupSql } from "../src/contacts/store.ts";
-import { withSession } from "../src/db/session.ts";
+import { enterSession, withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
 import { asRole, useTestDatabase, withRootDb, type TestDb } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
@@ -81,6 +81,70 @@ describe("keyed hashes", () => {
     });
     expect(plan).toContain('"Index Name":"contacts_phone_hash"');
     expect(plan).not.toContain('"Node Type":"Seq Scan"');
+  });
+
+  it("an upsert into a tenant new since ANALYZE still probes each hash's unique index", async () => {
+    // Statistics that know every tenant but the new one (20 tenants of 1,000
+    // contacts, the PII random bytes): the new tenant is estimated at about one row.
+    for (let t = 0; t < 20; t++) {
+      const other = (
+        await db.current.root.query<{ id: string }>(
+          "insert into herald_public.tenants (slug, name) values ($1, 'Other') returning id",
+          [`plans-other-${t}`],
+        )
+      ).rows[0]!.id;
+      await testKeyring().sessionSettings(db.current.root, other); // its data key (contacts name its version)
+      await db.current.root.query(
+        `insert into herald_public.contacts (tenant_id, phone_encrypted, phone_hash, email_encrypted, email_hash, key_version, hash_version)
+         select $1, gen_random_bytes(60), gen_random_bytes(32), gen_random_bytes(70), gen_random_bytes(32), 1, 1
+           from generate_series(1, 1000)`,
+        [other],
+      );
+    }
+    await db.current.root.query("analyze herald_public.contacts");
+    const fresh = (
+      await db.current.root.query<{ id: string }>(
+        "insert into herald_public.tenants (slug, name) values ('plans-fresh', 'Fresh') returning id",
+      )
+    ).rows[0]!.id;
+    const settings = await testKeyring().sessionSettings(db.current.root, fresh);
+    const batch = (start: number) =>
+      JSON.stringify(
+        Array.from({ length: 500 }, (_, i) => ({
+          phone: `+1720555${String(start + i).padStart(4, "0")}`,
+          email: `fresh${start + i}@example.com`,
+        })),
+      );
+    // The plan of the second batch, which finds the first one's contacts in the table (auto_explain, as a superuser may load it).
+    const client = await db.current.root.connect();
+    const plans: string[] = [];
+    client.on("notice", (n) => plans.push(n.message ?? ""));
+    try {
+      await client.query("load 'auto_explain'");
+      for (const start of [0, 500]) {
+        await client.query("begin");
+        if (start > 0)
+          await client.query(`set local auto_explain.log_min_duration = 0; set local auto_explain.log_analyze = on;
+                               set local auto_explain.log_timing = off; set local auto_explain.log_nested_statements = on;
+                               set local auto_explain.log_level = notice`);
+        await enterSession(client, { role: ROLES.worker, tenantId: fresh, settings });
+        await client.query("select count(*) from herald_hidden.upsert_contacts($1)", [batch(start)]);
+        await client.query("commit");
+      }
+    } finally {
+      client.release();
+    }
+    const upsert = plans.find((p) => p.includes("CTE owners"));
+    expect(upsert).toBeDefined();
+    expect(upsert).toMatch(
+      /Index Scan using contacts_phone_hash .*\n\s+Index Cond: \(\(tenant_id = .+\) AND \(phone_hash = /,
+    );
+    expect(upsert).toMatch(
+      /Index Scan using contacts_email_hash .*\n\s+Index Cond: \(\(tenant_id = .+\) AND \(email_hash = /,
+    );
+    // No hash compared row by row over the tenant's contacts, no batch joined to them row by row.
+    expect(upsert).not.toMatch(/Filter: \((phone|email)_hash/);
+    expect(upsert).not.toContain("Rows Removed by Join Filter");
   });
 });
 

@@ -234,6 +234,46 @@ describe("a batch applies as one report after another would", () => {
   });
 });
 
+describe("what waits for the disk", () => {
+  it("an acknowledgement commits durably; an apply does not wait for its flush (a crash takes it back whole)", async () => {
+    // A pool whose clients note synchronous_commit at each journal insert and each apply, inside their transaction.
+    const seen: string[] = [];
+    // (Sessions that wait for the disk, as a production server's do: the test cluster does not.)
+    const pool = new pg.Pool({
+      connectionString: db.current.urls.authenticator,
+      max: 4,
+      options: "-c synchronous_commit=on",
+    });
+    const connect = pool.connect.bind(pool);
+    (pool as unknown as { connect: () => Promise<pg.PoolClient> }).connect = async () => {
+      const client = await connect();
+      const query = client.query.bind(client) as (...args: unknown[]) => Promise<pg.QueryResult>;
+      (client as unknown as { query: (...args: unknown[]) => Promise<pg.QueryResult> }).query = async (...args) => {
+        const text = typeof args[0] === "string" ? args[0] : "";
+        const what = text.includes("insert into herald_hidden.provider_reports")
+          ? "acknowledge"
+          : text.includes("apply_provider_reports")
+            ? "apply"
+            : undefined;
+        if (what) seen.push(`${what}: ${(await query("show synchronous_commit")).rows[0].synchronous_commit}`);
+        return query(...args);
+      };
+      return client;
+    };
+    try {
+      const journal = new ProviderReports({ pool, keyring: testKeyring() }, silent);
+      const d = await delivery(a, "sending", null);
+      const sid = newSid();
+      await journal.acknowledge(a.id, [twilioReport(d.id, sid, "delivered")]);
+      await waitFor(async () => (await deliveryState(db.current, d.id)).status === "delivered", 10_000);
+      journal.close();
+      expect(new Set(seen)).toEqual(new Set(["acknowledge: on", "apply: off"]));
+    } finally {
+      await pool.end();
+    }
+  });
+});
+
 describe("tenants stay apart", () => {
   it("B's reports cannot touch A's deliveries, by id or by MessageSid, and B cannot reach A's journal", async () => {
     const sid = newSid();

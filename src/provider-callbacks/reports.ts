@@ -64,6 +64,24 @@ const MAX_ROWS_PER_INSERT = 5000;
 /** Reports applied per transaction. */
 const APPLY_BATCH = 1000;
 
+/**
+ * An apply commits without waiting for its WAL to reach the disk: the
+ * acknowledgements' commits (which must wait: the provider is told we have
+ * the report) then do not queue behind the appliers' flushes, which cost a
+ * disk flush each (~3.5 ms here) and held the callbacks' p99. Nothing is lost
+ * by it: an apply that a crash takes back is taken back whole — the journal
+ * rows it deleted with it — so they are still waiting, and applying them again
+ * does what the lost apply did (each report once, by its dedupe key).
+ */
+const APPLY_SETTINGS = { synchronous_commit: "off" };
+
+/**
+ * Journal inserts of one tenant committing at once. The requests that arrive
+ * meanwhile wait for the next; concurrent commits share the disk flush, so a
+ * few in flight acknowledge more per flush than one after another.
+ */
+const INSERTS_IN_FLIGHT = 4;
+
 interface Waiting {
   reports: ProviderReport[];
   resolve: () => void;
@@ -143,8 +161,8 @@ export class ProviderReports {
   }
 
   #drain(tenantId: string, state: { waiting: Waiting[]; running: number }) {
-    // One insert collects while another commits.
-    while (state.running < 2 && state.waiting.length > 0) {
+    // Inserts collect while others commit.
+    while (state.running < INSERTS_IN_FLIGHT && state.waiting.length > 0) {
       const batch: Waiting[] = [];
       let rows = 0;
       while (
@@ -215,7 +233,9 @@ export class ProviderReports {
   async #applyTenant(tenantId: string) {
     for (let attempt = 1; attempt <= 3; attempt++) {
       try {
-        const tally = await applyWaitingReports((work) => inTenant(this.#ctx, tenantId, work, "provider"));
+        const tally = await applyWaitingReports((work) =>
+          inTenant(this.#ctx, tenantId, work, "provider", APPLY_SETTINGS),
+        );
         this.#logger.debug({ tenant: tenantId, ...tally }, "provider reports applied");
         return;
       } catch (error) {

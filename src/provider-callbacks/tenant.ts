@@ -22,15 +22,20 @@ export interface WebhookContext {
   keyring: Keyring;
 }
 
-/** One transaction as herald_worker in `tenantId`, holding its keys; the audit log names the provider (`twilio`, `sendgrid`). */
+/**
+ * One transaction as herald_worker in `tenantId`, holding its keys; the audit
+ * log names the provider (`twilio`, `sendgrid`). `settings`: further
+ * transaction-local settings (e.g. `synchronous_commit`).
+ */
 export async function inTenant<T>(
   ctx: WebhookContext,
   tenantId: string,
   fn: (client: pg.PoolClient) => Promise<T>,
   provider = "provider",
+  settings: Record<string, string> = {},
 ): Promise<T> {
   return withWorkerSession(ctx.pool, ctx.keyring, tenantId, fn, {
-    settings: { "herald.actor": "webhook", "herald.actor_detail": provider },
+    settings: { ...settings, "herald.actor": "webhook", "herald.actor_detail": provider },
   });
 }
 
