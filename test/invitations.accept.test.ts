@@ -287,6 +287,44 @@ describe("POST /auth/accept-invitation", () => {
     });
   });
 
+  it("a password-proven user who cannot join is told why: a platform operator's user, or one already a member", async () => {
+    const from = "198.51.100.7";
+    const user = async (email: string) => {
+      const { rows } = await db.current.root.query<{ id: string }>(
+        "insert into herald_public.users (email) values ($1) returning id",
+        [email],
+      );
+      await db.current.root.query("select herald_private.set_user_password($1, 'their-own-passphrase')", [rows[0]!.id]);
+      return rows[0]!.id;
+    };
+    const operatorId = await user("ops@herald.example");
+    await db.current.root.query("select herald_private.register_operator($1)", [operatorId]);
+    const forOperator = await invite(a, "ops@herald.example");
+    expect(await acceptInvitation(forOperator.token, "not-the-passphrase", from)).toEqual(INVALID);
+    const operator = await acceptInvitation(forOperator.token, "their-own-passphrase", from);
+    expect(operator.status).toBe(403);
+    expect(operator.body.error?.code).toBe("FORBIDDEN");
+    expect(await pending(forOperator.invitationId)).toBe(true);
+
+    const joinedId = await user(`joined-meanwhile@${a.slug}.example`);
+    const forJoined = await invite(a, `joined-meanwhile@${a.slug}.example`);
+    await db.current.root.query("select herald_private.grant_membership($1, $2, 'member')", [a.id, joinedId]);
+    const joined = await acceptInvitation(forJoined.token, "their-own-passphrase", from);
+    expect(joined.status).toBe(409);
+    expect(joined.body.error?.code).toBe("ALREADY_MEMBER");
+  });
+
+  it("two acceptances of one token at once: one joins, the other gets the one refusal", async () => {
+    const { token } = await invite(a, `twice@${a.slug}.example`);
+    const answers = await Promise.all([
+      // The same password, so that only the invitation's row lock tells the second it came too late.
+      acceptInvitation(token, "one-passphrase-twice", "198.51.100.8"),
+      acceptInvitation(token, "one-passphrase-twice", "198.51.100.9"),
+    ]);
+    expect(answers.map((answer) => answer.status).sort()).toEqual([200, 404]);
+    expect(answers.find((answer) => answer.status === 404)).toEqual(INVALID);
+  });
+
   it("is rate-limited as login is: ten tries a minute per token and address", async () => {
     const token = "hi_" + "2".repeat(48);
     // Counts are per minute of the database's clock: start early in one, so that all eleven fall in it.
