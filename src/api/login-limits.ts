@@ -40,6 +40,17 @@ export class LoginLimits {
     return rows[0]?.wait ?? 0;
   }
 
+  /**
+   * Counts one attempt to accept an invitation (POST /auth/accept-invitation)
+   * under the same limits, the token standing for the account: 10 tries a
+   * minute per token and address, and the per-address 60 a minute that
+   * sign-ins share, so tokens (and an invited account's password) cannot be
+   * guessed fast. A token is used once, so no address is remembered for it.
+   */
+  admitInvitation(pool: pg.Pool, token: string, clientAddress: string | undefined): Promise<number> {
+    return this.admit(pool, `invitation:${token}`, clientAddress);
+  }
+
   /** After a successful sign-in: this address is the account's own from now on (90 days). */
   async remember(pool: pg.Pool, email: string, clientAddress: string | undefined): Promise<void> {
     await pool.query("select herald_private.remember_login_client($1)", [

@@ -12,6 +12,7 @@ import { listen } from "./listen.ts";
 import { errorHandler, notFound } from "./middleware/errors.ts";
 import { requestLog } from "./middleware/request-log.ts";
 import { createApiConnections } from "./pools.ts";
+import { acceptInvitationRoute } from "./routes/accept-invitation.ts";
 import { graphqlBody, graphqlGate, mountPostGraphile } from "./routes/graphql.ts";
 import { healthRoute } from "./routes/health.ts";
 import { loginRoute } from "./routes/login.ts";
@@ -59,6 +60,7 @@ export async function startApiServer(options: {
   app.use(requestLog(logger));
   app.get("/healthz", healthRoute(db.owner, worker));
   app.post("/auth/login", ...loginRoute(authenticator, db.requests, config.hashKey));
+  app.post("/auth/accept-invitation", ...acceptInvitationRoute(authenticator, db.requests, config.hashKey));
   const sandbox = sandboxStandIn(config, db.requests, logger);
   if (sandbox) app.use("/sandbox", sandbox.router);
   app.use("/webhooks", providerCallbacks({ config, pool: db.webhooks, keyring, sandbox, logger }));

@@ -4,6 +4,7 @@ import { z } from "zod";
 import type { Authenticator } from "../../auth.ts";
 import { LoginLimits } from "../login-limits.ts";
 import { jsonError } from "../responses.ts";
+import { answerSignedIn, type LoginIdentity } from "../sign-in.ts";
 
 const loginBody = z.object({
   email: z.string().trim().min(3).max(320),
@@ -42,32 +43,16 @@ function login(authenticator: Authenticator, pool: pg.Pool, limits: LoginLimits)
         );
       return;
     }
-    const { rows } = await pool.query<{
-      user_id: string | null;
-      tenant_id: string;
-      tenant_slug: string;
-      membership_role: string;
-    }>("select (i).* from (select herald_private.verify_login($1, $2, $3) as i) s", [
-      body.data.email,
-      body.data.password,
-      body.data.tenant ?? null,
-    ]);
+    const { rows } = await pool.query<LoginIdentity>(
+      "select (i).* from (select herald_private.verify_login($1, $2, $3) as i) s",
+      [body.data.email, body.data.password, body.data.tenant ?? null],
+    );
     const identity = rows[0];
     if (!identity?.user_id) {
       res.status(401).json(jsonError("INVALID_CREDENTIALS", "Email, password or tenant is not right."));
       return;
     }
     await limits.remember(pool, body.data.email, req.ip);
-    const expiresIn = 3600;
-    const token = await authenticator.sign(
-      { sub: identity.user_id, tenant_id: identity.tenant_id, role: "herald_member" },
-      `${expiresIn}s`,
-    );
-    res.json({
-      token,
-      expiresIn,
-      tenant: { id: identity.tenant_id, slug: identity.tenant_slug },
-      role: identity.membership_role,
-    });
+    await answerSignedIn(res, authenticator, { ...identity, user_id: identity.user_id });
   };
 }
