@@ -1,3 +1,8 @@
+--! Previous: sha1:76a52585018527393e8d803781fb2dfcdd162e13
+--! Hash: sha1:2c598a8fd39c0324b1bdc7d925f224d4955b2cca
+--! Message: A new person accepts an invitation
+
+--! split: 080-accept-invitation-sign-up.sql
 -- A person invited who has no Herald user yet accepts an invitation:
 -- `POST /auth/accept-invitation` with the token and a password calls
 -- herald_private.accept_invitation, which (in the route's one statement, so
