@@ -1,10 +1,7 @@
-import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
-import os from "node:os";
-import path from "node:path";
-import puppeteer, { type Browser } from "puppeteer-core";
+import type { Browser } from "puppeteer-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { useApiServer } from "./helpers/api.ts";
+import { launchChromium, type HeadlessChromium } from "./helpers/browser.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 
@@ -12,45 +9,23 @@ import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
  * GraphiQL (Ruru, served at /graphiql in development) in a real headless
  * Chromium: with a tenant's credential in its headers, it introspects the
  * schema with the standard introspection query, and its docs explorer lists
- * the Query type's fields. Chromium is Debian's (scripts/install-chromium.sh,
- * run by CI); without it this test fails and says so.
+ * the Query type's fields. Chromium: test/helpers/browser.ts.
  */
-
-const CHROMIUM = process.env.HERALD_CHROMIUM ?? "/usr/bin/chromium";
 
 const db = useTestDatabase();
 const api = useApiServer(db, { env: () => ({ NODE_ENV: "development" }) });
 let tenant: TenantFixture;
+let chromium: HeadlessChromium;
 let browser: Browser;
-let profile: string;
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(
-      `No Chromium at ${CHROMIUM}: run scripts/install-chromium.sh (or set HERALD_CHROMIUM) for the browser tests.`,
-    );
-  }
   ({ a: tenant } = await seedTwoTenants(db.current));
-  profile = await mkdtemp(path.join(os.tmpdir(), "herald-chromium-"));
-  browser = await puppeteer.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--disable-quic",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      `--user-data-dir=${profile}`,
-    ],
-  });
+  chromium = await launchChromium();
+  browser = chromium.browser;
 });
 
 afterAll(async () => {
-  await browser?.close();
-  if (profile) await rm(profile, { recursive: true, force: true });
+  await chromium?.close();
 });
 
 it("GraphiQL loads the schema with a tenant's API key, and its docs explorer shows the Query fields", async () => {

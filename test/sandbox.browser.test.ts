@@ -1,37 +1,28 @@
-import { existsSync } from "node:fs";
-import { mkdtemp, rm } from "node:fs/promises";
 import http from "node:http";
-import os from "node:os";
-import path from "node:path";
 import express from "express";
-import puppeteer, { type Browser } from "puppeteer-core";
+import type { Browser } from "puppeteer-core";
 import { afterAll, beforeAll, expect, it } from "vitest";
 import { createSendGridMailer } from "../src/providers/sendgrid.ts";
 import { createTwilioClient } from "../src/providers/twilio.ts";
 import { createSandbox, SANDBOX_SYSTEM_SENDGRID_KEY, SANDBOX_SYSTEM_TWILIO } from "../src/sandbox/sandbox.ts";
+import { launchChromium, type HeadlessChromium } from "./helpers/browser.ts";
 
 /**
  * The /sandbox page in a real headless Chromium, as a developer reads it:
  * messages grouped under the provider account that sent them, the system
  * account named as Herald's (not as a tenant), a tenant's account by its
  * tenant, and the system SendGrid key shown whole rather than as "…stem".
- * Chromium as in test/graphiql.browser.test.ts.
+ * Chromium: test/helpers/browser.ts.
  */
 
-const CHROMIUM = process.env.HERALD_CHROMIUM ?? "/usr/bin/chromium";
 const TENANT_TWILIO = { accountSid: `AC${"7".repeat(32)}`, authToken: "sandbox-token-7" };
 
+let chromium: HeadlessChromium;
 let browser: Browser;
-let profile: string;
 let server: http.Server;
 let url: string;
 
 beforeAll(async () => {
-  if (!existsSync(CHROMIUM)) {
-    throw new Error(
-      `No Chromium at ${CHROMIUM}: run scripts/install-chromium.sh (or set HERALD_CHROMIUM) for the browser tests.`,
-    );
-  }
   const sandbox = createSandbox({
     describeAccount: async (provider, account) =>
       provider === "twilio" && account === TENANT_TWILIO.accountSid ? "tenant acme-clinic" : undefined,
@@ -61,25 +52,12 @@ beforeAll(async () => {
     body: "From Acme's own account",
   });
 
-  profile = await mkdtemp(path.join(os.tmpdir(), "herald-chromium-"));
-  browser = await puppeteer.launch({
-    executablePath: CHROMIUM,
-    args: [
-      "--headless",
-      "--no-sandbox",
-      "--disable-gpu",
-      "--no-first-run",
-      "--disable-background-networking",
-      "--disable-component-update",
-      "--disable-sync",
-      `--user-data-dir=${profile}`,
-    ],
-  });
+  chromium = await launchChromium();
+  browser = chromium.browser;
 });
 
 afterAll(async () => {
-  await browser?.close();
-  if (profile) await rm(profile, { recursive: true, force: true });
+  await chromium?.close();
   if (server) {
     server.closeAllConnections();
     await new Promise((resolve) => server.close(resolve));

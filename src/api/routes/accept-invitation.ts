@@ -4,7 +4,7 @@ import { z } from "zod";
 import type { Authenticator } from "../../auth.ts";
 import { LoginLimits } from "../login-limits.ts";
 import { jsonError } from "../responses.ts";
-import { answerSignedIn, type LoginIdentity } from "../sign-in.ts";
+import { admitSignIn, answerSignedIn, type LoginIdentity } from "../sign-in.ts";
 
 const acceptBody = z.object({
   // Herald's tokens are `hi_` and 48 hex digits; any other string is simply not one.
@@ -47,34 +47,19 @@ export function acceptInvitationRoute(authenticator: Authenticator, pool: pg.Poo
  */
 function acceptInvitation(authenticator: Authenticator, pool: pg.Pool, limits: LoginLimits): RequestHandler {
   return async (req, res) => {
-    const body = acceptBody.safeParse(req.body);
-    if (!body.success) {
-      const issue = body.error.issues[0]!;
-      res.status(400).json({ error: { code: "INVALID_INPUT", field: issue.path.join("."), message: issue.message } });
-      return;
-    }
-    const wait = await limits.admitInvitation(pool, body.data.token, req.ip);
-    if (wait > 0) {
-      res
-        .status(429)
-        .set("Retry-After", String(wait))
-        .json(jsonError("RATE_LIMITED", `Too many attempts; try again in ${wait} s.`));
-      return;
-    }
-    // Before the database: an invitation accepted without a JWT to show for it would be spent.
-    if (!authenticator.canSign) {
-      res
-        .status(501)
-        .json(
-          jsonError("LOGIN_DISABLED", "Password login needs HERALD_JWT_SECRET; sign in with your identity provider."),
-        );
-      return;
-    }
+    // Before the database, the JWT check too: an invitation accepted without a JWT to show for it would be spent.
+    const body = await admitSignIn(req, res, {
+      body: acceptBody,
+      authenticator,
+      admit: (body) => limits.admitInvitation(pool, body.token, req.ip),
+      attempts: "attempts",
+    });
+    if (!body) return;
     let identity: LoginIdentity | undefined;
     try {
       const { rows } = await pool.query<LoginIdentity>(
         "select (i).* from (select herald_private.accept_invitation($1, $2) as i) s",
-        [body.data.token, body.data.password],
+        [body.token, body.password],
       );
       identity = rows[0];
     } catch (error) {
