@@ -21,28 +21,6 @@ import { transmitEmailBatch, transmitSms, type Sent } from "./transmit.ts";
  * transaction open during the call (src/messages/).
  */
 
-// Names importers found here before the split into clients.ts, routing.ts and errors.ts.
-export {
-  ProviderClients,
-  statusCallbackUrl,
-  systemProviders,
-  type SystemProviders,
-  type TenantAccount,
-} from "./clients.ts";
-export { SendDeferred, SendError, withoutAddresses } from "./errors.ts";
-export {
-  accountById,
-  activeAccount,
-  assertOwnSender,
-  intendedEmailSender,
-  intendedSmsSender,
-  recordAccountNotes,
-  recordAccountResult,
-  tenantSettings,
-  type TenantSettings,
-} from "./routing.ts";
-export type { Sent } from "./transmit.ts";
-
 /**
  * Waits until a send from `from` may start (src/messages/pacing.ts); called
  * once the sender is settled and checked, right before the provider is.

@@ -1,7 +1,7 @@
 import http from "node:http";
 import express from "express";
 import { loadConfig } from "../config.ts";
-import { ProviderClients, systemProviders } from "../providers/send.ts";
+import { ProviderClients, systemProviders } from "../providers/clients.ts";
 import { createSandbox, type Sandbox } from "./sandbox.ts";
 
 /**
