@@ -1414,6 +1414,12 @@ create table herald_public.messages (
     default now(),
   fanned_out_at timestamp with time zone,
   canceled_at timestamp with time zone,
+  purpose text not null
+    default 'marketing'::text,
+  media_urls text[] not null
+    default '{}'::text[],
+  segment_ids uuid[] not null
+    default '{}'::uuid[],
   constraint messages_body_length
     CHECK ((length(body) <= 100000)),
   constraint messages_channel
@@ -1428,10 +1434,14 @@ create table herald_public.messages (
     CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 255))),
   constraint messages_idempotency_key_unique
     UNIQUE (tenant_id, idempotency_key),
+  constraint messages_media_count
+    CHECK ((cardinality(media_urls) <= 10)),
   constraint messages_metadata_object
     CHECK ((jsonb_typeof(metadata) = 'object'::text)),
   constraint messages_pkey
     PRIMARY KEY (tenant_id, id),
+  constraint messages_purpose
+    CHECK ((purpose = ANY (ARRAY['marketing'::text, 'transactional'::text]))),
   constraint messages_status
     CHECK ((status = ANY (ARRAY['pending'::text, 'fanning_out'::text, 'fanned_out'::text, 'canceled'::text]))),
   constraint messages_subject_length
@@ -1475,12 +1485,15 @@ create policy update_worker on herald_public.messages as permissive for update t
 comment on table herald_public.messages is '@behavior -insert -update -delete
 A send request: one message to many contacts. Create with `sendMessage`, stop with `cancelMessage`; `stats` shows progress.';
 comment on column herald_public.messages.fan_out_cursor is '@behavior -*';
+comment on column herald_public.messages.media_urls is 'https URLs of media sent with an MMS or WhatsApp message.';
+comment on column herald_public.messages.purpose is '`marketing` (the default: needs the channel subscription, honours unsubscribes) or `transactional` (codes, receipts, reminders the contact asked for).';
 comment on column herald_public.messages.request_fingerprint is '@behavior -*';
+comment on column herald_public.messages.segment_ids is 'Saved segments whose matching contacts, evaluated when fan-out starts, receive the message.';
 comment on column herald_public.messages.status is '`pending` (waiting for its time), `fanning_out`, `fanned_out` (every delivery exists), or `canceled`.';
 comment on constraint messages_idempotency_key_unique on herald_public.messages is '@behavior -*';
 comment on constraint messages_template_fkey on herald_public.messages is '@fieldName template
 @foreignFieldName messages';
-grant insert (all_contacts, body, channel, contact_ids, created_by, html_body, idempotency_key, list_ids, metadata, request_fingerprint, scheduled_at, subject, tag_ids, template_id, tenant_id) on herald_public.messages to herald_member;
+grant insert (all_contacts, body, channel, contact_ids, created_by, html_body, idempotency_key, list_ids, media_urls, metadata, purpose, request_fingerprint, scheduled_at, segment_ids, subject, tag_ids, template_id, tenant_id) on herald_public.messages to herald_member;
 grant select on herald_public.messages to herald_admin;
 grant select on herald_public.messages to herald_member;
 grant select on herald_public.messages to herald_worker;
@@ -2516,6 +2529,18 @@ grant execute on function herald_hidden.apply_delivery_event(uuid,text,text,text
 comment on function herald_hidden.apply_provider_reports(integer) is 'Applies the session tenant''s oldest waiting provider reports (at most `max_reports`) to its deliveries, and removes them from the journal.';
 grant execute on function herald_hidden.apply_provider_reports(integer) to herald_worker;
 
+-- function herald_hidden.contact_for_address(text,text) returns uuid; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.contact_for_address(channel text, address text)
+     RETURNS uuid
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    begin
+      raise exception 'sending to an address is not available yet' using errcode = '0A000', column = 'to';
+    end;
+    $function$;
+grant execute on function herald_hidden.contact_for_address(text,text) to herald_member;
+
 -- function herald_hidden.contacts_on_old_keys() returns bigint; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.contacts_on_old_keys()
      RETURNS bigint
@@ -2871,6 +2896,30 @@ grant execute on function herald_hidden.hash_key(smallint) to herald_worker;
     $function$;
 grant execute on function herald_hidden.keyed_hash(text,text,bytea) to herald_member;
 grant execute on function herald_hidden.keyed_hash(text,text,bytea) to herald_worker;
+
+-- function herald_hidden.media_refusal(text,text[]) returns text; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.media_refusal(channel text, media_urls text[])
+     RETURNS text
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select case when pg_catalog.cardinality(media_urls) > 0 then 'media are not supported on this channel' end;
+    $function$;
+grant execute on function herald_hidden.media_refusal(text,text[]) to herald_member;
+grant execute on function herald_hidden.media_refusal(text,text[]) to herald_worker;
+
+-- function herald_hidden.missing_segments(uuid[]) returns integer; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.missing_segments(segment_ids uuid[])
+     RETURNS integer
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select pg_catalog.cardinality(segment_ids);
+    $function$;
+grant execute on function herald_hidden.missing_segments(uuid[]) to herald_member;
+grant execute on function herald_hidden.missing_segments(uuid[]) to herald_worker;
 
 -- function herald_hidden.pii_hash(text,text,smallint) returns bytea; sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.pii_hash(kind text, normalized text, version smallint)
@@ -5742,8 +5791,8 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_adm
 grant execute on function herald_public.search_contacts(uuid,uuid) to herald_member;
 grant execute on function herald_public.search_contacts(uuid,uuid) to herald_worker;
 
--- function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb) returns herald_public.messages; plpgsql; volatile; set search_path=""
-    CREATE OR REPLACE FUNCTION herald_public.send_message(channel text, template_id uuid DEFAULT NULL::uuid, body text DEFAULT NULL::text, subject text DEFAULT NULL::text, html_body text DEFAULT NULL::text, contact_ids uuid[] DEFAULT NULL::uuid[], list_ids uuid[] DEFAULT NULL::uuid[], tag_ids uuid[] DEFAULT NULL::uuid[], all_contacts boolean DEFAULT false, scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, metadata jsonb DEFAULT NULL::jsonb)
+-- function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb,text,text[],uuid[],text) returns herald_public.messages; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.send_message(channel text, template_id uuid DEFAULT NULL::uuid, body text DEFAULT NULL::text, subject text DEFAULT NULL::text, html_body text DEFAULT NULL::text, contact_ids uuid[] DEFAULT NULL::uuid[], list_ids uuid[] DEFAULT NULL::uuid[], tag_ids uuid[] DEFAULT NULL::uuid[], all_contacts boolean DEFAULT false, scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, metadata jsonb DEFAULT NULL::jsonb, purpose text DEFAULT NULL::text, media_urls text[] DEFAULT NULL::text[], segment_ids uuid[] DEFAULT NULL::uuid[], "to" text DEFAULT NULL::text)
      RETURNS herald_public.messages
      LANGUAGE plpgsql
      SET search_path TO ''
@@ -5753,6 +5802,9 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
       v_contact_ids uuid[] := array(select distinct x from pg_catalog.unnest(coalesce(contact_ids, '{}')) x);
       v_list_ids uuid[] := array(select distinct x from pg_catalog.unnest(coalesce(list_ids, '{}')) x);
       v_tag_ids uuid[] := array(select distinct x from pg_catalog.unnest(coalesce(tag_ids, '{}')) x);
+      v_segment_ids uuid[] := array(select distinct x from pg_catalog.unnest(coalesce(segment_ids, '{}')) x);
+      v_media_urls text[] := coalesce(media_urls, '{}');
+      v_purpose text := coalesce(purpose, 'marketing');
       v_metadata jsonb := coalesce(metadata, '{}');
       v_from text := v_metadata ->> 'from';
       v_template herald_public.templates;
@@ -5771,10 +5823,15 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
         raise exception 'metadata must be a JSON object' using errcode = '22023', column = 'metadata';
       end if;
 
+      if v_purpose not in ('marketing', 'transactional') then
+        raise exception 'purpose must be marketing or transactional' using errcode = '22023', column = 'purpose';
+      end if;
+
       -- The same key again is the same request: return the original, send nothing.
       -- A different request under a used key is a client bug worth hearing about.
       v_fingerprint := pg_catalog.md5(pg_catalog.jsonb_build_array(channel, template_id, body, subject, html_body,
-        v_contact_ids, v_list_ids, v_tag_ids, coalesce(all_contacts, false), scheduled_at, v_metadata)::text);
+        v_contact_ids, v_list_ids, v_tag_ids, coalesce(all_contacts, false), scheduled_at, v_metadata,
+        v_purpose, v_media_urls, v_segment_ids, "to")::text);
       if idempotency_key is not null then
         select * into v_message from herald_public.messages m
          where m.tenant_id = herald_public.current_tenant_id() and m.idempotency_key = send_message.idempotency_key;
@@ -5818,9 +5875,16 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
       end if;
 
       -- Audience: ids must be this tenant's (another tenant's do not exist here).
-      if pg_catalog.cardinality(v_contact_ids) + pg_catalog.cardinality(v_list_ids) + pg_catalog.cardinality(v_tag_ids) = 0
+      -- A one-off address becomes (or finds) a contact, then goes the normal way.
+      if "to" is not null then
+        v_contact_ids := array(select distinct x from pg_catalog.unnest(
+          v_contact_ids || herald_hidden.contact_for_address(send_message.channel, "to")) x);
+      end if;
+      if pg_catalog.cardinality(v_contact_ids) + pg_catalog.cardinality(v_list_ids) + pg_catalog.cardinality(v_tag_ids)
+         + pg_catalog.cardinality(v_segment_ids) = 0
          and not coalesce(all_contacts, false) then
-        raise exception 'no audience: give contactIds, listIds, tagIds or allContacts' using errcode = '22023', column = 'contactIds';
+        raise exception 'no audience: give to, contactIds, listIds, tagIds, segmentIds or allContacts'
+          using errcode = '22023', column = 'contactIds';
       end if;
       select pg_catalog.cardinality(v_contact_ids) - count(*) into v_missing from herald_public.contacts c
        where c.tenant_id = herald_public.current_tenant_id() and c.id = any (v_contact_ids);
@@ -5837,6 +5901,14 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
       if v_missing > 0 then
         raise exception '% of tagIds not found', v_missing using errcode = 'NTFND', column = 'tagIds';
       end if;
+      v_missing := herald_hidden.missing_segments(v_segment_ids);
+      if v_missing > 0 then
+        raise exception '% of segmentIds not found', v_missing using errcode = 'NTFND', column = 'segmentIds';
+      end if;
+      v_refusal := herald_hidden.media_refusal(send_message.channel, v_media_urls);
+      if v_refusal is not null then
+        raise exception '%', v_refusal using errcode = '22023', column = 'mediaUrls';
+      end if;
 
       -- A `from` override must be one of the tenant's own senders (the shared rule).
       v_refusal := herald_hidden.sender_refusal(send_message.channel, v_from);
@@ -5849,10 +5921,11 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
       end if;
 
       insert into herald_public.messages (channel, template_id, body, subject, html_body, contact_ids, list_ids, tag_ids,
-                                          all_contacts, scheduled_at, idempotency_key, request_fingerprint, metadata, created_by)
+                                          segment_ids, all_contacts, scheduled_at, idempotency_key, request_fingerprint,
+                                          metadata, purpose, media_urls, created_by)
       values (channel, template_id, body, subject, html_body, v_contact_ids, v_list_ids, v_tag_ids,
-              coalesce(all_contacts, false), scheduled_at, idempotency_key, v_fingerprint, v_metadata,
-              herald_public.current_user_id())
+              v_segment_ids, coalesce(all_contacts, false), scheduled_at, idempotency_key, v_fingerprint,
+              v_metadata, v_purpose, v_media_urls, herald_public.current_user_id())
       -- Two concurrent requests with one key: the loser returns the winner's row.
       on conflict (tenant_id, idempotency_key) do nothing
       returning * into v_message;
@@ -5863,9 +5936,9 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
       return v_message;
     end;
     $function$;
-comment on function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb) is '@resultFieldName message
-Send a message (template or inline) to contacts, lists, tags, or every subscribed contact; now or at `scheduledAt`. The same `idempotencyKey` again returns the original message and sends nothing new. `metadata.from` picks one of your senders.';
-grant execute on function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb) to herald_member;
+comment on function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb,text,text[],uuid[],text) is '@resultFieldName message
+Send a message (template or inline) to an address, contacts, lists, tags, segments, or every subscribed contact; now or at `scheduledAt`. The same `idempotencyKey` again returns the original message and sends nothing new. `metadata.from` picks one of your senders.';
+grant execute on function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb,text,text[],uuid[],text) to herald_member;
 
 -- function herald_public.set_provider_account_secret(uuid,text) returns herald_public.provider_accounts; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.set_provider_account_secret(provider_account_id uuid, secret text)

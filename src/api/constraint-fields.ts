@@ -61,7 +61,9 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   messages_html_length: "htmlBody",
   messages_idempotency_key_length: "idempotencyKey",
   messages_idempotency_key_unique: "idempotencyKey",
+  messages_media_count: "mediaUrls",
   messages_metadata_object: "metadata",
+  messages_purpose: "purpose",
   messages_subject_length: "subject",
   messages_template_fkey: "templateId",
 

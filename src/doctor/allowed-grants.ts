@@ -107,7 +107,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["SELECT"],
   },
   "herald_public.messages": {
-    member: ["INSERT(all_contacts, body, channel, contact_ids, created_by, html_body, idempotency_key, list_ids, metadata, request_fingerprint, scheduled_at, subject, tag_ids, template_id, tenant_id)", "SELECT", "UPDATE(canceled_at)"],
+    member: ["INSERT(all_contacts, body, channel, contact_ids, created_by, html_body, idempotency_key, list_ids, media_urls, metadata, purpose, request_fingerprint, scheduled_at, segment_ids, subject, tag_ids, template_id, tenant_id)", "SELECT", "UPDATE(canceled_at)"],
     admin: ["SELECT"],
     worker: ["SELECT", "UPDATE(fan_out_cursor, fanned_out_at, recipient_count, status)"],
   },
