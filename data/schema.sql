@@ -680,7 +680,7 @@ alter table herald_public.contacts force row level security;
 -- trigger _100_timestamps on herald_public.contacts
     CREATE TRIGGER _100_timestamps BEFORE UPDATE ON herald_public.contacts FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
 -- trigger _200_sms_opt_in_insert on herald_public.contacts
-    CREATE TRIGGER _200_sms_opt_in_insert BEFORE INSERT ON herald_public.contacts FOR EACH ROW WHEN (new.sms_subscribed) EXECUTE FUNCTION herald_private.tg_contacts__sms_opt_in();
+    CREATE TRIGGER _200_sms_opt_in_insert BEFORE INSERT ON herald_public.contacts FOR EACH ROW WHEN ((new.sms_subscribed AND herald_hidden.sms_double_opt_in(new.tenant_id))) EXECUTE FUNCTION herald_private.tg_contacts__sms_opt_in();
 -- trigger _200_sms_opt_in_update on herald_public.contacts
     CREATE TRIGGER _200_sms_opt_in_update BEFORE UPDATE OF sms_subscribed ON herald_public.contacts FOR EACH ROW WHEN (((new.sms_subscribed IS DISTINCT FROM old.sms_subscribed) OR (old.sms_opt_in_pending AND (herald_hidden.consent_source() IS NULL)))) EXECUTE FUNCTION herald_private.tg_contacts__sms_opt_in();
 -- trigger _700_consent_events_insert on herald_public.contacts
@@ -3745,6 +3745,18 @@ grant execute on function herald_hidden.sender_refusal(text,text,text) to herald
     AS $function$
       select case when subscribed then 'subscribed' when pending then 'pending' else 'unsubscribed' end;
     $function$;
+
+-- function herald_hidden.sms_double_opt_in(uuid) returns boolean; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.sms_double_opt_in(tenant_id uuid)
+     RETURNS boolean
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select coalesce((select s.sms_double_opt_in from herald_public.tenant_settings s where s.tenant_id = sms_double_opt_in.tenant_id), false);
+    $function$;
+grant execute on function herald_hidden.sms_double_opt_in(uuid) to herald_member;
+grant execute on function herald_hidden.sms_double_opt_in(uuid) to herald_worker;
 
 -- function herald_hidden.sms_encoding(text) returns text; sql; immutable
     CREATE OR REPLACE FUNCTION herald_hidden.sms_encoding(body text)

@@ -80,9 +80,22 @@ begin
 end;
 $$;
 
+-- Whether the tenant asks for SMS double opt-in. In the insert trigger's WHEN,
+-- so that an import into a tenant without it (the default) calls no trigger
+-- function per row.
+create or replace function herald_hidden.sms_double_opt_in(tenant_id uuid)
+  returns boolean
+  language sql stable
+  set search_path = ''
+as $$
+  select coalesce((select s.sms_double_opt_in from herald_public.tenant_settings s where s.tenant_id = sms_double_opt_in.tenant_id), false);
+$$;
+grant execute on function herald_hidden.sms_double_opt_in(uuid) to :DATABASE_MEMBER, :DATABASE_WORKER;
+
 drop trigger if exists _200_sms_opt_in_insert on herald_public.contacts;
 create trigger _200_sms_opt_in_insert before insert on herald_public.contacts
-  for each row when (new.sms_subscribed) execute function herald_private.tg_contacts__sms_opt_in();
+  for each row when (new.sms_subscribed and herald_hidden.sms_double_opt_in(new.tenant_id))
+  execute function herald_private.tg_contacts__sms_opt_in();
 drop trigger if exists _200_sms_opt_in_update on herald_public.contacts;
 create trigger _200_sms_opt_in_update before update of sms_subscribed on herald_public.contacts
   for each row when (new.sms_subscribed is distinct from old.sms_subscribed
