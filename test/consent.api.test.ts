@@ -273,4 +273,31 @@ describe("SMS double opt-in", () => {
     const immediate = await create({ phone: freshPhone() });
     expect(immediate).toMatchObject({ smsSubscribed: true, smsOptInPending: false, smsConsent: "subscribed" });
   });
+
+  it("an import into a tenant with double opt-in: new SMS subscriptions are pending, recorded as the import's", async () => {
+    await setDoubleOptIn(true);
+    try {
+      const file = path.join(dir, "pending.csv");
+      fs.writeFileSync(file, `phone,first name\n${freshPhone()},Imported Pending\n`);
+      await importContacts({
+        pool: db.current.authenticator,
+        keyring: testKeyring(),
+        tenantId: a.id,
+        file,
+        rejectsFile: path.join(dir, "pending.rejects.csv"),
+      });
+    } finally {
+      await setDoubleOptIn(false);
+    }
+    const [row] = await asWorker(db.current, a, async (c) => {
+      const { rows } = await c.query(
+        "select id, sms_subscribed, sms_opt_in_pending from herald_public.contacts where first_name = 'Imported Pending'",
+      );
+      return rows;
+    });
+    expect(row).toMatchObject({ sms_subscribed: false, sms_opt_in_pending: true });
+    expect((await consentOf(a, row.id)).events).toEqual([
+      { channel: "sms", action: "opt_in", source: "import", detail: "pending: awaiting START or YES" },
+    ]);
+  });
 });
