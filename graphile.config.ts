@@ -7,6 +7,7 @@ import { ContactsPlugin } from "./src/api/contacts-plugin.ts";
 import { makeMaskError } from "./src/api/errors.ts";
 import { guardPlugins } from "./src/api/guards.ts";
 import { PayloadNamesPlugin } from "./src/api/payload-names-plugin.ts";
+import { SendToAddressPlugin } from "./src/api/send-to-address-plugin.ts";
 import { STATEMENT_TIMEOUT } from "./src/api/limits.ts";
 import type { Logger } from "./src/logger.ts";
 
@@ -32,7 +33,7 @@ export function makeHeraldPreset(options: {
 }): GraphileConfig.Preset {
   return {
     extends: [PostGraphileAmberPreset],
-    plugins: [...guardPlugins, ContactsPlugin, PayloadNamesPlugin],
+    plugins: [...guardPlugins, ContactsPlugin, PayloadNamesPlugin, SendToAddressPlugin],
     pgServices: [makePgService({ pool: options.pool, schemas: ["herald_public"] })],
     grafast: {
       async context(requestContext) {

@@ -531,7 +531,7 @@ create table herald_public.consent_events (
   constraint consent_events_pkey
     PRIMARY KEY (tenant_id, id),
   constraint consent_events_source
-    CHECK ((source = ANY (ARRAY['keyword'::text, 'carrier'::text, 'email_provider'::text]))),
+    CHECK ((source = ANY (ARRAY['keyword'::text, 'carrier'::text, 'email_provider'::text, 'api'::text, 'import'::text, 'upsert'::text]))),
   constraint consent_events_tenant_id_fkey
     FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
 );
@@ -542,6 +542,9 @@ alter table herald_public.consent_events force row level security;
     CREATE INDEX consent_events_created ON herald_public.consent_events USING btree (tenant_id, created_at);
 -- trigger _800_webhook_event on herald_public.consent_events
     CREATE TRIGGER _800_webhook_event AFTER INSERT ON herald_public.consent_events FOR EACH ROW EXECUTE FUNCTION herald_private.tg__webhook_event('consent.changed');
+create policy insert_definer on herald_public.consent_events as permissive for insert to herald_owner
+    with check (true);
+comment on policy insert_definer on herald_public.consent_events is 'The consent trigger on contacts (herald_private.tg_contacts__consent_events) records tenants'' changes.';
 create policy insert_worker on herald_public.consent_events as permissive for insert to herald_worker
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 create policy select_admin on herald_public.consent_events as permissive for select to herald_admin
@@ -550,7 +553,7 @@ create policy select_member on herald_public.consent_events as permissive for se
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.consent_events is '@behavior -insert -update -delete
 Every opt-out, opt-in and HELP request, and where it came from. Kept as a record: nobody edits it.';
-comment on column herald_public.consent_events.source is '`keyword` (the contact texted it), `carrier` (Twilio error 21610), `email_provider` (a SendGrid unsubscribe or spam report).';
+comment on column herald_public.consent_events.source is '`keyword` (the contact texted it), `carrier` (Twilio error 21610), `email_provider` (a SendGrid unsubscribe or spam report), `api` (the tenant changed it through GraphQL), `import` (a CSV import), `upsert` (upsertContacts).';
 comment on constraint consent_events_contact_fkey on herald_public.consent_events is '@fieldName contact
 @foreignFieldName consentEvents';
 comment on constraint consent_events_inbound_message_fkey on herald_public.consent_events is '@fieldName inboundMessage
@@ -642,6 +645,10 @@ create table herald_public.contacts (
     default now(),
   created_by_inbound boolean not null
     default false,
+  created_by_send boolean not null
+    default false,
+  sms_opt_in_pending boolean not null
+    default false,
   constraint contacts_attributes_object
     CHECK ((jsonb_typeof(attributes) = 'object'::text)),
   constraint contacts_email_pair
@@ -672,6 +679,14 @@ alter table herald_public.contacts force row level security;
     CREATE UNIQUE INDEX contacts_phone_hash ON herald_public.contacts USING btree (tenant_id, phone_hash);
 -- trigger _100_timestamps on herald_public.contacts
     CREATE TRIGGER _100_timestamps BEFORE UPDATE ON herald_public.contacts FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+-- trigger _200_sms_opt_in_insert on herald_public.contacts
+    CREATE TRIGGER _200_sms_opt_in_insert BEFORE INSERT ON herald_public.contacts FOR EACH ROW WHEN ((new.sms_subscribed AND herald_hidden.sms_double_opt_in(new.tenant_id))) EXECUTE FUNCTION herald_private.tg_contacts__sms_opt_in();
+-- trigger _200_sms_opt_in_update on herald_public.contacts
+    CREATE TRIGGER _200_sms_opt_in_update BEFORE UPDATE OF sms_subscribed ON herald_public.contacts FOR EACH ROW WHEN (((new.sms_subscribed IS DISTINCT FROM old.sms_subscribed) OR (old.sms_opt_in_pending AND (herald_hidden.consent_source() IS NULL)))) EXECUTE FUNCTION herald_private.tg_contacts__sms_opt_in();
+-- trigger _700_consent_events_insert on herald_public.contacts
+    CREATE TRIGGER _700_consent_events_insert AFTER INSERT ON herald_public.contacts FOR EACH ROW WHEN (((NOT new.sms_subscribed) OR (NOT new.email_subscribed) OR new.whatsapp_subscribed OR new.sms_opt_in_pending)) EXECUTE FUNCTION herald_private.tg_contacts__consent_events();
+-- trigger _700_consent_events_update on herald_public.contacts
+    CREATE TRIGGER _700_consent_events_update AFTER UPDATE ON herald_public.contacts FOR EACH ROW WHEN (((new.sms_subscribed IS DISTINCT FROM old.sms_subscribed) OR (new.email_subscribed IS DISTINCT FROM old.email_subscribed) OR (new.whatsapp_subscribed IS DISTINCT FROM old.whatsapp_subscribed) OR (new.sms_opt_in_pending IS DISTINCT FROM old.sms_opt_in_pending))) EXECUTE FUNCTION herald_private.tg_contacts__consent_events();
 -- trigger _900_audit_delete on herald_public.contacts
     CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.contacts REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
 -- trigger _900_audit_insert on herald_public.contacts
@@ -695,6 +710,7 @@ comment on table herald_public.contacts is '@behavior -insert -update
 A person a tenant messages. Phone and email are stored encrypted; write with `createContact` / `updateContact` / `upsertContacts`, find with `contactByPhone` / `contactByEmail`.';
 comment on column herald_public.contacts.attributes is 'Free-form JSON object for templates.';
 comment on column herald_public.contacts.created_by_inbound is 'Created when a number the tenant did not know wrote to one of its numbers (`inboundMessages` shows what it sent).';
+comment on column herald_public.contacts.created_by_send is 'Created by `sendMessage(to: …)` for an address the tenant had no contact for.';
 comment on column herald_public.contacts.email_encrypted is '@behavior -*';
 comment on column herald_public.contacts.email_hash is '@behavior -*';
 comment on column herald_public.contacts.external_id is 'The tenant''s own id for this person; unique per tenant.';
@@ -703,12 +719,13 @@ comment on column herald_public.contacts.key_version is '@behavior -*';
 comment on column herald_public.contacts.locale is 'BCP 47 language tag, e.g. `en` or `pt-BR`.';
 comment on column herald_public.contacts.phone_encrypted is '@behavior -*';
 comment on column herald_public.contacts.phone_hash is '@behavior -*';
+comment on column herald_public.contacts.sms_opt_in_pending is 'Double opt-in: subscribed to SMS by the tenant, waiting for the contact to reply START or YES (until then `smsSubscribed` is false).';
 comment on column herald_public.contacts.timezone is 'IANA time zone, e.g. `America/New_York`.';
 comment on constraint contacts_key_version_fkey on herald_public.contacts is '@behavior -*';
 grant delete on herald_public.contacts to herald_admin;
 grant delete on herald_public.contacts to herald_member;
 grant insert (attributes, created_by_inbound, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed) on herald_public.contacts to herald_worker;
-grant insert (attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed) on herald_public.contacts to herald_member;
+grant insert (attributes, created_by_send, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed) on herald_public.contacts to herald_member;
 grant select on herald_public.contacts to herald_admin;
 grant select on herald_public.contacts to herald_member;
 grant select on herald_public.contacts to herald_worker;
@@ -1896,6 +1913,8 @@ create table herald_public.tenant_settings (
   start_reply text,
   api_requests_per_minute integer not null
     default 600,
+  sms_double_opt_in boolean not null
+    default false,
   constraint tenant_settings_api_requests_per_minute_range
     CHECK (((api_requests_per_minute >= 1) AND (api_requests_per_minute <= 1000000))),
   constraint tenant_settings_business_name_length
@@ -1970,6 +1989,7 @@ comment on column herald_public.tenant_settings.help_disclaimer is 'Appended to 
 comment on column herald_public.tenant_settings.help_text is 'The whole answer to HELP/INFO, replacing the one composed from the fields below (see `keywordReplies`).';
 comment on column herald_public.tenant_settings.message_frequency is 'e.g. `Up to 4 msgs/month`; default: `Msg frequency varies`.';
 comment on column herald_public.tenant_settings.program_description is 'What the messages are for, e.g. `appointment reminders`; default: `account notifications`.';
+comment on column herald_public.tenant_settings.sms_double_opt_in is 'When true, an SMS subscription you set (API, import, upsert) waits for the contact to reply START or YES (`smsOptInPending`).';
 comment on column herald_public.tenant_settings.start_reply is 'The answer to START/UNSTOP/YES; default: a resubscribe confirmation naming the business.';
 comment on column herald_public.tenant_settings.stop_reply is 'The answer to STOP (and its family); default: an unsubscribe confirmation naming the business.';
 comment on column herald_public.tenant_settings.support_phone is 'Where HELP sends people (any of phone, email, website).';
@@ -1979,8 +1999,8 @@ grant insert (tenant_id) on herald_public.tenant_settings to herald_admin;
 grant select on herald_public.tenant_settings to herald_admin;
 grant select on herald_public.tenant_settings to herald_member;
 grant select on herald_public.tenant_settings to herald_worker;
-grant update (api_requests_per_minute, business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone) on herald_public.tenant_settings to herald_admin;
-grant update (business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone) on herald_public.tenant_settings to herald_member;
+grant update (api_requests_per_minute, business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_double_opt_in, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone) on herald_public.tenant_settings to herald_admin;
+grant update (business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_double_opt_in, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone) on herald_public.tenant_settings to herald_member;
 
 create table herald_public.tenants (
   id uuid not null
@@ -2529,16 +2549,75 @@ grant execute on function herald_hidden.apply_delivery_event(uuid,text,text,text
 comment on function herald_hidden.apply_provider_reports(integer) is 'Applies the session tenant''s oldest waiting provider reports (at most `max_reports`) to its deliveries, and removes them from the journal.';
 grant execute on function herald_hidden.apply_provider_reports(integer) to herald_worker;
 
+-- function herald_hidden.consent_source() returns text; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.consent_source()
+     RETURNS text
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select coalesce(nullif(pg_catalog.current_setting('herald.consent_source', true), ''),
+                      case when pg_catalog.current_setting('role', true) = 'herald_member' then 'api' end);
+    $function$;
+grant execute on function herald_hidden.consent_source() to herald_member;
+grant execute on function herald_hidden.consent_source() to herald_worker;
+
 -- function herald_hidden.contact_for_address(text,text) returns uuid; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.contact_for_address(channel text, address text)
      RETURNS uuid
      LANGUAGE plpgsql
      SET search_path TO ''
     AS $function$
+    declare
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_kind text := case when channel = 'email' then 'email' else 'phone' end;
+      v_hashes bytea[];
+      v_contact uuid;
+      v_key_version smallint;
+      v_hash_version smallint;
     begin
-      raise exception 'sending to an address is not available yet' using errcode = '0A000', column = 'to';
+      if v_tenant is null then
+        raise exception 'no tenant in this session' using errcode = 'NOTNT';
+      end if;
+      if v_kind = 'phone' and (address is null or address !~ '^\+[1-9][0-9]{6,14}$') then
+        raise exception 'to must be a phone number for %', channel using errcode = '22023', column = 'to';
+      end if;
+      if v_kind = 'email' and (address is null or pg_catalog.length(address) > 254
+                               or address <> pg_catalog.lower(pg_catalog.btrim(address))
+                               or address !~ '^[^@\s]+@[^@\s]+\.[^@\s]+$') then
+        raise exception 'to must be an email address for email' using errcode = '22023', column = 'to';
+      end if;
+
+      v_hashes := herald_hidden.pii_hashes(v_kind, address);
+      -- Found, else created; two sends to one new address at once: one insert
+      -- wins (the unique hash index), the other finds its row on the second pass.
+      for attempt in 1..2 loop
+        if v_kind = 'phone' then
+          select c.id into v_contact from herald_public.contacts c
+           where c.tenant_id = v_tenant and c.phone_hash = any (v_hashes);
+        else
+          select c.id into v_contact from herald_public.contacts c
+           where c.tenant_id = v_tenant and c.email_hash = any (v_hashes);
+        end if;
+        exit when v_contact is not null or attempt = 2;
+        v_key_version := herald_hidden.current_data_key_version();
+        v_hash_version := herald_hidden.current_hash_key_version();
+        if v_kind = 'phone' then
+          insert into herald_public.contacts (phone_encrypted, phone_hash, key_version, hash_version, created_by_send)
+          values (herald_hidden.encrypt_pii(address, herald_hidden.data_key(v_key_version)),
+                  herald_hidden.pii_hash('phone', address, v_hash_version), v_key_version, v_hash_version, true)
+          on conflict (tenant_id, phone_hash) do nothing;
+        else
+          insert into herald_public.contacts (email_encrypted, email_hash, key_version, hash_version, created_by_send)
+          values (herald_hidden.encrypt_pii(address, herald_hidden.data_key(v_key_version)),
+                  herald_hidden.pii_hash('email', address, v_hash_version), v_key_version, v_hash_version, true)
+          on conflict (tenant_id, email_hash) do nothing;
+        end if;
+      end loop;
+      return v_contact;
     end;
     $function$;
+comment on function herald_hidden.contact_for_address(text,text) is 'The session tenant''s contact holding this normalised phone (E.164) or email, found by keyed hash or created (flagged created_by_send).';
 grant execute on function herald_hidden.contact_for_address(text,text) to herald_member;
 
 -- function herald_hidden.contacts_on_old_keys() returns bigint; sql; stable; set search_path=""
@@ -2955,7 +3034,9 @@ grant execute on function herald_hidden.pii_hashes(text,text) to herald_worker;
     AS $function$
     declare
       v_tenant uuid := herald_public.current_tenant_id();
-      v_scopes text[] := array['tenant'] || case when sender is not null then array['sender:' || sender] else '{}' end;
+      v_prefix text := case when pg_catalog.current_setting('herald.fan_out_purpose', true) = 'transactional'
+                            then 'transactional:' else '' end;
+      v_scopes text[] := array[v_prefix || 'tenant'] || case when sender is not null then array[v_prefix || 'sender:' || sender] else '{}' end;
     begin
       select make_interval(secs => s.rate_batch_interval_seconds::double precision / s.rate_batch_size) into step
         from herald_public.tenant_settings s where s.tenant_id = v_tenant;
@@ -3654,6 +3735,28 @@ grant execute on function herald_hidden.send_window_opens_at(text,text,time with
 comment on function herald_hidden.sender_refusal(text,text,text) is 'Why `sender` may not send for the session''s tenant on `channel` (null: it may). The one sender-ownership rule.';
 grant execute on function herald_hidden.sender_refusal(text,text,text) to herald_member;
 grant execute on function herald_hidden.sender_refusal(text,text,text) to herald_worker;
+
+-- function herald_hidden.sms_consent_state(boolean,boolean) returns text; sql; immutable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.sms_consent_state(subscribed boolean, pending boolean)
+     RETURNS text
+     LANGUAGE sql
+     IMMUTABLE
+     SET search_path TO ''
+    AS $function$
+      select case when subscribed then 'subscribed' when pending then 'pending' else 'unsubscribed' end;
+    $function$;
+
+-- function herald_hidden.sms_double_opt_in(uuid) returns boolean; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.sms_double_opt_in(tenant_id uuid)
+     RETURNS boolean
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select coalesce((select s.sms_double_opt_in from herald_public.tenant_settings s where s.tenant_id = sms_double_opt_in.tenant_id), false);
+    $function$;
+grant execute on function herald_hidden.sms_double_opt_in(uuid) to herald_member;
+grant execute on function herald_hidden.sms_double_opt_in(uuid) to herald_worker;
 
 -- function herald_hidden.sms_encoding(text) returns text; sql; immutable
     CREATE OR REPLACE FUNCTION herald_hidden.sms_encoding(body text)
@@ -4681,6 +4784,58 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
     end;
     $function$;
 
+-- function herald_private.tg_contacts__consent_events() returns trigger; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_contacts__consent_events()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_source text := herald_hidden.consent_source();
+      v_sms_new text := herald_hidden.sms_consent_state(new.sms_subscribed, new.sms_opt_in_pending);
+      v_sms_old text := case when tg_op = 'INSERT' then 'subscribed'
+                             else herald_hidden.sms_consent_state(old.sms_subscribed, old.sms_opt_in_pending) end;
+      v_email_old boolean := case when tg_op = 'INSERT' then true else old.email_subscribed end;
+      v_whatsapp_old boolean := case when tg_op = 'INSERT' then false else old.whatsapp_subscribed end;
+    begin
+      if v_source is null then
+        return null;
+      end if;
+      insert into herald_public.consent_events (tenant_id, contact_id, channel, action, source, detail)
+      select new.tenant_id, new.id, e.channel, e.action, v_source, e.detail
+        from (values
+          ('sms', case when v_sms_new = v_sms_old then null
+                       when v_sms_new = 'unsubscribed' then 'opt_out' else 'opt_in' end,
+                  case when v_sms_new = 'pending' then 'pending: awaiting START or YES' end),
+          ('email', case when new.email_subscribed is distinct from v_email_old
+                         then case when new.email_subscribed then 'opt_in' else 'opt_out' end end, null),
+          ('whatsapp', case when new.whatsapp_subscribed is distinct from v_whatsapp_old
+                            then case when new.whatsapp_subscribed then 'opt_in' else 'opt_out' end end, null)
+        ) as e(channel, action, detail)
+       where e.action is not null;
+      return null;
+    end;
+    $function$;
+
+-- function herald_private.tg_contacts__sms_opt_in() returns trigger; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_contacts__sms_opt_in()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    begin
+      if herald_hidden.consent_source() is null then
+        new.sms_opt_in_pending := false;
+      elsif new.sms_subscribed and (tg_op = 'INSERT' or not old.sms_subscribed)
+            and coalesce((select s.sms_double_opt_in from herald_public.tenant_settings s where s.tenant_id = new.tenant_id), false) then
+        new.sms_subscribed := false;
+        new.sms_opt_in_pending := true;
+      end if;
+      return new;
+    end;
+    $function$;
+
 -- function herald_private.tg_deliveries__enqueue() returns trigger; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.tg_deliveries__enqueue()
      RETURNS trigger
@@ -4688,12 +4843,16 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
      SECURITY DEFINER
      SET search_path TO ''
     AS $function$
+    declare
+      v_priority integer := case when pg_catalog.current_setting('herald.fan_out_purpose', true) = 'transactional'
+                                 then -5 else 0 end;
     begin
       perform graphile_worker.add_jobs(array(
         select pg_catalog.json_populate_record(null::graphile_worker.job_spec, pg_catalog.json_build_object(
                  'identifier', 'delivery__send',
                  'payload', pg_catalog.json_build_object('tenant_id', c.tenant_id, 'ids', c.ids),
                  'run_at', c.run_at,
+                 'priority', v_priority,
                  'max_attempts', 25))
           from (select d.tenant_id, min(d.run_at) as run_at, pg_catalog.array_agg(d.id order by d.run_at) as ids
                   from (select n.tenant_id, n.id, n.run_at, n.channel,
@@ -5253,6 +5412,19 @@ comment on function herald_public.contacts_phone(herald_public.contacts) is 'Pho
 grant execute on function herald_public.contacts_phone(herald_public.contacts) to herald_admin;
 grant execute on function herald_public.contacts_phone(herald_public.contacts) to herald_member;
 grant execute on function herald_public.contacts_phone(herald_public.contacts) to herald_worker;
+
+-- function herald_public.contacts_sms_consent(herald_public.contacts) returns text; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.contacts_sms_consent(c herald_public.contacts)
+     RETURNS text
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select case when c.sms_subscribed then 'subscribed' when c.sms_opt_in_pending then 'pending' else 'unsubscribed' end;
+    $function$;
+comment on function herald_public.contacts_sms_consent(herald_public.contacts) is '`subscribed`, `pending` (double opt-in: waiting for START or YES) or `unsubscribed`.';
+grant execute on function herald_public.contacts_sms_consent(herald_public.contacts) to herald_admin;
+grant execute on function herald_public.contacts_sms_consent(herald_public.contacts) to herald_member;
 
 -- function herald_public.create_api_key(text) returns herald_public.created_api_key; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.create_api_key(name text)

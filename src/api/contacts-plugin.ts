@@ -210,7 +210,7 @@ export const ContactsPlugin = extendSchema((build) => {
               }
               const run = runOn(client);
               const documents = normalizeAll(list, await defaultCountryOrFail(run), (i) => `contacts[${i}].`, true);
-              const outcomes = list.length ? await upsertContacts(run, documents) : [];
+              const outcomes = list.length ? await upsertContacts(run, documents, "upsert", "upsert") : [];
               const tenantId = await currentTenant(run);
               const count = (action: string) => outcomes.filter((o) => o.action === action).length;
               return {

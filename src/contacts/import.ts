@@ -238,6 +238,8 @@ export async function importContacts(options: ImportOptions): Promise<ImportSumm
       const result = await upsertContacts(
         run,
         pending.map((p) => p.document),
+        "upsert",
+        "import",
       );
       const kept = result.filter((o) => o.contactId && !REFUSAL_REASONS[o.action]).map((o) => o.contactId!);
       await attach(run, "contact_tags", "tag_id", tagIds, kept);

@@ -22,16 +22,27 @@ export interface UpsertOutcome {
 
 export const MAX_UPSERT_BATCH = 1000;
 
+/**
+ * Where a change of consent comes from, for the consent_events rows the
+ * contacts trigger writes (migrations/current/220-consent-sources.sql).
+ * Without one, a member's request counts as `api`.
+ */
+export type ConsentSource = "api" | "import" | "upsert";
+
 export async function upsertContacts(
   run: RunQuery,
   documents: ContactDocument[],
   mode: "upsert" | "insert" | "update" = "upsert",
+  consentSource?: ConsentSource,
 ): Promise<UpsertOutcome[]> {
+  // Transaction-local, and cleared after: a later statement of the same transaction is not this one.
+  if (consentSource) await run("select set_config('herald.consent_source', $1, true)", [consentSource]);
   const rows = await run<{ ordinal: number; contact_id: string | null; action: UpsertAction }>(
     "select ordinal, contact_id, action from herald_hidden.upsert_contacts($1::jsonb, $2)",
     [JSON.stringify(documents), mode],
     "herald_upsert_contacts",
   );
+  if (consentSource) await run("select set_config('herald.consent_source', '', true)", []);
   return rows.map((r) => ({ ordinal: r.ordinal, contactId: r.contact_id, action: r.action }));
 }
 

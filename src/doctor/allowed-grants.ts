@@ -54,7 +54,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["INSERT(contact_id, tag_id, tenant_id)", "SELECT"],
   },
   "herald_public.contacts": {
-    member: ["DELETE", "INSERT(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed)", "SELECT", "UPDATE(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, timezone, whatsapp_subscribed)"],
+    member: ["DELETE", "INSERT(attributes, created_by_send, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed)", "SELECT", "UPDATE(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, timezone, whatsapp_subscribed)"],
     admin: ["DELETE", "SELECT"],
     worker: ["INSERT(attributes, created_by_inbound, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, id, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, tenant_id, timezone, whatsapp_subscribed)", "SELECT", "UPDATE(attributes, email_encrypted, email_hash, email_subscribed, external_id, first_name, hash_version, key_version, last_name, locale, phone_encrypted, phone_hash, sms_subscribed, timezone, whatsapp_subscribed)"],
   },
@@ -137,8 +137,8 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["SELECT"],
   },
   "herald_public.tenant_settings": {
-    member: ["SELECT", "UPDATE(business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone)"],
-    admin: ["DELETE", "INSERT(tenant_id)", "SELECT", "UPDATE(api_requests_per_minute, business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone)"],
+    member: ["SELECT", "UPDATE(business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_double_opt_in, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone)"],
+    admin: ["DELETE", "INSERT(tenant_id)", "SELECT", "UPDATE(api_requests_per_minute, business_name, default_country, fallback_to_system, help_disclaimer, help_text, message_frequency, monthly_message_cap, program_description, rate_batch_interval_seconds, rate_batch_size, send_window_end, send_window_start, sms_double_opt_in, sms_from, start_reply, stop_reply, support_email, support_phone, support_website, timezone)"],
     worker: ["SELECT"],
   },
   "herald_public.tenants": {

@@ -115,7 +115,8 @@ const deliverySelect = `
          -- else the tenant's; not a reply to someone who wrote in the last day
          -- (metadata is the sender's to write: the message it names must be
          -- this contact's, and recent).
-         case when d.channel <> 'email'
+         -- Transactional texts (codes, reminders asked for) are not held.
+         case when d.channel <> 'email' and m.purpose <> 'transactional'
                    and not exists (
                          select 1 from herald_public.inbound_messages i
                           where i.tenant_id = d.tenant_id and i.contact_id = d.contact_id

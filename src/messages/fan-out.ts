@@ -27,6 +27,13 @@ export async function fanOut(
   const totals: FanOutTotals = { contacts: 0, queued: 0, skipped: 0, batches: 0 };
   for (;;) {
     const batch = await transaction(async (client) => {
+      // Transactional messages are planned (and their jobs prioritised) ahead of
+      // marketing on the same sender: migrations/current/215-transactional-pacing.sql.
+      await client.query(
+        `select set_config('herald.fan_out_purpose', coalesce((select m.purpose from herald_public.messages m
+            where m.tenant_id = herald_public.current_tenant_id() and m.id = $1), 'marketing'), true)`,
+        [messageId],
+      );
       const { rows } = await client.query<{ contacts: number; queued: number; skipped: number; done: boolean }>(
         "select * from herald_hidden.fan_out_batch($1, $2, $3, $4)",
         [messageId, batchSize, system.smsFrom ?? null, system.messagesPerSecond ?? 1],
