@@ -40,10 +40,9 @@ const contacts = new Map<string, string>();
 /** A SendGrid account of the tenant, a sender on it (with name and reply-to), and its domain in `status`. */
 async function sendgridSetup(t: TenantFixture, domain: string, status: "verified" | "pending") {
   await asOwner(db.current, t, async (c) => {
-    const { rows } = await c.query(
-      "select id from herald_public.create_provider_account('sendgrid', 'Mail', $1)",
-      [`SG.sandbox.${t.slug}`],
-    );
+    const { rows } = await c.query("select id from herald_public.create_provider_account('sendgrid', 'Mail', $1)", [
+      `SG.sandbox.${t.slug}`,
+    ]);
     await c.query(
       "insert into herald_public.email_senders (from_email, from_name, reply_to, provider_account_id) values ($1, $2, $3, $4)",
       [`news@${domain}`, `${t.slug} News`, `care@${domain}`, rows[0].id],
@@ -120,7 +119,10 @@ describe("a tenant's own SendGrid account", () => {
   });
 
   it("takes the message's fromName and replyTo over the sender's", async () => {
-    const { copies } = await send(verified, "Overridden", { fromName: "Billing", replyTo: "billing@verified-co.example" });
+    const { copies } = await send(verified, "Overridden", {
+      fromName: "Billing",
+      replyTo: "billing@verified-co.example",
+    });
     expect(copies[0]).toMatchObject({ fromName: "Billing", replyTo: "billing@verified-co.example" });
   });
 
@@ -149,7 +151,9 @@ describe("a tenant's own SendGrid account", () => {
 
   it("with fallback_to_system: the system's account sends, from the system sender", async () => {
     await asRoot(db.current, (c) =>
-      c.query("update herald_public.tenant_settings set fallback_to_system = true where tenant_id = $1", [unverified.id]),
+      c.query("update herald_public.tenant_settings set fallback_to_system = true where tenant_id = $1", [
+        unverified.id,
+      ]),
     );
     try {
       const { delivery, copies } = await send(unverified, "Through the fallback");

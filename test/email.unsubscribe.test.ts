@@ -59,10 +59,11 @@ beforeAll(async () => {
   sharedA = await contactOf(a, SHARED);
   sharedB = await contactOf(b, SHARED);
   bouncedA = await contactOf(a, BOUNCED);
-  await asWorker(db.current, a, (c) => c.query("select herald_public.add_suppression('email', $1, 'bounce')", [BOUNCED]));
+  await asWorker(db.current, a, (c) =>
+    c.query("select herald_public.add_suppression('email', $1, 'bounce')", [BOUNCED]),
+  );
   worker = await startSendingWorker(db.current, server, 4);
 });
-
 
 afterAll(async () => {
   await worker?.stop();
@@ -167,9 +168,11 @@ describe("forged and foreign tokens", () => {
     const altered = token.slice(0, 5) + flipped + token.slice(6);
     const bytes = Buffer.from(token, "base64url");
     // Tenant B's id spliced in: the signature no longer matches.
-    const spliced = Buffer.concat([bytes.subarray(0, 1), Buffer.from(b.id.replace(/-/g, ""), "hex"), bytes.subarray(17)]).toString(
-      "base64url",
-    );
+    const spliced = Buffer.concat([
+      bytes.subarray(0, 1),
+      Buffer.from(b.id.replace(/-/g, ""), "hex"),
+      bytes.subarray(17),
+    ]).toString("base64url");
     const otherKey = unsubscribeToken(Buffer.alloc(32, 7), a.id, sharedA);
     // Only the signature altered: the tenant and the contact are still right.
     const macAltered = token.slice(0, 60) + (token[60] === "A" ? "B" : "A") + token.slice(61);

@@ -73,7 +73,9 @@ it("unsubscribes on opening, then resubscribes and unsubscribes with JavaScript 
   expect(await state()).toEqual({ subscribed: false, events: 3, suppressions: 1 });
 
   // An altered link: the page says so, and nothing is written.
-  const altered = await page.goto(`${api.current.url}/unsubscribe/${token.slice(0, -1)}${token.endsWith("A") ? "B" : "A"}`);
+  const altered = await page.goto(
+    `${api.current.url}/unsubscribe/${token.slice(0, -1)}${token.endsWith("A") ? "B" : "A"}`,
+  );
   expect(altered?.status()).toBe(404);
   expect(await page.$eval("h1", (h) => h.textContent)).toBe("This link is not valid");
   expect(await state()).toEqual({ subscribed: false, events: 3, suppressions: 1 });

@@ -58,7 +58,11 @@ const macOf = (key: Buffer, signed: Buffer) => createHmac("sha256", key).update(
 export function unsubscribeToken(key: Buffer, tenantId: string, contactId: string): string {
   if (!UUID.test(tenantId) || !UUID.test(contactId)) throw new Error("unsubscribeToken needs uuids");
   const keys = keysOf(key);
-  const signed = Buffer.concat([Buffer.from([VERSION]), uuidBytes(tenantId), block(keys.seal, uuidBytes(contactId), true)]);
+  const signed = Buffer.concat([
+    Buffer.from([VERSION]),
+    uuidBytes(tenantId),
+    block(keys.seal, uuidBytes(contactId), true),
+  ]);
   return Buffer.concat([signed, macOf(keys.mac, signed)]).toString("base64url");
 }
 
@@ -71,7 +75,10 @@ export function readUnsubscribeToken(key: Buffer, token: string): { tenantId: st
   const keys = keysOf(key);
   const signed = bytes.subarray(0, 33);
   if (!timingSafeEqual(macOf(keys.mac, signed), bytes.subarray(33))) return null;
-  return { tenantId: uuidText(bytes.subarray(1, 17)), contactId: uuidText(block(keys.seal, bytes.subarray(17, 33), false)) };
+  return {
+    tenantId: uuidText(bytes.subarray(1, 17)),
+    contactId: uuidText(block(keys.seal, bytes.subarray(17, 33), false)),
+  };
 }
 
 export function unsubscribeUrl(config: UnsubscribeConfig, tenantId: string, contactId: string): string {

@@ -205,15 +205,13 @@ export async function transmitEmailBatch(
         ? { subject: first.subject, text: first.text, ...(first.html ? { html: first.html } : {}) }
         : { subject: "{{herald_subject}}", text: "{{herald_text}}", ...(withHtml ? { html: "{{herald_html}}" } : {}) };
       const [response] = await call(hooks, via, () =>
-        clients
-          .sendgridFor(via)
-          .send({
-            from: route.fromName ? { email: from, name: route.fromName } : from,
-            ...(route.replyTo ? { replyTo: route.replyTo } : {}),
-            personalizations,
-            ...content,
-            ...(same ? {} : { substitutionWrappers: ["{{", "}}"] }),
-          }),
+        clients.sendgridFor(via).send({
+          from: route.fromName ? { email: from, name: route.fromName } : from,
+          ...(route.replyTo ? { replyTo: route.replyTo } : {}),
+          personalizations,
+          ...content,
+          ...(same ? {} : { substitutionWrappers: ["{{", "}}"] }),
+        }),
       );
       return { id: String(response.headers["x-message-id"] ?? ""), from };
     },

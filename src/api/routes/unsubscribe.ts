@@ -87,7 +87,12 @@ const notFound = (res: Response) =>
     .status(404)
     .set("Cache-Control", "no-store")
     .type("html")
-    .send(page("Link not valid", "<h1>This link is not valid</h1><p>Use the unsubscribe link of an email you received.</p>"));
+    .send(
+      page(
+        "Link not valid",
+        "<h1>This link is not valid</h1><p>Use the unsubscribe link of an email you received.</p>",
+      ),
+    );
 
 /** RFC 8058's body, form-encoded or multipart. */
 function isOneClick(req: Request): boolean {
@@ -104,8 +109,8 @@ export function unsubscribeRoutes(ctx: UnsubscribeContext): Router {
     express.text({ type: "multipart/form-data", limit: "1kb" }),
   ];
 
-  const act = (subscribe: boolean, detail: string, check?: (req: Request) => boolean) =>
-    async (req: Request, res: Response) => {
+  const act =
+    (subscribe: boolean, detail: string, check?: (req: Request) => boolean) => async (req: Request, res: Response) => {
       const token = String(req.params.token);
       const named = readUnsubscribeToken(ctx.key, token);
       if (!named) return notFound(res);
@@ -134,7 +139,10 @@ export function unsubscribeRoutes(ctx: UnsubscribeContext): Router {
         throw error;
       }
       if (!result?.tenant_name) return notFound(res);
-      ctx.logger.info({ tenant: named.tenantId, subscribed: result.subscribed }, "email consent from an unsubscribe link");
+      ctx.logger.info(
+        { tenant: named.tenantId, subscribed: result.subscribed },
+        "email consent from an unsubscribe link",
+      );
       answer(res, token, result.tenant_name, Boolean(result.subscribed));
     };
 
