@@ -205,3 +205,41 @@ describe("metadata.fromName and metadata.replyTo", () => {
     expect(body.errors?.[0]?.message).toContain("for email only");
   });
 });
+
+describe("testProviderAccount on a SendGrid account", () => {
+  async function runTest(t: TenantFixture, to: string) {
+    const { rows } = await db.current.root.query(
+      "select id from herald_public.provider_accounts where tenant_id = $1 and kind = 'sendgrid'",
+      [t.id],
+    );
+    const { body } = await graphql(
+      api.current,
+      await tokenFor(api.current, t, "owner"),
+      "mutation($id: UUID!, $to: String!) { testProviderAccount(input: { providerAccountId: $id, toAddress: $to }) { result } }",
+      { id: rows[0].id, to },
+    );
+    const testId = body.data?.testProviderAccount?.result as string;
+    expect(testId, JSON.stringify(body)).toMatch(/^[0-9a-f-]{36}$/);
+    for (let i = 0; i < 150; i++) {
+      const { rows: done } = await db.current.root.query(
+        "select finished_at, error from herald_hidden.provider_tests where id = $1",
+        [testId],
+      );
+      if (done[0]?.finished_at) return done[0].error as string | null;
+      await new Promise((r) => setTimeout(r, 100));
+    }
+    throw new Error("the account test did not finish");
+  }
+
+  it("sends from the account's verified sender", async () => {
+    expect(await runTest(verified, "tester@verified-co.example")).toBeNull();
+    expect(server.sandbox.messages.filter((m) => m.to === "tester@verified-co.example")).toMatchObject([
+      { from: "news@verified-co.example", fromName: "verified-co News" },
+    ]);
+  });
+
+  it("without a verified sender: fails saying so, nothing sent from the system address", async () => {
+    expect(await runTest(unverified, "tester@unverified-co.example")).toMatch(/^no_verified_sender/);
+    expect(server.sandbox.messages.filter((m) => m.to === "tester@unverified-co.example")).toEqual([]);
+  });
+});
