@@ -49,6 +49,7 @@ create extension pgcrypto schema public;
 ---- types
 
 create type herald_hidden.inbound_result as (inbound_message_id uuid, contact_id uuid, duplicate boolean, keyword text, reply text);
+create type herald_hidden.unsubscribe_result as (tenant_name text, subscribed boolean, changed boolean);
 create type herald_private.api_key_identity as (tenant_id uuid, api_key_id uuid);
 create type herald_private.login_identity as (user_id uuid, tenant_id uuid, tenant_slug public.citext, membership_role text);
 create type herald_public.accepted_invitation as (tenant_id uuid, tenant_slug public.citext, role text);
@@ -531,7 +532,7 @@ create table herald_public.consent_events (
   constraint consent_events_pkey
     PRIMARY KEY (tenant_id, id),
   constraint consent_events_source
-    CHECK ((source = ANY (ARRAY['keyword'::text, 'carrier'::text, 'email_provider'::text, 'api'::text, 'import'::text, 'upsert'::text]))),
+    CHECK ((source = ANY (ARRAY['keyword'::text, 'carrier'::text, 'email_provider'::text, 'unsubscribe_link'::text, 'api'::text, 'import'::text, 'upsert'::text]))),
   constraint consent_events_tenant_id_fkey
     FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
 );
@@ -553,7 +554,7 @@ create policy select_member on herald_public.consent_events as permissive for se
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.consent_events is '@behavior -insert -update -delete
 Every opt-out, opt-in and HELP request, and where it came from. Kept as a record: nobody edits it.';
-comment on column herald_public.consent_events.source is '`keyword` (the contact texted it), `carrier` (Twilio error 21610), `email_provider` (a SendGrid unsubscribe or spam report), `api` (the tenant changed it through GraphQL), `import` (a CSV import), `upsert` (upsertContacts).';
+comment on column herald_public.consent_events.source is '`keyword` (the contact texted it), `carrier` (Twilio error 21610), `email_provider` (a SendGrid unsubscribe or spam report), `unsubscribe_link` (the contact used the unsubscribe link of an email), `api` (the tenant changed it through GraphQL), `import` (a CSV import), `upsert` (upsertContacts).';
 comment on constraint consent_events_contact_fkey on herald_public.consent_events is '@fieldName contact
 @foreignFieldName consentEvents';
 comment on constraint consent_events_inbound_message_fkey on herald_public.consent_events is '@fieldName inboundMessage
@@ -809,6 +810,8 @@ alter table herald_public.deliveries force row level security;
     CREATE TRIGGER _010_guard_transition BEFORE UPDATE OF status ON herald_public.deliveries FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION herald_private.tg_deliveries__guard_transition();
 -- trigger _100_timestamps on herald_public.deliveries
     CREATE TRIGGER _100_timestamps BEFORE UPDATE ON herald_public.deliveries FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+-- trigger _130_transactional_email on herald_public.deliveries
+    CREATE TRIGGER _130_transactional_email BEFORE INSERT ON herald_public.deliveries FOR EACH ROW WHEN (((new.channel = 'email'::text) AND (new.status = 'skipped'::text) AND (new.reason = ANY (ARRAY['unsubscribed'::text, 'suppressed'::text])))) EXECUTE FUNCTION herald_private.tg_deliveries__transactional_email();
 -- trigger _500_enqueue on herald_public.deliveries
     CREATE TRIGGER _500_enqueue AFTER INSERT ON herald_public.deliveries REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg_deliveries__enqueue();
 -- trigger _800_webhook_event on herald_public.deliveries
@@ -990,6 +993,7 @@ create table herald_public.email_senders (
   provider_account_id uuid,
   created_at timestamp with time zone not null
     default now(),
+  reply_to text,
   constraint email_senders_account_fkey
     FOREIGN KEY (tenant_id, provider_account_id) REFERENCES herald_public.provider_accounts(tenant_id, id) ON DELETE SET NULL (provider_account_id),
   constraint email_senders_from_email
@@ -1000,6 +1004,8 @@ create table herald_public.email_senders (
     CHECK ((length(from_name) <= 100)),
   constraint email_senders_pkey
     PRIMARY KEY (tenant_id, id),
+  constraint email_senders_reply_to
+    CHECK (((reply_to ~ '^[^@[:space:]]+@[^@[:space:]]+\.[^@[:space:]]+$'::text) AND (length(reply_to) <= 254))),
   constraint email_senders_tenant_id_fkey
     FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
 );
@@ -1023,11 +1029,12 @@ create policy select_member on herald_public.email_senders as permissive for sel
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.email_senders is '@behavior -update
 An address the tenant sends email from.';
+comment on column herald_public.email_senders.reply_to is 'Where replies to this sender''s email go (the Reply-To header); none: to the sender itself.';
 comment on constraint email_senders_account_fkey on herald_public.email_senders is '@fieldName providerAccount
 @foreignFieldName emailSenders';
 grant delete on herald_public.email_senders to herald_admin;
 grant delete on herald_public.email_senders to herald_member;
-grant insert (from_email, from_name, provider_account_id, tenant_id) on herald_public.email_senders to herald_member;
+grant insert (from_email, from_name, provider_account_id, reply_to, tenant_id) on herald_public.email_senders to herald_member;
 grant select on herald_public.email_senders to herald_admin;
 grant select on herald_public.email_senders to herald_member;
 grant select on herald_public.email_senders to herald_worker;
@@ -1473,6 +1480,8 @@ alter table herald_public.messages force row level security;
     CREATE INDEX messages_created ON herald_public.messages USING btree (tenant_id, created_at DESC);
 -- trigger _100_timestamps on herald_public.messages
     CREATE TRIGGER _100_timestamps BEFORE INSERT OR UPDATE ON herald_public.messages FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+-- trigger _130_email_identity on herald_public.messages
+    CREATE TRIGGER _130_email_identity BEFORE INSERT ON herald_public.messages FOR EACH ROW WHEN ((new.metadata ?| ARRAY['fromName'::text, 'replyTo'::text])) EXECUTE FUNCTION herald_private.tg_messages__email_identity();
 -- trigger _200_cancel on herald_public.messages
     CREATE TRIGGER _200_cancel BEFORE UPDATE OF canceled_at ON herald_public.messages FOR EACH ROW EXECUTE FUNCTION herald_private.tg_messages__cancel();
 -- trigger _200_check on herald_public.messages
@@ -2803,6 +2812,79 @@ grant execute on function herald_hidden.delivery_status_rank(text) to herald_wor
     $function$;
 grant execute on function herald_hidden.delivery_transition_allowed(text,text) to herald_worker;
 
+-- function herald_hidden.email_identity_refusal(text,jsonb) returns text; sql; immutable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.email_identity_refusal(channel text, metadata jsonb)
+     RETURNS text
+     LANGUAGE sql
+     IMMUTABLE
+     SET search_path TO ''
+    AS $function$
+      select case
+        when metadata is null or pg_catalog.jsonb_typeof(metadata) <> 'object'
+             or not (metadata ?| array['fromName', 'replyTo']) then null
+        when channel <> 'email' then 'metadata.fromName and metadata.replyTo are for email only'
+        when metadata ? 'fromName' and (pg_catalog.jsonb_typeof(metadata -> 'fromName') <> 'string'
+             or pg_catalog.length(metadata ->> 'fromName') not between 1 and 100
+             or (metadata ->> 'fromName') operator(pg_catalog.~) '[[:cntrl:]]')
+          then 'metadata.fromName must be a name of 1 to 100 characters, on one line'
+        when metadata ? 'replyTo' and (pg_catalog.jsonb_typeof(metadata -> 'replyTo') <> 'string'
+             or pg_catalog.length(metadata ->> 'replyTo') > 254
+             or (metadata ->> 'replyTo') operator(pg_catalog.!~) '^[^@[:space:][:cntrl:]<>,;]+@[^@[:space:][:cntrl:]<>,;]+\.[^@[:space:][:cntrl:]<>,;]+$')
+          then 'metadata.replyTo must be one email address'
+      end;
+    $function$;
+comment on function herald_hidden.email_identity_refusal(text,jsonb) is 'Why `metadata.fromName` / `metadata.replyTo` of a message are refused (null: they are fine). Called by the messages trigger _130_email_identity.';
+grant execute on function herald_hidden.email_identity_refusal(text,jsonb) to herald_member;
+grant execute on function herald_hidden.email_identity_refusal(text,jsonb) to herald_worker;
+
+-- function herald_hidden.email_link_consent(uuid,boolean,text) returns herald_hidden.unsubscribe_result; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.email_link_consent(contact_id uuid, subscribe boolean, detail text)
+     RETURNS herald_hidden.unsubscribe_result
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_contact herald_public.contacts;
+      v_email text;
+      v_name text;
+      v_suppressed boolean;
+    begin
+      select * into v_contact from herald_public.contacts c where c.tenant_id = v_tenant and c.id = email_link_consent.contact_id;
+      select t.name into v_name from herald_public.tenants t where t.id = v_tenant;
+      if v_contact.id is null or v_name is null then
+        return row(null, null, false)::herald_hidden.unsubscribe_result;
+      end if;
+      v_email := herald_public.contacts_email(v_contact);
+      v_suppressed := v_email is not null and exists (
+        select 1 from herald_public.suppressions s
+         where s.tenant_id = v_tenant and s.kind = 'email' and s.reason = 'unsubscribe'
+           and s.address_hash = any (herald_hidden.pii_hashes('email', pg_catalog.lower(pg_catalog.btrim(v_email)))));
+      if not subscribe then
+        if not v_contact.email_subscribed and (v_suppressed or v_email is null) then
+          return row(v_name, false, false)::herald_hidden.unsubscribe_result;
+        end if;
+        perform herald_hidden.record_consent(v_contact.id, 'email', 'opt_out', 'unsubscribe_link', detail, null);
+        if v_email is not null then
+          perform herald_public.add_suppression('email', v_email, 'unsubscribe', 'unsubscribe link');
+        end if;
+        return row(v_name, false, true)::herald_hidden.unsubscribe_result;
+      end if;
+      if v_contact.email_subscribed and not v_suppressed then
+        return row(v_name, true, false)::herald_hidden.unsubscribe_result;
+      end if;
+      perform herald_hidden.record_consent(v_contact.id, 'email', 'opt_in', 'unsubscribe_link', detail, null);
+      if v_email is not null then
+        delete from herald_public.suppressions s
+         where s.tenant_id = v_tenant and s.kind = 'email' and s.reason = 'unsubscribe'
+           and s.address_hash = any (herald_hidden.pii_hashes('email', pg_catalog.lower(pg_catalog.btrim(v_email))));
+      end if;
+      return row(v_name, true, true)::herald_hidden.unsubscribe_result;
+    end;
+    $function$;
+comment on function herald_hidden.email_link_consent(uuid,boolean,text) is 'The unsubscribe link of an email (src/api/routes/unsubscribe.ts): unsubscribes the contact from the session tenant''s email, or subscribes them again.';
+grant execute on function herald_hidden.email_link_consent(uuid,boolean,text) to herald_worker;
+
 -- function herald_hidden.encrypt_pii(text,text) returns bytea; sql; volatile
     CREATE OR REPLACE FUNCTION herald_hidden.encrypt_pii(plaintext text, data_key text)
      RETURNS bytea
@@ -3812,8 +3894,8 @@ grant execute on function herald_hidden.sms_segments(text) to herald_worker;
         return v_names;
       end if;
       for v_token in select m[1] from pg_catalog.regexp_matches(body, '\{\{(.*?)\}\}', 'g') as m loop
-        if v_token !~ '^[ \t\r\n]*(first_name|last_name|phone|email|external_id|attributes\.[A-Za-z_][A-Za-z0-9_]*)[ \t\r\n]*(\|[^{}|]*)?$' then
-          raise exception 'Unknown template variable "{{%}}" in %: use first_name, last_name, phone, email, external_id or attributes.<name>, optionally with |default', v_token, field
+        if v_token !~ '^[ \t\r\n]*(first_name|last_name|phone|email|external_id|unsubscribe_url|attributes\.[A-Za-z_][A-Za-z0-9_]*)[ \t\r\n]*(\|[^{}|]*)?$' then
+          raise exception 'Unknown template variable "{{%}}" in %: use first_name, last_name, phone, email, external_id, unsubscribe_url or attributes.<name>, optionally with |default', v_token, field
             using errcode = '22023', column = field;
         end if;
         v_names := v_names || pg_catalog.btrim(pg_catalog.split_part(v_token, '|', 1), E' \t\r\n');
@@ -4886,6 +4968,29 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
     end;
     $function$;
 
+-- function herald_private.tg_deliveries__transactional_email() returns trigger; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_deliveries__transactional_email()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    begin
+      if exists (select 1 from herald_public.messages m
+                  where m.tenant_id = new.tenant_id and m.id = new.message_id and m.purpose = 'transactional')
+         and exists (select 1 from herald_public.contacts c
+                      where c.tenant_id = new.tenant_id and c.id = new.contact_id and c.email_hash is not null
+                        and not exists (select 1 from herald_public.suppressions s
+                                         where s.tenant_id = c.tenant_id and s.kind = 'email'
+                                           and s.address_hash = c.email_hash and s.reason <> 'unsubscribe')) then
+        new.status := 'queued';
+        new.reason := null;
+        new.run_at := now();
+      end if;
+      return new;
+    end;
+    $function$;
+comment on function herald_private.tg_deliveries__transactional_email() is 'A transactional email that fan-out skipped only for a marketing unsubscribe is queued after all (the send-time decision checks it again).';
+
 -- function herald_private.tg_invitations__settle() returns trigger; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.tg_invitations__settle()
      RETURNS trigger
@@ -4995,6 +5100,22 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
            select 1 from herald_public.templates t
             where t.tenant_id = new.tenant_id and t.id = new.template_id and t.channel = new.channel) then
         raise exception 'template is not a % template of this tenant', new.channel using errcode = '22023', column = 'templateId';
+      end if;
+      return new;
+    end;
+    $function$;
+
+-- function herald_private.tg_messages__email_identity() returns trigger; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_messages__email_identity()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_refusal text := herald_hidden.email_identity_refusal(new.channel, new.metadata);
+    begin
+      if v_refusal is not null then
+        raise exception '%', v_refusal using errcode = '22023', column = 'metadata';
       end if;
       return new;
     end;

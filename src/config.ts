@@ -1,7 +1,7 @@
 import { createPublicKey } from "node:crypto";
 import { z } from "zod";
 import { MIN_CONNECTIONS } from "./db/budget.ts";
-import { loadOrCreateSecrets } from "./secrets.ts";
+import { generatedUnsubscribeKey, loadOrCreateSecrets } from "./secrets.ts";
 
 /**
  * All of Herald's configuration, read once from the environment and validated.
@@ -61,6 +61,8 @@ const envSchema = z
         .optional(),
     ),
     HERALD_HASH_KEY_PREVIOUS: optionalText.pipe(base64Key("HERALD_HASH_KEY_PREVIOUS").optional()),
+    // Signs marketing email's unsubscribe links (src/messages/unsubscribe.ts); they never expire, so neither may it.
+    HERALD_UNSUBSCRIBE_KEY: optionalText.pipe(base64Key("HERALD_UNSUBSCRIBE_KEY").optional()),
     TWILIO_ACCOUNT_SID: optionalText,
     TWILIO_AUTH_TOKEN: optionalText,
     HERALD_SMS_FROM: optionalText,
@@ -159,6 +161,8 @@ export interface Config {
   hashKey: Buffer;
   /** The hash key being replaced: lookups try it until `herald keys rotate-hash` has rebuilt every hash. */
   previousHashKey?: Buffer;
+  /** HERALD_UNSUBSCRIBE_KEY: signs the unsubscribe links of marketing email. */
+  unsubscribeKey: Buffer;
   twilio?: { accountSid: string; authToken: string; smsFrom?: string };
   sendgrid?: { apiKey: string; emailFrom?: string };
   /** SENDGRID_WEBHOOK_PUBLIC_KEY: verifies the system account's event webhook. */
@@ -265,6 +269,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     ).map((k) => Buffer.from(k, "base64")),
     hashKey: Buffer.from(pick(e.HERALD_HASH_KEY, secrets.hashKey, "HERALD_HASH_KEY"), "base64"),
     previousHashKey: fromBase64(e.HERALD_HASH_KEY ? e.HERALD_HASH_KEY_PREVIOUS : secrets.previousHashKey),
+    unsubscribeKey: Buffer.from(
+      e.HERALD_UNSUBSCRIBE_KEY ?? pick(undefined, generatedUnsubscribeKey(secrets), "HERALD_UNSUBSCRIBE_KEY"),
+      "base64",
+    ),
     twilio:
       e.TWILIO_ACCOUNT_SID && e.TWILIO_AUTH_TOKEN
         ? { accountSid: e.TWILIO_ACCOUNT_SID, authToken: e.TWILIO_AUTH_TOKEN, smsFrom: e.HERALD_SMS_FROM }

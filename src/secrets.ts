@@ -12,6 +12,8 @@ export interface GeneratedSecrets {
   jwtSecret: string;
   masterKey: string;
   hashKey: string;
+  /** Added on first use by a Herald that has unsubscribe links (files written before lack it). */
+  unsubscribeKey?: string;
   /** Set only while `herald keys rotate-master` / `rotate-hash` runs against file-held keys. */
   previousMasterKeys?: string[];
   previousHashKey?: string;
@@ -45,6 +47,7 @@ export function loadOrCreateSecrets(): { secrets: GeneratedSecrets; created: boo
     jwtSecret: randomBase64(48),
     masterKey: randomBase64(32),
     hashKey: randomBase64(32),
+    unsubscribeKey: randomBase64(32),
     rolePasswords: {
       postgres: randomPassword(),
       herald_owner: randomPassword(),
@@ -55,4 +58,17 @@ export function loadOrCreateSecrets(): { secrets: GeneratedSecrets; created: boo
   // `wx` refuses to overwrite a file another process created meanwhile.
   fs.writeFileSync(file, JSON.stringify(secrets, null, 2) + "\n", { mode: 0o600, flag: "wx" });
   return { secrets, created: true };
+}
+
+/**
+ * The unsubscribe links' key from the secrets file, added to a file written
+ * before Herald had one (then read back: a process that raced this one to
+ * write it uses the key that stayed).
+ */
+export function generatedUnsubscribeKey(secrets: GeneratedSecrets): string {
+  if (secrets.unsubscribeKey) return secrets.unsubscribeKey;
+  saveSecrets({ ...secrets, unsubscribeKey: randomBase64(32) });
+  const saved = loadOrCreateSecrets().secrets.unsubscribeKey!;
+  secrets.unsubscribeKey = saved;
+  return saved;
 }

@@ -1,3 +1,4 @@
+import { emailIdentity } from "../src/providers/email-identity.ts";
 import { withoutAddresses } from "../src/providers/errors.ts";
 import { accountById, assertOwnSender, recordAccountResult, tenantSettings } from "../src/providers/routing.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
@@ -52,12 +53,18 @@ export default rowTask(async (client, testId, helpers) => {
         .twilioFor(account)
         .messages.create({ to: test.to_address, from, body: "Herald test message: this account can send." });
     } else {
-      const from = account.default_email ?? clients.system.sendgrid.emailFrom;
-      if (!from) throw new Error("the account has no email sender, and HERALD_EMAIL_FROM is not set");
+      // From the account's verified sender, as its email goes (never the system address: src/providers/email-identity.ts).
+      const identity = await emailIdentity(client, clients, {}, account, false);
+      if ("refusal" in identity) throw new Error(identity.refusal);
+      const from = identity.from!;
       await assertOwnSender(client, clients, "email", from);
-      await clients
-        .sendgridFor(account)
-        .send({ to: test.to_address, from, subject: "Herald test message", text: "This account can send." });
+      await clients.sendgridFor(account).send({
+        to: test.to_address,
+        from: identity.fromName ? { email: from, name: identity.fromName } : from,
+        ...(identity.replyTo ? { replyTo: identity.replyTo } : {}),
+        subject: "Herald test message",
+        text: "This account can send.",
+      });
     }
   } catch (e) {
     error = withoutAddresses((e as Error).message);

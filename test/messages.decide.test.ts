@@ -55,6 +55,42 @@ const cases: [string, Partial<SendFacts>, ReturnType<typeof decideBeforeSending>
   ["no email", { channel: "email", to: "" }, { kind: "finish", status: "skipped", reason: "no_email" }],
   ["suppressed since", { suppressed: true }, { kind: "finish", status: "skipped", reason: "suppressed" }],
   ["a number no longer valid", { to: "+1415555" }, { kind: "finish", status: "skipped", reason: "invalid_phone" }],
+  // Purpose: a transactional email ignores a marketing unsubscribe, not a bounce or complaint; SMS keeps STOP for all.
+  [
+    "transactional email to an unsubscribed contact goes",
+    { channel: "email", to: "a@b.test", purpose: "transactional", subscribed: false },
+    { kind: "send" },
+  ],
+  [
+    "transactional email to an address suppressed only by an unsubscribe goes",
+    { channel: "email", to: "a@b.test", purpose: "transactional", suppressed: true, hardSuppressed: false },
+    { kind: "send" },
+  ],
+  [
+    "transactional email to a bounced or complaining address is skipped",
+    { channel: "email", to: "a@b.test", purpose: "transactional", suppressed: true, hardSuppressed: true },
+    { kind: "finish", status: "skipped", reason: "suppressed" },
+  ],
+  [
+    "marketing email to an unsubscribe-suppressed address is skipped",
+    { channel: "email", to: "a@b.test", purpose: "marketing", suppressed: true, hardSuppressed: false },
+    { kind: "finish", status: "skipped", reason: "suppressed" },
+  ],
+  [
+    "marketing email to an unsubscribed contact is skipped",
+    { channel: "email", to: "a@b.test", purpose: "marketing", subscribed: false },
+    { kind: "finish", status: "skipped", reason: "unsubscribed" },
+  ],
+  [
+    "transactional SMS after STOP is skipped (carriers require it)",
+    { purpose: "transactional", subscribed: false },
+    { kind: "finish", status: "skipped", reason: "unsubscribed" },
+  ],
+  [
+    "transactional SMS to a suppressed phone is skipped",
+    { purpose: "transactional", suppressed: true },
+    { kind: "finish", status: "skipped", reason: "suppressed" },
+  ],
   ["an email address is not a phone number", { channel: "email", to: "x@y.test" }, { kind: "send" }],
   // What holds it.
   [

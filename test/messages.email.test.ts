@@ -117,7 +117,11 @@ describe("an email broadcast", () => {
     expect(received).toHaveLength(5000);
     for (const m of received.slice(0, 50)) {
       const n = m.subject!.slice("News for Reader".length);
-      expect(m.body).toBe(`Hello Reader${n}, here is the news.`);
+      // A marketing email: its own unsubscribe link in a footer, and in its List-Unsubscribe header.
+      expect(m.body).toMatch(
+        new RegExp(`^Hello Reader${n}, here is the news\\.\\n\\n--\\nUnsubscribe: (\\S+/unsubscribe/[\\w-]+)$`),
+      );
+      expect(m.headers?.["List-Unsubscribe"]).toBe(`<${m.body.split("Unsubscribe: ")[1]}>`);
     }
     // …and its events came back to its own delivery: delivered, but the one bounce.
     const final = await waitFor(

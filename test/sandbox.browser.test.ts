@@ -99,3 +99,28 @@ it("groups messages under the account that sent them, naming the system account 
   expect(await page.$eval("body", (b) => b.textContent)).not.toContain("…stem");
   await page.close();
 }, 60_000);
+
+it("shows an email's from name, reply-to and the headers it was sent with (List-Unsubscribe)", async () => {
+  await createSendGridMailer(SANDBOX_SYSTEM_SENDGRID_KEY, url).send({
+    from: { email: "herald@sandbox.test", name: "Acme News" },
+    replyTo: "help@acme.test",
+    personalizations: [
+      {
+        to: [{ email: "grace@example.com" }],
+        headers: {
+          "List-Unsubscribe": "<https://herald.example.test/unsubscribe/abc>",
+          "List-Unsubscribe-Post": "List-Unsubscribe=One-Click",
+        },
+      },
+    ],
+    subject: "News",
+    text: "With headers",
+  });
+  const page = await browser.newPage();
+  await page.goto(url, { waitUntil: "load" });
+  expect(await page.$$eval("pre.headers", (pres) => pres.map((p) => p.textContent))).toEqual([
+    "From: Acme News <herald@sandbox.test>\nReply-To: help@acme.test\n" +
+      "List-Unsubscribe: <https://herald.example.test/unsubscribe/abc>\nList-Unsubscribe-Post: List-Unsubscribe=One-Click",
+  ]);
+  await page.close();
+}, 60_000);

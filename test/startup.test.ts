@@ -44,7 +44,12 @@ describe("configuration", () => {
     expect(config.port).toBe(5050);
     expect(config.publicUrl).toBe("http://localhost:5050");
     expect(config.masterKey).toHaveLength(32);
-    expect(config.generated).toEqual(["HERALD_JWT_SECRET", "HERALD_MASTER_KEY", "HERALD_HASH_KEY"]);
+    expect(config.generated).toEqual([
+      "HERALD_JWT_SECRET",
+      "HERALD_MASTER_KEY",
+      "HERALD_HASH_KEY",
+      "HERALD_UNSUBSCRIBE_KEY",
+    ]);
   });
 });
 

@@ -27,9 +27,10 @@ grant execute on function herald_hidden.consent_source() to :DATABASE_MEMBER, :D
 
 alter table herald_public.consent_events drop constraint if exists consent_events_source;
 alter table herald_public.consent_events add constraint consent_events_source
-  check (source in ('keyword', 'carrier', 'email_provider', 'api', 'import', 'upsert'));
+  check (source in ('keyword', 'carrier', 'email_provider', 'unsubscribe_link', 'api', 'import', 'upsert'));
 comment on column herald_public.consent_events.source is
   E'`keyword` (the contact texted it), `carrier` (Twilio error 21610), `email_provider` (a SendGrid unsubscribe or spam report), '
+  '`unsubscribe_link` (the contact used the unsubscribe link of an email), '
   '`api` (the tenant changed it through GraphQL), `import` (a CSV import), `upsert` (upsertContacts).';
 
 -- The trigger below writes as the definer (members have no insert on consent_events).

@@ -35,6 +35,7 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   email_senders_from_email: "fromEmail",
   email_senders_from_email_unique: "fromEmail",
   email_senders_from_name_length: "fromName",
+  email_senders_reply_to: "replyTo",
   email_senders_account_fkey: "providerAccountId",
 
   list_members_pkey: "contactId",

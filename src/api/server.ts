@@ -18,6 +18,7 @@ import { healthRoute } from "./routes/health.ts";
 import { loginRoute } from "./routes/login.ts";
 import { providerCallbacks } from "./routes/provider-callbacks.ts";
 import { sandboxStandIn } from "./routes/sandbox.ts";
+import { unsubscribeRoutes } from "./routes/unsubscribe.ts";
 
 export { PortInUseError } from "./listen.ts";
 
@@ -63,6 +64,7 @@ export async function startApiServer(options: {
   app.post("/auth/accept-invitation", ...acceptInvitationRoute(authenticator, db.requests, config.hashKey));
   const sandbox = sandboxStandIn(config, db.requests, logger);
   if (sandbox) app.use("/sandbox", sandbox.router);
+  app.use("/unsubscribe", unsubscribeRoutes({ pool: db.webhooks, keyring, key: config.unsubscribeKey, logger }));
   app.use("/webhooks", providerCallbacks({ config, pool: db.webhooks, keyring, sandbox, logger }));
   app.use("/graphql", ...graphqlGate(authenticator, db.requests, logger));
   app.post("/graphql", ...graphqlBody);

@@ -78,7 +78,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["SELECT", "UPDATE(dns_records, last_checked_at, last_error, sendgrid_domain_id, status)"],
   },
   "herald_public.email_senders": {
-    member: ["DELETE", "INSERT(from_email, from_name, provider_account_id, tenant_id)", "SELECT"],
+    member: ["DELETE", "INSERT(from_email, from_name, provider_account_id, reply_to, tenant_id)", "SELECT"],
     admin: ["DELETE", "SELECT"],
     worker: ["SELECT"],
   },

@@ -13,6 +13,8 @@ import type { Route } from "../providers/transmit.ts";
 import { CLAIM_GRACE_MS, decideBeforeSending, type Decision } from "./decide.ts";
 import { reserveSlots } from "./pacing.ts";
 import { renderContent, type Content } from "./render.ts";
+import { carriesUnsubscribe, unsubscribeUrl, withUnsubscribeFooter } from "./unsubscribe.ts";
+import { emailIdentity, type IdentityMetadata } from "../providers/email-identity.ts";
 import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
 
 /**
@@ -41,7 +43,8 @@ export interface DeliveryRow {
   content_sha256: string | null;
   message_id: string;
   message_status: string;
-  metadata: { from?: string };
+  metadata: IdentityMetadata;
+  purpose: "marketing" | "transactional";
   content: Content;
   contact_id: string | null;
   first_name: string | null;
@@ -52,6 +55,8 @@ export interface DeliveryRow {
   email: string | null;
   subscribed: boolean | null;
   suppressed: boolean;
+  /** Email: suppressed for more than a marketing unsubscribe (a bounce, a spam report, an operator). */
+  suppressed_hard: boolean;
   quiet_until: Date | null;
   tenant_step_ms: number;
   not_due: boolean;
@@ -69,6 +74,8 @@ export interface ClaimedSend {
   slotAt: number;
   /** The sender's pace (null: email, the tenant's alone), for a slot taken again when the send starts late. */
   senderStepMs: number | null;
+  /** A marketing email's unsubscribe link (its List-Unsubscribe header). */
+  unsubscribeUrl?: string;
 }
 
 /** A delivery the provider may have (`unknown`, or `sending` for a worker that is gone): looked up before anything else. */
@@ -97,7 +104,7 @@ const BUSY_RETRY_MS = 2_000;
 
 const deliverySelect = `
   select d.id, d.status, d.run_at, d.channel, d.attempts, d.claimed_at, d.claimed_by, d.content_sha256, d.message_id,
-         m.status as message_status, m.metadata,
+         m.status as message_status, m.metadata, m.purpose,
          json_build_object('body', coalesce(t.body, m.body), 'subject', coalesce(t.subject, m.subject),
                            'html_body', coalesce(t.html_body, m.html_body)) as content,
          c.id as contact_id, c.first_name, c.last_name, c.external_id, coalesce(c.attributes, '{}') as attributes,
@@ -111,6 +118,9 @@ const deliverySelect = `
                     and s.address_hash = any (herald_hidden.pii_hashes(
                           case when d.channel = 'email' then 'email' else 'phone' end,
                           case when d.channel = 'email' then pii.email else pii.phone end))) as suppressed,
+         d.channel = 'email' and exists (select 1 from herald_public.suppressions s
+                  where s.tenant_id = d.tenant_id and s.kind = 'email' and s.reason <> 'unsubscribe'
+                    and s.address_hash = any (herald_hidden.pii_hashes('email', pii.email))) as suppressed_hard,
          -- Quiet hours guard phones (SMS, WhatsApp), in the contact's time zone,
          -- else the tenant's; not a reply to someone who wrote in the last day
          -- (metadata is the sender's to write: the message it names must be
@@ -203,6 +213,8 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
       subscribed: d.subscribed,
       to,
       suppressed: d.suppressed,
+      purpose: d.purpose,
+      hardSuppressed: d.suppressed_hard,
       tenantSuspended: d.tenant_suspended,
       quietUntil: d.quiet_until,
       atCap: d.at_cap,
@@ -229,7 +241,10 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
         capped.push(d);
         break;
       case "send":
-        candidates.push({ d, to });
+        // A marketing email goes only with its unsubscribe link (RFC 8058).
+        if (carriesUnsubscribe(d.channel, d.purpose) && !ctx.clients.system.unsubscribe)
+          finishes.push({ id: d.id, status: "failed", reason: NO_UNSUBSCRIBE_LINK, code: "NO_UNSUBSCRIBE_URL" });
+        else candidates.push({ d, to });
         break;
       case "none":
         break;
@@ -239,7 +254,8 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   // Routes, senders and pacing, per group of the same channel and sender.
   const groups = new Map<string, { d: DeliveryRow; to: string }[]>();
   for (const c of candidates) {
-    const key = `${c.d.channel}\u0000${c.d.metadata.from ?? ""}`;
+    const m = c.d.metadata;
+    const key = `${c.d.channel}\u0000${m.from ?? ""}\u0000${m.fromName ?? ""}\u0000${m.replyTo ?? ""}`;
     const group = groups.get(key);
     if (group) group.push(c);
     else groups.set(key, [c]);
@@ -248,6 +264,10 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   const slotted: { d: DeliveryRow; to: string; route: Route; slotAt: number; senderStepMs: number | null }[] = [];
   for (const group of groups.values()) {
     const route = await routeFor(client, ctx.clients, group[0]!.d, settings!);
+    if ("refusal" in route) {
+      for (const { d } of group) finishes.push({ id: d.id, status: "skipped", reason: route.refusal });
+      continue;
+    }
     const refusal = await senderRefusal(client, ctx.clients, group[0]!.d.channel, route.from);
     if (refusal) {
       for (const { d } of group)
@@ -287,7 +307,8 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     capped.push(...slotted.slice(count!.granted).map((s) => s.d));
   }
   if (claimed.length > 0) {
-    const contents = claimed.map((c) => renderFor(c.d));
+    const links = claimed.map((c) => unsubscribeLink(ctx, c.d));
+    const contents = claimed.map((c, i) => renderFor(c.d, links[i]));
     // The text as sent (an email: its subject) is kept encrypted for the conversation thread.
     await client.query(
       `update herald_public.deliveries d
@@ -311,6 +332,7 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
       route: c.route,
       slotAt: c.slotAt,
       senderStepMs: c.senderStepMs,
+      ...(links[i] ? { unsubscribeUrl: links[i] } : {}),
     }));
   }
   if (result.reconciles.length > 0) {
@@ -342,9 +364,13 @@ async function routeFor(
   clients: ProviderClients,
   d: DeliveryRow,
   settings: Route["settings"],
-): Promise<Route> {
+): Promise<Route | { refusal: string }> {
   const email = d.channel === "email";
   let account = (await activeAccount(client, email ? "sendgrid" : "twilio", d.channel)) ?? null;
+  if (email) {
+    const identity = await emailIdentity(client, clients, d.metadata, account, settings.fallback_to_system);
+    return "refusal" in identity ? identity : { ...identity, settings };
+  }
   const from = email
     ? intendedEmailSender(clients, d.metadata, account ?? undefined)
     : intendedSmsSender(
@@ -421,8 +447,11 @@ async function liveProcesses(ownerPool: pg.Pool, processIds: (string | null)[]):
   return new Set(rows.map((r) => r.process_id));
 }
 
-export function renderFor(d: DeliveryRow): Content {
-  return renderContent(d.content, {
+/** The delivery's text; a marketing email's with its unsubscribe link (`{{unsubscribe_url}}`, or a footer). */
+export function renderFor(d: DeliveryRow, unsubscribeUrl?: string): Content {
+  const link = unsubscribeUrl && carriesUnsubscribe(d.channel, d.purpose) ? unsubscribeUrl : undefined;
+  return renderContent(link ? withUnsubscribeFooter(d.content) : d.content, {
+    unsubscribe_url: link,
     first_name: d.first_name,
     last_name: d.last_name,
     phone: d.phone,
@@ -430,6 +459,16 @@ export function renderFor(d: DeliveryRow): Content {
     external_id: d.external_id,
     attributes: d.attributes,
   });
+}
+
+const NO_UNSUBSCRIBE_LINK =
+  "marketing email needs an unsubscribe link: set HERALD_PUBLIC_URL (the https address Herald is reached at)";
+
+/** A marketing email's unsubscribe link for its contact (none for anything else). */
+function unsubscribeLink(ctx: Context, d: DeliveryRow): string | undefined {
+  const config = ctx.clients.system.unsubscribe;
+  if (!config || !d.contact_id || !carriesUnsubscribe(d.channel, d.purpose)) return undefined;
+  return unsubscribeUrl(config, ctx.tenantId, d.contact_id);
 }
 
 export const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex");

@@ -37,6 +37,10 @@ export interface SendFacts {
   /** The address for the channel ("" when the contact has none). */
   to: string;
   suppressed: boolean;
+  /** The message's purpose (default marketing): a transactional email ignores a marketing unsubscribe. */
+  purpose?: "marketing" | "transactional";
+  /** Suppressed for more than a marketing unsubscribe: a bounce, a spam report, an operator's (email). */
+  hardSuppressed?: boolean;
   tenantSuspended: boolean;
   /** When the send window next opens (null: open now, or email, or a reply to a recent inbound). */
   quietUntil: Date | null;
@@ -73,9 +77,14 @@ export function decideBeforeSending(f: SendFacts): Decision {
   const skip = (reason: string): Decision => ({ kind: "finish", status: "skipped", reason });
   if (f.messageCanceled) return { kind: "finish", status: "canceled", reason: "message canceled" };
   if (!f.hasContact) return skip("contact_deleted");
-  if (!f.subscribed) return skip("unsubscribed");
+  // Consent: transactional email (a receipt, a password reset) is not a
+  // marketing message, so neither the email flag nor an `unsubscribe`
+  // suppression stops it; a bounce or a complaint does. On SMS and WhatsApp
+  // STOP stops every purpose (carriers require it).
+  const marketingConsent = f.purpose !== "transactional" || f.channel !== "email";
+  if (marketingConsent && !f.subscribed) return skip("unsubscribed");
   if (!f.to) return skip(f.channel === "email" ? "no_email" : "no_phone");
-  if (f.suppressed) return skip("suppressed");
+  if (marketingConsent ? f.suppressed : Boolean(f.hardSuppressed)) return skip("suppressed");
   // Stored numbers were valid when written; numbering plans change.
   if (f.channel !== "email" && !isValidPhoneNumber(f.to)) return skip("invalid_phone");
 

@@ -14,6 +14,7 @@ import type { ClaimedSend, ClaimResult } from "./claim.ts";
 import { Limiter, processAccountLimiter } from "./limiter.ts";
 import { sleepUntil, waitForSlot } from "./pacing.ts";
 import { findAcceptedSmsVia } from "./reconcile.ts";
+import { unsubscribeHeaders } from "./unsubscribe.ts";
 
 /**
  * The second step of a run: the provider calls for what the claim committed,
@@ -172,6 +173,7 @@ async function sendEmails(ctx: Context, batch: ClaimedSend[], hooks: TransmitHoo
     text: s.content.body,
     html: s.content.html_body ?? undefined,
     customArgs: { herald_tenant_id: ctx.tenantId, herald_delivery_id: s.delivery.id },
+    ...(s.unsubscribeUrl ? { headers: unsubscribeHeaders(s.unsubscribeUrl) } : {}),
   });
   try {
     const sent = await transmitEmailBatch(ctx.clients, batch[0]!.route, batch.map(item), hooks);

@@ -18,6 +18,8 @@ export interface RenderContact {
   email: string | null;
   external_id: string | null;
   attributes: Record<string, unknown>;
+  /** A marketing email's unsubscribe link (src/messages/unsubscribe.ts); none elsewhere. */
+  unsubscribe_url?: string | null;
 }
 
 /** A "{{" and the first "}}" after it (what is between may span lines). */
@@ -28,7 +30,7 @@ const TOKEN = /\{\{([\s\S]*?)\}\}/g;
  * PostgreSQL): space, tab, CR, LF.
  */
 const VARIABLE =
-  /^[ \t\r\n]*(first_name|last_name|phone|email|external_id|attributes\.[A-Za-z_][A-Za-z0-9_]*)[ \t\r\n]*(?:\|([^{}|]*))?$/;
+  /^[ \t\r\n]*(first_name|last_name|phone|email|external_id|unsubscribe_url|attributes\.[A-Za-z_][A-Za-z0-9_]*)[ \t\r\n]*(?:\|([^{}|]*))?$/;
 const SPACES = /^[ \t\r\n]+|[ \t\r\n]+$/g;
 
 export type Parsed =

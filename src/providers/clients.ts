@@ -1,4 +1,5 @@
 import type { Config } from "../config.ts";
+import type { UnsubscribeConfig } from "../messages/unsubscribe.ts";
 import { SANDBOX_SYSTEM_SENDGRID_KEY, SANDBOX_SYSTEM_TWILIO } from "../sandbox/sandbox.ts";
 import { createSendGridClient, createSendGridMailer, type SendGridClient, type SendGridMailer } from "./sendgrid.ts";
 import { createTwilioClient, type TwilioClient } from "./twilio.ts";
@@ -21,6 +22,8 @@ export interface SystemProviders {
    * (src/provider-callbacks/twilio.ts); unset: sends ask for none.
    */
   callbackBaseUrl?: string;
+  /** Where marketing email's unsubscribe links point (HERALD_PUBLIC_URL) and their key; unset: such email is not sent (src/messages/unsubscribe.ts). */
+  unsubscribe?: UnsubscribeConfig;
 }
 
 /** The status callback of one delivery: the tenant and delivery ride in the URL, which Twilio signs. */
@@ -37,6 +40,7 @@ export function statusCallbackUrl(system: SystemProviders, tenantId: string, del
 export function systemProviders(config: Config, sandboxUrl?: string, callbackBaseUrl?: string): SystemProviders {
   return {
     callbackBaseUrl,
+    unsubscribe: config.callbackBaseUrl ? { baseUrl: config.callbackBaseUrl, key: config.unsubscribeKey } : undefined,
     // Sandbox: Twilio's documented test sender number, and a local address.
     twilio: {
       ...(config.twilio ?? { ...SANDBOX_SYSTEM_TWILIO, smsFrom: config.smsFrom ?? "+15005550006" }),

@@ -31,6 +31,9 @@ export interface Route {
   settings: TenantSettings;
   /** The intended sender (none: the send fails with NO_SENDER). */
   from: string | undefined;
+  /** Email: the From name and Reply-To (src/providers/email-identity.ts). */
+  fromName?: string;
+  replyTo?: string;
 }
 
 /** What a send that worked went through. */
@@ -137,6 +140,8 @@ export interface EmailItem {
   text: string;
   html?: string;
   customArgs?: Record<string, string>;
+  /** Headers of this recipient's copy (a marketing email's List-Unsubscribe). */
+  headers?: Record<string, string>;
 }
 
 /** SendGrid's limits per personalization's substitutions (bytes), with room for the keys. */
@@ -185,6 +190,7 @@ export async function transmitEmailBatch(
         to: [{ email: item.to }],
         // Echoed in every event SendGrid reports for this recipient (src/provider-callbacks/sendgrid.ts).
         ...(item.customArgs ? { customArgs: item.customArgs } : {}),
+        ...(item.headers ? { headers: item.headers } : {}),
         ...(same
           ? {}
           : {
@@ -199,9 +205,13 @@ export async function transmitEmailBatch(
         ? { subject: first.subject, text: first.text, ...(first.html ? { html: first.html } : {}) }
         : { subject: "{{herald_subject}}", text: "{{herald_text}}", ...(withHtml ? { html: "{{herald_html}}" } : {}) };
       const [response] = await call(hooks, via, () =>
-        clients
-          .sendgridFor(via)
-          .send({ from, personalizations, ...content, ...(same ? {} : { substitutionWrappers: ["{{", "}}"] }) }),
+        clients.sendgridFor(via).send({
+          from: route.fromName ? { email: from, name: route.fromName } : from,
+          ...(route.replyTo ? { replyTo: route.replyTo } : {}),
+          personalizations,
+          ...content,
+          ...(same ? {} : { substitutionWrappers: ["{{", "}}"] }),
+        }),
       );
       return { id: String(response.headers["x-message-id"] ?? ""), from };
     },

@@ -19,6 +19,11 @@ export interface SandboxMessage {
   to: string;
   subject?: string;
   body: string;
+  /** Email: the HTML part, the From name, Reply-To and the headers SendGrid was asked to add (the message's, then the recipient's). */
+  html?: string;
+  fromName?: string;
+  replyTo?: string;
+  headers?: Record<string, string>;
   createdAt: Date;
 }
 

@@ -18,6 +18,16 @@ export interface TextedIn {
   replies: string[];
 }
 
+/** An email's From name, Reply-To and added headers (List-Unsubscribe…), under its body. */
+function emailHeaders(m: SandboxMessage): string {
+  const lines = [
+    ...(m.fromName ? [`From: ${m.fromName} <${m.from}>`] : []),
+    ...(m.replyTo ? [`Reply-To: ${m.replyTo}`] : []),
+    ...Object.entries(m.headers ?? {}).map(([name, value]) => `${name}: ${value}`),
+  ];
+  return lines.length ? `<pre class="headers">${escapeHtml(lines.join("\n"))}</pre>` : "";
+}
+
 export function sandboxPage(
   messages: SandboxMessage[],
   labelOf: (message: SandboxMessage) => string,
@@ -34,7 +44,7 @@ export function sandboxPage(
           .map(
             (m) =>
               `<tr><td>${m.createdAt.toISOString()}</td><td>${escapeHtml(m.provider)}</td><td>${escapeHtml(m.account)}</td><td>${m.channel}</td>` +
-              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}</td></tr>`,
+              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}${emailHeaders(m)}</td></tr>`,
           )
           .join("\n") +
         "</table>",

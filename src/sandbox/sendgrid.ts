@@ -75,8 +75,11 @@ export function addSendGridRoutes(
         custom_args?: Record<string, string>;
         substitutions?: Record<string, string>;
         subject?: string;
+        headers?: Record<string, string>;
       }[];
-      from?: { email?: string };
+      from?: { email?: string; name?: string };
+      reply_to?: { email?: string };
+      headers?: Record<string, string>;
       subject?: string;
       content?: { type?: string; value?: string }[];
       custom_args?: Record<string, string>;
@@ -118,6 +121,7 @@ export function addSendGridRoutes(
     if (!mail.subject && personalizations.some((p) => !p.subject))
       return sendgridError(res, 400, "The subject is required.", "subject");
     const body = (mail.content ?? []).find((c) => c.type === "text/plain")?.value ?? mail.content?.[0]?.value ?? "";
+    const html = (mail.content ?? []).find((c) => c.type === "text/html")?.value;
     if (!body)
       return sendgridError(
         res,
@@ -146,6 +150,10 @@ export function addSendGridRoutes(
         to: r.email!,
         subject,
         body: text,
+        ...(html === undefined ? {} : { html: substitute(html, p.substitutions) }),
+        ...(mail.from!.name ? { fromName: mail.from!.name } : {}),
+        ...(mail.reply_to?.email ? { replyTo: mail.reply_to.email } : {}),
+        ...(mail.headers || p.headers ? { headers: { ...mail.headers, ...p.headers } } : {}),
         createdAt: new Date(),
       });
     }

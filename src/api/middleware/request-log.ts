@@ -8,7 +8,8 @@ export function requestLog(logger: Logger): RequestHandler {
     res.on("finish", () => {
       // Method, path and status only: no headers, bodies or query strings (tokens live there). The
       // path as asked: a router mounted at /graphql that answers (a 401) leaves req.path relative to it.
-      const path = req.originalUrl.split("?")[0];
+      // An unsubscribe link's token is a capability: not logged.
+      const path = req.originalUrl.split("?")[0]!.replace(/^\/unsubscribe\/[^/]+/, "/unsubscribe/:token");
       logger.info(
         { method: req.method, path, status: res.statusCode, ms: Math.round(performance.now() - started) },
         "request",
