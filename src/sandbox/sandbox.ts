@@ -4,6 +4,7 @@ import type { InboundAnswer } from "./inbound.ts";
 import { newEventKeys, type EventKeys } from "./event-key.ts";
 import { groupHeading } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
+import { servicesSection, type SandboxServices } from "./services.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
 import { addTwilioRoutes } from "./twilio.ts";
@@ -43,6 +44,8 @@ export interface Sandbox {
   /** The most Twilio send requests open at once since the last call (and resets it). */
   takePeakInFlight(): number;
   addTwilioAccount(accountSid: string, authToken: string): void;
+  /** Twilio Messaging Services: sender pools with sticky sender (src/sandbox/services.ts). */
+  services: SandboxServices;
   addSendGridKey(apiKey: string): void;
   setFaults(faults: SandboxFaults): void;
   /** Base64 DER (SPKI) of the key that signs SendGrid events: SENDGRID_WEBHOOK_PUBLIC_KEY for the sandbox. */
@@ -106,7 +109,15 @@ export function createSandbox(
         : undefined;
       res
         .type("html")
-        .send(sandboxPage(core.messages, (m) => labels.get(`${m.provider}/${m.account}`)!, core.keep, textInForm));
+        .send(
+          sandboxPage(
+            core.messages,
+            (m) => labels.get(`${m.provider}/${m.account}`)!,
+            core.keep,
+            textInForm,
+            servicesSection(twilio.services.all()),
+          ),
+        );
     });
   }
 
@@ -116,6 +127,7 @@ export function createSandbox(
     get mailSendRequests() { return sendgrid.mailSendRequests; }, // prettier-ignore
     takePeakInFlight: twilio.takePeakInFlight,
     addTwilioAccount: twilio.addAccount,
+    services: twilio.services,
     addSendGridKey: sendgrid.addKey,
     setFaults: core.setFaults,
     sendgridPublicKey: sendgrid.publicKey,
