@@ -5810,6 +5810,21 @@ grant execute on function herald_public.messages_stats(herald_public.messages) t
 grant execute on function herald_public.messages_stats(herald_public.messages) to herald_member;
 grant execute on function herald_public.messages_stats(herald_public.messages) to herald_worker;
 
+-- function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) returns SETOF herald_public.sender_numbers; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.messaging_services_pool_numbers(service herald_public.messaging_services)
+     RETURNS SETOF herald_public.sender_numbers
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select n.* from herald_public.sender_numbers n
+       where n.tenant_id = service.tenant_id and n.messaging_service_id = service.id
+       order by n.phone_number;
+    $function$;
+comment on function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) is 'The numbers of the service''s pool, as last synced from Twilio.';
+grant execute on function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) to herald_admin;
+grant execute on function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) to herald_member;
+
 -- function herald_public.ping() returns uuid; sql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.ping()
      RETURNS uuid

@@ -13,6 +13,10 @@ alter table herald_public.sender_numbers drop constraint if exists sender_number
 alter table herald_public.sender_numbers add constraint sender_numbers_status
   check (status in ('pending', 'verified', 'failed'));
 
+-- Idempotent: what this file creates is dropped first (the policies on the column before it).
+drop policy if exists insert_worker_pool on herald_public.sender_numbers;
+drop policy if exists update_worker_pool on herald_public.sender_numbers;
+drop policy if exists delete_worker_pool on herald_public.sender_numbers;
 alter table herald_public.sender_numbers drop constraint if exists sender_numbers_service_fkey;
 alter table herald_public.sender_numbers drop column if exists messaging_service_id;
 drop table if exists herald_public.messaging_services cascade;
@@ -115,17 +119,14 @@ create index sender_numbers_by_service on herald_public.sender_numbers (tenant_i
 
 -- The sync job (herald_worker) writes pool numbers, and only pool numbers:
 -- what Twilio lists as the service's numbers, under the tenant's credentials.
-drop policy if exists insert_worker_pool on herald_public.sender_numbers;
 create policy insert_worker_pool on herald_public.sender_numbers for insert to :DATABASE_WORKER
   with check (tenant_id = (select herald_public.current_tenant_id()) and messaging_service_id is not null
               and provider_account_id is not null and status = 'verified');
 comment on policy insert_worker_pool on herald_public.sender_numbers is E'A Messaging Service''s sync imports its pool numbers, verified by the provider''s list.';
-drop policy if exists update_worker_pool on herald_public.sender_numbers;
 create policy update_worker_pool on herald_public.sender_numbers for update to :DATABASE_WORKER
   using (tenant_id = (select herald_public.current_tenant_id()))
   with check (tenant_id = (select herald_public.current_tenant_id()));
 comment on policy update_worker_pool on herald_public.sender_numbers is E'A Messaging Service''s sync marks the tenant''s own numbers as its pool''s (or no longer).';
-drop policy if exists delete_worker_pool on herald_public.sender_numbers;
 create policy delete_worker_pool on herald_public.sender_numbers for delete to :DATABASE_WORKER
   using (tenant_id = (select herald_public.current_tenant_id()) and messaging_service_id is not null);
 comment on policy delete_worker_pool on herald_public.sender_numbers is E'A Messaging Service''s sync removes numbers that left its pool.';
@@ -300,3 +301,18 @@ drop trigger if exists _210_check_service on herald_public.messages;
 create trigger _210_check_service before insert on herald_public.messages
   for each row when (new.metadata ? 'messaging_service')
   execute function herald_private.tg_messages__check_service();
+
+-- The pool, on the service in GraphQL (`poolNumbers`).
+create or replace function herald_public.messaging_services_pool_numbers(service herald_public.messaging_services)
+  returns setof herald_public.sender_numbers
+  language sql stable
+  set search_path = ''
+as $$
+  select n.* from herald_public.sender_numbers n
+   where n.tenant_id = service.tenant_id and n.messaging_service_id = service.id
+   order by n.phone_number;
+$$;
+comment on function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) is
+  E'The numbers of the service''s pool, as last synced from Twilio.';
+grant execute on function herald_public.messaging_services_pool_numbers(herald_public.messaging_services)
+  to :DATABASE_MEMBER, :DATABASE_ADMIN;
