@@ -73,11 +73,11 @@ async function serviceState(id: string) {
   return { ...service, pool: poolNumbers.nodes };
 }
 
-/** Until the service's latest sync finished (at or after `since`). */
-const synced = (id: string, since: Date) =>
+/** Until a sync of the service finished after the one that finished at `prior` (null: the first). */
+const synced = (id: string, prior: string | null) =>
   waitFor(async () => {
     const s = await serviceState(id);
-    return s.status !== "pending" && s.lastSyncedAt && new Date(s.lastSyncedAt) >= since ? s : null;
+    return s.status !== "pending" && s.lastSyncedAt && s.lastSyncedAt !== prior ? s : null;
   }, 20_000);
 
 /** What the sandbox received from A's account for a message body: recipient → sending number. */
@@ -101,13 +101,12 @@ afterAll(async () => {
 
 describe("a Messaging Service", () => {
   it("is added through the API and its pool is imported from Twilio as verified numbers of the tenant", async () => {
-    const before = new Date(Date.now() - 1000);
     const { body } = await graphql(api.current, owner, ADD, {
       input: { providerAccountId: a.providerAccountId, serviceSid, name: "Acme pool", messagesPerSecond: "1000" },
     });
     expect(body.errors).toBeUndefined();
     serviceId = body.data!.addMessagingService.messagingService.rowId;
-    const state = await synced(serviceId, before);
+    const state = await synced(serviceId, null);
     expect(state).toMatchObject({ status: "synced", lastError: null });
     expect(state.pool).toEqual(POOL.map((phoneNumber) => ({ phoneNumber, status: "verified" })));
     // The pool's numbers are on the service's account.
@@ -162,9 +161,9 @@ describe("a Messaging Service", () => {
   it("gives a recipient a new pool number only once theirs leaves the pool (after a sync)", async () => {
     const stuck = fromByRecipient("Pool broadcast one");
     server.sandbox.services.setNumbers(serviceSid, POOL.slice(0, 2));
-    const before = new Date(Date.now() - 1000);
+    const prior = (await serviceState(serviceId)).lastSyncedAt;
     expect((await graphql(api.current, owner, SYNC, { id: serviceId })).body.errors).toBeUndefined();
-    const state = await synced(serviceId, before);
+    const state = await synced(serviceId, prior);
     expect(state.pool.map((n: { phoneNumber: string }) => n.phoneNumber)).toEqual(POOL.slice(0, 2));
 
     const audience = await asRoot(db.current, (c) =>
@@ -203,6 +202,8 @@ describe("a Messaging Service", () => {
     expect(times).toHaveLength(6);
     // 2 a second: five gaps of 500 ms, give or take timer and HTTP jitter (unpaced, the tenant's 1,000/s would send them in ~5 ms).
     expect(times.at(-1)! - times[0]!).toBeGreaterThanOrEqual(2_300);
+    // And at the service's pace, not a single number's 1 a second (5 s).
+    expect(times.at(-1)! - times[0]!).toBeLessThan(4_500);
     // Each pool number alone would have allowed far more (the numbers' own rate is not what paced them).
     expect(
       new Set(server.sandbox.messages.filter((m) => m.body === "Paced through the pool").map((m) => m.from)).size,
