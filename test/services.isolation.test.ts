@@ -196,6 +196,29 @@ describe("through GraphQL", () => {
     expect((await serviceRow(aServiceId)).pool).toBe(3);
   });
 
+  it("a plain member of A cannot add, change or sync A's services: owners and admins only", async () => {
+    const member = await tokenFor(api.current, a, "member");
+    const add = await graphql(api.current, member, ADD, {
+      input: { providerAccountId: a.providerAccountId, serviceSid: `MG${"c".repeat(32)}`, name: "member's" },
+    });
+    expect(add.body.errors?.[0]?.extensions).toMatchObject({ code: "FORBIDDEN" });
+    const update = await graphql(
+      api.current,
+      member,
+      `
+        mutation ($id: UUID!) {
+          updateMessagingService(input: { messagingServiceId: $id, messagesPerSecond: "1000" }) {
+            messagingService {
+              rowId
+            }
+          }
+        }
+      `,
+      { id: aServiceId },
+    );
+    expect(update.body.errors?.[0]?.extensions).toMatchObject({ code: "NOT_FOUND" });
+  });
+
   it("A's SID on B's own account: Twilio knows no such service there, so B gets no pool and sends nothing through it", async () => {
     const { body } = await graphql(api.current, tokens.b, ADD, {
       input: { providerAccountId: b.providerAccountId, serviceSid: aServiceSid, name: "borrowed" },
