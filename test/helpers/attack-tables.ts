@@ -102,7 +102,7 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
     // A Twilio Messaging Service (its sync job is queued; no worker runs here).
     const service = await c.query<{ id: string }>(
       `insert into herald_public.messaging_services (tenant_id, provider_account_id, name, service_sid)
-       values ($1, $2, 'Pool', 'MG' || md5($1::text)) returning id`,
+       values ($1::uuid, $2, 'Pool', 'MG' || md5($1::text)) returning id`,
       [t.id, t.providerAccountId],
     );
     return {
