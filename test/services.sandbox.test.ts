@@ -92,4 +92,23 @@ describe("the sandbox's Messaging Services", () => {
     expect(page).toContain(sid);
     expect(page).toContain("+14155559121 ← +14155550301");
   });
+
+  it("adds a service from the page's form (development has no Twilio console)", async () => {
+    const post = (form: Record<string, string>) =>
+      fetch(`${url}/twilio/services`, {
+        method: "POST",
+        headers: { "content-type": "application/x-www-form-urlencoded" },
+        body: new URLSearchParams(form).toString(),
+        redirect: "manual",
+      });
+    expect((await post({ accountSid: "not an account", numbers: "+14155559131" })).status).toBe(400);
+    expect((await post({ accountSid: B.accountSid, numbers: "+14155559131, 12" })).status).toBe(400);
+    const added = await post({ accountSid: B.accountSid, name: "Form pool", numbers: "+14155559131, +14155559132" });
+    expect(added.status).toBe(303);
+    const service = sandbox.services.all().find((s) => s.friendlyName === "Form pool")!;
+    expect(service).toMatchObject({ accountSid: B.accountSid, numbers: ["+14155559131", "+14155559132"] });
+    const listed = await createTwilioClient(B, url).messaging.v1.services(service.sid).phoneNumbers.list();
+    expect(listed.map((n) => n.phoneNumber)).toEqual(service.numbers);
+    expect(await (await fetch(url)).text()).toContain('action="/sandbox/twilio/services"');
+  });
 });

@@ -4,7 +4,7 @@ import type { InboundAnswer } from "./inbound.ts";
 import { newEventKeys, type EventKeys } from "./event-key.ts";
 import { groupHeading } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
-import { servicesSection, type SandboxServices } from "./services.ts";
+import { handleServiceForm, servicesSection, type SandboxServices } from "./services.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
 import { addTwilioRoutes } from "./twilio.ts";
@@ -28,6 +28,7 @@ import { addTwilioRoutes } from "./twilio.ts";
  * Routes (relative to where the router is mounted), besides each provider's:
  *   GET  /                                                 HTML list of recent messages (unless page: false)
  *   POST /twilio/inbound                                   the page's "text in" form (from, to, body)
+ *   POST /twilio/services                                  the page's "add a Messaging Service" form (services.ts)
  */
 
 export type { SandboxChannel, SandboxFaults, SandboxMessage } from "./core.ts";
@@ -97,6 +98,11 @@ export function createSandbox(
   // The page shows recipients and bodies without authentication: development only.
   if (options.page !== false) {
     router.post("/twilio/inbound", express.urlencoded({ extended: false, limit: "16kb" }), phones.handleForm);
+    router.post(
+      "/twilio/services",
+      express.urlencoded({ extended: false, limit: "16kb" }),
+      handleServiceForm(twilio.services),
+    );
     router.get("/", async (req: Request, res: Response) => {
       // Grouped by the account that sent them: the system's, or a tenant's own (src/sandbox/labels.ts).
       const labels = new Map<string, string>();
@@ -115,7 +121,7 @@ export function createSandbox(
             (m) => labels.get(`${m.provider}/${m.account}`)!,
             core.keep,
             textInForm,
-            servicesSection(twilio.services.all()),
+            servicesSection(twilio.services.all(), `${req.baseUrl}/twilio/services`),
           ),
         );
     });

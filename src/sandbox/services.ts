@@ -172,9 +172,30 @@ export function addServiceRoutes(
   return api;
 }
 
-/** The services section of the sandbox page: each pool number with the recipients stuck to it. */
-export function servicesSection(services: SandboxService[]): string {
-  if (services.length === 0) return "";
+/**
+ * The page's form that adds a service (development: the sandbox has no console),
+ * posted to `action` with accountSid, name and numbers (comma- or space-separated).
+ */
+export function handleServiceForm(services: SandboxServices) {
+  return (req: Request, res: Response) => {
+    const { accountSid = "", name = "", numbers = "" } = req.body as Record<string, string>;
+    const pool = numbers.split(/[\s,]+/).filter(Boolean);
+    if (!/^AC[0-9a-f]{32}$/.test(accountSid) || !pool.every((n) => E164.test(n)) || pool.length > 400) {
+      res.status(400).type("text").send("An account SID (AC + 32 hex digits) and E.164 numbers, please.");
+      return;
+    }
+    services.add(accountSid, { numbers: pool, friendlyName: name.slice(0, 64) || "Sandbox service" });
+    res.redirect(303, req.baseUrl || "/");
+  };
+}
+
+/** The services section of the sandbox page: each pool number with the recipients stuck to it, and the form that adds one. */
+export function servicesSection(services: SandboxService[], formAction?: string): string {
+  const form = formAction
+    ? `<form method="post" action="${escapeHtml(formAction)}">Add a service: <label>account <input name="accountSid" placeholder="AC…" size="36"></label>
+<label>name <input name="name" value="Sandbox service"></label> <label>pool numbers <input name="numbers" placeholder="+14155557001, +14155557002" size="40"></label> <button>Add</button></form>`
+    : "";
+  if (services.length === 0) return form ? `<h2>Messaging Services</h2>${form}` : "";
   const rows = services
     .map((s) => {
       const byNumber = s.numbers.map((n) => {
@@ -188,5 +209,5 @@ export function servicesSection(services: SandboxService[]): string {
     })
     .join("\n");
   return `<h2>Messaging Services</h2><p>Sender pools: a message sent through a service goes from one of its numbers, the same one for a recipient while that number stays in the pool (sticky sender).</p>
-<table><tr><th>service</th><th>SID</th><th>account</th><th>pool numbers ← recipients they are stuck to</th></tr>${rows}</table>`;
+<table><tr><th>service</th><th>SID</th><th>account</th><th>pool numbers ← recipients they are stuck to</th></tr>${rows}</table>${form}`;
 }
