@@ -253,3 +253,40 @@ describe("inbound to a pool number", () => {
     expect(seenByB.rows[0].n).toBe(0);
   });
 });
+
+describe("the service's lifecycle", () => {
+  it("refuses the same SID twice (CONFLICT on serviceSid), and deleting the service keeps its numbers, outside any pool", async () => {
+    const again = await graphql(api.current, owner, ADD, {
+      input: { providerAccountId: a.providerAccountId, serviceSid, name: "again" },
+    });
+    expect(again.body.errors?.[0]?.extensions).toMatchObject({ code: "CONFLICT", field: "serviceSid" });
+    const { body } = await graphql(
+      api.current,
+      owner,
+      `
+        mutation ($id: UUID!, $tenant: UUID!) {
+          deleteMessagingServiceByTenantIdAndRowId(input: { tenantId: $tenant, rowId: $id }) {
+            messagingService {
+              rowId
+            }
+          }
+        }
+      `,
+      { id: serviceId, tenant: a.id },
+    );
+    expect(body.errors).toBeUndefined();
+    const { rows } = await asRoot(db.current, (c) =>
+      c.query(
+        "select phone_number, status, messaging_service_id from herald_public.sender_numbers where tenant_id = $1 and phone_number = any ($2) order by 1",
+        [a.id, POOL],
+      ),
+    );
+    expect(rows).toEqual(
+      POOL.slice(0, 2).map((phone_number) => ({ phone_number, status: "verified", messaging_service_id: null })),
+    );
+    // Still the tenant's: texts to them still reach it.
+    expect((await textIn(api.current, a, { from: "+14155557999", to: POOL[0]!, body: "still there?" })).status).toBe(
+      200,
+    );
+  });
+});
