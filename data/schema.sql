@@ -1486,6 +1486,8 @@ alter table herald_public.messages force row level security;
     CREATE TRIGGER _200_cancel BEFORE UPDATE OF canceled_at ON herald_public.messages FOR EACH ROW EXECUTE FUNCTION herald_private.tg_messages__cancel();
 -- trigger _200_check on herald_public.messages
     CREATE TRIGGER _200_check BEFORE INSERT ON herald_public.messages FOR EACH ROW EXECUTE FUNCTION herald_private.tg_messages__check();
+-- trigger _210_check_service on herald_public.messages
+    CREATE TRIGGER _210_check_service BEFORE INSERT ON herald_public.messages FOR EACH ROW WHEN ((new.metadata ? 'messaging_service'::text)) EXECUTE FUNCTION herald_private.tg_messages__check_service();
 -- trigger _500_cancel_deliveries on herald_public.messages
     CREATE TRIGGER _500_cancel_deliveries AFTER UPDATE OF canceled_at ON herald_public.messages FOR EACH ROW WHEN (((old.canceled_at IS NULL) AND (new.canceled_at IS NOT NULL))) EXECUTE FUNCTION herald_private.tg__add_job('message__cancel');
 -- trigger _500_enqueue_fan_out on herald_public.messages
@@ -1525,6 +1527,104 @@ grant select on herald_public.messages to herald_member;
 grant select on herald_public.messages to herald_worker;
 grant update (canceled_at) on herald_public.messages to herald_member;
 grant update (fan_out_cursor, fanned_out_at, recipient_count, status) on herald_public.messages to herald_worker;
+
+create table herald_public.messaging_services (
+  tenant_id uuid not null
+    default herald_public.current_tenant_id(),
+  id uuid not null
+    default gen_random_uuid(),
+  provider_account_id uuid not null,
+  name text not null,
+  service_sid text not null,
+  messages_per_second numeric not null
+    default 1,
+  is_default boolean not null
+    default false,
+  status text not null
+    default 'pending'::text,
+  sync_requested_at timestamp with time zone,
+  last_synced_at timestamp with time zone,
+  last_error text,
+  created_at timestamp with time zone not null
+    default now(),
+  updated_at timestamp with time zone not null
+    default now(),
+  constraint messaging_services_account_fkey
+    FOREIGN KEY (tenant_id, provider_account_id) REFERENCES herald_public.provider_accounts(tenant_id, id) ON DELETE CASCADE,
+  constraint messaging_services_last_error_length
+    CHECK ((length(last_error) <= 2000)),
+  constraint messaging_services_mps_range
+    CHECK (((messages_per_second > (0)::numeric) AND (messages_per_second <= (1000)::numeric))),
+  constraint messaging_services_name_length
+    CHECK (((length(name) >= 1) AND (length(name) <= 200))),
+  constraint messaging_services_pkey
+    PRIMARY KEY (tenant_id, id),
+  constraint messaging_services_sid_format
+    CHECK ((service_sid ~ '^MG[0-9a-f]{32}$'::text)),
+  constraint messaging_services_sid_unique
+    UNIQUE (tenant_id, service_sid),
+  constraint messaging_services_status
+    CHECK ((status = ANY (ARRAY['pending'::text, 'synced'::text, 'failed'::text]))),
+  constraint messaging_services_tenant_id_fkey
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+);
+alter table herald_public.messaging_services enable row level security;
+alter table herald_public.messaging_services force row level security;
+    CREATE INDEX messaging_services_by_account ON herald_public.messaging_services USING btree (tenant_id, provider_account_id);
+    CREATE UNIQUE INDEX messaging_services_one_default ON herald_public.messaging_services USING btree (tenant_id) WHERE is_default;
+-- trigger _100_timestamps on herald_public.messaging_services
+    CREATE TRIGGER _100_timestamps BEFORE UPDATE ON herald_public.messaging_services FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+-- trigger _500_queue_sync on herald_public.messaging_services
+    CREATE TRIGGER _500_queue_sync AFTER INSERT ON herald_public.messaging_services FOR EACH ROW EXECUTE FUNCTION herald_private.tg__add_job('messaging_services__sync');
+-- trigger _510_queue_resync on herald_public.messaging_services
+    CREATE TRIGGER _510_queue_resync AFTER UPDATE OF sync_requested_at ON herald_public.messaging_services FOR EACH ROW WHEN ((new.sync_requested_at IS DISTINCT FROM old.sync_requested_at)) EXECUTE FUNCTION herald_private.tg__add_job('messaging_services__sync');
+-- trigger _900_audit_delete on herald_public.messaging_services
+    CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.messaging_services REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', 'last_synced_at');
+-- trigger _900_audit_insert on herald_public.messaging_services
+    CREATE TRIGGER _900_audit_insert AFTER INSERT ON herald_public.messaging_services REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', 'last_synced_at');
+-- trigger _900_audit_update on herald_public.messaging_services
+    CREATE TRIGGER _900_audit_update AFTER UPDATE ON herald_public.messaging_services REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', 'last_synced_at');
+create policy delete_admin on herald_public.messaging_services as permissive for delete to herald_admin
+    using (true);
+comment on policy delete_admin on herald_public.messaging_services is 'Operators remove any service.';
+create policy delete_member on herald_public.messaging_services as permissive for delete to herald_member
+    using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)));
+comment on policy delete_member on herald_public.messaging_services is 'A tenant''s owners and admins remove services.';
+create policy insert_member on herald_public.messaging_services as permissive for insert to herald_member
+    with check (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)));
+comment on policy insert_member on herald_public.messaging_services is 'A tenant''s owners and admins add services, to their own tenant only.';
+create policy select_admin on herald_public.messaging_services as permissive for select to herald_admin
+    using (true);
+comment on policy select_admin on herald_public.messaging_services is 'Operators read every tenant''s services.';
+create policy select_member on herald_public.messaging_services as permissive for select to herald_member, herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy select_member on herald_public.messaging_services is 'Members and the tenant''s jobs read its own services.';
+create policy update_member on herald_public.messaging_services as permissive for update to herald_member
+    using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)))
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy update_member on herald_public.messaging_services is 'A tenant''s owners and admins rename, pace, choose the default and ask for a sync.';
+create policy update_worker on herald_public.messaging_services as permissive for update to herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)))
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy update_worker on herald_public.messaging_services is 'The sync job records its outcome.';
+comment on table herald_public.messaging_services is '@behavior -insert -update
+A Twilio Messaging Service (a sender pool) on one of the tenant''s Twilio accounts: `addMessagingService`, then its numbers are synced from Twilio (`syncMessagingService` again after changing the pool). A message goes through it when its metadata names it (`{"messaging_service": "MG…"}`) or when it is the tenant''s default.';
+comment on column herald_public.messaging_services.is_default is 'SMS without a `from` or `messaging_service` of their own go through this service (at most one per tenant).';
+comment on column herald_public.messaging_services.messages_per_second is 'How fast Herald sends through this service, all its pool numbers together.';
+comment on column herald_public.messaging_services.service_sid is 'Twilio''s id of the service (MG…).';
+comment on column herald_public.messaging_services.status is '`pending` (its numbers not synced yet), `synced`, or `failed` (see `lastError`).';
+comment on column herald_public.messaging_services.sync_requested_at is '@behavior -*';
+comment on constraint messaging_services_account_fkey on herald_public.messaging_services is '@fieldName providerAccount
+@foreignFieldName messagingServices';
+comment on constraint messaging_services_sid_unique on herald_public.messaging_services is '@behavior -*';
+grant delete on herald_public.messaging_services to herald_admin;
+grant delete on herald_public.messaging_services to herald_member;
+grant insert (is_default, messages_per_second, name, provider_account_id, service_sid, tenant_id) on herald_public.messaging_services to herald_member;
+grant select on herald_public.messaging_services to herald_admin;
+grant select on herald_public.messaging_services to herald_member;
+grant select on herald_public.messaging_services to herald_worker;
+grant update (is_default, messages_per_second, name, sync_requested_at) on herald_public.messaging_services to herald_member;
+grant update (last_error, last_synced_at, status) on herald_public.messaging_services to herald_worker;
 
 create table herald_public.provider_accounts (
   tenant_id uuid not null
@@ -1629,6 +1729,9 @@ create table herald_public.sender_numbers (
     default now(),
   messages_per_second numeric not null
     default 1,
+  status text not null
+    default 'pending'::text,
+  messaging_service_id uuid,
   constraint sender_numbers_account_fkey
     FOREIGN KEY (tenant_id, provider_account_id) REFERENCES herald_public.provider_accounts(tenant_id, id) ON DELETE CASCADE,
   constraint sender_numbers_channel
@@ -1641,11 +1744,16 @@ create table herald_public.sender_numbers (
     UNIQUE (phone_number, channel),
   constraint sender_numbers_pkey
     PRIMARY KEY (tenant_id, id),
+  constraint sender_numbers_service_fkey
+    FOREIGN KEY (tenant_id, messaging_service_id) REFERENCES herald_public.messaging_services(tenant_id, id) ON DELETE SET NULL (messaging_service_id),
+  constraint sender_numbers_status
+    CHECK ((status = ANY (ARRAY['pending'::text, 'verified'::text, 'failed'::text]))),
   constraint sender_numbers_tenant_id_fkey
     FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
 );
 alter table herald_public.sender_numbers enable row level security;
 alter table herald_public.sender_numbers force row level security;
+    CREATE INDEX sender_numbers_by_service ON herald_public.sender_numbers USING btree (tenant_id, messaging_service_id) WHERE (messaging_service_id IS NOT NULL);
 -- trigger _900_audit_delete on herald_public.sender_numbers
     CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.sender_numbers REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
 -- trigger _900_audit_insert on herald_public.sender_numbers
@@ -1656,10 +1764,16 @@ create policy delete_admin on herald_public.sender_numbers as permissive for del
     using (true);
 create policy delete_member on herald_public.sender_numbers as permissive for delete to herald_member
     using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)));
+create policy delete_worker_pool on herald_public.sender_numbers as permissive for delete to herald_worker
+    using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND (messaging_service_id IS NOT NULL)));
+comment on policy delete_worker_pool on herald_public.sender_numbers is 'A Messaging Service''s sync removes numbers that left its pool.';
 create policy insert_admin on herald_public.sender_numbers as permissive for insert to herald_admin
     with check (true);
 create policy insert_member on herald_public.sender_numbers as permissive for insert to herald_member
     with check (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin) AND (provider_account_id IS NOT NULL)));
+create policy insert_worker_pool on herald_public.sender_numbers as permissive for insert to herald_worker
+    with check (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND (messaging_service_id IS NOT NULL) AND (provider_account_id IS NOT NULL) AND (status = 'verified'::text)));
+comment on policy insert_worker_pool on herald_public.sender_numbers is 'A Messaging Service''s sync imports its pool numbers, verified by the provider''s list.';
 create policy select_admin on herald_public.sender_numbers as permissive for select to herald_admin
     using (true);
 create policy select_definer on herald_public.sender_numbers as permissive for select to herald_owner
@@ -1674,14 +1788,23 @@ create policy update_member on herald_public.sender_numbers as permissive for up
     using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)))
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on policy update_member on herald_public.sender_numbers is 'A tenant''s owners and admins change their own numbers'' pace (messages_per_second, the only column granted).';
+create policy update_worker_pool on herald_public.sender_numbers as permissive for update to herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)))
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy update_worker_pool on herald_public.sender_numbers is 'A Messaging Service''s sync marks the tenant''s own numbers as its pool''s (or no longer).';
 comment on table herald_public.sender_numbers is '@behavior -update
 A phone number the tenant sends SMS or WhatsApp from; each number belongs to one tenant.';
 comment on column herald_public.sender_numbers.messages_per_second is 'How fast this number may send (1 for a US long code; more for toll-free and short codes).';
+comment on column herald_public.sender_numbers.messaging_service_id is 'The Messaging Service whose pool this number is in (imported from Twilio by the service''s sync).';
 comment on constraint sender_numbers_account_fkey on herald_public.sender_numbers is '@fieldName providerAccount
 @foreignFieldName senderNumbers';
 comment on constraint sender_numbers_number_key on herald_public.sender_numbers is '@behavior -*';
+comment on constraint sender_numbers_service_fkey on herald_public.sender_numbers is '@fieldName messagingService
+@foreignFieldName poolNumbers';
 grant delete on herald_public.sender_numbers to herald_admin;
 grant delete on herald_public.sender_numbers to herald_member;
+grant delete on herald_public.sender_numbers to herald_worker;
+grant insert (channel, messages_per_second, messaging_service_id, phone_number, provider_account_id, status, tenant_id) on herald_public.sender_numbers to herald_worker;
 grant insert (channel, messages_per_second, phone_number, provider_account_id, tenant_id) on herald_public.sender_numbers to herald_admin;
 grant insert (channel, messages_per_second, phone_number, provider_account_id, tenant_id) on herald_public.sender_numbers to herald_member;
 grant select on herald_public.sender_numbers to herald_admin;
@@ -1689,6 +1812,7 @@ grant select on herald_public.sender_numbers to herald_member;
 grant select on herald_public.sender_numbers to herald_worker;
 grant update (messages_per_second) on herald_public.sender_numbers to herald_admin;
 grant update (messages_per_second) on herald_public.sender_numbers to herald_member;
+grant update (messaging_service_id, status) on herald_public.sender_numbers to herald_worker;
 
 create table herald_public.suppressions (
   tenant_id uuid not null
@@ -3070,6 +3194,27 @@ grant execute on function herald_hidden.keyed_hash(text,text,bytea) to herald_wo
 grant execute on function herald_hidden.media_refusal(text,text[]) to herald_member;
 grant execute on function herald_hidden.media_refusal(text,text[]) to herald_worker;
 
+-- function herald_hidden.messaging_service_refusal(text,text,text) returns text; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.messaging_service_refusal(channel text, service_sid text, sender text)
+     RETURNS text
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select case
+        when messaging_service_refusal.service_sid is null then null
+        when messaging_service_refusal.channel <> 'sms' then 'a messaging service sends SMS only'
+        when messaging_service_refusal.sender is not null then 'give either a from number or a messaging service, not both'
+        when exists (select 1 from herald_public.messaging_services s
+                      where s.tenant_id = herald_public.current_tenant_id()
+                        and s.service_sid = messaging_service_refusal.service_sid) then null
+        else pg_catalog.format('%s is not one of this tenant''s messaging services', messaging_service_refusal.service_sid)
+      end;
+    $function$;
+comment on function herald_hidden.messaging_service_refusal(text,text,text) is 'Why a message may not go through the messaging service it names (null: it may).';
+grant execute on function herald_hidden.messaging_service_refusal(text,text,text) to herald_member;
+grant execute on function herald_hidden.messaging_service_refusal(text,text,text) to herald_worker;
+
 -- function herald_hidden.missing_segments(uuid[]) returns integer; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.missing_segments(segment_ids uuid[])
      RETURNS integer
@@ -3878,6 +4023,48 @@ grant execute on function herald_hidden.sms_encoding(text) to herald_worker;
 grant execute on function herald_hidden.sms_segments(text) to herald_admin;
 grant execute on function herald_hidden.sms_segments(text) to herald_member;
 grant execute on function herald_hidden.sms_segments(text) to herald_worker;
+
+-- function herald_hidden.sync_pool_numbers(uuid,text[]) returns record; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.sync_pool_numbers(messaging_service_id uuid, numbers text[], OUT added integer, OUT joined integer, OUT removed integer, OUT refused integer)
+     RETURNS record
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_service herald_public.messaging_services;
+      v_number text;
+    begin
+      select * into v_service from herald_public.messaging_services s
+       where s.tenant_id = herald_public.current_tenant_id() and s.id = sync_pool_numbers.messaging_service_id;
+      if v_service.id is null then
+        raise exception 'No such messaging service' using errcode = 'NTFND';
+      end if;
+      added := 0; joined := 0; refused := 0;
+      foreach v_number in array coalesce(numbers, '{}') loop
+        update herald_public.sender_numbers n
+           set messaging_service_id = v_service.id, status = 'verified'
+         where n.tenant_id = v_service.tenant_id and n.phone_number = v_number and n.channel = 'sms';
+        if found then
+          joined := joined + 1;
+          continue;
+        end if;
+        begin
+          insert into herald_public.sender_numbers (tenant_id, phone_number, channel, provider_account_id,
+                                                    messaging_service_id, status, messages_per_second)
+          values (v_service.tenant_id, v_number, 'sms', v_service.provider_account_id, v_service.id, 'verified', 1);
+          added := added + 1;
+        exception when unique_violation then
+          refused := refused + 1;
+        end;
+      end loop;
+      delete from herald_public.sender_numbers n
+       where n.tenant_id = v_service.tenant_id and n.messaging_service_id = v_service.id
+         and not (n.phone_number = any (coalesce(numbers, '{}')));
+      get diagnostics removed = row_count;
+    end;
+    $function$;
+comment on function herald_hidden.sync_pool_numbers(uuid,text[]) is 'Imports a Messaging Service''s pool numbers as Twilio listed them (the sync job calls it).';
+grant execute on function herald_hidden.sync_pool_numbers(uuid,text[]) to herald_worker;
 
 -- function herald_hidden.template_variables(text,text) returns text[]; plpgsql; immutable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.template_variables(body text, field text)
@@ -5105,6 +5292,23 @@ comment on function herald_private.tg_deliveries__transactional_email() is 'A tr
     end;
     $function$;
 
+-- function herald_private.tg_messages__check_service() returns trigger; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_messages__check_service()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_refusal text;
+    begin
+      v_refusal := herald_hidden.messaging_service_refusal(new.channel, new.metadata ->> 'messaging_service', new.metadata ->> 'from');
+      if v_refusal is not null then
+        raise exception '%', v_refusal using errcode = 'NOSND', column = 'metadata';
+      end if;
+      return new;
+    end;
+    $function$;
+
 -- function herald_private.tg_messages__email_identity() returns trigger; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.tg_messages__email_identity()
      RETURNS trigger
@@ -5358,6 +5562,31 @@ grant execute on function herald_public."current_user"() to herald_member;
     $function$;
 comment on function herald_public.accept_invitation(text) is 'Accepts an invitation as the signed-in user (of any tenant), whose email it must name, and joins its tenant with its role. Then sign in to that tenant.';
 grant execute on function herald_public.accept_invitation(text) to herald_member;
+
+-- function herald_public.add_messaging_service(uuid,text,text,numeric,boolean) returns herald_public.messaging_services; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.add_messaging_service(provider_account_id uuid, service_sid text, name text, messages_per_second numeric DEFAULT 1, is_default boolean DEFAULT false)
+     RETURNS herald_public.messaging_services
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_row herald_public.messaging_services;
+    begin
+      if not exists (select 1 from herald_public.provider_accounts a
+                      where a.tenant_id = herald_public.current_tenant_id() and a.id = add_messaging_service.provider_account_id
+                        and a.kind = 'twilio') then
+        raise exception 'No such Twilio account' using errcode = 'NTFND', column = 'providerAccountId';
+      end if;
+      insert into herald_public.messaging_services (provider_account_id, service_sid, name, messages_per_second, is_default)
+      values (add_messaging_service.provider_account_id, pg_catalog.btrim(add_messaging_service.service_sid),
+              add_messaging_service.name, coalesce(add_messaging_service.messages_per_second, 1),
+              coalesce(add_messaging_service.is_default, false))
+      returning * into v_row;
+      return v_row;
+    end;
+    $function$;
+comment on function herald_public.add_messaging_service(uuid,text,text,numeric,boolean) is 'Send through a Twilio Messaging Service (MG…) of one of the tenant''s Twilio accounts; its pool numbers are then synced from Twilio.';
+grant execute on function herald_public.add_messaging_service(uuid,text,text,numeric,boolean) to herald_member;
 
 -- function herald_public.add_suppression(text,text,text,text) returns herald_public.suppressions; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.add_suppression(kind text, address text, reason text DEFAULT 'manual'::text, note text DEFAULT NULL::text)
@@ -5874,6 +6103,21 @@ grant execute on function herald_public.messages_stats(herald_public.messages) t
 grant execute on function herald_public.messages_stats(herald_public.messages) to herald_member;
 grant execute on function herald_public.messages_stats(herald_public.messages) to herald_worker;
 
+-- function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) returns SETOF herald_public.sender_numbers; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.messaging_services_pool_numbers(service herald_public.messaging_services)
+     RETURNS SETOF herald_public.sender_numbers
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select n.* from herald_public.sender_numbers n
+       where n.tenant_id = service.tenant_id and n.messaging_service_id = service.id
+       order by n.phone_number;
+    $function$;
+comment on function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) is 'The numbers of the service''s pool, as last synced from Twilio.';
+grant execute on function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) to herald_admin;
+grant execute on function herald_public.messaging_services_pool_numbers(herald_public.messaging_services) to herald_member;
+
 -- function herald_public.ping() returns uuid; sql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.ping()
      RETURNS uuid
@@ -6287,6 +6531,27 @@ comment on function herald_public.suspend_tenant(uuid,text) is '@resultFieldName
 Platform operators: suspend a tenant. Its users and API keys stop working and its sends are held until `resumeTenant`.';
 grant execute on function herald_public.suspend_tenant(uuid,text) to herald_admin;
 
+-- function herald_public.sync_messaging_service(uuid) returns herald_public.messaging_services; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.sync_messaging_service(messaging_service_id uuid)
+     RETURNS herald_public.messaging_services
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_row herald_public.messaging_services;
+    begin
+      update herald_public.messaging_services s set sync_requested_at = pg_catalog.clock_timestamp()
+       where s.tenant_id = herald_public.current_tenant_id() and s.id = sync_messaging_service.messaging_service_id
+      returning * into v_row;
+      if v_row.id is null then
+        raise exception 'No such messaging service' using errcode = 'NTFND', column = 'messagingServiceId';
+      end if;
+      return v_row;
+    end;
+    $function$;
+comment on function herald_public.sync_messaging_service(uuid) is 'Import the service''s pool numbers from Twilio again; `status`, `lastSyncedAt` and `lastError` show the result.';
+grant execute on function herald_public.sync_messaging_service(uuid) to herald_member;
+
 -- function herald_public.tags_contact_count(herald_public.tags) returns integer; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.tags_contact_count(tag herald_public.tags)
      RETURNS integer
@@ -6398,6 +6663,35 @@ grant execute on function herald_public.tenants_usage_this_month(herald_public.t
     $function$;
 comment on function herald_public.test_provider_account(uuid,text) is 'Send one test SMS or email through the account; `lastTestedAt` and `lastError` on the account show the outcome.';
 grant execute on function herald_public.test_provider_account(uuid,text) to herald_member;
+
+-- function herald_public.update_messaging_service(uuid,text,numeric,boolean) returns herald_public.messaging_services; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.update_messaging_service(messaging_service_id uuid, name text DEFAULT NULL::text, messages_per_second numeric DEFAULT NULL::numeric, is_default boolean DEFAULT NULL::boolean)
+     RETURNS herald_public.messaging_services
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_row herald_public.messaging_services;
+    begin
+      -- The default moves: the tenant's other services stop being it first.
+      if update_messaging_service.is_default then
+        update herald_public.messaging_services s set is_default = false
+         where s.tenant_id = herald_public.current_tenant_id() and s.is_default and s.id <> update_messaging_service.messaging_service_id;
+      end if;
+      update herald_public.messaging_services s
+         set name = coalesce(update_messaging_service.name, s.name),
+             messages_per_second = coalesce(update_messaging_service.messages_per_second, s.messages_per_second),
+             is_default = coalesce(update_messaging_service.is_default, s.is_default)
+       where s.tenant_id = herald_public.current_tenant_id() and s.id = update_messaging_service.messaging_service_id
+      returning * into v_row;
+      if v_row.id is null then
+        raise exception 'No such messaging service' using errcode = 'NTFND', column = 'messagingServiceId';
+      end if;
+      return v_row;
+    end;
+    $function$;
+comment on function herald_public.update_messaging_service(uuid,text,numeric,boolean) is 'Rename a Messaging Service, change its pace, or make it (or stop it being) the tenant''s default.';
+grant execute on function herald_public.update_messaging_service(uuid,text,numeric,boolean) to herald_member;
 
 -- function herald_public.usage(date,date) returns SETOF herald_public.usage_day; plpgsql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.usage(from_day date, to_day date)

@@ -82,6 +82,14 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   sender_numbers_number_key: "phoneNumber",
   sender_numbers_account_fkey: "providerAccountId",
 
+  // Messaging Services (src/services/): addMessagingService / updateMessagingService arguments.
+  messaging_services_name_length: "name",
+  messaging_services_sid_format: "serviceSid",
+  messaging_services_sid_unique: "serviceSid",
+  messaging_services_mps_range: "messagesPerSecond",
+  messaging_services_one_default: "isDefault",
+  messaging_services_account_fkey: "providerAccountId",
+
   suppressions_address_unique: "address",
   suppressions_kind: "kind",
   suppressions_note_length: "note",
@@ -243,6 +251,13 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   provider_accounts_tenant_id_fkey: SESSION_TENANT,
 
   sender_numbers_pkey: GENERATED_ID,
+  sender_numbers_status: SERVER_WRITTEN,
+  sender_numbers_service_fkey: SERVER_WRITTEN,
+
+  messaging_services_pkey: GENERATED_ID,
+  messaging_services_status: SERVER_WRITTEN,
+  messaging_services_last_error_length: SERVER_WRITTEN,
+  messaging_services_tenant_id_fkey: SESSION_TENANT,
   sender_numbers_tenant_id_fkey: SESSION_TENANT,
 
   suppressions_pkey: GENERATED_ID,

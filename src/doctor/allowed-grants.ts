@@ -111,6 +111,11 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     admin: ["SELECT"],
     worker: ["SELECT", "UPDATE(fan_out_cursor, fanned_out_at, recipient_count, status)"],
   },
+  "herald_public.messaging_services": {
+    member: ["DELETE", "INSERT(is_default, messages_per_second, name, provider_account_id, service_sid, tenant_id)", "SELECT", "UPDATE(is_default, messages_per_second, name, sync_requested_at)"],
+    admin: ["DELETE", "SELECT"],
+    worker: ["SELECT", "UPDATE(last_error, last_synced_at, status)"],
+  },
   "herald_public.provider_accounts": {
     member: ["DELETE", "INSERT(key_version, kind, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(key_version, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
     admin: ["DELETE", "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
@@ -119,7 +124,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.sender_numbers": {
     member: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
     admin: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
-    worker: ["SELECT"],
+    worker: ["DELETE", "INSERT(channel, messages_per_second, messaging_service_id, phone_number, provider_account_id, status, tenant_id)", "SELECT", "UPDATE(messaging_service_id, status)"],
   },
   "herald_public.suppressions": {
     member: ["DELETE", "INSERT(address_encrypted, address_hash, hash_version, key_version, kind, note, reason, tenant_id)", "SELECT"],

@@ -11,6 +11,7 @@ import {
 } from "../providers/routing.ts";
 import type { Route } from "../providers/transmit.ts";
 import { CLAIM_GRACE_MS, decideBeforeSending, type Decision } from "./decide.ts";
+import { serviceRoute } from "../services/route.ts";
 import { reserveSlots } from "./pacing.ts";
 import { renderContent, type Content } from "./render.ts";
 import { carriesUnsubscribe, unsubscribeUrl, withUnsubscribeFooter } from "./unsubscribe.ts";
@@ -43,7 +44,7 @@ export interface DeliveryRow {
   content_sha256: string | null;
   message_id: string;
   message_status: string;
-  metadata: IdentityMetadata;
+  metadata: IdentityMetadata & { messaging_service?: string };
   purpose: "marketing" | "transactional";
   content: Content;
   contact_id: string | null;
@@ -255,7 +256,7 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   const groups = new Map<string, { d: DeliveryRow; to: string }[]>();
   for (const c of candidates) {
     const m = c.d.metadata;
-    const key = `${c.d.channel}\u0000${m.from ?? ""}\u0000${m.fromName ?? ""}\u0000${m.replyTo ?? ""}`;
+    const key = [c.d.channel, m.from, m.messaging_service, m.fromName, m.replyTo].map((v) => v ?? "").join("\u0000");
     const group = groups.get(key);
     if (group) group.push(c);
     else groups.set(key, [c]);
@@ -263,12 +264,19 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   const settings = groups.size > 0 ? await tenantSettings(client) : undefined;
   const slotted: { d: DeliveryRow; to: string; route: Route; slotAt: number; senderStepMs: number | null }[] = [];
   for (const group of groups.values()) {
-    const route = await routeFor(client, ctx.clients, group[0]!.d, settings!);
+    // Through a Twilio Messaging Service (src/services/route.ts), or from a number by the sender rules.
+    const viaService = await serviceRoute(client, group[0]!.d, settings!);
+    if (viaService instanceof SendError) {
+      for (const { d } of group)
+        finishes.push({ id: d.id, status: "failed", reason: viaService.message, code: String(viaService.code) });
+      continue;
+    }
+    const route = viaService?.route ?? (await routeFor(client, ctx.clients, group[0]!.d, settings!));
     if ("refusal" in route) {
       for (const { d } of group) finishes.push({ id: d.id, status: "skipped", reason: route.refusal });
       continue;
     }
-    const refusal = await senderRefusal(client, ctx.clients, group[0]!.d.channel, route.from);
+    const refusal = viaService ? undefined : await senderRefusal(client, ctx.clients, group[0]!.d.channel, route.from);
     if (refusal) {
       for (const { d } of group)
         finishes.push({ id: d.id, status: "failed", reason: refusal.message, code: String(refusal.code) });
@@ -277,7 +285,9 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     const senderStepMs =
       group[0]!.d.channel === "email"
         ? null
-        : 1000 / (await messagesPerSecond(client, ctx.clients, route.from!, group[0]!.d.channel));
+        : 1000 /
+          (viaService?.messagesPerSecond ??
+            (await messagesPerSecond(client, ctx.clients, route.from!, group[0]!.d.channel)));
     const slots = await reserveSlots(ctx.pacingPool, {
       tenantId: ctx.tenantId,
       tenantStepMs: group[0]!.d.tenant_step_ms,

@@ -29,11 +29,13 @@ export interface Route {
   /** The tenant's active account of the kind (null: none; the system's sends). */
   account: TenantAccount | null;
   settings: TenantSettings;
-  /** The intended sender (none: the send fails with NO_SENDER). */
+  /** The intended sender (none: the send fails with NO_SENDER); a Messaging Service's SID when it sends. */
   from: string | undefined;
   /** Email: the From name and Reply-To (src/providers/email-identity.ts). */
   fromName?: string;
   replyTo?: string;
+  /** Sent through this Twilio Messaging Service (MG…): Twilio picks the pool number (src/services/). */
+  messagingServiceSid?: string;
 }
 
 /** What a send that worked went through. */
@@ -117,15 +119,17 @@ export async function transmitSms(
           "NO_SENDER",
         );
       await hooks.pace?.(from, channel);
+      // Through a Messaging Service (never when falling back): the provider picks the number and reports it.
+      const service = fallingBack ? undefined : route.messagingServiceSid;
       const sent = await call(hooks, via, () =>
         clients.twilioFor(via).messages.create({
           to: address(message.to),
-          from: address(from),
+          ...(service ? { messagingServiceSid: service } : { from: address(from) }),
           body: message.body,
           ...(message.statusCallback ? { statusCallback: message.statusCallback } : {}),
         }),
       );
-      return { id: sent.sid, from };
+      return { id: sent.sid, from: service ? (sent.from ?? from) : from };
     },
     // Twilio's codes that are about the recipient, not the account (errors.ts).
     (error) => RECIPIENT_CODES.has(String((error as { code?: number }).code)),

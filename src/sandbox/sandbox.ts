@@ -4,6 +4,7 @@ import type { InboundAnswer } from "./inbound.ts";
 import { newEventKeys, type EventKeys } from "./event-key.ts";
 import { groupHeading } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
+import { handleServiceForm, servicesSection, type SandboxServices } from "./services.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
 import { addTwilioRoutes } from "./twilio.ts";
@@ -27,6 +28,7 @@ import { addTwilioRoutes } from "./twilio.ts";
  * Routes (relative to where the router is mounted), besides each provider's:
  *   GET  /                                                 HTML list of recent messages (unless page: false)
  *   POST /twilio/inbound                                   the page's "text in" form (from, to, body)
+ *   POST /twilio/services                                  the page's "add a Messaging Service" form (services.ts)
  */
 
 export type { SandboxChannel, SandboxFaults, SandboxMessage } from "./core.ts";
@@ -43,6 +45,8 @@ export interface Sandbox {
   /** The most Twilio send requests open at once since the last call (and resets it). */
   takePeakInFlight(): number;
   addTwilioAccount(accountSid: string, authToken: string): void;
+  /** Twilio Messaging Services: sender pools with sticky sender (src/sandbox/services.ts). */
+  services: SandboxServices;
   addSendGridKey(apiKey: string): void;
   setFaults(faults: SandboxFaults): void;
   /** Base64 DER (SPKI) of the key that signs SendGrid events: SENDGRID_WEBHOOK_PUBLIC_KEY for the sandbox. */
@@ -94,6 +98,11 @@ export function createSandbox(
   // The page shows recipients and bodies without authentication: development only.
   if (options.page !== false) {
     router.post("/twilio/inbound", express.urlencoded({ extended: false, limit: "16kb" }), phones.handleForm);
+    router.post(
+      "/twilio/services",
+      express.urlencoded({ extended: false, limit: "16kb" }),
+      handleServiceForm(twilio.services),
+    );
     router.get("/", async (req: Request, res: Response) => {
       // Grouped by the account that sent them: the system's, or a tenant's own (src/sandbox/labels.ts).
       const labels = new Map<string, string>();
@@ -106,7 +115,15 @@ export function createSandbox(
         : undefined;
       res
         .type("html")
-        .send(sandboxPage(core.messages, (m) => labels.get(`${m.provider}/${m.account}`)!, core.keep, textInForm));
+        .send(
+          sandboxPage(
+            core.messages,
+            (m) => labels.get(`${m.provider}/${m.account}`)!,
+            core.keep,
+            textInForm,
+            servicesSection(twilio.services.all(), `${req.baseUrl}/twilio/services`),
+          ),
+        );
     });
   }
 
@@ -116,6 +133,7 @@ export function createSandbox(
     get mailSendRequests() { return sendgrid.mailSendRequests; }, // prettier-ignore
     takePeakInFlight: twilio.takePeakInFlight,
     addTwilioAccount: twilio.addAccount,
+    services: twilio.services,
     addSendGridKey: sendgrid.addKey,
     setFaults: core.setFaults,
     sendgridPublicKey: sendgrid.publicKey,

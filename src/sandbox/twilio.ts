@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
 import { outcomeFor, sameSecret, sleep, type SandboxCore, type SandboxMessage } from "./core.ts";
+import { addServiceRoutes, type SandboxServices } from "./services.ts";
 import { E164, twilioError, twilioMessageJson, twilioSignature } from "./wire.ts";
 
 /**
@@ -33,6 +34,8 @@ export interface SandboxTwilio {
   addAccount(accountSid: string, authToken: string): void;
   /** The most send requests open at once since the last call (and resets it). */
   takePeakInFlight(): number;
+  /** Messaging Services and their pools (services.ts). */
+  services: SandboxServices;
 }
 
 /** Installs Twilio's routes on the sandbox's router. */
@@ -40,6 +43,7 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
   const accounts = new Map<string, string>();
   const tokenOf = (accountSid: string) => accounts.get(accountSid) ?? sandboxTwilioToken(accountSid);
   let [requestsInFlight, peakInFlight] = [0, 0];
+  const services = addServiceRoutes(router, core, tokenOf);
 
   /** As the account itself (SID + auth token) or one of its API keys (SK… + secret). */
   const authorized = (req: Request, sid: string): boolean => {
@@ -65,9 +69,10 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
       if (!authorized(req, sid)) return twilioError(res, 401, 20003, "Authenticate");
       const {
         To: to = "",
-        From: from = "",
+        From: givenFrom = "",
         Body: body = "",
         StatusCallback: statusCallback,
+        MessagingServiceSid: serviceSid,
       } = req.body as Record<string, string>;
       const whatsapp = to.startsWith("whatsapp:");
       const toNumber = whatsapp ? to.slice("whatsapp:".length) : to;
@@ -75,6 +80,10 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
         return twilioError(res, 400, 21211, `The 'To' number ${to} is not a valid phone number.`);
       // Documented sandbox rule: recipients ending 0003 have replied STOP.
       if (/0003$/.test(toNumber)) return twilioError(res, 400, 21610, "Attempt to send to unsubscribed recipient");
+      // No From but a Messaging Service: it picks a pool number, sticky per recipient (services.ts).
+      const pooled = !givenFrom && serviceSid ? services.pick(sid, serviceSid, to) : undefined;
+      if (pooled && "error" in pooled) return twilioError(res, 400, pooled.error.code, pooled.error.message);
+      const from = pooled?.from ?? givenFrom;
       if (!from) return twilioError(res, 400, 21603, "A 'From' phone number is required.");
       if (whatsapp !== from.startsWith("whatsapp:")) {
         return twilioError(res, 400, 63007, "Twilio could not find a Channel with the specified From address");
@@ -183,5 +192,6 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
     tokenOf,
     addAccount: (accountSid, authToken) => void accounts.set(accountSid, authToken),
     takePeakInFlight: () => [peakInFlight, (peakInFlight = requestsInFlight)][0]!,
+    services,
   };
 }

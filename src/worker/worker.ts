@@ -16,6 +16,7 @@ import ping from "../../tasks/herald__ping.ts";
 import domainAuthenticate from "../../tasks/email_domains__authenticate.ts";
 import domainVerify from "../../tasks/email_domains__verify.ts";
 import providerTest from "../../tasks/provider_accounts__test.ts";
+import servicesSync from "../../tasks/messaging_services__sync.ts";
 import deliverySend from "../../tasks/delivery__send.ts";
 import deliveriesSweep from "../../tasks/deliveries__sweep.ts";
 import checkStatus, { STATUS_CHECK_JOB } from "../../tasks/deliveries__check_status.ts";
@@ -38,6 +39,7 @@ export const taskList: TaskList = {
   provider_accounts__test: providerTest as TaskList[string],
   email_domains__authenticate: domainAuthenticate as TaskList[string],
   email_domains__verify: domainVerify as TaskList[string],
+  messaging_services__sync: servicesSync as TaskList[string],
   message__fan_out: messageFanOut as TaskList[string],
   message__cancel: messageCancel as TaskList[string],
   delivery__send: deliverySend as TaskList[string],

@@ -21,6 +21,7 @@ export interface AttackTenant extends TenantFixture {
   providerTestId: string;
   providerReportId: string;
   invitationId: string;
+  messagingServiceId: string;
 }
 
 export interface TableSpec {
@@ -98,7 +99,14 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
        values ($1, $2, 'admin', public.digest($3, 'sha256')) returning id`,
       [t.id, `invited@${t.slug}.test`, `hi_attack-fixture-${t.slug}`],
     );
+    // A Twilio Messaging Service (its sync job is queued; no worker runs here).
+    const service = await c.query<{ id: string }>(
+      `insert into herald_public.messaging_services (tenant_id, provider_account_id, name, service_sid)
+       values ($1::uuid, $2, 'Pool', 'MG' || md5($1::text)) returning id`,
+      [t.id, t.providerAccountId],
+    );
     return {
+      messagingServiceId: service.rows[0]!.id,
       invitationId: invitation.rows[0]!.id,
       emailDomainId: domain.rows[0]!.id,
       providerTestId: test.rows[0]!.id,
@@ -392,6 +400,17 @@ const FIXTURES: TableSpec[] = [
     victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.emailDomainId] }),
     insertInto: (victim) => ({
       sql: "insert into herald_public.email_domains (tenant_id, domain, provider_account_id) values ($1, 'evil.test', $2)",
+      params: [victim.id, victim.providerAccountId],
+    }),
+  },
+  {
+    table: "herald_public.messaging_services",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.messagingServiceId] }),
+    update: { column: "name", to: "'pwned'" },
+    insertInto: (victim) => ({
+      sql: `insert into herald_public.messaging_services (tenant_id, provider_account_id, name, service_sid)
+            values ($1, $2, 'evil', 'MG' || repeat('e', 32))`,
       params: [victim.id, victim.providerAccountId],
     }),
   },
