@@ -199,6 +199,12 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   delivery_events_event_length: SERVER_WRITTEN,
   delivery_events_provider: SERVER_WRITTEN,
   delivery_events_delivery_fkey: SERVER_WRITTEN,
+  delivery_events_url_length: SERVER_WRITTEN,
+  delivery_engagement_pkey: SERVER_WRITTEN,
+  delivery_engagement_delivery_fkey: SERVER_WRITTEN,
+  delivery_engagement_opens: SERVER_WRITTEN,
+  delivery_engagement_clicks: SERVER_WRITTEN,
+  delivery_engagement_clicked_urls: SERVER_WRITTEN,
 
   email_domains_pkey: GENERATED_ID,
   email_domains_last_error_length: SERVER_WRITTEN,

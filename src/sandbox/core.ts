@@ -19,6 +19,8 @@ export interface SandboxMessage {
   to: string;
   subject?: string;
   body: string;
+  /** An email's HTML part, as received. */
+  html?: string;
   createdAt: Date;
 }
 

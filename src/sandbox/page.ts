@@ -23,6 +23,7 @@ export function sandboxPage(
   labelOf: (message: SandboxMessage) => string,
   keep: number,
   textIn?: { action: string; exchanges: TextedIn[] },
+  engageAction?: string,
 ): string {
   const groups = new Map<string, SandboxMessage[]>();
   for (const m of [...messages].reverse()) groups.set(labelOf(m), [...(groups.get(labelOf(m)) ?? []), m]);
@@ -34,7 +35,7 @@ export function sandboxPage(
           .map(
             (m) =>
               `<tr><td>${m.createdAt.toISOString()}</td><td>${escapeHtml(m.provider)}</td><td>${escapeHtml(m.account)}</td><td>${m.channel}</td>` +
-              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}</td></tr>`,
+              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}${engageAction && m.provider === "sendgrid" ? engageForms(engageAction, m) : ""}</td></tr>`,
           )
           .join("\n") +
         "</table>",
@@ -61,4 +62,16 @@ function textInSection(action: string, exchanges: TextedIn[]): string {
 <label>to <input name="to" placeholder="a tenant's number"></label> <label>text <input name="body" value="HELP"></label>
 <select name="channel"><option>sms</option><option>whatsapp</option></select> <button>Send</button></form>
 ${rows ? `<table><tr><th>when</th><th>from</th><th>to</th><th>text</th><th>answer</th><th>replies</th></tr>${rows}</table>` : ""}`;
+}
+
+/** An email's "open" and "click" buttons: the recipient engaging, as a signed SendGrid event (src/sandbox/engagement.ts). */
+function engageForms(action: string, m: SandboxMessage): string {
+  const link =
+    /href\s*=\s*"(https?:\/\/[^"]+)"/i.exec(m.html ?? "")?.[1]?.replace(/&amp;/g, "&") ?? "https://example.com/";
+  const hidden = `<input type="hidden" name="messageId" value="${escapeHtml(m.id)}"><input type="hidden" name="to" value="${escapeHtml(m.to)}">`;
+  return (
+    `<form method="post" action="${escapeHtml(action)}">${hidden}<input type="hidden" name="event" value="open"><button>Open</button></form>` +
+    `<form method="post" action="${escapeHtml(action)}">${hidden}<input type="hidden" name="event" value="click">` +
+    `<input name="url" value="${escapeHtml(link)}" size="30"> <button>Click</button></form>`
+  );
 }

@@ -5,6 +5,7 @@ import { newEventKeys, type EventKeys } from "./event-key.ts";
 import { groupHeading } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
+import type { EngageRequest, EngageResult } from "./engagement.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
 import { addTwilioRoutes } from "./twilio.ts";
 
@@ -53,6 +54,8 @@ export interface Sandbox {
   signSendGridEvents(timestamp: string, body: string): string;
   /** Where SendGrid events go from now on (none: no events). */
   setSendGridEventUrl(url: string | undefined): void;
+  /** A recipient opens a sent email or clicks a link in it: a signed SendGrid event posted now (src/sandbox/engagement.ts). */
+  engageEmail(request: EngageRequest): Promise<EngageResult>;
   /**
    * A phone texts one of Herald's numbers: posted to `url` (default: the
    * sandbox's `inboundUrl`) signed with the account's token, as Twilio would.
@@ -106,7 +109,15 @@ export function createSandbox(
         : undefined;
       res
         .type("html")
-        .send(sandboxPage(core.messages, (m) => labels.get(`${m.provider}/${m.account}`)!, core.keep, textInForm));
+        .send(
+          sandboxPage(
+            core.messages,
+            (m) => labels.get(`${m.provider}/${m.account}`)!,
+            core.keep,
+            textInForm,
+            `${req.baseUrl}/sendgrid/engage`,
+          ),
+        );
     });
   }
 
@@ -121,6 +132,7 @@ export function createSandbox(
     sendgridPublicKey: sendgrid.publicKey,
     signSendGridEvents: sendgrid.signEvents,
     setSendGridEventUrl: sendgrid.setEventUrl,
+    engageEmail: sendgrid.engage,
     textIn: phones.textIn,
     settled: core.settled,
   };
