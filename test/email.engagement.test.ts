@@ -3,6 +3,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../src/logger.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, tokenFor } from "./helpers/api.ts";
+import { runCli } from "./helpers/cli.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedExtraTenant, type TenantFixture } from "./helpers/fixtures.ts";
 import { testKeyring } from "./helpers/keys.ts";
@@ -345,5 +346,14 @@ describe("the sandbox's engage endpoint", () => {
     expect((await post({ messageId: "nope", to: "x@example.com", event: "open" })).status).toBe(404);
     expect((await post({ messageId: "nope", to: "x@example.com", event: "click" })).status).toBe(400);
     expect((await post({ messageId: "nope", to: "x@example.com", event: "bounce" })).status).toBe(400);
+  });
+});
+
+describe("herald usage", () => {
+  it("prints the month's opens and clicks of the tenant", async () => {
+    const { code, stdout, stderr } = await runCli(db.current, ["usage", "--tenant", "engaged"]);
+    expect(code, stderr).toBe(0);
+    // 2 opens, 1 repeated thrice, and the early one; 3 clicks, 1 repeated, 12 more, and the one whose link was dropped.
+    expect(stdout).toContain("Email engagement: 4 opens, 17 clicks");
   });
 });
