@@ -1,6 +1,7 @@
 import http from "node:http";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createLogger } from "../src/logger.ts";
+import { sandboxPage } from "../src/sandbox/page.ts";
 import { startWorker, type WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, tokenFor } from "./helpers/api.ts";
 import { runCli } from "./helpers/cli.ts";
@@ -349,11 +350,41 @@ describe("the sandbox's engage endpoint", () => {
   });
 });
 
+describe("the /sandbox page", () => {
+  it("has Open and Click buttons under each email, whose form posts make signed events", async () => {
+    const copy = server.sandbox.messages.find((m) => m.to === "opener@example.com")!;
+    const page = sandboxPage([copy], () => "system", 10, undefined, "/sandbox/sendgrid/engage");
+    const forms = [...page.matchAll(/<form method="post" action="\/sandbox\/sendgrid\/engage">(.*?)<\/form>/g)].map(
+      (f) => f[1]!,
+    );
+    expect(forms).toHaveLength(2);
+    for (const form of forms) {
+      expect(form).toContain(`name="messageId" value="${copy.id}"`);
+      expect(form).toContain('name="to" value="opener@example.com"');
+    }
+    expect(forms[1]).toContain('name="url" value="https://example.com/news"'); // the email's first link
+    const deliveryId = posts.find((p) => p.type === "delivery.opened")!.data.delivery_id as string;
+    const before = (await delivery(deliveryId)).engagement as { opens: number };
+
+    // The Open button, as the browser posts it: back to the page, and one more open.
+    const answer = await fetch(`${server.url}/sendgrid/engage`, {
+      method: "POST",
+      headers: { "content-type": "application/x-www-form-urlencoded", accept: "text/html" },
+      body: new URLSearchParams({ messageId: copy.id, to: copy.to, event: "open" }),
+      redirect: "manual",
+    });
+    expect(answer.status).toBe(303);
+    expect(answer.headers.get("location")).toBe("/sandbox");
+    await reportsApplied(db.current);
+    expect((await delivery(deliveryId)).engagement).toMatchObject({ opens: before.opens + 1 });
+  });
+});
+
 describe("herald usage", () => {
   it("prints the month's opens and clicks of the tenant", async () => {
     const { code, stdout, stderr } = await runCli(db.current, ["usage", "--tenant", "engaged"]);
     expect(code, stderr).toBe(0);
-    // 2 opens, 1 repeated thrice, and the early one; 3 clicks, 1 repeated, 12 more, and the one whose link was dropped.
-    expect(stdout).toContain("Email engagement: 4 opens, 17 clicks");
+    // 2 opens, 1 repeated thrice, the early one and the page's; 3 clicks, 1 repeated, 12 more, and the one whose link was dropped.
+    expect(stdout).toContain("Email engagement: 5 opens, 17 clicks");
   });
 });

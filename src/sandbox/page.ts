@@ -30,12 +30,14 @@ export function sandboxPage(
   const sections = [...groups.entries()]
     .map(
       ([label, list]) =>
-        `<h2>${escapeHtml(label)}</h2><table><tr><th>when</th><th>provider</th><th>account</th><th>channel</th><th>from</th><th>to</th><th>subject</th><th>body</th></tr>\n` +
+        `<h2>${escapeHtml(label)}</h2><table><tr><th>when</th><th>provider</th><th>account</th><th>channel</th><th>from</th><th>to</th><th>subject</th><th>body</th>${engageAction ? "<th>recipient</th>" : ""}</tr>\n` +
         list
           .map(
             (m) =>
               `<tr><td>${m.createdAt.toISOString()}</td><td>${escapeHtml(m.provider)}</td><td>${escapeHtml(m.account)}</td><td>${m.channel}</td>` +
-              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}${engageAction && m.provider === "sendgrid" ? engageForms(engageAction, m) : ""}</td></tr>`,
+              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}</td>` +
+              (engageAction ? `<td>${m.provider === "sendgrid" ? engageForms(engageAction, m) : ""}</td>` : "") +
+              "</tr>",
           )
           .join("\n") +
         "</table>",
