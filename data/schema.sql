@@ -1880,6 +1880,8 @@ create table herald_public.templates (
     CHECK ((((length(body) >= 1) AND (length(body) <= 1600)) OR ((channel = 'email'::text) AND (length(body) <= 100000)))),
   constraint templates_channel
     CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text, 'email'::text]))),
+  constraint templates_email_content
+    CHECK (((channel <> 'email'::text) OR (length(body) > 0) OR (html_body IS NOT NULL))) NOT VALID,
   constraint templates_email_subject
     CHECK (((channel = 'email'::text) = (subject IS NOT NULL))),
   constraint templates_html_length
@@ -1923,8 +1925,8 @@ create policy update_member on herald_public.templates as permissive for update 
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)))
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.templates is 'A reusable message. Variables: `{{first_name}}`, `{{attributes.plan}}`, with a default `{{first_name|there}}`.';
-comment on column herald_public.templates.body is 'The SMS/WhatsApp text, or the email''s text part.';
-comment on column herald_public.templates.html_body is 'Email only: the HTML part.';
+comment on column herald_public.templates.body is 'The SMS/WhatsApp text, or the email''s text part (for email, empty: derived from `htmlBody` for each contact).';
+comment on column herald_public.templates.html_body is 'Email only: the HTML part, stored as given. Contact values are HTML-escaped in it when sent.';
 comment on column herald_public.templates.subject is 'Email only (required there).';
 comment on column herald_public.templates.variables is '@behavior -insert -update
 The variables the template uses.';

@@ -139,6 +139,26 @@ describe("a template given only HTML", () => {
   });
 });
 
+describe("an email template with neither text nor HTML", () => {
+  it("is refused when saved, naming body", async () => {
+    const { body } = await graphql(
+      api.current,
+      token,
+      `
+        mutation ($t: TemplateInput!) {
+          createTemplate(input: { template: $t }) {
+            template {
+              rowId
+            }
+          }
+        }
+      `,
+      { t: { channel: "email", name: "empty", subject: "Nothing", body: "" } },
+    );
+    expect(body.errors?.[0]).toMatchObject({ extensions: { code: "INVALID_INPUT", field: "body" } });
+  });
+});
+
 describe("htmlToText", () => {
   it("is bounded: deep nesting is cut off, a long input is converted in time", () => {
     const deep = "<div>".repeat(5000) + "deep" + "</div>".repeat(5000);

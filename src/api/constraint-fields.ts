@@ -94,6 +94,7 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   templates_body_length: "body",
   templates_channel: "channel",
   templates_email_subject: "subject",
+  templates_email_content: "body",
   templates_html_length: "htmlBody",
   templates_html_only_email: "htmlBody",
   templates_name_length: "name",
