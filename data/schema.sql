@@ -57,6 +57,7 @@ create type herald_public.conversation_entry as (direction text, channel text, a
 create type herald_public.created_api_key as (api_key_id uuid, name text, token_prefix text, secret text);
 create type herald_public.created_invitation as (invitation_id uuid, email public.citext, role text, expires_at timestamp with time zone, token text);
 create type herald_public.created_webhook_endpoint as (webhook_endpoint_id uuid, url text, secret text);
+create type herald_public.engagement_day as (day date, opens integer, clicks integer, opened integer, clicked integer);
 create type herald_public.keyword_replies as (help text, stop text, start text);
 create type herald_public.message_reason_count as (status text, reason text, count integer);
 create type herald_public.message_stats as (total integer, queued integer, sending integer, sent integer, delivered integer, failed integer, undelivered integer, skipped integer, canceled integer, unknown integer, waiting integer);
@@ -146,6 +147,7 @@ create table herald_hidden.provider_reports (
   key_version smallint,
   received_at timestamp with time zone not null
     default clock_timestamp(),
+  url text,
   constraint provider_reports_channel
     CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text, 'email'::text]))),
   constraint provider_reports_dedupe_key_length
@@ -169,7 +171,9 @@ create table herald_hidden.provider_reports (
   constraint provider_reports_status
     CHECK ((status = ANY (ARRAY['sent'::text, 'delivered'::text, 'undelivered'::text, 'failed'::text]))),
   constraint provider_reports_tenant_id_fkey
-    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE,
+  constraint provider_reports_url_length
+    CHECK ((length(url) <= 2048))
 );
 alter table herald_hidden.provider_reports enable row level security;
 alter table herald_hidden.provider_reports force row level security;
@@ -182,8 +186,9 @@ create policy select_admin on herald_hidden.provider_reports as permissive for s
 create policy select_worker on herald_hidden.provider_reports as permissive for select to herald_worker
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_hidden.provider_reports is 'Status callbacks and email events acknowledged to the provider and not yet applied to deliveries.';
+comment on column herald_hidden.provider_reports.url is 'The link a `click` event is about.';
 grant delete on herald_hidden.provider_reports to herald_worker;
-grant insert (address_encrypted, channel, dedupe_key, delivery_id, error_code, event, key_version, occurred_at, opt_out, provider, provider_message_id, status, tenant_id) on herald_hidden.provider_reports to herald_worker;
+grant insert (address_encrypted, channel, dedupe_key, delivery_id, error_code, event, key_version, occurred_at, opt_out, provider, provider_message_id, status, tenant_id, url) on herald_hidden.provider_reports to herald_worker;
 grant select (received_at, tenant_id) on herald_hidden.provider_reports to herald_admin;
 grant select on herald_hidden.provider_reports to herald_worker;
 
@@ -820,6 +825,8 @@ create policy insert_worker on herald_public.deliveries as permissive for insert
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 create policy select_admin on herald_public.deliveries as permissive for select to herald_admin
     using (true);
+create policy select_definer on herald_public.deliveries as permissive for select to herald_owner
+    using (true);
 create policy select_member on herald_public.deliveries as permissive for select to herald_member, herald_worker
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 create policy update_worker on herald_public.deliveries as permissive for update to herald_worker
@@ -850,6 +857,66 @@ grant select on herald_public.deliveries to herald_member;
 grant select on herald_public.deliveries to herald_worker;
 grant update (attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at) on herald_public.deliveries to herald_worker;
 
+create table herald_public.delivery_engagement (
+  tenant_id uuid not null,
+  delivery_id uuid not null,
+  opens integer not null
+    default 0,
+  first_opened_at timestamp with time zone,
+  last_opened_at timestamp with time zone,
+  clicks integer not null
+    default 0,
+  first_clicked_at timestamp with time zone,
+  last_clicked_at timestamp with time zone,
+  clicked_urls text[] not null
+    default '{}'::text[],
+  created_at timestamp with time zone not null
+    default now(),
+  updated_at timestamp with time zone not null
+    default now(),
+  constraint delivery_engagement_clicked_urls
+    CHECK ((cardinality(clicked_urls) <= 10)),
+  constraint delivery_engagement_clicks
+    CHECK ((clicks >= 0)),
+  constraint delivery_engagement_delivery_fkey
+    FOREIGN KEY (tenant_id, delivery_id) REFERENCES herald_public.deliveries(tenant_id, id) ON DELETE CASCADE,
+  constraint delivery_engagement_opens
+    CHECK ((opens >= 0)),
+  constraint delivery_engagement_pkey
+    PRIMARY KEY (tenant_id, delivery_id)
+);
+alter table herald_public.delivery_engagement enable row level security;
+alter table herald_public.delivery_engagement force row level security;
+-- trigger _100_timestamps on herald_public.delivery_engagement
+    CREATE TRIGGER _100_timestamps BEFORE INSERT OR UPDATE ON herald_public.delivery_engagement FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+create policy insert_definer on herald_public.delivery_engagement as permissive for insert to herald_owner
+    with check (true);
+create policy select_admin on herald_public.delivery_engagement as permissive for select to herald_admin
+    using (true);
+comment on policy select_admin on herald_public.delivery_engagement is 'Operators read every tenant''s engagement.';
+create policy select_definer on herald_public.delivery_engagement as permissive for select to herald_owner
+    using (true);
+create policy select_member on herald_public.delivery_engagement as permissive for select to herald_member, herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy select_member on herald_public.delivery_engagement is 'Members (and the worker) read their own tenant''s engagement.';
+create policy update_definer on herald_public.delivery_engagement as permissive for update to herald_owner
+    using (true)
+    with check (true);
+comment on table herald_public.delivery_engagement is '@behavior -insert -update -delete
+Opens and clicks of an email delivery, from SendGrid''s signed events (each event counted once).';
+comment on column herald_public.delivery_engagement.clicked_urls is 'The last ten distinct links clicked, the latest first.';
+comment on column herald_public.delivery_engagement.clicks is 'Click events (links followed).';
+comment on column herald_public.delivery_engagement.first_clicked_at is 'When the first click happened.';
+comment on column herald_public.delivery_engagement.first_opened_at is 'When the first open happened (SendGrid''s timestamp).';
+comment on column herald_public.delivery_engagement.last_clicked_at is 'When the latest click happened.';
+comment on column herald_public.delivery_engagement.last_opened_at is 'When the latest open happened.';
+comment on column herald_public.delivery_engagement.opens is 'Open events (a mail client loading the tracking pixel: a lower bound, and inflated by privacy proxies).';
+comment on constraint delivery_engagement_delivery_fkey on herald_public.delivery_engagement is '@fieldName delivery
+@foreignFieldName engagement';
+grant select on herald_public.delivery_engagement to herald_admin;
+grant select on herald_public.delivery_engagement to herald_member;
+grant select on herald_public.delivery_engagement to herald_worker;
+
 create table herald_public.delivery_events (
   tenant_id uuid not null
     default herald_public.current_tenant_id(),
@@ -865,6 +932,7 @@ create table herald_public.delivery_events (
   occurred_at timestamp with time zone,
   received_at timestamp with time zone not null
     default now(),
+  url text,
   constraint delivery_events_dedupe_key_length
     CHECK (((length(dedupe_key) >= 1) AND (length(dedupe_key) <= 200))),
   constraint delivery_events_dedupe_unique
@@ -878,11 +946,16 @@ create table herald_public.delivery_events (
   constraint delivery_events_pkey
     PRIMARY KEY (tenant_id, id),
   constraint delivery_events_provider
-    CHECK ((provider = ANY (ARRAY['twilio'::text, 'sendgrid'::text])))
+    CHECK ((provider = ANY (ARRAY['twilio'::text, 'sendgrid'::text]))),
+  constraint delivery_events_url_length
+    CHECK ((length(url) <= 2048))
 );
 alter table herald_public.delivery_events enable row level security;
 alter table herald_public.delivery_events force row level security;
     CREATE INDEX delivery_events_by_delivery ON herald_public.delivery_events USING btree (tenant_id, delivery_id, received_at);
+    CREATE INDEX delivery_events_engagement ON herald_public.delivery_events USING btree (tenant_id, received_at) WHERE (event = ANY (ARRAY['open'::text, 'click'::text]));
+-- trigger _500_engagement on herald_public.delivery_events
+    CREATE TRIGGER _500_engagement AFTER INSERT ON herald_public.delivery_events REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg_delivery_events__engagement();
 create policy insert_worker on herald_public.delivery_events as permissive for insert to herald_worker
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 create policy select_admin on herald_public.delivery_events as permissive for select to herald_admin
@@ -894,10 +967,11 @@ The status callbacks and email events a delivery received, applied or not.';
 comment on column herald_public.delivery_events.applied is 'Whether it changed the delivery''s status (states never move backwards: a late `sent` after `delivered` is recorded, not applied).';
 comment on column herald_public.delivery_events.dedupe_key is '@behavior -*';
 comment on column herald_public.delivery_events.occurred_at is 'When the provider says it happened (SendGrid''s timestamp), if it says.';
+comment on column herald_public.delivery_events.url is 'For a `click`: the link the recipient followed.';
 comment on constraint delivery_events_dedupe_unique on herald_public.delivery_events is '@behavior -*';
 comment on constraint delivery_events_delivery_fkey on herald_public.delivery_events is '@fieldName delivery
 @foreignFieldName events';
-grant insert (applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, received_at, status, tenant_id) on herald_public.delivery_events to herald_worker;
+grant insert (applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, received_at, status, tenant_id, url) on herald_public.delivery_events to herald_worker;
 grant select on herald_public.delivery_events to herald_admin;
 grant select on herald_public.delivery_events to herald_member;
 grant select on herald_public.delivery_events to herald_worker;
@@ -1956,6 +2030,8 @@ create table herald_public.templates (
     CHECK ((((length(body) >= 1) AND (length(body) <= 1600)) OR ((channel = 'email'::text) AND (length(body) <= 100000)))),
   constraint templates_channel
     CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text, 'email'::text]))),
+  constraint templates_email_content
+    CHECK (((channel <> 'email'::text) OR (length(body) > 0) OR (html_body IS NOT NULL))) NOT VALID,
   constraint templates_email_subject
     CHECK (((channel = 'email'::text) = (subject IS NOT NULL))),
   constraint templates_html_length
@@ -1999,8 +2075,8 @@ create policy update_member on herald_public.templates as permissive for update 
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)))
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.templates is 'A reusable message. Variables: `{{first_name}}`, `{{attributes.plan}}`, with a default `{{first_name|there}}`.';
-comment on column herald_public.templates.body is 'The SMS/WhatsApp text, or the email''s text part.';
-comment on column herald_public.templates.html_body is 'Email only: the HTML part.';
+comment on column herald_public.templates.body is 'The SMS/WhatsApp text, or the email''s text part (for email, empty: derived from `htmlBody` for each contact).';
+comment on column herald_public.templates.html_body is 'Email only: the HTML part, stored as given. Contact values are HTML-escaped in it when sent.';
 comment on column herald_public.templates.subject is 'Email only (required there).';
 comment on column herald_public.templates.variables is '@behavior -insert -update
 The variables the template uses.';
@@ -2286,7 +2362,7 @@ create table herald_public.webhook_deliveries (
   constraint webhook_deliveries_endpoint_fkey
     FOREIGN KEY (tenant_id, endpoint_id) REFERENCES herald_public.webhook_endpoints(tenant_id, id) ON DELETE CASCADE,
   constraint webhook_deliveries_event_type
-    CHECK ((event_type = ANY (ARRAY['delivery.updated'::text, 'inbound.received'::text, 'consent.changed'::text]))),
+    CHECK ((event_type = ANY (herald_hidden.webhook_event_types()))),
   constraint webhook_deliveries_hold_reason
     CHECK ((hold_reason = 'tenant_suspended'::text)),
   constraint webhook_deliveries_hold_reason_pending
@@ -2355,7 +2431,7 @@ create table herald_public.webhook_endpoints (
   constraint webhook_endpoints_disabled_reason_length
     CHECK ((length(disabled_reason) <= 500)),
   constraint webhook_endpoints_event_types
-    CHECK (((cardinality(event_types) > 0) AND (event_types <@ ARRAY['delivery.updated'::text, 'inbound.received'::text, 'consent.changed'::text]))),
+    CHECK (((cardinality(event_types) > 0) AND (event_types <@ herald_hidden.webhook_event_types()))),
   constraint webhook_endpoints_key_version_fkey
     FOREIGN KEY (tenant_id, key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
   constraint webhook_endpoints_pkey
@@ -2400,7 +2476,7 @@ create policy update_worker on herald_public.webhook_endpoints as permissive for
 comment on table herald_public.webhook_endpoints is '@behavior -insert
 An URL of the tenant''s own app that Herald posts events to, signed (`Herald-Signature`). Create with `createWebhookEndpoint`.';
 comment on column herald_public.webhook_endpoints.consecutive_failures is 'Failed attempts in a row; past the limit the endpoint is disabled (`enableWebhookEndpoint` turns it back on).';
-comment on column herald_public.webhook_endpoints.event_types is 'Any of `delivery.updated`, `inbound.received`, `consent.changed`.';
+comment on column herald_public.webhook_endpoints.event_types is 'Any of `delivery.updated`, `inbound.received`, `consent.changed`, `delivery.opened`, `delivery.clicked`.';
 comment on column herald_public.webhook_endpoints.key_version is '@behavior -*';
 comment on column herald_public.webhook_endpoints.secret_encrypted is '@behavior -*';
 comment on column herald_public.webhook_endpoints.secret_hint is 'The last 4 characters of the signing secret.';
@@ -2569,7 +2645,7 @@ grant execute on function herald_hidden.apply_delivery_event(uuid,text,text,text
       return query
       with reports as (
         select r.id, r.provider, r.provider_message_id, r.event, r.status, r.dedupe_key, r.error_code, r.occurred_at,
-               r.received_at, r.opt_out, v_deliveries[r.ordinality] as delivery_id,
+               r.received_at, r.opt_out, r.url, v_deliveries[r.ordinality] as delivery_id,
                -- New: no event of the tenant has its key, and it is the first of its key in the batch.
                not exists (select 1 from herald_public.delivery_events e where e.tenant_id = v_tenant and e.dedupe_key = r.dedupe_key)
                  and r.id = pg_catalog.min(r.id) over (partition by r.dedupe_key) as fresh
@@ -2622,9 +2698,9 @@ grant execute on function herald_hidden.apply_delivery_event(uuid,text,text,text
         window whole as (partition by k.delivery_id order by k.id rows between unbounded preceding and unbounded following)
       ),
       events as (
-        insert into herald_public.delivery_events (delivery_id, provider, event, dedupe_key, error_code, applied, status, occurred_at, received_at)
+        insert into herald_public.delivery_events (delivery_id, provider, event, dedupe_key, error_code, applied, status, occurred_at, received_at, url)
         select t.delivery_id, t.provider, t.event, t.dedupe_key, t.error_code, t.applied,
-               coalesce(t.applied_so_far[pg_catalog.cardinality(t.applied_so_far)], t.initial_status), t.occurred_at, t.received_at
+               coalesce(t.applied_so_far[pg_catalog.cardinality(t.applied_so_far)], t.initial_status), t.occurred_at, t.received_at, t.url
           from told t
          order by t.id
         on conflict on constraint delivery_events_dedupe_unique do nothing
@@ -3656,6 +3732,18 @@ grant execute on function herald_hidden.receive_inbound(text,text,text,text,text
 comment on function herald_hidden.receive_inbound_batch(jsonb) is 'Stores a batch of inbound messages for the session''s tenant (one INSERT), applies their keywords as sets, and returns each one''s reply (or NTFND when its number is not the tenant''s).';
 grant execute on function herald_hidden.receive_inbound_batch(jsonb) to herald_worker;
 
+-- function herald_hidden.recent_urls(text[]) returns text[]; sql; immutable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.recent_urls(urls text[])
+     RETURNS text[]
+     LANGUAGE sql
+     IMMUTABLE PARALLEL SAFE
+     SET search_path TO ''
+    AS $function$
+      select coalesce(pg_catalog.array_agg(u.url order by u.n), '{}')
+        from (select x.url, min(x.n) as n from pg_catalog.unnest(urls) with ordinality x(url, n)
+               where x.url is not null group by x.url order by 2 limit 10) u;
+    $function$;
+
 -- function herald_hidden.record_consent(uuid,text,text,text,text,uuid) returns void; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.record_consent(contact_id uuid, channel text, action text, source text, detail text, inbound_message_id uuid)
      RETURNS void
@@ -4380,6 +4468,20 @@ grant execute on function herald_hidden.usage_between(timestamp with time zone,t
        where e.tenant_id = herald_public.current_tenant_id() and e.id = webhook_endpoint_secret.webhook_endpoint_id;
     $function$;
 grant execute on function herald_hidden.webhook_endpoint_secret(uuid) to herald_worker;
+
+-- function herald_hidden.webhook_event_types() returns text[]; sql; immutable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.webhook_event_types()
+     RETURNS text[]
+     LANGUAGE sql
+     IMMUTABLE PARALLEL SAFE
+     SET search_path TO ''
+    AS $function$
+      select array['delivery.updated', 'inbound.received', 'consent.changed', 'delivery.opened', 'delivery.clicked'];
+    $function$;
+comment on function herald_hidden.webhook_event_types() is 'The events a webhook endpoint may listen to.';
+grant execute on function herald_hidden.webhook_event_types() to herald_admin;
+grant execute on function herald_hidden.webhook_event_types() to herald_member;
+grant execute on function herald_hidden.webhook_event_types() to herald_worker;
 
 -- function herald_private.accept_invitation(text,text) returns herald_private.login_identity; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.accept_invitation(token text, password text)
@@ -5178,6 +5280,67 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
     $function$;
 comment on function herald_private.tg_deliveries__transactional_email() is 'A transactional email that fan-out skipped only for a marketing unsubscribe is queued after all (the send-time decision checks it again).';
 
+-- function herald_private.tg_delivery_events__engagement() returns trigger; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_delivery_events__engagement()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      if not exists (select 1 from new_events e where e.event in ('open', 'click')) then
+        return null;
+      end if;
+
+      insert into herald_public.delivery_engagement as g
+             (tenant_id, delivery_id, opens, first_opened_at, last_opened_at, clicks, first_clicked_at, last_clicked_at, clicked_urls)
+      select e.tenant_id, e.delivery_id,
+             count(*) filter (where e.event = 'open'),
+             min(coalesce(e.occurred_at, e.received_at)) filter (where e.event = 'open'),
+             max(coalesce(e.occurred_at, e.received_at)) filter (where e.event = 'open'),
+             count(*) filter (where e.event = 'click'),
+             min(coalesce(e.occurred_at, e.received_at)) filter (where e.event = 'click'),
+             max(coalesce(e.occurred_at, e.received_at)) filter (where e.event = 'click'),
+             herald_hidden.recent_urls(coalesce(pg_catalog.array_agg(e.url order by coalesce(e.occurred_at, e.received_at) desc, e.received_at desc)
+                                                  filter (where e.event = 'click' and e.url is not null), '{}'))
+        from new_events e
+       where e.event in ('open', 'click')
+       group by e.tenant_id, e.delivery_id
+      on conflict (tenant_id, delivery_id) do update
+         set opens = g.opens + excluded.opens,
+             first_opened_at = least(g.first_opened_at, excluded.first_opened_at),
+             last_opened_at = greatest(g.last_opened_at, excluded.last_opened_at),
+             clicks = g.clicks + excluded.clicks,
+             first_clicked_at = least(g.first_clicked_at, excluded.first_clicked_at),
+             last_clicked_at = greatest(g.last_clicked_at, excluded.last_clicked_at),
+             clicked_urls = herald_hidden.recent_urls(excluded.clicked_urls || g.clicked_urls);
+
+      -- One outbound event per open or click, to each active endpoint listening
+      -- (the event id the same for every endpoint). Ids, times and the link only.
+      insert into herald_public.webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload)
+      select x.tenant_id, w.id, x.event_id, x.event_type, x.payload
+        from (select e.tenant_id, gen_random_uuid() as event_id,
+                     case e.event when 'open' then 'delivery.opened' else 'delivery.clicked' end as event_type,
+                     pg_catalog.jsonb_build_object(
+                       'delivery_id', e.delivery_id, 'message_id', d.message_id, 'contact_id', d.contact_id,
+                       'channel', d.channel, 'status', d.status, 'event', e.event,
+                       'url', case when e.event = 'click' then e.url end,
+                       'at', coalesce(e.occurred_at, e.received_at),
+                       'opens', g.opens, 'clicks', g.clicks) as payload
+                from new_events e
+                join herald_public.deliveries d on d.tenant_id = e.tenant_id and d.id = e.delivery_id
+                join herald_public.delivery_engagement g on g.tenant_id = e.tenant_id and g.delivery_id = e.delivery_id
+               where e.event in ('open', 'click')
+                 and exists (select 1 from herald_public.webhook_endpoints w
+                              where w.tenant_id = e.tenant_id and w.status = 'active'
+                                and (case e.event when 'open' then 'delivery.opened' else 'delivery.clicked' end) = any (w.event_types))
+               offset 0) x
+        join herald_public.webhook_endpoints w
+          on w.tenant_id = x.tenant_id and w.status = 'active' and x.event_type = any (w.event_types);
+      return null;
+    end;
+    $function$;
+
 -- function herald_private.tg_invitations__settle() returns trigger; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.tg_invitations__settle()
      RETURNS trigger
@@ -5867,8 +6030,9 @@ grant execute on function herald_public.create_tenant(public.citext,text) to her
         raise exception 'url must be an http(s) URL without credentials in it' using errcode = '22023', column = 'url';
       end if;
       if event_types is null or pg_catalog.cardinality(event_types) = 0
-         or not (event_types <@ array['delivery.updated', 'inbound.received', 'consent.changed']) then
-        raise exception 'eventTypes must be some of delivery.updated, inbound.received, consent.changed' using errcode = '22023', column = 'eventTypes';
+         or not (event_types <@ herald_hidden.webhook_event_types()) then
+        raise exception 'eventTypes must be some of %', pg_catalog.array_to_string(herald_hidden.webhook_event_types(), ', ')
+          using errcode = '22023', column = 'eventTypes';
       end if;
       -- Each endpoint is worker time: a tenant has a handful, not hundreds.
       if (select count(*) from herald_public.webhook_endpoints e where e.tenant_id = herald_public.current_tenant_id()) >= 20 then
@@ -5952,6 +6116,36 @@ grant execute on function herald_public.current_user_id() to herald_worker;
 comment on function herald_public.enable_webhook_endpoint(uuid) is '@resultFieldName endpoint
 Turn an endpoint back on (after it was disabled for failing).';
 grant execute on function herald_public.enable_webhook_endpoint(uuid) to herald_member;
+
+-- function herald_public.engagement_usage(date,date) returns SETOF herald_public.engagement_day; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.engagement_usage(from_day date, to_day date)
+     RETURNS SETOF herald_public.engagement_day
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    begin
+      if from_day is null or to_day is null or to_day < from_day or to_day - from_day > 366 then
+        raise exception 'give fromDay and toDay, at most 366 days apart' using errcode = '22023', column = 'toDay';
+      end if;
+      return query
+      select (e.received_at at time zone 'UTC')::date,
+             (count(*) filter (where e.event = 'open'))::integer,
+             (count(*) filter (where e.event = 'click'))::integer,
+             (count(distinct e.delivery_id) filter (where e.event = 'open'))::integer,
+             (count(distinct e.delivery_id) filter (where e.event = 'click'))::integer
+        from herald_public.delivery_events e
+       where e.tenant_id = herald_public.current_tenant_id()
+         and e.event in ('open', 'click')
+         and e.received_at >= (from_day::timestamp) at time zone 'UTC'
+         and e.received_at < ((to_day + 1)::timestamp) at time zone 'UTC'
+       group by 1
+       order by 1;
+    end;
+    $function$;
+comment on function herald_public.engagement_usage(date,date) is 'The tenant''s email opens and clicks per UTC day (`fromDay` to `toDay`, at most 366 days), each event counted once, on the day it was received.';
+grant execute on function herald_public.engagement_usage(date,date) to herald_admin;
+grant execute on function herald_public.engagement_usage(date,date) to herald_member;
 
 -- function herald_public.inbound_messages_body(herald_public.inbound_messages) returns text; sql; stable
     CREATE OR REPLACE FUNCTION herald_public.inbound_messages_body(message herald_public.inbound_messages)

@@ -70,6 +70,7 @@ const AUDIT_EXCEPTIONS: Record<string, { triggers: string[]; reason: string }> =
   "herald_public.audit_log": { triggers: [], reason: "the log itself: append-only, written by the audit trigger" },
   "herald_public.deliveries": { triggers: [], reason: "a record of sending, written by the pipeline" },
   "herald_public.delivery_events": { triggers: [], reason: "a record of providers' reports" },
+  "herald_public.delivery_engagement": { triggers: [], reason: "counters of providers' reports (delivery_events)" },
   "herald_public.consent_events": { triggers: [], reason: "a record of consent (itself the audit trail of opt-outs)" },
   "herald_public.inbound_messages": {
     triggers: ["_900_audit_delete"],

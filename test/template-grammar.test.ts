@@ -1,6 +1,7 @@
 import { readFileSync } from "node:fs";
 import { describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
+import { escapeHtml } from "../src/html.ts";
 import { parseTemplate, render, type RenderContact } from "../src/messages/render.ts";
 import { asRole, expectPgError, useTestDatabase, type RequestRole } from "./helpers/db.ts";
 
@@ -17,6 +18,8 @@ interface GrammarCase {
   /** A valid text: its variables (sorted) and how it renders for the table's contact. */
   variables?: string[];
   rendered?: string;
+  /** How it renders in an email's HTML part (values escaped). */
+  renderedHtml?: string;
   /** An invalid one: why. */
   error?: "unknown_variable" | "unclosed";
 }
@@ -38,6 +41,7 @@ describe("render.ts", () => {
     } else {
       expect(parsed).toEqual({ ok: true, variables: c.variables });
       expect(render(c.text, table.contact)).toBe(c.rendered);
+      if (c.renderedHtml !== undefined) expect(render(c.text, table.contact, escapeHtml)).toBe(c.renderedHtml);
     }
   });
 });

@@ -85,11 +85,19 @@ export function registerUsageCommand(program: Command): void {
         const tenant = await requireTenant(pool, opts.tenant);
         const month = opts.month ?? new Date().toISOString().slice(0, 7);
         // As an operator inside the tenant: the usage function reads the session's tenant.
-        const { usage, thisMonth } = await withSession(
+        const { usage, engagement, thisMonth } = await withSession(
           pool,
           { role: ROLES.admin, tenantId: tenant.id },
           async (client) => ({
             usage: await usageOf(client, month),
+            // Opens and clicks of the month's email (migration 140-engagement).
+            engagement: (
+              await client.query<{ opens: number; clicks: number }>(
+                `select coalesce(sum(opens), 0)::int as opens, coalesce(sum(clicks), 0)::int as clicks
+                   from herald_public.engagement_usage($1::date, ($1::date + interval '1 month' - interval '1 day')::date)`,
+                [`${month}-01`],
+              )
+            ).rows[0]!,
             thisMonth: (
               await client.query<{ messages: number; cap: number | null; remaining: number | null }>(
                 "select (u).messages, (u).cap, (u).remaining from (select herald_public.tenants_usage_this_month(t) as u from herald_public.tenants t where t.id = $1) s",
@@ -100,6 +108,10 @@ export function registerUsageCommand(program: Command): void {
         );
         print(`Usage of ${tenant.slug} in ${month} (UTC days; a delivery counts on its message's day)`);
         print(usage.rows.length > 0 ? formatUsage(usage.rows, usage.messages) : "Nothing sent or received that month.");
+        if (engagement.opens + engagement.clicks > 0)
+          print(
+            `Email engagement: ${engagement.opens} opens, ${engagement.clicks} clicks (SendGrid events, each counted once).`,
+          );
         if (thisMonth) {
           // The cap counts deliveries (one per recipient), not messages (send requests).
           const cap =

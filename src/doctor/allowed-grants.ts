@@ -23,7 +23,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   },
   "herald_hidden.provider_reports": {
     admin: ["SELECT(received_at, tenant_id)"],
-    worker: ["DELETE", "INSERT(address_encrypted, channel, dedupe_key, delivery_id, error_code, event, key_version, occurred_at, opt_out, provider, provider_message_id, status, tenant_id)", "SELECT"],
+    worker: ["DELETE", "INSERT(address_encrypted, channel, dedupe_key, delivery_id, error_code, event, key_version, occurred_at, opt_out, provider, provider_message_id, status, tenant_id, url)", "SELECT"],
   },
   "herald_hidden.provider_tests": {
     member: ["INSERT(key_version, provider_account_id, to_address_encrypted)", "SELECT"],
@@ -67,10 +67,15 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     admin: ["SELECT"],
     worker: ["INSERT(channel, contact_id, message_id, reason, run_at, status, tenant_id)", "SELECT", "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at)"],
   },
+  "herald_public.delivery_engagement": {
+    member: ["SELECT"],
+    admin: ["SELECT"],
+    worker: ["SELECT"],
+  },
   "herald_public.delivery_events": {
     member: ["SELECT"],
     admin: ["SELECT"],
-    worker: ["INSERT(applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, received_at, status, tenant_id)", "SELECT"],
+    worker: ["INSERT(applied, dedupe_key, delivery_id, error_code, event, occurred_at, provider, received_at, status, tenant_id, url)", "SELECT"],
   },
   "herald_public.email_domains": {
     member: ["DELETE", "INSERT(domain, provider_account_id, tenant_id)", "SELECT", "UPDATE(verify_requested_at)"],

@@ -1,4 +1,5 @@
 import { escapeHtml } from "../html.ts";
+import { htmlToText } from "./html-text.ts";
 
 /**
  * Filling a template's variables for one contact: `{{first_name}}`,
@@ -65,12 +66,14 @@ function valueOf(contact: RenderContact, name: string): string | undefined {
  * as written: saving refuses such a text, so only one that skipped that
  * check (none should) shows it.
  */
-export function render(text: string, contact: RenderContact): string {
+export function render(text: string, contact: RenderContact, escape: (value: string) => string = (v) => v): string {
   let emptied = false;
   const filled = text.replace(TOKEN, (whole, token: string) => {
     const variable = VARIABLE.exec(token);
     if (!variable) return whole;
-    const value = valueOf(contact, variable[1]!) ?? variable[2]?.replace(SPACES, "");
+    // A contact's value is escaped for the part (HTML); a default is the template's own text, as written.
+    const own = valueOf(contact, variable[1]!);
+    const value = own !== undefined ? escape(own) : variable[2]?.replace(SPACES, "");
     if (value === undefined || value === "") emptied = true;
     return value ?? "";
   });
@@ -83,21 +86,18 @@ export interface Content {
   html_body: string | null;
 }
 
-/** Every part of a message, rendered for one contact (HTML values are escaped). */
+/**
+ * Every part of a message, rendered for one contact. In the HTML part every
+ * value is HTML-escaped (objects after they become JSON, so no value can open
+ * a tag or leave an attribute); the subject and text part get them verbatim.
+ * An email given only HTML (an empty text part) gets a text part derived from
+ * the rendered HTML (src/messages/html-text.ts).
+ */
 export function renderContent(content: Content, contact: RenderContact): Content {
-  const escaped: RenderContact = {
-    ...contact,
-    first_name: contact.first_name && escapeHtml(contact.first_name),
-    last_name: contact.last_name && escapeHtml(contact.last_name),
-    email: contact.email && escapeHtml(contact.email),
-    external_id: contact.external_id && escapeHtml(contact.external_id),
-    attributes: Object.fromEntries(
-      Object.entries(contact.attributes).map(([k, v]) => [k, typeof v === "string" ? escapeHtml(v) : v]),
-    ),
-  };
+  const html_body = content.html_body === null ? null : render(content.html_body, contact, escapeHtml);
   return {
-    body: render(content.body, contact),
+    body: html_body !== null && content.body.trim() === "" ? htmlToText(html_body) : render(content.body, contact),
     subject: content.subject === null ? null : render(content.subject, contact),
-    html_body: content.html_body === null ? null : render(content.html_body, escaped),
+    html_body,
   };
 }

@@ -105,7 +105,11 @@ export function withUnsubscribeFooter(content: Content): Content {
   const html = content.html_body;
   return {
     ...content,
-    body: HAS_LINK.test(content.body) ? content.body : content.body + TEXT_FOOTER,
+    // An empty text part is derived from the HTML later, footer and all.
+    body:
+      HAS_LINK.test(content.body) || (html !== null && content.body.trim() === "")
+        ? content.body
+        : content.body + TEXT_FOOTER,
     html_body:
       html === null || HAS_LINK.test(html)
         ? html

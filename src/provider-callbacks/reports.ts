@@ -31,10 +31,12 @@ export interface ProviderReport {
   opt_out: "carrier_opt_out" | "bounce" | "email_opt_out" | null;
   channel: "sms" | "whatsapp" | "email" | null;
   address: string | null;
+  /** A SendGrid click's link (migration 140-engagement). */
+  url?: string | null;
 }
 
 const COLUMNS = `provider text, delivery_id uuid, provider_message_id text, event text, status text, dedupe_key text,
-                 error_code text, occurred_at timestamptz, opt_out text, channel text, address text`;
+                 error_code text, occurred_at timestamptz, opt_out text, channel text, address text, url text`;
 
 const NAMES = COLUMNS.split(",")
   .map((c) => c.trim().split(" ")[0])
@@ -42,19 +44,19 @@ const NAMES = COLUMNS.split(",")
 
 /** In the order given, so that identities (and received_at) follow it. */
 const INSERT_PLAIN = `
-  insert into herald_hidden.provider_reports (provider, delivery_id, provider_message_id, event, status, dedupe_key, error_code, occurred_at)
-  select r.provider, r.delivery_id, r.provider_message_id, r.event, r.status, r.dedupe_key, r.error_code, r.occurred_at
+  insert into herald_hidden.provider_reports (provider, delivery_id, provider_message_id, event, status, dedupe_key, error_code, occurred_at, url)
+  select r.provider, r.delivery_id, r.provider_message_id, r.event, r.status, r.dedupe_key, r.error_code, r.occurred_at, r.url
     from rows from (jsonb_to_recordset($1::jsonb) as (${COLUMNS})) with ordinality as r(${NAMES}, n)
    order by r.n`;
 
 /** With addresses: encrypted under the tenant's current data key (the session holds it). */
 const INSERT_WITH_ADDRESSES = `
   insert into herald_hidden.provider_reports (provider, delivery_id, provider_message_id, event, status, dedupe_key, error_code, occurred_at,
-                                              opt_out, channel, address_encrypted, key_version)
+                                              opt_out, channel, address_encrypted, key_version, url)
   select r.provider, r.delivery_id, r.provider_message_id, r.event, r.status, r.dedupe_key, r.error_code, r.occurred_at,
          r.opt_out, r.channel,
          case when r.opt_out is not null then herald_hidden.encrypt_pii(r.address, herald_hidden.data_key(k.version)) end,
-         case when r.opt_out is not null then k.version end
+         case when r.opt_out is not null then k.version end, r.url
     from rows from (jsonb_to_recordset($1::jsonb) as (${COLUMNS})) with ordinality as r(${NAMES}, n),
          (select herald_hidden.current_data_key_version() as version) k
    order by r.n`;

@@ -64,6 +64,8 @@ const eventSchema = z
     sg_event_id: z.string().max(150).optional(),
     sg_message_id: z.string().max(300).optional(),
     type: z.string().max(40).optional(),
+    // A click's link (any length here: one too long for the record is dropped, not the batch).
+    url: z.string().optional(),
     status: z.string().max(40).optional(),
     // Herald's custom args, set on every email it sends.
     herald_tenant_id: z.string().optional(),
@@ -99,6 +101,10 @@ function signatureValid(key: KeyObject, timestamp: string, body: Buffer, signatu
   }
 }
 
+/** A click's link as recorded: an http(s) URL of at most 2,048 characters, else none. */
+const clickedUrl = (url: string | undefined) =>
+  url !== undefined && url.length <= 2048 && /^https?:\/\/[^\s]+$/i.test(url) ? url : null;
+
 /** What SendGrid reported about a delivery, as the journal keeps it. */
 function reportOf(event: SendGridEvent): ProviderReport {
   const email = event.email?.trim().toLowerCase() || null;
@@ -129,6 +135,7 @@ function reportOf(event: SendGridEvent): ProviderReport {
     opt_out: optOut,
     channel: optOut ? "email" : null,
     address: optOut ? email : null,
+    url: event.event === "click" ? clickedUrl(event.url) : null,
   };
 }
 

@@ -35,18 +35,21 @@ export function sandboxPage(
   textIn?: { action: string; exchanges: TextedIn[] },
   /** Extra sections (the Messaging Services: services.ts), already HTML. */
   extra = "",
+  engageAction?: string,
 ): string {
   const groups = new Map<string, SandboxMessage[]>();
   for (const m of [...messages].reverse()) groups.set(labelOf(m), [...(groups.get(labelOf(m)) ?? []), m]);
   const sections = [...groups.entries()]
     .map(
       ([label, list]) =>
-        `<h2>${escapeHtml(label)}</h2><table><tr><th>when</th><th>provider</th><th>account</th><th>channel</th><th>from</th><th>to</th><th>subject</th><th>body</th></tr>\n` +
+        `<h2>${escapeHtml(label)}</h2><table><tr><th>when</th><th>provider</th><th>account</th><th>channel</th><th>from</th><th>to</th><th>subject</th><th>body</th>${engageAction ? "<th>recipient</th>" : ""}</tr>\n` +
         list
           .map(
             (m) =>
               `<tr><td>${m.createdAt.toISOString()}</td><td>${escapeHtml(m.provider)}</td><td>${escapeHtml(m.account)}</td><td>${m.channel}</td>` +
-              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}${emailHeaders(m)}</td></tr>`,
+              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}${emailHeaders(m)}</td>` +
+              (engageAction ? `<td>${m.provider === "sendgrid" ? engageForms(engageAction, m) : ""}</td>` : "") +
+              "</tr>",
           )
           .join("\n") +
         "</table>",
@@ -74,4 +77,16 @@ function textInSection(action: string, exchanges: TextedIn[]): string {
 <label>to <input name="to" placeholder="a tenant's number"></label> <label>text <input name="body" value="HELP"></label>
 <select name="channel"><option>sms</option><option>whatsapp</option></select> <button>Send</button></form>
 ${rows ? `<table><tr><th>when</th><th>from</th><th>to</th><th>text</th><th>answer</th><th>replies</th></tr>${rows}</table>` : ""}`;
+}
+
+/** An email's "open" and "click" buttons: the recipient engaging, as a signed SendGrid event (src/sandbox/engagement.ts). */
+function engageForms(action: string, m: SandboxMessage): string {
+  const link =
+    /href\s*=\s*"(https?:\/\/[^"]+)"/i.exec(m.html ?? "")?.[1]?.replace(/&amp;/g, "&") ?? "https://example.com/";
+  const hidden = `<input type="hidden" name="messageId" value="${escapeHtml(m.id)}"><input type="hidden" name="to" value="${escapeHtml(m.to)}">`;
+  return (
+    `<form method="post" action="${escapeHtml(action)}">${hidden}<input type="hidden" name="event" value="open"><button>Open</button></form>` +
+    `<form method="post" action="${escapeHtml(action)}">${hidden}<input type="hidden" name="event" value="click">` +
+    `<input name="url" value="${escapeHtml(link)}" size="30"> <button>Click</button></form>`
+  );
 }

@@ -6,6 +6,7 @@ import { groupHeading } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
 import { handleServiceForm, servicesSection, type SandboxServices } from "./services.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
+import type { EngageRequest, EngageResult } from "./engagement.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
 import { addTwilioRoutes } from "./twilio.ts";
 
@@ -57,6 +58,8 @@ export interface Sandbox {
   signSendGridEvents(timestamp: string, body: string): string;
   /** Where SendGrid events go from now on (none: no events). */
   setSendGridEventUrl(url: string | undefined): void;
+  /** A recipient opens a sent email or clicks a link in it: a signed SendGrid event posted now (src/sandbox/engagement.ts). */
+  engageEmail(request: EngageRequest): Promise<EngageResult>;
   /**
    * A phone texts one of Herald's numbers: posted to `url` (default: the
    * sandbox's `inboundUrl`) signed with the account's token, as Twilio would.
@@ -122,6 +125,7 @@ export function createSandbox(
             core.keep,
             textInForm,
             servicesSection(twilio.services.all(), `${req.baseUrl}/twilio/services`),
+            `${req.baseUrl}/sendgrid/engage`,
           ),
         );
     });
@@ -139,6 +143,7 @@ export function createSandbox(
     sendgridPublicKey: sendgrid.publicKey,
     signSendGridEvents: sendgrid.signEvents,
     setSendGridEventUrl: sendgrid.setEventUrl,
+    engageEmail: sendgrid.engage,
     textIn: phones.textIn,
     settled: core.settled,
   };

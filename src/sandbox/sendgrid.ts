@@ -3,6 +3,7 @@ import express, { type Request, type Response, type Router } from "express";
 import { outcomeFor, sameSecret, type SandboxCore } from "./core.ts";
 import type { EventKeys } from "./event-key.ts";
 import { sendgridError, sendgridSignature } from "./wire.ts";
+import { engagementEvents, type EngageRequest, type EngageResult } from "./engagement.ts";
 
 /**
  * The sandbox's SendGrid: v3 mail/send with SendGrid's limits and error
@@ -42,6 +43,8 @@ export interface SandboxSendGrid {
   signEvents(timestamp: string, body: string): string;
   /** Where events go from now on (none: no events). */
   setEventUrl(url: string | undefined): void;
+  /** The recipient of a sent mail opens it or clicks a link: a signed event posted now (src/sandbox/engagement.ts). */
+  engage(request: EngageRequest): Promise<EngageResult>;
 }
 
 /** Installs SendGrid's routes on the sandbox's router. */
@@ -54,6 +57,7 @@ export function addSendGridRoutes(
   let eventUrl = options.eventUrl;
   const keys = new Set<string>();
   let mailSendRequests = 0;
+  const engagement = engagementEvents(core.keep);
 
   /** The request's API key when it is one the sandbox accepts. */
   const keyOf = (req: Request): string | undefined => {
@@ -141,6 +145,12 @@ export function addSendGridRoutes(
         substitute(p.subject ?? mail.subject ?? "", p.substitutions),
         substitute(body, p.substitutions),
       ];
+      const htmlText = html === undefined ? undefined : substitute(html, p.substitutions);
+      // What an open or click of this copy reports: the custom args, as on the events below.
+      engagement.remember(messageId, r.email!, r.personalization, {
+        ...(mail.custom_args ?? {}),
+        ...(p.custom_args ?? {}),
+      });
       core.remember({
         id: messageId,
         provider: "sendgrid",
@@ -150,7 +160,7 @@ export function addSendGridRoutes(
         to: r.email!,
         subject,
         body: text,
-        ...(html === undefined ? {} : { html: substitute(html, p.substitutions) }),
+        ...(htmlText === undefined ? {} : { html: htmlText }),
         ...(mail.from!.name ? { fromName: mail.from!.name } : {}),
         ...(mail.reply_to?.email ? { replyTo: mail.reply_to.email } : {}),
         ...(mail.headers || p.headers ? { headers: { ...mail.headers, ...p.headers } } : {}),
@@ -201,6 +211,16 @@ export function addSendGridRoutes(
     if (core.dropAfterAccepting(res)) return;
     res.setHeader("X-Message-Id", messageId);
     res.status(202).end();
+  });
+
+  // Opens and clicks, on demand (tests, the page's buttons): src/sandbox/engagement.ts.
+  const engageBody = [express.urlencoded({ extended: false, limit: "16kb" }), express.json({ limit: "16kb" })];
+  router.post("/sendgrid/engage", ...engageBody, async (req: Request, res: Response) => {
+    const result = await engagement.post((req.body ?? {}) as Record<string, unknown>, eventUrl, eventKeys.privateKey);
+    if (!result.ok) return sendgridError(res, result.status, result.error);
+    // The page's form comes back to the page; a script gets the events.
+    if (req.accepts(["json", "html"]) === "html") return res.redirect(303, req.baseUrl || "/");
+    res.json({ events: result.events });
   });
 
   // Domain authentication: the DNS records to publish, then validation.
@@ -261,5 +281,6 @@ export function addSendGridRoutes(
     publicKey: eventKeys.publicKey.export({ type: "spki", format: "der" }).toString("base64"),
     signEvents: (timestamp, body) => sendgridSignature(eventKeys.privateKey, timestamp, body),
     setEventUrl: (url) => void (eventUrl = url),
+    engage: (request) => engagement.post({ ...request }, eventUrl, eventKeys.privateKey),
   };
 }

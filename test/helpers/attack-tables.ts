@@ -93,6 +93,11 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
        values ($1, 'twilio', $2, 'delivered', 'delivered', 'attack-fixture') returning id`,
       [t.id, t.deliveryId],
     );
+    // Engagement of the delivery (written by a trigger as the owner; here as superuser).
+    await c.query(
+      "insert into herald_public.delivery_engagement (tenant_id, delivery_id, opens, clicks) values ($1, $2, 1, 0)",
+      [t.id, t.deliveryId],
+    );
     // A pending invitation (written as superuser: no request role inserts one itself).
     const invitation = await c.query<{ id: string }>(
       `insert into herald_public.invitations (tenant_id, email, role, token_hash)
@@ -340,6 +345,16 @@ const FIXTURES: TableSpec[] = [
     insertInto: (victim) => ({
       sql: `insert into herald_public.delivery_events (tenant_id, delivery_id, provider, event, dedupe_key, applied, status)
             values ($1, $2, 'twilio', 'delivered', 'evil', true, 'delivered')`,
+      params: [victim.id, victim.deliveryId],
+    }),
+  },
+  {
+    table: "herald_public.delivery_engagement",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and delivery_id = $2", params: [t.id, t.deliveryId] }),
+    update: { column: "opens", to: "1000" }, // only Herald's trigger writes it
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.delivery_engagement (tenant_id, delivery_id, opens) values ($1, $2, 1000)",
       params: [victim.id, victim.deliveryId],
     }),
   },
