@@ -9,10 +9,11 @@ import {
   intendedSmsSender,
   tenantSettings,
 } from "../providers/routing.ts";
+import type { MetaTemplate } from "../providers/meta.ts";
 import type { Route } from "../providers/transmit.ts";
 import { CLAIM_GRACE_MS, decideBeforeSending, type Decision } from "./decide.ts";
 import { reserveSlots } from "./pacing.ts";
-import { renderContent, type Content } from "./render.ts";
+import { render, renderContent, type Content } from "./render.ts";
 import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
 
 /**
@@ -43,6 +44,8 @@ export interface DeliveryRow {
   message_status: string;
   metadata: { from?: string };
   content: Content;
+  media_urls?: string[];
+  meta_template?: MetaTemplate | null;
   contact_id: string | null;
   first_name: string | null;
   last_name: string | null;
@@ -100,6 +103,10 @@ const deliverySelect = `
          m.status as message_status, m.metadata,
          json_build_object('body', coalesce(t.body, m.body), 'subject', coalesce(t.subject, m.subject),
                            'html_body', coalesce(t.html_body, m.html_body)) as content,
+         -- WhatsApp through a Meta account (src/providers/meta.ts): the media, and the approved template the template names.
+         m.media_urls, case when t.whatsapp_template_name is not null
+           then json_build_object('name', t.whatsapp_template_name, 'language', t.whatsapp_template_language,
+                                  'parameters', t.whatsapp_template_parameters) end as meta_template,
          c.id as contact_id, c.first_name, c.last_name, c.external_id, coalesce(c.attributes, '{}') as attributes,
          pii.phone, pii.email,
          case d.channel when 'sms' then c.sms_subscribed when 'whatsapp' then c.whatsapp_subscribed else c.email_subscribed end as subscribed,
@@ -429,6 +436,20 @@ export function renderFor(d: DeliveryRow): Content {
     external_id: d.external_id,
     attributes: d.attributes,
   });
+}
+
+/** A Meta template's body parameters filled in for the delivery's contact (src/providers/meta.ts). */
+export function renderMetaTemplate(d: DeliveryRow): MetaTemplate | null {
+  if (!d.meta_template) return null;
+  const contact = {
+    first_name: d.first_name,
+    last_name: d.last_name,
+    phone: d.phone,
+    email: d.email,
+    external_id: d.external_id,
+    attributes: d.attributes,
+  };
+  return { ...d.meta_template, parameters: d.meta_template.parameters.map((p) => render(p, contact)) };
 }
 
 export const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex");

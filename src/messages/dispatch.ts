@@ -10,7 +10,7 @@ import {
   type EmailItem,
   type TransmitHooks,
 } from "../providers/transmit.ts";
-import type { ClaimedSend, ClaimResult } from "./claim.ts";
+import { renderMetaTemplate, type ClaimedSend, type ClaimResult } from "./claim.ts";
 import { Limiter, processAccountLimiter } from "./limiter.ts";
 import { sleepUntil, waitForSlot } from "./pacing.ts";
 import { findAcceptedSmsVia } from "./reconcile.ts";
@@ -155,6 +155,10 @@ async function sendSms(ctx: Context, s: ClaimedSend, hooks: TransmitHooks): Prom
         body: s.content.body,
         channel: d.channel as "sms" | "whatsapp",
         statusCallback: statusCallbackUrl(ctx.clients.system, ctx.tenantId, d.id),
+        // Through a Meta account (src/providers/meta.ts).
+        mediaUrls: d.media_urls,
+        metaTemplate: renderMetaTemplate(d),
+        deliveryId: d.id,
       },
       hooks,
     );
