@@ -1526,6 +1526,7 @@ create table herald_public.provider_accounts (
   meta_waba_id text,
   meta_app_secret_encrypted bytea,
   meta_verify_token_hash bytea,
+  meta_key_version smallint,
   constraint provider_accounts_key_version_fkey
     FOREIGN KEY (tenant_id, key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
   constraint provider_accounts_kind
@@ -1533,7 +1534,9 @@ create table herald_public.provider_accounts (
   constraint provider_accounts_last_error_length
     CHECK ((length(last_error) <= 2000)),
   constraint provider_accounts_meta_fields
-    CHECK ((((kind = 'meta'::text) = (meta_phone_number_id IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_waba_id IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_app_secret_encrypted IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_verify_token_hash IS NOT NULL)))),
+    CHECK ((((kind = 'meta'::text) = (meta_phone_number_id IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_waba_id IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_app_secret_encrypted IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_key_version IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_verify_token_hash IS NOT NULL)))),
+  constraint provider_accounts_meta_key_version_fkey
+    FOREIGN KEY (tenant_id, meta_key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
   constraint provider_accounts_meta_phone_number_id
     CHECK ((meta_phone_number_id ~ '^[0-9]{1,32}$'::text)),
   constraint provider_accounts_meta_waba_id
@@ -1572,6 +1575,9 @@ create policy insert_member on herald_public.provider_accounts as permissive for
     with check (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)));
 create policy select_admin on herald_public.provider_accounts as permissive for select to herald_admin
     using (true);
+create policy select_definer on herald_public.provider_accounts as permissive for select to herald_owner
+    using ((kind = 'meta'::text));
+comment on policy select_definer on herald_public.provider_accounts is 'Definer functions (the Meta webhook''s account lookup and verify-token check) read Meta accounts of any tenant.';
 create policy select_member on herald_public.provider_accounts as permissive for select to herald_member, herald_worker
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 create policy update_admin on herald_public.provider_accounts as permissive for update to herald_admin
@@ -1588,6 +1594,7 @@ A tenant''s own Twilio or SendGrid account. Create with `createProviderAccount`;
 comment on column herald_public.provider_accounts.key_version is '@behavior -*';
 comment on column herald_public.provider_accounts.last_error is 'The provider''s answer to the last failed use or test.';
 comment on column herald_public.provider_accounts.meta_app_secret_encrypted is '@behavior -*';
+comment on column herald_public.provider_accounts.meta_key_version is '@behavior -*';
 comment on column herald_public.provider_accounts.meta_phone_number_id is 'Meta (WhatsApp Cloud API): the business phone number id messages are sent from and webhooks name.';
 comment on column herald_public.provider_accounts.meta_verify_token_hash is '@behavior -*';
 comment on column herald_public.provider_accounts.meta_waba_id is 'Meta (WhatsApp Cloud API): the WhatsApp Business Account id.';
@@ -1595,14 +1602,15 @@ comment on column herald_public.provider_accounts.secret_encrypted is '@behavior
 comment on column herald_public.provider_accounts.secret_hint is 'The last 4 characters of the credential, to recognise it.';
 comment on column herald_public.provider_accounts.webhook_public_key_encrypted is '@behavior -*';
 comment on constraint provider_accounts_key_version_fkey on herald_public.provider_accounts is '@behavior -*';
+comment on constraint provider_accounts_meta_key_version_fkey on herald_public.provider_accounts is '@behavior -*';
 grant delete on herald_public.provider_accounts to herald_admin;
 grant delete on herald_public.provider_accounts to herald_member;
-grant insert (key_version, kind, meta_app_secret_encrypted, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
+grant insert (key_version, kind, meta_app_secret_encrypted, meta_key_version, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
 grant select (created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_admin;
 grant select (created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_member;
 grant select on herald_public.provider_accounts to herald_worker;
-grant update (key_version, last_error, last_tested_at, meta_app_secret_encrypted, secret_encrypted, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_worker;
-grant update (key_version, meta_app_secret_encrypted, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
+grant update (key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_worker;
+grant update (key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
 grant update (last_error, last_tested_at, status) on herald_public.provider_accounts to herald_admin;
 
 create table herald_public.sender_numbers (
@@ -2947,7 +2955,7 @@ grant execute on function herald_hidden.media_refusal(text,text[]) to herald_wor
      SET search_path TO ''
     AS $function$
       select herald_hidden.decrypt_pii(a.secret_encrypted, a.key_version),
-             herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.key_version),
+             herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.meta_key_version),
              a.meta_phone_number_id, a.meta_waba_id
         from herald_public.provider_accounts a
        where a.tenant_id = herald_public.current_tenant_id() and a.id = meta_account_credentials.provider_account_id
@@ -3570,10 +3578,12 @@ grant execute on function herald_hidden.rekey_inbound_messages(uuid,integer) to 
                webhook_public_key_encrypted = herald_hidden.encrypt_pii(
                  herald_hidden.decrypt_pii(a.webhook_public_key_encrypted, a.key_version), herald_hidden.data_key(t.version)),
                meta_app_secret_encrypted = herald_hidden.encrypt_pii(
-                 herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.key_version), herald_hidden.data_key(t.version)),
+                 herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.meta_key_version), herald_hidden.data_key(t.version)),
+               meta_key_version = case when a.meta_key_version is not null then t.version end,
                key_version = t.version
           from target t
-         where a.tenant_id = herald_public.current_tenant_id() and a.key_version <> t.version
+         where a.tenant_id = herald_public.current_tenant_id()
+           and (a.key_version <> t.version or a.meta_key_version <> t.version)
         returning 1
       ),
       tests as (
@@ -5389,9 +5399,9 @@ grant execute on function herald_public.create_api_key(text) to herald_member;
         raise exception 'appSecret must be the Meta app secret (8 to 200 characters)' using errcode = '22023', column = 'appSecret';
       end if;
       insert into herald_public.provider_accounts (kind, name, secret_encrypted, secret_hint, key_version,
-                                                    meta_phone_number_id, meta_waba_id, meta_app_secret_encrypted, meta_verify_token_hash)
+                                                    meta_phone_number_id, meta_waba_id, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash)
       values ('meta', create_meta_account.name, herald_hidden.encrypt_pii(access_token, v_key), pg_catalog.right(access_token, 4), v_version,
-              phone_number_id, waba_id, herald_hidden.encrypt_pii(app_secret, v_key),
+              phone_number_id, waba_id, herald_hidden.encrypt_pii(app_secret, v_key), v_version,
               public.digest(v_token, 'sha256'))
       returning id into v_id;
       return row(v_id, create_meta_account.name, phone_number_id, v_token)::herald_public.created_meta_account;
@@ -6086,14 +6096,15 @@ grant execute on function herald_public.send_message(text,uuid,text,text,text,uu
      SET search_path TO ''
     AS $function$
     declare
+      v_version smallint := herald_hidden.current_data_key_version();
       v_account herald_public.provider_accounts;
     begin
       if app_secret is null or length(app_secret) < 8 or length(app_secret) > 200 then
         raise exception 'appSecret must be the Meta app secret (8 to 200 characters)' using errcode = '22023', column = 'appSecret';
       end if;
-      -- Encrypted under the key the row's other secret uses: one key_version per row.
       update herald_public.provider_accounts a
-         set meta_app_secret_encrypted = herald_hidden.encrypt_pii(app_secret, herald_hidden.data_key(a.key_version))
+         set meta_app_secret_encrypted = herald_hidden.encrypt_pii(app_secret, herald_hidden.data_key(v_version)),
+             meta_key_version = v_version
        where a.tenant_id = herald_public.current_tenant_id() and a.id = provider_account_id and a.kind = 'meta'
       returning a.tenant_id, a.id, a.kind, a.name, a.secret_hint, a.status, a.last_tested_at, a.last_error, a.created_at, a.updated_at,
                 a.meta_phone_number_id, a.meta_waba_id

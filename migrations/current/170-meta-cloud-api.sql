@@ -15,7 +15,14 @@ alter table herald_public.provider_accounts
   add column if not exists meta_phone_number_id text,
   add column if not exists meta_waba_id text,
   add column if not exists meta_app_secret_encrypted bytea,
+  -- Its own key version: the app secret and the access token are replaced apart.
+  add column if not exists meta_key_version smallint,
   add column if not exists meta_verify_token_hash bytea;
+
+alter table herald_public.provider_accounts drop constraint if exists provider_accounts_meta_key_version_fkey;
+alter table herald_public.provider_accounts add constraint provider_accounts_meta_key_version_fkey
+  foreign key (tenant_id, meta_key_version) references herald_private.tenant_data_keys (tenant_id, version);
+comment on constraint provider_accounts_meta_key_version_fkey on herald_public.provider_accounts is E'@behavior -*';
 
 alter table herald_public.provider_accounts drop constraint if exists provider_accounts_kind;
 alter table herald_public.provider_accounts add constraint provider_accounts_kind
@@ -25,6 +32,7 @@ alter table herald_public.provider_accounts add constraint provider_accounts_met
   check ((kind = 'meta') = (meta_phone_number_id is not null)
      and (kind = 'meta') = (meta_waba_id is not null)
      and (kind = 'meta') = (meta_app_secret_encrypted is not null)
+     and (kind = 'meta') = (meta_key_version is not null)
      and (kind = 'meta') = (meta_verify_token_hash is not null));
 alter table herald_public.provider_accounts drop constraint if exists provider_accounts_meta_phone_number_id;
 alter table herald_public.provider_accounts add constraint provider_accounts_meta_phone_number_id
@@ -39,14 +47,25 @@ comment on column herald_public.provider_accounts.meta_waba_id is
   E'Meta (WhatsApp Cloud API): the WhatsApp Business Account id.';
 comment on column herald_public.provider_accounts.meta_app_secret_encrypted is E'@behavior -*';
 comment on column herald_public.provider_accounts.meta_verify_token_hash is E'@behavior -*';
+comment on column herald_public.provider_accounts.meta_key_version is E'@behavior -*';
 
 -- Members read the ids (never the secrets); the functions below write them.
 grant select (meta_phone_number_id, meta_waba_id) on herald_public.provider_accounts to :DATABASE_MEMBER, :DATABASE_ADMIN;
-grant insert (meta_phone_number_id, meta_waba_id, meta_app_secret_encrypted, meta_verify_token_hash)
+grant insert (meta_phone_number_id, meta_waba_id, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash)
   on herald_public.provider_accounts to :DATABASE_MEMBER;
-grant update (meta_app_secret_encrypted, meta_verify_token_hash) on herald_public.provider_accounts to :DATABASE_MEMBER;
+grant update (meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash) on herald_public.provider_accounts to :DATABASE_MEMBER;
 -- Key rotation re-encrypts the app secret too.
-grant update (meta_app_secret_encrypted) on herald_public.provider_accounts to :DATABASE_WORKER;
+grant update (meta_app_secret_encrypted, meta_key_version) on herald_public.provider_accounts to :DATABASE_WORKER;
+
+-- The webhook finds a Meta account by the id its URL names before it knows
+-- the tenant (herald_private.meta_account_owner, a definer function). Like
+-- sender_numbers (a number -> its tenant), this mapping reveals no tenant
+-- data: only which tenant an account id (a random uuid) belongs to, and its
+-- phone number id. Only Meta accounts; definer functions select no secret.
+drop policy if exists select_definer on herald_public.provider_accounts;
+create policy select_definer on herald_public.provider_accounts for select to :DATABASE_OWNER using (kind = 'meta');
+comment on policy select_definer on herald_public.provider_accounts is
+  E'Definer functions (the Meta webhook''s account lookup and verify-token check) read Meta accounts of any tenant.';
 
 drop function if exists herald_public.create_meta_account(text, text, text, text, text);
 drop type if exists herald_public.created_meta_account;
@@ -94,9 +113,9 @@ begin
     raise exception 'appSecret must be the Meta app secret (8 to 200 characters)' using errcode = '22023', column = 'appSecret';
   end if;
   insert into herald_public.provider_accounts (kind, name, secret_encrypted, secret_hint, key_version,
-                                                meta_phone_number_id, meta_waba_id, meta_app_secret_encrypted, meta_verify_token_hash)
+                                                meta_phone_number_id, meta_waba_id, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash)
   values ('meta', create_meta_account.name, herald_hidden.encrypt_pii(access_token, v_key), pg_catalog.right(access_token, 4), v_version,
-          phone_number_id, waba_id, herald_hidden.encrypt_pii(app_secret, v_key),
+          phone_number_id, waba_id, herald_hidden.encrypt_pii(app_secret, v_key), v_version,
           public.digest(v_token, 'sha256'))
   returning id into v_id;
   return row(v_id, create_meta_account.name, phone_number_id, v_token)::herald_public.created_meta_account;
@@ -112,14 +131,15 @@ create or replace function herald_public.set_meta_app_secret(provider_account_id
   set search_path = ''
 as $$
 declare
+  v_version smallint := herald_hidden.current_data_key_version();
   v_account herald_public.provider_accounts;
 begin
   if app_secret is null or length(app_secret) < 8 or length(app_secret) > 200 then
     raise exception 'appSecret must be the Meta app secret (8 to 200 characters)' using errcode = '22023', column = 'appSecret';
   end if;
-  -- Encrypted under the key the row's other secret uses: one key_version per row.
   update herald_public.provider_accounts a
-     set meta_app_secret_encrypted = herald_hidden.encrypt_pii(app_secret, herald_hidden.data_key(a.key_version))
+     set meta_app_secret_encrypted = herald_hidden.encrypt_pii(app_secret, herald_hidden.data_key(v_version)),
+         meta_key_version = v_version
    where a.tenant_id = herald_public.current_tenant_id() and a.id = provider_account_id and a.kind = 'meta'
   returning a.tenant_id, a.id, a.kind, a.name, a.secret_hint, a.status, a.last_tested_at, a.last_error, a.created_at, a.updated_at,
             a.meta_phone_number_id, a.meta_waba_id
@@ -197,7 +217,7 @@ create or replace function herald_hidden.meta_account_credentials(provider_accou
   set search_path = ''
 as $$
   select herald_hidden.decrypt_pii(a.secret_encrypted, a.key_version),
-         herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.key_version),
+         herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.meta_key_version),
          a.meta_phone_number_id, a.meta_waba_id
     from herald_public.provider_accounts a
    where a.tenant_id = herald_public.current_tenant_id() and a.id = meta_account_credentials.provider_account_id
@@ -222,10 +242,12 @@ as $$
            webhook_public_key_encrypted = herald_hidden.encrypt_pii(
              herald_hidden.decrypt_pii(a.webhook_public_key_encrypted, a.key_version), herald_hidden.data_key(t.version)),
            meta_app_secret_encrypted = herald_hidden.encrypt_pii(
-             herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.key_version), herald_hidden.data_key(t.version)),
+             herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.meta_key_version), herald_hidden.data_key(t.version)),
+           meta_key_version = case when a.meta_key_version is not null then t.version end,
            key_version = t.version
       from target t
-     where a.tenant_id = herald_public.current_tenant_id() and a.key_version <> t.version
+     where a.tenant_id = herald_public.current_tenant_id()
+       and (a.key_version <> t.version or a.meta_key_version <> t.version)
     returning 1
   ),
   tests as (

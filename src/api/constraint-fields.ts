@@ -247,6 +247,7 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   provider_accounts_last_error_length: SERVER_WRITTEN,
   provider_accounts_status: SERVER_WRITTEN,
   provider_accounts_key_version_fkey: SERVER_SET,
+  provider_accounts_meta_key_version_fkey: SERVER_SET,
   provider_accounts_tenant_id_fkey: SESSION_TENANT,
 
   sender_numbers_pkey: GENERATED_ID,
