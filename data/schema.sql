@@ -1854,7 +1854,7 @@ create table herald_public.templates (
   constraint templates_whatsapp_template_language
     CHECK ((whatsapp_template_language ~ '^[a-z]{2,3}(_[A-Z]{2})?$'::text)),
   constraint templates_whatsapp_template_name
-    CHECK ((whatsapp_template_name ~ '^[a-z0-9_]{1,512}$'::text)),
+    CHECK (((whatsapp_template_name ~ '^[a-z0-9_]+$'::text) AND (length(whatsapp_template_name) <= 512))),
   constraint templates_whatsapp_template_parameters
     CHECK (((cardinality(whatsapp_template_parameters) <= 20) AND (length(array_to_string(whatsapp_template_parameters, ''::text)) <= 4000) AND (array_position(whatsapp_template_parameters, NULL::text) IS NULL)))
 );

@@ -286,7 +286,7 @@ alter table herald_public.templates add constraint templates_whatsapp_template
      and (whatsapp_template_name is not null or pg_catalog.cardinality(whatsapp_template_parameters) = 0));
 alter table herald_public.templates drop constraint if exists templates_whatsapp_template_name;
 alter table herald_public.templates add constraint templates_whatsapp_template_name
-  check (whatsapp_template_name ~ '^[a-z0-9_]{1,512}$');
+  check (whatsapp_template_name ~ '^[a-z0-9_]+$' and length(whatsapp_template_name) <= 512);
 alter table herald_public.templates drop constraint if exists templates_whatsapp_template_language;
 alter table herald_public.templates add constraint templates_whatsapp_template_language
   check (whatsapp_template_language ~ '^[a-z]{2,3}(_[A-Z]{2})?$');
