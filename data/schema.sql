@@ -1525,8 +1525,8 @@ create table herald_public.provider_accounts (
   meta_phone_number_id text,
   meta_waba_id text,
   meta_app_secret_encrypted bytea,
-  meta_verify_token_hash bytea,
   meta_key_version smallint,
+  meta_verify_token_hash bytea,
   constraint provider_accounts_key_version_fkey
     FOREIGN KEY (tenant_id, key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
   constraint provider_accounts_kind
