@@ -101,7 +101,8 @@ export const PROVIDER_CODES: Readonly<Record<string, CodeMeaning>> = {
     suppresses: false,
     reason: "no WhatsApp channel for the 'From' address: the sender's set-up, not the recipient's",
   },
-  // Meta's WhatsApp Cloud API (src/providers/meta.ts): https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes
+  // Meta's WhatsApp Cloud API (src/providers/meta.ts; its rate limits 4, 80007, 130429 and 131056 are
+  // answered as HTTP 429 there, and retried): https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes
   "131047": {
     permanent: true,
     recipient: true,
@@ -120,24 +121,6 @@ export const PROVIDER_CODES: Readonly<Record<string, CodeMeaning>> = {
     recipient: false,
     suppresses: false,
     reason: "Meta: the account's access token is invalid or expired (answered as 401; recorded on the account)",
-  },
-  "4": {
-    permanent: false,
-    recipient: false,
-    suppresses: false,
-    reason: "Meta: app rate limit (answered as 429: retried)",
-  },
-  "80007": {
-    permanent: false,
-    recipient: false,
-    suppresses: false,
-    reason: "Meta: WhatsApp Business Account rate limit (answered as 429: retried)",
-  },
-  "130429": {
-    permanent: false,
-    recipient: false,
-    suppresses: false,
-    reason: "Meta: throughput limit of the phone number (answered as 429: retried)",
   },
   NOT_OWN_SENDER: {
     permanent: true,
