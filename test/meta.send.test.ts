@@ -221,3 +221,22 @@ describe("the transport", () => {
     expect(requestsTo(phone)).toEqual([]);
   });
 });
+
+describe("testProviderAccount", () => {
+  it("sends a WhatsApp text through the Meta account (never its token to another provider)", async () => {
+    const phone = freshPhone();
+    await asOwner(db.current, a, (c) =>
+      c.query("select herald_public.test_provider_account($1, $2)", [metaA.accountId, phone]),
+    );
+    const account = await waitFor(async () => {
+      const { rows } = await db.current.root.query(
+        "select last_tested_at, last_error from herald_public.provider_accounts where id = $1",
+        [metaA.accountId],
+      );
+      return rows[0].last_tested_at && rows[0];
+    });
+    expect(account.last_error).toBeNull();
+    expect(requestsTo(phone).map((r) => r.body.type)).toEqual(["text"]);
+    expect(server.sandbox.messages.filter((m) => m.provider === "sendgrid" && m.to === phone)).toEqual([]);
+  });
+});
