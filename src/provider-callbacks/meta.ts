@@ -129,7 +129,7 @@ export function metaWebhooks(options: MetaWebhookOptions): Router {
   const ttl = options.keyring.cacheTtlMs;
   const owners = new TtlCache<MetaAccountRow | undefined>(ttl);
   const secrets = new TtlCache<MetaSecrets | undefined>(ttl);
-  const inbound = new InboundBatches(options);
+  const inbound = new InboundBatches(options, { provider: "meta" });
   const router = express.Router();
   const raw = express.raw({ type: () => true, limit: "256kb" });
 
