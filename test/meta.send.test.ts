@@ -26,16 +26,19 @@ import { contactWith, useCallableApiServer } from "./helpers/webhooks.ts";
  */
 
 const db = useTestDatabase();
-const { endpoint } = useCallableApiServer(db);
+let server: SandboxServer;
+// Before the API server: its keyword replies go to the sandbox's Graph API.
+beforeAll(async () => {
+  server = await startSandboxServer();
+});
+const { endpoint } = useCallableApiServer(db, () => ({ HERALD_META_GRAPH_URL: `${server.url}/meta` }));
 let a: TenantFixture;
 let b: TenantFixture;
 let metaA: MetaFixture;
-let server: SandboxServer;
 let worker: WorkerHandle;
 
 beforeAll(async () => {
   ({ a, b } = await seedTwoTenants(db.current));
-  server = await startSandboxServer();
   await readyToSend(db.current, server, a);
   metaA = await createMetaAccount(db.current, a);
   server.sandbox.addMetaAccount(metaA.phoneNumberId, {
@@ -238,5 +241,20 @@ describe("testProviderAccount", () => {
     expect(account.last_error).toBeNull();
     expect(requestsTo(phone).map((r) => r.body.type)).toEqual(["text"]);
     expect(server.sandbox.messages.filter((m) => m.provider === "sendgrid" && m.to === phone)).toEqual([]);
+  });
+});
+
+describe("the sandbox's phones", () => {
+  it("a phone writing in through the sandbox reaches Herald signed as Meta signs, and HELP is answered", async () => {
+    const phone = freshPhone();
+    const status = await server.sandbox.metaTextIn({ phoneNumberId: metaA.phoneNumberId, from: phone, body: "help" });
+    expect(status).toBe(200);
+    const { rows } = await db.current.root.query(
+      "select keyword from herald_public.inbound_messages where tenant_id = $1 and to_number = $2 order by received_at desc limit 1",
+      [a.id, metaA.number],
+    );
+    expect(rows[0].keyword).toBe("help");
+    const reply = await waitFor(async () => requestsTo(phone)[0]);
+    expect(reply.body).toMatchObject({ type: "text" });
   });
 });
