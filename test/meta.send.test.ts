@@ -74,7 +74,7 @@ async function sendToContact(contactId: string, args: { body?: string; templateI
 const deliveryOf = async (messageId: string) =>
   (
     await db.current.root.query(
-      `select d.id, d.status, d.error_code, d.provider_message_id,
+      `select d.id, d.status, d.reason, d.error_code, d.provider_message_id, d.completed_at,
               (select array_agg(e.provider || ':' || e.event order by e.received_at) from herald_public.delivery_events e
                 where e.tenant_id = d.tenant_id and e.delivery_id = d.id) as events
          from herald_public.deliveries d where d.message_id = $1`,
@@ -151,6 +151,29 @@ describe("through the worker", () => {
       return d?.status === "failed" && d;
     });
     expect(failed.error_code).toBe("131047");
+  });
+});
+
+describe("a send Meta may have taken", () => {
+  it("ends unknown and is never sent again: the Cloud API has no message lookup", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(db.current, a, phone);
+    server.sandbox.setFaults({ errorRate: 1 });
+    let messageId: string;
+    try {
+      messageId = await sendToContact(contactId, { body: "Did this go?" });
+      await waitFor(async () => (await deliveryOf(messageId))?.status === "unknown");
+    } finally {
+      server.sandbox.setFaults({});
+    }
+    // Looked at again after the reconcile delay: with the faults gone, a resend would reach the sandbox.
+    const final = await waitFor(async () => {
+      const d = await deliveryOf(messageId);
+      return d.completed_at && d;
+    });
+    expect(final.status).toBe("unknown");
+    expect(final.reason).toMatch(/cannot be looked up/);
+    expect(requestsTo(phone)).toEqual([]);
   });
 });
 

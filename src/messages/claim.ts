@@ -90,6 +90,8 @@ export interface ClaimResult {
   reconciles: ReconcileCase[];
   /** The tenant's active Twilio account, for the lookups (null: none). */
   lookupAccount: TenantAccount | null;
+  /** WhatsApp goes through a Meta account, which has no message lookup (src/providers/meta.ts). */
+  metaWhatsApp?: boolean;
   later: Hold[];
   /** Held by the monthly cap in this run: looked at again at once if one of this run's sends is refused (its place comes back). */
   capped: string[];
@@ -330,6 +332,8 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     );
     if (result.reconciles.some((r) => r.delivery.channel !== "email"))
       result.lookupAccount = (await activeAccount(client, "twilio")) ?? null;
+    if (result.reconciles.some((r) => r.delivery.channel === "whatsapp"))
+      result.metaWhatsApp = (await activeAccount(client, "twilio", "whatsapp"))?.kind === "meta";
   }
   const reopens = new Map<string, Date>();
   for (const d of capped) {

@@ -114,7 +114,9 @@ export async function dispatch(
     }),
     ...claim.reconciles.map(async (r): Promise<SendOutcome[]> => {
       // Email cannot be looked up (SendGrid has no per-message search without an add-on).
-      if (r.delivery.channel === "email" || !r.to) return [{ id: r.delivery.id, kind: "email_unknown" }];
+      // Nor can WhatsApp sent through Meta (the Cloud API has no message lookup): neither is sent again.
+      if (r.delivery.channel === "email" || !r.to || (r.delivery.channel === "whatsapp" && claim.metaWhatsApp))
+        return [{ id: r.delivery.id, kind: "email_unknown" }];
       return request(async () => {
         try {
           const found = await findAcceptedSmsVia(

@@ -159,6 +159,9 @@ export function addMetaRoutes(
     express.json({ limit: "64kb" }),
     async (req: Request, res: Response) => {
       if (core.faults.latencyMs) await sleep(core.faults.latencyMs);
+      // Injected errors: a 500, nothing stored (whether Meta took it is, for the client, unknown).
+      if (core.faults.errorRate && Math.random() < core.faults.errorRate)
+        return graphError(res, 500, 2, "An unexpected error has occurred. Please retry your request later.");
       const phoneNumberId = String(req.params.phoneNumberId);
       const [scheme, token] = (req.headers.authorization ?? "").split(" ");
       if (scheme !== "Bearer" || !sameSecret(token ?? "", accountOf(phoneNumberId).accessToken))
