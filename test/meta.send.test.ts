@@ -240,6 +240,21 @@ describe("the transport", () => {
     }
   });
 
+  it("Meta's rate limit (80007, a 400) is answered as 429: retried later, certainly not accepted", async () => {
+    const phone = freshPhone();
+    server.sandbox.setFaults({ rateLimitBurst: 1 });
+    try {
+      const error = await send({ to: phone, body: "hi" }).catch((e: unknown) => e);
+      expect(error).toBeInstanceOf(SendError);
+      expect((error as SendError).code).toBe(80007);
+      expect((error as SendError).status).toBe(429);
+      expect((error as SendError).uncertain).toBe(false);
+    } finally {
+      server.sandbox.setFaults({});
+    }
+    expect(requestsTo(phone)).toEqual([]);
+  });
+
   it("a sender that is not the Meta account's number is refused before any call", async () => {
     const phone = freshPhone();
     const error = await send({ to: phone, body: "hi" }, b.senderNumber).catch((e: unknown) => e);

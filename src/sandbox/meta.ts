@@ -159,6 +159,11 @@ export function addMetaRoutes(
     express.json({ limit: "64kb" }),
     async (req: Request, res: Response) => {
       if (core.faults.latencyMs) await sleep(core.faults.latencyMs);
+      // A 429 burst, as Meta answers a WABA over its rate limit: 400 with code 80007, nothing stored.
+      if (core.faults.rateLimitBurst) {
+        core.faults.rateLimitBurst--;
+        return graphError(res, 400, 80007, "(#80007) Rate limit hit");
+      }
       // Injected errors: a 500, nothing stored (whether Meta took it is, for the client, unknown).
       if (core.faults.errorRate && Math.random() < core.faults.errorRate)
         return graphError(res, 500, 2, "An unexpected error has occurred. Please retry your request later.");
