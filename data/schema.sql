@@ -56,6 +56,7 @@ create type herald_public.accepted_invitation as (tenant_id uuid, tenant_slug pu
 create type herald_public.conversation_entry as (direction text, channel text, at timestamp with time zone, body text, status text, keyword text, tenant_address text, message_id uuid, delivery_id uuid, inbound_message_id uuid);
 create type herald_public.created_api_key as (api_key_id uuid, name text, token_prefix text, secret text);
 create type herald_public.created_invitation as (invitation_id uuid, email public.citext, role text, expires_at timestamp with time zone, token text);
+create type herald_public.created_meta_account as (provider_account_id uuid, name text, phone_number_id text, verify_token text);
 create type herald_public.created_webhook_endpoint as (webhook_endpoint_id uuid, url text, secret text);
 create type herald_public.engagement_day as (day date, opens integer, clicks integer, opened integer, clicked integer);
 create type herald_public.keyword_replies as (help text, stop text, start text);
@@ -165,7 +166,7 @@ create table herald_hidden.provider_reports (
   constraint provider_reports_pkey
     PRIMARY KEY (tenant_id, id),
   constraint provider_reports_provider
-    CHECK ((provider = ANY (ARRAY['twilio'::text, 'sendgrid'::text]))),
+    CHECK ((provider = ANY (ARRAY['twilio'::text, 'sendgrid'::text, 'meta'::text]))),
   constraint provider_reports_provider_message_id_length
     CHECK ((length(provider_message_id) <= 300)),
   constraint provider_reports_status
@@ -946,7 +947,7 @@ create table herald_public.delivery_events (
   constraint delivery_events_pkey
     PRIMARY KEY (tenant_id, id),
   constraint delivery_events_provider
-    CHECK ((provider = ANY (ARRAY['twilio'::text, 'sendgrid'::text]))),
+    CHECK ((provider = ANY (ARRAY['twilio'::text, 'sendgrid'::text, 'meta'::text]))),
   constraint delivery_events_url_length
     CHECK ((length(url) <= 2048))
 );
@@ -1721,12 +1722,25 @@ create table herald_public.provider_accounts (
     default now(),
   updated_at timestamp with time zone not null
     default now(),
+  meta_phone_number_id text,
+  meta_waba_id text,
+  meta_app_secret_encrypted bytea,
+  meta_key_version smallint,
+  meta_verify_token_hash bytea,
   constraint provider_accounts_key_version_fkey
     FOREIGN KEY (tenant_id, key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
   constraint provider_accounts_kind
-    CHECK ((kind = ANY (ARRAY['twilio'::text, 'sendgrid'::text]))),
+    CHECK ((kind = ANY (ARRAY['twilio'::text, 'sendgrid'::text, 'meta'::text]))),
   constraint provider_accounts_last_error_length
     CHECK ((length(last_error) <= 2000)),
+  constraint provider_accounts_meta_fields
+    CHECK ((((kind = 'meta'::text) = (meta_phone_number_id IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_waba_id IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_app_secret_encrypted IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_key_version IS NOT NULL)) AND ((kind = 'meta'::text) = (meta_verify_token_hash IS NOT NULL)))),
+  constraint provider_accounts_meta_key_version_fkey
+    FOREIGN KEY (tenant_id, meta_key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
+  constraint provider_accounts_meta_phone_number_id
+    CHECK ((meta_phone_number_id ~ '^[0-9]{1,32}$'::text)),
+  constraint provider_accounts_meta_waba_id
+    CHECK ((meta_waba_id ~ '^[0-9]{1,32}$'::text)),
   constraint provider_accounts_name_length
     CHECK (((length(name) >= 1) AND (length(name) <= 100))),
   constraint provider_accounts_pkey
@@ -1761,6 +1775,9 @@ create policy insert_member on herald_public.provider_accounts as permissive for
     with check (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)));
 create policy select_admin on herald_public.provider_accounts as permissive for select to herald_admin
     using (true);
+create policy select_definer on herald_public.provider_accounts as permissive for select to herald_owner
+    using ((kind = 'meta'::text));
+comment on policy select_definer on herald_public.provider_accounts is 'Definer functions (the Meta webhook''s account lookup and verify-token check) read Meta accounts of any tenant.';
 create policy select_member on herald_public.provider_accounts as permissive for select to herald_member, herald_worker
     using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 create policy update_admin on herald_public.provider_accounts as permissive for update to herald_admin
@@ -1776,18 +1793,24 @@ comment on table herald_public.provider_accounts is '@behavior -insert -update
 A tenant''s own Twilio or SendGrid account. Create with `createProviderAccount`; credentials are write-only (`secretHint` shows the last 4 characters).';
 comment on column herald_public.provider_accounts.key_version is '@behavior -*';
 comment on column herald_public.provider_accounts.last_error is 'The provider''s answer to the last failed use or test.';
+comment on column herald_public.provider_accounts.meta_app_secret_encrypted is '@behavior -*';
+comment on column herald_public.provider_accounts.meta_key_version is '@behavior -*';
+comment on column herald_public.provider_accounts.meta_phone_number_id is 'Meta (WhatsApp Cloud API): the business phone number id messages are sent from and webhooks name.';
+comment on column herald_public.provider_accounts.meta_verify_token_hash is '@behavior -*';
+comment on column herald_public.provider_accounts.meta_waba_id is 'Meta (WhatsApp Cloud API): the WhatsApp Business Account id.';
 comment on column herald_public.provider_accounts.secret_encrypted is '@behavior -*';
 comment on column herald_public.provider_accounts.secret_hint is 'The last 4 characters of the credential, to recognise it.';
 comment on column herald_public.provider_accounts.webhook_public_key_encrypted is '@behavior -*';
 comment on constraint provider_accounts_key_version_fkey on herald_public.provider_accounts is '@behavior -*';
+comment on constraint provider_accounts_meta_key_version_fkey on herald_public.provider_accounts is '@behavior -*';
 grant delete on herald_public.provider_accounts to herald_admin;
 grant delete on herald_public.provider_accounts to herald_member;
-grant insert (key_version, kind, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
-grant select (created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_admin;
-grant select (created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_member;
+grant insert (key_version, kind, meta_app_secret_encrypted, meta_key_version, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
+grant select (created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_admin;
+grant select (created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_member;
 grant select on herald_public.provider_accounts to herald_worker;
-grant update (key_version, last_error, last_tested_at, secret_encrypted, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_worker;
-grant update (key_version, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
+grant update (key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_worker;
+grant update (key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
 grant update (last_error, last_tested_at, status) on herald_public.provider_accounts to herald_admin;
 
 create table herald_public.sender_numbers (
@@ -2026,6 +2049,10 @@ create table herald_public.templates (
     default now(),
   updated_at timestamp with time zone not null
     default now(),
+  whatsapp_template_name text,
+  whatsapp_template_language text,
+  whatsapp_template_parameters text[] not null
+    default '{}'::text[],
   constraint templates_body_length
     CHECK ((((length(body) >= 1) AND (length(body) <= 1600)) OR ((channel = 'email'::text) AND (length(body) <= 100000)))),
   constraint templates_channel
@@ -2047,7 +2074,15 @@ create table herald_public.templates (
   constraint templates_subject_length
     CHECK ((length(subject) <= 998)),
   constraint templates_tenant_id_fkey
-    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE,
+  constraint templates_whatsapp_template
+    CHECK ((((whatsapp_template_name IS NULL) = (whatsapp_template_language IS NULL)) AND ((whatsapp_template_name IS NULL) OR (channel = 'whatsapp'::text)) AND ((whatsapp_template_name IS NOT NULL) OR (cardinality(whatsapp_template_parameters) = 0)))),
+  constraint templates_whatsapp_template_language
+    CHECK ((whatsapp_template_language ~ '^[a-z]{2,3}(_[A-Z]{2})?$'::text)),
+  constraint templates_whatsapp_template_name
+    CHECK (((whatsapp_template_name ~ '^[a-z0-9_]+$'::text) AND (length(whatsapp_template_name) <= 512))),
+  constraint templates_whatsapp_template_parameters
+    CHECK (((cardinality(whatsapp_template_parameters) <= 20) AND (length(array_to_string(whatsapp_template_parameters, ''::text)) <= 4000) AND (array_position(whatsapp_template_parameters, NULL::text) IS NULL)))
 );
 alter table herald_public.templates enable row level security;
 alter table herald_public.templates force row level security;
@@ -2080,13 +2115,16 @@ comment on column herald_public.templates.html_body is 'Email only: the HTML par
 comment on column herald_public.templates.subject is 'Email only (required there).';
 comment on column herald_public.templates.variables is '@behavior -insert -update
 The variables the template uses.';
+comment on column herald_public.templates.whatsapp_template_language is 'The Meta template''s language code (e.g. `en_US`).';
+comment on column herald_public.templates.whatsapp_template_name is 'WhatsApp through a Meta account: the approved Meta template sent instead of the body (e.g. `order_update`).';
+comment on column herald_public.templates.whatsapp_template_parameters is 'The Meta template''s body parameters in order ({{1}}, {{2}}, …), each a text with Herald variables such as `{{first_name|there}}`.';
 grant delete on herald_public.templates to herald_admin;
 grant delete on herald_public.templates to herald_member;
-grant insert (body, channel, html_body, id, name, subject, tenant_id) on herald_public.templates to herald_member;
+grant insert (body, channel, html_body, id, name, subject, tenant_id, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters) on herald_public.templates to herald_member;
 grant select on herald_public.templates to herald_admin;
 grant select on herald_public.templates to herald_member;
 grant select on herald_public.templates to herald_worker;
-grant update (body, html_body, name, subject) on herald_public.templates to herald_member;
+grant update (body, html_body, name, subject, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters) on herald_public.templates to herald_member;
 
 create table herald_public.tenant_settings (
   tenant_id uuid not null,
@@ -3291,6 +3329,22 @@ comment on function herald_hidden.messaging_service_refusal(text,text,text) is '
 grant execute on function herald_hidden.messaging_service_refusal(text,text,text) to herald_member;
 grant execute on function herald_hidden.messaging_service_refusal(text,text,text) to herald_worker;
 
+-- function herald_hidden.meta_account_credentials(uuid) returns TABLE(access_token text, app_secret text, phone_number_id text, waba_id text); sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.meta_account_credentials(provider_account_id uuid)
+     RETURNS TABLE(access_token text, app_secret text, phone_number_id text, waba_id text)
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select herald_hidden.decrypt_pii(a.secret_encrypted, a.key_version),
+             herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.meta_key_version),
+             a.meta_phone_number_id, a.meta_waba_id
+        from herald_public.provider_accounts a
+       where a.tenant_id = herald_public.current_tenant_id() and a.id = meta_account_credentials.provider_account_id
+         and a.kind = 'meta';
+    $function$;
+grant execute on function herald_hidden.meta_account_credentials(uuid) to herald_worker;
+
 -- function herald_hidden.missing_segments(uuid[]) returns integer; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.missing_segments(segment_ids uuid[])
      RETURNS integer
@@ -3302,6 +3356,16 @@ grant execute on function herald_hidden.messaging_service_refusal(text,text,text
     $function$;
 grant execute on function herald_hidden.missing_segments(uuid[]) to herald_member;
 grant execute on function herald_hidden.missing_segments(uuid[]) to herald_worker;
+
+-- function herald_hidden.new_meta_verify_token() returns text; sql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.new_meta_verify_token()
+     RETURNS text
+     LANGUAGE sql
+     SET search_path TO ''
+    AS $function$
+      select 'hvt_' || pg_catalog.encode(public.gen_random_bytes(24), 'hex');
+    $function$;
+grant execute on function herald_hidden.new_meta_verify_token() to herald_member;
 
 -- function herald_hidden.pii_hash(text,text,smallint) returns bytea; sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.pii_hash(kind text, normalized text, version smallint)
@@ -3909,9 +3973,13 @@ grant execute on function herald_hidden.rekey_inbound_messages(uuid,integer) to 
                  herald_hidden.decrypt_pii(a.secret_encrypted, a.key_version), herald_hidden.data_key(t.version)),
                webhook_public_key_encrypted = herald_hidden.encrypt_pii(
                  herald_hidden.decrypt_pii(a.webhook_public_key_encrypted, a.key_version), herald_hidden.data_key(t.version)),
+               meta_app_secret_encrypted = herald_hidden.encrypt_pii(
+                 herald_hidden.decrypt_pii(a.meta_app_secret_encrypted, a.meta_key_version), herald_hidden.data_key(t.version)),
+               meta_key_version = case when a.meta_key_version is not null then t.version end,
                key_version = t.version
           from target t
-         where a.tenant_id = herald_public.current_tenant_id() and a.key_version <> t.version
+         where a.tenant_id = herald_public.current_tenant_id()
+           and (a.key_version <> t.version or a.meta_key_version <> t.version)
         returning 1
       ),
       tests as (
@@ -4800,6 +4868,34 @@ grant execute on function herald_private.hash_key_version(bytea) to herald_authe
        where n.phone_number = inbound_number_owner.phone_number and n.channel = inbound_number_owner.channel;
     $function$;
 grant execute on function herald_private.inbound_number_owner(text,text) to herald_authenticator;
+
+-- function herald_private.meta_account_owner(uuid) returns TABLE(tenant_id uuid, phone_number_id text); sql; stable; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.meta_account_owner(provider_account_id uuid)
+     RETURNS TABLE(tenant_id uuid, phone_number_id text)
+     LANGUAGE sql
+     STABLE SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+      select a.tenant_id, a.meta_phone_number_id
+        from herald_public.provider_accounts a
+       where a.id = meta_account_owner.provider_account_id and a.kind = 'meta';
+    $function$;
+comment on function herald_private.meta_account_owner(uuid) is 'The tenant and phone number id of a Meta account, for the webhook that names it.';
+grant execute on function herald_private.meta_account_owner(uuid) to herald_authenticator;
+
+-- function herald_private.meta_verify_token_matches(uuid,text) returns boolean; sql; stable; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.meta_verify_token_matches(provider_account_id uuid, verify_token text)
+     RETURNS boolean
+     LANGUAGE sql
+     STABLE SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+      select coalesce((select a.meta_verify_token_hash = public.digest(meta_verify_token_matches.verify_token, 'sha256')
+                         from herald_public.provider_accounts a
+                        where a.id = meta_verify_token_matches.provider_account_id and a.kind = 'meta'), false);
+    $function$;
+comment on function herald_private.meta_verify_token_matches(uuid,text) is 'Whether `verify_token` is the Meta account''s webhook verify token.';
+grant execute on function herald_private.meta_verify_token_matches(uuid,text) to herald_authenticator;
 
 -- function herald_private.queue_webhook_delivery(uuid,uuid,timestamp with time zone) returns void; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.queue_webhook_delivery(tenant_id uuid, id uuid, run_at timestamp with time zone DEFAULT now())
@@ -5969,6 +6065,36 @@ comment on function herald_public.create_api_key(text) is 'Creates an API key fo
 grant execute on function herald_public.create_api_key(text) to herald_admin;
 grant execute on function herald_public.create_api_key(text) to herald_member;
 
+-- function herald_public.create_meta_account(text,text,text,text,text) returns herald_public.created_meta_account; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.create_meta_account(name text, phone_number_id text, waba_id text, access_token text, app_secret text)
+     RETURNS herald_public.created_meta_account
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_version smallint := herald_hidden.current_data_key_version();
+      v_key text := herald_hidden.data_key(v_version);
+      v_token text := herald_hidden.new_meta_verify_token();
+      v_id uuid;
+    begin
+      if access_token is null or length(access_token) < 8 or length(access_token) > 1000 then
+        raise exception 'accessToken must be the Graph API access token (8 to 1000 characters)' using errcode = '22023', column = 'accessToken';
+      end if;
+      if app_secret is null or length(app_secret) < 8 or length(app_secret) > 200 then
+        raise exception 'appSecret must be the Meta app secret (8 to 200 characters)' using errcode = '22023', column = 'appSecret';
+      end if;
+      insert into herald_public.provider_accounts (kind, name, secret_encrypted, secret_hint, key_version,
+                                                    meta_phone_number_id, meta_waba_id, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash)
+      values ('meta', create_meta_account.name, herald_hidden.encrypt_pii(access_token, v_key), pg_catalog.right(access_token, 4), v_version,
+              phone_number_id, waba_id, herald_hidden.encrypt_pii(app_secret, v_key), v_version,
+              public.digest(v_token, 'sha256'))
+      returning id into v_id;
+      return row(v_id, create_meta_account.name, phone_number_id, v_token)::herald_public.created_meta_account;
+    end;
+    $function$;
+comment on function herald_public.create_meta_account(text,text,text,text,text) is 'Add a Meta WhatsApp Cloud API account (owners and admins). The access token and app secret are stored encrypted and never returned; `verifyToken` is shown this once: give it to Meta with the webhook URL `/webhooks/meta/<providerAccountId>`. Replace the access token with `setProviderAccountSecret`.';
+grant execute on function herald_public.create_meta_account(text,text,text,text,text) to herald_member;
+
 -- function herald_public.create_provider_account(text,text,text,text,text,text) returns herald_public.provider_accounts; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.create_provider_account(kind text, name text, secret text, twilio_account_sid text DEFAULT NULL::text, twilio_api_key_sid text DEFAULT NULL::text, webhook_public_key text DEFAULT NULL::text)
      RETURNS herald_public.provider_accounts
@@ -6424,6 +6550,29 @@ comment on function herald_public.reply_to_contact(uuid,text,text,text) is '@res
 Reply to a contact in its conversation: from the number they last wrote to, now (quiet hours do not hold a reply to someone who wrote in the last 24 hours).';
 grant execute on function herald_public.reply_to_contact(uuid,text,text,text) to herald_member;
 
+-- function herald_public.reset_meta_verify_token(uuid) returns text; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.reset_meta_verify_token(provider_account_id uuid)
+     RETURNS text
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_token text := herald_hidden.new_meta_verify_token();
+      v_id uuid;
+    begin
+      update herald_public.provider_accounts a
+         set meta_verify_token_hash = public.digest(v_token, 'sha256')
+       where a.tenant_id = herald_public.current_tenant_id() and a.id = provider_account_id and a.kind = 'meta'
+      returning a.id into v_id;
+      if v_id is null then
+        raise exception 'No such Meta account' using errcode = 'NTFND';
+      end if;
+      return v_token;
+    end;
+    $function$;
+comment on function herald_public.reset_meta_verify_token(uuid) is 'A new webhook verify token for a Meta account, shown this once (the old one stops working).';
+grant execute on function herald_public.reset_meta_verify_token(uuid) to herald_member;
+
 -- function herald_public.resume_tenant(uuid) returns herald_public.tenants; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.resume_tenant(tenant_id uuid)
      RETURNS herald_public.tenants
@@ -6670,6 +6819,37 @@ grant execute on function herald_public.search_contacts(uuid,uuid) to herald_wor
 comment on function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb,text,text[],uuid[],text) is '@resultFieldName message
 Send a message (template or inline) to an address, contacts, lists, tags, segments, or every subscribed contact; now or at `scheduledAt`. The same `idempotencyKey` again returns the original message and sends nothing new. `metadata.from` picks one of your senders.';
 grant execute on function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb,text,text[],uuid[],text) to herald_member;
+
+-- function herald_public.set_meta_app_secret(uuid,text) returns herald_public.provider_accounts; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.set_meta_app_secret(provider_account_id uuid, app_secret text)
+     RETURNS herald_public.provider_accounts
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_version smallint := herald_hidden.current_data_key_version();
+      v_account herald_public.provider_accounts;
+    begin
+      if app_secret is null or length(app_secret) < 8 or length(app_secret) > 200 then
+        raise exception 'appSecret must be the Meta app secret (8 to 200 characters)' using errcode = '22023', column = 'appSecret';
+      end if;
+      update herald_public.provider_accounts a
+         set meta_app_secret_encrypted = herald_hidden.encrypt_pii(app_secret, herald_hidden.data_key(v_version)),
+             meta_key_version = v_version
+       where a.tenant_id = herald_public.current_tenant_id() and a.id = provider_account_id and a.kind = 'meta'
+      returning a.tenant_id, a.id, a.kind, a.name, a.secret_hint, a.status, a.last_tested_at, a.last_error, a.created_at, a.updated_at,
+                a.meta_phone_number_id, a.meta_waba_id
+           into v_account.tenant_id, v_account.id, v_account.kind, v_account.name, v_account.secret_hint, v_account.status,
+                v_account.last_tested_at, v_account.last_error, v_account.created_at, v_account.updated_at,
+                v_account.meta_phone_number_id, v_account.meta_waba_id;
+      if v_account.id is null then
+        raise exception 'No such Meta account' using errcode = 'NTFND';
+      end if;
+      return v_account;
+    end;
+    $function$;
+comment on function herald_public.set_meta_app_secret(uuid,text) is 'Replace a Meta account''s app secret (write-only), which verifies the signature of Meta''s webhooks.';
+grant execute on function herald_public.set_meta_app_secret(uuid,text) to herald_member;
 
 -- function herald_public.set_provider_account_secret(uuid,text) returns herald_public.provider_accounts; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.set_provider_account_secret(provider_account_id uuid, secret text)

@@ -80,6 +80,12 @@ const envSchema = z
         )
         .optional(),
     ),
+    // Meta's Graph API (WhatsApp Cloud API accounts): its base URL and version; unset in development: the sandbox's.
+    HERALD_META_GRAPH_URL: optionalText.pipe(z.url().optional()),
+    HERALD_META_GRAPH_VERSION: z
+      .string()
+      .regex(/^v\d{1,3}\.\d{1,2}$/, "HERALD_META_GRAPH_VERSION must look like v21.0")
+      .default("v21.0"),
     HERALD_WORKER_CONCURRENCY: z.coerce.number().int().min(1).max(200).default(10),
     // Connections to PostgreSQL per Herald process, all pools together (src/db/budget.ts).
     HERALD_DB_CONNECTIONS: z.coerce
@@ -167,6 +173,8 @@ export interface Config {
   sendgrid?: { apiKey: string; emailFrom?: string };
   /** SENDGRID_WEBHOOK_PUBLIC_KEY: verifies the system account's event webhook. */
   sendgridWebhookPublicKey?: string;
+  /** HERALD_META_GRAPH_URL / _VERSION: where Meta accounts send (unset: https://graph.facebook.com, or the sandbox's in development). */
+  metaGraph: { url?: string; version: string };
   /** HERALD_SMS_FROM / HERALD_EMAIL_FROM, also used with the sandbox when no provider is configured. */
   smsFrom?: string;
   emailFrom?: string;
@@ -279,6 +287,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         : undefined,
     sendgrid: e.SENDGRID_API_KEY ? { apiKey: e.SENDGRID_API_KEY, emailFrom: e.HERALD_EMAIL_FROM } : undefined,
     sendgridWebhookPublicKey: e.SENDGRID_WEBHOOK_PUBLIC_KEY,
+    metaGraph: { url: e.HERALD_META_GRAPH_URL?.replace(/\/$/, ""), version: e.HERALD_META_GRAPH_VERSION },
     smsFrom: e.HERALD_SMS_FROM,
     emailFrom: e.HERALD_EMAIL_FROM,
     smsFromMps: e.HERALD_SMS_FROM_MPS,

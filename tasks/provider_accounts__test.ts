@@ -1,5 +1,6 @@
 import { emailIdentity } from "../src/providers/email-identity.ts";
 import { withoutAddresses } from "../src/providers/errors.ts";
+import { metaSender, sendViaMeta } from "../src/providers/meta.ts";
 import { accountById, assertOwnSender, recordAccountResult, tenantSettings } from "../src/providers/routing.ts";
 import { rowTask, type RowPayload } from "../src/worker/row-task.ts";
 import { providerClients } from "../src/worker/tenant-context.ts";
@@ -45,7 +46,14 @@ export default rowTask(async (client, testId, helpers) => {
   }
   let error: string | null = null;
   try {
-    if (account.kind === "twilio") {
+    if (account.kind === "meta") {
+      // A WhatsApp text through the Graph API, from the account's WhatsApp number (src/providers/meta.ts).
+      const whatsapp = (await accountById(client, account.id, "whatsapp"))!;
+      await sendViaMeta(clients.system.metaGraph, metaSender(whatsapp, whatsapp.default_number ?? "(none)"), {
+        to: test.to_address,
+        body: "Herald test message: this account can send.",
+      });
+    } else if (account.kind === "twilio") {
       const from = account.default_number ?? (await tenantSettings(client)).sms_from ?? clients.system.twilio.smsFrom;
       if (!from) throw new Error("the account has no sender number, and no sms_from is set");
       await assertOwnSender(client, clients, "sms", from);

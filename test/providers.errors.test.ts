@@ -32,6 +32,9 @@ describe("PROVIDER_CODES", () => {
       "21614": [true, true, false],
       "30004": [true, true, false],
       "63007": [true, false, false],
+      "131026": [true, true, false],
+      "131047": [true, true, false],
+      "190": [true, false, false],
       NOT_OWN_SENDER: [true, false, false],
       NO_SENDER: [true, false, false],
     });

@@ -69,6 +69,10 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   messages_template_fkey: "templateId",
 
   provider_accounts_kind: "kind",
+  // Meta accounts (createMetaAccount); createProviderAccount(kind: "meta") lacks their fields.
+  provider_accounts_meta_fields: "kind",
+  provider_accounts_meta_phone_number_id: "phoneNumberId",
+  provider_accounts_meta_waba_id: "wabaId",
   // Unique index: one active account of each kind per tenant.
   provider_accounts_one_active: "kind",
   provider_accounts_name_length: "name",
@@ -109,6 +113,10 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   templates_name_length: "name",
   templates_name_unique: "name",
   templates_subject_length: "subject",
+  templates_whatsapp_template: "whatsappTemplateName",
+  templates_whatsapp_template_language: "whatsappTemplateLanguage",
+  templates_whatsapp_template_name: "whatsappTemplateName",
+  templates_whatsapp_template_parameters: "whatsappTemplateParameters",
 
   tenant_settings_api_requests_per_minute_range: "apiRequestsPerMinute",
   tenant_settings_business_name_length: "businessName",
@@ -255,6 +263,7 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   provider_accounts_last_error_length: SERVER_WRITTEN,
   provider_accounts_status: SERVER_WRITTEN,
   provider_accounts_key_version_fkey: SERVER_SET,
+  provider_accounts_meta_key_version_fkey: SERVER_SET,
   provider_accounts_tenant_id_fkey: SESSION_TENANT,
 
   sender_numbers_pkey: GENERATED_ID,

@@ -122,9 +122,9 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["SELECT", "UPDATE(last_error, last_synced_at, status)"],
   },
   "herald_public.provider_accounts": {
-    member: ["DELETE", "INSERT(key_version, kind, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(key_version, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
-    admin: ["DELETE", "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
-    worker: ["SELECT", "UPDATE(key_version, last_error, last_tested_at, secret_encrypted, status, webhook_public_key_encrypted)"],
+    member: ["DELETE", "INSERT(key_version, kind, meta_app_secret_encrypted, meta_key_version, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
+    admin: ["DELETE", "SELECT(created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
+    worker: ["SELECT", "UPDATE(key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted)"],
   },
   "herald_public.sender_numbers": {
     member: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
@@ -142,7 +142,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["INSERT(id, name, tenant_id)", "SELECT"],
   },
   "herald_public.templates": {
-    member: ["DELETE", "INSERT(body, channel, html_body, id, name, subject, tenant_id)", "SELECT", "UPDATE(body, html_body, name, subject)"],
+    member: ["DELETE", "INSERT(body, channel, html_body, id, name, subject, tenant_id, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters)", "SELECT", "UPDATE(body, html_body, name, subject, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters)"],
     admin: ["DELETE", "SELECT"],
     worker: ["SELECT"],
   },

@@ -9,11 +9,12 @@ import {
   intendedSmsSender,
   tenantSettings,
 } from "../providers/routing.ts";
+import type { MetaTemplate } from "../providers/meta.ts";
 import type { Route } from "../providers/transmit.ts";
 import { CLAIM_GRACE_MS, decideBeforeSending, type Decision } from "./decide.ts";
 import { serviceRoute } from "../services/route.ts";
 import { reserveSlots } from "./pacing.ts";
-import { renderContent, type Content } from "./render.ts";
+import { render, renderContent, type Content } from "./render.ts";
 import { carriesUnsubscribe, unsubscribeUrl, withUnsubscribeFooter } from "./unsubscribe.ts";
 import { emailIdentity, type IdentityMetadata } from "../providers/email-identity.ts";
 import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
@@ -47,6 +48,8 @@ export interface DeliveryRow {
   metadata: IdentityMetadata & { messaging_service?: string };
   purpose: "marketing" | "transactional";
   content: Content;
+  media_urls?: string[];
+  meta_template?: MetaTemplate | null;
   contact_id: string | null;
   first_name: string | null;
   last_name: string | null;
@@ -95,6 +98,8 @@ export interface ClaimResult {
   reconciles: ReconcileCase[];
   /** The tenant's active Twilio account, for the lookups (null: none). */
   lookupAccount: TenantAccount | null;
+  /** WhatsApp goes through a Meta account, which has no message lookup (src/providers/meta.ts). */
+  metaWhatsApp?: boolean;
   later: Hold[];
   /** Held by the monthly cap in this run: looked at again at once if one of this run's sends is refused (its place comes back). */
   capped: string[];
@@ -108,6 +113,10 @@ const deliverySelect = `
          m.status as message_status, m.metadata, m.purpose,
          json_build_object('body', coalesce(t.body, m.body), 'subject', coalesce(t.subject, m.subject),
                            'html_body', coalesce(t.html_body, m.html_body)) as content,
+         -- WhatsApp through a Meta account (src/providers/meta.ts): the media, and the approved template the template names.
+         m.media_urls, case when t.whatsapp_template_name is not null
+           then json_build_object('name', t.whatsapp_template_name, 'language', t.whatsapp_template_language,
+                                  'parameters', t.whatsapp_template_parameters) end as meta_template,
          c.id as contact_id, c.first_name, c.last_name, c.external_id, coalesce(c.attributes, '{}') as attributes,
          pii.phone, pii.email,
          case d.channel when 'sms' then c.sms_subscribed when 'whatsapp' then c.whatsapp_subscribed else c.email_subscribed end as subscribed,
@@ -356,6 +365,8 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     );
     if (result.reconciles.some((r) => r.delivery.channel !== "email"))
       result.lookupAccount = (await activeAccount(client, "twilio")) ?? null;
+    if (result.reconciles.some((r) => r.delivery.channel === "whatsapp"))
+      result.metaWhatsApp = (await activeAccount(client, "twilio", "whatsapp"))?.kind === "meta";
   }
   const reopens = new Map<string, Date>();
   for (const d of capped) {
@@ -479,6 +490,20 @@ function unsubscribeLink(ctx: Context, d: DeliveryRow): string | undefined {
   const config = ctx.clients.system.unsubscribe;
   if (!config || !d.contact_id || !carriesUnsubscribe(d.channel, d.purpose)) return undefined;
   return unsubscribeUrl(config, ctx.tenantId, d.contact_id);
+}
+
+/** A Meta template's body parameters filled in for the delivery's contact (src/providers/meta.ts). */
+export function renderMetaTemplate(d: DeliveryRow): MetaTemplate | null {
+  if (!d.meta_template) return null;
+  const contact = {
+    first_name: d.first_name,
+    last_name: d.last_name,
+    phone: d.phone,
+    email: d.email,
+    external_id: d.external_id,
+    attributes: d.attributes,
+  };
+  return { ...d.meta_template, parameters: d.meta_template.parameters.map((p) => render(p, contact)) };
 }
 
 export const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex");

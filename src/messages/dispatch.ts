@@ -10,7 +10,7 @@ import {
   type EmailItem,
   type TransmitHooks,
 } from "../providers/transmit.ts";
-import type { ClaimedSend, ClaimResult } from "./claim.ts";
+import { renderMetaTemplate, type ClaimedSend, type ClaimResult } from "./claim.ts";
 import { Limiter, processAccountLimiter } from "./limiter.ts";
 import { sleepUntil, waitForSlot } from "./pacing.ts";
 import { findAcceptedSmsVia } from "./reconcile.ts";
@@ -115,7 +115,9 @@ export async function dispatch(
     }),
     ...claim.reconciles.map(async (r): Promise<SendOutcome[]> => {
       // Email cannot be looked up (SendGrid has no per-message search without an add-on).
-      if (r.delivery.channel === "email" || !r.to) return [{ id: r.delivery.id, kind: "email_unknown" }];
+      // Nor can WhatsApp sent through Meta (the Cloud API has no message lookup): neither is sent again.
+      if (r.delivery.channel === "email" || !r.to || (r.delivery.channel === "whatsapp" && claim.metaWhatsApp))
+        return [{ id: r.delivery.id, kind: "email_unknown" }];
       return request(async () => {
         try {
           const found = await findAcceptedSmsVia(
@@ -156,6 +158,10 @@ async function sendSms(ctx: Context, s: ClaimedSend, hooks: TransmitHooks): Prom
         body: s.content.body,
         channel: d.channel as "sms" | "whatsapp",
         statusCallback: statusCallbackUrl(ctx.clients.system, ctx.tenantId, d.id),
+        // Through a Meta account (src/providers/meta.ts).
+        mediaUrls: d.media_urls,
+        metaTemplate: renderMetaTemplate(d),
+        deliveryId: d.id,
       },
       hooks,
     );

@@ -77,7 +77,8 @@ export async function recordOutcomes(
         statuses.push({
           id: outcome.id,
           status: "unknown",
-          reason: "the provider may have accepted it; email cannot be looked up, so it is not sent again",
+          reason:
+            "the provider may have accepted it; it cannot be looked up (email, WhatsApp through Meta), so it is not sent again",
           code: null,
           final: true,
         });

@@ -122,7 +122,8 @@ export async function checkOverdueStatuses(options: {
     for (const delivery of texts) {
       const route = delivery.provider === "tenant" ? routes.get(delivery.provider_account_id ?? "") : "system";
       // An account deleted since: nothing can look its messages up; the delivery is looked at again later, in vain.
-      if (route) lookups.push({ delivery, route });
+      // Nor can a Meta account's (the Cloud API has no message lookup; its credential never goes to Twilio).
+      if (route && (route === "system" || route.kind !== "meta")) lookups.push({ delivery, route });
     }
   }
 

@@ -49,9 +49,12 @@ export class InboundBatches {
   /** Transactions under way per tenant: one collects while another commits, and a busy tenant cannot take the whole pool. */
   readonly #parallel: number;
   readonly #maxBatch: number;
+  /** Who the audit log names as the writer (`twilio`, `meta`). */
+  readonly #provider: string;
 
-  constructor(ctx: WebhookContext, options: { parallel?: number; maxBatch?: number } = {}) {
+  constructor(ctx: WebhookContext, options: { parallel?: number; maxBatch?: number; provider?: string } = {}) {
     this.#ctx = ctx;
+    this.#provider = options.provider ?? "twilio";
     this.#parallel = options.parallel ?? 2;
     this.#maxBatch = Math.min(options.maxBatch ?? MAX_BATCH, MAX_BATCH);
   }
@@ -95,7 +98,7 @@ export class InboundBatches {
             "select ordinal, inbound_message_id, contact_id, duplicate, keyword, reply, error_code from herald_hidden.receive_inbound_batch($1)",
             [JSON.stringify(batch.map((w) => w.message))],
           ),
-        "twilio",
+        this.#provider,
       );
       const byOrdinal = new Map(rows.map((row) => [row.ordinal, row]));
       batch.forEach((waiting, i) => {

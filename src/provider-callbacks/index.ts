@@ -1,6 +1,7 @@
 import express, { type Router } from "express";
 import type { Logger } from "../logger.ts";
 import { sendgridWebhooks } from "./sendgrid.ts";
+import { metaWebhooks } from "./meta.ts";
 import { ProviderReports } from "./reports.ts";
 import type { WebhookContext } from "./tenant.ts";
 import { twilioWebhooks } from "./twilio.ts";
@@ -15,6 +16,8 @@ export function webhooksRouter(
     publicUrl: string;
     systemTwilio?: { accountSid: string; authToken: string };
     systemSendgridPublicKey?: string;
+    /** Meta's Graph API (keyword replies to WhatsApp through Meta accounts). */
+    metaGraph?: { url: string; version: string };
     logger: Logger;
     /** The journal of status callbacks and events (one per process; built here if not given). */
     reports?: ProviderReports;
@@ -28,5 +31,6 @@ export function webhooksRouter(
     "/sendgrid",
     sendgridWebhooks({ ...options, systemPublicKey: options.systemSendgridPublicKey, logger, reports }),
   );
+  router.use("/meta", metaWebhooks({ ...options, logger, reports }));
   return router;
 }

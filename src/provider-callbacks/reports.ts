@@ -18,7 +18,7 @@ import { inTenant, type WebhookContext } from "./tenant.ts";
  */
 
 export interface ProviderReport {
-  provider: "twilio" | "sendgrid";
+  provider: "twilio" | "sendgrid" | "meta";
   delivery_id: string | null;
   provider_message_id: string | null;
   event: string;

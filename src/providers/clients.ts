@@ -17,6 +17,8 @@ export interface SystemProviders {
   /** Where each SDK is pointed instead of the real service: set only for a provider with no credentials configured. */
   twilioSandboxUrl?: string;
   sendgridSandboxUrl?: string;
+  /** Meta's Graph API for tenants' Meta accounts (src/providers/meta.ts): its base URL (the sandbox's in development) and version. */
+  metaGraph?: { url: string; version: string };
   /**
    * HERALD_PUBLIC_URL, where Twilio's status callbacks for each send go
    * (src/provider-callbacks/twilio.ts); unset: sends ask for none.
@@ -52,12 +54,16 @@ export function systemProviders(config: Config, sandboxUrl?: string, callbackBas
     },
     twilioSandboxUrl: config.twilio ? undefined : sandboxUrl,
     sendgridSandboxUrl: config.sendgrid ? undefined : sandboxUrl,
+    metaGraph: {
+      url: config.metaGraph.url ?? (sandboxUrl ? `${sandboxUrl}/meta` : "https://graph.facebook.com"),
+      version: config.metaGraph.version,
+    },
   };
 }
 
 export interface TenantAccount {
   id: string;
-  kind: "twilio" | "sendgrid";
+  kind: "twilio" | "sendgrid" | "meta";
   twilio_account_sid: string | null;
   twilio_api_key_sid: string | null;
   updated_at: Date;
@@ -65,6 +71,8 @@ export interface TenantAccount {
   /** The account's first sender number of the channel / email sender, if any. */
   default_number?: string | null;
   default_email?: string | null;
+  /** A Meta account's phone number id (its `secret` is the Graph API access token). */
+  meta_phone_number_id?: string | null;
 }
 
 /**

@@ -101,6 +101,27 @@ export const PROVIDER_CODES: Readonly<Record<string, CodeMeaning>> = {
     suppresses: false,
     reason: "no WhatsApp channel for the 'From' address: the sender's set-up, not the recipient's",
   },
+  // Meta's WhatsApp Cloud API (src/providers/meta.ts; its rate limits 4, 80007, 130429 and 131056 are
+  // answered as HTTP 429 there, and retried): https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes
+  "131047": {
+    permanent: true,
+    recipient: true,
+    suppresses: false,
+    reason:
+      "Meta: re-engagement message: outside_session_window (24 hours since the contact last wrote; only a template may go)",
+  },
+  "131026": {
+    permanent: true,
+    recipient: true,
+    suppresses: false,
+    reason: "Meta: message undeliverable (the number is not on WhatsApp, or cannot receive it)",
+  },
+  "190": {
+    permanent: true,
+    recipient: false,
+    suppresses: false,
+    reason: "Meta: the account's access token is invalid or expired (answered as 401; recorded on the account)",
+  },
   NOT_OWN_SENDER: {
     permanent: true,
     recipient: false,

@@ -13,7 +13,7 @@ import { SendError } from "./errors.ts";
 
 /** A tenant account with its decrypted credential and default senders (for the channel), as the worker sees it. */
 const accountSelect = (condition: string) => `
-  select a.id, a.kind, a.twilio_account_sid, a.twilio_api_key_sid, a.updated_at, s.secret,
+  select a.id, a.kind, a.twilio_account_sid, a.twilio_api_key_sid, a.updated_at, s.secret, a.meta_phone_number_id,
          (select n.phone_number from herald_public.sender_numbers n
            where n.tenant_id = a.tenant_id and n.provider_account_id = a.id and n.channel = $2
            order by n.created_at limit 1) as default_number,
@@ -27,6 +27,14 @@ export async function activeAccount(
   kind: "twilio" | "sendgrid",
   channel = "sms",
 ): Promise<TenantAccount | undefined> {
+  // WhatsApp goes through the tenant's active Meta account when it has one (src/providers/meta.ts).
+  if (kind === "twilio" && channel === "whatsapp") {
+    const meta = await client.query<TenantAccount>(accountSelect("a.kind = $1 and a.status = 'active'"), [
+      "meta",
+      channel,
+    ]);
+    if (meta.rows[0]) return meta.rows[0];
+  }
   const { rows } = await client.query<TenantAccount>(accountSelect("a.kind = $1 and a.status = 'active'"), [
     kind,
     channel,

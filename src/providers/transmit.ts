@@ -7,6 +7,7 @@ import {
   SendDeferred,
   SendError,
 } from "./errors.ts";
+import { metaSender, sendViaMeta, type MetaTemplate } from "./meta.ts";
 import type { TenantSettings } from "./routing.ts";
 
 /**
@@ -99,7 +100,16 @@ const call = <T>(hooks: TransmitHooks, via: Via, fn: () => Promise<T>) =>
 export async function transmitSms(
   clients: ProviderClients,
   route: Route,
-  message: { to: string; body: string; channel?: "sms" | "whatsapp"; statusCallback?: string },
+  message: {
+    to: string;
+    body: string;
+    channel?: "sms" | "whatsapp";
+    statusCallback?: string;
+    /** WhatsApp through a Meta account (src/providers/meta.ts): media, the approved template, the delivery echoed in status webhooks. */
+    mediaUrls?: readonly string[];
+    metaTemplate?: MetaTemplate | null;
+    deliveryId?: string;
+  },
   hooks: TransmitHooks = {},
 ): Promise<Sent> {
   const whatsapp = message.channel === "whatsapp";
@@ -118,6 +128,15 @@ export async function transmitSms(
           via === "system" ? "system" : "tenant",
           "NO_SENDER",
         );
+      if (via !== "system" && via.kind === "meta") {
+        const meta = metaSender(via, from);
+        await hooks.pace?.(from, channel);
+        const { to, body, mediaUrls, metaTemplate: template, deliveryId } = message;
+        const id = await call(hooks, via, () =>
+          sendViaMeta(clients.system.metaGraph, meta, { to, body, mediaUrls, template, deliveryId }),
+        );
+        return { id, from };
+      }
       await hooks.pace?.(from, channel);
       // Through a Messaging Service (never when falling back): the provider picks the number and reports it.
       const service = fallingBack ? undefined : route.messagingServiceSid;

@@ -11,8 +11,8 @@ export type SandboxChannel = "sms" | "whatsapp" | "email";
 
 export interface SandboxMessage {
   id: string;
-  provider: "twilio" | "sendgrid";
-  /** Twilio account SID, or the last 4 characters of the SendGrid key. */
+  provider: "twilio" | "sendgrid" | "meta";
+  /** Twilio account SID, the last 4 characters of the SendGrid key, or Meta's phone number id. */
   account: string;
   channel: SandboxChannel;
   from: string;

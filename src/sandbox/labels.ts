@@ -19,10 +19,10 @@ export const isSystemAccount = (m: Pick<SandboxMessage, "provider" | "account">)
 /** The heading a message is listed under. */
 export async function groupHeading(
   m: Pick<SandboxMessage, "provider" | "account">,
-  describe?: (provider: "twilio" | "sendgrid", account: string) => Promise<string | undefined>,
+  describe?: (provider: SandboxMessage["provider"], account: string) => Promise<string | undefined>,
 ): Promise<string> {
   if (isSystemAccount(m)) return SYSTEM_ACCOUNT_HEADING;
   const owner = await describe?.(m.provider, m.account).catch(() => undefined);
-  const provider = m.provider === "twilio" ? "Twilio" : "SendGrid";
+  const provider = { twilio: "Twilio", sendgrid: "SendGrid", meta: "Meta WhatsApp" }[m.provider];
   return owner ? `${provider} account of ${owner}` : `${provider} account ${m.account} (no tenant has it)`;
 }

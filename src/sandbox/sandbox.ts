@@ -7,6 +7,7 @@ import { sandboxPage } from "./page.ts";
 import { handleServiceForm, servicesSection, type SandboxServices } from "./services.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import type { EngageRequest, EngageResult } from "./engagement.ts";
+import { addMetaRoutes, type MetaInbound, type MetaSandboxAccount, type MetaSendRequest } from "./meta.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
 import { addTwilioRoutes } from "./twilio.ts";
 
@@ -34,6 +35,7 @@ import { addTwilioRoutes } from "./twilio.ts";
 
 export type { SandboxChannel, SandboxFaults, SandboxMessage } from "./core.ts";
 export { outcomeFor } from "./core.ts";
+export { sandboxMetaAppSecret, sandboxMetaToken } from "./meta.ts";
 export { SANDBOX_SENDGRID_KEY_PREFIX, SANDBOX_SYSTEM_SENDGRID_KEY } from "./sendgrid.ts";
 export { SANDBOX_SYSTEM_TWILIO, sandboxTwilioToken } from "./twilio.ts";
 
@@ -65,6 +67,10 @@ export interface Sandbox {
    * sandbox's `inboundUrl`) signed with the account's token, as Twilio would.
    */
   textIn(text: PhoneText): Promise<InboundAnswer>;
+  /** Meta's WhatsApp Cloud API (src/sandbox/meta.ts): an account's credentials and webhook URL, the send requests, a phone writing in. */
+  addMetaAccount(phoneNumberId: string, account: MetaSandboxAccount): void;
+  metaRequests: MetaSendRequest[];
+  metaTextIn(text: MetaInbound): Promise<number>;
 }
 
 export function createSandbox(
@@ -78,11 +84,13 @@ export function createSandbox(
     /** Pause between a message's callbacks. */
     callbackDelayMs?: number;
     /** Names the tenant behind an account (SID, or …last4 of a SendGrid key) for the page. */
-    describeAccount?: (provider: "twilio" | "sendgrid", account: string) => Promise<string | undefined>;
+    describeAccount?: (provider: SandboxMessage["provider"], account: string) => Promise<string | undefined>;
     /** Herald's inbound webhook, for `textIn` and the page's form. */
     inboundUrl?: string;
     /** The account SID a number is on (what Twilio knows), for the page's form. */
     resolveNumber?: (number: string, channel: "sms" | "whatsapp") => Promise<string | undefined>;
+    /** Where a Meta phone number id's webhooks go (Herald's `/webhooks/meta/<account id>`), unless its account says. */
+    resolveMetaWebhook?: (phoneNumberId: string) => Promise<string | undefined>;
   } = {},
 ): Sandbox {
   const core = createSandboxCore({ keep: options.keep ?? 500, callbackDelayMs: options.callbackDelayMs ?? 50 });
@@ -91,6 +99,10 @@ export function createSandbox(
   const sendgrid = addSendGridRoutes(router, core, {
     eventUrl: options.sendgridEventUrl,
     eventKeys: options.eventKeys ?? newEventKeys(),
+  });
+  const meta = addMetaRoutes(router, core, {
+    resolveWebhook: options.resolveMetaWebhook,
+    page: options.page !== false,
   });
   const phones = createPhones({
     inboundUrl: options.inboundUrl,
@@ -145,6 +157,9 @@ export function createSandbox(
     setSendGridEventUrl: sendgrid.setEventUrl,
     engageEmail: sendgrid.engage,
     textIn: phones.textIn,
+    addMetaAccount: meta.addAccount,
+    metaRequests: meta.requests,
+    metaTextIn: meta.textIn,
     settled: core.settled,
   };
 }

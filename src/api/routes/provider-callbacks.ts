@@ -28,6 +28,10 @@ export function providerCallbacks(options: {
     systemTwilio: config.twilio ?? (sandbox ? SANDBOX_SYSTEM_TWILIO : undefined),
     systemSendgridPublicKey:
       config.sendgridWebhookPublicKey ?? (sandbox && !config.sendgrid ? sandbox.sendgridPublicKey : undefined),
+    metaGraph: {
+      url: config.metaGraph.url ?? (sandbox ? `${config.publicUrl}/sandbox/meta` : "https://graph.facebook.com"),
+      version: config.metaGraph.version,
+    },
     logger: options.logger,
   });
 }

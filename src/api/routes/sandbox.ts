@@ -29,6 +29,7 @@ export function sandboxStandIn(config: Config, pool: pg.Pool, logger: Logger): S
     eventKeys: config.sendgrid ? undefined : persistentEventKeys(),
     inboundUrl: config.twilio ? undefined : `${config.publicUrl}/webhooks/twilio/sms`,
     resolveNumber: (number, channel) => sandboxAccountOfNumber(pool, number, channel),
+    resolveMetaWebhook: (phoneNumberId) => sandboxMetaWebhook(pool, config.publicUrl, phoneNumberId),
   });
   logger.warn(
     { sandbox: "/sandbox" },
@@ -40,14 +41,15 @@ export function sandboxStandIn(config: Config, pool: pg.Pool, logger: Logger): S
 /** For the sandbox page: which tenant (slug) an account belongs to, as an operator sees it. */
 async function describeSandboxAccount(
   pool: pg.Pool,
-  provider: "twilio" | "sendgrid",
+  provider: "twilio" | "sendgrid" | "meta",
   account: string,
 ): Promise<string | undefined> {
   const slugs = await asAdmin(pool, async (client) =>
     (
       await client.query<{ slug: string }>(
         `select distinct t.slug::text from herald_public.provider_accounts a join herald_public.tenants t on t.id = a.tenant_id
-          where a.kind = $1 and (a.twilio_account_sid = $2 or (a.kind = 'sendgrid' and '…' || a.secret_hint = $2))`,
+          where a.kind = $1 and (a.twilio_account_sid = $2 or (a.kind = 'sendgrid' and '…' || a.secret_hint = $2)
+                                 or a.meta_phone_number_id = $2)`,
         [provider, account],
       )
     ).rows.map((r) => r.slug),
@@ -65,5 +67,20 @@ async function sandboxAccountOfNumber(pool: pg.Pool, number: string, channel: st
       [number, channel],
     );
     return rows[0] ? (rows[0].sid ?? SANDBOX_SYSTEM_TWILIO.accountSid) : undefined;
+  });
+}
+
+/** For the sandbox's Meta: the webhook URL of the (first) Meta account with this phone number id. */
+async function sandboxMetaWebhook(
+  pool: pg.Pool,
+  publicUrl: string,
+  phoneNumberId: string,
+): Promise<string | undefined> {
+  return asAdmin(pool, async (client) => {
+    const { rows } = await client.query<{ id: string }>(
+      "select id from herald_public.provider_accounts where kind = 'meta' and meta_phone_number_id = $1 order by created_at limit 1",
+      [phoneNumberId],
+    );
+    return rows[0] && `${publicUrl}/webhooks/meta/${rows[0].id}`;
   });
 }
