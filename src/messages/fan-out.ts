@@ -25,6 +25,11 @@ export async function fanOut(
   batchSize = FAN_OUT_BATCH,
 ): Promise<FanOutTotals> {
   const totals: FanOutTotals = { contacts: 0, queued: 0, skipped: 0, batches: 0 };
+  // Segments are evaluated once, as fan-out starts: their members are kept for the batches to read.
+  await transaction(async (client) => {
+    await client.query("set local statement_timeout = '120s'");
+    await client.query("select herald_hidden.snapshot_segment_audience($1)", [messageId]);
+  });
   for (;;) {
     const batch = await transaction(async (client) => {
       const { rows } = await client.query<{ contacts: number; queued: number; skipped: number; done: boolean }>(
