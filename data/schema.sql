@@ -1639,6 +1639,8 @@ create table herald_public.segments (
     default now(),
   constraint segments_description_length
     CHECK ((length(description) <= 2000)),
+  constraint segments_filter_valid
+    CHECK (herald_hidden.segment_filter_valid(filter)),
   constraint segments_name_length
     CHECK (((length((name)::text) >= 1) AND (length((name)::text) <= 200))),
   constraint segments_name_unique
@@ -1652,8 +1654,6 @@ alter table herald_public.segments enable row level security;
 alter table herald_public.segments force row level security;
 -- trigger _100_timestamps on herald_public.segments
     CREATE TRIGGER _100_timestamps BEFORE INSERT OR UPDATE ON herald_public.segments FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
--- trigger _200_validate_filter on herald_public.segments
-    CREATE TRIGGER _200_validate_filter BEFORE INSERT OR UPDATE OF filter ON herald_public.segments FOR EACH ROW EXECUTE FUNCTION herald_private.tg_segments__validate_filter();
 -- trigger _900_audit_delete on herald_public.segments
     CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.segments REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
 -- trigger _900_audit_insert on herald_public.segments
@@ -4158,6 +4158,22 @@ grant execute on function herald_hidden.segment_filter_text(jsonb,text,text,text
 grant execute on function herald_hidden.segment_filter_text(jsonb,text,text,text[]) to herald_member;
 grant execute on function herald_hidden.segment_filter_text(jsonb,text,text,text[]) to herald_worker;
 
+-- function herald_hidden.segment_filter_valid(jsonb) returns boolean; plpgsql; immutable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_valid(filter jsonb)
+     RETURNS boolean
+     LANGUAGE plpgsql
+     IMMUTABLE
+     SET search_path TO ''
+    AS $function$
+    begin
+      perform herald_hidden.segment_filter_sql(filter, 'filter');
+      return true;
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_valid(jsonb) to herald_admin;
+grant execute on function herald_hidden.segment_filter_valid(jsonb) to herald_member;
+grant execute on function herald_hidden.segment_filter_valid(jsonb) to herald_worker;
+
 -- function herald_hidden.segment_filter_where(jsonb,uuid,text) returns record; plpgsql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_where(filter jsonb, segment_id uuid, path text, OUT sql text, OUT params text[])
      RETURNS record
@@ -5507,18 +5523,6 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
         run_at := coalesce(new.scheduled_at, now()),
         job_key := 'message:' || new.id,
         max_attempts := 25);
-      return new;
-    end;
-    $function$;
-
--- function herald_private.tg_segments__validate_filter() returns trigger; plpgsql; volatile; set search_path=""
-    CREATE OR REPLACE FUNCTION herald_private.tg_segments__validate_filter()
-     RETURNS trigger
-     LANGUAGE plpgsql
-     SET search_path TO ''
-    AS $function$
-    begin
-      perform herald_hidden.segment_filter_sql(new.filter, 'filter');
       return new;
     end;
     $function$;

@@ -434,11 +434,24 @@ begin
 end;
 $$;
 
+-- True, or an error naming the offending path: the check on segments.filter.
+-- (Declared immutable for the check: a filter's validity depends on nothing else.)
+create or replace function herald_hidden.segment_filter_valid(filter jsonb) returns boolean
+  language plpgsql immutable
+  set search_path = ''
+as $$
+begin
+  perform herald_hidden.segment_filter_sql(filter, 'filter');
+  return true;
+end;
+$$;
+
 -------------------------------------------------------------------------------
 -- segments (tenant-owned)
 -------------------------------------------------------------------------------
 
 drop table if exists herald_public.segments cascade;
+drop function if exists herald_private.tg_segments__validate_filter();
 
 create table herald_public.segments (
   tenant_id uuid not null default herald_public.current_tenant_id()
@@ -446,7 +459,9 @@ create table herald_public.segments (
   id uuid not null default gen_random_uuid(),
   name public.citext not null constraint segments_name_length check (length(name) between 1 and 200),
   description text constraint segments_description_length check (length(description) <= 2000),
-  filter jsonb not null,
+  -- Only a valid filter is stored. A check (not a trigger) so that row-level
+  -- security refuses another tenant's row before the filter is even read.
+  filter jsonb not null constraint segments_filter_valid check (herald_hidden.segment_filter_valid(filter)),
   created_at timestamptz not null default now(),
   updated_at timestamptz not null default now(),
   primary key (tenant_id, id),
@@ -459,21 +474,8 @@ comment on column herald_public.segments.filter is
   E'The filter, e.g. `{"all": [{"attribute": {"key": "plan", "equals": "gold"}}, {"tags": {"any": ["<tag id>"]}}]}`. '
   'Validated when written: an invalid one is refused with the path of what is wrong.';
 
--- Only a valid filter is stored.
-create or replace function herald_private.tg_segments__validate_filter() returns trigger
-  language plpgsql volatile
-  set search_path = ''
-as $$
-begin
-  perform herald_hidden.segment_filter_sql(new.filter, 'filter');
-  return new;
-end;
-$$;
-
 create trigger _100_timestamps before insert or update on herald_public.segments
   for each row execute function herald_private.tg__timestamps();
-create trigger _200_validate_filter before insert or update of filter on herald_public.segments
-  for each row execute function herald_private.tg_segments__validate_filter();
 create trigger _900_audit_insert after insert on herald_public.segments referencing new table as new_rows
   for each statement execute function herald_private.tg__audit('id', '');
 create trigger _900_audit_update after update on herald_public.segments referencing old table as old_rows new table as new_rows
@@ -517,7 +519,8 @@ grant execute on function
   herald_hidden.segment_filter_node(jsonb, text, integer, text[], integer),
   herald_hidden.segment_attribute_number(jsonb),
   herald_hidden.segment_attribute_date(jsonb),
-  herald_hidden.segment_filter_sql(jsonb, text)
+  herald_hidden.segment_filter_sql(jsonb, text),
+  herald_hidden.segment_filter_valid(jsonb)
   to :DATABASE_MEMBER, :DATABASE_WORKER, :DATABASE_ADMIN;
 
 -- How many of `segment_ids` are not the session tenant's segments (another
