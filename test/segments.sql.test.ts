@@ -21,11 +21,7 @@ let churned: string;
 let other: string;
 
 const GOLD_VIP_NOT_CHURNED = () => ({
-  all: [
-    { attribute: { key: "plan", equals: "gold" } },
-    { tags: { any: [vip] } },
-    { lists: { none: [churned] } },
-  ],
+  all: [{ attribute: { key: "plan", equals: "gold" } }, { tags: { any: [vip] } }, { lists: { none: [churned] } }],
 });
 
 beforeAll(async () => {
@@ -48,13 +44,15 @@ beforeAll(async () => {
     await add("goldVipOther", { plan: "gold" });
     // Hostile text stored as data: a filter naming it must match it literally.
     await add("hostile", { "plan'); drop table herald_public.contacts; --": "x' or '1'='1" });
-    vip = (await c.query("insert into herald_public.tags (tenant_id, name) values ($1, 'vip-seg') returning id", [a.id]))
-      .rows[0].id;
+    vip = (
+      await c.query("insert into herald_public.tags (tenant_id, name) values ($1, 'vip-seg') returning id", [a.id])
+    ).rows[0].id;
     churned = (
       await c.query("insert into herald_public.lists (tenant_id, name) values ($1, 'churned') returning id", [a.id])
     ).rows[0].id;
-    other = (await c.query("insert into herald_public.lists (tenant_id, name) values ($1, 'other') returning id", [a.id]))
-      .rows[0].id;
+    other = (
+      await c.query("insert into herald_public.lists (tenant_id, name) values ($1, 'other') returning id", [a.id])
+    ).rows[0].id;
     await c.query(
       "insert into herald_public.contact_tags (tenant_id, tag_id, contact_id) select $1, $2, unnest($3::uuid[])",
       [a.id, vip, [people.goldVip, people.goldVipChurned, people.silverVip, people.goldVipToo, people.goldVipOther]],
@@ -73,9 +71,9 @@ beforeAll(async () => {
 /** The ids of A's contacts a filter matches, as A's owner, by name. */
 async function matching(filter: unknown): Promise<string[]> {
   const ids = await asOwner(db.current, a, async (c) =>
-    (await c.query("select id from herald_public.search_contacts(filter => $1::jsonb)", [JSON.stringify(filter)])).rows.map(
-      (r) => r.id as string,
-    ),
+    (
+      await c.query("select id from herald_public.search_contacts(filter => $1::jsonb)", [JSON.stringify(filter)])
+    ).rows.map((r) => r.id as string),
   );
   return Object.entries(people)
     .filter(([, id]) => ids.includes(id))
@@ -121,7 +119,19 @@ describe("the compiler", () => {
     const { sql, params } = await compile(filter);
     // The text without its parameter references ($1[n]) holds no input value.
     const text = sql.replace(/\$1\[\d+\]/g, "$");
-    for (const value of ["plan", "gold", "seats", "tier", "nickname", vip, churned, other, "Europe", "2020", "30 days"]) {
+    for (const value of [
+      "plan",
+      "gold",
+      "seats",
+      "tier",
+      "nickname",
+      vip,
+      churned,
+      other,
+      "Europe",
+      "2020",
+      "30 days",
+    ]) {
       expect(text).not.toContain(value);
     }
     expect(text).not.toMatch(/\b(10|100|fr)\b/);
@@ -179,9 +189,15 @@ describe("the compiler", () => {
       await matching({ attribute: { key: "plan'); drop table herald_public.contacts; --", equals: "x' or '1'='1" } }),
     ).toEqual(["hostile"]);
     expect(await matching({ attribute: { key: "plan", equals: "gold' or '1'='1" } })).toEqual([]);
-    expect(await matching({ timezone: { in: ["x\", \"Europe/Paris", "'}"] } })).toEqual([]);
-    expect(await refusal({ "attributes; drop table x": {} })).toMatchObject({ code: "22023", column: "filter.attributes; drop table x" });
-    const contacts = await asRoot(db.current, async (c) => (await c.query("select count(*)::int as n from herald_public.contacts")).rows[0].n);
+    expect(await matching({ timezone: { in: ['x", "Europe/Paris', "'}"] } })).toEqual([]);
+    expect(await refusal({ "attributes; drop table x": {} })).toMatchObject({
+      code: "22023",
+      column: "filter.attributes; drop table x",
+    });
+    const contacts = await asRoot(
+      db.current,
+      async (c) => (await c.query("select count(*)::int as n from herald_public.contacts")).rows[0].n,
+    );
     expect(contacts).toBeGreaterThan(7);
   });
 });
@@ -189,7 +205,10 @@ describe("the compiler", () => {
 describe("invalid filters", () => {
   it("are refused, naming the path of what is wrong", async () => {
     const cases: [unknown, string][] = [
-      [{ all: [{ subscribed: { sms: true } }, { attribute: { key: "seats", gte: [1] } }] }, "filter.all[1].attribute.gte"],
+      [
+        { all: [{ subscribed: { sms: true } }, { attribute: { key: "seats", gte: [1] } }] },
+        "filter.all[1].attribute.gte",
+      ],
       [{ all: [{ attribute: { key: "x", gte: 1, lt: "2026-01-01" } }] }, "filter.all[0].attribute.lt"],
       [{ any: [{ tags: { any: ["not-a-uuid"] } }] }, "filter.any[0].tags.any[0]"],
       [{ not: { bogus: 1 } }, "filter.not.bogus"],
@@ -222,16 +241,18 @@ describe("invalid filters", () => {
 
   it("are not stored, by insert or update; a valid one is", async () => {
     await asOwner(db.current, a, async (c) => {
-      const { rows } = await c.query("insert into herald_public.segments (name, filter) values ('ok', $1) returning id", [
-        JSON.stringify(GOLD_VIP_NOT_CHURNED()),
-      ]);
+      const { rows } = await c.query(
+        "insert into herald_public.segments (name, filter) values ('ok', $1) returning id",
+        [JSON.stringify(GOLD_VIP_NOT_CHURNED())],
+      );
       const error = await expectPgError(c, () =>
-        c.query("update herald_public.segments set filter = '{\"tags\": {\"any\": []}}' where id = $1", [rows[0].id]),
+        c.query('update herald_public.segments set filter = \'{"tags": {"any": []}}\' where id = $1', [rows[0].id]),
       );
       expect(error).toMatchObject({ code: "22023" });
-      const count = await c.query("select herald_public.segments_contact_count(s) as n from herald_public.segments s where id = $1", [
-        rows[0].id,
-      ]);
+      const count = await c.query(
+        "select herald_public.segments_contact_count(s) as n from herald_public.segments s where id = $1",
+        [rows[0].id],
+      );
       expect(count.rows[0].n).toBe(3);
       await c.query("delete from herald_public.segments where id = $1", [rows[0].id]);
     });
@@ -240,12 +261,15 @@ describe("invalid filters", () => {
 
 describe("a broadcast to a segment", () => {
   it("reaches exactly the matching contacts, as they were when fan-out started", async () => {
-    const segment = await asOwner(db.current, a, async (c) =>
-      (
-        await c.query("insert into herald_public.segments (name, filter) values ('gold vips', $1) returning id", [
-          JSON.stringify(GOLD_VIP_NOT_CHURNED()),
-        ])
-      ).rows[0].id as string,
+    const segment = await asOwner(
+      db.current,
+      a,
+      async (c) =>
+        (
+          await c.query("insert into herald_public.segments (name, filter) values ('gold vips', $1) returning id", [
+            JSON.stringify(GOLD_VIP_NOT_CHURNED()),
+          ])
+        ).rows[0].id as string,
     );
     const message = await asOwner(db.current, a, async (c) => {
       const { rows } = await c.query(
@@ -257,24 +281,32 @@ describe("a broadcast to a segment", () => {
     await asRoot(db.current, (c) => c.query("select graphile_worker.remove_job($1)", [`message:${message}`]));
 
     // Fan-out starts: the snapshot, then a first batch of one.
-    const snapshot = await asWorker(db.current, a, async (c) =>
-      (await c.query("select herald_hidden.snapshot_segment_audience($1) as n", [message])).rows[0].n,
+    const snapshot = await asWorker(
+      db.current,
+      a,
+      async (c) => (await c.query("select herald_hidden.snapshot_segment_audience($1) as n", [message])).rows[0].n,
     );
     expect(snapshot).toBe(3);
     const batch = async () =>
-      asWorker(db.current, a, async (c) => (await c.query("select * from herald_hidden.fan_out_batch($1, 1, null, 1)", [message])).rows[0]);
+      asWorker(
+        db.current,
+        a,
+        async (c) => (await c.query("select * from herald_hidden.fan_out_batch($1, 1, null, 1)", [message])).rows[0],
+      );
     expect((await batch()).done).toBe(false);
 
     // Mid-way: a matching contact stops matching, a non-matching one starts to.
     await asRoot(db.current, async (c) => {
-      await c.query("update herald_public.contacts set attributes = '{\"plan\": \"bronze\"}' where id = $1", [
+      await c.query('update herald_public.contacts set attributes = \'{"plan": "bronze"}\' where id = $1', [
         people.goldVipToo,
       ]);
       await c.query("delete from herald_public.list_members where contact_id = $1", [people.goldVipChurned]);
     });
     // A second snapshot call (a retried task) changes nothing once batches have begun.
-    const again = await asWorker(db.current, a, async (c) =>
-      (await c.query("select herald_hidden.snapshot_segment_audience($1) as n", [message])).rows[0].n,
+    const again = await asWorker(
+      db.current,
+      a,
+      async (c) => (await c.query("select herald_hidden.snapshot_segment_audience($1) as n", [message])).rows[0].n,
     );
     expect(again).toBeNull();
     for (let i = 0; i < 10 && !(await batch()).done; i++);
@@ -290,14 +322,21 @@ describe("a broadcast to a segment", () => {
       .sort();
     expect(names).toEqual(["goldVip", "goldVipOther", "goldVipToo"]);
     expect(recipients).toHaveLength(3);
-    const left = await asRoot(db.current, async (c) =>
-      (await c.query("select count(*)::int as n from herald_hidden.message_segment_members where message_id = $1", [message]))
-        .rows[0].n,
+    const left = await asRoot(
+      db.current,
+      async (c) =>
+        (
+          await c.query("select count(*)::int as n from herald_hidden.message_segment_members where message_id = $1", [
+            message,
+          ])
+        ).rows[0].n,
     );
     expect(left).toBe(0);
     // Put the data back for other tests.
     await asRoot(db.current, async (c) => {
-      await c.query("update herald_public.contacts set attributes = '{\"plan\": \"gold\"}' where id = $1", [people.goldVipToo]);
+      await c.query('update herald_public.contacts set attributes = \'{"plan": "gold"}\' where id = $1', [
+        people.goldVipToo,
+      ]);
       await c.query("insert into herald_public.list_members (tenant_id, list_id, contact_id) values ($1, $2, $3)", [
         a.id,
         churned,
@@ -309,16 +348,21 @@ describe("a broadcast to a segment", () => {
 
 describe("another tenant's segment", () => {
   it("does not exist for tenant B: send_message, search_contacts and missing_segments say NOT_FOUND", async () => {
-    const segment = await asOwner(db.current, a, async (c) =>
-      (
-        await c.query("insert into herald_public.segments (name, filter) values ('a only', $1) returning id", [
-          JSON.stringify({ subscribed: { sms: true } }),
-        ])
-      ).rows[0].id as string,
+    const segment = await asOwner(
+      db.current,
+      a,
+      async (c) =>
+        (
+          await c.query("insert into herald_public.segments (name, filter) values ('a only', $1) returning id", [
+            JSON.stringify({ subscribed: { sms: true } }),
+          ])
+        ).rows[0].id as string,
     );
     await asRole(db.current, { role: ROLES.member, tenantId: b.id, userId: b.ownerId }, async (c) => {
       const send = await expectPgError(c, () =>
-        c.query("select herald_public.send_message(channel => 'sms', body => 'x', segment_ids => $1::uuid[])", [[segment]]),
+        c.query("select herald_public.send_message(channel => 'sms', body => 'x', segment_ids => $1::uuid[])", [
+          [segment],
+        ]),
       );
       expect(send).toMatchObject({ code: "NTFND", column: "segmentIds" });
       const search = await expectPgError(c, () =>
@@ -329,7 +373,9 @@ describe("another tenant's segment", () => {
       expect(missing.rows[0].n).toBe(1);
       const seen = await c.query("select count(*)::int as n from herald_public.segments");
       expect(seen.rows[0].n).toBe(0);
-      const updated = await c.query("update herald_public.segments set name = 'pwned' where id = $1 returning id", [segment]);
+      const updated = await c.query("update herald_public.segments set name = 'pwned' where id = $1 returning id", [
+        segment,
+      ]);
       expect(updated.rows).toHaveLength(0);
     });
     await asRole(db.current, { role: ROLES.member, tenantId: a.id, userId: a.ownerId }, async (c) => {
