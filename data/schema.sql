@@ -2972,14 +2972,29 @@ grant execute on function herald_hidden.encrypt_pii(text,text) to herald_worker;
              status = case when done then 'fanned_out' else 'fanning_out' end,
              fanned_out_at = case when done then now() end
        where m.tenant_id = v_tenant and m.id = message_id;
-      -- The snapshot has served: every member now has a delivery.
-      if done and pg_catalog.cardinality(v_message.segment_ids) > 0 then
-        delete from herald_hidden.message_segment_members sm
-         where sm.tenant_id = v_tenant and sm.message_id = fan_out_batch.message_id;
-      end if;
     end;
     $function$;
 grant execute on function herald_hidden.fan_out_batch(uuid,integer,text,numeric) to herald_worker;
+
+-- function herald_hidden.forget_segment_audience(uuid) returns integer; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.forget_segment_audience(message_id uuid)
+     RETURNS integer
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_count integer;
+    begin
+      delete from herald_hidden.message_segment_members sm
+       using herald_public.messages m
+       where m.tenant_id = herald_public.current_tenant_id() and m.id = forget_segment_audience.message_id
+         and m.status in ('fanned_out', 'canceled')
+         and sm.tenant_id = m.tenant_id and sm.message_id = m.id;
+      get diagnostics v_count = row_count;
+      return v_count;
+    end;
+    $function$;
+grant execute on function herald_hidden.forget_segment_audience(uuid) to herald_worker;
 
 -- function herald_hidden.hash_key(smallint) returns bytea; sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.hash_key(version smallint)

@@ -164,6 +164,17 @@ describe("a broadcast to a segment", () => {
     expect(done.total).toBe(3);
     const received = server.sandbox.messages.filter((m) => m.body === "Gold news").map((m) => m.to);
     expect(received.sort()).toEqual([audience[0]!.phone, audience[2]!.phone, audience[3]!.phone].sort());
+    // The snapshot served its purpose and is gone.
+    const kept = await asRoot(
+      db.current,
+      async (c) =>
+        (
+          await c.query("select count(*)::int as n from herald_hidden.message_segment_members where message_id = $1", [
+            messageId,
+          ])
+        ).rows[0].n,
+    );
+    expect(kept).toBe(0);
   });
 });
 

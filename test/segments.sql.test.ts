@@ -322,6 +322,13 @@ describe("a broadcast to a segment", () => {
       .sort();
     expect(names).toEqual(["goldVip", "goldVipOther", "goldVipToo"]);
     expect(recipients).toHaveLength(3);
+    // Fan-out over (src/messages/fan-out.ts then forgets the snapshot).
+    const forgotten = await asWorker(
+      db.current,
+      a,
+      async (c) => (await c.query("select herald_hidden.forget_segment_audience($1) as n", [message])).rows[0].n,
+    );
+    expect(forgotten).toBe(3);
     const left = await asRoot(
       db.current,
       async (c) =>

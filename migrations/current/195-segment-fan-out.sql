@@ -1,8 +1,9 @@
 -- A broadcast to segments: the matching contacts are taken once, when fan-out
 -- starts (herald_hidden.snapshot_segment_audience, called by
 -- src/messages/fan-out.ts before the first batch), into a per-message table;
--- the batches then read that table like a list. A contact changed after the
--- start is neither added nor removed mid-way.
+-- the batches then read that table like a list, and forget_segment_audience
+-- empties it when fan-out is over. A contact changed after the start is
+-- neither added nor removed mid-way.
 
 drop table if exists herald_hidden.message_segment_members cascade;
 
@@ -78,9 +79,28 @@ end;
 $$;
 grant execute on function herald_hidden.snapshot_segment_audience(uuid) to :DATABASE_WORKER;
 
--- Fan-out as in 000009, reading the snapshot as one more source (and emptying
--- it when done). Merging with another change to fan_out_batch: keep the
--- "Segments" union branch and the final delete.
+-- Once fan-out is over (done or canceled), the snapshot has served: every
+-- member has a delivery, or none will. Returns how many rows went.
+create or replace function herald_hidden.forget_segment_audience(message_id uuid) returns integer
+  language plpgsql volatile
+  set search_path = ''
+as $$
+declare
+  v_count integer;
+begin
+  delete from herald_hidden.message_segment_members sm
+   using herald_public.messages m
+   where m.tenant_id = herald_public.current_tenant_id() and m.id = forget_segment_audience.message_id
+     and m.status in ('fanned_out', 'canceled')
+     and sm.tenant_id = m.tenant_id and sm.message_id = m.id;
+  get diagnostics v_count = row_count;
+  return v_count;
+end;
+$$;
+grant execute on function herald_hidden.forget_segment_audience(uuid) to :DATABASE_WORKER;
+
+-- Fan-out as in 000009, reading the snapshot as one more source. Merging with
+-- another change to fan_out_batch: keep the "Segments" union branch.
 create or replace function herald_hidden.fan_out_batch(message_id uuid, batch_size integer, system_sender text, system_mps numeric,
   out contacts integer, out queued integer, out skipped integer, out done boolean)
   language plpgsql volatile
@@ -218,11 +238,6 @@ begin
          status = case when done then 'fanned_out' else 'fanning_out' end,
          fanned_out_at = case when done then now() end
    where m.tenant_id = v_tenant and m.id = message_id;
-  -- The snapshot has served: every member now has a delivery.
-  if done and pg_catalog.cardinality(v_message.segment_ids) > 0 then
-    delete from herald_hidden.message_segment_members sm
-     where sm.tenant_id = v_tenant and sm.message_id = fan_out_batch.message_id;
-  end if;
 end;
 $$;
 grant execute on function herald_hidden.fan_out_batch(uuid, integer, text, numeric) to :DATABASE_WORKER;

@@ -42,6 +42,9 @@ export async function fanOut(
     totals.queued += batch.queued;
     totals.skipped += batch.skipped;
     totals.batches++;
-    if (batch.done) return totals;
+    if (batch.done) {
+      await transaction((client) => client.query("select herald_hidden.forget_segment_audience($1)", [messageId]));
+      return totals;
+    }
   }
 }
