@@ -137,6 +137,36 @@ describe("searchContacts and the preview", () => {
     expect(body.data!.narrowed.totalCount).toBe(0);
   });
 
+  it("matches SQL in a key or value literally, and refuses it as a condition's name", async () => {
+    const { body } = await graphql(
+      api.current,
+      tokens.a,
+      `
+        query ($k: JSON!, $v: JSON!, $n: JSON!) {
+          key: searchContacts(filter: $k) {
+            totalCount
+          }
+          value: searchContacts(filter: $v) {
+            totalCount
+          }
+          name: searchContacts(filter: $n) {
+            totalCount
+          }
+        }
+      `,
+      {
+        k: { attribute: { key: "plan' or 1=1 --", exists: true } },
+        v: { attribute: { key: "plan", in: ["gold') or true or ('", "x"] } },
+        n: { "tags) or true; --": {} },
+      },
+    );
+    expect(body.data?.key).toEqual({ totalCount: 0 });
+    expect(body.data?.value).toEqual({ totalCount: 0 });
+    expect(body.errors?.map((e) => e.extensions)).toEqual([
+      { code: "INVALID_INPUT", field: "filter.tags) or true; --" },
+    ]);
+  });
+
   it("names the path of an invalid filter", async () => {
     const { body } = await graphql(
       api.current,
