@@ -181,7 +181,29 @@ describe("the compiler", () => {
       "silverVip",
     ]);
     expect(await matching({ createdAt: { gte: { ago: "1 hour" } } })).toHaveLength(Object.keys(people).length);
-    expect(await matching({ lastInboundAt: { exists: true } })).toEqual([]);
+  });
+
+  it("finds the last inbound message and the last delivery where they live", async () => {
+    await asRoot(db.current, async (c) => {
+      // As written by the webhook and the delivery engine (their triggers and lifecycle guard off: arranging history).
+      await c.query("set local session_replication_role = replica");
+      await c.query(
+        `insert into herald_public.inbound_messages (tenant_id, channel, to_number, contact_id, from_encrypted, body_encrypted, key_version, provider_message_id, account, received_at)
+         values ($1, 'sms', '+14155550000', $2, '\\x00'::bytea, '\\x00'::bytea, 1, 'SMsegments', 'system', now() - interval '2 days')`,
+        [a.id, people.goldPlain],
+      );
+      await c.query(
+        `insert into herald_public.deliveries (tenant_id, message_id, contact_id, channel, status, completed_at)
+         values ($1, $2, $3, 'sms', 'delivered', now() - interval '3 days'), ($1, $2, $4, 'sms', 'failed', now())`,
+        [a.id, a.messageId, people.silverVip, people.goldVip],
+      );
+    });
+    expect(await matching({ lastInboundAt: { exists: true } })).toEqual(["goldPlain"]);
+    expect(await matching({ lastInboundAt: { gte: { ago: "3 days" }, lt: { ago: "1 day" } } })).toEqual(["goldPlain"]);
+    expect(await matching({ lastInboundAt: { gte: { ago: "1 day" } } })).toEqual([]);
+    expect(await matching({ lastDeliveredAt: { exists: true } })).toEqual(["silverVip"]);
+    expect(await matching({ lastDeliveredAt: { lte: { ago: "2 days" } } })).toEqual(["silverVip"]);
+    expect(await matching({ lastDeliveredAt: { gte: { ago: "2 days" } } })).toEqual([]);
   });
 
   it("matches SQL in a key or a value literally, as data", async () => {
