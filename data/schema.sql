@@ -67,6 +67,40 @@ create type herald_public.usage_day as (day date, channel text, account text, pr
 
 ---- tables: columns, constraints, row-level security, indexes, triggers, policies, comments, grants
 
+create table herald_hidden.message_segment_members (
+  tenant_id uuid not null,
+  message_id uuid not null,
+  contact_id uuid not null,
+  constraint message_segment_members_contact_fkey
+    FOREIGN KEY (tenant_id, contact_id) REFERENCES herald_public.contacts(tenant_id, id) ON DELETE CASCADE,
+  constraint message_segment_members_message_fkey
+    FOREIGN KEY (tenant_id, message_id) REFERENCES herald_public.messages(tenant_id, id) ON DELETE CASCADE,
+  constraint message_segment_members_pkey
+    PRIMARY KEY (tenant_id, message_id, contact_id),
+  constraint message_segment_members_tenant_id_fkey
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+);
+alter table herald_hidden.message_segment_members enable row level security;
+alter table herald_hidden.message_segment_members force row level security;
+    CREATE INDEX message_segment_members_by_contact ON herald_hidden.message_segment_members USING btree (tenant_id, contact_id);
+create policy delete_worker on herald_hidden.message_segment_members as permissive for delete to herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy delete_worker on herald_hidden.message_segment_members is 'The worker empties its tenant''s snapshots.';
+create policy insert_worker on herald_hidden.message_segment_members as permissive for insert to herald_worker
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy insert_worker on herald_hidden.message_segment_members is 'The worker snapshots its tenant''s segments only.';
+create policy select_admin on herald_hidden.message_segment_members as permissive for select to herald_admin
+    using (true);
+comment on policy select_admin on herald_hidden.message_segment_members is 'Operators read every snapshot.';
+create policy select_worker on herald_hidden.message_segment_members as permissive for select to herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy select_worker on herald_hidden.message_segment_members is 'The worker reads its tenant''s snapshots.';
+comment on table herald_hidden.message_segment_members is 'The contacts a message''s segments matched when its fan-out started; emptied when fan-out is done.';
+grant delete on herald_hidden.message_segment_members to herald_worker;
+grant insert (contact_id, message_id, tenant_id) on herald_hidden.message_segment_members to herald_worker;
+grant select on herald_hidden.message_segment_members to herald_admin;
+grant select on herald_hidden.message_segment_members to herald_worker;
+
 create table herald_hidden.monthly_usage (
   tenant_id uuid not null,
   month date not null,
@@ -812,6 +846,7 @@ alter table herald_public.deliveries force row level security;
     CREATE INDEX deliveries_by_contact ON herald_public.deliveries USING btree (tenant_id, contact_id);
     CREATE INDEX deliveries_by_message ON herald_public.deliveries USING btree (tenant_id, message_id);
     CREATE INDEX deliveries_by_provider_message ON herald_public.deliveries USING btree (provider_message_id) WHERE (provider_message_id IS NOT NULL);
+    CREATE INDEX deliveries_delivered_by_contact ON herald_public.deliveries USING btree (tenant_id, contact_id, completed_at) WHERE (status = 'delivered'::text);
 -- trigger _010_guard_transition on herald_public.deliveries
     CREATE TRIGGER _010_guard_transition BEFORE UPDATE OF status ON herald_public.deliveries FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION herald_private.tg_deliveries__guard_transition();
 -- trigger _100_timestamps on herald_public.deliveries
@@ -1812,6 +1847,70 @@ grant select on herald_public.provider_accounts to herald_worker;
 grant update (key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_worker;
 grant update (key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
 grant update (last_error, last_tested_at, status) on herald_public.provider_accounts to herald_admin;
+
+create table herald_public.segments (
+  tenant_id uuid not null
+    default herald_public.current_tenant_id(),
+  id uuid not null
+    default gen_random_uuid(),
+  name public.citext not null,
+  description text,
+  filter jsonb not null,
+  created_at timestamp with time zone not null
+    default now(),
+  updated_at timestamp with time zone not null
+    default now(),
+  constraint segments_description_length
+    CHECK ((length(description) <= 2000)),
+  constraint segments_filter_valid
+    CHECK (herald_hidden.segment_filter_valid(filter)),
+  constraint segments_name_length
+    CHECK (((length((name)::text) >= 1) AND (length((name)::text) <= 200))),
+  constraint segments_name_unique
+    UNIQUE (tenant_id, name),
+  constraint segments_pkey
+    PRIMARY KEY (tenant_id, id),
+  constraint segments_tenant_id_fkey
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+);
+alter table herald_public.segments enable row level security;
+alter table herald_public.segments force row level security;
+-- trigger _100_timestamps on herald_public.segments
+    CREATE TRIGGER _100_timestamps BEFORE INSERT OR UPDATE ON herald_public.segments FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+-- trigger _900_audit_delete on herald_public.segments
+    CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.segments REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+-- trigger _900_audit_insert on herald_public.segments
+    CREATE TRIGGER _900_audit_insert AFTER INSERT ON herald_public.segments REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+-- trigger _900_audit_update on herald_public.segments
+    CREATE TRIGGER _900_audit_update AFTER UPDATE ON herald_public.segments REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+create policy delete_admin on herald_public.segments as permissive for delete to herald_admin
+    using (true);
+comment on policy delete_admin on herald_public.segments is 'Operators delete any segment.';
+create policy delete_member on herald_public.segments as permissive for delete to herald_member
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy delete_member on herald_public.segments is 'Members delete their own tenant''s segments.';
+create policy insert_member on herald_public.segments as permissive for insert to herald_member
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy insert_member on herald_public.segments is 'Members add segments to their own tenant only.';
+create policy select_admin on herald_public.segments as permissive for select to herald_admin
+    using (true);
+comment on policy select_admin on herald_public.segments is 'Operators read every tenant''s segments.';
+create policy select_member on herald_public.segments as permissive for select to herald_member, herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy select_member on herald_public.segments is 'Members (and the worker, at fan-out) read their own tenant''s segments.';
+create policy update_member on herald_public.segments as permissive for update to herald_member
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)))
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy update_member on herald_public.segments is 'Members edit their own tenant''s segments, and cannot move one to another tenant.';
+comment on table herald_public.segments is 'A saved, named filter over contacts: a broadcast audience (`sendMessage(segmentIds:)`) and a search (`searchContacts(segmentId:)`). The filter grammar is in docs/audiences.md.';
+comment on column herald_public.segments.filter is 'The filter, e.g. `{"all": [{"attribute": {"key": "plan", "equals": "gold"}}, {"tags": {"any": ["<tag id>"]}}]}`. Validated when written: an invalid one is refused with the path of what is wrong.';
+grant delete on herald_public.segments to herald_admin;
+grant delete on herald_public.segments to herald_member;
+grant insert (description, filter, name, tenant_id) on herald_public.segments to herald_member;
+grant select on herald_public.segments to herald_admin;
+grant select on herald_public.segments to herald_member;
+grant select on herald_public.segments to herald_worker;
+grant update (description, filter, name) on herald_public.segments to herald_member;
 
 create table herald_public.sender_numbers (
   tenant_id uuid not null
@@ -3160,7 +3259,16 @@ grant execute on function herald_hidden.encrypt_pii(text,text) to herald_worker;
       -- The number the worker will most likely send from (as src/providers/send.ts
       -- picks it: the message's, the tenant's sms_from, the active account's first
       -- number, the system's), for planning at its pace. Email has no sender pace.
-      if v_message.channel <> 'email' then
+      -- A Twilio Messaging Service (the message's, or the tenant's default) paces
+      -- its whole pool as one sender, as src/services/route.ts sends through it.
+      if v_message.channel = 'sms' and v_message.metadata ->> 'from' is null then
+        select s.service_sid, s.messages_per_second into v_sender, v_sender_mps
+          from herald_public.messaging_services s
+         where s.tenant_id = v_tenant
+           and case when v_message.metadata ? 'messaging_service'
+                    then s.service_sid = v_message.metadata ->> 'messaging_service' else s.is_default end;
+      end if;
+      if v_message.channel <> 'email' and v_sender is null then
         v_sender := coalesce(
           v_message.metadata ->> 'from',
           (select s.sms_from from herald_public.tenant_settings s where s.tenant_id = v_tenant and v_message.channel = 'sms'),
@@ -3186,9 +3294,12 @@ grant execute on function herald_hidden.encrypt_pii(text,text) to herald_worker;
         select a.id from (
           (select c.id from herald_public.contacts c
             where v_message.all_contacts and c.tenant_id = v_tenant and c.id > v_cursor
-              and case v_message.channel when 'sms' then c.sms_subscribed
-                                         when 'whatsapp' then c.whatsapp_subscribed
-                                         else c.email_subscribed end
+              -- Transactional messages reach the unsubscribed too: the claim decides
+              -- (a STOP still stops a text; a marketing unsubscribe does not stop a receipt).
+              and (v_message.purpose = 'transactional'
+                   or case v_message.channel when 'sms' then c.sms_subscribed
+                                             when 'whatsapp' then c.whatsapp_subscribed
+                                             else c.email_subscribed end)
             order by c.id
             limit batch_size)
           union
@@ -3210,6 +3321,13 @@ grant execute on function herald_hidden.encrypt_pii(text,text) to herald_worker;
                where ct.tenant_id = v_tenant and ct.tag_id = g.tag_id and ct.contact_id > v_cursor
                order by ct.contact_id
                limit batch_size) t)
+          union
+          -- Segments: the members snapshotted when fan-out started (190-segments.sql).
+          (select sm.contact_id from herald_hidden.message_segment_members sm
+            where pg_catalog.cardinality(v_message.segment_ids) > 0
+              and sm.tenant_id = v_tenant and sm.message_id = v_message.id and sm.contact_id > v_cursor
+            order by sm.contact_id
+            limit batch_size)
         ) a
         order by a.id
         limit batch_size) into v_ids;
@@ -3269,6 +3387,26 @@ grant execute on function herald_hidden.encrypt_pii(text,text) to herald_worker;
     $function$;
 grant execute on function herald_hidden.fan_out_batch(uuid,integer,text,numeric) to herald_worker;
 
+-- function herald_hidden.forget_segment_audience(uuid) returns integer; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.forget_segment_audience(message_id uuid)
+     RETURNS integer
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_count integer;
+    begin
+      delete from herald_hidden.message_segment_members sm
+       using herald_public.messages m
+       where m.tenant_id = herald_public.current_tenant_id() and m.id = forget_segment_audience.message_id
+         and m.status in ('fanned_out', 'canceled')
+         and sm.tenant_id = m.tenant_id and sm.message_id = m.id;
+      get diagnostics v_count = row_count;
+      return v_count;
+    end;
+    $function$;
+grant execute on function herald_hidden.forget_segment_audience(uuid) to herald_worker;
+
 -- function herald_hidden.hash_key(smallint) returns bytea; sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.hash_key(version smallint)
      RETURNS bytea
@@ -3284,6 +3422,26 @@ grant execute on function herald_hidden.fan_out_batch(uuid,integer,text,numeric)
     $function$;
 grant execute on function herald_hidden.hash_key(smallint) to herald_member;
 grant execute on function herald_hidden.hash_key(smallint) to herald_worker;
+
+-- function herald_hidden.jsonb_timestamptz(jsonb) returns timestamp with time zone; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.jsonb_timestamptz(value jsonb)
+     RETURNS timestamp with time zone
+     LANGUAGE plpgsql
+     STABLE PARALLEL SAFE
+     SET search_path TO ''
+    AS $function$
+    begin
+      if pg_catalog.jsonb_typeof(value) is distinct from 'string' or pg_catalog.length(value #>> '{}') > 64 then
+        return null;
+      end if;
+      return (value #>> '{}')::timestamptz;
+    exception when data_exception then
+      return null;
+    end;
+    $function$;
+grant execute on function herald_hidden.jsonb_timestamptz(jsonb) to herald_admin;
+grant execute on function herald_hidden.jsonb_timestamptz(jsonb) to herald_member;
+grant execute on function herald_hidden.jsonb_timestamptz(jsonb) to herald_worker;
 
 -- function herald_hidden.keyed_hash(text,text,bytea) returns bytea; sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.keyed_hash(kind text, normalized text, hash_key bytea)
@@ -3352,7 +3510,10 @@ grant execute on function herald_hidden.meta_account_credentials(uuid) to herald
      STABLE
      SET search_path TO ''
     AS $function$
-      select pg_catalog.cardinality(segment_ids);
+      select pg_catalog.cardinality(segment_ids) - (
+        select count(*)::integer from herald_public.segments s
+         where s.tenant_id = herald_public.current_tenant_id()
+           and s.id = any (segment_ids));
     $function$;
 grant execute on function herald_hidden.missing_segments(uuid[]) to herald_member;
 grant execute on function herald_hidden.missing_segments(uuid[]) to herald_worker;
@@ -4055,6 +4216,503 @@ grant execute on function herald_hidden.rekey_suppressions() to herald_worker;
     $function$;
 grant execute on function herald_hidden.rekey_webhook_endpoints() to herald_worker;
 
+-- function herald_hidden.segment_attribute_date(jsonb) returns timestamp with time zone; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_attribute_date(value jsonb)
+     RETURNS timestamp with time zone
+     LANGUAGE sql
+     STABLE PARALLEL SAFE
+     SET search_path TO ''
+    AS $function$
+      select herald_hidden.jsonb_timestamptz(value);
+    $function$;
+grant execute on function herald_hidden.segment_attribute_date(jsonb) to herald_admin;
+grant execute on function herald_hidden.segment_attribute_date(jsonb) to herald_member;
+grant execute on function herald_hidden.segment_attribute_date(jsonb) to herald_worker;
+
+-- function herald_hidden.segment_attribute_number(jsonb) returns numeric; sql; immutable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_attribute_number(value jsonb)
+     RETURNS numeric
+     LANGUAGE sql
+     IMMUTABLE PARALLEL SAFE
+     SET search_path TO ''
+    AS $function$
+      select case when pg_catalog.jsonb_typeof(value) = 'number' then value::numeric end;
+    $function$;
+grant execute on function herald_hidden.segment_attribute_number(jsonb) to herald_admin;
+grant execute on function herald_hidden.segment_attribute_number(jsonb) to herald_member;
+grant execute on function herald_hidden.segment_attribute_number(jsonb) to herald_worker;
+
+-- function herald_hidden.segment_filter_bound(jsonb,text,boolean,text[]) returns record; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_bound(value jsonb, path text, numbers_allowed boolean, INOUT params text[], OUT sql text, OUT kind text)
+     RETURNS record
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_text text;
+    begin
+      if pg_catalog.jsonb_typeof(value) = 'number' and numbers_allowed then
+        params := params || (value #>> '{}');
+        sql := pg_catalog.format('$1[%s]::numeric', pg_catalog.cardinality(params));
+        kind := 'number';
+        return;
+      end if;
+      if pg_catalog.jsonb_typeof(value) = 'object' and (select pg_catalog.array_agg(k) from pg_catalog.jsonb_object_keys(value) k) = array['ago']
+         and pg_catalog.jsonb_typeof(value -> 'ago') = 'string' then
+        v_text := value ->> 'ago';
+        begin
+          if pg_catalog.length(v_text) > 64 or v_text::interval is null then
+            raise invalid_datetime_format;
+          end if;
+        exception when data_exception then
+          perform herald_hidden.segment_filter_refuse(path || '.ago', 'must be an interval such as "30 days"');
+        end;
+        params := params || v_text;
+        sql := pg_catalog.format('(pg_catalog.now() - $1[%s]::interval)', pg_catalog.cardinality(params));
+        kind := 'date';
+        return;
+      end if;
+      if pg_catalog.jsonb_typeof(value) = 'string' then
+        v_text := value #>> '{}';
+        begin
+          if pg_catalog.length(v_text) > 64 or v_text::timestamptz is null then
+            raise invalid_datetime_format;
+          end if;
+        exception when data_exception then
+          perform herald_hidden.segment_filter_refuse(path, 'must be a date such as "2026-01-31" or "2026-01-31T09:00:00Z"');
+        end;
+        params := params || v_text;
+        sql := pg_catalog.format('$1[%s]::timestamptz', pg_catalog.cardinality(params));
+        kind := 'date';
+        return;
+      end if;
+      perform herald_hidden.segment_filter_refuse(path,
+        case when numbers_allowed then 'must be a number, a date, or {"ago": "30 days"}'
+             else 'must be a date, or {"ago": "30 days"}' end);
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_bound(jsonb,text,boolean,text[]) to herald_admin;
+grant execute on function herald_hidden.segment_filter_bound(jsonb,text,boolean,text[]) to herald_member;
+grant execute on function herald_hidden.segment_filter_bound(jsonb,text,boolean,text[]) to herald_worker;
+
+-- function herald_hidden.segment_filter_ids(jsonb,text,text[]) returns record; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_ids(value jsonb, path text, INOUT params text[], OUT sql text, OUT how_many integer)
+     RETURNS record
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_ids uuid[];
+      v_item jsonb;
+      v_index integer := 0;
+    begin
+      if pg_catalog.jsonb_typeof(value) is distinct from 'array' or pg_catalog.jsonb_array_length(value) = 0
+         or pg_catalog.jsonb_array_length(value) > (select max_items from herald_hidden.segment_limits()) then
+        perform herald_hidden.segment_filter_refuse(path, pg_catalog.format('must be a list of 1 to %s ids',
+          (select max_items from herald_hidden.segment_limits())));
+      end if;
+      for v_item in select e from pg_catalog.jsonb_array_elements(value) e loop
+        if pg_catalog.jsonb_typeof(v_item) <> 'string' or (v_item #>> '{}') !~* '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$' then
+          perform herald_hidden.segment_filter_refuse(path || '[' || v_index || ']', 'must be an id (a UUID)');
+        end if;
+        v_index := v_index + 1;
+      end loop;
+      v_ids := array(select distinct (e #>> '{}')::uuid from pg_catalog.jsonb_array_elements(value) e);
+      params := params || v_ids::text;
+      sql := pg_catalog.format('$1[%s]::uuid[]', pg_catalog.cardinality(params));
+      how_many := pg_catalog.cardinality(v_ids);
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_ids(jsonb,text,text[]) to herald_admin;
+grant execute on function herald_hidden.segment_filter_ids(jsonb,text,text[]) to herald_member;
+grant execute on function herald_hidden.segment_filter_ids(jsonb,text,text[]) to herald_worker;
+
+-- function herald_hidden.segment_filter_node(jsonb,text,integer,text[],integer) returns record; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_node(node jsonb, path text, depth integer, INOUT params text[], INOUT conditions integer, OUT sql text)
+     RETURNS record
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_limits record := herald_hidden.segment_limits();
+      v_key text;
+      v_spec jsonb;
+      v_child record;
+      v_parts text[] := '{}';
+      v_index integer := 0;
+      v_item jsonb;
+      v_ids record;
+      v_join text;
+      v_channel text;
+      v_attr text;
+      v_ops text[];
+    begin
+      if depth > v_limits.max_depth then
+        perform herald_hidden.segment_filter_refuse(path, pg_catalog.format('is nested deeper than %s levels', v_limits.max_depth));
+      end if;
+      conditions := conditions + 1;
+      if conditions > v_limits.max_conditions then
+        perform herald_hidden.segment_filter_refuse(path, pg_catalog.format('makes the filter longer than %s conditions', v_limits.max_conditions));
+      end if;
+      if pg_catalog.jsonb_typeof(node) is distinct from 'object' or (select count(*) from pg_catalog.jsonb_object_keys(node)) <> 1 then
+        perform herald_hidden.segment_filter_refuse(path, 'must be an object with exactly one condition');
+      end if;
+      v_key := (select k from pg_catalog.jsonb_object_keys(node) k);
+      v_spec := node -> v_key;
+      path := path || '.' || v_key;
+
+      case v_key
+      when 'all', 'any' then
+        if pg_catalog.jsonb_typeof(v_spec) <> 'array' or pg_catalog.jsonb_array_length(v_spec) = 0
+           or pg_catalog.jsonb_array_length(v_spec) > v_limits.max_conditions then
+          perform herald_hidden.segment_filter_refuse(path, 'must be a non-empty list of conditions');
+        end if;
+        for v_item in select e from pg_catalog.jsonb_array_elements(v_spec) e loop
+          select * into v_child from herald_hidden.segment_filter_node(v_item, path || '[' || v_index || ']', depth + 1, params, conditions);
+          params := v_child.params;
+          conditions := v_child.conditions;
+          v_parts := v_parts || v_child.sql;
+          v_index := v_index + 1;
+        end loop;
+        sql := '(' || pg_catalog.array_to_string(v_parts, case when v_key = 'all' then ' and ' else ' or ' end) || ')';
+
+      when 'not' then
+        select * into v_child from herald_hidden.segment_filter_node(v_spec, path, depth + 1, params, conditions);
+        params := v_child.params;
+        conditions := v_child.conditions;
+        sql := '(not ' || v_child.sql || ')';
+
+      when 'subscribed' then
+        if pg_catalog.jsonb_typeof(v_spec) <> 'object' or v_spec = '{}' then
+          perform herald_hidden.segment_filter_refuse(path, 'must be an object such as {"sms": true}');
+        end if;
+        for v_channel in select k from pg_catalog.jsonb_object_keys(v_spec) k order by k loop
+          if v_channel not in ('sms', 'email', 'whatsapp') then
+            perform herald_hidden.segment_filter_refuse(path || '.' || v_channel, 'is not a channel (sms, email, whatsapp)');
+          end if;
+          if pg_catalog.jsonb_typeof(v_spec -> v_channel) <> 'boolean' then
+            perform herald_hidden.segment_filter_refuse(path || '.' || v_channel, 'must be true or false');
+          end if;
+          params := params || (v_spec ->> v_channel);
+          v_parts := v_parts || pg_catalog.format('c.%s = $1[%s]::boolean',
+            case v_channel when 'sms' then 'sms_subscribed' when 'email' then 'email_subscribed' else 'whatsapp_subscribed' end,
+            pg_catalog.cardinality(params));
+        end loop;
+        sql := '(' || pg_catalog.array_to_string(v_parts, ' and ') || ')';
+
+      when 'tags', 'lists' then
+        if pg_catalog.jsonb_typeof(v_spec) <> 'object' or v_spec = '{}' then
+          perform herald_hidden.segment_filter_refuse(path, 'must be an object with any, all and/or none');
+        end if;
+        v_join := case v_key
+          when 'tags' then 'from herald_public.contact_tags x where x.tenant_id = c.tenant_id and x.contact_id = c.id and x.tag_id = any (%s)'
+          else 'from herald_public.list_members x where x.tenant_id = c.tenant_id and x.contact_id = c.id and x.list_id = any (%s)' end;
+        for v_attr in select k from pg_catalog.jsonb_object_keys(v_spec) k order by k loop
+          if v_attr not in ('any', 'all', 'none') then
+            perform herald_hidden.segment_filter_refuse(path || '.' || v_attr, 'is not one of any, all, none');
+          end if;
+          select * into v_ids from herald_hidden.segment_filter_ids(v_spec -> v_attr, path || '.' || v_attr, params);
+          params := v_ids.params;
+          if v_attr = 'any' then
+            v_parts := v_parts || pg_catalog.format('exists (select 1 ' || v_join || ')', v_ids.sql);
+          elsif v_attr = 'none' then
+            v_parts := v_parts || pg_catalog.format('not exists (select 1 ' || v_join || ')', v_ids.sql);
+          else
+            params := params || v_ids.how_many::text;
+            v_parts := v_parts || pg_catalog.format('(select count(*) ' || v_join || ') = $1[%s]::bigint', v_ids.sql,
+              pg_catalog.cardinality(params));
+          end if;
+        end loop;
+        sql := '(' || pg_catalog.array_to_string(v_parts, ' and ') || ')';
+
+      when 'attribute' then
+        if pg_catalog.jsonb_typeof(v_spec) <> 'object' then
+          perform herald_hidden.segment_filter_refuse(path, 'must be an object with key and one of equals, in, exists, or gt/gte/lt/lte');
+        end if;
+        if pg_catalog.jsonb_typeof(v_spec -> 'key') is distinct from 'string'
+           or pg_catalog.length(v_spec ->> 'key') not between 1 and 200 then
+          perform herald_hidden.segment_filter_refuse(path || '.key', 'must be the name of an attribute (1 to 200 characters)');
+        end if;
+        params := params || (v_spec ->> 'key');
+        v_attr := pg_catalog.format('$1[%s]', pg_catalog.cardinality(params));
+        v_ops := array(select k from pg_catalog.jsonb_object_keys(v_spec) k where k <> 'key' order by k);
+        if pg_catalog.cardinality(v_ops) = 0 then
+          perform herald_hidden.segment_filter_refuse(path, 'needs one of equals, in, exists, or gt/gte/lt/lte');
+        end if;
+        if v_ops && array['equals', 'in', 'exists'] and pg_catalog.cardinality(v_ops) > 1 then
+          perform herald_hidden.segment_filter_refuse(path || '.' || v_ops[2], 'cannot be combined with another test on one attribute');
+        end if;
+        if v_ops[1] = 'equals' then
+          if pg_catalog.jsonb_typeof(v_spec -> 'equals') not in ('string', 'number', 'boolean')
+             or pg_catalog.length((v_spec -> 'equals')::text) > 1000 then
+            perform herald_hidden.segment_filter_refuse(path || '.equals', 'must be a string, number or boolean');
+          end if;
+          -- Containment of {key: value}: an exact match of a scalar, and the shape a GIN index on attributes serves.
+          params := params || pg_catalog.jsonb_build_object(v_spec ->> 'key', v_spec -> 'equals')::text;
+          sql := pg_catalog.format('c.attributes @> $1[%s]::jsonb', pg_catalog.cardinality(params));
+        elsif v_ops[1] = 'in' then
+          if pg_catalog.jsonb_typeof(v_spec -> 'in') <> 'array' or pg_catalog.jsonb_array_length(v_spec -> 'in') = 0
+             or pg_catalog.jsonb_array_length(v_spec -> 'in') > v_limits.max_items then
+            perform herald_hidden.segment_filter_refuse(path || '.in', pg_catalog.format('must be a list of 1 to %s values', v_limits.max_items));
+          end if;
+          for v_item in select e from pg_catalog.jsonb_array_elements(v_spec -> 'in') e loop
+            if pg_catalog.jsonb_typeof(v_item) not in ('string', 'number', 'boolean') or pg_catalog.length(v_item::text) > 1000 then
+              perform herald_hidden.segment_filter_refuse(path || '.in[' || v_index || ']', 'must be a string, number or boolean');
+            end if;
+            v_index := v_index + 1;
+          end loop;
+          params := params || (v_spec -> 'in')::text;
+          sql := pg_catalog.format('c.attributes -> %s = any (array(select pg_catalog.jsonb_array_elements($1[%s]::jsonb)))',
+            v_attr, pg_catalog.cardinality(params));
+        elsif v_ops[1] = 'exists' then
+          if pg_catalog.jsonb_typeof(v_spec -> 'exists') <> 'boolean' then
+            perform herald_hidden.segment_filter_refuse(path || '.exists', 'must be true or false');
+          end if;
+          sql := pg_catalog.format(case when (v_spec ->> 'exists')::boolean then '(c.attributes ? %s)' else '(not c.attributes ? %s)' end, v_attr);
+        else
+          -- Numbers compare with numbers, dates with date strings; anything else in the attribute matches no bound.
+          select r.sql, r.params into sql, params from herald_hidden.segment_filter_range(v_spec - 'key', path,
+            pg_catalog.format('herald_hidden.segment_attribute_%%TYPE%%(c.attributes -> %s)', v_attr), null, true, params) r;
+        end if;
+
+      when 'timezone', 'locale' then
+        select r.sql, r.params into sql, params
+          from herald_hidden.segment_filter_text(v_spec, path, case v_key when 'timezone' then 'c.timezone' else 'c.locale' end, params) r;
+
+      when 'createdAt', 'updatedAt' then
+        select r.sql, r.params into sql, params from herald_hidden.segment_filter_range(v_spec, path,
+          case v_key when 'createdAt' then 'c.created_at' else 'c.updated_at' end, null, false, params) r;
+
+      when 'lastInboundAt' then
+        select r.sql, r.params into sql, params from herald_hidden.segment_filter_range(v_spec, path,
+          '(select max(i.received_at) from herald_public.inbound_messages i where i.tenant_id = c.tenant_id and i.contact_id = c.id)',
+          'exists (select 1 from herald_public.inbound_messages i where i.tenant_id = c.tenant_id and i.contact_id = c.id)',
+          false, params) r;
+
+      when 'lastDeliveredAt' then
+        select r.sql, r.params into sql, params from herald_hidden.segment_filter_range(v_spec, path,
+          '(select max(d.completed_at) from herald_public.deliveries d where d.tenant_id = c.tenant_id and d.contact_id = c.id and d.status = ''delivered'')',
+          'exists (select 1 from herald_public.deliveries d where d.tenant_id = c.tenant_id and d.contact_id = c.id and d.status = ''delivered'')',
+          false, params) r;
+
+      else
+        perform herald_hidden.segment_filter_refuse(path,
+          'is not a condition (all, any, not, subscribed, tags, lists, attribute, timezone, locale, createdAt, updatedAt, lastInboundAt, lastDeliveredAt)');
+      end case;
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_node(jsonb,text,integer,text[],integer) to herald_admin;
+grant execute on function herald_hidden.segment_filter_node(jsonb,text,integer,text[],integer) to herald_member;
+grant execute on function herald_hidden.segment_filter_node(jsonb,text,integer,text[],integer) to herald_worker;
+
+-- function herald_hidden.segment_filter_range(jsonb,text,text,text,boolean,text[]) returns record; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_range(spec jsonb, path text, expression text, existence text, numbers_allowed boolean, INOUT params text[], OUT sql text)
+     RETURNS record
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_key text;
+      v_parts text[] := '{}';
+      v_bound record;
+      v_kind text;
+      v_operator text;
+    begin
+      if pg_catalog.jsonb_typeof(spec) is distinct from 'object' or spec = '{}' then
+        perform herald_hidden.segment_filter_refuse(path,
+          case when existence is null then 'must be an object with gt, gte, lt or lte'
+               else 'must be an object with gt, gte, lt, lte or exists' end);
+      end if;
+      for v_key in select k from pg_catalog.jsonb_object_keys(spec) k order by k loop
+        if v_key = 'exists' and existence is not null then
+          if pg_catalog.jsonb_typeof(spec -> v_key) is distinct from 'boolean' then
+            perform herald_hidden.segment_filter_refuse(path || '.exists', 'must be true or false');
+          end if;
+          v_parts := v_parts || case when (spec ->> v_key)::boolean then existence else '(not ' || existence || ')' end;
+          continue;
+        end if;
+        v_operator := case v_key when 'gt' then '>' when 'gte' then '>=' when 'lt' then '<' when 'lte' then '<=' end;
+        if v_operator is null then
+          perform herald_hidden.segment_filter_refuse(path || '.' || v_key,
+            case when existence is null then 'is not a comparison (gt, gte, lt, lte)'
+                 else 'is not a comparison (gt, gte, lt, lte, exists)' end);
+        end if;
+        select * into v_bound from herald_hidden.segment_filter_bound(spec -> v_key, path || '.' || v_key, numbers_allowed, params);
+        params := v_bound.params;
+        if v_kind is not null and v_kind <> v_bound.kind then
+          perform herald_hidden.segment_filter_refuse(path || '.' || v_key, 'compares a ' || v_bound.kind || ' where another bound is a ' || v_kind);
+        end if;
+        v_kind := v_bound.kind;
+        v_parts := v_parts || pg_catalog.format('%s %s %s',
+          case when v_kind = 'number' then pg_catalog.replace(expression, '%TYPE%', 'number') else pg_catalog.replace(expression, '%TYPE%', 'date') end,
+          v_operator, v_bound.sql);
+      end loop;
+      sql := '(' || pg_catalog.array_to_string(v_parts, ' and ') || ')';
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_range(jsonb,text,text,text,boolean,text[]) to herald_admin;
+grant execute on function herald_hidden.segment_filter_range(jsonb,text,text,text,boolean,text[]) to herald_member;
+grant execute on function herald_hidden.segment_filter_range(jsonb,text,text,text,boolean,text[]) to herald_worker;
+
+-- function herald_hidden.segment_filter_refuse(text,text) returns void; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_refuse(path text, message text)
+     RETURNS void
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    begin
+      raise exception '%: %', path, message using errcode = '22023', column = path;
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_refuse(text,text) to herald_admin;
+grant execute on function herald_hidden.segment_filter_refuse(text,text) to herald_member;
+grant execute on function herald_hidden.segment_filter_refuse(text,text) to herald_worker;
+
+-- function herald_hidden.segment_filter_sql(jsonb,text) returns record; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_sql(filter jsonb, path text DEFAULT 'filter'::text, OUT sql text, OUT params text[])
+     RETURNS record
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_node record;
+    begin
+      if filter is null then
+        perform herald_hidden.segment_filter_refuse(path, 'is required');
+      end if;
+      if pg_catalog.length(filter::text) > (select max_chars from herald_hidden.segment_limits()) then
+        perform herald_hidden.segment_filter_refuse(path, pg_catalog.format('is longer than %s characters',
+          (select max_chars from herald_hidden.segment_limits())));
+      end if;
+      select * into v_node from herald_hidden.segment_filter_node(filter, path, 1, '{}', 0);
+      sql := v_node.sql;
+      params := v_node.params;
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_sql(jsonb,text) to herald_admin;
+grant execute on function herald_hidden.segment_filter_sql(jsonb,text) to herald_member;
+grant execute on function herald_hidden.segment_filter_sql(jsonb,text) to herald_worker;
+
+-- function herald_hidden.segment_filter_text(jsonb,text,text,text[]) returns record; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_text(spec jsonb, path text, column_sql text, INOUT params text[], OUT sql text)
+     RETURNS record
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_key text;
+      v_index integer := 0;
+      v_item jsonb;
+    begin
+      if pg_catalog.jsonb_typeof(spec) is distinct from 'object' or (select count(*) from pg_catalog.jsonb_object_keys(spec)) <> 1 then
+        perform herald_hidden.segment_filter_refuse(path, 'must be an object with exactly one of equals, in, exists');
+      end if;
+      v_key := (select k from pg_catalog.jsonb_object_keys(spec) k);
+      if v_key = 'equals' then
+        if pg_catalog.jsonb_typeof(spec -> v_key) <> 'string' or pg_catalog.length(spec ->> v_key) > 200 then
+          perform herald_hidden.segment_filter_refuse(path || '.equals', 'must be a string of at most 200 characters');
+        end if;
+        params := params || (spec ->> v_key);
+        sql := pg_catalog.format('%s = $1[%s]', column_sql, pg_catalog.cardinality(params));
+      elsif v_key = 'in' then
+        if pg_catalog.jsonb_typeof(spec -> v_key) <> 'array' or pg_catalog.jsonb_array_length(spec -> v_key) = 0
+           or pg_catalog.jsonb_array_length(spec -> v_key) > (select max_items from herald_hidden.segment_limits()) then
+          perform herald_hidden.segment_filter_refuse(path || '.in', pg_catalog.format('must be a list of 1 to %s strings',
+            (select max_items from herald_hidden.segment_limits())));
+        end if;
+        for v_item in select e from pg_catalog.jsonb_array_elements(spec -> v_key) e loop
+          if pg_catalog.jsonb_typeof(v_item) <> 'string' or pg_catalog.length(v_item #>> '{}') > 200 then
+            perform herald_hidden.segment_filter_refuse(path || '.in[' || v_index || ']', 'must be a string of at most 200 characters');
+          end if;
+          v_index := v_index + 1;
+        end loop;
+        -- PostgreSQL's own array literal of the strings; the query casts it back.
+        params := params || array(select e #>> '{}' from pg_catalog.jsonb_array_elements(spec -> v_key) e)::text;
+        sql := pg_catalog.format('%s = any ($1[%s]::text[])', column_sql, pg_catalog.cardinality(params));
+      elsif v_key = 'exists' then
+        if pg_catalog.jsonb_typeof(spec -> v_key) <> 'boolean' then
+          perform herald_hidden.segment_filter_refuse(path || '.exists', 'must be true or false');
+        end if;
+        sql := pg_catalog.format(case when (spec ->> v_key)::boolean then '(%s is not null)' else '(%s is null)' end, column_sql);
+      else
+        perform herald_hidden.segment_filter_refuse(path || '.' || v_key, 'is not one of equals, in, exists');
+      end if;
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_text(jsonb,text,text,text[]) to herald_admin;
+grant execute on function herald_hidden.segment_filter_text(jsonb,text,text,text[]) to herald_member;
+grant execute on function herald_hidden.segment_filter_text(jsonb,text,text,text[]) to herald_worker;
+
+-- function herald_hidden.segment_filter_valid(jsonb) returns boolean; plpgsql; immutable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_valid(filter jsonb)
+     RETURNS boolean
+     LANGUAGE plpgsql
+     IMMUTABLE
+     SET search_path TO ''
+    AS $function$
+    begin
+      perform herald_hidden.segment_filter_sql(filter, 'filter');
+      return true;
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_valid(jsonb) to herald_admin;
+grant execute on function herald_hidden.segment_filter_valid(jsonb) to herald_member;
+grant execute on function herald_hidden.segment_filter_valid(jsonb) to herald_worker;
+
+-- function herald_hidden.segment_filter_where(jsonb,uuid,text) returns record; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_filter_where(filter jsonb, segment_id uuid, path text, OUT sql text, OUT params text[])
+     RETURNS record
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_filter jsonb := filter;
+      v_compiled record;
+    begin
+      if segment_id is not null then
+        select s.filter into v_filter from herald_public.segments s
+         where s.tenant_id = herald_public.current_tenant_id() and s.id = segment_filter_where.segment_id;
+        if not found then
+          raise exception 'segment not found' using errcode = 'NTFND', column = 'segmentId';
+        end if;
+        if filter is not null then
+          v_filter := pg_catalog.jsonb_build_object('all', pg_catalog.jsonb_build_array(v_filter, filter));
+        end if;
+      end if;
+      if v_filter is null then
+        sql := 'true';
+        params := '{}';
+        return;
+      end if;
+      select * into v_compiled from herald_hidden.segment_filter_sql(v_filter, path);
+      sql := v_compiled.sql;
+      params := v_compiled.params;
+    end;
+    $function$;
+grant execute on function herald_hidden.segment_filter_where(jsonb,uuid,text) to herald_admin;
+grant execute on function herald_hidden.segment_filter_where(jsonb,uuid,text) to herald_member;
+grant execute on function herald_hidden.segment_filter_where(jsonb,uuid,text) to herald_worker;
+
+-- function herald_hidden.segment_limits() returns record; sql; immutable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.segment_limits(OUT max_depth integer, OUT max_conditions integer, OUT max_items integer, OUT max_chars integer)
+     RETURNS record
+     LANGUAGE sql
+     IMMUTABLE PARALLEL SAFE
+     SET search_path TO ''
+    AS $function$
+      select 6, 100, 500, 65536;
+    $function$;
+grant execute on function herald_hidden.segment_limits() to herald_admin;
+grant execute on function herald_hidden.segment_limits() to herald_member;
+grant execute on function herald_hidden.segment_limits() to herald_worker;
+
 -- function herald_hidden.send_window_opens_at(text,text,time without time zone,time without time zone) returns timestamp with time zone; plpgsql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.send_window_opens_at(tz text, fallback_tz text, window_start time without time zone, window_end time without time zone)
      RETURNS timestamp with time zone
@@ -4179,6 +4837,43 @@ grant execute on function herald_hidden.sms_encoding(text) to herald_worker;
 grant execute on function herald_hidden.sms_segments(text) to herald_admin;
 grant execute on function herald_hidden.sms_segments(text) to herald_member;
 grant execute on function herald_hidden.sms_segments(text) to herald_worker;
+
+-- function herald_hidden.snapshot_segment_audience(uuid) returns integer; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.snapshot_segment_audience(message_id uuid)
+     RETURNS integer
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_message herald_public.messages;
+      v_segment record;
+      v_compiled record;
+      v_count integer;
+    begin
+      select * into v_message from herald_public.messages m
+       where m.tenant_id = v_tenant and m.id = snapshot_segment_audience.message_id for update;
+      if not found or v_message.status in ('canceled', 'fanned_out') or v_message.fan_out_cursor is not null
+         or pg_catalog.cardinality(v_message.segment_ids) = 0 then
+        return null;
+      end if;
+      delete from herald_hidden.message_segment_members sm
+       where sm.tenant_id = v_tenant and sm.message_id = v_message.id;
+      for v_segment in select s.id, s.filter from herald_public.segments s
+                        where s.tenant_id = v_tenant and s.id = any (v_message.segment_ids) loop
+        select * into v_compiled from herald_hidden.segment_filter_sql(v_segment.filter, 'filter');
+        execute 'insert into herald_hidden.message_segment_members (tenant_id, message_id, contact_id)
+                 select c.tenant_id, $2, c.id from herald_public.contacts c
+                  where c.tenant_id = (select herald_public.current_tenant_id()) and ' || v_compiled.sql || '
+                 on conflict do nothing'
+          using v_compiled.params, v_message.id;
+      end loop;
+      select count(*)::integer into v_count from herald_hidden.message_segment_members sm
+       where sm.tenant_id = v_tenant and sm.message_id = v_message.id;
+      return v_count;
+    end;
+    $function$;
+grant execute on function herald_hidden.snapshot_segment_audience(uuid) to herald_worker;
 
 -- function herald_hidden.sync_pool_numbers(uuid,text[]) returns record; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.sync_pool_numbers(messaging_service_id uuid, numbers text[], OUT added integer, OUT joined integer, OUT removed integer, OUT refused integer)
@@ -6649,27 +7344,58 @@ grant execute on function herald_public.revoke_api_key(uuid) to herald_member;
 comment on function herald_public.revoke_invitation(uuid) is 'Withdraws a pending invitation of the current tenant (owners and admins); its token stops working.';
 grant execute on function herald_public.revoke_invitation(uuid) to herald_member;
 
--- function herald_public.search_contacts(uuid,uuid) returns SETOF herald_public.contacts; sql; stable; set search_path=""
-    CREATE OR REPLACE FUNCTION herald_public.search_contacts(tag_id uuid DEFAULT NULL::uuid, list_id uuid DEFAULT NULL::uuid)
+-- function herald_public.search_contacts(uuid,uuid,jsonb,uuid) returns SETOF herald_public.contacts; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.search_contacts(tag_id uuid DEFAULT NULL::uuid, list_id uuid DEFAULT NULL::uuid, filter jsonb DEFAULT NULL::jsonb, segment_id uuid DEFAULT NULL::uuid)
      RETURNS SETOF herald_public.contacts
-     LANGUAGE sql
-     STABLE PARALLEL SAFE
+     LANGUAGE plpgsql
+     STABLE
      SET search_path TO ''
     AS $function$
-      select c.* from herald_public.contacts c
-       where c.tenant_id = herald_public.current_tenant_id()
-         and (search_contacts.tag_id is null or exists (
-               select 1 from herald_public.contact_tags ct
-                where ct.tenant_id = c.tenant_id and ct.contact_id = c.id and ct.tag_id = search_contacts.tag_id))
-         and (search_contacts.list_id is null or exists (
-               select 1 from herald_public.list_members lm
-                where lm.tenant_id = c.tenant_id and lm.contact_id = c.id and lm.list_id = search_contacts.list_id))
-       order by c.created_at, c.id;
+    declare
+      v_where record;
+    begin
+      select * into v_where from herald_hidden.segment_filter_where(filter, segment_id, 'filter');
+      return query execute
+        'select c.* from herald_public.contacts c
+          where c.tenant_id = (select herald_public.current_tenant_id())
+            and ($2 is null or exists (
+                  select 1 from herald_public.contact_tags ct
+                   where ct.tenant_id = c.tenant_id and ct.contact_id = c.id and ct.tag_id = $2))
+            and ($3 is null or exists (
+                  select 1 from herald_public.list_members lm
+                   where lm.tenant_id = c.tenant_id and lm.contact_id = c.id and lm.list_id = $3))
+            and ' || v_where.sql || '
+          order by c.created_at, c.id'
+        using v_where.params, tag_id, list_id;
+    end;
     $function$;
-comment on function herald_public.search_contacts(uuid,uuid) is 'Contacts with the given tag and/or on the given list, oldest first.';
-grant execute on function herald_public.search_contacts(uuid,uuid) to herald_admin;
-grant execute on function herald_public.search_contacts(uuid,uuid) to herald_member;
-grant execute on function herald_public.search_contacts(uuid,uuid) to herald_worker;
+comment on function herald_public.search_contacts(uuid,uuid,jsonb,uuid) is 'Contacts with the given tag, on the given list, matching `filter` (the segment grammar, docs/audiences.md) and/or the saved segment `segmentId`; oldest first. With `first` and `totalCount` this is a preview: the count and the first page.';
+grant execute on function herald_public.search_contacts(uuid,uuid,jsonb,uuid) to herald_admin;
+grant execute on function herald_public.search_contacts(uuid,uuid,jsonb,uuid) to herald_member;
+grant execute on function herald_public.search_contacts(uuid,uuid,jsonb,uuid) to herald_worker;
+
+-- function herald_public.segments_contact_count(herald_public.segments) returns integer; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.segments_contact_count(segment herald_public.segments)
+     RETURNS integer
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_compiled record;
+      v_count integer;
+    begin
+      select * into v_compiled from herald_hidden.segment_filter_sql(segment.filter, 'filter');
+      execute 'select count(*)::integer from herald_public.contacts c
+                where c.tenant_id = (select herald_public.current_tenant_id()) and ' || v_compiled.sql
+        into v_count using v_compiled.params;
+      return v_count;
+    end;
+    $function$;
+comment on function herald_public.segments_contact_count(herald_public.segments) is 'How many contacts match this segment now.';
+grant execute on function herald_public.segments_contact_count(herald_public.segments) to herald_admin;
+grant execute on function herald_public.segments_contact_count(herald_public.segments) to herald_member;
+grant execute on function herald_public.segments_contact_count(herald_public.segments) to herald_worker;
 
 -- function herald_public.send_message(text,uuid,text,text,text,uuid[],uuid[],uuid[],boolean,timestamp with time zone,text,jsonb,text,text[],uuid[],text) returns herald_public.messages; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.send_message(channel text, template_id uuid DEFAULT NULL::uuid, body text DEFAULT NULL::text, subject text DEFAULT NULL::text, html_body text DEFAULT NULL::text, contact_ids uuid[] DEFAULT NULL::uuid[], list_ids uuid[] DEFAULT NULL::uuid[], tag_ids uuid[] DEFAULT NULL::uuid[], all_contacts boolean DEFAULT false, scheduled_at timestamp with time zone DEFAULT NULL::timestamp with time zone, idempotency_key text DEFAULT NULL::text, metadata jsonb DEFAULT NULL::jsonb, purpose text DEFAULT NULL::text, media_urls text[] DEFAULT NULL::text[], segment_ids uuid[] DEFAULT NULL::uuid[], "to" text DEFAULT NULL::text)

@@ -84,6 +84,10 @@ const AUDIT_EXCEPTIONS: Record<string, { triggers: string[]; reason: string }> =
   },
   "herald_hidden.monthly_usage": { triggers: [], reason: "counters the worker keeps" },
   "herald_hidden.send_plans": { triggers: [], reason: "pacing state the worker keeps" },
+  "herald_hidden.message_segment_members": {
+    triggers: [],
+    reason: "a broadcast's segment members, snapshotted by the worker at fan-out and emptied when it is done",
+  },
   "herald_hidden.provider_reports": {
     triggers: [],
     reason: "a journal of providers' reports, emptied as they are applied (to delivery_events, themselves a record)",

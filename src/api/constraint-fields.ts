@@ -99,6 +99,13 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   suppressions_note_length: "note",
   suppressions_reason: "reason",
 
+  segments_pkey: "rowId",
+  segments_description_length: "description",
+  // Its function raises 22023 naming the path inside the filter first; this is the backstop.
+  segments_filter_valid: "filter",
+  segments_name_length: "name",
+  segments_name_unique: "name",
+
   tags_pkey: "rowId",
   tags_name_length: "name",
   tags_name_unique: "name",
@@ -186,6 +193,8 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   consent_events_tenant_id_fkey: SERVER_WRITTEN,
 
   contact_tags_tenant_id_fkey: SESSION_TENANT,
+
+  segments_tenant_id_fkey: SESSION_TENANT,
 
   contacts_pkey: GENERATED_ID,
   contacts_email_pair: "Herald encrypts and hashes an address together",

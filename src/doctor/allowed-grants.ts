@@ -11,6 +11,10 @@
 export type RoleKey = "authenticator" | "member" | "admin" | "worker";
 
 export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> = {
+  "herald_hidden.message_segment_members": {
+    admin: ["SELECT"],
+    worker: ["DELETE", "INSERT(contact_id, message_id, tenant_id)", "SELECT"],
+  },
   "herald_hidden.monthly_usage": {
     member: ["SELECT"],
     admin: ["SELECT"],
@@ -125,6 +129,11 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     member: ["DELETE", "INSERT(key_version, kind, meta_app_secret_encrypted, meta_key_version, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
     admin: ["DELETE", "SELECT(created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
     worker: ["SELECT", "UPDATE(key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted)"],
+  },
+  "herald_public.segments": {
+    member: ["DELETE", "INSERT(description, filter, name, tenant_id)", "SELECT", "UPDATE(description, filter, name)"],
+    admin: ["DELETE", "SELECT"],
+    worker: ["SELECT"],
   },
   "herald_public.sender_numbers": {
     member: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],

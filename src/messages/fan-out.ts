@@ -25,6 +25,11 @@ export async function fanOut(
   batchSize = FAN_OUT_BATCH,
 ): Promise<FanOutTotals> {
   const totals: FanOutTotals = { contacts: 0, queued: 0, skipped: 0, batches: 0 };
+  // Segments are evaluated once, as fan-out starts: their members are kept for the batches to read.
+  await transaction(async (client) => {
+    await client.query("set local statement_timeout = '120s'");
+    await client.query("select herald_hidden.snapshot_segment_audience($1)", [messageId]);
+  });
   for (;;) {
     const batch = await transaction(async (client) => {
       // Transactional messages are planned (and their jobs prioritised) ahead of
@@ -44,6 +49,9 @@ export async function fanOut(
     totals.queued += batch.queued;
     totals.skipped += batch.skipped;
     totals.batches++;
-    if (batch.done) return totals;
+    if (batch.done) {
+      await transaction((client) => client.query("select herald_hidden.forget_segment_audience($1)", [messageId]));
+      return totals;
+    }
   }
 }

@@ -22,6 +22,7 @@ export interface AttackTenant extends TenantFixture {
   providerReportId: string;
   invitationId: string;
   messagingServiceId: string;
+  segmentId: string;
 }
 
 export interface TableSpec {
@@ -110,8 +111,19 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
        values ($1::uuid, $2, 'Pool', 'MG' || md5($1::text)) returning id`,
       [t.id, t.providerAccountId],
     );
+    const segment = await c.query<{ id: string }>(
+      `insert into herald_public.segments (tenant_id, name, filter) values ($1, 'attack-fixture', '{"subscribed": {"sms": true}}')
+       returning id`,
+      [t.id],
+    );
+    // A broadcast's snapshotted segment member (the worker writes these at fan-out).
+    await c.query(
+      "insert into herald_hidden.message_segment_members (tenant_id, message_id, contact_id) values ($1, $2, $3)",
+      [t.id, t.messageId, t.contactId],
+    );
     return {
       messagingServiceId: service.rows[0]!.id,
+      segmentId: segment.rows[0]!.id,
       invitationId: invitation.rows[0]!.id,
       emailDomainId: domain.rows[0]!.id,
       providerTestId: test.rows[0]!.id,
@@ -446,6 +458,27 @@ const FIXTURES: TableSpec[] = [
       sql: `insert into herald_hidden.provider_reports (tenant_id, provider, delivery_id, event, status, dedupe_key)
             values ($1, 'twilio', $2, 'delivered', 'delivered', 'evil')`,
       params: [victim.id, victim.deliveryId],
+    }),
+  },
+  {
+    table: "herald_public.segments",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.segmentId] }),
+    update: { column: "name", to: "'pwned'" },
+    insertInto: (victim) => ({
+      sql: `insert into herald_public.segments (tenant_id, name, filter) values ($1, 'evil', '{"subscribed": {"sms": true}}')`,
+      params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_hidden.message_segment_members",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and message_id = $2", params: [t.id, t.messageId] }),
+    // No column is updatable: the grant refuses.
+    update: { column: "contact_id", to: "'00000000-0000-4000-8000-000000000000'" },
+    insertInto: (victim) => ({
+      sql: "insert into herald_hidden.message_segment_members (tenant_id, message_id, contact_id) values ($1, $2, $3)",
+      params: [victim.id, victim.messageId, victim.contactId],
     }),
   },
 ];
