@@ -360,6 +360,7 @@ describe("who did it", () => {
         [
           "attributes",
           "created_by_inbound",
+          "created_by_send",
           "email_encrypted",
           "email_hash",
           "email_subscribed",
@@ -367,6 +368,7 @@ describe("who did it", () => {
           "hash_version",
           "id",
           "key_version",
+          "sms_opt_in_pending",
           "sms_subscribed",
           "tenant_id",
           "whatsapp_subscribed",
