@@ -14,6 +14,7 @@ import type { ClaimedSend, ClaimResult } from "./claim.ts";
 import { Limiter, processAccountLimiter } from "./limiter.ts";
 import { sleepUntil, waitForSlot } from "./pacing.ts";
 import { findAcceptedSmsVia } from "./reconcile.ts";
+import { whatsappExtras } from "./whatsapp.ts";
 
 /**
  * The second step of a run: the provider calls for what the claim committed,
@@ -155,6 +156,7 @@ async function sendSms(ctx: Context, s: ClaimedSend, hooks: TransmitHooks): Prom
         body: s.content.body,
         channel: d.channel as "sms" | "whatsapp",
         statusCallback: statusCallbackUrl(ctx.clients.system, ctx.tenantId, d.id),
+        ...whatsappExtras(d),
       },
       hooks,
     );

@@ -94,7 +94,17 @@ const call = <T>(hooks: TransmitHooks, via: Via, fn: () => Promise<T>) =>
 export async function transmitSms(
   clients: ProviderClients,
   route: Route,
-  message: { to: string; body: string; channel?: "sms" | "whatsapp"; statusCallback?: string },
+  message: {
+    to: string;
+    body: string;
+    channel?: "sms" | "whatsapp";
+    statusCallback?: string;
+    /** MMS / WhatsApp media (https URLs). */
+    mediaUrls?: string[];
+    /** WhatsApp: a provider-approved template (Twilio Content SID) and its rendered variables; sent instead of the body. */
+    contentSid?: string | null;
+    contentVariables?: Record<string, string> | null;
+  },
   hooks: TransmitHooks = {},
 ): Promise<Sent> {
   const whatsapp = message.channel === "whatsapp";
@@ -118,7 +128,13 @@ export async function transmitSms(
         clients.twilioFor(via).messages.create({
           to: address(message.to),
           from: address(from),
-          body: message.body,
+          ...(message.contentSid
+            ? {
+                contentSid: message.contentSid,
+                ...(message.contentVariables ? { contentVariables: JSON.stringify(message.contentVariables) } : {}),
+              }
+            : { body: message.body }),
+          ...(message.mediaUrls?.length ? { mediaUrl: message.mediaUrls } : {}),
           ...(message.statusCallback ? { statusCallback: message.statusCallback } : {}),
         }),
       );

@@ -20,6 +20,11 @@ export interface SandboxMessage {
   subject?: string;
   body: string;
   createdAt: Date;
+  /** Twilio: the media URLs sent with it (MMS, WhatsApp), and the approved template it was sent as. */
+  media?: string[];
+  contentSid?: string;
+  /** Twilio: accepted, then failed with this code (WhatsApp 63016 outside the 24-hour window). */
+  failedWith?: number;
 }
 
 export interface SandboxFaults {

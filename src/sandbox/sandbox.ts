@@ -7,6 +7,7 @@ import { sandboxPage } from "./page.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
 import { addTwilioRoutes } from "./twilio.ts";
+import type { SandboxWhatsApp } from "./whatsapp.ts";
 
 /**
  * The provider sandbox: a local stand-in for Twilio's Messages API and
@@ -58,6 +59,8 @@ export interface Sandbox {
    * sandbox's `inboundUrl`) signed with the account's token, as Twilio would.
    */
   textIn(text: PhoneText): Promise<InboundAnswer>;
+  /** Twilio's media, Content API templates and WhatsApp window (src/sandbox/whatsapp.ts). */
+  whatsapp: SandboxWhatsApp;
 }
 
 export function createSandbox(
@@ -90,6 +93,7 @@ export function createSandbox(
     tokenOf: twilio.tokenOf,
     resolveNumber: options.resolveNumber,
     remember: core.remember,
+    whatsapp: twilio.whatsapp,
   });
   // The page shows recipients and bodies without authentication: development only.
   if (options.page !== false) {
@@ -122,6 +126,7 @@ export function createSandbox(
     signSendGridEvents: sendgrid.signEvents,
     setSendGridEventUrl: sendgrid.setEventUrl,
     textIn: phones.textIn,
+    whatsapp: twilio.whatsapp,
     settled: core.settled,
   };
 }

@@ -30,6 +30,7 @@ export function sandboxStandIn(config: Config, pool: pg.Pool, logger: Logger): S
     inboundUrl: config.twilio ? undefined : `${config.publicUrl}/webhooks/twilio/sms`,
     resolveNumber: (number, channel) => sandboxAccountOfNumber(pool, number, channel),
   });
+  sandbox.whatsapp.setBaseUrl(`${config.publicUrl}/sandbox`);
   logger.warn(
     { sandbox: "/sandbox" },
     "no Twilio/SendGrid credentials (TWILIO_ACCOUNT_SID, SENDGRID_API_KEY): the local sandbox stands in for both; nothing is delivered",
