@@ -40,7 +40,13 @@ begin
   update herald_public.provider_accounts a set content_sync_requested_at = now()
    where a.tenant_id = herald_public.current_tenant_id() and a.id = sync_content_templates.provider_account_id
      and a.kind = 'twilio'
-  returning * into v_account;
+  -- Not RETURNING *: members may not select the ciphertext.
+  returning tenant_id, id, kind, name, twilio_account_sid, twilio_api_key_sid, secret_hint, status, last_tested_at, last_error,
+            created_at, updated_at, content_templates, content_synced_at, content_sync_requested_at
+       into v_account.tenant_id, v_account.id, v_account.kind, v_account.name, v_account.twilio_account_sid,
+            v_account.twilio_api_key_sid, v_account.secret_hint, v_account.status, v_account.last_tested_at,
+            v_account.last_error, v_account.created_at, v_account.updated_at, v_account.content_templates,
+            v_account.content_synced_at, v_account.content_sync_requested_at;
   if v_account.id is null then
     raise exception 'Twilio account not found' using errcode = 'NTFND', column = 'providerAccountId';
   end if;
