@@ -60,7 +60,7 @@ create type herald_public.keyword_replies as (help text, stop text, start text);
 create type herald_public.message_reason_count as (status text, reason text, count integer);
 create type herald_public.message_stats as (total integer, queued integer, sending integer, sent integer, delivered integer, failed integer, undelivered integer, skipped integer, canceled integer, unknown integer, waiting integer);
 create type herald_public.month_usage as (month date, messages integer, cap integer, remaining integer);
-create type herald_public.usage_day as (day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer);
+create type herald_public.usage_day as (day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer, read integer);
 
 ---- tables: columns, constraints, row-level security, indexes, triggers, policies, comments, grants
 
@@ -2324,10 +2324,11 @@ create view herald_public.daily_usage with (security_invoker=true) as
         unknown,
         segments,
         inbound,
-        opt_outs
-       FROM herald_hidden.usage_between('-infinity'::timestamp with time zone, 'infinity'::timestamp with time zone) usage_between(tenant_id, day, channel, account, provider, messages, deliveries, queued, sending, sent, delivered, undelivered, failed, skipped, canceled, unknown, segments, inbound, opt_outs);;
+        opt_outs,
+        read
+       FROM herald_hidden.usage_between('-infinity'::timestamp with time zone, 'infinity'::timestamp with time zone) usage_between(tenant_id, day, channel, account, provider, messages, deliveries, queued, sending, sent, delivered, undelivered, failed, skipped, canceled, unknown, segments, inbound, opt_outs, read);;
 comment on view herald_public.daily_usage is '@behavior -*
-What the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs. A delivery counts on its message''s day.';
+What the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs, deliveries read. A delivery counts on its message''s day.';
 comment on column herald_public.daily_usage.account is '`tenant` (its own provider account), `system`, or null (never handed to a provider: skipped, canceled, still queued).';
 grant select on herald_public.daily_usage to herald_admin;
 grant select on herald_public.daily_usage to herald_member;
@@ -4038,9 +4039,9 @@ comment on function herald_hidden.upsert_contacts(jsonb,text) is 'Inserts or upd
 grant execute on function herald_hidden.upsert_contacts(jsonb,text) to herald_member;
 grant execute on function herald_hidden.upsert_contacts(jsonb,text) to herald_worker;
 
--- function herald_hidden.usage_between(timestamp with time zone,timestamp with time zone) returns TABLE(tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer); sql; stable
+-- function herald_hidden.usage_between(timestamp with time zone,timestamp with time zone) returns TABLE(tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer, read integer); sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.usage_between(from_at timestamp with time zone, to_at timestamp with time zone)
-     RETURNS TABLE(tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer)
+     RETURNS TABLE(tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer, read integer)
      LANGUAGE sql
      STABLE
     AS $function$
@@ -4049,7 +4050,7 @@ grant execute on function herald_hidden.upsert_contacts(jsonb,text) to herald_wo
              sum(u.messages)::integer, sum(u.deliveries)::integer, sum(u.queued)::integer, sum(u.sending)::integer,
              sum(u.sent)::integer, sum(u.delivered)::integer, sum(u.undelivered)::integer, sum(u.failed)::integer,
              sum(u.skipped)::integer, sum(u.canceled)::integer, sum(u.unknown)::integer, sum(u.segments)::integer,
-             sum(u.inbound)::integer, sum(u.opt_outs)::integer
+             sum(u.inbound)::integer, sum(u.opt_outs)::integer, sum(u.read)::integer
         from (
           select m.tenant_id, (m.created_at at time zone 'UTC')::date as day, d.channel, d.provider as account,
                  count(distinct d.message_id) as messages, count(*) as deliveries,
@@ -4062,20 +4063,21 @@ grant execute on function herald_hidden.upsert_contacts(jsonb,text) to herald_wo
                  count(*) filter (where d.status = 'skipped') as skipped,
                  count(*) filter (where d.status = 'canceled') as canceled,
                  count(*) filter (where d.status = 'unknown') as unknown,
-                 coalesce(sum(d.segments), 0) as segments, 0 as inbound, 0 as opt_outs
+                 coalesce(sum(d.segments), 0) as segments, 0 as inbound, 0 as opt_outs,
+                 count(*) filter (where d.read_at is not null) as read
             from herald_public.messages m
             join herald_public.deliveries d on d.tenant_id = m.tenant_id and d.message_id = m.id
            where m.created_at >= usage_between.from_at and m.created_at < usage_between.to_at
            group by 1, 2, 3, 4
           union all
           select i.tenant_id, (i.received_at at time zone 'UTC')::date, i.channel, i.account,
-                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0
+                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0, 0
             from herald_public.inbound_messages i
            where i.received_at >= usage_between.from_at and i.received_at < usage_between.to_at
            group by 1, 2, 3, 4
           union all
           select e.tenant_id, (e.created_at at time zone 'UTC')::date, e.channel, null,
-                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
+                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0
             from herald_public.consent_events e
            where e.action = 'opt_out' and e.created_at >= usage_between.from_at and e.created_at < usage_between.to_at
            group by 1, 2, 3
@@ -6376,7 +6378,7 @@ grant execute on function herald_public.test_provider_account(uuid,text) to hera
       end if;
       return query
       select u.day, u.channel, u.account, u.provider, u.messages, u.deliveries, u.queued, u.sending, u.sent, u.delivered,
-             u.undelivered, u.failed, u.skipped, u.canceled, u.unknown, u.segments, u.inbound, u.opt_outs
+             u.undelivered, u.failed, u.skipped, u.canceled, u.unknown, u.segments, u.inbound, u.opt_outs, u.read
         from herald_hidden.usage_between((from_day::timestamp) at time zone 'UTC', ((to_day + 1)::timestamp) at time zone 'UTC') u
        where u.tenant_id = herald_public.current_tenant_id()
        order by u.day, u.channel, u.account nulls last;

@@ -235,6 +235,34 @@ describe("end to end", () => {
     expect(body.data!.allMessages.nodes[0]).toMatchObject({ readCount: 1, stats: { delivered: 1 } });
     expect(body.data!.allMessages.nodes[0].deliveries.nodes[0].readAt).toBeTruthy();
 
+    const today = new Date().toISOString().slice(0, 10);
+    const usage = await graphql(
+      api.current,
+      tokens.a,
+      `
+        query ($d: Date!) {
+          usage(fromDay: $d, toDay: $d) {
+            nodes {
+              channel
+              account
+              delivered
+              read
+            }
+          }
+        }
+      `,
+      { d: today },
+    );
+    expect(usage.body.errors).toBeUndefined();
+    // This test's delivery and the ones above (on A's fixture message, also today).
+    const { rows: counted } = await db.current.root.query(
+      `select count(*) filter (where read_at is not null)::int as read, count(*) filter (where status = 'delivered')::int as delivered
+         from herald_public.deliveries where tenant_id = $1 and channel = 'whatsapp'`,
+      [a.id],
+    );
+    expect(counted[0].read).toBeGreaterThanOrEqual(4);
+    expect(usage.body.data!.usage.nodes).toContainEqual({ channel: "whatsapp", account: "tenant", ...counted[0] });
+
     const { rows: events } = await db.current.root.query(
       "select event_type, payload from herald_public.webhook_deliveries where endpoint_id = $1",
       [endpointId],
