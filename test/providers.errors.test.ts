@@ -32,6 +32,7 @@ describe("PROVIDER_CODES", () => {
       "21614": [true, true, false],
       "30004": [true, true, false],
       "63007": [true, false, false],
+      "63016": [true, true, false],
       NOT_OWN_SENDER: [true, false, false],
       NO_SENDER: [true, false, false],
     });
