@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import type { Request, Response, Router } from "express";
-import type { SandboxCore } from "./core.ts";
+import { escapeHtml } from "../html.ts";
+import type { SandboxCore, SandboxMessage } from "./core.ts";
 import { twilioError } from "./wire.ts";
 
 /**
@@ -177,3 +178,13 @@ export function addWhatsAppRoutes(
 }
 
 export type SandboxWhatsApp = ReturnType<typeof addWhatsAppRoutes>;
+
+/** For the sandbox page: a message's media, approved template and 63016, under its body (HTML). */
+export function sendExtras(m: SandboxMessage): string {
+  const lines = [
+    ...(m.media ?? []).map((url) => `media: <a href="${escapeHtml(url)}">${escapeHtml(url)}</a>`),
+    ...(m.contentSid ? [`approved template ${escapeHtml(m.contentSid)}`] : []),
+    ...(m.failedWith ? [`failed ${m.failedWith}: outside the 24-hour window`] : []),
+  ];
+  return lines.map((line) => `<br><small>${line}</small>`).join("");
+}
