@@ -141,6 +141,8 @@ describe("one by one", () => {
     const first = await stateOf(id);
     await new Promise((r) => setTimeout(r, 20));
     await callback(a, id, sid, "read");
+    // An earlier attempt's copy read later (another MessageSid): recorded, the first time stays.
+    await callback(a, id, newSid(), "read");
     await callback(a, id, sid, "undelivered");
     const after = await stateOf(id);
     expect(after).toMatchObject({ status: "delivered", read: true });
