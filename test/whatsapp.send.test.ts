@@ -286,4 +286,31 @@ describe("approved templates synced from the account", () => {
       { contentSid: pending.sid, approvalStatus: "pending" },
     ]);
   });
+
+  it("a provider's refusal is kept as the account's last error; what was synced stays", async () => {
+    const before = await db.current.root.query(
+      "select content_synced_at, content_templates from herald_public.provider_accounts where id = $1",
+      [a.providerAccountId],
+    );
+    server.sandbox.setFaults({ errorRate: 1 });
+    try {
+      const SYNC = `mutation($id: UUID!) { syncContentTemplates(input: { providerAccountId: $id }) { providerAccount { rowId } } }`;
+      expect((await graphql(api.current, tokens.owner, SYNC, { id: a.providerAccountId })).body.errors).toBeUndefined();
+      const error = await waitFor(async () => {
+        const { rows } = await db.current.root.query(
+          "select last_error from herald_public.provider_accounts where id = $1",
+          [a.providerAccountId],
+        );
+        return rows[0].last_error as string | null;
+      }, 20_000);
+      expect(error).toMatch(/Internal Server Error|500/);
+    } finally {
+      server.sandbox.setFaults({});
+    }
+    const after = await db.current.root.query(
+      "select content_synced_at, content_templates from herald_public.provider_accounts where id = $1",
+      [a.providerAccountId],
+    );
+    expect(after.rows).toEqual(before.rows);
+  });
 });
