@@ -166,7 +166,6 @@ export function mediaRoutes(options: {
         "content-security-policy": "sandbox; default-src 'none'",
         "cache-control": "private, max-age=300",
       });
-      if (length > 0) res.set("content-length", String(length));
       let seen = 0;
       const bounded = Readable.fromWeb(upstream.body as import("node:stream/web").ReadableStream<Uint8Array>).filter(
         (chunk: Buffer) => {
