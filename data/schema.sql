@@ -53,7 +53,7 @@ create type herald_hidden.unsubscribe_result as (tenant_name text, subscribed bo
 create type herald_private.api_key_identity as (tenant_id uuid, api_key_id uuid);
 create type herald_private.login_identity as (user_id uuid, tenant_id uuid, tenant_slug public.citext, membership_role text);
 create type herald_public.accepted_invitation as (tenant_id uuid, tenant_slug public.citext, role text);
-create type herald_public.conversation_entry as (direction text, channel text, at timestamp with time zone, body text, status text, keyword text, tenant_address text, message_id uuid, delivery_id uuid, inbound_message_id uuid);
+create type herald_public.conversation_entry as (direction text, channel text, at timestamp with time zone, body text, status text, keyword text, tenant_address text, message_id uuid, delivery_id uuid, inbound_message_id uuid, media_types text[]);
 create type herald_public.created_api_key as (api_key_id uuid, name text, token_prefix text, secret text);
 create type herald_public.created_invitation as (invitation_id uuid, email public.citext, role text, expires_at timestamp with time zone, token text);
 create type herald_public.created_meta_account as (provider_account_id uuid, name text, phone_number_id text, verify_token text);
@@ -63,7 +63,7 @@ create type herald_public.keyword_replies as (help text, stop text, start text);
 create type herald_public.message_reason_count as (status text, reason text, count integer);
 create type herald_public.message_stats as (total integer, queued integer, sending integer, sent integer, delivered integer, failed integer, undelivered integer, skipped integer, canceled integer, unknown integer, waiting integer);
 create type herald_public.month_usage as (month date, messages integer, cap integer, remaining integer);
-create type herald_public.usage_day as (day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer);
+create type herald_public.usage_day as (day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer, read integer);
 
 ---- tables: columns, constraints, row-level security, indexes, triggers, policies, comments, grants
 
@@ -808,6 +808,7 @@ create table herald_public.deliveries (
   content_key_version smallint,
   status_checked_at timestamp with time zone,
   hold_reason text,
+  read_at timestamp with time zone,
   constraint deliveries_channel
     CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text, 'email'::text]))),
   constraint deliveries_claimed_by_length
@@ -849,6 +850,8 @@ alter table herald_public.deliveries force row level security;
     CREATE INDEX deliveries_delivered_by_contact ON herald_public.deliveries USING btree (tenant_id, contact_id, completed_at) WHERE (status = 'delivered'::text);
 -- trigger _010_guard_transition on herald_public.deliveries
     CREATE TRIGGER _010_guard_transition BEFORE UPDATE OF status ON herald_public.deliveries FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION herald_private.tg_deliveries__guard_transition();
+-- trigger _020_session_window_reason on herald_public.deliveries
+    CREATE TRIGGER _020_session_window_reason BEFORE UPDATE ON herald_public.deliveries FOR EACH ROW WHEN (((new.error_code = ANY (ARRAY['63016'::text, '131047'::text])) AND (new.status = ANY (ARRAY['failed'::text, 'undelivered'::text])))) EXECUTE FUNCTION herald_private.tg_deliveries__session_window_reason();
 -- trigger _100_timestamps on herald_public.deliveries
     CREATE TRIGGER _100_timestamps BEFORE UPDATE ON herald_public.deliveries FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
 -- trigger _130_transactional_email on herald_public.deliveries
@@ -857,6 +860,8 @@ alter table herald_public.deliveries force row level security;
     CREATE TRIGGER _500_enqueue AFTER INSERT ON herald_public.deliveries REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg_deliveries__enqueue();
 -- trigger _800_webhook_event on herald_public.deliveries
     CREATE TRIGGER _800_webhook_event AFTER UPDATE OF status ON herald_public.deliveries FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION herald_private.tg__webhook_event('delivery.updated');
+-- trigger _810_webhook_read on herald_public.deliveries
+    CREATE TRIGGER _810_webhook_read AFTER UPDATE OF read_at ON herald_public.deliveries FOR EACH ROW WHEN (((old.read_at IS NULL) AND (new.read_at IS NOT NULL))) EXECUTE FUNCTION herald_private.tg_deliveries__webhook_read();
 create policy insert_worker on herald_public.deliveries as permissive for insert to herald_worker
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 create policy select_admin on herald_public.deliveries as permissive for select to herald_admin
@@ -876,6 +881,7 @@ comment on column herald_public.deliveries.content_key_version is '@behavior -*'
 comment on column herald_public.deliveries.content_sha256 is '@behavior -*';
 comment on column herald_public.deliveries.counted_month is '@behavior -*';
 comment on column herald_public.deliveries.hold_reason is 'Why a queued delivery waits: `quiet_hours`, `monthly_cap`, `tenant_suspended` or `retry` (null: it is not held, or merely paced).';
+comment on column herald_public.deliveries.read_at is 'When the recipient read it (WhatsApp read receipts): set once, after (or implying) `delivered`, never cleared.';
 comment on column herald_public.deliveries.reason is 'Why it was skipped or failed, or a detail for people on why it waits (`holdReason` is the kind of hold).';
 comment on column herald_public.deliveries.status_checked_at is '@behavior -*
 When the worker last asked the provider for this delivery''s status, its final report being overdue.';
@@ -891,7 +897,7 @@ grant insert (channel, contact_id, message_id, reason, run_at, status, tenant_id
 grant select on herald_public.deliveries to herald_admin;
 grant select on herald_public.deliveries to herald_member;
 grant select on herald_public.deliveries to herald_worker;
-grant update (attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at) on herald_public.deliveries to herald_worker;
+grant update (attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, read_at, reason, run_at, segments, sent_at, status, status_checked_at) on herald_public.deliveries to herald_worker;
 
 create table herald_public.delivery_engagement (
   tenant_id uuid not null,
@@ -990,6 +996,8 @@ alter table herald_public.delivery_events enable row level security;
 alter table herald_public.delivery_events force row level security;
     CREATE INDEX delivery_events_by_delivery ON herald_public.delivery_events USING btree (tenant_id, delivery_id, received_at);
     CREATE INDEX delivery_events_engagement ON herald_public.delivery_events USING btree (tenant_id, received_at) WHERE (event = ANY (ARRAY['open'::text, 'click'::text]));
+-- trigger _300_read on herald_public.delivery_events
+    CREATE TRIGGER _300_read AFTER INSERT ON herald_public.delivery_events FOR EACH ROW WHEN ((new.event = 'read'::text)) EXECUTE FUNCTION herald_private.tg_delivery_events__read();
 -- trigger _500_engagement on herald_public.delivery_events
     CREATE TRIGGER _500_engagement AFTER INSERT ON herald_public.delivery_events REFERENCING NEW TABLE AS new_events FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg_delivery_events__engagement();
 create policy insert_worker on herald_public.delivery_events as permissive for insert to herald_worker
@@ -1170,6 +1178,10 @@ create table herald_public.inbound_messages (
   account text not null,
   received_at timestamp with time zone not null
     default now(),
+  media_urls text[] not null
+    default '{}'::text[],
+  media_types text[] not null
+    default '{}'::text[],
   constraint inbound_messages_account
     CHECK ((account = ANY (ARRAY['tenant'::text, 'system'::text]))),
   constraint inbound_messages_auto_reply_length
@@ -1184,6 +1196,8 @@ create table herald_public.inbound_messages (
     CHECK ((keyword = ANY (ARRAY['stop'::text, 'start'::text, 'help'::text]))),
   constraint inbound_messages_media_count
     CHECK (((media_count >= 0) AND (media_count <= 10))),
+  constraint inbound_messages_media_shape
+    CHECK (((cardinality(media_urls) <= 10) AND (cardinality(media_types) = cardinality(media_urls)))),
   constraint inbound_messages_pkey
     PRIMARY KEY (tenant_id, id),
   constraint inbound_messages_provider_account_fkey
@@ -1228,6 +1242,8 @@ comment on column herald_public.inbound_messages.body_encrypted is '@behavior -*
 comment on column herald_public.inbound_messages.from_encrypted is '@behavior -*';
 comment on column herald_public.inbound_messages.key_version is '@behavior -*';
 comment on column herald_public.inbound_messages.keyword is '`stop`, `start` or `help` when the text was one of those keywords (any case, spacing or punctuation).';
+comment on column herald_public.inbound_messages.media_types is 'The content types of the media received (`mediaCount` of them), in order: fetch each at `/media/inbound/<rowId>/<n>` (n from 0).';
+comment on column herald_public.inbound_messages.media_urls is '@behavior -*';
 comment on column herald_public.inbound_messages.provider_message_id is 'Twilio''s MessageSid.';
 comment on constraint inbound_messages_contact_fkey on herald_public.inbound_messages is '@fieldName contact
 @foreignFieldName inboundMessages';
@@ -1243,7 +1259,7 @@ grant insert (account, auto_reply, body_encrypted, channel, contact_id, from_enc
 grant select on herald_public.inbound_messages to herald_admin;
 grant select on herald_public.inbound_messages to herald_member;
 grant select on herald_public.inbound_messages to herald_worker;
-grant update (body_encrypted, from_encrypted, key_version) on herald_public.inbound_messages to herald_worker;
+grant update (body_encrypted, from_encrypted, key_version, media_types, media_urls) on herald_public.inbound_messages to herald_worker;
 
 create table herald_public.invitations (
   tenant_id uuid not null
@@ -1762,6 +1778,12 @@ create table herald_public.provider_accounts (
   meta_app_secret_encrypted bytea,
   meta_key_version smallint,
   meta_verify_token_hash bytea,
+  content_templates jsonb not null
+    default '[]'::jsonb,
+  content_synced_at timestamp with time zone,
+  content_sync_requested_at timestamp with time zone,
+  constraint provider_accounts_content_templates
+    CHECK (((jsonb_typeof(content_templates) = 'array'::text) AND (octet_length((content_templates)::text) <= 2000000))),
   constraint provider_accounts_key_version_fkey
     FOREIGN KEY (tenant_id, key_version) REFERENCES herald_private.tenant_data_keys(tenant_id, version),
   constraint provider_accounts_kind
@@ -1796,6 +1818,8 @@ alter table herald_public.provider_accounts force row level security;
     CREATE UNIQUE INDEX provider_accounts_one_active ON herald_public.provider_accounts USING btree (tenant_id, kind) WHERE (status = 'active'::text);
 -- trigger _100_timestamps on herald_public.provider_accounts
     CREATE TRIGGER _100_timestamps BEFORE UPDATE ON herald_public.provider_accounts FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
+-- trigger _500_sync_content on herald_public.provider_accounts
+    CREATE TRIGGER _500_sync_content AFTER UPDATE OF content_sync_requested_at ON herald_public.provider_accounts FOR EACH ROW WHEN (((new.content_sync_requested_at IS DISTINCT FROM old.content_sync_requested_at) AND (new.kind = 'twilio'::text))) EXECUTE FUNCTION herald_private.tg__add_job('provider_accounts__sync_content');
 -- trigger _900_audit_delete on herald_public.provider_accounts
     CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.provider_accounts REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', 'last_error,last_tested_at');
 -- trigger _900_audit_insert on herald_public.provider_accounts
@@ -1826,6 +1850,9 @@ create policy update_worker on herald_public.provider_accounts as permissive for
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.provider_accounts is '@behavior -insert -update
 A tenant''s own Twilio or SendGrid account. Create with `createProviderAccount`; credentials are write-only (`secretHint` shows the last 4 characters).';
+comment on column herald_public.provider_accounts.content_sync_requested_at is 'When a sync was last asked for (`syncContentTemplates`).';
+comment on column herald_public.provider_accounts.content_synced_at is 'When `contentTemplates` was last synced.';
+comment on column herald_public.provider_accounts.content_templates is 'Twilio accounts: the account''s Content API templates as last synced (`syncContentTemplates`): `sid`, `friendlyName`, `language`, `body`, `variables`, `approvalStatus` (WhatsApp), at most 1,000.';
 comment on column herald_public.provider_accounts.key_version is '@behavior -*';
 comment on column herald_public.provider_accounts.last_error is 'The provider''s answer to the last failed use or test.';
 comment on column herald_public.provider_accounts.meta_app_secret_encrypted is '@behavior -*';
@@ -1841,11 +1868,11 @@ comment on constraint provider_accounts_meta_key_version_fkey on herald_public.p
 grant delete on herald_public.provider_accounts to herald_admin;
 grant delete on herald_public.provider_accounts to herald_member;
 grant insert (key_version, kind, meta_app_secret_encrypted, meta_key_version, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
-grant select (created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_admin;
-grant select (created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_member;
+grant select (content_sync_requested_at, content_synced_at, content_templates, created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_admin;
+grant select (content_sync_requested_at, content_synced_at, content_templates, created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at) on herald_public.provider_accounts to herald_member;
 grant select on herald_public.provider_accounts to herald_worker;
-grant update (key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_worker;
-grant update (key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
+grant update (content_sync_requested_at, key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_member;
+grant update (content_synced_at, content_templates, key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted) on herald_public.provider_accounts to herald_worker;
 grant update (last_error, last_tested_at, status) on herald_public.provider_accounts to herald_admin;
 
 create table herald_public.segments (
@@ -2152,10 +2179,18 @@ create table herald_public.templates (
   whatsapp_template_language text,
   whatsapp_template_parameters text[] not null
     default '{}'::text[],
+  media_urls text[] not null
+    default '{}'::text[],
+  content_sid text,
+  content_variables jsonb,
   constraint templates_body_length
     CHECK ((((length(body) >= 1) AND (length(body) <= 1600)) OR ((channel = 'email'::text) AND (length(body) <= 100000)))),
   constraint templates_channel
     CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text, 'email'::text]))),
+  constraint templates_content_sid
+    CHECK (((content_sid IS NULL) OR ((channel = 'whatsapp'::text) AND (content_sid ~ '^HX[0-9a-f]{32}$'::text)))),
+  constraint templates_content_variables
+    CHECK (((content_variables IS NULL) OR ((content_sid IS NOT NULL) AND (jsonb_typeof(content_variables) = 'object'::text) AND (length((content_variables)::text) <= 10000)))),
   constraint templates_email_content
     CHECK (((channel <> 'email'::text) OR (length(body) > 0) OR (html_body IS NOT NULL))) NOT VALID,
   constraint templates_email_subject
@@ -2164,6 +2199,8 @@ create table herald_public.templates (
     CHECK ((length(html_body) <= 500000)),
   constraint templates_html_only_email
     CHECK (((html_body IS NULL) OR (channel = 'email'::text))),
+  constraint templates_media_count
+    CHECK ((cardinality(media_urls) <= 10)),
   constraint templates_name_length
     CHECK (((length((name)::text) >= 1) AND (length((name)::text) <= 200))),
   constraint templates_name_unique
@@ -2189,6 +2226,8 @@ alter table herald_public.templates force row level security;
     CREATE TRIGGER _100_timestamps BEFORE INSERT OR UPDATE ON herald_public.templates FOR EACH ROW EXECUTE FUNCTION herald_private.tg__timestamps();
 -- trigger _200_validate on herald_public.templates
     CREATE TRIGGER _200_validate BEFORE INSERT OR UPDATE ON herald_public.templates FOR EACH ROW EXECUTE FUNCTION herald_private.tg_templates__validate();
+-- trigger _210_whatsapp on herald_public.templates
+    CREATE TRIGGER _210_whatsapp BEFORE INSERT OR UPDATE ON herald_public.templates FOR EACH ROW EXECUTE FUNCTION herald_private.tg_templates__whatsapp();
 -- trigger _900_audit_delete on herald_public.templates
     CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.templates REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
 -- trigger _900_audit_insert on herald_public.templates
@@ -2210,7 +2249,10 @@ create policy update_member on herald_public.templates as permissive for update 
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on table herald_public.templates is 'A reusable message. Variables: `{{first_name}}`, `{{attributes.plan}}`, with a default `{{first_name|there}}`.';
 comment on column herald_public.templates.body is 'The SMS/WhatsApp text, or the email''s text part (for email, empty: derived from `htmlBody` for each contact).';
+comment on column herald_public.templates.content_sid is 'WhatsApp only: the provider''s approved template (a Twilio Content SID, `HX…`). Sent as that template, it may go outside the 24-hour session window; `body` is what the conversation shows.';
+comment on column herald_public.templates.content_variables is 'The approved template''s variables by number, each a text with Herald''s own variables, e.g. `{"1": "{{first_name|there}}"}`.';
 comment on column herald_public.templates.html_body is 'Email only: the HTML part, stored as given. Contact values are HTML-escaped in it when sent.';
+comment on column herald_public.templates.media_urls is 'https URLs of media sent with the message: up to 10 on SMS (MMS), 1 on WhatsApp.';
 comment on column herald_public.templates.subject is 'Email only (required there).';
 comment on column herald_public.templates.variables is '@behavior -insert -update
 The variables the template uses.';
@@ -2219,11 +2261,11 @@ comment on column herald_public.templates.whatsapp_template_name is 'WhatsApp th
 comment on column herald_public.templates.whatsapp_template_parameters is 'The Meta template''s body parameters in order ({{1}}, {{2}}, …), each a text with Herald variables such as `{{first_name|there}}`.';
 grant delete on herald_public.templates to herald_admin;
 grant delete on herald_public.templates to herald_member;
-grant insert (body, channel, html_body, id, name, subject, tenant_id, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters) on herald_public.templates to herald_member;
+grant insert (body, channel, content_sid, content_variables, html_body, id, media_urls, name, subject, tenant_id, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters) on herald_public.templates to herald_member;
 grant select on herald_public.templates to herald_admin;
 grant select on herald_public.templates to herald_member;
 grant select on herald_public.templates to herald_worker;
-grant update (body, html_body, name, subject, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters) on herald_public.templates to herald_member;
+grant update (body, content_sid, content_variables, html_body, media_urls, name, subject, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters) on herald_public.templates to herald_member;
 
 create table herald_public.tenant_settings (
   tenant_id uuid not null,
@@ -2613,7 +2655,7 @@ create policy update_worker on herald_public.webhook_endpoints as permissive for
 comment on table herald_public.webhook_endpoints is '@behavior -insert
 An URL of the tenant''s own app that Herald posts events to, signed (`Herald-Signature`). Create with `createWebhookEndpoint`.';
 comment on column herald_public.webhook_endpoints.consecutive_failures is 'Failed attempts in a row; past the limit the endpoint is disabled (`enableWebhookEndpoint` turns it back on).';
-comment on column herald_public.webhook_endpoints.event_types is 'Any of `delivery.updated`, `inbound.received`, `consent.changed`, `delivery.opened`, `delivery.clicked`.';
+comment on column herald_public.webhook_endpoints.event_types is 'Any of `delivery.updated`, `inbound.received`, `consent.changed`, `delivery.opened`, `delivery.clicked`, `delivery.read`.';
 comment on column herald_public.webhook_endpoints.key_version is '@behavior -*';
 comment on column herald_public.webhook_endpoints.secret_encrypted is '@behavior -*';
 comment on column herald_public.webhook_endpoints.secret_hint is 'The last 4 characters of the signing secret.';
@@ -2648,10 +2690,11 @@ create view herald_public.daily_usage with (security_invoker=true) as
         unknown,
         segments,
         inbound,
-        opt_outs
-       FROM herald_hidden.usage_between('-infinity'::timestamp with time zone, 'infinity'::timestamp with time zone) usage_between(tenant_id, day, channel, account, provider, messages, deliveries, queued, sending, sent, delivered, undelivered, failed, skipped, canceled, unknown, segments, inbound, opt_outs);;
+        opt_outs,
+        read
+       FROM herald_hidden.usage_between('-infinity'::timestamp with time zone, 'infinity'::timestamp with time zone) usage_between(tenant_id, day, channel, account, provider, messages, deliveries, queued, sending, sent, delivered, undelivered, failed, skipped, canceled, unknown, segments, inbound, opt_outs, read);;
 comment on view herald_public.daily_usage is '@behavior -*
-What the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs. A delivery counts on its message''s day.';
+What the tenant sent and received per UTC day, channel and account (`tenant` or `system`; none for deliveries never handed to a provider): messages, deliveries by status, SMS segments, inbound messages, opt-outs, deliveries read. A delivery counts on its message''s day.';
 comment on column herald_public.daily_usage.account is '`tenant` (its own provider account), `system`, or null (never handed to a provider: skipped, canceled, still queued).';
 grant select on herald_public.daily_usage to herald_admin;
 grant select on herald_public.daily_usage to herald_member;
@@ -3454,14 +3497,47 @@ grant execute on function herald_hidden.jsonb_timestamptz(jsonb) to herald_worke
 grant execute on function herald_hidden.keyed_hash(text,text,bytea) to herald_member;
 grant execute on function herald_hidden.keyed_hash(text,text,bytea) to herald_worker;
 
--- function herald_hidden.media_refusal(text,text[]) returns text; sql; stable; set search_path=""
+-- function herald_hidden.media_refusal(text,text[]) returns text; plpgsql; immutable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.media_refusal(channel text, media_urls text[])
      RETURNS text
-     LANGUAGE sql
-     STABLE
+     LANGUAGE plpgsql
+     IMMUTABLE
      SET search_path TO ''
     AS $function$
-      select case when pg_catalog.cardinality(media_urls) > 0 then 'media are not supported on this channel' end;
+    declare
+      v_url text;
+      v_ext text;
+      v_max integer := case media_refusal.channel when 'sms' then 10 when 'whatsapp' then 1 else 0 end;
+      v_types text[] := case media_refusal.channel
+        -- Twilio MMS: images (fully supported), audio, video, vCard, PDF, text.
+        when 'sms' then array['jpg', 'jpeg', 'png', 'gif', 'bmp', 'webp', 'mp3', 'm4a', 'ogg', 'amr', 'wav', 'mp4', '3gp',
+                              'mov', 'vcf', 'pdf', 'txt', 'csv', 'ics']
+        -- WhatsApp: image (jpeg, png), audio, video (mp4, 3gpp), documents.
+        when 'whatsapp' then array['jpg', 'jpeg', 'png', 'mp3', 'm4a', 'ogg', 'amr', 'aac', 'opus', 'mp4', '3gp', 'pdf',
+                                   'doc', 'docx', 'xls', 'xlsx', 'ppt', 'pptx', 'txt']
+        else array[]::text[] end;
+    begin
+      if media_urls is null or pg_catalog.cardinality(media_urls) = 0 then
+        return null;
+      end if;
+      if v_max = 0 then
+        return pg_catalog.format('media are not supported on %s', coalesce(media_refusal.channel, 'this channel'));
+      end if;
+      if pg_catalog.cardinality(media_urls) > v_max then
+        return pg_catalog.format('at most %s media on %s, not %s', v_max, media_refusal.channel, pg_catalog.cardinality(media_urls));
+      end if;
+      foreach v_url in array media_urls loop
+        if v_url is null or pg_catalog.length(v_url) > 2000 or v_url !~ '^https://[^\s/?#@]+/[^\s]*$' then
+          return 'each media URL must be an https URL (no credentials, at most 2000 characters)';
+        end if;
+        v_ext := pg_catalog.lower((pg_catalog.regexp_match(pg_catalog.split_part(pg_catalog.split_part(v_url, '?', 1), '#', 1),
+                                                           '/[^/]*\.([A-Za-z0-9]{1,5})$'))[1]);
+        if v_ext is not null and not (v_ext = any (v_types)) then
+          return pg_catalog.format('.%s files cannot be sent on %s', v_ext, media_refusal.channel);
+        end if;
+      end loop;
+      return null;
+    end;
     $function$;
 grant execute on function herald_hidden.media_refusal(text,text[]) to herald_member;
 grant execute on function herald_hidden.media_refusal(text,text[]) to herald_worker;
@@ -4875,6 +4951,19 @@ grant execute on function herald_hidden.sms_segments(text) to herald_worker;
     $function$;
 grant execute on function herald_hidden.snapshot_segment_audience(uuid) to herald_worker;
 
+-- function herald_hidden.store_inbound_media(uuid,text[],text[]) returns void; sql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.store_inbound_media(inbound_message_id uuid, urls text[], types text[])
+     RETURNS void
+     LANGUAGE sql
+     SET search_path TO ''
+    AS $function$
+      update herald_public.inbound_messages i
+         set media_urls = urls[1:10], media_types = types[1:10]
+       where i.tenant_id = herald_public.current_tenant_id() and i.id = store_inbound_media.inbound_message_id
+         and pg_catalog.cardinality(i.media_urls) = 0 and pg_catalog.cardinality(urls) = pg_catalog.cardinality(types);
+    $function$;
+grant execute on function herald_hidden.store_inbound_media(uuid,text[],text[]) to herald_worker;
+
 -- function herald_hidden.sync_pool_numbers(uuid,text[]) returns record; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.sync_pool_numbers(messaging_service_id uuid, numbers text[], OUT added integer, OUT joined integer, OUT removed integer, OUT refused integer)
      RETURNS record
@@ -5173,9 +5262,9 @@ comment on function herald_hidden.upsert_contacts(jsonb,text) is 'Inserts or upd
 grant execute on function herald_hidden.upsert_contacts(jsonb,text) to herald_member;
 grant execute on function herald_hidden.upsert_contacts(jsonb,text) to herald_worker;
 
--- function herald_hidden.usage_between(timestamp with time zone,timestamp with time zone) returns TABLE(tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer); sql; stable
+-- function herald_hidden.usage_between(timestamp with time zone,timestamp with time zone) returns TABLE(tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer, read integer); sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.usage_between(from_at timestamp with time zone, to_at timestamp with time zone)
-     RETURNS TABLE(tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer)
+     RETURNS TABLE(tenant_id uuid, day date, channel text, account text, provider text, messages integer, deliveries integer, queued integer, sending integer, sent integer, delivered integer, undelivered integer, failed integer, skipped integer, canceled integer, unknown integer, segments integer, inbound integer, opt_outs integer, read integer)
      LANGUAGE sql
      STABLE
     AS $function$
@@ -5184,7 +5273,7 @@ grant execute on function herald_hidden.upsert_contacts(jsonb,text) to herald_wo
              sum(u.messages)::integer, sum(u.deliveries)::integer, sum(u.queued)::integer, sum(u.sending)::integer,
              sum(u.sent)::integer, sum(u.delivered)::integer, sum(u.undelivered)::integer, sum(u.failed)::integer,
              sum(u.skipped)::integer, sum(u.canceled)::integer, sum(u.unknown)::integer, sum(u.segments)::integer,
-             sum(u.inbound)::integer, sum(u.opt_outs)::integer
+             sum(u.inbound)::integer, sum(u.opt_outs)::integer, sum(u.read)::integer
         from (
           select m.tenant_id, (m.created_at at time zone 'UTC')::date as day, d.channel, d.provider as account,
                  count(distinct d.message_id) as messages, count(*) as deliveries,
@@ -5197,20 +5286,21 @@ grant execute on function herald_hidden.upsert_contacts(jsonb,text) to herald_wo
                  count(*) filter (where d.status = 'skipped') as skipped,
                  count(*) filter (where d.status = 'canceled') as canceled,
                  count(*) filter (where d.status = 'unknown') as unknown,
-                 coalesce(sum(d.segments), 0) as segments, 0 as inbound, 0 as opt_outs
+                 coalesce(sum(d.segments), 0) as segments, 0 as inbound, 0 as opt_outs,
+                 count(*) filter (where d.read_at is not null) as read
             from herald_public.messages m
             join herald_public.deliveries d on d.tenant_id = m.tenant_id and d.message_id = m.id
            where m.created_at >= usage_between.from_at and m.created_at < usage_between.to_at
            group by 1, 2, 3, 4
           union all
           select i.tenant_id, (i.received_at at time zone 'UTC')::date, i.channel, i.account,
-                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0
+                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0, 0
             from herald_public.inbound_messages i
            where i.received_at >= usage_between.from_at and i.received_at < usage_between.to_at
            group by 1, 2, 3, 4
           union all
           select e.tenant_id, (e.created_at at time zone 'UTC')::date, e.channel, null,
-                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*)
+                 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, count(*), 0
             from herald_public.consent_events e
            where e.action = 'opt_out' and e.created_at >= usage_between.from_at and e.created_at < usage_between.to_at
            group by 1, 2, 3
@@ -5239,12 +5329,26 @@ grant execute on function herald_hidden.webhook_endpoint_secret(uuid) to herald_
      IMMUTABLE PARALLEL SAFE
      SET search_path TO ''
     AS $function$
-      select array['delivery.updated', 'inbound.received', 'consent.changed', 'delivery.opened', 'delivery.clicked'];
+      select array['delivery.updated', 'inbound.received', 'consent.changed', 'delivery.opened', 'delivery.clicked', 'delivery.read'];
     $function$;
 comment on function herald_hidden.webhook_event_types() is 'The events a webhook endpoint may listen to.';
 grant execute on function herald_hidden.webhook_event_types() to herald_admin;
 grant execute on function herald_hidden.webhook_event_types() to herald_member;
 grant execute on function herald_hidden.webhook_event_types() to herald_worker;
+
+-- function herald_hidden.whatsapp_session_open(uuid) returns boolean; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.whatsapp_session_open(contact_id uuid)
+     RETURNS boolean
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select exists (select 1 from herald_public.inbound_messages i
+                      where i.tenant_id = herald_public.current_tenant_id() and i.contact_id = whatsapp_session_open.contact_id
+                        and i.channel = 'whatsapp' and i.received_at > now() - interval '24 hours');
+    $function$;
+grant execute on function herald_hidden.whatsapp_session_open(uuid) to herald_member;
+grant execute on function herald_hidden.whatsapp_session_open(uuid) to herald_worker;
 
 -- function herald_private.accept_invitation(text,text) returns herald_private.login_identity; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.accept_invitation(token text, password text)
@@ -6048,6 +6152,18 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
     end;
     $function$;
 
+-- function herald_private.tg_deliveries__session_window_reason() returns trigger; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_deliveries__session_window_reason()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    begin
+      new.reason := 'outside_session_window';
+      return new;
+    end;
+    $function$;
+
 -- function herald_private.tg_deliveries__transactional_email() returns trigger; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.tg_deliveries__transactional_email()
      RETURNS trigger
@@ -6070,6 +6186,32 @@ comment on function herald_private.tg__timestamps() is 'Keeps created_at immutab
     end;
     $function$;
 comment on function herald_private.tg_deliveries__transactional_email() is 'A transactional email that fan-out skipped only for a marketing unsubscribe is queued after all (the send-time decision checks it again).';
+
+-- function herald_private.tg_deliveries__webhook_read() returns trigger; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_deliveries__webhook_read()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_event_id uuid;
+    begin
+      if not exists (select 1 from herald_public.webhook_endpoints e
+                      where e.tenant_id = new.tenant_id and e.status = 'active' and 'delivery.read' = any (e.event_types)) then
+        return null;
+      end if;
+      v_event_id := gen_random_uuid();
+      insert into herald_public.webhook_deliveries (tenant_id, endpoint_id, event_id, event_type, payload)
+      select new.tenant_id, e.id, v_event_id, 'delivery.read',
+             pg_catalog.jsonb_build_object('delivery_id', new.id, 'message_id', new.message_id, 'contact_id', new.contact_id,
+                                           'channel', new.channel, 'status', new.status, 'read_at', new.read_at,
+                                           'provider_message_id', new.provider_message_id)
+        from herald_public.webhook_endpoints e
+       where e.tenant_id = new.tenant_id and e.status = 'active' and 'delivery.read' = any (e.event_types);
+      return null;
+    end;
+    $function$;
 
 -- function herald_private.tg_delivery_events__engagement() returns trigger; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.tg_delivery_events__engagement()
@@ -6128,6 +6270,20 @@ comment on function herald_private.tg_deliveries__transactional_email() is 'A tr
                offset 0) x
         join herald_public.webhook_endpoints w
           on w.tenant_id = x.tenant_id and w.status = 'active' and x.event_type = any (w.event_types);
+      return null;
+    end;
+    $function$;
+
+-- function herald_private.tg_delivery_events__read() returns trigger; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_delivery_events__read()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    begin
+      update herald_public.deliveries d
+         set read_at = coalesce(new.occurred_at, new.received_at)
+       where d.tenant_id = new.tenant_id and d.id = new.delivery_id and d.status = 'delivered' and d.read_at is null;
       return null;
     end;
     $function$;
@@ -6310,6 +6466,45 @@ comment on function herald_private.tg_deliveries__transactional_email() is 'A tr
           || herald_hidden.template_variables(new.subject, 'subject')
           || herald_hidden.template_variables(new.html_body, 'htmlBody')) v
         order by v);
+      return new;
+    end;
+    $function$;
+
+-- function herald_private.tg_templates__whatsapp() returns trigger; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_templates__whatsapp()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_refusal text := herald_hidden.media_refusal(new.channel, new.media_urls);
+      v_key text;
+      v_value jsonb;
+    begin
+      if v_refusal is not null then
+        raise exception '%', v_refusal using errcode = '22023', column = 'mediaUrls';
+      end if;
+      if new.content_sid is not null and new.channel <> 'whatsapp' then
+        raise exception 'contentSid is for WhatsApp templates only' using errcode = '22023', column = 'contentSid';
+      end if;
+      if new.content_sid is not null and new.content_sid !~ '^HX[0-9a-f]{32}$' then
+        raise exception 'contentSid must be a Content SID (HX and 32 hex digits)' using errcode = '22023', column = 'contentSid';
+      end if;
+      if new.content_variables is not null then
+        if new.content_sid is null then
+          raise exception 'contentVariables need a contentSid' using errcode = '22023', column = 'contentVariables';
+        end if;
+        if pg_catalog.jsonb_typeof(new.content_variables) <> 'object' or pg_catalog.length(new.content_variables::text) > 10000 then
+          raise exception 'contentVariables must be a JSON object of texts (at most 10000 characters)'
+            using errcode = '22023', column = 'contentVariables';
+        end if;
+        for v_key, v_value in select k, v from pg_catalog.jsonb_each(new.content_variables) as e(k, v) loop
+          if v_key !~ '^[A-Za-z0-9_]{1,40}$' or pg_catalog.jsonb_typeof(v_value) <> 'string' then
+            raise exception 'contentVariables must map names (letters, digits, _) to texts' using errcode = '22023', column = 'contentVariables';
+          end if;
+          perform herald_hidden.template_variables(v_value #>> '{}', 'contentVariables');
+        end loop;
+      end if;
       return new;
     end;
     $function$;
@@ -6662,13 +6857,13 @@ grant execute on function herald_public.change_member_role(uuid,text) to herald_
     AS $function$
       select e.* from (
         select 'inbound'::text, i.channel, i.received_at, herald_hidden.decrypt_pii(i.body_encrypted, i.key_version),
-               null::text, i.keyword, i.to_number, null::uuid, null::uuid, i.id
+               null::text, i.keyword, i.to_number, null::uuid, null::uuid, i.id, i.media_types
           from herald_public.inbound_messages i
          where i.tenant_id = contact.tenant_id and i.contact_id = contact.id
            and (contacts_conversation.channel is null or i.channel = contacts_conversation.channel)
         union all
         -- The keyword reply went back at once, in Twilio's answer to the webhook.
-        select 'outbound', i.channel, i.received_at, i.auto_reply, 'sent', null, i.to_number, null, null, i.id
+        select 'outbound', i.channel, i.received_at, i.auto_reply, 'sent', null, i.to_number, null, null, i.id, null::text[]
           from herald_public.inbound_messages i
          where i.tenant_id = contact.tenant_id and i.contact_id = contact.id and i.auto_reply is not null
            and (contacts_conversation.channel is null or i.channel = contacts_conversation.channel)
@@ -6676,14 +6871,14 @@ grant execute on function herald_public.change_member_role(uuid,text) to herald_
         select 'outbound', d.channel, coalesce(d.sent_at, d.created_at),
                coalesce(herald_hidden.decrypt_pii(d.content_encrypted, d.content_key_version),
                         case when d.channel = 'email' then coalesce(m.subject, t.subject) else coalesce(m.body, t.body) end),
-               d.status, null, d.from_address, d.message_id, d.id, null
+               d.status, null, d.from_address, d.message_id, d.id, null, null::text[]
           from herald_public.deliveries d
           join herald_public.messages m on m.tenant_id = d.tenant_id and m.id = d.message_id
           left join herald_public.templates t on t.tenant_id = m.tenant_id and t.id = m.template_id
          where d.tenant_id = contact.tenant_id and d.contact_id = contact.id
            and d.status not in ('skipped', 'canceled')
            and (contacts_conversation.channel is null or d.channel = contacts_conversation.channel)
-      ) e (direction, channel, at, body, status, keyword, tenant_address, message_id, delivery_id, inbound_message_id)
+      ) e (direction, channel, at, body, status, keyword, tenant_address, message_id, delivery_id, inbound_message_id, media_types)
       -- A keyword reply shares its message's instant: it comes after it (before it, newest first).
       order by e.at desc, e.direction desc, coalesce(e.delivery_id, e.inbound_message_id);
     $function$;
@@ -7064,6 +7259,20 @@ comment on function herald_public.lists_member_count(herald_public.lists) is 'Ho
 grant execute on function herald_public.lists_member_count(herald_public.lists) to herald_admin;
 grant execute on function herald_public.lists_member_count(herald_public.lists) to herald_member;
 grant execute on function herald_public.lists_member_count(herald_public.lists) to herald_worker;
+
+-- function herald_public.messages_read_count(herald_public.messages) returns integer; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.messages_read_count(message herald_public.messages)
+     RETURNS integer
+     LANGUAGE sql
+     STABLE PARALLEL SAFE
+     SET search_path TO ''
+    AS $function$
+      select count(*)::integer from herald_public.deliveries d
+       where d.tenant_id = message.tenant_id and d.message_id = message.id and d.read_at is not null;
+    $function$;
+comment on function herald_public.messages_read_count(herald_public.messages) is 'Deliveries the recipient has read (WhatsApp read receipts); each also counts as delivered in `stats`.';
+grant execute on function herald_public.messages_read_count(herald_public.messages) to herald_admin;
+grant execute on function herald_public.messages_read_count(herald_public.messages) to herald_member;
 
 -- function herald_public.messages_reasons(herald_public.messages) returns SETOF herald_public.message_reason_count; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.messages_reasons(message herald_public.messages)
@@ -7631,6 +7840,38 @@ comment on function herald_public.suspend_tenant(uuid,text) is '@resultFieldName
 Platform operators: suspend a tenant. Its users and API keys stop working and its sends are held until `resumeTenant`.';
 grant execute on function herald_public.suspend_tenant(uuid,text) to herald_admin;
 
+-- function herald_public.sync_content_templates(uuid) returns herald_public.provider_accounts; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.sync_content_templates(provider_account_id uuid)
+     RETURNS herald_public.provider_accounts
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_account herald_public.provider_accounts;
+    begin
+      if not herald_hidden.current_user_is_tenant_admin() then
+        raise exception 'only the tenant''s owners and admins sync provider templates' using errcode = '42501';
+      end if;
+      update herald_public.provider_accounts a set content_sync_requested_at = now()
+       where a.tenant_id = herald_public.current_tenant_id() and a.id = sync_content_templates.provider_account_id
+         and a.kind = 'twilio'
+      -- Not RETURNING *: members may not select the ciphertext.
+      returning tenant_id, id, kind, name, twilio_account_sid, twilio_api_key_sid, secret_hint, status, last_tested_at, last_error,
+                created_at, updated_at, content_templates, content_synced_at, content_sync_requested_at
+           into v_account.tenant_id, v_account.id, v_account.kind, v_account.name, v_account.twilio_account_sid,
+                v_account.twilio_api_key_sid, v_account.secret_hint, v_account.status, v_account.last_tested_at,
+                v_account.last_error, v_account.created_at, v_account.updated_at, v_account.content_templates,
+                v_account.content_synced_at, v_account.content_sync_requested_at;
+      if v_account.id is null then
+        raise exception 'Twilio account not found' using errcode = 'NTFND', column = 'providerAccountId';
+      end if;
+      return v_account;
+    end;
+    $function$;
+comment on function herald_public.sync_content_templates(uuid) is '@resultFieldName providerAccount
+List the Twilio account''s approved templates (Content API) with their WhatsApp approval status, in the background: `contentTemplates` shows them once synced (owners and admins).';
+grant execute on function herald_public.sync_content_templates(uuid) to herald_member;
+
 -- function herald_public.sync_messaging_service(uuid) returns herald_public.messaging_services; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.sync_messaging_service(messaging_service_id uuid)
      RETURNS herald_public.messaging_services
@@ -7666,6 +7907,24 @@ comment on function herald_public.tags_contact_count(herald_public.tags) is 'How
 grant execute on function herald_public.tags_contact_count(herald_public.tags) to herald_admin;
 grant execute on function herald_public.tags_contact_count(herald_public.tags) to herald_member;
 grant execute on function herald_public.tags_contact_count(herald_public.tags) to herald_worker;
+
+-- function herald_public.templates_approval_status(herald_public.templates) returns text; sql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.templates_approval_status(template herald_public.templates)
+     RETURNS text
+     LANGUAGE sql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+      select c ->> 'approvalStatus'
+        from herald_public.provider_accounts a, pg_catalog.jsonb_array_elements(a.content_templates) c
+       where template.content_sid is not null and a.tenant_id = template.tenant_id and a.kind = 'twilio'
+         and c ->> 'sid' = template.content_sid
+       order by a.status = 'active' desc, a.content_synced_at desc nulls last
+       limit 1;
+    $function$;
+comment on function herald_public.templates_approval_status(herald_public.templates) is 'WhatsApp approval of the provider template `contentSid` names (`approved`, `pending`, `rejected`, `unsubmitted` …), as last synced by `syncContentTemplates`; null if never synced.';
+grant execute on function herald_public.templates_approval_status(herald_public.templates) to herald_admin;
+grant execute on function herald_public.templates_approval_status(herald_public.templates) to herald_member;
 
 -- function herald_public.templates_sms_encoding(herald_public.templates) returns text; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.templates_sms_encoding(template herald_public.templates)
@@ -7806,7 +8065,7 @@ grant execute on function herald_public.update_messaging_service(uuid,text,numer
       end if;
       return query
       select u.day, u.channel, u.account, u.provider, u.messages, u.deliveries, u.queued, u.sending, u.sent, u.delivered,
-             u.undelivered, u.failed, u.skipped, u.canceled, u.unknown, u.segments, u.inbound, u.opt_outs
+             u.undelivered, u.failed, u.skipped, u.canceled, u.unknown, u.segments, u.inbound, u.opt_outs, u.read
         from herald_hidden.usage_between((from_day::timestamp) at time zone 'UTC', ((to_day + 1)::timestamp) at time zone 'UTC') u
        where u.tenant_id = herald_public.current_tenant_id()
        order by u.day, u.channel, u.account nulls last;

@@ -111,6 +111,16 @@ const envSchema = z
     HERALD_WEBHOOK_ALLOW_PRIVATE: optionalText.pipe(z.enum(["true", "false"]).optional()),
     // Express's `trust proxy`: which proxies' X-Forwarded-For to believe (hops, or addresses/CIDRs).
     HERALD_TRUST_PROXY: optionalText,
+    // Where Twilio's media may be fetched besides https://api.twilio.com: a sandbox's origin (docs/whatsapp.md).
+    HERALD_TWILIO_MEDIA_ORIGINS: optionalText.pipe(
+      z
+        .string()
+        .regex(
+          /^https?:\/\/[^\s/?#@,]+(,https?:\/\/[^\s/?#@,]+)*$/,
+          "comma-separated origins, like http://127.0.0.1:5050",
+        )
+        .optional(),
+    ),
     HERALD_EMBEDDED_PG_PORT: z.preprocess(
       (v) => (v === "" ? undefined : v),
       z.coerce.number().int().min(1).max(65535).optional(),
@@ -191,6 +201,8 @@ export interface Config {
   outboundWebhooks: OutboundWebhookPolicy;
   /** HERALD_TRUST_PROXY, for express: the client's address behind a TLS-terminating proxy (login limits). */
   trustProxy: boolean | number | string;
+  /** HERALD_TWILIO_MEDIA_ORIGINS: origins of Twilio stand-ins whose media may be fetched (a sandbox); none by default. */
+  twilioMediaOrigins: string[];
   embeddedPgPort?: number;
   development: boolean;
   logLevel: string;
@@ -309,6 +321,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
         : isDevelopment(env),
     },
     trustProxy: parseTrustProxy(e.HERALD_TRUST_PROXY),
+    twilioMediaOrigins: e.HERALD_TWILIO_MEDIA_ORIGINS?.split(",") ?? [],
     embeddedPgPort: e.HERALD_EMBEDDED_PG_PORT,
     development: isDevelopment(env),
     logLevel: e.LOG_LEVEL,

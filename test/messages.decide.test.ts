@@ -92,6 +92,24 @@ const cases: [string, Partial<SendFacts>, ReturnType<typeof decideBeforeSending>
     { kind: "finish", status: "skipped", reason: "suppressed" },
   ],
   ["an email address is not a phone number", { channel: "email", to: "x@y.test" }, { kind: "send" }],
+  // WhatsApp's 24-hour window: free-form only while open; an approved template any time.
+  ["WhatsApp within the window goes", { channel: "whatsapp", whatsappSessionOpen: true }, { kind: "send" }],
+  [
+    "WhatsApp free-form outside the window",
+    { channel: "whatsapp", whatsappSessionOpen: false },
+    { kind: "finish", status: "skipped", reason: "outside_session_window" },
+  ],
+  [
+    "WhatsApp template outside the window goes",
+    { channel: "whatsapp", whatsappSessionOpen: false, approvedTemplate: true },
+    { kind: "send" },
+  ],
+  ["the window is WhatsApp's alone", { channel: "sms", whatsappSessionOpen: false }, { kind: "send" }],
+  [
+    "outside the window, unsubscribed first",
+    { channel: "whatsapp", whatsappSessionOpen: false, subscribed: false },
+    { kind: "finish", status: "skipped", reason: "unsubscribed" },
+  ],
   // What holds it.
   [
     "the tenant suspended",

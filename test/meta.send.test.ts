@@ -5,7 +5,7 @@ import { transmitSms } from "../src/providers/transmit.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
 import { useTestDatabase } from "./helpers/db.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
-import { createMetaAccount, type MetaFixture } from "./helpers/meta.ts";
+import { createMetaAccount, inboundText, postMeta, type MetaFixture } from "./helpers/meta.ts";
 import {
   asOwner,
   asWorker,
@@ -31,7 +31,7 @@ let server: SandboxServer;
 beforeAll(async () => {
   server = await startSandboxServer();
 });
-const { endpoint } = useCallableApiServer(db, () => ({ HERALD_META_GRAPH_URL: `${server.url}/meta` }));
+const { api, endpoint } = useCallableApiServer(db, () => ({ HERALD_META_GRAPH_URL: `${server.url}/meta` }));
 let a: TenantFixture;
 let b: TenantFixture;
 let metaA: MetaFixture;
@@ -60,6 +60,26 @@ const freshPhone = (ending?: string) => `+1628558${ending ?? String(1000 + ++pho
 /** The Graph requests the sandbox received for a recipient (E.164). */
 const requestsTo = (phone: string) => server.sandbox.metaRequests.filter((r) => r.body.to === phone.slice(1));
 
+/**
+ * A contact who has just written to the tenant's WhatsApp number (a signed
+ * Cloud API webhook), so its 24-hour window is open and free-form text may go.
+ */
+async function contactWhoWrote(phone: string, fields?: { firstName?: string }): Promise<string> {
+  const contactId = await contactWith(db.current, a, phone, fields);
+  const posted = await postMeta(api.current, metaA.path, inboundText(metaA.phoneNumberId, phone, "hi"), {
+    appSecret: metaA.appSecret,
+  });
+  expect(posted.status).toBe(200);
+  await waitFor(async () => {
+    const { rowCount } = await db.current.root.query(
+      "select 1 from herald_public.inbound_messages where contact_id = $1 and channel = 'whatsapp'",
+      [contactId],
+    );
+    return rowCount! > 0;
+  });
+  return contactId;
+}
+
 async function sendToContact(contactId: string, args: { body?: string; templateId?: string }): Promise<string> {
   const { rows } = await asOwner(db.current, a, (c) =>
     c.query("select id from herald_public.send_message('whatsapp', $1, $2, contact_ids => $3)", [
@@ -85,7 +105,7 @@ const deliveryOf = async (messageId: string) =>
 describe("through the worker", () => {
   it("a text goes to the Graph API as a text message, and Meta's statuses move the delivery to delivered", async () => {
     const phone = freshPhone();
-    const contactId = await contactWith(db.current, a, phone, { firstName: "Ada" });
+    const contactId = await contactWhoWrote(phone, { firstName: "Ada" });
     const messageId = await sendToContact(contactId, { body: "Hello {{first_name}}" });
     await settled(db.current, messageId);
     const [request] = requestsTo(phone);
@@ -107,6 +127,15 @@ describe("through the worker", () => {
     });
     expect(done.provider_message_id).toBe(request!.wamid);
     expect(done.events).toEqual(["meta:sent", "meta:delivered", "meta:read"]);
+  });
+
+  it("a free-form text to a contact who has not written in 24 hours is skipped before any Graph call", async () => {
+    const phone = freshPhone();
+    const contactId = await contactWith(db.current, a, phone);
+    const messageId = await sendToContact(contactId, { body: "Hello" });
+    await settled(db.current, messageId);
+    expect(await deliveryOf(messageId)).toMatchObject({ status: "skipped", reason: "outside_session_window" });
+    expect(requestsTo(phone)).toEqual([]);
   });
 
   it("a template naming a Meta template goes as that template, its parameters filled from the contact", async () => {
@@ -144,7 +173,7 @@ describe("through the worker", () => {
 
   it("131047 (outside the 24-hour window) reported by Meta fails the delivery with that code", async () => {
     const phone = freshPhone("0004");
-    const contactId = await contactWith(db.current, a, phone);
+    const contactId = await contactWhoWrote(phone);
     const messageId = await sendToContact(contactId, { body: "Are you there?" });
     const failed = await waitFor(async () => {
       const d = await deliveryOf(messageId);
@@ -157,7 +186,7 @@ describe("through the worker", () => {
 describe("a send Meta may have taken", () => {
   it("ends unknown and is never sent again: the Cloud API has no message lookup", async () => {
     const phone = freshPhone();
-    const contactId = await contactWith(db.current, a, phone);
+    const contactId = await contactWhoWrote(phone);
     server.sandbox.setFaults({ errorRate: 1 });
     let messageId: string;
     try {

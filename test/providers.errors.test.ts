@@ -35,6 +35,7 @@ describe("PROVIDER_CODES", () => {
       "131026": [true, true, false],
       "131047": [true, true, false],
       "190": [true, false, false],
+      "63016": [true, true, false],
       NOT_OWN_SENDER: [true, false, false],
       NO_SENDER: [true, false, false],
     });

@@ -266,7 +266,7 @@ create or replace function herald_hidden.webhook_event_types() returns text[]
   language sql immutable parallel safe
   set search_path = ''
 as $$
-  select array['delivery.updated', 'inbound.received', 'consent.changed', 'delivery.opened', 'delivery.clicked'];
+  select array['delivery.updated', 'inbound.received', 'consent.changed', 'delivery.opened', 'delivery.clicked', 'delivery.read'];
 $$;
 comment on function herald_hidden.webhook_event_types() is E'The events a webhook endpoint may listen to.';
 grant execute on function herald_hidden.webhook_event_types() to :DATABASE_MEMBER, :DATABASE_WORKER, :DATABASE_ADMIN;
@@ -275,7 +275,7 @@ alter table herald_public.webhook_endpoints drop constraint if exists webhook_en
 alter table herald_public.webhook_endpoints add constraint webhook_endpoints_event_types check (
   pg_catalog.cardinality(event_types) > 0 and event_types <@ herald_hidden.webhook_event_types());
 comment on column herald_public.webhook_endpoints.event_types is
-  E'Any of `delivery.updated`, `inbound.received`, `consent.changed`, `delivery.opened`, `delivery.clicked`.';
+  E'Any of `delivery.updated`, `inbound.received`, `consent.changed`, `delivery.opened`, `delivery.clicked`, `delivery.read`.';
 alter table herald_public.webhook_deliveries drop constraint if exists webhook_deliveries_event_type;
 alter table herald_public.webhook_deliveries add constraint webhook_deliveries_event_type check (
   event_type = any (herald_hidden.webhook_event_types()));

@@ -124,6 +124,9 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   templates_whatsapp_template_language: "whatsappTemplateLanguage",
   templates_whatsapp_template_name: "whatsappTemplateName",
   templates_whatsapp_template_parameters: "whatsappTemplateParameters",
+  templates_media_count: "mediaUrls",
+  templates_content_sid: "contentSid",
+  templates_content_variables: "contentVariables",
 
   tenant_settings_api_requests_per_minute_range: "apiRequestsPerMinute",
   tenant_settings_business_name_length: "businessName",
@@ -248,6 +251,7 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   inbound_messages_channel: SERVER_WRITTEN,
   inbound_messages_keyword: SERVER_WRITTEN,
   inbound_messages_media_count: SERVER_WRITTEN,
+  inbound_messages_media_shape: SERVER_WRITTEN,
   inbound_messages_provider_message_id_length: SERVER_WRITTEN,
   inbound_messages_provider_message_unique: SERVER_WRITTEN,
   inbound_messages_to_e164: SERVER_WRITTEN,
@@ -270,6 +274,7 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
 
   provider_accounts_pkey: GENERATED_ID,
   provider_accounts_last_error_length: SERVER_WRITTEN,
+  provider_accounts_content_templates: SERVER_WRITTEN,
   provider_accounts_status: SERVER_WRITTEN,
   provider_accounts_key_version_fkey: SERVER_SET,
   provider_accounts_meta_key_version_fkey: SERVER_SET,

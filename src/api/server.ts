@@ -16,6 +16,7 @@ import { acceptInvitationRoute } from "./routes/accept-invitation.ts";
 import { graphqlBody, graphqlGate, mountPostGraphile } from "./routes/graphql.ts";
 import { healthRoute } from "./routes/health.ts";
 import { loginRoute } from "./routes/login.ts";
+import { mediaRoutes } from "./routes/media.ts";
 import { providerCallbacks } from "./routes/provider-callbacks.ts";
 import { sandboxStandIn } from "./routes/sandbox.ts";
 import { unsubscribeRoutes } from "./routes/unsubscribe.ts";
@@ -66,6 +67,10 @@ export async function startApiServer(options: {
   if (sandbox) app.use("/sandbox", sandbox.router);
   app.use("/unsubscribe", unsubscribeRoutes({ pool: db.webhooks, keyring, key: config.unsubscribeKey, logger }));
   app.use("/webhooks", providerCallbacks({ config, pool: db.webhooks, keyring, sandbox, logger }));
+  app.use(
+    "/media",
+    mediaRoutes({ authenticator, requests: db.requests, webhooks: db.webhooks, keyring, config, logger }),
+  );
   app.use("/graphql", ...graphqlGate(authenticator, db.requests, logger));
   app.post("/graphql", ...graphqlBody);
 

@@ -69,7 +69,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.deliveries": {
     member: ["SELECT"],
     admin: ["SELECT"],
-    worker: ["INSERT(channel, contact_id, message_id, reason, run_at, status, tenant_id)", "SELECT", "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, reason, run_at, segments, sent_at, status, status_checked_at)"],
+    worker: ["INSERT(channel, contact_id, message_id, reason, run_at, status, tenant_id)", "SELECT", "UPDATE(attempts, claimed_at, claimed_by, completed_at, content_encrypted, content_key_version, content_sha256, counted_month, error_code, from_address, hold_reason, provider, provider_account_id, provider_message_id, read_at, reason, run_at, segments, sent_at, status, status_checked_at)"],
   },
   "herald_public.delivery_engagement": {
     member: ["SELECT"],
@@ -94,7 +94,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
   "herald_public.inbound_messages": {
     member: ["DELETE", "SELECT"],
     admin: ["DELETE", "SELECT"],
-    worker: ["INSERT(account, auto_reply, body_encrypted, channel, contact_id, from_encrypted, key_version, keyword, media_count, provider_account_id, provider_message_id, sender_number_id, tenant_id, to_number)", "SELECT", "UPDATE(body_encrypted, from_encrypted, key_version)"],
+    worker: ["INSERT(account, auto_reply, body_encrypted, channel, contact_id, from_encrypted, key_version, keyword, media_count, provider_account_id, provider_message_id, sender_number_id, tenant_id, to_number)", "SELECT", "UPDATE(body_encrypted, from_encrypted, key_version, media_types, media_urls)"],
   },
   "herald_public.invitations": {
     member: ["INSERT(email, invited_by, role, tenant_id, token_hash)", "SELECT(accepted_at, accepted_by, created_at, email, expires_at, id, invited_by, revoked_at, role, tenant_id, updated_at)", "UPDATE(accepted_by, presented_token, revoked_at)"],
@@ -126,9 +126,9 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["SELECT", "UPDATE(last_error, last_synced_at, status)"],
   },
   "herald_public.provider_accounts": {
-    member: ["DELETE", "INSERT(key_version, kind, meta_app_secret_encrypted, meta_key_version, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
-    admin: ["DELETE", "SELECT(created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
-    worker: ["SELECT", "UPDATE(key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted)"],
+    member: ["DELETE", "INSERT(key_version, kind, meta_app_secret_encrypted, meta_key_version, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(content_sync_requested_at, content_synced_at, content_templates, created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(content_sync_requested_at, key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
+    admin: ["DELETE", "SELECT(content_sync_requested_at, content_synced_at, content_templates, created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
+    worker: ["SELECT", "UPDATE(content_synced_at, content_templates, key_version, last_error, last_tested_at, meta_app_secret_encrypted, meta_key_version, secret_encrypted, status, webhook_public_key_encrypted)"],
   },
   "herald_public.segments": {
     member: ["DELETE", "INSERT(description, filter, name, tenant_id)", "SELECT", "UPDATE(description, filter, name)"],
@@ -151,7 +151,7 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["INSERT(id, name, tenant_id)", "SELECT"],
   },
   "herald_public.templates": {
-    member: ["DELETE", "INSERT(body, channel, html_body, id, name, subject, tenant_id, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters)", "SELECT", "UPDATE(body, html_body, name, subject, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters)"],
+    member: ["DELETE", "INSERT(body, channel, content_sid, content_variables, html_body, id, media_urls, name, subject, tenant_id, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters)", "SELECT", "UPDATE(body, content_sid, content_variables, html_body, media_urls, name, subject, whatsapp_template_language, whatsapp_template_name, whatsapp_template_parameters)"],
     admin: ["DELETE", "SELECT"],
     worker: ["SELECT"],
   },

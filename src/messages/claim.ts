@@ -48,7 +48,6 @@ export interface DeliveryRow {
   metadata: IdentityMetadata & { messaging_service?: string };
   purpose: "marketing" | "transactional";
   content: Content;
-  media_urls?: string[];
   meta_template?: MetaTemplate | null;
   contact_id: string | null;
   first_name: string | null;
@@ -67,6 +66,11 @@ export interface DeliveryRow {
   recently_claimed: boolean | null;
   at_cap: boolean;
   tenant_suspended: boolean;
+  /** WhatsApp (src/messages/whatsapp.ts): the 24-hour window (null: not WhatsApp), media, an approved template. */
+  session_open: boolean | null;
+  media_urls: string[];
+  content_sid: string | null;
+  content_variables: Record<string, string> | null;
 }
 
 /** A claimed delivery: its recipient, text, route, and when its pacing slot opens (ms from the claim's commit, on this process's clock). */
@@ -113,8 +117,8 @@ const deliverySelect = `
          m.status as message_status, m.metadata, m.purpose,
          json_build_object('body', coalesce(t.body, m.body), 'subject', coalesce(t.subject, m.subject),
                            'html_body', coalesce(t.html_body, m.html_body)) as content,
-         -- WhatsApp through a Meta account (src/providers/meta.ts): the media, and the approved template the template names.
-         m.media_urls, case when t.whatsapp_template_name is not null
+         -- WhatsApp through a Meta account (src/providers/meta.ts): the approved template the template names.
+         case when t.whatsapp_template_name is not null
            then json_build_object('name', t.whatsapp_template_name, 'language', t.whatsapp_template_language,
                                   'parameters', t.whatsapp_template_parameters) end as meta_template,
          c.id as contact_id, c.first_name, c.last_name, c.external_id, coalesce(c.attributes, '{}') as attributes,
@@ -145,6 +149,9 @@ const deliverySelect = `
            herald_hidden.send_window_opens_at(c.timezone, ts.timezone, ts.send_window_start, ts.send_window_end) end as quiet_until,
          ts.rate_batch_interval_seconds * 1000.0 / ts.rate_batch_size as tenant_step_ms,
          tn.status = 'suspended' as tenant_suspended,
+         -- WhatsApp: the contact's 24-hour window; media and an approved template (the message's media, else the template's).
+         case when d.channel = 'whatsapp' then herald_hidden.whatsapp_session_open(d.contact_id) end as session_open,
+         coalesce(nullif(m.media_urls, '{}'), t.media_urls, '{}') as media_urls, t.content_sid, t.content_variables,
          -- Compared on the database's clock, which set these times, not the worker's.
          d.run_at > now() + interval '5 seconds' as not_due,
          d.claimed_at > now() - make_interval(secs => $2 / 1000.0) as recently_claimed,
@@ -228,6 +235,8 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
       tenantSuspended: d.tenant_suspended,
       quietUntil: d.quiet_until,
       atCap: d.at_cap,
+      whatsappSessionOpen: d.session_open,
+      approvedTemplate: d.content_sid !== null || Boolean(d.meta_template),
     });
     switch (decision.kind) {
       case "later":

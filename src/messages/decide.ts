@@ -46,6 +46,13 @@ export interface SendFacts {
   quietUntil: Date | null;
   /** The month's cap is already reached. */
   atCap: boolean;
+  /**
+   * WhatsApp: whether the contact wrote on WhatsApp in the last 24 hours (the
+   * customer-service window), and whether the message is a provider-approved
+   * template (which may go outside it). Absent for other channels.
+   */
+  whatsappSessionOpen?: boolean | null;
+  approvedTemplate?: boolean;
 }
 
 export type Decision =
@@ -87,6 +94,9 @@ export function decideBeforeSending(f: SendFacts): Decision {
   if (marketingConsent ? f.suppressed : Boolean(f.hardSuppressed)) return skip("suppressed");
   // Stored numbers were valid when written; numbering plans change.
   if (f.channel !== "email" && !isValidPhoneNumber(f.to)) return skip("invalid_phone");
+  // WhatsApp: free-form text only within 24 hours of the contact's last message; a template any time.
+  if (f.channel === "whatsapp" && f.whatsappSessionOpen === false && !f.approvedTemplate)
+    return skip("outside_session_window");
 
   // An operator suspended the tenant: held (resuming releases it at once; a day later it looks again either way).
   if (f.tenantSuspended)

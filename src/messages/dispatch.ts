@@ -15,6 +15,7 @@ import { Limiter, processAccountLimiter } from "./limiter.ts";
 import { sleepUntil, waitForSlot } from "./pacing.ts";
 import { findAcceptedSmsVia } from "./reconcile.ts";
 import { unsubscribeHeaders } from "./unsubscribe.ts";
+import { whatsappExtras } from "./whatsapp.ts";
 
 /**
  * The second step of a run: the provider calls for what the claim committed,
@@ -162,6 +163,7 @@ async function sendSms(ctx: Context, s: ClaimedSend, hooks: TransmitHooks): Prom
         mediaUrls: d.media_urls,
         metaTemplate: renderMetaTemplate(d),
         deliveryId: d.id,
+        ...whatsappExtras(d),
       },
       hooks,
     );

@@ -6,6 +6,7 @@ import { KeyError } from "../crypto/keyring.ts";
 import type { Logger } from "../logger.ts";
 import { CARRIER_OPT_OUT } from "../messages/carrier-opt-out.ts";
 import { InboundBatches } from "./inbound-batches.ts";
+import { inboundMedia, storeInboundMedia } from "./media.ts";
 import { classifyKeyword } from "./keywords.ts";
 import { refuse } from "../api/responses.ts";
 import type { ProviderReports } from "./reports.ts";
@@ -213,6 +214,9 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
         return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
       }
       if (result.error_code) throw new Error(`receiving an inbound message failed (SQLSTATE ${result.error_code})`);
+      // Its media (MMS, WhatsApp), with the message: before Twilio's answer, so that a failure here makes Twilio retry.
+      if (result.inbound_message_id)
+        await storeInboundMedia(options, owner.tenantId, result.inbound_message_id, inboundMedia(params));
       // Every request is logged already (method, path, status); this says what it became.
       logger.debug(
         {

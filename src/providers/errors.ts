@@ -101,6 +101,13 @@ export const PROVIDER_CODES: Readonly<Record<string, CodeMeaning>> = {
     suppresses: false,
     reason: "no WhatsApp channel for the 'From' address: the sender's set-up, not the recipient's",
   },
+  "63016": {
+    permanent: true,
+    recipient: true,
+    suppresses: false,
+    reason:
+      "WhatsApp: a free-form message outside the 24-hour session window (only an approved template may go); the delivery's reason is outside_session_window",
+  },
   // Meta's WhatsApp Cloud API (src/providers/meta.ts; its rate limits 4, 80007, 130429 and 131056 are
   // answered as HTTP 429 there, and retried): https://developers.facebook.com/docs/whatsapp/cloud-api/support/error-codes
   "131047": {

@@ -106,9 +106,13 @@ export async function transmitSms(
     channel?: "sms" | "whatsapp";
     statusCallback?: string;
     /** WhatsApp through a Meta account (src/providers/meta.ts): media, the approved template, the delivery echoed in status webhooks. */
-    mediaUrls?: readonly string[];
     metaTemplate?: MetaTemplate | null;
     deliveryId?: string;
+    /** MMS / WhatsApp media (https URLs). */
+    mediaUrls?: string[];
+    /** WhatsApp: a provider-approved template (Twilio Content SID) and its rendered variables; sent instead of the body. */
+    contentSid?: string | null;
+    contentVariables?: Record<string, string> | null;
   },
   hooks: TransmitHooks = {},
 ): Promise<Sent> {
@@ -144,7 +148,13 @@ export async function transmitSms(
         clients.twilioFor(via).messages.create({
           to: address(message.to),
           ...(service ? { messagingServiceSid: service } : { from: address(from) }),
-          body: message.body,
+          ...(message.contentSid
+            ? {
+                contentSid: message.contentSid,
+                ...(message.contentVariables ? { contentVariables: JSON.stringify(message.contentVariables) } : {}),
+              }
+            : { body: message.body }),
+          ...(message.mediaUrls?.length ? { mediaUrl: message.mediaUrls } : {}),
           ...(message.statusCallback ? { statusCallback: message.statusCallback } : {}),
         }),
       );

@@ -25,6 +25,11 @@ export interface SandboxMessage {
   replyTo?: string;
   headers?: Record<string, string>;
   createdAt: Date;
+  /** Twilio: the media URLs sent with it (MMS, WhatsApp), and the approved template it was sent as. */
+  media?: string[];
+  contentSid?: string;
+  /** Twilio: accepted, then failed with this code (WhatsApp 63016 outside the 24-hour window). */
+  failedWith?: number;
 }
 
 export interface SandboxFaults {

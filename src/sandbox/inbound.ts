@@ -22,6 +22,8 @@ export interface InboundText {
   channel?: "sms" | "whatsapp";
   /** Twilio's id for the message; a retry reuses it. Default: a new one. */
   messageSid?: string;
+  /** Media sent with it (MMS, WhatsApp): where Twilio keeps each, and its type (MediaUrlN, MediaContentTypeN). */
+  media?: { url: string; contentType: string }[];
 }
 
 export interface InboundAnswer {
@@ -54,7 +56,13 @@ export function inboundParams(text: InboundText, messageSid: string): Record<str
     Body: text.body,
     From: address(text.from),
     MessageSid: messageSid,
-    NumMedia: "0",
+    NumMedia: String(text.media?.length ?? 0),
+    ...Object.fromEntries(
+      (text.media ?? []).flatMap((m, i) => [
+        [`MediaUrl${i}`, m.url],
+        [`MediaContentType${i}`, m.contentType],
+      ]),
+    ),
     NumSegments: "1",
     SmsMessageSid: messageSid,
     SmsSid: messageSid,

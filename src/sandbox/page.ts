@@ -1,5 +1,6 @@
 import { escapeHtml } from "../html.ts";
 import type { SandboxMessage } from "./core.ts";
+import { sendExtras } from "./whatsapp.ts";
 
 /**
  * The sandbox's page (`GET /sandbox`, development only): what would have
@@ -47,7 +48,7 @@ export function sandboxPage(
           .map(
             (m) =>
               `<tr><td>${m.createdAt.toISOString()}</td><td>${escapeHtml(m.provider)}</td><td>${escapeHtml(m.account)}</td><td>${m.channel}</td>` +
-              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}${emailHeaders(m)}</td>` +
+              `<td>${escapeHtml(m.from)}</td><td>${escapeHtml(m.to)}</td><td>${escapeHtml(m.subject ?? "")}</td><td>${escapeHtml(m.body)}${sendExtras(m)}${emailHeaders(m)}</td>` +
               (engageAction ? `<td>${m.provider === "sendgrid" ? engageForms(engageAction, m) : ""}</td>` : "") +
               "</tr>",
           )

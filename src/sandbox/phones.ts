@@ -3,10 +3,11 @@ import type { RequestHandler } from "express";
 import { postInbound, twilioAddress, type InboundAnswer, type InboundText } from "./inbound.ts";
 import type { TextedIn } from "./page.ts";
 import type { SandboxMessage } from "./core.ts";
+import type { SandboxWhatsApp, SandboxMedium } from "./whatsapp.ts";
 import { E164 } from "./wire.ts";
 
-/** A phone's text to one of Herald's numbers, as the sandbox is asked for it (it knows the token). */
-export type PhoneText = Omit<InboundText, "authToken" | "url"> & { url?: string };
+/** A phone's text to one of Herald's numbers, as the sandbox is asked for it (it knows the token); `files`: media the sandbox keeps and serves. */
+export type PhoneText = Omit<InboundText, "authToken" | "url"> & { url?: string; files?: SandboxMedium[] };
 
 /** How many of the page form's exchanges the page shows. */
 const EXCHANGES_KEPT = 20;
@@ -25,13 +26,24 @@ export function createPhones(deps: {
   /** The account a number is on (what Twilio knows), for the form. */
   resolveNumber?: (number: string, channel: "sms" | "whatsapp") => Promise<string | undefined>;
   remember: (message: SandboxMessage) => void;
+  whatsapp?: SandboxWhatsApp;
 }) {
   const exchanges: TextedIn[] = [];
 
   const textIn = async (text: PhoneText): Promise<InboundAnswer> => {
     const url = text.url ?? deps.inboundUrl;
     if (!url) throw new Error("the sandbox has no inbound URL to text");
-    const answer = await postInbound({ ...text, url, authToken: deps.tokenOf(text.accountSid) });
+    const { files, ...inbound } = text;
+    if (files?.length && deps.whatsapp) {
+      const messageSid = (inbound.messageSid ??= `MM${randomBytes(16).toString("hex")}`);
+      inbound.media = files.map((f) => ({
+        url: deps.whatsapp!.keepMedium(text.accountSid, messageSid, f),
+        contentType: f.contentType,
+      }));
+    }
+    // Twilio's WhatsApp window opens when the person writes.
+    if (text.channel === "whatsapp") deps.whatsapp?.noteInbound(text.from, text.to);
+    const answer = await postInbound({ ...inbound, url, authToken: deps.tokenOf(text.accountSid) });
     for (const reply of answer.replies) {
       deps.remember({
         id: `SM${randomBytes(16).toString("hex")}`,

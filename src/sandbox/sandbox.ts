@@ -10,6 +10,7 @@ import type { EngageRequest, EngageResult } from "./engagement.ts";
 import { addMetaRoutes, type MetaInbound, type MetaSandboxAccount, type MetaSendRequest } from "./meta.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
 import { addTwilioRoutes } from "./twilio.ts";
+import type { SandboxWhatsApp } from "./whatsapp.ts";
 
 /**
  * The provider sandbox: a local stand-in for Twilio's Messages API and
@@ -71,6 +72,8 @@ export interface Sandbox {
   addMetaAccount(phoneNumberId: string, account: MetaSandboxAccount): void;
   metaRequests: MetaSendRequest[];
   metaTextIn(text: MetaInbound): Promise<number>;
+  /** Twilio's media, Content API templates and WhatsApp window (src/sandbox/whatsapp.ts). */
+  whatsapp: SandboxWhatsApp;
 }
 
 export function createSandbox(
@@ -109,6 +112,7 @@ export function createSandbox(
     tokenOf: twilio.tokenOf,
     resolveNumber: options.resolveNumber,
     remember: core.remember,
+    whatsapp: twilio.whatsapp,
   });
   // The page shows recipients and bodies without authentication: development only.
   if (options.page !== false) {
@@ -160,6 +164,7 @@ export function createSandbox(
     addMetaAccount: meta.addAccount,
     metaRequests: meta.requests,
     metaTextIn: meta.textIn,
+    whatsapp: twilio.whatsapp,
     settled: core.settled,
   };
 }

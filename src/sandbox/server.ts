@@ -28,6 +28,7 @@ export async function startSandboxServer(keep = 10_000): Promise<SandboxServer> 
   await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve));
   const origin = `http://127.0.0.1:${(server.address() as { port: number }).port}`;
   const url = `${origin}/sandbox`;
+  sandbox.whatsapp.setBaseUrl(url);
   const clients = new ProviderClients(
     systemProviders({ ...loadConfig(), twilio: undefined, sendgrid: undefined }, url),
   );

@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import express, { type Request, type Response, type Router } from "express";
 import { outcomeFor, sameSecret, sleep, type SandboxCore, type SandboxMessage } from "./core.ts";
 import { addServiceRoutes, type SandboxServices } from "./services.ts";
+import { addWhatsAppRoutes, type SandboxWhatsApp } from "./whatsapp.ts";
 import { E164, twilioError, twilioMessageJson, twilioSignature } from "./wire.ts";
 
 /**
@@ -36,6 +37,8 @@ export interface SandboxTwilio {
   takePeakInFlight(): number;
   /** Messaging Services and their pools (services.ts). */
   services: SandboxServices;
+  /** Media, approved templates, the 24-hour window (src/sandbox/whatsapp.ts). */
+  whatsapp: SandboxWhatsApp;
 }
 
 /** Installs Twilio's routes on the sandbox's router. */
@@ -57,6 +60,8 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
       sameSecret(rest.join(":"), tokenOf(principal))
     );
   };
+
+  const whatsappRoutes = addWhatsAppRoutes(router, core, { authorized });
 
   router.post(
     "/twilio/2010-04-01/Accounts/:sid/Messages.json",
@@ -88,7 +93,8 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
       if (whatsapp !== from.startsWith("whatsapp:")) {
         return twilioError(res, 400, 63007, "Twilio could not find a Channel with the specified From address");
       }
-      if (!body.trim()) return twilioError(res, 400, 21602, "Message body is required.");
+      const extras = whatsappRoutes.extras(sid, req.body as Record<string, string | string[]>, whatsapp);
+      if (extras.refused) return twilioError(res, extras.refused.status, extras.refused.code, extras.refused.message);
       if (body.length > 1600)
         return twilioError(res, 400, 21617, "The concatenated message body exceeds the 1600 character limit.");
 
@@ -100,13 +106,20 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
         channel: whatsapp ? "whatsapp" : "sms",
         from,
         to,
-        body,
+        body: extras.body,
         createdAt: new Date(),
+        ...(extras.media.length ? { media: extras.media } : {}),
+        ...(extras.contentSid ? { contentSid: extras.contentSid } : {}),
+        ...(extras.outsideWindow ? { failedWith: 63016 } : {}),
       };
       core.remember(stored);
       if (statusCallback) {
-        const outcome = outcomeFor(toNumber);
-        const statuses = outcome.status === "delivered" ? ["sent", "delivered"] : ["sent", outcome.status];
+        const outcome = extras.outsideWindow ? { status: "failed", errorCode: 63016 } : outcomeFor(toNumber);
+        // WhatsApp tells when it was read, after delivered.
+        const statuses =
+          outcome.status === "delivered"
+            ? ["sent", "delivered", ...(whatsapp ? ["read"] : [])]
+            : ["sent", outcome.status];
         const authToken = tokenOf(sid);
         core.schedule(
           statuses.map((status) => () => {
@@ -179,7 +192,9 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
         20404,
         `The requested resource /2010-04-01/Accounts/${sid}/Messages/${String(req.params.messageSid)}.json was not found`,
       );
-    const outcome = outcomeFor(found.to.replace(/^whatsapp:/, ""));
+    const outcome = found.failedWith
+      ? { status: "failed", errorCode: found.failedWith }
+      : outcomeFor(found.to.replace(/^whatsapp:/, ""));
     res.json({
       ...twilioMessageJson(found),
       status: outcome.status,
@@ -193,5 +208,6 @@ export function addTwilioRoutes(router: Router, core: SandboxCore): SandboxTwili
     addAccount: (accountSid, authToken) => void accounts.set(accountSid, authToken),
     takePeakInFlight: () => [peakInFlight, (peakInFlight = requestsInFlight)][0]!,
     services,
+    whatsapp: whatsappRoutes,
   };
 }

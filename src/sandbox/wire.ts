@@ -42,7 +42,7 @@ export function twilioMessageJson(m: SandboxMessage) {
     error_message: null,
     from: m.from,
     messaging_service_sid: null,
-    num_media: "0",
+    num_media: String(m.media?.length ?? 0),
     num_segments: String(Math.max(1, Math.ceil(m.body.length / 153))),
     price: null,
     price_unit: "USD",

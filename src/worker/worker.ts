@@ -17,6 +17,7 @@ import domainAuthenticate from "../../tasks/email_domains__authenticate.ts";
 import domainVerify from "../../tasks/email_domains__verify.ts";
 import providerTest from "../../tasks/provider_accounts__test.ts";
 import servicesSync from "../../tasks/messaging_services__sync.ts";
+import providerSyncContent from "../../tasks/provider_accounts__sync_content.ts";
 import deliverySend from "../../tasks/delivery__send.ts";
 import deliveriesSweep from "../../tasks/deliveries__sweep.ts";
 import checkStatus, { STATUS_CHECK_JOB } from "../../tasks/deliveries__check_status.ts";
@@ -37,6 +38,7 @@ export const taskList: TaskList = {
   herald__ping: ping as TaskList[string],
   contacts__rekey: contactsRekey as TaskList[string],
   provider_accounts__test: providerTest as TaskList[string],
+  provider_accounts__sync_content: providerSyncContent as TaskList[string],
   email_domains__authenticate: domainAuthenticate as TaskList[string],
   email_domains__verify: domainVerify as TaskList[string],
   messaging_services__sync: servicesSync as TaskList[string],

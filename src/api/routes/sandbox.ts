@@ -31,6 +31,7 @@ export function sandboxStandIn(config: Config, pool: pg.Pool, logger: Logger): S
     resolveNumber: (number, channel) => sandboxAccountOfNumber(pool, number, channel),
     resolveMetaWebhook: (phoneNumberId) => sandboxMetaWebhook(pool, config.publicUrl, phoneNumberId),
   });
+  sandbox.whatsapp.setBaseUrl(`${config.publicUrl}/sandbox`);
   logger.warn(
     { sandbox: "/sandbox" },
     "no Twilio/SendGrid credentials (TWILIO_ACCOUNT_SID, SENDGRID_API_KEY): the local sandbox stands in for both; nothing is delivered",

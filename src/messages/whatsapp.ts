@@ -1,0 +1,46 @@
+import type { DeliveryRow } from "./claim.ts";
+import { render } from "./render.ts";
+
+/**
+ * What an SMS or WhatsApp delivery carries besides its text: media (MMS, or
+ * WhatsApp's one medium) and, for WhatsApp, a provider-approved template
+ * (Twilio's Content SID) whose variables are rendered from the contact like
+ * any other template text: `{"1": "{{first_name|there}}"}` → `{"1": "Ada"}`.
+ * The rules (https, how many, which types; the 24-hour window) are in SQL
+ * (migrations/current/150-whatsapp-media.sql, 155-whatsapp-window-read.sql)
+ * and the claim's decision (decide.ts), the same for every provider.
+ */
+
+export interface WhatsAppExtras {
+  mediaUrls?: string[];
+  contentSid?: string | null;
+  contentVariables?: Record<string, string> | null;
+}
+
+/** Each variable's text with the contact's values filled in (names kept as given). */
+export function renderContentVariables(
+  variables: Record<string, string> | null,
+  d: Pick<DeliveryRow, "first_name" | "last_name" | "phone" | "email" | "external_id" | "attributes">,
+): Record<string, string> | null {
+  if (!variables) return null;
+  const contact = {
+    first_name: d.first_name,
+    last_name: d.last_name,
+    phone: d.phone,
+    email: d.email,
+    external_id: d.external_id,
+    attributes: d.attributes ?? {},
+  };
+  return Object.fromEntries(Object.entries(variables).map(([name, text]) => [name, render(String(text), contact)]));
+}
+
+/** The media and approved template a claimed SMS/WhatsApp delivery is sent with. */
+export function whatsappExtras(d: DeliveryRow): WhatsAppExtras {
+  const extras: WhatsAppExtras = {};
+  if (d.media_urls?.length) extras.mediaUrls = d.media_urls;
+  if (d.channel === "whatsapp" && d.content_sid) {
+    extras.contentSid = d.content_sid;
+    extras.contentVariables = renderContentVariables(d.content_variables, d);
+  }
+  return extras;
+}
