@@ -23,6 +23,7 @@ export function sandboxPage(
   labelOf: (message: SandboxMessage) => string,
   keep: number,
   textIn?: { action: string; exchanges: TextedIn[] },
+  numbersHtml = "",
 ): string {
   const groups = new Map<string, SandboxMessage[]>();
   for (const m of [...messages].reverse()) groups.set(labelOf(m), [...(groups.get(labelOf(m)) ?? []), m]);
@@ -44,6 +45,7 @@ export function sandboxPage(
 <style>body{font-family:system-ui,sans-serif;margin:2em}table{border-collapse:collapse;margin-bottom:2em}td,th{border:1px solid #ccc;padding:4px 8px;text-align:left;vertical-align:top}</style></head>
 <body><h1>Herald sandbox</h1><p>What would have reached a phone or an inbox, grouped by the provider account that sent it: a tenant's own account, or Herald's system account, which every tenant without an account of its own sends through (newest first, last ${keep} kept in memory).</p>
 ${sections || "<p>Nothing sent yet.</p>"}
+${numbersHtml}
 ${textIn ? textInSection(textIn.action, textIn.exchanges) : ""}</body></html>`;
 }
 

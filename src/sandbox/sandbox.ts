@@ -4,9 +4,10 @@ import type { InboundAnswer } from "./inbound.ts";
 import { newEventKeys, type EventKeys } from "./event-key.ts";
 import { groupHeading } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
+import { addNumberRoutes, numbersSection, type SandboxNumbers } from "./numbers.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
-import { addTwilioRoutes } from "./twilio.ts";
+import { addTwilioRoutes, SANDBOX_SYSTEM_TWILIO } from "./twilio.ts";
 
 /**
  * The provider sandbox: a local stand-in for Twilio's Messages API and
@@ -43,6 +44,8 @@ export interface Sandbox {
   /** The most Twilio send requests open at once since the last call (and resets it). */
   takePeakInFlight(): number;
   addTwilioAccount(accountSid: string, authToken: string): void;
+  /** Which Twilio account holds which phone number (src/sandbox/numbers.ts). */
+  numbers: SandboxNumbers;
   addSendGridKey(apiKey: string): void;
   setFaults(faults: SandboxFaults): void;
   /** Base64 DER (SPKI) of the key that signs SendGrid events: SENDGRID_WEBHOOK_PUBLIC_KEY for the sandbox. */
@@ -81,6 +84,7 @@ export function createSandbox(
   const core = createSandboxCore({ keep: options.keep ?? 500, callbackDelayMs: options.callbackDelayMs ?? 50 });
   const router = express.Router();
   const twilio = addTwilioRoutes(router, core);
+  const numbers = addNumberRoutes(router, core, { tokenOf: twilio.tokenOf, systemSid: SANDBOX_SYSTEM_TWILIO.accountSid });
   const sendgrid = addSendGridRoutes(router, core, {
     eventUrl: options.sendgridEventUrl,
     eventKeys: options.eventKeys ?? newEventKeys(),
@@ -106,7 +110,15 @@ export function createSandbox(
         : undefined;
       res
         .type("html")
-        .send(sandboxPage(core.messages, (m) => labels.get(`${m.provider}/${m.account}`)!, core.keep, textInForm));
+        .send(
+          sandboxPage(
+            core.messages,
+            (m) => labels.get(`${m.provider}/${m.account}`)!,
+            core.keep,
+            textInForm,
+            numbersSection(numbers.list()),
+          ),
+        );
     });
   }
 
@@ -116,6 +128,7 @@ export function createSandbox(
     get mailSendRequests() { return sendgrid.mailSendRequests; }, // prettier-ignore
     takePeakInFlight: twilio.takePeakInFlight,
     addTwilioAccount: twilio.addAccount,
+    numbers,
     addSendGridKey: sendgrid.addKey,
     setFaults: core.setFaults,
     sendgridPublicKey: sendgrid.publicKey,

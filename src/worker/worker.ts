@@ -30,6 +30,8 @@ import { setSendConcurrency } from "../messages/limiter.ts";
 import { warmUpSending } from "../messages/deliver.ts";
 import webhookSend from "../../tasks/webhook_deliveries__send.ts";
 import providerReportsSweep from "../../tasks/provider_reports__sweep.ts";
+import senderNumbersVerify from "../../tasks/sender_numbers__verify.ts";
+import numberRequestsRun from "../../tasks/number_requests__run.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
 export const taskList: TaskList = {
@@ -46,6 +48,8 @@ export const taskList: TaskList = {
   deliveries__check_status: checkStatus as TaskList[string],
   webhook_deliveries__send: webhookSend as TaskList[string],
   provider_reports__sweep: providerReportsSweep as TaskList[string],
+  sender_numbers__verify: senderNumbersVerify as TaskList[string],
+  number_requests__run: numberRequestsRun as TaskList[string],
 };
 
 export interface WorkerHandle {
