@@ -99,6 +99,23 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyr
       }
       return created;
     });
+    // The numbers are pending until the worker's sender_numbers__verify has
+    // asked the provider (here the sandbox, whose system account holds them):
+    // wait briefly, so that the first text to a demo number finds its tenant.
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline;) {
+      const pending = await asAdmin(
+        authenticator,
+        async (client) =>
+          (
+            await client.query<{ n: number }>(
+              "select count(*)::int as n from herald_public.sender_numbers where tenant_id = any ($1) and status = 'pending'",
+              [tenants.map((t) => t.id)],
+            )
+          ).rows[0]!.n,
+      );
+      if (pending === 0) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
     // Memberships only through the audited function, as the CLI grants them.
     for (const tenant of tenants) {
       await grantMembership(authenticator, {

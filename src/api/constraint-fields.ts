@@ -80,6 +80,12 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   sender_numbers_mps_range: "messagesPerSecond",
   sender_numbers_number_key: "phoneNumber",
   sender_numbers_account_fkey: "providerAccountId",
+  // A tenant registers a number once per channel (across tenants, only verified numbers are unique).
+  sender_numbers_tenant_number_key: "phoneNumber",
+  number_requests_account_fkey: "providerAccountId",
+  number_requests_sender_number_fkey: "senderNumberId",
+  number_requests_idempotency_key: "idempotencyKey",
+  number_requests_idempotency_key_length: "idempotencyKey",
 
   suppressions_address_unique: "address",
   suppressions_kind: "kind",
@@ -243,6 +249,16 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
 
   sender_numbers_pkey: GENERATED_ID,
   sender_numbers_tenant_id_fkey: SESSION_TENANT,
+  sender_numbers_status: SERVER_WRITTEN,
+  sender_numbers_verified_at: SERVER_WRITTEN,
+  sender_numbers_failure_reason_length: SERVER_WRITTEN,
+  sender_numbers_provider_fields_length: SERVER_WRITTEN,
+
+  number_requests_pkey: GENERATED_ID,
+  number_requests_tenant_id_fkey: SESSION_TENANT,
+  number_requests_kind: "each mutation sets its own request kind",
+  number_requests_status: SERVER_WRITTEN,
+  number_requests_error_length: SERVER_WRITTEN,
 
   suppressions_pkey: GENERATED_ID,
   suppressions_key_version_fkey: SERVER_SET,

@@ -35,6 +35,11 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     admin: ["SELECT"],
     worker: ["INSERT(next_at, scope, tenant_id)", "SELECT", "UPDATE(next_at)"],
   },
+  "herald_hidden.sender_number_checks": {
+    member: ["SELECT"],
+    admin: ["SELECT"],
+    worker: ["INSERT(action, channel, details, owned, phone_number, provider_account_id, reason, sender_number_id, tenant_id)", "SELECT"],
+  },
   "herald_public.api_keys": {
     member: ["INSERT(created_by, name, secret_hash, tenant_id, token_prefix)", "SELECT(created_at, created_by, id, last_used_at, name, revoked_at, tenant_id, token_prefix, updated_at)", "UPDATE(name, revoked_at)"],
     admin: ["DELETE", "INSERT", "SELECT", "UPDATE"],
@@ -111,15 +116,20 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     admin: ["SELECT"],
     worker: ["SELECT", "UPDATE(fan_out_cursor, fanned_out_at, recipient_count, status)"],
   },
+  "herald_public.number_requests": {
+    member: ["INSERT(idempotency_key, kind, params, provider_account_id, sender_number_id, tenant_id)", "SELECT"],
+    admin: ["SELECT"],
+    worker: ["SELECT", "UPDATE(completed_at, error, result, status)"],
+  },
   "herald_public.provider_accounts": {
     member: ["DELETE", "INSERT(key_version, kind, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(key_version, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
     admin: ["DELETE", "SELECT(created_at, id, kind, last_error, last_tested_at, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
     worker: ["SELECT", "UPDATE(key_version, last_error, last_tested_at, secret_encrypted, status, webhook_public_key_encrypted)"],
   },
   "herald_public.sender_numbers": {
-    member: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
+    member: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second, verify_requested_at)"],
     admin: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
-    worker: ["SELECT"],
+    worker: ["DELETE", "SELECT"],
   },
   "herald_public.suppressions": {
     member: ["DELETE", "INSERT(address_encrypted, address_hash, hash_version, key_version, kind, note, reason, tenant_id)", "SELECT"],

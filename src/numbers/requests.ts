@@ -65,7 +65,14 @@ async function work(
   const webhooks = heraldWebhooks(clients);
   switch (request.kind) {
     case "search": {
-      const p = request.params as { country: string; area_code?: string; contains?: string; sms?: boolean; mms?: boolean; voice?: boolean };
+      const p = request.params as {
+        country: string;
+        area_code?: string;
+        contains?: string;
+        sms?: boolean;
+        mms?: boolean;
+        voice?: boolean;
+      };
       const found = await twilio.availablePhoneNumbers(p.country).local.list({
         ...(p.area_code ? { areaCode: Number(p.area_code) } : {}),
         ...(p.contains ? { contains: p.contains } : {}),
@@ -111,7 +118,9 @@ async function work(
         held = heldNumber(
           await twilio.incomingPhoneNumbers.create({
             phoneNumber,
-            ...(webhooks ? { smsUrl: webhooks.smsUrl, smsMethod: "POST", statusCallback: webhooks.statusCallback } : {}),
+            ...(webhooks
+              ? { smsUrl: webhooks.smsUrl, smsMethod: "POST", statusCallback: webhooks.statusCallback }
+              : {}),
           }),
         );
       }
@@ -156,7 +165,11 @@ async function work(
 /** A final answer: the request fails with this text. */
 class Refusal extends Error {}
 
-export async function runNumberRequest(client: pg.ClientBase, clients: ProviderClients, requestId: string): Promise<void> {
+export async function runNumberRequest(
+  client: pg.ClientBase,
+  clients: ProviderClients,
+  requestId: string,
+): Promise<void> {
   const { rows } = await client.query<RequestRow>(
     `select kind, provider_account_id, sender_number_id, params, status from herald_public.number_requests
       where tenant_id = herald_public.current_tenant_id() and id = $1 for update`,

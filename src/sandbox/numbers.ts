@@ -141,7 +141,13 @@ export function addNumberRoutes(
     const wanted = typeof req.query.PhoneNumber === "string" ? req.query.PhoneNumber : undefined;
     const pageSize = pageSizeOf(req);
     const found = numbersOf(sid, wanted).slice(0, pageSize);
-    page(res, "incoming_phone_numbers", `/2010-04-01/Accounts/${sid}/IncomingPhoneNumbers.json`, found.map(numberJson), pageSize);
+    page(
+      res,
+      "incoming_phone_numbers",
+      `/2010-04-01/Accounts/${sid}/IncomingPhoneNumbers.json`,
+      found.map(numberJson),
+      pageSize,
+    );
   });
 
   router.post(`${base}/IncomingPhoneNumbers.json`, form, async (req: Request, res: Response) => {
@@ -252,7 +258,15 @@ export function addNumberRoutes(
       }));
     res.json({
       senders,
-      meta: { page: 0, page_size: pageSize, first_page_url: null, previous_page_url: null, url: null, next_page_url: null, key: "senders" },
+      meta: {
+        page: 0,
+        page_size: pageSize,
+        first_page_url: null,
+        previous_page_url: null,
+        url: null,
+        next_page_url: null,
+        key: "senders",
+      },
     });
   });
 

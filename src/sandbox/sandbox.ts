@@ -84,7 +84,10 @@ export function createSandbox(
   const core = createSandboxCore({ keep: options.keep ?? 500, callbackDelayMs: options.callbackDelayMs ?? 50 });
   const router = express.Router();
   const twilio = addTwilioRoutes(router, core);
-  const numbers = addNumberRoutes(router, core, { tokenOf: twilio.tokenOf, systemSid: SANDBOX_SYSTEM_TWILIO.accountSid });
+  const numbers = addNumberRoutes(router, core, {
+    tokenOf: twilio.tokenOf,
+    systemSid: SANDBOX_SYSTEM_TWILIO.accountSid,
+  });
   const sendgrid = addSendGridRoutes(router, core, {
     eventUrl: options.sendgridEventUrl,
     eventKeys: options.eventKeys ?? newEventKeys(),
