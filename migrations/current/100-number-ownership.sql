@@ -215,9 +215,11 @@ declare
   v_tenant uuid := herald_public.current_tenant_id();
   v_id uuid;
 begin
-  if not exists (select 1 from herald_public.provider_accounts a
-                  where a.tenant_id = v_tenant and a.id = add_provider_number.provider_account_id and a.kind = 'twilio') then
-    raise exception 'provider account not found' using errcode = 'NTFND', column = 'providerAccountId';
+  -- The account is the tenant's: the composite foreign keys of the check row
+  -- and of sender_numbers say so (the worker read it as a Twilio account).
+  if add_provider_number.provider_account_id is null or add_provider_number.phone_number is null
+     or add_provider_number.channel is null then
+    raise exception 'an added number names its account, number and channel' using errcode = '22023';
   end if;
   select n.id into v_id from herald_public.sender_numbers n
    where n.tenant_id = v_tenant and n.phone_number = add_provider_number.phone_number and n.channel = add_provider_number.channel;

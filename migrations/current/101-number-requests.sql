@@ -169,7 +169,7 @@ begin
   if not found then
     insert into herald_public.number_requests (kind, provider_account_id, params, idempotency_key)
     values ('buy', buy_sender_number.provider_account_id, pg_catalog.jsonb_build_object('phone_number', phone_number), idempotency_key)
-    on conflict (tenant_id, idempotency_key) do nothing
+    on conflict on constraint number_requests_idempotency_key do nothing
     returning * into v_request;
     if v_request.id is null then
       select * into v_request from herald_public.number_requests r
