@@ -4601,20 +4601,22 @@ grant execute on function herald_private.hash_key_version(bytea) to herald_authe
     $function$;
 grant execute on function herald_private.inbound_number_owner(text,text) to herald_authenticator;
 
--- function herald_private.queue_sender_number_check(uuid,uuid,interval) returns void; sql; volatile; security definer; set search_path=""
+-- function herald_private.queue_sender_number_check(uuid,uuid,interval) returns void; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.queue_sender_number_check(tenant_id uuid, number_id uuid, delay interval DEFAULT '00:00:00'::interval)
      RETURNS void
-     LANGUAGE sql
+     LANGUAGE plpgsql
      SECURITY DEFINER
      SET search_path TO ''
     AS $function$
-      select graphile_worker.add_job(
+    begin
+      perform graphile_worker.add_job(
         'sender_numbers__verify',
         pg_catalog.json_build_object('tenant_id', queue_sender_number_check.tenant_id, 'id', queue_sender_number_check.number_id),
         run_at := pg_catalog.now() + queue_sender_number_check.delay,
         max_attempts := 25,
         job_key := 'sender_number_verify:' || queue_sender_number_check.number_id::text,
         job_key_mode := 'replace');
+    end;
     $function$;
 
 -- function herald_private.queue_webhook_delivery(uuid,uuid,timestamp with time zone) returns void; plpgsql; volatile; set search_path=""

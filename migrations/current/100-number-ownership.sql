@@ -73,16 +73,18 @@ comment on table herald_public.sender_numbers is
 -- (verifySenderNumber): one job per number at a time.
 create or replace function herald_private.queue_sender_number_check(tenant_id uuid, number_id uuid, delay interval default '0')
   returns void
-  language sql volatile security definer
+  language plpgsql volatile security definer
   set search_path = ''
 as $$
-  select graphile_worker.add_job(
+begin
+  perform graphile_worker.add_job(
     'sender_numbers__verify',
     pg_catalog.json_build_object('tenant_id', queue_sender_number_check.tenant_id, 'id', queue_sender_number_check.number_id),
     run_at := pg_catalog.now() + queue_sender_number_check.delay,
     max_attempts := 25,
     job_key := 'sender_number_verify:' || queue_sender_number_check.number_id::text,
     job_key_mode := 'replace');
+end;
 $$;
 revoke all on function herald_private.queue_sender_number_check(uuid, uuid, interval) from public;
 
