@@ -230,6 +230,16 @@ describe("search, buy and release", () => {
     );
   });
 
+  it("a job run again after the provider's purchase (a crash before the commit) adopts it instead of buying again", async () => {
+    // What the first run left behind: the account holds the number at the provider, Herald has no row yet.
+    const n = "+14155550155";
+    server.sandbox.numbers.assign(sidA, n);
+    const retried = await request(tokens.a, BUY, { acc: a.providerAccountId, n, key: "crashed-once" });
+    expect(retried.status).toBe("done");
+    expect(server.sandbox.numbers.list().filter((x) => x.phoneNumber === n)).toHaveLength(1);
+    expect(await numberRow(a.id, n)).toMatchObject({ status: "verified" });
+  });
+
   it("a number the provider already sold is not bought again: the request fails with the provider's words", async () => {
     server.sandbox.numbers.assign(`AC${"7".repeat(32)}`, "+14155550177");
     const taken = await request(tokens.a, BUY, { acc: a.providerAccountId, n: "+14155550177", key: "taken" });
