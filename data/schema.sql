@@ -1842,7 +1842,7 @@ grant insert (channel, messages_per_second, phone_number, provider_account_id, t
 grant select on herald_public.sender_numbers to herald_admin;
 grant select on herald_public.sender_numbers to herald_member;
 grant select on herald_public.sender_numbers to herald_worker;
-grant update (messages_per_second) on herald_public.sender_numbers to herald_admin;
+grant update (messages_per_second, verify_requested_at) on herald_public.sender_numbers to herald_admin;
 grant update (messages_per_second, verify_requested_at) on herald_public.sender_numbers to herald_member;
 
 create table herald_public.suppressions (

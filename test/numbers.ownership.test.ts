@@ -1,7 +1,7 @@
 import type pg from "pg";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { ROLES } from "../src/db/urls.ts";
-import { verifySenderNumber } from "../src/numbers/verify.ts";
+import { queueStaleRechecks, verifySenderNumber } from "../src/numbers/verify.ts";
 import { withWorkerSession } from "../src/worker/tenant-context.ts";
 import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { asRole, expectPgError, useTestDatabase } from "./helpers/db.ts";
@@ -248,6 +248,31 @@ describe("a number moved from A's account to B's", () => {
       );
     const contactIdOf = { a: a.contactId };
     expect((await send(tokens.a)).body.errors?.[0]?.extensions?.code).toBe("NOT_OWN_SENDER");
+  });
+});
+
+describe("re-checks", () => {
+  it("a verified number unconfirmed for a day is checked again, and stops routing once it left the account", async () => {
+    const number = "+14155550450";
+    server.sandbox.numbers.assign(sids.b, number);
+    const claim = await register(tokens.b, b, number);
+    expect(await verify(b, claim.rowId)).toBe("verified");
+    await asRoot(db.current, (c) =>
+      c.query("update herald_public.sender_numbers set last_checked_at = now() - interval '25 hours' where id = $1", [
+        claim.rowId,
+      ]),
+    );
+    // The hourly task, as an operator session: the stale number's re-check is queued in B's tenant.
+    const queued = await asRoot(db.current, async (c) => {
+      await c.query("set local role herald_admin");
+      return queueStaleRechecks(c);
+    });
+    expect(queued).toBeGreaterThanOrEqual(1);
+    expect(await queuedCheck(claim.rowId)).toBe(1);
+    // Released at Twilio outside Herald: the re-check fails it, and texts find no tenant.
+    server.sandbox.numbers.release(number);
+    expect(await verify(b, claim.rowId)).toBe("failed");
+    expect((await textIn(api.current, b, { from: "+16285550020", body: "hi", to: number })).status).toBe(404);
   });
 });
 

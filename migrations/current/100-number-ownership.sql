@@ -124,8 +124,9 @@ comment on policy delete_worker on herald_public.sender_numbers is
   E'The worker removes a number its tenant released at the provider (number_requests__run).';
 grant delete on herald_public.sender_numbers to :DATABASE_WORKER;
 
--- Members ask for a re-check of their own numbers.
-grant update (verify_requested_at) on herald_public.sender_numbers to :DATABASE_MEMBER;
+-- Members ask for a re-check of their own numbers; the hourly
+-- sender_numbers__recheck (as an operator session) of numbers unconfirmed for a day.
+grant update (verify_requested_at) on herald_public.sender_numbers to :DATABASE_MEMBER, :DATABASE_ADMIN;
 
 -- The provider's answer about one of the session tenant's numbers. `owned`:
 -- the account holds it; `reason`: why not (or why the check could not run,

@@ -169,3 +169,29 @@ export async function verifySenderNumber(
   }
   return record(true, null, held);
 }
+
+/** Verified numbers not checked for this long are re-checked (a number can leave an account without Herald hearing of it). */
+export const RECHECK_AFTER_HOURS = 24;
+/** At most this many re-checks are queued per run (hourly). */
+export const RECHECK_BATCH = 500;
+
+/**
+ * As an operator session (herald_admin, across tenants): asks for a re-check
+ * of the verified numbers checked longest ago, each through its own tenant's
+ * sender_numbers__verify job (queued by the update trigger). Returns how many.
+ */
+export async function queueStaleRechecks(
+  client: pg.ClientBase,
+  olderThanHours = RECHECK_AFTER_HOURS,
+  limit = RECHECK_BATCH,
+): Promise<number> {
+  const { rowCount } = await client.query(
+    `update herald_public.sender_numbers n set verify_requested_at = clock_timestamp()
+      where (n.tenant_id, n.id) in (
+        select s.tenant_id, s.id from herald_public.sender_numbers s
+         where s.status = 'verified' and coalesce(s.last_checked_at, s.verified_at) < now() - make_interval(hours => $1)
+         order by coalesce(s.last_checked_at, s.verified_at) limit $2)`,
+    [olderThanHours, limit],
+  );
+  return rowCount ?? 0;
+}
