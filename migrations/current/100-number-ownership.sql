@@ -106,6 +106,12 @@ create trigger _510_queue_recheck after update of verify_requested_at on herald_
   for each row when (new.verify_requested_at is distinct from old.verify_requested_at)
   execute function herald_private.tg_sender_numbers__queue_check();
 
+-- Numbers registered before this migration start pending like any other:
+-- each is checked by the worker at once (the job key keeps one per number).
+select herald_private.queue_sender_number_check(n.tenant_id, n.id)
+  from herald_public.sender_numbers n
+ where n.status = 'pending' and n.last_checked_at is null;
+
 -- What the definer helpers below write (the owner is subject to forced RLS).
 drop policy if exists update_definer on herald_public.sender_numbers;
 create policy update_definer on herald_public.sender_numbers for update to :DATABASE_OWNER using (true) with check (true);
