@@ -1,6 +1,8 @@
+import http from "node:http";
+import express from "express";
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { createTwilioClient } from "../src/providers/twilio.ts";
-import { SANDBOX_SYSTEM_TWILIO } from "../src/sandbox/sandbox.ts";
+import { createSandbox, SANDBOX_SYSTEM_TWILIO } from "../src/sandbox/sandbox.ts";
 import { startSandboxServer, type SandboxServer } from "./helpers/messaging.ts";
 
 /**
@@ -77,5 +79,22 @@ describe("the sandbox's numbers", () => {
     expect((await system.incomingPhoneNumbers.list({ phoneNumber: "+14155550902" })).map((n) => n.phoneNumber)).toEqual(
       ["+14155550902"],
     );
+  });
+
+  it("shows which account holds which number on the /sandbox page", async () => {
+    const sandbox = createSandbox({ page: true });
+    sandbox.numbers.assign(ACCOUNT, "+14155550950").smsUrl = "https://herald.example.test/webhooks/twilio/sms";
+    const app = express();
+    app.use("/sandbox", sandbox.router);
+    const page = http.createServer(app);
+    await new Promise<void>((resolve) => page.listen(0, "127.0.0.1", resolve));
+    try {
+      const html = await (await fetch(`http://127.0.0.1:${(page.address() as { port: number }).port}/sandbox`)).text();
+      expect(html).toContain("Phone numbers");
+      expect(html).toMatch(new RegExp(`${ACCOUNT}</td><td>sms</td><td>\\+14155550950</td>`));
+      expect(html).toContain("https://herald.example.test/webhooks/twilio/sms");
+    } finally {
+      await new Promise<void>((resolve) => page.close(() => resolve()));
+    }
   });
 });
