@@ -295,6 +295,65 @@ grant select on herald_hidden.send_plans to herald_member;
 grant select on herald_hidden.send_plans to herald_worker;
 grant update (next_at) on herald_hidden.send_plans to herald_worker;
 
+create table herald_hidden.sender_number_checks (
+  tenant_id uuid not null
+    default herald_public.current_tenant_id(),
+  id uuid not null
+    default gen_random_uuid(),
+  action text not null,
+  sender_number_id uuid,
+  phone_number text,
+  channel text,
+  provider_account_id uuid,
+  owned boolean,
+  reason text,
+  details jsonb not null
+    default '{}'::jsonb,
+  outcome text,
+  created_at timestamp with time zone not null
+    default now(),
+  constraint sender_number_checks_account_fkey
+    FOREIGN KEY (tenant_id, provider_account_id) REFERENCES herald_public.provider_accounts(tenant_id, id) ON DELETE CASCADE,
+  constraint sender_number_checks_action
+    CHECK ((action = ANY (ARRAY['check'::text, 'add'::text]))),
+  constraint sender_number_checks_channel
+    CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text]))),
+  constraint sender_number_checks_e164
+    CHECK ((phone_number ~ '^\+[1-9][0-9]{6,14}$'::text)),
+  constraint sender_number_checks_number_fkey
+    FOREIGN KEY (tenant_id, sender_number_id) REFERENCES herald_public.sender_numbers(tenant_id, id) ON DELETE SET NULL (sender_number_id),
+  constraint sender_number_checks_pkey
+    PRIMARY KEY (tenant_id, id),
+  constraint sender_number_checks_reason_length
+    CHECK ((length(reason) <= 500)),
+  constraint sender_number_checks_tenant_id_fkey
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+);
+alter table herald_hidden.sender_number_checks enable row level security;
+alter table herald_hidden.sender_number_checks force row level security;
+    CREATE INDEX sender_number_checks_by_number ON herald_hidden.sender_number_checks USING btree (tenant_id, sender_number_id);
+-- trigger _100_apply on herald_hidden.sender_number_checks
+    CREATE TRIGGER _100_apply BEFORE INSERT ON herald_hidden.sender_number_checks FOR EACH ROW EXECUTE FUNCTION herald_private.tg_sender_number_checks__apply();
+-- trigger _900_audit_delete on herald_hidden.sender_number_checks
+    CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_hidden.sender_number_checks REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+-- trigger _900_audit_insert on herald_hidden.sender_number_checks
+    CREATE TRIGGER _900_audit_insert AFTER INSERT ON herald_hidden.sender_number_checks REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+-- trigger _900_audit_update on herald_hidden.sender_number_checks
+    CREATE TRIGGER _900_audit_update AFTER UPDATE ON herald_hidden.sender_number_checks REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+create policy insert_worker on herald_hidden.sender_number_checks as permissive for insert to herald_worker
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy insert_worker on herald_hidden.sender_number_checks is 'Only the worker, having asked the provider, records its answer (members cannot vouch for a number).';
+create policy select_admin on herald_hidden.sender_number_checks as permissive for select to herald_admin
+    using (true);
+comment on policy select_admin on herald_hidden.sender_number_checks is 'Operators read every tenant''s checks.';
+create policy select_member on herald_hidden.sender_number_checks as permissive for select to herald_member, herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy select_member on herald_hidden.sender_number_checks is 'Members and the worker read their own tenant''s checks.';
+grant insert (action, channel, details, owned, phone_number, provider_account_id, reason, sender_number_id, tenant_id) on herald_hidden.sender_number_checks to herald_worker;
+grant select on herald_hidden.sender_number_checks to herald_admin;
+grant select on herald_hidden.sender_number_checks to herald_member;
+grant select on herald_hidden.sender_number_checks to herald_worker;
+
 create table herald_private.hash_key_versions (
   version smallint not null generated always as identity,
   fingerprint bytea not null,
@@ -1752,6 +1811,83 @@ grant select on herald_public.messaging_services to herald_worker;
 grant update (is_default, messages_per_second, name, sync_requested_at) on herald_public.messaging_services to herald_member;
 grant update (last_error, last_synced_at, status) on herald_public.messaging_services to herald_worker;
 
+create table herald_public.number_requests (
+  tenant_id uuid not null
+    default herald_public.current_tenant_id(),
+  id uuid not null
+    default gen_random_uuid(),
+  kind text not null,
+  provider_account_id uuid not null,
+  sender_number_id uuid,
+  params jsonb not null
+    default '{}'::jsonb,
+  idempotency_key text,
+  status text not null
+    default 'queued'::text,
+  result jsonb,
+  error text,
+  requested_by uuid
+    default herald_public.current_user_id(),
+  created_at timestamp with time zone not null
+    default now(),
+  completed_at timestamp with time zone,
+  constraint number_requests_account_fkey
+    FOREIGN KEY (tenant_id, provider_account_id) REFERENCES herald_public.provider_accounts(tenant_id, id) ON DELETE CASCADE,
+  constraint number_requests_error_length
+    CHECK ((length(error) <= 2000)),
+  constraint number_requests_idempotency_key
+    UNIQUE (tenant_id, idempotency_key),
+  constraint number_requests_idempotency_key_length
+    CHECK (((length(idempotency_key) >= 1) AND (length(idempotency_key) <= 200))),
+  constraint number_requests_kind
+    CHECK ((kind = ANY (ARRAY['search'::text, 'sync'::text, 'import'::text, 'buy'::text, 'release'::text, 'configure'::text]))),
+  constraint number_requests_pkey
+    PRIMARY KEY (tenant_id, id),
+  constraint number_requests_sender_number_fkey
+    FOREIGN KEY (tenant_id, sender_number_id) REFERENCES herald_public.sender_numbers(tenant_id, id) ON DELETE SET NULL (sender_number_id),
+  constraint number_requests_status
+    CHECK ((status = ANY (ARRAY['queued'::text, 'done'::text, 'failed'::text]))),
+  constraint number_requests_tenant_id_fkey
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+);
+alter table herald_public.number_requests enable row level security;
+alter table herald_public.number_requests force row level security;
+    CREATE INDEX number_requests_by_number ON herald_public.number_requests USING btree (tenant_id, sender_number_id);
+-- trigger _500_queue_run on herald_public.number_requests
+    CREATE TRIGGER _500_queue_run AFTER INSERT ON herald_public.number_requests FOR EACH ROW EXECUTE FUNCTION herald_private.tg__add_job('number_requests__run');
+-- trigger _900_audit_delete on herald_public.number_requests
+    CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.number_requests REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+-- trigger _900_audit_insert on herald_public.number_requests
+    CREATE TRIGGER _900_audit_insert AFTER INSERT ON herald_public.number_requests REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+-- trigger _900_audit_update on herald_public.number_requests
+    CREATE TRIGGER _900_audit_update AFTER UPDATE ON herald_public.number_requests REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
+create policy insert_member on herald_public.number_requests as permissive for insert to herald_member
+    with check (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)));
+comment on policy insert_member on herald_public.number_requests is 'A tenant''s owners and admins ask for number work (it spends money and moves numbers).';
+create policy select_admin on herald_public.number_requests as permissive for select to herald_admin
+    using (true);
+comment on policy select_admin on herald_public.number_requests is 'Operators read every tenant''s number requests.';
+create policy select_member on herald_public.number_requests as permissive for select to herald_member, herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy select_member on herald_public.number_requests is 'Members and the worker read their own tenant''s number requests.';
+create policy update_worker on herald_public.number_requests as permissive for update to herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)))
+    with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy update_worker on herald_public.number_requests is 'The worker completes its tenant''s requests.';
+comment on table herald_public.number_requests is '@behavior -insert -update -delete
+Work asked of the provider about numbers (search, sync, buy, release, configure): `status` goes from `queued` to `done` (see `result`) or `failed` (see `error`).';
+comment on column herald_public.number_requests.result is 'The provider''s answer: `numbers` (search, sync: phoneNumber, friendlyName, capabilities, locality, region; sync adds sid and webhooksElsewhere), or `senderNumberId` (buy).';
+comment on constraint number_requests_account_fkey on herald_public.number_requests is '@fieldName providerAccount
+@foreignFieldName numberRequests';
+comment on constraint number_requests_idempotency_key on herald_public.number_requests is '@behavior -*';
+comment on constraint number_requests_sender_number_fkey on herald_public.number_requests is '@fieldName senderNumber
+@foreignFieldName numberRequests';
+grant insert (idempotency_key, kind, params, provider_account_id, sender_number_id, tenant_id) on herald_public.number_requests to herald_member;
+grant select on herald_public.number_requests to herald_admin;
+grant select on herald_public.number_requests to herald_member;
+grant select on herald_public.number_requests to herald_worker;
+grant update (completed_at, error, result, status) on herald_public.number_requests to herald_worker;
+
 create table herald_public.provider_accounts (
   tenant_id uuid not null
     default herald_public.current_tenant_id(),
@@ -1954,6 +2090,15 @@ create table herald_public.sender_numbers (
     default 1,
   status text not null
     default 'pending'::text,
+  verified_at timestamp with time zone,
+  last_checked_at timestamp with time zone,
+  failure_reason text,
+  verify_requested_at timestamp with time zone,
+  provider_sid text,
+  friendly_name text,
+  sms_url text,
+  status_callback_url text,
+  webhooks_elsewhere boolean,
   messaging_service_id uuid,
   constraint sender_numbers_account_fkey
     FOREIGN KEY (tenant_id, provider_account_id) REFERENCES herald_public.provider_accounts(tenant_id, id) ON DELETE CASCADE,
@@ -1961,22 +2106,33 @@ create table herald_public.sender_numbers (
     CHECK ((channel = ANY (ARRAY['sms'::text, 'whatsapp'::text]))),
   constraint sender_numbers_e164
     CHECK ((phone_number ~ '^\+[1-9][0-9]{6,14}$'::text)),
+  constraint sender_numbers_failure_reason_length
+    CHECK ((length(failure_reason) <= 500)),
   constraint sender_numbers_mps_range
     CHECK (((messages_per_second > (0)::numeric) AND (messages_per_second <= (1000)::numeric))),
-  constraint sender_numbers_number_key
-    UNIQUE (phone_number, channel),
   constraint sender_numbers_pkey
     PRIMARY KEY (tenant_id, id),
+  constraint sender_numbers_provider_fields_length
+    CHECK (((length(provider_sid) <= 64) AND (length(friendly_name) <= 200) AND (length(sms_url) <= 2000) AND (length(status_callback_url) <= 2000))),
   constraint sender_numbers_service_fkey
     FOREIGN KEY (tenant_id, messaging_service_id) REFERENCES herald_public.messaging_services(tenant_id, id) ON DELETE SET NULL (messaging_service_id),
   constraint sender_numbers_status
     CHECK ((status = ANY (ARRAY['pending'::text, 'verified'::text, 'failed'::text]))),
   constraint sender_numbers_tenant_id_fkey
-    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE
+    FOREIGN KEY (tenant_id) REFERENCES herald_public.tenants(id) ON DELETE CASCADE,
+  constraint sender_numbers_tenant_number_key
+    UNIQUE (tenant_id, phone_number, channel),
+  constraint sender_numbers_verified_at
+    CHECK (((status = 'verified'::text) = (verified_at IS NOT NULL)))
 );
 alter table herald_public.sender_numbers enable row level security;
 alter table herald_public.sender_numbers force row level security;
     CREATE INDEX sender_numbers_by_service ON herald_public.sender_numbers USING btree (tenant_id, messaging_service_id) WHERE (messaging_service_id IS NOT NULL);
+    CREATE UNIQUE INDEX sender_numbers_number_key ON herald_public.sender_numbers USING btree (phone_number, channel) WHERE (status = 'verified'::text);
+-- trigger _500_queue_check on herald_public.sender_numbers
+    CREATE TRIGGER _500_queue_check AFTER INSERT ON herald_public.sender_numbers FOR EACH ROW WHEN ((new.status = 'pending'::text)) EXECUTE FUNCTION herald_private.tg_sender_numbers__queue_check();
+-- trigger _510_queue_recheck on herald_public.sender_numbers
+    CREATE TRIGGER _510_queue_recheck AFTER UPDATE OF verify_requested_at ON herald_public.sender_numbers FOR EACH ROW WHEN ((new.verify_requested_at IS DISTINCT FROM old.verify_requested_at)) EXECUTE FUNCTION herald_private.tg_sender_numbers__queue_check();
 -- trigger _900_audit_delete on herald_public.sender_numbers
     CREATE TRIGGER _900_audit_delete AFTER DELETE ON herald_public.sender_numbers REFERENCING OLD TABLE AS old_rows FOR EACH STATEMENT EXECUTE FUNCTION herald_private.tg__audit('id', '');
 -- trigger _900_audit_insert on herald_public.sender_numbers
@@ -1987,11 +2143,17 @@ create policy delete_admin on herald_public.sender_numbers as permissive for del
     using (true);
 create policy delete_member on herald_public.sender_numbers as permissive for delete to herald_member
     using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)));
+create policy delete_worker on herald_public.sender_numbers as permissive for delete to herald_worker
+    using ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
+comment on policy delete_worker on herald_public.sender_numbers is 'The worker removes a number its tenant released at the provider (number_requests__run).';
 create policy delete_worker_pool on herald_public.sender_numbers as permissive for delete to herald_worker
     using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND (messaging_service_id IS NOT NULL)));
 comment on policy delete_worker_pool on herald_public.sender_numbers is 'A Messaging Service''s sync removes numbers that left its pool.';
 create policy insert_admin on herald_public.sender_numbers as permissive for insert to herald_admin
     with check (true);
+create policy insert_definer on herald_public.sender_numbers as permissive for insert to herald_owner
+    with check (true);
+comment on policy insert_definer on herald_public.sender_numbers is 'herald_private.add_provider_number adds numbers the provider listed on or sold to the tenant''s account.';
 create policy insert_member on herald_public.sender_numbers as permissive for insert to herald_member
     with check (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin) AND (provider_account_id IS NOT NULL)));
 create policy insert_worker_pool on herald_public.sender_numbers as permissive for insert to herald_worker
@@ -2007,6 +2169,10 @@ create policy update_admin on herald_public.sender_numbers as permissive for upd
     using (true)
     with check (true);
 comment on policy update_admin on herald_public.sender_numbers is 'Operators change any number''s pace (messages_per_second, the only column granted).';
+create policy update_definer on herald_public.sender_numbers as permissive for update to herald_owner
+    using (true)
+    with check (true);
+comment on policy update_definer on herald_public.sender_numbers is 'herald_private''s verification helpers record the provider''s answer (the caller''s tenant only, checked in each function).';
 create policy update_member on herald_public.sender_numbers as permissive for update to herald_member
     using (((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)) AND ( SELECT herald_hidden.current_user_is_tenant_admin() AS current_user_is_tenant_admin)))
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
@@ -2016,14 +2182,24 @@ create policy update_worker_pool on herald_public.sender_numbers as permissive f
     with check ((tenant_id = ( SELECT herald_public.current_tenant_id() AS current_tenant_id)));
 comment on policy update_worker_pool on herald_public.sender_numbers is 'A Messaging Service''s sync marks the tenant''s own numbers as its pool''s (or no longer).';
 comment on table herald_public.sender_numbers is '@behavior -update
-A phone number the tenant sends SMS or WhatsApp from; each number belongs to one tenant.';
+A phone number the tenant sends SMS or WhatsApp from. It is `pending` until the provider confirms that the account holds it; only verified numbers send, receive and route inbound.';
+comment on column herald_public.sender_numbers.failure_reason is 'Why the number is not (or not yet) verified, in words about this tenant''s own account only.';
+comment on column herald_public.sender_numbers.friendly_name is 'The number''s friendly name at the provider, as last seen.';
+comment on column herald_public.sender_numbers.last_checked_at is 'When Herald last asked the provider about the number.';
 comment on column herald_public.sender_numbers.messages_per_second is 'How fast this number may send (1 for a US long code; more for toll-free and short codes).';
 comment on column herald_public.sender_numbers.messaging_service_id is 'The Messaging Service whose pool this number is in (imported from Twilio by the service''s sync).';
+comment on column herald_public.sender_numbers.provider_sid is 'The provider''s id of the number (Twilio PN… / WhatsApp sender XE…), as last seen.';
+comment on column herald_public.sender_numbers.sms_url is 'Where the provider posts texts to this number, as last seen.';
+comment on column herald_public.sender_numbers.status is '`pending` until the provider confirms that the number''s account holds it, then `verified` (it sends, receives and routes inbound) or `failed` (see `failureReason`).';
+comment on column herald_public.sender_numbers.status_callback_url is 'Where the provider posts status callbacks for this number, as last seen.';
+comment on column herald_public.sender_numbers.verified_at is 'When the provider last confirmed the number (null unless verified).';
+comment on column herald_public.sender_numbers.verify_requested_at is '@behavior -*';
+comment on column herald_public.sender_numbers.webhooks_elsewhere is 'True when the number''s SmsUrl or StatusCallback at the provider is not Herald''s (HERALD_PUBLIC_URL): texts to it do not reach Herald. `configureSenderNumberWebhooks` fixes it. Null: not known.';
 comment on constraint sender_numbers_account_fkey on herald_public.sender_numbers is '@fieldName providerAccount
 @foreignFieldName senderNumbers';
-comment on constraint sender_numbers_number_key on herald_public.sender_numbers is '@behavior -*';
 comment on constraint sender_numbers_service_fkey on herald_public.sender_numbers is '@fieldName messagingService
 @foreignFieldName poolNumbers';
+comment on constraint sender_numbers_tenant_number_key on herald_public.sender_numbers is '@behavior -*';
 grant delete on herald_public.sender_numbers to herald_admin;
 grant delete on herald_public.sender_numbers to herald_member;
 grant delete on herald_public.sender_numbers to herald_worker;
@@ -2033,8 +2209,8 @@ grant insert (channel, messages_per_second, phone_number, provider_account_id, t
 grant select on herald_public.sender_numbers to herald_admin;
 grant select on herald_public.sender_numbers to herald_member;
 grant select on herald_public.sender_numbers to herald_worker;
-grant update (messages_per_second) on herald_public.sender_numbers to herald_admin;
-grant update (messages_per_second) on herald_public.sender_numbers to herald_member;
+grant update (messages_per_second, verify_requested_at) on herald_public.sender_numbers to herald_admin;
+grant update (messages_per_second, verify_requested_at) on herald_public.sender_numbers to herald_member;
 grant update (messaging_service_id, status) on herald_public.sender_numbers to herald_worker;
 
 create table herald_public.suppressions (
@@ -3604,6 +3780,38 @@ grant execute on function herald_hidden.missing_segments(uuid[]) to herald_worke
     $function$;
 grant execute on function herald_hidden.new_meta_verify_token() to herald_member;
 
+-- function herald_hidden.number_request_for(text,uuid) returns herald_public.number_requests; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.number_request_for(kind text, sender_number_id uuid)
+     RETURNS herald_public.number_requests
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_number herald_public.sender_numbers;
+      v_request herald_public.number_requests;
+    begin
+      if not (select herald_hidden.current_user_is_tenant_admin()) then
+        raise exception 'only the tenant''s owners and admins manage numbers' using errcode = '42501';
+      end if;
+      select * into v_number from herald_public.sender_numbers n
+       where n.tenant_id = herald_public.current_tenant_id() and n.id = number_request_for.sender_number_id;
+      if not found then
+        raise exception 'sender number not found' using errcode = 'NTFND', column = 'senderNumberId';
+      end if;
+      if v_number.provider_account_id is null then
+        raise exception 'the number is on the system account: operators manage it' using errcode = '22023', column = 'senderNumberId';
+      end if;
+      if v_number.status <> 'verified' then
+        raise exception 'only a verified number can be changed at the provider' using errcode = '22023', column = 'senderNumberId';
+      end if;
+      insert into herald_public.number_requests (kind, provider_account_id, sender_number_id)
+      values (number_request_for.kind, v_number.provider_account_id, v_number.id)
+      returning * into v_request;
+      return v_request;
+    end;
+    $function$;
+grant execute on function herald_hidden.number_request_for(text,uuid) to herald_member;
+
 -- function herald_hidden.pii_hash(text,text,smallint) returns bytea; sql; stable
     CREATE OR REPLACE FUNCTION herald_hidden.pii_hash(kind text, normalized text, version smallint)
      RETURNS bytea
@@ -4844,9 +5052,9 @@ grant execute on function herald_hidden.send_window_opens_at(text,text,time with
                else pg_catalog.format('%s is not on one of this tenant''s verified email domains', sender_refusal.sender) end
         when exists (select 1 from herald_public.sender_numbers n
                       where n.tenant_id = herald_public.current_tenant_id() and n.phone_number = sender_refusal.sender
-                        and n.channel = sender_refusal.channel)
+                        and n.channel = sender_refusal.channel and n.status = 'verified')
           then null
-        else pg_catalog.format('%s is not one of this tenant''s %s sender numbers', sender_refusal.sender, sender_refusal.channel)
+        else pg_catalog.format('%s is not one of this tenant''s verified %s sender numbers', sender_refusal.sender, sender_refusal.channel)
       end;
     $function$;
 comment on function herald_hidden.sender_refusal(text,text,text) is 'Why `sender` may not send for the session''s tenant on `channel` (null: it may). The one sender-ownership rule.';
@@ -4973,6 +5181,9 @@ grant execute on function herald_hidden.store_inbound_media(uuid,text[],text[]) 
     declare
       v_service herald_public.messaging_services;
       v_number text;
+      v_number_id uuid;
+      v_outcome text;
+      v_known boolean;
     begin
       select * into v_service from herald_public.messaging_services s
        where s.tenant_id = herald_public.current_tenant_id() and s.id = sync_pool_numbers.messaging_service_id;
@@ -4981,21 +5192,18 @@ grant execute on function herald_hidden.store_inbound_media(uuid,text[],text[]) 
       end if;
       added := 0; joined := 0; refused := 0;
       foreach v_number in array coalesce(numbers, '{}') loop
-        update herald_public.sender_numbers n
-           set messaging_service_id = v_service.id, status = 'verified'
-         where n.tenant_id = v_service.tenant_id and n.phone_number = v_number and n.channel = 'sms';
-        if found then
-          joined := joined + 1;
+        v_known := exists (select 1 from herald_public.sender_numbers n
+                            where n.tenant_id = v_service.tenant_id and n.phone_number = v_number and n.channel = 'sms');
+        insert into herald_hidden.sender_number_checks (action, phone_number, channel, provider_account_id)
+        values ('add', v_number, 'sms', v_service.provider_account_id)
+        returning sender_number_id, outcome into v_number_id, v_outcome;
+        if v_outcome is distinct from 'verified' then
+          refused := refused + 1;
           continue;
         end if;
-        begin
-          insert into herald_public.sender_numbers (tenant_id, phone_number, channel, provider_account_id,
-                                                    messaging_service_id, status, messages_per_second)
-          values (v_service.tenant_id, v_number, 'sms', v_service.provider_account_id, v_service.id, 'verified', 1);
-          added := added + 1;
-        exception when unique_violation then
-          refused := refused + 1;
-        end;
+        update herald_public.sender_numbers n set messaging_service_id = v_service.id
+         where n.tenant_id = v_service.tenant_id and n.id = v_number_id;
+        if v_known then joined := joined + 1; else added := added + 1; end if;
       end loop;
       delete from herald_public.sender_numbers n
        where n.tenant_id = v_service.tenant_id and n.messaging_service_id = v_service.id
@@ -5036,6 +5244,26 @@ grant execute on function herald_hidden.sync_pool_numbers(uuid,text[]) to herald
 comment on function herald_hidden.template_variables(text,text) is 'The variables a template text uses, sorted; raises 22023 naming `field` for an unknown variable or a stray brace pair. Its cases, shared with src/messages/render.ts: test/fixtures/template-grammar.json.';
 grant execute on function herald_hidden.template_variables(text,text) to herald_member;
 grant execute on function herald_hidden.template_variables(text,text) to herald_worker;
+
+-- function herald_hidden.twilio_account_or_fail(uuid) returns void; plpgsql; stable; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_hidden.twilio_account_or_fail(provider_account_id uuid)
+     RETURNS void
+     LANGUAGE plpgsql
+     STABLE
+     SET search_path TO ''
+    AS $function$
+    begin
+      if not (select herald_hidden.current_user_is_tenant_admin()) then
+        raise exception 'only the tenant''s owners and admins manage numbers' using errcode = '42501';
+      end if;
+      if not exists (select 1 from herald_public.provider_accounts a
+                      where a.tenant_id = herald_public.current_tenant_id() and a.id = twilio_account_or_fail.provider_account_id
+                        and a.kind = 'twilio') then
+        raise exception 'no Twilio account of this tenant has this id' using errcode = 'NTFND', column = 'providerAccountId';
+      end if;
+    end;
+    $function$;
+grant execute on function herald_hidden.twilio_account_or_fail(uuid) to herald_member;
 
 -- function herald_hidden.uncount_toward_cap(date) returns void; sql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_hidden.uncount_toward_cap(month date)
@@ -5441,6 +5669,46 @@ grant execute on function herald_hidden.whatsapp_session_open(uuid) to herald_wo
 comment on function herald_private.accept_invitation(text,text) is 'POST /auth/accept-invitation: accepts a pending invitation by its token, as a new user with this password or as the existing user whose password it is; returns the membership to sign a JWT for, or null (one answer for every refusal).';
 grant execute on function herald_private.accept_invitation(text,text) to herald_authenticator;
 
+-- function herald_private.add_provider_number(uuid,text,text,jsonb) returns uuid; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.add_provider_number(provider_account_id uuid, phone_number text, channel text, details jsonb DEFAULT '{}'::jsonb)
+     RETURNS uuid
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_id uuid;
+    begin
+      -- The account is the tenant's: the composite foreign keys of the check row
+      -- and of sender_numbers say so (the worker read it as a Twilio account).
+      if add_provider_number.provider_account_id is null or add_provider_number.phone_number is null
+         or add_provider_number.channel is null then
+        raise exception 'an added number names its account, number and channel' using errcode = '22023';
+      end if;
+      select n.id into v_id from herald_public.sender_numbers n
+       where n.tenant_id = v_tenant and n.phone_number = add_provider_number.phone_number and n.channel = add_provider_number.channel;
+      if v_id is null then
+        insert into herald_public.sender_numbers (tenant_id, phone_number, channel, provider_account_id, status, verified_at)
+        values (v_tenant, add_provider_number.phone_number, add_provider_number.channel, add_provider_number.provider_account_id, 'verified', pg_catalog.now())
+        on conflict do nothing
+        returning id into v_id;
+      end if;
+      if v_id is null then
+        -- Another tenant's verified claim: registered pending, decided below.
+        insert into herald_public.sender_numbers (tenant_id, phone_number, channel, provider_account_id)
+        values (v_tenant, add_provider_number.phone_number, add_provider_number.channel, add_provider_number.provider_account_id)
+        on conflict (tenant_id, phone_number, channel) do update set provider_account_id = excluded.provider_account_id
+        returning id into v_id;
+      else
+        update herald_public.sender_numbers n set provider_account_id = add_provider_number.provider_account_id
+         where n.tenant_id = v_tenant and n.id = v_id and n.provider_account_id is distinct from add_provider_number.provider_account_id;
+      end if;
+      perform herald_private.record_sender_number_check(v_id, true, null, details);
+      return v_id;
+    end;
+    $function$;
+
 -- function herald_private.add_tenant_data_key(uuid,bytea,bytea) returns void; sql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.add_tenant_data_key(tenant_id uuid, wrapped_key bytea, master_key_id bytea)
      RETURNS void
@@ -5664,7 +5932,8 @@ grant execute on function herald_private.hash_key_version(bytea) to herald_authe
     AS $function$
       select n.tenant_id, n.id, n.provider_account_id
         from herald_public.sender_numbers n
-       where n.phone_number = inbound_number_owner.phone_number and n.channel = inbound_number_owner.channel;
+       where n.phone_number = inbound_number_owner.phone_number and n.channel = inbound_number_owner.channel
+         and n.status = 'verified';
     $function$;
 grant execute on function herald_private.inbound_number_owner(text,text) to herald_authenticator;
 
@@ -5696,6 +5965,24 @@ grant execute on function herald_private.meta_account_owner(uuid) to herald_auth
 comment on function herald_private.meta_verify_token_matches(uuid,text) is 'Whether `verify_token` is the Meta account''s webhook verify token.';
 grant execute on function herald_private.meta_verify_token_matches(uuid,text) to herald_authenticator;
 
+-- function herald_private.queue_sender_number_check(uuid,uuid,interval) returns void; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.queue_sender_number_check(tenant_id uuid, number_id uuid, delay interval DEFAULT '00:00:00'::interval)
+     RETURNS void
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      perform graphile_worker.add_job(
+        'sender_numbers__verify',
+        pg_catalog.json_build_object('tenant_id', queue_sender_number_check.tenant_id, 'id', queue_sender_number_check.number_id),
+        run_at := pg_catalog.now() + queue_sender_number_check.delay,
+        max_attempts := 25,
+        job_key := 'sender_number_verify:' || queue_sender_number_check.number_id::text,
+        job_key_mode := 'replace');
+    end;
+    $function$;
+
 -- function herald_private.queue_webhook_delivery(uuid,uuid,timestamp with time zone) returns void; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.queue_webhook_delivery(tenant_id uuid, id uuid, run_at timestamp with time zone DEFAULT now())
      RETURNS void
@@ -5711,6 +5998,78 @@ grant execute on function herald_private.meta_verify_token_matches(uuid,text) to
         max_attempts := 25);
     end;
     $function$;
+
+-- function herald_private.record_sender_number_check(uuid,boolean,text,jsonb) returns text; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.record_sender_number_check(number_id uuid, owned boolean, reason text, details jsonb DEFAULT '{}'::jsonb)
+     RETURNS text
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_tenant uuid := herald_public.current_tenant_id();
+      v_number herald_public.sender_numbers;
+      v_holder herald_public.sender_numbers;
+      v_was text;
+    begin
+      select * into v_number from herald_public.sender_numbers n where n.tenant_id = v_tenant and n.id = number_id;
+      if not found then
+        raise exception 'sender number not found' using errcode = 'NTFND', column = 'senderNumberId';
+      end if;
+      -- One decision per number at a time, across tenants.
+      perform pg_catalog.pg_advisory_xact_lock(pg_catalog.hashtextextended('sender_number:' || v_number.channel || ':' || v_number.phone_number, 0));
+      select * into v_number from herald_public.sender_numbers n where n.tenant_id = v_tenant and n.id = number_id for update;
+      v_was := v_number.status;
+
+      update herald_public.sender_numbers n
+         set last_checked_at = pg_catalog.now(),
+             provider_sid = coalesce(details ->> 'sid', n.provider_sid),
+             friendly_name = coalesce(pg_catalog.left(details ->> 'friendly_name', 200), n.friendly_name),
+             sms_url = case when details ? 'sms_url' then pg_catalog.left(details ->> 'sms_url', 2000) else n.sms_url end,
+             status_callback_url = case when details ? 'status_callback_url' then pg_catalog.left(details ->> 'status_callback_url', 2000) else n.status_callback_url end,
+             webhooks_elsewhere = case when details ? 'webhooks_elsewhere' then (details ->> 'webhooks_elsewhere')::boolean else n.webhooks_elsewhere end
+       where n.tenant_id = v_tenant and n.id = number_id;
+
+      if owned is null then
+        update herald_public.sender_numbers n set failure_reason = pg_catalog.left(reason, 500)
+         where n.tenant_id = v_tenant and n.id = number_id;
+        return v_was;
+      end if;
+
+      if not owned then
+        update herald_public.sender_numbers n
+           set status = 'failed', verified_at = null, failure_reason = pg_catalog.left(coalesce(reason, 'the provider does not list this number on the account'), 500)
+         where n.tenant_id = v_tenant and n.id = number_id;
+        if v_was = 'verified' then
+          -- The number left this account: whoever else claims it is checked now.
+          perform herald_private.queue_sender_number_check(o.tenant_id, o.id)
+             from herald_public.sender_numbers o
+            where o.phone_number = v_number.phone_number and o.channel = v_number.channel
+              and o.status <> 'verified' and o.tenant_id <> v_tenant;
+        end if;
+        return 'failed';
+      end if;
+
+      select * into v_holder from herald_public.sender_numbers o
+       where o.phone_number = v_number.phone_number and o.channel = v_number.channel
+         and o.status = 'verified' and o.tenant_id <> v_tenant;
+      if found then
+        update herald_public.sender_numbers n
+           set failure_reason = 'the provider confirms the number; it becomes verified once an earlier registration has been re-checked'
+         where n.tenant_id = v_tenant and n.id = number_id;
+        perform herald_private.queue_sender_number_check(v_holder.tenant_id, v_holder.id);
+        -- And this one again later, should that re-check find the number there still.
+        perform herald_private.queue_sender_number_check(v_tenant, number_id, interval '10 minutes');
+        return 'contested';
+      end if;
+
+      update herald_public.sender_numbers n
+         set status = 'verified', verified_at = pg_catalog.now(), failure_reason = null
+       where n.tenant_id = v_tenant and n.id = number_id;
+      return 'verified';
+    end;
+    $function$;
+comment on function herald_private.record_sender_number_check(uuid,boolean,text,jsonb) is 'Records the provider''s answer about one of the session tenant''s sender numbers (the sender_numbers__verify task).';
 
 -- function herald_private.register_operator(uuid) returns void; plpgsql; volatile; security definer; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.register_operator(user_id uuid)
@@ -6453,6 +6812,42 @@ comment on function herald_private.tg_deliveries__transactional_email() is 'A tr
     end;
     $function$;
 
+-- function herald_private.tg_sender_number_checks__apply() returns trigger; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_sender_number_checks__apply()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      -- A row for another tenant is applied nowhere: the insert policy refuses it next.
+      if new.tenant_id is distinct from herald_public.current_tenant_id() then
+        return new;
+      end if;
+      if new.action = 'add' then
+        new.sender_number_id := herald_private.add_provider_number(new.provider_account_id, new.phone_number, new.channel, new.details);
+        select n.status into new.outcome from herald_public.sender_numbers n
+         where n.tenant_id = new.tenant_id and n.id = new.sender_number_id;
+      else
+        new.outcome := herald_private.record_sender_number_check(new.sender_number_id, new.owned, new.reason, new.details);
+      end if;
+      return new;
+    end;
+    $function$;
+
+-- function herald_private.tg_sender_numbers__queue_check() returns trigger; plpgsql; volatile; security definer; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_private.tg_sender_numbers__queue_check()
+     RETURNS trigger
+     LANGUAGE plpgsql
+     SECURITY DEFINER
+     SET search_path TO ''
+    AS $function$
+    begin
+      perform herald_private.queue_sender_number_check(new.tenant_id, new.id);
+      return new;
+    end;
+    $function$;
+
 -- function herald_private.tg_templates__validate() returns trigger; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_private.tg_templates__validate()
      RETURNS trigger
@@ -6801,6 +7196,45 @@ grant execute on function herald_public.add_suppression(text,text,text,text) to 
 comment on function herald_public.authenticate_email_domain(text) is 'Ask SendGrid, through the tenant''s SendGrid account, for the DNS records that authenticate this domain.';
 grant execute on function herald_public.authenticate_email_domain(text) to herald_member;
 
+-- function herald_public.buy_sender_number(uuid,text,text) returns herald_public.number_requests; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.buy_sender_number(provider_account_id uuid, phone_number text, idempotency_key text)
+     RETURNS herald_public.number_requests
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_request herald_public.number_requests;
+    begin
+      perform herald_hidden.twilio_account_or_fail(provider_account_id);
+      if phone_number is null or phone_number !~ '^\+[1-9][0-9]{6,14}$' then
+        raise exception 'phoneNumber must be E.164' using errcode = '22023', column = 'phoneNumber';
+      end if;
+      if idempotency_key is null or length(idempotency_key) not between 1 and 200 then
+        raise exception 'idempotencyKey is required (1-200 characters): a retried purchase must not buy twice' using errcode = '22023', column = 'idempotencyKey';
+      end if;
+      select * into v_request from herald_public.number_requests r
+       where r.tenant_id = herald_public.current_tenant_id() and r.idempotency_key = buy_sender_number.idempotency_key;
+      if not found then
+        insert into herald_public.number_requests (kind, provider_account_id, params, idempotency_key)
+        values ('buy', buy_sender_number.provider_account_id, pg_catalog.jsonb_build_object('phone_number', phone_number), idempotency_key)
+        on conflict on constraint number_requests_idempotency_key do nothing
+        returning * into v_request;
+        if v_request.id is null then
+          select * into v_request from herald_public.number_requests r
+           where r.tenant_id = herald_public.current_tenant_id() and r.idempotency_key = buy_sender_number.idempotency_key;
+        end if;
+      end if;
+      if v_request.kind <> 'buy' or v_request.params ->> 'phone_number' <> phone_number
+         or v_request.provider_account_id <> buy_sender_number.provider_account_id then
+        raise exception 'this idempotencyKey was used for another request' using errcode = '22023', column = 'idempotencyKey';
+      end if;
+      return v_request;
+    end;
+    $function$;
+comment on function herald_public.buy_sender_number(uuid,text,text) is '@resultFieldName numberRequest
+Buy a number (from `searchAvailableNumbers`) on the account; it becomes a verified sender number with its webhooks pointing at Herald. The same `idempotencyKey` returns the same request: a retry never buys twice.';
+grant execute on function herald_public.buy_sender_number(uuid,text,text) to herald_member;
+
 -- function herald_public.cancel_message(uuid) returns herald_public.messages; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.cancel_message(message_id uuid)
      RETURNS herald_public.messages
@@ -6847,6 +7281,16 @@ grant execute on function herald_public.cancel_message(uuid) to herald_member;
     $function$;
 comment on function herald_public.change_member_role(uuid,text) is 'Changes a member''s role in the current tenant (owners only; a tenant keeps at least one owner).';
 grant execute on function herald_public.change_member_role(uuid,text) to herald_member;
+
+-- function herald_public.configure_sender_number_webhooks(uuid) returns herald_public.number_requests; sql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.configure_sender_number_webhooks(sender_number_id uuid)
+     RETURNS herald_public.number_requests
+     LANGUAGE sql
+     SET search_path TO ''
+    AS $function$ select herald_hidden.number_request_for('configure', configure_sender_number_webhooks.sender_number_id); $function$;
+comment on function herald_public.configure_sender_number_webhooks(uuid) is '@resultFieldName numberRequest
+Point the number''s SmsUrl and StatusCallback at Herald (HERALD_PUBLIC_URL).';
+grant execute on function herald_public.configure_sender_number_webhooks(uuid) to herald_member;
 
 -- function herald_public.contacts_conversation(herald_public.contacts,text) returns SETOF herald_public.conversation_entry; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.contacts_conversation(contact herald_public.contacts, channel text DEFAULT NULL::text)
@@ -7163,6 +7607,39 @@ comment on function herald_public.engagement_usage(date,date) is 'The tenant''s 
 grant execute on function herald_public.engagement_usage(date,date) to herald_admin;
 grant execute on function herald_public.engagement_usage(date,date) to herald_member;
 
+-- function herald_public.import_sender_numbers(uuid,text[]) returns herald_public.number_requests; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.import_sender_numbers(request_id uuid, phone_numbers text[])
+     RETURNS herald_public.number_requests
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_sync herald_public.number_requests;
+      v_request herald_public.number_requests;
+    begin
+      if not (select herald_hidden.current_user_is_tenant_admin()) then
+        raise exception 'only the tenant''s owners and admins manage numbers' using errcode = '42501';
+      end if;
+      select * into v_sync from herald_public.number_requests r
+       where r.tenant_id = herald_public.current_tenant_id() and r.id = import_sender_numbers.request_id
+         and r.kind = 'sync' and r.status = 'done';
+      if not found then
+        raise exception 'no finished sync of this tenant has this id' using errcode = 'NTFND', column = 'requestId';
+      end if;
+      if coalesce(cardinality(phone_numbers), 0) not between 1 and 1000 then
+        raise exception 'phoneNumbers: pick 1 to 1000 numbers' using errcode = '22023', column = 'phoneNumbers';
+      end if;
+      insert into herald_public.number_requests (kind, provider_account_id, params)
+      values ('import', v_sync.provider_account_id,
+              pg_catalog.jsonb_build_object('sync_request_id', v_sync.id, 'phone_numbers', pg_catalog.to_jsonb(phone_numbers)))
+      returning * into v_request;
+      return v_request;
+    end;
+    $function$;
+comment on function herald_public.import_sender_numbers(uuid,text[]) is '@resultFieldName numberRequest
+Add numbers a finished `syncSenderNumbers` listed as sender numbers (verified: the provider lists them on the account); `result.senderNumberIds` names them.';
+grant execute on function herald_public.import_sender_numbers(uuid,text[]) to herald_member;
+
 -- function herald_public.inbound_messages_body(herald_public.inbound_messages) returns text; sql; stable
     CREATE OR REPLACE FUNCTION herald_public.inbound_messages_body(message herald_public.inbound_messages)
      RETURNS text
@@ -7367,6 +7844,16 @@ grant execute on function herald_public.ping() to herald_member;
 comment on function herald_public.ping_answered_at(uuid) is 'When a worker answered the ping; null while it waits (or for another tenant''s ping).';
 grant execute on function herald_public.ping_answered_at(uuid) to herald_member;
 
+-- function herald_public.release_sender_number(uuid) returns herald_public.number_requests; sql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.release_sender_number(sender_number_id uuid)
+     RETURNS herald_public.number_requests
+     LANGUAGE sql
+     SET search_path TO ''
+    AS $function$ select herald_hidden.number_request_for('release', release_sender_number.sender_number_id); $function$;
+comment on function herald_public.release_sender_number(uuid) is '@resultFieldName numberRequest
+Release the number at the provider (it stops being the account''s and this tenant''s).';
+grant execute on function herald_public.release_sender_number(uuid) to herald_member;
+
 -- function herald_public.remove_member(uuid) returns boolean; plpgsql; volatile; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.remove_member(user_id uuid)
      RETURNS boolean
@@ -7552,6 +8039,37 @@ grant execute on function herald_public.revoke_api_key(uuid) to herald_member;
     $function$;
 comment on function herald_public.revoke_invitation(uuid) is 'Withdraws a pending invitation of the current tenant (owners and admins); its token stops working.';
 grant execute on function herald_public.revoke_invitation(uuid) to herald_member;
+
+-- function herald_public.search_available_numbers(uuid,text,text,text,boolean,boolean,boolean) returns herald_public.number_requests; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.search_available_numbers(provider_account_id uuid, country text DEFAULT 'US'::text, area_code text DEFAULT NULL::text, contains text DEFAULT NULL::text, sms boolean DEFAULT true, mms boolean DEFAULT false, voice boolean DEFAULT false)
+     RETURNS herald_public.number_requests
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_request herald_public.number_requests;
+    begin
+      perform herald_hidden.twilio_account_or_fail(provider_account_id);
+      if country !~ '^[A-Z]{2}$' then
+        raise exception 'country must be an ISO 3166 alpha-2 code (US, GB, …)' using errcode = '22023', column = 'country';
+      end if;
+      if area_code is not null and area_code !~ '^[0-9]{3}$' then
+        raise exception 'areaCode must be 3 digits' using errcode = '22023', column = 'areaCode';
+      end if;
+      if contains is not null and contains !~ '^[0-9A-Za-z*]{1,16}$' then
+        raise exception 'contains must be 1-16 digits, letters or *' using errcode = '22023', column = 'contains';
+      end if;
+      insert into herald_public.number_requests (kind, provider_account_id, params)
+      values ('search', search_available_numbers.provider_account_id,
+              pg_catalog.jsonb_strip_nulls(pg_catalog.jsonb_build_object('country', country, 'area_code', area_code, 'contains', contains,
+                                       'sms', sms, 'mms', mms, 'voice', voice)))
+      returning * into v_request;
+      return v_request;
+    end;
+    $function$;
+comment on function herald_public.search_available_numbers(uuid,text,text,text,boolean,boolean,boolean) is '@resultFieldName numberRequest
+Search the numbers the provider offers (country, area code, digits it contains, capabilities); the request''s `result.numbers` lists up to 20.';
+grant execute on function herald_public.search_available_numbers(uuid,text,text,text,boolean,boolean,boolean) to herald_member;
 
 -- function herald_public.search_contacts(uuid,uuid,jsonb,uuid) returns SETOF herald_public.contacts; plpgsql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.search_contacts(tag_id uuid DEFAULT NULL::uuid, list_id uuid DEFAULT NULL::uuid, filter jsonb DEFAULT NULL::jsonb, segment_id uuid DEFAULT NULL::uuid)
@@ -7893,6 +8411,26 @@ grant execute on function herald_public.sync_content_templates(uuid) to herald_m
 comment on function herald_public.sync_messaging_service(uuid) is 'Import the service''s pool numbers from Twilio again; `status`, `lastSyncedAt` and `lastError` show the result.';
 grant execute on function herald_public.sync_messaging_service(uuid) to herald_member;
 
+-- function herald_public.sync_sender_numbers(uuid) returns herald_public.number_requests; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.sync_sender_numbers(provider_account_id uuid)
+     RETURNS herald_public.number_requests
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_request herald_public.number_requests;
+    begin
+      perform herald_hidden.twilio_account_or_fail(provider_account_id);
+      insert into herald_public.number_requests (kind, provider_account_id)
+      values ('sync', sync_sender_numbers.provider_account_id)
+      returning * into v_request;
+      return v_request;
+    end;
+    $function$;
+comment on function herald_public.sync_sender_numbers(uuid) is '@resultFieldName numberRequest
+List the numbers the account holds at the provider (`result.numbers`); `importSenderNumbers` adds the ones you pick.';
+grant execute on function herald_public.sync_sender_numbers(uuid) to herald_member;
+
 -- function herald_public.tags_contact_count(herald_public.tags) returns integer; sql; stable; set search_path=""
     CREATE OR REPLACE FUNCTION herald_public.tags_contact_count(tag herald_public.tags)
      RETURNS integer
@@ -8095,6 +8633,28 @@ grant execute on function herald_public.usage(date,date) to herald_member;
     $function$;
 comment on function herald_public.verify_email_domain(uuid) is 'Ask SendGrid to check the published DNS records; `status` and `lastError` show the result.';
 grant execute on function herald_public.verify_email_domain(uuid) to herald_member;
+
+-- function herald_public.verify_sender_number(uuid) returns herald_public.sender_numbers; plpgsql; volatile; set search_path=""
+    CREATE OR REPLACE FUNCTION herald_public.verify_sender_number(sender_number_id uuid)
+     RETURNS herald_public.sender_numbers
+     LANGUAGE plpgsql
+     SET search_path TO ''
+    AS $function$
+    declare
+      v_number herald_public.sender_numbers;
+    begin
+      update herald_public.sender_numbers n set verify_requested_at = pg_catalog.clock_timestamp()
+       where n.tenant_id = herald_public.current_tenant_id() and n.id = verify_sender_number.sender_number_id
+      returning * into v_number;
+      if not found then
+        raise exception 'sender number not found' using errcode = 'NTFND', column = 'senderNumberId';
+      end if;
+      return v_number;
+    end;
+    $function$;
+comment on function herald_public.verify_sender_number(uuid) is '@resultFieldName senderNumber
+Ask the provider again whether the number''s account holds it (the answer lands on `status`).';
+grant execute on function herald_public.verify_sender_number(uuid) to herald_member;
 
 ---- grants on graphile_worker and graphile_migrate objects to Herald's roles
 

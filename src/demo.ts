@@ -99,6 +99,17 @@ export async function ensureDemoTenants(urls: DatabaseUrls, logger: Logger, keyr
       }
       return created;
     });
+    // The numbers are pending until the worker's sender_numbers__verify has
+    // asked the provider (here the sandbox, whose system account holds them):
+    // wait briefly until each routes, so that the first text to one finds its tenant.
+    for (const deadline = Date.now() + 10_000; Date.now() < deadline;) {
+      const { rows } = await owner.query<{ routed: number }>(
+        "select count(*)::int as routed from unnest($1::text[]) n, herald_private.inbound_number_owner(n, 'sms')",
+        [DEMO_TENANTS.map((d) => d.number)],
+      );
+      if (rows[0]!.routed === DEMO_TENANTS.length) break;
+      await new Promise((resolve) => setTimeout(resolve, 100));
+    }
     // Memberships only through the audited function, as the CLI grants them.
     for (const tenant of tenants) {
       await grantMembership(authenticator, {

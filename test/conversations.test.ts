@@ -16,6 +16,7 @@ import {
   type SandboxServer,
 } from "./helpers/messaging.ts";
 import { contactWith, SYSTEM_TWILIO, textIn, webhookEnv } from "./helpers/webhooks.ts";
+import { proveSenderNumbers } from "./helpers/numbers.ts";
 
 /**
  * A contact's conversation: what they wrote (the inbound webhook), what was
@@ -174,6 +175,7 @@ describe("a conversation", () => {
         [a.id, second, whatsapp],
       ),
     );
+    await proveSenderNumbers(db.current, { phoneNumbers: [second, whatsapp] });
     const write = (to: string, body: string, channel: "sms" | "whatsapp" = "sms") =>
       textIn(api.current, a, {
         from: phone,

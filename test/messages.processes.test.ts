@@ -15,6 +15,7 @@ import {
   waitFor,
   type SandboxServer,
 } from "./helpers/messaging.ts";
+import { proveSenderNumbers } from "./helpers/numbers.ts";
 
 /**
  * Real worker processes (`node src/main.ts --worker-only`, as `npm run worker`
@@ -120,6 +121,7 @@ describe("pacing with three worker processes", () => {
       );
       return [rows[0].phone_number as string, "+14155559911"];
     });
+    await proveSenderNumbers(db.current, { phoneNumbers: ["+14155559911"], sandbox: server });
     await Promise.all([startWorkerProcess(4), startWorkerProcess(4), startWorkerProcess(4)]);
     const first = await seedAudience(db.current, t, { count: 12, exchange: 801, list: "first" });
     const second = await seedAudience(db.current, t, { count: 12, exchange: 802, list: "second" });

@@ -13,6 +13,7 @@ import { graphql, tokenFor, useApiServer } from "./helpers/api.ts";
 import { asRole, useTestDatabase, withRootDb } from "./helpers/db.ts";
 import { seedExtraTenant, seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { testKeyring } from "./helpers/keys.ts";
+import { proveSenderNumbers } from "./helpers/numbers.ts";
 
 /**
  * Provider selection through the real SDKs and the sandbox: the tenant's account, the system's,
@@ -86,6 +87,7 @@ beforeAll(async () => {
       [a.providerAccountId],
     );
   });
+  await proveSenderNumbers(db.current, { phoneNumbers: ["+14155550190"], sandbox: server });
   // B keeps its fixture credential, which the sandbox refuses. C has no active account.
   await asOwner(c, (q) =>
     q.query("update herald_public.provider_accounts set status = 'disabled' where id = $1", [c.providerAccountId]),

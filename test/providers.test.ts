@@ -218,6 +218,7 @@ describe("tenant B attacking tenant A's provider setup through GraphQL", () => {
           createSenderNumber(input: { senderNumber: { phoneNumber: $n, providerAccountId: $acc } }) {
             senderNumber {
               rowId
+              status
             }
           }
         }
@@ -227,7 +228,15 @@ describe("tenant B attacking tenant A's provider setup through GraphQL", () => {
         acc: b.providerAccountId,
       },
     );
-    expect(claim.body.errors?.[0]?.extensions?.code).toBe("CONFLICT");
+    // B's claim on A's number is only a claim: pending until the provider confirms it (it will not),
+    // and no CONFLICT that would tell B the number is registered. A's number still routes to A.
+    expect(claim.body.errors).toBeUndefined();
+    expect(claim.body.data!.createSenderNumber.senderNumber.status).toBe("pending");
+    const { rows: owners } = await db.current.root.query(
+      "select tenant_id from herald_private.inbound_number_owner($1, 'sms')",
+      [a.senderNumber],
+    );
+    expect(owners).toEqual([{ tenant_id: a.id }]);
     // A number on the system account (no account of its own) is the operators' to assign.
     const onSystem = await graphql(
       api.current,

@@ -6,6 +6,7 @@ import { useTestDatabase } from "./helpers/db.ts";
 import type { TenantFixture } from "./helpers/fixtures.ts";
 import { A_SYSTEM_NUMBER, DEFAULT_HELP, SYSTEM_SENDER, useInboundTenants } from "./helpers/inbound.ts";
 import { asOwner, asRoot, asWorker } from "./helpers/messaging.ts";
+import { proveSenderNumbers } from "./helpers/numbers.ts";
 import {
   inboundText,
   PUBLIC_URL,
@@ -96,12 +97,15 @@ describe("signatures", () => {
     expect(await writtenRows(db.current)).toEqual(before);
   });
 
-  it("finds a number's tenant as soon as an operator assigns it (a 404 is not remembered)", async () => {
+  it("finds a number's tenant as soon as an operator's assignment is verified (a 404 is not remembered)", async () => {
     const number = "+14155550998";
     expect((await text(freshPhone(), "hi", { to: number, token: SYSTEM_TWILIO.authToken })).status).toBe(404);
     await asRoot(db.current, (c) =>
       c.query("insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, $2)", [a.id, number]),
     );
+    // Assigned, not yet verified: still no tenant's.
+    expect((await text(freshPhone(), "hi", { to: number, token: SYSTEM_TWILIO.authToken })).status).toBe(404);
+    await proveSenderNumbers(db.current, { phoneNumbers: [number] });
     expect((await text(freshPhone(), "hi", { to: number, token: SYSTEM_TWILIO.authToken })).status).toBe(200);
   });
 
@@ -145,6 +149,7 @@ describe("signatures", () => {
         );
         return rows[0].id as string;
       });
+      await proveSenderNumbers(db.current, { phoneNumbers: ["+14155559902"] });
       const before = await writtenRows(db.current);
       expect((await text(freshPhone(), "hello", { to: "+14155559902", token: "api-key-secret" })).status).toBe(403);
       expect(await writtenRows(db.current)).toEqual(before);

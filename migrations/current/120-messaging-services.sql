@@ -134,11 +134,12 @@ grant insert (tenant_id, phone_number, channel, provider_account_id, messaging_s
   update (messaging_service_id, status), delete
   on herald_public.sender_numbers to :DATABASE_WORKER;
 
--- The service's numbers as Twilio lists them, imported in one call: new ones
--- inserted (verified), the tenant's own already registered joined to the pool
--- (and verified: the provider listed them under this account), those that
--- left the pool removed. A number another tenant holds is not taken (counted
--- in `refused`, nothing said about whose it is).
+-- The service's numbers as Twilio lists them, imported in one call: each goes
+-- through the number-ownership checks as an `add` (the provider listed it under
+-- this account, so it is verified by construction, unless another tenant holds
+-- it verified: then it stays pending and is counted in `refused`, with nothing
+-- said about whose it is); verified ones join the pool, and numbers that left
+-- the pool are removed.
 create or replace function herald_hidden.sync_pool_numbers(messaging_service_id uuid, numbers text[],
   out added integer, out joined integer, out removed integer, out refused integer)
   language plpgsql volatile
@@ -147,6 +148,9 @@ as $$
 declare
   v_service herald_public.messaging_services;
   v_number text;
+  v_number_id uuid;
+  v_outcome text;
+  v_known boolean;
 begin
   select * into v_service from herald_public.messaging_services s
    where s.tenant_id = herald_public.current_tenant_id() and s.id = sync_pool_numbers.messaging_service_id;
@@ -155,21 +159,18 @@ begin
   end if;
   added := 0; joined := 0; refused := 0;
   foreach v_number in array coalesce(numbers, '{}') loop
-    update herald_public.sender_numbers n
-       set messaging_service_id = v_service.id, status = 'verified'
-     where n.tenant_id = v_service.tenant_id and n.phone_number = v_number and n.channel = 'sms';
-    if found then
-      joined := joined + 1;
+    v_known := exists (select 1 from herald_public.sender_numbers n
+                        where n.tenant_id = v_service.tenant_id and n.phone_number = v_number and n.channel = 'sms');
+    insert into herald_hidden.sender_number_checks (action, phone_number, channel, provider_account_id)
+    values ('add', v_number, 'sms', v_service.provider_account_id)
+    returning sender_number_id, outcome into v_number_id, v_outcome;
+    if v_outcome is distinct from 'verified' then
+      refused := refused + 1;
       continue;
     end if;
-    begin
-      insert into herald_public.sender_numbers (tenant_id, phone_number, channel, provider_account_id,
-                                                messaging_service_id, status, messages_per_second)
-      values (v_service.tenant_id, v_number, 'sms', v_service.provider_account_id, v_service.id, 'verified', 1);
-      added := added + 1;
-    exception when unique_violation then
-      refused := refused + 1;
-    end;
+    update herald_public.sender_numbers n set messaging_service_id = v_service.id
+     where n.tenant_id = v_service.tenant_id and n.id = v_number_id;
+    if v_known then joined := joined + 1; else added := added + 1; end if;
   end loop;
   delete from herald_public.sender_numbers n
    where n.tenant_id = v_service.tenant_id and n.messaging_service_id = v_service.id

@@ -85,6 +85,12 @@ export const CONSTRAINT_FIELDS: Readonly<Record<string, string>> = {
   sender_numbers_mps_range: "messagesPerSecond",
   sender_numbers_number_key: "phoneNumber",
   sender_numbers_account_fkey: "providerAccountId",
+  // A tenant registers a number once per channel (across tenants, only verified numbers are unique).
+  sender_numbers_tenant_number_key: "phoneNumber",
+  number_requests_account_fkey: "providerAccountId",
+  number_requests_sender_number_fkey: "senderNumberId",
+  number_requests_idempotency_key: "idempotencyKey",
+  number_requests_idempotency_key_length: "idempotencyKey",
 
   // Messaging Services (src/services/): addMessagingService / updateMessagingService arguments.
   messaging_services_name_length: "name",
@@ -281,7 +287,6 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   provider_accounts_tenant_id_fkey: SESSION_TENANT,
 
   sender_numbers_pkey: GENERATED_ID,
-  sender_numbers_status: SERVER_WRITTEN,
   sender_numbers_service_fkey: SERVER_WRITTEN,
 
   messaging_services_pkey: GENERATED_ID,
@@ -289,6 +294,16 @@ export const NOT_FROM_INPUT: Readonly<Record<string, string>> = {
   messaging_services_last_error_length: SERVER_WRITTEN,
   messaging_services_tenant_id_fkey: SESSION_TENANT,
   sender_numbers_tenant_id_fkey: SESSION_TENANT,
+  sender_numbers_status: SERVER_WRITTEN,
+  sender_numbers_verified_at: SERVER_WRITTEN,
+  sender_numbers_failure_reason_length: SERVER_WRITTEN,
+  sender_numbers_provider_fields_length: SERVER_WRITTEN,
+
+  number_requests_pkey: GENERATED_ID,
+  number_requests_tenant_id_fkey: SESSION_TENANT,
+  number_requests_kind: "each mutation sets its own request kind",
+  number_requests_status: SERVER_WRITTEN,
+  number_requests_error_length: SERVER_WRITTEN,
 
   suppressions_pkey: GENERATED_ID,
   suppressions_key_version_fkey: SERVER_SET,

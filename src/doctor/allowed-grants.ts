@@ -39,6 +39,11 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     admin: ["SELECT"],
     worker: ["INSERT(next_at, scope, tenant_id)", "SELECT", "UPDATE(next_at)"],
   },
+  "herald_hidden.sender_number_checks": {
+    member: ["SELECT"],
+    admin: ["SELECT"],
+    worker: ["INSERT(action, channel, details, owned, phone_number, provider_account_id, reason, sender_number_id, tenant_id)", "SELECT"],
+  },
   "herald_public.api_keys": {
     member: ["INSERT(created_by, name, secret_hash, tenant_id, token_prefix)", "SELECT(created_at, created_by, id, last_used_at, name, revoked_at, tenant_id, token_prefix, updated_at)", "UPDATE(name, revoked_at)"],
     admin: ["DELETE", "INSERT", "SELECT", "UPDATE"],
@@ -125,6 +130,11 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     admin: ["DELETE", "SELECT"],
     worker: ["SELECT", "UPDATE(last_error, last_synced_at, status)"],
   },
+  "herald_public.number_requests": {
+    member: ["INSERT(idempotency_key, kind, params, provider_account_id, sender_number_id, tenant_id)", "SELECT"],
+    admin: ["SELECT"],
+    worker: ["SELECT", "UPDATE(completed_at, error, result, status)"],
+  },
   "herald_public.provider_accounts": {
     member: ["DELETE", "INSERT(key_version, kind, meta_app_secret_encrypted, meta_key_version, meta_phone_number_id, meta_verify_token_hash, meta_waba_id, name, secret_encrypted, secret_hint, tenant_id, twilio_account_sid, twilio_api_key_sid, webhook_public_key_encrypted)", "SELECT(content_sync_requested_at, content_synced_at, content_templates, created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(content_sync_requested_at, key_version, meta_app_secret_encrypted, meta_key_version, meta_verify_token_hash, name, secret_encrypted, secret_hint, status, webhook_public_key_encrypted)"],
     admin: ["DELETE", "SELECT(content_sync_requested_at, content_synced_at, content_templates, created_at, id, kind, last_error, last_tested_at, meta_phone_number_id, meta_waba_id, name, secret_hint, status, tenant_id, twilio_account_sid, twilio_api_key_sid, updated_at)", "UPDATE(last_error, last_tested_at, status)"],
@@ -136,8 +146,8 @@ export const ALLOWED_GRANTS: Record<string, Partial<Record<RoleKey, string[]>>> 
     worker: ["SELECT"],
   },
   "herald_public.sender_numbers": {
-    member: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
-    admin: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second)"],
+    member: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second, verify_requested_at)"],
+    admin: ["DELETE", "INSERT(channel, messages_per_second, phone_number, provider_account_id, tenant_id)", "SELECT", "UPDATE(messages_per_second, verify_requested_at)"],
     worker: ["DELETE", "INSERT(channel, messages_per_second, messaging_service_id, phone_number, provider_account_id, status, tenant_id)", "SELECT", "UPDATE(messaging_service_id, status)"],
   },
   "herald_public.suppressions": {

@@ -26,9 +26,10 @@ const TENANT_ROLES_ARRAY = `array['${TENANT_ROLES.join("', '")}']`;
 const GLOBAL_TABLES = `('herald_public.tenants', 'herald_public.users')`;
 /**
  * Unique keys that may omit tenant_id: a value that identifies its tenant
- * (an API key's hash, a sender number). docs/architecture.md lists them.
+ * (an API key's hash). A sender number is unique across tenants only once
+ * verified: a partial unique index, not a constraint, so not listed here.
  */
-const GLOBAL_UNIQUE_KEYS = `('herald_public.api_keys/api_keys_secret_hash_key', 'herald_public.sender_numbers/sender_numbers_number_key')`;
+const GLOBAL_UNIQUE_KEYS = `('herald_public.api_keys/api_keys_secret_hash_key')`;
 /** Tables (plain and partitioned) of the exposed schemas, as a FROM item named `c`. */
 const EXPOSED_TABLES = `(select c.* from pg_class c join pg_namespace n on n.oid = c.relnamespace
                           where n.nspname in ${EXPOSED} and c.relkind in ('r', 'p')) c`;

@@ -182,13 +182,21 @@ export function twilioWebhooks(options: TwilioWebhookOptions): Router {
         return refuse(res, 400, "BAD_REQUEST", "To (an E.164 number), From and MessageSid (SM… or MM…) are required.");
       }
       const ownerKey = `${to.channel}:${to.number}`;
-      const owner = await owners.get(ownerKey, () => lookUpOwner(to));
+      let owner = await owners.get(ownerKey, () => lookUpOwner(to));
       if (!owner) {
         // Not remembered: a number registered a moment from now must find its tenant.
         owners.forget(ownerKey);
         return refuse(res, 404, "UNKNOWN_NUMBER", "No tenant receives messages at this number.");
       }
-      const verdict = await verify(req, params, owner.tenantId, owner.providerAccountId);
+      let verdict = await verify(req, params, owner.tenantId, owner.providerAccountId);
+      if (verdict !== "verified") {
+        // The number may have moved to another verified owner since it was cached (at most one reload a second).
+        const fresh = await owners.get(ownerKey, () => lookUpOwner(to), { refresh: true });
+        if (fresh && (fresh.tenantId !== owner.tenantId || fresh.providerAccountId !== owner.providerAccountId)) {
+          owner = fresh;
+          verdict = await verify(req, params, owner.tenantId, owner.providerAccountId);
+        }
+      }
       if (verdict !== "verified") {
         logger.warn({ tenant: owner.tenantId, verdict }, "refused an inbound webhook: signature not verified");
         return refuse(res, 403, "INVALID_SIGNATURE", "The request is not signed by the account that owns this number.");

@@ -15,7 +15,7 @@ import { SendError } from "./errors.ts";
 const accountSelect = (condition: string) => `
   select a.id, a.kind, a.twilio_account_sid, a.twilio_api_key_sid, a.updated_at, s.secret, a.meta_phone_number_id,
          (select n.phone_number from herald_public.sender_numbers n
-           where n.tenant_id = a.tenant_id and n.provider_account_id = a.id and n.channel = $2
+           where n.tenant_id = a.tenant_id and n.provider_account_id = a.id and n.channel = $2 and n.status = 'verified'
            order by n.created_at limit 1) as default_number,
          (select e.from_email::text from herald_public.email_senders e
            where e.tenant_id = a.tenant_id and e.provider_account_id = a.id order by e.created_at limit 1) as default_email

@@ -34,7 +34,7 @@ export function sandboxPage(
   labelOf: (message: SandboxMessage) => string,
   keep: number,
   textIn?: { action: string; exchanges: TextedIn[] },
-  /** Extra sections (the Messaging Services: services.ts), already HTML. */
+  /** Extra sections (Messaging Services: services.ts; who holds which number: numbers.ts), already HTML. */
   extra = "",
   engageAction?: string,
 ): string {

@@ -5,11 +5,12 @@ import { newEventKeys, type EventKeys } from "./event-key.ts";
 import { groupHeading } from "./labels.ts";
 import { sandboxPage } from "./page.ts";
 import { handleServiceForm, servicesSection, type SandboxServices } from "./services.ts";
+import { addNumberRoutes, numbersSection, type SandboxNumbers } from "./numbers.ts";
 import { createPhones, type PhoneText } from "./phones.ts";
 import type { EngageRequest, EngageResult } from "./engagement.ts";
 import { addMetaRoutes, type MetaInbound, type MetaSandboxAccount, type MetaSendRequest } from "./meta.ts";
 import { addSendGridRoutes } from "./sendgrid.ts";
-import { addTwilioRoutes } from "./twilio.ts";
+import { addTwilioRoutes, SANDBOX_SYSTEM_TWILIO } from "./twilio.ts";
 import type { SandboxWhatsApp } from "./whatsapp.ts";
 
 /**
@@ -51,6 +52,8 @@ export interface Sandbox {
   addTwilioAccount(accountSid: string, authToken: string): void;
   /** Twilio Messaging Services: sender pools with sticky sender (src/sandbox/services.ts). */
   services: SandboxServices;
+  /** Which Twilio account holds which phone number (src/sandbox/numbers.ts). */
+  numbers: SandboxNumbers;
   addSendGridKey(apiKey: string): void;
   setFaults(faults: SandboxFaults): void;
   /** Base64 DER (SPKI) of the key that signs SendGrid events: SENDGRID_WEBHOOK_PUBLIC_KEY for the sandbox. */
@@ -99,6 +102,10 @@ export function createSandbox(
   const core = createSandboxCore({ keep: options.keep ?? 500, callbackDelayMs: options.callbackDelayMs ?? 50 });
   const router = express.Router();
   const twilio = addTwilioRoutes(router, core);
+  const numbers = addNumberRoutes(router, core, {
+    tokenOf: twilio.tokenOf,
+    systemSid: SANDBOX_SYSTEM_TWILIO.accountSid,
+  });
   const sendgrid = addSendGridRoutes(router, core, {
     eventUrl: options.sendgridEventUrl,
     eventKeys: options.eventKeys ?? newEventKeys(),
@@ -140,7 +147,7 @@ export function createSandbox(
             (m) => labels.get(`${m.provider}/${m.account}`)!,
             core.keep,
             textInForm,
-            servicesSection(twilio.services.all(), `${req.baseUrl}/twilio/services`),
+            servicesSection(twilio.services.all(), `${req.baseUrl}/twilio/services`) + numbersSection(numbers.list()),
             `${req.baseUrl}/sendgrid/engage`,
           ),
         );
@@ -154,6 +161,7 @@ export function createSandbox(
     takePeakInFlight: twilio.takePeakInFlight,
     addTwilioAccount: twilio.addAccount,
     services: twilio.services,
+    numbers,
     addSendGridKey: sendgrid.addKey,
     setFaults: core.setFaults,
     sendgridPublicKey: sendgrid.publicKey,

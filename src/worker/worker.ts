@@ -32,6 +32,9 @@ import { setSendConcurrency } from "../messages/limiter.ts";
 import { warmUpSending } from "../messages/deliver.ts";
 import webhookSend from "../../tasks/webhook_deliveries__send.ts";
 import providerReportsSweep from "../../tasks/provider_reports__sweep.ts";
+import senderNumbersVerify from "../../tasks/sender_numbers__verify.ts";
+import numberRequestsRun from "../../tasks/number_requests__run.ts";
+import senderNumbersRecheck from "../../tasks/sender_numbers__recheck.ts";
 
 /** Every task Herald runs, registered explicitly: the file name is the identifier. */
 export const taskList: TaskList = {
@@ -50,6 +53,9 @@ export const taskList: TaskList = {
   deliveries__check_status: checkStatus as TaskList[string],
   webhook_deliveries__send: webhookSend as TaskList[string],
   provider_reports__sweep: providerReportsSweep as TaskList[string],
+  sender_numbers__verify: senderNumbersVerify as TaskList[string],
+  number_requests__run: numberRequestsRun as TaskList[string],
+  sender_numbers__recheck: senderNumbersRecheck as TaskList[string],
 };
 
 export interface WorkerHandle {
@@ -160,6 +166,7 @@ export async function startWorker(options: {
         : [
             { task: "deliveries__sweep", match: "*/5 * * * *" },
             { task: "provider_reports__sweep", match: "* * * * *" },
+            { task: "sender_numbers__recheck", match: "23 * * * *" },
           ],
     ),
     taskList: tasks,

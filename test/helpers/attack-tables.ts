@@ -23,6 +23,7 @@ export interface AttackTenant extends TenantFixture {
   invitationId: string;
   messagingServiceId: string;
   segmentId: string;
+  numberRequestId: string;
 }
 
 export interface TableSpec {
@@ -121,9 +122,15 @@ async function seedAttackRows(db: TestDb, t: TenantFixture): Promise<AttackTenan
       "insert into herald_hidden.message_segment_members (tenant_id, message_id, contact_id) values ($1, $2, $3)",
       [t.id, t.messageId, t.contactId],
     );
+    // A number request no worker has run (search, sync, buy… go through it).
+    const request = await c.query<{ id: string }>(
+      "insert into herald_public.number_requests (tenant_id, kind, provider_account_id) values ($1, 'sync', $2) returning id",
+      [t.id, t.providerAccountId],
+    );
     return {
       messagingServiceId: service.rows[0]!.id,
       segmentId: segment.rows[0]!.id,
+      numberRequestId: request.rows[0]!.id,
       invitationId: invitation.rows[0]!.id,
       emailDomainId: domain.rows[0]!.id,
       providerTestId: test.rows[0]!.id,
@@ -271,6 +278,27 @@ const FIXTURES: TableSpec[] = [
     insertInto: (victim) => ({
       sql: "insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, '+15005550006')",
       params: [victim.id],
+    }),
+  },
+  {
+    table: "herald_public.number_requests",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and id = $2", params: [t.id, t.numberRequestId] }),
+    // The worker completes requests: only its own tenant's.
+    update: { column: "status", to: "'done'" },
+    insertInto: (victim) => ({
+      sql: "insert into herald_public.number_requests (tenant_id, kind, provider_account_id) values ($1, 'sync', $2)",
+      params: [victim.id, victim.providerAccountId],
+    }),
+  },
+  {
+    // The fixture's numbers were proven: each has its check row.
+    table: "herald_hidden.sender_number_checks",
+    tenantKey: "tenant_id",
+    victim: (t) => ({ where: "tenant_id = $1 and sender_number_id = $2", params: [t.id, t.senderNumberId] }),
+    insertInto: (victim) => ({
+      sql: "insert into herald_hidden.sender_number_checks (tenant_id, action, sender_number_id, owned) values ($1, 'check', $2, true)",
+      params: [victim.id, victim.senderNumberId],
     }),
   },
   {

@@ -3,6 +3,7 @@ import { inTransaction, withSession } from "../../src/db/session.ts";
 import { ROLES } from "../../src/db/urls.ts";
 import type { TestDb } from "./db.ts";
 import { testKeyring } from "./keys.ts";
+import { proveSenderNumbers } from "./numbers.ts";
 
 /**
  * Two tenants with a row in every table, committed (as superuser) into the
@@ -277,9 +278,15 @@ export async function seedTwoTenants(db: TestDb): Promise<{ a: TenantFixture; b:
     a: await seedTenant(client, "tenant-a", "Tenant A"),
     b: await seedTenant(client, "tenant-b", "Tenant B"),
   }));
-  return { a: await seedContacts(db, tenants.a), b: await seedContacts(db, tenants.b) };
+  const seeded = { a: await seedContacts(db, tenants.a), b: await seedContacts(db, tenants.b) };
+  // Each sender number verified as the provider would confirm it (test/helpers/numbers.ts).
+  await proveSenderNumbers(db, { phoneNumbers: [seeded.a.senderNumber, seeded.b.senderNumber] });
+  return seeded;
 }
 
 /** One more tenant, for a test that changes it (suspends it, removes members…). */
-export const seedExtraTenant = async (db: TestDb, slug: string): Promise<TenantFixture> =>
-  seedContacts(db, await committed(db, (client) => seedTenant(client, slug, slug)));
+export async function seedExtraTenant(db: TestDb, slug: string): Promise<TenantFixture> {
+  const seeded = await seedContacts(db, await committed(db, (client) => seedTenant(client, slug, slug)));
+  await proveSenderNumbers(db, { phoneNumbers: [seeded.senderNumber] });
+  return seeded;
+}

@@ -4,6 +4,7 @@ import { twimlMessages } from "../../src/sandbox/inbound.ts";
 import type { TestDb } from "./db.ts";
 import { seedTwoTenants, type TenantFixture } from "./fixtures.ts";
 import { asRoot, asWorker } from "./messaging.ts";
+import { proveSenderNumbers } from "./numbers.ts";
 import { contactWith as contactWithPhone, SYSTEM_TWILIO, textIn } from "./webhooks.ts";
 
 /**
@@ -50,6 +51,7 @@ export function useInboundTenants(db: { current: TestDb }, api: { current: ApiSe
         [tenants.a.id, A_SYSTEM_NUMBER, A_WHATSAPP_NUMBER],
       ),
     );
+    await proveSenderNumbers(db.current, { phoneNumbers: [A_SYSTEM_NUMBER, A_WHATSAPP_NUMBER] });
   });
 
   let phoneCounter = 0;
