@@ -145,6 +145,23 @@ describe("a template given only HTML", () => {
   });
 });
 
+describe("an inline email given only HTML", () => {
+  it("is accepted without a body, and its text part is derived from the rendered HTML", async () => {
+    await sendThroughApi(api.current, token, {
+      channel: "email",
+      subject: "Inline HTML",
+      htmlBody: '<p>Hi <b>{{first_name}}</b>,</p><p>see <a href="https://example.com/a">this</a>.</p>',
+      contactIds: [contactId],
+      purpose: "transactional",
+    });
+    const m = await received("Inline HTML");
+    expect(m.html).toBe(
+      '<p>Hi <b>&lt;script&gt;alert(1)&lt;/script&gt;</b>,</p><p>see <a href="https://example.com/a">this</a>.</p>',
+    );
+    expect(m.body).toBe(`Hi ${SCRIPT},\n\nsee this (https://example.com/a).`);
+  });
+});
+
 describe("an email template with neither text nor HTML", () => {
   it("is refused when saved, naming body", async () => {
     const { body } = await graphql(

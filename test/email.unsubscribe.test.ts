@@ -238,6 +238,17 @@ describe("one-click unsubscribe", () => {
     expect(copy!.headers?.["List-Unsubscribe"]).toBeUndefined();
     expect(received(BOUNCED, "Your receipt")).toHaveLength(0);
 
+    // To every contact: for a transactional message that includes the unsubscribed one (fan-out leaves the rule to
+    // the send-time decision), while a bounce still blocks.
+    const notice = await sendEmail(a, {
+      subject: "Terms changed",
+      body: "We changed our terms.",
+      purpose: "transactional",
+      allContacts: true,
+    });
+    expect(notice.get(sharedA)?.status).toBe("sent");
+    expect(notice.get(bouncedA)).toMatchObject({ status: "skipped", reason: "suppressed" });
+
     // Tenant B still mails the same address.
     const otherTenant = await sendEmail(b, { subject: "Globex news", body: "News.", contactIds: [sharedB] });
     expect(otherTenant.get(sharedB)?.status).toBe("sent");

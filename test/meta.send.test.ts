@@ -4,6 +4,7 @@ import { activeAccount } from "../src/providers/routing.ts";
 import { transmitSms } from "../src/providers/transmit.ts";
 import type { WorkerHandle } from "../src/worker/worker.ts";
 import { useTestDatabase } from "./helpers/db.ts";
+import { proveSenderNumbers } from "./helpers/numbers.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { createMetaAccount, inboundText, postMeta, type MetaFixture } from "./helpers/meta.ts";
 import {
@@ -45,6 +46,10 @@ beforeAll(async () => {
     accessToken: metaA.accessToken,
     appSecret: metaA.appSecret,
     webhookUrl: `${endpoint.publicUrl}${metaA.path}`,
+    displayPhoneNumber: metaA.number.slice(1),
+  });
+  expect(await proveSenderNumbers(db.current, { phoneNumbers: [metaA.number], sandbox: server })).toEqual({
+    [`whatsapp:${metaA.number}`]: "verified",
   });
   worker = await startSendingWorker(db.current, server, 4);
 });

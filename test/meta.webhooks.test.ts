@@ -1,6 +1,7 @@
 import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import { graphql, tokenFor } from "./helpers/api.ts";
 import { expectPgError, useTestDatabase } from "./helpers/db.ts";
+import { proveSenderNumbers } from "./helpers/numbers.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { createMetaAccount, inboundText, notification, postMeta, wamid, type MetaFixture } from "./helpers/meta.ts";
 import {
@@ -40,7 +41,14 @@ beforeAll(async () => {
   metaA = await createMetaAccount(db.current, a);
   metaB = await createMetaAccount(db.current, b);
   // The sandbox's Graph API knows A's access token (keyword replies).
-  server.sandbox.addMetaAccount(metaA.phoneNumberId, { accessToken: metaA.accessToken, appSecret: metaA.appSecret });
+  server.sandbox.addMetaAccount(metaA.phoneNumberId, {
+    accessToken: metaA.accessToken,
+    appSecret: metaA.appSecret,
+    displayPhoneNumber: metaA.number.slice(1),
+  });
+  expect(await proveSenderNumbers(db.current, { phoneNumbers: [metaA.number], sandbox: server })).toEqual({
+    [`whatsapp:${metaA.number}`]: "verified",
+  });
 });
 
 const asWorkerOf = <T>(t: TenantFixture, fn: Parameters<typeof asWorkerOf0<T>>[2]) => asWorkerOf0(db.current, t, fn);
@@ -385,5 +393,20 @@ describe("the Meta account's fields", () => {
       `,
     );
     expect(short.body.errors?.[0]?.extensions).toMatchObject({ field: "appSecret" });
+  });
+});
+
+describe("the Meta account's WhatsApp number", () => {
+  it("is verified only when the account's phone number id sends from it, as the Graph API says", async () => {
+    const other = "+14157779876";
+    await asOwner(db.current, a, (c) =>
+      c.query(
+        "insert into herald_public.sender_numbers (phone_number, channel, provider_account_id) values ($1, 'whatsapp', $2)",
+        [other, metaA.accountId],
+      ),
+    );
+    expect(await proveSenderNumbers(db.current, { phoneNumbers: [other], sandbox: server })).toEqual({
+      [`whatsapp:${other}`]: "failed",
+    });
   });
 });

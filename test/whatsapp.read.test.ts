@@ -2,6 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, tokenFor } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
+import { proveSenderNumbers } from "./helpers/numbers.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import {
   asRoot,
@@ -41,6 +42,7 @@ beforeAll(async () => {
       [a.id, a.senderNumber, a.providerAccountId],
     ),
   );
+  await proveSenderNumbers(db.current, { phoneNumbers: [a.senderNumber], sandbox: server });
   tokens.a = await tokenFor(api.current, a, "member");
   tokens.owner = await tokenFor(api.current, a, "owner");
   worker = await startSendingWorker(db.current, server, 4);

@@ -140,8 +140,11 @@ begin
         using errcode = '22023', column = 'templateId';
     end if;
   else
-    if body is null or pg_catalog.btrim(body) = '' then
-      raise exception 'body is required (or give templateId)' using errcode = '22023', column = 'body';
+    if channel = 'email' and pg_catalog.btrim(coalesce(html_body, '')) <> '' and coalesce(pg_catalog.btrim(body), '') = '' then
+      -- An email given only HTML: its text part is derived from the HTML when it is sent.
+      body := '';
+    elsif body is null or pg_catalog.btrim(body) = '' then
+      raise exception 'body is required (or give templateId, or htmlBody for email)' using errcode = '22023', column = 'body';
     end if;
     if channel <> 'email' and pg_catalog.length(body) > 1600 then
       raise exception 'body is longer than 1600 characters' using errcode = '22023', column = 'body';

@@ -1,3 +1,4 @@
+import { MetaGraphError, metaDisplayNumber } from "../providers/meta.ts";
 import type pg from "pg";
 import type { ProviderClients, TenantAccount } from "../providers/clients.ts";
 import type { TwilioClient } from "../providers/twilio.ts";
@@ -145,6 +146,7 @@ export async function verifySenderNumber(
   let account: TenantAccount | "system" = "system";
   if (row.provider_account_id) {
     const found = await accountById(client, row.provider_account_id, row.channel);
+    if (found?.kind === "meta") return verifyMetaNumber(clients, found, row, record);
     if (!found || found.kind !== "twilio") return record(false, "the number's account is not a Twilio account");
     account = found;
   }
@@ -194,4 +196,32 @@ export async function queueStaleRechecks(
     [olderThanHours, limit],
   );
   return rowCount ?? 0;
+}
+
+/**
+ * A WhatsApp number on a Meta (Cloud API) account: the account's phone number
+ * id must send from it, as the Graph API says under the account's token.
+ */
+async function verifyMetaNumber(
+  clients: ProviderClients,
+  account: TenantAccount,
+  row: NumberRow,
+  record: (owned: boolean | null, reason: string | null) => Promise<string>,
+): Promise<string> {
+  if (row.channel !== "whatsapp" || !account.meta_phone_number_id)
+    return record(false, "a Meta account holds only its WhatsApp number");
+  let display: string | undefined;
+  try {
+    display = await metaDisplayNumber(clients.system.metaGraph, {
+      phoneNumberId: account.meta_phone_number_id,
+      accessToken: account.secret,
+    });
+  } catch (error) {
+    if (error instanceof MetaGraphError && error.status === 401)
+      return record(null, `the provider refused the check: ${error.message}`);
+    throw error;
+  }
+  return display === row.phone_number
+    ? record(true, null)
+    : record(false, "the Meta account's phone number id does not send from this number");
 }

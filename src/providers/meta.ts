@@ -209,6 +209,37 @@ async function post(
   return id;
 }
 
+/**
+ * The number a Meta account's phone number id sends from, as the Graph API
+ * names it (`display_phone_number`), in E.164; undefined when Meta does not
+ * know the id (the number is not this account's). Ownership checks
+ * (src/numbers/verify.ts) compare it with the registered sender number.
+ */
+export async function metaDisplayNumber(
+  graph: { url: string; version: string } | undefined,
+  account: MetaAccount,
+): Promise<string | undefined> {
+  const { url, version } = graph ?? DEFAULT_META_GRAPH;
+  const response = await fetch(
+    `${url}/${version}/${encodeURIComponent(account.phoneNumberId)}?fields=display_phone_number`,
+    { headers: { authorization: `Bearer ${account.accessToken}` }, signal: AbortSignal.timeout(REQUEST_TIMEOUT_MS) },
+  );
+  const json = (await response.json().catch(() => undefined)) as
+    ({ display_phone_number?: unknown } & GraphErrorBody) | undefined;
+  if (response.ok) {
+    const digits = String(json?.display_phone_number ?? "").replace(/[^0-9]/g, "");
+    return digits ? `+${digits}` : undefined;
+  }
+  const code = json?.error?.code;
+  // 100: no such object (or not visible to this token): the id is not this account's.
+  if (response.status === 404 || code === 100) return undefined;
+  throw new MetaGraphError(
+    `Meta Graph API ${response.status}${code !== undefined ? ` error ${code}` : ""}: ${String(json?.error?.message ?? "").slice(0, 300)}`,
+    code,
+    code === META_TOKEN_INVALID ? 401 : response.status,
+  );
+}
+
 /** Sends one WhatsApp message through a Meta account; the `wamid` the delivery is known by. */
 export async function sendViaMeta(
   graph: { url: string; version: string } | undefined,

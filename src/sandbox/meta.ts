@@ -11,6 +11,7 @@ import { outcomeFor, sameSecret, sleep, type SandboxCore, type SandboxMessage } 
  * account's app secret, as Meta signs them.
  *
  * Routes (relative to where the sandbox is mounted):
+ *   GET  /meta/:version/:phoneNumberId            the number it sends from (`display_phone_number`)
  *   POST /meta/:version/:phoneNumberId/messages   JSON, `Authorization: Bearer <access token>`
  *   POST /meta/inbound                            a phone writes to a number id (JSON or form: phone_number_id, from, body)
  *
@@ -153,6 +154,17 @@ export function addMetaRoutes(
     }
     return "type must be text, template, image, video, audio or document";
   };
+
+  // A phone number id, as the Graph API describes it: the number it sends from
+  // (an account registered without one sends from the id's own digits).
+  router.get("/meta/:version/:phoneNumberId", (req: Request, res: Response) => {
+    const phoneNumberId = String(req.params.phoneNumberId);
+    const account = accountOf(phoneNumberId);
+    const [scheme, token] = (req.headers.authorization ?? "").split(" ");
+    if (scheme !== "Bearer" || !sameSecret(token ?? "", account.accessToken))
+      return graphError(res, 401, 190, "Invalid OAuth access token - Cannot parse access token");
+    res.json({ id: phoneNumberId, display_phone_number: account.displayPhoneNumber ?? phoneNumberId });
+  });
 
   router.post(
     "/meta/:version/:phoneNumberId/messages",

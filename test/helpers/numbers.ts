@@ -24,6 +24,7 @@ interface PendingNumber {
   provider_account_id: string | null;
   account_sid: string | null;
   api_key_sid: string | null;
+  kind: string | null;
 }
 
 /**
@@ -36,7 +37,7 @@ export async function proveSenderNumbers(
 ): Promise<Record<string, string>> {
   const { rows } = await db.root.query<PendingNumber>(
     `select n.id, n.tenant_id, n.phone_number, n.channel, n.provider_account_id, a.twilio_account_sid as account_sid,
-            a.twilio_api_key_sid as api_key_sid
+            a.twilio_api_key_sid as api_key_sid, a.kind
        from herald_public.sender_numbers n
        left join herald_public.provider_accounts a on a.tenant_id = n.tenant_id and a.id = n.provider_account_id
       where n.status = 'pending' and ($1::text[] is null or n.phone_number = any ($1))`,
@@ -54,11 +55,14 @@ export async function proveSenderNumbers(
           );
           server.sandbox.addTwilioAccount(number.api_key_sid ?? number.account_sid, secret[0]!.secret);
         }
-        server.sandbox.numbers.assign(
-          number.account_sid ?? SANDBOX_SYSTEM_TWILIO.accountSid,
-          number.phone_number,
-          number.channel,
-        );
+        // A Meta account's number is the one its phone number id sends from: the test registers
+        // that account with the sandbox's Graph API (`displayPhoneNumber`); nothing to hand over here.
+        if (number.kind !== "meta")
+          server.sandbox.numbers.assign(
+            number.account_sid ?? SANDBOX_SYSTEM_TWILIO.accountSid,
+            number.phone_number,
+            number.channel,
+          );
         return verifySenderNumber(client, server.clients, number.id);
       });
       statuses[`${number.channel}:${number.phone_number}`] = status ?? "missing";
