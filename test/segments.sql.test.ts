@@ -5,7 +5,7 @@ import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import { asOwner, asRoot, asWorker } from "./helpers/messaging.ts";
 
 /**
- * Segments in SQL (migrations/current/190-segments.sql, 195-segment-fan-out.sql):
+ * Segments in SQL (migration 000012):
  * the compiler's text and parameters, hostile filters, invalid filters named
  * by path, exact recipients of a broadcast to a segment, the snapshot taken
  * when fan-out starts, and another tenant's segment.

@@ -90,7 +90,7 @@ export function registerUsageCommand(program: Command): void {
           { role: ROLES.admin, tenantId: tenant.id },
           async (client) => ({
             usage: await usageOf(client, month),
-            // Opens and clicks of the month's email (migration 140-engagement).
+            // Opens and clicks of the month's email (migration 000012).
             engagement: (
               await client.query<{ opens: number; clicks: number }>(
                 `select coalesce(sum(opens), 0)::int as opens, coalesce(sum(clicks), 0)::int as clicks

@@ -24,7 +24,7 @@ export const MAX_UPSERT_BATCH = 1000;
 
 /**
  * Where a change of consent comes from, for the consent_events rows the
- * contacts trigger writes (migrations/current/220-consent-sources.sql).
+ * contacts trigger writes (migration 000012).
  * Without one, a member's request counts as `api`.
  */
 export type ConsentSource = "api" | "import" | "upsert";

@@ -33,7 +33,7 @@ export async function fanOut(
   for (;;) {
     const batch = await transaction(async (client) => {
       // Transactional messages are planned (and their jobs prioritised) ahead of
-      // marketing on the same sender: migrations/current/215-transactional-pacing.sql.
+      // marketing on the same sender: migration 000012.
       await client.query(
         `select set_config('herald.fan_out_purpose', coalesce((select m.purpose from herald_public.messages m
             where m.tenant_id = herald_public.current_tenant_id() and m.id = $1), 'marketing'), true)`,

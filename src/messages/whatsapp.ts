@@ -7,7 +7,7 @@ import { render } from "./render.ts";
  * (Twilio's Content SID) whose variables are rendered from the contact like
  * any other template text: `{"1": "{{first_name|there}}"}` → `{"1": "Ada"}`.
  * The rules (https, how many, which types; the 24-hour window) are in SQL
- * (migrations/current/150-whatsapp-media.sql, 155-whatsapp-window-read.sql)
+ * (migration 000012)
  * and the claim's decision (decide.ts), the same for every provider.
  */
 

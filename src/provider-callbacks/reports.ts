@@ -31,7 +31,7 @@ export interface ProviderReport {
   opt_out: "carrier_opt_out" | "bounce" | "email_opt_out" | null;
   channel: "sms" | "whatsapp" | "email" | null;
   address: string | null;
-  /** A SendGrid click's link (migration 140-engagement). */
+  /** A SendGrid click's link (migration 000012). */
   url?: string | null;
 }
 

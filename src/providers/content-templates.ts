@@ -8,7 +8,7 @@ import { accountById, recordAccountResult } from "./routing.ts";
  * ContentAndApprovals list: each template with its WhatsApp approval), kept on
  * its provider account (`provider_accounts.content_templates`), where
  * `templates.approvalStatus` reads a template's status by its contentSid.
- * Queued by `syncContentTemplates` (migrations/current/158-whatsapp-content-templates.sql).
+ * Queued by `syncContentTemplates` (migration 000012).
  */
 
 /** Templates kept per account: a page of the list, more than an account has in practice. */
