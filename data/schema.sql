@@ -1909,15 +1909,15 @@ create table herald_public.provider_accounts (
     default now(),
   updated_at timestamp with time zone not null
     default now(),
+  content_templates jsonb not null
+    default '[]'::jsonb,
+  content_synced_at timestamp with time zone,
+  content_sync_requested_at timestamp with time zone,
   meta_phone_number_id text,
   meta_waba_id text,
   meta_app_secret_encrypted bytea,
   meta_key_version smallint,
   meta_verify_token_hash bytea,
-  content_templates jsonb not null
-    default '[]'::jsonb,
-  content_synced_at timestamp with time zone,
-  content_sync_requested_at timestamp with time zone,
   constraint provider_accounts_content_templates
     CHECK (((jsonb_typeof(content_templates) = 'array'::text) AND (octet_length((content_templates)::text) <= 2000000))),
   constraint provider_accounts_key_version_fkey
@@ -2351,14 +2351,14 @@ create table herald_public.templates (
     default now(),
   updated_at timestamp with time zone not null
     default now(),
-  whatsapp_template_name text,
-  whatsapp_template_language text,
-  whatsapp_template_parameters text[] not null
-    default '{}'::text[],
   media_urls text[] not null
     default '{}'::text[],
   content_sid text,
   content_variables jsonb,
+  whatsapp_template_name text,
+  whatsapp_template_language text,
+  whatsapp_template_parameters text[] not null
+    default '{}'::text[],
   constraint templates_body_length
     CHECK ((((length(body) >= 1) AND (length(body) <= 1600)) OR ((channel = 'email'::text) AND (length(body) <= 100000)))),
   constraint templates_channel
