@@ -2,7 +2,7 @@ import { afterAll, beforeAll, describe, expect, it } from "vitest";
 import type { WorkerHandle } from "../src/worker/worker.ts";
 import { graphql, tokenFor } from "./helpers/api.ts";
 import { useTestDatabase } from "./helpers/db.ts";
-import { proveSenderNumbers } from "./helpers/numbers.ts";
+import { addWhatsAppSender } from "./helpers/numbers.ts";
 import { seedTwoTenants, type TenantFixture } from "./helpers/fixtures.ts";
 import {
   asRoot,
@@ -36,13 +36,8 @@ beforeAll(async () => {
   server = await startSandboxServer();
   aSid = await readyToSend(db.current, server, a);
   server.clients.system.callbackBaseUrl = endpoint.publicUrl;
-  await asRoot(db.current, (c) =>
-    c.query(
-      "insert into herald_public.sender_numbers (tenant_id, phone_number, channel, provider_account_id) values ($1, $2, 'whatsapp', $3)",
-      [a.id, a.senderNumber, a.providerAccountId],
-    ),
-  );
-  await proveSenderNumbers(db.current, { phoneNumbers: [a.senderNumber], sandbox: server });
+  // A's number also takes WhatsApp, on A's own Twilio account.
+  await addWhatsAppSender(db.current, server, a);
   tokens.a = await tokenFor(api.current, a, "member");
   tokens.owner = await tokenFor(api.current, a, "owner");
   worker = await startSendingWorker(db.current, server, 4);

@@ -14,7 +14,7 @@ import type { Route } from "../providers/transmit.ts";
 import { CLAIM_GRACE_MS, decideBeforeSending, type Decision } from "./decide.ts";
 import { serviceRoute } from "../services/route.ts";
 import { reserveSlots } from "./pacing.ts";
-import { render, renderContent, type Content } from "./render.ts";
+import { contactOf, render, renderContent, type Content } from "./render.ts";
 import { carriesUnsubscribe, unsubscribeUrl, withUnsubscribeFooter } from "./unsubscribe.ts";
 import { emailIdentity, type IdentityMetadata } from "../providers/email-identity.ts";
 import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
@@ -480,15 +480,7 @@ async function liveProcesses(ownerPool: pg.Pool, processIds: (string | null)[]):
 /** The delivery's text; a marketing email's with its unsubscribe link (`{{unsubscribe_url}}`, or a footer). */
 export function renderFor(d: DeliveryRow, unsubscribeUrl?: string): Content {
   const link = unsubscribeUrl && carriesUnsubscribe(d.channel, d.purpose) ? unsubscribeUrl : undefined;
-  return renderContent(link ? withUnsubscribeFooter(d.content) : d.content, {
-    unsubscribe_url: link,
-    first_name: d.first_name,
-    last_name: d.last_name,
-    phone: d.phone,
-    email: d.email,
-    external_id: d.external_id,
-    attributes: d.attributes,
-  });
+  return renderContent(link ? withUnsubscribeFooter(d.content) : d.content, { ...contactOf(d), unsubscribe_url: link });
 }
 
 const NO_UNSUBSCRIBE_LINK =
@@ -504,14 +496,7 @@ function unsubscribeLink(ctx: Context, d: DeliveryRow): string | undefined {
 /** A Meta template's body parameters filled in for the delivery's contact (src/providers/meta.ts). */
 export function renderMetaTemplate(d: DeliveryRow): MetaTemplate | null {
   if (!d.meta_template) return null;
-  const contact = {
-    first_name: d.first_name,
-    last_name: d.last_name,
-    phone: d.phone,
-    email: d.email,
-    external_id: d.external_id,
-    attributes: d.attributes,
-  };
+  const contact = contactOf(d);
   return { ...d.meta_template, parameters: d.meta_template.parameters.map((p) => render(p, contact)) };
 }
 

@@ -23,6 +23,14 @@ export interface RenderContact {
   unsubscribe_url?: string | null;
 }
 
+/** The contact fields a template may name, taken from a row that carries them (a claimed delivery). */
+export function contactOf(
+  row: Omit<RenderContact, "unsubscribe_url" | "attributes"> & { attributes: Record<string, unknown> | null },
+): RenderContact {
+  const { first_name, last_name, phone, email, external_id } = row;
+  return { first_name, last_name, phone, email, external_id, attributes: row.attributes ?? {} };
+}
+
 /** A "{{" and the first "}}" after it (what is between may span lines). */
 const TOKEN = /\{\{([\s\S]*?)\}\}/g;
 /**

@@ -1,5 +1,5 @@
 import type { DeliveryRow } from "./claim.ts";
-import { render } from "./render.ts";
+import { contactOf, render } from "./render.ts";
 
 /**
  * What an SMS or WhatsApp delivery carries besides its text: media (MMS, or
@@ -23,14 +23,7 @@ export function renderContentVariables(
   d: Pick<DeliveryRow, "first_name" | "last_name" | "phone" | "email" | "external_id" | "attributes">,
 ): Record<string, string> | null {
   if (!variables) return null;
-  const contact = {
-    first_name: d.first_name,
-    last_name: d.last_name,
-    phone: d.phone,
-    email: d.email,
-    external_id: d.external_id,
-    attributes: d.attributes ?? {},
-  };
+  const contact = contactOf(d);
   return Object.fromEntries(Object.entries(variables).map(([name, text]) => [name, render(String(text), contact)]));
 }
 

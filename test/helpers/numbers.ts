@@ -75,3 +75,16 @@ export async function proveSenderNumbers(
   }
   return statuses;
 }
+
+/** The tenant's SMS sender number takes WhatsApp too, on the same Twilio account, proven like any number. */
+export async function addWhatsAppSender(
+  db: TestDb,
+  sandbox: SandboxServer,
+  t: { id: string; senderNumber: string; providerAccountId: string },
+): Promise<void> {
+  await db.root.query(
+    "insert into herald_public.sender_numbers (tenant_id, phone_number, channel, provider_account_id) values ($1, $2, 'whatsapp', $3)",
+    [t.id, t.senderNumber, t.providerAccountId],
+  );
+  await proveSenderNumbers(db, { phoneNumbers: [t.senderNumber], sandbox });
+}
