@@ -6,9 +6,12 @@ import { findFreePort } from "../src/db/ports.ts";
 import { createLogger } from "../src/logger.ts";
 import { withSession } from "../src/db/session.ts";
 import { ROLES } from "../src/db/urls.ts";
+import { verifySenderNumber } from "../src/numbers/verify.ts";
 import { inboundParams } from "../src/sandbox/inbound.ts";
 import { SANDBOX_SYSTEM_TWILIO } from "../src/sandbox/sandbox.ts";
+import { startSandboxServer } from "../src/sandbox/server.ts";
 import { sendgridSignature, twilioSignature } from "../src/sandbox/wire.ts";
+import { withWorkerSession } from "../src/worker/tenant-context.ts";
 import { generateKeyPairSync, type KeyObject } from "node:crypto";
 import { runMigrations } from "graphile-worker";
 import type pg from "pg";
@@ -229,10 +232,23 @@ export async function benchWebhooks() {
       "insert into herald_public.tenants (slug, name) values ('bench-webhooks', 'Webhooks') returning id",
     );
     const tenantId = tenant!.id;
-    await root.query("insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, $2)", [
-      tenantId,
-      NUMBER,
-    ]);
+    const {
+      rows: [number],
+    } = await root.query<{ id: string }>(
+      "insert into herald_public.sender_numbers (tenant_id, phone_number) values ($1, $2) returning id",
+      [tenantId, NUMBER],
+    );
+    // A number routes only once the provider confirms it: asked of a sandbox,
+    // whose system account holds every number no other account holds.
+    const sandbox = await startSandboxServer(10);
+    try {
+      const status = await withWorkerSession(app, keyring, tenantId, (c) =>
+        verifySenderNumber(c, sandbox.clients, number!.id),
+      );
+      if (status !== "verified") throw new Error(`the bench's number did not verify (${status})`);
+    } finally {
+      await sandbox.close();
+    }
     say(`seeding ${fmt(CONTACTS)} contacts…`);
     await withSession(
       app,
