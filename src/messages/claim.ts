@@ -1,23 +1,19 @@
 import { createHash } from "node:crypto";
 import type pg from "pg";
 import type { ProviderClients, TenantAccount } from "../providers/clients.ts";
+import type { IdentityMetadata } from "../providers/email-identity.ts";
 import { SendError } from "../providers/errors.ts";
-import {
-  activeAccount,
-  assertOwnSender,
-  intendedEmailSender,
-  intendedSmsSender,
-  tenantSettings,
-} from "../providers/routing.ts";
 import type { MetaTemplate } from "../providers/meta.ts";
+import { activeAccount, tenantSettings } from "../providers/routing.ts";
 import type { Route } from "../providers/transmit.ts";
-import { CLAIM_GRACE_MS, decideBeforeSending, type Decision } from "./decide.ts";
 import { serviceRoute } from "../services/route.ts";
+import { CLAIM_GRACE_MS, decideBeforeSending, type Decision } from "./decide.ts";
 import { reserveSlots } from "./pacing.ts";
-import { contactOf, render, renderContent, type Content } from "./render.ts";
-import { carriesUnsubscribe, unsubscribeUrl, withUnsubscribeFooter } from "./unsubscribe.ts";
-import { emailIdentity, type IdentityMetadata } from "../providers/email-identity.ts";
+import { NO_UNSUBSCRIBE_LINK, renderFor, unsubscribeLink } from "./personalize.ts";
+import type { Content } from "./render.ts";
+import { messagesPerSecond, routeFor, senderRefusal } from "./sender-route.ts";
 import { capReopens, finishMany, holdMany, type Hold } from "./settle.ts";
+import { carriesUnsubscribe } from "./unsubscribe.ts";
 
 /**
  * The first step of a run of deliveries (a delivery__send job), in one
@@ -335,7 +331,7 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
     capped.push(...slotted.slice(count!.granted).map((s) => s.d));
   }
   if (claimed.length > 0) {
-    const links = claimed.map((c) => unsubscribeLink(ctx, c.d));
+    const links = claimed.map((c) => unsubscribeLink(ctx.clients, ctx.tenantId, c.d));
     const contents = claimed.map((c, i) => renderFor(c.d, links[i]));
     // The text as sent (an email: its subject) is kept encrypted for the conversation thread.
     await client.query(
@@ -388,84 +384,6 @@ export async function claimRun(client: pg.ClientBase, ids: string[], ctx: Contex
   return result;
 }
 
-/** How a group of deliveries (one channel, one requested sender) will go out: the tenant's account (null: none), settings, sender. */
-async function routeFor(
-  client: pg.ClientBase,
-  clients: ProviderClients,
-  d: DeliveryRow,
-  settings: Route["settings"],
-): Promise<Route | { refusal: string }> {
-  const email = d.channel === "email";
-  let account = (await activeAccount(client, email ? "sendgrid" : "twilio", d.channel)) ?? null;
-  if (email) {
-    const identity = await emailIdentity(client, clients, d.metadata, account, settings.fallback_to_system);
-    return "refusal" in identity ? identity : { ...identity, settings };
-  }
-  const from = email
-    ? intendedEmailSender(clients, d.metadata, account ?? undefined)
-    : intendedSmsSender(
-        clients,
-        { from: d.metadata.from, channel: d.channel as "sms" | "whatsapp" },
-        account ?? undefined,
-        settings,
-      );
-  // A number an operator assigned the tenant is on the system account, and
-  // only that account can send from it (a reply goes from the number the
-  // contact wrote to, which may be one of those).
-  if (!email && from && account && (await onSystemAccount(client, from, d.channel))) account = null;
-  return { account, settings, from };
-}
-
-async function onSystemAccount(client: pg.ClientBase, number: string, channel: string): Promise<boolean> {
-  const { rows } = await client.query<{ system: boolean }>(
-    `select provider_account_id is null as system from herald_public.sender_numbers
-      where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2`,
-    [number, channel],
-  );
-  return rows[0]?.system ?? false;
-}
-
-/** No sender, or one that is not the tenant's (nor the system's): a refusal before any provider is called. */
-async function senderRefusal(
-  client: pg.ClientBase,
-  clients: ProviderClients,
-  channel: DeliveryRow["channel"],
-  from: string | undefined,
-): Promise<SendError | undefined> {
-  if (!from) {
-    return new SendError(
-      channel === "email"
-        ? "no sender address: give one or set HERALD_EMAIL_FROM"
-        : "no sender number: set tenant_settings.sms_from or HERALD_SMS_FROM",
-      "system",
-      "NO_SENDER",
-    );
-  }
-  try {
-    await assertOwnSender(client, clients, channel, from);
-    return undefined;
-  } catch (error) {
-    if (error instanceof SendError) return error;
-    throw error;
-  }
-}
-
-/** A tenant number's configured rate; the system number's from HERALD_SMS_FROM_MPS; 1 (a long code) otherwise. */
-async function messagesPerSecond(
-  client: pg.ClientBase,
-  clients: ProviderClients,
-  from: string,
-  channel: string,
-): Promise<number> {
-  if (from === clients.system.twilio.smsFrom) return clients.system.twilio.messagesPerSecond ?? 1;
-  const { rows } = await client.query<{ mps: string }>(
-    `select messages_per_second as mps from herald_public.sender_numbers
-      where tenant_id = herald_public.current_tenant_id() and phone_number = $1 and channel = $2`,
-    [from, channel],
-  );
-  return rows[0] ? Number(rows[0].mps) : 1;
-}
-
 /** The registered (live) worker processes among these (herald_private: read on the owner's pool). */
 async function liveProcesses(ownerPool: pg.Pool, processIds: (string | null)[]): Promise<Set<string>> {
   const wanted = [...new Set(processIds.filter((p): p is string => Boolean(p)))];
@@ -475,29 +393,6 @@ async function liveProcesses(ownerPool: pg.Pool, processIds: (string | null)[]):
     [wanted],
   );
   return new Set(rows.map((r) => r.process_id));
-}
-
-/** The delivery's text; a marketing email's with its unsubscribe link (`{{unsubscribe_url}}`, or a footer). */
-export function renderFor(d: DeliveryRow, unsubscribeUrl?: string): Content {
-  const link = unsubscribeUrl && carriesUnsubscribe(d.channel, d.purpose) ? unsubscribeUrl : undefined;
-  return renderContent(link ? withUnsubscribeFooter(d.content) : d.content, { ...contactOf(d), unsubscribe_url: link });
-}
-
-const NO_UNSUBSCRIBE_LINK =
-  "marketing email needs an unsubscribe link: set HERALD_PUBLIC_URL (the https address Herald is reached at)";
-
-/** A marketing email's unsubscribe link for its contact (none for anything else). */
-function unsubscribeLink(ctx: Context, d: DeliveryRow): string | undefined {
-  const config = ctx.clients.system.unsubscribe;
-  if (!config || !d.contact_id || !carriesUnsubscribe(d.channel, d.purpose)) return undefined;
-  return unsubscribeUrl(config, ctx.tenantId, d.contact_id);
-}
-
-/** A Meta template's body parameters filled in for the delivery's contact (src/providers/meta.ts). */
-export function renderMetaTemplate(d: DeliveryRow): MetaTemplate | null {
-  if (!d.meta_template) return null;
-  const contact = contactOf(d);
-  return { ...d.meta_template, parameters: d.meta_template.parameters.map((p) => render(p, contact)) };
 }
 
 export const sha256 = (text: string) => createHash("sha256").update(text, "utf8").digest("hex");

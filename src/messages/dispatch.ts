@@ -10,12 +10,12 @@ import {
   type EmailItem,
   type TransmitHooks,
 } from "../providers/transmit.ts";
-import { renderMetaTemplate, type ClaimedSend, type ClaimResult } from "./claim.ts";
+import type { ClaimedSend, ClaimResult } from "./claim.ts";
 import { Limiter, processAccountLimiter } from "./limiter.ts";
 import { sleepUntil, waitForSlot } from "./pacing.ts";
 import { findAcceptedSmsVia } from "./reconcile.ts";
 import { unsubscribeHeaders } from "./unsubscribe.ts";
-import { whatsappExtras } from "./whatsapp.ts";
+import { renderMetaTemplate, whatsappExtras } from "./whatsapp.ts";
 
 /**
  * The second step of a run: the provider calls for what the claim committed,

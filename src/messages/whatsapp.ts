@@ -1,3 +1,4 @@
+import type { MetaTemplate } from "../providers/meta.ts";
 import type { DeliveryRow } from "./claim.ts";
 import { contactOf, render } from "./render.ts";
 
@@ -36,4 +37,11 @@ export function whatsappExtras(d: DeliveryRow): WhatsAppExtras {
     extras.contentVariables = renderContentVariables(d.content_variables, d);
   }
   return extras;
+}
+
+/** A Meta template's body parameters filled in for the delivery's contact (src/providers/meta.ts). */
+export function renderMetaTemplate(d: DeliveryRow): MetaTemplate | null {
+  if (!d.meta_template) return null;
+  const contact = contactOf(d);
+  return { ...d.meta_template, parameters: d.meta_template.parameters.map((p) => render(p, contact)) };
 }
